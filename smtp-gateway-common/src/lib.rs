@@ -1,0 +1,383 @@
+//! # smtp-gateway-common
+//!
+//! Everything the XDP program (`smtp-gateway-ebpf`) and userspace (`smtp-gateway`) must agree on,
+//! in one `#![no_std]` crate so the two sides can never drift apart:
+//!
+//! - [`maps`]: map names (also their pin file names) and default capacities;
+//! - keys and values stored in those maps (`#[repr(C)]`, explicit padding, no implicit holes);
+//! - [`Verdict`]: the index of every per-CPU verdict counter;
+//! - [`DataplaneConfig`]: the runtime knobs userspace writes into the `CONFIG` array;
+//! - [`LAYOUT_VERSION`]: bumped whenever anything above changes size or meaning. Pinned state lives in
+//!   a directory named after it, and userspace refuses pinned maps whose shape does not match.
+//!
+//! The `user` feature implements `aya::Pod` for the types so userspace can read and write them.
+#![no_std]
+
+/// Version of the pinned-state layout. Pins live under `<pin_dir>/v<LAYOUT_VERSION>/`.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Map names. Each is the `static` name in the XDP program, the kernel map name (at most 15
+/// bytes) and the pin file name under the versioned pin directory.
+pub mod maps {
+    /// Exact IPv4 sources: key `[u8; 4]` (network order), value [`crate::BlockEntry`].
+    pub const BLOCK_V4: &str = "BLOCK_V4";
+    /// Exact IPv6 sources: key `[u8; 16]`, value [`crate::BlockEntry`].
+    pub const BLOCK_V6: &str = "BLOCK_V6";
+    /// IPv4 prefixes (LPM trie): key `{prefix_len: u32, [u8; 4]}`, value [`crate::BlockEntry`].
+    pub const BLOCK_NET_V4: &str = "BLOCK_NET_V4";
+    /// IPv6 prefixes (LPM trie): key `{prefix_len: u32, [u8; 16]}`, value [`crate::BlockEntry`].
+    pub const BLOCK_NET_V6: &str = "BLOCK_NET_V6";
+    /// IPv4 allowlist prefixes (LPM trie), value [`crate::AllowEntry`].
+    pub const ALLOW_V4: &str = "ALLOW_V4";
+    /// IPv6 allowlist prefixes (LPM trie), value [`crate::AllowEntry`].
+    pub const ALLOW_V6: &str = "ALLOW_V6";
+    /// SYN token buckets (LRU hash): key [`crate::SourceKey`] masked to the rate-limit prefix,
+    /// value [`crate::RateState`].
+    pub const RATE_STATE: &str = "RATE_STATE";
+    /// Per-source counters (LRU per-CPU hash): key [`crate::SourceKey`], value [`crate::SourceStats`].
+    pub const SOURCE_STATS: &str = "SOURCE_STATS";
+    /// Per-verdict counters (per-CPU array indexed by [`crate::Verdict`]).
+    pub const VERDICTS: &str = "VERDICTS";
+    /// Protected destination ports: a 65536-bit bitmap in 1024 `u64` words.
+    pub const PORTS: &str = "PORTS";
+    /// Runtime configuration: one [`crate::DataplaneConfig`] at index 0.
+    pub const CONFIG: &str = "CONFIG";
+    /// Reason texts: key reason id (`u32`), value [`crate::ReasonText`].
+    pub const REASONS: &str = "REASONS";
+    /// Pinned-state metadata: one [`crate::Meta`] at index 0.
+    pub const META: &str = "META";
+
+    /// Every map, in the order userspace checks and opens them.
+    pub const ALL: [&str; 13] = [
+        BLOCK_V4,
+        BLOCK_V6,
+        BLOCK_NET_V4,
+        BLOCK_NET_V6,
+        ALLOW_V4,
+        ALLOW_V6,
+        RATE_STATE,
+        SOURCE_STATS,
+        VERDICTS,
+        PORTS,
+        CONFIG,
+        REASONS,
+        META,
+    ];
+}
+
+/// Default capacities, used by the object file. Userspace overrides the resizable ones from the
+/// `[dataplane.capacity]` config section when it creates the maps.
+pub mod capacity {
+    /// Exact IPv4 blocklist entries (hash, allocated on demand).
+    pub const BLOCK_V4: u32 = 4 * 1024 * 1024;
+    /// Exact IPv6 blocklist entries (hash, allocated on demand).
+    pub const BLOCK_V6: u32 = 2 * 1024 * 1024;
+    /// IPv4 blocklist prefixes.
+    pub const BLOCK_NET_V4: u32 = 512 * 1024;
+    /// IPv6 blocklist prefixes.
+    pub const BLOCK_NET_V6: u32 = 512 * 1024;
+    /// IPv4 allowlist prefixes.
+    pub const ALLOW_V4: u32 = 64 * 1024;
+    /// IPv6 allowlist prefixes.
+    pub const ALLOW_V6: u32 = 64 * 1024;
+    /// Rate-limited sources tracked at once (LRU: the least recently seen is evicted).
+    pub const RATE_STATE: u32 = 1024 * 1024;
+    /// Sources with per-source counters (LRU).
+    pub const SOURCE_STATS: u32 = 256 * 1024;
+    /// Distinct reason texts.
+    pub const REASONS: u32 = 64 * 1024;
+    /// Words in the port bitmap (65536 bits).
+    pub const PORT_WORDS: u32 = 1024;
+}
+
+/// What the XDP program decided for one packet; the index into the `VERDICTS` counters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not TCP to a protected port (or not IP at all): passed without inspection.
+    NotInspected = 0,
+    /// TCP to a protected port, inspected, passed.
+    Passed = 1,
+    /// Source in the allowlist: passed without blocklist or rate-limit checks.
+    Allowlisted = 2,
+    /// Source in the exact blocklist: dropped.
+    DroppedExact = 3,
+    /// Source inside a blocklisted prefix: dropped.
+    DroppedCidr = 4,
+    /// SYN over the source's rate limit: dropped.
+    RateLimited = 5,
+    /// Truncated or invalid Ethernet/IP/TCP header (dropped unless configured to pass).
+    Malformed = 6,
+    /// IPv4 fragment or IPv6 extension-header chain towards a protected port (dropped unless
+    /// configured to be inspected).
+    FragmentOrExtHeader = 7,
+}
+
+impl Verdict {
+    /// Number of verdicts (size of the `VERDICTS` array).
+    pub const COUNT: u32 = 8;
+    /// Every verdict in index order.
+    pub const ALL: [Verdict; 8] = [
+        Verdict::NotInspected,
+        Verdict::Passed,
+        Verdict::Allowlisted,
+        Verdict::DroppedExact,
+        Verdict::DroppedCidr,
+        Verdict::RateLimited,
+        Verdict::Malformed,
+        Verdict::FragmentOrExtHeader,
+    ];
+
+    /// Stable snake_case name (CLI, JSON, Prometheus label).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::NotInspected => "not_inspected",
+            Verdict::Passed => "passed",
+            Verdict::Allowlisted => "allowlisted",
+            Verdict::DroppedExact => "dropped_exact",
+            Verdict::DroppedCidr => "dropped_cidr",
+            Verdict::RateLimited => "rate_limited",
+            Verdict::Malformed => "malformed",
+            Verdict::FragmentOrExtHeader => "fragment_or_ext_header",
+        }
+    }
+}
+
+/// Per-CPU counters of one verdict.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerdictCounters {
+    /// Packets that got this verdict.
+    pub packets: u64,
+    /// Their bytes (whole frames, as seen by XDP).
+    pub bytes: u64,
+}
+
+/// Where a blocklist or allowlist entry came from.
+pub mod origin {
+    /// `smtp-gateway block add`.
+    pub const CLI: u32 = 1;
+    /// `smtp-gateway block import`.
+    pub const IMPORT: u32 = 2;
+    /// A session verdict of the SMTP proxy (auto-ban).
+    pub const AUTOBAN: u32 = 3;
+    /// The configuration file (`dataplane.allowlist`), re-applied at start and reload.
+    pub const CONFIG: u32 = 4;
+
+    /// Name shown to operators.
+    pub const fn name(origin: u32) -> &'static str {
+        match origin {
+            CLI => "cli",
+            IMPORT => "import",
+            AUTOBAN => "autoban",
+            CONFIG => "config",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Value of every blocklist map (exact and prefix).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockEntry {
+    /// CLOCK_MONOTONIC time (as `bpf_ktime_get_ns`) after which the entry no longer drops;
+    /// 0 means it never expires.
+    pub expires_at_ns: u64,
+    /// Wall-clock time the entry was added (Unix seconds), for operators.
+    pub added_at_s: u64,
+    /// Reason id: key into the `REASONS` map (0 = none).
+    pub reason: u32,
+    /// One of [`origin`].
+    pub origin: u32,
+}
+
+impl BlockEntry {
+    /// Whether the entry still drops at monotonic time `now_ns`.
+    #[inline(always)]
+    pub const fn is_active(&self, now_ns: u64) -> bool {
+        self.expires_at_ns == 0 || now_ns < self.expires_at_ns
+    }
+}
+
+/// Value of the allowlist tries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllowEntry {
+    /// Reason id (key into `REASONS`, 0 = none).
+    pub reason: u32,
+    /// One of [`origin`].
+    pub origin: u32,
+    /// Wall-clock time the entry was added (Unix seconds).
+    pub added_at_s: u64,
+}
+
+/// Key of the per-source maps: an IPv6 address, IPv4 sources as `::ffff:a.b.c.d`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    /// Address bytes in network order.
+    pub addr: [u8; 16],
+}
+
+impl SourceKey {
+    /// The key of an IPv4 source (IPv4-mapped IPv6 form).
+    #[inline(always)]
+    pub const fn from_v4(a: [u8; 4]) -> Self {
+        Self {
+            addr: [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+            ],
+        }
+    }
+
+    /// The key of an IPv6 source.
+    #[inline(always)]
+    pub const fn from_v6(addr: [u8; 16]) -> Self {
+        Self { addr }
+    }
+
+    /// The IPv4 address if this is an IPv4-mapped key.
+    pub fn as_v4(&self) -> Option<[u8; 4]> {
+        let a = &self.addr;
+        if a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff {
+            Some([a[12], a[13], a[14], a[15]])
+        } else {
+            None
+        }
+    }
+}
+
+/// State of one source's SYN limiter: GCRA (a token bucket expressed as a single timestamp).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateState {
+    /// Theoretical arrival time of the next SYN (monotonic ns).
+    pub tat_ns: u64,
+}
+
+/// Per-CPU counters of one source (towards protected ports only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    /// Packets seen.
+    pub packets: u64,
+    /// Bytes seen (whole frames).
+    pub bytes: u64,
+    /// SYN-without-ACK packets seen.
+    pub syns: u64,
+    /// Packets dropped (blocklist, rate limit, fragment/extension header, malformed).
+    pub drops: u64,
+    /// Monotonic time of the last packet (ns).
+    pub last_seen_ns: u64,
+}
+
+/// Flags in [`DataplaneConfig::flags`].
+pub mod config_flags {
+    /// The per-source SYN rate limit is on.
+    pub const RATE_LIMIT: u32 = 1 << 0;
+    /// Drop IPv4 first fragments towards protected ports (otherwise inspect them normally).
+    pub const DROP_FRAGMENTS: u32 = 1 << 1;
+    /// Drop IPv6 packets whose TCP header follows extension headers (otherwise inspect them).
+    pub const DROP_EXT_HEADERS: u32 = 1 << 2;
+    /// Drop malformed IP packets (otherwise pass them to the kernel stack, which discards them).
+    pub const DROP_MALFORMED: u32 = 1 << 3;
+}
+
+/// Runtime configuration of the XDP program, written by userspace at index 0 of `CONFIG`.
+/// A zeroed value (never configured) protects no port: everything passes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// [`config_flags`] bits.
+    pub flags: u32,
+    /// IPv4 rate-limit key mask, network-order bytes read as a native `u32` (/32 = all ones).
+    pub rate_v4_mask: u32,
+    /// GCRA emission interval: 1e9 / SYNs per second.
+    pub rate_interval_ns: u64,
+    /// GCRA tolerance: (burst - 1) * interval.
+    pub rate_tolerance_ns: u64,
+    /// IPv6 rate-limit key mask (/64 by default), network-order bytes read as two native `u64`.
+    pub rate_v6_mask: [u64; 2],
+}
+
+/// Longest reason text stored in the kernel (bytes, UTF-8, NUL padded).
+pub const REASON_TEXT_LEN: usize = 64;
+
+/// Value of the `REASONS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReasonText {
+    /// UTF-8 text, NUL padded.
+    pub text: [u8; REASON_TEXT_LEN],
+}
+
+/// Value of the `META` map: identifies what the pinned state belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// [`LAYOUT_VERSION`] of the userspace that created the maps.
+    pub layout_version: u32,
+    /// Explicit padding, always 0.
+    pub _pad: u32,
+    /// Hash of the XDP object whose program is attached through the pinned links (0 = none yet).
+    pub program_hash: u64,
+    /// Wall-clock time the maps were created (Unix seconds).
+    pub created_at_s: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)] plain data with explicit padding and no pointers;
+    // every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::VerdictCounters {}
+    unsafe impl aya::Pod for super::BlockEntry {}
+    unsafe impl aya::Pod for super::AllowEntry {}
+    unsafe impl aya::Pod for super::SourceKey {}
+    unsafe impl aya::Pod for super::RateState {}
+    unsafe impl aya::Pod for super::SourceStats {}
+    unsafe impl aya::Pod for super::DataplaneConfig {}
+    unsafe impl aya::Pod for super::ReasonText {}
+    unsafe impl aya::Pod for super::Meta {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<BlockEntry>(), 24);
+        assert_eq!(core::mem::size_of::<AllowEntry>(), 16);
+        assert_eq!(core::mem::size_of::<SourceStats>(), 40);
+        assert_eq!(core::mem::size_of::<DataplaneConfig>(), 40);
+        assert_eq!(core::mem::size_of::<Meta>(), 24);
+        assert_eq!(core::mem::size_of::<ReasonText>(), REASON_TEXT_LEN);
+    }
+
+    #[test]
+    fn v4_mapped_key_round_trips() {
+        let k = SourceKey::from_v4([198, 18, 0, 7]);
+        assert_eq!(k.as_v4(), Some([198, 18, 0, 7]));
+        assert_eq!(SourceKey::from_v6([0x20; 16]).as_v4(), None);
+    }
+
+    #[test]
+    fn expiry_semantics() {
+        let never = BlockEntry::default();
+        assert!(never.is_active(u64::MAX));
+        let e = BlockEntry {
+            expires_at_ns: 100,
+            ..Default::default()
+        };
+        assert!(e.is_active(99));
+        assert!(!e.is_active(100));
+    }
+
+    #[test]
+    fn verdict_indices_are_dense() {
+        for (i, v) in Verdict::ALL.iter().enumerate() {
+            assert_eq!(*v as usize, i);
+        }
+        assert_eq!(Verdict::ALL.len() as u32, Verdict::COUNT);
+    }
+}

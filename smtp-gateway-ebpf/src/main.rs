@@ -1,0 +1,102 @@
+//! The smtp-gateway XDP program: the maps and the entry point only.
+//!
+//! - `parse.rs`: Ethernet (+ up to two VLAN tags) / IPv4 / IPv6 (+ extension headers) / TCP;
+//! - `policy.rs`: protected ports, allowlist, blocklists (exact and prefix), the verdict;
+//! - `ratelimit.rs`: per-source SYN limiter (GCRA in an LRU hash);
+//! - `stats.rs`: per-CPU verdict counters and per-source counters.
+//!
+//! Every map is pinned by name under the directory userspace gives the loader, so kernel
+//! protection and all entries survive the daemon. Nothing is logged per packet.
+#![no_std]
+#![no_main]
+
+mod parse;
+mod policy;
+mod ratelimit;
+mod stats;
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, xdp_action},
+    macros::{map, xdp},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use smtp_gateway_common::{
+    AllowEntry, BlockEntry, DataplaneConfig, Meta, RateState, ReasonText, SourceKey, SourceStats,
+    Verdict, VerdictCounters, capacity,
+};
+
+/// Exact IPv4 sources to drop (allocated on demand: millions of entries cost nothing until used).
+#[map]
+static BLOCK_V4: HashMap<[u8; 4], BlockEntry> =
+    HashMap::pinned(capacity::BLOCK_V4, BPF_F_NO_PREALLOC);
+
+/// Exact IPv6 sources to drop.
+#[map]
+static BLOCK_V6: HashMap<[u8; 16], BlockEntry> =
+    HashMap::pinned(capacity::BLOCK_V6, BPF_F_NO_PREALLOC);
+
+/// IPv4 prefixes to drop (longest match wins).
+#[map]
+static BLOCK_NET_V4: LpmTrie<[u8; 4], BlockEntry> = LpmTrie::pinned(capacity::BLOCK_NET_V4, 0);
+
+/// IPv6 prefixes to drop.
+#[map]
+static BLOCK_NET_V6: LpmTrie<[u8; 16], BlockEntry> = LpmTrie::pinned(capacity::BLOCK_NET_V6, 0);
+
+/// IPv4 prefixes never dropped nor rate-limited.
+#[map]
+static ALLOW_V4: LpmTrie<[u8; 4], AllowEntry> = LpmTrie::pinned(capacity::ALLOW_V4, 0);
+
+/// IPv6 prefixes never dropped nor rate-limited.
+#[map]
+static ALLOW_V6: LpmTrie<[u8; 16], AllowEntry> = LpmTrie::pinned(capacity::ALLOW_V6, 0);
+
+/// SYN limiter state per source (IPv4 address or IPv6 prefix), shared by all CPUs.
+#[map]
+static RATE_STATE: LruHashMap<SourceKey, RateState> = LruHashMap::pinned(capacity::RATE_STATE, 0);
+
+/// Per-source counters, one slot per CPU so the hot path never contends.
+#[map]
+static SOURCE_STATS: LruPerCpuHashMap<SourceKey, SourceStats> =
+    LruPerCpuHashMap::pinned(capacity::SOURCE_STATS, 0);
+
+/// Per-verdict counters, per CPU.
+#[map]
+static VERDICTS: PerCpuArray<VerdictCounters> = PerCpuArray::pinned(Verdict::COUNT, 0);
+
+/// Protected destination ports: bit `p % 64` of word `p / 64`.
+#[map]
+static PORTS: Array<u64> = Array::pinned(capacity::PORT_WORDS, 0);
+
+/// Runtime configuration at index 0.
+#[map]
+static CONFIG: Array<DataplaneConfig> = Array::pinned(1, 0);
+
+/// Reason texts for blocklist entries; read by userspace only, kept in the kernel so they
+/// survive the daemon together with the entries.
+#[map]
+static REASONS: HashMap<u32, ReasonText> = HashMap::pinned(capacity::REASONS, BPF_F_NO_PREALLOC);
+
+/// Pinned-state metadata; userspace only.
+#[map]
+static META: Array<Meta> = Array::pinned(1, 0);
+
+#[xdp]
+pub fn smtp_gateway(ctx: XdpContext) -> u32 {
+    match policy::try_smtp_gateway(&ctx) {
+        Ok(action) => action,
+        Err(()) => xdp_action::XDP_ABORTED,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program that could reach a panic.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

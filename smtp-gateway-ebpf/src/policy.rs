@@ -1,0 +1,123 @@
+//! The verdict for one packet: protected port, allowlist, fragment/extension-header policy,
+//! exact blocklist, prefix blocklist, SYN rate limit, in that order.
+
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext,
+};
+use smtp_gateway_common::{BlockEntry, DataplaneConfig, SourceKey, Verdict, config_flags};
+
+use crate::{
+    ALLOW_V4, ALLOW_V6, BLOCK_NET_V4, BLOCK_NET_V6, BLOCK_V4, BLOCK_V6, CONFIG, PORTS,
+    parse::{self, Parsed, Source, TcpPacket},
+    ratelimit, stats,
+};
+
+#[inline(always)]
+pub fn try_smtp_gateway(ctx: &XdpContext) -> Result<u32, ()> {
+    let len = parse::frame_len(ctx);
+    let packet = match parse::parse(ctx) {
+        Parsed::Tcp(packet) if port_protected(packet.dst_port) => packet,
+        Parsed::Tcp(_) | Parsed::Other => {
+            stats::count(Verdict::NotInspected, len);
+            return Ok(xdp_action::XDP_PASS);
+        }
+        Parsed::Malformed => {
+            stats::count(Verdict::Malformed, len);
+            return Ok(if config().flags & config_flags::DROP_MALFORMED != 0 {
+                xdp_action::XDP_DROP
+            } else {
+                xdp_action::XDP_PASS
+            });
+        }
+        Parsed::UninspectableChain => {
+            stats::count(Verdict::FragmentOrExtHeader, len);
+            return Ok(xdp_action::XDP_DROP);
+        }
+    };
+
+    let cfg = config();
+    let now = unsafe { bpf_ktime_get_ns() };
+    let verdict = decide(&packet, &cfg, now);
+    let dropped = !matches!(verdict, Verdict::Passed | Verdict::Allowlisted);
+    let key = match packet.src {
+        Source::V4(a) => SourceKey::from_v4(a),
+        Source::V6(a) => SourceKey::from_v6(a),
+    };
+    stats::count(verdict, len);
+    stats::record_source(&key, len, packet.syn, dropped, now);
+    Ok(if dropped {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    })
+}
+
+#[inline(always)]
+fn decide(packet: &TcpPacket, cfg: &DataplaneConfig, now: u64) -> Verdict {
+    if allowlisted(packet.src) {
+        return Verdict::Allowlisted;
+    }
+    if (packet.fragment && cfg.flags & config_flags::DROP_FRAGMENTS != 0)
+        || (packet.ext_headers && cfg.flags & config_flags::DROP_EXT_HEADERS != 0)
+    {
+        return Verdict::FragmentOrExtHeader;
+    }
+    let (exact, prefix) = match packet.src {
+        Source::V4(a) => (
+            // SAFETY: values are plain data; a concurrent userspace delete can only make us read
+            // a stale entry for this one packet.
+            unsafe { BLOCK_V4.get(a) }.copied(),
+            BLOCK_NET_V4.get(Key::new(32, a)).copied(),
+        ),
+        Source::V6(a) => (
+            // SAFETY: as above.
+            unsafe { BLOCK_V6.get(a) }.copied(),
+            BLOCK_NET_V6.get(Key::new(128, a)).copied(),
+        ),
+    };
+    if active(exact, now) {
+        return Verdict::DroppedExact;
+    }
+    if active(prefix, now) {
+        return Verdict::DroppedCidr;
+    }
+    if packet.syn
+        && cfg.flags & config_flags::RATE_LIMIT != 0
+        && !ratelimit::admit(packet.src, cfg, now)
+    {
+        return Verdict::RateLimited;
+    }
+    Verdict::Passed
+}
+
+#[inline(always)]
+fn active(entry: Option<BlockEntry>, now: u64) -> bool {
+    match entry {
+        Some(e) => e.is_active(now),
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn allowlisted(src: Source) -> bool {
+    match src {
+        Source::V4(a) => ALLOW_V4.get(Key::new(32, a)).is_some(),
+        Source::V6(a) => ALLOW_V6.get(Key::new(128, a)).is_some(),
+    }
+}
+
+#[inline(always)]
+fn port_protected(port: u16) -> bool {
+    match PORTS.get((port >> 6) as u32) {
+        Some(word) => word & (1u64 << (port & 63)) != 0,
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn config() -> DataplaneConfig {
+    match CONFIG.get(0) {
+        Some(cfg) => *cfg,
+        None => DataplaneConfig::default(),
+    }
+}

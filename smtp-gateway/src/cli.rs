@@ -1,0 +1,106 @@
+//! Command-line interface: `smtp-gateway run | detach | check-config | block | allow | stats`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Edge SMTP filter: XDP data plane + SMTP filtering proxy.
+#[derive(Debug, Parser)]
+#[command(name = "smtp-gateway", version, about)]
+pub struct Cli {
+    /// Configuration file [default: /etc/smtp-gateway/gateway.toml, built-in defaults if absent]
+    #[arg(short, long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: attach the XDP program (reusing pinned state), keep it configured.
+    Run,
+    /// Remove the XDP program from every interface and delete all pinned state.
+    Detach,
+    /// Validate the configuration file and exit (non-zero on error).
+    CheckConfig,
+    /// Manage the kernel blocklist.
+    #[command(subcommand)]
+    Block(BlockCommand),
+    /// Manage the kernel allowlist (never dropped, never rate-limited).
+    #[command(subcommand)]
+    Allow(AllowCommand),
+    /// Kernel verdict counters and the top sources.
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BlockCommand {
+    /// Block an address or a prefix (IPv4 or IPv6).
+    Add {
+        /// Address (198.18.0.7, 2001:db8::7) or prefix (198.18.0.0/24, 2001:db8::/48).
+        target: String,
+        /// Lifetime, e.g. 30m, 1h, 7d (default: permanent).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// Why (shown by `block list`).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Remove exactly this address or prefix from the blocklist.
+    Del { target: String },
+    /// List blocklist entries.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import a file: one address/prefix per line, `#`/`;` comments, Spamhaus DROP (text or JSON).
+    Import {
+        file: PathBuf,
+        /// Apply nothing if any line is bad.
+        #[arg(long)]
+        strict: bool,
+        /// Lifetime of the imported entries (default: permanent).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// Reason for lines without their own comment (default: the file name).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AllowCommand {
+    /// Allow an address or prefix.
+    Add {
+        target: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Remove exactly this address or prefix from the allowlist.
+    Del { target: String },
+    /// List allowlist entries.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// How many sources to list by drops and by packets.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+}

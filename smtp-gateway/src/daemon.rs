@@ -1,0 +1,202 @@
+//! `smtp-gateway run`: attach the XDP program (or reuse the pinned one), push the configuration,
+//! sweep expired entries, reload on SIGHUP, stop on SIGTERM/SIGINT. The kernel protection stays
+//! when the daemon stops (pinned links and maps); `smtp-gateway detach` removes it.
+//!
+//! The daemon is a set of tasks around one shared [`Dataplane`]; the SMTP proxy joins them as
+//! another task fed by the same configuration and shutdown signal.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use ipnet::IpNet;
+use smtp_gateway_common::{AllowEntry, origin};
+use tokio::sync::watch;
+
+use crate::{
+    config::{Config, ConfigError, DataplaneConfig},
+    dataplane::{Dataplane, DataplaneError, clock, loader, reasons},
+    signal::{Control, Signals},
+};
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// The data plane shared by the daemon's tasks.
+pub type SharedDataplane = Arc<Mutex<Dataplane>>;
+
+/// Runs the daemon until SIGTERM or SIGINT. `config_path` is re-read on SIGHUP.
+pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<(), DaemonError> {
+    let mut signals = Signals::install().map_err(DaemonError::Signals)?;
+    let dp_cfg = config.dataplane.clone();
+    let dataplane = tokio::task::spawn_blocking(move || start_dataplane(&dp_cfg))
+        .await
+        .map_err(|e| DaemonError::Task(e.to_string()))??;
+    let dataplane: SharedDataplane = Arc::new(Mutex::new(dataplane));
+
+    let (config_tx, config_rx) = watch::channel(config);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let sweeper = tokio::spawn(sweep_loop(dataplane.clone(), config_rx, shutdown_rx));
+    tracing::info!("ready");
+
+    loop {
+        match signals.next().await {
+            Control::Terminate | Control::Interrupt => break,
+            Control::Reload => {
+                let Some(path) = &config_path else {
+                    tracing::warn!("SIGHUP: no configuration file to reload (running on defaults)");
+                    continue;
+                };
+                let old = config_tx.borrow().clone();
+                match reload(path, &old, &dataplane).await {
+                    Ok(new) => {
+                        tracing::info!(path = %path.display(), "configuration reloaded");
+                        let _ = config_tx.send(new);
+                    }
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "configuration reload failed; the previous configuration stays in force"
+                    ),
+                }
+            }
+        }
+    }
+    let _ = shutdown_tx.send(true);
+    let _ = sweeper.await;
+    tracing::info!(
+        "stopped; the XDP program stays attached with its pinned maps (`smtp-gateway detach` removes it)"
+    );
+    Ok(())
+}
+
+/// Attaches, pushes the runtime config and the static allowlist.
+fn start_dataplane(cfg: &DataplaneConfig) -> Result<Dataplane, DataplaneError> {
+    let report = loader::attach(cfg)?;
+    for (interface, action) in &report.links {
+        tracing::info!(interface, ?action, mode = ?cfg.attach_mode, "XDP program attached");
+    }
+    for interface in &report.removed {
+        tracing::info!(
+            interface,
+            "XDP link removed (interface no longer configured)"
+        );
+    }
+    if cfg.interfaces.is_empty() {
+        tracing::warn!("dataplane.interfaces is empty: the kernel filter is not attached anywhere");
+    }
+    let mut dataplane = report.dataplane;
+    dataplane.apply_config(cfg)?;
+    sync_config_allowlist(&mut dataplane, &cfg.allowlist)?;
+    tracing::info!(
+        ports = ?cfg.protected_ports,
+        rate_limit = cfg.rate_limit.enabled,
+        syn_per_second = cfg.rate_limit.syn_per_second,
+        burst = cfg.rate_limit.burst,
+        pins = %dataplane.dir().display(),
+        "dataplane configured"
+    );
+    Ok(dataplane)
+}
+
+/// Makes the allowlist entries of origin "config" exactly `wanted`.
+pub fn sync_config_allowlist(dp: &mut Dataplane, wanted: &[IpNet]) -> Result<(), DataplaneError> {
+    for record in dp.allowed()? {
+        if record.entry.origin == origin::CONFIG && !wanted.contains(&record.net) {
+            dp.disallow(record.net)?;
+        }
+    }
+    let reason = reasons::intern(dp, "configuration file")?;
+    for net in wanted {
+        dp.allow(
+            *net,
+            AllowEntry {
+                reason,
+                origin: origin::CONFIG,
+                added_at_s: clock::unix_now_s(),
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Reads, validates and applies a new configuration; on any error the old one stays.
+async fn reload(
+    path: &std::path::Path,
+    old: &Config,
+    dataplane: &SharedDataplane,
+) -> Result<Config, DaemonError> {
+    let new = Config::load(path)?;
+    let (o, n) = (&old.dataplane, &new.dataplane);
+    if o.pin_dir != n.pin_dir || o.capacity != n.capacity || o.attach_mode != n.attach_mode {
+        tracing::warn!(
+            "dataplane.pin_dir, dataplane.capacity and dataplane.attach_mode changes take effect \
+             only after `smtp-gateway detach` and a restart"
+        );
+    }
+    let cfg = n.clone();
+    let interfaces_changed = o.interfaces != n.interfaces;
+    let dataplane = dataplane.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), DataplaneError> {
+        if interfaces_changed {
+            let report = loader::attach(&cfg)?;
+            for (interface, action) in &report.links {
+                tracing::info!(interface, ?action, "XDP link");
+            }
+            for interface in &report.removed {
+                tracing::info!(interface, "XDP link removed");
+            }
+        }
+        let mut dp = dataplane.lock().map_err(|_| DataplaneError::Poisoned)?;
+        dp.apply_config(&cfg)?;
+        sync_config_allowlist(&mut dp, &cfg.allowlist)
+    })
+    .await
+    .map_err(|e| DaemonError::Task(e.to_string()))??;
+    Ok(new)
+}
+
+/// Removes expired blocklist entries every `dataplane.sweep_interval`.
+async fn sweep_loop(
+    dataplane: SharedDataplane,
+    mut config: watch::Receiver<Config>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let interval = config.borrow().dataplane.sweep_interval;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = config.changed() => continue,
+            _ = shutdown.changed() => return,
+        }
+        let dp = dataplane.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut dp = dp.lock().map_err(|_| "lock poisoned".to_string())?;
+            dp.sweep_expired(clock::monotonic_ns())
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        match result {
+            Ok(Ok(report)) if report.removed > 0 => {
+                tracing::info!(
+                    removed = report.removed,
+                    examined = report.examined,
+                    "expired entries removed"
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "expiry sweep failed"),
+            Err(e) => tracing::error!(error = %e, "expiry sweep task failed"),
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Blocklist and allowlist operations on the pinned maps: add, delete, list.
+//! Exact addresses go to the hash maps, true prefixes to the LPM tries.
+
+use std::net::IpAddr;
+
+use aya::maps::lpm_trie::Key;
+use ipnet::IpNet;
+use smtp_gateway_common::{AllowEntry, BlockEntry, maps};
+
+use super::{Dataplane, DataplaneError, Target};
+
+/// One blocklist entry as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockRecord {
+    pub target: Target,
+    pub entry: BlockEntry,
+}
+
+/// One allowlist entry as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllowRecord {
+    pub net: IpNet,
+    pub entry: AllowEntry,
+}
+
+fn not_found_is_none<T>(
+    r: Result<T, aya::maps::MapError>,
+) -> Result<Option<T>, aya::maps::MapError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl Dataplane {
+    /// Adds or replaces a blocklist entry.
+    pub fn block(&mut self, target: Target, entry: BlockEntry) -> Result<(), DataplaneError> {
+        let full = |name, option, dp: &Dataplane| {
+            let capacity = dp.capacity(name);
+            move |e| DataplaneError::map(name, capacity, option, e)
+        };
+        match target {
+            Target::V4(a) => {
+                let f = full(maps::BLOCK_V4, "block_v4", self);
+                self.block_v4.insert(a.octets(), entry, 0).map_err(f)
+            }
+            Target::V6(a) => {
+                let f = full(maps::BLOCK_V6, "block_v6", self);
+                self.block_v6.insert(a.octets(), entry, 0).map_err(f)
+            }
+            Target::NetV4(n) => {
+                let f = full(maps::BLOCK_NET_V4, "block_net_v4", self);
+                let key = Key::new(u32::from(n.prefix_len()), n.addr().octets());
+                self.block_net_v4.insert(&key, entry, 0).map_err(f)
+            }
+            Target::NetV6(n) => {
+                let f = full(maps::BLOCK_NET_V6, "block_net_v6", self);
+                let key = Key::new(u32::from(n.prefix_len()), n.addr().octets());
+                self.block_net_v6.insert(&key, entry, 0).map_err(f)
+            }
+        }
+    }
+
+    /// The entry for exactly `target`, if any.
+    pub fn block_entry(&self, target: Target) -> Result<Option<BlockEntry>, DataplaneError> {
+        let (name, r) = match target {
+            Target::V4(a) => (maps::BLOCK_V4, self.block_v4.get(&a.octets(), 0)),
+            Target::V6(a) => (maps::BLOCK_V6, self.block_v6.get(&a.octets(), 0)),
+            Target::NetV4(n) => (
+                maps::BLOCK_NET_V4,
+                self.block_net_v4
+                    .get(&Key::new(u32::from(n.prefix_len()), n.addr().octets()), 0),
+            ),
+            Target::NetV6(n) => (
+                maps::BLOCK_NET_V6,
+                self.block_net_v6
+                    .get(&Key::new(u32::from(n.prefix_len()), n.addr().octets()), 0),
+            ),
+        };
+        not_found_is_none(r).map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// Removes the entry for exactly `target`; `false` if there was none.
+    pub fn unblock(&mut self, target: Target) -> Result<bool, DataplaneError> {
+        let (name, r) = match target {
+            Target::V4(a) => (maps::BLOCK_V4, self.block_v4.remove(&a.octets())),
+            Target::V6(a) => (maps::BLOCK_V6, self.block_v6.remove(&a.octets())),
+            Target::NetV4(n) => (
+                maps::BLOCK_NET_V4,
+                self.block_net_v4
+                    .remove(&Key::new(u32::from(n.prefix_len()), n.addr().octets())),
+            ),
+            Target::NetV6(n) => (
+                maps::BLOCK_NET_V6,
+                self.block_net_v6
+                    .remove(&Key::new(u32::from(n.prefix_len()), n.addr().octets())),
+            ),
+        };
+        not_found_is_none(r)
+            .map(|r| r.is_some())
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// Every blocklist entry (exact first, then prefixes), expired ones included.
+    pub fn blocked(&self) -> Result<Vec<BlockRecord>, DataplaneError> {
+        let mut out = Vec::new();
+        let err = |name| move |source| DataplaneError::Map { name, source };
+        for item in self.block_v4.iter() {
+            let (k, entry) = item.map_err(err(maps::BLOCK_V4))?;
+            out.push(BlockRecord {
+                target: Target::V4(k.into()),
+                entry,
+            });
+        }
+        for item in self.block_v6.iter() {
+            let (k, entry) = item.map_err(err(maps::BLOCK_V6))?;
+            out.push(BlockRecord {
+                target: Target::V6(k.into()),
+                entry,
+            });
+        }
+        for item in self.block_net_v4.iter() {
+            let (k, entry) = item.map_err(err(maps::BLOCK_NET_V4))?;
+            let net = IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)
+                .map_err(|_| err(maps::BLOCK_NET_V4)(aya::maps::MapError::KeyNotFound))?;
+            if let Ok(target) = Target::from_net(net) {
+                out.push(BlockRecord { target, entry });
+            }
+        }
+        for item in self.block_net_v6.iter() {
+            let (k, entry) = item.map_err(err(maps::BLOCK_NET_V6))?;
+            let net = IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)
+                .map_err(|_| err(maps::BLOCK_NET_V6)(aya::maps::MapError::KeyNotFound))?;
+            if let Ok(target) = Target::from_net(net) {
+                out.push(BlockRecord { target, entry });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds or replaces an allowlist prefix.
+    pub fn allow(&mut self, net: IpNet, entry: AllowEntry) -> Result<(), DataplaneError> {
+        let net = net.trunc();
+        match net {
+            IpNet::V4(n) => {
+                let capacity = self.capacity(maps::ALLOW_V4);
+                let key = Key::new(u32::from(n.prefix_len()), n.addr().octets());
+                self.allow_v4
+                    .insert(&key, entry, 0)
+                    .map_err(|e| DataplaneError::map(maps::ALLOW_V4, capacity, "allow_v4", e))
+            }
+            IpNet::V6(n) => {
+                let capacity = self.capacity(maps::ALLOW_V6);
+                let key = Key::new(u32::from(n.prefix_len()), n.addr().octets());
+                self.allow_v6
+                    .insert(&key, entry, 0)
+                    .map_err(|e| DataplaneError::map(maps::ALLOW_V6, capacity, "allow_v6", e))
+            }
+        }
+    }
+
+    /// Removes exactly `net` from the allowlist; `false` if absent.
+    pub fn disallow(&mut self, net: IpNet) -> Result<bool, DataplaneError> {
+        let (name, r) = match net.trunc() {
+            IpNet::V4(n) => (
+                maps::ALLOW_V4,
+                self.allow_v4
+                    .remove(&Key::new(u32::from(n.prefix_len()), n.addr().octets())),
+            ),
+            IpNet::V6(n) => (
+                maps::ALLOW_V6,
+                self.allow_v6
+                    .remove(&Key::new(u32::from(n.prefix_len()), n.addr().octets())),
+            ),
+        };
+        not_found_is_none(r)
+            .map(|r| r.is_some())
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// Every allowlist prefix.
+    pub fn allowed(&self) -> Result<Vec<AllowRecord>, DataplaneError> {
+        let mut out = Vec::new();
+        for item in self.allow_v4.iter() {
+            let (k, entry) = item.map_err(|source| DataplaneError::Map {
+                name: maps::ALLOW_V4,
+                source,
+            })?;
+            if let Ok(net) = IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8) {
+                out.push(AllowRecord { net, entry });
+            }
+        }
+        for item in self.allow_v6.iter() {
+            let (k, entry) = item.map_err(|source| DataplaneError::Map {
+                name: maps::ALLOW_V6,
+                source,
+            })?;
+            if let Ok(net) = IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8) {
+                out.push(AllowRecord { net, entry });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The allowlist prefix covering `addr`, if any (the kernel's longest-prefix match).
+    pub fn allowlisted(&self, addr: IpAddr) -> Option<IpNet> {
+        self.allowed()
+            .ok()?
+            .into_iter()
+            .filter(|r| r.net.contains(&addr))
+            .max_by_key(|r| r.net.prefix_len())
+            .map(|r| r.net)
+    }
+}

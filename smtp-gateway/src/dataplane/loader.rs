@@ -1,0 +1,294 @@
+//! Creating, attaching, reusing and removing the kernel state.
+//!
+//! - [`ensure_maps`] creates the pinned maps if they are missing (the CLI can work before the daemon
+//!   ever ran) and never loads a program.
+//! - [`attach`] makes every configured interface run this build's program through a pinned
+//!   `bpf_link`: an existing link running this build is reused untouched (no second program is
+//!   loaded); a link running another build is switched atomically with `bpf_link_update`; a missing
+//!   one is created and pinned. Links of interfaces no longer configured are removed.
+//! - [`detach`] removes links (detaching the program) and every pin.
+
+use std::path::Path;
+
+use aya::{
+    EbpfLoader,
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use smtp_gateway_common::{LAYOUT_VERSION, Meta, maps};
+
+use super::{Dataplane, DataplaneError, PinLayout, clock, object};
+use crate::config::{AttachMode, DataplaneConfig};
+
+/// What [`attach`] did on each interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkAction {
+    /// A pinned link already ran this build: nothing loaded, nothing changed.
+    Reused,
+    /// A pinned link ran another build: its program was replaced atomically.
+    Replaced,
+    /// No link existed: attached and pinned.
+    Attached,
+}
+
+/// Outcome of [`attach`].
+#[derive(Debug)]
+pub struct AttachReport {
+    /// Per configured interface.
+    pub links: Vec<(String, LinkAction)>,
+    /// Interfaces whose links were removed because they are no longer configured.
+    pub removed: Vec<String>,
+    /// The opened maps.
+    pub dataplane: Dataplane,
+}
+
+/// Outcome of [`detach`].
+#[derive(Debug, Default)]
+pub struct DetachReport {
+    /// Interfaces whose links were removed.
+    pub links: Vec<String>,
+    /// Number of map pins removed.
+    pub maps: usize,
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("dir", &self.dir())
+            .finish()
+    }
+}
+
+fn loader<'a>(layout: &'a PinLayout, cfg: &DataplaneConfig) -> EbpfLoader<'a> {
+    let c = &cfg.capacity;
+    let mut loader = EbpfLoader::new();
+    loader
+        .default_map_pin_directory(layout.dir())
+        .map_max_entries(maps::BLOCK_V4, c.block_v4)
+        .map_max_entries(maps::BLOCK_V6, c.block_v6)
+        .map_max_entries(maps::BLOCK_NET_V4, c.block_net_v4)
+        .map_max_entries(maps::BLOCK_NET_V6, c.block_net_v6)
+        .map_max_entries(maps::ALLOW_V4, c.allow_v4)
+        .map_max_entries(maps::ALLOW_V6, c.allow_v6)
+        .map_max_entries(maps::RATE_STATE, c.rate_sources)
+        .map_max_entries(maps::SOURCE_STATS, c.source_stats)
+        .map_max_entries(maps::REASONS, c.reasons);
+    loader
+}
+
+/// Creates the pinned maps when missing and opens them. Loads no program.
+pub fn ensure_maps(cfg: &DataplaneConfig) -> Result<Dataplane, DataplaneError> {
+    let layout = PinLayout::new(&cfg.pin_dir);
+    layout.prepare()?;
+    layout.check_layout()?;
+    if !layout.maps_pinned() {
+        // Parsing the object creates and pins every map (reusing those already pinned).
+        drop(loader(&layout, cfg).load(object::OBJECT)?);
+    }
+    let mut dataplane = Dataplane::open(layout)?;
+    let meta = dataplane.meta()?;
+    if meta.layout_version == 0 {
+        dataplane.set_meta(Meta {
+            layout_version: LAYOUT_VERSION,
+            created_at_s: clock::unix_now_s(),
+            ..meta
+        })?;
+    }
+    warn_capacity_drift(&dataplane, cfg);
+    Ok(dataplane)
+}
+
+/// Opens existing pinned maps without creating anything (read-only commands).
+pub fn open_existing(cfg: &DataplaneConfig) -> Result<Option<Dataplane>, DataplaneError> {
+    let layout = PinLayout::new(&cfg.pin_dir);
+    if !layout.maps_pinned() {
+        return Ok(None);
+    }
+    Dataplane::open(layout).map(Some)
+}
+
+/// Attaches this build's program to every configured interface (see the module docs).
+pub fn attach(cfg: &DataplaneConfig) -> Result<AttachReport, DataplaneError> {
+    let mut dataplane = ensure_maps(cfg)?;
+    let layout = dataplane.layout().clone();
+    let hash = object::object_hash();
+    let meta = dataplane.meta()?;
+
+    let mut removed = Vec::new();
+    for interface in layout.pinned_links() {
+        if !cfg.interfaces.contains(&interface) {
+            remove_link(&layout.link(&interface))?;
+            removed.push(interface);
+        }
+    }
+
+    let all_pinned = cfg.interfaces.iter().all(|i| layout.link(i).exists());
+    if all_pinned && meta.program_hash == hash {
+        let links = cfg
+            .interfaces
+            .iter()
+            .map(|i| (i.clone(), LinkAction::Reused))
+            .collect();
+        return Ok(AttachReport {
+            links,
+            removed,
+            dataplane,
+        });
+    }
+
+    let mut links = Vec::new();
+    if !cfg.interfaces.is_empty() {
+        let mut ebpf = loader(&layout, cfg).load(object::OBJECT)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(object::PROGRAM_NAME)
+            .ok_or_else(|| {
+                DataplaneError::Load(aya::EbpfError::ProgramError(
+                    aya::programs::ProgramError::InvalidName {
+                        name: object::PROGRAM_NAME.to_string(),
+                    },
+                ))
+            })?
+            .try_into()?;
+        program.load()?;
+        for interface in &cfg.interfaces {
+            let action = attach_one(program, &layout, interface, cfg.attach_mode)?;
+            links.push((interface.clone(), action));
+        }
+        // Dropping `ebpf` closes our program fd; the pinned links keep the program attached.
+    }
+    dataplane.set_meta(Meta {
+        program_hash: hash,
+        ..dataplane.meta()?
+    })?;
+    Ok(AttachReport {
+        links,
+        removed,
+        dataplane,
+    })
+}
+
+fn attach_one(
+    program: &mut Xdp,
+    layout: &PinLayout,
+    interface: &str,
+    mode: AttachMode,
+) -> Result<LinkAction, DataplaneError> {
+    let path = layout.link(interface);
+    let link_err = |detail: String| DataplaneError::Link {
+        path: path.clone(),
+        detail,
+    };
+    if path.exists() {
+        let pinned = PinnedLink::from_pin(&path).map_err(|e| link_err(e.to_string()))?;
+        let fd_link: FdLink = pinned.into();
+        let xdp_link = XdpLink::try_from(fd_link).map_err(|e| link_err(e.to_string()))?;
+        let id = program
+            .attach_to_link(xdp_link)
+            .map_err(|e| link_err(format!("replacing the program: {e}")))?;
+        // Take the link back so dropping the program does not detach it; the pin keeps it.
+        drop(program.take_link(id)?);
+        return Ok(LinkAction::Replaced);
+    }
+    let (xdp_mode, mode_name) = match mode {
+        AttachMode::Driver => (XdpMode::Driver, "driver"),
+        AttachMode::Skb => (XdpMode::Skb, "skb"),
+    };
+    let id = program.attach(interface, xdp_mode).map_err(|e| match e {
+        aya::programs::ProgramError::UnknownInterface { name } => {
+            DataplaneError::UnknownInterface(name)
+        }
+        other => DataplaneError::Attach {
+            interface: interface.to_string(),
+            mode: mode_name,
+            detail: describe(&other),
+        },
+    })?;
+    let link = program.take_link(id)?;
+    let fd_link = FdLink::try_from(link).map_err(|e| {
+        link_err(format!(
+            "the kernel attached through netlink, which cannot be pinned: {e}"
+        ))
+    })?;
+    fd_link
+        .pin(&path)
+        .map_err(|e| link_err(format!("pinning: {e}")))?;
+    Ok(LinkAction::Attached)
+}
+
+/// Error text including the OS error underneath aya's wrapper.
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn remove_link(path: &Path) -> Result<(), DataplaneError> {
+    std::fs::remove_file(path).map_err(|source| DataplaneError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Removes every link (the program leaves the interfaces) and every pin of this layout.
+pub fn detach(pin_dir: &Path) -> Result<DetachReport, DataplaneError> {
+    let layout = PinLayout::new(pin_dir);
+    let mut report = DetachReport::default();
+    for interface in layout.pinned_links() {
+        remove_link(&layout.link(&interface))?;
+        report.links.push(interface);
+    }
+    for name in maps::ALL {
+        let path = layout.map(name);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(|source| DataplaneError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            report.maps += 1;
+        }
+    }
+    if layout.dir().exists() {
+        std::fs::remove_dir(layout.dir()).map_err(|source| DataplaneError::Io {
+            path: layout.dir().to_path_buf(),
+            source,
+        })?;
+    }
+    // The parent is ours too when empty (other layout versions may still live there).
+    let _ = std::fs::remove_dir(pin_dir);
+    Ok(report)
+}
+
+/// Pinned maps keep the capacity they were created with; say so when the config differs.
+fn warn_capacity_drift(dataplane: &Dataplane, cfg: &DataplaneConfig) {
+    let c = &cfg.capacity;
+    for (name, option, wanted) in [
+        (maps::BLOCK_V4, "block_v4", c.block_v4),
+        (maps::BLOCK_V6, "block_v6", c.block_v6),
+        (maps::BLOCK_NET_V4, "block_net_v4", c.block_net_v4),
+        (maps::BLOCK_NET_V6, "block_net_v6", c.block_net_v6),
+        (maps::ALLOW_V4, "allow_v4", c.allow_v4),
+        (maps::ALLOW_V6, "allow_v6", c.allow_v6),
+        (maps::RATE_STATE, "rate_sources", c.rate_sources),
+        (maps::SOURCE_STATS, "source_stats", c.source_stats),
+        (maps::REASONS, "reasons", c.reasons),
+    ] {
+        let actual = dataplane.capacity(name);
+        if actual != wanted {
+            tracing::warn!(
+                map = name,
+                pinned = actual,
+                configured = wanted,
+                "dataplane.capacity.{option} differs from the pinned map, which keeps {actual} \
+                 entries; `smtp-gateway detach` and a restart apply the new size (entries are lost)"
+            );
+        }
+    }
+}

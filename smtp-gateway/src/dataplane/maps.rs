@@ -1,0 +1,269 @@
+//! Typed handles on the pinned maps, opened by path: the same code serves the daemon and the CLI,
+//! whether or not the daemon runs.
+
+use std::{net::Ipv6Addr, path::Path};
+
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray, PerCpuHashMap};
+use ipnet::{IpNet, Ipv6Net};
+use smtp_gateway_common::{
+    AllowEntry, BlockEntry, DataplaneConfig as KernelConfig, Meta, ReasonText, SourceKey,
+    SourceStats, VerdictCounters, config_flags, maps,
+};
+
+use super::{DataplaneError, PinLayout};
+use crate::config::{DataplaneConfig, MalformedPolicy, PacketPolicy};
+
+/// Every map of the data plane, opened from its pin.
+pub struct Dataplane {
+    /// Where the pins live.
+    pub(super) layout: PinLayout,
+    pub(super) block_v4: HashMap<MapData, [u8; 4], BlockEntry>,
+    pub(super) block_v6: HashMap<MapData, [u8; 16], BlockEntry>,
+    pub(super) block_net_v4: LpmTrie<MapData, [u8; 4], BlockEntry>,
+    pub(super) block_net_v6: LpmTrie<MapData, [u8; 16], BlockEntry>,
+    pub(super) allow_v4: LpmTrie<MapData, [u8; 4], AllowEntry>,
+    pub(super) allow_v6: LpmTrie<MapData, [u8; 16], AllowEntry>,
+    pub(super) source_stats: PerCpuHashMap<MapData, SourceKey, SourceStats>,
+    pub(super) verdicts: PerCpuArray<MapData, VerdictCounters>,
+    ports: Array<MapData, u64>,
+    config: Array<MapData, KernelConfig>,
+    pub(super) reasons: HashMap<MapData, u32, ReasonText>,
+    meta: Array<MapData, Meta>,
+    /// `max_entries` of each map, by name, for "map full" errors and `stats`.
+    capacities: std::collections::HashMap<&'static str, u32>,
+}
+
+fn open<T>(layout: &PinLayout, name: &'static str) -> Result<(T, u32), DataplaneError>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let path = layout.map(name);
+    let err = |source| DataplaneError::Map { name, source };
+    let capacity = MapInfo::from_pin(&path).map_err(err)?.max_entries();
+    let data = MapData::from_pin(&path).map_err(err)?;
+    let map = Map::from_map_data(data).map_err(err)?;
+    Ok((T::try_from(map).map_err(err)?, capacity))
+}
+
+impl Dataplane {
+    /// Opens every pinned map under `layout`. The maps must exist (see `loader::ensure_maps`).
+    pub fn open(layout: PinLayout) -> Result<Self, DataplaneError> {
+        layout.check_layout()?;
+        let mut capacities = std::collections::HashMap::new();
+        macro_rules! open_map {
+            ($name:expr) => {{
+                let (map, capacity) = open(&layout, $name)?;
+                capacities.insert($name, capacity);
+                map
+            }};
+        }
+        for name in maps::ALL {
+            if let Ok(info) = MapInfo::from_pin(layout.map(name)) {
+                capacities.insert(name, info.max_entries());
+            }
+        }
+        Ok(Self {
+            block_v4: open_map!(maps::BLOCK_V4),
+            block_v6: open_map!(maps::BLOCK_V6),
+            block_net_v4: open_map!(maps::BLOCK_NET_V4),
+            block_net_v6: open_map!(maps::BLOCK_NET_V6),
+            allow_v4: open_map!(maps::ALLOW_V4),
+            allow_v6: open_map!(maps::ALLOW_V6),
+            source_stats: open_map!(maps::SOURCE_STATS),
+            verdicts: open_map!(maps::VERDICTS),
+            ports: open_map!(maps::PORTS),
+            config: open_map!(maps::CONFIG),
+            reasons: open_map!(maps::REASONS),
+            meta: open_map!(maps::META),
+            capacities,
+            layout,
+        })
+    }
+
+    /// The pin layout these maps come from.
+    pub fn layout(&self) -> &PinLayout {
+        &self.layout
+    }
+
+    /// Capacity (`max_entries`) of map `name`.
+    pub fn capacity(&self, name: &'static str) -> u32 {
+        self.capacities.get(name).copied().unwrap_or(0)
+    }
+
+    /// Pinned-state metadata.
+    pub fn meta(&self) -> Result<Meta, DataplaneError> {
+        self.meta.get(&0, 0).map_err(|source| DataplaneError::Map {
+            name: maps::META,
+            source,
+        })
+    }
+
+    /// Replaces the pinned-state metadata.
+    pub fn set_meta(&mut self, meta: Meta) -> Result<(), DataplaneError> {
+        self.meta
+            .set(0, meta, 0)
+            .map_err(|source| DataplaneError::Map {
+                name: maps::META,
+                source,
+            })
+    }
+
+    /// Pushes the runtime knobs of `cfg` to the kernel: protected ports, policies, rate limit.
+    /// Takes effect for the next packet; no reload of the program.
+    pub fn apply_config(&mut self, cfg: &DataplaneConfig) -> Result<(), DataplaneError> {
+        let mut words = vec![0u64; smtp_gateway_common::capacity::PORT_WORDS as usize];
+        for port in &cfg.protected_ports {
+            words[usize::from(*port >> 6)] |= 1u64 << (port & 63);
+        }
+        // Set new ports first, then clear the others: never a window with no port protected.
+        for (index, word) in words.iter().enumerate() {
+            let index = index as u32;
+            let old = self
+                .ports
+                .get(&index, 0)
+                .map_err(|source| DataplaneError::Map {
+                    name: maps::PORTS,
+                    source,
+                })?;
+            if old != *word {
+                self.ports
+                    .set(index, old | word, 0)
+                    .map_err(|source| DataplaneError::Map {
+                        name: maps::PORTS,
+                        source,
+                    })?;
+            }
+        }
+        for (index, word) in words.iter().enumerate() {
+            self.ports
+                .set(index as u32, *word, 0)
+                .map_err(|source| DataplaneError::Map {
+                    name: maps::PORTS,
+                    source,
+                })?;
+        }
+        self.config
+            .set(0, kernel_config(cfg), 0)
+            .map_err(|source| DataplaneError::Map {
+                name: maps::CONFIG,
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// The configuration the kernel currently runs with.
+    pub fn kernel_config(&self) -> Result<KernelConfig, DataplaneError> {
+        self.config
+            .get(&0, 0)
+            .map_err(|source| DataplaneError::Map {
+                name: maps::CONFIG,
+                source,
+            })
+    }
+
+    /// The protected ports the kernel currently uses.
+    pub fn protected_ports(&self) -> Result<Vec<u16>, DataplaneError> {
+        let mut ports = Vec::new();
+        for (index, word) in self.ports.iter().enumerate() {
+            let word = word.map_err(|source| DataplaneError::Map {
+                name: maps::PORTS,
+                source,
+            })?;
+            for bit in 0..64 {
+                if word & (1 << bit) != 0 {
+                    ports.push((index * 64 + bit) as u16);
+                }
+            }
+        }
+        Ok(ports)
+    }
+
+    /// Pinned-map path of `name` (for diagnostics).
+    pub fn map_path(&self, name: &str) -> std::path::PathBuf {
+        self.layout.map(name)
+    }
+
+    /// Pin directory.
+    pub fn dir(&self) -> &Path {
+        self.layout.dir()
+    }
+}
+
+/// Translates the `[dataplane]` section into the kernel's `DataplaneConfig`.
+pub fn kernel_config(cfg: &DataplaneConfig) -> KernelConfig {
+    let r = &cfg.rate_limit;
+    let mut flags = 0;
+    if r.enabled {
+        flags |= config_flags::RATE_LIMIT;
+    }
+    if cfg.fragments == PacketPolicy::Drop {
+        flags |= config_flags::DROP_FRAGMENTS;
+    }
+    if cfg.ipv6_extension_headers == PacketPolicy::Drop {
+        flags |= config_flags::DROP_EXT_HEADERS;
+    }
+    if cfg.malformed == MalformedPolicy::Drop {
+        flags |= config_flags::DROP_MALFORMED;
+    }
+    let interval_ns = (1e9 / r.syn_per_second).round().max(1.0) as u64;
+    let v4_mask = u32::MAX
+        .checked_shl(32 - u32::from(r.ipv4_prefix))
+        .unwrap_or(0)
+        .to_be_bytes();
+    let v6_mask =
+        IpNet::V6(Ipv6Net::new(Ipv6Addr::UNSPECIFIED, r.ipv6_prefix).unwrap_or_default()).netmask();
+    let v6_mask = match v6_mask {
+        std::net::IpAddr::V6(m) => m.octets(),
+        std::net::IpAddr::V4(_) => [0xff; 16],
+    };
+    let mut hi = [0u8; 8];
+    let mut lo = [0u8; 8];
+    hi.copy_from_slice(&v6_mask[..8]);
+    lo.copy_from_slice(&v6_mask[8..]);
+    KernelConfig {
+        flags,
+        rate_v4_mask: u32::from_ne_bytes(v4_mask),
+        rate_interval_ns: interval_ns,
+        rate_tolerance_ns: interval_ns.saturating_mul(u64::from(r.burst.saturating_sub(1))),
+        rate_v6_mask: [u64::from_ne_bytes(hi), u64::from_ne_bytes(lo)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_config_translates_rate_and_masks() {
+        let mut cfg = DataplaneConfig::default();
+        cfg.rate_limit.syn_per_second = 4.0;
+        cfg.rate_limit.burst = 3;
+        cfg.rate_limit.ipv4_prefix = 24;
+        cfg.rate_limit.ipv6_prefix = 64;
+        let k = kernel_config(&cfg);
+        assert_eq!(k.rate_interval_ns, 250_000_000);
+        assert_eq!(k.rate_tolerance_ns, 500_000_000);
+        assert_eq!(k.rate_v4_mask.to_ne_bytes(), [255, 255, 255, 0]);
+        assert_eq!(k.rate_v6_mask[0], u64::MAX);
+        assert_eq!(k.rate_v6_mask[1], 0);
+        assert_ne!(k.flags & config_flags::RATE_LIMIT, 0);
+        assert_ne!(k.flags & config_flags::DROP_FRAGMENTS, 0);
+        cfg.rate_limit.enabled = false;
+        cfg.fragments = PacketPolicy::Inspect;
+        let k = kernel_config(&cfg);
+        assert_eq!(
+            k.flags & (config_flags::RATE_LIMIT | config_flags::DROP_FRAGMENTS),
+            0
+        );
+    }
+
+    #[test]
+    fn full_prefixes_give_full_masks() {
+        let mut cfg = DataplaneConfig::default();
+        cfg.rate_limit.ipv4_prefix = 32;
+        cfg.rate_limit.ipv6_prefix = 128;
+        let k = kernel_config(&cfg);
+        assert_eq!(k.rate_v4_mask, u32::MAX);
+        assert_eq!(k.rate_v6_mask, [u64::MAX, u64::MAX]);
+    }
+}

@@ -1,0 +1,231 @@
+//! Where the pinned state lives in bpffs, and the checks before reusing it.
+//!
+//! ```text
+//! <pin_dir>/v<LAYOUT_VERSION>/BLOCK_V4 ... META     every map, pinned by name
+//! <pin_dir>/v<LAYOUT_VERSION>/link_<interface>     the XDP link of each interface
+//! ```
+
+use std::{
+    ffi::CString,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{MapInfo, MapType};
+use smtp_gateway_common::{
+    AllowEntry, BlockEntry, DataplaneConfig, LAYOUT_VERSION, Meta, RateState, ReasonText,
+    SourceKey, SourceStats, VerdictCounters, maps,
+};
+
+use super::DataplaneError;
+
+/// `statfs` magic of bpffs.
+const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
+/// Prefix of link pins.
+const LINK_PREFIX: &str = "link_";
+
+/// Paths of the pinned objects of one layout version.
+#[derive(Debug, Clone)]
+pub struct PinLayout {
+    /// `<pin_dir>/v<LAYOUT_VERSION>`.
+    dir: PathBuf,
+}
+
+impl PinLayout {
+    /// The layout under `pin_dir` (the configured `dataplane.pin_dir`).
+    pub fn new(pin_dir: &Path) -> Self {
+        Self {
+            dir: pin_dir.join(format!("v{LAYOUT_VERSION}")),
+        }
+    }
+
+    /// The versioned directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Pin path of map `name`.
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Pin path of the XDP link on `interface`.
+    pub fn link(&self, interface: &str) -> PathBuf {
+        self.dir.join(format!("{LINK_PREFIX}{interface}"))
+    }
+
+    /// Whether every map is pinned.
+    pub fn maps_pinned(&self) -> bool {
+        maps::ALL.iter().all(|name| self.map(name).exists())
+    }
+
+    /// Interfaces with a pinned link.
+    pub fn pinned_links(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix(LINK_PREFIX))
+                    .map(str::to_string)
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Makes sure the pin directory is on bpffs (mounting `/sys/fs/bpf` if needed) and exists.
+    pub fn prepare(&self) -> Result<(), DataplaneError> {
+        let base = Path::new("/sys/fs/bpf");
+        if self.dir.starts_with(base) && !is_bpffs(base) {
+            mount_bpffs(base)?;
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|source| DataplaneError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        if !is_bpffs(&self.dir) {
+            return Err(DataplaneError::Bpffs {
+                path: self.dir.clone(),
+                source: std::io::Error::other("not a bpf filesystem"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses pinned maps whose type, key or value size differ from this build's.
+    pub fn check_layout(&self) -> Result<(), DataplaneError> {
+        for spec in MAP_SPECS {
+            let path = self.map(spec.name);
+            if !path.exists() {
+                continue;
+            }
+            let mismatch = |detail: String| DataplaneError::LayoutMismatch {
+                name: spec.name,
+                path: path.clone(),
+                detail,
+            };
+            let info =
+                MapInfo::from_pin(&path).map_err(|e| mismatch(format!("unreadable: {e}")))?;
+            let map_type = info.map_type().map_err(|e| mismatch(e.to_string()))?;
+            if map_type != spec.map_type {
+                return Err(mismatch(format!(
+                    "type {map_type:?}, expected {:?}",
+                    spec.map_type
+                )));
+            }
+            if info.key_size() != spec.key_size || info.value_size() != spec.value_size {
+                return Err(mismatch(format!(
+                    "key/value sizes {}/{}, expected {}/{}",
+                    info.key_size(),
+                    info.value_size(),
+                    spec.key_size,
+                    spec.value_size
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The shape of one map as this build defines it.
+struct MapSpec {
+    name: &'static str,
+    map_type: MapType,
+    key_size: u32,
+    value_size: u32,
+}
+
+const fn spec<K, V>(name: &'static str, map_type: MapType) -> MapSpec {
+    MapSpec {
+        name,
+        map_type,
+        key_size: size_of::<K>() as u32,
+        value_size: size_of::<V>() as u32,
+    }
+}
+
+/// LPM keys are `{prefix_len: u32, data}` packed.
+type LpmKey<const N: usize> = ([u8; 4], [u8; N]);
+
+const MAP_SPECS: [MapSpec; 13] = [
+    spec::<[u8; 4], BlockEntry>(maps::BLOCK_V4, MapType::Hash),
+    spec::<[u8; 16], BlockEntry>(maps::BLOCK_V6, MapType::Hash),
+    spec::<LpmKey<4>, BlockEntry>(maps::BLOCK_NET_V4, MapType::LpmTrie),
+    spec::<LpmKey<16>, BlockEntry>(maps::BLOCK_NET_V6, MapType::LpmTrie),
+    spec::<LpmKey<4>, AllowEntry>(maps::ALLOW_V4, MapType::LpmTrie),
+    spec::<LpmKey<16>, AllowEntry>(maps::ALLOW_V6, MapType::LpmTrie),
+    spec::<SourceKey, RateState>(maps::RATE_STATE, MapType::LruHash),
+    spec::<SourceKey, SourceStats>(maps::SOURCE_STATS, MapType::LruPerCpuHash),
+    spec::<u32, VerdictCounters>(maps::VERDICTS, MapType::PerCpuArray),
+    spec::<u32, u64>(maps::PORTS, MapType::Array),
+    spec::<u32, DataplaneConfig>(maps::CONFIG, MapType::Array),
+    spec::<u32, ReasonText>(maps::REASONS, MapType::Hash),
+    spec::<u32, Meta>(maps::META, MapType::Array),
+];
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into a zeroed struct we own; the path is NUL-terminated.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c_path.as_ptr(), &mut st) == 0 && st.f_type as libc::c_long == BPF_FS_MAGIC
+    }
+}
+
+fn mount_bpffs(path: &Path) -> Result<(), DataplaneError> {
+    let err = |source| DataplaneError::Bpffs {
+        path: path.to_path_buf(),
+        source,
+    };
+    let target =
+        CString::new(path.as_os_str().as_bytes()).map_err(|e| err(std::io::Error::other(e)))?;
+    // SAFETY: NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    tracing::info!(path = %path.display(), "mounted bpffs");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lpm_key_sizes_match_the_kernel_layout() {
+        assert_eq!(size_of::<LpmKey<4>>(), 8);
+        assert_eq!(size_of::<LpmKey<16>>(), 20);
+        assert_eq!(
+            size_of::<aya::maps::lpm_trie::Key<[u8; 16]>>(),
+            size_of::<LpmKey<16>>()
+        );
+    }
+
+    #[test]
+    fn paths_are_versioned() {
+        let l = PinLayout::new(Path::new("/sys/fs/bpf/x"));
+        assert_eq!(
+            l.map("META"),
+            Path::new(&format!("/sys/fs/bpf/x/v{LAYOUT_VERSION}/META"))
+        );
+        assert_eq!(
+            l.link("eth0"),
+            Path::new(&format!("/sys/fs/bpf/x/v{LAYOUT_VERSION}/link_eth0"))
+        );
+    }
+}

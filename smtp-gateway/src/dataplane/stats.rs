@@ -1,0 +1,155 @@
+//! Reading the kernel counters: per-verdict totals and per-source rows, summed over CPUs.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::Serialize;
+use smtp_gateway_common::{SourceStats, Verdict, VerdictCounters, maps};
+
+use super::{Dataplane, DataplaneError, clock};
+
+/// Totals of one verdict over every CPU.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct VerdictTotal {
+    pub verdict: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Counters of one source over every CPU.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SourceRow {
+    pub source: IpAddr,
+    pub packets: u64,
+    pub bytes: u64,
+    pub syns: u64,
+    pub drops: u64,
+    /// Seconds since the last packet.
+    pub last_seen_secs_ago: u64,
+}
+
+impl Dataplane {
+    /// Verdict counters summed over CPUs, in verdict order.
+    pub fn verdict_totals(&self) -> Result<Vec<VerdictTotal>, DataplaneError> {
+        let mut out = Vec::new();
+        for verdict in Verdict::ALL {
+            let per_cpu =
+                self.verdicts
+                    .get(&(verdict as u32), 0)
+                    .map_err(|source| DataplaneError::Map {
+                        name: maps::VERDICTS,
+                        source,
+                    })?;
+            let sum = per_cpu
+                .iter()
+                .fold(VerdictCounters::default(), |acc, c| VerdictCounters {
+                    packets: acc.packets + c.packets,
+                    bytes: acc.bytes + c.bytes,
+                });
+            out.push(VerdictTotal {
+                verdict: verdict.name(),
+                packets: sum.packets,
+                bytes: sum.bytes,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every tracked source, summed over CPUs.
+    pub fn source_rows(&self) -> Result<Vec<SourceRow>, DataplaneError> {
+        let now = clock::monotonic_ns();
+        let mut rows = Vec::new();
+        for item in self.source_stats.iter() {
+            let (key, per_cpu) = match item {
+                Ok(kv) => kv,
+                // An LRU entry evicted between "next key" and "lookup": skip it.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(source) => {
+                    return Err(DataplaneError::Map {
+                        name: maps::SOURCE_STATS,
+                        source,
+                    });
+                }
+            };
+            let mut sum = SourceStats::default();
+            for s in per_cpu.iter() {
+                sum.packets += s.packets;
+                sum.bytes += s.bytes;
+                sum.syns += s.syns;
+                sum.drops += s.drops;
+                sum.last_seen_ns = sum.last_seen_ns.max(s.last_seen_ns);
+            }
+            let source = match key.as_v4() {
+                Some(a) => IpAddr::V4(Ipv4Addr::from(a)),
+                None => IpAddr::V6(Ipv6Addr::from(key.addr)),
+            };
+            rows.push(SourceRow {
+                source,
+                packets: sum.packets,
+                bytes: sum.bytes,
+                syns: sum.syns,
+                drops: sum.drops,
+                last_seen_secs_ago: now.saturating_sub(sum.last_seen_ns) / 1_000_000_000,
+            });
+        }
+        Ok(rows)
+    }
+
+    /// Zeroes the verdict counters (for benchmarks and tests).
+    pub fn reset_verdicts(&mut self) -> Result<(), DataplaneError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io {
+            path: "/sys/devices/system/cpu/possible".into(),
+            source: e,
+        })?;
+        for verdict in Verdict::ALL {
+            let zeros = aya::maps::PerCpuValues::try_from(vec![VerdictCounters::default(); cpus])
+                .map_err(|e| DataplaneError::Io {
+                path: self.map_path(maps::VERDICTS),
+                source: e,
+            })?;
+            self.verdicts
+                .set(verdict as u32, zeros, 0)
+                .map_err(|source| DataplaneError::Map {
+                    name: maps::VERDICTS,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// The `n` rows with the largest `key`, largest first (ties by address for a stable order).
+pub fn top_by(rows: &[SourceRow], n: usize, key: impl Fn(&SourceRow) -> u64) -> Vec<SourceRow> {
+    let mut sorted: Vec<SourceRow> = rows.iter().filter(|r| key(r) > 0).cloned().collect();
+    sorted.sort_by(|a, b| key(b).cmp(&key(a)).then(a.source.cmp(&b.source)));
+    sorted.truncate(n);
+    sorted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(last: u8, packets: u64, drops: u64) -> SourceRow {
+        SourceRow {
+            source: IpAddr::V4(Ipv4Addr::new(198, 18, 0, last)),
+            packets,
+            bytes: packets * 60,
+            syns: 0,
+            drops,
+            last_seen_secs_ago: 0,
+        }
+    }
+
+    #[test]
+    fn top_orders_and_truncates() {
+        let rows = vec![row(1, 10, 0), row(2, 50, 5), row(3, 30, 30), row(4, 0, 0)];
+        let by_packets = top_by(&rows, 2, |r| r.packets);
+        assert_eq!(
+            by_packets.iter().map(|r| r.packets).collect::<Vec<_>>(),
+            vec![50, 30]
+        );
+        let by_drops = top_by(&rows, 10, |r| r.drops);
+        assert_eq!(by_drops.len(), 2, "sources without drops are not listed");
+        assert_eq!(by_drops[0].drops, 30);
+    }
+}

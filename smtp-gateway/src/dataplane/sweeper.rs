@@ -1,0 +1,67 @@
+//! Removing expired blocklist entries. The XDP program already ignores them (it compares
+//! `expires_at_ns` with the clock), so the sweep only frees room and keeps listings honest. Keys are
+//! collected first and deleted afterwards: deleting while walking a hash with "next key" restarts
+//! the walk.
+
+use smtp_gateway_common::{BlockEntry, maps};
+
+use super::{Dataplane, DataplaneError};
+
+/// What a sweep removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Entries removed.
+    pub removed: usize,
+    /// Entries examined.
+    pub examined: usize,
+}
+
+fn expired(entry: &BlockEntry, now_ns: u64) -> bool {
+    !entry.is_active(now_ns)
+}
+
+impl Dataplane {
+    /// Removes every blocklist entry expired at `now_ns` (CLOCK_MONOTONIC).
+    pub fn sweep_expired(&mut self, now_ns: u64) -> Result<SweepReport, DataplaneError> {
+        let mut report = SweepReport::default();
+        macro_rules! sweep {
+            ($map:expr, $name:expr) => {{
+                let mut doomed = Vec::new();
+                for item in $map.iter() {
+                    let (key, entry) = match item {
+                        Ok(kv) => kv,
+                        Err(aya::maps::MapError::KeyNotFound) => continue,
+                        Err(source) => {
+                            return Err(DataplaneError::Map {
+                                name: $name,
+                                source,
+                            });
+                        }
+                    };
+                    report.examined += 1;
+                    if expired(&entry, now_ns) {
+                        doomed.push(key);
+                    }
+                }
+                for key in doomed {
+                    match $map.remove(&key) {
+                        Ok(()) => report.removed += 1,
+                        // Deleted meanwhile by an operator: fine.
+                        Err(aya::maps::MapError::KeyNotFound) => {}
+                        Err(source) => {
+                            return Err(DataplaneError::Map {
+                                name: $name,
+                                source,
+                            });
+                        }
+                    }
+                }
+            }};
+        }
+        sweep!(self.block_v4, maps::BLOCK_V4);
+        sweep!(self.block_v6, maps::BLOCK_V6);
+        sweep!(self.block_net_v4, maps::BLOCK_NET_V4);
+        sweep!(self.block_net_v6, maps::BLOCK_NET_V6);
+        Ok(report)
+    }
+}

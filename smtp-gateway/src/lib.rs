@@ -1,0 +1,18 @@
+//! # smtp-gateway
+//!
+//! An edge SMTP filter: an XDP program drops blocklisted and over-eager sources in the kernel;
+//! a userspace daemon loads it, keeps its maps and (in a later stage) proxies SMTP.
+//!
+//! ## Layout
+//! - `config.rs`: the TOML configuration, parse -> validate;
+//! - `dataplane/`: everything about the kernel half (load, attach, pins, maps, lists, import,
+//!   counters, expiry);
+//! - `daemon.rs`: `smtp-gateway run` — attach, push the config, sweep, reload, stop;
+//! - `signal.rs`: the control signals the daemon reacts to.
+//!
+//! The binary (`main.rs`) parses arguments (`cli.rs`) and dispatches to `cmd/`.
+
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod signal;

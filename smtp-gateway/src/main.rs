@@ -1,0 +1,76 @@
+//! `smtp-gateway`: tracing, argument parsing, dispatch. Everything else lives in the library.
+
+mod cli;
+mod cmd;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Parser;
+use cli::{Cli, Command, LogFormat};
+use smtp_gateway::config::{Config, DEFAULT_CONFIG_PATH};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The configuration and the file it came from (`None`: built-in defaults).
+fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Option<PathBuf>)> {
+    match path {
+        Some(path) => Ok((Config::load(path)?, Some(path.to_path_buf()))),
+        None => {
+            let default = Path::new(DEFAULT_CONFIG_PATH);
+            if default.exists() {
+                Ok((Config::load(default)?, Some(default.to_path_buf())))
+            } else {
+                Ok((Config::default(), None))
+            }
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let (config, path) = load_config(cli.config.as_deref())?;
+    let ok = std::process::ExitCode::SUCCESS;
+    match cli.command {
+        Command::Run => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(smtp_gateway::daemon::run(path, config))?;
+            Ok(ok)
+        }
+        Command::CheckConfig => {
+            match &path {
+                Some(p) => println!("{}: configuration is valid", p.display()),
+                None => println!("no configuration file; built-in defaults are valid"),
+            }
+            Ok(ok)
+        }
+        Command::Detach => cmd::detach::run(&config),
+        Command::Block(command) => cmd::block::run(&config, command),
+        Command::Allow(command) => cmd::allow::run(&config, command),
+        Command::Stats(args) => cmd::stats::run(&config, &args),
+    }
+}
