@@ -142,17 +142,7 @@ pub fn attach(cfg: &DataplaneConfig) -> Result<AttachReport, DataplaneError> {
     let mut links = Vec::new();
     if !cfg.interfaces.is_empty() {
         let mut ebpf = loader(&layout, cfg).load(object::OBJECT)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(object::PROGRAM_NAME)
-            .ok_or_else(|| {
-                DataplaneError::Load(aya::EbpfError::ProgramError(
-                    aya::programs::ProgramError::InvalidName {
-                        name: object::PROGRAM_NAME.to_string(),
-                    },
-                ))
-            })?
-            .try_into()?;
-        program.load()?;
+        let program = loaded_program(&mut ebpf)?;
         for interface in &cfg.interfaces {
             let action = attach_one(program, &layout, interface, cfg.attach_mode)?;
             links.push((interface.clone(), action));
@@ -291,4 +281,33 @@ fn warn_capacity_drift(dataplane: &Dataplane, cfg: &DataplaneConfig) {
             );
         }
     }
+}
+
+/// Loads this build's program into the kernel without attaching it, sharing the pinned maps (which
+/// are created if missing). For BPF_PROG_TEST_RUN program tests and benchmarks: run the returned
+/// program with `aya::programs::TestRun` on crafted frames and inspect the maps through the
+/// returned [`Dataplane`].
+pub fn load_unattached(cfg: &DataplaneConfig) -> Result<(aya::Ebpf, Dataplane), DataplaneError> {
+    let dataplane = ensure_maps(cfg)?;
+    let mut ebpf = loader(dataplane.layout(), cfg).load(object::OBJECT)?;
+    loaded_program(&mut ebpf)?;
+    Ok((ebpf, dataplane))
+}
+
+/// The XDP program of `ebpf`, loaded into the kernel (idempotent).
+pub fn loaded_program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, DataplaneError> {
+    let program: &mut Xdp = ebpf
+        .program_mut(object::PROGRAM_NAME)
+        .ok_or_else(|| {
+            DataplaneError::Load(aya::EbpfError::ProgramError(
+                aya::programs::ProgramError::InvalidName {
+                    name: object::PROGRAM_NAME.to_string(),
+                },
+            ))
+        })?
+        .try_into()?;
+    if program.fd().is_err() {
+        program.load()?;
+    }
+    Ok(program)
 }
