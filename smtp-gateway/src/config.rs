@@ -307,15 +307,20 @@ impl Config {
     }
 }
 
-/// toml's message already names the key, the line and the column; keep it, on one line.
+/// One line: "line N: what is wrong: `the offending line`" (quoting the line names the key even
+/// when toml's message does not, e.g. for a value of the wrong type).
 fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
-    let line = e
-        .span()
-        .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
     let message = e.message().trim().to_string();
-    match line {
-        Some(line) => format!("line {line}: {message}"),
-        None => message,
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line_text = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    if line_text.is_empty() {
+        format!("line {line_no}: {message}")
+    } else {
+        format!("line {line_no}: {message}: `{line_text}`")
     }
 }
 

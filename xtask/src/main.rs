@@ -1,1 +1,120 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | test | bench [xdp] [--quick]`.
+//!
+//! Every task runs `setup` first, so one command works on a fresh machine of this kind
+//! (Debian 12, root): apt packages, bpf-linker in the project-local `.tools/`, bpffs.
+//! xtask itself depends on nothing that needs the eBPF toolchain, so it builds before setup.
+
+mod bench;
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "smtp-gateway project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks (apt packages, bpf-linker); idempotent, seconds when done.
+    Setup,
+    /// Build everything and run every test: format, lints, unit, XDP program and netns end-to-end.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Run benchmarks and write docs/BENCHMARKS.md.
+    Bench {
+        /// Which benchmark (default: all).
+        #[arg(value_enum)]
+        which: Option<bench::Which>,
+        /// Fewer repeats and smaller sizes (smoke run; figures are not written to docs/).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.task {
+        Task::Setup => setup::run(&root),
+        Task::Test { cargo_args } => {
+            setup::run(&root)?;
+            test(&root, &cargo_args)
+        }
+        Task::Bench { which, quick } => {
+            setup::run(&root)?;
+            bench::run(&root, which, quick)
+        }
+    }
+}
+
+/// The workspace root (parent of xtask/).
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command, echoing it, failing with its status.
+pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {}", render(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", render(cmd)))?;
+    if !status.success() {
+        bail!("{} failed ({status})", render(cmd));
+    }
+    Ok(())
+}
+
+fn render(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn test(root: &std::path::Path, cargo_args: &[String]) -> anyhow::Result<()> {
+    run_cmd(cargo().current_dir(root).args(["fmt", "--all", "--check"]))?;
+    run_cmd(
+        cargo()
+            .current_dir(root.join("smtp-gateway-ebpf"))
+            .args(["fmt", "--check"]),
+    )?;
+    run_cmd(cargo().current_dir(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // Builds the daemon binary the end-to-end tests drive.
+    run_cmd(
+        cargo()
+            .current_dir(root)
+            .args(["build", "--workspace", "--locked"]),
+    )?;
+    run_cmd(
+        cargo()
+            .current_dir(root)
+            .args(["test", "--workspace", "--locked"])
+            .args(cargo_args),
+    )?;
+    Ok(())
+}

@@ -92,3 +92,13 @@ impl DataplaneError {
         DataplaneError::Map { name, source }
     }
 }
+
+/// Whether a map error means "no such key" (aya reports lookups as `KeyNotFound` but deletes as
+/// a raw ENOENT).
+pub fn is_not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}

@@ -202,9 +202,15 @@ pub fn apply(
 mod tests {
     use super::*;
 
+    /// Input line, then the target and reason it gives, or a fragment of its error.
+    type Case = (
+        &'static str,
+        Result<Option<(&'static str, Option<&'static str>)>, &'static str>,
+    );
+
     #[test]
     fn table_of_lines() {
-        let cases: &[(&str, Result<Option<(&str, Option<&str>)>, &str>)] = &[
+        let cases: &[Case] = &[
             ("", Ok(None)),
             ("   ", Ok(None)),
             ("# comment", Ok(None)),

@@ -7,7 +7,7 @@ use aya::maps::lpm_trie::Key;
 use ipnet::IpNet;
 use smtp_gateway_common::{AllowEntry, BlockEntry, maps};
 
-use super::{Dataplane, DataplaneError, Target};
+use super::{Dataplane, DataplaneError, Target, error::is_not_found};
 
 /// One blocklist entry as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +28,7 @@ fn not_found_is_none<T>(
 ) -> Result<Option<T>, aya::maps::MapError> {
     match r {
         Ok(v) => Ok(Some(v)),
-        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(e),
     }
 }

@@ -4,7 +4,7 @@
 
 use smtp_gateway_common::{REASON_TEXT_LEN, ReasonText, maps};
 
-use super::{Dataplane, DataplaneError};
+use super::{Dataplane, DataplaneError, error::is_not_found};
 
 /// Collisions probed before giving up.
 const MAX_PROBES: u32 = 32;
@@ -24,7 +24,7 @@ pub fn intern(dp: &mut Dataplane, text: &str) -> Result<u32, DataplaneError> {
         match dp.reasons.get(&id, 0) {
             Ok(existing) if existing == value => return Ok(id),
             Ok(_) => id = id.wrapping_add(1).max(1),
-            Err(aya::maps::MapError::KeyNotFound) => {
+            Err(e) if is_not_found(&e) => {
                 let capacity = dp.capacity(maps::REASONS);
                 dp.reasons
                     .insert(id, value, 0)

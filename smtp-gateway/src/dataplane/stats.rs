@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde::Serialize;
 use smtp_gateway_common::{SourceStats, Verdict, VerdictCounters, maps};
 
-use super::{Dataplane, DataplaneError, clock};
+use super::{Dataplane, DataplaneError, clock, error::is_not_found};
 
 /// Totals of one verdict over every CPU.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -62,7 +62,7 @@ impl Dataplane {
             let (key, per_cpu) = match item {
                 Ok(kv) => kv,
                 // An LRU entry evicted between "next key" and "lookup": skip it.
-                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) if is_not_found(&e) => continue,
                 Err(source) => {
                     return Err(DataplaneError::Map {
                         name: maps::SOURCE_STATS,

@@ -5,7 +5,7 @@
 
 use smtp_gateway_common::{BlockEntry, maps};
 
-use super::{Dataplane, DataplaneError};
+use super::{Dataplane, DataplaneError, error::is_not_found};
 
 /// What a sweep removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +30,7 @@ impl Dataplane {
                 for item in $map.iter() {
                     let (key, entry) = match item {
                         Ok(kv) => kv,
-                        Err(aya::maps::MapError::KeyNotFound) => continue,
+                        Err(e) if is_not_found(&e) => continue,
                         Err(source) => {
                             return Err(DataplaneError::Map {
                                 name: $name,
@@ -47,7 +47,7 @@ impl Dataplane {
                     match $map.remove(&key) {
                         Ok(()) => report.removed += 1,
                         // Deleted meanwhile by an operator: fine.
-                        Err(aya::maps::MapError::KeyNotFound) => {}
+                        Err(e) if is_not_found(&e) => {}
                         Err(source) => {
                             return Err(DataplaneError::Map {
                                 name: $name,

@@ -1,0 +1,496 @@
+//! The operator CLI as a postmaster uses it: the real binary, real pinned maps in a private bpffs
+//! directory (no interface, no traffic). Needs root.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::atomic::{AtomicUsize, Ordering},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_smtp-gateway");
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A private pin directory and config file; detaches and removes them on drop.
+struct Sandbox {
+    dir: PathBuf,
+    config: PathBuf,
+    pin_dir: PathBuf,
+}
+
+impl Sandbox {
+    fn new(extra: &str) -> Self {
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = std::env::temp_dir().join(format!("sgw-cli-{id}"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sgw-cli-{id}"));
+        let config = dir.join("gateway.toml");
+        let text = format!(
+            "[dataplane]\npin_dir = \"{}\"\n{extra}\n[dataplane.capacity]\nblock_v4 = 4096\nblock_v6 = 4096\nblock_net_v4 = 1024\nblock_net_v6 = 1024\nrate_sources = 1024\nsource_stats = 1024\n",
+            pin_dir.display()
+        );
+        std::fs::write(&config, text).expect("write config");
+        Self {
+            dir,
+            config,
+            pin_dir,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run smtp-gateway")
+    }
+
+    fn file(&self, name: &str, content: &[u8]) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::File::create(&path)
+            .and_then(|mut f| f.write_all(content))
+            .expect("write file");
+        path
+    }
+
+    fn list(&self) -> Vec<serde_json::Value> {
+        let out = self.run(&["block", "list", "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).expect("block list --json is JSON")
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = self.run(&["detach"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        assert!(
+            !self.pin_dir.join("v1").exists() || std::thread::panicking(),
+            "detach left pins behind in {}",
+            self.pin_dir.display()
+        );
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn check_config(text: &str) -> Output {
+    let dir = std::env::temp_dir().join(format!(
+        "sgw-cfg-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).expect("write");
+    let out = Command::new(BIN)
+        .arg("-c")
+        .arg(&path)
+        .arg("check-config")
+        .output()
+        .expect("run");
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+#[test]
+fn check_config_accepts_the_reference_file() {
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.toml");
+    let out = Command::new(BIN)
+        .arg("-c")
+        .arg(&reference)
+        .arg("check-config")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("configuration is valid"));
+}
+
+#[test]
+fn check_config_rejects_with_key_and_line() {
+    let cases = [
+        (
+            "[dataplane]\nprotected_ports = [25]\nprotect_ports = [25]\n",
+            &["protect_ports", "line 3"][..],
+        ),
+        (
+            "[dataplane]\n\nallowlist = [\"198.18.0.0/40\"]\n",
+            &["line 3"][..],
+        ),
+        (
+            "[dataplane]\nallowlist = [\"198.18.0.5/24\"]\n",
+            &["dataplane.allowlist", ":2", "198.18.0.0/24"][..],
+        ),
+        (
+            "[dataplane]\nprotected_ports = [25, 65536]\n",
+            &["line 2", "65536"][..],
+        ),
+        (
+            "[dataplane]\nprotected_ports = [0]\n",
+            &["dataplane.protected_ports", ":2"][..],
+        ),
+        (
+            "[dataplane.rate_limit]\nburst = 0\n",
+            &["dataplane.rate_limit.burst", ":2"][..],
+        ),
+    ];
+    for (text, fragments) in cases {
+        let out = check_config(text);
+        assert!(!out.status.success(), "accepted:\n{text}");
+        let err = stderr(&out);
+        for fragment in fragments {
+            assert!(
+                err.contains(fragment),
+                "missing {fragment:?} in {err:?} for\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn missing_config_file_is_a_clear_error() {
+    let out = Command::new(BIN)
+        .args(["-c", "/nonexistent/gateway.toml", "check-config"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot read /nonexistent/gateway.toml"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn block_add_list_del_round_trip_with_reason_and_ttl() {
+    let sb = Sandbox::new("");
+    for args in [
+        &["block", "add", "198.18.0.7", "--reason", "pregreet bot"][..],
+        &["block", "add", "198.18.4.0/22", "--ttl", "1h"][..],
+        &["block", "add", "2001:db8::7"][..],
+        &["block", "add", "2001:db8:1::/48", "--reason", "hoster"][..],
+    ] {
+        let out = sb.run(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    let list = sb.list();
+    assert_eq!(list.len(), 4, "{list:?}");
+    let find = |t: &str| {
+        list.iter()
+            .find(|e| e["target"] == t)
+            .unwrap_or_else(|| panic!("{t} missing from {list:?}"))
+            .clone()
+    };
+    assert_eq!(find("198.18.0.7")["reason"], "pregreet bot");
+    assert_eq!(find("198.18.0.7")["kind"], "exact");
+    assert_eq!(find("198.18.0.7")["origin"], "cli");
+    let ttl = find("198.18.4.0/22")["expires_in_secs"]
+        .as_u64()
+        .expect("ttl entry has expiry");
+    assert!((3590..=3600).contains(&ttl), "{ttl}");
+    assert_eq!(find("2001:db8:1::/48")["kind"], "prefix");
+    assert!(find("2001:db8::7")["expires_in_secs"].is_null());
+
+    let out = sb.run(&["block", "del", "198.18.4.0/22"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(sb.list().len(), 3);
+    let out = sb.run(&["block", "del", "198.18.4.0/22"]);
+    assert!(!out.status.success(), "deleting twice must fail");
+    assert!(
+        stderr(&out).contains("not in the blocklist"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_addresses_get_clear_errors_and_change_nothing() {
+    let sb = Sandbox::new("");
+    for (arg, fragment) in [
+        ("198.18.0.1/24", "did you mean 198.18.0.0/24"),
+        ("198.18.0.256", "not an IP address"),
+        ("0.0.0.0/0", "whole address family"),
+        ("mx.example.org", "not an IP address"),
+    ] {
+        let out = sb.run(&["block", "add", arg]);
+        assert!(!out.status.success(), "{arg} accepted");
+        assert!(stderr(&out).contains(fragment), "{arg}: {}", stderr(&out));
+    }
+    let out = sb.run(&["block", "add", "198.18.0.1", "--ttl", "soon"]);
+    assert!(!out.status.success());
+    assert!(sb.list().is_empty());
+}
+
+#[test]
+fn import_reports_bad_lines_and_applies_the_good_ones() {
+    let sb = Sandbox::new("");
+    let file = sb.file(
+        "drop.txt",
+        b"; Spamhaus DROP List\n198.18.8.0/21 ; SBL1001\n198.18.0.9\nnot-an-address\n2001:db8:5::/48 # hoster\n198.18.0.1/24\n{\"cidr\":\"198.18.16.0/20\",\"sblid\":\"SBL1002\"}\n",
+    );
+    let out = sb.run(&["block", "import", file.to_str().expect("utf-8 path")]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "partial import exits 2: {}",
+        stderr(&out)
+    );
+    let err = stderr(&out);
+    assert!(err.contains("drop.txt:line 4"), "{err}");
+    assert!(
+        err.contains("drop.txt:line 6") && err.contains("198.18.0.0/24"),
+        "{err}"
+    );
+    let list = sb.list();
+    assert_eq!(list.len(), 4, "{list:?}");
+    let reason = |t: &str| {
+        list.iter()
+            .find(|e| e["target"] == t)
+            .map(|e| e["reason"].clone())
+    };
+    assert_eq!(reason("198.18.8.0/21"), Some("SBL1001".into()));
+    assert_eq!(reason("198.18.16.0/20"), Some("SBL1002".into()));
+    assert_eq!(reason("2001:db8:5::/48"), Some("hoster".into()));
+    assert_eq!(reason("198.18.0.9"), Some("import drop.txt".into()));
+    assert!(list.iter().all(|e| e["origin"] == "import"));
+}
+
+#[test]
+fn strict_import_applies_nothing_when_a_line_is_bad() {
+    let sb = Sandbox::new("");
+    let file = sb.file("list.txt", b"198.18.0.1\n198.18.0.2\n198.18.0.300\n");
+    let out = sb.run(&[
+        "block",
+        "import",
+        "--strict",
+        file.to_str().expect("utf-8 path"),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("line 3") && err.contains("nothing was applied"),
+        "{err}"
+    );
+    assert!(sb.list().is_empty());
+    let good = sb.file("good.txt", b"198.18.0.1\n198.18.0.2\n");
+    let out = sb.run(&[
+        "block",
+        "import",
+        "--strict",
+        "--ttl",
+        "10m",
+        good.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(sb.list().len(), 2);
+}
+
+#[test]
+fn allowlist_add_list_del_and_blocking_an_allowed_source_warns() {
+    let sb = Sandbox::new("allowlist = [\"198.18.2.0/24\"]\n");
+    let out = sb.run(&["allow", "add", "198.18.1.0/24", "--reason", "our relays"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sb.run(&["block", "add", "198.18.1.5"]);
+    assert!(out.status.success());
+    assert!(
+        stderr(&out).contains("allowlist entry 198.18.1.0/24"),
+        "{}",
+        stderr(&out)
+    );
+    let out = sb.run(&["allow", "list", "--json"]);
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        list.len(),
+        1,
+        "config allowlist is applied by the daemon, not the CLI"
+    );
+    assert_eq!(list[0]["prefix"], "198.18.1.0/24");
+    assert_eq!(list[0]["reason"], "our relays");
+    let out = sb.run(&["allow", "del", "198.18.1.0/24"]);
+    assert!(out.status.success());
+    let out = sb.run(&["allow", "del", "198.18.1.0/24"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn stats_without_state_says_what_to_do() {
+    let sb = Sandbox::new("");
+    let out = sb.run(&["stats"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("start `smtp-gateway run` first"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn pinned_maps_of_another_layout_are_refused() {
+    let sb = Sandbox::new("");
+    let out = sb.run(&["block", "add", "198.18.0.1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Replace a pinned map by one with another value size, as an older build would have left it.
+    let path = sb.pin_dir.join("v1/BLOCK_V4");
+    std::fs::remove_file(&path).expect("unpin");
+    let status = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&path)
+        .args([
+            "type", "hash", "key", "4", "value", "16", "entries", "16", "name", "BLOCK_V4",
+            "flags", "1",
+        ])
+        .status()
+        .expect("bpftool");
+    assert!(status.success());
+    let out = sb.run(&["block", "list"]);
+    assert!(
+        !out.status.success(),
+        "a mismatched pinned map must be refused"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("BLOCK_V4") && err.contains("does not match") && err.contains("detach"),
+        "{err}"
+    );
+}
+
+/// A daemon started by a test; killed by PID on drop.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn start(sb: &Sandbox) -> Self {
+        let log = std::fs::File::create(sb.dir.join("daemon.log")).expect("log file");
+        let child = Command::new(BIN)
+            .arg("-c")
+            .arg(&sb.config)
+            .arg("run")
+            .stderr(log)
+            .spawn()
+            .expect("start daemon");
+        let daemon = Daemon(child);
+        wait_for(
+            || {
+                std::fs::read_to_string(sb.dir.join("daemon.log"))
+                    .is_ok_and(|l| l.contains("ready"))
+            },
+            "daemon ready",
+        );
+        daemon
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: plain kill(2) on our own child's PID.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, signal) };
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `ready` every 100 ms for at most 15 s.
+fn wait_for(mut ready: impl FnMut() -> bool, what: &str) {
+    for _ in 0..150 {
+        if ready() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn daemon_sweeps_expired_entries_and_stops_on_sigterm() {
+    let sb = Sandbox::new("sweep_interval = \"1s\"\n");
+    let mut daemon = Daemon::start(&sb);
+    assert!(
+        sb.run(&["block", "add", "198.18.0.20", "--ttl", "1s"])
+            .status
+            .success()
+    );
+    assert!(sb.run(&["block", "add", "198.18.0.21"]).status.success());
+    assert_eq!(sb.list().len(), 2);
+    wait_for(
+        || sb.list().len() == 1,
+        "the sweeper to remove the expired entry",
+    );
+    assert_eq!(sb.list()[0]["target"], "198.18.0.21");
+
+    daemon.signal(libc::SIGTERM);
+    let status = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            daemon.0.try_wait().ok().flatten()
+        })
+        .expect("daemon exits on SIGTERM");
+    assert!(status.success(), "{status}");
+    // State outlives the daemon.
+    assert_eq!(sb.list().len(), 1);
+}
+
+#[test]
+fn sighup_reload_applies_the_allowlist_and_a_bad_file_keeps_the_old_config() {
+    let sb = Sandbox::new("allowlist = [\"198.18.2.0/24\"]\n");
+    let daemon = Daemon::start(&sb);
+    // The CLI reads its own copy: the daemon's file is made invalid below.
+    let cli_config = sb.dir.join("cli.toml");
+    std::fs::copy(&sb.config, &cli_config).expect("copy config");
+    let allowed = || -> Vec<String> {
+        let out = Command::new(BIN)
+            .arg("-c")
+            .arg(&cli_config)
+            .args(["allow", "list", "--json"])
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{}", stderr(&out));
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+        list.iter()
+            .map(|e| e["prefix"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(allowed(), vec!["198.18.2.0/24"]);
+
+    let good = std::fs::read_to_string(&sb.config)
+        .expect("config")
+        .replace("198.18.2.0/24", "198.18.3.0/24\", \"2001:db8:9::/48");
+    std::fs::write(&sb.config, &good).expect("write");
+    daemon.signal(libc::SIGHUP);
+    wait_for(
+        || allowed() == vec!["198.18.3.0/24", "2001:db8:9::/48"],
+        "reloaded allowlist",
+    );
+
+    std::fs::write(
+        &sb.config,
+        good.replace("[dataplane]", "[dataplane]\nbogus_key = 1"),
+    )
+    .expect("write");
+    daemon.signal(libc::SIGHUP);
+    let log = sb.dir.join("daemon.log");
+    wait_for(
+        || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("reload failed")),
+        "reload failure logged",
+    );
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("bogus_key") && text.contains("previous configuration stays"),
+        "{text}"
+    );
+    assert_eq!(allowed(), vec!["198.18.3.0/24", "2001:db8:9::/48"]);
+    drop(daemon);
+    std::fs::write(&sb.config, &good).expect("restore config for cleanup");
+}

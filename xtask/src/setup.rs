@@ -1,0 +1,108 @@
+//! `cargo xtask setup`: everything a fresh Debian 12 machine of this kind lacks.
+//!
+//! - apt: Debian's rustc 1.96 with a prebuilt `core` for bpfel-unknown-none, LLVM 22 for
+//!   bpf-linker, and the tools the tests drive (iproute2, bpftool, ethtool, hping3, nsenter);
+//! - bpf-linker 0.13.0 built against LLVM 22 into `.tools/` (cached: 0.1 s when present);
+//! - bpffs mounted at /sys/fs/bpf.
+//!
+//! See ../shared/TOOLCHAIN.md for why this route (rustup cannot download rust-src here).
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context, bail};
+
+use crate::{cargo, run_cmd};
+
+/// Debian packages the build and the tests need.
+const APT_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "iproute2",
+    "bpftool",
+    "ethtool",
+    "hping3",
+    "util-linux",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run(root: &Path) -> anyhow::Result<()> {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc_getuid() } != 0 {
+        bail!("cargo xtask needs root (apt, bpffs, XDP, network namespaces)");
+    }
+    apt(APT_PACKAGES)?;
+    bpf_linker(root)?;
+    bpffs()?;
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "getuid"]
+    fn libc_getuid() -> u32;
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+/// Installs the missing packages (one `apt-get update` first).
+pub fn apt(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    run_cmd(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run_cmd(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing),
+    )
+}
+
+fn bpf_linker(root: &Path) -> anyhow::Result<()> {
+    let tools = root.join(".tools");
+    let linker = tools.join("bin/bpf-linker");
+    if let Ok(out) = Command::new(&linker).arg("--version").output()
+        && String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION)
+    {
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} (about 2 minutes, once)");
+    run_cmd(
+        cargo()
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+                "--root",
+            ])
+            .arg(&tools),
+    )
+    .context("installing bpf-linker")
+}
+
+fn bpffs() -> anyhow::Result<()> {
+    let mounted = std::fs::read_to_string("/proc/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+        })
+        .unwrap_or(false);
+    if !mounted {
+        run_cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    Ok(())
+}
