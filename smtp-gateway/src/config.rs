@@ -10,6 +10,12 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::policy::{dnsbl::DnsblConfig, helo::HeloConfig, relay::RelayConfig};
+pub use crate::smtp::config::{
+    Action, BackendConfig, BackendServer, BareNewlinePolicy, ChecksConfig, ConnectAt, Identity,
+    ListenerConfig, ListenerKind, ScoreConfig, SmtpConfig, TlsConfig,
+};
+
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/smtp-gateway/gateway.toml";
 
@@ -41,6 +47,20 @@ pub enum ConfigError {
 pub struct Config {
     /// The XDP data plane: interfaces, protected ports, blocklists, rate limit.
     pub dataplane: DataplaneConfig,
+    /// The SMTP proxy: listeners, limits, timeouts, TLS.
+    pub smtp: SmtpConfig,
+    /// The MTA behind the gateway.
+    pub backend: BackendConfig,
+    /// What each check does when it fires.
+    pub checks: ChecksConfig,
+    /// Score thresholds.
+    pub score: ScoreConfig,
+    /// Anti-relay.
+    pub relay: RelayConfig,
+    /// HELO/EHLO heuristics.
+    pub helo: HeloConfig,
+    /// DNSBL/DNSWL scoring.
+    pub dnsbl: DnsblConfig,
 }
 
 /// `[dataplane]`: the kernel half of the gateway.
@@ -224,6 +244,83 @@ impl Config {
 
     /// Checks values serde cannot: ranges, names, consistency. Returns the key and the reason.
     fn validate(&self) -> Result<(), (String, String)> {
+        self.validate_dataplane()?;
+        self.validate_smtp()?;
+        self.relay.validate()?;
+        self.helo.validate()?;
+        self.dnsbl.validate()?;
+        Ok(())
+    }
+
+    fn validate_smtp(&self) -> Result<(), (String, String)> {
+        let s = &self.smtp;
+        let bad = |key: &str, message: String| Err((key.to_string(), message));
+        if s.hostname.trim().is_empty() || s.hostname.contains(char::is_whitespace) {
+            return bad(
+                "smtp.hostname",
+                format!("{:?} is not a host name", s.hostname),
+            );
+        }
+        for (i, l) in s.listeners.iter().enumerate() {
+            if s.listeners[..i].iter().any(|o| o.address == l.address) {
+                return bad("smtp.listeners", format!("{} is listed twice", l.address));
+            }
+            if l.kind == ListenerKind::Smtps && s.tls.is_none() {
+                return bad(
+                    "smtp.listeners",
+                    format!("{} is `smtps` but [smtp.tls] is not configured", l.address),
+                );
+            }
+        }
+        for (key, value, min) in [
+            ("smtp.max_connections", s.max_connections, 1),
+            (
+                "smtp.max_connections_per_source",
+                s.max_connections_per_source,
+                1,
+            ),
+            ("smtp.max_command_line", s.max_command_line, 512),
+            ("smtp.max_text_line", s.max_text_line, 1000),
+            ("smtp.max_recipients", s.max_recipients, 1),
+            ("smtp.max_messages", s.max_messages, 1),
+        ] {
+            if value < min {
+                return bad(key, format!("{value} is below the minimum of {min}"));
+            }
+        }
+        if s.max_message_size < 1024 {
+            return bad(
+                "smtp.max_message_size",
+                format!("{} is below 1024 bytes", s.max_message_size),
+            );
+        }
+        for (key, d) in [
+            ("smtp.command_timeout", s.command_timeout),
+            ("smtp.data_timeout", s.data_timeout),
+        ] {
+            if d < Duration::from_secs(1) {
+                return bad(key, "must be at least 1s".into());
+            }
+        }
+        if !s.listeners.is_empty() && self.backend.servers.is_empty() {
+            return bad(
+                "backend.servers",
+                "at least one backend is required when smtp.listeners is set".into(),
+            );
+        }
+        if self.score.tempfail > self.score.reject {
+            return bad(
+                "score.tempfail",
+                format!(
+                    "{} is above score.reject ({})",
+                    self.score.tempfail, self.score.reject
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn validate_dataplane(&self) -> Result<(), (String, String)> {
         let d = &self.dataplane;
         let bad = |key: &str, message: String| Err((format!("dataplane.{key}"), message));
         for name in &d.interfaces {
@@ -374,6 +471,9 @@ mod tests {
         // from the example interface.
         let mut expected = Config::default();
         expected.dataplane.interfaces = c.dataplane.interfaces.clone();
+        expected.smtp.listeners = c.smtp.listeners.clone();
+        expected.smtp.tls = c.smtp.tls.clone();
+        expected.backend.servers = c.backend.servers.clone();
         assert_eq!(c, expected);
     }
 

@@ -31,6 +31,12 @@ pub enum DaemonError {
     Signals(std::io::Error),
     #[error("internal task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Listen(#[from] crate::smtp::server::ServerError),
+    #[error(transparent)]
+    Tls(#[from] crate::smtp::tls::TlsError),
+    #[error(transparent)]
+    Dnsbl(#[from] crate::policy::dnsbl::DnsblError),
 }
 
 /// The data plane shared by the daemon's tasks.
@@ -45,8 +51,9 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<(), Dae
         .map_err(|e| DaemonError::Task(e.to_string()))??;
     let dataplane: SharedDataplane = Arc::new(Mutex::new(dataplane));
 
-    let (config_tx, config_rx) = watch::channel(config);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let proxy = start_proxy(&config, shutdown_rx.clone())?;
+    let (config_tx, config_rx) = watch::channel(config);
     let sweeper = tokio::spawn(sweep_loop(dataplane.clone(), config_rx, shutdown_rx));
     tracing::info!("ready");
 
@@ -74,10 +81,49 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<(), Dae
     }
     let _ = shutdown_tx.send(true);
     let _ = sweeper.await;
+    if let Some(proxy) = proxy {
+        let _ = proxy.await;
+    }
     tracing::info!(
         "stopped; the XDP program stays attached with its pinned maps (`smtp-gateway detach` removes it)"
     );
     Ok(())
+}
+
+/// Binds the SMTP listeners (a bind failure stops the start) and serves them in the background.
+fn start_proxy(
+    config: &Config,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, DaemonError> {
+    if config.smtp.listeners.is_empty() {
+        tracing::info!("smtp.listeners is empty: the SMTP proxy is off");
+        return Ok(None);
+    }
+    let tls = config
+        .smtp
+        .tls
+        .as_ref()
+        .map(crate::smtp::tls::acceptor)
+        .transpose()?;
+    let dnsbl = if config.dnsbl.enabled {
+        Some(Arc::new(crate::policy::dnsbl::Dnsbl::new(&config.dnsbl)?))
+    } else {
+        None
+    };
+    let mut listeners = Vec::new();
+    for l in &config.smtp.listeners {
+        listeners.push((l.clone(), crate::smtp::server::bind(l)?));
+    }
+    let (events, _) = crate::smtp::events::channel();
+    let shared = Arc::new(crate::smtp::Shared {
+        config: config.clone(),
+        dnsbl,
+        tls,
+        events,
+    });
+    Ok(Some(tokio::spawn(crate::smtp::server::serve(
+        shared, listeners, shutdown,
+    ))))
 }
 
 /// Attaches, pushes the runtime config and the static allowlist.

@@ -8,6 +8,8 @@
 //! - `dataplane/`: everything about the kernel half (load, attach, pins, maps, lists, import,
 //!   counters, expiry);
 //! - `daemon.rs`: `smtp-gateway run` — attach, push the config, sweep, reload, stop;
+//! - `smtp/`: the SMTP filtering proxy (listeners, sessions, checks, forwarding, TLS);
+//! - `policy/`: pure verdict functions (anti-relay, HELO, DNSBL);
 //! - `signal.rs`: the control signals the daemon reacts to.
 //!
 //! The binary (`main.rs`) parses arguments (`cli.rs`) and dispatches to `cmd/`.
@@ -15,4 +17,6 @@
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod policy;
 pub mod signal;
+pub mod smtp;

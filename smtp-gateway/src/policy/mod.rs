@@ -1,0 +1,10 @@
+//! Pure verdict functions over what a session has shown so far; no I/O except DNS lookups in
+//! `dnsbl.rs`. Each module owns its `[...]` configuration section type.
+//!
+//! - `relay.rs`: anti-relay (accepted domains, relay networks, address tricks);
+//! - `helo.rs`: HELO/EHLO heuristics;
+//! - `dnsbl.rs`: DNSBL/DNSWL scoring through an async resolver.
+
+pub mod dnsbl;
+pub mod helo;
+pub mod relay;

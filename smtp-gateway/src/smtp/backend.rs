@@ -1,0 +1,208 @@
+//! The live connection to the backend MTA: connect (with failover), pass the client's identity,
+//! replay the client's EHLO, then relay commands one at a time and stream message text.
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::TcpStream,
+};
+
+use super::{
+    config::{BackendConfig, BackendServer, Identity},
+    identity::{ClientIdentity, proxy_v2_header, xclient_command},
+    reply::{Reply, parse_reply_line},
+};
+
+/// Longest backend reply line accepted.
+const MAX_REPLY_LINE: usize = 4096;
+/// Most lines in one backend reply.
+const MAX_REPLY_LINES: usize = 100;
+
+/// What went wrong with the backend (always answered to the client as 4xx).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("no backend configured")]
+    NoServers,
+    #[error("backend {addr}: {detail}")]
+    Unavailable { addr: SocketAddr, detail: String },
+    #[error("backend timed out")]
+    Timeout,
+    #[error("backend closed the connection")]
+    Closed,
+    #[error("backend sent an invalid reply: {0:?}")]
+    Protocol(String),
+    #[error("backend I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// An open backend session.
+pub struct Backend {
+    stream: BufReader<TcpStream>,
+    /// Which server.
+    pub addr: SocketAddr,
+    reply_timeout: Duration,
+}
+
+impl Backend {
+    /// Connects to the first reachable server, passes the identity and replays `EHLO helo`.
+    /// Returns the backend and its EHLO reply.
+    pub async fn connect(
+        cfg: &BackendConfig,
+        client: &ClientIdentity,
+        local: SocketAddr,
+        gateway_name: &str,
+    ) -> Result<(Self, Reply), BackendError> {
+        let mut last = BackendError::NoServers;
+        for server in &cfg.servers {
+            match Self::connect_one(cfg, server, client, local, gateway_name).await {
+                Ok(ok) => return Ok(ok),
+                Err(e) => {
+                    tracing::warn!(backend = %server.address, error = %e, "backend unavailable, trying the next");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn connect_one(
+        cfg: &BackendConfig,
+        server: &BackendServer,
+        client: &ClientIdentity,
+        local: SocketAddr,
+        gateway_name: &str,
+    ) -> Result<(Self, Reply), BackendError> {
+        let unavailable = |detail: String| BackendError::Unavailable {
+            addr: server.address,
+            detail,
+        };
+        let tcp = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(server.address))
+            .await
+            .map_err(|_| unavailable("connect timed out".into()))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        tcp.set_nodelay(true)?;
+        let mut backend = Self {
+            stream: BufReader::new(tcp),
+            addr: server.address,
+            reply_timeout: cfg.reply_timeout,
+        };
+        if server.identity == Identity::ProxyV2 {
+            backend.write(&proxy_v2_header(client.addr, local)).await?;
+        }
+        let banner = tokio::time::timeout(cfg.connect_timeout, backend.read_reply())
+            .await
+            .map_err(|_| unavailable("no banner".into()))??;
+        if banner.code != 220 {
+            return Err(unavailable(format!("banner {}", banner.summary())));
+        }
+        let helo = client
+            .helo
+            .clone()
+            .unwrap_or_else(|| gateway_name.to_string());
+        if server.identity == Identity::Xclient {
+            let ehlo = backend
+                .command(format!("EHLO {gateway_name}").as_bytes())
+                .await?;
+            let advertised = ehlo
+                .lines
+                .iter()
+                .find_map(|l| {
+                    let mut words = l.splitn(2, ' ');
+                    let keyword = words.next()?;
+                    keyword
+                        .eq_ignore_ascii_case("XCLIENT")
+                        .then(|| words.next().unwrap_or("").to_string())
+                })
+                .ok_or_else(|| {
+                    unavailable(
+                        "does not offer XCLIENT to the gateway (smtpd_authorized_xclient_hosts)"
+                            .into(),
+                    )
+                })?;
+            let reply = backend
+                .command(xclient_command(client, &advertised).as_bytes())
+                .await?;
+            if reply.code != 220 {
+                return Err(unavailable(format!("XCLIENT refused: {}", reply.summary())));
+            }
+        }
+        let verb = if client.esmtp { "EHLO" } else { "HELO" };
+        let ehlo = backend.command(format!("{verb} {helo}").as_bytes()).await?;
+        if !ehlo.is_positive() {
+            return Err(unavailable(format!("{verb} refused: {}", ehlo.summary())));
+        }
+        Ok((backend, ehlo))
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        let s = self.stream.get_mut();
+        tokio::time::timeout(self.reply_timeout, s.write_all(bytes))
+            .await
+            .map_err(|_| BackendError::Timeout)??;
+        Ok(())
+    }
+
+    /// Sends one command line (CRLF added) and returns the reply.
+    pub async fn command(&mut self, line: &[u8]) -> Result<Reply, BackendError> {
+        let mut buf = Vec::with_capacity(line.len() + 2);
+        buf.extend_from_slice(line);
+        buf.extend_from_slice(b"\r\n");
+        self.write(&buf).await?;
+        self.read_reply().await
+    }
+
+    /// Sends message text (already framed and dot-stuffed).
+    pub async fn send_text(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        self.write(bytes).await
+    }
+
+    /// Reads one complete reply.
+    pub async fn read_reply(&mut self) -> Result<Reply, BackendError> {
+        tokio::time::timeout(self.reply_timeout, self.read_reply_inner())
+            .await
+            .map_err(|_| BackendError::Timeout)?
+    }
+
+    async fn read_reply_inner(&mut self) -> Result<Reply, BackendError> {
+        let mut lines = Vec::new();
+        let mut code = 0;
+        loop {
+            let mut raw = Vec::new();
+            let n = (&mut self.stream)
+                .take(MAX_REPLY_LINE as u64)
+                .read_until(b'\n', &mut raw)
+                .await?;
+            if n == 0 {
+                return Err(BackendError::Closed);
+            }
+            while matches!(raw.last(), Some(b'\n' | b'\r')) {
+                raw.pop();
+            }
+            let line = parse_reply_line(&raw).ok_or_else(|| {
+                BackendError::Protocol(String::from_utf8_lossy(&raw).into_owned())
+            })?;
+            if code != 0 && line.code != code {
+                return Err(BackendError::Protocol(format!(
+                    "code changed from {code} to {}",
+                    line.code
+                )));
+            }
+            code = line.code;
+            lines.push(line.text);
+            if line.last {
+                return Ok(Reply::multi(code, lines));
+            }
+            if lines.len() > MAX_REPLY_LINES {
+                return Err(BackendError::Protocol("reply too long".into()));
+            }
+        }
+    }
+
+    /// Ends the backend session politely (best effort, bounded).
+    pub async fn quit(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.command(b"QUIT")).await;
+    }
+}
+
+use tokio::io::AsyncReadExt as _;

@@ -1,0 +1,339 @@
+//! `[smtp]`, `[backend]`, `[checks]` and `[score]`: the proxy's configuration sections.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+/// `[smtp]`: listeners, limits and timeouts of the proxy.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Name in the banner and EHLO reply (default: the system host name).
+    pub hostname: String,
+    /// Sockets to accept SMTP on. Empty: the proxy is off (kernel data plane only).
+    pub listeners: Vec<ListenerConfig>,
+    /// Sessions at once over all listeners; more get `421` and are closed.
+    pub max_connections: usize,
+    /// Sessions at once from one source (IPv4 address or IPv6 /64); more get `421`.
+    pub max_connections_per_source: usize,
+    /// Pause before the final banner line, after a `220-` teaser; a client that talks during it
+    /// is a pregreeter. 0 disables the pause (talking before the banner is still caught).
+    #[serde(with = "humantime_serde")]
+    pub greet_pause: Duration,
+    /// Time a client may take to send one command (RFC 5321 4.5.3.2: 5 minutes).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Time a client may take between two chunks of message text.
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// Largest message accepted (advertised as SIZE), in bytes.
+    pub max_message_size: u64,
+    /// Longest command line, CRLF included (RFC 5321: 512).
+    pub max_command_line: usize,
+    /// Longest message text line, CRLF included (RFC 5321: 1000).
+    pub max_text_line: usize,
+    /// Recipients per message.
+    pub max_recipients: usize,
+    /// Messages per session.
+    pub max_messages: usize,
+    /// Protocol errors (syntax, bad sequence, refused recipients) per session.
+    pub max_errors: usize,
+    /// Unknown commands per session.
+    pub max_unknown_commands: usize,
+    /// Bare LF or bare CR in message text: `reject` the message, or `normalize` to CRLF (a lone
+    /// "." produced by normalising is dot-stuffed, so it can never end the data at the backend).
+    pub bare_newlines: BareNewlinePolicy,
+    /// Certificate and key for STARTTLS and implicit TLS.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            hostname: system_hostname(),
+            listeners: Vec::new(),
+            max_connections: 1000,
+            max_connections_per_source: 20,
+            greet_pause: Duration::ZERO,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            max_message_size: 50 * 1024 * 1024,
+            max_command_line: 512,
+            max_text_line: 1000,
+            max_recipients: 100,
+            max_messages: 100,
+            max_errors: 10,
+            max_unknown_commands: 3,
+            bare_newlines: BareNewlinePolicy::Reject,
+            tls: None,
+        }
+    }
+}
+
+/// The host name of this machine (`gethostname`), or "localhost".
+pub fn system_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address and port, e.g. "0.0.0.0:25" or "[::]:25".
+    pub address: SocketAddr,
+    /// `smtp` (port 25, STARTTLS offered when TLS is configured), `submission` (587, STARTTLS) or
+    /// `smtps` (465, implicit TLS).
+    #[serde(default)]
+    pub kind: ListenerKind,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// MX traffic.
+    #[default]
+    Smtp,
+    /// Message submission (RFC 6409).
+    Submission,
+    /// Submission over implicit TLS (RFC 8314).
+    Smtps,
+}
+
+/// How bare LF / bare CR in message text are handled.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BareNewlinePolicy {
+    /// Refuse the message with `554 5.6.0`.
+    Reject,
+    /// Rewrite as CRLF (dot-stuffing a resulting lone ".").
+    Normalize,
+}
+
+/// `[smtp.tls]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub certificate: PathBuf,
+    /// PEM private key.
+    pub private_key: PathBuf,
+}
+
+/// `[backend]`: the MTA the clean sessions are forwarded to.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    /// Backends in order of preference; the next is tried when one cannot be reached.
+    pub servers: Vec<BackendServer>,
+    /// When the backend connection is opened: at the first `MAIL FROM` (default: checks finish
+    /// first, no backend resources for sessions that never send mail) or right after `EHLO`.
+    pub connect_at: ConnectAt,
+    /// Time allowed to connect and receive the backend's banner.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed for any backend reply (the final reply after DATA included).
+    #[serde(with = "humantime_serde")]
+    pub reply_timeout: Duration,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            connect_at: ConnectAt::Mail,
+            connect_timeout: Duration::from_secs(10),
+            reply_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One backend MTA.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendServer {
+    /// Address and port of the MTA.
+    pub address: SocketAddr,
+    /// How the client's identity is passed: `xclient` (Postfix `smtpd_authorized_xclient_hosts`),
+    /// `proxy-v2` (a PROXY protocol v2 header; Postfix `smtpd_upstream_proxy_protocol = haproxy`)
+    /// or `none`.
+    #[serde(default)]
+    pub identity: Identity,
+}
+
+/// Client identity passing.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Identity {
+    /// XCLIENT ADDR/PORT/NAME/HELO/PROTO/LOGIN.
+    #[default]
+    Xclient,
+    /// PROXY protocol version 2 header.
+    ProxyV2,
+    /// Nothing: the backend sees the gateway as the client.
+    None,
+}
+
+/// When to connect to the backend.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectAt {
+    /// After the client's EHLO/HELO.
+    Ehlo,
+    /// At the first MAIL FROM.
+    Mail,
+}
+
+/// What a failed check does.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Nothing (still logged and counted).
+    Ignore,
+    /// Add the check's weight to the session score.
+    Score,
+    /// Refuse the command or transaction with a permanent error (550/554), session goes on.
+    Reject,
+    /// Say `521`/`421` and close the connection.
+    Drop,
+}
+
+/// One check's setting.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSetting {
+    /// What happens when it fires.
+    pub action: Action,
+    /// Score added when `action = "score"`.
+    #[serde(default = "default_weight")]
+    pub weight: i32,
+}
+
+fn default_weight() -> i32 {
+    1
+}
+
+const fn setting(action: Action, weight: i32) -> CheckSetting {
+    CheckSetting { action, weight }
+}
+
+/// `[checks]`: the action of every check.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChecksConfig {
+    /// Client talked before the banner (or during the greet pause).
+    pub pregreet: CheckSetting,
+    /// Commands pipelined before the EHLO reply, or message text before `354`.
+    pub pipelining: CheckSetting,
+    /// HTTP, CONNECT, a TLS hello on a plaintext port, or binary garbage.
+    pub non_smtp: CheckSetting,
+    /// Bare LF or bare CR in a command line.
+    pub bare_newline: CheckSetting,
+    /// NUL byte in a command line.
+    pub nul_byte: CheckSetting,
+    /// Command line over `smtp.max_command_line`, or text line over `smtp.max_text_line`.
+    pub long_line: CheckSetting,
+    /// MAIL before HELO/EHLO.
+    pub helo_missing: CheckSetting,
+    /// HELO name is neither a domain nor an address literal.
+    pub helo_invalid: CheckSetting,
+    /// HELO is a bare IP address instead of `[address]`.
+    pub helo_unbracketed_literal: CheckSetting,
+    /// HELO address literal is not the client's address.
+    pub helo_literal_mismatch: CheckSetting,
+    /// HELO claims to be this gateway.
+    pub helo_own_name: CheckSetting,
+    /// HELO is a single label.
+    pub helo_not_fqdn: CheckSetting,
+    /// HELO matches a dynamic-host pattern.
+    pub helo_dynamic: CheckSetting,
+    /// HELO embeds the client's IPv4 address.
+    pub helo_embedded_ip: CheckSetting,
+    /// DNSBL score at or over `dnsbl.threshold`.
+    pub dnsbl: CheckSetting,
+    /// More than `smtp.max_errors` errors.
+    pub too_many_errors: CheckSetting,
+    /// More than `smtp.max_unknown_commands` unknown commands.
+    pub too_many_unknown_commands: CheckSetting,
+    /// RCPT refused by anti-relay.
+    pub relay_attempt: CheckSetting,
+}
+
+impl Default for ChecksConfig {
+    fn default() -> Self {
+        use Action::*;
+        Self {
+            pregreet: setting(Drop, 1),
+            pipelining: setting(Drop, 1),
+            non_smtp: setting(Drop, 1),
+            bare_newline: setting(Drop, 1),
+            nul_byte: setting(Drop, 1),
+            long_line: setting(Reject, 1),
+            helo_missing: setting(Reject, 1),
+            helo_invalid: setting(Reject, 1),
+            helo_unbracketed_literal: setting(Score, 1),
+            helo_literal_mismatch: setting(Score, 2),
+            helo_own_name: setting(Reject, 1),
+            helo_not_fqdn: setting(Score, 1),
+            helo_dynamic: setting(Score, 1),
+            helo_embedded_ip: setting(Score, 1),
+            dnsbl: setting(Score, 3),
+            too_many_errors: setting(Drop, 1),
+            too_many_unknown_commands: setting(Drop, 1),
+            relay_attempt: setting(Score, 1),
+        }
+    }
+}
+
+impl ChecksConfig {
+    /// The setting of check `name` (a [`crate::smtp::Check`] name).
+    pub fn get(&self, name: &str) -> CheckSetting {
+        match name {
+            "pregreet" => self.pregreet,
+            "pipelining" => self.pipelining,
+            "non_smtp" => self.non_smtp,
+            "bare_newline" => self.bare_newline,
+            "nul_byte" => self.nul_byte,
+            "long_line" => self.long_line,
+            "helo_missing" => self.helo_missing,
+            "helo_invalid" => self.helo_invalid,
+            "helo_unbracketed_literal" => self.helo_unbracketed_literal,
+            "helo_literal_mismatch" => self.helo_literal_mismatch,
+            "helo_own_name" => self.helo_own_name,
+            "helo_not_fqdn" => self.helo_not_fqdn,
+            "helo_dynamic" => self.helo_dynamic,
+            "helo_embedded_ip" => self.helo_embedded_ip,
+            "dnsbl" => self.dnsbl,
+            "too_many_errors" => self.too_many_errors,
+            "too_many_unknown_commands" => self.too_many_unknown_commands,
+            "relay_attempt" => self.relay_attempt,
+            _ => setting(Action::Ignore, 0),
+        }
+    }
+}
+
+/// `[score]`: what the summed score of `score`-action checks means.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoreConfig {
+    /// At or over this, MAIL FROM / RCPT TO get `451 4.7.1` (try later).
+    pub tempfail: i32,
+    /// At or over this, MAIL FROM / RCPT TO get `550 5.7.1`.
+    pub reject: i32,
+}
+
+impl Default for ScoreConfig {
+    fn default() -> Self {
+        Self {
+            tempfail: 3,
+            reject: 5,
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! Buffered SMTP framing over a plain or TLS stream: lines in (with everything a check needs to
+//! know about them), replies out in batches. "No complete line yet" means "read more", not an error.
+
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::TcpStream,
+};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// How a line ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// CRLF, as RFC 5321 requires.
+    CrLf,
+    /// LF without CR.
+    BareLf,
+    /// The peer closed the connection mid-line.
+    Eof,
+}
+
+/// One line as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// Content without the line ending (truncated when `too_long`).
+    pub data: Vec<u8>,
+    /// How it ended.
+    pub ending: Ending,
+    /// A CR not followed by LF inside the line.
+    pub bare_cr: bool,
+    /// A NUL byte inside the line.
+    pub nul: bool,
+    /// Longer than the limit (ending included); the excess was discarded.
+    pub too_long: bool,
+}
+
+impl Line {
+    fn new(mut data: Vec<u8>, ending: Ending, too_long: bool) -> Self {
+        let ending = if ending == Ending::BareLf && data.last() == Some(&b'\r') {
+            data.pop();
+            Ending::CrLf
+        } else {
+            ending
+        };
+        let bare_cr = data.contains(&b'\r');
+        let nul = data.contains(&0);
+        Self {
+            data,
+            ending,
+            bare_cr,
+            nul,
+            too_long,
+        }
+    }
+
+    /// Content followed by CRLF.
+    pub fn with_crlf(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.data.len() + 2);
+        v.extend_from_slice(&self.data);
+        v.extend_from_slice(b"\r\n");
+        v
+    }
+}
+
+/// Why reading failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// No complete line within the time allowed.
+    #[error("timed out")]
+    Timeout,
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A plain or TLS client stream.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only during an upgrade.
+    Upgrading,
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Upgrading => Poll::Ready(Err(io::Error::other("stream is being upgraded"))),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Upgrading => Poll::Ready(Err(io::Error::other("stream is being upgraded"))),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Upgrading => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Upgrading => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// A client connection with its input and output buffers.
+pub struct Connection {
+    stream: Stream,
+    /// Received, not yet consumed.
+    rbuf: Vec<u8>,
+    /// Replies queued for the next flush (pipelined groups are answered in one write).
+    wbuf: Vec<u8>,
+}
+
+impl Connection {
+    /// Wraps a stream.
+    pub fn new(stream: Stream) -> Self {
+        Self {
+            stream,
+            rbuf: Vec::with_capacity(1024),
+            wbuf: Vec::with_capacity(512),
+        }
+    }
+
+    /// Whether the stream is TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+
+    /// Bytes received and not consumed yet (pipelined input).
+    pub fn buffered(&self) -> usize {
+        self.rbuf.len()
+    }
+
+    /// Whether a complete line is already buffered.
+    pub fn has_line(&self) -> bool {
+        self.rbuf.contains(&b'\n')
+    }
+
+    /// The first buffered bytes (for protocol sniffing).
+    pub fn peek(&self) -> &[u8] {
+        &self.rbuf
+    }
+
+    /// Drops every buffered input byte; returns how many.
+    pub fn discard_input(&mut self) -> usize {
+        let n = self.rbuf.len();
+        self.rbuf.clear();
+        n
+    }
+
+    async fn fill(&mut self, timeout: Duration) -> Result<usize, ConnError> {
+        let start = self.rbuf.len();
+        self.rbuf.resize(start + READ_CHUNK, 0);
+        let read = tokio::time::timeout(timeout, self.stream.read(&mut self.rbuf[start..])).await;
+        let n = match read {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                self.rbuf.truncate(start);
+                return Err(e.into());
+            }
+            Err(_) => {
+                self.rbuf.truncate(start);
+                return Err(ConnError::Timeout);
+            }
+        };
+        self.rbuf.truncate(start + n);
+        Ok(n)
+    }
+
+    /// Waits up to `pause` for input; whether any arrived (pregreet detection).
+    pub async fn input_within(&mut self, pause: Duration) -> Result<bool, ConnError> {
+        if !self.rbuf.is_empty() {
+            return Ok(true);
+        }
+        match self.fill(pause).await {
+            Ok(n) => Ok(n > 0),
+            Err(ConnError::Timeout) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether input is already waiting in the socket, without blocking (plain streams).
+    pub fn input_pending(&mut self) -> bool {
+        if !self.rbuf.is_empty() {
+            return true;
+        }
+        let Stream::Plain(s) = &self.stream else {
+            return false;
+        };
+        let mut buf = [0u8; 512];
+        match s.try_read(&mut buf) {
+            Ok(n) if n > 0 => {
+                self.rbuf.extend_from_slice(&buf[..n]);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Reads one line of at most `max` bytes (ending included). `Ok(None)`: the peer closed with
+    /// nothing pending. Over-long lines are consumed up to their end and returned truncated.
+    pub async fn read_line(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<Option<Line>, ConnError> {
+        let mut too_long = false;
+        let mut kept: Vec<u8> = Vec::new();
+        loop {
+            if let Some(pos) = self.rbuf.iter().position(|b| *b == b'\n') {
+                let mut data: Vec<u8> = self.rbuf.drain(..=pos).collect();
+                if too_long {
+                    return Ok(Some(Line::new(kept, Ending::BareLf, true)));
+                }
+                let wire_len = data.len();
+                data.pop();
+                if wire_len > max {
+                    data.truncate(max);
+                    return Ok(Some(Line::new(data, Ending::BareLf, true)));
+                }
+                return Ok(Some(Line::new(data, Ending::BareLf, false)));
+            }
+            if self.rbuf.len() >= max {
+                // No end in sight: keep the start, discard the rest until the line ends.
+                if !too_long {
+                    kept = self.rbuf[..max].to_vec();
+                    too_long = true;
+                }
+                self.rbuf.clear();
+            }
+            if self.fill(timeout).await? == 0 {
+                if too_long {
+                    return Ok(Some(Line::new(kept, Ending::Eof, true)));
+                }
+                if self.rbuf.is_empty() {
+                    return Ok(None);
+                }
+                let data = std::mem::take(&mut self.rbuf);
+                return Ok(Some(Line::new(data, Ending::Eof, false)));
+            }
+        }
+    }
+
+    /// Queues raw bytes for the next flush.
+    pub fn queue(&mut self, bytes: &[u8]) {
+        self.wbuf.extend_from_slice(bytes);
+    }
+
+    /// Sends everything queued.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        self.stream.write_all(&self.wbuf).await?;
+        self.stream.flush().await?;
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    /// Upgrades a plain stream to TLS (after `220 Ready to start TLS` was flushed).
+    pub async fn start_tls(&mut self, acceptor: &TlsAcceptor, timeout: Duration) -> io::Result<()> {
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Upgrading) else {
+            return Err(io::Error::other("STARTTLS on a stream that is not plain"));
+        };
+        let tls = tokio::time::timeout(timeout, acceptor.accept(tcp))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        self.stream = Stream::Tls(Box::new(tls));
+        Ok(())
+    }
+
+    /// Closes the write side (best effort).
+    pub async fn shutdown(&mut self) {
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_classification() {
+        let l = Line::new(b"EHLO x\r".to_vec(), Ending::BareLf, false);
+        assert_eq!(
+            (l.ending, l.bare_cr, l.data.as_slice()),
+            (Ending::CrLf, false, &b"EHLO x"[..])
+        );
+        let l = Line::new(b"EHLO x".to_vec(), Ending::BareLf, false);
+        assert_eq!(l.ending, Ending::BareLf);
+        let l = Line::new(b"a\rb\r".to_vec(), Ending::BareLf, false);
+        assert!(l.bare_cr && l.ending == Ending::CrLf);
+        assert!(Line::new(b"a\0b".to_vec(), Ending::BareLf, false).nul);
+    }
+
+    #[tokio::test]
+    async fn reads_pipelined_lines_and_flags_long_ones() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            let long = "X".repeat(600);
+            s.write_all(format!("EHLO a\r\nMAIL FROM:<>\n{long}\r\nQUIT\r\npartial").as_bytes())
+                .await
+                .expect("write");
+        });
+        let (sock, _) = listener.accept().await.expect("accept");
+        client.await.expect("client");
+        let mut c = Connection::new(Stream::Plain(sock));
+        let t = Duration::from_secs(5);
+        let l = c.read_line(512, t).await.expect("read").expect("line");
+        assert_eq!(
+            (l.data.as_slice(), l.ending),
+            (&b"EHLO a"[..], Ending::CrLf)
+        );
+        assert!(c.has_line(), "the rest of the pipelined group is buffered");
+        let l = c.read_line(512, t).await.expect("read").expect("line");
+        assert_eq!(l.ending, Ending::BareLf);
+        let l = c.read_line(512, t).await.expect("read").expect("line");
+        assert!(l.too_long && l.data.len() == 512);
+        let l = c.read_line(512, t).await.expect("read").expect("line");
+        assert_eq!(l.data, b"QUIT");
+        let l = c.read_line(512, t).await.expect("read").expect("line");
+        assert_eq!(
+            (l.data.as_slice(), l.ending),
+            (&b"partial"[..], Ending::Eof)
+        );
+        assert!(c.read_line(512, t).await.expect("read").is_none());
+    }
+}

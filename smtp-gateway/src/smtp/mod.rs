@@ -1,0 +1,37 @@
+//! The SMTP filtering proxy.
+//!
+//! - `config.rs`: `[smtp]`, `[backend]`, `[checks]`, `[score]`;
+//! - `server.rs`: listeners, connection caps, accept loop;
+//! - `connection.rs`: line framing and batched replies over plain or TLS streams;
+//! - `session.rs`: the per-client state machine and its checks;
+//! - `data.rs`: message text streamed to the backend, smuggling-proof;
+//! - `backend.rs`: the backend MTA session (failover, identity, EHLO replay);
+//! - `identity.rs`: PROXY v2 header and XCLIENT;
+//! - `reply.rs`: SMTP replies; `tls.rs`: rustls; `events.rs`: verdict events.
+
+pub mod backend;
+pub mod config;
+pub mod connection;
+pub mod data;
+pub mod events;
+pub mod identity;
+pub mod reply;
+pub mod server;
+pub mod session;
+pub mod tls;
+
+use tokio_rustls::TlsAcceptor;
+
+use crate::{config::Config, policy::dnsbl::Dnsbl};
+
+/// What every session of one configuration generation shares.
+pub struct Shared {
+    /// The configuration the sessions run with.
+    pub config: Config,
+    /// DNSBL scorer, when enabled.
+    pub dnsbl: Option<std::sync::Arc<Dnsbl>>,
+    /// TLS acceptor, when `[smtp.tls]` is configured.
+    pub tls: Option<TlsAcceptor>,
+    /// Verdict events.
+    pub events: events::EventSender,
+}

@@ -1,0 +1,864 @@
+//! One client session: banner (with pregreet detection), the command loop with its checks,
+//! and the live forwarding of clean transactions to the backend.
+//!
+//! Replies to a pipelined group are queued and written together when no further complete command
+//! is buffered. Every reply to MAIL, RCPT and the final reply after DATA that says 2xx is the
+//! backend's own: the gateway never answers `250` for mail the backend did not accept.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Instant,
+};
+
+use smtp_proto::{Error as ParseError, Request};
+
+use super::{
+    Shared,
+    backend::Backend,
+    config::{Action, ConnectAt, ListenerKind},
+    connection::{ConnError, Connection, Ending, Line},
+    data::{DataOutcome, TextLimits, relay_message},
+    events::Event,
+    identity::ClientIdentity,
+    reply::Reply,
+};
+use crate::policy::{
+    dnsbl::DnsblScore,
+    helo,
+    relay::{self, RelayVerdict},
+};
+
+/// What the command loop does next.
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// What a fired check means for the current command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Go on.
+    Pass,
+    /// Refuse the current command / transaction.
+    Reject,
+    /// Close the session.
+    Drop,
+}
+
+/// The open transaction.
+#[derive(Default)]
+struct Transaction {
+    /// Recipients the backend accepted.
+    accepted: usize,
+    /// Recipients tried.
+    tried: usize,
+}
+
+/// Per-session state.
+pub struct Session {
+    shared: Arc<Shared>,
+    conn: Connection,
+    client: SocketAddr,
+    local: SocketAddr,
+    kind: ListenerKind,
+    started: Instant,
+    helo: Option<String>,
+    esmtp: bool,
+    /// The EHLO reply was sent (pipelining is legitimate from then on).
+    ehlo_answered: bool,
+    score: i32,
+    fired: Vec<&'static str>,
+    errors: usize,
+    unknown: usize,
+    messages: usize,
+    backend: Option<Backend>,
+    txn: Option<Transaction>,
+    dnsbl: Option<tokio::task::JoinHandle<DnsblScore>>,
+    dnsbl_done: bool,
+    /// Last backend reply to a final DATA, for the session log line.
+    last_backend_reply: Option<String>,
+    bytes: u64,
+    recipients: usize,
+    sender: Option<String>,
+}
+
+impl Session {
+    /// A session on an accepted connection (TLS already done for implicit-TLS listeners).
+    pub fn new(
+        shared: Arc<Shared>,
+        conn: Connection,
+        client: SocketAddr,
+        local: SocketAddr,
+        kind: ListenerKind,
+    ) -> Self {
+        let dnsbl = shared.dnsbl.clone().map(|d| {
+            let ip = client.ip();
+            tokio::spawn(async move { d.score(ip).await })
+        });
+        Self {
+            shared,
+            conn,
+            client,
+            local,
+            kind,
+            started: Instant::now(),
+            helo: None,
+            esmtp: false,
+            ehlo_answered: false,
+            score: 0,
+            fired: Vec::new(),
+            errors: 0,
+            unknown: 0,
+            messages: 0,
+            backend: None,
+            txn: None,
+            dnsbl,
+            dnsbl_done: false,
+            last_backend_reply: None,
+            bytes: 0,
+            recipients: 0,
+            sender: None,
+        }
+    }
+
+    fn source(&self) -> IpAddr {
+        match self.client.ip() {
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        }
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        self.conn.queue(reply.to_wire().as_bytes());
+    }
+
+    /// Records a check that fired and says what it means now.
+    fn fire(&mut self, check: &'static str, detail: impl Into<String>) -> Outcome {
+        let setting = self.shared.config.checks.get(check);
+        let detail = detail.into();
+        self.fired.push(check);
+        tracing::info!(client = %self.client, check, action = ?setting.action, detail = %detail, "check fired");
+        let _ = self.shared.events.send(Event {
+            source: self.source(),
+            check,
+            action: setting.action,
+            detail,
+        });
+        match setting.action {
+            Action::Ignore => Outcome::Pass,
+            Action::Score => {
+                self.score += setting.weight;
+                Outcome::Pass
+            }
+            Action::Reject => Outcome::Reject,
+            Action::Drop => Outcome::Drop,
+        }
+    }
+
+    /// Runs the session to its end.
+    pub async fn run(mut self) {
+        let flow = self.greet().await;
+        if matches!(flow, Flow::Continue) {
+            self.command_loop().await;
+        }
+        if let Some(backend) = self.backend.take() {
+            backend.quit().await;
+        }
+        self.conn.shutdown().await;
+        tracing::info!(
+            client = %self.client,
+            helo = self.helo.as_deref().unwrap_or("-"),
+            sender = self.sender.as_deref().unwrap_or("-"),
+            recipients = self.recipients,
+            messages = self.messages,
+            bytes = self.bytes,
+            checks = ?self.fired,
+            score = self.score,
+            backend_reply = self.last_backend_reply.as_deref().unwrap_or("-"),
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            "session"
+        );
+    }
+
+    async fn greet(&mut self) -> Flow {
+        let host = self.shared.config.smtp.hostname.clone();
+        let pause = self.shared.config.smtp.greet_pause;
+        let early = if pause.is_zero() {
+            self.conn.input_pending()
+        } else {
+            self.conn.queue(format!("220-{host} ESMTP\r\n").as_bytes());
+            if self.conn.flush().await.is_err() {
+                return Flow::Close;
+            }
+            match self.conn.input_within(pause).await {
+                Ok(talked) => talked,
+                Err(_) => return Flow::Close,
+            }
+        };
+        if early {
+            let sniff = self
+                .conn
+                .peek()
+                .iter()
+                .take(40)
+                .copied()
+                .collect::<Vec<u8>>();
+            if self.fire("pregreet", String::from_utf8_lossy(&sniff)) != Outcome::Pass {
+                self.reply(Reply::new(
+                    521,
+                    "5.5.1 Protocol error: talked before the greeting",
+                ));
+                let _ = self.conn.flush().await;
+                return Flow::Close;
+            }
+        }
+        self.reply(Reply::new(220, format!("{host} ESMTP")));
+        Flow::Continue
+    }
+
+    async fn command_loop(&mut self) {
+        let smtp = self.shared.config.smtp.clone();
+        loop {
+            if !self.conn.has_line() && self.conn.flush().await.is_err() {
+                return;
+            }
+            let line = match self
+                .conn
+                .read_line(smtp.max_command_line, smtp.command_timeout)
+                .await
+            {
+                Ok(Some(line)) => line,
+                Ok(None) | Err(ConnError::Io(_)) => return,
+                Err(ConnError::Timeout) => {
+                    self.reply(Reply::new(421, "4.4.2 Timeout, closing connection"));
+                    let _ = self.conn.flush().await;
+                    return;
+                }
+            };
+            if line.ending == Ending::Eof {
+                return;
+            }
+            match self.handle_line(line).await {
+                Flow::Continue => {}
+                Flow::Close => {
+                    let _ = self.conn.flush().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Closes with `421` after a drop-action check.
+    fn drop_reply(&mut self, text: &str) -> Flow {
+        self.reply(Reply::new(421, format!("4.7.0 {text}, closing connection")));
+        Flow::Close
+    }
+
+    /// Counts a protocol error; past the limit the `too_many_errors` check fires.
+    fn count_error(&mut self) -> Option<Flow> {
+        self.errors += 1;
+        if self.errors > self.shared.config.smtp.max_errors
+            && self.fire("too_many_errors", format!("{} errors", self.errors)) == Outcome::Drop
+        {
+            return Some(self.drop_reply("Too many errors"));
+        }
+        None
+    }
+
+    async fn handle_line(&mut self, line: Line) -> Flow {
+        if let Some(kind) = non_smtp(&line.data)
+            && self.fire("non_smtp", kind) != Outcome::Pass
+        {
+            return self.drop_reply("Not an SMTP client");
+        }
+        if line.too_long {
+            match self.fire(
+                "long_line",
+                format!(
+                    "command line over {} bytes",
+                    self.shared.config.smtp.max_command_line
+                ),
+            ) {
+                Outcome::Drop => return self.drop_reply("Line too long"),
+                Outcome::Reject => {
+                    self.reply(Reply::new(500, "5.5.2 Line too long"));
+                    return self.count_error().unwrap_or(Flow::Continue);
+                }
+                Outcome::Pass => {}
+            }
+        }
+        if line.nul {
+            match self.fire("nul_byte", "NUL in command") {
+                Outcome::Drop => return self.drop_reply("NUL byte in command"),
+                Outcome::Reject => {
+                    self.reply(Reply::new(500, "5.5.2 NUL byte in command"));
+                    return self.count_error().unwrap_or(Flow::Continue);
+                }
+                Outcome::Pass => {}
+            }
+        }
+        if line.ending == Ending::BareLf || line.bare_cr {
+            match self.fire("bare_newline", "bare LF or CR in command") {
+                Outcome::Drop => return self.drop_reply("Bare LF or CR in command"),
+                Outcome::Reject => {
+                    self.reply(Reply::new(500, "5.5.2 Commands must end with CRLF"));
+                    return self.count_error().unwrap_or(Flow::Continue);
+                }
+                Outcome::Pass => {}
+            }
+        }
+        let raw = line.with_crlf();
+        let parsed = Request::parse(&mut raw.iter()).map(Request::into_owned);
+        match parsed {
+            Ok(request) => self.dispatch(request, &line.data).await,
+            Err(ParseError::UnknownCommand) => {
+                self.unknown += 1;
+                self.reply(Reply::new(500, "5.5.2 Command unrecognized"));
+                if self.unknown > self.shared.config.smtp.max_unknown_commands
+                    && self.fire(
+                        "too_many_unknown_commands",
+                        format!("{} unknown commands", self.unknown),
+                    ) == Outcome::Drop
+                {
+                    return self.drop_reply("Too many unknown commands");
+                }
+                Flow::Continue
+            }
+            Err(e) => {
+                let text = match e {
+                    ParseError::SyntaxError { syntax } => format!("5.5.4 Syntax: {syntax}"),
+                    ParseError::InvalidSenderAddress => "5.1.7 Invalid sender address".into(),
+                    ParseError::InvalidRecipientAddress => "5.1.3 Invalid recipient address".into(),
+                    ParseError::InvalidParameter { param } => {
+                        format!("5.5.4 Invalid parameter {param}")
+                    }
+                    ParseError::UnsupportedParameter { param } => {
+                        format!("5.5.4 Unsupported parameter {param}")
+                    }
+                    _ => "5.5.2 Syntax error".into(),
+                };
+                self.reply(Reply::new(501, text));
+                self.count_error().unwrap_or(Flow::Continue)
+            }
+        }
+    }
+
+    async fn dispatch(&mut self, request: Request<String>, raw: &[u8]) -> Flow {
+        match request {
+            Request::Ehlo { host } => self.handle_helo(host, true).await,
+            Request::Helo { host } => self.handle_helo(host, false).await,
+            Request::Mail { from } => self.handle_mail(from.address, raw).await,
+            Request::Rcpt { to } => self.handle_rcpt(to.address, raw).await,
+            Request::Data => self.handle_data().await,
+            Request::Rset => {
+                self.txn = None;
+                match self.backend.as_mut() {
+                    Some(b) => match b.command(b"RSET").await {
+                        Ok(r) => self.reply(r),
+                        Err(e) => return self.backend_lost(e, false),
+                    },
+                    None => self.reply(Reply::new(250, "2.0.0 Ok")),
+                }
+                Flow::Continue
+            }
+            Request::Noop { .. } => {
+                self.reply(Reply::new(250, "2.0.0 Ok"));
+                Flow::Continue
+            }
+            Request::Quit => {
+                self.reply(Reply::new(221, "2.0.0 Bye"));
+                Flow::Close
+            }
+            Request::StartTls => self.handle_starttls().await,
+            Request::Vrfy { .. } => {
+                self.reply(Reply::new(
+                    252,
+                    "2.5.2 Cannot VRFY user, but will accept message and attempt delivery",
+                ));
+                Flow::Continue
+            }
+            Request::Help { .. } => {
+                self.reply(Reply::new(214, "2.0.0 See RFC 5321"));
+                Flow::Continue
+            }
+            Request::Bdat { .. }
+            | Request::Auth { .. }
+            | Request::Expn { .. }
+            | Request::Etrn { .. }
+            | Request::Atrn { .. }
+            | Request::Burl { .. }
+            | Request::Lhlo { .. } => {
+                self.reply(Reply::new(502, "5.5.1 Command not implemented"));
+                self.count_error().unwrap_or(Flow::Continue)
+            }
+        }
+    }
+
+    fn capabilities(&self) -> Vec<String> {
+        let smtp = &self.shared.config.smtp;
+        let mut caps = vec![
+            smtp.hostname.clone(),
+            "PIPELINING".into(),
+            format!("SIZE {}", smtp.max_message_size),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+        ];
+        if self.shared.tls.is_some() && !self.conn.is_tls() {
+            caps.push("STARTTLS".into());
+        }
+        caps
+    }
+
+    async fn handle_helo(&mut self, host: String, esmtp: bool) -> Flow {
+        if !self.ehlo_answered && self.conn.buffered() > 0 {
+            let outcome = self.fire("pipelining", "commands sent before the EHLO reply");
+            if outcome != Outcome::Pass {
+                return self.drop_reply("Protocol error: pipelining before the EHLO reply");
+            }
+        }
+        // A new HELO resets the transaction and any backend session (it was made with the old one).
+        self.txn = None;
+        if let Some(b) = self.backend.take() {
+            b.quit().await;
+        }
+        let own: Vec<IpAddr> = vec![self.local.ip()];
+        let findings = helo::inspect(&self.shared.config.helo, &host, self.client.ip(), &own);
+        let mut refused = None;
+        for finding in &findings {
+            let check = finding_check(finding.name());
+            match self.fire(check, host.clone()) {
+                Outcome::Drop => return self.drop_reply("HELO refused"),
+                Outcome::Reject => refused = Some(check),
+                Outcome::Pass => {}
+            }
+        }
+        if let Some(check) = refused {
+            self.reply(Reply::new(
+                550,
+                format!("5.7.1 HELO/EHLO {host} refused ({check})"),
+            ));
+            return self.count_error().unwrap_or(Flow::Continue);
+        }
+        self.helo = Some(host);
+        self.esmtp = esmtp;
+        if esmtp {
+            let caps = self.capabilities();
+            self.reply(Reply::multi(250, caps));
+        } else {
+            let host = self.shared.config.smtp.hostname.clone();
+            self.reply(Reply::new(250, host));
+        }
+        self.ehlo_answered = true;
+        if self.shared.config.backend.connect_at == ConnectAt::Ehlo
+            && let Err(flow) = self.ensure_backend().await
+        {
+            return flow;
+        }
+        Flow::Continue
+    }
+
+    /// Collects the DNSBL result once (bounded by the DNSBL timeout inside the lookup).
+    async fn dnsbl_verdict(&mut self) -> Outcome {
+        if self.dnsbl_done {
+            return Outcome::Pass;
+        }
+        self.dnsbl_done = true;
+        let Some(task) = self.dnsbl.take() else {
+            return Outcome::Pass;
+        };
+        match task.await {
+            Ok(score) if score.listed => {
+                let zones: Vec<String> = score.hits.iter().map(|h| h.zone.clone()).collect();
+                self.fire(
+                    "dnsbl",
+                    format!("score {} ({})", score.total, zones.join(", ")),
+                )
+            }
+            Ok(_) => Outcome::Pass,
+            Err(e) => {
+                tracing::warn!(client = %self.client, error = %e, "DNSBL lookup task failed; not counted");
+                Outcome::Pass
+            }
+        }
+    }
+
+    /// The score thresholds, as a refusal when crossed.
+    fn score_refusal(&self) -> Option<Reply> {
+        let s = &self.shared.config.score;
+        if self.score >= s.reject {
+            Some(Reply::new(
+                550,
+                format!(
+                    "5.7.1 Refused: session score {} (checks: {})",
+                    self.score,
+                    self.fired.join(", ")
+                ),
+            ))
+        } else if self.score >= s.tempfail {
+            Some(Reply::new(
+                451,
+                format!("4.7.1 Try again later: session score {}", self.score),
+            ))
+        } else {
+            None
+        }
+    }
+
+    fn identity(&self) -> ClientIdentity {
+        ClientIdentity {
+            addr: SocketAddr::new(self.source(), self.client.port()),
+            name: None,
+            helo: self.helo.clone(),
+            esmtp: self.esmtp,
+            login: None,
+        }
+    }
+
+    /// Opens the backend session if there is none; on failure the client got `451` (Err(Continue))
+    /// or the session must close.
+    async fn ensure_backend(&mut self) -> Result<(), Flow> {
+        if self.backend.is_some() {
+            return Ok(());
+        }
+        let cfg = self.shared.config.backend.clone();
+        let hostname = self.shared.config.smtp.hostname.clone();
+        match Backend::connect(&cfg, &self.identity(), self.local, &hostname).await {
+            Ok((backend, _ehlo)) => {
+                self.backend = Some(backend);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(client = %self.client, error = %e, "no backend available");
+                self.reply(Reply::new(
+                    451,
+                    "4.4.1 Mail service temporarily unavailable, try again later",
+                ));
+                Err(Flow::Continue)
+            }
+        }
+    }
+
+    /// The backend failed mid-session: tell the client (451 keeps it, 421 closes it).
+    fn backend_lost(&mut self, e: super::backend::BackendError, close: bool) -> Flow {
+        tracing::error!(client = %self.client, error = %e, "backend failed");
+        self.backend = None;
+        self.txn = None;
+        if close {
+            self.reply(Reply::new(
+                421,
+                "4.4.2 Mail service unavailable, closing connection",
+            ));
+            Flow::Close
+        } else {
+            self.reply(Reply::new(
+                451,
+                "4.4.2 Mail service temporarily unavailable, try again later",
+            ));
+            Flow::Continue
+        }
+    }
+
+    async fn handle_mail(&mut self, from: String, raw: &[u8]) -> Flow {
+        if self.helo.is_none() {
+            match self.fire("helo_missing", "MAIL before HELO/EHLO") {
+                Outcome::Drop => return self.drop_reply("HELO/EHLO required"),
+                Outcome::Reject => {
+                    self.reply(Reply::new(503, "5.5.1 Send HELO/EHLO first"));
+                    return self.count_error().unwrap_or(Flow::Continue);
+                }
+                Outcome::Pass => {}
+            }
+        }
+        if self.txn.is_some() {
+            self.reply(Reply::new(503, "5.5.1 Nested MAIL command"));
+            return self.count_error().unwrap_or(Flow::Continue);
+        }
+        if self.messages >= self.shared.config.smtp.max_messages {
+            self.reply(Reply::new(
+                452,
+                "4.5.3 Too many messages in this session, try again later",
+            ));
+            return Flow::Continue;
+        }
+        match self.dnsbl_verdict().await {
+            Outcome::Drop => return self.drop_reply("Listed in DNSBL"),
+            Outcome::Reject => {
+                self.reply(Reply::new(
+                    554,
+                    "5.7.1 Service unavailable; client host listed in DNSBL",
+                ));
+                return Flow::Continue;
+            }
+            Outcome::Pass => {}
+        }
+        if let Some(refusal) = self.score_refusal() {
+            self.reply(refusal);
+            return Flow::Continue;
+        }
+        if let Err(flow) = self.ensure_backend().await {
+            return flow;
+        }
+        let Some(backend) = self.backend.as_mut() else {
+            return Flow::Continue;
+        };
+        match backend.command(raw).await {
+            Ok(reply) => {
+                if reply.is_positive() {
+                    self.txn = Some(Transaction::default());
+                    self.sender = Some(from);
+                }
+                self.reply(reply);
+                Flow::Continue
+            }
+            Err(e) => self.backend_lost(e, false),
+        }
+    }
+
+    async fn handle_rcpt(&mut self, to: String, raw: &[u8]) -> Flow {
+        let Some(txn) = self.txn.as_mut() else {
+            self.reply(Reply::new(503, "5.5.1 Need MAIL before RCPT"));
+            return self.count_error().unwrap_or(Flow::Continue);
+        };
+        txn.tried += 1;
+        if txn.tried > self.shared.config.smtp.max_recipients {
+            self.reply(Reply::new(452, "4.5.3 Too many recipients"));
+            return Flow::Continue;
+        }
+        match relay::check_recipient(&self.shared.config.relay, self.source(), false, &to) {
+            RelayVerdict::Accept { .. } => {}
+            RelayVerdict::Reject { reason } => {
+                let outcome = self.fire("relay_attempt", format!("{to}: {reason}"));
+                self.reply(Reply::new(550, format!("5.7.1 <{to}>: {reason}")));
+                if outcome == Outcome::Drop {
+                    return self.drop_reply("Relay attempts");
+                }
+                return self.count_error().unwrap_or(Flow::Continue);
+            }
+        }
+        if let Some(refusal) = self.score_refusal() {
+            self.reply(refusal);
+            return Flow::Continue;
+        }
+        let Some(backend) = self.backend.as_mut() else {
+            self.reply(Reply::new(503, "5.5.1 Need MAIL before RCPT"));
+            return Flow::Continue;
+        };
+        match backend.command(raw).await {
+            Ok(reply) => {
+                if reply.is_positive() {
+                    if let Some(txn) = self.txn.as_mut() {
+                        txn.accepted += 1;
+                    }
+                    self.recipients += 1;
+                }
+                self.reply(reply);
+                Flow::Continue
+            }
+            Err(e) => self.backend_lost(e, false),
+        }
+    }
+
+    async fn handle_data(&mut self) -> Flow {
+        let accepted = self.txn.as_ref().map(|t| t.accepted).unwrap_or(0);
+        if self.txn.is_none() {
+            self.reply(Reply::new(503, "5.5.1 Need MAIL before DATA"));
+            return self.count_error().unwrap_or(Flow::Continue);
+        }
+        if accepted == 0 {
+            self.reply(Reply::new(554, "5.5.1 No valid recipients"));
+            return Flow::Continue;
+        }
+        if self.conn.buffered() > 0 {
+            let outcome = self.fire("pipelining", "message text sent before the 354 reply");
+            if outcome != Outcome::Pass {
+                self.txn = None;
+                if let Some(b) = self.backend.take() {
+                    drop(b);
+                }
+                return self.drop_reply("Protocol error: message text before 354");
+            }
+        }
+        let Some(backend) = self.backend.as_mut() else {
+            self.reply(Reply::new(503, "5.5.1 Need MAIL before DATA"));
+            return Flow::Continue;
+        };
+        let go_ahead = match backend.command(b"DATA").await {
+            Ok(reply) => reply,
+            Err(e) => return self.backend_lost(e, false),
+        };
+        if go_ahead.code != 354 {
+            self.txn = None;
+            self.reply(go_ahead);
+            return Flow::Continue;
+        }
+        self.reply(go_ahead);
+        if self.conn.flush().await.is_err() {
+            return Flow::Close;
+        }
+        let smtp = &self.shared.config.smtp;
+        let long = self.shared.config.checks.get("long_line").action;
+        let limits = TextLimits {
+            max_size: smtp.max_message_size,
+            max_line: smtp.max_text_line,
+            bare_newlines: smtp.bare_newlines,
+            timeout: smtp.data_timeout,
+            refuse_long_lines: matches!(long, Action::Reject | Action::Drop),
+        };
+        let Some(backend) = self.backend.as_mut() else {
+            return Flow::Close;
+        };
+        let (outcome, size) = relay_message(&mut self.conn, backend, &limits).await;
+        self.txn = None;
+        self.bytes += size;
+        match outcome {
+            DataOutcome::Relayed(reply) => {
+                if reply.is_positive() {
+                    self.messages += 1;
+                }
+                self.last_backend_reply = Some(reply.summary());
+                self.reply(reply);
+                Flow::Continue
+            }
+            DataOutcome::Refused(violation) => {
+                // Abort the backend transaction: it never saw the final dot.
+                self.backend = None;
+                let check = match violation {
+                    super::data::TextViolation::BareNewline => Some("bare_newline"),
+                    super::data::TextViolation::LongLine => Some("long_line"),
+                    super::data::TextViolation::TooBig => None,
+                };
+                let mut close = false;
+                if let Some(check) = check {
+                    close = self.fire(check, "in message text") == Outcome::Drop;
+                }
+                self.reply(violation.reply());
+                if close { Flow::Close } else { Flow::Continue }
+            }
+            DataOutcome::BackendFailed(e) => self.backend_lost(e, false),
+            DataOutcome::ClientGone => {
+                self.backend = None;
+                Flow::Close
+            }
+        }
+    }
+
+    async fn handle_starttls(&mut self) -> Flow {
+        let Some(acceptor) = self.shared.tls.clone() else {
+            self.reply(Reply::new(502, "5.5.1 STARTTLS not available"));
+            return Flow::Continue;
+        };
+        if self.conn.is_tls() || self.kind == ListenerKind::Smtps {
+            self.reply(Reply::new(503, "5.5.1 TLS already active"));
+            return Flow::Continue;
+        }
+        // Anything pipelined after STARTTLS is plaintext an attacker could have injected
+        // (CVE-2011-0411): it is discarded, never interpreted inside the TLS session.
+        let discarded = self.conn.discard_input();
+        if discarded > 0 {
+            tracing::warn!(client = %self.client, discarded, "plaintext after STARTTLS discarded");
+        }
+        self.reply(Reply::new(220, "2.0.0 Ready to start TLS"));
+        if self.conn.flush().await.is_err() {
+            return Flow::Close;
+        }
+        if let Err(e) = self
+            .conn
+            .start_tls(&acceptor, self.shared.config.smtp.command_timeout)
+            .await
+        {
+            tracing::info!(client = %self.client, error = %e, "TLS handshake failed");
+            return Flow::Close;
+        }
+        // Forget everything learnt in plaintext (RFC 3207 section 4.2).
+        self.helo = None;
+        self.esmtp = false;
+        self.ehlo_answered = false;
+        self.txn = None;
+        if let Some(b) = self.backend.take() {
+            b.quit().await;
+        }
+        Flow::Continue
+    }
+}
+
+/// The `[checks]` key of a HELO finding.
+fn finding_check(name: &str) -> &'static str {
+    match name {
+        "missing" => "helo_missing",
+        "invalid" => "helo_invalid",
+        "unbracketed_literal" => "helo_unbracketed_literal",
+        "literal_mismatch" => "helo_literal_mismatch",
+        "own_name" => "helo_own_name",
+        "not_fqdn" => "helo_not_fqdn",
+        "dynamic" => "helo_dynamic",
+        "embedded_ip" => "helo_embedded_ip",
+        _ => "helo_invalid",
+    }
+}
+
+/// Recognises traffic that is not SMTP: HTTP requests, proxy CONNECT, a TLS ClientHello sent to a
+/// plaintext port, or binary bytes.
+fn non_smtp(line: &[u8]) -> Option<&'static str> {
+    const HTTP: [&[u8]; 8] = [
+        b"GET ",
+        b"POST ",
+        b"HEAD ",
+        b"PUT ",
+        b"OPTIONS ",
+        b"DELETE ",
+        b"PATCH ",
+        b"TRACE ",
+    ];
+    if line.starts_with(b"CONNECT ") {
+        return Some("proxy CONNECT");
+    }
+    if HTTP.iter().any(|verb| line.starts_with(verb))
+        || line.starts_with(b"Host:")
+        || line.starts_with(b"User-Agent:")
+    {
+        return Some("HTTP request");
+    }
+    if line.first() == Some(&0x16) && line.get(1) == Some(&0x03) {
+        return Some("TLS handshake on a plaintext port");
+    }
+    let controls = line
+        .iter()
+        .filter(|b| (**b < 0x20 && **b != b'\t' && **b != b'\r') || **b == 0x7f)
+        .count();
+    if controls > 0 && controls * 4 >= line.len().max(1) {
+        return Some("binary data");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::non_smtp;
+
+    #[test]
+    fn recognises_non_smtp() {
+        assert_eq!(non_smtp(b"GET / HTTP/1.1"), Some("HTTP request"));
+        assert_eq!(
+            non_smtp(b"CONNECT mx.example:25 HTTP/1.1"),
+            Some("proxy CONNECT")
+        );
+        assert_eq!(
+            non_smtp(&[0x16, 0x03, 0x01, 0x02, 0x00]),
+            Some("TLS handshake on a plaintext port")
+        );
+        assert_eq!(non_smtp(&[0x01, 0x02, 0x03, b'a']), Some("binary data"));
+        for ok in [
+            &b"EHLO mx.example.org"[..],
+            b"MAIL FROM:<a@b>",
+            b"HELO\tx",
+            b"quit",
+        ] {
+            assert_eq!(non_smtp(ok), None, "{}", String::from_utf8_lossy(ok));
+        }
+    }
+}
