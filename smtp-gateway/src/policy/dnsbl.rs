@@ -88,13 +88,14 @@ pub struct DnsblSite {
     pub weight: i32,
     /// Answers that count, in postscreen syntax: per octet a number, `[a..b]` or `[a;b;c]`
     /// (items may mix, `[1..3;5]`), e.g. `127.0.[0..255].[1..3]`. `None`: any answer in
-    /// 127.0.0.0/8 counts.
+    /// 127.0.0.0/8 counts. Answers in 127.255.255.0/24 (list error codes) never count.
     pub filter: Option<String>,
 }
 
 /// Weight of a site that does not state one (as in postscreen).
 const DEFAULT_WEIGHT: i32 = 1;
 
+/// serde's `default` for [`SiteTable::weight`].
 fn default_weight() -> i32 {
     DEFAULT_WEIGHT
 }
