@@ -1,7 +1,8 @@
 //! `cargo xtask setup`: everything a fresh Debian 12 machine of this kind lacks.
 //!
 //! - apt: Debian's rustc 1.96 with a prebuilt `core` for bpfel-unknown-none, LLVM 22 for
-//!   bpf-linker, and the tools the tests drive (iproute2, bpftool, ethtool, hping3, nsenter);
+//!   bpf-linker, and the tools the tests drive (iproute2, bpftool, ethtool, hping3, nsenter,
+//!   Postfix with smtp-source, swaks, openssl);
 //! - bpf-linker 0.13.0 built against LLVM 22 into `.tools/` (cached: 0.1 s when present);
 //! - bpffs mounted at /sys/fs/bpf.
 //!
@@ -23,6 +24,13 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "hping3",
     "util-linux",
+    // Real SMTP peers for the proxy tests and the demo (TESTING.md).
+    "postfix",
+    "swaks",
+    "libnet-ssleay-perl",
+    "libio-socket-ssl-perl",
+    "openssl",
+    "python3",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
