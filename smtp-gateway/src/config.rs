@@ -519,6 +519,38 @@ mod tests {
     }
 
     #[test]
+    fn proxy_sections_are_validated() {
+        let err = parse("[smtp]\nlisteners = [{ address = \"127.0.0.1:2525\" }]\n").unwrap_err();
+        assert!(err.to_string().contains("backend.servers"), "{err}");
+        let err = parse(
+            "[smtp]\nlisteners = [{ address = \"127.0.0.1:465\", kind = \"smtps\" }]\n[backend]\nservers = [{ address = \"127.0.0.1:10025\" }]\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("[smtp.tls]"), "{err}");
+        let err = parse("[smtp]\nmax_command_line = 100\n").unwrap_err();
+        assert!(
+            err.to_string().contains("smtp.max_command_line") && err.to_string().contains(":2"),
+            "{err}"
+        );
+        let err = parse("[checks]\npregreet = { action = \"explode\" }\n").unwrap_err();
+        assert!(
+            err.to_string().contains("explode") && err.to_string().contains("line 2"),
+            "{err}"
+        );
+        let err = parse("[score]\ntempfail = 9\nreject = 5\n").unwrap_err();
+        assert!(err.to_string().contains("score.tempfail"), "{err}");
+        let err = parse("[relay]\naccepted_domains = [\"exa mple.org\"]\n").unwrap_err();
+        assert!(err.to_string().contains("relay.accepted_domains"), "{err}");
+        let err = parse("[dnsbl]\nenabled = true\n").unwrap_err();
+        assert!(err.to_string().contains("dnsbl.nameservers"), "{err}");
+        let err = parse(
+            "[backend]\nservers = [{ address = \"127.0.0.1:25\", identity = \"xclient2\" }]\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("xclient2"), "{err}");
+    }
+
+    #[test]
     fn bad_enum_and_ranges_are_rejected() {
         let err = parse("[dataplane]\nattach_mode = \"native\"\n").unwrap_err();
         assert!(err.to_string().contains("native"), "{err}");

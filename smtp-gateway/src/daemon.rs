@@ -115,8 +115,11 @@ fn start_proxy(
         listeners.push((l.clone(), crate::smtp::server::bind(l)?));
     }
     let (events, _) = crate::smtp::events::channel();
+    let mut config = config.clone();
+    // A client claiming to be us is lying: our own name joins the configured ones.
+    config.helo.own_names.push(config.smtp.hostname.clone());
     let shared = Arc::new(crate::smtp::Shared {
-        config: config.clone(),
+        config,
         dnsbl,
         tls,
         events,

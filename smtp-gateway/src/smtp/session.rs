@@ -26,7 +26,7 @@ use super::{
 use crate::policy::{
     dnsbl::DnsblScore,
     helo,
-    relay::{self, RelayVerdict},
+    relay::{self, RelayRefusal, RelayVerdict},
 };
 
 /// What the command loop does next.
@@ -631,6 +631,12 @@ impl Session {
         }
         match relay::check_recipient(&self.shared.config.relay, self.source(), false, &to) {
             RelayVerdict::Accept { .. } => {}
+            RelayVerdict::Reject {
+                reason: reason @ (RelayRefusal::InvalidSyntax(_) | RelayRefusal::NullRecipient),
+            } => {
+                self.reply(Reply::new(501, format!("5.1.3 <{to}>: {reason}")));
+                return self.count_error().unwrap_or(Flow::Continue);
+            }
             RelayVerdict::Reject { reason } => {
                 let outcome = self.fire("relay_attempt", format!("{to}: {reason}"));
                 self.reply(Reply::new(550, format!("5.7.1 <{to}>: {reason}")));
