@@ -308,6 +308,15 @@ impl Config {
                 "at least one backend is required when smtp.listeners is set".into(),
             );
         }
+        if self.score.tarpit > self.score.tempfail {
+            return bad(
+                "score.tarpit",
+                format!(
+                    "{} is above score.tempfail ({})",
+                    self.score.tarpit, self.score.tempfail
+                ),
+            );
+        }
         if self.score.tempfail > self.score.reject {
             return bad(
                 "score.tempfail",

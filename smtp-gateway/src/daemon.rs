@@ -116,6 +116,7 @@ fn start_proxy(
     }
     let (events, _) = crate::smtp::events::channel();
     let mut config = config.clone();
+    let (config_ttl, config_size) = (config.smtp.pass_cache_ttl, config.smtp.pass_cache_size);
     // A client claiming to be us is lying: our own name joins the configured ones.
     config.helo.own_names.push(config.smtp.hostname.clone());
     let shared = Arc::new(crate::smtp::Shared {
@@ -123,6 +124,10 @@ fn start_proxy(
         dnsbl,
         tls,
         events,
+        pass_cache: Arc::new(crate::policy::pass_cache::PassCache::new(
+            config_ttl,
+            config_size,
+        )),
     });
     Ok(Some(tokio::spawn(crate::smtp::server::serve(
         shared, listeners, shutdown,

@@ -3,8 +3,10 @@
 //!
 //! - `relay.rs`: anti-relay (accepted domains, relay networks, address tricks);
 //! - `helo.rs`: HELO/EHLO heuristics;
-//! - `dnsbl.rs`: DNSBL/DNSWL scoring through an async resolver.
+//! - `dnsbl.rs`: DNSBL/DNSWL scoring through an async resolver;
+//! - `pass_cache.rs`: clients that passed, remembered so they skip the slow checks.
 
 pub mod dnsbl;
 pub mod helo;
+pub mod pass_cache;
 pub mod relay;

@@ -43,6 +43,15 @@ pub struct SmtpConfig {
     /// Bare LF or bare CR in message text: `reject` the message, or `normalize` to CRLF (a lone
     /// "." produced by normalising is dot-stuffed, so it can never end the data at the backend).
     pub bare_newlines: BareNewlinePolicy,
+    /// How long a client that delivered mail with no check firing skips the slow checks
+    /// (greet pause, DNSBL). "0s" disables the cache.
+    #[serde(with = "humantime_serde")]
+    pub pass_cache_ttl: Duration,
+    /// Clients remembered at most (oldest evicted first).
+    pub pass_cache_size: usize,
+    /// Delay before each reply once the session score reaches `score.tarpit`.
+    #[serde(with = "humantime_serde")]
+    pub tarpit_delay: Duration,
     /// Certificate and key for STARTTLS and implicit TLS.
     pub tls: Option<TlsConfig>,
 }
@@ -65,6 +74,9 @@ impl Default for SmtpConfig {
             max_errors: 10,
             max_unknown_commands: 3,
             bare_newlines: BareNewlinePolicy::Reject,
+            pass_cache_ttl: Duration::from_secs(3600),
+            pass_cache_size: 100_000,
+            tarpit_delay: Duration::from_secs(3),
             tls: None,
         }
     }
@@ -323,6 +335,8 @@ impl ChecksConfig {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScoreConfig {
+    /// At or over this, every reply is delayed by `smtp.tarpit_delay` (slows bulk senders).
+    pub tarpit: i32,
     /// At or over this, MAIL FROM / RCPT TO get `451 4.7.1` (try later).
     pub tempfail: i32,
     /// At or over this, MAIL FROM / RCPT TO get `550 5.7.1`.
@@ -332,6 +346,7 @@ pub struct ScoreConfig {
 impl Default for ScoreConfig {
     fn default() -> Self {
         Self {
+            tarpit: 2,
             tempfail: 3,
             reject: 5,
         }

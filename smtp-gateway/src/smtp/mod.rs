@@ -34,4 +34,6 @@ pub struct Shared {
     pub tls: Option<TlsAcceptor>,
     /// Verdict events.
     pub events: events::EventSender,
+    /// Clients that passed recently.
+    pub pass_cache: std::sync::Arc<crate::policy::pass_cache::PassCache>,
 }

@@ -76,6 +76,8 @@ pub struct Session {
     txn: Option<Transaction>,
     dnsbl: Option<tokio::task::JoinHandle<DnsblScore>>,
     dnsbl_done: bool,
+    /// The client passed recently: the slow checks are skipped.
+    cached: bool,
     /// Last backend reply to a final DATA, for the session log line.
     last_backend_reply: Option<String>,
     bytes: u64,
@@ -92,10 +94,17 @@ impl Session {
         local: SocketAddr,
         kind: ListenerKind,
     ) -> Self {
-        let dnsbl = shared.dnsbl.clone().map(|d| {
-            let ip = client.ip();
-            tokio::spawn(async move { d.score(ip).await })
-        });
+        let cached = shared
+            .pass_cache
+            .contains(canonical(client.ip()), Instant::now());
+        let dnsbl = if cached {
+            None
+        } else {
+            shared.dnsbl.clone().map(|d| {
+                let ip = client.ip();
+                tokio::spawn(async move { d.score(ip).await })
+            })
+        };
         Self {
             shared,
             conn,
@@ -115,6 +124,7 @@ impl Session {
             txn: None,
             dnsbl,
             dnsbl_done: false,
+            cached,
             last_backend_reply: None,
             bytes: 0,
             recipients: 0,
@@ -123,13 +133,7 @@ impl Session {
     }
 
     fn source(&self) -> IpAddr {
-        match self.client.ip() {
-            IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map(IpAddr::V4)
-                .unwrap_or(IpAddr::V6(v6)),
-            v4 => v4,
-        }
+        canonical(self.client.ip())
     }
 
     fn reply(&mut self, reply: Reply) {
@@ -187,7 +191,7 @@ impl Session {
     async fn greet(&mut self) -> Flow {
         let host = self.shared.config.smtp.hostname.clone();
         let pause = self.shared.config.smtp.greet_pause;
-        let early = if pause.is_zero() {
+        let early = if pause.is_zero() || self.cached {
             self.conn.input_pending()
         } else {
             self.conn.queue(format!("220-{host} ESMTP\r\n").as_bytes());
@@ -223,8 +227,13 @@ impl Session {
     async fn command_loop(&mut self) {
         let smtp = self.shared.config.smtp.clone();
         loop {
-            if !self.conn.has_line() && self.conn.flush().await.is_err() {
-                return;
+            if !self.conn.has_line() {
+                if self.score > 0 && self.score >= self.shared.config.score.tarpit {
+                    tokio::time::sleep(smtp.tarpit_delay).await;
+                }
+                if self.conn.flush().await.is_err() {
+                    return;
+                }
             }
             let line = match self
                 .conn
@@ -725,6 +734,9 @@ impl Session {
             DataOutcome::Relayed(reply) => {
                 if reply.is_positive() {
                     self.messages += 1;
+                    if self.fired.is_empty() {
+                        self.shared.pass_cache.insert(self.source(), Instant::now());
+                    }
                 }
                 self.last_backend_reply = Some(reply.summary());
                 self.reply(reply);
@@ -789,6 +801,17 @@ impl Session {
             b.quit().await;
         }
         Flow::Continue
+    }
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
     }
 }
 
