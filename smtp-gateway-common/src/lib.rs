@@ -108,8 +108,10 @@ pub enum Verdict {
     RateLimited = 5,
     /// Truncated or invalid Ethernet/IP/TCP header (dropped unless configured to pass).
     Malformed = 6,
-    /// IPv4 fragment or IPv6 extension-header chain towards a protected port (dropped unless
-    /// configured to be inspected).
+    /// IPv4 first fragment or IPv6 extension-header chain towards a protected port (dropped unless
+    /// configured to be inspected); also, whatever the port and the configuration, an IPv6 chain
+    /// of more than 6 extension headers and a TCP first fragment too short for its TCP header
+    /// (RFC 1858), which cannot be attributed to a port and must not be reassembled uninspected.
     FragmentOrExtHeader = 7,
 }
 
@@ -265,7 +267,8 @@ pub struct SourceStats {
     pub bytes: u64,
     /// SYN-without-ACK packets seen.
     pub syns: u64,
-    /// Packets dropped (blocklist, rate limit, fragment/extension header, malformed).
+    /// Packets dropped by the blocklists, the rate limit or the fragment/extension-header policy
+    /// (malformed packets are counted per verdict only: their source cannot be trusted).
     pub drops: u64,
     /// Monotonic time of the last packet (ns).
     pub last_seen_ns: u64,

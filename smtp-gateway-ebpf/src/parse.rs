@@ -54,8 +54,10 @@ pub enum Parsed {
     Other,
     /// A header is truncated or invalid.
     Malformed,
-    /// An IPv6 extension-header chain longer than we walk.
-    UninspectableChain,
+    /// Cannot be attributed to a port but must not pass: an IPv6 extension-header chain longer
+    /// than we walk, or a TCP first fragment too short to hold the TCP header (RFC 1858's tiny
+    /// fragment: passing it would let the kernel reassemble an uninspected segment).
+    Uninspectable,
     /// A TCP segment.
     Tcp(TcpPacket),
 }
@@ -119,7 +121,14 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Parsed {
         return Parsed::Other;
     }
     let fragment = frags & IPV4_MF != 0;
-    parse_tcp(ctx, offset + header_len, Source::V4(src), fragment, false)
+    parse_tcp(
+        ctx,
+        offset + header_len,
+        Source::V4(src),
+        fragment,
+        fragment,
+        false,
+    )
 }
 
 #[inline(always)]
@@ -134,6 +143,7 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
     }
     let mut offset = offset + Ipv6Hdr::LEN;
     let mut fragment = false;
+    let mut more_fragments = false;
     let mut ext_headers = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
@@ -168,15 +178,27 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
                 next = hdr[0];
                 offset += 8;
                 fragment = true;
+                more_fragments = hdr[3] & 1 != 0;
             }
             _ => return Parsed::Other,
         }
         ext_headers = true;
     }
-    if next != IPPROTO_TCP {
-        return Parsed::UninspectableChain;
+    match next {
+        IPPROTO_TCP => {}
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_AUTH | IPV6_FRAGMENT => {
+            return Parsed::Uninspectable;
+        }
+        _ => return Parsed::Other,
     }
-    parse_tcp(ctx, offset, Source::V6(src), fragment, ext_headers)
+    parse_tcp(
+        ctx,
+        offset,
+        Source::V6(src),
+        fragment,
+        more_fragments,
+        ext_headers,
+    )
 }
 
 #[inline(always)]
@@ -185,10 +207,17 @@ fn parse_tcp(
     offset: usize,
     src: Source,
     fragment: bool,
+    more_fragments: bool,
     ext_headers: bool,
 ) -> Parsed {
     let Ok(tcp) = ptr_at::<TcpHdr>(ctx, offset) else {
-        return Parsed::Malformed;
+        // A first fragment with more to come that cannot hold the TCP header: the rest of the
+        // header would arrive in a fragment we never inspect (RFC 1858 tiny fragment).
+        return if more_fragments {
+            Parsed::Uninspectable
+        } else {
+            Parsed::Malformed
+        };
     };
     // SAFETY: bounds checked by ptr_at.
     let tcp = unsafe { &*tcp };

@@ -29,7 +29,7 @@ pub fn try_smtp_gateway(ctx: &XdpContext) -> Result<u32, ()> {
                 xdp_action::XDP_PASS
             });
         }
-        Parsed::UninspectableChain => {
+        Parsed::Uninspectable => {
             stats::count(Verdict::FragmentOrExtHeader, len);
             return Ok(xdp_action::XDP_DROP);
         }

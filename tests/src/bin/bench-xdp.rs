@@ -379,10 +379,10 @@ fn run(settings: Settings) -> Result<()> {
         )?);
     }
 
-    // The SYN limiter: a source over its limit (burst 1 at 1/s: after its first SYN, every repeat
-    // is over the limit). One SYN is admitted first so that every measured repeat is limited.
+    // The SYN limiter: a source over its limit. Burst 1 at one SYN per 1000 s: once a first SYN
+    // is admitted (below), no token comes back during the measurements.
     cfg.rate_limit.enabled = true;
-    cfg.rate_limit.syn_per_second = 1.0;
+    cfg.rate_limit.syn_per_second = 0.001;
     cfg.rate_limit.burst = 1;
     bench.dp.apply_config(&cfg)?;
     let limited_src = Ipv4Addr::new(198, 18, 0, 3);

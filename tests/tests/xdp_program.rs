@@ -1,0 +1,1099 @@
+//! Program tests of the XDP filter through `BPF_PROG_TEST_RUN`: crafted frames in, the XDP
+//! action and the kernel counters out. No network interface and no traffic are involved.
+//!
+//! Every test loads the program unattached with its own pin directory (so tests can run in
+//! parallel threads) and removes the pins when it ends, panic or not. Needs root (CAP_BPF).
+
+#[path = "support/frames.rs"]
+mod frames;
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::programs::{TestRun, TestRunOptions};
+use frames::*;
+use smtp_gateway::{
+    config::{DataplaneConfig, MalformedPolicy, PacketPolicy},
+    dataplane::{Dataplane, Target, clock, loader, stats::SourceRow},
+};
+use smtp_gateway_common::{AllowEntry, BlockEntry, origin};
+
+/// `xdp_action::XDP_DROP`.
+const XDP_DROP: u32 = 1;
+/// `xdp_action::XDP_PASS`.
+const XDP_PASS: u32 = 2;
+
+/// Removes the pins of one test when dropped, even when the test panics.
+struct PinGuard(PathBuf);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        if let Err(e) = loader::detach(&self.0) {
+            eprintln!("cleanup of {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// One loaded, unattached program with its own maps.
+struct ProgTest {
+    ebpf: aya::Ebpf,
+    dp: Dataplane,
+    cfg: DataplaneConfig,
+    // Last: the pins go after the program and map handles are closed.
+    _pins: PinGuard,
+}
+
+impl ProgTest {
+    /// The program with the default configuration (ports 25/465/587, everything dropped that the
+    /// defaults drop, rate limit 5/s burst 20).
+    fn new(name: &str) -> Self {
+        Self::with(name, |_| {})
+    }
+
+    /// The program with the default configuration changed by `change`.
+    fn with(name: &str, change: impl FnOnce(&mut DataplaneConfig)) -> Self {
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/sgw-progtest-{}-{name}",
+            std::process::id()
+        ));
+        // Leftovers of an earlier run with the same pid would be reused: start clean.
+        let _ = loader::detach(&pin_dir);
+        let pins = PinGuard(pin_dir.clone());
+        let mut cfg = DataplaneConfig {
+            pin_dir,
+            ..DataplaneConfig::default()
+        };
+        let c = &mut cfg.capacity;
+        c.block_v4 = 1024;
+        c.block_v6 = 1024;
+        c.block_net_v4 = 256;
+        c.block_net_v6 = 256;
+        c.allow_v4 = 64;
+        c.allow_v6 = 64;
+        c.rate_sources = 1024;
+        c.source_stats = 1024;
+        c.reasons = 64;
+        change(&mut cfg);
+        let (ebpf, mut dp) = loader::load_unattached(&cfg).expect("load the XDP program");
+        dp.apply_config(&cfg).expect("apply the configuration");
+        Self {
+            ebpf,
+            dp,
+            cfg,
+            _pins: pins,
+        }
+    }
+
+    /// Changes the running configuration (as a daemon reload does).
+    fn reconfigure(&mut self, change: impl FnOnce(&mut DataplaneConfig)) {
+        change(&mut self.cfg);
+        self.dp
+            .apply_config(&self.cfg)
+            .expect("apply the configuration");
+    }
+
+    /// Runs the program once on `frame`: the XDP action, or the test-run error.
+    fn try_run(&mut self, frame: &[u8]) -> Result<u32, aya::programs::ProgramError> {
+        let program = loader::loaded_program(&mut self.ebpf).expect("program loaded");
+        program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ..Default::default()
+            })
+            .map(|r| r.return_value)
+    }
+
+    /// Packets per verdict name.
+    fn verdicts(&self) -> HashMap<&'static str, u64> {
+        self.dp
+            .verdict_totals()
+            .expect("read verdict counters")
+            .into_iter()
+            .map(|t| (t.verdict, t.packets))
+            .collect()
+    }
+
+    /// Runs `frame` and asserts the XDP action and that exactly one packet was counted, under
+    /// `verdict` and nowhere else.
+    #[track_caller]
+    fn expect(&mut self, frame: &[u8], action: u32, verdict: &str) {
+        let before = self.verdicts();
+        let got = self.try_run(frame).expect("BPF_PROG_TEST_RUN");
+        let after = self.verdicts();
+        let delta: HashMap<&str, u64> = after
+            .iter()
+            .map(|(name, n)| (*name, n - before[name]))
+            .filter(|(_, n)| *n != 0)
+            .collect();
+        assert_eq!(
+            (action_name(got), delta),
+            (action_name(action), HashMap::from([(verdict, 1)])),
+            "XDP action and verdict counter deltas for a {}-byte frame",
+            frame.len()
+        );
+    }
+
+    fn block(&mut self, target: &str) {
+        self.block_until(target, 0);
+    }
+
+    fn block_until(&mut self, target: &str, expires_at_ns: u64) {
+        let target: Target = target.parse().expect("target");
+        self.dp
+            .block(
+                target,
+                BlockEntry {
+                    expires_at_ns,
+                    added_at_s: clock::unix_now_s(),
+                    reason: 0,
+                    origin: origin::CLI,
+                },
+            )
+            .expect("block");
+    }
+
+    fn allow(&mut self, net: &str) {
+        let target: Target = net.parse().expect("prefix");
+        self.dp
+            .allow(
+                target.net(),
+                AllowEntry {
+                    reason: 0,
+                    origin: origin::CLI,
+                    added_at_s: clock::unix_now_s(),
+                },
+            )
+            .expect("allow");
+    }
+
+    /// The per-source counters of `addr`, if the program recorded it.
+    fn source(&self, addr: &str) -> Option<SourceRow> {
+        let addr: IpAddr = addr.parse().expect("address");
+        self.dp
+            .source_rows()
+            .expect("read source counters")
+            .into_iter()
+            .find(|r| r.source == addr)
+    }
+
+    /// Asserts the per-source counters of `addr`: (packets, syns, drops).
+    #[track_caller]
+    fn expect_source(&self, addr: &str, packets: u64, syns: u64, drops: u64) {
+        let row = self
+            .source(addr)
+            .unwrap_or_else(|| panic!("no per-source counters for {addr}"));
+        assert_eq!(
+            (row.packets, row.syns, row.drops),
+            (packets, syns, drops),
+            "(packets, syns, drops) of {addr}"
+        );
+    }
+
+    #[track_caller]
+    fn expect_no_source(&self, addr: &str) {
+        assert_eq!(self.source(addr), None, "{addr} must not be recorded");
+    }
+
+    fn pin_dir(&self) -> &Path {
+        &self.cfg.pin_dir
+    }
+}
+
+fn action_name(action: u32) -> String {
+    match action {
+        0 => "XDP_ABORTED".into(),
+        XDP_DROP => "XDP_DROP".into(),
+        XDP_PASS => "XDP_PASS".into(),
+        3 => "XDP_TX".into(),
+        4 => "XDP_REDIRECT".into(),
+        other => format!("action {other}"),
+    }
+}
+
+fn v4_syn(src: &str, port: u16) -> Vec<u8> {
+    Frame::new()
+        .ipv4(Ipv4::new(src))
+        .tcp(Tcp::syn(port))
+        .build()
+}
+
+fn v6_syn(src: &str, port: u16) -> Vec<u8> {
+    Frame::new()
+        .ipv6(Ipv6::new(src))
+        .tcp(Tcp::syn(port))
+        .build()
+}
+
+fn v4_ack(src: &str, port: u16) -> Vec<u8> {
+    Frame::new()
+        .ipv4(Ipv4::new(src))
+        .tcp(Tcp::ack(port))
+        .build()
+}
+
+fn v6_ack(src: &str, port: u16) -> Vec<u8> {
+    Frame::new()
+        .ipv6(Ipv6::new(src))
+        .tcp(Tcp::ack(port))
+        .build()
+}
+
+/// An IPv6 SYN to port 25 behind the extension headers `chain`.
+fn v6_syn_behind(src: &str, chain: &[Ipv6Ext]) -> Vec<u8> {
+    let mut frame = Frame::new().ipv6(Ipv6::new(src));
+    for ext in chain {
+        frame = frame.ipv6_ext(*ext);
+    }
+    frame.tcp(Tcp::syn(25)).build()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing: what reaches the policy, and from which offset.
+
+#[test]
+fn ipv4_syn_to_port_25_passes() {
+    let mut t = ProgTest::new("v4-syn");
+    t.expect(&v4_syn("192.0.2.7", 25), XDP_PASS, "passed");
+    t.expect(&v4_ack("192.0.2.7", 25), XDP_PASS, "passed");
+    t.expect_source("192.0.2.7", 2, 1, 0);
+}
+
+#[test]
+fn ipv6_syn_to_port_25_passes() {
+    let mut t = ProgTest::new("v6-syn");
+    t.expect(&v6_syn("2001:db8:1::7", 25), XDP_PASS, "passed");
+    t.expect(&v6_ack("2001:db8:1::7", 25), XDP_PASS, "passed");
+    t.expect_source("2001:db8:1::7", 2, 1, 0);
+}
+
+#[test]
+fn default_protected_ports_are_25_465_587() {
+    let mut t = ProgTest::new("default-ports");
+    for port in [25, 465, 587] {
+        t.expect(&v4_syn("192.0.2.7", port), XDP_PASS, "passed");
+    }
+    for port in [24, 26, 443, 2525] {
+        t.expect(&v4_syn("192.0.2.7", port), XDP_PASS, "not_inspected");
+    }
+    t.expect_source("192.0.2.7", 3, 3, 0);
+}
+
+#[test]
+fn ipv4_behind_an_8021q_tag_is_inspected() {
+    let mut t = ProgTest::new("vlan-8021q");
+    t.block("192.0.2.66");
+    let frame = |src: &str| {
+        Frame::new()
+            .vlan(TPID_8021Q, 100)
+            .ipv4(Ipv4::new(src))
+            .tcp(Tcp::syn(25))
+            .build()
+    };
+    t.expect(&frame("192.0.2.7"), XDP_PASS, "passed");
+    t.expect(&frame("192.0.2.66"), XDP_DROP, "dropped_exact");
+    t.expect_source("192.0.2.7", 1, 1, 0);
+    t.expect_source("192.0.2.66", 1, 1, 1);
+}
+
+#[test]
+fn ipv4_behind_8021ad_and_8021q_tags_is_inspected() {
+    let mut t = ProgTest::new("vlan-qinq");
+    t.block("192.0.2.66");
+    let frame = |src: &str| {
+        Frame::new()
+            .vlan(TPID_8021AD, 300)
+            .vlan(TPID_8021Q, 100)
+            .ipv4(Ipv4::new(src))
+            .tcp(Tcp::syn(25))
+            .build()
+    };
+    t.expect(&frame("192.0.2.7"), XDP_PASS, "passed");
+    t.expect(&frame("192.0.2.66"), XDP_DROP, "dropped_exact");
+    t.expect_source("192.0.2.7", 1, 1, 0);
+    t.expect_source("192.0.2.66", 1, 1, 1);
+}
+
+#[test]
+fn ipv6_behind_an_8021q_tag_is_inspected() {
+    let mut t = ProgTest::new("vlan-v6");
+    t.block("2001:db8:bad::66");
+    let frame = |src: &str| {
+        Frame::new()
+            .vlan(TPID_8021Q, 100)
+            .ipv6(Ipv6::new(src))
+            .tcp(Tcp::syn(25))
+            .build()
+    };
+    t.expect(&frame("2001:db8:1::7"), XDP_PASS, "passed");
+    t.expect(&frame("2001:db8:bad::66"), XDP_DROP, "dropped_exact");
+    t.expect_source("2001:db8:bad::66", 1, 1, 1);
+}
+
+/// The parser strips at most two tags (802.1ad + 802.1Q). A third tag leaves a VLAN EtherType,
+/// which is "not IP": passed uninspected. The kernel stack only delivers such a frame if a
+/// matching three-level stack of VLAN devices exists. This pins down the documented limit.
+#[test]
+fn ipv4_behind_three_vlan_tags_is_not_inspected() {
+    let mut t = ProgTest::new("vlan-three");
+    t.block("192.0.2.66");
+    let frame = Frame::new()
+        .vlan(TPID_8021AD, 300)
+        .vlan(TPID_8021Q, 100)
+        .vlan(TPID_8021Q, 200)
+        .ipv4(Ipv4::new("192.0.2.66"))
+        .tcp(Tcp::syn(25))
+        .build();
+    t.expect(&frame, XDP_PASS, "not_inspected");
+    t.expect_no_source("192.0.2.66");
+}
+
+/// With options, the TCP header starts at IHL*4, not 20. The options are NOPs: read at the fixed
+/// offset 20, the "destination port" would be 0x0101 = 257 and the packet not inspected at all.
+#[test]
+fn ipv4_with_options_still_finds_the_tcp_port() {
+    let mut t = ProgTest::new("v4-options");
+    t.block("192.0.2.66");
+    let frame = |src: &str, ihl: u8, port: u16| {
+        Frame::new()
+            .ipv4(Ipv4 {
+                ihl,
+                ..Ipv4::new(src)
+            })
+            .tcp(Tcp::syn(port))
+            .build()
+    };
+    for ihl in [6, 8, 15] {
+        t.expect(&frame("192.0.2.7", ihl, 25), XDP_PASS, "passed");
+        t.expect(&frame("192.0.2.7", ihl, 80), XDP_PASS, "not_inspected");
+        t.expect(&frame("192.0.2.66", ihl, 25), XDP_DROP, "dropped_exact");
+    }
+    t.expect_source("192.0.2.7", 3, 3, 0);
+    t.expect_source("192.0.2.66", 3, 3, 3);
+}
+
+#[test]
+fn ipv4_first_fragment_to_port_25_is_dropped() {
+    let mut t = ProgTest::new("v4-frag-drop");
+    let frame = |port: u16| {
+        Frame::new()
+            .ipv4(Ipv4 {
+                dont_fragment: false,
+                more_fragments: true,
+                ..Ipv4::new("192.0.2.7")
+            })
+            .tcp(Tcp::syn(port))
+            .payload(&[0; 64])
+            .build()
+    };
+    t.expect(&frame(25), XDP_DROP, "fragment_or_ext_header");
+    // Only fragments towards protected ports are the filter's business.
+    t.expect(&frame(80), XDP_PASS, "not_inspected");
+    t.expect_source("192.0.2.7", 1, 1, 1);
+}
+
+#[test]
+fn ipv4_first_fragment_is_inspected_when_fragments_inspect() {
+    let mut t = ProgTest::with("v4-frag-inspect", |c| {
+        c.fragments = PacketPolicy::Inspect;
+    });
+    t.block("192.0.2.66");
+    let frame = |src: &str| {
+        Frame::new()
+            .ipv4(Ipv4 {
+                dont_fragment: false,
+                more_fragments: true,
+                ..Ipv4::new(src)
+            })
+            .tcp(Tcp::syn(25))
+            .payload(&[0; 64])
+            .build()
+    };
+    t.expect(&frame("192.0.2.7"), XDP_PASS, "passed");
+    t.expect(&frame("192.0.2.66"), XDP_DROP, "dropped_exact");
+    t.expect_source("192.0.2.7", 1, 1, 0);
+    t.expect_source("192.0.2.66", 1, 1, 1);
+}
+
+/// A non-first fragment carries no TCP header: its port is unknowable, and it is useless to the
+/// kernel without the first fragment, which is inspected. Even from a blocked source it passes.
+#[test]
+fn ipv4_non_first_fragment_is_not_inspected() {
+    let mut t = ProgTest::new("v4-frag-later");
+    t.block("192.0.2.66");
+    for more_fragments in [true, false] {
+        // Payload that would read as a TCP SYN to port 25 if it were (wrongly) parsed as TCP.
+        let fake_tcp = Frame::new().tcp(Tcp::syn(25)).build()[ETH_LEN..].to_vec();
+        let frame = Frame::new()
+            .ipv4(Ipv4 {
+                dont_fragment: false,
+                more_fragments,
+                fragment_offset: 185,
+                protocol: Some(6),
+                ..Ipv4::new("192.0.2.66")
+            })
+            .payload(&fake_tcp)
+            .build();
+        t.expect(&frame, XDP_PASS, "not_inspected");
+    }
+    t.expect_no_source("192.0.2.66");
+}
+
+#[test]
+fn ipv6_destination_options_before_tcp_is_dropped() {
+    let mut t = ProgTest::new("v6-ext-drop");
+    let frame = v6_syn_behind("2001:db8:1::7", &[Ipv6Ext::DestinationOptions]);
+    t.expect(&frame, XDP_DROP, "fragment_or_ext_header");
+    t.expect_source("2001:db8:1::7", 1, 1, 1);
+}
+
+#[test]
+fn ipv6_extension_headers_are_inspected_when_allowed() {
+    let mut t = ProgTest::with("v6-ext-inspect", |c| {
+        c.ipv6_extension_headers = PacketPolicy::Inspect;
+    });
+    t.block("2001:db8:bad::66");
+    let dest_opts = [Ipv6Ext::DestinationOptions];
+    t.expect(
+        &v6_syn_behind("2001:db8:1::7", &dest_opts),
+        XDP_PASS,
+        "passed",
+    );
+    t.expect(
+        &v6_syn_behind("2001:db8:bad::66", &dest_opts),
+        XDP_DROP,
+        "dropped_exact",
+    );
+    let chain = [
+        Ipv6Ext::HopByHop,
+        Ipv6Ext::Routing,
+        Ipv6Ext::DestinationOptions,
+    ];
+    t.expect(&v6_syn_behind("2001:db8:1::7", &chain), XDP_PASS, "passed");
+    // Lengths: Hdr Ext Len counts 8-byte units beyond the first; AH's Payload Len counts 4-byte
+    // units minus 2. A wrong formula would read the port from inside the padding or the ICV.
+    let long = [
+        Ipv6Ext::LongDestinationOptions { units: 3 },
+        Ipv6Ext::Authentication,
+        Ipv6Ext::LongDestinationOptions { units: 32 },
+    ];
+    t.expect(&v6_syn_behind("2001:db8:1::7", &long), XDP_PASS, "passed");
+    t.expect(
+        &v6_syn_behind("2001:db8:bad::66", &long),
+        XDP_DROP,
+        "dropped_exact",
+    );
+    t.expect_source("2001:db8:1::7", 3, 3, 0);
+    t.expect_source("2001:db8:bad::66", 2, 2, 2);
+}
+
+/// The parser walks at most six extension headers; a longer chain is dropped whatever the policy.
+#[test]
+fn ipv6_chain_of_seven_extension_headers_is_dropped() {
+    let six = [
+        Ipv6Ext::HopByHop,
+        Ipv6Ext::DestinationOptions,
+        Ipv6Ext::Routing,
+        Ipv6Ext::DestinationOptions,
+        Ipv6Ext::Routing,
+        Ipv6Ext::DestinationOptions,
+    ];
+    let mut seven = six.to_vec();
+    seven.push(Ipv6Ext::DestinationOptions);
+
+    let mut t = ProgTest::new("v6-ext-seven");
+    t.expect(
+        &v6_syn_behind("2001:db8:1::7", &seven),
+        XDP_DROP,
+        "fragment_or_ext_header",
+    );
+
+    let mut t = ProgTest::with("v6-ext-seven-inspect", |c| {
+        c.ipv6_extension_headers = PacketPolicy::Inspect;
+    });
+    t.expect(&v6_syn_behind("2001:db8:1::7", &six), XDP_PASS, "passed");
+    t.expect(
+        &v6_syn_behind("2001:db8:1::7", &seven),
+        XDP_DROP,
+        "fragment_or_ext_header",
+    );
+}
+
+/// A chain the parser walked to its end is not "uninspectable": six extension headers followed by
+/// UDP (or ICMPv6) is simply not TCP, and passes uninspected like the same packet with five.
+///
+/// BUG (fails today): smtp-gateway-ebpf/src/parse.rs, `parse_ipv6`: after the loop of
+/// `MAX_IPV6_EXT_HEADERS` iterations, `if next != IPPROTO_TCP { return Parsed::UninspectableChain }`
+/// also fires when the sixth header announced a known upper-layer protocol (UDP, ICMPv6, ...):
+/// such packets are dropped as `fragment_or_ext_header`, whatever their destination port.
+#[test]
+fn ipv6_six_extension_headers_then_udp_is_not_inspected() {
+    let mut t = ProgTest::new("v6-ext-six-udp");
+    let chain = |n: usize| {
+        let mut frame = Frame::new().ipv6(Ipv6::new("2001:db8:1::7"));
+        for _ in 0..n {
+            frame = frame.ipv6_ext(Ipv6Ext::DestinationOptions);
+        }
+        frame
+    };
+    t.expect(&chain(5).udp(53).build(), XDP_PASS, "not_inspected");
+    t.expect(&chain(5).icmp_echo().build(), XDP_PASS, "not_inspected");
+    t.expect(&chain(6).udp(53).build(), XDP_PASS, "not_inspected");
+    t.expect(&chain(6).icmp_echo().build(), XDP_PASS, "not_inspected");
+}
+
+#[test]
+fn ipv6_fragment_header_follows_the_fragment_policy() {
+    let first = [Ipv6Ext::Fragment {
+        offset: 0,
+        more: true,
+    }];
+    // Extension headers inspected, fragments dropped: the Fragment header decides.
+    let mut t = ProgTest::with("v6-frag-drop", |c| {
+        c.ipv6_extension_headers = PacketPolicy::Inspect;
+    });
+    t.expect(
+        &v6_syn_behind("2001:db8:1::7", &first),
+        XDP_DROP,
+        "fragment_or_ext_header",
+    );
+    t.expect_source("2001:db8:1::7", 1, 1, 1);
+
+    let mut t = ProgTest::with("v6-frag-inspect", |c| {
+        c.ipv6_extension_headers = PacketPolicy::Inspect;
+        c.fragments = PacketPolicy::Inspect;
+    });
+    t.expect(&v6_syn_behind("2001:db8:1::7", &first), XDP_PASS, "passed");
+}
+
+#[test]
+fn ipv6_non_first_fragment_is_not_inspected() {
+    let mut t = ProgTest::new("v6-frag-later");
+    t.block("2001:db8:bad::66");
+    let later = [Ipv6Ext::Fragment {
+        offset: 185,
+        more: false,
+    }];
+    t.expect(
+        &v6_syn_behind("2001:db8:bad::66", &later),
+        XDP_PASS,
+        "not_inspected",
+    );
+    t.expect_no_source("2001:db8:bad::66");
+}
+
+#[test]
+fn udp_to_port_25_is_not_inspected() {
+    let mut t = ProgTest::new("udp");
+    t.block("192.0.2.66");
+    t.block("2001:db8:bad::66");
+    let v4 = Frame::new().ipv4(Ipv4::new("192.0.2.66")).udp(25).build();
+    let v6 = Frame::new()
+        .ipv6(Ipv6::new("2001:db8:bad::66"))
+        .udp(25)
+        .build();
+    t.expect(&v4, XDP_PASS, "not_inspected");
+    t.expect(&v6, XDP_PASS, "not_inspected");
+    t.expect_no_source("192.0.2.66");
+    t.expect_no_source("2001:db8:bad::66");
+}
+
+#[test]
+fn icmp_is_not_inspected() {
+    let mut t = ProgTest::new("icmp");
+    t.block("192.0.2.66");
+    t.block("2001:db8:bad::66");
+    let v4 = Frame::new()
+        .ipv4(Ipv4::new("192.0.2.66"))
+        .icmp_echo()
+        .build();
+    let v6 = Frame::new()
+        .ipv6(Ipv6::new("2001:db8:bad::66"))
+        .icmp_echo()
+        .build();
+    t.expect(&v4, XDP_PASS, "not_inspected");
+    t.expect(&v6, XDP_PASS, "not_inspected");
+    t.expect_no_source("192.0.2.66");
+}
+
+#[test]
+fn non_ip_frame_is_not_inspected() {
+    let mut t = ProgTest::new("arp");
+    let arp = Frame::new().ether_type(ETHERTYPE_ARP, 28).build();
+    t.expect(&arp, XDP_PASS, "not_inspected");
+    let tagged_arp = Frame::new()
+        .vlan(TPID_8021Q, 100)
+        .ether_type(ETHERTYPE_ARP, 28)
+        .build();
+    t.expect(&tagged_arp, XDP_PASS, "not_inspected");
+}
+
+#[test]
+fn tcp_to_port_80_is_not_inspected_even_from_a_blocked_source() {
+    let mut t = ProgTest::new("port-80");
+    t.block("192.0.2.66");
+    t.block("198.51.100.0/24");
+    t.block("2001:db8:bad::66");
+    t.expect(&v4_syn("192.0.2.66", 80), XDP_PASS, "not_inspected");
+    t.expect(&v4_syn("198.51.100.9", 80), XDP_PASS, "not_inspected");
+    t.expect(&v6_syn("2001:db8:bad::66", 80), XDP_PASS, "not_inspected");
+    t.expect_no_source("192.0.2.66");
+    t.expect_no_source("2001:db8:bad::66");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Malformed frames.
+
+/// Named frames that are truncated inside a header or carry an invalid header field.
+fn malformed_frames() -> Vec<(&'static str, Vec<u8>)> {
+    let cut = |frame: Vec<u8>, len: usize| frame[..len].to_vec();
+    let tagged = Frame::new()
+        .vlan(TPID_8021Q, 100)
+        .ipv4(Ipv4::new("192.0.2.7"))
+        .tcp(Tcp::syn(25))
+        .build();
+    let qinq = Frame::new()
+        .vlan(TPID_8021AD, 300)
+        .vlan(TPID_8021Q, 100)
+        .ipv4(Ipv4::new("192.0.2.7"))
+        .tcp(Tcp::syn(25))
+        .build();
+    let v4 = v4_syn("192.0.2.7", 25);
+    let v4_options = Frame::new()
+        .ipv4(Ipv4 {
+            ihl: 8,
+            ..Ipv4::new("192.0.2.7")
+        })
+        .tcp(Tcp::syn(25))
+        .build();
+    let v6 = v6_syn("2001:db8:1::7", 25);
+    let v6_dest_opts = v6_syn_behind("2001:db8:1::7", &[Ipv6Ext::DestinationOptions]);
+    let v6_fragment = v6_syn_behind(
+        "2001:db8:1::7",
+        &[Ipv6Ext::Fragment {
+            offset: 0,
+            more: true,
+        }],
+    );
+    let v4_tcp = |tcp: Tcp| Frame::new().ipv4(Ipv4::new("192.0.2.7")).tcp(tcp).build();
+    let v6_tcp = |tcp: Tcp| {
+        Frame::new()
+            .ipv6(Ipv6::new("2001:db8:1::7"))
+            .tcp(tcp)
+            .build()
+    };
+    let v4_header = |change: fn(&mut Ipv4)| {
+        let mut h = Ipv4::new("192.0.2.7");
+        change(&mut h);
+        Frame::new().ipv4(h).tcp(Tcp::syn(25)).build()
+    };
+    let mut v6_as_v4 = v6.clone();
+    v6_as_v4[ETH_LEN] = 0x40; // version 4 under EtherType IPv6
+
+    vec![
+        ("mid 802.1Q tag", cut(tagged, ETH_LEN + 2)),
+        (
+            "mid inner tag of 802.1ad+802.1Q",
+            cut(qinq, ETH_LEN + VLAN_LEN + 2),
+        ),
+        ("IPv4 EtherType, no IPv4 header", cut(v4.clone(), ETH_LEN)),
+        ("mid IPv4 header", cut(v4.clone(), ETH_LEN + 10)),
+        ("mid IPv4 options", cut(v4_options, ETH_LEN + IPV4_LEN + 6)),
+        ("IPv4, no TCP header", cut(v4.clone(), ETH_LEN + IPV4_LEN)),
+        ("mid TCP header (IPv4)", cut(v4, ETH_LEN + IPV4_LEN + 12)),
+        ("IPv6 EtherType, no IPv6 header", cut(v6.clone(), ETH_LEN)),
+        ("mid IPv6 header", cut(v6.clone(), ETH_LEN + 20)),
+        (
+            "mid IPv6 destination options",
+            cut(v6_dest_opts, ETH_LEN + IPV6_LEN + 1),
+        ),
+        (
+            "mid IPv6 fragment header",
+            cut(v6_fragment, ETH_LEN + IPV6_LEN + 4),
+        ),
+        ("mid TCP header (IPv6)", cut(v6, ETH_LEN + IPV6_LEN + 19)),
+        ("IPv4 IHL 4", v4_header(|h| h.ihl = 4)),
+        ("IPv4 IHL 0", v4_header(|h| h.ihl = 0)),
+        ("IPv4 version 6", v4_header(|h| h.version = 6)),
+        ("IPv6 version 4", v6_as_v4),
+        (
+            "TCP doff 4 (IPv4)",
+            v4_tcp(Tcp {
+                doff: 4,
+                ..Tcp::syn(25)
+            }),
+        ),
+        (
+            "TCP doff 0 (IPv4)",
+            v4_tcp(Tcp {
+                doff: 0,
+                ..Tcp::syn(25)
+            }),
+        ),
+        (
+            "TCP doff 4 (IPv6)",
+            v6_tcp(Tcp {
+                doff: 4,
+                ..Tcp::syn(25)
+            }),
+        ),
+    ]
+}
+
+#[test]
+fn malformed_frames_are_counted_and_dropped() {
+    let mut t = ProgTest::new("malformed-drop");
+    for (name, frame) in malformed_frames() {
+        eprintln!("case: {name}");
+        t.expect(&frame, XDP_DROP, "malformed");
+    }
+    // Nothing is attributed to a source: the headers cannot be trusted.
+    t.expect_no_source("192.0.2.7");
+    t.expect_no_source("2001:db8:1::7");
+}
+
+#[test]
+fn malformed_frames_are_counted_and_passed_when_malformed_is_pass() {
+    let mut t = ProgTest::with("malformed-pass", |c| c.malformed = MalformedPolicy::Pass);
+    for (name, frame) in malformed_frames() {
+        eprintln!("case: {name}");
+        t.expect(&frame, XDP_PASS, "malformed");
+    }
+}
+
+/// An IPv4 first fragment that carries only the first 8 bytes of the TCP header (RFC 1858's
+/// "tiny fragment": ports and sequence number, no flags) is a valid fragment to the kernel, which
+/// reassembles it with the next fragment (offset 1, never inspected) into a complete SYN. Passing
+/// it as "malformed" lets a blocked source through, and a fragment through although
+/// `fragments = "drop"`. Whatever it is counted as, it must not pass.
+///
+/// (The IPv6 equivalent is harmless: the kernel itself discards a first fragment whose header
+/// chain stops short of a complete TCP header, RFC 8200 section 4.5.)
+///
+/// BUG (fails today): smtp-gateway-ebpf/src/parse.rs, `parse_tcp` returns `Parsed::Malformed` for
+/// a truncated TCP header without looking at `fragment`, and policy.rs passes every malformed
+/// packet when `malformed = "pass"` (config_flags::DROP_MALFORMED clear), on the assumption that
+/// the kernel stack discards it; that is false for IPv4 fragments. Observed: XDP_PASS, counted
+/// `malformed`.
+#[test]
+fn tiny_ipv4_first_fragment_is_not_passed_when_malformed_is_pass() {
+    let mut t = ProgTest::with("tiny-fragment", |c| c.malformed = MalformedPolicy::Pass);
+    t.block("192.0.2.66");
+    let full = Frame::new()
+        .ipv4(Ipv4 {
+            dont_fragment: false,
+            more_fragments: true,
+            ..Ipv4::new("192.0.2.66")
+        })
+        .tcp(Tcp::syn(25))
+        .build();
+    let tiny = &full[..ETH_LEN + IPV4_LEN + 8];
+    let before = t.verdicts();
+    let action = t.try_run(tiny).expect("BPF_PROG_TEST_RUN");
+    let after = t.verdicts();
+    let counted: Vec<&str> = after
+        .iter()
+        .filter(|(name, n)| **n != before[*name])
+        .map(|(name, _)| *name)
+        .collect();
+    assert_eq!(
+        action_name(action),
+        action_name(XDP_DROP),
+        "tiny first fragment from a blocked source to port 25 (counted as {counted:?})"
+    );
+}
+
+/// Every cut of a complete frame between the end of the Ethernet header and the end of the TCP
+/// header is malformed; the complete frame is inspected.
+#[test]
+fn every_truncation_of_a_tcp_frame_is_malformed() {
+    let mut t = ProgTest::with("malformed-every-cut", |c| {
+        c.ipv6_extension_headers = PacketPolicy::Inspect;
+        c.fragments = PacketPolicy::Inspect;
+    });
+    let frames = [
+        Frame::new()
+            .vlan(TPID_8021AD, 300)
+            .vlan(TPID_8021Q, 100)
+            .ipv4(Ipv4 {
+                ihl: 7,
+                ..Ipv4::new("192.0.2.7")
+            })
+            .tcp(Tcp::syn(25))
+            .build(),
+        Frame::new()
+            .vlan(TPID_8021Q, 100)
+            .ipv6(Ipv6::new("2001:db8:1::7"))
+            .ipv6_ext(Ipv6Ext::HopByHop)
+            .ipv6_ext(Ipv6Ext::Fragment {
+                offset: 0,
+                more: false,
+            })
+            .tcp(Tcp::syn(25))
+            .build(),
+    ];
+    for frame in frames {
+        for len in ETH_LEN..frame.len() {
+            eprintln!("cut at {len} of {}", frame.len());
+            t.expect(&frame[..len], XDP_DROP, "malformed");
+        }
+        t.expect(&frame, XDP_PASS, "passed");
+    }
+}
+
+/// The kernel refuses to run an XDP program on less than an Ethernet header (EINVAL from
+/// BPF_PROG_TEST_RUN), so shorter frames never reach the program: asserted as a rejection.
+#[test]
+fn frames_shorter_than_an_ethernet_header_are_rejected_by_the_kernel() {
+    let mut t = ProgTest::new("runt");
+    let frame = v4_syn("192.0.2.7", 25);
+    let before = t.verdicts();
+    for len in 0..ETH_LEN {
+        let err = t
+            .try_run(&frame[..len])
+            .expect_err("the kernel must refuse a runt frame");
+        let errno = match &err {
+            aya::programs::ProgramError::SyscallError(e) => e.io_error.raw_os_error(),
+            _ => None,
+        };
+        assert_eq!(errno, Some(libc::EINVAL), "{len} bytes: {err:?}");
+    }
+    assert_eq!(t.verdicts(), before, "no packet reached the program");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blocklists and allowlist.
+
+#[test]
+fn exact_blocked_ipv4_source_is_dropped() {
+    let mut t = ProgTest::new("block-v4");
+    t.block("192.0.2.66");
+    t.expect(&v4_syn("192.0.2.66", 25), XDP_DROP, "dropped_exact");
+    t.expect(&v4_ack("192.0.2.66", 587), XDP_DROP, "dropped_exact");
+    t.expect(&v4_syn("192.0.2.67", 25), XDP_PASS, "passed");
+    t.expect_source("192.0.2.66", 2, 1, 2);
+    t.expect_source("192.0.2.67", 1, 1, 0);
+}
+
+#[test]
+fn exact_blocked_ipv6_source_is_dropped() {
+    let mut t = ProgTest::new("block-v6");
+    t.block("2001:db8:bad::66");
+    t.expect(&v6_syn("2001:db8:bad::66", 25), XDP_DROP, "dropped_exact");
+    t.expect(&v6_ack("2001:db8:bad::66", 465), XDP_DROP, "dropped_exact");
+    t.expect(&v6_syn("2001:db8:bad::67", 25), XDP_PASS, "passed");
+    t.expect_source("2001:db8:bad::66", 2, 1, 2);
+    t.expect_source("2001:db8:bad::67", 1, 1, 0);
+}
+
+#[test]
+fn ipv4_prefix_block_drops_inside_and_passes_the_neighbours() {
+    let mut t = ProgTest::new("block-net-v4");
+    t.block("198.51.100.0/24");
+    for inside in ["198.51.100.0", "198.51.100.77", "198.51.100.255"] {
+        t.expect(&v4_syn(inside, 25), XDP_DROP, "dropped_cidr");
+        t.expect_source(inside, 1, 1, 1);
+    }
+    for outside in ["198.51.99.255", "198.51.101.0"] {
+        t.expect(&v4_syn(outside, 25), XDP_PASS, "passed");
+        t.expect_source(outside, 1, 1, 0);
+    }
+}
+
+#[test]
+fn ipv6_prefix_block_drops_inside_and_passes_the_neighbours() {
+    let mut t = ProgTest::new("block-net-v6");
+    t.block("2001:db8:bad::/48");
+    for inside in ["2001:db8:bad::", "2001:db8:bad:ffff:ffff:ffff:ffff:ffff"] {
+        t.expect(&v6_syn(inside, 25), XDP_DROP, "dropped_cidr");
+        t.expect_source(inside, 1, 1, 1);
+    }
+    for outside in ["2001:db8:bac:ffff:ffff:ffff:ffff:ffff", "2001:db8:bae::"] {
+        t.expect(&v6_syn(outside, 25), XDP_PASS, "passed");
+        t.expect_source(outside, 1, 1, 0);
+    }
+}
+
+#[test]
+fn exact_entry_wins_over_a_prefix_entry() {
+    let mut t = ProgTest::new("block-exact-first");
+    t.block("198.51.100.0/24");
+    t.block("198.51.100.66");
+    t.expect(&v4_syn("198.51.100.66", 25), XDP_DROP, "dropped_exact");
+    t.expect(&v4_syn("198.51.100.67", 25), XDP_DROP, "dropped_cidr");
+}
+
+#[test]
+fn allowlisted_source_inside_a_blocked_prefix_passes_and_is_never_rate_limited() {
+    let mut t = ProgTest::with("allow", |c| {
+        c.rate_limit.syn_per_second = 1.0;
+        c.rate_limit.burst = 2;
+    });
+    t.block("198.51.100.0/24");
+    t.block("198.51.100.11"); // exactly blocked too: the allowlist still wins
+    t.allow("198.51.100.10/31");
+    t.block("2001:db8:bad::/48");
+    t.allow("2001:db8:bad:1::/64");
+
+    for _ in 0..10 {
+        t.expect(&v4_syn("198.51.100.10", 25), XDP_PASS, "allowlisted");
+        t.expect(&v4_syn("198.51.100.11", 25), XDP_PASS, "allowlisted");
+        t.expect(&v6_syn("2001:db8:bad:1::10", 25), XDP_PASS, "allowlisted");
+    }
+    // The allowlist comes before the extension-header policy too.
+    let dest_opts = v6_syn_behind("2001:db8:bad:1::10", &[Ipv6Ext::DestinationOptions]);
+    t.expect(&dest_opts, XDP_PASS, "allowlisted");
+    t.expect_source("198.51.100.10", 10, 10, 0);
+    t.expect_source("198.51.100.11", 10, 10, 0);
+    t.expect_source("2001:db8:bad:1::10", 11, 11, 0);
+
+    // The neighbours are still blocked.
+    t.expect(&v4_syn("198.51.100.12", 25), XDP_DROP, "dropped_cidr");
+    t.expect(&v6_syn("2001:db8:bad:2::10", 25), XDP_DROP, "dropped_cidr");
+}
+
+#[test]
+fn expired_entries_no_longer_drop() {
+    let mut t = ProgTest::new("expired");
+    let expired = clock::monotonic_ns() - 1;
+    t.block_until("192.0.2.66", expired);
+    t.block_until("2001:db8:bad::66", expired);
+    t.block_until("198.51.100.0/24", expired);
+    t.block_until("2001:db8:bad:1::/64", expired);
+    t.expect(&v4_syn("192.0.2.66", 25), XDP_PASS, "passed");
+    t.expect(&v6_syn("2001:db8:bad::66", 25), XDP_PASS, "passed");
+    t.expect(&v4_syn("198.51.100.9", 25), XDP_PASS, "passed");
+    t.expect(&v6_syn("2001:db8:bad:1::9", 25), XDP_PASS, "passed");
+    t.expect_source("192.0.2.66", 1, 1, 0);
+
+    // Entries still within their lifetime drop.
+    let later = clock::monotonic_ns() + 3_600_000_000_000;
+    t.block_until("192.0.2.66", later);
+    t.block_until("2001:db8:bad:1::/64", later);
+    t.expect(&v4_syn("192.0.2.66", 25), XDP_DROP, "dropped_exact");
+    t.expect(&v6_syn("2001:db8:bad:1::9", 25), XDP_DROP, "dropped_cidr");
+}
+
+// ---------------------------------------------------------------------------------------------
+// SYN rate limit. The rates are slow on purpose: every "over the limit" assertion holds as long
+// as the SYNs of one step are sent within one emission interval, which leaves a loaded CI
+// machine a comfortable margin.
+
+#[test]
+fn rate_limit_drops_syns_over_the_burst() {
+    // 1 SYN/s, burst 3: three SYNs at once pass, the fourth is over the limit.
+    let mut t = ProgTest::with("rate", |c| {
+        c.rate_limit.syn_per_second = 1.0;
+        c.rate_limit.burst = 3;
+    });
+    for _ in 0..3 {
+        t.expect(&v4_syn("192.0.2.7", 25), XDP_PASS, "passed");
+    }
+    t.expect(&v4_syn("192.0.2.7", 25), XDP_DROP, "rate_limited");
+    t.expect(&v4_syn("192.0.2.7", 465), XDP_DROP, "rate_limited");
+    // Established connections of the limited source are untouched.
+    t.expect(&v4_ack("192.0.2.7", 25), XDP_PASS, "passed");
+    // Another source has its own bucket.
+    t.expect(&v4_syn("192.0.2.8", 25), XDP_PASS, "passed");
+    t.expect_source("192.0.2.7", 6, 5, 2);
+    t.expect_source("192.0.2.8", 1, 1, 0);
+}
+
+#[test]
+fn rate_limit_shares_one_bucket_per_ipv6_64() {
+    let mut t = ProgTest::with("rate-v6", |c| {
+        c.rate_limit.syn_per_second = 1.0;
+        c.rate_limit.burst = 3;
+    });
+    t.expect(&v6_syn("2001:db8:1:2::a", 25), XDP_PASS, "passed");
+    t.expect(&v6_syn("2001:db8:1:2::b", 25), XDP_PASS, "passed");
+    t.expect(&v6_syn("2001:db8:1:2:ffff::c", 25), XDP_PASS, "passed");
+    t.expect(&v6_syn("2001:db8:1:2::d", 25), XDP_DROP, "rate_limited");
+    t.expect(&v6_ack("2001:db8:1:2::d", 25), XDP_PASS, "passed");
+    // The next /64 is another bucket.
+    t.expect(&v6_syn("2001:db8:1:3::a", 25), XDP_PASS, "passed");
+    // Counters stay per address.
+    t.expect_source("2001:db8:1:2::a", 1, 1, 0);
+    t.expect_source("2001:db8:1:2::d", 2, 1, 1);
+}
+
+#[test]
+fn rate_limit_can_share_one_bucket_per_ipv4_prefix() {
+    let mut t = ProgTest::with("rate-v4-prefix", |c| {
+        c.rate_limit.syn_per_second = 1.0;
+        c.rate_limit.burst = 2;
+        c.rate_limit.ipv4_prefix = 24;
+    });
+    t.expect(&v4_syn("203.0.113.1", 25), XDP_PASS, "passed");
+    t.expect(&v4_syn("203.0.113.2", 25), XDP_PASS, "passed");
+    t.expect(&v4_syn("203.0.113.3", 25), XDP_DROP, "rate_limited");
+    t.expect(&v4_syn("203.0.114.1", 25), XDP_PASS, "passed");
+}
+
+#[test]
+fn rate_limit_refills_over_time() {
+    // 4 SYN/s, burst 2: one token every 250 ms.
+    let mut t = ProgTest::with("rate-refill", |c| {
+        c.rate_limit.syn_per_second = 4.0;
+        c.rate_limit.burst = 2;
+    });
+    t.expect(&v4_syn("192.0.2.7", 25), XDP_PASS, "passed");
+    t.expect(&v4_syn("192.0.2.7", 25), XDP_PASS, "passed");
+    t.expect(&v4_syn("192.0.2.7", 25), XDP_DROP, "rate_limited");
+    std::thread::sleep(Duration::from_millis(300));
+    // One token came back, not the whole burst.
+    t.expect(&v4_syn("192.0.2.7", 25), XDP_PASS, "passed");
+    t.expect(&v4_syn("192.0.2.7", 25), XDP_DROP, "rate_limited");
+    t.expect_source("192.0.2.7", 5, 5, 2);
+}
+
+#[test]
+fn rate_limit_off_never_limits() {
+    let mut t = ProgTest::with("rate-off", |c| {
+        c.rate_limit.enabled = false;
+        c.rate_limit.syn_per_second = 1.0;
+        c.rate_limit.burst = 1;
+    });
+    for _ in 0..5 {
+        t.expect(&v4_syn("192.0.2.7", 25), XDP_PASS, "passed");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runtime configuration.
+
+#[test]
+fn protected_ports_change_at_runtime() {
+    let mut t = ProgTest::new("ports");
+    t.block("192.0.2.66");
+    t.expect(&v4_syn("192.0.2.7", 25), XDP_PASS, "passed");
+    t.expect(&v4_syn("192.0.2.7", 2525), XDP_PASS, "not_inspected");
+
+    t.reconfigure(|c| c.protected_ports = vec![2525]);
+    t.expect(&v4_syn("192.0.2.7", 25), XDP_PASS, "not_inspected");
+    t.expect(&v4_syn("192.0.2.66", 25), XDP_PASS, "not_inspected");
+    t.expect(&v6_syn("2001:db8:1::7", 587), XDP_PASS, "not_inspected");
+    t.expect(&v4_syn("192.0.2.7", 2525), XDP_PASS, "passed");
+    t.expect(&v4_syn("192.0.2.66", 2525), XDP_DROP, "dropped_exact");
+
+    // The last bit of the bitmap.
+    t.reconfigure(|c| c.protected_ports = vec![65535]);
+    t.expect(&v4_syn("192.0.2.66", 2525), XDP_PASS, "not_inspected");
+    t.expect(&v4_syn("192.0.2.66", 65535), XDP_DROP, "dropped_exact");
+    t.expect(&v4_syn("192.0.2.66", 65534), XDP_PASS, "not_inspected");
+    assert_eq!(t.dp.protected_ports().expect("ports"), vec![65535]);
+}
+
+#[test]
+fn pins_are_removed_when_a_test_ends() {
+    let dir = {
+        let t = ProgTest::new("cleanup");
+        let layout = format!("v{}", smtp_gateway_common::LAYOUT_VERSION);
+        assert!(t.pin_dir().join(layout).join("BLOCK_V4").exists());
+        t.pin_dir().to_path_buf()
+    };
+    assert!(!dir.exists(), "{} must be gone", dir.display());
+}
