@@ -115,6 +115,17 @@ fn start_proxy(
         listeners.push((l.clone(), crate::smtp::server::bind(l)?));
     }
     let (events, _) = crate::smtp::events::channel();
+    let backend_tls = config
+        .backend
+        .servers
+        .iter()
+        .map(|s| {
+            s.tls
+                .as_ref()
+                .map(|t| crate::smtp::tls::backend_connector(t, s.address.ip()))
+                .transpose()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut config = config.clone();
     let (config_ttl, config_size) = (config.smtp.pass_cache_ttl, config.smtp.pass_cache_size);
     // A client claiming to be us is lying: our own name joins the configured ones.
@@ -123,6 +134,7 @@ fn start_proxy(
         config,
         dnsbl,
         tls,
+        backend_tls,
         events,
         pass_cache: Arc::new(crate::policy::pass_cache::PassCache::new(
             config_ttl,

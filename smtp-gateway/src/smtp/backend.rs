@@ -10,8 +10,10 @@ use tokio::{
 
 use super::{
     config::{BackendConfig, BackendServer, Identity},
+    connection::MaybeTls,
     identity::{ClientIdentity, proxy_v2_header, xclient_command},
     reply::{Reply, parse_reply_line},
+    tls::BackendConnector,
 };
 
 /// Longest backend reply line accepted.
@@ -36,9 +38,12 @@ pub enum BackendError {
     Io(#[from] std::io::Error),
 }
 
+/// The backend side: plain, or upgraded with STARTTLS.
+type BackendStream = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
+
 /// An open backend session.
 pub struct Backend {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<BackendStream>,
     /// Which server.
     pub addr: SocketAddr,
     reply_timeout: Duration,
@@ -47,15 +52,18 @@ pub struct Backend {
 impl Backend {
     /// Connects to the first reachable server, passes the identity and replays `EHLO helo`.
     /// Returns the backend and its EHLO reply.
+    /// `tls[i]` is the STARTTLS connector of `cfg.servers[i]`, if it has one.
     pub async fn connect(
         cfg: &BackendConfig,
+        tls: &[Option<BackendConnector>],
         client: &ClientIdentity,
         local: SocketAddr,
         gateway_name: &str,
     ) -> Result<(Self, Reply), BackendError> {
         let mut last = BackendError::NoServers;
-        for server in &cfg.servers {
-            match Self::connect_one(cfg, server, client, local, gateway_name).await {
+        for (i, server) in cfg.servers.iter().enumerate() {
+            let connector = tls.get(i).and_then(Option::as_ref);
+            match Self::connect_one(cfg, server, connector, client, local, gateway_name).await {
                 Ok(ok) => return Ok(ok),
                 Err(e) => {
                     tracing::warn!(backend = %server.address, error = %e, "backend unavailable, trying the next");
@@ -69,6 +77,7 @@ impl Backend {
     async fn connect_one(
         cfg: &BackendConfig,
         server: &BackendServer,
+        tls: Option<&BackendConnector>,
         client: &ClientIdentity,
         local: SocketAddr,
         gateway_name: &str,
@@ -83,7 +92,7 @@ impl Backend {
             .map_err(|e| unavailable(e.to_string()))?;
         tcp.set_nodelay(true)?;
         let mut backend = Self {
-            stream: BufReader::new(tcp),
+            stream: BufReader::new(MaybeTls::Plain(tcp)),
             addr: server.address,
             reply_timeout: cfg.reply_timeout,
         };
@@ -100,6 +109,15 @@ impl Backend {
             .helo
             .clone()
             .unwrap_or_else(|| gateway_name.to_string());
+        if let Some(tls) = tls {
+            backend
+                .start_tls(tls, gateway_name)
+                .await
+                .map_err(|e| match e {
+                    BackendError::Io(io) => unavailable(format!("STARTTLS: {io}")),
+                    other => other,
+                })?;
+        }
         if server.identity == Identity::Xclient {
             let ehlo = backend
                 .command(format!("EHLO {gateway_name}").as_bytes())
@@ -135,11 +153,58 @@ impl Backend {
         Ok((backend, ehlo))
     }
 
+    /// EHLO, STARTTLS, handshake verifying the backend's certificate.
+    async fn start_tls(
+        &mut self,
+        tls: &BackendConnector,
+        gateway_name: &str,
+    ) -> Result<(), BackendError> {
+        let ehlo = self
+            .command(format!("EHLO {gateway_name}").as_bytes())
+            .await?;
+        if !ehlo
+            .lines
+            .iter()
+            .any(|l| l.eq_ignore_ascii_case("STARTTLS"))
+        {
+            return Err(BackendError::Protocol(
+                "backend does not offer STARTTLS".into(),
+            ));
+        }
+        let reply = self.command(b"STARTTLS").await?;
+        if reply.code != 220 {
+            return Err(BackendError::Protocol(format!(
+                "STARTTLS refused: {}",
+                reply.summary()
+            )));
+        }
+        if !self.stream.buffer().is_empty() {
+            return Err(BackendError::Protocol(
+                "data pipelined after the STARTTLS reply".into(),
+            ));
+        }
+        let MaybeTls::Plain(tcp) = std::mem::replace(self.stream.get_mut(), MaybeTls::Upgrading)
+        else {
+            return Err(BackendError::Protocol("STARTTLS on a TLS stream".into()));
+        };
+        let stream = tokio::time::timeout(
+            self.reply_timeout,
+            tls.connector.connect(tls.server_name.clone(), tcp),
+        )
+        .await
+        .map_err(|_| BackendError::Timeout)??;
+        *self.stream.get_mut() = MaybeTls::Tls(Box::new(stream));
+        Ok(())
+    }
+
     async fn write(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
         let s = self.stream.get_mut();
-        tokio::time::timeout(self.reply_timeout, s.write_all(bytes))
-            .await
-            .map_err(|_| BackendError::Timeout)??;
+        tokio::time::timeout(self.reply_timeout, async {
+            s.write_all(bytes).await?;
+            s.flush().await
+        })
+        .await
+        .map_err(|_| BackendError::Timeout)??;
         Ok(())
     }
 

@@ -178,6 +178,20 @@ pub struct BackendServer {
     /// or `none`.
     #[serde(default)]
     pub identity: Identity,
+    /// STARTTLS to this backend, verified against a CA. Absent: plaintext (fine on loopback or a
+    /// private link).
+    #[serde(default)]
+    pub tls: Option<BackendTls>,
+}
+
+/// `tls = { ca = "...", server_name = "..." }` of a backend.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTls {
+    /// PEM file of the CA certificate(s) the backend's certificate must chain to.
+    pub ca: PathBuf,
+    /// Name to verify in the backend's certificate (default: its IP address).
+    pub server_name: Option<String>,
 }
 
 /// Client identity passing.

@@ -82,54 +82,57 @@ pub enum ConnError {
     Io(#[from] io::Error),
 }
 
-/// A plain or TLS client stream.
-pub enum Stream {
+/// A TCP stream that may have been upgraded to TLS (`T`: the rustls server or client stream).
+pub enum MaybeTls<T> {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<T>),
     /// Only during an upgrade.
     Upgrading,
 }
 
-impl AsyncRead for Stream {
+/// The client side of a session.
+pub type Stream = MaybeTls<TlsStream<TcpStream>>;
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for MaybeTls<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Stream::Upgrading => Poll::Ready(Err(io::Error::other("stream is being upgraded"))),
+            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            MaybeTls::Upgrading => Poll::Ready(Err(io::Error::other("stream is being upgraded"))),
         }
     }
 }
 
-impl AsyncWrite for Stream {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Stream::Upgrading => Poll::Ready(Err(io::Error::other("stream is being upgraded"))),
+            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            MaybeTls::Upgrading => Poll::Ready(Err(io::Error::other("stream is being upgraded"))),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Stream::Upgrading => Poll::Ready(Ok(())),
+            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            MaybeTls::Upgrading => Poll::Ready(Ok(())),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Stream::Upgrading => Poll::Ready(Ok(())),
+            MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            MaybeTls::Upgrading => Poll::Ready(Ok(())),
         }
     }
 }
@@ -155,7 +158,7 @@ impl Connection {
 
     /// Whether the stream is TLS.
     pub fn is_tls(&self) -> bool {
-        matches!(self.stream, Stream::Tls(_))
+        matches!(self.stream, MaybeTls::Tls(_))
     }
 
     /// Bytes received and not consumed yet (pipelined input).
@@ -216,7 +219,7 @@ impl Connection {
         if !self.rbuf.is_empty() {
             return true;
         }
-        let Stream::Plain(s) = &self.stream else {
+        let MaybeTls::Plain(s) = &self.stream else {
             return false;
         };
         let mut buf = [0u8; 512];
@@ -291,13 +294,13 @@ impl Connection {
 
     /// Upgrades a plain stream to TLS (after `220 Ready to start TLS` was flushed).
     pub async fn start_tls(&mut self, acceptor: &TlsAcceptor, timeout: Duration) -> io::Result<()> {
-        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Upgrading) else {
+        let MaybeTls::Plain(tcp) = std::mem::replace(&mut self.stream, MaybeTls::Upgrading) else {
             return Err(io::Error::other("STARTTLS on a stream that is not plain"));
         };
         let tls = tokio::time::timeout(timeout, acceptor.accept(tcp))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-        self.stream = Stream::Tls(Box::new(tls));
+        self.stream = MaybeTls::Tls(Box::new(tls));
         Ok(())
     }
 
@@ -341,7 +344,7 @@ mod tests {
         });
         let (sock, _) = listener.accept().await.expect("accept");
         client.await.expect("client");
-        let mut c = Connection::new(Stream::Plain(sock));
+        let mut c = Connection::new(MaybeTls::Plain(sock));
         let t = Duration::from_secs(5);
         let l = c.read_line(512, t).await.expect("read").expect("line");
         assert_eq!(

@@ -34,6 +34,8 @@ pub struct Shared {
     pub tls: Option<TlsAcceptor>,
     /// Verdict events.
     pub events: events::EventSender,
+    /// STARTTLS connectors, one per `config.backend.servers` entry.
+    pub backend_tls: Vec<Option<tls::BackendConnector>>,
     /// Clients that passed recently.
     pub pass_cache: std::sync::Arc<crate::policy::pass_cache::PassCache>,
 }

@@ -18,7 +18,7 @@ use tokio::{
 use super::{
     Shared,
     config::{ListenerConfig, ListenerKind},
-    connection::{Connection, Stream},
+    connection::{Connection, MaybeTls},
     session::Session,
 };
 
@@ -185,7 +185,7 @@ async fn accept_loop(
                 match tokio::time::timeout(shared.config.smtp.command_timeout, acceptor.accept(tcp))
                     .await
                 {
-                    Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                    Ok(Ok(tls)) => MaybeTls::Tls(Box::new(tls)),
                     Ok(Err(e)) => {
                         tracing::info!(%client, error = %e, "TLS handshake failed");
                         return;
@@ -193,7 +193,7 @@ async fn accept_loop(
                     Err(_) => return,
                 }
             } else {
-                Stream::Plain(tcp)
+                MaybeTls::Plain(tcp)
             };
             Session::new(shared, Connection::new(stream), client, local, kind)
                 .run()

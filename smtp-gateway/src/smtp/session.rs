@@ -536,7 +536,15 @@ impl Session {
         }
         let cfg = self.shared.config.backend.clone();
         let hostname = self.shared.config.smtp.hostname.clone();
-        match Backend::connect(&cfg, &self.identity(), self.local, &hostname).await {
+        match Backend::connect(
+            &cfg,
+            &self.shared.backend_tls,
+            &self.identity(),
+            self.local,
+            &hostname,
+        )
+        .await
+        {
             Ok((backend, _ehlo)) => {
                 self.backend = Some(backend);
                 Ok(())

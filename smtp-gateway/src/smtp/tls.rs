@@ -4,7 +4,10 @@ use std::{fs::File, io::BufReader, path::Path, sync::Arc};
 
 use tokio_rustls::TlsAcceptor;
 
-use super::config::TlsConfig;
+use rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+use super::config::{BackendTls, TlsConfig};
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +23,10 @@ pub enum TlsError {
     NoKey(String),
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("{0}: no usable CA certificate in the PEM file")]
+    NoCa(String),
+    #[error("{0:?} is not a valid TLS server name")]
+    ServerName(String),
 }
 
 fn open(path: &Path) -> Result<BufReader<File>, TlsError> {
@@ -56,4 +63,48 @@ pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A client for STARTTLS to a backend: its CA and the name to verify.
+#[derive(Clone)]
+pub struct BackendConnector {
+    /// rustls connector trusting only the configured CA.
+    pub connector: TlsConnector,
+    /// Name checked in the backend's certificate.
+    pub server_name: ServerName<'static>,
+}
+
+/// Builds the connector of one backend (`default_name`: its address, used when
+/// `server_name` is not set).
+pub fn backend_connector(
+    cfg: &BackendTls,
+    default_name: std::net::IpAddr,
+) -> Result<BackendConnector, TlsError> {
+    let path = cfg.ca.display().to_string();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut open(&cfg.ca)?) {
+        let cert = cert.map_err(|source| TlsError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        roots.add(cert).map_err(|_| TlsError::NoCa(path.clone()))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::NoCa(path));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let server_name = match &cfg.server_name {
+        Some(name) => {
+            ServerName::try_from(name.clone()).map_err(|_| TlsError::ServerName(name.clone()))?
+        }
+        None => ServerName::IpAddress(default_name.into()),
+    };
+    Ok(BackendConnector {
+        connector: TlsConnector::from(Arc::new(config)),
+        server_name,
+    })
 }
