@@ -29,6 +29,11 @@ use crate::policy::{
     relay::{self, RelayRefusal, RelayVerdict},
 };
 
+/// Most challenge/response rounds in one AUTH exchange.
+const MAX_SASL_STEPS: usize = 10;
+/// Longest SASL response line (RFC 4954 section 4: 12288 octets).
+const MAX_SASL_LINE: usize = 12288;
+
 /// What the command loop does next.
 enum Flow {
     Continue,
@@ -78,6 +83,10 @@ pub struct Session {
     dnsbl_done: bool,
     /// The client passed recently: the slow checks are skipped.
     cached: bool,
+    /// SASL mechanisms the backend offers (its EHLO `AUTH` line), relayed on submission ports.
+    backend_auth: Option<String>,
+    /// The backend accepted the client's AUTH: it may relay (the backend decides what it may do).
+    authenticated: bool,
     /// Last backend reply to a final DATA, for the session log line.
     last_backend_reply: Option<String>,
     bytes: u64,
@@ -125,6 +134,8 @@ impl Session {
             dnsbl,
             dnsbl_done: false,
             cached,
+            backend_auth: None,
+            authenticated: false,
             last_backend_reply: None,
             bytes: 0,
             recipients: 0,
@@ -394,8 +405,8 @@ impl Session {
                 self.reply(Reply::new(214, "2.0.0 See RFC 5321"));
                 Flow::Continue
             }
+            Request::Auth { .. } => self.handle_auth(raw).await,
             Request::Bdat { .. }
-            | Request::Auth { .. }
             | Request::Expn { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }
@@ -420,7 +431,79 @@ impl Session {
         if self.shared.tls.is_some() && !self.conn.is_tls() {
             caps.push("STARTTLS".into());
         }
+        if self.auth_possible()
+            && let Some(mechanisms) = &self.backend_auth
+        {
+            caps.push(format!("AUTH {mechanisms}"));
+        }
         caps
+    }
+
+    /// AUTH is relayed on submission ports, and only inside TLS (no password in clear).
+    fn auth_possible(&self) -> bool {
+        self.kind != ListenerKind::Smtp && self.conn.is_tls()
+    }
+
+    /// Relays a SASL exchange between client and backend; the backend decides.
+    async fn handle_auth(&mut self, raw: &[u8]) -> Flow {
+        if self.kind == ListenerKind::Smtp || (self.backend_auth.is_none() && self.conn.is_tls()) {
+            self.reply(Reply::new(502, "5.5.1 AUTH not available on this port"));
+            return self.count_error().unwrap_or(Flow::Continue);
+        }
+        if !self.conn.is_tls() {
+            self.reply(Reply::new(
+                538,
+                "5.7.11 Encryption required for requested authentication mechanism",
+            ));
+            return self.count_error().unwrap_or(Flow::Continue);
+        }
+        if self.authenticated || self.txn.is_some() {
+            self.reply(Reply::new(503, "5.5.1 AUTH not allowed now"));
+            return self.count_error().unwrap_or(Flow::Continue);
+        }
+        let Some(backend) = self.backend.as_mut() else {
+            self.reply(Reply::new(503, "5.5.1 Send EHLO first"));
+            return Flow::Continue;
+        };
+        let mut reply = match backend.command(raw).await {
+            Ok(r) => r,
+            Err(e) => return self.backend_lost(e, false),
+        };
+        // A bounded challenge/response exchange; the client's responses are never logged.
+        for _ in 0..MAX_SASL_STEPS {
+            if reply.code != 334 {
+                break;
+            }
+            self.reply(reply);
+            if self.conn.flush().await.is_err() {
+                return Flow::Close;
+            }
+            let smtp = &self.shared.config.smtp;
+            let line = match self
+                .conn
+                .read_line(MAX_SASL_LINE, smtp.command_timeout)
+                .await
+            {
+                Ok(Some(line)) if !line.too_long && line.ending != Ending::Eof => line,
+                _ => return Flow::Close,
+            };
+            let Some(backend) = self.backend.as_mut() else {
+                return Flow::Close;
+            };
+            reply = match backend.command(&line.data).await {
+                Ok(r) => r,
+                Err(e) => return self.backend_lost(e, false),
+            };
+        }
+        if reply.code == 235 {
+            self.authenticated = true;
+        }
+        let failed = !reply.is_positive();
+        self.reply(reply);
+        if failed {
+            return self.count_error().unwrap_or(Flow::Continue);
+        }
+        Flow::Continue
     }
 
     async fn handle_helo(&mut self, host: String, esmtp: bool) -> Flow {
@@ -455,6 +538,15 @@ impl Session {
         }
         self.helo = Some(host);
         self.esmtp = esmtp;
+        // On submission ports inside TLS the backend is reached now: its AUTH mechanisms are
+        // offered to the client and the exchange is relayed to it.
+        if (self.shared.config.backend.connect_at == ConnectAt::Ehlo
+            || (esmtp && self.auth_possible()))
+            && let Err(flow) = self.ensure_backend().await
+        {
+            self.ehlo_answered = true;
+            return flow;
+        }
         if esmtp {
             let caps = self.capabilities();
             self.reply(Reply::multi(250, caps));
@@ -463,11 +555,6 @@ impl Session {
             self.reply(Reply::new(250, host));
         }
         self.ehlo_answered = true;
-        if self.shared.config.backend.connect_at == ConnectAt::Ehlo
-            && let Err(flow) = self.ensure_backend().await
-        {
-            return flow;
-        }
         Flow::Continue
     }
 
@@ -545,7 +632,13 @@ impl Session {
         )
         .await
         {
-            Ok((backend, _ehlo)) => {
+            Ok((backend, ehlo)) => {
+                self.backend_auth = ehlo.lines.iter().skip(1).find_map(|l| {
+                    let (keyword, rest) = l.split_once(' ')?;
+                    keyword
+                        .eq_ignore_ascii_case("AUTH")
+                        .then(|| rest.trim().to_string())
+                });
                 self.backend = Some(backend);
                 Ok(())
             }
@@ -646,7 +739,12 @@ impl Session {
             self.reply(Reply::new(452, "4.5.3 Too many recipients"));
             return Flow::Continue;
         }
-        match relay::check_recipient(&self.shared.config.relay, self.source(), false, &to) {
+        match relay::check_recipient(
+            &self.shared.config.relay,
+            self.source(),
+            self.authenticated,
+            &to,
+        ) {
             RelayVerdict::Accept { .. } => {}
             RelayVerdict::Reject {
                 reason: reason @ (RelayRefusal::InvalidSyntax(_) | RelayRefusal::NullRecipient),

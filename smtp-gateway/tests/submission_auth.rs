@@ -1,0 +1,284 @@
+//! AUTH on submission: offered only inside TLS, relayed to the backend (which decides), and an
+//! authenticated client may relay to any domain while an anonymous one may not. Runs the real
+//! daemon on an implicit-TLS port in front of a scripted backend. Needs root (bpffs pins).
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command},
+    sync::Arc,
+    time::Duration,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_smtp-gateway");
+/// base64("\0user\0secret")
+const GOOD_PLAIN: &str = "AHVzZXIAc2VjcmV0";
+
+/// A backend that offers AUTH PLAIN, accepts one credential, and accepts any mail.
+fn scripted_backend(listener: TcpListener) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let Ok((tcp, _)) = listener.accept() else {
+            return seen;
+        };
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut out = tcp.try_clone().expect("clone");
+        let mut input = BufReader::new(tcp);
+        out.write_all(b"220 backend.test ESMTP\r\n").ok();
+        let mut in_data = false;
+        loop {
+            let mut line = String::new();
+            if input.read_line(&mut line).unwrap_or(0) == 0 {
+                return seen;
+            }
+            let cmd = line.trim_end().to_string();
+            if in_data {
+                if cmd == "." {
+                    in_data = false;
+                    out.write_all(b"250 2.0.0 queued\r\n").ok();
+                }
+                continue;
+            }
+            seen.push(cmd.clone());
+            let upper = cmd.to_ascii_uppercase();
+            let reply: &[u8] = if upper.starts_with("EHLO") {
+                b"250-backend.test\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n"
+            } else if upper.starts_with("AUTH PLAIN ") {
+                if cmd.ends_with(GOOD_PLAIN) {
+                    b"235 2.7.0 Authentication successful\r\n"
+                } else {
+                    b"535 5.7.8 Authentication credentials invalid\r\n"
+                }
+            } else if upper.starts_with("MAIL")
+                || upper.starts_with("RCPT")
+                || upper.starts_with("RSET")
+            {
+                b"250 2.0.0 Ok\r\n"
+            } else if upper == "DATA" {
+                in_data = true;
+                b"354 go ahead\r\n"
+            } else if upper == "QUIT" {
+                out.write_all(b"221 bye\r\n").ok();
+                return seen;
+            } else {
+                b"502 5.5.1 no\r\n"
+            };
+            out.write_all(reply).ok();
+        }
+    })
+}
+
+struct Gateway {
+    child: Child,
+    config: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new(BIN)
+            .arg("-c")
+            .arg(&self.config)
+            .arg("detach")
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+fn start_gateway(backend: SocketAddr, listeners: &str, tag: &str) -> (Gateway, String) {
+    let dir = std::env::temp_dir().join(format!("sgw-auth-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("cert");
+    std::fs::write(dir.join("cert.pem"), cert.pem()).expect("cert");
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("key");
+    let config = dir.join("gateway.toml");
+    let text = format!(
+        "[dataplane]\npin_dir = \"/sys/fs/bpf/sgw-auth-{pid}-{tag}\"\n\
+         [smtp]\nhostname = \"gw.test\"\nlisteners = [{listeners}]\n\
+         [smtp.tls]\ncertificate = \"{cert}\"\nprivate_key = \"{key}\"\n\
+         [backend]\nservers = [{{ address = \"{backend}\", identity = \"none\" }}]\n\
+         [relay]\naccepted_domains = [\"example.org\"]\n",
+        pid = std::process::id(),
+        cert = dir.join("cert.pem").display(),
+        key = dir.join("key.pem").display(),
+    );
+    std::fs::write(&config, text).expect("config");
+    let log = std::fs::File::create(dir.join("gateway.log")).expect("log");
+    let child = Command::new(BIN)
+        .arg("-c")
+        .arg(&config)
+        .arg("run")
+        .stderr(log)
+        .spawn()
+        .expect("start gateway");
+    let gw = Gateway {
+        child,
+        config,
+        dir: dir.clone(),
+    };
+    for _ in 0..100 {
+        if std::fs::read_to_string(dir.join("gateway.log"))
+            .is_ok_and(|l| l.contains("SMTP listener ready"))
+        {
+            return (gw, ca.pem());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "gateway did not start: {:?}",
+        std::fs::read_to_string(dir.join("gateway.log"))
+    );
+}
+
+/// A line-oriented SMTP client over any stream.
+struct Client<S: std::io::Read + Write> {
+    stream: BufReader<S>,
+}
+
+impl<S: std::io::Read + Write> Client<S> {
+    fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(
+                self.stream.read_line(&mut line).expect("read") > 0,
+                "connection closed after {all:?}"
+            );
+            all.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return all;
+            }
+        }
+    }
+
+    fn cmd(&mut self, line: &str) -> String {
+        self.stream
+            .get_mut()
+            .write_all(format!("{line}\r\n").as_bytes())
+            .expect("write");
+        self.stream.get_mut().flush().expect("flush");
+        self.reply()
+    }
+}
+
+fn tls_client(
+    addr: SocketAddr,
+    ca_pem: &str,
+) -> Client<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.expect("pem")).expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    Client {
+        stream: BufReader::new(rustls::StreamOwned::new(conn, tcp)),
+    }
+}
+
+#[test]
+fn auth_is_relayed_on_implicit_tls_and_lets_the_client_relay() {
+    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend_addr = backend.local_addr().expect("addr");
+    let seen = scripted_backend(backend);
+    let port = free_port();
+    let (_gw, ca) = start_gateway(
+        backend_addr,
+        &format!("{{ address = \"127.0.0.1:{port}\", kind = \"smtps\" }}"),
+        "smtps",
+    );
+    let mut c = tls_client(SocketAddr::from(([127, 0, 0, 1], port)), &ca);
+    assert!(c.reply().starts_with("220 "));
+    let ehlo = c.cmd("EHLO client.example.net");
+    assert!(
+        ehlo.contains("AUTH PLAIN LOGIN"),
+        "backend mechanisms offered inside TLS: {ehlo}"
+    );
+    assert!(c.cmd("MAIL FROM:<user@example.net>").starts_with("250"));
+    let anon = c.cmd("RCPT TO:<friend@elsewhere.test>");
+    assert!(
+        anon.starts_with("550 5.7.1"),
+        "anonymous relay refused: {anon}"
+    );
+    assert!(c.cmd("RSET").starts_with("250"));
+    let bad = c.cmd("AUTH PLAIN AHVzZXIAd3Jvbmc=");
+    assert!(bad.starts_with("535"), "{bad}");
+    let good = c.cmd(&format!("AUTH PLAIN {GOOD_PLAIN}"));
+    assert!(good.starts_with("235"), "{good}");
+    assert!(c.cmd("MAIL FROM:<user@example.net>").starts_with("250"));
+    let relayed = c.cmd("RCPT TO:<friend@elsewhere.test>");
+    assert!(
+        relayed.starts_with("250"),
+        "authenticated client may relay: {relayed}"
+    );
+    let trick = c.cmd("RCPT TO:<friend%evil.test@example.org>");
+    assert!(
+        trick.starts_with("550 5.7.1"),
+        "address tricks stay refused: {trick}"
+    );
+    assert!(c.cmd("DATA").starts_with("354"));
+    assert!(c.cmd("Subject: t\r\n\r\nhello\r\n.").starts_with("250"));
+    assert!(c.cmd("QUIT").starts_with("221"));
+    let seen = seen.join().expect("backend");
+    assert!(
+        seen.iter()
+            .any(|l| l == &format!("AUTH PLAIN {GOOD_PLAIN}")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|l| l == "RCPT TO:<friend@elsewhere.test>"),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn auth_is_refused_in_plaintext_on_submission() {
+    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend_addr = backend.local_addr().expect("addr");
+    let _seen = scripted_backend(backend);
+    let port = free_port();
+    let (_gw, _ca) = start_gateway(
+        backend_addr,
+        &format!("{{ address = \"127.0.0.1:{port}\", kind = \"submission\" }}"),
+        "plain",
+    );
+    let tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut c = Client {
+        stream: BufReader::new(tcp),
+    };
+    assert!(c.reply().starts_with("220 "));
+    let ehlo = c.cmd("EHLO client.example.net");
+    assert!(
+        ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"),
+        "{ehlo}"
+    );
+    let auth = c.cmd(&format!("AUTH PLAIN {GOOD_PLAIN}"));
+    assert!(auth.starts_with("538 5.7.11"), "{auth}");
+}
