@@ -61,6 +61,8 @@ pub struct Config {
     pub helo: HeloConfig,
     /// DNSBL/DNSWL scoring.
     pub dnsbl: DnsblConfig,
+    /// Session verdicts that ban sources in the kernel.
+    pub autoban: crate::autoban::AutobanConfig,
 }
 
 /// `[dataplane]`: the kernel half of the gateway.
@@ -249,6 +251,7 @@ impl Config {
         self.relay.validate()?;
         self.helo.validate()?;
         self.dnsbl.validate()?;
+        self.autoban.validate()?;
         Ok(())
     }
 

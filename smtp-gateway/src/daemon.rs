@@ -52,7 +52,14 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<(), Dae
     let dataplane: SharedDataplane = Arc::new(Mutex::new(dataplane));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let proxy = start_proxy(&config, shutdown_rx.clone())?;
+    let (events, events_rx) = crate::smtp::events::channel();
+    let autoban = tokio::spawn(crate::autoban::run(
+        config.autoban.clone(),
+        dataplane.clone(),
+        events_rx,
+        shutdown_rx.clone(),
+    ));
+    let proxy = start_proxy(&config, events, shutdown_rx.clone())?;
     let (config_tx, config_rx) = watch::channel(config);
     let sweeper = tokio::spawn(sweep_loop(dataplane.clone(), config_rx, shutdown_rx));
     tracing::info!("ready");
@@ -84,6 +91,8 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<(), Dae
     if let Some(proxy) = proxy {
         let _ = proxy.await;
     }
+    let bans = autoban.await.unwrap_or(0);
+    tracing::info!(bans, "sources banned by session verdicts during this run");
     tracing::info!(
         "stopped; the XDP program stays attached with its pinned maps (`smtp-gateway detach` removes it)"
     );
@@ -93,6 +102,7 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<(), Dae
 /// Binds the SMTP listeners (a bind failure stops the start) and serves them in the background.
 fn start_proxy(
     config: &Config,
+    events: crate::smtp::events::EventSender,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, DaemonError> {
     if config.smtp.listeners.is_empty() {
@@ -114,7 +124,6 @@ fn start_proxy(
     for l in &config.smtp.listeners {
         listeners.push((l.clone(), crate::smtp::server::bind(l)?));
     }
-    let (events, _) = crate::smtp::events::channel();
     let backend_tls = config
         .backend
         .servers

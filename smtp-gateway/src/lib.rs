@@ -7,6 +7,7 @@
 //! - `config.rs`: the TOML configuration, parse -> validate;
 //! - `dataplane/`: everything about the kernel half (load, attach, pins, maps, lists, import,
 //!   counters, expiry);
+//! - `autoban.rs`: session verdicts -> kernel blocklist entries with a TTL;
 //! - `daemon.rs`: `smtp-gateway run` — attach, push the config, sweep, reload, stop;
 //! - `smtp/`: the SMTP filtering proxy (listeners, sessions, checks, forwarding, TLS);
 //! - `policy/`: pure verdict functions (anti-relay, HELO, DNSBL);
@@ -14,6 +15,7 @@
 //!
 //! The binary (`main.rs`) parses arguments (`cli.rs`) and dispatches to `cmd/`.
 
+pub mod autoban;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

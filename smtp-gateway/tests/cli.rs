@@ -494,3 +494,75 @@ fn sighup_reload_applies_the_allowlist_and_a_bad_file_keeps_the_old_config() {
     drop(daemon);
     std::fs::write(&sb.config, &good).expect("restore config for cleanup");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Connects from `source`, talks before the banner, returns what the gateway answered.
+fn pregreet(source: [u8; 4], port: u16) -> String {
+    use std::io::Read;
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&std::net::SocketAddr::from((source, 0)).into())
+        .expect("bind source");
+    socket
+        .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .expect("connect");
+    let mut tcp: std::net::TcpStream = socket.into();
+    tcp.write_all(b"EHLO bot.example\r\n").expect("write");
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok();
+    let mut out = String::new();
+    let _ = tcp.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn pregreeting_client_is_banned_in_the_kernel_unless_allowlisted() {
+    let port = free_port();
+    let sb = Sandbox::new(&format!(
+        "[smtp]\nhostname = \"gw.test\"\ngreet_pause = \"1s\"\nlisteners = [{{ address = \"127.0.0.1:{port}\" }}]\n\
+         [backend]\nservers = [{{ address = \"127.0.0.1:9\" }}]\n\
+         [autoban]\nttl = \"30m\"\nchecks = {{ pregreet = 1 }}\n"
+    ));
+    assert!(
+        sb.run(&["allow", "add", "127.0.0.12", "--reason", "monitoring"])
+            .status
+            .success()
+    );
+    let _daemon = Daemon::start(&sb);
+
+    let answer = pregreet([127, 0, 0, 11], port);
+    assert!(answer.contains("521"), "pregreeter refused: {answer:?}");
+    wait_for(
+        || sb.list().iter().any(|e| e["target"] == "127.0.0.11"),
+        "the pregreeter to be banned",
+    );
+    let entry = sb
+        .list()
+        .into_iter()
+        .find(|e| e["target"] == "127.0.0.11")
+        .expect("ban");
+    assert_eq!(entry["origin"], "autoban");
+    assert_eq!(entry["reason"], "autoban: pregreet");
+    let ttl = entry["expires_in_secs"].as_u64().expect("ban expires");
+    assert!((1700..=1800).contains(&ttl), "{ttl}");
+
+    let answer = pregreet([127, 0, 0, 12], port);
+    assert!(
+        answer.contains("521"),
+        "the allowlist spares the kernel, not the SMTP checks: {answer:?}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        !sb.list().iter().any(|e| e["target"] == "127.0.0.12"),
+        "an allowlisted source is never banned"
+    );
+    let log = std::fs::read_to_string(sb.dir.join("daemon.log")).expect("log");
+    assert!(log.contains("not banned: source is allowlisted"), "{log}");
+}

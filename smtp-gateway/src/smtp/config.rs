@@ -250,6 +250,28 @@ const fn setting(action: Action, weight: i32) -> CheckSetting {
     CheckSetting { action, weight }
 }
 
+/// Every check name (the keys of `[checks]`).
+pub const CHECK_NAMES: [&str; 18] = [
+    "pregreet",
+    "pipelining",
+    "non_smtp",
+    "bare_newline",
+    "nul_byte",
+    "long_line",
+    "helo_missing",
+    "helo_invalid",
+    "helo_unbracketed_literal",
+    "helo_literal_mismatch",
+    "helo_own_name",
+    "helo_not_fqdn",
+    "helo_dynamic",
+    "helo_embedded_ip",
+    "dnsbl",
+    "too_many_errors",
+    "too_many_unknown_commands",
+    "relay_attempt",
+];
+
 /// `[checks]`: the action of every check.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
