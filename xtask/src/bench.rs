@@ -1,4 +1,4 @@
-//! `cargo xtask bench [xdp] [--quick]`: runs the benchmark binaries (release builds of the
+//! `cargo xtask bench [xdp|smtp] [--quick]`: runs the benchmark binaries (release builds of the
 //! `smtp-gateway-tests` crate) and writes their Markdown into docs/bench/<name>.md, then
 //! docs/BENCHMARKS.md from every section. Figures are ratios against baselines measured in the same
 //! run; the machine and the exact command are recorded with them.
@@ -14,13 +14,17 @@ use crate::run_cmd;
 pub enum Which {
     /// XDP program cost per packet (BPF_PROG_TEST_RUN) and bulk import time.
     Xdp,
+    /// SMTP proxy throughput against direct-to-sink (smtp-source/smtp-sink) and memory per idle
+    /// session.
+    Smtp,
 }
 
 pub fn run(root: &Path, which: Option<Which>, quick: bool) -> anyhow::Result<()> {
-    let all = [Which::Xdp];
+    let all = [Which::Xdp, Which::Smtp];
     for bench in all.iter().filter(|b| which.is_none_or(|w| w == **b)) {
         match bench {
             Which::Xdp => run_binary(root, "xdp", "bench-xdp", quick)?,
+            Which::Smtp => run_binary(root, "smtp", "bench-smtp", quick)?,
         }
     }
     if !quick {

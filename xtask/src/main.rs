@@ -1,10 +1,11 @@
-//! Project tasks: `cargo xtask setup | test | bench [xdp] [--quick]`.
+//! Project tasks: `cargo xtask setup | test | bench [xdp] [--quick] | demo`.
 //!
 //! Every task runs `setup` first, so one command works on a fresh machine of this kind
 //! (Debian 12, root): apt packages, bpf-linker in the project-local `.tools/`, bpffs.
 //! xtask itself depends on nothing that needs the eBPF toolchain, so it builds before setup.
 
 mod bench;
+mod demo;
 mod setup;
 
 use std::{path::PathBuf, process::Command};
@@ -38,6 +39,9 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Run the gateway in a network-namespace lab with a real Postfix backend: good mail, a
+    /// spammer, a runtime block and a SYN flood, narrated; everything is removed afterwards.
+    Demo,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +56,10 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { which, quick } => {
             setup::run(&root)?;
             bench::run(&root, which, quick)
+        }
+        Task::Demo => {
+            setup::run(&root)?;
+            demo::run(&root)
         }
     }
 }

@@ -29,6 +29,7 @@ const APT_PACKAGES: &[&str] = &[
     "swaks",
     "libnet-ssleay-perl",
     "libio-socket-ssl-perl",
+    "libio-socket-inet6-perl",
     "openssl",
     "python3",
 ];
