@@ -78,7 +78,7 @@ impl AutobanConfig {
 
 /// Consumes verdict events until shutdown, banning as configured. Returns the number of bans.
 pub async fn run(
-    cfg: AutobanConfig,
+    config: watch::Receiver<crate::config::Config>,
     dataplane: SharedDataplane,
     mut events: broadcast::Receiver<Event>,
     mut shutdown: watch::Receiver<bool>,
@@ -98,7 +98,8 @@ pub async fn run(
             }
             Err(broadcast::error::RecvError::Closed) => return bans,
         };
-        let Some(needed) = cfg.checks.get(event.check) else {
+        let cfg = config.borrow().autoban.clone();
+        let Some(needed) = cfg.checks.get(event.check).copied() else {
             continue;
         };
         if !cfg.enabled || event.action == Action::Ignore {
@@ -109,7 +110,7 @@ pub async fn run(
         }
         let n = counts.entry((event.source, event.check)).or_insert(0);
         *n += 1;
-        if *n < *needed {
+        if *n < needed {
             continue;
         }
         counts.remove(&(event.source, event.check));

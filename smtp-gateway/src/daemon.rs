@@ -42,7 +42,8 @@ pub enum DaemonError {
 /// The data plane shared by the daemon's tasks.
 pub type SharedDataplane = Arc<Mutex<Dataplane>>;
 
-/// Runs the daemon until SIGTERM or SIGINT. `config_path` is re-read on SIGHUP.
+/// Runs the daemon until SIGTERM (graceful: sessions may finish) or SIGINT (immediate).
+/// `config_path` is re-read on SIGHUP.
 pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<(), DaemonError> {
     let mut signals = Signals::install().map_err(DaemonError::Signals)?;
     let dp_cfg = config.dataplane.clone();
@@ -52,28 +53,43 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<(), Dae
     let dataplane: SharedDataplane = Arc::new(Mutex::new(dataplane));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (config_tx, config_rx) = watch::channel(config.clone());
     let (events, events_rx) = crate::smtp::events::channel();
     let autoban = tokio::spawn(crate::autoban::run(
-        config.autoban.clone(),
+        config_rx.clone(),
         dataplane.clone(),
         events_rx,
         shutdown_rx.clone(),
     ));
-    let proxy = start_proxy(&config, events, shutdown_rx.clone())?;
-    let (config_tx, config_rx) = watch::channel(config);
+    let pass_cache = Arc::new(crate::policy::pass_cache::PassCache::new(
+        config.smtp.pass_cache_ttl,
+        config.smtp.pass_cache_size,
+    ));
+    let proxy = start_proxy(
+        &config,
+        events.clone(),
+        pass_cache.clone(),
+        shutdown_rx.clone(),
+    )?;
     let sweeper = tokio::spawn(sweep_loop(dataplane.clone(), config_rx, shutdown_rx));
     tracing::info!("ready");
 
-    loop {
+    let fast = loop {
         match signals.next().await {
-            Control::Terminate | Control::Interrupt => break,
+            Control::Terminate => break false,
+            Control::Interrupt => break true,
             Control::Reload => {
                 let Some(path) = &config_path else {
                     tracing::warn!("SIGHUP: no configuration file to reload (running on defaults)");
                     continue;
                 };
                 let old = config_tx.borrow().clone();
-                match reload(path, &old, &dataplane).await {
+                let proxy_ctx = proxy.as_ref().map(|p| ProxyReload {
+                    events: events.clone(),
+                    pass_cache: pass_cache.clone(),
+                    shared: &p.shared,
+                });
+                match reload(path, &old, &dataplane, proxy_ctx).await {
                     Ok(new) => {
                         tracing::info!(path = %path.display(), "configuration reloaded");
                         let _ = config_tx.send(new);
@@ -85,11 +101,14 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<(), Dae
                 }
             }
         }
-    }
+    };
     let _ = shutdown_tx.send(true);
     let _ = sweeper.await;
     if let Some(proxy) = proxy {
-        let _ = proxy.await;
+        if fast {
+            proxy.handle.abort();
+        }
+        let _ = proxy.handle.await;
     }
     let bans = autoban.await.unwrap_or(0);
     tracing::info!(bans, "sources banned by session verdicts during this run");
@@ -99,16 +118,26 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<(), Dae
     Ok(())
 }
 
-/// Binds the SMTP listeners (a bind failure stops the start) and serves them in the background.
-fn start_proxy(
+/// What a reload needs to build and publish a new proxy generation.
+struct ProxyReload<'a> {
+    events: crate::smtp::events::EventSender,
+    pass_cache: Arc<crate::policy::pass_cache::PassCache>,
+    shared: &'a watch::Sender<Arc<crate::smtp::Shared>>,
+}
+
+/// The running proxy: its task and the configuration generation new sessions use.
+struct Proxy {
+    handle: tokio::task::JoinHandle<()>,
+    shared: watch::Sender<Arc<crate::smtp::Shared>>,
+}
+
+/// Everything a configuration generation of the proxy needs, built without side effects (so a
+/// failure leaves the running generation untouched).
+fn build_shared(
     config: &Config,
     events: crate::smtp::events::EventSender,
-    shutdown: watch::Receiver<bool>,
-) -> Result<Option<tokio::task::JoinHandle<()>>, DaemonError> {
-    if config.smtp.listeners.is_empty() {
-        tracing::info!("smtp.listeners is empty: the SMTP proxy is off");
-        return Ok(None);
-    }
+    pass_cache: Arc<crate::policy::pass_cache::PassCache>,
+) -> Result<crate::smtp::Shared, DaemonError> {
     let tls = config
         .smtp
         .tls
@@ -120,10 +149,6 @@ fn start_proxy(
     } else {
         None
     };
-    let mut listeners = Vec::new();
-    for l in &config.smtp.listeners {
-        listeners.push((l.clone(), crate::smtp::server::bind(l)?));
-    }
     let backend_tls = config
         .backend
         .servers
@@ -136,23 +161,39 @@ fn start_proxy(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut config = config.clone();
-    let (config_ttl, config_size) = (config.smtp.pass_cache_ttl, config.smtp.pass_cache_size);
     // A client claiming to be us is lying: our own name joins the configured ones.
     config.helo.own_names.push(config.smtp.hostname.clone());
-    let shared = Arc::new(crate::smtp::Shared {
+    Ok(crate::smtp::Shared {
         config,
         dnsbl,
         tls,
         backend_tls,
         events,
-        pass_cache: Arc::new(crate::policy::pass_cache::PassCache::new(
-            config_ttl,
-            config_size,
-        )),
-    });
-    Ok(Some(tokio::spawn(crate::smtp::server::serve(
-        shared, listeners, shutdown,
-    ))))
+        pass_cache,
+    })
+}
+
+/// Binds the SMTP listeners (a bind failure stops the start) and serves them in the background.
+fn start_proxy(
+    config: &Config,
+    events: crate::smtp::events::EventSender,
+    pass_cache: Arc<crate::policy::pass_cache::PassCache>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Option<Proxy>, DaemonError> {
+    if config.smtp.listeners.is_empty() {
+        tracing::info!("smtp.listeners is empty: the SMTP proxy is off");
+        return Ok(None);
+    }
+    let shared = Arc::new(build_shared(config, events, pass_cache)?);
+    let mut listeners = Vec::new();
+    for l in &config.smtp.listeners {
+        listeners.push((l.clone(), crate::smtp::server::bind(l)?));
+    }
+    let (shared_tx, shared_rx) = watch::channel(shared);
+    Ok(Some(Proxy {
+        handle: tokio::spawn(crate::smtp::server::serve(shared_rx, listeners, shutdown)),
+        shared: shared_tx,
+    }))
 }
 
 /// Attaches, pushes the runtime config and the static allowlist.
@@ -210,8 +251,18 @@ async fn reload(
     path: &std::path::Path,
     old: &Config,
     dataplane: &SharedDataplane,
+    proxy: Option<ProxyReload<'_>>,
 ) -> Result<Config, DaemonError> {
     let new = Config::load(path)?;
+    // Built first and without side effects: a certificate that cannot be read leaves everything
+    // as it was.
+    let generation = match &proxy {
+        Some(p) => Some(build_shared(&new, p.events.clone(), p.pass_cache.clone())?),
+        None => None,
+    };
+    if old.smtp.listeners != new.smtp.listeners {
+        tracing::warn!("smtp.listeners changes take effect only after a restart");
+    }
     let (o, n) = (&old.dataplane, &new.dataplane);
     if o.pin_dir != n.pin_dir || o.capacity != n.capacity || o.attach_mode != n.attach_mode {
         tracing::warn!(
@@ -238,6 +289,10 @@ async fn reload(
     })
     .await
     .map_err(|e| DaemonError::Task(e.to_string()))??;
+    if let (Some(generation), Some(p)) = (generation, proxy) {
+        // Sessions already running keep the generation they started with.
+        let _ = p.shared.send(Arc::new(generation));
+    }
     Ok(new)
 }
 

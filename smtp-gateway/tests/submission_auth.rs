@@ -3,70 +3,19 @@
 //! daemon on an implicit-TLS port in front of a scripted backend. Needs root (bpffs pins).
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::BufReader,
     net::{SocketAddr, TcpListener, TcpStream},
     process::{Child, Command},
     sync::Arc,
     time::Duration,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_smtp-gateway");
-/// base64("\0user\0secret")
-const GOOD_PLAIN: &str = "AHVzZXIAc2VjcmV0";
+#[path = "support/peers.rs"]
+mod peers;
 
-/// A backend that offers AUTH PLAIN, accepts one credential, and accepts any mail.
-fn scripted_backend(listener: TcpListener) -> std::thread::JoinHandle<Vec<String>> {
-    std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        let Ok((tcp, _)) = listener.accept() else {
-            return seen;
-        };
-        tcp.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        let mut out = tcp.try_clone().expect("clone");
-        let mut input = BufReader::new(tcp);
-        out.write_all(b"220 backend.test ESMTP\r\n").ok();
-        let mut in_data = false;
-        loop {
-            let mut line = String::new();
-            if input.read_line(&mut line).unwrap_or(0) == 0 {
-                return seen;
-            }
-            let cmd = line.trim_end().to_string();
-            if in_data {
-                if cmd == "." {
-                    in_data = false;
-                    out.write_all(b"250 2.0.0 queued\r\n").ok();
-                }
-                continue;
-            }
-            seen.push(cmd.clone());
-            let upper = cmd.to_ascii_uppercase();
-            let reply: &[u8] = if upper.starts_with("EHLO") {
-                b"250-backend.test\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n"
-            } else if upper.starts_with("AUTH PLAIN ") {
-                if cmd.ends_with(GOOD_PLAIN) {
-                    b"235 2.7.0 Authentication successful\r\n"
-                } else {
-                    b"535 5.7.8 Authentication credentials invalid\r\n"
-                }
-            } else if upper.starts_with("MAIL")
-                || upper.starts_with("RCPT")
-                || upper.starts_with("RSET")
-            {
-                b"250 2.0.0 Ok\r\n"
-            } else if upper == "DATA" {
-                in_data = true;
-                b"354 go ahead\r\n"
-            } else if upper == "QUIT" {
-                out.write_all(b"221 bye\r\n").ok();
-                return seen;
-            } else {
-                b"502 5.5.1 no\r\n"
-            };
-            out.write_all(reply).ok();
-        }
-    })
-}
+use peers::{Client, GOOD_PLAIN, scripted_backend};
+
+const BIN: &str = env!("CARGO_BIN_EXE_smtp-gateway");
 
 struct Gateway {
     child: Child,
@@ -148,37 +97,6 @@ fn start_gateway(backend: SocketAddr, listeners: &str, tag: &str) -> (Gateway, S
     );
 }
 
-/// A line-oriented SMTP client over any stream.
-struct Client<S: std::io::Read + Write> {
-    stream: BufReader<S>,
-}
-
-impl<S: std::io::Read + Write> Client<S> {
-    fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            assert!(
-                self.stream.read_line(&mut line).expect("read") > 0,
-                "connection closed after {all:?}"
-            );
-            all.push_str(&line);
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return all;
-            }
-        }
-    }
-
-    fn cmd(&mut self, line: &str) -> String {
-        self.stream
-            .get_mut()
-            .write_all(format!("{line}\r\n").as_bytes())
-            .expect("write");
-        self.stream.get_mut().flush().expect("flush");
-        self.reply()
-    }
-}
-
 fn tls_client(
     addr: SocketAddr,
     ca_pem: &str,
@@ -206,7 +124,7 @@ fn tls_client(
 fn auth_is_relayed_on_implicit_tls_and_lets_the_client_relay() {
     let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
     let backend_addr = backend.local_addr().expect("addr");
-    let seen = scripted_backend(backend);
+    let seen = scripted_backend(backend, 1);
     let port = free_port();
     let (_gw, ca) = start_gateway(
         backend_addr,
@@ -261,7 +179,7 @@ fn auth_is_relayed_on_implicit_tls_and_lets_the_client_relay() {
 fn auth_is_refused_in_plaintext_on_submission() {
     let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
     let backend_addr = backend.local_addr().expect("addr");
-    let _seen = scripted_backend(backend);
+    let _seen = scripted_backend(backend, 1);
     let port = free_port();
     let (_gw, _ca) = start_gateway(
         backend_addr,

@@ -299,10 +299,8 @@ impl Reputation {
         };
         self.matching(|list| match list.kind {
             ListKind::SenderAddress => list.holds_name(&sender.address),
-            ListKind::SenderDomain => {
-                parent_domains(&sender.address[sender.domain_start..])
-                    .any(|domain| list.holds_name(domain))
-            }
+            ListKind::SenderDomain => parent_domains(&sender.address[sender.domain_start..])
+                .any(|domain| list.holds_name(domain)),
             ListKind::Helo | ListKind::Ip => false,
         })
     }
@@ -544,9 +542,13 @@ fn for_each_entry(
             return Ok(());
         }
         line += 1;
-        let Ok(text) = std::str::from_utf8(&buffer) else {
+        let Ok(mut text) = std::str::from_utf8(&buffer) else {
             return Err(entry_error(line, "is not valid UTF-8".to_string()));
         };
+        if line == 1 {
+            // A byte order mark some editors write.
+            text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        }
         let Some(entry) = strip_comment(text) else {
             continue;
         };
@@ -646,10 +648,15 @@ fn parse_address_entry(entry: &str) -> Result<String, String> {
     let domain = domain.strip_suffix('.').unwrap_or(domain);
     check_domain_syntax(domain)
         .map_err(|why| format!("{} has an invalid domain: {why}", quote(entry)))?;
-    Ok(format!("{}@{}", local.to_lowercase(), domain.to_lowercase()))
+    Ok(format!(
+        "{}@{}",
+        local.to_lowercase(),
+        domain.to_lowercase()
+    ))
 }
 
 /// An `ip` list entry.
+#[derive(Debug, PartialEq, Eq)]
 enum IpEntry {
     /// A single address (also `/32` and `/128` prefixes), canonical.
     Addr(IpAddr),
@@ -662,12 +669,9 @@ fn parse_ip_entry(entry: &str) -> Result<IpEntry, String> {
     if let Ok(addr) = entry.parse::<IpAddr>() {
         return Ok(IpEntry::Addr(addr.to_canonical()));
     }
-    let net: IpNet = entry.parse().map_err(|_| {
-        format!(
-            "{} is not an IP address or CIDR prefix",
-            quote(entry)
-        )
-    })?;
+    let net: IpNet = entry
+        .parse()
+        .map_err(|_| format!("{} is not an IP address or CIDR prefix", quote(entry)))?;
     if net.trunc() != net {
         return Err(format!(
             "{} has host bits set (did you mean {}?)",
@@ -676,10 +680,7 @@ fn parse_ip_entry(entry: &str) -> Result<IpEntry, String> {
         ));
     }
     if net.prefix_len() == 0 {
-        return Err(format!(
-            "{} would match every address",
-            quote(entry)
-        ));
+        return Err(format!("{} would match every address", quote(entry)));
     }
     let net = match net {
         IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
@@ -691,10 +692,7 @@ fn parse_ip_entry(entry: &str) -> Result<IpEntry, String> {
         _ => net,
     };
     if net.prefix_len() == 0 {
-        return Err(format!(
-            "{} would match every IPv4 address",
-            quote(entry)
-        ));
+        return Err(format!("{} would match every IPv4 address", quote(entry)));
     }
     if net.prefix_len() == net.max_prefix_len() {
         Ok(IpEntry::Addr(net.network()))
@@ -715,10 +713,13 @@ fn format_literal(ip: IpAddr) -> String {
 /// `name` lowercased and without one trailing dot, borrowed when already so.
 fn lookup_name(name: &str) -> Cow<'_, str> {
     let name = name.strip_suffix('.').unwrap_or(name);
-    if name.chars().any(char::is_uppercase) {
-        Cow::Owned(name.to_lowercase())
-    } else {
+    if name
+        .bytes()
+        .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
+    {
         Cow::Borrowed(name)
+    } else {
+        Cow::Owned(name.to_lowercase())
     }
 }
 
@@ -764,8 +765,10 @@ impl SenderKey {
 
 /// `a.b.example.com`, `b.example.com`, `example.com`, `com`.
 fn parent_domains(domain: &str) -> impl Iterator<Item = &str> {
-    std::iter::successors(Some(domain), |d| d.split_once('.').map(|(_, parent)| parent))
-        .filter(|d| !d.is_empty())
+    std::iter::successors(Some(domain), |d| {
+        d.split_once('.').map(|(_, parent)| parent)
+    })
+    .filter(|d| !d.is_empty())
 }
 
 /// Normalized names, sorted and deduplicated, back to back in one arena: entry `i` is
@@ -838,7 +841,10 @@ impl NamesBuilder {
         let name = |&(start, end): &(u32, u32)| &text[start as usize..end as usize];
         spans.sort_unstable_by(|a, b| name(a).cmp(name(b)));
         spans.dedup_by(|a, b| name(a) == name(b));
-        let total = spans.iter().map(|&(start, end)| (end - start) as usize).sum();
+        let total = spans
+            .iter()
+            .map(|&(start, end)| (end - start) as usize)
+            .sum();
         let mut sorted = String::with_capacity(total);
         let mut ends = Vec::with_capacity(spans.len());
         let mut end = 0u32;
@@ -954,5 +960,800 @@ impl<T: AddrBits> PrefixSet<T> {
                 .iter()
                 .map(|(_, nets)| size_of_val::<[T]>(nets))
                 .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        fs,
+        sync::atomic::{AtomicUsize, Ordering},
+    };
+
+    use super::*;
+
+    /// A list file in the temporary directory, removed when dropped.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(contents: impl AsRef<[u8]>) -> Self {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "smtp-gateway-reputation-{}-{}.txt",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            fs::write(&path, contents).expect("write a temporary list file");
+            Self(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = fs::remove_file(&self.0);
+        }
+    }
+
+    fn list(name: &str, kind: ListKind, file: &TempFile) -> ListConfig {
+        ListConfig {
+            name: name.to_string(),
+            kind,
+            path: file.0.clone(),
+            false_positive_rate: DEFAULT_FALSE_POSITIVE_RATE,
+        }
+    }
+
+    fn load(lists: Vec<ListConfig>) -> Reputation {
+        Reputation::load(&ReputationConfig { lists }).expect("the lists load")
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("an IP address")
+    }
+
+    /// `Ok(normalized)` or `Err(part of the message)`.
+    type Expected = Result<&'static str, &'static str>;
+
+    #[test]
+    fn name_entries_are_normalized_or_refused() {
+        use ListKind::*;
+        let cases: &[(ListKind, &str, Expected)] = &[
+            (SenderDomain, "example.com", Ok("example.com")),
+            (SenderDomain, "Example.COM.", Ok("example.com")),
+            (SenderDomain, "Bücher.Example", Ok("bücher.example")),
+            (
+                SenderDomain,
+                "xn--bcher-kva.example",
+                Ok("xn--bcher-kva.example"),
+            ),
+            (SenderDomain, "zip", Ok("zip")),
+            (SenderDomain, "exa mple.com", Err("not a valid domain name")),
+            (SenderDomain, "example..com", Err("not a valid domain name")),
+            (
+                SenderDomain,
+                "example.com..",
+                Err("not a valid domain name"),
+            ),
+            (SenderDomain, "ex_ample.com", Err("not a valid domain name")),
+            (SenderDomain, "-example.com", Err("not a valid domain name")),
+            (
+                SenderDomain,
+                "*.example.com",
+                Err("wildcards are not supported"),
+            ),
+            (
+                SenderDomain,
+                ".example.com",
+                Err("wildcards are not supported"),
+            ),
+            (SenderDomain, "user@example.com", Err("is an address")),
+            (SenderDomain, "[192.0.2.1]", Err("not a valid domain name")),
+            (
+                SenderAddress,
+                "John.Doe@Example.COM.",
+                Ok("john.doe@example.com"),
+            ),
+            (SenderAddress, "a#b@example.com", Ok("a#b@example.com")),
+            (
+                SenderAddress,
+                "\"a@b\"@Example.com",
+                Ok("\"a@b\"@example.com"),
+            ),
+            (
+                SenderAddress,
+                "Jörg@Bücher.example",
+                Ok("jörg@bücher.example"),
+            ),
+            (SenderAddress, "example.com", Err("has no '@'")),
+            (SenderAddress, "@example.com", Err("empty local part")),
+            (SenderAddress, "user@", Err("invalid domain")),
+            (SenderAddress, "user@exa mple.com", Err("invalid domain")),
+            (SenderAddress, "user@[192.0.2.1]", Err("invalid domain")),
+            (
+                SenderAddress,
+                "us\ter@example.com",
+                Err("whitespace or control"),
+            ),
+            (
+                SenderAddress,
+                "us\u{7}er@example.com",
+                Err("whitespace or control"),
+            ),
+            (Helo, "Mail.Example.COM.", Ok("mail.example.com")),
+            (Helo, "localhost", Ok("localhost")),
+            (Helo, "192.0.2.1", Ok("192.0.2.1")),
+            (Helo, "[192.0.2.1]", Ok("[192.0.2.1]")),
+            (Helo, "[IPv6:2001:DB8:0::1]", Ok("[IPv6:2001:db8::1]")),
+            (Helo, "[ipv6:::ffff:192.0.2.1]", Ok("[192.0.2.1]")),
+            (Helo, "[192.0.2.256]", Err("not a valid address literal")),
+            (Helo, "[192.0.2.1", Err("not a valid address literal")),
+            (Helo, "[2001:db8::1]", Err("not a valid address literal")),
+            (Helo, "*.example.com", Err("HELO names match exactly")),
+            (Helo, "my host", Err("not a valid domain name")),
+        ];
+        for &(kind, entry, expected) in cases {
+            match (parse_name_entry(kind, entry), expected) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{kind} {entry:?}"),
+                (Err(message), Err(part)) => {
+                    assert!(message.contains(part), "{kind} {entry:?}: {message}");
+                    assert!(
+                        message.contains(&format!("{entry:?}")),
+                        "{kind} {entry:?}: the message quotes the entry: {message}"
+                    );
+                }
+                (got, want) => panic!("{kind} {entry:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn ip_entries_are_canonical_or_refused() {
+        let addr = |text: &str| Ok(IpEntry::Addr(ip(text)));
+        let net = |text: &str| Ok(IpEntry::Net(text.parse().expect("a network")));
+        let cases: &[(&str, Result<IpEntry, &str>)] = &[
+            ("192.0.2.1", addr("192.0.2.1")),
+            ("::ffff:192.0.2.1", addr("192.0.2.1")),
+            ("2001:DB8:0::1", addr("2001:db8::1")),
+            ("192.0.2.0/24", net("192.0.2.0/24")),
+            ("192.0.2.7/32", addr("192.0.2.7")),
+            ("128.0.0.0/1", net("128.0.0.0/1")),
+            ("2001:db8::/32", net("2001:db8::/32")),
+            ("2001:db8::1/128", addr("2001:db8::1")),
+            ("::ffff:192.0.2.0/120", net("192.0.2.0/24")),
+            ("::ffff:192.0.2.9/128", addr("192.0.2.9")),
+            (
+                "192.0.2.1/24",
+                Err("host bits set (did you mean 192.0.2.0/24?)"),
+            ),
+            ("2001:db8::1/32", Err("did you mean 2001:db8::/32?")),
+            ("0.0.0.0/0", Err("would match every address")),
+            ("::/0", Err("would match every address")),
+            ("::ffff:0.0.0.0/96", Err("would match every IPv4 address")),
+            ("192.0.2.300", Err("not an IP address or CIDR prefix")),
+            ("192.0.2.0/33", Err("not an IP address or CIDR prefix")),
+            ("example.com", Err("not an IP address or CIDR prefix")),
+            (
+                "192.0.2.1 198.51.100.1",
+                Err("not an IP address or CIDR prefix"),
+            ),
+            ("[192.0.2.1]", Err("not an IP address or CIDR prefix")),
+        ];
+        for (entry, expected) in cases {
+            match (parse_ip_entry(entry), expected) {
+                (Ok(got), Ok(want)) => assert_eq!(&got, want, "{entry:?}"),
+                (Err(message), Err(part)) => {
+                    assert!(message.contains(part), "{entry:?}: {message}")
+                }
+                (got, want) => panic!("{entry:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn lookup_keys_are_normalized() {
+        let senders: &[(&str, Option<(&str, &str)>)] = &[
+            (
+                "User@Example.COM.",
+                Some(("user@example.com", "example.com")),
+            ),
+            ("<a@b.example>", Some(("a@b.example", "b.example"))),
+            (
+                "\"x@y\"@Example.org",
+                Some(("\"x@y\"@example.org", "example.org")),
+            ),
+            (
+                "Jörg@BÜCHER.example",
+                Some(("jörg@bücher.example", "bücher.example")),
+            ),
+            ("ǅ@Example.com", Some(("ǆ@example.com", "example.com"))),
+            ("", None),
+            ("<>", None),
+            ("postmaster", None),
+            ("@example.com", None),
+            ("user@", None),
+            ("user@.", None),
+        ];
+        for (path, expected) in senders {
+            let got = SenderKey::parse(path);
+            let got = got
+                .as_ref()
+                .map(|k| (k.address.as_str(), &k.address[k.domain_start..]));
+            assert_eq!(got, *expected, "{path:?}");
+        }
+        let helos = [
+            ("MAIL.example.com.", "mail.example.com"),
+            ("mail.example.com", "mail.example.com"),
+            ("[192.0.2.1]", "[192.0.2.1]"),
+            ("[IPv6:2001:DB8:0::1]", "[IPv6:2001:db8::1]"),
+            ("[IPv6:::ffff:192.0.2.1]", "[192.0.2.1]"),
+            ("[Bogus", "[bogus"),
+        ];
+        for (helo, expected) in helos {
+            assert_eq!(helo_key(helo), expected, "{helo:?}");
+        }
+        assert_eq!(
+            parent_domains("a.b.example.com").collect::<Vec<_>>(),
+            ["a.b.example.com", "b.example.com", "example.com", "com"]
+        );
+        assert_eq!(parent_domains("com").collect::<Vec<_>>(), ["com"]);
+        let lines = [
+            ("example.com\n", Some("example.com")),
+            ("  example.com  \r\n", Some("example.com")),
+            ("example.com # since 2024\n", Some("example.com")),
+            ("example.com\t#tab\n", Some("example.com")),
+            ("a#b@example.com\n", Some("a#b@example.com")),
+            ("# a comment\n", None),
+            ("   # an indented comment\n", None),
+            ("#\n", None),
+            ("\n", None),
+            ("  \t \r\n", None),
+            ("", None),
+        ];
+        for (line, expected) in lines {
+            assert_eq!(strip_comment(line), expected, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn lists_load_from_files_and_each_kind_answers_its_lookup() {
+        let domains = TempFile::new(
+            "\u{feff}# disposable domains\n\nSpam.Example.\r\nspam.example\njunk.example  # dup below\njunk.example\n",
+        );
+        let addresses =
+            TempFile::new("Boss@Example.NET\n# the CEO is spoofed a lot\nceo@example.net\n");
+        let helos = TempFile::new("localhost\nFRIEND\n[192.0.2.1]\n[IPv6:2001:db8::25]\n");
+        let ips = TempFile::new("192.0.2.77\n198.51.100.0/24 # a whole network\n2001:db8::bad\n");
+        let reputation = load(vec![
+            list("disposable", ListKind::SenderDomain, &domains),
+            list("spoofed", ListKind::SenderAddress, &addresses),
+            list("bad-helo", ListKind::Helo, &helos),
+            list("bad-ip", ListKind::Ip, &ips),
+        ]);
+        assert!(!reputation.is_empty());
+
+        assert_eq!(reputation.check_sender("user@spam.example"), ["disposable"]);
+        assert_eq!(
+            reputation.check_sender("<user@JUNK.example.>"),
+            ["disposable"]
+        );
+        assert_eq!(reputation.check_sender("boss@example.net"), ["spoofed"]);
+        assert_eq!(reputation.check_sender("BOSS@example.NET"), ["spoofed"]);
+        assert!(reputation.check_sender("other@example.net").is_empty());
+        assert!(reputation.check_sender("user@example.org").is_empty());
+        assert!(reputation.check_sender("").is_empty());
+        assert!(reputation.check_sender("spam.example").is_empty());
+
+        assert_eq!(reputation.check_helo("LocalHost."), ["bad-helo"]);
+        assert_eq!(reputation.check_helo("friend"), ["bad-helo"]);
+        assert_eq!(reputation.check_helo("[192.0.2.1]"), ["bad-helo"]);
+        assert_eq!(reputation.check_helo("[IPv6:2001:DB8:0::25]"), ["bad-helo"]);
+        assert!(reputation.check_helo("192.0.2.1").is_empty());
+        assert!(reputation.check_helo("mail.localhost").is_empty());
+        assert!(reputation.check_helo("mail.example.org").is_empty());
+
+        assert_eq!(reputation.check_ip(ip("192.0.2.77")), ["bad-ip"]);
+        assert_eq!(reputation.check_ip(ip("::ffff:192.0.2.77")), ["bad-ip"]);
+        assert_eq!(reputation.check_ip(ip("198.51.100.200")), ["bad-ip"]);
+        assert_eq!(reputation.check_ip(ip("2001:db8::BAD")), ["bad-ip"]);
+        assert!(reputation.check_ip(ip("192.0.2.78")).is_empty());
+        assert!(reputation.check_ip(ip("2001:db8::bae")).is_empty());
+
+        // A value of one kind is never looked up in a list of another kind.
+        assert!(reputation.check_helo("spam.example").is_empty());
+        assert!(reputation.check_sender("user@localhost").is_empty());
+
+        let stats = reputation.stats();
+        let summary: Vec<_> = stats
+            .iter()
+            .map(|s| (s.name.as_str(), s.kind, s.entries, s.prefixes))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("disposable", ListKind::SenderDomain, 2, 0),
+                ("spoofed", ListKind::SenderAddress, 2, 0),
+                ("bad-helo", ListKind::Helo, 4, 0),
+                ("bad-ip", ListKind::Ip, 3, 1),
+            ]
+        );
+        assert!(stats.iter().all(|s| s.bloom_bytes > 0 && s.exact_bytes > 0));
+        let debug = format!("{reputation:?}");
+        assert!(
+            debug.contains("disposable") && debug.contains("bad-ip"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn sender_domains_match_their_parents_and_lists_report_in_order() {
+        let domains = TempFile::new("example.com\nzip\nmail.example.org\n");
+        let more = TempFile::new("deep.mail.example.com\n");
+        let addresses = TempFile::new("boss@mail.example.com\n");
+        let reputation = load(vec![
+            list("domains", ListKind::SenderDomain, &domains),
+            list("addresses", ListKind::SenderAddress, &addresses),
+            list("more", ListKind::SenderDomain, &more),
+        ]);
+        let cases: &[(&str, &[&str])] = &[
+            ("a@example.com", &["domains"]),
+            ("a@mail.example.com", &["domains"]),
+            ("a@x.y.z.example.com", &["domains"]),
+            ("a@EXAMPLE.COM.", &["domains"]),
+            ("a@deep.mail.example.com", &["domains", "more"]),
+            ("a@x.deep.mail.example.com", &["domains", "more"]),
+            ("boss@mail.example.com", &["domains", "addresses"]),
+            ("a@mail.example.org", &["domains"]),
+            ("a@x.mail.example.org", &["domains"]),
+            ("a@file.zip", &["domains"]),
+            ("a@zip", &["domains"]),
+            // Neither a parent, nor a sibling, nor a suffix that is not a whole label.
+            ("a@example.org", &[]),
+            ("a@other.example.org", &[]),
+            ("a@notexample.com", &[]),
+            ("a@example.com.evil", &[]),
+            ("a@example.co", &[]),
+            ("a@com", &[]),
+            ("a@zipper", &[]),
+            ("a@[192.0.2.1]", &[]),
+            ("example.com", &[]),
+        ];
+        for (sender, expected) in cases {
+            assert_eq!(reputation.check_sender(sender), *expected, "{sender}");
+        }
+    }
+
+    #[test]
+    fn ip_lists_match_addresses_and_prefixes() {
+        let ips = TempFile::new(
+            "192.0.2.1\n198.51.100.0/24\n203.0.113.128/25\n2001:db8::1\n2001:db8:1::/48\n\
+             ::ffff:100.64.0.0/112\n198.51.100.0/24\n",
+        );
+        let nets_only = TempFile::new("10.0.0.0/8\n");
+        let reputation = load(vec![
+            list("ips", ListKind::Ip, &ips),
+            list("nets", ListKind::Ip, &nets_only),
+        ]);
+        let cases: &[(&str, &[&str])] = &[
+            ("192.0.2.1", &["ips"]),
+            ("::ffff:192.0.2.1", &["ips"]),
+            ("192.0.2.2", &[]),
+            ("198.51.100.0", &["ips"]),
+            ("198.51.100.255", &["ips"]),
+            ("198.51.101.0", &[]),
+            ("203.0.113.127", &[]),
+            ("203.0.113.128", &["ips"]),
+            ("203.0.113.255", &["ips"]),
+            ("100.64.3.4", &["ips"]),
+            ("::ffff:100.64.3.4", &["ips"]),
+            ("100.65.0.0", &[]),
+            ("2001:db8::1", &["ips"]),
+            ("2001:db8::2", &[]),
+            ("2001:db8:1:ffff::5", &["ips"]),
+            ("2001:db8:2::1", &[]),
+            ("10.200.0.1", &["nets"]),
+            ("::ffff:10.0.0.1", &["nets"]),
+            ("11.0.0.0", &[]),
+            ("::a00:1", &[]),
+        ];
+        for (addr, expected) in cases {
+            assert_eq!(reputation.check_ip(ip(addr)), *expected, "{addr}");
+        }
+        let stats = reputation.stats();
+        assert_eq!((stats[0].entries, stats[0].prefixes), (6, 4));
+        assert_eq!(
+            (stats[1].entries, stats[1].prefixes, stats[1].bloom_bytes),
+            (1, 1, 0)
+        );
+    }
+
+    #[test]
+    fn bad_lines_are_refused_with_file_and_line() {
+        let cases: &[(ListKind, &[u8], usize, &str)] = &[
+            (
+                ListKind::Ip,
+                b"192.0.2.1\n# fine\n192.0.2.1/24\n",
+                3,
+                "host bits",
+            ),
+            (
+                ListKind::Ip,
+                b"192.0.2.1\n\nnot-an-ip\n",
+                3,
+                "not an IP address",
+            ),
+            (
+                ListKind::Ip,
+                b"2001:db8::1 # ok\n::/0\n",
+                2,
+                "every address",
+            ),
+            (
+                ListKind::SenderAddress,
+                b"a@example.com\nexample.com\n",
+                2,
+                "has no '@'",
+            ),
+            (
+                ListKind::SenderDomain,
+                b"exa mple.com\n",
+                1,
+                "not a valid domain name",
+            ),
+            (
+                ListKind::SenderDomain,
+                b"a.example\r\n*.b.example\r\n",
+                2,
+                "wildcards",
+            ),
+            (
+                ListKind::Helo,
+                b"localhost\n[300.1.1.1]\n",
+                2,
+                "address literal",
+            ),
+            (
+                ListKind::SenderDomain,
+                b"example.com\nexam\xffple.com\n",
+                2,
+                "not valid UTF-8",
+            ),
+        ];
+        for &(kind, contents, line, part) in cases {
+            let file = TempFile::new(contents);
+            let err = Reputation::load(&ReputationConfig {
+                lists: vec![list("broken", kind, &file)],
+            })
+            .expect_err("a bad line fails the load");
+            let message = err.to_string();
+            let ReputationError::Entry {
+                list,
+                path,
+                line: got,
+                ..
+            } = &err
+            else {
+                panic!("{kind}: want an Entry error, got {message}");
+            };
+            assert_eq!(
+                (list.as_str(), path, *got),
+                ("broken", &file.0, line),
+                "{message}"
+            );
+            let place = format!("{}:{line}: ", file.0.display());
+            assert!(message.contains(&place), "{message} names {place}");
+            assert!(message.contains(part), "{message} says {part}");
+            assert!(message.contains("\"broken\""), "{message} names the list");
+        }
+        let long = format!("{}\n", "x ".repeat(500));
+        let file = TempFile::new(long);
+        let message = Reputation::load(&ReputationConfig {
+            lists: vec![list("long", ListKind::SenderDomain, &file)],
+        })
+        .expect_err("a bad line fails the load")
+        .to_string();
+        assert!(message.len() < 400, "long entries are shortened: {message}");
+
+        let missing = ListConfig {
+            path: std::env::temp_dir().join("smtp-gateway-reputation-does-not-exist.txt"),
+            ..list("missing", ListKind::Ip, &TempFile::new(""))
+        };
+        let err = Reputation::load(&ReputationConfig {
+            lists: vec![missing],
+        })
+        .expect_err("a missing file fails the load");
+        assert!(matches!(err, ReputationError::Read { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("smtp-gateway-reputation-does-not-exist.txt"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bloom_false_positives_are_never_reported() {
+        const MEMBERS: usize = 10_000;
+        const PROBES: usize = 200_000;
+        let mut text = String::new();
+        for i in 0..MEMBERS {
+            text.push_str(&format!("member-{i}.example\n"));
+        }
+        let file = TempFile::new(text);
+        // A high rate, so that the bloom filter is sure to let many probes through.
+        let reputation = load(vec![ListConfig {
+            false_positive_rate: 0.05,
+            ..list("members", ListKind::SenderDomain, &file)
+        }]);
+        let bloom = reputation.lists[0].bloom.as_ref().expect("a bloom filter");
+        for i in (0..MEMBERS).step_by(97) {
+            assert_eq!(
+                reputation.check_sender(&format!("user@member-{i}.example")),
+                ["members"]
+            );
+        }
+        let mut bloom_hits = 0;
+        for i in 0..PROBES {
+            let domain = format!("probe-{i}.example");
+            if bloom.check(domain.as_bytes()) {
+                bloom_hits += 1;
+            }
+            let matches = reputation.check_sender(&format!("user@{domain}"));
+            assert!(matches.is_empty(), "{domain} is not listed: {matches:?}");
+        }
+        // About 5% expected; zero would mean this test proves nothing.
+        assert!(
+            bloom_hits > PROBES / 100 && bloom_hits < PROBES / 10,
+            "the bloom filter alone gave {bloom_hits} false positives for {PROBES} probes"
+        );
+
+        // The same for addresses, which go through the bloom filter too.
+        let mut text = String::new();
+        for i in 0..MEMBERS as u32 {
+            text.push_str(&format!("{}\n", Ipv4Addr::from(0x0a00_0000 + i * 2)));
+        }
+        let file = TempFile::new(text);
+        let reputation = load(vec![ListConfig {
+            false_positive_rate: 0.05,
+            ..list("ips", ListKind::Ip, &file)
+        }]);
+        let bloom = reputation.lists[0].bloom.as_ref().expect("a bloom filter");
+        let mut bloom_hits = 0;
+        for i in 0..PROBES as u32 {
+            let addr = Ipv4Addr::from(0x0a00_0001 + i * 2);
+            bloom_hits += usize::from(bloom.check(&addr.octets()));
+            assert!(reputation.check_ip(addr.into()).is_empty(), "{addr}");
+        }
+        assert!(
+            bloom_hits > PROBES / 100,
+            "{bloom_hits} bloom false positives"
+        );
+    }
+
+    #[test]
+    fn a_100k_entry_list_loads_and_answers() {
+        const ENTRIES: usize = 100_000;
+        let names: Vec<String> = (0..ENTRIES)
+            .map(|i| format!("host{i:06}.spam{}.example", i % 997))
+            .collect();
+        let file = TempFile::new(names.join("\n"));
+        let reputation = load(vec![list("big", ListKind::SenderDomain, &file)]);
+        let stats = &reputation.stats()[0];
+        assert_eq!(stats.entries, ENTRIES);
+        let text_bytes: usize = names.iter().map(String::len).sum();
+        assert_eq!(stats.exact_bytes, text_bytes + 4 * ENTRIES);
+        // 14.4 bits per entry at 0.001, plus the 45-byte header.
+        let bloom_bits = stats.bloom_bytes * 8;
+        assert!(
+            (14 * ENTRIES..15 * ENTRIES).contains(&bloom_bits),
+            "{bloom_bits} bloom bits"
+        );
+        for i in (0..ENTRIES).step_by(1009) {
+            assert_eq!(reputation.check_sender(&format!("a@{}", names[i])), ["big"]);
+            assert_eq!(
+                reputation.check_sender(&format!("a@mx.{}", names[i])),
+                ["big"]
+            );
+            assert!(
+                reputation
+                    .check_sender(&format!("a@{}x", names[i]))
+                    .is_empty()
+            );
+        }
+    }
+
+    /// Run in release: `cargo test --release -p smtp-gateway --lib policy::reputation --
+    /// --ignored --nocapture`.
+    #[test]
+    #[ignore = "a million entries: slow in debug builds; run in release"]
+    fn a_million_sender_domains() {
+        const ENTRIES: usize = 1_000_000;
+        let mut text = String::new();
+        for i in 0..ENTRIES {
+            text.push_str(&format!("d{i:07}-{}.example.com\n", i % 7919));
+        }
+        let file = TempFile::new(&text);
+        let started = std::time::Instant::now();
+        let reputation = load(vec![list("million", ListKind::SenderDomain, &file)]);
+        let loaded = started.elapsed();
+        let stats = &reputation.stats()[0];
+        assert_eq!(stats.entries, ENTRIES);
+        let started = std::time::Instant::now();
+        let mut found = 0;
+        for i in 0..ENTRIES {
+            let listed = format!("user@mx.d{i:07}-{}.example.com", i % 7919);
+            found += reputation.check_sender(&listed).len();
+        }
+        let per_listed = started.elapsed() / ENTRIES as u32;
+        assert_eq!(found, ENTRIES);
+        let started = std::time::Instant::now();
+        for i in 0..ENTRIES {
+            let unlisted = format!("user@mx.u{i:07}.example.net");
+            found += reputation.check_sender(&unlisted).len();
+        }
+        let per_unlisted = started.elapsed() / ENTRIES as u32;
+        assert_eq!(found, ENTRIES);
+        println!(
+            "{ENTRIES} entries, {} bytes of text: loaded in {loaded:?}; bloom {} bytes ({:.2}/entry), \
+             exact {} bytes ({:.2}/entry); per sender lookup: {per_listed:?} listed, \
+             {per_unlisted:?} unlisted",
+            text.len() - ENTRIES,
+            stats.bloom_bytes,
+            stats.bloom_bytes as f64 / ENTRIES as f64,
+            stats.exact_bytes,
+            stats.exact_bytes as f64 / ENTRIES as f64,
+        );
+    }
+
+    #[test]
+    fn empty_lists_load_and_match_nothing() {
+        let file = TempFile::new("# nothing yet\n\n");
+        let reputation = load(vec![
+            list("names", ListKind::SenderDomain, &file),
+            list("ips", ListKind::Ip, &file),
+        ]);
+        assert!(reputation.check_sender("user@example.com").is_empty());
+        assert!(reputation.check_ip(ip("192.0.2.1")).is_empty());
+        for stats in reputation.stats() {
+            assert_eq!(
+                (stats.entries, stats.bloom_bytes, stats.exact_bytes),
+                (0, 0, 0)
+            );
+        }
+        let none = Reputation::load(&ReputationConfig::default()).expect("no lists");
+        assert!(none.is_empty());
+        assert!(none.check_helo("localhost").is_empty());
+        assert!(Reputation::default().check_ip(ip("::1")).is_empty());
+    }
+
+    #[test]
+    fn stats_count_bytes_per_entry() {
+        let file = TempFile::new("a.example\nbb.example\n");
+        let reputation = load(vec![list("two", ListKind::Helo, &file)]);
+        let stats = &reputation.stats()[0];
+        assert_eq!(stats.exact_bytes, 9 + 10 + 2 * 4);
+        // Two entries at 0.001 need 29 bits: 4 bytes of bits and the 45-byte header.
+        assert_eq!(stats.bloom_bytes, 4 + 45);
+    }
+
+    #[test]
+    fn section_parses_with_documented_defaults_and_refuses_unknown_keys() {
+        let cfg: ReputationConfig = toml::from_str("").expect("empty section");
+        assert_eq!(cfg, ReputationConfig::default());
+        assert!(cfg.lists.is_empty());
+        let cfg: ReputationConfig = toml::from_str(
+            "[[lists]]\nname = \"disposable\"\nkind = \"sender_domain\"\n\
+             path = \"/etc/smtp-gateway/lists/disposable.txt\"\n\
+             [[lists]]\nname = \"drop\"\nkind = \"ip\"\npath = \"/var/lib/drop.txt\"\n\
+             false_positive_rate = 0.01\n",
+        )
+        .expect("two lists");
+        assert_eq!(
+            cfg.lists[0],
+            ListConfig {
+                name: "disposable".into(),
+                kind: ListKind::SenderDomain,
+                path: "/etc/smtp-gateway/lists/disposable.txt".into(),
+                false_positive_rate: DEFAULT_FALSE_POSITIVE_RATE,
+            }
+        );
+        assert_eq!(cfg.lists[1].kind, ListKind::Ip);
+        assert_eq!(cfg.lists[1].false_positive_rate, 0.01);
+        assert_eq!(cfg.validate(), Ok(()));
+        for kind in ["sender_address", "helo"] {
+            let text = format!("[[lists]]\nname = \"x\"\nkind = \"{kind}\"\npath = \"/x\"\n");
+            let cfg: ReputationConfig = toml::from_str(&text).expect(kind);
+            assert_eq!(cfg.lists[0].kind.name(), kind);
+        }
+        for (text, part) in [
+            ("list = []\n", "list"),
+            (
+                "[[lists]]\nname = \"x\"\nkind = \"ip\"\npath = \"/x\"\nfp_rate = 0.1\n",
+                "fp_rate",
+            ),
+            (
+                "[[lists]]\nname = \"x\"\nkind = \"domain\"\npath = \"/x\"\n",
+                "domain",
+            ),
+            ("[[lists]]\nkind = \"ip\"\npath = \"/x\"\n", "name"),
+            ("[[lists]]\nname = \"x\"\nkind = \"ip\"\n", "path"),
+        ] {
+            let err = toml::from_str::<ReputationConfig>(text).expect_err(text);
+            assert!(err.to_string().contains(part), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn validate_names_the_key_and_the_bad_value() {
+        let good = |name: &str| ListConfig {
+            name: name.to_string(),
+            kind: ListKind::Ip,
+            path: "/etc/smtp-gateway/lists/x.txt".into(),
+            false_positive_rate: DEFAULT_FALSE_POSITIVE_RATE,
+        };
+        let ok = ReputationConfig {
+            lists: vec![good("a"), good("Spam_list-2.v4"), good(&"n".repeat(64))],
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        let cases: Vec<(Vec<ListConfig>, &str)> = vec![
+            (vec![good("")], "lists[0]: name is empty"),
+            (
+                vec![good("a"), good("spam list")],
+                "lists[1]: name \"spam list\"",
+            ),
+            (vec![good("bad\r\nname")], "must be 1 to 64"),
+            (vec![good(&"n".repeat(65))], "must be 1 to 64"),
+            (vec![good("spam"), good("SPAM")], "used by another list"),
+            (
+                vec![ListConfig {
+                    false_positive_rate: 0.0,
+                    ..good("a")
+                }],
+                "false_positive_rate 0 is out of range",
+            ),
+            (
+                vec![ListConfig {
+                    false_positive_rate: 0.5,
+                    ..good("a")
+                }],
+                "out of range (0 < rate < 0.5)",
+            ),
+            (
+                vec![ListConfig {
+                    false_positive_rate: -0.1,
+                    ..good("a")
+                }],
+                "out of range",
+            ),
+            (
+                vec![ListConfig {
+                    false_positive_rate: f64::NAN,
+                    ..good("a")
+                }],
+                "NaN is out of range",
+            ),
+            (
+                vec![ListConfig {
+                    path: "lists/x.txt".into(),
+                    ..good("a")
+                }],
+                "must be absolute",
+            ),
+            (
+                vec![ListConfig {
+                    path: PathBuf::new(),
+                    ..good("a")
+                }],
+                "must be absolute",
+            ),
+        ];
+        for (lists, part) in cases {
+            let cfg = ReputationConfig { lists };
+            let (key, message) = cfg.validate().expect_err(part);
+            assert_eq!(key, "reputation.lists");
+            assert!(message.contains(part), "{message} says {part}");
+            // `load` validates too: never a panic in the bloom filter's constructor.
+            let err = Reputation::load(&cfg).expect_err(part);
+            assert!(matches!(err, ReputationError::Config { .. }), "{err}");
+            assert!(err.to_string().starts_with("reputation.lists: "), "{err}");
+        }
     }
 }

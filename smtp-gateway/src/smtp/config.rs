@@ -49,6 +49,9 @@ pub struct SmtpConfig {
     pub pass_cache_ttl: Duration,
     /// Clients remembered at most (oldest evicted first).
     pub pass_cache_size: usize,
+    /// On SIGTERM: how long running sessions may take to finish before they are closed.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
     /// Delay before each reply once the session score reaches `score.tarpit`.
     #[serde(with = "humantime_serde")]
     pub tarpit_delay: Duration,
@@ -77,6 +80,7 @@ impl Default for SmtpConfig {
             pass_cache_ttl: Duration::from_secs(3600),
             pass_cache_size: 100_000,
             tarpit_delay: Duration::from_secs(3),
+            shutdown_timeout: Duration::from_secs(30),
             tls: None,
         }
     }

@@ -107,14 +107,25 @@ pub fn bind(cfg: &ListenerConfig) -> Result<TcpListener, ServerError> {
     TcpListener::from_std(socket.into()).map_err(err)
 }
 
-/// Accepts on every configured listener until `shutdown` turns true.
+/// Accepts on every configured listener until shutdown, then answers `421` to newcomers while
+/// the running sessions finish (each is told at its next command), up to `smtp.shutdown_timeout`.
+/// Every session runs with the configuration generation current when it was accepted.
 pub async fn serve(
-    shared: Arc<Shared>,
+    shared: watch::Receiver<Arc<Shared>>,
     listeners: Vec<(ListenerConfig, TcpListener)>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(shared.config.smtp.max_connections));
+    let initial = shared.borrow().config.smtp.max_connections;
+    let limit = Arc::new(Semaphore::new(initial));
     let counts = Arc::new(SourceCounts::default());
+    // Every session is spawned on the tracker; closing it and waiting means "drained".
+    let sessions = tokio_util::task::TaskTracker::new();
+    tokio::spawn(follow_connection_limit(
+        shared.clone(),
+        limit.clone(),
+        initial,
+        shutdown.clone(),
+    ));
     let mut tasks = Vec::new();
     for (cfg, listener) in listeners {
         tracing::info!(address = %cfg.address, kind = ?cfg.kind, "SMTP listener ready");
@@ -125,28 +136,66 @@ pub async fn serve(
             limit.clone(),
             counts.clone(),
             shutdown.clone(),
+            sessions.clone(),
         )));
     }
+    let mut stop = shutdown.clone();
+    let _ = stop.wait_for(|s| *s).await;
+    let deadline = shared.borrow().config.smtp.shutdown_timeout;
+    tracing::info!(deadline = %humantime::format_duration(deadline), "stopping: new connections get 421, running sessions may finish");
+    sessions.close();
+    if tokio::time::timeout(deadline, sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown deadline reached with sessions still running; closing them");
+    }
     for t in tasks {
-        let _ = t.await;
+        t.abort();
+    }
+}
+
+/// Resizes the global cap when a reload changes `smtp.max_connections`.
+async fn follow_connection_limit(
+    mut shared: watch::Receiver<Arc<Shared>>,
+    limit: Arc<Semaphore>,
+    mut current: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            changed = shared.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+        let wanted = shared.borrow().config.smtp.max_connections;
+        if wanted > current {
+            limit.add_permits(wanted - current);
+        } else if wanted < current {
+            // Permits held by running sessions are forgotten as they come back.
+            let mut left = current - wanted;
+            while left > 0 {
+                left -= limit.forget_permits(left);
+                if left > 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        current = wanted;
     }
 }
 
 async fn accept_loop(
-    shared: Arc<Shared>,
+    shared: watch::Receiver<Arc<Shared>>,
     cfg: ListenerConfig,
     listener: TcpListener,
     limit: Arc<Semaphore>,
     counts: Arc<SourceCounts>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    sessions: tokio_util::task::TaskTracker,
 ) {
     let mut backoff = Duration::from_millis(10);
     loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.changed() => return,
-        };
-        let (tcp, client) = match accepted {
+        let (tcp, client) = match listener.accept().await {
             Ok(ok) => {
                 backoff = Duration::from_millis(10);
                 ok
@@ -159,6 +208,11 @@ async fn accept_loop(
             }
         };
         let _ = tcp.set_nodelay(true);
+        if *shutdown.borrow() {
+            refuse(tcp, "4.3.2 Service shutting down, try again later").await;
+            continue;
+        }
+        let shared = shared.borrow().clone();
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             refuse(tcp, "4.7.0 Too many connections, try again later").await;
             continue;
@@ -172,9 +226,9 @@ async fn accept_loop(
             .await;
             continue;
         };
-        let shared = shared.clone();
         let kind = cfg.kind;
-        tokio::spawn(async move {
+        let session_shutdown = shutdown.clone();
+        sessions.spawn(async move {
             let _permit = permit;
             let _slot = slot;
             let local = tcp.local_addr().unwrap_or(cfg.address);
@@ -196,6 +250,7 @@ async fn accept_loop(
                 MaybeTls::Plain(tcp)
             };
             Session::new(shared, Connection::new(stream), client, local, kind)
+                .with_shutdown(session_shutdown)
                 .run()
                 .await;
         });

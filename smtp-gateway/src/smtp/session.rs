@@ -12,6 +12,7 @@ use std::{
 };
 
 use smtp_proto::{Error as ParseError, Request};
+use tokio::sync::watch;
 
 use super::{
     Shared,
@@ -83,6 +84,8 @@ pub struct Session {
     dnsbl_done: bool,
     /// The client passed recently: the slow checks are skipped.
     cached: bool,
+    /// Daemon shutdown: an idle session is told `421` at its next command wait.
+    shutdown: Option<watch::Receiver<bool>>,
     /// SASL mechanisms the backend offers (its EHLO `AUTH` line), relayed on submission ports.
     backend_auth: Option<String>,
     /// The backend accepted the client's AUTH: it may relay (the backend decides what it may do).
@@ -136,6 +139,7 @@ impl Session {
             cached,
             backend_auth: None,
             authenticated: false,
+            shutdown: None,
             last_backend_reply: None,
             bytes: 0,
             recipients: 0,
@@ -171,6 +175,23 @@ impl Session {
             }
             Action::Reject => Outcome::Reject,
             Action::Drop => Outcome::Drop,
+        }
+    }
+
+    /// Makes the session end politely (`421`) when `shutdown` turns true while it waits for a
+    /// command; a transaction in progress (DATA) finishes first.
+    pub fn with_shutdown(mut self, shutdown: watch::Receiver<bool>) -> Self {
+        self.shutdown = Some(shutdown);
+        self
+    }
+
+    /// Waits for the daemon's shutdown (forever when there is none).
+    async fn shutting_down(shutdown: &mut Option<watch::Receiver<bool>>) {
+        match shutdown {
+            Some(rx) => {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+            None => std::future::pending::<()>().await,
         }
     }
 
@@ -246,11 +267,16 @@ impl Session {
                     return;
                 }
             }
-            let line = match self
-                .conn
-                .read_line(smtp.max_command_line, smtp.command_timeout)
-                .await
-            {
+            let read = tokio::select! {
+                biased;
+                read = self.conn.read_line(smtp.max_command_line, smtp.command_timeout) => read,
+                _ = Self::shutting_down(&mut self.shutdown) => {
+                    self.reply(Reply::new(421, "4.3.2 Service shutting down, closing connection"));
+                    let _ = self.conn.flush().await;
+                    return;
+                }
+            };
+            let line = match read {
                 Ok(Some(line)) => line,
                 Ok(None) | Err(ConnError::Io(_)) => return,
                 Err(ConnError::Timeout) => {
