@@ -93,6 +93,9 @@ pub async fn relay_message(
         if line.data == b"." && line.ending == Ending::CrLf && prev_crlf {
             break;
         }
+        // Whether this line starts where the client started a line (after a real CRLF). If not,
+        // it only starts a line because the gateway normalises the bare LF before it.
+        let at_client_line_start = prev_crlf;
         prev_crlf = line.ending == Ending::CrLf;
         size += line.data.len() as u64 + 2;
         if violation.is_none() {
@@ -100,20 +103,27 @@ pub async fn relay_message(
                 violation = Some(TextViolation::TooBig);
             } else if line.too_long && limits.refuse_long_lines {
                 violation = Some(TextViolation::LongLine);
-            } else if !clean_crlf && limits.bare_newlines == BareNewlinePolicy::Reject {
+            } else if (!clean_crlf || !at_client_line_start)
+                && limits.bare_newlines == BareNewlinePolicy::Reject
+            {
                 violation = Some(TextViolation::BareNewline);
             }
         }
         if violation.is_some() || backend_error.is_some() {
             continue;
         }
-        if clean_crlf {
+        if clean_crlf && at_client_line_start {
             out.extend_from_slice(&line.data);
             out.extend_from_slice(b"\r\n");
         } else {
-            // Normalise: every bare CR and the bare LF become CRLF; a lone "." is stuffed.
-            for piece in line.data.split(|b| *b == b'\r') {
-                if piece == b"." {
+            // Normalise: every bare CR and bare LF becomes CRLF. A piece that starts a line only
+            // because of that was never dot-stuffed by the client: stuff it, so the backend reads
+            // its leading dot as text and a lone "." can never end the data there.
+            // A piece that is exactly "." (e.g. the client's ".\r..." line split at the bare CR)
+            // is stuffed wherever it comes from: only the real end of data may be a lone dot.
+            for (k, piece) in line.data.split(|b| *b == b'\r').enumerate() {
+                let synthetic_start = k > 0 || !at_client_line_start;
+                if (synthetic_start && piece.first() == Some(&b'.')) || piece == b"." {
                     out.push(b'.');
                 }
                 out.extend_from_slice(piece);
@@ -140,5 +150,184 @@ pub async fn relay_message(
     match backend.read_reply().await {
         Ok(reply) => (DataOutcome::Relayed(reply), size),
         Err(e) => (DataOutcome::BackendFailed(e), size),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::*;
+    use crate::smtp::{
+        config::{BackendConfig, BackendServer, ConnectAt, Identity},
+        connection::MaybeTls,
+        identity::ClientIdentity,
+    };
+
+    /// A backend that greets, accepts EHLO, then records message text up to the first CRLF.CRLF.
+    async fn recording_backend(listener: TcpListener) -> Vec<u8> {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        s.write_all(b"220 b ESMTP\r\n").await.expect("banner");
+        let mut buf = vec![0u8; 512];
+        let n = s.read(&mut buf).await.expect("ehlo");
+        assert!(buf[..n].starts_with(b"EHLO"));
+        s.write_all(b"250 b\r\n").await.expect("ehlo reply");
+        let mut text = Vec::new();
+        while !text.ends_with(b"\r\n.\r\n") {
+            let n = s.read(&mut buf).await.expect("text");
+            if n == 0 {
+                break;
+            }
+            text.extend_from_slice(&buf[..n]);
+        }
+        let _ = s.write_all(b"250 queued\r\n").await;
+        text
+    }
+
+    /// Relays `client_text` (what the client sends after 354) and returns the outcome and the
+    /// bytes the backend received.
+    async fn relay(
+        client_text: &'static [u8],
+        policy: BareNewlinePolicy,
+    ) -> (DataOutcome, Vec<u8>) {
+        let backend_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let backend_addr = backend_listener.local_addr().expect("addr");
+        let recorder = tokio::spawn(recording_backend(backend_listener));
+        let cfg = BackendConfig {
+            servers: vec![BackendServer {
+                address: backend_addr,
+                identity: Identity::None,
+                tls: None,
+            }],
+            connect_at: ConnectAt::Mail,
+            connect_timeout: Duration::from_secs(5),
+            reply_timeout: Duration::from_secs(5),
+        };
+        let id = ClientIdentity {
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            name: None,
+            helo: Some("c".into()),
+            esmtp: true,
+            login: None,
+        };
+        let (mut backend, _) = Backend::connect(
+            &cfg,
+            &[None],
+            &id,
+            "127.0.0.1:25".parse().expect("addr"),
+            "gw",
+        )
+        .await
+        .expect("backend");
+        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let front_addr = front.local_addr().expect("addr");
+        let client = tokio::spawn(async move {
+            let mut c = TcpStream::connect(front_addr).await.expect("connect");
+            c.write_all(client_text).await.expect("write");
+            c
+        });
+        let (server_side, _) = front.accept().await.expect("accept");
+        let _client = client.await.expect("client");
+        let mut conn = Connection::new(MaybeTls::Plain(server_side));
+        let limits = TextLimits {
+            max_size: 1 << 20,
+            max_line: 1000,
+            bare_newlines: policy,
+            timeout: Duration::from_secs(2),
+            refuse_long_lines: true,
+        };
+        let (outcome, _) = relay_message(&mut conn, &mut backend, &limits).await;
+        drop(backend);
+        let text = recorder.await.expect("recorder");
+        (outcome, text)
+    }
+
+    const SMUGGLE: &str =
+        "MAIL FROM:<s@evil.test>\r\nRCPT TO:<v@example.org>\r\nDATA\r\nsmuggled\r\n";
+
+    fn variants() -> Vec<(&'static str, &'static [u8])> {
+        let leak = |v: &str| -> &'static [u8] {
+            Box::leak(
+                format!("Subject: x\r\n\r\ntext{v}{SMUGGLE}.\r\n")
+                    .into_bytes()
+                    .into_boxed_slice(),
+            )
+        };
+        [
+            "\n.\n",
+            "\n.\r\n",
+            "\r.\r",
+            "\r\n.\r",
+            "\r.\r\n",
+            "\r\n.\n",
+            "\n.\r",
+            "\r\n.\r\r\n",
+        ]
+        .into_iter()
+        .map(|v| (v, leak(v)))
+        .collect()
+    }
+
+    #[tokio::test]
+    async fn reject_mode_never_sends_the_final_dot_for_any_smuggling_variant() {
+        for (variant, text) in variants() {
+            let (outcome, received) = relay(text, BareNewlinePolicy::Reject).await;
+            assert!(
+                matches!(outcome, DataOutcome::Refused(TextViolation::BareNewline)),
+                "{variant:?}: refused"
+            );
+            assert!(
+                !received.windows(5).any(|w| w == b"\r\n.\r\n"),
+                "{variant:?}: the backend must never see an end of data: {:?}",
+                String::from_utf8_lossy(&received)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn normalize_mode_has_exactly_one_end_of_data_at_the_end() {
+        for (variant, text) in variants() {
+            let (outcome, received) = relay(text, BareNewlinePolicy::Normalize).await;
+            assert!(
+                matches!(outcome, DataOutcome::Relayed(_)),
+                "{variant:?}: relayed"
+            );
+            let ends = received.windows(5).filter(|w| *w == b"\r\n.\r\n").count();
+            assert_eq!(
+                ends,
+                1,
+                "{variant:?}: {:?}",
+                String::from_utf8_lossy(&received)
+            );
+            assert!(received.ends_with(b"\r\n.\r\n"), "{variant:?}");
+            assert!(
+                !received.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'),
+                "{variant:?}: no bare LF reaches the backend"
+            );
+            assert!(
+                String::from_utf8_lossy(&received).contains("MAIL FROM:<s@evil.test>"),
+                "{variant:?}: the would-be commands arrive as text"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn clean_text_is_forwarded_byte_for_byte_with_its_stuffing() {
+        let text = b"Subject: x\r\n\r\n..leading dot\r\nline\r\n.\r\n";
+        let (outcome, received) = relay(text, BareNewlinePolicy::Reject).await;
+        assert!(matches!(outcome, DataOutcome::Relayed(_)));
+        assert_eq!(received, text.to_vec());
+    }
+
+    #[tokio::test]
+    async fn normalised_pieces_starting_with_a_dot_are_stuffed() {
+        let (_, received) =
+            relay(b"a\r.foo\r\nb\n.bar\r\n.\r\n", BareNewlinePolicy::Normalize).await;
+        assert_eq!(received, b"a\r\n..foo\r\nb\r\n..bar\r\n.\r\n".to_vec());
     }
 }

@@ -358,7 +358,12 @@ impl Session {
             }
         }
         let raw = line.with_crlf();
-        let parsed = Request::parse(&mut raw.iter()).map(Request::into_owned);
+        let parsed = match Request::parse(&mut raw.iter()).map(Request::into_owned) {
+            Err(e @ (ParseError::InvalidRecipientAddress | ParseError::InvalidSenderAddress)) => {
+                literal_path_request(&line.data).ok_or(e)
+            }
+            other => other,
+        };
         match parsed {
             Ok(request) => self.dispatch(request, &line.data).await,
             Err(ParseError::UnknownCommand) => {
@@ -936,6 +941,43 @@ impl Session {
     }
 }
 
+/// smtp-proto refuses address literals in paths (`user@[198.51.100.7]`), which RFC 5321 4.1.2
+/// allows; such MAIL/RCPT paths are extracted here so the relay policy decides on them. The raw
+/// line (parameters included) is what gets forwarded.
+fn literal_path_request(line: &[u8]) -> Option<Request<String>> {
+    let text = std::str::from_utf8(line).ok()?;
+    let verb_len = if text.len() >= 8 && text[..8].eq_ignore_ascii_case("RCPT TO:") {
+        8
+    } else if text.len() >= 10 && text[..10].eq_ignore_ascii_case("MAIL FROM:") {
+        10
+    } else {
+        return None;
+    };
+    let inner = text[verb_len..].trim_start().strip_prefix('<')?;
+    let address = &inner[..inner.find('>')?];
+    let (local, domain) = address.rsplit_once('@')?;
+    if local.is_empty() || !(domain.starts_with('[') && domain.ends_with(']')) {
+        return None;
+    }
+    Some(if verb_len == 8 {
+        Request::Rcpt {
+            to: smtp_proto::RcptTo {
+                address: address.to_string(),
+                orcpt: None,
+                rrvs: 0,
+                flags: 0,
+            },
+        }
+    } else {
+        Request::Mail {
+            from: smtp_proto::MailFrom {
+                address: address.to_string(),
+                ..Default::default()
+            },
+        }
+    })
+}
+
 /// IPv4-mapped IPv6 addresses as IPv4.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -1000,6 +1042,31 @@ fn non_smtp(line: &[u8]) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::non_smtp;
+
+    #[test]
+    fn address_literal_paths_reach_the_policy() {
+        use smtp_proto::Request;
+        match super::literal_path_request(b"RCPT TO:<user@[198.51.100.7]> NOTIFY=NEVER") {
+            Some(Request::Rcpt { to }) => assert_eq!(to.address, "user@[198.51.100.7]"),
+            other => panic!("{other:?}"),
+        }
+        match super::literal_path_request(b"mail from: <a@[IPv6:2001:db8::1]>") {
+            Some(Request::Mail { from }) => assert_eq!(from.address, "a@[IPv6:2001:db8::1]"),
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            &b"RCPT TO:<user@example.org>"[..],
+            b"RCPT TO:<@[1.2.3.4]>",
+            b"RCPT TO:user@[1.2.3.4]",
+            b"VRFY x",
+        ] {
+            assert!(
+                super::literal_path_request(bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     #[test]
     fn recognises_non_smtp() {
