@@ -61,6 +61,8 @@ pub struct Config {
     pub helo: HeloConfig,
     /// DNSBL/DNSWL scoring.
     pub dnsbl: DnsblConfig,
+    /// Large reputation lists (bloom filters with exact confirmation).
+    pub reputation: crate::policy::reputation::ReputationConfig,
     /// Session verdicts that ban sources in the kernel.
     pub autoban: crate::autoban::AutobanConfig,
 }
@@ -251,6 +253,7 @@ impl Config {
         self.relay.validate()?;
         self.helo.validate()?;
         self.dnsbl.validate()?;
+        self.reputation.validate()?;
         self.autoban.validate()?;
         Ok(())
     }

@@ -37,6 +37,8 @@ pub enum DaemonError {
     Tls(#[from] crate::smtp::tls::TlsError),
     #[error(transparent)]
     Dnsbl(#[from] crate::policy::dnsbl::DnsblError),
+    #[error(transparent)]
+    Reputation(#[from] crate::policy::reputation::ReputationError),
 }
 
 /// The data plane shared by the daemon's tasks.
@@ -160,6 +162,9 @@ fn build_shared(
                 .transpose()
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let reputation = Arc::new(crate::policy::reputation::Reputation::load(
+        &config.reputation,
+    )?);
     let mut config = config.clone();
     // A client claiming to be us is lying: our own name joins the configured ones.
     config.helo.own_names.push(config.smtp.hostname.clone());
@@ -169,6 +174,7 @@ fn build_shared(
         tls,
         backend_tls,
         events,
+        reputation,
         pass_cache,
     })
 }

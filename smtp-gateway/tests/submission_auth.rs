@@ -11,6 +11,7 @@ use std::{
 };
 
 #[path = "support/peers.rs"]
+#[allow(dead_code)] // each test binary uses a different part of the shared peers
 mod peers;
 
 use peers::{Client, GOOD_PLAIN, scripted_backend};

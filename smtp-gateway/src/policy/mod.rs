@@ -4,9 +4,11 @@
 //! - `relay.rs`: anti-relay (accepted domains, relay networks, address tricks);
 //! - `helo.rs`: HELO/EHLO heuristics;
 //! - `dnsbl.rs`: DNSBL/DNSWL scoring through an async resolver;
+//! - `reputation.rs`: large sender/HELO/IP lists in bloom filters with exact confirmation;
 //! - `pass_cache.rs`: clients that passed, remembered so they skip the slow checks.
 
 pub mod dnsbl;
 pub mod helo;
 pub mod pass_cache;
 pub mod relay;
+pub mod reputation;

@@ -1560,49 +1560,6 @@ mod tests {
         }
     }
 
-    /// Run in release: `cargo test --release -p smtp-gateway --lib policy::reputation --
-    /// --ignored --nocapture`.
-    #[test]
-    #[ignore = "a million entries: slow in debug builds; run in release"]
-    fn a_million_sender_domains() {
-        const ENTRIES: usize = 1_000_000;
-        let mut text = String::new();
-        for i in 0..ENTRIES {
-            text.push_str(&format!("d{i:07}-{}.example.com\n", i % 7919));
-        }
-        let file = TempFile::new(&text);
-        let started = std::time::Instant::now();
-        let reputation = load(vec![list("million", ListKind::SenderDomain, &file)]);
-        let loaded = started.elapsed();
-        let stats = &reputation.stats()[0];
-        assert_eq!(stats.entries, ENTRIES);
-        let started = std::time::Instant::now();
-        let mut found = 0;
-        for i in 0..ENTRIES {
-            let listed = format!("user@mx.d{i:07}-{}.example.com", i % 7919);
-            found += reputation.check_sender(&listed).len();
-        }
-        let per_listed = started.elapsed() / ENTRIES as u32;
-        assert_eq!(found, ENTRIES);
-        let started = std::time::Instant::now();
-        for i in 0..ENTRIES {
-            let unlisted = format!("user@mx.u{i:07}.example.net");
-            found += reputation.check_sender(&unlisted).len();
-        }
-        let per_unlisted = started.elapsed() / ENTRIES as u32;
-        assert_eq!(found, ENTRIES);
-        println!(
-            "{ENTRIES} entries, {} bytes of text: loaded in {loaded:?}; bloom {} bytes ({:.2}/entry), \
-             exact {} bytes ({:.2}/entry); per sender lookup: {per_listed:?} listed, \
-             {per_unlisted:?} unlisted",
-            text.len() - ENTRIES,
-            stats.bloom_bytes,
-            stats.bloom_bytes as f64 / ENTRIES as f64,
-            stats.exact_bytes,
-            stats.exact_bytes as f64 / ENTRIES as f64,
-        );
-    }
-
     #[test]
     fn empty_lists_load_and_match_nothing() {
         let file = TempFile::new("# nothing yet\n\n");

@@ -255,7 +255,7 @@ const fn setting(action: Action, weight: i32) -> CheckSetting {
 }
 
 /// Every check name (the keys of `[checks]`).
-pub const CHECK_NAMES: [&str; 18] = [
+pub const CHECK_NAMES: [&str; 19] = [
     "pregreet",
     "pipelining",
     "non_smtp",
@@ -274,6 +274,7 @@ pub const CHECK_NAMES: [&str; 18] = [
     "too_many_errors",
     "too_many_unknown_commands",
     "relay_attempt",
+    "reputation",
 ];
 
 /// `[checks]`: the action of every check.
@@ -316,6 +317,8 @@ pub struct ChecksConfig {
     pub too_many_unknown_commands: CheckSetting,
     /// RCPT refused by anti-relay.
     pub relay_attempt: CheckSetting,
+    /// Client IP, HELO name or sender found in a `[reputation]` list.
+    pub reputation: CheckSetting,
 }
 
 impl Default for ChecksConfig {
@@ -340,6 +343,7 @@ impl Default for ChecksConfig {
             too_many_errors: setting(Drop, 1),
             too_many_unknown_commands: setting(Drop, 1),
             relay_attempt: setting(Score, 1),
+            reputation: setting(Score, 3),
         }
     }
 }
@@ -366,6 +370,7 @@ impl ChecksConfig {
             "too_many_errors" => self.too_many_errors,
             "too_many_unknown_commands" => self.too_many_unknown_commands,
             "relay_attempt" => self.relay_attempt,
+            "reputation" => self.reputation,
             _ => setting(Action::Ignore, 0),
         }
     }

@@ -14,7 +14,11 @@ use tokio::{
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
-/// Bytes read from the socket at a time.
+/// Input buffer of an idle session: commands fit, and 10,000 idle sessions stay small.
+const IDLE_BUFFER: usize = 1024;
+/// Below this much free room the buffer grows (message text streams in larger reads).
+const MIN_SPARE: usize = 512;
+/// Growth step while data flows.
 const READ_CHUNK: usize = 16 * 1024;
 
 /// How a line ended.
@@ -151,7 +155,7 @@ impl Connection {
     pub fn new(stream: Stream) -> Self {
         Self {
             stream,
-            rbuf: Vec::with_capacity(1024),
+            rbuf: Vec::with_capacity(IDLE_BUFFER),
             wbuf: Vec::with_capacity(512),
         }
     }
@@ -184,22 +188,26 @@ impl Connection {
     }
 
     async fn fill(&mut self, timeout: Duration) -> Result<usize, ConnError> {
-        let start = self.rbuf.len();
-        self.rbuf.resize(start + READ_CHUNK, 0);
-        let read = tokio::time::timeout(timeout, self.stream.read(&mut self.rbuf[start..])).await;
-        let n = match read {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                self.rbuf.truncate(start);
-                return Err(e.into());
-            }
-            Err(_) => {
-                self.rbuf.truncate(start);
-                return Err(ConnError::Timeout);
-            }
-        };
-        self.rbuf.truncate(start + n);
-        Ok(n)
+        if self.rbuf.capacity() - self.rbuf.len() < MIN_SPARE {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        // Reads into the spare capacity: nothing is zero-filled, and an idle session waiting here
+        // holds only its small buffer.
+        match tokio::time::timeout(timeout, self.stream.read_buf(&mut self.rbuf)).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(ConnError::Timeout),
+        }
+    }
+
+    /// Gives back the room message text needed once the session is between commands again.
+    pub fn shrink_idle(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 4 * IDLE_BUFFER {
+            self.rbuf.shrink_to(IDLE_BUFFER);
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 4 * IDLE_BUFFER {
+            self.wbuf.shrink_to(IDLE_BUFFER / 2);
+        }
     }
 
     /// Waits up to `pause` for input; whether any arrived (pregreet detection).

@@ -36,6 +36,8 @@ pub struct Shared {
     pub events: events::EventSender,
     /// STARTTLS connectors, one per `config.backend.servers` entry.
     pub backend_tls: Vec<Option<tls::BackendConnector>>,
+    /// Reputation lists.
+    pub reputation: std::sync::Arc<crate::policy::reputation::Reputation>,
     /// Clients that passed recently.
     pub pass_cache: std::sync::Arc<crate::policy::pass_cache::PassCache>,
 }

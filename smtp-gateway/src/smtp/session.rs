@@ -266,6 +266,7 @@ impl Session {
                 if self.conn.flush().await.is_err() {
                     return;
                 }
+                self.conn.shrink_idle();
             }
             let read = tokio::select! {
                 biased;
@@ -560,6 +561,14 @@ impl Session {
                 Outcome::Pass => {}
             }
         }
+        let lists = self.shared.reputation.check_helo(&host);
+        if !lists.is_empty() {
+            match self.fire("reputation", format!("HELO {host} in {}", lists.join(", "))) {
+                Outcome::Drop => return self.drop_reply("HELO refused"),
+                Outcome::Reject => refused = Some("reputation"),
+                Outcome::Pass => {}
+            }
+        }
         if let Some(check) = refused {
             self.reply(Reply::new(
                 550,
@@ -595,6 +604,14 @@ impl Session {
             return Outcome::Pass;
         }
         self.dnsbl_done = true;
+        let lists = self.shared.reputation.check_ip(self.source());
+        if !lists.is_empty() {
+            let detail = format!("client address in {}", lists.join(", "));
+            let outcome = self.fire("reputation", detail);
+            if outcome != Outcome::Pass {
+                return outcome;
+            }
+        }
         let Some(task) = self.dnsbl.take() else {
             return Outcome::Pass;
         };
@@ -727,15 +744,32 @@ impl Session {
             return Flow::Continue;
         }
         match self.dnsbl_verdict().await {
-            Outcome::Drop => return self.drop_reply("Listed in DNSBL"),
+            Outcome::Drop => return self.drop_reply("Client host refused"),
             Outcome::Reject => {
                 self.reply(Reply::new(
                     554,
-                    "5.7.1 Service unavailable; client host listed in DNSBL",
+                    "5.7.1 Service unavailable; client host refused by policy",
                 ));
                 return Flow::Continue;
             }
             Outcome::Pass => {}
+        }
+        let lists = self.shared.reputation.check_sender(&from);
+        if !lists.is_empty() {
+            match self.fire(
+                "reputation",
+                format!("sender {from} in {}", lists.join(", ")),
+            ) {
+                Outcome::Drop => return self.drop_reply("Sender refused"),
+                Outcome::Reject => {
+                    self.reply(Reply::new(
+                        550,
+                        format!("5.7.1 <{from}>: sender refused by policy"),
+                    ));
+                    return self.count_error().unwrap_or(Flow::Continue);
+                }
+                Outcome::Pass => {}
+            }
         }
         if let Some(refusal) = self.score_refusal() {
             self.reply(refusal);

@@ -2,9 +2,14 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command},
     time::Duration,
 };
+
+/// The daemon under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_smtp-gateway");
 
 /// base64("\0user\0secret")
 pub const GOOD_PLAIN: &str = "AHVzZXIAc2VjcmV0";
@@ -104,5 +109,99 @@ impl<S: std::io::Read + Write> Client<S> {
             .expect("write");
         self.stream.get_mut().flush().expect("flush");
         self.reply()
+    }
+}
+
+/// The real daemon with the proxy on a free loopback port; killed, detached and cleaned on drop.
+pub struct Gateway {
+    pub child: Child,
+    pub dir: PathBuf,
+    config: PathBuf,
+    pub port: u16,
+    pin_dir: String,
+}
+
+impl Gateway {
+    pub fn start(tag: &str, backend: std::net::SocketAddr, smtp_extra: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("sgw-life-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("port");
+        let pin_dir = format!("/sys/fs/bpf/sgw-life-{}-{tag}", std::process::id());
+        let gw = Self {
+            child: Command::new("true").spawn().expect("placeholder"),
+            dir: dir.clone(),
+            config: dir.join("gateway.toml"),
+            port,
+            pin_dir,
+        };
+        gw.write_config(backend, smtp_extra);
+        let log = std::fs::File::create(dir.join("gateway.log")).expect("log");
+        let child = Command::new(BIN)
+            .arg("-c")
+            .arg(&gw.config)
+            .arg("run")
+            .stderr(log)
+            .spawn()
+            .expect("start");
+        let mut gw = gw;
+        let mut placeholder = std::mem::replace(&mut gw.child, child);
+        let _ = placeholder.wait();
+        gw.wait_log("SMTP listener ready");
+        gw
+    }
+
+    pub fn write_config(&self, backend: std::net::SocketAddr, smtp_extra: &str) {
+        let text = format!(
+            "[dataplane]\npin_dir = \"{}\"\n[smtp]\nhostname = \"gw.test\"\nlisteners = [{{ address = \"127.0.0.1:{}\" }}]\n{smtp_extra}\n\
+             [backend]\nservers = [{{ address = \"{backend}\", identity = \"none\" }}]\n[relay]\naccepted_domains = [\"example.org\"]\n",
+            self.pin_dir, self.port
+        );
+        std::fs::write(&self.config, text).expect("config");
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
+    }
+
+    pub fn wait_log(&self, needle: &str) {
+        for _ in 0..100 {
+            if self.log().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no {needle:?} in the log:\n{}", self.log());
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    pub fn client(&self) -> Client<TcpStream> {
+        let tcp = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut c = Client {
+            stream: BufReader::new(tcp),
+        };
+        let banner = c.reply();
+        assert!(banner.starts_with("220 "), "{banner}");
+        c
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new(BIN)
+            .arg("-c")
+            .arg(&self.config)
+            .arg("detach")
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
