@@ -32,6 +32,7 @@ const APT_PACKAGES: &[&str] = &[
     "libio-socket-inet6-perl",
     "openssl",
     "python3",
+    "nmap",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -188,12 +188,17 @@ impl Connection {
     }
 
     async fn fill(&mut self, timeout: Duration) -> Result<usize, ConnError> {
+        self.fill_until(tokio::time::Instant::now() + timeout).await
+    }
+
+    /// Reads more input, giving up at `deadline`.
+    async fn fill_until(&mut self, deadline: tokio::time::Instant) -> Result<usize, ConnError> {
         if self.rbuf.capacity() - self.rbuf.len() < MIN_SPARE {
             self.rbuf.reserve(READ_CHUNK);
         }
         // Reads into the spare capacity: nothing is zero-filled, and an idle session waiting here
         // holds only its small buffer.
-        match tokio::time::timeout(timeout, self.stream.read_buf(&mut self.rbuf)).await {
+        match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.rbuf)).await {
             Ok(Ok(n)) => Ok(n),
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(ConnError::Timeout),
@@ -247,6 +252,9 @@ impl Connection {
         max: usize,
         timeout: Duration,
     ) -> Result<Option<Line>, ConnError> {
+        // One deadline for the whole line: a client trickling a byte at a time gets no more time
+        // than a silent one.
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut too_long = false;
         let mut kept: Vec<u8> = Vec::new();
         loop {
@@ -271,7 +279,7 @@ impl Connection {
                 }
                 self.rbuf.clear();
             }
-            if self.fill(timeout).await? == 0 {
+            if self.fill_until(deadline).await? == 0 {
                 if too_long {
                     return Ok(Some(Line::new(kept, Ending::Eof, true)));
                 }

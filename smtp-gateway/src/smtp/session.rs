@@ -804,11 +804,14 @@ impl Session {
             self.reply(Reply::new(452, "4.5.3 Too many recipients"));
             return Flow::Continue;
         }
+        // The policy judges the path exactly as the client wrote it (the parser drops source
+        // routes, but the raw line, route included, is what the backend would receive).
+        let raw_path = raw_path(raw).unwrap_or_else(|| to.clone());
         match relay::check_recipient(
             &self.shared.config.relay,
             self.source(),
             self.authenticated,
-            &to,
+            &raw_path,
         ) {
             RelayVerdict::Accept { .. } => {}
             RelayVerdict::Reject {
@@ -975,6 +978,24 @@ impl Session {
     }
 }
 
+/// The path between `<` and `>` of a MAIL/RCPT line as the client wrote it (quotes respected).
+fn raw_path(line: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(line).ok()?;
+    let start = text.find('<')? + 1;
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in text[start..].char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '>' if !quoted => return Some(text[start..start + i].to_string()),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// smtp-proto refuses address literals in paths (`user@[198.51.100.7]`), which RFC 5321 4.1.2
 /// allows; such MAIL/RCPT paths are extracted here so the relay policy decides on them. The raw
 /// line (parameters included) is what gets forwarded.
@@ -1076,6 +1097,19 @@ fn non_smtp(line: &[u8]) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::non_smtp;
+
+    #[test]
+    fn raw_paths_keep_what_the_parser_drops() {
+        assert_eq!(
+            super::raw_path(b"RCPT TO:<@evil.test:user@example.org>").as_deref(),
+            Some("@evil.test:user@example.org")
+        );
+        assert_eq!(
+            super::raw_path(b"RCPT TO:<\"a>b\"@example.org> NOTIFY=NEVER").as_deref(),
+            Some("\"a>b\"@example.org")
+        );
+        assert_eq!(super::raw_path(b"RCPT TO:user@example.org"), None);
+    }
 
     #[test]
     fn address_literal_paths_reach_the_policy() {

@@ -1,0 +1,1587 @@
+//! End-to-end tests of the SMTP proxy: real `smtp-gateway run` daemons (one per test, own config,
+//! own free port, own pin directory) in front of one private Postfix per test binary, driven by
+//! swaks, smtp-source, Python's smtplib/ssl, nmap and raw sockets.
+//!
+//! Every client binds its own source address in 127.0.0.0/8 (never 127.0.0.1 unless the tool
+//! cannot bind), so the backend's `Received:` header and maillog prove which client identity the
+//! gateway passed on (XCLIENT or PROXY v2), and "nothing was delivered" can wait for the end of
+//! exactly that client's backend sessions. Every recipient local part is unique to its test: each
+//! has its own Maildir at the backend.
+//!
+//! Tests: delivery with XCLIENT / PROXY v2 identity; STARTTLS (swaks, smtplib + SMTPUTF8),
+//! implicit TLS, STARTTLS command injection; each check firing and passing (`check_*`); the
+//! anti-relay battery and nmap's smtp-open-relay; SMTP smuggling under `bare_newlines` reject and
+//! normalize; backend down / reset mid-DATA / failover; silent and trickling clients; 1,000
+//! concurrent sessions and smtp-source; the per-source connection cap. Product bugs these tests
+//! found are described in `tests/SMTP_BUGS.md`.
+//!
+//! Needs root (bpffs pins, Postfix), the `postfix` package (postfix, smtp-source), swaks (with
+//! `libnet-ssleay-perl`), python3, openssl; nmap is optional. Build the daemon first:
+//! `cargo build && cargo test -p smtp-gateway-tests --test smtp_proxy`. Set `SGW_KEEP_POSTFIX=1`
+//! to keep the backend's directory (maillog, Maildirs) for a post-mortem.
+
+// Support modules are written for several test binaries: not every helper is used by each.
+#[allow(dead_code)]
+#[path = "support/gateway.rs"]
+mod gateway;
+#[allow(dead_code)]
+#[path = "support/postfix.rs"]
+mod postfix;
+
+use std::{
+    io::{BufRead, BufReader, ErrorKind, Read, Write},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use gateway::{Gateway, GatewaySpec};
+use postfix::Postfix;
+
+/// Default wait for one reply.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Wait for a delivery to show up in a Maildir.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Wait for the backend sessions of a client to end and the queue to drain.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn src(s: &str) -> Ipv4Addr {
+    s.parse().expect("IPv4 source address")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw SMTP client
+// ---------------------------------------------------------------------------------------------
+
+/// One complete SMTP reply.
+#[derive(Debug, Clone)]
+struct Reply {
+    code: u16,
+    /// Every line as received, joined by "\n" (codes included).
+    text: String,
+}
+
+impl Reply {
+    fn has(&self, needle: &str) -> bool {
+        self.text.contains(needle)
+    }
+}
+
+/// A blocking SMTP client on a raw TCP socket bound to a chosen source address.
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    peer: SocketAddr,
+}
+
+impl Client {
+    fn try_connect(addr: SocketAddr, source: Ipv4Addr) -> std::io::Result<Client> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.bind(&SocketAddr::from((source, 0)).into())?;
+        socket.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+        let stream: TcpStream = socket.into();
+        stream.set_nodelay(true)?;
+        Ok(Client {
+            stream,
+            buf: Vec::new(),
+            peer: addr,
+        })
+    }
+
+    fn connect(addr: SocketAddr, source: Ipv4Addr) -> Client {
+        Self::try_connect(addr, source)
+            .unwrap_or_else(|e| panic!("connect {source} -> {addr}: {e}"))
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream
+            .write_all(bytes)
+            .unwrap_or_else(|e| panic!("write to {}: {e}", self.peer));
+    }
+
+    /// Takes one complete reply out of the buffer, if there is one.
+    fn parse_buffered(&mut self) -> Result<Option<Reply>, String> {
+        let mut pos = 0;
+        let mut lines = Vec::new();
+        while let Some(nl) = self.buf[pos..].iter().position(|b| *b == b'\n') {
+            let raw = &self.buf[pos..pos + nl];
+            let line = String::from_utf8_lossy(raw.strip_suffix(b"\r").unwrap_or(raw)).into_owned();
+            pos += nl + 1;
+            let b = line.as_bytes();
+            if b.len() < 3 || !b[..3].iter().all(u8::is_ascii_digit) {
+                return Err(format!("not an SMTP reply line: {line:?}"));
+            }
+            let last = match b.get(3) {
+                None | Some(b' ') => true,
+                Some(b'-') => false,
+                Some(_) => return Err(format!("not an SMTP reply line: {line:?}")),
+            };
+            let code = line[..3].parse().expect("three digits");
+            lines.push(line);
+            if last {
+                self.buf.drain(..pos);
+                return Ok(Some(Reply {
+                    code,
+                    text: lines.join("\n"),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The next reply, or why there is none (closed, timed out, garbage).
+    fn try_reply(&mut self, timeout: Duration) -> Result<Reply, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(reply) = self.parse_buffered()? {
+                return Ok(reply);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "no complete reply within {timeout:?}; buffered {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                ));
+            }
+            self.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .expect("set_read_timeout");
+            let mut chunk = [0u8; 16384];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    return Err(format!(
+                        "connection closed; buffered {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    ));
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => {
+                    return Err(format!(
+                        "read error {e}; buffered {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    ));
+                }
+            }
+        }
+    }
+
+    fn reply(&mut self) -> Reply {
+        self.try_reply(REPLY_TIMEOUT)
+            .unwrap_or_else(|e| panic!("reply from {}: {e}", self.peer))
+    }
+
+    /// Sends `line` + CRLF and returns the reply.
+    fn cmd(&mut self, line: &str) -> Reply {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// Sends `line` + CRLF and asserts the reply code.
+    fn expect(&mut self, line: &str, code: u16) -> Reply {
+        let reply = self.cmd(line);
+        assert_eq!(reply.code, code, "{line:?} -> {}", reply.text);
+        reply
+    }
+
+    fn banner(&mut self) -> Reply {
+        let reply = self.reply();
+        assert_eq!(reply.code, 220, "banner: {}", reply.text);
+        reply
+    }
+
+    /// Reads until the peer closes (or `timeout`): everything received, and whether it closed.
+    fn read_to_close(&mut self, timeout: Duration) -> (String, bool) {
+        let deadline = Instant::now() + timeout;
+        let mut closed = false;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .expect("set_read_timeout");
+            let mut chunk = [0u8; 16384];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&self.buf).into_owned();
+        self.buf.clear();
+        (text, closed)
+    }
+
+    /// Banner, EHLO `helo` (250 expected).
+    fn hello(addr: SocketAddr, source: Ipv4Addr, helo: &str) -> Client {
+        let mut c = Client::connect(addr, source);
+        c.banner();
+        c.expect(&format!("EHLO {helo}"), 250);
+        c
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// External tools
+// ---------------------------------------------------------------------------------------------
+
+struct Output {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Output {
+    fn all(&self) -> String {
+        format!("--- stdout:\n{}\n--- stderr:\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs a command, killed after `timeout` (then `ok` is false).
+fn run(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_reader = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_reader = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let ok = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status.success(),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break false;
+            }
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
+    let mut stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+    if Instant::now() >= deadline {
+        stderr.push_str(&format!("\n(killed after {timeout:?})"));
+    }
+    Output { ok, stdout, stderr }
+}
+
+/// swaks against `server` from `source`, HELO `helo`, to `rcpt`, with extra arguments.
+fn swaks(server: SocketAddr, source: Ipv4Addr, helo: &str, rcpt: &str, extra: &[&str]) -> Output {
+    let mut cmd = Command::new("swaks");
+    cmd.arg("--server")
+        .arg(server.to_string())
+        .arg("--local-interface")
+        .arg(source.to_string())
+        .args(["--ehlo", helo, "--from", "sender@example.net", "--to", rcpt])
+        .args(["--timeout", "20"])
+        .args(extra);
+    run(&mut cmd, Duration::from_secs(60))
+}
+
+/// `python3 -c script args...`; panics unless it exits 0.
+fn python(script: &str, args: &[String]) -> String {
+    let out = run(
+        Command::new("python3").arg("-c").arg(script).args(args),
+        Duration::from_secs(60),
+    );
+    assert!(out.ok, "python script failed\n{}", out.all());
+    out.stdout
+}
+
+// ---------------------------------------------------------------------------------------------
+// Message checks
+// ---------------------------------------------------------------------------------------------
+
+/// A body that exercises transparency: dots at line starts (a lone one included), a tab,
+/// trailing spaces, 8-bit UTF-8 and a 900-octet line.
+fn known_body() -> String {
+    let long: String = (0..900).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    [
+        "First line of the known body",
+        ".a line with a leading dot",
+        "..two leading dots",
+        ".",
+        "\tindented with a tab",
+        "trailing spaces   ",
+        "UTF-8: gr\u{fc}\u{df}e, \u{fc}n\u{ef}c\u{f6}d\u{e9}",
+        &long,
+        "last line",
+    ]
+    .join("\n")
+}
+
+/// Splits a stored message (LF line ends) into its header block and its body.
+fn split_message(msg: &[u8]) -> (String, Vec<u8>) {
+    let pos = msg
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .unwrap_or_else(|| {
+            panic!(
+                "no header/body separator in {:?}",
+                String::from_utf8_lossy(msg)
+            )
+        });
+    (
+        String::from_utf8_lossy(&msg[..pos]).into_owned(),
+        msg[pos + 2..].to_vec(),
+    )
+}
+
+/// The first (topmost, i.e. the backend's own) `Received:` header, unfolded.
+fn first_received(headers: &str) -> String {
+    let mut out: Option<String> = None;
+    for line in headers.lines() {
+        match &mut out {
+            None if line.to_ascii_lowercase().starts_with("received:") => out = Some(line.into()),
+            Some(h) if line.starts_with([' ', '\t']) => {
+                h.push(' ');
+                h.push_str(line.trim());
+            }
+            Some(_) => break,
+            None => {}
+        }
+    }
+    out.unwrap_or_else(|| panic!("no Received header in:\n{headers}"))
+}
+
+/// The message's body equals `body` byte for byte (swaks appends only line ends after it) and
+/// the backend's `Received:` names the client's address and HELO.
+fn assert_delivered_as_sent(msg: &[u8], body: &str, source: Ipv4Addr, helo: &str) {
+    let (headers, stored) = split_message(msg);
+    let mut stored_trimmed = stored.as_slice();
+    while let Some(rest) = stored_trimmed.strip_suffix(b"\n") {
+        stored_trimmed = rest;
+    }
+    assert!(
+        stored_trimmed == body.as_bytes(),
+        "body changed in transit\n--- sent:\n{body}\n--- stored:\n{}",
+        String::from_utf8_lossy(&stored)
+    );
+    let received = first_received(&headers);
+    assert!(
+        received.contains(&format!("[{source}]")) && received.contains(&format!("from {helo} ")),
+        "the backend's Received header does not show the client {source} / {helo}: {received}"
+    );
+    assert!(received.contains("by backend.test"), "{received}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1-2. Delivery and identity
+// ---------------------------------------------------------------------------------------------
+
+fn delivery_with_identity(backend: SocketAddr, identity: &'static str, source: &str, rcpt: &str) {
+    let pf = postfix::shared();
+    let gw = Gateway::start(GatewaySpec::new(backend, identity));
+    let source = src(source);
+    let helo = format!("mx{}.example.net", source.octets()[3]);
+    let body = known_body();
+    let out = swaks(
+        gw.addr(),
+        source,
+        &helo,
+        &format!("{rcpt}@example.org"),
+        &["--pipeline", "--body", &body],
+    );
+    assert!(out.ok, "swaks failed\n{}", out.all());
+    let msgs = pf.wait_messages(rcpt, 1, DELIVERY_TIMEOUT);
+    pf.settle(IpAddr::V4(source), 1, SETTLE_TIMEOUT);
+    assert_eq!(pf.count(rcpt), 1, "exactly one message for {rcpt}");
+    assert_delivered_as_sent(&msgs[0], &body, source, &helo);
+}
+
+#[test]
+fn delivers_with_xclient_identity() {
+    let pf = postfix::shared();
+    delivery_with_identity(pf.xclient, "xclient", "127.0.0.77", "xclient-identity");
+}
+
+#[test]
+fn delivers_with_proxy_v2_identity() {
+    let pf = postfix::shared();
+    delivery_with_identity(pf.proxy, "proxy-v2", "127.0.0.78", "proxy-identity");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. TLS
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn starttls_with_swaks_delivers() {
+    let pf = postfix::shared();
+    let gw = Gateway::start(GatewaySpec::new(pf.xclient, "xclient").tls());
+    let source = src("127.0.0.79");
+    let body = known_body();
+    let out = swaks(
+        gw.addr(),
+        source,
+        "mx79.example.net",
+        "tls-starttls@example.org",
+        &["--tls", "--body", &body],
+    );
+    assert!(out.ok, "swaks --tls failed\n{}", out.all());
+    assert!(
+        out.stdout.contains("STARTTLS") && out.stdout.contains("TLS started"),
+        "no TLS session in the transcript\n{}",
+        out.all()
+    );
+    let msgs = pf.wait_messages("tls-starttls", 1, DELIVERY_TIMEOUT);
+    assert_delivered_as_sent(&msgs[0], &body, source, "mx79.example.net");
+}
+
+const PY_SMTPUTF8: &str = r#"
+import smtplib, ssl, sys
+host, port, src, rcpt = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP(host, port, local_hostname="mx80.example.net", source_address=(src, 0), timeout=20)
+code, _ = s.ehlo()
+assert code == 250, code
+assert s.has_extn("starttls"), s.esmtp_features
+code, text = s.starttls(context=ctx)
+assert code == 220, (code, text)
+code, _ = s.ehlo()
+assert code == 250, code
+assert not s.has_extn("starttls"), "STARTTLS offered again inside TLS"
+assert s.has_extn("smtputf8"), s.esmtp_features
+sender = "j\u00f6rg.m\u00fcller@example.net"
+msg = ("From: J\u00f6rg M\u00fcller <" + sender + ">\r\nTo: <" + rcpt + ">\r\n"
+       "Subject: Gr\u00fc\u00dfe aus K\u00f6ln\r\n\r\nSch\u00f6ne Gr\u00fc\u00dfe, \u00fcn\u00efc\u00f6d\u00e9\r\n").encode("utf-8")
+refused = s.sendmail(sender, [rcpt], msg, mail_options=["SMTPUTF8"])
+assert not refused, refused
+s.quit()
+print("delivered")
+"#;
+
+#[test]
+fn starttls_with_python_smtputf8_delivers() {
+    let pf = postfix::shared();
+    let gw = Gateway::start(GatewaySpec::new(pf.xclient, "xclient").tls());
+    let out = python(
+        PY_SMTPUTF8,
+        &[
+            "127.0.0.1".into(),
+            gw.addr().port().to_string(),
+            "127.0.0.80".into(),
+            "tls-smtputf8@example.org".into(),
+        ],
+    );
+    assert!(out.contains("delivered"), "{out}");
+    let msgs = pf.wait_messages("tls-smtputf8", 1, DELIVERY_TIMEOUT);
+    let text = String::from_utf8_lossy(&msgs[0]).into_owned();
+    assert!(
+        text.contains("Return-Path: <j\u{f6}rg.m\u{fc}ller@example.net>"),
+        "UTF-8 envelope sender lost:\n{text}"
+    );
+    assert!(
+        text.contains("Subject: Gr\u{fc}\u{df}e aus K\u{f6}ln")
+            && text.contains("Sch\u{f6}ne Gr\u{fc}\u{df}e, \u{fc}n\u{ef}c\u{f6}d\u{e9}"),
+        "UTF-8 header/body changed:\n{text}"
+    );
+    let (headers, _) = split_message(&msgs[0]);
+    let received = first_received(&headers);
+    assert!(
+        received.contains("[127.0.0.80]") && received.contains("from mx80.example.net "),
+        "{received}"
+    );
+}
+
+#[test]
+fn implicit_tls_listener_delivers() {
+    let pf = postfix::shared();
+    let gw = Gateway::start(
+        GatewaySpec::new(pf.xclient, "xclient")
+            .tls()
+            .listener("smtps"),
+    );
+    let source = src("127.0.0.81");
+    let body = known_body();
+    let out = swaks(
+        gw.listeners[1],
+        source,
+        "mx81.example.net",
+        "tls-implicit@example.org",
+        &["--tls-on-connect", "--body", &body],
+    );
+    assert!(out.ok, "swaks --tls-on-connect failed\n{}", out.all());
+    let msgs = pf.wait_messages("tls-implicit", 1, DELIVERY_TIMEOUT);
+    assert_delivered_as_sent(&msgs[0], &body, source, "mx81.example.net");
+}
+
+const PY_STARTTLS_INJECTION: &str = r#"
+import json, socket, ssl, sys
+host, port, src = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out = {}
+buf = b""
+def reply(sock):
+    global buf
+    while True:
+        pos = 0
+        lines = []
+        while True:
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                break
+            line = buf[pos:nl].rstrip(b"\r")
+            pos = nl + 1
+            lines.append(line)
+            if len(line) < 4 or line[3:4] == b" ":
+                buf = buf[pos:]
+                return b"\n".join(lines).decode("utf-8", "replace")
+        data = sock.recv(4096)
+        if not data:
+            raise EOFError("closed; buffered %r" % buf)
+        buf += data
+s = socket.create_connection((host, port), timeout=10, source_address=(src, 0))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+out["banner"] = reply(s)
+s.sendall(b"EHLO mx82.example.net\r\n")
+out["ehlo"] = reply(s)
+s.sendall(b"STARTTLS\r\nRSET\r\n")
+out["starttls"] = reply(s)
+# Anything more in plaintext now would answer the injected RSET.
+s.settimeout(0.5)
+try:
+    extra = s.recv(4096, socket.MSG_PEEK)
+except (TimeoutError, BlockingIOError):
+    extra = b""
+out["plaintext_after_220"] = (buf + extra).decode("latin-1")
+if out["plaintext_after_220"]:
+    print(json.dumps(out))
+    sys.exit(0)
+s.settimeout(10)
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+t = ctx.wrap_socket(s, server_hostname="gw.test")
+out["tls_version"] = t.version()
+# Anything received before we say something inside TLS answers the injected RSET.
+t.settimeout(1.0)
+try:
+    early = t.recv(4096)
+    out["closed_after_handshake"] = early == b""
+except TimeoutError:
+    early = b""
+out["tls_unsolicited"] = early.decode("latin-1")
+t.settimeout(10)
+buf = early
+t.sendall(b"EHLO mx82.example.net\r\n")
+out["ehlo_tls"] = reply(t)
+t.sendall(b"QUIT\r\n")
+out["quit"] = reply(t)
+print(json.dumps(out))
+"#;
+
+#[test]
+fn starttls_command_injection_is_not_answered() {
+    let pf = postfix::shared();
+    let gw = Gateway::start(GatewaySpec::new(pf.xclient, "xclient").tls());
+    let out = python(
+        PY_STARTTLS_INJECTION,
+        &[
+            "127.0.0.1".into(),
+            gw.addr().port().to_string(),
+            "127.0.0.82".into(),
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("script JSON");
+    let get = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+    assert!(
+        get("ehlo").contains("STARTTLS"),
+        "STARTTLS not offered: {v}"
+    );
+    assert!(get("starttls").starts_with("220"), "STARTTLS: {v}");
+    assert_eq!(
+        get("plaintext_after_220"),
+        "",
+        "the gateway answered the RSET injected after STARTTLS in plaintext: {v}"
+    );
+    assert_eq!(
+        get("tls_unsolicited"),
+        "",
+        "the gateway answered the injected RSET inside the TLS session: {v}"
+    );
+    let ehlo = get("ehlo_tls");
+    assert!(
+        ehlo.starts_with("250-gw.test") && !ehlo.contains("STARTTLS"),
+        "first reply inside TLS must be the EHLO reply (without STARTTLS): {v}"
+    );
+    assert!(get("quit").starts_with("221"), "{v}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Checks: each fires on a misbehaving client and lets a well-behaved one through
+// ---------------------------------------------------------------------------------------------
+
+/// A gateway with default checks in front of the XCLIENT backend.
+fn default_gateway(pf: &Postfix) -> Gateway {
+    Gateway::start(GatewaySpec::new(pf.xclient, "xclient"))
+}
+
+/// Asserts the connection got a reply with `code` and was closed, and never got `not_code`.
+fn assert_closed_with(c: &mut Client, code: &str, not: &[&str], what: &str) {
+    let (text, closed) = c.read_to_close(Duration::from_secs(5));
+    assert!(
+        text.lines().any(|l| l.starts_with(code)),
+        "{what}: expected {code}, got {text:?}"
+    );
+    for n in not {
+        assert!(
+            !text.lines().any(|l| l.starts_with(n)),
+            "{what}: unexpected {n} in {text:?}"
+        );
+    }
+    assert!(closed, "{what}: connection not closed after {text:?}");
+}
+
+/// A well-behaved client session that sends one message to `rcpt@example.org`.
+fn send_one(c: &mut Client, rcpt: &str) {
+    c.expect("MAIL FROM:<sender@example.net>", 250);
+    c.expect(&format!("RCPT TO:<{rcpt}@example.org>"), 250);
+    c.expect("DATA", 354);
+    c.send(
+        format!("From: <sender@example.net>\r\nTo: <{rcpt}@example.org>\r\nSubject: t\r\n\r\nhello\r\n.\r\n")
+            .as_bytes(),
+    );
+    let r = c.reply();
+    assert_eq!(r.code, 250, "end of data: {}", r.text);
+}
+
+#[test]
+fn check_pregreet() {
+    let pf = postfix::shared();
+    let gw = Gateway::start(GatewaySpec::new(pf.xclient, "xclient").smtp("greet_pause", "\"1s\""));
+    let source = src("127.0.1.1");
+
+    // Fires: EHLO right after connecting, before the banner is complete.
+    let mut c = Client::connect(gw.addr(), source);
+    c.send(b"EHLO mx.example.net\r\n");
+    assert_closed_with(&mut c, "521", &["250"], "pregreet");
+
+    // Passes: a client that waits for the final "220 " line.
+    let start = Instant::now();
+    let mut c = Client::connect(gw.addr(), source);
+    let banner = c.banner();
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "the banner came before the greet pause ended ({:?}): {}",
+        start.elapsed(),
+        banner.text
+    );
+    c.expect("EHLO mx.example.net", 250);
+    c.expect("QUIT", 221);
+
+    // Passes: swaks waits for the banner and delivers.
+    let out = swaks(
+        gw.addr(),
+        src("127.0.1.2"),
+        "mx.example.net",
+        "check-pregreet@example.org",
+        &[],
+    );
+    assert!(out.ok, "swaks through the greet pause\n{}", out.all());
+    pf.wait_messages("check-pregreet", 1, DELIVERY_TIMEOUT);
+}
+
+#[test]
+fn check_pipelining_before_ehlo_reply() {
+    let pf = postfix::shared();
+    let gw = default_gateway(pf);
+    let source = src("127.0.1.3");
+
+    let mut c = Client::connect(gw.addr(), source);
+    c.banner();
+    c.send(b"EHLO a\r\nMAIL FROM:<>\r\n");
+    assert_closed_with(&mut c, "421", &["250"], "pipelining before the EHLO reply");
+
+    // Passes: pipelining after the EHLO reply (RFC 2920) is legitimate.
+    let mut c = Client::hello(gw.addr(), source, "mx.example.net");
+    c.send(b"MAIL FROM:<sender@example.net>\r\nRCPT TO:<check-pipelining@example.org>\r\n");
+    let mail = c.reply();
+    let rcpt = c.reply();
+    assert_eq!((mail.code, rcpt.code), (250, 250), "{mail:?} {rcpt:?}");
+    c.expect("DATA", 354);
+    c.send(b"Subject: pipelined\r\n\r\nhello\r\n.\r\n");
+    assert_eq!(c.reply().code, 250);
+    c.expect("QUIT", 221);
+    pf.wait_messages("check-pipelining", 1, DELIVERY_TIMEOUT);
+}
+
+#[test]
+fn check_message_text_before_354() {
+    let pf = postfix::shared();
+    let gw = default_gateway(pf);
+    let source = src("127.0.1.4");
+
+    let mut c = Client::hello(gw.addr(), source, "mx.example.net");
+    c.expect("MAIL FROM:<sender@example.net>", 250);
+    c.expect("RCPT TO:<check-early-text@example.org>", 250);
+    c.send(b"DATA\r\nSubject: too early\r\n\r\nhello\r\n.\r\n");
+    assert_closed_with(&mut c, "421", &["354", "250"], "text before 354");
+    pf.settle(IpAddr::V4(source), 1, SETTLE_TIMEOUT);
+    assert_eq!(
+        pf.count("check-early-text"),
+        0,
+        "text sent before 354 was delivered"
+    );
+
+    let mut c = Client::hello(gw.addr(), source, "mx.example.net");
+    send_one(&mut c, "check-late-text");
+    c.expect("QUIT", 221);
+    pf.wait_messages("check-late-text", 1, DELIVERY_TIMEOUT);
+}
+
+#[test]
+fn check_non_smtp() {
+    let pf = postfix::shared();
+    let gw = default_gateway(pf);
+    let source = src("127.0.1.5");
+
+    let mut c = Client::connect(gw.addr(), source);
+    c.banner();
+    c.send(b"GET / HTTP/1.1\r\nHost: gw.test\r\n\r\n");
+    assert_closed_with(&mut c, "421", &["250", "500"], "HTTP request");
+
+    let mut c = Client::hello(gw.addr(), source, "mx.example.net");
+    c.expect("QUIT", 221);
+}
+
+#[test]
+fn check_bare_lf_in_command() {
+    let pf = postfix::shared();
+    let gw = default_gateway(pf);
+    let source = src("127.0.1.6");
+
+    let mut c = Client::connect(gw.addr(), source);
+    c.banner();
+    c.send(b"EHLO mx.example.net\n");
+    assert_closed_with(&mut c, "421", &["250"], "bare LF in a command");
+
+    let mut c = Client::connect(gw.addr(), source);
+    c.banner();
+    c.send(b"EHLO mx.example\rnet\r\n");
+    assert_closed_with(&mut c, "421", &["250"], "bare CR in a command");
+
+    let mut c = Client::hello(gw.addr(), source, "mx.example.net");
+    c.expect("QUIT", 221);
+}
+
+#[test]
+fn check_nul_byte() {
+    let pf = postfix::shared();
+    let gw = default_gateway(pf);
+    let source = src("127.0.1.7");
+
+    let mut c = Client::connect(gw.addr(), source);
+    c.banner();
+    c.send(b"EHLO mx.exa\0mple.net\r\n");
+    assert_closed_with(&mut c, "421", &["250"], "NUL in a command");
+
+    let mut c = Client::hello(gw.addr(), source, "mx.example.net");
+    c.expect("QUIT", 221);
+}
+
+#[test]
+fn check_long_command_line() {
+    let pf = postfix::shared();
+    let gw = default_gateway(pf);
+    let source = src("127.0.1.8");
+
+    let mut c = Client::hello(gw.addr(), source, "mx.example.net");
+    // 5 + 600 + 2 octets: over 512. Refused (500), the session goes on (long_line = reject).
+    let r = c.cmd(&format!("NOOP {}", "x".repeat(600)));
+    assert_eq!(r.code, 500, "line over 512 octets: {}", r.text);
+    // Exactly 512 octets, CRLF included: fine.
+    let r = c.cmd(&format!("NOOP {}", "x".repeat(505)));
+    assert_eq!(r.code, 250, "line of exactly 512 octets: {}", r.text);
+    // A long RCPT must not be cut and executed either.
+    c.expect("MAIL FROM:<sender@example.net>", 250);
+    let long_rcpt = format!(
+        "RCPT TO:<check-long-line@example.org> X-PAD={}",
+        "y".repeat(600)
+    );
+    let r = c.cmd(&long_rcpt);
+    assert_eq!(r.code, 500, "long RCPT: {}", r.text);
+    c.expect("QUIT", 221);
+}
+
+#[test]
+fn check_helo_invalid() {
+    let pf = postfix::shared();
+    let gw = default_gateway(pf);
+    let source = src("127.0.1.9");
+
+    let mut c = Client::connect(gw.addr(), source);
+    c.banner();
+    let r = c.cmd("EHLO -bad-");
+    assert_eq!(r.code, 550, "EHLO -bad-: {}", r.text);
+    let r = c.cmd("HELO bad_name!.example");
+    assert_eq!(r.code, 550, "HELO bad_name!.example: {}", r.text);
+    // The refused HELO leaves the client without a HELO: MAIL is refused.
+    let r = c.cmd("MAIL FROM:<sender@example.net>");
+    assert_eq!(r.code, 503, "MAIL after a refused HELO: {}", r.text);
+    c.expect("EHLO mx.example.net", 250);
+    c.expect("QUIT", 221);
+}
+
+#[test]
+fn check_helo_own_name() {
+    let pf = postfix::shared();
+    let gw = default_gateway(pf);
+    let source = src("127.0.1.10");
+
+    let mut failures = Vec::new();
+    let mut c = Client::connect(gw.addr(), source);
+    c.banner();
+    for helo in ["gw.test", "GW.Test."] {
+        let r = c.cmd(&format!("EHLO {helo}"));
+        if r.code != 550 {
+            failures.push(format!(
+                "EHLO {helo} (the gateway's own name) -> {}",
+                r.text.replace('\n', " | ")
+            ));
+        }
+    }
+    // The gateway's own address as a literal (the client is 127.0.1.10, the gateway 127.0.0.1).
+    // It also scores literal_mismatch (tarpit): no QUIT after it.
+    let r = c.cmd("EHLO [127.0.0.1]");
+    if r.code != 550 {
+        failures.push(format!(
+            "EHLO [127.0.0.1] (the gateway's own address) -> {}",
+            r.text.replace('\n', " | ")
+        ));
+    }
+    drop(c);
+    let mut c = Client::hello(gw.addr(), source, "mx.example.net");
+    c.expect("QUIT", 221);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn check_too_many_unknown_commands() {
+    let pf = postfix::shared();
+    let gw = default_gateway(pf);
+    let source = src("127.0.1.11");
+
+    // max_unknown_commands = 3: the fourth closes the session.
+    let mut c = Client::hello(gw.addr(), source, "mx.example.net");
+    for i in 1..=3 {
+        c.expect(&format!("XYZZY{i}"), 500);
+    }
+    c.send(b"XYZZY4\r\n");
+    assert_closed_with(&mut c, "421", &["250"], "fourth unknown command");
+
+    let mut c = Client::hello(gw.addr(), source, "mx.example.net");
+    for i in 1..=3 {
+        c.expect(&format!("XYZZY{i}"), 500);
+    }
+    c.expect("NOOP", 250);
+    c.expect("QUIT", 221);
+}
+
+#[test]
+fn check_max_recipients() {
+    let pf = postfix::shared();
+    let gw = Gateway::start(GatewaySpec::new(pf.xclient, "xclient").smtp("max_recipients", "2"));
+    let source = src("127.0.1.12");
+
+    let mut c = Client::hello(gw.addr(), source, "mx.example.net");
+    c.expect("MAIL FROM:<sender@example.net>", 250);
+    c.expect("RCPT TO:<check-maxrcpt-a@example.org>", 250);
+    c.expect("RCPT TO:<check-maxrcpt-b@example.org>", 250);
+    let r = c.cmd("RCPT TO:<check-maxrcpt-c@example.org>");
+    assert_eq!(
+        r.code, 452,
+        "third recipient with max_recipients = 2: {}",
+        r.text
+    );
+    c.expect("DATA", 354);
+    c.send(b"Subject: two recipients\r\n\r\nhello\r\n.\r\n");
+    assert_eq!(c.reply().code, 250);
+    c.expect("QUIT", 221);
+    pf.wait_messages("check-maxrcpt-a", 1, DELIVERY_TIMEOUT);
+    pf.wait_messages("check-maxrcpt-b", 1, DELIVERY_TIMEOUT);
+    pf.settle(IpAddr::V4(source), 1, SETTLE_TIMEOUT);
+    assert_eq!(
+        pf.count("check-maxrcpt-c"),
+        0,
+        "the refused recipient got mail"
+    );
+}
+
+#[test]
+fn check_rcpt_unaccepted_domain() {
+    let pf = postfix::shared();
+    let gw = default_gateway(pf);
+    let source = src("127.0.1.13");
+
+    let mut c = Client::hello(gw.addr(), source, "mx.example.net");
+    c.expect("MAIL FROM:<sender@example.net>", 250);
+    let r = c.cmd("RCPT TO:<someone@example.com>");
+    assert!(r.code == 550 && r.has("5.7.1"), "{}", r.text);
+    c.expect("RCPT TO:<check-domain-ok@example.org>", 250);
+    c.expect("DATA", 354);
+    c.send(b"Subject: t\r\n\r\nhello\r\n.\r\n");
+    assert_eq!(c.reply().code, 250);
+    c.expect("QUIT", 221);
+    pf.wait_messages("check-domain-ok", 1, DELIVERY_TIMEOUT);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Relay battery
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn relay_battery() {
+    let pf = postfix::shared();
+    let gw = default_gateway(pf);
+    let bad_source = src("127.0.4.1");
+    let bad = [
+        "user@example.com",
+        "user@EXAMPLE.COM.",
+        "user%evil.test@example.org",
+        "@relay.example.org:user@evil.test",
+        // A source route towards an accepted domain: relay.rs refuses source routes for every
+        // client (a backend honouring routes would send the message to evil.test first).
+        "@evil.test:user@example.org",
+        "evil.test!user@example.org",
+        "\"user@evil.test\"@example.org",
+        "user@[127.0.0.1]",
+        "user@example.org.evil.test",
+        "user@notexample.org",
+    ];
+    let mut failures = Vec::new();
+    for (i, rcpt) in bad.iter().enumerate() {
+        // One session each, with a sender unique to the probe: if anything got through, the
+        // backend's qmgr logs that sender.
+        let mut c = Client::hello(gw.addr(), bad_source, "mx.example.net");
+        c.expect(&format!("MAIL FROM:<relay-probe-{i}@example.net>"), 250);
+        let r = c.cmd(&format!("RCPT TO:<{rcpt}>"));
+        if !(r.code == 550 && r.has("5.7.1")) {
+            failures.push(format!("RCPT TO:<{rcpt}> -> {}", r.text));
+        }
+        let data = c.cmd("DATA");
+        if data.code == 354 {
+            failures.push(format!("DATA after RCPT TO:<{rcpt}> -> 354"));
+            c.send(b"Subject: relayed\r\n\r\nrelayed\r\n.\r\n");
+            let _ = c.try_reply(REPLY_TIMEOUT);
+        }
+        let _ = c.try_reply(Duration::ZERO);
+        c.send(b"QUIT\r\n");
+        let _ = c.read_to_close(Duration::from_secs(5));
+    }
+    pf.settle(IpAddr::V4(bad_source), bad.len(), SETTLE_TIMEOUT);
+    let log = pf.maillog();
+    for (i, rcpt) in bad.iter().enumerate() {
+        if log.contains(&format!("from=<relay-probe-{i}@example.net>")) {
+            failures.push(format!("the backend queued a message for RCPT TO:<{rcpt}>"));
+        }
+    }
+    for local in [
+        "user",
+        "user%evil.test",
+        "evil.test!user",
+        "\"user@evil.test\"",
+    ] {
+        if pf.count(local) > 0 {
+            failures.push(format!("a Maildir for {local:?} received mail"));
+        }
+    }
+
+    // The accepted domain in other cases, with a trailing dot: accepted and delivered.
+    let good_source = src("127.0.4.2");
+    for rcpt in [
+        "Relay-Ok-A@Example.ORG.",
+        "relay-ok-b@example.org",
+        "RELAY-OK-C@EXAMPLE.ORG",
+    ] {
+        let mut c = Client::hello(gw.addr(), good_source, "mx.example.net");
+        c.expect("MAIL FROM:<sender@example.net>", 250);
+        let r = c.cmd(&format!("RCPT TO:<{rcpt}>"));
+        if r.code != 250 {
+            failures.push(format!("RCPT TO:<{rcpt}> (accepted domain) -> {}", r.text));
+            continue;
+        }
+        c.expect("DATA", 354);
+        c.send(b"Subject: accepted\r\n\r\nhello\r\n.\r\n");
+        assert_eq!(c.reply().code, 250);
+        c.expect("QUIT", 221);
+        let local = rcpt.split('@').next().expect("local part");
+        pf.wait_messages(local, 1, DELIVERY_TIMEOUT);
+    }
+    assert!(
+        failures.is_empty(),
+        "relay battery:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn relay_nmap_smtp_open_relay() {
+    // Optional tool: skipped (not failed) when nmap is not installed.
+    if Command::new("nmap").arg("--version").output().is_err() {
+        eprintln!("nmap not installed: smtp-open-relay sub-test skipped");
+        return;
+    }
+    let pf = postfix::shared();
+    // nmap runs all its relay probes in one session: let it finish them all (no drop after 10
+    // errors, no tarpit or score refusal), so every probe meets the anti-relay check itself.
+    let gw = Gateway::start(
+        GatewaySpec::new(pf.xclient, "xclient")
+            .smtp("max_errors", "100")
+            .extra("[score]\ntarpit = 100\ntempfail = 100\nreject = 100"),
+    );
+    let port = gw.addr().port().to_string();
+    // `+` runs the script whatever service nmap guesses for the port (no -sV needed). The
+    // domain is also nmap's EHLO name.
+    let out = run(
+        Command::new("nmap")
+            .args(["-n", "-Pn", "-p", &port, "--script", "+smtp-open-relay"])
+            .args([
+                "--script-args",
+                "smtp-open-relay.domain=nmap.example.net,smtp-open-relay.ip=127.0.0.1",
+            ])
+            .arg("127.0.0.1"),
+        Duration::from_secs(120),
+    );
+    assert!(out.ok, "nmap failed\n{}", out.all());
+    assert!(
+        out.stdout.contains("doesn't seem to be an open relay"),
+        "nmap did not conclude \"not an open relay\"\n{}",
+        out.all()
+    );
+    assert!(
+        !out.stdout.contains("Server is an open relay"),
+        "nmap found an open relay\n{}",
+        out.all()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Smuggling
+// ---------------------------------------------------------------------------------------------
+
+/// End-of-data look-alikes (SEC Consult 2023, hannob/smtpsmug).
+const SMUGGLE_VARIANTS: [(&str, &[u8]); 8] = [
+    ("\\n.\\n", b"\n.\n"),
+    ("\\n.\\r\\n", b"\n.\r\n"),
+    ("\\r.\\r", b"\r.\r"),
+    ("\\r\\n.\\r", b"\r\n.\r"),
+    ("\\r.\\r\\n", b"\r.\r\n"),
+    ("\\r\\n.\\n", b"\r\n.\n"),
+    ("\\n.\\r", b"\n.\r"),
+    ("\\r.\\n", b"\r.\n"),
+];
+
+/// One transaction to `first@example.org` whose text hides a second transaction, from
+/// `smuggle-<tag>@evil.test` to `smuggled-<tag>@example.org`, behind `variant`. Returns the reply
+/// to the (real) end of data.
+fn smuggle(
+    gw: &Gateway,
+    source: Ipv4Addr,
+    first: &str,
+    tag: &str,
+    variant: &[u8],
+) -> Result<Reply, String> {
+    let mut c = Client::hello(gw.addr(), source, "mx.example.net");
+    c.expect("MAIL FROM:<probe@example.net>", 250);
+    c.expect(&format!("RCPT TO:<{first}@example.org>"), 250);
+    c.expect("DATA", 354);
+    let mut payload = format!(
+        "From: <probe@example.net>\r\nTo: <{first}@example.org>\r\nSubject: smuggling probe\r\n\r\ntext"
+    )
+    .into_bytes();
+    payload.extend_from_slice(variant);
+    payload.extend_from_slice(
+        format!(
+            "MAIL FROM:<smuggle-{tag}@evil.test>\r\nRCPT TO:<smuggled-{tag}@example.org>\r\n\
+             DATA\r\nFrom: <smuggle-{tag}@evil.test>\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n"
+        )
+        .as_bytes(),
+    );
+    c.send(&payload);
+    let reply = c.try_reply(REPLY_TIMEOUT);
+    // Whatever happens next (QUIT answered or connection closed) is not the point.
+    c.send(b"QUIT\r\n");
+    let _ = c.read_to_close(Duration::from_secs(3));
+    reply
+}
+
+fn smuggling_battery(policy: &str, net: u8) {
+    let pf = postfix::shared();
+    let gw = Gateway::start(
+        GatewaySpec::new(pf.xclient, "xclient").smtp("bare_newlines", format!("\"{policy}\"")),
+    );
+    let mut failures = Vec::new();
+    let mut delivered_firsts = Vec::new();
+    for (i, (name, variant)) in SMUGGLE_VARIANTS.iter().enumerate() {
+        let source = Ipv4Addr::new(127, 0, net, i as u8 + 1);
+        let first = format!("smug-{policy}-{i}");
+        let tag = format!("{policy}-{i}");
+        match smuggle(&gw, source, &first, &tag, variant) {
+            Ok(r) if policy == "reject" => {
+                if !(r.code == 554 && r.has("5.6.0")) {
+                    failures.push(format!(
+                        "{name}: end of data -> {} (expected 554 5.6.0)",
+                        r.text
+                    ));
+                }
+            }
+            Ok(r) => {
+                if r.code == 250 {
+                    delivered_firsts.push((name, first.clone()));
+                } else if r.code != 554 {
+                    failures.push(format!("{name}: end of data -> {}", r.text));
+                }
+            }
+            Err(e) => failures.push(format!("{name}: no reply to the end of data: {e}")),
+        }
+        pf.settle(IpAddr::V4(source), 1, SETTLE_TIMEOUT);
+        let smuggled = pf.count(&format!("smuggled-{tag}"));
+        if smuggled > 0 {
+            failures.push(format!(
+                "{name}: {smuggled} smuggled message(s) delivered to smuggled-{tag}@example.org"
+            ));
+        }
+        if pf
+            .maillog()
+            .contains(&format!("from=<smuggle-{tag}@evil.test>"))
+        {
+            failures.push(format!(
+                "{name}: the backend queued a message from smuggle-{tag}@evil.test"
+            ));
+        }
+        if policy == "reject" && pf.count(&first) > 0 {
+            failures.push(format!("{name}: the refused message was delivered anyway"));
+        }
+    }
+    for (name, first) in &delivered_firsts {
+        let msgs = pf.wait_messages(first, 1, DELIVERY_TIMEOUT);
+        let text = String::from_utf8_lossy(&msgs[0]).into_owned();
+        if !text.contains("MAIL FROM:<smuggle-") || !text.contains("RCPT TO:<smuggled-") {
+            failures.push(format!(
+                "{name}: normalized message lacks the would-be smuggled commands as text:\n{text}"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "smuggling ({policy}):\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn smuggling_bare_newlines_reject() {
+    smuggling_battery("reject", 2);
+}
+
+#[test]
+fn smuggling_bare_newlines_normalize() {
+    smuggling_battery("normalize", 3);
+}
+
+#[test]
+fn normalize_keeps_leading_dots_after_bare_newlines() {
+    // A dot that follows a bare CR or LF was not at a line start for the client, so the client did
+    // not stuff it; once normalised it is at a line start and must reach the mailbox intact.
+    let pf = postfix::shared();
+    let gw = Gateway::start(
+        GatewaySpec::new(pf.xclient, "xclient").smtp("bare_newlines", "\"normalize\""),
+    );
+    let source = src("127.0.3.100");
+    let mut c = Client::hello(gw.addr(), source, "mx.example.net");
+    c.expect("MAIL FROM:<sender@example.net>", 250);
+    c.expect("RCPT TO:<normalize-dots@example.org>", 250);
+    c.expect("DATA", 354);
+    c.send(
+        b"Subject: dots\r\n\r\nline1\r.after-cr\r\nline2\n.after-lf\r\n..stuffed\r\n\
+          line3\r\n.\r\n",
+    );
+    let r = c.reply();
+    assert_eq!(r.code, 250, "{}", r.text);
+    c.expect("QUIT", 221);
+    let msgs = pf.wait_messages("normalize-dots", 1, DELIVERY_TIMEOUT);
+    let (_, body) = split_message(&msgs[0]);
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "line1\n.after-cr\nline2\n.after-lf\n.stuffed\nline3\n",
+        "normalised text as delivered"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Backend failures
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn backend_down_gives_451_and_session_survives() {
+    let dead = SocketAddr::from(([127, 0, 0, 1], gateway::free_port()));
+    let gw = Gateway::start(GatewaySpec::new(dead, "xclient"));
+    let mut c = Client::hello(gw.addr(), src("127.0.5.1"), "mx.example.net");
+    let r = c.cmd("MAIL FROM:<sender@example.net>");
+    assert_eq!(r.code, 451, "MAIL with the backend down: {}", r.text);
+    let r = c.cmd("RCPT TO:<backend-down@example.org>");
+    assert!(r.code >= 400, "RCPT without a transaction: {}", r.text);
+    c.expect("NOOP", 250);
+    let r = c.cmd("MAIL FROM:<sender@example.net>");
+    assert_eq!(r.code, 451, "second MAIL with the backend down: {}", r.text);
+    c.expect("QUIT", 221);
+}
+
+/// A fake backend (identity none): answers up to 354, then resets the connection. Connection
+/// 0 resets right after 354, connection 1 after the message text arrived.
+fn fake_backend_resetting_in_data() -> (SocketAddr, thread::JoinHandle<Vec<String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake backend");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let handle = thread::spawn(move || {
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut served = 0;
+        while served < 2 && Instant::now() < deadline {
+            let stream = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                Err(e) => panic!("fake backend accept: {e}"),
+            };
+            let mode = served;
+            served += 1;
+            stream.set_nonblocking(false).expect("blocking");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut w = stream.try_clone().expect("clone");
+            let mut r = BufReader::new(stream);
+            let _ = w.write_all(b"220 fake.backend ESMTP\r\n");
+            loop {
+                let mut line = Vec::new();
+                match r.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                seen.push(format!("{mode}: {text}"));
+                let verb = text.split(' ').next().unwrap_or("").to_ascii_uppercase();
+                let answer: &[u8] = match verb.as_str() {
+                    "EHLO" | "HELO" => b"250-fake.backend\r\n250 PIPELINING\r\n",
+                    "MAIL" => b"250 2.1.0 Ok\r\n",
+                    "RCPT" => b"250 2.1.5 Ok\r\n",
+                    "QUIT" => b"221 2.0.0 Bye\r\n",
+                    "DATA" => {
+                        let _ = w.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n");
+                        if mode == 1 {
+                            let mut text = Vec::new();
+                            let _ = r.read_until(b'\n', &mut text);
+                            seen.push(format!("{mode}: text {:?}", String::from_utf8_lossy(&text)));
+                        } else {
+                            thread::sleep(Duration::from_millis(100));
+                        }
+                        // Reset, not a polite close.
+                        let _ = socket2::SockRef::from(&w).set_linger(Some(Duration::ZERO));
+                        seen.push(format!("{mode}: reset"));
+                        break;
+                    }
+                    _ => b"250 2.0.0 Ok\r\n",
+                };
+                if w.write_all(answer).is_err() {
+                    break;
+                }
+            }
+        }
+        seen
+    });
+    (addr, handle)
+}
+
+#[test]
+fn backend_reset_during_data_gives_451() {
+    let (fake, handle) = fake_backend_resetting_in_data();
+    let gw = Gateway::start(GatewaySpec::new(fake, "none"));
+    let mut failures = Vec::new();
+    for mode in 0..2 {
+        let mut c = Client::hello(gw.addr(), src("127.0.5.2"), "mx.example.net");
+        c.expect("MAIL FROM:<sender@example.net>", 250);
+        c.expect("RCPT TO:<backend-reset@example.org>", 250);
+        c.expect("DATA", 354);
+        thread::sleep(Duration::from_millis(300));
+        c.send(b"Subject: reset\r\n\r\nline 1\r\nline 2\r\n.\r\n");
+        match c.try_reply(REPLY_TIMEOUT) {
+            Ok(r) if r.code == 451 => {}
+            Ok(r) => failures.push(format!(
+                "backend reset (mode {mode}): end of data -> {}",
+                r.text
+            )),
+            Err(e) => failures.push(format!("backend reset (mode {mode}): {e}")),
+        }
+        c.send(b"QUIT\r\n");
+        match c.try_reply(REPLY_TIMEOUT) {
+            Ok(r) if r.code == 221 => {}
+            other => failures.push(format!(
+                "QUIT after the backend reset (mode {mode}): {other:?}"
+            )),
+        }
+    }
+    drop(gw);
+    let seen = handle.join().expect("fake backend");
+    assert!(
+        failures.is_empty(),
+        "{}\n--- fake backend saw:\n{}",
+        failures.join("\n"),
+        seen.join("\n")
+    );
+}
+
+#[test]
+fn backend_failover_to_second_server() {
+    let pf = postfix::shared();
+    let dead = SocketAddr::from(([127, 0, 0, 1], gateway::free_port()));
+    let mut spec = GatewaySpec::new(dead, "xclient");
+    spec.backends.push((pf.xclient, "xclient"));
+    let gw = Gateway::start(spec);
+    let source = src("127.0.5.3");
+    let body = known_body();
+    let out = swaks(
+        gw.addr(),
+        source,
+        "mx.example.net",
+        "backend-failover@example.org",
+        &["--body", &body],
+    );
+    assert!(out.ok, "swaks with the first backend down\n{}", out.all());
+    let msgs = pf.wait_messages("backend-failover", 1, DELIVERY_TIMEOUT);
+    assert_delivered_as_sent(&msgs[0], &body, source, "mx.example.net");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Timeouts
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn silent_client_times_out() {
+    let pf = postfix::shared();
+    let gw =
+        Gateway::start(GatewaySpec::new(pf.xclient, "xclient").smtp("command_timeout", "\"1s\""));
+    let mut c = Client::connect(gw.addr(), src("127.0.8.1"));
+    c.banner();
+    let start = Instant::now();
+    let r = c
+        .try_reply(Duration::from_secs(6))
+        .unwrap_or_else(|e| panic!("silent client: no 421 within 6 s: {e}"));
+    let waited = start.elapsed();
+    assert!(r.code == 421 && r.has("4.4.2"), "{}", r.text);
+    assert!(
+        waited >= Duration::from_millis(800) && waited <= Duration::from_secs(4),
+        "421 after {waited:?} with command_timeout = 1s"
+    );
+    let (rest, closed) = c.read_to_close(Duration::from_secs(3));
+    assert!(
+        closed,
+        "connection still open after the timeout reply (then got {rest:?})"
+    );
+}
+
+#[test]
+fn trickling_client_times_out() {
+    // command_timeout is the time to send one command (RFC 5321 4.5.3.2), not the time between
+    // two bytes: a client trickling a command one byte at a time must not hold a session forever.
+    let pf = postfix::shared();
+    let gw =
+        Gateway::start(GatewaySpec::new(pf.xclient, "xclient").smtp("command_timeout", "\"1s\""));
+    let mut c = Client::connect(gw.addr(), src("127.0.8.2"));
+    c.banner();
+    let start = Instant::now();
+    let mut got = None;
+    for byte in b"NOOP this command never ends".iter().cycle().take(20) {
+        if c.stream.write_all(&[*byte]).is_err() {
+            break;
+        }
+        if let Ok(r) = c.try_reply(Duration::from_millis(400)) {
+            got = Some((r, start.elapsed()));
+            break;
+        }
+    }
+    let (r, after) = got.unwrap_or_else(|| {
+        panic!(
+            "a client sending one byte every 400 ms is still connected after {:?} with \
+             command_timeout = 1s (no reply at all)",
+            start.elapsed()
+        )
+    });
+    assert!(r.code == 421 && r.has("4.4.2"), "{}", r.text);
+    assert!(
+        after <= Duration::from_secs(3),
+        "421 only after {after:?} with command_timeout = 1s"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Load
+// ---------------------------------------------------------------------------------------------
+
+fn raise_nofile(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+#[test]
+fn thousand_concurrent_sessions() {
+    raise_nofile(8192);
+    let pf = postfix::shared();
+    let gw = Gateway::start(
+        GatewaySpec::new(pf.xclient, "xclient")
+            .smtp("max_connections", "1100")
+            .smtp("max_connections_per_source", "300"),
+    );
+    let start = Instant::now();
+    let mut clients = Vec::with_capacity(1000);
+    for i in 0..1000u32 {
+        let source = Ipv4Addr::new(127, 0, 6, (i % 4) as u8 + 1);
+        clients.push(
+            Client::try_connect(gw.addr(), source)
+                .unwrap_or_else(|e| panic!("connection {i} from {source}: {e}")),
+        );
+    }
+    let mut failures = Vec::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        match c.try_reply(REPLY_TIMEOUT) {
+            Ok(r) if r.code == 220 => {}
+            Ok(r) => failures.push(format!("connection {i}: {}", r.text)),
+            Err(e) => failures.push(format!("connection {i}: {e}")),
+        }
+    }
+    let all_greeted = start.elapsed();
+    assert!(
+        failures.is_empty(),
+        "{} of 1000 sessions got no banner, e.g.:\n{}",
+        failures.len(),
+        failures[..failures.len().min(10)].join("\n")
+    );
+    // Still delivering while 1000 sessions are open.
+    let out = swaks(
+        gw.addr(),
+        src("127.0.6.10"),
+        "mx.example.net",
+        "load-concurrent@example.org",
+        &["--pipeline"],
+    );
+    assert!(out.ok, "swaks with 1000 sessions open\n{}", out.all());
+    pf.wait_messages("load-concurrent", 1, DELIVERY_TIMEOUT);
+    eprintln!("1000 sessions greeted in {all_greeted:?}");
+    drop(clients);
+}
+
+#[test]
+fn smtp_source_200_messages() {
+    let pf = postfix::shared();
+    let gw = Gateway::start(
+        GatewaySpec::new(pf.xclient, "xclient").smtp("max_connections_per_source", "100"),
+    );
+    let start = Instant::now();
+    let out = run(
+        Command::new("smtp-source")
+            .args([
+                "-s",
+                "20",
+                "-m",
+                "200",
+                "-l",
+                "1024",
+                "-M",
+                "mx-load.example.net",
+            ])
+            .args(["-f", "a@example.net", "-t", "load-source@example.org"])
+            .arg(format!("127.0.0.1:{}", gw.addr().port())),
+        Duration::from_secs(120),
+    );
+    let sent = start.elapsed();
+    assert!(out.ok, "smtp-source failed\n{}", out.all());
+    pf.wait_messages("load-source", 200, Duration::from_secs(90));
+    let delivered = start.elapsed();
+    pf.settle(IpAddr::V4(src("127.0.0.1")), 0, SETTLE_TIMEOUT);
+    assert_eq!(pf.count("load-source"), 200, "exactly 200 messages");
+    eprintln!("smtp-source: 200 messages sent in {sent:?}, delivered after {delivered:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. Connection caps
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn per_source_connection_cap() {
+    let pf = postfix::shared();
+    let gw = Gateway::start(
+        GatewaySpec::new(pf.xclient, "xclient").smtp("max_connections_per_source", "2"),
+    );
+    let source = src("127.0.7.1");
+    let mut first = Client::connect(gw.addr(), source);
+    first.banner();
+    let mut second = Client::connect(gw.addr(), source);
+    second.banner();
+    let mut third = Client::connect(gw.addr(), source);
+    let (text, closed) = third.read_to_close(Duration::from_secs(5));
+    assert!(
+        text.starts_with("421") && closed,
+        "third concurrent connection from {source}: {text:?} (closed: {closed})"
+    );
+    // Another source is not affected.
+    let mut other = Client::connect(gw.addr(), src("127.0.7.2"));
+    other.banner();
+    // A slot comes back when a session ends.
+    first.expect("QUIT", 221);
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = Client::connect(gw.addr(), source);
+        let r = again.reply();
+        if r.code == 220 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no slot for {source} 5 s after a session ended: {}",
+            r.text
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    second.expect("QUIT", 221);
+    other.expect("QUIT", 221);
+}

@@ -1,0 +1,435 @@
+//! One private Postfix instance per test binary, the backend behind the gateways under test.
+//!
+//! [`shared`] starts it on first use (in `$TMPDIR/sgw-smtp-pf-<pid>`) and registers a `libc::atexit`
+//! handler that stops it (`postfix -c DIR stop`, then a kill of the master by PID) and removes its
+//! directory when the test process exits, tests failed or not. Instances left behind by a test
+//! process that was killed are reaped by the next one that starts (their owner PID is dead).
+//!
+//! Listeners, each on a free 127.0.0.1 port:
+//! - [`Postfix::xclient`]: XCLIENT allowed from 127.0.0.1 (`smtpd_authorized_xclient_hosts`);
+//! - [`Postfix::proxy`]: every connection starts with a PROXY header
+//!   (`smtpd_upstream_proxy_protocol = haproxy`).
+//!
+//! `example.org` is delivered by a `pipe` transport into one Maildir per recipient local part,
+//! lowercased (`mail/<local>/new/`), so tests running in parallel never share a mailbox; every
+//! other domain goes to `discard`. The backend accepts bare newlines
+//! (`smtpd_forbid_bare_newline = no`) and trusts all of 127.0.0.0/8 (`mynetworks`): it is an
+//! open relay for loopback clients, so the gateway is the only thing protecting it.
+
+use std::{
+    fs,
+    io::Read,
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::OnceLock,
+    thread,
+    time::{Duration, Instant},
+};
+
+/// Directory name prefix of the instances (followed by the owner's PID).
+const PREFIX: &str = "sgw-smtp-pf-";
+
+/// UID/GID the `pipe` delivery runs as (`nobody`).
+const NOBODY: u32 = 65534;
+
+/// A running private Postfix.
+pub struct Postfix {
+    /// Instance directory (`main.cf`, `master.cf`, `queue/`, `data/`, `mail/`, `maillog`).
+    pub dir: PathBuf,
+    /// The XCLIENT-authorised listener.
+    pub xclient: SocketAddr,
+    /// The PROXY-protocol listener.
+    pub proxy: SocketAddr,
+}
+
+static INSTANCE: OnceLock<Postfix> = OnceLock::new();
+
+/// The instance of this test binary, started on first use.
+pub fn shared() -> &'static Postfix {
+    INSTANCE.get_or_init(|| {
+        reap_stale();
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Postfix::start() {
+                Ok(pf) => {
+                    // SAFETY: registering a plain extern "C" function; it only touches INSTANCE.
+                    unsafe { libc::atexit(stop_at_exit) };
+                    return pf;
+                }
+                // Most likely a port taken between choosing it and Postfix binding it: retry.
+                Err(e) => last = e,
+            }
+        }
+        panic!("cannot start the Postfix backend: {last}");
+    })
+}
+
+extern "C" fn stop_at_exit() {
+    if let Some(pf) = INSTANCE.get() {
+        if std::env::var_os("SGW_KEEP_POSTFIX").is_some() {
+            eprintln!("postfix instance kept in {}", pf.dir.display());
+            stop_instance(&pf.dir);
+            return;
+        }
+        stop_instance(&pf.dir);
+        let _ = fs::remove_dir_all(&pf.dir);
+    }
+}
+
+/// A port nobody listens on right now (127.0.0.1).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Runs a command with stdout/stderr captured, killed after `timeout`.
+fn run(cmd: &mut Command, timeout: Duration) -> Result<(bool, String), String> {
+    let dir = std::env::temp_dir();
+    let out_path = dir.join(format!(
+        "sgw-pf-cmd-{}-{:?}.out",
+        std::process::id(),
+        thread::current().id()
+    ));
+    let out = fs::File::create(&out_path).map_err(|e| e.to_string())?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let text = fs::read_to_string(&out_path).unwrap_or_default();
+    let _ = fs::remove_file(&out_path);
+    match status {
+        Some(s) => Ok((s.success(), text)),
+        None => Err(format!("{cmd:?} timed out after {timeout:?}: {text}")),
+    }
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+}
+
+fn master_pid(dir: &Path) -> Option<i32> {
+    fs::read_to_string(dir.join("queue/pid/master.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Stops the instance in `dir`: `postfix stop`, then SIGKILL of the master if it is still there.
+fn stop_instance(dir: &Path) {
+    let pid = master_pid(dir);
+    let _ = run(
+        Command::new("postfix").arg("-c").arg(dir).arg("stop"),
+        Duration::from_secs(10),
+    );
+    if let Some(pid) = pid {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pid_alive(pid) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        if pid_alive(pid) {
+            // SAFETY: the master of our own instance, by PID.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Stops and removes instances whose owning test process no longer exists.
+fn reap_stale() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(owner) = name
+            .strip_prefix(PREFIX)
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if owner == std::process::id() as i32 || pid_alive(owner) {
+            continue;
+        }
+        let dir = entry.path();
+        if dir.join("main.cf").exists() {
+            stop_instance(&dir);
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .map_err(|e| format!("chown {}: {e}", path.display()))
+}
+
+fn postfix_ids() -> Result<(u32, u32), String> {
+    let name = std::ffi::CString::new("postfix").expect("no NUL");
+    // SAFETY: getpwnam returns NULL or a pointer to static storage, read at once.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        return Err("no `postfix` user (is the postfix package installed?)".into());
+    }
+    // SAFETY: checked non-null above.
+    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+impl Postfix {
+    fn start() -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!("{PREFIX}{}", std::process::id()));
+        if dir.exists() {
+            stop_instance(&dir);
+            let _ = fs::remove_dir_all(&dir);
+        }
+        let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+        for sub in ["queue", "data", "mail"] {
+            fs::create_dir_all(dir.join(sub)).map_err(|e| io(sub, e))?;
+        }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(|e| io("chmod", e))?;
+        let (pf_uid, pf_gid) = postfix_ids()?;
+        chown(&dir.join("data"), pf_uid, pf_gid)?;
+        chown(&dir.join("mail"), NOBODY, NOBODY)?;
+
+        let xclient = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let d = dir.display();
+        let deliver = dir.join("deliver.sh");
+        // One Maildir per (lowercased) local part; `/` cannot escape the mail directory.
+        fs::write(
+            &deliver,
+            format!(
+                "#!/bin/sh\n\
+                 u=$(printf %s \"$1\" | tr '/' '_')\n\
+                 d={d}/mail/\"$u\"\n\
+                 mkdir -p \"$d/tmp\" \"$d/new\" \"$d/cur\" || exit 75\n\
+                 f=\"$(date +%s.%N).$$\"\n\
+                 cat > \"$d/tmp/$f\" || exit 75\n\
+                 mv \"$d/tmp/$f\" \"$d/new/$f\" || exit 75\n"
+            ),
+        )
+        .map_err(|e| io("deliver.sh", e))?;
+        fs::set_permissions(&deliver, fs::Permissions::from_mode(0o755))
+            .map_err(|e| io("chmod deliver.sh", e))?;
+        let main_cf = format!(
+            "compatibility_level = 3.6\n\
+             queue_directory = {d}/queue\n\
+             data_directory = {d}/data\n\
+             mail_owner = postfix\n\
+             maillog_file = {d}/maillog\n\
+             maillog_file_prefixes = {d}\n\
+             inet_interfaces = 127.0.0.1\n\
+             inet_protocols = ipv4\n\
+             myhostname = backend.test\n\
+             mydestination =\n\
+             alias_maps =\n\
+             alias_database =\n\
+             local_recipient_maps =\n\
+             biff = no\n\
+             virtual_mailbox_domains = example.org\n\
+             virtual_mailbox_maps = static:ok\n\
+             virtual_transport = sink\n\
+             sink_destination_recipient_limit = 1\n\
+             smtpd_peername_lookup = no\n\
+             smtp_dns_support_level = disabled\n\
+             default_transport = discard\n\
+             relay_transport = discard\n\
+             smtpd_authorized_xclient_hosts = 127.0.0.1\n\
+             smtpd_forbid_bare_newline = no\n\
+             mynetworks = 127.0.0.0/8\n\
+             smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n\
+             master_service_disable =\n\
+             queue_run_delay = 1s\n\
+             minimal_backoff_time = 1s\n\
+             maximal_backoff_time = 2s\n\
+             in_flow_delay = 0s\n\
+             default_process_limit = 200\n"
+        );
+        fs::write(dir.join("main.cf"), main_cf).map_err(|e| io("main.cf", e))?;
+        let master_cf = format!(
+            "{xclient} inet n - n - - smtpd\n\
+             {proxy} inet n - n - - smtpd -o smtpd_upstream_proxy_protocol=haproxy\n\
+             pickup    unix  n       -       n       60      1       pickup\n\
+             cleanup   unix  n       -       n       -       0       cleanup\n\
+             qmgr      unix  n       -       n       300     1       qmgr\n\
+             rewrite   unix  -       -       n       -       -       trivial-rewrite\n\
+             bounce    unix  -       -       n       -       0       bounce\n\
+             defer     unix  -       -       n       -       0       bounce\n\
+             trace     unix  -       -       n       -       0       bounce\n\
+             verify    unix  -       -       n       -       1       verify\n\
+             flush     unix  n       -       n       1000?   0       flush\n\
+             proxymap  unix  -       -       n       -       -       proxymap\n\
+             smtp      unix  -       -       n       -       -       smtp\n\
+             relay     unix  -       -       n       -       -       smtp\n\
+             error     unix  -       -       n       -       -       error\n\
+             retry     unix  -       -       n       -       -       error\n\
+             discard   unix  -       -       n       -       -       discard\n\
+             anvil     unix  -       -       n       -       1       anvil\n\
+             scache    unix  -       -       n       -       1       scache\n\
+             postlog   unix-dgram n  -       n       -       1       postlogd\n\
+             sink      unix  -       n       n       -       -       pipe\n  \
+               flags=DRu user=nobody argv={deliver} ${{user}}\n",
+            deliver = deliver.display()
+        );
+        fs::write(dir.join("master.cf"), master_cf).map_err(|e| io("master.cf", e))?;
+
+        let (ok, out) = run(
+            Command::new("postfix").arg("-c").arg(&dir).arg("start"),
+            Duration::from_secs(60),
+        )?;
+        let pf = Postfix {
+            dir,
+            xclient,
+            proxy,
+        };
+        let fail = |why: String| {
+            let log = pf.maillog();
+            stop_instance(&pf.dir);
+            let _ = fs::remove_dir_all(&pf.dir);
+            Err(format!(
+                "{why}\n--- postfix output:\n{out}\n--- maillog:\n{log}"
+            ))
+        };
+        if !ok {
+            return fail("`postfix start` failed".into());
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for addr in [xclient, proxy] {
+            loop {
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return fail(format!("Postfix does not listen on {addr}"));
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(pf)
+    }
+
+    /// The whole maillog so far.
+    pub fn maillog(&self) -> String {
+        fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
+    }
+
+    /// The last `n` lines of the maillog (for failure messages).
+    pub fn maillog_tail(&self, n: usize) -> String {
+        let log = self.maillog();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// `mail/<local>/new` of a recipient local part.
+    fn new_dir(&self, local: &str) -> PathBuf {
+        self.dir
+            .join("mail")
+            .join(local.to_lowercase().replace('/', "_"))
+            .join("new")
+    }
+
+    /// Messages delivered to `local@example.org` so far (file contents, oldest first).
+    pub fn messages(&self, local: &str) -> Vec<Vec<u8>> {
+        let Ok(entries) = fs::read_dir(self.new_dir(local)) else {
+            return Vec::new();
+        };
+        let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        files.sort();
+        files
+            .iter()
+            .filter_map(|p| {
+                let mut v = Vec::new();
+                fs::File::open(p).ok()?.read_to_end(&mut v).ok()?;
+                Some(v)
+            })
+            .collect()
+    }
+
+    /// How many messages `local@example.org` received.
+    pub fn count(&self, local: &str) -> usize {
+        fs::read_dir(self.new_dir(local))
+            .map(|e| e.count())
+            .unwrap_or(0)
+    }
+
+    /// Waits until `local@example.org` holds at least `n` messages (panics after `timeout`).
+    pub fn wait_messages(&self, local: &str, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let have = self.count(local);
+            if have >= n {
+                return self.messages(local);
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{local}@example.org: {have} message(s) after {timeout:?}, expected {n}\n\
+                     --- maillog tail:\n{}",
+                    self.maillog_tail(40)
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Number of finished backend sessions of client `ip` (as told by XCLIENT or PROXY).
+    pub fn disconnects(&self, ip: IpAddr) -> usize {
+        let needle = format!("[{ip}]");
+        self.maillog()
+            .lines()
+            .filter(|l| l.contains("postfix/smtpd") && l.contains("disconnect from"))
+            .filter(|l| l.contains(&needle))
+            .count()
+    }
+
+    /// Whether the queue holds no message (incoming, active, deferred, hold, maildrop).
+    pub fn queue_empty(&self) -> bool {
+        ["incoming", "active", "deferred", "hold", "maildrop"]
+            .iter()
+            .all(|q| count_files(&self.dir.join("queue").join(q)) == 0)
+    }
+
+    /// Waits (bounded) until `sessions` backend sessions of `ip` have ended and the queue is
+    /// empty, plus a short grace: after this, whatever those sessions could deliver has been.
+    pub fn settle(&self, ip: IpAddr, sessions: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.disconnects(ip) < sessions && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        while !self.queue_empty() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() { count_files(&p) } else { 1 }
+        })
+        .sum()
+}
