@@ -566,3 +566,98 @@ fn pregreeting_client_is_banned_in_the_kernel_unless_allowlisted() {
     let log = std::fs::read_to_string(sb.dir.join("daemon.log")).expect("log");
     assert!(log.contains("not banned: source is allowlisted"), "{log}");
 }
+
+/// A network namespace with a bridge interface (no native XDP support; the dummy module is not
+/// always available); deleted on drop.
+struct DummyNetns(String);
+
+impl DummyNetns {
+    fn new() -> Self {
+        let name = format!("sgwcli{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let ok = Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip")
+                .success();
+            assert!(ok, "ip {args:?}");
+        };
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        ip(&["netns", "add", &name]);
+        let ns = DummyNetns(name.clone());
+        ip(&["-n", &name, "link", "add", "d0", "type", "bridge"]);
+        ip(&["-n", &name, "link", "set", "d0", "up"]);
+        ns
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.0)).arg(BIN);
+        c
+    }
+}
+
+impl Drop for DummyNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn unsupported_driver_mode_is_a_clear_error_and_skb_mode_attaches() {
+    let ns = DummyNetns::new();
+    let sb = Sandbox::new("interfaces = [\"d0\"]\nattach_mode = \"driver\"\n");
+    let out = ns
+        .command()
+        .arg("-c")
+        .arg(&sb.config)
+        .arg("run")
+        .output()
+        .expect("run");
+    assert!(
+        !out.status.success(),
+        "driver mode on a bridge must not silently fall back"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("driver mode failed") && err.contains("attach_mode = \"skb\""),
+        "{err}"
+    );
+    let link = Command::new("ip")
+        .args(["-n", &ns.0, "link", "show", "d0"])
+        .output()
+        .expect("ip");
+    assert!(
+        !stdout(&link).contains("xdp"),
+        "nothing attached: {}",
+        stdout(&link)
+    );
+
+    let text = std::fs::read_to_string(&sb.config)
+        .expect("config")
+        .replace("\"driver\"", "\"skb\"");
+    std::fs::write(&sb.config, text).expect("config");
+    let log = std::fs::File::create(sb.dir.join("skb.log")).expect("log");
+    let child = ns
+        .command()
+        .arg("-c")
+        .arg(&sb.config)
+        .arg("run")
+        .stderr(log)
+        .spawn()
+        .expect("run");
+    let _daemon = Daemon(child);
+    wait_for(
+        || std::fs::read_to_string(sb.dir.join("skb.log")).is_ok_and(|l| l.contains("ready")),
+        "the daemon in skb mode",
+    );
+    let link = Command::new("ip")
+        .args(["-n", &ns.0, "link", "show", "d0"])
+        .output()
+        .expect("ip");
+    assert!(
+        stdout(&link).contains("xdpgeneric"),
+        "generic XDP attached: {}",
+        stdout(&link)
+    );
+}
