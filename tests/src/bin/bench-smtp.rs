@@ -24,6 +24,7 @@
 //! PID when the benchmark ends, on error too; the gateway's pins (under
 //! `/sys/fs/bpf/sgw-bench-smtp-<pid>-<n>`) are removed with `smtp-gateway detach`.
 
+use smtp_gateway_tests::{machine, thousands};
 use std::{
     fmt::Write as _,
     fs::File,
@@ -1006,35 +1007,6 @@ fn run(settings: &Settings) -> Result<()> {
     let load = (load_start, loadavg());
     print!("{}", report(settings, &tp, &mem, &load));
     Ok(())
-}
-
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn machine() -> String {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("Linux {kernel}, {cpu}, {cpus} CPUs")
 }
 
 /// The 1, 5 and 15 minute load averages.

@@ -20,6 +20,7 @@
 #[path = "../../tests/support/frames.rs"]
 mod frames;
 
+use smtp_gateway_tests::{machine, thousands};
 use std::{
     fmt::Write as _,
     io::{BufWriter, Write as _},
@@ -543,35 +544,6 @@ fn toml_string(s: &str) -> String {
     }
     out.push('"');
     out
-}
-
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn machine() -> String {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("Linux {kernel}, {cpu}, {cpus} CPUs")
 }
 
 fn print_report(
