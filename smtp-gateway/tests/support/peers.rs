@@ -188,7 +188,10 @@ impl Gateway {
             stream: BufReader::new(tcp),
         };
         let banner = c.reply();
-        assert!(banner.starts_with("220 "), "{banner}");
+        assert!(
+            banner.lines().last().is_some_and(|l| l.starts_with("220 ")),
+            "{banner}"
+        );
         c
     }
 }
