@@ -81,6 +81,7 @@ pub async fn run(
     config: watch::Receiver<crate::config::Config>,
     dataplane: SharedDataplane,
     mut events: broadcast::Receiver<Event>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> u64 {
     let mut counts: HashMap<(IpAddr, &'static str), u32> = HashMap::new();
@@ -122,6 +123,7 @@ pub async fn run(
         match result {
             Ok(Ok(true)) => {
                 bans += 1;
+                metrics.ban();
                 tracing::info!(%source, check, ttl = %humantime::format_duration(ttl), bans, "source banned in the kernel");
             }
             Ok(Ok(false)) => tracing::info!(%source, check, "not banned: source is allowlisted"),

@@ -65,6 +65,8 @@ pub struct Config {
     pub reputation: crate::policy::reputation::ReputationConfig,
     /// Session verdicts that ban sources in the kernel.
     pub autoban: crate::autoban::AutobanConfig,
+    /// The Prometheus endpoint.
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// `[dataplane]`: the kernel half of the gateway.
@@ -255,6 +257,7 @@ impl Config {
         self.dnsbl.validate()?;
         self.reputation.validate()?;
         self.autoban.validate()?;
+        self.metrics.validate()?;
         Ok(())
     }
 

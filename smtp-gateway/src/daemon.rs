@@ -39,6 +39,8 @@ pub enum DaemonError {
     Dnsbl(#[from] crate::policy::dnsbl::DnsblError),
     #[error(transparent)]
     Reputation(#[from] crate::policy::reputation::ReputationError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// The data plane shared by the daemon's tasks.
@@ -57,10 +59,31 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<(), Dae
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (config_tx, config_rx) = watch::channel(config.clone());
     let (events, events_rx) = crate::smtp::events::channel();
+    // One set of counters for the whole run: reload generations share it.
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let metrics_server = if config.metrics.enabled {
+        let listener = crate::metrics::bind(&config.metrics).await?;
+        Some(tokio::spawn(crate::metrics::serve(
+            listener,
+            metrics.clone(),
+            Some(dataplane.clone()),
+            config_rx.clone(),
+            shutdown_rx.clone(),
+        )))
+    } else {
+        tracing::info!("metrics.enabled is false: no metrics endpoint");
+        None
+    };
+    let checks_counter = tokio::spawn(
+        metrics
+            .clone()
+            .count_events(events.subscribe(), shutdown_rx.clone()),
+    );
     let autoban = tokio::spawn(crate::autoban::run(
         config_rx.clone(),
         dataplane.clone(),
         events_rx,
+        metrics.clone(),
         shutdown_rx.clone(),
     ));
     let pass_cache = Arc::new(crate::policy::pass_cache::PassCache::new(
@@ -71,6 +94,7 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<(), Dae
         &config,
         events.clone(),
         pass_cache.clone(),
+        metrics.clone(),
         shutdown_rx.clone(),
     )?;
     let sweeper = tokio::spawn(sweep_loop(dataplane.clone(), config_rx, shutdown_rx));
@@ -89,23 +113,32 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<(), Dae
                 let proxy_ctx = proxy.as_ref().map(|p| ProxyReload {
                     events: events.clone(),
                     pass_cache: pass_cache.clone(),
+                    metrics: metrics.clone(),
                     shared: &p.shared,
                 });
                 match reload(path, &old, &dataplane, proxy_ctx).await {
                     Ok(new) => {
+                        metrics.reload(true);
                         tracing::info!(path = %path.display(), "configuration reloaded");
                         let _ = config_tx.send(new);
                     }
-                    Err(e) => tracing::error!(
-                        error = %e,
-                        "configuration reload failed; the previous configuration stays in force"
-                    ),
+                    Err(e) => {
+                        metrics.reload(false);
+                        tracing::error!(
+                            error = %e,
+                            "configuration reload failed; the previous configuration stays in force"
+                        );
+                    }
                 }
             }
         }
     };
     let _ = shutdown_tx.send(true);
     let _ = sweeper.await;
+    let _ = checks_counter.await;
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
     if let Some(proxy) = proxy {
         if fast {
             proxy.handle.abort();
@@ -124,6 +157,7 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<(), Dae
 struct ProxyReload<'a> {
     events: crate::smtp::events::EventSender,
     pass_cache: Arc<crate::policy::pass_cache::PassCache>,
+    metrics: Arc<crate::metrics::Metrics>,
     shared: &'a watch::Sender<Arc<crate::smtp::Shared>>,
 }
 
@@ -139,6 +173,7 @@ fn build_shared(
     config: &Config,
     events: crate::smtp::events::EventSender,
     pass_cache: Arc<crate::policy::pass_cache::PassCache>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<crate::smtp::Shared, DaemonError> {
     let tls = config
         .smtp
@@ -176,6 +211,7 @@ fn build_shared(
         events,
         reputation,
         pass_cache,
+        metrics,
     })
 }
 
@@ -184,13 +220,14 @@ fn start_proxy(
     config: &Config,
     events: crate::smtp::events::EventSender,
     pass_cache: Arc<crate::policy::pass_cache::PassCache>,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Option<Proxy>, DaemonError> {
     if config.smtp.listeners.is_empty() {
         tracing::info!("smtp.listeners is empty: the SMTP proxy is off");
         return Ok(None);
     }
-    let shared = Arc::new(build_shared(config, events, pass_cache)?);
+    let shared = Arc::new(build_shared(config, events, pass_cache, metrics)?);
     let mut listeners = Vec::new();
     for l in &config.smtp.listeners {
         listeners.push((l.clone(), crate::smtp::server::bind(l)?));
@@ -263,11 +300,21 @@ async fn reload(
     // Built first and without side effects: a certificate that cannot be read leaves everything
     // as it was.
     let generation = match &proxy {
-        Some(p) => Some(build_shared(&new, p.events.clone(), p.pass_cache.clone())?),
+        Some(p) => Some(build_shared(
+            &new,
+            p.events.clone(),
+            p.pass_cache.clone(),
+            p.metrics.clone(),
+        )?),
         None => None,
     };
     if old.smtp.listeners != new.smtp.listeners {
         tracing::warn!("smtp.listeners changes take effect only after a restart");
+    }
+    if old.metrics.enabled != new.metrics.enabled || old.metrics.listen != new.metrics.listen {
+        tracing::warn!(
+            "metrics.enabled and metrics.listen changes take effect only after a restart"
+        );
     }
     let (o, n) = (&old.dataplane, &new.dataplane);
     if o.pin_dir != n.pin_dir || o.capacity != n.capacity || o.attach_mode != n.attach_mode {

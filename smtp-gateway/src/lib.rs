@@ -8,6 +8,7 @@
 //! - `dataplane/`: everything about the kernel half (load, attach, pins, maps, lists, import,
 //!   counters, expiry);
 //! - `autoban.rs`: session verdicts -> kernel blocklist entries with a TTL;
+//! - `metrics.rs`: `[metrics]` and the Prometheus `GET /metrics` endpoint;
 //! - `daemon.rs`: `smtp-gateway run` — attach, push the config, sweep, reload, stop;
 //! - `smtp/`: the SMTP filtering proxy (listeners, sessions, checks, forwarding, TLS);
 //! - `policy/`: pure verdict functions (anti-relay, HELO, DNSBL);
@@ -19,6 +20,7 @@ pub mod autoban;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod metrics;
 pub mod policy;
 pub mod signal;
 pub mod smtp;

@@ -30,7 +30,7 @@ impl Sandbox {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sgw-cli-{id}"));
         let config = dir.join("gateway.toml");
         let text = format!(
-            "[dataplane]\npin_dir = \"{}\"\n{extra}\n[dataplane.capacity]\nblock_v4 = 4096\nblock_v6 = 4096\nblock_net_v4 = 1024\nblock_net_v6 = 1024\nrate_sources = 1024\nsource_stats = 1024\n",
+            "[dataplane]\npin_dir = \"{}\"\n{extra}\n[dataplane.capacity]\nblock_v4 = 4096\nblock_v6 = 4096\nblock_net_v4 = 1024\nblock_net_v6 = 1024\nrate_sources = 1024\nsource_stats = 1024\n[metrics]\nenabled = false\n",
             pin_dir.display()
         );
         std::fs::write(&config, text).expect("write config");

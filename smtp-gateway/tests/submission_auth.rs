@@ -65,7 +65,8 @@ fn start_gateway(backend: SocketAddr, listeners: &str, tag: &str) -> (Gateway, S
          [smtp]\nhostname = \"gw.test\"\nlisteners = [{listeners}]\n\
          [smtp.tls]\ncertificate = \"{cert}\"\nprivate_key = \"{key}\"\n\
          [backend]\nservers = [{{ address = \"{backend}\", identity = \"none\" }}]\n\
-         [relay]\naccepted_domains = [\"example.org\"]\n",
+         [relay]\naccepted_domains = [\"example.org\"]\n\
+         [metrics]\nenabled = false\n",
         pid = std::process::id(),
         cert = dir.join("cert.pem").display(),
         key = dir.join("key.pem").display(),

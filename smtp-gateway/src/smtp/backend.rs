@@ -47,6 +47,8 @@ pub struct Backend {
     /// Which server.
     pub addr: SocketAddr,
     reply_timeout: Duration,
+    /// Where command round trips are recorded, once the session asked for it.
+    reply_times: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl Backend {
@@ -95,6 +97,7 @@ impl Backend {
             stream: BufReader::new(MaybeTls::Plain(tcp)),
             addr: server.address,
             reply_timeout: cfg.reply_timeout,
+            reply_times: None,
         };
         if server.identity == Identity::ProxyV2 {
             backend.write(&proxy_v2_header(client.addr, local)).await?;
@@ -208,13 +211,26 @@ impl Backend {
         Ok(())
     }
 
+    /// Records the round trip of every later command in `histogram` (seconds).
+    pub fn record_reply_times(
+        &mut self,
+        histogram: prometheus_client::metrics::histogram::Histogram,
+    ) {
+        self.reply_times = Some(histogram);
+    }
+
     /// Sends one command line (CRLF added) and returns the reply.
     pub async fn command(&mut self, line: &[u8]) -> Result<Reply, BackendError> {
+        let started = std::time::Instant::now();
         let mut buf = Vec::with_capacity(line.len() + 2);
         buf.extend_from_slice(line);
         buf.extend_from_slice(b"\r\n");
         self.write(&buf).await?;
-        self.read_reply().await
+        let reply = self.read_reply().await?;
+        if let Some(h) = &self.reply_times {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+        Ok(reply)
     }
 
     /// Sends message text (already framed and dot-stuffed).

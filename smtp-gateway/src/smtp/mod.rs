@@ -40,4 +40,6 @@ pub struct Shared {
     pub reputation: std::sync::Arc<crate::policy::reputation::Reputation>,
     /// Clients that passed recently.
     pub pass_cache: std::sync::Arc<crate::policy::pass_cache::PassCache>,
+    /// Process counters (one set for the whole run, shared by every generation).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }

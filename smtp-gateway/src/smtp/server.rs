@@ -226,11 +226,13 @@ async fn accept_loop(
             .await;
             continue;
         };
+        shared.metrics.connection(cfg.address);
         let kind = cfg.kind;
         let session_shutdown = shutdown.clone();
         sessions.spawn(async move {
             let _permit = permit;
             let _slot = slot;
+            let _active = shared.metrics.session_started();
             let local = tcp.local_addr().unwrap_or(cfg.address);
             let stream = if kind == ListenerKind::Smtps {
                 let Some(acceptor) = shared.tls.clone() else {
@@ -239,12 +241,19 @@ async fn accept_loop(
                 match tokio::time::timeout(shared.config.smtp.command_timeout, acceptor.accept(tcp))
                     .await
                 {
-                    Ok(Ok(tls)) => MaybeTls::Tls(Box::new(tls)),
+                    Ok(Ok(tls)) => {
+                        shared.metrics.tls_handshake(true);
+                        MaybeTls::Tls(Box::new(tls))
+                    }
                     Ok(Err(e)) => {
+                        shared.metrics.tls_handshake(false);
                         tracing::info!(%client, error = %e, "TLS handshake failed");
                         return;
                     }
-                    Err(_) => return,
+                    Err(_) => {
+                        shared.metrics.tls_handshake(false);
+                        return;
+                    }
                 }
             } else {
                 MaybeTls::Plain(tcp)

@@ -680,7 +680,8 @@ impl Session {
         )
         .await
         {
-            Ok((backend, ehlo)) => {
+            Ok((mut backend, ehlo)) => {
+                backend.record_reply_times(self.shared.metrics.backend_reply_histogram());
                 self.backend_auth = ehlo.lines.iter().skip(1).find_map(|l| {
                     let (keyword, rest) = l.split_once(' ')?;
                     keyword
@@ -906,6 +907,7 @@ impl Session {
         self.bytes += size;
         match outcome {
             DataOutcome::Relayed(reply) => {
+                self.shared.metrics.message(reply.is_positive());
                 if reply.is_positive() {
                     self.messages += 1;
                     if self.fired.is_empty() {
@@ -917,6 +919,7 @@ impl Session {
                 Flow::Continue
             }
             DataOutcome::Refused(violation) => {
+                self.shared.metrics.message(false);
                 // Abort the backend transaction: it never saw the final dot.
                 self.backend = None;
                 let check = match violation {
@@ -963,9 +966,11 @@ impl Session {
             .start_tls(&acceptor, self.shared.config.smtp.command_timeout)
             .await
         {
+            self.shared.metrics.tls_handshake(false);
             tracing::info!(client = %self.client, error = %e, "TLS handshake failed");
             return Flow::Close;
         }
+        self.shared.metrics.tls_handshake(true);
         // Forget everything learnt in plaintext (RFC 3207 section 4.2).
         self.helo = None;
         self.esmtp = false;

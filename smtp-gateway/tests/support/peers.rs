@@ -118,6 +118,8 @@ pub struct Gateway {
     pub dir: PathBuf,
     config: PathBuf,
     pub port: u16,
+    /// The metrics endpoint (every gateway gets its own free port).
+    pub metrics_port: u16,
     pin_dir: String,
 }
 
@@ -125,16 +127,21 @@ impl Gateway {
     pub fn start(tag: &str, backend: std::net::SocketAddr, smtp_extra: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("sgw-life-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("port");
+        let free_port = || {
+            TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("port")
+        };
+        let port = free_port();
+        let metrics_port = free_port();
         let pin_dir = format!("/sys/fs/bpf/sgw-life-{}-{tag}", std::process::id());
         let gw = Self {
             child: Command::new("true").spawn().expect("placeholder"),
             dir: dir.clone(),
             config: dir.join("gateway.toml"),
             port,
+            metrics_port,
             pin_dir,
         };
         gw.write_config(backend, smtp_extra);
@@ -156,8 +163,9 @@ impl Gateway {
     pub fn write_config(&self, backend: std::net::SocketAddr, smtp_extra: &str) {
         let text = format!(
             "[dataplane]\npin_dir = \"{}\"\n[smtp]\nhostname = \"gw.test\"\nlisteners = [{{ address = \"127.0.0.1:{}\" }}]\n{smtp_extra}\n\
-             [backend]\nservers = [{{ address = \"{backend}\", identity = \"none\" }}]\n[relay]\naccepted_domains = [\"example.org\"]\n",
-            self.pin_dir, self.port
+             [backend]\nservers = [{{ address = \"{backend}\", identity = \"none\" }}]\n[relay]\naccepted_domains = [\"example.org\"]\n\
+             [metrics]\nlisten = \"127.0.0.1:{}\"\n",
+            self.pin_dir, self.port, self.metrics_port
         );
         std::fs::write(&self.config, text).expect("config");
     }

@@ -379,6 +379,9 @@ impl Gateway {
                  accepted_domains = [\"example.org\"]\n\
                  \n\
                  [dnsbl]\n\
+                 enabled = false\n\
+                 \n\
+                 [metrics]\n\
                  enabled = false\n"
             );
             std::fs::write(&config, &toml)

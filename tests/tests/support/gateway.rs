@@ -254,6 +254,8 @@ impl Gateway {
             let _ = writeln!(toml, "\n[backend]\nservers = [{}]", servers.join(", "));
             let _ = writeln!(toml, "\n[relay]\n{}", spec.relay);
             toml.push_str(&spec.extra);
+            // Several gateways run at once: none of them binds the default metrics port.
+            let _ = writeln!(toml, "\n[metrics]\nenabled = false");
             fs::write(&config, &toml).expect("write gateway config");
             let log_file = fs::File::create(&log).expect("gateway log");
             let mut cmd = Command::new(binary());

@@ -1,0 +1,617 @@
+//! `GET /metrics`: the gateway's Prometheus/OpenMetrics endpoint. Process counters (sessions,
+//! checks, reloads, bans) live in one [`Metrics`] shared by every task; the kernel counters are
+//! read from the pinned maps at scrape time. The HTTP side is deliberately minimal: one request
+//! per connection, `GET /metrics` or `404`, then close.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use serde::Deserialize;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::{broadcast, watch},
+};
+
+use crate::{
+    config::Config,
+    daemon::SharedDataplane,
+    smtp::{config::Action, events::Event},
+};
+
+/// Prefix of every series.
+const PREFIX: &str = "smtp_gateway";
+/// The content type of the text encoding `prometheus-client` produces.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Longest request head read before answering (the request line is all we need).
+const MAX_REQUEST: usize = 8192;
+/// How long a scraper may take to send its request and read the answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest `metrics.top_sources` accepted (bounded label cardinality).
+pub const MAX_TOP_SOURCES: usize = 1000;
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Whether the endpoint is served.
+    pub enabled: bool,
+    /// Where `GET /metrics` is served (loopback by default: the counters name client addresses).
+    pub listen: SocketAddr,
+    /// Sources exported with per-source series (the top ones by drops, then packets).
+    pub top_sources: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9465)),
+            top_sources: 20,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// Checks the values; returns the key and the reason.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.top_sources > MAX_TOP_SOURCES {
+            return Err((
+                "metrics.top_sources".into(),
+                format!("must be at most {MAX_TOP_SOURCES}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics.listen: cannot listen on {address}: {source}")]
+pub struct MetricsError {
+    address: SocketAddr,
+    source: std::io::Error,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    check: &'static str,
+    action: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    verdict: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+}
+
+/// The process-side counters, shared (`Arc`) by the proxy, auto-ban and the daemon; built once
+/// per run so they survive configuration reloads.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Everything below, for encoding.
+    registry: Registry,
+    /// Accepted connections per listener address.
+    connections: Family<ListenerLabels, Counter>,
+    /// Sessions running now.
+    sessions_active: Gauge,
+    /// TLS handshakes (implicit TLS and STARTTLS) by outcome.
+    tls_handshakes: Family<ResultLabels, Counter>,
+    /// Backend command round trips.
+    backend_reply: Histogram,
+    /// Messages relayed (backend 2xx) or refused.
+    messages: Family<ResultLabels, Counter>,
+    /// Checks that fired, by check and configured action.
+    checks_fired: Family<CheckLabels, Counter>,
+    /// SIGHUP reloads by outcome.
+    config_reloads: Family<ResultLabels, Counter>,
+    /// 1 when the last reload (or the start) succeeded.
+    config_last_reload_success: Gauge,
+    /// Sources banned in the kernel by auto-ban.
+    bans: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Decrements `sessions_active` when the session ends.
+pub struct ActiveSession(Gauge);
+
+impl Drop for ActiveSession {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Metrics {
+    /// Fresh counters, registered under the `smtp_gateway_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let m = Self {
+            registry: Registry::default(),
+            connections: Family::default(),
+            sessions_active: Gauge::default(),
+            tls_handshakes: Family::default(),
+            backend_reply: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            messages: Family::default(),
+            checks_fired: Family::default(),
+            config_reloads: Family::default(),
+            config_last_reload_success: Gauge::default(),
+            bans: Counter::default(),
+        };
+        registry.register(
+            "connections",
+            "SMTP connections accepted, by listener",
+            m.connections.clone(),
+        );
+        registry.register(
+            "sessions_active",
+            "SMTP sessions running",
+            m.sessions_active.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes with clients (implicit TLS and STARTTLS), by result",
+            m.tls_handshakes.clone(),
+        );
+        registry.register(
+            "backend_reply_seconds",
+            "Backend command round trips",
+            m.backend_reply.clone(),
+        );
+        registry.register(
+            "messages",
+            "Messages relayed (backend 2xx) or refused",
+            m.messages.clone(),
+        );
+        registry.register(
+            "checks_fired",
+            "Session checks that fired, by check and configured action",
+            m.checks_fired.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by result",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "config_last_reload_success",
+            "1 when the last configuration (re)load succeeded",
+            m.config_last_reload_success.clone(),
+        );
+        registry.register(
+            "bans",
+            "Sources banned in the kernel by session verdicts",
+            m.bans.clone(),
+        );
+        m.config_last_reload_success.set(1);
+        Self { registry, ..m }
+    }
+
+    /// A connection accepted on `listener`.
+    pub fn connection(&self, listener: SocketAddr) {
+        self.connections
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_string(),
+            })
+            .inc();
+    }
+
+    /// A session starts; it ends when the guard is dropped.
+    pub fn session_started(&self) -> ActiveSession {
+        self.sessions_active.inc();
+        ActiveSession(self.sessions_active.clone())
+    }
+
+    /// A client TLS handshake finished.
+    pub fn tls_handshake(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.tls_handshakes
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// The histogram backend round trips are recorded in.
+    pub fn backend_reply_histogram(&self) -> Histogram {
+        self.backend_reply.clone()
+    }
+
+    /// A message left the session: relayed (backend 2xx) or refused.
+    pub fn message(&self, relayed: bool) {
+        let result = if relayed { "relayed" } else { "refused" };
+        self.messages.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// A check fired.
+    pub fn check_fired(&self, check: &'static str, action: Action) {
+        let action = match action {
+            Action::Ignore => "ignore",
+            Action::Score => "score",
+            Action::Reject => "reject",
+            Action::Drop => "drop",
+        };
+        self.checks_fired
+            .get_or_create(&CheckLabels { check, action })
+            .inc();
+    }
+
+    /// A configuration reload finished.
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.config_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        self.config_last_reload_success.set(i64::from(ok));
+    }
+
+    /// A source was banned in the kernel.
+    pub fn ban(&self) {
+        self.bans.inc();
+    }
+
+    /// Counts the verdict events until shutdown.
+    pub async fn count_events(
+        self: Arc<Self>,
+        mut events: broadcast::Receiver<Event>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let event = tokio::select! {
+                e = events.recv() => e,
+                _ = shutdown.changed() => return,
+            };
+            match event {
+                Ok(e) => self.check_fired(e.check, e.action),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "metrics fell behind the session events");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// The text exposition: process counters, then the kernel counters read now (the per-source
+    /// ones for the `top_sources` sources with the most drops, then packets).
+    pub async fn render(&self, dataplane: Option<&SharedDataplane>, top_sources: usize) -> String {
+        let mut kernel = Registry::with_prefix(PREFIX);
+        if let Some(dp) = dataplane {
+            let dp = dp.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let dp = dp.lock().map_err(|_| "lock poisoned".to_string())?;
+                let totals = dp.verdict_totals().map_err(|e| e.to_string())?;
+                let rows = dp.source_rows().map_err(|e| e.to_string())?;
+                Ok::<_, String>((totals, rows))
+            })
+            .await;
+            match read {
+                Ok(Ok((totals, rows))) => {
+                    let sources = top(rows, top_sources);
+                    kernel_series(&mut kernel, &totals, &sources);
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "metrics: reading the kernel counters"),
+                Err(e) => tracing::warn!(error = %e, "metrics: kernel counters task failed"),
+            }
+        }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = text::encode_registry(&mut out, &self.registry)
+            .and_then(|()| text::encode_registry(&mut out, &kernel))
+            .and_then(|()| text::encode_eof(&mut out));
+        out
+    }
+}
+
+/// The `n` sources with the most drops, then packets (sources without traffic are left out).
+fn top(
+    mut rows: Vec<crate::dataplane::stats::SourceRow>,
+    n: usize,
+) -> Vec<crate::dataplane::stats::SourceRow> {
+    rows.retain(|r| r.packets > 0 || r.drops > 0);
+    rows.sort_by(|a, b| {
+        b.drops
+            .cmp(&a.drops)
+            .then(b.packets.cmp(&a.packets))
+            .then(a.source.cmp(&b.source))
+    });
+    rows.truncate(n);
+    rows
+}
+
+/// Registers the scrape-time kernel series.
+fn kernel_series(
+    registry: &mut Registry,
+    totals: &[crate::dataplane::stats::VerdictTotal],
+    sources: &[crate::dataplane::stats::SourceRow],
+) {
+    let packets = Family::<VerdictLabels, Counter>::default();
+    let bytes = Family::<VerdictLabels, Counter>::default();
+    for t in totals {
+        let labels = VerdictLabels { verdict: t.verdict };
+        packets.get_or_create(&labels).inc_by(t.packets);
+        bytes.get_or_create(&labels).inc_by(t.bytes);
+    }
+    registry.register(
+        "xdp_packets",
+        "Packets seen by the XDP program, by verdict",
+        packets,
+    );
+    registry.register(
+        "xdp_bytes",
+        "Bytes seen by the XDP program, by verdict",
+        bytes,
+    );
+    let per_source = [
+        (
+            "source_packets",
+            "Packets from the source (top sources only)",
+        ),
+        (
+            "source_drops",
+            "Packets from the source dropped in the kernel (top sources only)",
+        ),
+        ("source_syns", "SYNs from the source (top sources only)"),
+    ];
+    for (i, (name, help)) in per_source.into_iter().enumerate() {
+        let family = Family::<SourceLabels, Counter>::default();
+        for r in sources {
+            let value = [r.packets, r.drops, r.syns][i];
+            family
+                .get_or_create(&SourceLabels {
+                    source: r.source.to_string(),
+                })
+                .inc_by(value);
+        }
+        registry.register(name, help, family);
+    }
+}
+
+/// Binds the endpoint (a failure stops the start, naming `metrics.listen`).
+pub async fn bind(cfg: &MetricsConfig) -> Result<TcpListener, MetricsError> {
+    TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| MetricsError {
+            address: cfg.listen,
+            source,
+        })
+}
+
+/// Answers scrapes until shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    dataplane: Option<SharedDataplane>,
+    config: watch::Receiver<Config>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(address = %addr, "metrics endpoint ready");
+    }
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => return,
+        };
+        let tcp = match tcp {
+            Ok((tcp, _)) => {
+                backoff = Duration::from_millis(10);
+                tcp
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: accept failed; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        let dataplane = dataplane.clone();
+        let top_sources = config.borrow().metrics.top_sources;
+        tokio::spawn(async move {
+            let answer = tokio::time::timeout(
+                IO_TIMEOUT,
+                answer(tcp, &metrics, dataplane.as_ref(), top_sources),
+            )
+            .await;
+            if let Ok(Err(e)) = answer {
+                tracing::debug!(error = %e, "metrics: scrape connection failed");
+            }
+        });
+    }
+}
+
+/// Reads one request head and answers it.
+async fn answer(
+    mut tcp: TcpStream,
+    metrics: &Metrics,
+    dataplane: Option<&SharedDataplane>,
+    top_sources: usize,
+) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
+        let n = tcp.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let request_line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let (status, content_type, body) = if is_metrics_request(request_line) {
+        (
+            "200 OK",
+            CONTENT_TYPE,
+            metrics.render(dataplane, top_sources).await,
+        )
+    } else {
+        (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found; try GET /metrics\n".to_string(),
+        )
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(response.as_bytes()).await?;
+    tcp.shutdown().await
+}
+
+/// `GET /metrics HTTP/1.x` (a query string is ignored).
+fn is_metrics_request(line: &[u8]) -> bool {
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.trim_end().split(' ');
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let path = target.split('?').next().unwrap_or_default();
+    method == "GET" && path == "/metrics" && version.starts_with("HTTP/1.")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .expect("request");
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.expect("response");
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_and_404() {
+        let metrics = Arc::new(Metrics::new());
+        metrics.check_fired("relay_attempt", Action::Reject);
+        metrics.connection("127.0.0.1:25".parse().expect("addr"));
+        metrics.tls_handshake(false);
+        metrics.reload(true);
+        metrics.ban();
+        let _session = metrics.session_started();
+        metrics.backend_reply_histogram().observe(0.002);
+        let listener = bind(&MetricsConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            ..MetricsConfig::default()
+        })
+        .await
+        .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (_config_tx, config_rx) = watch::channel(Config::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let server = tokio::spawn(serve(listener, metrics, None, config_rx, stop_rx));
+
+        let response = get(addr, "/metrics").await;
+        let (head, body) = response.split_once("\r\n\r\n").expect("head");
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("Content-Type: {CONTENT_TYPE}")),
+            "{head}"
+        );
+        for series in [
+            "smtp_gateway_checks_fired_total{check=\"relay_attempt\",action=\"reject\"} 1",
+            "smtp_gateway_connections_total{listener=\"127.0.0.1:25\"} 1",
+            "smtp_gateway_tls_handshakes_total{result=\"failure\"} 1",
+            "smtp_gateway_config_reloads_total{result=\"success\"} 1",
+            "smtp_gateway_config_last_reload_success 1",
+            "smtp_gateway_bans_total 1",
+            "smtp_gateway_sessions_active 1",
+            "smtp_gateway_backend_reply_seconds_count 1",
+        ] {
+            assert!(body.contains(series), "{series} missing from\n{body}");
+        }
+        assert!(body.ends_with("# EOF\n"), "{body}");
+
+        let response = get(addr, "/other").await;
+        assert!(
+            response.starts_with("HTTP/1.1 404 Not Found\r\n"),
+            "{response}"
+        );
+
+        let _ = stop_tx.send(true);
+        server.await.expect("server stops on shutdown");
+    }
+
+    #[test]
+    fn request_lines() {
+        assert!(is_metrics_request(b"GET /metrics HTTP/1.1\r"));
+        assert!(is_metrics_request(b"GET /metrics?x=1 HTTP/1.0"));
+        assert!(!is_metrics_request(b"POST /metrics HTTP/1.1"));
+        assert!(!is_metrics_request(b"GET /metricsx HTTP/1.1"));
+        assert!(!is_metrics_request(b"GET /metrics"));
+    }
+
+    #[test]
+    fn top_sources_order_by_drops_then_packets() {
+        let row = |last: u8, packets, drops| crate::dataplane::stats::SourceRow {
+            source: IpAddr::from([198, 18, 0, last]),
+            packets,
+            bytes: 0,
+            syns: 0,
+            drops,
+            last_seen_secs_ago: 0,
+        };
+        let rows = vec![row(1, 100, 0), row(2, 5, 5), row(3, 50, 5), row(4, 0, 0)];
+        let got: Vec<u8> = top(rows, 3)
+            .iter()
+            .map(|r| match r.source {
+                IpAddr::V4(v4) => v4.octets()[3],
+                IpAddr::V6(_) => 0,
+            })
+            .collect();
+        assert_eq!(got, vec![3, 2, 1]);
+    }
+
+    #[tokio::test]
+    async fn bind_failure_names_the_key() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let cfg = MetricsConfig {
+            listen: taken.local_addr().expect("addr"),
+            ..MetricsConfig::default()
+        };
+        let err = bind(&cfg).await.expect_err("port in use").to_string();
+        assert!(err.starts_with("metrics.listen: cannot listen on"), "{err}");
+    }
+
+    #[test]
+    fn top_sources_is_bounded() {
+        let cfg = MetricsConfig {
+            top_sources: MAX_TOP_SOURCES + 1,
+            ..MetricsConfig::default()
+        };
+        assert!(cfg.validate().is_err());
+        assert!(MetricsConfig::default().validate().is_ok());
+    }
+}
