@@ -11,11 +11,11 @@ use tokio::sync::{broadcast, watch};
 use crate::{
     daemon::SharedDataplane,
     dataplane::{Target, clock, reasons},
-    smtp::{config::Action, events::Event},
+    smtp::{
+        config::{Action, Check},
+        events::Event,
+    },
 };
-
-/// Sources being counted at most; beyond, the counts start over (bounded memory under attack).
-const MAX_TRACKED: usize = 100_000;
 
 /// `[autoban]`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -29,6 +29,9 @@ pub struct AutobanConfig {
     /// Check name -> how many times it must fire for one source before the ban (1 = at once).
     /// Checks whose action is `ignore` never ban.
     pub checks: HashMap<String, u32>,
+    /// Sources whose firings are being counted at most; beyond, the counts start over (bounded
+    /// memory under a flood of distinct sources).
+    pub track_sources: usize,
 }
 
 impl Default for AutobanConfig {
@@ -45,6 +48,7 @@ impl Default for AutobanConfig {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
+            track_sources: 100_000,
         }
     }
 }
@@ -53,12 +57,12 @@ impl AutobanConfig {
     /// Checks names and values; returns the key and the reason.
     pub fn validate(&self) -> Result<(), (String, String)> {
         for (check, count) in &self.checks {
-            if !crate::smtp::config::CHECK_NAMES.contains(&check.as_str()) {
+            if Check::from_name(check).is_none() {
                 return Err((
                     "autoban.checks".into(),
                     format!(
                         "{check:?} is not a check (one of {})",
-                        crate::smtp::config::CHECK_NAMES.join(", ")
+                        Check::ALL.map(Check::name).join(", ")
                     ),
                 ));
             }
@@ -68,6 +72,9 @@ impl AutobanConfig {
                     "must be at least 1".into(),
                 ));
             }
+        }
+        if self.track_sources == 0 {
+            return Err(("autoban.track_sources".into(), "must be at least 1".into()));
         }
         if self.ttl < Duration::from_secs(1) {
             return Err(("autoban.ttl".into(), "must be at least 1s".into()));
@@ -84,7 +91,7 @@ pub async fn run(
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> u64 {
-    let mut counts: HashMap<(IpAddr, &'static str), u32> = HashMap::new();
+    let mut counts: HashMap<(IpAddr, Check), u32> = HashMap::new();
     let mut bans = 0;
     loop {
         let event = tokio::select! {
@@ -99,14 +106,16 @@ pub async fn run(
             }
             Err(broadcast::error::RecvError::Closed) => return bans,
         };
-        let cfg = config.borrow().autoban.clone();
-        let Some(needed) = cfg.checks.get(event.check).copied() else {
-            continue;
+        let (needed, ttl, track) = {
+            let cfg = &config.borrow().autoban;
+            match cfg.checks.get(event.check.name()) {
+                Some(needed) if cfg.enabled && event.action != Action::Ignore => {
+                    (*needed, cfg.ttl, cfg.track_sources)
+                }
+                _ => continue,
+            }
         };
-        if !cfg.enabled || event.action == Action::Ignore {
-            continue;
-        }
-        if counts.len() >= MAX_TRACKED {
+        if counts.len() >= track {
             counts.clear();
         }
         let n = counts.entry((event.source, event.check)).or_insert(0);
@@ -116,8 +125,7 @@ pub async fn run(
         }
         counts.remove(&(event.source, event.check));
         let dp = dataplane.clone();
-        let ttl = cfg.ttl;
-        let check = event.check;
+        let check = event.check.name();
         let source = event.source;
         let result = tokio::task::spawn_blocking(move || ban(&dp, source, check, ttl)).await;
         match result {

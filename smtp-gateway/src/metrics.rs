@@ -25,7 +25,10 @@ use tokio::{
 use crate::{
     config::Config,
     daemon::SharedDataplane,
-    smtp::{config::Action, events::Event},
+    smtp::{
+        config::{Action, Check},
+        events::Event,
+    },
 };
 
 /// Prefix of every series.
@@ -249,7 +252,8 @@ impl Metrics {
     }
 
     /// A check fired.
-    pub fn check_fired(&self, check: &'static str, action: Action) {
+    pub fn check_fired(&self, check: Check, action: Action) {
+        let check = check.name();
         let action = match action {
             Action::Ignore => "ignore",
             Action::Score => "score",
@@ -515,7 +519,7 @@ mod tests {
     #[tokio::test]
     async fn serves_metrics_and_404() {
         let metrics = Arc::new(Metrics::new());
-        metrics.check_fired("relay_attempt", Action::Reject);
+        metrics.check_fired(Check::RelayAttempt, Action::Reject);
         metrics.connection("127.0.0.1:25".parse().expect("addr"));
         metrics.tls_handshake(false);
         metrics.reload(true);

@@ -254,28 +254,100 @@ const fn setting(action: Action, weight: i32) -> CheckSetting {
     CheckSetting { action, weight }
 }
 
-/// Every check name (the keys of `[checks]`).
-pub const CHECK_NAMES: [&str; 19] = [
-    "pregreet",
-    "pipelining",
-    "non_smtp",
-    "bare_newline",
-    "nul_byte",
-    "long_line",
-    "helo_missing",
-    "helo_invalid",
-    "helo_unbracketed_literal",
-    "helo_literal_mismatch",
-    "helo_own_name",
-    "helo_not_fqdn",
-    "helo_dynamic",
-    "helo_embedded_ip",
-    "dnsbl",
-    "too_many_errors",
-    "too_many_unknown_commands",
-    "relay_attempt",
-    "reputation",
-];
+/// Every check the proxy runs; its name is its `[checks]` key. Typed, so a check's setting is an
+/// exhaustive match and a misspelt name cannot silently fall back to "ignore".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Check {
+    Pregreet,
+    Pipelining,
+    NonSmtp,
+    BareNewline,
+    NulByte,
+    LongLine,
+    HeloMissing,
+    HeloInvalid,
+    HeloUnbracketedLiteral,
+    HeloLiteralMismatch,
+    HeloOwnName,
+    HeloNotFqdn,
+    HeloDynamic,
+    HeloEmbeddedIp,
+    Dnsbl,
+    TooManyErrors,
+    TooManyUnknownCommands,
+    RelayAttempt,
+    Reputation,
+}
+
+impl Check {
+    /// Every check, in `[checks]` order.
+    pub const ALL: [Check; 19] = [
+        Check::Pregreet,
+        Check::Pipelining,
+        Check::NonSmtp,
+        Check::BareNewline,
+        Check::NulByte,
+        Check::LongLine,
+        Check::HeloMissing,
+        Check::HeloInvalid,
+        Check::HeloUnbracketedLiteral,
+        Check::HeloLiteralMismatch,
+        Check::HeloOwnName,
+        Check::HeloNotFqdn,
+        Check::HeloDynamic,
+        Check::HeloEmbeddedIp,
+        Check::Dnsbl,
+        Check::TooManyErrors,
+        Check::TooManyUnknownCommands,
+        Check::RelayAttempt,
+        Check::Reputation,
+    ];
+
+    /// The `[checks]` key (also the event, log and metric label).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Check::Pregreet => "pregreet",
+            Check::Pipelining => "pipelining",
+            Check::NonSmtp => "non_smtp",
+            Check::BareNewline => "bare_newline",
+            Check::NulByte => "nul_byte",
+            Check::LongLine => "long_line",
+            Check::HeloMissing => "helo_missing",
+            Check::HeloInvalid => "helo_invalid",
+            Check::HeloUnbracketedLiteral => "helo_unbracketed_literal",
+            Check::HeloLiteralMismatch => "helo_literal_mismatch",
+            Check::HeloOwnName => "helo_own_name",
+            Check::HeloNotFqdn => "helo_not_fqdn",
+            Check::HeloDynamic => "helo_dynamic",
+            Check::HeloEmbeddedIp => "helo_embedded_ip",
+            Check::Dnsbl => "dnsbl",
+            Check::TooManyErrors => "too_many_errors",
+            Check::TooManyUnknownCommands => "too_many_unknown_commands",
+            Check::RelayAttempt => "relay_attempt",
+            Check::Reputation => "reputation",
+        }
+    }
+
+    /// The check called `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<Check> {
+        Check::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// The check a HELO finding fires.
+    pub const fn from_helo(finding: crate::policy::helo::HeloFinding) -> Check {
+        use crate::policy::helo::HeloFinding as F;
+        match finding {
+            F::Missing => Check::HeloMissing,
+            F::Invalid => Check::HeloInvalid,
+            F::UnbracketedLiteral => Check::HeloUnbracketedLiteral,
+            F::LiteralMismatch => Check::HeloLiteralMismatch,
+            F::OwnName => Check::HeloOwnName,
+            F::NotFqdn => Check::HeloNotFqdn,
+            F::Dynamic => Check::HeloDynamic,
+            F::EmbeddedIp => Check::HeloEmbeddedIp,
+        }
+    }
+}
 
 /// `[checks]`: the action of every check.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -349,29 +421,28 @@ impl Default for ChecksConfig {
 }
 
 impl ChecksConfig {
-    /// The setting of check `name` (a [`crate::smtp::Check`] name).
-    pub fn get(&self, name: &str) -> CheckSetting {
-        match name {
-            "pregreet" => self.pregreet,
-            "pipelining" => self.pipelining,
-            "non_smtp" => self.non_smtp,
-            "bare_newline" => self.bare_newline,
-            "nul_byte" => self.nul_byte,
-            "long_line" => self.long_line,
-            "helo_missing" => self.helo_missing,
-            "helo_invalid" => self.helo_invalid,
-            "helo_unbracketed_literal" => self.helo_unbracketed_literal,
-            "helo_literal_mismatch" => self.helo_literal_mismatch,
-            "helo_own_name" => self.helo_own_name,
-            "helo_not_fqdn" => self.helo_not_fqdn,
-            "helo_dynamic" => self.helo_dynamic,
-            "helo_embedded_ip" => self.helo_embedded_ip,
-            "dnsbl" => self.dnsbl,
-            "too_many_errors" => self.too_many_errors,
-            "too_many_unknown_commands" => self.too_many_unknown_commands,
-            "relay_attempt" => self.relay_attempt,
-            "reputation" => self.reputation,
-            _ => setting(Action::Ignore, 0),
+    /// The setting of `check`.
+    pub fn get(&self, check: Check) -> CheckSetting {
+        match check {
+            Check::Pregreet => self.pregreet,
+            Check::Pipelining => self.pipelining,
+            Check::NonSmtp => self.non_smtp,
+            Check::BareNewline => self.bare_newline,
+            Check::NulByte => self.nul_byte,
+            Check::LongLine => self.long_line,
+            Check::HeloMissing => self.helo_missing,
+            Check::HeloInvalid => self.helo_invalid,
+            Check::HeloUnbracketedLiteral => self.helo_unbracketed_literal,
+            Check::HeloLiteralMismatch => self.helo_literal_mismatch,
+            Check::HeloOwnName => self.helo_own_name,
+            Check::HeloNotFqdn => self.helo_not_fqdn,
+            Check::HeloDynamic => self.helo_dynamic,
+            Check::HeloEmbeddedIp => self.helo_embedded_ip,
+            Check::Dnsbl => self.dnsbl,
+            Check::TooManyErrors => self.too_many_errors,
+            Check::TooManyUnknownCommands => self.too_many_unknown_commands,
+            Check::RelayAttempt => self.relay_attempt,
+            Check::Reputation => self.reputation,
         }
     }
 }
@@ -395,5 +466,22 @@ impl Default for ScoreConfig {
             tempfail: 3,
             reject: 5,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_check_has_a_config_key_and_round_trips_its_name() {
+        // Each name must be a [checks] key: a TOML table setting it parses (unknown keys fail).
+        for check in Check::ALL {
+            let toml = format!("{} = {{ action = \"ignore\" }}", check.name());
+            let cfg: ChecksConfig = toml::from_str(&toml).unwrap_or_else(|e| panic!("{toml}: {e}"));
+            assert_eq!(cfg.get(check).action, Action::Ignore, "{}", check.name());
+            assert_eq!(Check::from_name(check.name()), Some(check));
+        }
+        assert_eq!(Check::from_name("pregret"), None);
     }
 }

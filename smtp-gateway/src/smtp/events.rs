@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use tokio::sync::broadcast;
 
-use super::config::Action;
+use super::config::{Action, Check};
 
 /// Events kept for slow consumers before the oldest are dropped.
 pub const EVENT_BUFFER: usize = 4096;
@@ -15,8 +15,8 @@ pub const EVENT_BUFFER: usize = 4096;
 pub struct Event {
     /// The client.
     pub source: IpAddr,
-    /// Check name (a `[checks]` key).
-    pub check: &'static str,
+    /// The check (its name is the `[checks]` key).
+    pub check: Check,
     /// What the configuration made of it.
     pub action: Action,
     /// Human detail (the offending HELO, the DNSBL zones…).

@@ -17,9 +17,9 @@ use tokio::sync::watch;
 use super::{
     Shared,
     backend::Backend,
-    config::{Action, ConnectAt, ListenerKind},
+    config::{Action, Check, ConnectAt, ListenerKind},
     connection::{ConnError, Connection, Ending, Line},
-    data::{DataOutcome, TextLimits, relay_message},
+    data::{DataOutcome, TextLimits, TextViolation, relay_message},
     events::Event,
     identity::ClientIdentity,
     reply::Reply,
@@ -156,11 +156,11 @@ impl Session {
     }
 
     /// Records a check that fired and says what it means now.
-    fn fire(&mut self, check: &'static str, detail: impl Into<String>) -> Outcome {
+    fn fire(&mut self, check: Check, detail: impl Into<String>) -> Outcome {
         let setting = self.shared.config.checks.get(check);
         let detail = detail.into();
-        self.fired.push(check);
-        tracing::info!(client = %self.client, check, action = ?setting.action, detail = %detail, "check fired");
+        self.fired.push(check.name());
+        tracing::info!(client = %self.client, check = check.name(), action = ?setting.action, detail = %detail, "check fired");
         let _ = self.shared.events.send(Event {
             source: self.source(),
             check,
@@ -243,7 +243,7 @@ impl Session {
                 .take(40)
                 .copied()
                 .collect::<Vec<u8>>();
-            if self.fire("pregreet", String::from_utf8_lossy(&sniff)) != Outcome::Pass {
+            if self.fire(Check::Pregreet, String::from_utf8_lossy(&sniff)) != Outcome::Pass {
                 self.reply(Reply::new(
                     521,
                     "5.5.1 Protocol error: talked before the greeting",
@@ -305,11 +305,30 @@ impl Session {
         Flow::Close
     }
 
+    /// Fires `check` for the current command: `Some(flow)` when its action refuses the command
+    /// (`refusal`, counted as an error) or drops the session (`421 4.7.0 {drop_text}`).
+    fn enforce(
+        &mut self,
+        check: Check,
+        detail: impl Into<String>,
+        refusal: Reply,
+        drop_text: &str,
+    ) -> Option<Flow> {
+        match self.fire(check, detail) {
+            Outcome::Pass => None,
+            Outcome::Drop => Some(self.drop_reply(drop_text)),
+            Outcome::Reject => {
+                self.reply(refusal);
+                Some(self.count_error().unwrap_or(Flow::Continue))
+            }
+        }
+    }
+
     /// Counts a protocol error; past the limit the `too_many_errors` check fires.
     fn count_error(&mut self) -> Option<Flow> {
         self.errors += 1;
         if self.errors > self.shared.config.smtp.max_errors
-            && self.fire("too_many_errors", format!("{} errors", self.errors)) == Outcome::Drop
+            && self.fire(Check::TooManyErrors, format!("{} errors", self.errors)) == Outcome::Drop
         {
             return Some(self.drop_reply("Too many errors"));
         }
@@ -318,44 +337,41 @@ impl Session {
 
     async fn handle_line(&mut self, line: Line) -> Flow {
         if let Some(kind) = non_smtp(&line.data)
-            && self.fire("non_smtp", kind) != Outcome::Pass
+            && self.fire(Check::NonSmtp, kind) != Outcome::Pass
         {
             return self.drop_reply("Not an SMTP client");
         }
         if line.too_long {
-            match self.fire(
-                "long_line",
-                format!(
-                    "command line over {} bytes",
-                    self.shared.config.smtp.max_command_line
-                ),
-            ) {
-                Outcome::Drop => return self.drop_reply("Line too long"),
-                Outcome::Reject => {
-                    self.reply(Reply::new(500, "5.5.2 Line too long"));
-                    return self.count_error().unwrap_or(Flow::Continue);
-                }
-                Outcome::Pass => {}
+            let detail = format!(
+                "command line over {} bytes",
+                self.shared.config.smtp.max_command_line
+            );
+            let refusal = Reply::new(500, "5.5.2 Line too long");
+            if let Some(flow) = self.enforce(Check::LongLine, detail, refusal, "Line too long") {
+                return flow;
             }
         }
         if line.nul {
-            match self.fire("nul_byte", "NUL in command") {
-                Outcome::Drop => return self.drop_reply("NUL byte in command"),
-                Outcome::Reject => {
-                    self.reply(Reply::new(500, "5.5.2 NUL byte in command"));
-                    return self.count_error().unwrap_or(Flow::Continue);
-                }
-                Outcome::Pass => {}
+            let refusal = Reply::new(500, "5.5.2 NUL byte in command");
+            if let Some(flow) = self.enforce(
+                Check::NulByte,
+                "NUL in command",
+                refusal,
+                "NUL byte in command",
+            ) {
+                return flow;
             }
         }
         if line.ending == Ending::BareLf || line.bare_cr {
-            match self.fire("bare_newline", "bare LF or CR in command") {
-                Outcome::Drop => return self.drop_reply("Bare LF or CR in command"),
-                Outcome::Reject => {
-                    self.reply(Reply::new(500, "5.5.2 Commands must end with CRLF"));
-                    return self.count_error().unwrap_or(Flow::Continue);
-                }
-                Outcome::Pass => {}
+            let refusal = Reply::new(500, "5.5.2 Commands must end with CRLF");
+            let detail = "bare LF or CR in command";
+            if let Some(flow) = self.enforce(
+                Check::BareNewline,
+                detail,
+                refusal,
+                "Bare LF or CR in command",
+            ) {
+                return flow;
             }
         }
         let raw = line.with_crlf();
@@ -372,7 +388,7 @@ impl Session {
                 self.reply(Reply::new(500, "5.5.2 Command unrecognized"));
                 if self.unknown > self.shared.config.smtp.max_unknown_commands
                     && self.fire(
-                        "too_many_unknown_commands",
+                        Check::TooManyUnknownCommands,
                         format!("{} unknown commands", self.unknown),
                     ) == Outcome::Drop
                 {
@@ -411,7 +427,7 @@ impl Session {
                 match self.backend.as_mut() {
                     Some(b) => match b.command(b"RSET").await {
                         Ok(r) => self.reply(r),
-                        Err(e) => return self.backend_lost(e, false),
+                        Err(e) => return self.backend_lost(e),
                     },
                     None => self.reply(Reply::new(250, "2.0.0 Ok")),
                 }
@@ -499,7 +515,7 @@ impl Session {
         };
         let mut reply = match backend.command(raw).await {
             Ok(r) => r,
-            Err(e) => return self.backend_lost(e, false),
+            Err(e) => return self.backend_lost(e),
         };
         // A bounded challenge/response exchange; the client's responses are never logged.
         for _ in 0..MAX_SASL_STEPS {
@@ -524,7 +540,7 @@ impl Session {
             };
             reply = match backend.command(&line.data).await {
                 Ok(r) => r,
-                Err(e) => return self.backend_lost(e, false),
+                Err(e) => return self.backend_lost(e),
             };
         }
         if reply.code == 235 {
@@ -540,7 +556,7 @@ impl Session {
 
     async fn handle_helo(&mut self, host: String, esmtp: bool) -> Flow {
         if !self.ehlo_answered && self.conn.buffered() > 0 {
-            let outcome = self.fire("pipelining", "commands sent before the EHLO reply");
+            let outcome = self.fire(Check::Pipelining, "commands sent before the EHLO reply");
             if outcome != Outcome::Pass {
                 return self.drop_reply("Protocol error: pipelining before the EHLO reply");
             }
@@ -550,22 +566,25 @@ impl Session {
         if let Some(b) = self.backend.take() {
             b.quit().await;
         }
-        let own: Vec<IpAddr> = vec![self.local.ip()];
+        let own = [self.local.ip()];
         let findings = helo::inspect(&self.shared.config.helo, &host, self.client.ip(), &own);
         let mut refused = None;
         for finding in &findings {
-            let check = finding_check(finding.name());
+            let check = Check::from_helo(*finding);
             match self.fire(check, host.clone()) {
                 Outcome::Drop => return self.drop_reply("HELO refused"),
-                Outcome::Reject => refused = Some(check),
+                Outcome::Reject => refused = Some(check.name()),
                 Outcome::Pass => {}
             }
         }
         let lists = self.shared.reputation.check_helo(&host);
         if !lists.is_empty() {
-            match self.fire("reputation", format!("HELO {host} in {}", lists.join(", "))) {
+            match self.fire(
+                Check::Reputation,
+                format!("HELO {host} in {}", lists.join(", ")),
+            ) {
                 Outcome::Drop => return self.drop_reply("HELO refused"),
-                Outcome::Reject => refused = Some("reputation"),
+                Outcome::Reject => refused = Some(Check::Reputation.name()),
                 Outcome::Pass => {}
             }
         }
@@ -607,7 +626,7 @@ impl Session {
         let lists = self.shared.reputation.check_ip(self.source());
         if !lists.is_empty() {
             let detail = format!("client address in {}", lists.join(", "));
-            let outcome = self.fire("reputation", detail);
+            let outcome = self.fire(Check::Reputation, detail);
             if outcome != Outcome::Pass {
                 return outcome;
             }
@@ -619,7 +638,7 @@ impl Session {
             Ok(score) if score.listed => {
                 let zones: Vec<String> = score.hits.iter().map(|h| h.zone.clone()).collect();
                 self.fire(
-                    "dnsbl",
+                    Check::Dnsbl,
                     format!("score {} ({})", score.total, zones.join(", ")),
                 )
             }
@@ -669,14 +688,13 @@ impl Session {
         if self.backend.is_some() {
             return Ok(());
         }
-        let cfg = self.shared.config.backend.clone();
-        let hostname = self.shared.config.smtp.hostname.clone();
+        let shared = self.shared.clone();
         match Backend::connect(
-            &cfg,
-            &self.shared.backend_tls,
+            &shared.config.backend,
+            &shared.backend_tls,
             &self.identity(),
             self.local,
-            &hostname,
+            &shared.config.smtp.hostname,
         )
         .await
         {
@@ -702,35 +720,27 @@ impl Session {
         }
     }
 
-    /// The backend failed mid-session: tell the client (451 keeps it, 421 closes it).
-    fn backend_lost(&mut self, e: super::backend::BackendError, close: bool) -> Flow {
+    /// The backend failed mid-session: the client gets `451` and may try again in this session
+    /// (the next MAIL reconnects).
+    fn backend_lost(&mut self, e: super::backend::BackendError) -> Flow {
         tracing::error!(client = %self.client, error = %e, "backend failed");
         self.backend = None;
         self.txn = None;
-        if close {
-            self.reply(Reply::new(
-                421,
-                "4.4.2 Mail service unavailable, closing connection",
-            ));
-            Flow::Close
-        } else {
-            self.reply(Reply::new(
-                451,
-                "4.4.2 Mail service temporarily unavailable, try again later",
-            ));
-            Flow::Continue
-        }
+        self.reply(Reply::new(
+            451,
+            "4.4.2 Mail service temporarily unavailable, try again later",
+        ));
+        Flow::Continue
     }
 
     async fn handle_mail(&mut self, from: String, raw: &[u8]) -> Flow {
         if self.helo.is_none() {
-            match self.fire("helo_missing", "MAIL before HELO/EHLO") {
-                Outcome::Drop => return self.drop_reply("HELO/EHLO required"),
-                Outcome::Reject => {
-                    self.reply(Reply::new(503, "5.5.1 Send HELO/EHLO first"));
-                    return self.count_error().unwrap_or(Flow::Continue);
-                }
-                Outcome::Pass => {}
+            let refusal = Reply::new(503, "5.5.1 Send HELO/EHLO first");
+            let detail = "MAIL before HELO/EHLO";
+            if let Some(flow) =
+                self.enforce(Check::HeloMissing, detail, refusal, "HELO/EHLO required")
+            {
+                return flow;
             }
         }
         if self.txn.is_some() {
@@ -757,19 +767,10 @@ impl Session {
         }
         let lists = self.shared.reputation.check_sender(&from);
         if !lists.is_empty() {
-            match self.fire(
-                "reputation",
-                format!("sender {from} in {}", lists.join(", ")),
-            ) {
-                Outcome::Drop => return self.drop_reply("Sender refused"),
-                Outcome::Reject => {
-                    self.reply(Reply::new(
-                        550,
-                        format!("5.7.1 <{from}>: sender refused by policy"),
-                    ));
-                    return self.count_error().unwrap_or(Flow::Continue);
-                }
-                Outcome::Pass => {}
+            let detail = format!("sender {from} in {}", lists.join(", "));
+            let refusal = Reply::new(550, format!("5.7.1 <{from}>: sender refused by policy"));
+            if let Some(flow) = self.enforce(Check::Reputation, detail, refusal, "Sender refused") {
+                return flow;
             }
         }
         if let Some(refusal) = self.score_refusal() {
@@ -791,7 +792,7 @@ impl Session {
                 self.reply(reply);
                 Flow::Continue
             }
-            Err(e) => self.backend_lost(e, false),
+            Err(e) => self.backend_lost(e),
         }
     }
 
@@ -822,7 +823,7 @@ impl Session {
                 return self.count_error().unwrap_or(Flow::Continue);
             }
             RelayVerdict::Reject { reason } => {
-                let outcome = self.fire("relay_attempt", format!("{to}: {reason}"));
+                let outcome = self.fire(Check::RelayAttempt, format!("{to}: {reason}"));
                 self.reply(Reply::new(550, format!("5.7.1 <{to}>: {reason}")));
                 if outcome == Outcome::Drop {
                     return self.drop_reply("Relay attempts");
@@ -849,7 +850,7 @@ impl Session {
                 self.reply(reply);
                 Flow::Continue
             }
-            Err(e) => self.backend_lost(e, false),
+            Err(e) => self.backend_lost(e),
         }
     }
 
@@ -864,12 +865,10 @@ impl Session {
             return Flow::Continue;
         }
         if self.conn.buffered() > 0 {
-            let outcome = self.fire("pipelining", "message text sent before the 354 reply");
+            let outcome = self.fire(Check::Pipelining, "message text sent before the 354 reply");
             if outcome != Outcome::Pass {
                 self.txn = None;
-                if let Some(b) = self.backend.take() {
-                    drop(b);
-                }
+                self.backend = None;
                 return self.drop_reply("Protocol error: message text before 354");
             }
         }
@@ -879,7 +878,7 @@ impl Session {
         };
         let go_ahead = match backend.command(b"DATA").await {
             Ok(reply) => reply,
-            Err(e) => return self.backend_lost(e, false),
+            Err(e) => return self.backend_lost(e),
         };
         if go_ahead.code != 354 {
             self.txn = None;
@@ -891,7 +890,7 @@ impl Session {
             return Flow::Close;
         }
         let smtp = &self.shared.config.smtp;
-        let long = self.shared.config.checks.get("long_line").action;
+        let long = self.shared.config.checks.get(Check::LongLine).action;
         let limits = TextLimits {
             max_size: smtp.max_message_size,
             max_line: smtp.max_text_line,
@@ -923,9 +922,9 @@ impl Session {
                 // Abort the backend transaction: it never saw the final dot.
                 self.backend = None;
                 let check = match violation {
-                    super::data::TextViolation::BareNewline => Some("bare_newline"),
-                    super::data::TextViolation::LongLine => Some("long_line"),
-                    super::data::TextViolation::TooBig => None,
+                    TextViolation::BareNewline => Some(Check::BareNewline),
+                    TextViolation::LongLine => Some(Check::LongLine),
+                    TextViolation::TooBig => None,
                 };
                 let mut close = false;
                 if let Some(check) = check {
@@ -934,7 +933,7 @@ impl Session {
                 self.reply(violation.reply());
                 if close { Flow::Close } else { Flow::Continue }
             }
-            DataOutcome::BackendFailed(e) => self.backend_lost(e, false),
+            DataOutcome::BackendFailed(e) => self.backend_lost(e),
             DataOutcome::ClientGone => {
                 self.backend = None;
                 Flow::Close
@@ -1046,21 +1045,6 @@ fn canonical(ip: IpAddr) -> IpAddr {
             .map(IpAddr::V4)
             .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
-    }
-}
-
-/// The `[checks]` key of a HELO finding.
-fn finding_check(name: &str) -> &'static str {
-    match name {
-        "missing" => "helo_missing",
-        "invalid" => "helo_invalid",
-        "unbracketed_literal" => "helo_unbracketed_literal",
-        "literal_mismatch" => "helo_literal_mismatch",
-        "own_name" => "helo_own_name",
-        "not_fqdn" => "helo_not_fqdn",
-        "dynamic" => "helo_dynamic",
-        "embedded_ip" => "helo_embedded_ip",
-        _ => "helo_invalid",
     }
 }
 
