@@ -144,8 +144,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
 /// A client connection with its input and output buffers.
 pub struct Connection {
     stream: Stream,
-    /// Received, not yet consumed.
+    /// Received bytes; those before `rpos` are consumed. Lines are taken by moving `rpos`, not
+    /// by shifting the buffer, which would cost a memmove of the rest for every line.
     rbuf: Vec<u8>,
+    /// Start of the unconsumed input in `rbuf`.
+    rpos: usize,
     /// Replies queued for the next flush (pipelined groups are answered in one write).
     wbuf: Vec<u8>,
 }
@@ -156,6 +159,7 @@ impl Connection {
         Self {
             stream,
             rbuf: Vec::with_capacity(IDLE_BUFFER),
+            rpos: 0,
             wbuf: Vec::with_capacity(512),
         }
     }
@@ -167,24 +171,34 @@ impl Connection {
 
     /// Bytes received and not consumed yet (pipelined input).
     pub fn buffered(&self) -> usize {
-        self.rbuf.len()
+        self.rbuf.len() - self.rpos
     }
 
     /// Whether a complete line is already buffered.
     pub fn has_line(&self) -> bool {
-        self.rbuf.contains(&b'\n')
+        self.peek().contains(&b'\n')
     }
 
-    /// The first buffered bytes (for protocol sniffing).
+    /// The buffered, unconsumed bytes (for protocol sniffing).
     pub fn peek(&self) -> &[u8] {
-        &self.rbuf
+        &self.rbuf[self.rpos..]
     }
 
     /// Drops every buffered input byte; returns how many.
     pub fn discard_input(&mut self) -> usize {
-        let n = self.rbuf.len();
+        let n = self.buffered();
         self.rbuf.clear();
+        self.rpos = 0;
         n
+    }
+
+    /// Marks the next `n` buffered bytes consumed.
+    fn consume(&mut self, n: usize) {
+        self.rpos += n;
+        if self.rpos == self.rbuf.len() {
+            self.rbuf.clear();
+            self.rpos = 0;
+        }
     }
 
     async fn fill(&mut self, timeout: Duration) -> Result<usize, ConnError> {
@@ -194,7 +208,14 @@ impl Connection {
     /// Reads more input, giving up at `deadline`.
     async fn fill_until(&mut self, deadline: tokio::time::Instant) -> Result<usize, ConnError> {
         if self.rbuf.capacity() - self.rbuf.len() < MIN_SPARE {
-            self.rbuf.reserve(READ_CHUNK);
+            // Reclaim the consumed prefix (one move per refill) before growing.
+            if self.rpos > 0 {
+                self.rbuf.drain(..self.rpos);
+                self.rpos = 0;
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < MIN_SPARE {
+                self.rbuf.reserve(READ_CHUNK);
+            }
         }
         // Reads into the spare capacity: nothing is zero-filled, and an idle session waiting here
         // holds only its small buffer.
@@ -207,7 +228,8 @@ impl Connection {
 
     /// Gives back the room message text needed once the session is between commands again.
     pub fn shrink_idle(&mut self) {
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 4 * IDLE_BUFFER {
+        if self.buffered() == 0 && self.rbuf.capacity() > 4 * IDLE_BUFFER {
+            self.discard_input();
             self.rbuf.shrink_to(IDLE_BUFFER);
         }
         if self.wbuf.is_empty() && self.wbuf.capacity() > 4 * IDLE_BUFFER {
@@ -217,7 +239,7 @@ impl Connection {
 
     /// Waits up to `pause` for input; whether any arrived (pregreet detection).
     pub async fn input_within(&mut self, pause: Duration) -> Result<bool, ConnError> {
-        if !self.rbuf.is_empty() {
+        if self.buffered() > 0 {
             return Ok(true);
         }
         match self.fill(pause).await {
@@ -229,7 +251,7 @@ impl Connection {
 
     /// Whether input is already waiting in the socket, without blocking (plain streams).
     pub fn input_pending(&mut self) -> bool {
-        if !self.rbuf.is_empty() {
+        if self.buffered() > 0 {
             return true;
         }
         let MaybeTls::Plain(s) = &self.stream else {
@@ -257,36 +279,43 @@ impl Connection {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut too_long = false;
         let mut kept: Vec<u8> = Vec::new();
+        // Bytes already searched for LF, so a line arriving in pieces is scanned once.
+        let mut scanned = 0;
         loop {
-            if let Some(pos) = self.rbuf.iter().position(|b| *b == b'\n') {
-                let mut data: Vec<u8> = self.rbuf.drain(..=pos).collect();
+            if let Some(i) = self.peek()[scanned..].iter().position(|b| *b == b'\n') {
+                let wire_len = scanned + i + 1;
                 if too_long {
+                    self.consume(wire_len);
                     return Ok(Some(Line::new(kept, Ending::BareLf, true)));
                 }
-                let wire_len = data.len();
-                data.pop();
-                if wire_len > max {
-                    data.truncate(max);
-                    return Ok(Some(Line::new(data, Ending::BareLf, true)));
-                }
-                return Ok(Some(Line::new(data, Ending::BareLf, false)));
+                let content = &self.peek()[..wire_len - 1];
+                let line = if wire_len > max {
+                    Line::new(content[..max].to_vec(), Ending::BareLf, true)
+                } else {
+                    Line::new(content.to_vec(), Ending::BareLf, false)
+                };
+                self.consume(wire_len);
+                return Ok(Some(line));
             }
-            if self.rbuf.len() >= max {
+            scanned = self.buffered();
+            if self.buffered() >= max {
                 // No end in sight: keep the start, discard the rest until the line ends.
                 if !too_long {
-                    kept = self.rbuf[..max].to_vec();
+                    kept = self.peek()[..max].to_vec();
                     too_long = true;
                 }
-                self.rbuf.clear();
+                self.discard_input();
+                scanned = 0;
             }
             if self.fill_until(deadline).await? == 0 {
                 if too_long {
                     return Ok(Some(Line::new(kept, Ending::Eof, true)));
                 }
-                if self.rbuf.is_empty() {
+                if self.buffered() == 0 {
                     return Ok(None);
                 }
-                let data = std::mem::take(&mut self.rbuf);
+                let data = self.peek().to_vec();
+                self.discard_input();
                 return Ok(Some(Line::new(data, Ending::Eof, false)));
             }
         }
