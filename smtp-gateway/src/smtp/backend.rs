@@ -47,6 +47,9 @@ pub struct Backend {
     /// Which server.
     pub addr: SocketAddr,
     reply_timeout: Duration,
+    /// Bound on the courtesy QUIT at the end (`backend.connect_timeout`): the session task and its
+    /// connection slot must not wait `reply_timeout` for it.
+    quit_timeout: Duration,
     /// Where command round trips are recorded, once the session asked for it.
     reply_times: Option<prometheus_client::metrics::histogram::Histogram>,
 }
@@ -97,6 +100,7 @@ impl Backend {
             stream: BufReader::new(MaybeTls::Plain(tcp)),
             addr: server.address,
             reply_timeout: cfg.reply_timeout,
+            quit_timeout: cfg.connect_timeout,
             reply_times: None,
         };
         if server.identity == Identity::ProxyV2 {
@@ -282,7 +286,7 @@ impl Backend {
 
     /// Ends the backend session politely (best effort, bounded).
     pub async fn quit(mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.command(b"QUIT")).await;
+        let _ = tokio::time::timeout(self.quit_timeout, self.command(b"QUIT")).await;
     }
 }
 

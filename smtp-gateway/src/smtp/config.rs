@@ -152,7 +152,8 @@ pub struct BackendConfig {
     /// When the backend connection is opened: at the first `MAIL FROM` (default: checks finish
     /// first, no backend resources for sessions that never send mail) or right after `EHLO`.
     pub connect_at: ConnectAt,
-    /// Time allowed to connect and receive the backend's banner.
+    /// Time allowed to connect and receive the backend's banner; also bounds the QUIT that ends a
+    /// backend session.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Time allowed for any backend reply (the final reply after DATA included).

@@ -10,7 +10,6 @@ use std::{
 };
 
 use tokio::{
-    io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
     sync::{Semaphore, watch},
 };
@@ -209,12 +208,12 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         if *shutdown.borrow() {
-            refuse(tcp, "4.3.2 Service shutting down, try again later").await;
+            refuse(tcp, "4.3.2 Service shutting down, try again later");
             continue;
         }
         let shared = shared.borrow().clone();
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            refuse(tcp, "4.7.0 Too many connections, try again later").await;
+            refuse(tcp, "4.7.0 Too many connections, try again later");
             continue;
         };
         let Some(slot) = counts.acquire(client.ip(), shared.config.smtp.max_connections_per_source)
@@ -222,8 +221,7 @@ async fn accept_loop(
             refuse(
                 tcp,
                 "4.7.0 Too many connections from your address, try again later",
-            )
-            .await;
+            );
             continue;
         };
         shared.metrics.connection(cfg.address);
@@ -266,12 +264,11 @@ async fn accept_loop(
     }
 }
 
-async fn refuse(mut tcp: TcpStream, text: &str) {
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        tcp.write_all(format!("421 {text}\r\n").as_bytes()),
-    )
-    .await;
+/// Answers `421` on a connection over a cap and closes it. The reply fits an empty socket send
+/// buffer, so it is written without waiting: a client that does not read can never hold up the
+/// accept loop.
+fn refuse(tcp: TcpStream, text: &str) {
+    let _ = tcp.try_write(format!("421 {text}\r\n").as_bytes());
 }
 
 #[cfg(test)]
