@@ -48,13 +48,9 @@ pub struct Line {
 }
 
 impl Line {
-    fn new(mut data: Vec<u8>, ending: Ending, too_long: bool) -> Self {
-        let ending = if ending == Ending::BareLf && data.last() == Some(&b'\r') {
-            data.pop();
-            Ending::CrLf
-        } else {
-            ending
-        };
+    /// `data` without its line ending; `ending` is how the line really ended on the wire, known
+    /// even when `data` was truncated (an over-long line) and its CR cut off or discarded.
+    fn new(data: Vec<u8>, ending: Ending, too_long: bool) -> Self {
         let bare_cr = data.contains(&b'\r');
         let nul = data.contains(&0);
         Self {
@@ -279,22 +275,29 @@ impl Connection {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut too_long = false;
         let mut kept: Vec<u8> = Vec::new();
+        // Last byte of input discarded while skipping an over-long line: it tells whether the LF
+        // that ends the line was preceded by CR.
+        let mut last_discarded: Option<u8> = None;
         // Bytes already searched for LF, so a line arriving in pieces is scanned once.
         let mut scanned = 0;
         loop {
             if let Some(i) = self.peek()[scanned..].iter().position(|b| *b == b'\n') {
-                let wire_len = scanned + i + 1;
-                if too_long {
-                    self.consume(wire_len);
-                    return Ok(Some(Line::new(kept, Ending::BareLf, true)));
-                }
-                let content = &self.peek()[..wire_len - 1];
-                let line = if wire_len > max {
-                    Line::new(content[..max].to_vec(), Ending::BareLf, true)
-                } else {
-                    Line::new(content.to_vec(), Ending::BareLf, false)
+                let lf = scanned + i;
+                let cr = match lf {
+                    0 => last_discarded == Some(b'\r'),
+                    _ => self.peek()[lf - 1] == b'\r',
                 };
-                self.consume(wire_len);
+                let ending = if cr { Ending::CrLf } else { Ending::BareLf };
+                // A CR before the LF belongs to the ending (it may be in the discarded tail: lf = 0).
+                let content_end = if cr { lf.saturating_sub(1) } else { lf };
+                let line = if too_long {
+                    Line::new(std::mem::take(&mut kept), ending, true)
+                } else if lf + 1 > max {
+                    Line::new(self.peek()[..max.min(content_end)].to_vec(), ending, true)
+                } else {
+                    Line::new(self.peek()[..content_end].to_vec(), ending, false)
+                };
+                self.consume(lf + 1);
                 return Ok(Some(line));
             }
             scanned = self.buffered();
@@ -304,6 +307,7 @@ impl Connection {
                     kept = self.peek()[..max].to_vec();
                     too_long = true;
                 }
+                last_discarded = self.peek().last().copied();
                 self.discard_input();
                 scanned = 0;
             }
@@ -362,14 +366,7 @@ mod tests {
 
     #[test]
     fn line_classification() {
-        let l = Line::new(b"EHLO x\r".to_vec(), Ending::BareLf, false);
-        assert_eq!(
-            (l.ending, l.bare_cr, l.data.as_slice()),
-            (Ending::CrLf, false, &b"EHLO x"[..])
-        );
-        let l = Line::new(b"EHLO x".to_vec(), Ending::BareLf, false);
-        assert_eq!(l.ending, Ending::BareLf);
-        let l = Line::new(b"a\rb\r".to_vec(), Ending::BareLf, false);
+        let l = Line::new(b"a\rb".to_vec(), Ending::CrLf, false);
         assert!(l.bare_cr && l.ending == Ending::CrLf);
         assert!(Line::new(b"a\0b".to_vec(), Ending::BareLf, false).nul);
     }
@@ -401,6 +398,11 @@ mod tests {
         assert_eq!(l.ending, Ending::BareLf);
         let l = c.read_line(512, t).await.expect("read").expect("line");
         assert!(l.too_long && l.data.len() == 512);
+        assert_eq!(
+            l.ending,
+            Ending::CrLf,
+            "a truncated line keeps its real ending"
+        );
         let l = c.read_line(512, t).await.expect("read").expect("line");
         assert_eq!(l.data, b"QUIT");
         let l = c.read_line(512, t).await.expect("read").expect("line");
@@ -409,5 +411,30 @@ mod tests {
             (&b"partial"[..], Ending::Eof)
         );
         assert!(c.read_line(512, t).await.expect("read").is_none());
+    }
+
+    #[tokio::test]
+    async fn an_over_long_line_whose_cr_was_discarded_still_ends_with_crlf() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            s.write_all(format!("{}\r", "Y".repeat(700)).as_bytes())
+                .await
+                .expect("write");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.write_all(b"\nNEXT\r\n").await.expect("write");
+        });
+        let (sock, _) = listener.accept().await.expect("accept");
+        let mut c = Connection::new(MaybeTls::Plain(sock));
+        let t = Duration::from_secs(5);
+        let l = c.read_line(512, t).await.expect("read").expect("line");
+        assert!(l.too_long);
+        assert_eq!(l.ending, Ending::CrLf);
+        let l = c.read_line(512, t).await.expect("read").expect("line");
+        assert_eq!((l.data.as_slice(), l.ending), (&b"NEXT"[..], Ending::CrLf));
+        client.await.expect("client");
     }
 }

@@ -195,6 +195,14 @@ mod tests {
         client_text: &'static [u8],
         policy: BareNewlinePolicy,
     ) -> (DataOutcome, Vec<u8>) {
+        relay_with(client_text, policy, true).await
+    }
+
+    async fn relay_with(
+        client_text: &'static [u8],
+        policy: BareNewlinePolicy,
+        refuse_long_lines: bool,
+    ) -> (DataOutcome, Vec<u8>) {
         let backend_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let backend_addr = backend_listener.local_addr().expect("addr");
         let recorder = tokio::spawn(recording_backend(backend_listener));
@@ -239,7 +247,7 @@ mod tests {
             max_line: 1000,
             bare_newlines: policy,
             timeout: Duration::from_secs(2),
-            refuse_long_lines: true,
+            refuse_long_lines,
         };
         let (outcome, _) = relay_message(&mut conn, &mut backend, &limits).await;
         drop(backend);
@@ -322,6 +330,27 @@ mod tests {
         let (outcome, received) = relay(text, BareNewlinePolicy::Reject).await;
         assert!(matches!(outcome, DataOutcome::Relayed(_)));
         assert_eq!(received, text.to_vec());
+    }
+
+    /// An over-long line must not hide the end of data after it, nor count as a bare newline.
+    #[tokio::test]
+    async fn an_over_long_text_line_keeps_the_end_of_data_in_sight() {
+        let text: &'static [u8] = Box::leak(
+            format!("Subject: x\r\n\r\n{}\r\n.\r\n", "x".repeat(1200))
+                .into_bytes()
+                .into_boxed_slice(),
+        );
+        let (outcome, _) = relay_with(text, BareNewlinePolicy::Reject, true).await;
+        assert!(matches!(
+            outcome,
+            DataOutcome::Refused(TextViolation::LongLine)
+        ));
+        let (outcome, received) = relay_with(text, BareNewlinePolicy::Reject, false).await;
+        assert!(
+            matches!(outcome, DataOutcome::Relayed(_)),
+            "long_line ignored: relayed"
+        );
+        assert!(received.ends_with(b"\r\n.\r\n"));
     }
 
     #[tokio::test]
