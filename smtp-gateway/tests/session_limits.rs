@@ -1,0 +1,120 @@
+//! Checks and limits not exercised elsewhere, each fired through a live session: MAIL before
+//! HELO, a HELO literal that is not the client's address, too many errors, the message size
+//! limit, an over-long message text line, and messages per session. The real daemon in front of
+//! a scripted backend. Needs root (bpffs pins).
+
+#[path = "support/peers.rs"]
+#[allow(dead_code)] // each test binary uses a different part of the shared peers
+mod peers;
+
+use std::{io::Read, net::TcpListener};
+
+use peers::{Gateway, scripted_backend};
+
+fn gateway(tag: &str, extra: &str, backend_sessions: usize) -> Gateway {
+    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = backend.local_addr().expect("addr");
+    let _ = scripted_backend(backend, backend_sessions);
+    Gateway::start(tag, addr, extra)
+}
+
+#[test]
+fn mail_before_helo_is_refused() {
+    let gw = gateway("nohelo", "", 0);
+    let mut c = gw.client();
+    let mail = c.cmd("MAIL FROM:<a@example.net>");
+    assert!(mail.starts_with("503 5.5.1"), "{mail}");
+    assert!(gw.log().contains("helo_missing"), "{}", gw.log());
+    // A well-behaved client that says EHLO first passes.
+    assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
+}
+
+#[test]
+fn helo_literal_of_another_address_is_refused_when_configured() {
+    let gw = gateway(
+        "literal",
+        "[checks]\nhelo_literal_mismatch = { action = \"reject\" }",
+        0,
+    );
+    let mut c = gw.client();
+    let helo = c.cmd("EHLO [198.51.100.9]");
+    assert!(
+        helo.starts_with("550 5.7.1") && helo.contains("helo_literal_mismatch"),
+        "{helo}"
+    );
+    let own = c.cmd("EHLO [127.0.0.1]");
+    assert!(
+        own.starts_with("250"),
+        "the client's own literal passes: {own}"
+    );
+}
+
+#[test]
+fn too_many_errors_closes_the_session() {
+    let gw = gateway("errors", "max_errors = 2", 0);
+    let mut c = gw.client();
+    assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("503"));
+    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("503"));
+    let third = c.cmd("RCPT TO:<b@example.org>");
+    assert!(third.starts_with("503"), "{third}");
+    let closing = c.reply();
+    assert!(
+        closing.starts_with("421 4.7.0 Too many errors"),
+        "{closing}"
+    );
+    let mut rest = String::new();
+    let _ = c.stream.get_mut().read_to_string(&mut rest);
+    assert!(rest.is_empty(), "connection closed: {rest:?}");
+    assert!(gw.log().contains("too_many_errors"), "{}", gw.log());
+}
+
+#[test]
+fn oversized_message_and_long_text_line_are_refused_and_the_session_goes_on() {
+    // Each refused message aborts its backend session; the next MAIL opens a new one.
+    let gw = gateway("size", "max_message_size = 2048", 3);
+    let mut c = gw.client();
+    assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
+
+    assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let big = format!(
+        "Subject: big\r\n\r\n{}.",
+        "0123456789abcdef0123456789abcdef\r\n".repeat(100)
+    );
+    let reply = c.cmd(&big);
+    assert!(reply.starts_with("552 5.3.4"), "{reply}");
+
+    assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let long = format!("Subject: long\r\n\r\n{}\r\n.", "x".repeat(1200));
+    let reply = c.cmd(&long);
+    assert!(
+        reply.starts_with("554 5.6.0") && reply.contains("line too long"),
+        "{reply}"
+    );
+
+    assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let fine = c.cmd("Subject: fine\r\n\r\nwithin limits\r\n.");
+    assert!(
+        fine.starts_with("250"),
+        "a message within the limits is relayed: {fine}"
+    );
+}
+
+#[test]
+fn messages_per_session_are_limited() {
+    let gw = gateway("msgs", "max_messages = 1", 1);
+    let mut c = gw.client();
+    assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    assert!(c.cmd("Subject: one\r\n\r\nfirst\r\n.").starts_with("250"));
+    let second = c.cmd("MAIL FROM:<a@example.net>");
+    assert!(second.starts_with("452 4.5.3"), "{second}");
+}
