@@ -299,13 +299,22 @@ async fn reload(
     let new = Config::load(path)?;
     // Built first and without side effects: a certificate that cannot be read leaves everything
     // as it was.
+    // Reading certificates and reputation lists (possibly millions of lines) is blocking work:
+    // it runs off the async workers that serve the sessions.
     let generation = match &proxy {
-        Some(p) => Some(build_shared(
-            &new,
-            p.events.clone(),
-            p.pass_cache.clone(),
-            p.metrics.clone(),
-        )?),
+        Some(p) => {
+            let (config, events, cache, metrics) = (
+                new.clone(),
+                p.events.clone(),
+                p.pass_cache.clone(),
+                p.metrics.clone(),
+            );
+            Some(
+                tokio::task::spawn_blocking(move || build_shared(&config, events, cache, metrics))
+                    .await
+                    .map_err(|e| DaemonError::Task(e.to_string()))??,
+            )
+        }
         None => None,
     };
     if old.smtp.listeners != new.smtp.listeners {

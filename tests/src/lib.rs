@@ -1,6 +1,19 @@
 //! End-to-end test crate; the tests live in `tests/`, the benchmark binaries in `src/bin/`.
 //! This library holds what the benchmark binaries share.
 
+/// Removes a temporary directory when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if self.0.exists()
+            && let Err(e) = std::fs::remove_dir_all(&self.0)
+        {
+            eprintln!("warning: removing {}: {e}", self.0.display());
+        }
+    }
+}
+
 /// `1234567` as `1,234,567`.
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();

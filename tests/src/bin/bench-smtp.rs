@@ -24,7 +24,7 @@
 //! PID when the benchmark ends, on error too; the gateway's pins (under
 //! `/sys/fs/bpf/sgw-bench-smtp-<pid>-<n>`) are removed with `smtp-gateway detach`.
 
-use smtp_gateway_tests::{machine, thousands};
+use smtp_gateway_tests::{TempDir, machine, thousands};
 use std::{
     fmt::Write as _,
     fs::File,
@@ -117,19 +117,6 @@ fn main() -> ExitCode {
 }
 
 // ───────────────────────────── processes and cleanup ─────────────────────────────
-
-/// Removes a temporary directory when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if self.0.exists()
-            && let Err(e) = std::fs::remove_dir_all(&self.0)
-        {
-            eprintln!("warning: removing {}: {e}", self.0.display());
-        }
-    }
-}
 
 /// A child process stopped by PID when dropped: SIGTERM, SIGKILL after 5 s, then reaped.
 struct Proc {

@@ -20,7 +20,7 @@
 #[path = "../../tests/support/frames.rs"]
 mod frames;
 
-use smtp_gateway_tests::{machine, thousands};
+use smtp_gateway_tests::{TempDir, machine, thousands};
 use std::{
     fmt::Write as _,
     io::{BufWriter, Write as _},
@@ -115,19 +115,6 @@ impl Drop for Pins {
     fn drop(&mut self) {
         if let Err(e) = loader::detach(&self.0) {
             eprintln!("warning: removing the pins in {}: {e:#}", self.0.display());
-        }
-    }
-}
-
-/// Removes a temporary directory when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if self.0.exists()
-            && let Err(e) = std::fs::remove_dir_all(&self.0)
-        {
-            eprintln!("warning: removing {}: {e}", self.0.display());
         }
     }
 }
