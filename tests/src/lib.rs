@@ -1,6 +1,8 @@
 //! End-to-end test crate; the tests live in `tests/`, the benchmark binaries in `src/bin/`.
 //! This library holds what the benchmark binaries share.
 
+pub mod figures;
+
 /// Removes a temporary directory when dropped.
 pub struct TempDir(pub std::path::PathBuf);
 
