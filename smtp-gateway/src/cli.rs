@@ -1,4 +1,5 @@
-//! Command-line interface: `smtp-gateway run | detach | check-config | block | allow | stats`.
+//! Command-line interface: `smtp-gateway run | detach | check-config | block | allow | stats |
+//! reload`.
 
 use std::path::PathBuf;
 
@@ -39,8 +40,11 @@ pub enum Command {
     /// Manage the kernel allowlist (never dropped, never rate-limited).
     #[command(subcommand)]
     Allow(AllowCommand),
-    /// Kernel verdict counters and the top sources.
+    /// Kernel verdict counters and the top sources (with their SMTP session verdicts when the
+    /// daemon runs).
     Stats(StatsArgs),
+    /// Ask the running daemon to reload its configuration file, and report how it went.
+    Reload,
 }
 
 #[derive(Debug, Subcommand)]

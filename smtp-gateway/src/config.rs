@@ -67,6 +67,70 @@ pub struct Config {
     pub autoban: crate::autoban::AutobanConfig,
     /// The Prometheus endpoint.
     pub metrics: crate::metrics::MetricsConfig,
+    /// The daemon process: control socket, reload on change, privileges after setup.
+    pub daemon: DaemonConfig,
+}
+
+/// `[daemon]`: the process itself.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// The control socket (root only, mode 0600) the CLI talks to. Empty: derived from
+    /// `dataplane.pin_dir` (`/run/smtp-gateway/<pin dir name>.sock`), so a daemon and the CLI
+    /// sharing a configuration, and so a data plane, find each other.
+    pub control_socket: PathBuf,
+    /// How long the CLI waits for the daemon's answer (a reload reading large lists may take a
+    /// while).
+    #[serde(with = "humantime_serde")]
+    pub control_timeout: Duration,
+    /// Reload when the configuration file changes, as on SIGHUP.
+    pub watch_config: bool,
+    /// Quiet time after the last change to the file before the reload (editors write in steps).
+    #[serde(with = "humantime_serde")]
+    pub watch_debounce: Duration,
+    /// Give up privileges once the listeners are bound and the XDP program is attached.
+    pub drop_privileges: bool,
+    /// User to become after setup. Empty: stay uid 0, but without capabilities.
+    pub user: String,
+    /// Group to become after setup. Empty: the user's primary group.
+    pub group: String,
+    /// Capabilities kept after setup (`CAP_BPF`, ...). None are needed on Linux 6.5 and later:
+    /// the daemon works on the maps through descriptors it opened during setup.
+    pub keep_capabilities: Vec<String>,
+}
+
+/// Where control sockets live when `daemon.control_socket` is empty.
+pub const CONTROL_SOCKET_DIR: &str = "/run/smtp-gateway";
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            control_socket: PathBuf::new(),
+            control_timeout: Duration::from_secs(30),
+            watch_config: true,
+            watch_debounce: Duration::from_millis(500),
+            drop_privileges: true,
+            user: String::new(),
+            group: String::new(),
+            keep_capabilities: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The control socket path: `daemon.control_socket`, or the one derived from the pin dir.
+    pub fn control_socket(&self) -> PathBuf {
+        if !self.daemon.control_socket.as_os_str().is_empty() {
+            return self.daemon.control_socket.clone();
+        }
+        let name = self
+            .dataplane
+            .pin_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "smtp-gateway".into());
+        Path::new(CONTROL_SOCKET_DIR).join(format!("{name}.sock"))
+    }
 }
 
 /// `[dataplane]`: the kernel half of the gateway.
@@ -258,6 +322,35 @@ impl Config {
         self.reputation.validate()?;
         self.autoban.validate()?;
         self.metrics.validate()?;
+        self.validate_daemon()?;
+        Ok(())
+    }
+
+    fn validate_daemon(&self) -> Result<(), (String, String)> {
+        let d = &self.daemon;
+        if d.control_timeout < Duration::from_secs(1) {
+            return Err((
+                "daemon.control_timeout".into(),
+                "must be at least 1s".into(),
+            ));
+        }
+        if d.watch_debounce > Duration::from_secs(60) {
+            return Err(("daemon.watch_debounce".into(), "must be at most 60s".into()));
+        }
+        for name in &d.keep_capabilities {
+            if name.parse::<caps::Capability>().is_err() {
+                return Err((
+                    "daemon.keep_capabilities".into(),
+                    format!("{name:?} is not a capability name (like \"CAP_BPF\")"),
+                ));
+            }
+        }
+        if !d.drop_privileges && (!d.user.is_empty() || !d.group.is_empty()) {
+            return Err((
+                "daemon.user".into(),
+                "user and group need daemon.drop_privileges = true".into(),
+            ));
+        }
         Ok(())
     }
 

@@ -15,8 +15,11 @@ use smtp_gateway_common::{AllowEntry, origin};
 use tokio::sync::watch;
 
 use crate::{
-    config::{Config, ConfigError, DataplaneConfig},
+    config::{Config, ConfigError, DataplaneConfig, ListenerConfig},
+    control::{ControlError, server::ControlSocket},
     dataplane::{Dataplane, DataplaneError, clock, loader, reasons},
+    privileges::PrivilegeError,
+    reload::{ReloadOrigin, ReloadRequest},
     signal::{Control, Signals},
 };
 
@@ -41,38 +44,126 @@ pub enum DaemonError {
     Reputation(#[from] crate::policy::reputation::ReputationError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
 }
 
 /// The data plane shared by the daemon's tasks.
 pub type SharedDataplane = Arc<Mutex<Dataplane>>;
 
+/// Everything set up while the daemon still has its privileges: the data plane attached and
+/// its maps open, every socket bound. [`serve`] runs on it without privileges.
+pub struct Prepared {
+    config_path: Option<PathBuf>,
+    config: Config,
+    dataplane: Dataplane,
+    listeners: Vec<(ListenerConfig, std::net::TcpListener)>,
+    metrics_listener: Option<std::net::TcpListener>,
+    control: ControlSocket,
+    /// Set when privileges were dropped (then interfaces cannot be attached on reload).
+    dropped: bool,
+}
+
+/// Attaches, binds, then drops privileges (`[daemon]`). Must run before any other thread
+/// exists (no async runtime yet): credentials and capabilities are per thread, and only threads
+/// started afterwards inherit the reduced ones.
+pub fn prepare(config_path: Option<PathBuf>, config: Config) -> Result<Prepared, DaemonError> {
+    let dataplane = start_dataplane(&config.dataplane)?;
+    let metrics_listener = if config.metrics.enabled {
+        Some(crate::metrics::bind(&config.metrics)?)
+    } else {
+        tracing::info!("metrics.enabled is false: no metrics endpoint");
+        None
+    };
+    let mut listeners = Vec::new();
+    for l in &config.smtp.listeners {
+        listeners.push((l.clone(), crate::smtp::server::bind(l)?));
+    }
+    let control = crate::control::server::bind(&config.control_socket())?;
+    let dropped = if config.daemon.drop_privileges {
+        let d = crate::privileges::drop_privileges(&config.daemon)?;
+        tracing::info!(
+            uid = d.uid,
+            gid = d.gid,
+            capabilities = ?d.kept,
+            "privileges dropped after setup"
+        );
+        true
+    } else {
+        tracing::warn!("daemon.drop_privileges is false: the daemon keeps all its privileges");
+        false
+    };
+    Ok(Prepared {
+        config_path,
+        config,
+        dataplane,
+        listeners,
+        metrics_listener,
+        control,
+        dropped,
+    })
+}
+
 /// Runs the daemon until SIGTERM (graceful: sessions may finish) or SIGINT (immediate).
-/// `config_path` is re-read on SIGHUP.
-pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<(), DaemonError> {
+/// The configuration file is re-read on SIGHUP, when it changes, and on `smtp-gateway reload`.
+pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
+    let Prepared {
+        config_path,
+        config,
+        dataplane,
+        listeners,
+        metrics_listener,
+        control,
+        dropped,
+    } = prepared;
     let mut signals = Signals::install().map_err(DaemonError::Signals)?;
-    let dp_cfg = config.dataplane.clone();
-    let dataplane = tokio::task::spawn_blocking(move || start_dataplane(&dp_cfg))
-        .await
-        .map_err(|e| DaemonError::Task(e.to_string()))??;
     let dataplane: SharedDataplane = Arc::new(Mutex::new(dataplane));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (config_tx, config_rx) = watch::channel(config.clone());
+    let (reload_tx, mut reload_rx) = crate::reload::channel();
     let (events, events_rx) = crate::smtp::events::channel();
-    // One set of counters for the whole run: reload generations share it.
+    // One set of counters and one outcome table for the whole run: reload generations share them.
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let metrics_server = if config.metrics.enabled {
-        let listener = crate::metrics::bind(&config.metrics).await?;
-        Some(tokio::spawn(crate::metrics::serve(
+    let outcomes = Arc::new(crate::source_outcomes::SourceOutcomes::new(
+        config.metrics.session_sources,
+    ));
+    let metrics_server = metrics_listener.map(|listener| {
+        tokio::spawn(crate::metrics::serve(
             listener,
             metrics.clone(),
-            Some(dataplane.clone()),
+            crate::metrics::ScrapeSources {
+                dataplane: Some(dataplane.clone()),
+                outcomes: Some(outcomes.clone()),
+            },
             config_rx.clone(),
             shutdown_rx.clone(),
-        )))
-    } else {
-        tracing::info!("metrics.enabled is false: no metrics endpoint");
-        None
+        ))
+    });
+    let control_server = tokio::spawn(control.serve(
+        Arc::new(crate::control::server::Handler {
+            dataplane: dataplane.clone(),
+            outcomes: outcomes.clone(),
+            reload: reload_tx.clone(),
+        }),
+        shutdown_rx.clone(),
+    ));
+    let _watcher = match (&config_path, config.daemon.watch_config) {
+        (Some(path), true) => match crate::config_watch::spawn(
+            path,
+            config.daemon.watch_debounce,
+            reload_tx.clone(),
+            shutdown_rx.clone(),
+        ) {
+            Ok(watcher) => Some(watcher),
+            Err(e) => {
+                tracing::warn!(error = %e, "reloads on SIGHUP and `smtp-gateway reload` only");
+                None
+            }
+        },
+        _ => None,
     };
     let checks_counter = tokio::spawn(
         metrics
@@ -90,52 +181,69 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<(), Dae
         config.smtp.pass_cache_ttl,
         config.smtp.pass_cache_size,
     ));
-    let proxy = start_proxy(
-        &config,
-        events.clone(),
-        pass_cache.clone(),
-        metrics.clone(),
-        shutdown_rx.clone(),
-    )?;
+    let context = GenerationContext {
+        events: events.clone(),
+        pass_cache,
+        metrics: metrics.clone(),
+        outcomes,
+    };
+    let proxy = start_proxy(&config, listeners, &context, shutdown_rx.clone())?;
     let sweeper = tokio::spawn(sweep_loop(dataplane.clone(), config_rx, shutdown_rx));
     tracing::info!("ready");
 
     let fast = loop {
-        match signals.next().await {
-            Control::Terminate => break false,
-            Control::Interrupt => break true,
-            Control::Reload => {
-                let Some(path) = &config_path else {
-                    tracing::warn!("SIGHUP: no configuration file to reload (running on defaults)");
-                    continue;
-                };
+        let request = tokio::select! {
+            signal = signals.next() => match signal {
+                Control::Terminate => break false,
+                Control::Interrupt => break true,
+                Control::Reload => ReloadRequest { origin: ReloadOrigin::Signal, reply: None },
+            },
+            Some(request) = reload_rx.recv() => request,
+        };
+        let result = match &config_path {
+            None => Err("no configuration file to reload (running on built-in defaults)".into()),
+            Some(path) => {
                 let old = config_tx.borrow().clone();
-                let proxy_ctx = proxy.as_ref().map(|p| ProxyReload {
-                    events: events.clone(),
-                    pass_cache: pass_cache.clone(),
-                    metrics: metrics.clone(),
-                    shared: &p.shared,
-                });
-                match reload(path, &old, &dataplane, proxy_ctx).await {
-                    Ok(new) => {
+                let generation = proxy.as_ref().map(|p| (&context, &p.shared));
+                match reload(path, &old, &dataplane, generation, dropped).await {
+                    Ok((new, notes)) => {
                         metrics.reload(true);
-                        tracing::info!(path = %path.display(), "configuration reloaded");
+                        for note in &notes {
+                            tracing::warn!("{note}");
+                        }
+                        tracing::info!(
+                            path = %path.display(),
+                            origin = request.origin.name(),
+                            "configuration reloaded"
+                        );
                         let _ = config_tx.send(new);
+                        Ok(notes)
                     }
                     Err(e) => {
                         metrics.reload(false);
                         tracing::error!(
                             error = %e,
+                            origin = request.origin.name(),
                             "configuration reload failed; the previous configuration stays in force"
                         );
+                        Err(e.to_string())
                     }
                 }
             }
+        };
+        if let Err(e) = &result
+            && config_path.is_none()
+        {
+            tracing::warn!(origin = request.origin.name(), "reload: {e}");
+        }
+        if let Some(reply) = request.reply {
+            let _ = reply.send(result);
         }
     };
     let _ = shutdown_tx.send(true);
     let _ = sweeper.await;
     let _ = checks_counter.await;
+    let _ = control_server.await;
     if let Some(server) = metrics_server {
         let _ = server.await;
     }
@@ -153,12 +261,12 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<(), Dae
     Ok(())
 }
 
-/// What a reload needs to build and publish a new proxy generation.
-struct ProxyReload<'a> {
+/// What every proxy configuration generation shares with the others (built once per run).
+struct GenerationContext {
     events: crate::smtp::events::EventSender,
     pass_cache: Arc<crate::policy::pass_cache::PassCache>,
     metrics: Arc<crate::metrics::Metrics>,
-    shared: &'a watch::Sender<Arc<crate::smtp::Shared>>,
+    outcomes: Arc<crate::source_outcomes::SourceOutcomes>,
 }
 
 /// The running proxy: its task and the configuration generation new sessions use.
@@ -171,10 +279,14 @@ struct Proxy {
 /// failure leaves the running generation untouched).
 fn build_shared(
     config: &Config,
-    events: crate::smtp::events::EventSender,
-    pass_cache: Arc<crate::policy::pass_cache::PassCache>,
-    metrics: Arc<crate::metrics::Metrics>,
+    context: GenerationParts,
 ) -> Result<crate::smtp::Shared, DaemonError> {
+    let GenerationParts {
+        events,
+        pass_cache,
+        metrics,
+        outcomes,
+    } = context;
     let tls = config
         .smtp
         .tls
@@ -212,25 +324,50 @@ fn build_shared(
         reputation,
         pass_cache,
         metrics,
+        outcomes,
     })
 }
 
-/// Binds the SMTP listeners (a bind failure stops the start) and serves them in the background.
-fn start_proxy(
-    config: &Config,
+/// The shared parts, owned (to move into a blocking task).
+struct GenerationParts {
     events: crate::smtp::events::EventSender,
     pass_cache: Arc<crate::policy::pass_cache::PassCache>,
     metrics: Arc<crate::metrics::Metrics>,
+    outcomes: Arc<crate::source_outcomes::SourceOutcomes>,
+}
+
+impl GenerationContext {
+    fn parts(&self) -> GenerationParts {
+        GenerationParts {
+            events: self.events.clone(),
+            pass_cache: self.pass_cache.clone(),
+            metrics: self.metrics.clone(),
+            outcomes: self.outcomes.clone(),
+        }
+    }
+}
+
+/// Serves the bound SMTP listeners in the background.
+fn start_proxy(
+    config: &Config,
+    bound: Vec<(ListenerConfig, std::net::TcpListener)>,
+    context: &GenerationContext,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Option<Proxy>, DaemonError> {
-    if config.smtp.listeners.is_empty() {
+    if bound.is_empty() {
         tracing::info!("smtp.listeners is empty: the SMTP proxy is off");
         return Ok(None);
     }
-    let shared = Arc::new(build_shared(config, events, pass_cache, metrics)?);
+    let shared = Arc::new(build_shared(config, context.parts())?);
     let mut listeners = Vec::new();
-    for l in &config.smtp.listeners {
-        listeners.push((l.clone(), crate::smtp::server::bind(l)?));
+    for (l, std_listener) in bound {
+        let listener = tokio::net::TcpListener::from_std(std_listener).map_err(|source| {
+            crate::smtp::server::ServerError::Bind {
+                address: l.address,
+                source,
+            }
+        })?;
+        listeners.push((l, listener));
     }
     let (shared_tx, shared_rx) = watch::channel(shared);
     Ok(Some(Proxy {
@@ -289,54 +426,46 @@ pub fn sync_config_allowlist(dp: &mut Dataplane, wanted: &[IpNet]) -> Result<(),
     Ok(())
 }
 
-/// Reads, validates and applies a new configuration; on any error the old one stays.
+/// Reads, validates and applies a new configuration; on any error the old one stays. Returns
+/// the new configuration and notes on changes that need a restart.
 async fn reload(
     path: &std::path::Path,
     old: &Config,
     dataplane: &SharedDataplane,
-    proxy: Option<ProxyReload<'_>>,
-) -> Result<Config, DaemonError> {
+    proxy: Option<(&GenerationContext, &watch::Sender<Arc<crate::smtp::Shared>>)>,
+    privileges_dropped: bool,
+) -> Result<(Config, Vec<String>), DaemonError> {
     let new = Config::load(path)?;
     // Built first and without side effects: a certificate that cannot be read leaves everything
     // as it was.
     // Reading certificates and reputation lists (possibly millions of lines) is blocking work:
     // it runs off the async workers that serve the sessions.
     let generation = match &proxy {
-        Some(p) => {
-            let (config, events, cache, metrics) = (
-                new.clone(),
-                p.events.clone(),
-                p.pass_cache.clone(),
-                p.metrics.clone(),
-            );
+        Some((context, _)) => {
+            let (config, parts) = (new.clone(), context.parts());
             Some(
-                tokio::task::spawn_blocking(move || build_shared(&config, events, cache, metrics))
+                tokio::task::spawn_blocking(move || build_shared(&config, parts))
                     .await
                     .map_err(|e| DaemonError::Task(e.to_string()))??,
             )
         }
         None => None,
     };
-    if old.smtp.listeners != new.smtp.listeners {
-        tracing::warn!("smtp.listeners changes take effect only after a restart");
-    }
-    if old.metrics.enabled != new.metrics.enabled || old.metrics.listen != new.metrics.listen {
-        tracing::warn!(
-            "metrics.enabled and metrics.listen changes take effect only after a restart"
-        );
-    }
+    let mut notes = restart_notes(old, &new);
     let (o, n) = (&old.dataplane, &new.dataplane);
-    if o.pin_dir != n.pin_dir || o.capacity != n.capacity || o.attach_mode != n.attach_mode {
-        tracing::warn!(
-            "dataplane.pin_dir, dataplane.capacity and dataplane.attach_mode changes take effect \
-             only after `smtp-gateway detach` and a restart"
+    // Attaching needs the privileges given up after setup.
+    let attach = o.interfaces != n.interfaces && !privileges_dropped;
+    if o.interfaces != n.interfaces && privileges_dropped {
+        notes.push(
+            "dataplane.interfaces changes take effect only after a restart (the daemon gave up \
+             the privileges to attach after setup; see daemon.drop_privileges)"
+                .into(),
         );
     }
     let cfg = n.clone();
-    let interfaces_changed = o.interfaces != n.interfaces;
     let dataplane = dataplane.clone();
     tokio::task::spawn_blocking(move || -> Result<(), DataplaneError> {
-        if interfaces_changed {
+        if attach {
             let report = loader::attach(&cfg)?;
             for (interface, action) in &report.links {
                 tracing::info!(interface, ?action, "XDP link");
@@ -351,11 +480,51 @@ async fn reload(
     })
     .await
     .map_err(|e| DaemonError::Task(e.to_string()))??;
-    if let (Some(generation), Some(p)) = (generation, proxy) {
+    if let (Some(generation), Some((_, shared))) = (generation, proxy) {
         // Sessions already running keep the generation they started with.
-        let _ = p.shared.send(Arc::new(generation));
+        let _ = shared.send(Arc::new(generation));
     }
-    Ok(new)
+    Ok((new, notes))
+}
+
+/// The changed options that take effect only after a restart (config/gateway.toml lists them).
+fn restart_notes(old: &Config, new: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    let mut note = |changed: bool, text: &str| {
+        if changed {
+            notes.push(text.to_string());
+        }
+    };
+    note(
+        old.smtp.listeners != new.smtp.listeners,
+        "smtp.listeners changes take effect only after a restart",
+    );
+    note(
+        old.metrics.enabled != new.metrics.enabled || old.metrics.listen != new.metrics.listen,
+        "metrics.enabled and metrics.listen changes take effect only after a restart",
+    );
+    note(
+        old.metrics.session_sources != new.metrics.session_sources,
+        "metrics.session_sources changes take effect only after a restart",
+    );
+    let (o, n) = (&old.dataplane, &new.dataplane);
+    note(
+        o.pin_dir != n.pin_dir || o.capacity != n.capacity || o.attach_mode != n.attach_mode,
+        "dataplane.pin_dir, dataplane.capacity and dataplane.attach_mode changes take effect \
+         only after `smtp-gateway detach` and a restart",
+    );
+    let (o, n) = (&old.daemon, &new.daemon);
+    note(
+        o.control_socket != n.control_socket
+            || o.watch_config != n.watch_config
+            || o.watch_debounce != n.watch_debounce
+            || o.drop_privileges != n.drop_privileges
+            || o.user != n.user
+            || o.group != n.group
+            || o.keep_capabilities != n.keep_capabilities,
+        "[daemon] changes (other than control_timeout) take effect only after a restart",
+    );
+    notes
 }
 
 /// Removes expired blocklist entries every `dataplane.sweep_interval`.

@@ -1,7 +1,7 @@
 //! # smtp-gateway
 //!
 //! An edge SMTP filter: an XDP program drops blocklisted and over-eager sources in the kernel;
-//! a userspace daemon loads it, keeps its maps and (in a later stage) proxies SMTP.
+//! a userspace daemon loads it, keeps its maps and proxies SMTP to the backend MTA.
 //!
 //! ## Layout
 //! - `config.rs`: the TOML configuration, parse -> validate;
@@ -12,15 +12,25 @@
 //! - `daemon.rs`: `smtp-gateway run` — attach, push the config, sweep, reload, stop;
 //! - `smtp/`: the SMTP filtering proxy (listeners, sessions, checks, forwarding, TLS);
 //! - `policy/`: pure verdict functions (anti-relay, HELO, DNSBL);
-//! - `signal.rs`: the control signals the daemon reacts to.
+//! - `signal.rs`: the control signals the daemon reacts to;
+//! - `reload.rs`: reload requests (SIGHUP, file change, control socket) for the one reload path;
+//! - `config_watch.rs`: reload on configuration file change (debounced);
+//! - `control/`: the root-only control socket and the operations behind it;
+//! - `privileges.rs`: giving up capabilities (and the uid) once setup is done;
+//! - `source_outcomes.rs`: per-source session verdicts, beside the kernel's per-source counters.
 //!
 //! The binary (`main.rs`) parses arguments (`cli.rs`) and dispatches to `cmd/`.
 
 pub mod autoban;
 pub mod config;
+pub mod config_watch;
+pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod metrics;
 pub mod policy;
+pub mod privileges;
+pub mod reload;
 pub mod signal;
 pub mod smtp;
+pub mod source_outcomes;

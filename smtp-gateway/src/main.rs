@@ -58,11 +58,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let ok = std::process::ExitCode::SUCCESS;
     match cli.command {
         Command::Run => {
+            // Setup and the privilege drop happen before the runtime starts its threads, so
+            // every thread runs with the reduced privileges.
+            let prepared = smtp_gateway::daemon::prepare(path, config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(smtp_gateway::daemon::run(path, config))?;
+            runtime.block_on(smtp_gateway::daemon::serve(prepared))?;
             Ok(ok)
         }
         Command::CheckConfig => {
@@ -76,5 +79,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Block(command) => cmd::block::run(&config, command),
         Command::Allow(command) => cmd::allow::run(&config, command),
         Command::Stats(args) => cmd::stats::run(&config, &args),
+        Command::Reload => cmd::reload::run(&config),
     }
 }

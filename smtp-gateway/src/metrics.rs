@@ -3,7 +3,11 @@
 //! read from the pinned maps at scrape time. The HTTP side is deliberately minimal: one request
 //! per connection, `GET /metrics` or `404`, then close.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text},
@@ -24,11 +28,14 @@ use tokio::{
 
 use crate::{
     config::Config,
+    control::protocol::SessionCounts,
     daemon::SharedDataplane,
+    dataplane::stats::SourceRow,
     smtp::{
         config::{Action, Check},
-        events::Event,
+        events::{Event, SessionVerdict},
     },
+    source_outcomes::SourceOutcomes,
 };
 
 /// Prefix of every series.
@@ -52,6 +59,9 @@ pub struct MetricsConfig {
     pub listen: SocketAddr,
     /// Sources exported with per-source series (the top ones by drops, then packets).
     pub top_sources: usize,
+    /// Sources whose session outcomes the daemon keeps for `stats`, `top` and the per-source
+    /// series (the least recently seen are forgotten beyond).
+    pub session_sources: usize,
 }
 
 impl Default for MetricsConfig {
@@ -60,6 +70,7 @@ impl Default for MetricsConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 9465)),
             top_sources: 20,
+            session_sources: 10_000,
         }
     }
 }
@@ -71,6 +82,12 @@ impl MetricsConfig {
             return Err((
                 "metrics.top_sources".into(),
                 format!("must be at most {MAX_TOP_SOURCES}"),
+            ));
+        }
+        if self.session_sources == 0 {
+            return Err((
+                "metrics.session_sources".into(),
+                "must be at least 1".into(),
             ));
         }
         Ok(())
@@ -109,6 +126,21 @@ struct VerdictLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     source: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceVerdictLabels {
+    source: String,
+    verdict: &'static str,
+}
+
+/// Where the per-source series come from at scrape time.
+#[derive(Clone, Default)]
+pub struct ScrapeSources {
+    /// The kernel counters (none when the daemon runs without a data plane, in tests).
+    pub dataplane: Option<SharedDataplane>,
+    /// The session outcomes per source.
+    pub outcomes: Option<Arc<SourceOutcomes>>,
 }
 
 /// The process-side counters, shared (`Arc`) by the proxy, auto-ban and the daemon; built once
@@ -302,9 +334,10 @@ impl Metrics {
 
     /// The text exposition: process counters, then the kernel counters read now (the per-source
     /// ones for the `top_sources` sources with the most drops, then packets).
-    pub async fn render(&self, dataplane: Option<&SharedDataplane>, top_sources: usize) -> String {
+    pub async fn render(&self, sources: &ScrapeSources, top_sources: usize) -> String {
         let mut kernel = Registry::with_prefix(PREFIX);
-        if let Some(dp) = dataplane {
+        let mut rows = Vec::new();
+        if let Some(dp) = &sources.dataplane {
             let dp = dp.clone();
             let read = tokio::task::spawn_blocking(move || {
                 let dp = dp.lock().map_err(|_| "lock poisoned".to_string())?;
@@ -314,14 +347,20 @@ impl Metrics {
             })
             .await;
             match read {
-                Ok(Ok((totals, rows))) => {
-                    let sources = top(rows, top_sources);
-                    kernel_series(&mut kernel, &totals, &sources);
+                Ok(Ok((totals, all))) => {
+                    kernel_totals(&mut kernel, &totals);
+                    rows = all;
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, "metrics: reading the kernel counters"),
                 Err(e) => tracing::warn!(error = %e, "metrics: kernel counters task failed"),
             }
         }
+        let outcomes = sources
+            .outcomes
+            .as_ref()
+            .map(|o| o.snapshot())
+            .unwrap_or_default();
+        source_series(&mut kernel, &top(rows, &outcomes, top_sources), &outcomes);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = text::encode_registry(&mut out, &self.registry)
@@ -331,11 +370,9 @@ impl Metrics {
     }
 }
 
-/// The `n` sources with the most drops, then packets (sources without traffic are left out).
-fn top(
-    mut rows: Vec<crate::dataplane::stats::SourceRow>,
-    n: usize,
-) -> Vec<crate::dataplane::stats::SourceRow> {
+/// The `n` sources with the most drops, then packets (sources without traffic are left out);
+/// when the kernel knows fewer than `n`, the sources with the most sessions fill the rest.
+fn top(mut rows: Vec<SourceRow>, outcomes: &[(IpAddr, SessionCounts)], n: usize) -> Vec<SourceRow> {
     rows.retain(|r| r.packets > 0 || r.drops > 0);
     rows.sort_by(|a, b| {
         b.drops
@@ -344,15 +381,27 @@ fn top(
             .then(a.source.cmp(&b.source))
     });
     rows.truncate(n);
+    if rows.len() < n {
+        let mut by_sessions: Vec<&(IpAddr, SessionCounts)> = outcomes
+            .iter()
+            .filter(|(ip, _)| !rows.iter().any(|r| r.source == *ip))
+            .collect();
+        by_sessions.sort_by(|a, b| b.1.sessions.cmp(&a.1.sessions).then(a.0.cmp(&b.0)));
+        let room = n - rows.len();
+        rows.extend(by_sessions.into_iter().take(room).map(|(ip, _)| SourceRow {
+            source: *ip,
+            packets: 0,
+            bytes: 0,
+            syns: 0,
+            drops: 0,
+            last_seen_secs_ago: 0,
+        }));
+    }
     rows
 }
 
-/// Registers the scrape-time kernel series.
-fn kernel_series(
-    registry: &mut Registry,
-    totals: &[crate::dataplane::stats::VerdictTotal],
-    sources: &[crate::dataplane::stats::SourceRow],
-) {
+/// Registers the scrape-time kernel verdict series.
+fn kernel_totals(registry: &mut Registry, totals: &[crate::dataplane::stats::VerdictTotal]) {
     let packets = Family::<VerdictLabels, Counter>::default();
     let bytes = Family::<VerdictLabels, Counter>::default();
     for t in totals {
@@ -370,6 +419,14 @@ fn kernel_series(
         "Bytes seen by the XDP program, by verdict",
         bytes,
     );
+}
+
+/// Registers the per-source series of the chosen sources: kernel counters and session outcomes.
+fn source_series(
+    registry: &mut Registry,
+    sources: &[SourceRow],
+    outcomes: &[(IpAddr, SessionCounts)],
+) {
     let per_source = [
         (
             "source_packets",
@@ -393,26 +450,66 @@ fn kernel_series(
         }
         registry.register(name, help, family);
     }
+    let sessions = Family::<SourceVerdictLabels, Counter>::default();
+    let delivered = Family::<SourceLabels, Counter>::default();
+    for r in sources {
+        let Some((_, counts)) = outcomes.iter().find(|(ip, _)| *ip == r.source) else {
+            continue;
+        };
+        let source = r.source.to_string();
+        for verdict in SessionVerdict::ALL {
+            if let Some(n) = counts.by_verdict.get(verdict.name()) {
+                sessions
+                    .get_or_create(&SourceVerdictLabels {
+                        source: source.clone(),
+                        verdict: verdict.name(),
+                    })
+                    .inc_by(*n);
+            }
+        }
+        delivered
+            .get_or_create(&SourceLabels { source })
+            .inc_by(counts.delivered);
+    }
+    registry.register(
+        "source_sessions",
+        "SMTP sessions from the source by verdict (top sources only)",
+        sessions,
+    );
+    registry.register(
+        "source_messages_delivered",
+        "Messages from the source the backend accepted (top sources only)",
+        delivered,
+    );
 }
 
-/// Binds the endpoint (a failure stops the start, naming `metrics.listen`).
-pub async fn bind(cfg: &MetricsConfig) -> Result<TcpListener, MetricsError> {
-    TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| MetricsError {
-            address: cfg.listen,
-            source,
-        })
+/// Binds the endpoint (a failure stops the start, naming `metrics.listen`). Blocking and
+/// runtime-free: the daemon binds every socket before it drops its privileges.
+pub fn bind(cfg: &MetricsConfig) -> Result<std::net::TcpListener, MetricsError> {
+    let err = |source| MetricsError {
+        address: cfg.listen,
+        source,
+    };
+    let listener = std::net::TcpListener::bind(cfg.listen).map_err(err)?;
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok(listener)
 }
 
 /// Answers scrapes until shutdown.
 pub async fn serve(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     metrics: Arc<Metrics>,
-    dataplane: Option<SharedDataplane>,
+    sources: ScrapeSources,
     config: watch::Receiver<Config>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "metrics: cannot serve the bound socket");
+            return;
+        }
+    };
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(address = %addr, "metrics endpoint ready");
     }
@@ -435,14 +532,12 @@ pub async fn serve(
             }
         };
         let metrics = metrics.clone();
-        let dataplane = dataplane.clone();
+        let sources = sources.clone();
         let top_sources = config.borrow().metrics.top_sources;
         tokio::spawn(async move {
-            let answer = tokio::time::timeout(
-                IO_TIMEOUT,
-                answer(tcp, &metrics, dataplane.as_ref(), top_sources),
-            )
-            .await;
+            let answer =
+                tokio::time::timeout(IO_TIMEOUT, answer(tcp, &metrics, &sources, top_sources))
+                    .await;
             if let Ok(Err(e)) = answer {
                 tracing::debug!(error = %e, "metrics: scrape connection failed");
             }
@@ -454,7 +549,7 @@ pub async fn serve(
 async fn answer(
     mut tcp: TcpStream,
     metrics: &Metrics,
-    dataplane: Option<&SharedDataplane>,
+    sources: &ScrapeSources,
     top_sources: usize,
 ) -> std::io::Result<()> {
     let mut head = Vec::new();
@@ -471,7 +566,7 @@ async fn answer(
         (
             "200 OK",
             CONTENT_TYPE,
-            metrics.render(dataplane, top_sources).await,
+            metrics.render(sources, top_sources).await,
         )
     } else {
         (
@@ -530,12 +625,22 @@ mod tests {
             listen: "127.0.0.1:0".parse().expect("addr"),
             ..MetricsConfig::default()
         })
-        .await
         .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (_config_tx, config_rx) = watch::channel(Config::default());
         let (stop_tx, stop_rx) = watch::channel(false);
-        let server = tokio::spawn(serve(listener, metrics, None, config_rx, stop_rx));
+        let outcomes = Arc::new(SourceOutcomes::new(10));
+        outcomes.record(&crate::smtp::events::SessionEnd {
+            source: IpAddr::from([198, 18, 0, 9]),
+            verdict: SessionVerdict::Delivered,
+            delivered: 3,
+            checks: Vec::new(),
+        });
+        let sources = ScrapeSources {
+            dataplane: None,
+            outcomes: Some(outcomes),
+        };
+        let server = tokio::spawn(serve(listener, metrics, sources, config_rx, stop_rx));
 
         let response = get(addr, "/metrics").await;
         let (head, body) = response.split_once("\r\n\r\n").expect("head");
@@ -553,6 +658,9 @@ mod tests {
             "smtp_gateway_bans_total 1",
             "smtp_gateway_sessions_active 1",
             "smtp_gateway_backend_reply_seconds_count 1",
+            // No kernel rows here: the source with sessions fills the top list.
+            "smtp_gateway_source_sessions_total{source=\"198.18.0.9\",verdict=\"delivered\"} 1",
+            "smtp_gateway_source_messages_delivered_total{source=\"198.18.0.9\"} 3",
         ] {
             assert!(body.contains(series), "{series} missing from\n{body}");
         }
@@ -588,7 +696,32 @@ mod tests {
             last_seen_secs_ago: 0,
         };
         let rows = vec![row(1, 100, 0), row(2, 5, 5), row(3, 50, 5), row(4, 0, 0)];
-        let got: Vec<u8> = top(rows, 3)
+        let sessions = |last: u8, n| {
+            (
+                IpAddr::from([198, 18, 0, last]),
+                SessionCounts {
+                    sessions: n,
+                    ..SessionCounts::default()
+                },
+            )
+        };
+        // Source 5 has the most sessions but the kernel's top 3 take every place; with room
+        // for 5, the session-only sources follow by session count.
+        let outcomes = [sessions(6, 1), sessions(5, 9), sessions(3, 4)];
+        let last_octets = |rows: Vec<SourceRow>| -> Vec<u8> {
+            rows.iter()
+                .map(|r| match r.source {
+                    IpAddr::V4(v4) => v4.octets()[3],
+                    IpAddr::V6(_) => 0,
+                })
+                .collect()
+        };
+        assert_eq!(last_octets(top(rows.clone(), &outcomes, 3)), vec![3, 2, 1]);
+        assert_eq!(
+            last_octets(top(rows.clone(), &outcomes, 5)),
+            vec![3, 2, 1, 5, 6]
+        );
+        let got: Vec<u8> = top(rows, &[], 3)
             .iter()
             .map(|r| match r.source {
                 IpAddr::V4(v4) => v4.octets()[3],
@@ -605,7 +738,7 @@ mod tests {
             listen: taken.local_addr().expect("addr"),
             ..MetricsConfig::default()
         };
-        let err = bind(&cfg).await.expect_err("port in use").to_string();
+        let err = bind(&cfg).expect_err("port in use").to_string();
         assert!(err.starts_with("metrics.listen: cannot listen on"), "{err}");
     }
 

@@ -1,64 +1,47 @@
-//! `smtp-gateway allow add|del|list`.
+//! `smtp-gateway allow add|del|list`, through the daemon when it runs.
 
 use std::process::ExitCode;
 
-use anyhow::bail;
-use serde::Serialize;
 use smtp_gateway::{
     config::Config,
-    dataplane::{Target, clock, loader, reasons},
+    control::{
+        ops,
+        protocol::{Request, Response},
+    },
 };
-use smtp_gateway_common::{AllowEntry, origin};
 
-use super::human_time;
+use super::{ensure_maps, human_time};
 use crate::cli::AllowCommand;
 
-#[derive(Serialize)]
-struct EntryJson {
-    prefix: String,
-    reason: Option<String>,
-    origin: &'static str,
-    added_at: u64,
-}
-
 pub fn run(config: &Config, command: AllowCommand) -> anyhow::Result<ExitCode> {
-    let mut dp = loader::ensure_maps(&config.dataplane)?;
     match command {
         AllowCommand::Add { target, reason } => {
-            let target: Target = target.parse()?;
-            let reason = match &reason {
-                Some(text) => reasons::intern(&mut dp, text)?,
-                None => 0,
+            let request = Request::AllowAdd {
+                target: target.clone(),
+                reason: reason.clone(),
             };
-            dp.allow(
-                target.net(),
-                AllowEntry {
-                    reason,
-                    origin: origin::CLI,
-                    added_at_s: clock::unix_now_s(),
-                },
-            )?;
-            println!("allowed {target}");
+            super::report(super::call(config, request, ensure_maps, |dp| {
+                ops::allow_add(dp, &target, reason.as_deref())
+            })?)?;
         }
         AllowCommand::Del { target } => {
-            let target: Target = target.parse()?;
-            if !dp.disallow(target.net())? {
-                bail!("{target} is not in the allowlist");
-            }
-            println!("removed {target} from the allowlist");
+            let request = Request::AllowDel {
+                target: target.clone(),
+            };
+            super::report(super::call(config, request, ensure_maps, |dp| {
+                ops::allow_del(dp, &target)
+            })?)?;
         }
         AllowCommand::List { json } => {
-            let mut records = dp.allowed()?;
-            records.sort_by_key(|r| r.net);
-            let rows: Vec<EntryJson> = records
-                .iter()
-                .map(|r| EntryJson {
-                    prefix: r.net.to_string(),
-                    reason: reasons::resolve(&dp, r.entry.reason),
-                    origin: origin::name(r.entry.origin),
-                    added_at: r.entry.added_at_s,
+            let response = super::call(config, Request::AllowList, ensure_maps, |dp| {
+                Ok(Response::Allowlist {
+                    entries: ops::allow_list(dp)?,
                 })
-                .collect();
+            })?;
+            let rows = match response {
+                Response::Allowlist { entries } => entries,
+                other => return super::report(other).map(|()| ExitCode::FAILURE),
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {

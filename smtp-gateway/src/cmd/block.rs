@@ -1,120 +1,60 @@
-//! `smtp-gateway block add|del|list|import`.
+//! `smtp-gateway block add|del|list|import`. Add, del and list go through the daemon when it
+//! runs; import always writes the pinned maps from this process (millions of entries are not
+//! worth a trip through the socket, and the daemon sees them at once: the maps are shared).
 
 use std::{fs::File, io::BufReader, process::ExitCode};
 
 use anyhow::{Context, bail};
-use serde::Serialize;
 use smtp_gateway::{
     config::Config,
-    dataplane::{
-        Target, clock,
-        import::{self, ImportOptions},
-        loader, reasons,
+    control::{
+        ops,
+        protocol::{BlockRow, Request, Response},
     },
+    dataplane::import::{self, ImportOptions},
 };
-use smtp_gateway_common::{BlockEntry, origin};
 
-use super::{human_duration, human_time};
+use super::{ensure_maps, human_duration, human_time};
 use crate::cli::BlockCommand;
 
-/// One entry as `block list --json` prints it.
-#[derive(Serialize)]
-struct EntryJson {
-    target: String,
-    kind: &'static str,
-    reason: Option<String>,
-    origin: &'static str,
-    /// Seconds left; null when permanent.
-    expires_in_secs: Option<u64>,
-    active: bool,
-    added_at: u64,
-}
-
 pub fn run(config: &Config, command: BlockCommand) -> anyhow::Result<ExitCode> {
-    let mut dp = loader::ensure_maps(&config.dataplane)?;
     match command {
         BlockCommand::Add {
             target,
             ttl,
             reason,
         } => {
-            let target: Target = target.parse()?;
-            if let Some(net) = dp.allowlisted(target.net().addr()) {
-                eprintln!("warning: {target} is covered by allowlist entry {net}, which wins");
-            }
-            let reason_id = match &reason {
-                Some(text) => reasons::intern(&mut dp, text)?,
-                None => 0,
+            let request = Request::BlockAdd {
+                target: target.clone(),
+                ttl_secs: ttl.map(|t| t.as_secs().max(1)),
+                reason: reason.clone(),
             };
-            dp.block(
-                target,
-                BlockEntry {
-                    expires_at_ns: clock::expiry_after(ttl),
-                    added_at_s: clock::unix_now_s(),
-                    reason: reason_id,
-                    origin: origin::CLI,
-                },
-            )?;
-            match ttl {
-                Some(ttl) => println!("blocked {target} for {}", human_duration(ttl)),
-                None => println!("blocked {target}"),
-            }
+            super::report(super::call(config, request, ensure_maps, |dp| {
+                ops::block_add(dp, &target, ttl, reason.as_deref())
+            })?)?;
         }
         BlockCommand::Del { target } => {
-            let target: Target = target.parse()?;
-            if !dp.unblock(target)? {
-                bail!(
-                    "{target} is not in the blocklist (use the exact address or prefix listed by `block list`)"
-                );
-            }
-            println!("unblocked {target}");
+            let request = Request::BlockDel {
+                target: target.clone(),
+            };
+            super::report(super::call(config, request, ensure_maps, |dp| {
+                ops::block_del(dp, &target)
+            })?)?;
         }
         BlockCommand::List { json } => {
-            let now = clock::monotonic_ns();
-            let mut records = dp.blocked()?;
-            records.sort_by_key(|r| r.target);
-            let rows: Vec<EntryJson> = records
-                .iter()
-                .map(|r| EntryJson {
-                    target: r.target.to_string(),
-                    kind: match r.target {
-                        Target::V4(_) | Target::V6(_) => "exact",
-                        _ => "prefix",
-                    },
-                    reason: reasons::resolve(&dp, r.entry.reason),
-                    origin: origin::name(r.entry.origin),
-                    expires_in_secs: clock::remaining(r.entry.expires_at_ns, now)
-                        .map(|d| d.as_secs()),
-                    active: r.entry.is_active(now),
-                    added_at: r.entry.added_at_s,
+            let response = super::call(config, Request::BlockList, ensure_maps, |dp| {
+                Ok(Response::Blocklist {
+                    entries: ops::block_list(dp)?,
                 })
-                .collect();
+            })?;
+            let rows = match response {
+                Response::Blocklist { entries } => entries,
+                other => return super::report(other).map(|()| ExitCode::FAILURE),
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!(
-                    "{:<43} {:<7} {:<8} {:<14} {:<21} REASON",
-                    "TARGET", "KIND", "ORIGIN", "EXPIRES", "ADDED"
-                );
-                for r in &rows {
-                    let expires = match (r.expires_in_secs, r.active) {
-                        (_, false) => "expired".to_string(),
-                        (Some(s), true) => {
-                            format!("in {}", human_duration(std::time::Duration::from_secs(s)))
-                        }
-                        (None, true) => "never".to_string(),
-                    };
-                    println!(
-                        "{:<43} {:<7} {:<8} {:<14} {:<21} {}",
-                        r.target,
-                        r.kind,
-                        r.origin,
-                        expires,
-                        human_time(r.added_at),
-                        r.reason.as_deref().unwrap_or("-")
-                    );
-                }
-                println!("{} entries", rows.len());
+                print_table(&rows);
             }
         }
         BlockCommand::Import {
@@ -123,6 +63,7 @@ pub fn run(config: &Config, command: BlockCommand) -> anyhow::Result<ExitCode> {
             ttl,
             reason,
         } => {
+            let mut dp = ensure_maps(config)?;
             let reader = BufReader::new(
                 File::open(&file).with_context(|| format!("cannot open {}", file.display()))?,
             );
@@ -174,4 +115,28 @@ pub fn run(config: &Config, command: BlockCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(rows: &[BlockRow]) {
+    println!(
+        "{:<43} {:<7} {:<8} {:<14} {:<21} REASON",
+        "TARGET", "KIND", "ORIGIN", "EXPIRES", "ADDED"
+    );
+    for r in rows {
+        let expires = match (r.expires_in_secs, r.active) {
+            (_, false) => "expired".to_string(),
+            (Some(s), true) => format!("in {}", human_duration(std::time::Duration::from_secs(s))),
+            (None, true) => "never".to_string(),
+        };
+        println!(
+            "{:<43} {:<7} {:<8} {:<14} {:<21} {}",
+            r.target,
+            r.kind,
+            r.origin,
+            expires,
+            human_time(r.added_at),
+            r.reason.as_deref().unwrap_or("-")
+        );
+    }
+    println!("{} entries", rows.len());
 }

@@ -1,40 +1,20 @@
-//! `smtp-gateway stats [--json] [--top N]`.
+//! `smtp-gateway stats [--json] [--top N]`: kernel counters, with each source's SMTP session
+//! verdicts when the daemon answers (the maps alone know packets, not sessions).
 
 use std::process::ExitCode;
 
 use anyhow::bail;
-use serde::Serialize;
 use smtp_gateway::{
     config::Config,
-    dataplane::{
-        loader,
-        stats::{SourceRow, VerdictTotal, top_by},
+    control::{
+        ops,
+        protocol::{Request, Response, SourceReport, StatsReport},
     },
+    dataplane::{Dataplane, loader},
 };
 
-#[derive(Serialize)]
-struct StatsJson {
-    verdicts: Vec<VerdictTotal>,
-    top_by_drops: Vec<SourceRow>,
-    top_by_packets: Vec<SourceRow>,
-    tracked_sources: usize,
-}
-
 pub fn run(config: &Config, args: &crate::cli::StatsArgs) -> anyhow::Result<ExitCode> {
-    let Some(dp) = loader::open_existing(&config.dataplane)? else {
-        bail!(
-            "no pinned data plane under {}: start `smtp-gateway run` first",
-            config.dataplane.pin_dir.display()
-        );
-    };
-    let verdicts = dp.verdict_totals()?;
-    let rows = dp.source_rows()?;
-    let stats = StatsJson {
-        top_by_drops: top_by(&rows, args.top, |r| r.drops),
-        top_by_packets: top_by(&rows, args.top, |r| r.packets),
-        tracked_sources: rows.len(),
-        verdicts,
-    };
+    let stats = fetch(config, args.top)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
         return Ok(ExitCode::SUCCESS);
@@ -52,20 +32,68 @@ pub fn run(config: &Config, args: &crate::cli::StatsArgs) -> anyhow::Result<Exit
             args.top, stats.tracked_sources
         );
         println!(
-            "{:<40} {:>10} {:>12} {:>8} {:>10} {:>10}",
+            "{:<40} {:>10} {:>12} {:>8} {:>10} {:>10}  SESSIONS",
             "SOURCE", "PACKETS", "BYTES", "SYNS", "DROPS", "LAST SEEN"
         );
         for r in rows.iter() {
             println!(
-                "{:<40} {:>10} {:>12} {:>8} {:>10} {:>9}s",
+                "{:<40} {:>10} {:>12} {:>8} {:>10} {:>9}s  {}",
                 r.source.to_string(),
                 r.packets,
                 r.bytes,
                 r.syns,
                 r.drops,
-                r.last_seen_secs_ago
+                r.last_seen_secs_ago,
+                sessions_cell(r)
             );
         }
     }
+    if stats.session_sources.is_none() {
+        println!("\n(no daemon answers: session verdicts are not shown)");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The stats from the daemon (with session outcomes), or from the pinned maps.
+pub fn fetch(config: &Config, top: usize) -> anyhow::Result<StatsReport> {
+    match super::call(config, Request::Stats { top }, open_pinned, |dp| {
+        Ok(Response::Stats(ops::stats(dp, top)?))
+    })? {
+        Response::Stats(stats) => Ok(stats),
+        other => {
+            super::report(other)?;
+            bail!("the daemon sent no statistics")
+        }
+    }
+}
+
+/// The pinned maps, which must exist (stats of nothing would mislead).
+fn open_pinned(config: &Config) -> anyhow::Result<Dataplane> {
+    match loader::open_existing(&config.dataplane)? {
+        Some(dp) => Ok(dp),
+        None => bail!(
+            "no pinned data plane under {}: start `smtp-gateway run` first",
+            config.dataplane.pin_dir.display()
+        ),
+    }
+}
+
+/// "3 (delivered 2, rejected 1) last: rejected" or "-".
+fn sessions_cell(r: &SourceReport) -> String {
+    match &r.sessions {
+        None => "-".into(),
+        Some(s) => {
+            let verdicts: Vec<String> = s
+                .by_verdict
+                .iter()
+                .map(|(v, n)| format!("{v} {n}"))
+                .collect();
+            format!(
+                "{} ({}) last: {}",
+                s.sessions,
+                verdicts.join(", "),
+                s.last_verdict
+            )
+        }
+    }
 }

@@ -30,3 +30,48 @@ pub type EventSender = broadcast::Sender<Event>;
 pub fn channel() -> (EventSender, broadcast::Receiver<Event>) {
     broadcast::channel(EVENT_BUFFER)
 }
+
+/// How a whole session ended, for the session log line and the per-source outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SessionVerdict {
+    /// No check refused anything and no message was relayed.
+    Clean,
+    /// At least one message was accepted by the backend and nothing was refused.
+    Delivered,
+    /// The session score asked the client to come back later.
+    Tempfailed,
+    /// A check (or the score) refused a command.
+    Rejected,
+    /// A check closed the connection.
+    Dropped,
+}
+
+impl SessionVerdict {
+    pub const ALL: [SessionVerdict; 5] = [
+        Self::Clean,
+        Self::Delivered,
+        Self::Tempfailed,
+        Self::Rejected,
+        Self::Dropped,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Clean => "clean",
+            Self::Delivered => "delivered",
+            Self::Tempfailed => "tempfailed",
+            Self::Rejected => "rejected",
+            Self::Dropped => "dropped",
+        }
+    }
+}
+
+/// One finished session, as the per-source outcomes record it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEnd {
+    pub source: IpAddr,
+    pub verdict: SessionVerdict,
+    /// Messages the backend accepted.
+    pub delivered: u64,
+    pub checks: Vec<&'static str>,
+}

@@ -42,4 +42,6 @@ pub struct Shared {
     pub pass_cache: std::sync::Arc<crate::policy::pass_cache::PassCache>,
     /// Process counters (one set for the whole run, shared by every generation).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Per-source session outcomes (one table for the whole run).
+    pub outcomes: std::sync::Arc<crate::source_outcomes::SourceOutcomes>,
 }

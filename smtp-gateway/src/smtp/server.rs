@@ -88,7 +88,8 @@ impl SourceCounts {
 }
 
 /// Binds a listener (IPv6 sockets are IPv6-only so `0.0.0.0:25` and `[::]:25` can coexist).
-pub fn bind(cfg: &ListenerConfig) -> Result<TcpListener, ServerError> {
+/// Binds one listener (blocking and runtime-free: the daemon binds before dropping privileges).
+pub fn bind(cfg: &ListenerConfig) -> Result<std::net::TcpListener, ServerError> {
     let err = |source| ServerError::Bind {
         address: cfg.address,
         source,
@@ -103,7 +104,7 @@ pub fn bind(cfg: &ListenerConfig) -> Result<TcpListener, ServerError> {
     socket.set_nonblocking(true).map_err(err)?;
     socket.bind(&cfg.address.into()).map_err(err)?;
     socket.listen(1024).map_err(err)?;
-    TcpListener::from_std(socket.into()).map_err(err)
+    Ok(socket.into())
 }
 
 /// Accepts on every configured listener until shutdown, then answers `421` to newcomers while

@@ -20,7 +20,7 @@ use super::{
     config::{Action, Check, ConnectAt, ListenerKind},
     connection::{ConnError, Connection, Ending, Line},
     data::{DataOutcome, TextLimits, TextViolation, relay_message},
-    events::Event,
+    events::{Event, SessionEnd, SessionVerdict},
     identity::ClientIdentity,
     reply::Reply,
 };
@@ -95,6 +95,8 @@ pub struct Session {
     bytes: u64,
     recipients: usize,
     sender: Option<String>,
+    /// The worst thing a check or the score did to this session so far.
+    refused: Option<SessionVerdict>,
 }
 
 impl Session {
@@ -144,6 +146,7 @@ impl Session {
             bytes: 0,
             recipients: 0,
             sender: None,
+            refused: None,
         }
     }
 
@@ -173,8 +176,28 @@ impl Session {
                 self.score += setting.weight;
                 Outcome::Pass
             }
-            Action::Reject => Outcome::Reject,
-            Action::Drop => Outcome::Drop,
+            Action::Reject => {
+                self.refuse(SessionVerdict::Rejected);
+                Outcome::Reject
+            }
+            Action::Drop => {
+                self.refuse(SessionVerdict::Dropped);
+                Outcome::Drop
+            }
+        }
+    }
+
+    /// Remembers the worst refusal of the session.
+    fn refuse(&mut self, verdict: SessionVerdict) {
+        self.refused = self.refused.max(Some(verdict));
+    }
+
+    /// How the session ended.
+    fn verdict(&self) -> SessionVerdict {
+        match self.refused {
+            Some(v) => v,
+            None if self.messages > 0 => SessionVerdict::Delivered,
+            None => SessionVerdict::Clean,
         }
     }
 
@@ -205,6 +228,13 @@ impl Session {
             backend.quit().await;
         }
         self.conn.shutdown().await;
+        let verdict = self.verdict();
+        self.shared.outcomes.record(&SessionEnd {
+            source: self.source(),
+            verdict,
+            delivered: self.messages as u64,
+            checks: self.fired.clone(),
+        });
         tracing::info!(
             client = %self.client,
             helo = self.helo.as_deref().unwrap_or("-"),
@@ -214,6 +244,7 @@ impl Session {
             bytes = self.bytes,
             checks = ?self.fired,
             score = self.score,
+            verdict = verdict.name(),
             backend_reply = self.last_backend_reply.as_deref().unwrap_or("-"),
             duration_ms = self.started.elapsed().as_millis() as u64,
             "session"
@@ -774,6 +805,11 @@ impl Session {
             }
         }
         if let Some(refusal) = self.score_refusal() {
+            self.refuse(if refusal.code >= 500 {
+                SessionVerdict::Rejected
+            } else {
+                SessionVerdict::Tempfailed
+            });
             self.reply(refusal);
             return Flow::Continue;
         }
@@ -832,6 +868,11 @@ impl Session {
             }
         }
         if let Some(refusal) = self.score_refusal() {
+            self.refuse(if refusal.code >= 500 {
+                SessionVerdict::Rejected
+            } else {
+                SessionVerdict::Tempfailed
+            });
             self.reply(refusal);
             return Flow::Continue;
         }

@@ -1,0 +1,166 @@
+//! The control protocol: one JSON request per line, one JSON response per line, on a Unix
+//! socket. The types are also what the CLI prints with `--json`, whether it asked the daemon or
+//! read the pinned maps itself, so both paths print the same thing.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest request line the daemon reads; every request is a short command.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// What the CLI asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Block an address or prefix, optionally for `ttl_secs`.
+    BlockAdd {
+        target: String,
+        ttl_secs: Option<u64>,
+        reason: Option<String>,
+    },
+    /// Remove exactly this blocklist entry.
+    BlockDel { target: String },
+    /// Every blocklist entry.
+    BlockList,
+    /// Allow an address or prefix.
+    AllowAdd {
+        target: String,
+        reason: Option<String>,
+    },
+    /// Remove exactly this allowlist entry.
+    AllowDel { target: String },
+    /// Every allowlist entry.
+    AllowList,
+    /// Kernel verdict totals and the `top` busiest and most-dropped sources.
+    Stats { top: usize },
+    /// Re-read the configuration file (as SIGHUP does) and say how it went.
+    Reload,
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Response {
+    /// Done; `message` says what (the CLI prints it). `warnings` are worth showing too.
+    Done {
+        message: String,
+        #[serde(default)]
+        warnings: Vec<String>,
+    },
+    Blocklist {
+        entries: Vec<BlockRow>,
+    },
+    Allowlist {
+        entries: Vec<AllowRow>,
+    },
+    Stats(StatsReport),
+    /// Refused or failed; the CLI prints `message` and exits non-zero.
+    Error {
+        message: String,
+    },
+}
+
+/// One blocklist entry as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRow {
+    pub target: String,
+    /// `exact` or `prefix`.
+    pub kind: String,
+    pub reason: Option<String>,
+    /// `cli`, `import`, `autoban` or `config`.
+    pub origin: String,
+    /// Seconds left; null when permanent.
+    pub expires_in_secs: Option<u64>,
+    /// False once expired (the sweeper removes it soon).
+    pub active: bool,
+    /// Unix seconds.
+    pub added_at: u64,
+}
+
+/// One allowlist entry as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowRow {
+    pub prefix: String,
+    pub reason: Option<String>,
+    pub origin: String,
+    pub added_at: u64,
+}
+
+/// Kernel counters, plus session outcomes when the daemon answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsReport {
+    pub verdicts: Vec<VerdictRow>,
+    pub top_by_drops: Vec<SourceReport>,
+    pub top_by_packets: Vec<SourceReport>,
+    /// Sources in the kernel's per-source table.
+    pub tracked_sources: usize,
+    /// Sources the daemon holds session outcomes for (null: the maps were read directly).
+    pub session_sources: Option<usize>,
+}
+
+/// One kernel verdict's totals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictRow {
+    pub verdict: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// One source: kernel counters, and its SMTP sessions when the daemon knows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceReport {
+    pub source: IpAddr,
+    pub packets: u64,
+    pub bytes: u64,
+    pub syns: u64,
+    pub drops: u64,
+    /// Seconds since the last packet.
+    pub last_seen_secs_ago: u64,
+    /// Null when the maps were read directly (no daemon) or the source had no session.
+    pub sessions: Option<SessionCounts>,
+}
+
+/// What a source's SMTP sessions came to (since the daemon started).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionCounts {
+    pub sessions: u64,
+    /// Messages the backend accepted.
+    pub delivered: u64,
+    /// Sessions by verdict: `clean`, `delivered`, `tempfailed`, `rejected`, `dropped`.
+    pub by_verdict: std::collections::BTreeMap<String, u64>,
+    /// The verdict of the latest session.
+    pub last_verdict: String,
+    /// Checks fired in the latest session.
+    pub last_checks: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_one_json_line_each() {
+        let cases = [
+            (
+                Request::BlockAdd {
+                    target: "198.18.0.7".into(),
+                    ttl_secs: Some(60),
+                    reason: None,
+                },
+                r#"{"op":"block_add","target":"198.18.0.7","ttl_secs":60,"reason":null}"#,
+            ),
+            (Request::Stats { top: 5 }, r#"{"op":"stats","top":5}"#),
+            (Request::Reload, r#"{"op":"reload"}"#),
+        ];
+        for (request, wire) in cases {
+            assert_eq!(serde_json::to_string(&request).unwrap(), wire);
+            assert_eq!(serde_json::from_str::<Request>(wire).unwrap(), request);
+        }
+    }
+
+    #[test]
+    fn unknown_operations_are_refused() {
+        assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());
+    }
+}

@@ -1,0 +1,282 @@
+//! The daemon side of the control socket. The socket file is created root-owned with mode 0600
+//! (under a umask, so it is never reachable by others, not even briefly), and every connection's
+//! peer credentials are checked too: a socket made world-writable by mistake still answers root
+//! only. Requests are handled one at a time per connection (`top` keeps one open).
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{oneshot, watch},
+};
+
+use super::{
+    ControlError, ops,
+    protocol::{MAX_REQUEST_BYTES, Request, Response, StatsReport},
+};
+use crate::{
+    daemon::SharedDataplane,
+    dataplane::Dataplane,
+    reload::{ReloadOrigin, ReloadRequest, ReloadSender},
+    source_outcomes::SourceOutcomes,
+};
+
+/// The bound socket, before the daemon serves it.
+pub struct ControlSocket {
+    listener: std::os::unix::net::UnixListener,
+    path: PathBuf,
+}
+
+/// What the requests act on.
+pub struct Handler {
+    pub dataplane: SharedDataplane,
+    pub outcomes: Arc<SourceOutcomes>,
+    pub reload: ReloadSender,
+}
+
+/// Creates the socket at `path` (and its directory). A socket file nobody answers on is a
+/// leftover of a daemon that died and is replaced; one that answers means another daemon runs.
+pub fn bind(path: &Path) -> Result<ControlSocket, ControlError> {
+    let io = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    if path.exists() {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(ControlError::AlreadyRunning(path.to_path_buf())),
+            Err(_) => std::fs::remove_file(path).map_err(io)?,
+        }
+    }
+    // SAFETY: umask only swaps the process's file-mode mask; no memory is involved.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    std::os::unix::fs::chown(path, Some(0), Some(0)).map_err(io)?;
+    listener.set_nonblocking(true).map_err(io)?;
+    Ok(ControlSocket {
+        listener,
+        path: path.to_path_buf(),
+    })
+}
+
+impl ControlSocket {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Answers requests until shutdown, then removes the socket file.
+    pub async fn serve(self, handler: Arc<Handler>, mut shutdown: watch::Receiver<bool>) {
+        let listener = match UnixListener::from_std(self.listener) {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!(error = %e, "control: cannot serve the bound socket");
+                return;
+            }
+        };
+        tracing::info!(path = %self.path.display(), "control socket ready");
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = shutdown.changed() => break,
+            };
+            match stream {
+                Ok((stream, _)) => {
+                    let handler = handler.clone();
+                    tokio::spawn(async move { connection(stream, &handler).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "control: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::debug!(error = %e, path = %self.path.display(), "control: socket not removed");
+        }
+    }
+}
+
+/// One client: root only, then one response per request line.
+async fn connection(stream: UnixStream, handler: &Handler) {
+    let peer = stream.peer_cred().ok();
+    let (read, mut write) = stream.into_split();
+    if peer.map(|p| p.uid()) != Some(0) {
+        tracing::warn!(
+            uid = ?peer.map(|p| p.uid()),
+            pid = ?peer.and_then(|p| p.pid()),
+            "control: refused a client that is not root"
+        );
+        let refusal = Response::Error {
+            message: "permission denied: the control socket answers root only".into(),
+        };
+        let _ = write_response(&mut write, &refusal).await;
+        return;
+    }
+    let pid = peer.and_then(|p| p.pid());
+    let mut lines = BufReader::new(read.take(MAX_REQUEST_BYTES as u64));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match lines.read_line(&mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) if !line.ends_with('\n') => {
+                let _ = write_response(
+                    &mut write,
+                    &Response::Error {
+                        message: format!("request longer than {MAX_REQUEST_BYTES} bytes"),
+                    },
+                )
+                .await;
+                return;
+            }
+            Ok(_) => {}
+        }
+        // Every request may use the whole budget again.
+        lines.get_mut().set_limit(MAX_REQUEST_BYTES as u64);
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => handle(handler, request, pid).await,
+            Err(e) => Response::Error {
+                message: format!("bad request: {e}"),
+            },
+        };
+        if write_response(&mut write, &response).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn write_response(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    response: &Response,
+) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(response).map_err(std::io::Error::other)?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await
+}
+
+/// Runs one request.
+async fn handle(handler: &Handler, request: Request, pid: Option<i32>) -> Response {
+    if let Request::Reload = request {
+        return reload(handler).await;
+    }
+    let mutating = matches!(
+        request,
+        Request::BlockAdd { .. }
+            | Request::BlockDel { .. }
+            | Request::AllowAdd { .. }
+            | Request::AllowDel { .. }
+    );
+    let described = format!("{request:?}");
+    let dataplane = handler.dataplane.clone();
+    let outcomes = handler.outcomes.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut dp = dataplane
+            .lock()
+            .map_err(|_| "the data plane lock is poisoned".to_string())?;
+        run_on_dataplane(&mut dp, &outcomes, request).map_err(|e| e.to_string())
+    })
+    .await;
+    let response = match result {
+        Ok(Ok(response)) => response,
+        Ok(Err(message)) => Response::Error { message },
+        Err(e) => Response::Error {
+            message: format!("internal error: {e}"),
+        },
+    };
+    if mutating {
+        match &response {
+            Response::Done { message, .. } => {
+                tracing::info!(client_pid = ?pid, "control: {message}");
+            }
+            Response::Error { message } => {
+                tracing::info!(client_pid = ?pid, request = %described, "control: refused: {message}");
+            }
+            _ => {}
+        }
+    }
+    response
+}
+
+fn run_on_dataplane(
+    dp: &mut Dataplane,
+    outcomes: &SourceOutcomes,
+    request: Request,
+) -> Result<Response, ops::OpError> {
+    Ok(match request {
+        Request::BlockAdd {
+            target,
+            ttl_secs,
+            reason,
+        } => ops::block_add(
+            dp,
+            &target,
+            ttl_secs.map(std::time::Duration::from_secs),
+            reason.as_deref(),
+        )?,
+        Request::BlockDel { target } => ops::block_del(dp, &target)?,
+        Request::BlockList => Response::Blocklist {
+            entries: ops::block_list(dp)?,
+        },
+        Request::AllowAdd { target, reason } => ops::allow_add(dp, &target, reason.as_deref())?,
+        Request::AllowDel { target } => ops::allow_del(dp, &target)?,
+        Request::AllowList => Response::Allowlist {
+            entries: ops::allow_list(dp)?,
+        },
+        Request::Stats { top } => Response::Stats(with_sessions(ops::stats(dp, top)?, outcomes)),
+        Request::Reload => Response::Error {
+            message: "reload is not a data plane operation".into(),
+        },
+    })
+}
+
+/// Adds the daemon's session outcomes to the kernel rows.
+fn with_sessions(mut report: StatsReport, outcomes: &SourceOutcomes) -> StatsReport {
+    for row in report
+        .top_by_drops
+        .iter_mut()
+        .chain(report.top_by_packets.iter_mut())
+    {
+        row.sessions = outcomes.get(row.source);
+    }
+    report.session_sources = Some(outcomes.len());
+    report
+}
+
+/// Asks the daemon's reload path and waits for its result.
+async fn reload(handler: &Handler) -> Response {
+    let (tx, rx) = oneshot::channel();
+    let request = ReloadRequest {
+        origin: ReloadOrigin::ControlSocket,
+        reply: Some(tx),
+    };
+    if handler.reload.send(request).await.is_err() {
+        return Response::Error {
+            message: "the daemon is stopping".into(),
+        };
+    }
+    match rx.await {
+        Ok(Ok(warnings)) => Response::Done {
+            message: "configuration reloaded".into(),
+            warnings,
+        },
+        Ok(Err(message)) => Response::Error {
+            message: format!(
+                "reload refused, the previous configuration stays in force: {message}"
+            ),
+        },
+        Err(_) => Response::Error {
+            message: "the daemon is stopping".into(),
+        },
+    }
+}

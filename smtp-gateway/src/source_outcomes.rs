@@ -1,0 +1,151 @@
+//! What each source's SMTP sessions came to, kept by the daemon so `stats`, `top` and the
+//! per-source metrics can show kernel counters and session verdicts side by side. Bounded:
+//! past `metrics.session_sources` sources, the least recently seen tenth is forgotten at once
+//! (one sort per many inserts, not one scan per insert).
+
+use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Instant};
+
+use crate::{
+    control::protocol::SessionCounts,
+    smtp::events::{SessionEnd, SessionVerdict},
+};
+
+/// One source's tally.
+#[derive(Debug, Clone)]
+struct Tally {
+    sessions: u64,
+    delivered: u64,
+    by_verdict: [u64; SessionVerdict::ALL.len()],
+    last_verdict: SessionVerdict,
+    last_checks: Vec<&'static str>,
+    last_seen: Instant,
+}
+
+/// Per-source session outcomes since the daemon started.
+#[derive(Debug)]
+pub struct SourceOutcomes {
+    tallies: Mutex<HashMap<IpAddr, Tally>>,
+    capacity: usize,
+}
+
+impl SourceOutcomes {
+    /// A table holding at most `capacity` sources (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            tallies: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Records a finished session.
+    pub fn record(&self, end: &SessionEnd) {
+        let Ok(mut tallies) = self.tallies.lock() else {
+            return;
+        };
+        if !tallies.contains_key(&end.source) && tallies.len() >= self.capacity {
+            evict_oldest(&mut tallies, self.capacity.div_ceil(10));
+        }
+        let now = Instant::now();
+        let t = tallies.entry(end.source).or_insert_with(|| Tally {
+            sessions: 0,
+            delivered: 0,
+            by_verdict: [0; SessionVerdict::ALL.len()],
+            last_verdict: end.verdict,
+            last_checks: Vec::new(),
+            last_seen: now,
+        });
+        t.sessions += 1;
+        t.delivered += end.delivered;
+        t.by_verdict[end.verdict as usize] += 1;
+        t.last_verdict = end.verdict;
+        t.last_checks.clone_from(&end.checks);
+        t.last_seen = now;
+    }
+
+    /// The source's counts, if it had a session.
+    pub fn get(&self, source: IpAddr) -> Option<SessionCounts> {
+        let tallies = self.tallies.lock().ok()?;
+        tallies.get(&source).map(counts)
+    }
+
+    /// Every source with its counts (for the metrics' top-N when the kernel has no rows).
+    pub fn snapshot(&self) -> Vec<(IpAddr, SessionCounts)> {
+        match self.tallies.lock() {
+            Ok(t) => t.iter().map(|(ip, t)| (*ip, counts(t))).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Sources held.
+    pub fn len(&self) -> usize {
+        self.tallies.lock().map_or(0, |t| t.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn counts(t: &Tally) -> SessionCounts {
+    SessionCounts {
+        sessions: t.sessions,
+        delivered: t.delivered,
+        by_verdict: SessionVerdict::ALL
+            .iter()
+            .filter(|v| t.by_verdict[**v as usize] > 0)
+            .map(|v| (v.name().to_string(), t.by_verdict[*v as usize]))
+            .collect(),
+        last_verdict: t.last_verdict.name().into(),
+        last_checks: t.last_checks.iter().map(|c| c.to_string()).collect(),
+    }
+}
+
+/// Forgets the `n` least recently seen sources.
+fn evict_oldest(tallies: &mut HashMap<IpAddr, Tally>, n: usize) {
+    let mut by_age: Vec<(Instant, IpAddr)> =
+        tallies.iter().map(|(ip, t)| (t.last_seen, *ip)).collect();
+    by_age.sort_unstable();
+    for (_, ip) in by_age.into_iter().take(n) {
+        tallies.remove(&ip);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end(last: u8, verdict: SessionVerdict, delivered: u64) -> SessionEnd {
+        SessionEnd {
+            source: IpAddr::from([198, 18, 0, last]),
+            verdict,
+            delivered,
+            checks: vec!["pregreet"],
+        }
+    }
+
+    #[test]
+    fn tallies_sessions_by_verdict() {
+        let t = SourceOutcomes::new(10);
+        t.record(&end(1, SessionVerdict::Delivered, 2));
+        t.record(&end(1, SessionVerdict::Rejected, 0));
+        let c = t.get(IpAddr::from([198, 18, 0, 1])).unwrap();
+        assert_eq!((c.sessions, c.delivered), (2, 2));
+        assert_eq!(c.by_verdict["delivered"], 1);
+        assert_eq!(c.by_verdict["rejected"], 1);
+        assert_eq!(c.last_verdict, "rejected");
+        assert_eq!(c.last_checks, ["pregreet"]);
+        assert!(t.get(IpAddr::from([198, 18, 0, 2])).is_none());
+    }
+
+    #[test]
+    fn stays_within_capacity_forgetting_the_oldest() {
+        let t = SourceOutcomes::new(10);
+        for i in 0..25 {
+            t.record(&end(i, SessionVerdict::Clean, 0));
+        }
+        assert!(t.len() <= 10, "{} sources held", t.len());
+        // The newest is always kept.
+        assert!(t.get(IpAddr::from([198, 18, 0, 24])).is_some());
+        assert!(t.get(IpAddr::from([198, 18, 0, 0])).is_none());
+    }
+}
