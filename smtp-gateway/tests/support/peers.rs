@@ -170,6 +170,26 @@ impl Gateway {
         std::fs::write(&self.config, text).expect("config");
     }
 
+    /// The configuration file the daemon runs with.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
+    /// Runs the CLI against this daemon's configuration.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run the CLI")
+    }
+
+    /// Counts of `needle` in the log.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
     }
@@ -187,6 +207,16 @@ impl Gateway {
     pub fn signal(&self, sig: libc::c_int) {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    /// Connects and returns the greeting (all its lines).
+    pub fn banner(&self) -> String {
+        let tcp = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut c = Client {
+            stream: BufReader::new(tcp),
+        };
+        c.reply()
     }
 
     pub fn client(&self) -> Client<TcpStream> {
