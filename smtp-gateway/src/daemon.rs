@@ -88,6 +88,7 @@ pub fn prepare(config_path: Option<PathBuf>, config: Config) -> Result<Prepared,
             uid = d.uid,
             gid = d.gid,
             capabilities = ?d.kept,
+            bounding_set_reduced = d.bounding,
             "privileges dropped after setup"
         );
         true

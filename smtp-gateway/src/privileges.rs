@@ -36,6 +36,8 @@ pub struct Dropped {
     pub uid: u32,
     pub gid: u32,
     pub kept: Vec<String>,
+    /// Whether the bounding set was reduced too (needs CAP_SETPCAP).
+    pub bounding: bool,
 }
 
 /// Drops every capability not listed in `daemon.keep_capabilities` (from every set, the bounding
@@ -66,10 +68,15 @@ pub fn drop_privileges(cfg: &DaemonConfig) -> Result<Dropped, PrivilegeError> {
         }
     };
 
-    // The bounding set first: it needs CAP_SETPCAP, which goes with the rest below.
-    for cap in caps::all() {
-        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, cap).map_err(step("bounding set"))?;
+    // The bounding set first: it needs CAP_SETPCAP, which goes with the rest below. Without it
+    // (a service manager already bounded the set, as deploy/smtp-gateway.service does) the
+    // bounding set stays as given: the permitted set, emptied below, is what counts.
+    let bounding = caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false);
+    if bounding {
+        for cap in caps::all() {
+            if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+                caps::drop(None, CapSet::Bounding, cap).map_err(step("bounding set"))?;
+            }
         }
     }
     caps::clear(None, CapSet::Ambient).map_err(step("ambient set"))?;
@@ -93,6 +100,7 @@ pub fn drop_privileges(cfg: &DaemonConfig) -> Result<Dropped, PrivilegeError> {
         uid: Uid::current().as_raw(),
         gid: Gid::current().as_raw(),
         kept,
+        bounding,
     })
 }
 

@@ -269,6 +269,28 @@ fn daemon_keeps_no_capability_after_setup_unless_configured() {
     assert!(out.status.success(), "{}", stderr(&out));
     drop(gw);
 
+    // Under a service manager's bounding set without CAP_SETPCAP (deploy/smtp-gateway.service):
+    // it still starts and empties its permitted and effective sets.
+    let gw = Gateway::start_under(
+        "caps-unit",
+        addr,
+        "",
+        &[
+            "setpriv",
+            "--bounding-set=-all,+bpf,+perfmon,+net_admin,+net_bind_service,+sys_admin",
+        ],
+    );
+    let pid = gw.child.id();
+    for field in ["CapEff", "CapPrm"] {
+        assert_eq!(status_field(pid, field), "0000000000000000", "{field}");
+    }
+    assert!(
+        gw.log().contains("bounding_set_reduced=false"),
+        "{}",
+        gw.log()
+    );
+    drop(gw);
+
     // Another user, keeping CAP_BPF.
     let gw = Gateway::start(
         "caps-user",

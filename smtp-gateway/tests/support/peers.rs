@@ -125,6 +125,16 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(tag: &str, backend: std::net::SocketAddr, smtp_extra: &str) -> Self {
+        Self::start_under(tag, backend, smtp_extra, &[])
+    }
+
+    /// Starts the daemon under `wrapper` (a command prefix such as `setpriv ...`).
+    pub fn start_under(
+        tag: &str,
+        backend: std::net::SocketAddr,
+        smtp_extra: &str,
+        wrapper: &[&str],
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("sgw-life-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let free_port = || {
@@ -146,7 +156,15 @@ impl Gateway {
         };
         gw.write_config(backend, smtp_extra);
         let log = std::fs::File::create(dir.join("gateway.log")).expect("log");
-        let child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .arg("-c")
             .arg(&gw.config)
             .arg("run")
