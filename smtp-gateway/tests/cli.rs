@@ -144,6 +144,30 @@ fn check_config_rejects_with_key_and_line() {
             "[dataplane.rate_limit]\nburst = 0\n",
             &["dataplane.rate_limit.burst", ":2"][..],
         ),
+        (
+            "[daemon]\nkeep_capabilities = [\"CAP_FLY\"]\n",
+            &["daemon.keep_capabilities", ":2", "CAP_FLY"][..],
+        ),
+        (
+            "[daemon]\nwatch_debounce = \"2m\"\n",
+            &["daemon.watch_debounce", ":2"][..],
+        ),
+        (
+            "[daemon]\n\ncontrol_timeout = \"0s\"\n",
+            &["daemon.control_timeout", ":3"][..],
+        ),
+        (
+            "[daemon]\ndrop_privileges = false\nuser = \"nobody\"\n",
+            &["daemon.user", ":3", "drop_privileges"][..],
+        ),
+        (
+            "[daemon]\nwatch_config = \"yes\"\n",
+            &["watch_config", "line 2"][..],
+        ),
+        (
+            "[metrics]\nsession_sources = 0\n",
+            &["metrics.session_sources", ":2"][..],
+        ),
     ];
     for (text, fragments) in cases {
         let out = check_config(text);
