@@ -8,6 +8,10 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
+#[path = "support/peers.rs"]
+#[allow(dead_code)] // each test binary uses a different part of the shared peers
+mod peers;
+
 const BIN: &str = env!("CARGO_BIN_EXE_smtp-gateway");
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -526,26 +530,6 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// Connects from `source`, talks before the banner, returns what the gateway answered.
-fn pregreet(source: [u8; 4], port: u16) -> String {
-    use std::io::Read;
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket
-        .bind(&std::net::SocketAddr::from((source, 0)).into())
-        .expect("bind source");
-    socket
-        .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
-        .expect("connect");
-    let mut tcp: std::net::TcpStream = socket.into();
-    tcp.write_all(b"EHLO bot.example\r\n").expect("write");
-    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .ok();
-    let mut out = String::new();
-    let _ = tcp.read_to_string(&mut out);
-    out
-}
-
 #[test]
 fn pregreeting_client_is_banned_in_the_kernel_unless_allowlisted() {
     let port = free_port();
@@ -561,7 +545,7 @@ fn pregreeting_client_is_banned_in_the_kernel_unless_allowlisted() {
     );
     let _daemon = Daemon::start(&sb);
 
-    let answer = pregreet([127, 0, 0, 11], port);
+    let answer = peers::pregreet([127, 0, 0, 11], port);
     assert!(answer.contains("521"), "pregreeter refused: {answer:?}");
     wait_for(
         || sb.list().iter().any(|e| e["target"] == "127.0.0.11"),
@@ -577,7 +561,7 @@ fn pregreeting_client_is_banned_in_the_kernel_unless_allowlisted() {
     let ttl = entry["expires_in_secs"].as_u64().expect("ban expires");
     assert!((1700..=1800).contains(&ttl), "{ttl}");
 
-    let answer = pregreet([127, 0, 0, 12], port);
+    let answer = peers::pregreet([127, 0, 0, 12], port);
     assert!(
         answer.contains("521"),
         "the allowlist spares the kernel, not the SMTP checks: {answer:?}"

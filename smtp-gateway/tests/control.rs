@@ -9,8 +9,7 @@
 mod peers;
 
 use std::{
-    io::Write,
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::PathBuf,
     process::{Command, Output},
@@ -56,23 +55,6 @@ fn status_field(pid: u32, field: &str) -> String {
         .find_map(|l| l.strip_prefix(&format!("{field}:")))
         .map(|v| v.trim().to_string())
         .unwrap_or_else(|| panic!("no {field} in\n{status}"))
-}
-
-/// Pregreets from `source` (a 127/8 address), as a bot does.
-fn pregreet(gw: &Gateway, source: [u8; 4]) {
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket
-        .bind(&std::net::SocketAddr::from((source, 0)).into())
-        .expect("bind source");
-    socket
-        .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], gw.port)).into())
-        .expect("connect");
-    let mut tcp: TcpStream = socket.into();
-    tcp.write_all(b"EHLO bot\r\n").expect("write");
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    let mut sink = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut tcp, &mut sink);
 }
 
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
@@ -146,7 +128,7 @@ fn cli_goes_through_the_daemon_and_falls_back_to_the_maps() {
     let mut c = gw.client();
     assert!(c.cmd("EHLO client.example.net").starts_with("250"));
     c.cmd("QUIT");
-    pregreet(&gw, [127, 0, 0, 9]);
+    peers::pregreet([127, 0, 0, 9], gw.port);
     gw.wait_log("verdict=\"dropped\"");
     let stats = json(&gw.cli(&["stats", "--json", "--top", "50"]));
     assert!(

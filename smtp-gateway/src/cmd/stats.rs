@@ -36,14 +36,15 @@ pub fn run(config: &Config, args: &crate::cli::StatsArgs) -> anyhow::Result<Exit
             "SOURCE", "PACKETS", "BYTES", "SYNS", "DROPS", "LAST SEEN"
         );
         for r in rows.iter() {
+            let k = &r.kernel;
             println!(
                 "{:<40} {:>10} {:>12} {:>8} {:>10} {:>9}s  {}",
-                r.source.to_string(),
-                r.packets,
-                r.bytes,
-                r.syns,
-                r.drops,
-                r.last_seen_secs_ago,
+                k.source.to_string(),
+                k.packets,
+                k.bytes,
+                k.syns,
+                k.drops,
+                k.last_seen_secs_ago,
                 sessions_cell(r)
             );
         }

@@ -159,14 +159,9 @@ pub fn stats(dp: &Dataplane, top: usize) -> Result<StatsReport, OpError> {
 }
 
 /// A kernel row without session outcomes.
-pub fn source_report(r: SourceRow) -> SourceReport {
+pub fn source_report(kernel: SourceRow) -> SourceReport {
     SourceReport {
-        source: r.source,
-        packets: r.packets,
-        bytes: r.bytes,
-        syns: r.syns,
-        drops: r.drops,
-        last_seen_secs_ago: r.last_seen_secs_ago,
+        kernel,
         sessions: None,
     }
 }

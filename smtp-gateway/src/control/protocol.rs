@@ -2,9 +2,9 @@
 //! socket. The types are also what the CLI prints with `--json`, whether it asked the daemon or
 //! read the pinned maps itself, so both paths print the same thing.
 
-use std::net::IpAddr;
-
 use serde::{Deserialize, Serialize};
+
+use crate::dataplane::stats::SourceRow;
 
 /// Longest request line the daemon reads; every request is a short command.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -110,13 +110,9 @@ pub struct VerdictRow {
 /// One source: kernel counters, and its SMTP sessions when the daemon knows them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceReport {
-    pub source: IpAddr,
-    pub packets: u64,
-    pub bytes: u64,
-    pub syns: u64,
-    pub drops: u64,
-    /// Seconds since the last packet.
-    pub last_seen_secs_ago: u64,
+    /// Packets, bytes, SYNs, drops, last seen (flattened: the JSON fields sit at this level).
+    #[serde(flatten)]
+    pub kernel: SourceRow,
     /// Null when the maps were read directly (no daemon) or the source had no session.
     pub sessions: Option<SessionCounts>,
 }

@@ -247,7 +247,7 @@ fn with_sessions(mut report: StatsReport, outcomes: &SourceOutcomes) -> StatsRep
         .iter_mut()
         .chain(report.top_by_packets.iter_mut())
     {
-        row.sessions = outcomes.get(row.source);
+        row.sessions = outcomes.get(row.kernel.source);
     }
     report.session_sources = Some(outcomes.len());
     report

@@ -16,7 +16,7 @@ pub struct VerdictTotal {
 }
 
 /// Counters of one source over every CPU.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct SourceRow {
     pub source: IpAddr,
     pub packets: u64,

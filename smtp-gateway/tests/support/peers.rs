@@ -264,3 +264,23 @@ impl Drop for Gateway {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Connects from `source` (a 127/8 address), talks before the banner as a bot does, and returns
+/// everything the gateway answered.
+pub fn pregreet(source: [u8; 4], port: u16) -> String {
+    use std::io::Read;
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&std::net::SocketAddr::from((source, 0)).into())
+        .expect("bind source");
+    socket
+        .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .expect("connect");
+    let mut tcp: TcpStream = socket.into();
+    tcp.write_all(b"EHLO bot.example\r\n").expect("write");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let mut out = String::new();
+    let _ = tcp.read_to_string(&mut out);
+    out
+}
