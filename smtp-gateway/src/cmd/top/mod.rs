@@ -53,9 +53,13 @@ pub fn run(config: &Config, args: &TopArgs) -> anyhow::Result<ExitCode> {
 /// The `--once --json` document.
 #[derive(Serialize)]
 struct OnceJson<'a> {
+    /// When the maps were read (Unix seconds).
     taken_at_unix_s: u64,
+    /// The order of `sources`.
     sort: SortKey,
+    /// Every source the kernel tracks, shown or not.
     tracked_sources: usize,
+    /// Kernel verdict totals, in verdict order.
     verdicts: &'a [VerdictTotal],
     /// Sorted by `sort`, at most `--top`.
     sources: Vec<&'a TopRow>,
@@ -101,6 +105,7 @@ fn once(source: &Source, args: &TopArgs) -> anyhow::Result<()> {
 
 /// Why the live loop woke up.
 enum Wake {
+    /// A key with an action.
     Key(Action),
     /// The terminal was resized.
     Redraw,

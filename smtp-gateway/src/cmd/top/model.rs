@@ -67,7 +67,9 @@ impl SortKey {
 /// One verdict line of the header.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerdictLine {
+    /// Stable verdict name, as `stats` and the metrics print it.
     pub verdict: &'static str,
+    /// Packets with this verdict since the maps were created.
     pub packets: u64,
     /// Packets per second since the previous refresh (`None` on the first frame).
     pub per_sec: Option<f64>,
@@ -76,6 +78,7 @@ pub struct VerdictLine {
 /// One source row with its rates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowView {
+    /// The counters as read.
     pub row: TopRow,
     /// Packets per second since the previous refresh (`None` on the first frame).
     pub packets_per_sec: Option<f64>,
@@ -86,6 +89,7 @@ pub struct RowView {
 /// What one frame shows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct View {
+    /// The header: one line per kernel verdict.
     pub verdicts: Vec<VerdictLine>,
     /// Every tracked source, sorted; the renderer keeps those that fit.
     pub rows: Vec<RowView>,

@@ -26,8 +26,11 @@ impl Line {
 /// How to lay a view out.
 #[derive(Debug, Clone)]
 pub struct Frame<'a> {
+    /// The rates and sorted rows to show.
     pub view: &'a View,
+    /// Named in the title and highlighted in the table header.
     pub sort: SortKey,
+    /// Named in the live title ("every 1s").
     pub interval: Duration,
     /// Shown in the title (Unix seconds).
     pub taken_at_unix_s: u64,
@@ -43,12 +46,15 @@ pub struct Frame<'a> {
 
 /// One column of the source table.
 struct Column {
+    /// Header text (upper case, ASCII).
     title: &'static str,
+    /// Cells are padded to this many characters.
     width: usize,
     /// The sort key this column shows, if it has one.
     key: Option<SortKey>,
     /// Text columns are left-aligned, numbers right-aligned.
     left: bool,
+    /// The cell text of a row.
     cell: fn(&RowView) -> String,
 }
 

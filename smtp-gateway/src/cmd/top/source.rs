@@ -23,14 +23,15 @@ use smtp_gateway::{
 /// The counters of one source at one instant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TopRow {
+    /// The client address.
     pub source: IpAddr,
-    /// Packets towards a protected port, every verdict.
+    /// Inspected TCP packets towards a protected port, passed or dropped.
     pub packets: u64,
     /// Their bytes (whole frames).
     pub bytes: u64,
     /// SYNs without ACK (connection attempts).
     pub syns: u64,
-    /// Packets the kernel dropped (blocklist, rate limit, malformed...).
+    /// Packets of the source the kernel dropped (blocklist or rate limit).
     pub drops: u64,
     /// Seconds since the kernel last saw the source.
     pub last_seen_secs_ago: u64,
@@ -59,6 +60,7 @@ pub struct Snapshot {
 
 /// The open data sources. Opened once: reopening a dozen pinned maps every second would be waste.
 pub struct Source {
+    /// The pinned maps, read at every snapshot.
     dataplane: Dataplane,
 }
 
