@@ -1,9 +1,11 @@
 //! Command-line interface: `smtp-gateway run | detach | check-config | block | allow | stats |
-//! reload`.
+//! top | reload`.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::cmd::top::SortKey;
 
 /// Edge SMTP filter: XDP data plane + SMTP filtering proxy.
 #[derive(Debug, Parser)]
@@ -43,6 +45,8 @@ pub enum Command {
     /// Kernel verdict counters and the top sources (with their SMTP session verdicts when the
     /// daemon runs).
     Stats(StatsArgs),
+    /// Live view of the busiest and most-dropped sources (q quits; one frame without a terminal).
+    Top(TopArgs),
     /// Ask the running daemon to reload its configuration file, and report how it went.
     Reload,
 }
@@ -107,4 +111,32 @@ pub struct StatsArgs {
     /// How many sources to list by drops and by packets.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Time between refreshes, e.g. 500ms, 2s (at least 100ms).
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Source rows to show [default: as many as fit the terminal; all when stdout is not one].
+    #[arg(long, value_name = "N")]
+    pub top: Option<usize>,
+    /// Column to sort the sources by (largest first); keys change it while running.
+    #[arg(long, value_enum, default_value_t = SortKey::Packets)]
+    pub sort: SortKey,
+    /// Print one plain-text frame and exit (also what happens when stdout is not a terminal).
+    #[arg(long)]
+    pub once: bool,
+    /// With --once: print the snapshot as JSON.
+    #[arg(long, requires = "once")]
+    pub json: bool,
+}
+
+/// A humantime duration of at least 100 ms (a faster refresh only burns CPU reading the maps).
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if interval < Duration::from_millis(100) {
+        return Err(format!("{text} is too short: at least 100ms"));
+    }
+    Ok(interval)
 }

@@ -80,5 +80,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Allow(command) => cmd::allow::run(&config, command),
         Command::Stats(args) => cmd::stats::run(&config, &args),
         Command::Reload => cmd::reload::run(&config),
+        Command::Top(args) => cmd::top::run(&config, &args),
     }
 }

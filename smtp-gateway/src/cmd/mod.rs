@@ -7,6 +7,7 @@ pub mod block;
 pub mod detach;
 pub mod reload;
 pub mod stats;
+pub mod top;
 
 use std::time::Duration;
 

@@ -34,6 +34,9 @@ pub enum Request {
     AllowList,
     /// Kernel verdict totals and the `top` busiest and most-dropped sources.
     Stats { top: usize },
+    /// The session outcomes of every source the daemon keeps (for `top`, which joins them with
+    /// the kernel counters it reads itself).
+    Sessions,
     /// Re-read the configuration file (as SIGHUP does) and say how it went.
     Reload,
 }
@@ -55,6 +58,9 @@ pub enum Response {
         entries: Vec<AllowRow>,
     },
     Stats(StatsReport),
+    Sessions {
+        sources: Vec<SourceSessions>,
+    },
     /// Refused or failed; the CLI prints `message` and exits non-zero.
     Error {
         message: String,
@@ -115,6 +121,14 @@ pub struct SourceReport {
     pub kernel: SourceRow,
     /// Null when the maps were read directly (no daemon) or the source had no session.
     pub sessions: Option<SessionCounts>,
+}
+
+/// One source's session outcomes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceSessions {
+    pub source: std::net::IpAddr,
+    #[serde(flatten)]
+    pub counts: SessionCounts,
 }
 
 /// What a source's SMTP sessions came to (since the daemon started).

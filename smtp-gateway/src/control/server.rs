@@ -17,7 +17,7 @@ use tokio::{
 
 use super::{
     ControlError, ops,
-    protocol::{MAX_REQUEST_BYTES, Request, Response, StatsReport},
+    protocol::{MAX_REQUEST_BYTES, Request, Response, SourceSessions, StatsReport},
 };
 use crate::{
     daemon::SharedDataplane,
@@ -167,8 +167,18 @@ async fn write_response(
 
 /// Runs one request.
 async fn handle(handler: &Handler, request: Request, pid: Option<i32>) -> Response {
-    if let Request::Reload = request {
-        return reload(handler).await;
+    match request {
+        Request::Reload => return reload(handler).await,
+        Request::Sessions => {
+            let sources = handler
+                .outcomes
+                .snapshot()
+                .into_iter()
+                .map(|(source, counts)| SourceSessions { source, counts })
+                .collect();
+            return Response::Sessions { sources };
+        }
+        _ => {}
     }
     let mutating = matches!(
         request,
@@ -234,8 +244,8 @@ fn run_on_dataplane(
             entries: ops::allow_list(dp)?,
         },
         Request::Stats { top } => Response::Stats(with_sessions(ops::stats(dp, top)?, outcomes)),
-        Request::Reload => Response::Error {
-            message: "reload is not a data plane operation".into(),
+        Request::Reload | Request::Sessions => Response::Error {
+            message: "not a data plane operation".into(),
         },
     })
 }
