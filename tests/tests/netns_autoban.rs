@@ -958,7 +958,18 @@ fn bans_survive_sigterm_and_kill9_with_their_remaining_ttl() {
         let drops_before = lab.gw.stats();
 
         match phase {
-            "SIGTERM" => lab.gw.terminate(),
+            "SIGTERM" => {
+                lab.gw.terminate();
+                // The first run banned the bot, and says so when it stops.
+                assert!(
+                    lab.gw.wait_logged(
+                        &["sources banned by session verdicts", "bans=1"],
+                        Duration::ZERO
+                    ),
+                    "SIGTERM: no ban count in the daemon's last words:\n{}",
+                    lab.gw.log()
+                );
+            }
             _ => lab.gw.kill9(),
         }
         assert!(
@@ -994,6 +1005,11 @@ fn bans_survive_sigterm_and_kill9_with_their_remaining_ttl() {
         lab.gw.start();
         let after = lab.gw.block_list();
         let elapsed = listed_at.elapsed().as_secs();
+        assert_eq!(
+            lab.topo.gw_xdp().map(|(id, _)| id),
+            Some(prog_id),
+            "{phase}: the restart must reuse the attached program, not load another"
+        );
         assert_eq!(
             after.len(),
             before.len(),
