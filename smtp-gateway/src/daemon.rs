@@ -126,6 +126,7 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
     let (config_tx, config_rx) = watch::channel(config.clone());
     let (reload_tx, mut reload_rx) = crate::reload::channel();
     let (events, events_rx) = crate::smtp::events::channel();
+    let (ends, ends_rx) = crate::smtp::events::ends_channel();
     // One set of counters and one outcome table for the whole run: reload generations share them.
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let outcomes = Arc::new(crate::source_outcomes::SourceOutcomes::new(
@@ -175,6 +176,7 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
         config_rx.clone(),
         dataplane.clone(),
         events_rx,
+        ends_rx,
         metrics.clone(),
         shutdown_rx.clone(),
     ));
@@ -184,6 +186,7 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
     ));
     let context = GenerationContext {
         events: events.clone(),
+        ends,
         pass_cache,
         metrics: metrics.clone(),
         outcomes,
@@ -265,6 +268,7 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
 /// What every proxy configuration generation shares with the others (built once per run).
 struct GenerationContext {
     events: crate::smtp::events::EventSender,
+    ends: crate::smtp::events::EndSender,
     pass_cache: Arc<crate::policy::pass_cache::PassCache>,
     metrics: Arc<crate::metrics::Metrics>,
     outcomes: Arc<crate::source_outcomes::SourceOutcomes>,
@@ -284,6 +288,7 @@ fn build_shared(
 ) -> Result<crate::smtp::Shared, DaemonError> {
     let GenerationParts {
         events,
+        ends,
         pass_cache,
         metrics,
         outcomes,
@@ -326,12 +331,14 @@ fn build_shared(
         pass_cache,
         metrics,
         outcomes,
+        ends,
     })
 }
 
 /// The shared parts, owned (to move into a blocking task).
 struct GenerationParts {
     events: crate::smtp::events::EventSender,
+    ends: crate::smtp::events::EndSender,
     pass_cache: Arc<crate::policy::pass_cache::PassCache>,
     metrics: Arc<crate::metrics::Metrics>,
     outcomes: Arc<crate::source_outcomes::SourceOutcomes>,
@@ -341,6 +348,7 @@ impl GenerationContext {
     fn parts(&self) -> GenerationParts {
         GenerationParts {
             events: self.events.clone(),
+            ends: self.ends.clone(),
             pass_cache: self.pass_cache.clone(),
             metrics: self.metrics.clone(),
             outcomes: self.outcomes.clone(),

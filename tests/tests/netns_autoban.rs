@@ -10,8 +10,9 @@
 //!
 //! - [`pregreeter_is_banned_in_the_kernel_per_source_until_the_ttl_ends`]: a pregreeting client
 //!   gets 521 and is banned (`block list`: origin autoban, reason "autoban: pregreet"); its next
-//!   SYN is dropped silently and counted (`stats`: verdict and per-source drops); a clean address
-//!   next to it still delivers; an allowlisted pregreeter gets 521 but is never banned and still
+//!   SYN is dropped silently and counted (`stats`: verdict and per-source drops), and only that
+//!   SYN (the ban waits for the pregreet session to close); a clean IPv4 address next to it still
+//!   delivers, while the IPv6 ban covers the bot's /64; an allowlisted pregreeter gets 521 but is never banned and still
 //!   connects; the ban expires after its TTL, leaves the map, and the source connects again.
 //! - [`bans_survive_sigterm_and_kill9_with_their_remaining_ttl`]: an auto-ban, a manual ban with
 //!   a TTL and a permanent prefix keep dropping while no daemon runs (after SIGTERM, then after
@@ -56,7 +57,7 @@ const GREET_PAUSE: Duration = Duration::from_millis(300);
 /// Pregreets and is banned.
 const BOT_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 11));
 const BOT_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x11));
-/// Behaves, next to the bots (the IPv6 one in the same /64 as [`BOT_V6`]).
+/// Behaves, next to the bots (the IPv6 one in the same /64 as [`BOT_V6`], so its ban covers it).
 const CLEAN_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 12));
 const CLEAN_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x12));
 /// Pregreets too, but is in `dataplane.allowlist`.
@@ -697,11 +698,23 @@ impl Lab {
     }
 }
 
+/// What an auto-ban of `bot` covers with the default `[autoban]` prefixes: the IPv4 address,
+/// the IPv6 /64.
+fn ban_target(bot: IpAddr) -> String {
+    match bot {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => {
+            let net = ipnet::Ipv6Net::new(a, 64).expect("/64").trunc();
+            net.to_string()
+        }
+    }
+}
+
 /// Asserts the fields an auto-ban entry must have.
-fn assert_autoban_entry(entry: &Value, ttl: Duration) {
+fn assert_autoban_entry(entry: &Value, ttl: Duration, kind: &str) {
     assert_eq!(entry["origin"], "autoban", "{entry}");
     assert_eq!(entry["reason"], "autoban: pregreet", "{entry}");
-    assert_eq!(entry["kind"], "exact", "{entry}");
+    assert_eq!(entry["kind"], kind, "{entry}");
     assert_eq!(entry["active"], true, "{entry}");
     let left = entry["expires_in_secs"]
         .as_u64()
@@ -774,9 +787,9 @@ fn pregreeter_is_banned_in_the_kernel_per_source_until_the_ttl_ends() {
     let pregreet_at = Instant::now();
     lab.pregreet(BOT_V4);
     lab.pregreet(BOT_V6);
-    for bot in [BOT_V4, BOT_V6] {
-        let entry = lab.gw.wait_banned(&bot.to_string(), BAN_TIMEOUT);
-        assert_autoban_entry(&entry, TTL);
+    for (bot, kind) in [(BOT_V4, "exact"), (BOT_V6, "prefix")] {
+        let entry = lab.gw.wait_banned(&ban_target(bot), BAN_TIMEOUT);
+        assert_autoban_entry(&entry, TTL, kind);
     }
     assert!(
         lab.gw.wait_logged(
@@ -802,20 +815,19 @@ fn pregreeter_is_banned_in_the_kernel_per_source_until_the_ttl_ends() {
         lab.assert_dropped(bot, "banned pregreeter");
     }
     let after = lab.gw.stats();
-    let exact = (
-        before.verdict("dropped_exact"),
-        after.verdict("dropped_exact"),
-    );
-    // The probe sends exactly one SYN (it gives up before the 1 s retransmission). The drop
-    // counts can rise by more: the ban lands while the pregreet session is still closing, so
-    // that session's last packets from the bot (ACKs, FIN, answers to the gateway's
-    // retransmitted FIN) are dropped too, for seconds.
-    assert!(
-        exact.1 >= exact.0 + 2,
-        "dropped_exact went {} -> {}: the two banned SYNs were not counted",
-        exact.0,
-        exact.1
-    );
+    // The probe sends exactly one SYN (it gives up before the 1 s retransmission), and nothing
+    // else from the bots is dropped: the ban is written only after the pregreet session has
+    // closed (`autoban.grace`), so none of its last packets meet it.
+    for (verdict, bot) in [("dropped_exact", BOT_V4), ("dropped_cidr", BOT_V6)] {
+        let counts = (before.verdict(verdict), after.verdict(verdict));
+        assert_eq!(
+            counts.1,
+            counts.0 + 1,
+            "{verdict} went {} -> {}: expected {bot}'s one banned SYN",
+            counts.0,
+            counts.1
+        );
+    }
     for bot in [BOT_V4, BOT_V6] {
         let syns = (before.source(bot, "syns"), after.source(bot, "syns"));
         assert_eq!(
@@ -826,9 +838,10 @@ fn pregreeter_is_banned_in_the_kernel_per_source_until_the_ttl_ends() {
             syns.1
         );
         let drops = (before.source(bot, "drops"), after.source(bot, "drops"));
-        assert!(
-            drops.1 > drops.0,
-            "{bot}: per-source drops went {} -> {}: the banned SYN was not counted",
+        assert_eq!(
+            drops.1,
+            drops.0 + 1,
+            "{bot}: per-source drops went {} -> {}: expected the banned SYN only",
             drops.0,
             drops.1
         );
@@ -850,11 +863,12 @@ fn pregreeter_is_banned_in_the_kernel_per_source_until_the_ttl_ends() {
         "while-bots-banned",
         "clean IPv4 source while the bots are banned",
     );
-    lab.assert_greeted(CLEAN_V6, "clean IPv6 source in the bot's /64");
+    // IPv6 bans cover the bot's /64 (a host given a /64 can pick any address in it).
+    lab.assert_dropped(CLEAN_V6, "another address in the banned bot's /64");
     for bot in [BOT_V4, BOT_V6] {
         let entry = lab
             .gw
-            .block_entry(&bot.to_string())
+            .block_entry(&ban_target(bot))
             .expect("the ban still holds during the clean sessions");
         assert_eq!(entry["active"], true, "{entry}");
     }
@@ -872,7 +886,7 @@ fn pregreeter_is_banned_in_the_kernel_per_source_until_the_ttl_ends() {
             let list = lab.gw.block_list();
             [BOT_V4, BOT_V6]
                 .iter()
-                .all(|b| !list.iter().any(|e| e["target"] == b.to_string().as_str()))
+                .all(|b| !list.iter().any(|e| e["target"] == ban_target(*b).as_str()))
         },
     );
     let gone_at = pregreet_at.elapsed();
@@ -929,7 +943,7 @@ fn bans_survive_sigterm_and_kill9_with_their_remaining_ttl() {
 
     lab.pregreet(BOT_V4);
     let entry = lab.gw.wait_banned(&BOT_V4.to_string(), BAN_TIMEOUT);
-    assert_autoban_entry(&entry, TTL);
+    assert_autoban_entry(&entry, TTL, "exact");
     lab.gw.cli_ok(&[
         "block",
         "add",
@@ -1056,6 +1070,6 @@ fn bans_survive_sigterm_and_kill9_with_their_remaining_ttl() {
     lab.assert_greeted(BOT_V4, "after block del of the auto-ban");
     lab.pregreet(BOT_V4);
     let entry = lab.gw.wait_banned(&BOT_V4.to_string(), BAN_TIMEOUT);
-    assert_autoban_entry(&entry, TTL);
+    assert_autoban_entry(&entry, TTL, "exact");
     lab.assert_dropped(BOT_V4, "banned again by the restarted daemon");
 }

@@ -75,3 +75,11 @@ pub struct SessionEnd {
     pub delivered: u64,
     pub checks: Vec<&'static str>,
 }
+
+/// Session ends, for the auto-ban (which writes a decided ban once the session has closed).
+pub type EndSender = broadcast::Sender<SessionEnd>;
+
+/// A new channel of session ends.
+pub fn ends_channel() -> (EndSender, broadcast::Receiver<SessionEnd>) {
+    broadcast::channel(EVENT_BUFFER)
+}

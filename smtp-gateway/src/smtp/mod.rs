@@ -44,4 +44,6 @@ pub struct Shared {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Per-source session outcomes (one table for the whole run).
     pub outcomes: std::sync::Arc<crate::source_outcomes::SourceOutcomes>,
+    /// Session ends, for the auto-ban.
+    pub ends: events::EndSender,
 }

@@ -229,12 +229,14 @@ impl Session {
         }
         self.conn.shutdown().await;
         let verdict = self.verdict();
-        self.shared.outcomes.record(&SessionEnd {
+        let end = SessionEnd {
             source: self.source(),
             verdict,
             delivered: self.messages as u64,
             checks: self.fired.clone(),
-        });
+        };
+        self.shared.outcomes.record(&end);
+        let _ = self.shared.ends.send(end);
         tracing::info!(
             client = %self.client,
             helo = self.helo.as_deref().unwrap_or("-"),
