@@ -159,10 +159,11 @@ fn run_binary(root: &Path, out: &Path, bench: Which, quick: bool) -> anyhow::Res
         eprintln!("note: {binary} does not accept --figures yet: its section has no plots");
     }
     eprintln!("+ {}", crate::render(&cmd));
+    // Progress (stderr) as it happens; the report (stdout) is kept.
     let output = cmd
+        .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("cannot run {}", exe.display()))?;
-    eprint!("{}", String::from_utf8_lossy(&output.stderr));
     let table = String::from_utf8_lossy(&output.stdout).into_owned();
     print!("{table}");
     if !output.status.success() {
