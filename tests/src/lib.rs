@@ -1,7 +1,9 @@
 //! End-to-end test crate; the tests live in `tests/`, the benchmark binaries in `src/bin/`.
 //! This library holds what the benchmark binaries share.
 
-pub mod figures;
+/// The figures schema (its own crate so xtask can read it without building the eBPF program);
+/// re-exported so benchmark binaries write `smtp_gateway_tests::figures::Figures`.
+pub use bench_figures as figures;
 
 /// Removes a temporary directory when dropped.
 pub struct TempDir(pub std::path::PathBuf);

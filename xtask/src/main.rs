@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | test | bench [xdp] [--quick] | demo`.
+//! Project tasks: `cargo xtask setup | test | bench [NAME...] [--quick | --render-only] | demo`.
 //!
 //! Every task runs `setup` first, so one command works on a fresh machine of this kind
 //! (Debian 12, root): apt packages, bpf-linker in the project-local `.tools/`, bpffs.
@@ -6,6 +6,7 @@
 
 mod bench;
 mod demo;
+mod plot;
 mod setup;
 
 use std::{path::PathBuf, process::Command};
@@ -30,14 +31,19 @@ enum Task {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
-    /// Run benchmarks and write docs/BENCHMARKS.md.
+    /// Run benchmarks, write docs/bench/<name>.{md,json,svg} and docs/BENCHMARKS.md.
     Bench {
-        /// Which benchmark (default: all).
+        /// Which benchmarks (default: all).
         #[arg(value_enum)]
-        which: Option<bench::Which>,
-        /// Fewer repeats and smaller sizes (smoke run; figures are not written to docs/).
+        which: Vec<bench::Which>,
+        /// Fewer repeats and smaller sizes (smoke run; reports and plots go to
+        /// target/bench-quick/, docs/ is left alone).
         #[arg(long)]
         quick: bool,
+        /// Measure nothing: redraw the plots and rebuild docs/BENCHMARKS.md from the committed
+        /// docs/bench/*.md and *.json.
+        #[arg(long, conflicts_with_all = ["which", "quick"])]
+        render_only: bool,
     },
     /// Run the gateway in a network-namespace lab with a real Postfix backend: good mail, a
     /// spammer, a runtime block and a SYN flood, narrated; everything is removed afterwards.
@@ -53,9 +59,15 @@ fn main() -> anyhow::Result<()> {
             setup::run(&root)?;
             test(&root, &cargo_args)
         }
-        Task::Bench { which, quick } => {
+        Task::Bench {
+            render_only: true, ..
+        } => {
+            setup::plot_font()?;
+            bench::render_only(&root)
+        }
+        Task::Bench { which, quick, .. } => {
             setup::run(&root)?;
-            bench::run(&root, which, quick)
+            bench::run(&root, &which, quick)
         }
         Task::Demo => {
             setup::run(&root)?;

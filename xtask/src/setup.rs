@@ -2,7 +2,8 @@
 //!
 //! - apt: Debian's rustc 1.96 with a prebuilt `core` for bpfel-unknown-none, LLVM 22 for
 //!   bpf-linker, and the tools the tests drive (iproute2, bpftool, ethtool, hping3, nsenter,
-//!   Postfix with smtp-source, swaks, openssl);
+//!   Postfix with smtp-source, swaks, openssl, trafgen) and the font the benchmark plots are
+//!   measured with;
 //! - bpf-linker 0.13.0 built against LLVM 22 into `.tools/` (cached: 0.1 s when present);
 //! - bpffs mounted at /sys/fs/bpf.
 //!
@@ -33,18 +34,44 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",
     "python3",
     "nmap",
+    // Benchmarks: trafgen (spoofed-source SYN floods for bench-attack) and the TTF plotters
+    // measures plot text with (plot.rs).
+    "netsniff-ng",
+    crate::plot::FONT_PACKAGE,
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
-    // SAFETY: getuid has no preconditions.
-    if unsafe { libc_getuid() } != 0 {
+    if !is_root() {
         bail!("cargo xtask needs root (apt, bpffs, XDP, network namespaces)");
     }
     apt(APT_PACKAGES)?;
     bpf_linker(root)?;
     bpffs()?;
     Ok(())
+}
+
+/// The plot font only (`cargo xtask bench --render-only`, which needs nothing else): installed
+/// when missing if we are root, otherwise an error saying what to install.
+pub fn plot_font() -> anyhow::Result<()> {
+    if Path::new(crate::plot::FONT).exists() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "{} is missing: install Debian's {} (as root: `cargo xtask setup` or `apt-get install \
+             {}`)",
+            crate::plot::FONT,
+            crate::plot::FONT_PACKAGE,
+            crate::plot::FONT_PACKAGE
+        );
+    }
+    apt(&[crate::plot::FONT_PACKAGE])
+}
+
+fn is_root() -> bool {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc_getuid() == 0 }
 }
 
 unsafe extern "C" {

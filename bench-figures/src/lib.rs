@@ -16,7 +16,7 @@ pub struct Figures {
     pub bench: String,
     /// The exact command that reproduces the figures (`cargo xtask bench drop`).
     pub command: String,
-    /// The machine, as [`crate::machine`] describes it.
+    /// The machine, as `smtp_gateway_tests::machine` describes it.
     pub machine: String,
     pub figures: Vec<Figure>,
 }
