@@ -136,14 +136,16 @@ fn cli_goes_through_the_daemon_and_falls_back_to_the_maps() {
         "{stats}"
     );
 
-    // The auto-ban went into the kernel map although the daemon has no capability left.
-    let list = json(&gw.cli(&["block", "list", "--json"]));
-    assert!(
-        list.as_array().is_some_and(|a| a
-            .iter()
-            .any(|e| e["target"] == "127.0.0.9" && e["origin"] == "autoban")),
-        "{list}"
-    );
+    // The auto-ban went into the kernel map (once the session closed, `autoban.grace`) although
+    // the daemon has no capability left.
+    wait_for("the auto-ban entry", || {
+        json(&gw.cli(&["block", "list", "--json"]))
+            .as_array()
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|e| e["target"] == "127.0.0.9" && e["origin"] == "autoban")
+            })
+    });
 
     // Without a daemon the same commands work on the pinned maps (no session verdicts).
     gw.signal(libc::SIGTERM);
@@ -226,6 +228,18 @@ fn control_socket_refuses_anyone_but_root() {
     assert!(
         !list.to_string().contains("198.18.6.6"),
         "a refused client changed the blocklist: {list}"
+    );
+
+    // A daemon killed without a chance to clean up leaves its socket; `detach` removes it.
+    let mut gw = gw;
+    gw.signal(libc::SIGKILL);
+    let _ = gw.child.wait();
+    assert!(socket.exists(), "SIGKILL leaves the socket file");
+    let out = gw.cli(&["detach"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !socket.exists(),
+        "detach removes a socket nobody answers on"
     );
 }
 

@@ -1,4 +1,5 @@
-//! `smtp-gateway detach`.
+//! `smtp-gateway detach`: removes the XDP program from every interface and all pinned state,
+//! and the control socket a daemon killed without a chance to clean up left behind.
 
 use std::process::ExitCode;
 
@@ -18,6 +19,18 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
             report.links.join(", "),
             report.maps
         );
+    }
+    let socket = config.control_socket();
+    if socket.exists() {
+        if super::daemon(config)?.is_some() {
+            eprintln!(
+                "warning: a daemon still answers on {}; stop it too (its protection is gone)",
+                socket.display()
+            );
+        } else {
+            std::fs::remove_file(&socket)?;
+            println!("removed the stale control socket {}", socket.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

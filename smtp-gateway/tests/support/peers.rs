@@ -256,9 +256,15 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The test may have left its configuration invalid: detach with one naming the pins only.
+        let detach = self.dir.join("detach.toml");
+        let _ = std::fs::write(
+            &detach,
+            format!("[dataplane]\npin_dir = \"{}\"\n", self.pin_dir),
+        );
         let _ = Command::new(BIN)
             .arg("-c")
-            .arg(&self.config)
+            .arg(&detach)
             .arg("detach")
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
