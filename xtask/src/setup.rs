@@ -33,6 +33,10 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",
     "python3",
     "nmap",
+    // bench-drop: the SYN flood (trafgen) and the filters XDP is compared with.
+    "netsniff-ng",
+    "iptables",
+    "nftables",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
