@@ -25,11 +25,14 @@
 //!   client costs in userspace (a full handshake, accept, close) is higher still and not measured.
 //!
 //! CPU: system + irq + softirq ticks of all CPUs (`/proc/stat`), read just before trafgen starts
-//! and just after it exits, divided by the packets the method dropped. Everything runs on a 2-CPU
-//! VM shared with other work, so this includes the other tenants' kernel time; as a cross-check
-//! the flood's own kernel time is also reported: trafgen's system time (`RUSAGE_CHILDREN`, which
-//! includes the softirq work the kernel does synchronously on its behalf: veth delivers inside the
-//! sender's `dev_queue_xmit`) plus the ksoftirqd threads'. The kernel has no
+//! and just after it exits, divided by the packets the method dropped. This VM has 2 CPUs shared
+//! with other work, whose kernel time lands in that figure too; the machine's kernel time in the
+//! 500 ms before each flood is reported as the background. The aims are therefore judged on the
+//! flood's own kernel time: trafgen's system time (`RUSAGE_CHILDREN`; it includes the softirq work
+//! the kernel does on its behalf, since veth delivers inside the sender's `dev_queue_xmit`) plus
+//! every kernel thread's (softirq work deferred to ksoftirqd, threaded NAPI, kworkers, RCU), which
+//! other tenants barely pollute. The
+//! all-CPU figures and their verdicts are printed beside them. The kernel has no
 //! `CONFIG_IRQ_TIME_ACCOUNTING`, so the split between system and softirq is tick-sampled; their
 //! sum is what counts. "Net" figures subtract the same run's sender-only cost per packet.
 //!
@@ -53,6 +56,7 @@
 mod netns;
 
 use std::{
+    collections::HashMap,
     fmt::Write as _,
     fs::File,
     net::{IpAddr, Ipv4Addr},
@@ -89,6 +93,8 @@ const NULL_IF: &str = "sgwnull";
 /// The one next hop of the replies (on-link through [`NULL_IF`]), so one neighbour entry serves
 /// every spoofed source.
 const NULL_HOP: &str = "198.18.99.1";
+/// How long the machine's kernel CPU is sampled, flood-free, before each flood.
+const BACKGROUND_WINDOW: Duration = Duration::from_millis(500);
 /// Share of the flood a method's own counter must account for.
 const MIN_ACCOUNTED: f64 = 0.99;
 
@@ -140,7 +146,7 @@ impl Settings {
         } else {
             Self {
                 quick,
-                flood: 1_500_000,
+                flood: 1_000_000,
                 repeats: 5,
                 latency_repeats: 21,
                 figures,
@@ -235,32 +241,42 @@ fn children_system_time() -> f64 {
     ru.ru_stime.tv_sec as f64 + ru.ru_stime.tv_usec as f64 / 1e6
 }
 
-/// PIDs of the ksoftirqd threads.
-fn ksoftirqd_pids() -> Vec<u32> {
+/// System time (clock ticks) of every kernel thread (kthreadd and its children: ksoftirqd,
+/// threaded NAPI, kworkers, RCU), by PID, with its name.
+fn kthread_times() -> HashMap<u32, (String, u64)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
+        return HashMap::new();
     };
     dir.filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.starts_with("ksoftirqd/"))
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let name = stat[stat.find('(')? + 1..stat.rfind(')')?].to_string();
+            // After the parenthesised name: state, ppid, ... stime is the 13th field.
+            let rest: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+            let ppid: u32 = rest.get(1)?.parse().ok()?;
+            let stime: u64 = rest.get(12)?.parse().ok()?;
+            (pid == 2 || ppid == 2).then_some((pid, (name, stime)))
         })
         .collect()
 }
 
-/// Sum of the system time of `pids`, in seconds.
-fn threads_system_time(pids: &[u32]) -> f64 {
-    let ticks: u64 = pids
+/// Kernel-thread system time between two [`kthread_times`] snapshots: the total in seconds and
+/// the busiest threads (name, seconds).
+fn kthread_delta(
+    before: &HashMap<u32, (String, u64)>,
+    after: &HashMap<u32, (String, u64)>,
+) -> (f64, Vec<(String, f64)>) {
+    let mut busy: Vec<(String, f64)> = after
         .iter()
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // Fields after the parenthesised name: state is field 3, stime field 15.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            rest.split_whitespace().nth(12)?.parse::<u64>().ok()
+        .map(|(pid, (name, t))| {
+            let t0 = before.get(pid).map_or(0, |(_, t0)| *t0);
+            (name.clone(), t.saturating_sub(t0) as f64 / clock_ticks())
         })
-        .sum();
-    ticks as f64 / clock_ticks()
+        .filter(|(_, secs)| *secs > 0.0)
+        .collect();
+    busy.sort_by(|a, b| b.1.total_cmp(&a.1));
+    (busy.iter().map(|(_, secs)| secs).sum::<f64>() + 0.0, busy)
 }
 
 /// Runs `command`; its stdout when it exits 0, an error with its output otherwise.
@@ -309,7 +325,6 @@ struct Lab {
     /// A configuration file naming only the pin directory, for the CLI.
     cli_config: PathBuf,
     gateway_bin: PathBuf,
-    ksoftirqd: Vec<u32>,
     _pins: Pins,
 }
 
@@ -318,8 +333,11 @@ struct Flood {
     wall: Duration,
     /// System + irq + softirq of all CPUs (seconds).
     cpu_all: f64,
-    /// trafgen's system time + ksoftirqd's (seconds).
+    /// trafgen's system time + the kernel threads' (seconds).
     cpu_own: f64,
+    /// Kernel CPU of the whole machine just before the flood, without it (CPUs busy in the
+    /// kernel): how much of `cpu_all` other tenants may have added.
+    background: f64,
 }
 
 /// One measurement of one method.
@@ -395,7 +413,6 @@ impl Lab {
             pin_dir: pin_dir.clone(),
             cli_config,
             gateway_bin,
-            ksoftirqd: ksoftirqd_pids(),
             _pins: Pins(pin_dir),
         })
     }
@@ -703,7 +720,11 @@ impl Lab {
         let log = self.dir.0.join("flood.log");
         // Far above what the slowest method needs here (~50k packets/s), still bounded.
         let deadline = Duration::from_secs(30).max(Duration::from_secs(count / 10_000));
-        let own_before = children_system_time() + threads_system_time(&self.ksoftirqd);
+        let quiet_before = kernel_cpu_all()?;
+        std::thread::sleep(BACKGROUND_WINDOW);
+        let background = (kernel_cpu_all()? - quiet_before) / BACKGROUND_WINDOW.as_secs_f64();
+        let kthreads_before = kthread_times();
+        let trafgen_before = children_system_time();
         let all_before = kernel_cpu_all()?;
         let started = Instant::now();
         let mut child = self.spawn_trafgen(Sources::Random, count, None, &log)?;
@@ -719,7 +740,19 @@ impl Lab {
         };
         let wall = started.elapsed();
         let all_after = kernel_cpu_all()?;
-        let own_after = children_system_time() + threads_system_time(&self.ksoftirqd);
+        let trafgen = children_system_time() - trafgen_before;
+        let (kthreads, busiest) = kthread_delta(&kthreads_before, &kthread_times());
+        let busiest: Vec<String> = busiest
+            .iter()
+            .take(3)
+            .map(|(name, secs)| format!("{name} {:.0} ms", secs * 1e3))
+            .collect();
+        eprintln!(
+            "    trafgen system {:.0} ms, kernel threads {:.0} ms ({})",
+            trafgen * 1e3,
+            kthreads * 1e3,
+            busiest.join(", ")
+        );
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         ensure!(status.success(), "trafgen failed ({status}):\n{text}");
         let sent: u64 = text
@@ -735,7 +768,8 @@ impl Lab {
         Ok(Flood {
             wall,
             cpu_all: all_after - all_before,
-            cpu_own: own_after - own_before,
+            cpu_own: trafgen + kthreads,
+            background,
         })
     }
 
@@ -935,7 +969,7 @@ impl Results {
             .collect()
     }
 
-    /// All-CPU ns per packet minus the sender-only median: what the receiving side cost.
+    /// All-CPU ns per packet minus the sender-only median.
     fn net_ns(&self, method: Method) -> Vec<f64> {
         let base = median(&self.all_ns(Method::SenderOnly));
         self.all_ns(method).iter().map(|v| v - base).collect()
@@ -1002,13 +1036,18 @@ fn run(settings: Settings) -> Result<()> {
     Ok(())
 }
 
+/// `0.25` as "1/4.0 of it", `1.6` as "1.6× it".
+fn proportion(ratio: f64) -> String {
+    if ratio >= 1.0 || ratio <= 0.0 {
+        format!("{ratio:.1}× it")
+    } else {
+        format!("1/{:.1} of it", 1.0 / ratio)
+    }
+}
+
 fn spread(samples: &[f64], digits: usize) -> String {
     let p = Point::from_samples("", samples);
     format!("{:.digits$}–{:.digits$}", p.min, p.max)
-}
-
-fn met(ok: bool) -> &'static str {
-    if ok { "**met**" } else { "**missed**" }
 }
 
 fn report(settings: &Settings, r: &Results) -> String {
@@ -1039,44 +1078,58 @@ fn report(settings: &Settings, r: &Results) -> String {
     let _ = writeln!(
         out,
         "- CPU: system + irq + softirq of all CPUs from /proc/stat around each flood, per packet the \
-         method dropped (it includes the other tenants of this shared VM); \"net\" subtracts the \
-         same run's sender-only median (the cost of producing the flood, the receiver's veth down); \
-         \"flood's own\" is trafgen's system time + ksoftirqd's (RUSAGE_CHILDREN, /proc/PID/stat), \
-         which the other tenants do not pollute; veth delivers in the sender's context, so the \
-         receiver's work lands there; tick-sampled (no IRQ_TIME_ACCOUNTING)\n"
+         method dropped: it includes the other tenants of this shared VM (see the background \
+         below), so the verdicts use the flood's own kernel time: trafgen's system time + the \
+         kernel threads' (ksoftirqd, NAPI threads, kworkers, RCU: RUSAGE_CHILDREN, \
+         /proc/PID/stat), which includes the receiver's softirq work because veth delivers inside \
+         the sender's transmit (or hands it to a kernel thread), and which other tenants barely \
+         pollute. \"Net of sender\" subtracts the same \
+         run's sender-only median (the cost of producing the flood, with the receiver's veth \
+         down). Tick-sampled (no IRQ_TIME_ACCOUNTING): only the system + softirq sum counts"
+    );
+    let background: Vec<f64> = r
+        .samples
+        .iter()
+        .flat_map(|(_, s)| s.iter().map(|s| s.flood.background))
+        .collect();
+    let _ = writeln!(
+        out,
+        "- background: in the {} ms before each flood, the machine's kernel time without it was \
+         {:.2} CPUs (median; {} over all floods): other tenants' share of the all-CPU figures\n",
+        BACKGROUND_WINDOW.as_millis(),
+        median(&background),
+        spread(&background, 2)
     );
     let _ = writeln!(
         out,
-        "| Method | Counted by | Drop rate kpps (median) | min–max | CPU ns/pkt, all CPUs | min–max \
-         | × sender only | Net ns/pkt | Flood's own ns/pkt | Net own ns/pkt |"
+        "| Method | Counted by | Drop rate kpps (median) | min–max | Flood's own CPU ns/pkt | \
+         min–max | × sender only | Net of sender | All CPUs ns/pkt (raw) | min–max | Net of sender |"
     );
-    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|");
-    let base = median(&r.all_ns(Method::SenderOnly)).max(1e-9);
+    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let base = median(&r.own_ns(Method::SenderOnly)).max(1.0);
     for method in Method::ALL {
-        let all = r.all_ns(method);
-        let net = if method == Method::SenderOnly {
-            "–".to_string()
-        } else {
-            format!("{:.0}", median(&r.net_ns(method)))
-        };
-        let net_own = if method == Method::SenderOnly {
-            "–".to_string()
-        } else {
-            format!("{:.0}", median(&r.net_own_ns(method)))
+        let (own, all) = (r.own_ns(method), r.all_ns(method));
+        let net = |v: Vec<f64>| {
+            if method == Method::SenderOnly {
+                "–".to_string()
+            } else {
+                format!("{:.0}", median(&v))
+            }
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {} | {:.0} | {} | {:.2} | {} | {:.0} | {} |",
+            "| {} | {} | {:.0} | {} | {:.0} | {} | {:.2} | {} | {:.0} | {} | {} |",
             method.name(),
             method.counter(),
             median(&r.rate_kpps(method)),
             spread(&r.rate_kpps(method), 0),
+            median(&own),
+            spread(&own, 0),
+            median(&own) / base,
+            net(r.net_own_ns(method)),
             median(&all),
             spread(&all, 0),
-            median(&all) / base,
-            net,
-            median(&r.own_ns(method)),
-            net_own
+            net(r.net_ns(method)),
         );
     }
     if let Some(s) = r.of(Method::Userspace).last() {
@@ -1087,30 +1140,46 @@ fn report(settings: &Settings, r: &Results) -> String {
     let own = |m| median(&r.net_own_ns(m));
     let (xdp, ipt, user) = (Method::XdpNative, Method::IptablesRaw, Method::Userspace);
     let _ = writeln!(out, "\n## Aims\n");
+    let _ = writeln!(
+        out,
+        "Two measures of the receiver's kernel CPU per packet, both net of the sender-only cost: \
+         the flood's own time misses softirq work the kernel happens to run while another task is \
+         current (charged to that task), so it is a lower bound; all CPUs includes the other \
+         tenants' kernel time (background above), so it is an upper bound. An aim is met when it \
+         holds on both.\n"
+    );
     for (other, factor) in [(ipt, 5.0), (user, 50.0)] {
         let ratio = net(xdp) / net(other);
         let ratio_own = own(xdp) / own(other);
+        let met_own = own(xdp) > 0.0 && ratio_own <= 1.0 / factor;
+        let met_all = net(xdp) > 0.0 && ratio <= 1.0 / factor;
+        let verdict = match (met_own, met_all) {
+            (true, true) => "**met**",
+            (false, false) => "**missed**",
+            _ => "**undecided** (the two measures disagree)",
+        };
         let _ = writeln!(
             out,
-            "- XDP native ≤ 1/{factor:.0} of {}'s CPU per packet (net of the sender): {:.0} vs \
-             {:.0} ns = 1/{:.1} → {} (flood's own time: {:.0} vs {:.0} ns = 1/{:.1} → {})",
+            "- XDP native ≤ 1/{factor:.0} of {}'s CPU per packet: {verdict}. Flood's own: {:.0} vs \
+             {:.0} ns ({}); all CPUs: {:.0} vs {:.0} ns ({}).",
             other.label(),
-            net(xdp),
-            net(other),
-            1.0 / ratio,
-            met(net(xdp) > 0.0 && ratio <= 1.0 / factor),
             own(xdp),
             own(other),
-            1.0 / ratio_own,
-            met(own(xdp) > 0.0 && ratio_own <= 1.0 / factor),
+            proportion(ratio_own),
+            net(xdp),
+            net(other),
+            proportion(ratio),
         );
     }
     let _ = writeln!(
         out,
         "\nveth is not a NIC: for frames the kernel stack sent, native XDP on veth first copies the \
-         skb into an XDP buffer (a page and a memcpy per packet), while the skb paths reuse the \
-         sender's skb; on a NIC, native XDP runs before any skb exists. These ratios are therefore \
-         pessimistic for XDP."
+         skb into a page-pool page (a packet socket's skb head is never a page fragment, \
+         `veth_convert_skb_to_xdp_buff`) and hands it over through the veth's NAPI ring, while the \
+         skb paths (generic XDP, tc/nft ingress, iptables, TCP) take the sender's skb as it is; on \
+         a NIC, native XDP runs on the DMA buffer before any skb exists. These figures say what \
+         each method costs on a veth, and are pessimistic for native XDP; they are no estimate of \
+         NIC performance."
     );
 
     let l = &r.latency;
@@ -1158,14 +1227,22 @@ fn figures(settings: &Settings, r: &Results) -> Figures {
         log_y: false,
         categories: categories.clone(),
         series: vec![
-            series("all CPUs (/proc/stat)", &|m| r.all_ns(m), false),
-            series("net of sender only", &|m| r.net_ns(m), true),
-            series("flood's own (trafgen + ksoftirqd)", &|m| r.own_ns(m), false),
+            series(
+                "flood's own (trafgen + kernel threads)",
+                &|m| r.own_ns(m),
+                false,
+            ),
+            series(
+                "flood's own, net of sender only",
+                &|m| r.net_own_ns(m),
+                true,
+            ),
+            series("all CPUs, raw (/proc/stat)", &|m| r.all_ns(m), false),
         ],
         note: format!(
             "{} SYNs per flood from random sources in {FLOOD_NET} over a veth pair, {} runs each; \
-             sender only = the flood with the receiver's veth down. Aims: XDP native net ≤ 1/5 of \
-             iptables raw, ≤ 1/50 of userspace.",
+             sender only = the flood with the receiver's veth down. Aims (on the flood's own time, net \
+             of the sender): XDP native ≤ 1/5 of iptables raw, ≤ 1/50 of userspace.",
             thousands(settings.flood),
             settings.repeats
         ),
