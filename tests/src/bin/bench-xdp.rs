@@ -693,6 +693,51 @@ fn print_report(
         );
     }
 
+    // Aims (README): at most 100 ns per inspected SYN at the largest level, 1M + 1M imported in
+    // at most 10 s.
+    let top = settings.levels.iter().copied().max().unwrap_or(0);
+    let inspected: Vec<u64> = rows
+        .iter()
+        .filter(|r| {
+            r.entries.is_some_and(|n| n >= top)
+                && matches!(r.verdict, Verdict::Passed | Verdict::DroppedExact)
+        })
+        .map(Row::median)
+        .collect();
+    let worst = inspected.iter().copied().max().unwrap_or(0);
+    let _ = writeln!(out, "\n## Aims\n");
+    let _ = writeln!(
+        out,
+        "- ≤ 100 ns per inspected SYN (hit or miss, IPv4 and IPv6) at {} exact entries: {} (the \
+         slowest of those rows has a median of {worst} ns, {:.1}× the baseline).",
+        thousands(u64::from(top)),
+        if !inspected.is_empty() && worst <= 100 {
+            "**met**"
+        } else {
+            "**missed**"
+        },
+        worst as f64 / baseline
+    );
+    if import.per_family >= 1_000_000 {
+        let _ = writeln!(
+            out,
+            "- `block import` of 1M IPv4 + 1M IPv6 entries in ≤ 10 s: {} ({:.1} s).",
+            if import.wall.as_secs_f64() <= 10.0 {
+                "**met**"
+            } else {
+                "**missed**"
+            },
+            import.wall.as_secs_f64()
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "- `block import` of 1M + 1M in ≤ 10 s: not judged (this run imports {} + {}).",
+            short(import.per_family),
+            short(import.per_family)
+        );
+    }
+
     let _ = writeln!(out, "\n## Filling the maps\n");
     let _ = writeln!(
         out,
