@@ -1062,6 +1062,13 @@ fn report(settings: &Settings, r: &Results) -> String {
     let _ = writeln!(out, "- machine: {}", machine());
     let _ = writeln!(
         out,
+        "- load average when the report was written (1, 5, 15 min): {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+            .unwrap_or_else(|_| "unknown".into())
+    );
+    let _ = writeln!(
+        out,
         "- flood: {} TCP SYNs per run (54-byte IPv4 frames to 198.18.0.1:25, sources random in \
          {FLOOD_NET}), trafgen on one CPU at full speed through a veth pair; {} runs per method, \
          round robin; median and min–max",

@@ -655,6 +655,13 @@ fn print_report(
     let _ = writeln!(out, "- machine: {}", machine());
     let _ = writeln!(
         out,
+        "- load average when the report was written (1, 5, 15 min): {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+            .unwrap_or_else(|_| "unknown".into())
+    );
+    let _ = writeln!(
+        out,
         "- method: BPF_PROG_TEST_RUN on an unattached program, repeat {} per run (the kernel \
          reports the mean per run), {} runs per row; median and min–max in ns per packet",
         thousands(u64::from(settings.repeat)),
