@@ -60,6 +60,7 @@ use std::{
     fmt::Write as _,
     fs::File,
     net::{IpAddr, Ipv4Addr},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
     time::{Duration, Instant},
@@ -442,6 +443,41 @@ fn proc_net_counter(ns: &str, file: &str, group: &str, name: &str) -> Result<u64
         .with_context(|| format!("no {group} {name} in /proc/net/{file}"))
 }
 
+/// A trafgen we started, in its own process group (trafgen forks a worker, which a SIGKILL of the
+/// parent alone would orphan): dropping it sends SIGINT to that group (the worker and the parent
+/// stop), then SIGKILL to the group if the parent still runs after 5 s; the [`ChildGuard`] inside
+/// reaps the process we started.
+struct Trafgen(ChildGuard);
+
+impl Trafgen {
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.0.child.try_wait()
+    }
+}
+
+impl Drop for Trafgen {
+    fn drop(&mut self) {
+        let Ok(pgid) = libc::pid_t::try_from(self.0.child.id()) else {
+            return;
+        };
+        if matches!(self.try_wait(), Ok(Some(_))) {
+            // Exited on its own after its worker finished.
+            return;
+        }
+        // SAFETY: signals the process group led by the child we started (not yet reaped).
+        unsafe { libc::kill(-pgid, libc::SIGINT) };
+        let stopped = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+            matches!(self.try_wait(), Ok(Some(_)))
+        });
+        if !stopped {
+            // The leader is alive (not reaped), so the group is still ours.
+            // SAFETY: as above.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            eprintln!("warning: trafgen ({pgid}) ignored SIGINT; killed");
+        }
+    }
+}
+
 /// What [`Lab::arm`] set up that must live during the flood.
 enum Armed {
     Nothing,
@@ -683,7 +719,7 @@ impl Lab {
         count: u64,
         gap_us: Option<u64>,
         log: &Path,
-    ) -> Result<ChildGuard> {
+    ) -> Result<Trafgen> {
         let config = self.trafgen_config(sources)?;
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = nsenter(&self.topo.cl_ns, "trafgen");
@@ -706,13 +742,15 @@ impl Lab {
         if let Some(gap) = gap_us {
             cmd.args(["-t", &format!("{gap}us")]);
         }
+        // Its own process group: trafgen forks a worker, which must stop with it.
         let child = cmd
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
             .context("starting trafgen (apt-get install netsniff-ng)")?;
-        Ok(ChildGuard::new(child, "trafgen"))
+        Ok(Trafgen(ChildGuard::new(child, "trafgen")))
     }
 
     /// One flood of `count` random-source SYNs at full speed, with the CPU it cost.
@@ -729,7 +767,7 @@ impl Lab {
         let started = Instant::now();
         let mut child = self.spawn_trafgen(Sources::Random, count, None, &log)?;
         let status = loop {
-            if let Some(status) = child.child.try_wait()? {
+            if let Some(status) = child.try_wait()? {
                 break status;
             }
             if started.elapsed() > deadline {
@@ -851,7 +889,7 @@ impl Lab {
         let mut latency = Latency::default();
         for _ in 0..repeats {
             ensure!(
-                stream.child.try_wait()?.is_none(),
+                stream.try_wait()?.is_none(),
                 "the SYN stream ended early: {}",
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
