@@ -34,9 +34,12 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",
     "python3",
     "nmap",
-    // Benchmarks: trafgen (spoofed-source SYN floods for bench-attack) and the TTF plotters
-    // measures plot text with (plot.rs).
+    // Benchmarks: trafgen (spoofed-source SYN floods for bench-attack and bench-drop), the
+    // filters XDP is compared with (bench-drop), and the TTF plotters measures plot text with
+    // (plot.rs).
     "netsniff-ng",
+    "iptables",
+    "nftables",
     crate::plot::FONT_PACKAGE,
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";

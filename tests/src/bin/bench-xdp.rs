@@ -9,9 +9,13 @@
 //! - Import: `smtp-gateway block import` of a file of 1M IPv4 + 1M IPv6 addresses into fresh maps,
 //!   timed as an operator would see it. The binary is taken from the directory of this executable
 //!   (build it first: `cargo build --release -p smtp-gateway`).
+//! - Map memory: the kernel's own accounting of every pinned map (`bpftool map show`,
+//!   `bytes_memlock`, which on Linux ≥ 6.4 is the map's memory use) at the default capacities of
+//!   `config/gateway.toml`, once with the maps just created (empty) and once after the import.
 //!
-//! Output: a Markdown report on stdout. `--quick` (CI smoke): fewer and shorter measurements, no
-//! 1M level, and a 100k + 100k import.
+//! Output: a Markdown report on stdout; `--figures PATH` also writes the figures as JSON
+//! (tests/src/figures.rs). `--quick` (CI smoke): fewer and shorter measurements, no 1M level, and a
+//! 100k + 100k import.
 //!
 //! Needs root (CAP_BPF and bpffs). Every pin lives under `/sys/fs/bpf/sgw-bench-<pid>*` and is
 //! removed when the benchmark ends, on error too. Map keys are never sent anywhere: the filler
@@ -20,7 +24,11 @@
 #[path = "../../tests/support/frames.rs"]
 mod frames;
 
-use smtp_gateway_tests::{TempDir, machine, thousands};
+use smtp_gateway_tests::{
+    TempDir,
+    figures::{Figure, Figures, Point, Series, figures_arg},
+    machine, thousands,
+};
 use std::{
     fmt::Write as _,
     io::{BufWriter, Write as _},
@@ -35,9 +43,9 @@ use aya::programs::{TestRun, TestRunOptions};
 use frames::{Frame, Ipv4, Ipv6, Tcp};
 use smtp_gateway::{
     config::DataplaneConfig,
-    dataplane::{Dataplane, Target, loader},
+    dataplane::{Dataplane, PinLayout, Target, loader},
 };
-use smtp_gateway_common::{BlockEntry, Verdict, origin};
+use smtp_gateway_common::{BlockEntry, Verdict, maps, origin};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -68,26 +76,35 @@ struct Settings {
     levels: Vec<u32>,
     /// Addresses per family in the import file.
     import_per_family: u32,
+    /// Where to write the figures (`--figures PATH`).
+    figures: Option<PathBuf>,
 }
 
 impl Settings {
     fn from_args() -> Result<Option<Self>> {
         let mut quick = false;
-        for arg in std::env::args().skip(1) {
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--quick" => quick = true,
+                "--figures" => {
+                    args.next().context("--figures needs a path")?;
+                }
                 "-h" | "--help" => {
                     println!(
-                        "usage: bench-xdp [--quick]\n\n\
-                         Measures the XDP program with BPF_PROG_TEST_RUN and times \
-                         `smtp-gateway block import`; prints Markdown. Needs root.\n\
-                         --quick  CI smoke: fewer measurements, no 1M level, 100k import"
+                        "usage: bench-xdp [--quick] [--figures PATH]\n\n\
+                         Measures the XDP program with BPF_PROG_TEST_RUN, times \
+                         `smtp-gateway block import` and the maps' kernel memory; prints \
+                         Markdown. Needs root.\n\
+                         --quick         CI smoke: fewer measurements, no 1M level, 100k import\n\
+                         --figures PATH  also write the figures as JSON"
                     );
                     return Ok(None);
                 }
                 other => bail!("unknown argument {other:?} (try --help)"),
             }
         }
+        let figures = figures_arg();
         Ok(Some(if quick {
             Self {
                 quick,
@@ -95,6 +112,7 @@ impl Settings {
                 runs: 3,
                 levels: vec![0, 100_000],
                 import_per_family: 100_000,
+                figures,
             }
         } else {
             Self {
@@ -103,6 +121,7 @@ impl Settings {
                 runs: 5,
                 levels: vec![0, 100_000, 1_000_000],
                 import_per_family: 1_000_000,
+                figures,
             }
         }))
     }
@@ -392,6 +411,12 @@ fn run(settings: Settings) -> Result<()> {
     let import = time_import(&bench.settings)?;
 
     print_report(&bench.settings, &rows, &fills, &import);
+    if let Some(path) = &bench.settings.figures {
+        figures(&bench.settings, &rows, &import)
+            .write(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("figures written to {}", path.display());
+    }
     drop(bench);
     drop(pins);
     Ok(())
@@ -403,9 +428,63 @@ struct ImportResult {
     file_bytes: u64,
     wall: Duration,
     summary: String,
+    /// Kernel memory of every map, just created (empty).
+    memory_empty: Vec<MapMemory>,
+    /// The same after the import.
+    memory_full: Vec<MapMemory>,
 }
 
-/// Times `smtp-gateway block import` of `per_family` IPv4 + IPv6 addresses into fresh maps.
+/// One pinned map as the kernel accounts for it.
+struct MapMemory {
+    name: &'static str,
+    max_entries: u64,
+    bytes: u64,
+}
+
+/// `bytes_memlock` of every pinned map of the layout under `pin_dir` (`bpftool map show pinned`).
+fn map_memory(pin_dir: &Path) -> Result<Vec<MapMemory>> {
+    let layout = PinLayout::new(pin_dir);
+    let mut out = Vec::new();
+    for name in maps::ALL {
+        let path = layout.map(name);
+        ensure!(path.exists(), "{} is not pinned", path.display());
+        let output = Command::new("bpftool")
+            .args(["-j", "map", "show", "pinned"])
+            .arg(&path)
+            .output()
+            .context("running bpftool (apt-get install bpftool)")?;
+        ensure!(
+            output.status.success(),
+            "bpftool map show pinned {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("bpftool output for {}", path.display()))?;
+        let field = |key: &str| {
+            json[key]
+                .as_u64()
+                .with_context(|| format!("no {key} for {name} in {json}"))
+        };
+        out.push(MapMemory {
+            name,
+            max_entries: field("max_entries")?,
+            bytes: field("bytes_memlock")?,
+        });
+    }
+    Ok(out)
+}
+
+fn total_bytes(maps: &[MapMemory]) -> u64 {
+    maps.iter().map(|m| m.bytes).sum()
+}
+
+fn map_bytes(maps: &[MapMemory], name: &str) -> u64 {
+    maps.iter().find(|m| m.name == name).map_or(0, |m| m.bytes)
+}
+
+/// Times `smtp-gateway block import` of `per_family` IPv4 + IPv6 addresses into fresh maps (at the
+/// default capacities), and reads the maps' kernel memory before and after.
 fn time_import(settings: &Settings) -> Result<ImportResult> {
     let pid = std::process::id();
     let exe = std::env::current_exe().context("locating this executable")?;
@@ -458,6 +537,17 @@ fn time_import(settings: &Settings) -> Result<ImportResult> {
     )
     .with_context(|| format!("writing {}", config.display()))?;
 
+    // The maps at the default capacities, just created: what an idle daemon holds.
+    drop(loader::ensure_maps(&DataplaneConfig {
+        pin_dir: pin_dir.clone(),
+        ..DataplaneConfig::default()
+    })?);
+    let memory_empty = map_memory(&pin_dir)?;
+    ensure!(
+        map_bytes(&memory_empty, maps::BLOCK_V4) > 0,
+        "bpftool reports no memory for an empty BLOCK_V4"
+    );
+
     eprintln!("timing {} block import...", binary.display());
     let started = Instant::now();
     let output = Command::new(&binary)
@@ -488,6 +578,18 @@ fn time_import(settings: &Settings) -> Result<ImportResult> {
         "unexpected import summary {summary:?} (expected {expected:?})"
     );
     verify_import(&pin_dir, per_family)?;
+    let memory_full = map_memory(&pin_dir)?;
+    // Hash maps without preallocation grow with their entries: the import must show.
+    for name in [maps::BLOCK_V4, maps::BLOCK_V6] {
+        let (empty, full) = (
+            map_bytes(&memory_empty, name),
+            map_bytes(&memory_full, name),
+        );
+        ensure!(
+            full > empty,
+            "{name}: {full} bytes after importing {per_family} entries, {empty} empty"
+        );
+    }
     drop(pins);
     Ok(ImportResult {
         binary,
@@ -495,6 +597,8 @@ fn time_import(settings: &Settings) -> Result<ImportResult> {
         file_bytes,
         wall,
         summary,
+        memory_empty,
+        memory_full,
     })
 }
 
@@ -546,7 +650,16 @@ fn print_report(
         "# bench-xdp{}\n",
         if settings.quick { " (quick)" } else { "" }
     );
+    let args: Vec<String> = std::env::args().collect();
+    let _ = writeln!(out, "- command: `{}`", args.join(" "));
     let _ = writeln!(out, "- machine: {}", machine());
+    let _ = writeln!(
+        out,
+        "- load average when the report was written (1, 5, 15 min): {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+            .unwrap_or_else(|_| "unknown".into())
+    );
     let _ = writeln!(
         out,
         "- method: BPF_PROG_TEST_RUN on an unattached program, repeat {} per run (the kernel \
@@ -587,6 +700,51 @@ fn print_report(
         );
     }
 
+    // Aims (README): at most 100 ns per inspected SYN at the largest level, 1M + 1M imported in
+    // at most 10 s.
+    let top = settings.levels.iter().copied().max().unwrap_or(0);
+    let inspected: Vec<u64> = rows
+        .iter()
+        .filter(|r| {
+            r.entries.is_some_and(|n| n >= top)
+                && matches!(r.verdict, Verdict::Passed | Verdict::DroppedExact)
+        })
+        .map(Row::median)
+        .collect();
+    let worst = inspected.iter().copied().max().unwrap_or(0);
+    let _ = writeln!(out, "\n## Aims\n");
+    let _ = writeln!(
+        out,
+        "- ≤ 100 ns per inspected SYN (hit or miss, IPv4 and IPv6) at {} exact entries: {} (the \
+         slowest of those rows has a median of {worst} ns, {:.1}× the baseline).",
+        thousands(u64::from(top)),
+        if !inspected.is_empty() && worst <= 100 {
+            "**met**"
+        } else {
+            "**missed**"
+        },
+        worst as f64 / baseline
+    );
+    if import.per_family >= 1_000_000 {
+        let _ = writeln!(
+            out,
+            "- `block import` of 1M IPv4 + 1M IPv6 entries in ≤ 10 s: {} ({:.1} s).",
+            if import.wall.as_secs_f64() <= 10.0 {
+                "**met**"
+            } else {
+                "**missed**"
+            },
+            import.wall.as_secs_f64()
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "- `block import` of 1M + 1M in ≤ 10 s: not judged (this run imports {} + {}).",
+            short(import.per_family),
+            short(import.per_family)
+        );
+    }
+
     let _ = writeln!(out, "\n## Filling the maps\n");
     let _ = writeln!(
         out,
@@ -611,7 +769,7 @@ fn print_report(
     );
     let _ = writeln!(
         out,
-        "| `smtp-gateway block import` (fresh maps) | {} IPv4 + {} IPv6 | {:.1} MB | {:.2} s | {} |",
+        "| `smtp-gateway block import` (maps just created, empty) | {} IPv4 + {} IPv6 | {:.1} MB | {:.2} s | {} |",
         thousands(u64::from(import.per_family)),
         thousands(u64::from(import.per_family)),
         import.file_bytes as f64 / 1e6,
@@ -624,5 +782,173 @@ fn print_report(
         import.binary.display(),
         import.summary
     );
+
+    let _ = writeln!(out, "\n## Map memory\n");
+    let _ = writeln!(
+        out,
+        "Kernel accounting of each pinned map (`bpftool map show pinned`, `bytes_memlock`), at the \
+         default capacities of config/gateway.toml: just created, then after the import above. \
+         The exact blocklists are hashes without preallocation (their bucket array is allocated \
+         up front, entries on demand); LRU and array maps are preallocated, the per-CPU ones \
+         (SOURCE_STATS, VERDICTS) once per possible CPU.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| Map | Max entries | Empty | After {} + {} | Per imported entry |\n|---|--:|--:|--:|--:|",
+        short(import.per_family),
+        short(import.per_family)
+    );
+    for (empty, full) in import.memory_empty.iter().zip(&import.memory_full) {
+        let grown = full.bytes.saturating_sub(empty.bytes);
+        let per_entry = if grown >= u64::from(import.per_family) {
+            format!("{:.0} B", grown as f64 / f64::from(import.per_family))
+        } else {
+            "–".into()
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            empty.name,
+            thousands(empty.max_entries),
+            mib(empty.bytes),
+            mib(full.bytes),
+            per_entry
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| **all maps** | | {} | {} | |",
+        mib(total_bytes(&import.memory_empty)),
+        mib(total_bytes(&import.memory_full))
+    );
     print!("{out}");
+}
+
+fn mib(bytes: u64) -> String {
+    if bytes < 1024 * 1024 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+    }
+}
+
+/// `1000000` as `1M`, `100000` as `100k`.
+fn short(n: u32) -> String {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
+        format!("{}M", n / 1_000_000)
+    } else if n >= 1_000 && n.is_multiple_of(1_000) {
+        format!("{}k", n / 1_000)
+    } else {
+        n.to_string()
+    }
+}
+
+fn figures(settings: &Settings, rows: &[Row], import: &ImportResult) -> Figures {
+    let ns = |r: &Row| r.samples.iter().map(|&v| v as f64).collect::<Vec<f64>>();
+    let mut categories: Vec<String> = Vec::new();
+    let mut series: Vec<Series> = Vec::new();
+    for r in rows {
+        let category = r.entries.map_or("baseline".to_string(), |n| {
+            // The level, not the exact count (the blocked test source adds one).
+            short(
+                settings
+                    .levels
+                    .iter()
+                    .copied()
+                    .filter(|l| *l <= n)
+                    .max()
+                    .unwrap_or(0),
+            )
+        });
+        if !categories.contains(&category) {
+            categories.push(category.clone());
+        }
+        let name = if r.entries.is_none() {
+            "UDP, not inspected (baseline)".to_string()
+        } else {
+            format!(
+                "{} {}",
+                r.path.split(':').next().unwrap_or(&r.path),
+                r.family
+            )
+        };
+        let point = Point::from_samples(category, &ns(r));
+        match series.iter_mut().find(|s| s.name == name) {
+            Some(s) => s.points.push(point),
+            None => series.push(Series {
+                name,
+                points: vec![point],
+            }),
+        }
+    }
+    let per_packet = Figure {
+        id: "ns-per-packet".into(),
+        title: "XDP program cost per packet (BPF_PROG_TEST_RUN)".into(),
+        x_label: "exact blocklist entries per family".into(),
+        y_label: "ns per packet".into(),
+        log_y: false,
+        categories,
+        series,
+        note: format!(
+            "Mean of {} runs of one frame per sample, {} samples; hit = dropped (exact blocklist), \
+             miss = passed; aim: ≤ 100 ns per inspected packet.",
+            thousands(u64::from(settings.repeat)),
+            settings.runs
+        ),
+    };
+    let level = format!(
+        "{} + {}",
+        short(import.per_family),
+        short(import.per_family)
+    );
+    let memory = Figure {
+        id: "map-memory".into(),
+        title: "Kernel memory of the maps (default capacities)".into(),
+        x_label: "exact blocklist entries (IPv4 + IPv6)".into(),
+        y_label: "MiB".into(),
+        log_y: false,
+        categories: vec!["empty".into(), level.clone()],
+        series: [maps::BLOCK_V4, maps::BLOCK_V6, "all maps"]
+            .iter()
+            .map(|name| {
+                let bytes = |m: &[MapMemory]| {
+                    if *name == "all maps" {
+                        total_bytes(m)
+                    } else {
+                        map_bytes(m, name)
+                    }
+                };
+                let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+                Series {
+                    name: name.to_string(),
+                    points: vec![
+                        Point::from_samples("empty", &[mib(bytes(&import.memory_empty))]),
+                        Point::from_samples(level.clone(), &[mib(bytes(&import.memory_full))]),
+                    ],
+                }
+            })
+            .collect(),
+        note: "bpftool map show: bytes_memlock (the kernel's accounting of each map), one \
+               measurement."
+            .into(),
+    };
+    let import_fig = Figure {
+        id: "import".into(),
+        title: "smtp-gateway block import".into(),
+        x_label: "entries (IPv4 + IPv6)".into(),
+        y_label: "seconds".into(),
+        log_y: false,
+        categories: vec![level.clone()],
+        series: vec![Series {
+            name: "wall time".into(),
+            points: vec![Point::from_samples(level, &[import.wall.as_secs_f64()])],
+        }],
+        note: "One import into freshly created maps; aim: 1M + 1M in ≤ 10 s.".into(),
+    };
+    Figures {
+        bench: "xdp".into(),
+        command: "cargo xtask bench xdp".into(),
+        machine: machine(),
+        figures: vec![per_packet, memory, import_fig],
+    }
 }
