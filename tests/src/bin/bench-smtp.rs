@@ -146,7 +146,7 @@ impl Settings {
         } else {
             Self {
                 quick,
-                repeats: 5,
+                repeats: 7,
                 sessions: vec![1, 10, 100],
                 run_time: Duration::from_millis(1_500),
                 min_messages: 200,
@@ -234,7 +234,8 @@ fn start_contenders(
             ),
             "smtp-gateway -c gateway.toml --log-format json run".into(),
             "haproxy -db -f haproxy.cfg".into(),
-            "haraka -i DIR && haraka -c DIR   # node, .tools/haraka/node_modules/.bin/haraka"
+            "haraka -i DIR && NODE_OPTIONS=\"--require DIR/nodelay.js\" haraka -c DIR   # \
+             node .tools/haraka/node_modules/.bin/haraka"
                 .into(),
             "postfix -c DIR start-fg   # main.cf and master.cf below".into(),
         ],
@@ -253,6 +254,13 @@ fn start_contenders(
                     sink.addr.ip(),
                     sink.addr.port()
                 ),
+            ),
+            (
+                "Haraka nodelay.js (TCP_NODELAY on every socket, as the gateway does; see \
+                 haraka.rs)"
+                    .into(),
+                "js",
+                haraka::NODELAY_JS.into(),
             ),
             ("Postfix main.cf".into(), "", pf.main_cf.clone()),
             ("Postfix master.cf".into(), "", pf.master_cf.clone()),
