@@ -34,7 +34,8 @@ impl ClientRun {
         if self.sessions_us.is_empty() {
             return f64::NAN;
         }
-        let rank = ((q * self.sessions_us.len() as f64).ceil() as usize).clamp(1, self.sessions_us.len());
+        let rank =
+            ((q * self.sessions_us.len() as f64).ceil() as usize).clamp(1, self.sessions_us.len());
         self.sessions_us[rank - 1] as f64 / 1000.0
     }
 }
@@ -106,8 +107,9 @@ fn session(target: SocketAddr, body: &[u8]) -> Result<()> {
     c.send(format!("EHLO {HELO}\r\n").as_bytes())?;
     let ehlo = c.expect("250", "EHLO")?;
     ensure!(
-        ehlo.iter()
-            .any(|l| l.get(4..).is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))),
+        ehlo.iter().any(|l| l
+            .get(4..)
+            .is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))),
         "PIPELINING not announced: {ehlo:?}"
     );
     c.send(format!("MAIL FROM:<{FROM}>\r\nRCPT TO:<{TO}>\r\nDATA\r\n").as_bytes())?;
@@ -122,7 +124,12 @@ fn session(target: SocketAddr, body: &[u8]) -> Result<()> {
 }
 
 /// `messages` sessions, `sessions` at a time; fails on the first error or after `timeout`.
-pub fn run(target: SocketAddr, sessions: u32, messages: u32, timeout: Duration) -> Result<ClientRun> {
+pub fn run(
+    target: SocketAddr,
+    sessions: u32,
+    messages: u32,
+    timeout: Duration,
+) -> Result<ClientRun> {
     let body = Arc::new(message());
     let next = Arc::new(AtomicU32::new(0));
     let failed = Arc::new(AtomicBool::new(false));
@@ -131,12 +138,15 @@ pub fn run(target: SocketAddr, sessions: u32, messages: u32, timeout: Duration) 
     let deadline = started + timeout;
     let mut threads = Vec::new();
     for _ in 0..sessions.min(messages) {
-        let (body, next, failed, first_error) =
-            (body.clone(), next.clone(), failed.clone(), first_error.clone());
+        let (body, next, failed, first_error) = (
+            body.clone(),
+            next.clone(),
+            failed.clone(),
+            first_error.clone(),
+        );
         threads.push(std::thread::spawn(move || {
             let mut took = Vec::new();
-            while !failed.load(Ordering::Relaxed)
-                && next.fetch_add(1, Ordering::Relaxed) < messages
+            while !failed.load(Ordering::Relaxed) && next.fetch_add(1, Ordering::Relaxed) < messages
             {
                 let t = Instant::now();
                 let result = if t > deadline {

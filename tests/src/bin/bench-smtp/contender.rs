@@ -6,12 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::Result;
 
 use crate::{
-    gateway::Gateway,
-    haproxy::Haproxy,
-    haraka::Haraka,
-    postfix::Postfix,
-    proc::Cgroup,
-    sink::Sink,
+    gateway::Gateway, haproxy::Haproxy, haraka::Haraka, postfix::Postfix, proc::Cgroup, sink::Sink,
 };
 
 /// How long Postfix may take to relay what it accepted in one run.

@@ -280,7 +280,10 @@ impl Drop for Postfix {
             .stderr(Stdio::null())
             .status();
         if !matches!(stopped, Ok(s) if s.success()) {
-            eprintln!("warning: postfix -c {} stop: {stopped:?}", self.dir.display());
+            eprintln!(
+                "warning: postfix -c {} stop: {stopped:?}",
+                self.dir.display()
+            );
         }
         if !self.proc.wait_exit(Duration::from_secs(10)) {
             self.proc.stop();

@@ -125,7 +125,8 @@ impl Cgroup {
                 path: path.clone(),
             });
         }
-        std::fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+        std::fs::create_dir(&path)
+            .with_context(|| format!("creating cgroup {}", path.display()))?;
         let procs = CString::new(path.join("cgroup.procs").as_os_str().as_bytes())
             .context("cgroup path with a NUL byte")?;
         Ok(Self { path, procs })
@@ -171,10 +172,18 @@ impl Cgroup {
             .unwrap_or_default()
     }
 
+    /// Whether no process is left, zombies included (`cgroup.procs` omits those, but a cgroup
+    /// cannot be removed until they are reaped: `cgroup.events` says `populated 0` then).
+    fn empty(path: &Path) -> bool {
+        Self::pids(path).is_empty()
+            && std::fs::read_to_string(path.join("cgroup.events"))
+                .map_or(true, |e| e.lines().any(|l| l.trim() == "populated 0"))
+    }
+
     fn wait_empty(path: &Path, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            if Self::pids(path).is_empty() {
+            if Self::empty(path) {
                 return true;
             }
             if Instant::now() > deadline {
@@ -202,8 +211,19 @@ impl Drop for Cgroup {
             }
             Self::wait_empty(&self.path, Duration::from_secs(5));
         }
-        if let Err(e) = std::fs::remove_dir(&self.path) {
-            eprintln!("warning: removing cgroup {}: {e}", self.path.display());
+        // EBUSY while the last exited processes are being reaped: retry for a while.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match std::fs::remove_dir(&self.path) {
+                Ok(()) => return,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    eprintln!("warning: removing cgroup {}: {e}", self.path.display());
+                    return;
+                }
+            }
         }
     }
 }

@@ -101,7 +101,11 @@ pub fn markdown(
 ) -> String {
     let mut out = String::new();
     let w = &mut out;
-    let _ = writeln!(w, "# bench-smtp{}\n", if settings.quick { " (quick)" } else { "" });
+    let _ = writeln!(
+        w,
+        "# bench-smtp{}\n",
+        if settings.quick { " (quick)" } else { "" }
+    );
     let _ = writeln!(w, "- machine: {}", machine());
     let _ = writeln!(
         w,
@@ -151,7 +155,10 @@ pub fn markdown(
     );
     let _ = writeln!(w, "- versions: {}", setup.versions.join("; "));
 
-    let _ = writeln!(w, "\n## Throughput (smtp-source, msgs/s: median (min–max))\n");
+    let _ = writeln!(
+        w,
+        "\n## Throughput (smtp-source, msgs/s: median (min–max))\n"
+    );
     table_header(w, "Sessions", &tp.names);
     for (li, s) in tp.levels.iter().enumerate() {
         let cells: Vec<String> = tp
@@ -219,7 +226,10 @@ pub fn markdown(
         }
     }
 
-    let _ = writeln!(w, "\n## CPU per message (smtp-source runs, µs: median (min–max))\n");
+    let _ = writeln!(
+        w,
+        "\n## CPU per message (smtp-source runs, µs: median (min–max))\n"
+    );
     let _ = writeln!(
         w,
         "\"Contender\" is the cgroup of the program in the middle (none for direct); \"all\" adds \
@@ -258,7 +268,10 @@ pub fn markdown(
              checked that every message reached smtp-sink (`status=sent` in the maillog, the \
              sink's count). Time from the end of smtp-source until the queue was empty:\n"
         );
-        let _ = writeln!(w, "| Sessions | messages per run | drain s (median (min–max)) |");
+        let _ = writeln!(
+            w,
+            "| Sessions | messages per run | drain s (median (min–max)) |"
+        );
         let _ = writeln!(w, "|--:|--:|--:|");
         for (li, s) in tp.levels.iter().enumerate() {
             let c = &tp.cells[p][li];
@@ -267,7 +280,12 @@ pub fn markdown(
                 .iter()
                 .filter_map(|x| x.drain.map(|d| d.as_secs_f64()))
                 .collect();
-            let _ = writeln!(w, "| {s} | {} | {} |", thousands(u64::from(c.messages)), spread(&d, 2));
+            let _ = writeln!(
+                w,
+                "| {s} | {} | {} |",
+                thousands(u64::from(c.messages)),
+                spread(&d, 2)
+            );
         }
     }
 
@@ -309,7 +327,10 @@ pub fn markdown(
         .max_by_key(|m| m.sessions)
         .is_some_and(|m| m.per_session_kib() <= AIM_KIB_PER_SESSION);
 
-    let _ = writeln!(w, "\n## Aims (judged on smtp-source msgs/s, as the issue states them)\n");
+    let _ = writeln!(
+        w,
+        "\n## Aims (judged on smtp-source msgs/s, as the issue states them)\n"
+    );
     for a in &aims {
         let _ = writeln!(
             w,
@@ -328,7 +349,10 @@ pub fn markdown(
     );
 
     let _ = writeln!(w, "\n## Commands and configurations\n");
-    let _ = writeln!(w, "PORT values are this run's; N is sized per contender and level (see the Postfix table for its N).\n");
+    let _ = writeln!(
+        w,
+        "PORT values are this run's; N is sized per contender and level (see the Postfix table for its N).\n"
+    );
     let _ = writeln!(w, "```sh");
     for c in &setup.commands {
         let _ = writeln!(w, "{c}");
@@ -377,7 +401,9 @@ fn figure(
         .collect();
     let (lo, hi) = medians
         .iter()
-        .fold((f64::INFINITY, 0.0f64), |(lo, hi), &m| (lo.min(m), hi.max(m)));
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), &m| {
+            (lo.min(m), hi.max(m))
+        });
     Figure {
         id: id.into(),
         title: title.into(),

@@ -46,7 +46,9 @@ impl Sink {
             .stdout(out)
             .stderr(err);
         cgroup.enter_on_exec(&mut cmd);
-        let child = cmd.spawn().context("starting smtp-sink (package postfix)")?;
+        let child = cmd
+            .spawn()
+            .context("starting smtp-sink (package postfix)")?;
         let mut proc = Proc::new("smtp-sink", child);
         wait_listening(addr, &mut proc, Duration::from_secs(10))?;
         eprintln!("smtp-sink ({}) on {addr}", proc.pid());

@@ -74,8 +74,7 @@ fn source_run(
     let (c1, s1, k1) = (c.cpu()?, sink.cgroup.usage()?, clients.usage()?);
     let per_msg = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(messages);
     let contender_us = per_msg(c1.saturating_sub(c0));
-    let total_us =
-        contender_us + per_msg(s1.saturating_sub(s0)) + per_msg(k1.saturating_sub(k0));
+    let total_us = contender_us + per_msg(s1.saturating_sub(s0)) + per_msg(k1.saturating_sub(k0));
     let rate = f64::from(messages) / took.as_secs_f64().max(1e-9);
     verified.source_runs += 1;
     verified.messages += u64::from(messages);
@@ -99,10 +98,13 @@ fn pipe_run(
     messages: u32,
     verified: &mut Verified,
 ) -> Result<PipeSample> {
-    let what = format!("{} pipelining client {sessions} sessions, {messages} msgs", c.name());
+    let what = format!(
+        "{} pipelining client {sessions} sessions, {messages} msgs",
+        c.name()
+    );
     let before = sink.messages()?;
-    let run = client::run(c.addr(sink), sessions, messages, RUN_TIMEOUT)
-        .with_context(|| what.clone())?;
+    let run =
+        client::run(c.addr(sink), sessions, messages, RUN_TIMEOUT).with_context(|| what.clone())?;
     c.verify(sink, before, u64::from(messages), &what)?;
     let rate = f64::from(messages) / run.wall.as_secs_f64().max(1e-9);
     let (p50_ms, p99_ms) = (run.quantile_ms(0.50), run.quantile_ms(0.99));
@@ -146,7 +148,11 @@ pub fn measure(
     }
     for r in 0..settings.repeats {
         for (li, &sessions) in levels.iter().enumerate() {
-            eprintln!("repeat {}/{}, {sessions} sessions:", r + 1, settings.repeats);
+            eprintln!(
+                "repeat {}/{}, {sessions} sessions:",
+                r + 1,
+                settings.repeats
+            );
             let n = contenders.len();
             for k in 0..n {
                 // Rotate the order between repeats so a drift of the machine favours no one.
