@@ -228,10 +228,7 @@ fn start_contenders(
         ],
         commands: vec![
             format!("{}   # the backend of every path", sink.command),
-            format!(
-                "smtp-source {}   # per contender: -s 1|10|100 -m N to its address",
-                source::args(10, 1000, sink.addr).join(" ")
-            ),
+            format!("smtp-source -s S -m N -l {MESSAGE_BYTES} -f {FROM} -t {TO} -M {HELO} ADDR"),
             "smtp-gateway -c gateway.toml --log-format json run".into(),
             "haproxy -db -f haproxy.cfg".into(),
             "haraka -i DIR && NODE_OPTIONS=\"--require DIR/nodelay.js\" haraka -c DIR   # \

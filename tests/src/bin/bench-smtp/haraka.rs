@@ -43,7 +43,8 @@ net.Server.prototype.emit = function (event, socket, ...rest) {
 
 /// Where `cargo xtask setup` installs Haraka.
 pub fn install_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/haraka")
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/haraka");
+    dir.canonicalize().unwrap_or(dir)
 }
 
 /// `node .tools/haraka/node_modules/.bin/haraka -c DIR`, in its own cgroup (workers included).

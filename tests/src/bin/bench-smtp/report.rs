@@ -146,7 +146,8 @@ pub fn markdown(
          smtp-sink counted exactly the messages sent; the gateway logged one session per \
          message, no check fired, no warning or error; Haraka logged no warning or error; \
          Postfix logged one `status=sent` per message, its queue drained, and no reject, \
-         postscreen test, warning or deferral. This run: {} smtp-source runs and {} \
+         postscreen test, warning (but cleanup's \"file system clock is N seconds ahead\" on \
+         this VM) or deferral. This run: {} smtp-source runs and {} \
          pipelining-client runs ({} sessions), {} messages, all counted by the sink",
         v.source_runs,
         v.client_runs,
@@ -165,6 +166,20 @@ pub fn markdown(
             .cells
             .iter()
             .map(|c| spread(&source_rates(&c[li]), 0))
+            .collect();
+        let _ = writeln!(w, "| {s} | {} |", cells.join(" | "));
+    }
+
+    let _ = writeln!(
+        w,
+        "\nMessages per run (sized from the warm-up rate; the same for both clients):\n"
+    );
+    table_header(w, "Sessions", &tp.names);
+    for (li, s) in tp.levels.iter().enumerate() {
+        let cells: Vec<String> = tp
+            .cells
+            .iter()
+            .map(|c| thousands(u64::from(c[li].messages)))
             .collect();
         let _ = writeln!(w, "| {s} | {} |", cells.join(" | "));
     }
@@ -351,7 +366,8 @@ pub fn markdown(
     let _ = writeln!(w, "\n## Commands and configurations\n");
     let _ = writeln!(
         w,
-        "PORT values are this run's; N is sized per contender and level (see the Postfix table for its N).\n"
+        "PORT values are this run's; S is 1, 10 or 100 and N the messages per run above; \
+         ADDR is the sink's or a contender's address.\n"
     );
     let _ = writeln!(w, "```sh");
     for c in &setup.commands {
