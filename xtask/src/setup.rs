@@ -5,6 +5,7 @@
 //!   Postfix with smtp-source, swaks, openssl, trafgen) and the font the benchmark plots are
 //!   measured with;
 //! - bpf-linker 0.13.0 built against LLVM 22 into `.tools/` (cached: 0.1 s when present);
+//! - Haraka (pinned) installed with npm into `.tools/haraka`, a contender of `bench smtp`;
 //! - bpffs mounted at /sys/fs/bpf.
 //!
 //! See ../shared/TOOLCHAIN.md for why this route (rustup cannot download rust-src here).
@@ -41,8 +42,13 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",
     "nftables",
     crate::plot::FONT_PACKAGE,
+    // Contenders of `cargo xtask bench smtp` (Haraka itself comes from npm, see `haraka`).
+    "haproxy",
+    "nodejs",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Haraka version the SMTP benchmark compares against.
+const HARAKA_VERSION: &str = "3.3.4";
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
     if !is_root() {
@@ -50,6 +56,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     }
     apt(APT_PACKAGES)?;
     bpf_linker(root)?;
+    haraka(root)?;
     bpffs()?;
     Ok(())
 }
@@ -132,6 +139,30 @@ fn bpf_linker(root: &Path) -> anyhow::Result<()> {
             .arg(&tools),
     )
     .context("installing bpf-linker")
+}
+
+/// `npm install Haraka@HARAKA_VERSION` into `.tools/haraka` (skipped when that version is there).
+fn haraka(root: &Path) -> anyhow::Result<()> {
+    let dir = root.join(".tools/haraka");
+    let installed = std::fs::read_to_string(dir.join("node_modules/Haraka/package.json"))
+        .is_ok_and(|p| p.contains(&format!("\"version\": \"{HARAKA_VERSION}\"")));
+    if installed {
+        return Ok(());
+    }
+    // Some node packages (NodeSource's) ship npm themselves; Debian's are separate.
+    if Command::new("npm").arg("--version").output().is_err() {
+        apt(&["npm"])?;
+    }
+    eprintln!("setup: installing Haraka {HARAKA_VERSION} with npm into .tools/haraka");
+    std::fs::create_dir_all(&dir)?;
+    run_cmd(
+        Command::new("npm")
+            .current_dir(&dir)
+            .args(["install", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir)
+            .arg(format!("Haraka@{HARAKA_VERSION}")),
+    )
+    .context("installing Haraka with npm")
 }
 
 fn bpffs() -> anyhow::Result<()> {

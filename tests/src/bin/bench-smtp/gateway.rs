@@ -1,0 +1,241 @@
+//! The contender under test: `smtp-gateway run` with every cheap check on, and what it logged.
+
+use std::{
+    fs::File,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::proc::{Cgroup, Proc, free_port, read_new_lines};
+
+pub const GATEWAY_HOSTNAME: &str = "gw.bench.test";
+
+/// What a gateway logged (JSON lines) since a point.
+#[derive(Default, Debug)]
+pub struct LogStats {
+    pub sessions: u64,
+    pub messages: u64,
+    pub checks: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+/// `smtp-gateway -c CONFIG run` with a JSON log, in its own cgroup; `Drop` stops it and runs
+/// `detach`.
+pub struct Gateway {
+    // Field order is drop order: the process stops before its cgroup is removed.
+    pub proc: Proc,
+    pub cgroup: Cgroup,
+    binary: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    log_offset: u64,
+    pub addr: SocketAddr,
+    pub toml: String,
+}
+
+impl Gateway {
+    /// Starts a gateway in front of `backend` with extra `[smtp]` keys and waits for `ready`.
+    pub fn start(dir: &Path, n: usize, backend: SocketAddr, smtp_extra: &str) -> Result<Self> {
+        let binary = std::env::current_exe()
+            .context("current_exe")?
+            .parent()
+            .context("executable without a directory")?
+            .join("smtp-gateway");
+        ensure!(
+            binary.exists(),
+            "{} not found: run `cargo build --release -p smtp-gateway` first",
+            binary.display()
+        );
+        let pin_dir = format!("/sys/fs/bpf/sgw-bench-smtp-{}-{n}", std::process::id());
+        let config = dir.join(format!("gateway-{n}.toml"));
+        let log = dir.join(format!("gateway-{n}.log"));
+        let mut last_error = String::new();
+        for _attempt in 0..3 {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            let toml = format!(
+                "[dataplane]\n\
+                 pin_dir = \"{pin_dir}\"\n\
+                 interfaces = []\n\
+                 \n\
+                 [smtp]\n\
+                 hostname = \"{GATEWAY_HOSTNAME}\"\n\
+                 listeners = [{{ address = \"{addr}\" }}]\n\
+                 greet_pause = \"0s\"\n\
+                 {smtp_extra}\
+                 \n\
+                 [backend]\n\
+                 servers = [{{ address = \"{backend}\", identity = \"none\" }}]\n\
+                 \n\
+                 [relay]\n\
+                 accepted_domains = [\"example.org\"]\n\
+                 \n\
+                 [dnsbl]\n\
+                 enabled = false\n\
+                 \n\
+                 [metrics]\n\
+                 enabled = false\n"
+            );
+            std::fs::write(&config, &toml)
+                .with_context(|| format!("writing {}", config.display()))?;
+            let out = File::create(&log).context("creating the gateway log")?;
+            let err = out.try_clone()?;
+            let cgroup = Cgroup::create(&format!("gateway-{n}"))?;
+            let mut cmd = Command::new(&binary);
+            cmd.arg("-c")
+                .arg(&config)
+                .args(["--log-format", "json", "run"])
+                .env_remove("RUST_LOG")
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err);
+            cgroup.enter_on_exec(&mut cmd);
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("starting {}", binary.display()))?;
+            let mut gw = Gateway {
+                proc: Proc::new("smtp-gateway", child),
+                cgroup,
+                binary: binary.clone(),
+                config: config.clone(),
+                log: log.clone(),
+                log_offset: 0,
+                addr,
+                toml,
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text
+                    .lines()
+                    .any(|l| log_message(l).as_deref() == Some("ready"))
+                {
+                    eprintln!("smtp-gateway ({}) on {addr}", gw.proc.pid());
+                    // Skip the start-up lines.
+                    gw.read_log(&mut LogStats::default())?;
+                    return Ok(gw);
+                }
+                if let Some(status) = gw.proc.exited() {
+                    last_error = format!("exited ({status}):\n{text}");
+                    break;
+                }
+                if Instant::now() > deadline {
+                    last_error = format!("not ready after 20 s:\n{text}");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            drop(gw);
+            if !last_error.contains("cannot listen") {
+                break;
+            }
+        }
+        bail!("smtp-gateway did not start: {last_error}")
+    }
+
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.proc.pid()))
+            .context("reading the gateway's /proc status")?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no VmRSS in the gateway's /proc status")
+    }
+
+    /// Adds what the gateway logged since the last call (complete lines only).
+    pub fn read_log(&mut self, stats: &mut LogStats) -> Result<()> {
+        for line in read_new_lines(&self.log, &mut self.log_offset)? {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                if !line.trim().is_empty() {
+                    stats.problems.push(format!("unparsed log line: {line}"));
+                }
+                continue;
+            };
+            let fields = &v["fields"];
+            let message = fields["message"].as_str().unwrap_or_default();
+            let level = v["level"].as_str().unwrap_or_default();
+            if level == "WARN" || level == "ERROR" {
+                stats.problems.push(line.clone());
+            }
+            match message {
+                "session" => {
+                    stats.sessions += 1;
+                    stats.messages += fields["messages"].as_u64().unwrap_or(0);
+                }
+                "check fired" => stats
+                    .checks
+                    .push(fields["check"].as_str().unwrap_or("?").to_string()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the log until `sessions` sessions have been logged since the last reading, or 10 s.
+    pub fn wait_sessions(&mut self, sessions: u64) -> Result<LogStats> {
+        let mut stats = LogStats::default();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.read_log(&mut stats)?;
+            if stats.sessions >= sessions || Instant::now() > deadline {
+                return Ok(stats);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Checks a run of `messages` one-message sessions: each logged, carrying its message, no
+    /// check fired, no warning or error.
+    pub fn verify(&mut self, messages: u64, what: &str) -> Result<()> {
+        let stats = self.wait_sessions(messages)?;
+        ensure!(
+            stats.sessions == messages && stats.messages == messages,
+            "{what}: the gateway logged {} sessions carrying {} messages, expected {messages}",
+            stats.sessions,
+            stats.messages
+        );
+        ensure!(
+            stats.checks.is_empty(),
+            "{what}: checks fired in the gateway: {:?}",
+            stats.checks
+        );
+        ensure!(
+            stats.problems.is_empty(),
+            "{what}: the gateway logged warnings or errors:\n{}",
+            stats.problems.join("\n")
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.proc.stop();
+        match Command::new(&self.binary)
+            .arg("-c")
+            .arg(&self.config)
+            .arg("detach")
+            .stdin(Stdio::null())
+            .output()
+        {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "warning: smtp-gateway detach ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("warning: smtp-gateway detach: {e}"),
+        }
+    }
+}
+
+/// `fields.message` of a JSON log line.
+fn log_message(line: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    v["fields"]["message"].as_str().map(str::to_string)
+}

@@ -1,0 +1,502 @@
+//! The Markdown report and the figures JSON.
+
+use std::fmt::Write as _;
+
+use smtp_gateway_tests::{
+    figures::{Figure, Figures, Point, Series},
+    machine, thousands,
+};
+
+use crate::{
+    AIM_DIRECT, AIM_HAPROXY, AIM_HARAKA, AIM_KIB_PER_SESSION, MESSAGE_BYTES, Settings, Setup,
+    memory::MemoryRow,
+    throughput::{Cell, Throughput},
+};
+
+pub fn median(v: &[f64]) -> f64 {
+    Point::from_samples("", v).median
+}
+
+fn min_max(v: &[f64]) -> (f64, f64) {
+    let p = Point::from_samples("", v);
+    (p.min, p.max)
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+/// `median (min–max)` with `digits` decimals.
+fn spread(v: &[f64], digits: usize) -> String {
+    let (lo, hi) = min_max(v);
+    format!("{:.digits$} ({lo:.digits$}–{hi:.digits$})", median(v))
+}
+
+/// Per-repeat ratios a[r] / b[r] (the runs of one repeat were made back to back).
+fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x / y.max(1e-9)).collect()
+}
+
+fn source_rates(c: &Cell) -> Vec<f64> {
+    c.source.iter().map(|s| s.rate).collect()
+}
+
+fn pipe_rates(c: &Cell) -> Vec<f64> {
+    c.pipe.iter().map(|s| s.rate).collect()
+}
+
+/// Index of a contender by name.
+fn idx(tp: &Throughput, name: &str) -> Option<usize> {
+    tp.names.iter().position(|n| *n == name)
+}
+
+/// An aim on the gateway's rate against another contender's: per-level medians of the
+/// per-repeat ratios, and whether every level meets `aim`.
+struct Aim {
+    against: &'static str,
+    aim: f64,
+    /// (sessions, per-repeat ratios) for smtp-source and for the pipelining client.
+    source: Vec<(u32, Vec<f64>)>,
+    pipe: Vec<(u32, Vec<f64>)>,
+}
+
+impl Aim {
+    fn new(tp: &Throughput, against: &'static str, aim: f64) -> Option<Self> {
+        let (g, o) = (idx(tp, "gateway")?, idx(tp, against)?);
+        let per = |f: fn(&Cell) -> Vec<f64>| {
+            tp.levels
+                .iter()
+                .enumerate()
+                .map(|(li, &s)| (s, ratios(&f(&tp.cells[g][li]), &f(&tp.cells[o][li]))))
+                .collect()
+        };
+        Some(Self {
+            against,
+            aim,
+            source: per(source_rates),
+            pipe: per(pipe_rates),
+        })
+    }
+
+    fn verdict(&self, v: &[(u32, Vec<f64>)]) -> String {
+        let missed: Vec<String> = v
+            .iter()
+            .filter(|(_, r)| median(r) < self.aim)
+            .map(|(s, _)| s.to_string())
+            .collect();
+        if missed.is_empty() {
+            "**met** at every session level".into()
+        } else {
+            format!("**MISSED** at {} session(s)", missed.join(", "))
+        }
+    }
+}
+
+pub fn markdown(
+    settings: &Settings,
+    setup: &Setup,
+    tp: &Throughput,
+    mem: &[MemoryRow],
+    load: &(String, String),
+) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(
+        w,
+        "# bench-smtp{}\n",
+        if settings.quick { " (quick)" } else { "" }
+    );
+    let _ = writeln!(w, "- machine: {}", machine());
+    let _ = writeln!(
+        w,
+        "- load average (1, 5, 15 min): {} at the start, {} at the end (other work on the \
+         machine shows here)",
+        load.0, load.1
+    );
+    let _ = writeln!(
+        w,
+        "- method: five paths to one `smtp-sink`: **direct**; the **gateway** (every cheap check \
+         on); **HAProxy** (TCP mode); **Haraka** (`smtp_forward`); **Postfix** (postscreen + \
+         smtpd, relaying). Two clients: `smtp-source` (one {MESSAGE_BYTES}-byte message per \
+         connection, no pipelining; msgs/s = messages / its wall time) and this benchmark's \
+         pipelining client (one message per connection, MAIL/RCPT/DATA sent as one RFC 2920 \
+         group; msgs/s and per-session latency from connect to the 221). {} repeats at {} \
+         concurrent sessions after a warm-up; within a repeat every contender runs back to \
+         back, their order rotating between repeats; each run sized to about {:?} from the \
+         warm-up rate. Ratios are medians of per-repeat ratios (runs made minutes apart are \
+         never divided)",
+        settings.repeats,
+        tp.levels
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        settings.run_time
+    );
+    let _ = writeln!(
+        w,
+        "- CPU: every program runs in its own cgroup v2 (joined before exec, so forked \
+         children count: Postfix's daemons, Haraka's workers); `cpu.stat` `usage_usec` before \
+         and after each smtp-source run (for Postfix after its queue drained) / messages"
+    );
+    let v = &tp.verified;
+    let _ = writeln!(
+        w,
+        "- verified, every run: the client exited 0 / got the expected reply to every command; \
+         smtp-sink counted exactly the messages sent; the gateway logged one session per \
+         message, no check fired, no warning or error; Haraka logged no warning or error; \
+         Postfix logged one `status=sent` per message, its queue drained, and no reject, \
+         postscreen test, warning (but cleanup's \"file system clock is N seconds ahead\" on \
+         this VM) or deferral. This run: {} smtp-source runs and {} \
+         pipelining-client runs ({} sessions), {} messages, all counted by the sink",
+        v.source_runs,
+        v.client_runs,
+        thousands(v.client_sessions),
+        thousands(v.messages)
+    );
+    let _ = writeln!(w, "- versions: {}", setup.versions.join("; "));
+
+    let _ = writeln!(
+        w,
+        "\n## Throughput (smtp-source, msgs/s: median (min–max))\n"
+    );
+    table_header(w, "Sessions", &tp.names);
+    for (li, s) in tp.levels.iter().enumerate() {
+        let cells: Vec<String> = tp
+            .cells
+            .iter()
+            .map(|c| spread(&source_rates(&c[li]), 0))
+            .collect();
+        let _ = writeln!(w, "| {s} | {} |", cells.join(" | "));
+    }
+
+    let _ = writeln!(
+        w,
+        "\nMessages per run (sized from the warm-up rate; the same for both clients):\n"
+    );
+    table_header(w, "Sessions", &tp.names);
+    for (li, s) in tp.levels.iter().enumerate() {
+        let cells: Vec<String> = tp
+            .cells
+            .iter()
+            .map(|c| thousands(u64::from(c[li].messages)))
+            .collect();
+        let _ = writeln!(w, "| {s} | {} |", cells.join(" | "));
+    }
+
+    let aims: Vec<Aim> = [
+        ("direct", AIM_DIRECT),
+        ("Haraka", AIM_HARAKA),
+        ("HAProxy", AIM_HAPROXY),
+    ]
+    .into_iter()
+    .filter_map(|(n, a)| Aim::new(tp, n, a))
+    .collect();
+    let _ = writeln!(
+        w,
+        "\n## Gateway ratios (median of per-repeat ratios (min–max))\n"
+    );
+    let _ = write!(w, "| Sessions | client |");
+    for a in &aims {
+        let _ = write!(w, " gateway / {} (aim ≥ {}) |", a.against, a.aim);
+    }
+    let _ = writeln!(w, "\n|--:|---|{}", "--:|".repeat(aims.len()));
+    for (li, s) in tp.levels.iter().enumerate() {
+        for (client, pipe) in [("smtp-source", false), ("pipelining", true)] {
+            let _ = write!(w, "| {s} | {client} |");
+            for a in &aims {
+                let r = if pipe { &a.pipe[li].1 } else { &a.source[li].1 };
+                let _ = write!(w, " {} {} |", spread(r, 2), met(median(r) >= a.aim));
+            }
+            let _ = writeln!(w);
+        }
+    }
+
+    let _ = writeln!(
+        w,
+        "\n## Pipelining client: msgs/s and session latency (median over repeats (min–max))\n"
+    );
+    let _ = writeln!(
+        w,
+        "| Sessions | contender | msgs/s | p50 session ms | p99 session ms | p99 / direct p99 |"
+    );
+    let _ = writeln!(w, "|--:|---|--:|--:|--:|--:|");
+    let direct = idx(tp, "direct");
+    for (li, s) in tp.levels.iter().enumerate() {
+        for (ci, name) in tp.names.iter().enumerate() {
+            let c = &tp.cells[ci][li];
+            let p50: Vec<f64> = c.pipe.iter().map(|p| p.p50_ms).collect();
+            let p99: Vec<f64> = c.pipe.iter().map(|p| p.p99_ms).collect();
+            let vs = direct.map_or(String::from("–"), |d| {
+                let dp99: Vec<f64> = tp.cells[d][li].pipe.iter().map(|p| p.p99_ms).collect();
+                format!("{:.2}", median(&ratios(&p99, &dp99)))
+            });
+            let _ = writeln!(
+                w,
+                "| {s} | {name} | {} | {} | {} | {vs} |",
+                spread(&pipe_rates(c), 0),
+                spread(&p50, 2),
+                spread(&p99, 2)
+            );
+        }
+    }
+
+    let _ = writeln!(
+        w,
+        "\n## CPU per message (smtp-source runs, µs: median (min–max))\n"
+    );
+    let _ = writeln!(
+        w,
+        "\"Contender\" is the cgroup of the program in the middle (none for direct); \"all\" adds \
+         smtp-source and smtp-sink. On 2 shared cores the throughput of a CPU-bound path \
+         follows the \"all\" figure.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| Sessions | contender | contender µs/msg | all µs/msg | all / direct all |"
+    );
+    let _ = writeln!(w, "|--:|---|--:|--:|--:|");
+    for (li, s) in tp.levels.iter().enumerate() {
+        for (ci, name) in tp.names.iter().enumerate() {
+            let c = &tp.cells[ci][li];
+            let own: Vec<f64> = c.source.iter().map(|x| x.contender_us).collect();
+            let all: Vec<f64> = c.source.iter().map(|x| x.total_us).collect();
+            let vs = direct.map_or(String::from("–"), |d| {
+                let dall: Vec<f64> = tp.cells[d][li].source.iter().map(|x| x.total_us).collect();
+                format!("{:.2}", median(&ratios(&all, &dall)))
+            });
+            let _ = writeln!(
+                w,
+                "| {s} | {name} | {} | {} | {vs} |",
+                spread(&own, 0),
+                spread(&all, 0)
+            );
+        }
+    }
+    if let Some(p) = idx(tp, "Postfix") {
+        let _ = writeln!(w, "\n### Postfix: a queueing MTA\n");
+        let _ = writeln!(
+            w,
+            "Its msgs/s is the **acceptance** rate (smtpd acknowledges once the message is \
+             queued; postscreen hands every connection to smtpd after a cache lookup, as for a \
+             returning client). After each run the benchmark waited for the queue to drain and \
+             checked that every message reached smtp-sink (`status=sent` in the maillog, the \
+             sink's count). Time from the end of smtp-source until the queue was empty:\n"
+        );
+        let _ = writeln!(
+            w,
+            "| Sessions | messages per run | drain s (median (min–max)) |"
+        );
+        let _ = writeln!(w, "|--:|--:|--:|");
+        for (li, s) in tp.levels.iter().enumerate() {
+            let c = &tp.cells[p][li];
+            let d: Vec<f64> = c
+                .source
+                .iter()
+                .filter_map(|x| x.drain.map(|d| d.as_secs_f64()))
+                .collect();
+            let _ = writeln!(
+                w,
+                "| {s} | {} | {} |",
+                thousands(u64::from(c.messages)),
+                spread(&d, 2)
+            );
+        }
+    }
+
+    let _ = writeln!(w, "\n## Memory per idle session (gateway)\n");
+    let _ = writeln!(
+        w,
+        "A fresh gateway per row (max_connections and max_connections_per_source raised, \
+         command_timeout \"10m\"), 20 warm-up sessions, then N connections opened from this \
+         process, each reading its 220 banner and staying silent; VmRSS of the gateway \
+         (/proc/PID/status) before and 2 s after. None of the sessions ended before the \
+         connections were closed; after closing, the gateway logged all N.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| Idle sessions | VmRSS before | VmRSS with them open | KiB per session | VmRSS after \
+         closing | Aim ≤ {AIM_KIB_PER_SESSION:.0} KiB |"
+    );
+    let _ = writeln!(w, "|--:|--:|--:|--:|--:|---|");
+    for m in mem {
+        let per = m.per_session_kib();
+        let _ = writeln!(
+            w,
+            "| {}{} | {} KiB | {} KiB | {:.2} | {} KiB | {} |",
+            thousands(m.sessions as u64),
+            if m.extra_sources > 0 {
+                format!(" (from {} source addresses)", m.extra_sources + 1)
+            } else {
+                String::new()
+            },
+            thousands(m.before_kib),
+            thousands(m.after_kib),
+            per,
+            thousands(m.closed_kib),
+            met(per <= AIM_KIB_PER_SESSION)
+        );
+    }
+    let mem_ok = mem
+        .iter()
+        .max_by_key(|m| m.sessions)
+        .is_some_and(|m| m.per_session_kib() <= AIM_KIB_PER_SESSION);
+
+    let _ = writeln!(
+        w,
+        "\n## Aims (judged on smtp-source msgs/s, as the issue states them)\n"
+    );
+    for a in &aims {
+        let _ = writeln!(
+            w,
+            "- Gateway at least {}× {}: {} (pipelining client: {}).",
+            a.aim,
+            a.against,
+            a.verdict(&a.source),
+            a.verdict(&a.pipe)
+        );
+    }
+    let _ = writeln!(
+        w,
+        "- At most {AIM_KIB_PER_SESSION:.0} KiB per idle session (at {} sessions): **{}**.",
+        thousands(mem.iter().map(|m| m.sessions as u64).max().unwrap_or(0)),
+        met(mem_ok)
+    );
+
+    let _ = writeln!(w, "\n## Commands and configurations\n");
+    let _ = writeln!(
+        w,
+        "PORT values are this run's; S is 1, 10 or 100 and N the messages per run above; \
+         ADDR is the sink's or a contender's address.\n"
+    );
+    let _ = writeln!(w, "```sh");
+    for c in &setup.commands {
+        let _ = writeln!(w, "{c}");
+    }
+    let _ = writeln!(w, "```");
+    for (name, lang, text) in &setup.configs {
+        let _ = writeln!(w, "\n{name}:\n\n```{lang}\n{}\n```", text.trim_end());
+    }
+    out
+}
+
+fn table_header(w: &mut String, first: &str, names: &[&str]) {
+    let _ = writeln!(w, "| {first} | {} |", names.join(" | "));
+    let _ = writeln!(w, "|--:|{}", "--:|".repeat(names.len()));
+}
+
+/// One grouped-bar figure: a series per contender (those `keep` accepts), a category per level.
+fn figure(
+    tp: &Throughput,
+    id: &str,
+    title: &str,
+    y_label: &str,
+    note: &str,
+    keep: impl Fn(&str) -> bool,
+    value: impl Fn(&Cell) -> Vec<f64>,
+) -> Figure {
+    let categories: Vec<String> = tp.levels.iter().map(u32::to_string).collect();
+    let series: Vec<Series> = tp
+        .names
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| keep(n))
+        .map(|(ci, name)| Series {
+            name: name.to_string(),
+            points: tp.cells[ci]
+                .iter()
+                .zip(&categories)
+                .map(|(cell, cat)| Point::from_samples(cat.clone(), &value(cell)))
+                .collect(),
+        })
+        .collect();
+    let medians: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.median))
+        .filter(|m| m.is_finite() && *m > 0.0)
+        .collect();
+    let (lo, hi) = medians
+        .iter()
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), &m| {
+            (lo.min(m), hi.max(m))
+        });
+    Figure {
+        id: id.into(),
+        title: title.into(),
+        x_label: "concurrent sessions".into(),
+        y_label: y_label.into(),
+        // Orders of magnitude apart (Haraka vs the rest) read better on a log scale.
+        log_y: hi > 20.0 * lo,
+        categories,
+        series,
+        note: note.into(),
+    }
+}
+
+pub fn figures(tp: &Throughput) -> Figures {
+    let all = |_: &str| true;
+    let middle = |n: &str| n != "direct";
+    Figures {
+        bench: "smtp".into(),
+        command: "cargo xtask bench smtp".into(),
+        machine: machine(),
+        figures: vec![
+            figure(
+                tp,
+                "throughput",
+                "Messages per second, smtp-source (one message per connection)",
+                "messages/s",
+                "Aims for the gateway: ≥ 0.85× direct, ≥ 5× Haraka, ≥ 1× HAProxy. Postfix: \
+                 acceptance rate (it queues, then relays; every message reached the sink).",
+                all,
+                source_rates,
+            ),
+            figure(
+                tp,
+                "throughput-pipelined",
+                "Messages per second, pipelining client (MAIL/RCPT/DATA in one group)",
+                "messages/s",
+                "One message per connection; same runs as the latency figures.",
+                all,
+                pipe_rates,
+            ),
+            figure(
+                tp,
+                "latency-p99",
+                "p99 session latency, pipelining client (connect to 221)",
+                "ms",
+                "Whiskers: min–max of the per-run p99 over the repeats.",
+                all,
+                |c| c.pipe.iter().map(|p| p.p99_ms).collect(),
+            ),
+            figure(
+                tp,
+                "latency-p50",
+                "Median session latency, pipelining client (connect to 221)",
+                "ms",
+                "Whiskers: min–max of the per-run p50 over the repeats.",
+                all,
+                |c| c.pipe.iter().map(|p| p.p50_ms).collect(),
+            ),
+            figure(
+                tp,
+                "cpu",
+                "CPU per message of the program in the middle (its cgroup)",
+                "CPU µs per message",
+                "smtp-source runs; user + system time of every process of the contender \
+                 (Postfix: all its daemons, relaying included).",
+                middle,
+                |c| c.source.iter().map(|s| s.contender_us).collect(),
+            ),
+            figure(
+                tp,
+                "cpu-total",
+                "CPU per message of the whole path (smtp-source + contender + smtp-sink)",
+                "CPU µs per message",
+                "Direct is the baseline: client and sink only.",
+                all,
+                |c| c.source.iter().map(|s| s.total_us).collect(),
+            ),
+        ],
+    }
+}
