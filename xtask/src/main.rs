@@ -54,7 +54,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
     match cli.task {
-        Task::Setup => setup::run(&root),
+        Task::Setup => setup::run_all(&root),
         Task::Test { cargo_args } => {
             setup::run(&root)?;
             test(&root, &cargo_args)
@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
             bench::render_only(&root)
         }
         Task::Bench { which, quick, .. } => {
-            setup::run(&root)?;
+            setup::run_all(&root)?;
             bench::run(&root, &which, quick)
         }
         Task::Demo => {

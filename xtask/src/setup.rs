@@ -2,10 +2,11 @@
 //!
 //! - apt: Debian's rustc 1.96 with a prebuilt `core` for bpfel-unknown-none, LLVM 22 for
 //!   bpf-linker, and the tools the tests drive (iproute2, bpftool, ethtool, hping3, nsenter,
-//!   Postfix with smtp-source, swaks, openssl, trafgen) and the font the benchmark plots are
-//!   measured with;
+//!   Postfix with smtp-source, swaks, openssl) and the font the plots are measured with;
 //! - bpf-linker 0.13.0 built against LLVM 22 into `.tools/` (cached: 0.1 s when present);
-//! - Haraka (pinned) installed with npm into `.tools/haraka`, a contender of `bench smtp`;
+//! - for the benchmarks only (`setup`, `bench`; not `test` or `demo`): trafgen, iptables,
+//!   nftables, HAProxy, Node.js, and Haraka (pinned) installed with npm into
+//!   `.tools/haraka`;
 //! - bpffs mounted at /sys/fs/bpf.
 //!
 //! See ../shared/TOOLCHAIN.md for why this route (rustup cannot download rust-src here).
@@ -35,13 +36,17 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",
     "python3",
     "nmap",
-    // Benchmarks: trafgen (spoofed-source SYN floods for bench-attack and bench-drop), the
-    // filters XDP is compared with (bench-drop), and the TTF plotters measures plot text with
-    // (plot.rs).
+    // The TTF plotters measures plot text with (plot.rs; its unit tests render plots).
+    crate::plot::FONT_PACKAGE,
+];
+
+/// Debian packages only the benchmarks need (`cargo xtask bench`, `cargo xtask setup`).
+const BENCH_APT_PACKAGES: &[&str] = &[
+    // trafgen (spoofed-source SYN floods for bench-attack and bench-drop) and the filters XDP
+    // is compared with (bench-drop).
     "netsniff-ng",
     "iptables",
     "nftables",
-    crate::plot::FONT_PACKAGE,
     // Contenders of `cargo xtask bench smtp` (Haraka itself comes from npm, see `haraka`).
     "haproxy",
     "nodejs",
@@ -50,15 +55,22 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Haraka version the SMTP benchmark compares against.
 const HARAKA_VERSION: &str = "3.3.4";
 
+/// What the build, the tests and the demo need.
 pub fn run(root: &Path) -> anyhow::Result<()> {
     if !is_root() {
         bail!("cargo xtask needs root (apt, bpffs, XDP, network namespaces)");
     }
     apt(APT_PACKAGES)?;
     bpf_linker(root)?;
-    haraka(root)?;
     bpffs()?;
     Ok(())
+}
+
+/// Everything, the benchmarks' contenders and tools included (`cargo xtask setup`, `bench`).
+pub fn run_all(root: &Path) -> anyhow::Result<()> {
+    run(root)?;
+    apt(BENCH_APT_PACKAGES)?;
+    haraka(root)
 }
 
 /// The plot font only (`cargo xtask bench --render-only`, which needs nothing else): installed
