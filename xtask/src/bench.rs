@@ -260,10 +260,9 @@ fn write_index(root: &Path) -> anyhow::Result<()> {
          in the same run. In the plots a bar is the median and its whisker spans min to max.\n\n",
     );
     for name in section_names(&dir)? {
-        text.push_str(
-            &std::fs::read_to_string(dir.join(format!("{name}.md")))
-                .with_context(|| format!("reading docs/bench/{name}.md"))?,
-        );
+        let section = std::fs::read_to_string(dir.join(format!("{name}.md")))
+            .with_context(|| format!("reading docs/bench/{name}.md"))?;
+        text.push_str(&nest_headings(&section));
         text.push('\n');
         let Some(doc) = section_figures(&dir, &name)? else {
             continue;
@@ -291,6 +290,23 @@ fn write_index(root: &Path) -> anyhow::Result<()> {
     std::fs::write(root.join("docs/BENCHMARKS.md"), text).context("writing docs/BENCHMARKS.md")?;
     eprintln!("wrote docs/BENCHMARKS.md");
     Ok(())
+}
+
+/// A section under its `## name` heading: the report's own title (`# bench-…`) goes, and its
+/// headings move two levels down so they nest under the section's.
+fn nest_headings(section: &str) -> String {
+    let mut out = String::new();
+    for (i, line) in section.lines().enumerate() {
+        if i > 0 && line.starts_with("# ") {
+            continue;
+        }
+        if i > 0 && line.starts_with('#') {
+            out.push_str("##");
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 fn today() -> String {
@@ -368,6 +384,10 @@ mod tests {
         doc.write(&dir.join("attack.json")).expect("json");
         render_only(&root).expect("render-only");
         let index = std::fs::read_to_string(root.join("docs/BENCHMARKS.md")).expect("index");
+        assert_eq!(
+            nest_headings("## x\n\n# bench-x\n## Aims\n### More\ntext # not a heading\n"),
+            "## x\n\n#### Aims\n##### More\ntext # not a heading\n"
+        );
         let xdp = index.find("## xdp").expect("xdp section");
         let attack = index.find("## attack").expect("attack section");
         assert!(xdp < attack, "known sections keep their order");
