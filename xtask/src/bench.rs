@@ -293,7 +293,7 @@ fn write_index(root: &Path) -> anyhow::Result<()> {
 }
 
 /// A section under its `## name` heading: the report's own title (`# bench-…`) goes, and its
-/// headings move two levels down so they nest under the section's.
+/// headings move one level down so they nest under the section's.
 fn nest_headings(section: &str) -> String {
     let mut out = String::new();
     for (i, line) in section.lines().enumerate() {
@@ -301,7 +301,7 @@ fn nest_headings(section: &str) -> String {
             continue;
         }
         if i > 0 && line.starts_with('#') {
-            out.push_str("##");
+            out.push('#');
         }
         out.push_str(line);
         out.push('\n');
@@ -386,7 +386,7 @@ mod tests {
         let index = std::fs::read_to_string(root.join("docs/BENCHMARKS.md")).expect("index");
         assert_eq!(
             nest_headings("## x\n\n# bench-x\n## Aims\n### More\ntext # not a heading\n"),
-            "## x\n\n#### Aims\n##### More\ntext # not a heading\n"
+            "## x\n\n### Aims\n#### More\ntext # not a heading\n"
         );
         let xdp = index.find("## xdp").expect("xdp section");
         let attack = index.find("## attack").expect("attack section");
