@@ -10,17 +10,17 @@
 mod support;
 
 use std::{
-    fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
-    process::{Output, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use smtp_gateway::dataplane::PinLayout;
-use support::netns::{ChildGuard, Listener, Topology, nsenter, run, wait_until};
+use support::{
+    daemon::Daemon,
+    netns::{ChildGuard, Listener, Topology, nsenter, wait_until},
+};
 
 const SMTP: u16 = 25;
 
@@ -48,45 +48,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// timeout, so a blocked connect sends exactly one SYN.
 const BLOCKED_TIMEOUT: Duration = Duration::from_millis(900);
 
-/// The daemon binary: `$SMTP_GATEWAY_BIN`, else `smtp-gateway` next to this test's `deps/`.
-fn gateway_bin() -> PathBuf {
-    let path = match std::env::var_os("SMTP_GATEWAY_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => {
-            let exe = std::env::current_exe().expect("current_exe");
-            exe.parent()
-                .and_then(Path::parent)
-                .expect("the test binary lives in target/<profile>/deps")
-                .join("smtp-gateway")
-        }
-    };
-    assert!(
-        path.is_file(),
-        "smtp-gateway binary not found at {}: build it with `cargo build` or run `cargo xtask \
-         test` (or point SMTP_GATEWAY_BIN at it)",
-        path.display()
-    );
-    path
-}
-
-/// Removes terminal colour sequences (`ESC [ ... m`) from a log.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Rate limit of a lab's configuration.
 struct RateLimit {
     syn_per_second: f64,
@@ -103,253 +64,37 @@ impl Default for RateLimit {
     }
 }
 
-/// The daemon and the CLI of one lab. `Drop` kills the daemon it started (by PID), detaches, and
-/// removes the pins and the lab's files.
-struct Gateway {
-    ns: String,
-    iface: String,
-    bin: PathBuf,
-    /// Config and daemon logs.
-    dir: PathBuf,
-    config: PathBuf,
-    pin_dir: PathBuf,
-    daemon: Option<ChildGuard>,
-    /// Logs of every daemon start, in order.
-    logs: Vec<PathBuf>,
-}
-
-impl Gateway {
-    fn new(tag: &str, ns: &str, iface: &str, rate: &RateLimit) -> Self {
-        let bin = gateway_bin();
-        let pid = std::process::id();
-        let dir = PathBuf::from(format!("/tmp/sgw-e2e-{pid}-{tag}"));
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sgw-e2e-{pid}-{tag}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("lab directory");
-        let config = dir.join("gateway.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[dataplane]\n\
-                 interfaces = [\"{iface}\"]\n\
-                 protected_ports = [{SMTP}]\n\
-                 pin_dir = \"{}\"\n\
-                 sweep_interval = \"1s\"\n\
-                 \n\
-                 [dataplane.rate_limit]\n\
-                 enabled = true\n\
-                 syn_per_second = {:?}\n\
-                 burst = {}\n",
-                pin_dir.display(),
-                rate.syn_per_second,
-                rate.burst
-            ),
-        )
-        .expect("write config");
-        let gateway = Gateway {
-            ns: ns.to_string(),
-            iface: iface.to_string(),
-            bin,
-            dir,
-            config,
-            pin_dir,
-            daemon: None,
-            logs: Vec::new(),
-        };
-        // Pins of an earlier process that had the same PID and died before cleaning up.
-        if gateway.pin_dir.exists() {
-            gateway.cli_ok(&["detach"]);
-        }
-        gateway
-    }
-
-    /// `<pin_dir>/v<layout>/link_<iface>`.
-    fn link_pin(&self) -> PathBuf {
-        PinLayout::new(&self.pin_dir).link(&self.iface)
-    }
-
-    /// Starts `smtp-gateway run` in the gateway namespace; returns once the link is pinned and the
-    /// daemon logged "ready" (panics with the log otherwise).
-    fn start(&mut self) {
-        assert!(self.daemon.is_none(), "the daemon already runs");
-        let log = self.dir.join(format!("daemon-{}.log", self.logs.len() + 1));
-        let file = File::create(&log).expect("daemon log");
-        let child = nsenter(&self.ns, &self.bin)
-            .arg("-c")
-            .arg(&self.config)
-            .arg("run")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log fd"))
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
-        self.logs.push(log);
-        let mut daemon = ChildGuard::new(child, "smtp-gateway run");
-        let mut exited = None;
-        let ready = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
-            exited = daemon.child.try_wait().expect("try_wait");
-            exited.is_some() || (self.link_pin().exists() && self.logged_ready())
-        });
-        if let Some(status) = exited {
-            panic!(
-                "smtp-gateway run exited during start-up ({status}):\n{}",
-                self.log()
-            );
-        }
-        assert!(
-            ready,
-            "smtp-gateway run not ready within 20s (link pin {} exists: {}):\n{}",
-            self.link_pin().display(),
-            self.link_pin().exists(),
-            self.log()
-        );
-        self.daemon = Some(daemon);
-    }
-
-    fn logged_ready(&self) -> bool {
-        self.log()
-            .lines()
-            .any(|line| line.trim_end().ends_with(": ready") || line.contains(": ready "))
-    }
-
-    /// The log of the latest daemon start, without colours.
-    fn log(&self) -> String {
-        self.logs
-            .last()
-            .map(|path| strip_ansi(&std::fs::read_to_string(path).unwrap_or_default()))
-            .unwrap_or_default()
-    }
-
-    /// SIGKILL: the daemon gets no chance to clean anything up.
-    fn kill9(&mut self) {
-        let mut daemon = self.daemon.take().expect("the daemon runs");
-        daemon.child.kill().expect("kill -9 the daemon");
-        let status = daemon.wait_bounded(Duration::from_secs(10));
-        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
-    }
-
-    /// SIGTERM: the orderly stop; it must exit 0 within 10 s.
-    fn terminate(&mut self) {
-        let mut daemon = self.daemon.take().expect("the daemon runs");
-        let pid = libc::pid_t::try_from(daemon.child.id()).expect("pid");
-        // SAFETY: signalling our own child, which has not been reaped (it is still in `daemon`).
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let status = daemon.wait_bounded(Duration::from_secs(10));
-        assert!(
-            status.success(),
-            "SIGTERM: daemon exited with {status}:\n{}",
-            self.log()
-        );
-    }
-
-    /// `smtp-gateway -c CONFIG <args>` in the gateway namespace.
-    fn cli(&self, args: &[&str]) -> Output {
-        run(nsenter(&self.ns, &self.bin)
-            .arg("-c")
-            .arg(&self.config)
-            .args(args)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null()))
-    }
-
-    /// Like [`Self::cli`], panicking unless the command succeeds; returns stdout.
-    fn cli_ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "smtp-gateway {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn cli_json(&self, args: &[&str]) -> Value {
-        let out = self.cli_ok(args);
-        serde_json::from_str(&out)
-            .unwrap_or_else(|e| panic!("smtp-gateway {args:?}: not JSON ({e}):\n{out}"))
-    }
-
-    fn stats(&self) -> Stats {
-        Stats(self.cli_json(&["stats", "--json", "--top", "100000"]))
-    }
-
-    /// `block list --json`: one entry per target.
-    fn block_list(&self) -> Vec<Value> {
-        match self.cli_json(&["block", "list", "--json"]) {
-            Value::Array(entries) => entries,
-            other => panic!("block list --json is not an array: {other}"),
-        }
-    }
-
-    fn block_entry(&self, target: &str) -> Option<Value> {
-        self.block_list()
-            .into_iter()
-            .find(|e| e["target"].as_str() == Some(target))
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        drop(self.daemon.take());
-        if std::thread::panicking() {
-            for path in &self.logs {
-                let text = std::fs::read_to_string(path).unwrap_or_default();
-                eprintln!("--- {} ---\n{}", path.display(), strip_ansi(&text));
-            }
-        }
-        if self.pin_dir.exists() {
-            let out = self.cli(&["detach"]);
-            if !out.status.success() {
-                eprintln!(
-                    "cleanup: detach failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            let _ = std::fs::remove_dir_all(&self.pin_dir);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// `stats --json`.
-struct Stats(Value);
-
-impl Stats {
-    /// Packets of verdict `name` (e.g. `dropped_exact`).
-    fn verdict(&self, name: &str) -> u64 {
-        self.0["verdicts"]
-            .as_array()
-            .and_then(|all| all.iter().find(|v| v["verdict"] == name))
-            .and_then(|v| v["packets"].as_u64())
-            .unwrap_or_else(|| panic!("no verdict {name} in stats:\n{:#}", self.0))
-    }
-
-    /// The per-source row of `source` (every tracked source has packets, so all are listed in
-    /// `top_by_packets` with a large `--top`).
-    fn source(&self, source: IpAddr) -> Option<&Value> {
-        let name = source.to_string();
-        self.0["top_by_packets"]
-            .as_array()?
-            .iter()
-            .find(|r| r["source"].as_str() == Some(name.as_str()))
-    }
-
-    /// Field `field` of the row of `source`, panicking when the source is not tracked.
-    fn source_field(&self, source: IpAddr, field: &str) -> u64 {
-        self.source(source)
-            .and_then(|r| r[field].as_u64())
-            .unwrap_or_else(|| panic!("no row for {source} in stats:\n{:#}", self.0))
-    }
+/// The daemon and the CLI of one lab, on a configuration with `rate`: the shared harness
+/// ([`Daemon`]), whose `Drop` kills the daemon by PID, detaches, and removes the pins and files.
+fn gateway(tag: &str, ns: &str, iface: &str, rate: &RateLimit) -> Daemon {
+    let pid = std::process::id();
+    let dir = PathBuf::from(format!("/tmp/sgw-e2e-{pid}-{tag}"));
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sgw-e2e-{pid}-{tag}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("lab directory");
+    let config = format!(
+        "[dataplane]\n\
+         interfaces = [\"{iface}\"]\n\
+         protected_ports = [{SMTP}]\n\
+         pin_dir = \"{}\"\n\
+         sweep_interval = \"1s\"\n\
+         \n\
+         [dataplane.rate_limit]\n\
+         enabled = true\n\
+         syn_per_second = {:?}\n\
+         burst = {}\n",
+        pin_dir.display(),
+        rate.syn_per_second,
+        rate.burst
+    );
+    Daemon::new(ns, iface, &dir, &pin_dir, &config)
 }
 
 /// One test's world: topology, port-25 listener, gateway. Dropped listener first, then the
 /// gateway (daemon killed, detached), then the namespaces.
 struct Lab {
     listener: Listener,
-    gw: Gateway,
+    gw: Daemon,
     topo: Topology,
 }
 
@@ -365,7 +110,7 @@ impl Lab {
         );
         let topo = Topology::new(tag, &CLIENT_ADDRS);
         let listener = Listener::start(&topo.gw_ns, SMTP);
-        let gw = Gateway::new(tag, &topo.gw_ns, &topo.gw_if, &rate);
+        let gw = gateway(tag, &topo.gw_ns, &topo.gw_if, &rate);
         let lab = Lab { listener, gw, topo };
         assert_eq!(lab.topo.gw_xdp(), None, "fresh veth has no XDP program");
         for src in CLIENT_ADDRS {
@@ -445,22 +190,22 @@ fn blocked_sources_are_dropped_and_counted() {
     assert!(stats.verdict("passed") > 0);
     assert_eq!(stats.verdict("rate_limited"), 0);
     for src in [EXACT_V4, EXACT_V6, CIDR_V4, CIDR_V6] {
-        let drops = stats.source_field(src, "drops");
-        let syns = stats.source_field(src, "syns");
+        let drops = stats.tracked(src, "drops");
+        let syns = stats.tracked(src, "syns");
         assert!(drops >= 1 && syns >= 1, "{src}: drops {drops}, syns {syns}");
     }
     // The verdict totals and the per-source rows agree: only these sources were blocked.
     assert_eq!(
         exact,
-        stats.source_field(EXACT_V4, "drops") + stats.source_field(EXACT_V6, "drops")
+        stats.tracked(EXACT_V4, "drops") + stats.tracked(EXACT_V6, "drops")
     );
     assert_eq!(
         cidr,
-        stats.source_field(CIDR_V4, "drops") + stats.source_field(CIDR_V6, "drops")
+        stats.tracked(CIDR_V4, "drops") + stats.tracked(CIDR_V6, "drops")
     );
     for src in [ALLOWED_V4, ALLOWED_V6] {
-        assert_eq!(stats.source_field(src, "drops"), 0, "{src} was dropped");
-        assert!(stats.source_field(src, "packets") >= 2, "{src}: SYN + ACK");
+        assert_eq!(stats.tracked(src, "drops"), 0, "{src} was dropped");
+        assert!(stats.tracked(src, "packets") >= 2, "{src}: SYN + ACK");
     }
     let listed: Vec<&str> = stats.0["top_by_drops"]
         .as_array()
@@ -526,12 +271,12 @@ fn runtime_block_del_ttl_and_allow() {
         .as_u64()
         .expect("TTL entry expires");
     assert!(left <= 2, "{entry}");
-    let drops_before_expiry = lab.gw.stats().source_field(EXACT_V4, "drops");
+    let drops_before_expiry = lab.gw.stats().tracked(EXACT_V4, "drops");
     assert!(drops_before_expiry >= 1);
     std::thread::sleep(Duration::from_millis(2100).saturating_sub(added.elapsed()));
     lab.assert_connects(EXACT_V4, "TTL entry after expiry");
     assert_eq!(
-        lab.gw.stats().source_field(EXACT_V4, "drops"),
+        lab.gw.stats().tracked(EXACT_V4, "drops"),
         drops_before_expiry,
         "an expired entry must not drop"
     );
@@ -588,12 +333,7 @@ fn syn_flood_is_rate_limited_per_source() {
 
     // During the flood: the limiter drops the flooder, the other source is untouched.
     let limiting = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-        lab.gw
-            .stats()
-            .source(FLOODER_V4)
-            .and_then(|r| r["drops"].as_u64())
-            .unwrap_or(0)
-            > 0
+        lab.gw.stats().source(FLOODER_V4, "drops") > 0
     });
     assert!(limiting, "the flooder was never rate-limited");
     lab.assert_connects(ALLOWED_V4, "during the flood");
@@ -603,8 +343,8 @@ fn syn_flood_is_rate_limited_per_source() {
     lab.assert_connects(ALLOWED_V6, "after the flood");
 
     let stats = lab.gw.stats();
-    let syns = stats.source_field(FLOODER_V4, "syns");
-    let drops = stats.source_field(FLOODER_V4, "drops");
+    let syns = stats.tracked(FLOODER_V4, "syns");
+    let drops = stats.tracked(FLOODER_V4, "drops");
     let limited = stats.verdict("rate_limited");
     assert!(
         (SYNS - 10..=SYNS).contains(&syns),
@@ -625,7 +365,7 @@ fn syn_flood_is_rate_limited_per_source() {
     assert_eq!(stats.verdict("dropped_exact"), 0);
     assert_eq!(stats.verdict("dropped_cidr"), 0);
     for src in [ALLOWED_V4, ALLOWED_V6] {
-        assert_eq!(stats.source_field(src, "drops"), 0, "{src} was dropped");
+        assert_eq!(stats.tracked(src, "drops"), 0, "{src} was dropped");
     }
 }
 

@@ -1,0 +1,318 @@
+//! `smtp-gateway` in a test's gateway namespace: the daemon (at most one at a time) and the CLI
+//! on the same configuration, with `stats --json` read back. Shared by the network-namespace
+//! suites.
+
+use std::{
+    fs::File,
+    net::IpAddr,
+    os::unix::process::{CommandExt, ExitStatusExt},
+    path::{Path, PathBuf},
+    process::{Output, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use smtp_gateway::dataplane::PinLayout;
+
+use super::netns::{ChildGuard, nsenter, run, wait_until};
+
+/// The daemon binary: `$SMTP_GATEWAY_BIN`, else `smtp-gateway` next to this test's `deps/`.
+pub fn binary() -> PathBuf {
+    let path = match std::env::var_os("SMTP_GATEWAY_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let exe = std::env::current_exe().expect("current_exe");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("the test binary lives in target/<profile>/deps")
+                .join("smtp-gateway")
+        }
+    };
+    assert!(
+        path.is_file(),
+        "smtp-gateway binary not found at {}: build it with `cargo build` or run `cargo xtask \
+         test` (or point SMTP_GATEWAY_BIN at it)",
+        path.display()
+    );
+    path
+}
+
+/// Removes terminal colour sequences (`ESC [ ... m`) from a log.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `smtp-gateway` in the gateway namespace: the daemon (at most one at a time) and the CLI on the
+/// same configuration. `Drop` kills the daemon by PID, detaches (program, links, pins) and removes
+/// the lab's directory.
+pub struct Daemon {
+    ns: String,
+    iface: String,
+    bin: PathBuf,
+    /// The lab's directory: config, daemon logs, the backend's message dumps.
+    pub dir: PathBuf,
+    config: PathBuf,
+    pub pin_dir: PathBuf,
+    child: Option<ChildGuard>,
+    /// Logs of every daemon start, in order.
+    logs: Vec<PathBuf>,
+}
+
+impl Daemon {
+    /// Writes `config` (a complete file) to `dir` and removes pins a dead process with the same
+    /// PID may have left.
+    pub fn new(ns: &str, iface: &str, dir: &Path, pin_dir: &Path, config: &str) -> Self {
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, config).expect("write the gateway config");
+        let daemon = Daemon {
+            ns: ns.to_string(),
+            iface: iface.to_string(),
+            bin: binary(),
+            dir: dir.to_path_buf(),
+            config: path,
+            pin_dir: pin_dir.to_path_buf(),
+            child: None,
+            logs: Vec::new(),
+        };
+        if daemon.pin_dir.exists() {
+            daemon.cli_ok(&["detach"]);
+        }
+        daemon
+    }
+
+    pub fn link_pin(&self) -> PathBuf {
+        PinLayout::new(&self.pin_dir).link(&self.iface)
+    }
+
+    /// Starts `smtp-gateway run`; returns once the link is pinned and the daemon logged "ready"
+    /// (its listeners are bound by then). Panics with the log otherwise.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "the daemon already runs");
+        let log = self.dir.join(format!("daemon-{}.log", self.logs.len() + 1));
+        let file = File::create(&log).expect("daemon log");
+        let mut command = nsenter(&self.ns, &self.bin);
+        command
+            .arg("-c")
+            .arg(&self.config)
+            .arg("run")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log fd"))
+            .stderr(file);
+        // SAFETY: prctl is async-signal-safe. nsenter execs the daemon in place (same PID), so if
+        // the test process dies without running destructors the daemon is killed with it.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
+        self.logs.push(log);
+        let mut child = ChildGuard::new(child, "smtp-gateway run");
+        let mut exited = None;
+        let ready = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+            exited = child.child.try_wait().expect("try_wait");
+            exited.is_some()
+                || (self.link_pin().exists()
+                    && self
+                        .log()
+                        .lines()
+                        .any(|l| l.trim_end().ends_with(": ready")))
+        });
+        if let Some(status) = exited {
+            panic!(
+                "smtp-gateway run exited during start-up ({status}):\n{}",
+                self.log()
+            );
+        }
+        assert!(
+            ready,
+            "smtp-gateway run not ready within 20s (link pin exists: {}):\n{}",
+            self.link_pin().exists(),
+            self.log()
+        );
+        self.child = Some(child);
+    }
+
+    /// SIGTERM, the orderly stop: the daemon must exit 0 within 15 s.
+    pub fn terminate(&mut self) {
+        let mut child = self.child.take().expect("the daemon runs");
+        let pid = libc::pid_t::try_from(child.child.id()).expect("pid");
+        // SAFETY: signalling our own child, not yet reaped (it is still in `child`).
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM");
+        let status = child.wait_bounded(Duration::from_secs(15));
+        assert!(
+            status.success(),
+            "SIGTERM: the daemon exited with {status}:\n{}",
+            self.log()
+        );
+    }
+
+    /// SIGKILL: the daemon gets no chance to clean anything up.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("the daemon runs");
+        child.child.kill().expect("kill -9 the daemon");
+        let status = child.wait_bounded(Duration::from_secs(10));
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "kill -9: {status}");
+    }
+
+    /// The log of the latest start, without colours.
+    pub fn log(&self) -> String {
+        self.logs
+            .last()
+            .map(|p| strip_ansi(&std::fs::read_to_string(p).unwrap_or_default()))
+            .unwrap_or_default()
+    }
+
+    /// Waits (bounded) for a line of the current log that contains every one of `needles`.
+    pub fn wait_logged(&self, needles: &[&str], within: Duration) -> bool {
+        wait_until(within, Duration::from_millis(50), || {
+            self.log()
+                .lines()
+                .any(|l| needles.iter().all(|n| l.contains(n)))
+        })
+    }
+
+    /// `smtp-gateway -c CONFIG <args>` in the gateway namespace.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        run(nsenter(&self.ns, &self.bin)
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null()))
+    }
+
+    /// Like [`Self::cli`], panicking unless the command succeeds; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "smtp-gateway {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let out = self.cli_ok(args);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("smtp-gateway {args:?}: not JSON ({e}):\n{out}"))
+    }
+
+    /// `block list --json`: one entry per target.
+    pub fn block_list(&self) -> Vec<Value> {
+        match self.cli_json(&["block", "list", "--json"]) {
+            Value::Array(entries) => entries,
+            other => panic!("block list --json is not an array: {other}"),
+        }
+    }
+
+    pub fn block_entry(&self, target: &str) -> Option<Value> {
+        self.block_list()
+            .into_iter()
+            .find(|e| e["target"].as_str() == Some(target))
+    }
+
+    /// Waits (bounded) until `target` is listed; returns its entry.
+    pub fn wait_banned(&self, target: &str, within: Duration) -> Value {
+        let mut entry = None;
+        wait_until(within, Duration::from_millis(50), || {
+            entry = self.block_entry(target);
+            entry.is_some()
+        });
+        entry.unwrap_or_else(|| {
+            panic!(
+                "{target} was not banned within {within:?}; block list: {:#?}\n--- daemon log:\n{}",
+                self.block_list(),
+                self.log()
+            )
+        })
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats(self.cli_json(&["stats", "--json", "--top", "100000"]))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        drop(self.child.take());
+        if std::thread::panicking() {
+            for path in &self.logs {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                eprintln!("--- {} ---\n{}", path.display(), strip_ansi(&text));
+            }
+        }
+        if self.pin_dir.exists() {
+            let out = self.cli(&["detach"]);
+            if !out.status.success() {
+                eprintln!(
+                    "cleanup: detach failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `stats --json` (format: smtp-gateway/src/cmd/stats.rs).
+pub struct Stats(pub Value);
+
+impl Stats {
+    /// Packets of verdict `name` (e.g. `dropped_exact`).
+    pub fn verdict(&self, name: &str) -> u64 {
+        self.0["verdicts"]
+            .as_array()
+            .and_then(|all| all.iter().find(|v| v["verdict"] == name))
+            .and_then(|v| v["packets"].as_u64())
+            .unwrap_or_else(|| panic!("no verdict {name} in stats:\n{:#}", self.0))
+    }
+
+    /// The per-source row of `source` (every tracked source has packets, so all are listed in
+    /// `top_by_packets` with a large `--top`).
+    pub fn row(&self, source: IpAddr) -> Option<&Value> {
+        let name = source.to_string();
+        self.0["top_by_packets"]
+            .as_array()?
+            .iter()
+            .find(|r| r["source"].as_str() == Some(name.as_str()))
+    }
+
+    /// Field `field` (`packets`, `syns`, `drops`) of the per-source row of `source`; 0 when the
+    /// source is not tracked (yet).
+    pub fn source(&self, source: IpAddr, field: &str) -> u64 {
+        self.row(source).map_or(0, |r| {
+            r[field]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {field} in the row of {source}: {r}"))
+        })
+    }
+
+    /// Like [`Self::source`], panicking when the source is not tracked.
+    pub fn tracked(&self, source: IpAddr, field: &str) -> u64 {
+        self.row(source)
+            .and_then(|r| r[field].as_u64())
+            .unwrap_or_else(|| panic!("no row for {source} in stats:\n{:#}", self.0))
+    }
+}
