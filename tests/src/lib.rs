@@ -5,6 +5,8 @@
 /// re-exported so benchmark binaries write `smtp_gateway_tests::figures::Figures`.
 pub use bench_figures as figures;
 
+pub mod proc;
+
 /// Removes a temporary directory when dropped.
 pub struct TempDir(pub std::path::PathBuf);
 

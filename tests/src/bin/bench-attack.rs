@@ -39,7 +39,9 @@
 use smtp_gateway_tests::{
     TempDir,
     figures::{Figure, Figures, Point, Series, figures_arg},
-    machine, thousands,
+    machine,
+    proc::Proc,
+    thousands,
 };
 use std::{
     fmt::Write as _,
@@ -48,7 +50,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitCode, Stdio},
+    process::{Command, ExitCode, Stdio},
     time::{Duration, Instant},
 };
 
@@ -143,102 +145,6 @@ fn main() -> ExitCode {
 }
 
 // ───────────────────────────── processes ─────────────────────────────
-
-/// A child process stopped by PID when dropped: SIGTERM, SIGKILL after 5 s, then reaped. A
-/// process started with [`Proc::spawn_group`] leads its own process group, and the signals go to
-/// that group (trafgen forks its senders: signalling the parent alone leaves them running).
-struct Proc {
-    name: String,
-    child: Option<Child>,
-    group: bool,
-}
-
-impl Proc {
-    /// Spawns `cmd` as the leader of a new process group, stopped as a group.
-    fn spawn_group(name: &str, cmd: &mut Command) -> Result<Self> {
-        cmd.process_group(0);
-        let mut proc = Self::spawn(name, cmd)?;
-        proc.group = true;
-        Ok(proc)
-    }
-
-    /// Spawns `cmd`; the child gets SIGTERM if this process dies without cleaning up.
-    fn spawn(name: &str, cmd: &mut Command) -> Result<Self> {
-        // SAFETY: prctl is async-signal-safe and touches only the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {name} ({cmd:?})"))?;
-        Ok(Proc {
-            name: name.into(),
-            child: Some(child),
-            group: false,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    fn exited(&mut self) -> Option<String> {
-        match self.child.as_mut().map(Child::try_wait) {
-            Some(Ok(Some(status))) => Some(status.to_string()),
-            Some(Ok(None)) => None,
-            Some(Err(e)) => Some(e.to_string()),
-            None => Some("stopped".into()),
-        }
-    }
-
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        let Ok(pid) = i32::try_from(child.id()) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            return;
-        };
-        // Our own, not yet reaped child, or the process group it leads (same id).
-        let target = if self.group { -pid } else { pid };
-        // SAFETY: kill(2) on our child's PID or process group.
-        unsafe { libc::kill(target, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => {
-                    eprintln!("warning: {} ({pid}) ignored SIGTERM; killing it", self.name);
-                    // SAFETY: as above.
-                    unsafe { libc::kill(target, libc::SIGKILL) };
-                    let _ = child.wait();
-                    break;
-                }
-            }
-        }
-        if self.group {
-            // Members that outlived the leader.
-            // SAFETY: as above; ESRCH when the group is gone.
-            unsafe { libc::kill(target, libc::SIGKILL) };
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// Runs a command to completion; its stdout, or an error with its stderr.
 fn output(cmd: &mut Command) -> Result<String> {

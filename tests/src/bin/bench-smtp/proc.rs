@@ -1,6 +1,6 @@
 //! Processes the benchmark starts, and the cgroups that measure their CPU time.
 //!
-//! Every child is a [`Proc`], stopped by PID when dropped. Every measured program runs in its own
+//! Every child is a [`Proc`] (the tests library's), stopped by PID when dropped. Every measured program runs in its own
 //! cgroup v2 ([`Cgroup`]): the child joins it between fork and exec, so whatever it forks later
 //! (Postfix's daemons, Haraka's workers) is counted too; `cpu.stat` `usage_usec` is the CPU time
 //! of everything that ever ran in it.
@@ -10,89 +10,13 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     os::unix::{ffi::OsStrExt, process::CommandExt},
     path::{Path, PathBuf},
-    process::{Child, Command},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail, ensure};
 
-/// A child process stopped by PID when dropped: SIGTERM, SIGKILL after 5 s, then reaped.
-pub struct Proc {
-    pub name: String,
-    pub child: Option<Child>,
-}
-
-impl Proc {
-    pub fn new(name: &str, child: Child) -> Self {
-        Self {
-            name: name.into(),
-            child: Some(child),
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    /// Whether it has exited (and how).
-    pub fn exited(&mut self) -> Option<String> {
-        match self.child.as_mut().map(Child::try_wait) {
-            Some(Ok(Some(status))) => Some(status.to_string()),
-            Some(Ok(None)) => None,
-            Some(Err(e)) => Some(e.to_string()),
-            None => Some("stopped".into()),
-        }
-    }
-
-    /// Waits up to `timeout` for it to exit by itself; true when it did.
-    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.exited().is_some() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
-    pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        let Ok(pid) = i32::try_from(child.id()) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            return;
-        };
-        // SAFETY: kill(2) on the PID of our own, not yet reaped child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => return,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => {
-                    eprintln!("warning: {} ({pid}) ignored SIGTERM; killing it", self.name);
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return;
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+pub use smtp_gateway_tests::proc::Proc;
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a
 /// hybrid system).
