@@ -24,6 +24,23 @@
 //!   source. This is the honest cost of a SYN the gateway does not drop; what a blocked *real*
 //!   client costs in userspace (a full handshake, accept, close) is higher still and not measured.
 //!
+//! A second sender, xdp-live ([`live`]), delivers the same SYN as `xdp_frame`s instead of skbs:
+//! in the sender namespace a four-instruction XDP program (`bpf_redirect(<sender veth>, 0)`,
+//! loaded with a raw `bpf(2)`) is run by `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`
+//! from a thread that joined that namespace; each frame leaves through the sender veth's
+//! `ndo_xdp_xmit` into the gateway veth's ring and NAPI, where native XDP runs on it with no skb
+//! (as on a NIC) and the other methods get an skb built around it. With trafgen's skbs, native
+//! XDP on veth must copy each skb into a page first, which a NIC never does. veth accepts
+//! redirected frames only when its peer (the gateway veth) has a native XDP program or GRO
+//! (`veth_set_xdp_features`; without either, no frame is taken: tried on 6.18), so GRO is on
+//! for the whole xdp-live series; the sender veth itself needs no program. Live frames repeat
+//! one buffer: every frame comes from [`LIVE_SRC`] (same port, same sequence number), which
+//! favours per-source caches alike for every method and turns the listener's work into matching
+//! one pending request socket (SYN-ACK retransmissions are rate limited). Its sender-only
+//! baseline is the flood with the gateway veth down: `veth_xdp_xmit` refuses every frame
+//! (uncounted), so the count is the test run returning success. Every method runs in both
+//! series, each against its own baseline, and the aims are judged per series.
+//!
 //! CPU: system + irq + softirq ticks of all CPUs (`/proc/stat`), read just before trafgen starts
 //! and just after it exits, divided by the packets the method dropped. This VM has 2 CPUs shared
 //! with other work, whose kernel time lands in that figure too; the machine's kernel time in the
@@ -36,7 +53,11 @@
 //! `CONFIG_IRQ_TIME_ACCOUNTING`, so the split between system and softirq is tick-sampled; their
 //! sum is what counts. "Net" figures subtract the same run's sender-only cost per packet.
 //!
-//! Checks: trafgen reports sending exactly `flood` packets; each method's own counter (XDP
+//! For xdp-live, the sender's time is the test-run thread's system time (`RUSAGE_THREAD`); the
+//! receiver's NAPI runs in it when the batch re-enables bottom halves.
+//!
+//! Checks: trafgen reports sending exactly `flood` packets (xdp-live: the test run returns 0
+//! and the sender veth's `tx_queue_0_xdp_xmit` rose by ≥ 99% of the frames); each method's own counter (XDP
 //! verdicts, iptables/nft rule counters, TCP InSegs and OutSegs of the gateway namespace, the
 //! sender veth's tx_dropped) rose by at least 99% of them; the XDP rows confirm the attach mode
 //! (`ip -d link`: driver or generic); the listener accepted nothing. Any failure aborts the run.
@@ -98,11 +119,18 @@ const NULL_HOP: &str = "198.18.99.1";
 const BACKGROUND_WINDOW: Duration = Duration::from_millis(500);
 /// Share of the flood a method's own counter must account for.
 const MIN_ACCOUNTED: f64 = 0.99;
+/// The one source of every xdp-live frame (live frames repeat one buffer), inside [`FLOOD_NET`].
+const LIVE_SRC: Ipv4Addr = Ipv4Addr::new(198, 19, 23, 45);
+/// Frames per batch of the live test run (the kernel's default, NAPI_POLL_WEIGHT; at most 256,
+/// the veth ring's size).
+const LIVE_BATCH: u32 = 64;
 
 struct Settings {
     quick: bool,
-    /// SYNs per flood.
+    /// SYNs per flood (trafgen).
     flood: u64,
+    /// Frames per flood (xdp-live: about 5 times as fast, so more of them for as many CPU ticks).
+    live_flood: u64,
     /// Floods per method (round robin over the methods, so load changes hit them all alike).
     repeats: usize,
     /// `block add` latency measurements.
@@ -140,6 +168,7 @@ impl Settings {
             Self {
                 quick,
                 flood: 300_000,
+                live_flood: 1_000_000,
                 repeats: 2,
                 latency_repeats: 5,
                 figures,
@@ -148,11 +177,33 @@ impl Settings {
             Self {
                 quick,
                 flood: 1_000_000,
+                live_flood: 5_000_000,
                 repeats: 5,
                 latency_repeats: 21,
                 figures,
             }
         }))
+    }
+}
+
+/// How the flood reaches the gateway's veth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sender {
+    /// trafgen (AF_PACKET): skbs from the sender's stack, `veth_xmit` into the gateway.
+    Trafgen,
+    /// `BPF_PROG_TEST_RUN` live frames redirected into the sender veth: `xdp_frame`s, no skb
+    /// (see [`live`]).
+    XdpLive,
+}
+
+impl Sender {
+    const ALL: [Sender; 2] = [Sender::Trafgen, Sender::XdpLive];
+
+    fn name(self) -> &'static str {
+        match self {
+            Sender::Trafgen => "trafgen",
+            Sender::XdpLive => "xdp-live",
+        }
     }
 }
 
@@ -200,8 +251,11 @@ impl Method {
     }
 
     /// What the method's own counter is.
-    fn counter(self) -> &'static str {
+    fn counter(self, sender: Sender) -> &'static str {
         match self {
+            Method::SenderOnly if sender == Sender::XdpLive => {
+                "test run completed (veth_xdp_xmit drops them uncounted)"
+            }
             Method::SenderOnly => "sender veth tx_dropped",
             Method::XdpNative | Method::XdpSkb => "XDP verdict dropped_cidr",
             Method::IptablesRaw => "iptables rule packets",
@@ -321,6 +375,11 @@ enum Sources {
 struct Lab {
     topo: Topology,
     gw_mac: [u8; 6],
+    /// The sender veth's ifindex (in the sender namespace).
+    cl_ifindex: u32,
+    /// The xdp-live sender's redirect program and its frame.
+    redirect: std::os::fd::OwnedFd,
+    live_frame: Vec<u8>,
     dir: TempDir,
     pin_dir: PathBuf,
     /// A configuration file naming only the pin directory, for the CLI.
@@ -359,12 +418,23 @@ impl Lab {
         let mac_text = json[0]["address"]
             .as_str()
             .context("no MAC address on the gateway veth")?;
-        let mut gw_mac = [0u8; 6];
-        let parts: Vec<&str> = mac_text.split(':').collect();
-        ensure!(parts.len() == 6, "odd MAC address {mac_text:?}");
-        for (byte, part) in gw_mac.iter_mut().zip(parts) {
-            *byte = u8::from_str_radix(part, 16).with_context(|| format!("MAC {mac_text}"))?;
-        }
+        let gw_mac = parse_mac(mac_text)?;
+        let link = sh(Command::new("ip")
+            .args(["-j", "-n", &topo.cl_ns, "link", "show", "dev"])
+            .arg(&topo.cl_if))?;
+        let json: serde_json::Value = serde_json::from_str(&link).context("ip -j link show")?;
+        let cl_mac = parse_mac(
+            json[0]["address"]
+                .as_str()
+                .context("no MAC address on the sender veth")?,
+        )?;
+        let cl_ifindex = json[0]["ifindex"]
+            .as_u64()
+            .and_then(|i| u32::try_from(i).ok())
+            .context("no ifindex on the sender veth")?;
+        live::install_interrupt_handler()?;
+        let redirect = live::load_redirect(cl_ifindex)?;
+        let live_frame = live::syn_frame(gw_mac, cl_mac, LIVE_SRC, Ipv4Addr::new(198, 18, 0, 1));
 
         // Replies to the flood's sources go to an ifb interface (built, routed, sent, freed);
         // no SYN is refused for its source.
@@ -410,6 +480,9 @@ impl Lab {
         Ok(Lab {
             topo,
             gw_mac,
+            cl_ifindex,
+            redirect,
+            live_frame,
             dir,
             pin_dir: pin_dir.clone(),
             cli_config,
@@ -417,6 +490,16 @@ impl Lab {
             _pins: Pins(pin_dir),
         })
     }
+}
+
+fn parse_mac(text: &str) -> Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = text.split(':').collect();
+    ensure!(parts.len() == 6, "odd MAC address {text:?}");
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        *byte = u8::from_str_radix(part, 16).with_context(|| format!("MAC {text}"))?;
+    }
+    Ok(mac)
 }
 
 /// Packets of verdict `name`, summed over CPUs.
@@ -753,17 +836,66 @@ impl Lab {
         Ok(Trafgen(ChildGuard::new(child, "trafgen")))
     }
 
-    /// One flood of `count` random-source SYNs at full speed, with the CPU it cost.
-    fn flood(&self, count: u64) -> Result<Flood> {
-        let log = self.dir.0.join("flood.log");
-        // Far above what the slowest method needs here (~50k packets/s), still bounded.
-        let deadline = Duration::from_secs(30).max(Duration::from_secs(count / 10_000));
+    /// One flood of `count` SYNs at full speed from `sender`, with the CPU it cost.
+    fn flood(&self, sender: Sender, count: u64) -> Result<Flood> {
+        // Far above what the slowest method needs here (trafgen ~50k packets/s at worst, live
+        // frames ~500k), still bounded.
+        let per_second = match sender {
+            Sender::Trafgen => 10_000,
+            Sender::XdpLive => 100_000,
+        };
+        let deadline = Duration::from_secs(30).max(Duration::from_secs(count / per_second));
         let quiet_before = kernel_cpu_all()?;
         std::thread::sleep(BACKGROUND_WINDOW);
         let background = (kernel_cpu_all()? - quiet_before) / BACKGROUND_WINDOW.as_secs_f64();
         let kthreads_before = kthread_times();
-        let trafgen_before = children_system_time();
         let all_before = kernel_cpu_all()?;
+        let started = Instant::now();
+        let (own_sender, check) = match sender {
+            Sender::Trafgen => self.flood_trafgen(count, deadline)?,
+            Sender::XdpLive => {
+                let count32 = u32::try_from(count).context("flood too large for one test run")?;
+                let sent = live::flood(
+                    &self.topo.cl_ns,
+                    &self.redirect,
+                    &self.live_frame,
+                    self.cl_ifindex,
+                    count32,
+                    LIVE_BATCH,
+                    deadline,
+                )?;
+                (sent.system, Ok(()))
+            }
+        };
+        let wall = started.elapsed();
+        let all_after = kernel_cpu_all()?;
+        let (kthreads, busiest) = kthread_delta(&kthreads_before, &kthread_times());
+        let busiest: Vec<String> = busiest
+            .iter()
+            .take(3)
+            .map(|(name, secs)| format!("{name} {:.0} ms", secs * 1e3))
+            .collect();
+        eprintln!(
+            "    {} system {:.0} ms, kernel threads {:.0} ms ({})",
+            sender.name(),
+            own_sender * 1e3,
+            kthreads * 1e3,
+            busiest.join(", ")
+        );
+        check?;
+        Ok(Flood {
+            wall,
+            cpu_all: all_after - all_before,
+            cpu_own: own_sender + kthreads,
+            background,
+        })
+    }
+
+    /// Runs trafgen for `count` random-source SYNs; its system time, and whether it sent them all
+    /// (checked after the CPU figures are read).
+    fn flood_trafgen(&self, count: u64, deadline: Duration) -> Result<(f64, Result<()>)> {
+        let log = self.dir.0.join("flood.log");
+        let trafgen_before = children_system_time();
         let started = Instant::now();
         let mut child = self.spawn_trafgen(Sources::Random, count, None, &log)?;
         let status = loop {
@@ -776,43 +908,56 @@ impl Lab {
             }
             std::thread::sleep(Duration::from_millis(5));
         };
-        let wall = started.elapsed();
-        let all_after = kernel_cpu_all()?;
         let trafgen = children_system_time() - trafgen_before;
-        let (kthreads, busiest) = kthread_delta(&kthreads_before, &kthread_times());
-        let busiest: Vec<String> = busiest
-            .iter()
-            .take(3)
-            .map(|(name, secs)| format!("{name} {:.0} ms", secs * 1e3))
-            .collect();
-        eprintln!(
-            "    trafgen system {:.0} ms, kernel threads {:.0} ms ({})",
-            trafgen * 1e3,
-            kthreads * 1e3,
-            busiest.join(", ")
-        );
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        ensure!(status.success(), "trafgen failed ({status}):\n{text}");
-        let sent: u64 = text
-            .lines()
-            .find(|l| l.contains("packets outgoing"))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .with_context(|| format!("trafgen did not report what it sent:\n{text}"))?;
-        ensure!(
-            sent == count,
-            "trafgen sent {sent} packets, {count} asked:\n{text}"
-        );
-        Ok(Flood {
-            wall,
-            cpu_all: all_after - all_before,
-            cpu_own: trafgen + kthreads,
-            background,
-        })
+        let check = || -> Result<()> {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            ensure!(status.success(), "trafgen failed ({status}):\n{text}");
+            let sent: u64 = text
+                .lines()
+                .find(|l| l.contains("packets outgoing"))
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("trafgen did not report what it sent:\n{text}"))?;
+            ensure!(
+                sent == count,
+                "trafgen sent {sent} packets, {count} asked:\n{text}"
+            );
+            Ok(())
+        };
+        Ok((trafgen, check()))
+    }
+
+    /// The sender veth's `ndo_xdp_xmit` counters (`ethtool -S`): frames handed to the gateway
+    /// veth's ring, and frames it refused.
+    fn xdp_xmit(&self) -> Result<(u64, u64)> {
+        let out = sh(nsenter(&self.topo.cl_ns, "ethtool")
+            .arg("-S")
+            .arg(&self.topo.cl_if))?;
+        let stat = |name: &str| -> Result<u64> {
+            out.lines()
+                .filter_map(|l| l.trim().split_once(": "))
+                .filter(|(k, _)| k.starts_with("tx_queue_") && k.ends_with(name))
+                .map(|(_, v)| v.trim().parse::<u64>().context("ethtool -S value"))
+                .sum()
+        };
+        Ok((stat("_xdp_xmit")?, stat("_xdp_xmit_errors")?))
+    }
+
+    /// GRO on the gateway veth: with it, veth runs NAPI for its peer's `ndo_xdp_xmit`
+    /// (xdp_frames) even when no XDP program is attached; the xdp-live sender needs it for every
+    /// method but native XDP.
+    fn set_gro(&self, on: bool) -> Result<()> {
+        sh(nsenter(&self.topo.gw_ns, "ethtool").args([
+            "-K",
+            &self.topo.gw_if,
+            "gro",
+            if on { "on" } else { "off" },
+        ]))?;
+        Ok(())
     }
 
     /// Arms `method`, floods, checks the method's counter, disarms.
-    fn measure(&self, method: Method, count: u64) -> Result<Sample> {
+    fn measure(&self, sender: Sender, method: Method, count: u64) -> Result<Sample> {
         let armed = self.arm(method)?;
         let gw = &self.topo.gw_ns;
         let before = self.counter(method)?;
@@ -825,33 +970,62 @@ impl Lab {
         } else {
             None
         };
-        let flood = self.flood(count)?;
+        let xmit_before = self.xdp_xmit()?;
+        let flood = self.flood(sender, count)?;
         // Receive processing is synchronous with the sender on veth; a moment for stragglers.
         std::thread::sleep(Duration::from_millis(20));
-        let dropped = self.counter(method)?.saturating_sub(before);
+        let (xmit, xmit_errors) = self.xdp_xmit()?;
+        let (xmit, xmit_errors) = (xmit - xmit_before.0, xmit_errors - xmit_before.1);
+        let mut dropped = self.counter(method)?.saturating_sub(before);
         let mut detail = String::new();
+        if sender == Sender::XdpLive {
+            if method == Method::SenderOnly {
+                // The gateway veth is down: veth_xdp_xmit refuses every frame without counting
+                // it. The test run returning 0 means it ran the program `count` times.
+                ensure!(
+                    xmit == 0,
+                    "{xmit} live frames delivered with the gateway veth down"
+                );
+                dropped = count;
+            } else {
+                ensure!(
+                    xmit as f64 >= MIN_ACCOUNTED * count as f64,
+                    "{}: the sender veth's ndo_xdp_xmit took {xmit} of {count} live frames \
+                     ({xmit_errors} refused)",
+                    method.name()
+                );
+            }
+            detail = format!("{} xdp_xmit, {} refused", thousands(xmit), xmit_errors);
+        }
         if let Some((out0, opens0, cookies0)) = tcp_before {
             let replies = proc_net_counter(gw, "snmp", "Tcp", "OutSegs")? - out0;
             let opens = proc_net_counter(gw, "snmp", "Tcp", "PassiveOpens")? - opens0;
             let cookies = proc_net_counter(gw, "netstat", "TcpExt", "SyncookiesSent")? - cookies0;
+            // Live frames are one SYN repeated: after the first, each matches the pending request
+            // socket and its SYN-ACK retransmission is rate limited.
             ensure!(
-                replies as f64 >= MIN_ACCOUNTED * count as f64,
+                sender == Sender::XdpLive || replies as f64 >= MIN_ACCOUNTED * count as f64,
                 "{}: {replies} segments sent for {count} SYNs (expected a SYN-ACK each)",
                 method.name()
             );
             ensure!(opens == 0, "{}: {opens} connections opened", method.name());
-            detail = format!(
+            let tcp = format!(
                 "{} SYN-ACKs, {:.0}% with SYN cookies, 0 connections",
                 thousands(replies),
                 100.0 * cookies as f64 / replies.max(1) as f64
             );
+            detail = if detail.is_empty() {
+                tcp
+            } else {
+                format!("{tcp}; {detail}")
+            };
         }
         self.disarm(method, armed)?;
         ensure!(
             dropped as f64 >= MIN_ACCOUNTED * count as f64 && dropped <= count + count / 100,
             "{}: its counter ({}) rose by {dropped} for {count} packets sent",
             method.name(),
-            method.counter()
+            method.counter(sender)
         );
         eprintln!(
             "  {:<42} {:>6.0} kpps  {:>6.0} ns/pkt all CPUs  {:>6.0} ns/pkt own",
@@ -978,13 +1152,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// Per-method results, in [`Method::ALL`] order.
-struct Results {
+/// One sender's per-method results, in [`Method::ALL`] order.
+struct ModeResults {
+    sender: Sender,
     samples: Vec<(Method, Vec<Sample>)>,
+}
+
+/// Everything measured, in [`Sender::ALL`] order.
+struct Results {
+    modes: Vec<ModeResults>,
     latency: Latency,
 }
 
-impl Results {
+impl ModeResults {
     fn of(&self, method: Method) -> &[Sample] {
         self.samples
             .iter()
@@ -1032,7 +1212,7 @@ fn run(settings: Settings) -> Result<()> {
         unsafe { libc::getuid() } == 0,
         "bench-drop needs root (namespaces, XDP, bpffs)"
     );
-    for tool in ["trafgen", "iptables", "nft", "nsenter"] {
+    for tool in ["trafgen", "iptables", "nft", "nsenter", "ethtool"] {
         ensure!(
             Command::new("sh")
                 .args(["-c", &format!("command -v {tool}")])
@@ -1044,25 +1224,46 @@ fn run(settings: Settings) -> Result<()> {
     }
     let lab = Lab::new()?;
     eprintln!(
-        "flood: {} SYNs x {} repeats x {} methods",
+        "flood: {} (trafgen) / {} (xdp-live) SYNs x {} repeats x {} methods x {} senders",
         settings.flood,
+        settings.live_flood,
         settings.repeats,
-        Method::ALL.len()
+        Method::ALL.len(),
+        Sender::ALL.len()
     );
-    let mut samples: Vec<(Method, Vec<Sample>)> =
-        Method::ALL.iter().map(|m| (*m, Vec::new())).collect();
-    for repeat in 0..settings.repeats {
-        eprintln!("repeat {}/{}", repeat + 1, settings.repeats);
-        for (method, list) in &mut samples {
-            list.push(lab.measure(*method, settings.flood)?);
+    let mut modes = Vec::new();
+    for sender in Sender::ALL {
+        let mut samples: Vec<(Method, Vec<Sample>)> =
+            Method::ALL.iter().map(|m| (*m, Vec::new())).collect();
+        if sender == Sender::XdpLive {
+            lab.set_gro(true)?;
         }
+        for repeat in 0..settings.repeats {
+            eprintln!(
+                "{}: repeat {}/{}",
+                sender.name(),
+                repeat + 1,
+                settings.repeats
+            );
+            let count = match sender {
+                Sender::Trafgen => settings.flood,
+                Sender::XdpLive => settings.live_flood,
+            };
+            for (method, list) in &mut samples {
+                list.push(lab.measure(sender, *method, count)?);
+            }
+        }
+        if sender == Sender::XdpLive {
+            lab.set_gro(false)?;
+        }
+        modes.push(ModeResults { sender, samples });
     }
     eprintln!(
         "block add latency ({} repeats)...",
         settings.latency_repeats
     );
     let latency = lab.block_add_latency(settings.latency_repeats)?;
-    let results = Results { samples, latency };
+    let results = Results { modes, latency };
     print!("{}", report(&settings, &results));
     if let Some(path) = &settings.figures {
         figures(&settings, &results)
@@ -1107,11 +1308,35 @@ fn report(settings: &Settings, r: &Results) -> String {
     );
     let _ = writeln!(
         out,
-        "- flood: {} TCP SYNs per run (54-byte IPv4 frames to 198.18.0.1:25, sources random in \
-         {FLOOD_NET}), trafgen on one CPU at full speed through a veth pair; {} runs per method, \
-         round robin; median and min–max",
+        "- flood: TCP SYNs (54-byte IPv4 frames to 198.18.0.1:25) on one CPU at full speed through \
+         a veth pair, from two senders, each with its own sender-only baseline: {} per run from \
+         trafgen, {} from xdp-live (faster, so more frames for as many CPU ticks); {} runs per \
+         method and sender, round robin over the methods; median and min–max",
         thousands(settings.flood),
+        thousands(settings.live_flood),
         settings.repeats
+    );
+    let _ = writeln!(
+        out,
+        "- sender **trafgen**: AF_PACKET, sources random in {FLOOD_NET}; the frames enter the \
+         gateway veth as skbs (`veth_xmit`), so native XDP there must first copy each into a page"
+    );
+    let _ = writeln!(
+        out,
+        "- sender **xdp-live**: an XDP program `bpf_redirect(<sender veth>, 0)` driven by \
+         BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES (batches of {LIVE_BATCH}) from a thread \
+         in the sender namespace; frames leave through the sender veth's ndo_xdp_xmit and reach \
+         the gateway veth as xdp_frames, with no skb: native XDP runs on them as on a NIC's \
+         buffers; without an XDP program veth builds an skb around the frame for the stack. The \
+         gateway veth has GRO on during this sender's runs (veth only accepts redirected frames \
+         when its peer has an XDP program or GRO). Live frames repeat one buffer: **every frame \
+         has the same source, {LIVE_SRC}:40000** (which favours per-source caches equally for \
+         every method), and the userspace listener sees one SYN retransmitted: after the first, \
+         each matches the pending request socket and its SYN-ACK retransmission is rate limited, \
+         so that row is a cheaper path than a real flood's. Sent count: the sender veth's \
+         tx_queue_0_xdp_xmit (≥ 99% of the frames, or the run aborts); sender only: the gateway \
+         veth is down and veth_xdp_xmit refuses every frame (uncounted; the test run completing \
+         is the count)"
     );
     let _ = writeln!(
         out,
@@ -1126,15 +1351,16 @@ fn report(settings: &Settings, r: &Results) -> String {
          method dropped: it includes the other tenants of this shared VM (see the background \
          below), so the verdicts use the flood's own kernel time: trafgen's system time + the \
          kernel threads' (ksoftirqd, NAPI threads, kworkers, RCU: RUSAGE_CHILDREN, \
-         /proc/PID/stat), which includes the receiver's softirq work because veth delivers inside \
-         the sender's transmit (or hands it to a kernel thread), and which other tenants barely \
-         pollute. \"Net of sender\" subtracts the same \
+         /proc/PID/stat; for xdp-live, the test-run thread's system time, RUSAGE_THREAD), which \
+         includes the receiver's softirq work because veth delivers inside the sender's transmit \
+         (or hands it to a kernel thread), and which other tenants barely pollute. \"Net of sender\" subtracts the same \
          run's sender-only median (the cost of producing the flood, with the receiver's veth \
          down). Tick-sampled (no IRQ_TIME_ACCOUNTING): only the system + softirq sum counts"
     );
     let background: Vec<f64> = r
-        .samples
+        .modes
         .iter()
+        .flat_map(|m| &m.samples)
         .flat_map(|(_, s)| s.iter().map(|s| s.flood.background))
         .collect();
     let _ = writeln!(
@@ -1145,6 +1371,28 @@ fn report(settings: &Settings, r: &Results) -> String {
         median(&background),
         spread(&background, 2)
     );
+    for mode in &r.modes {
+        mode_report(&mut out, mode);
+    }
+    let _ = writeln!(
+        out,
+        "\nveth is not a NIC: for frames the kernel stack sent (trafgen), native XDP on veth first \
+         copies the skb into a page-pool page (a packet socket's skb head is never a page \
+         fragment, `veth_convert_skb_to_xdp_buff`) and hands it over through the veth's NAPI \
+         ring, while the skb paths (generic XDP, tc/nft ingress, iptables, TCP) take the sender's \
+         skb as it is; on a NIC, native XDP runs on the DMA buffer before any skb exists. The \
+         xdp-live sender removes that copy (the frames arrive as xdp_frames) and makes the skb \
+         paths pay for building an skb, as on a NIC; it still runs through veth's ring and NAPI, \
+         so these figures remain relative, no estimate of NIC performance."
+    );
+    latency_report(&mut out, &r.latency);
+    out
+}
+
+/// One sender's table and aims.
+fn mode_report(out: &mut String, r: &ModeResults) {
+    let sender = r.sender;
+    let _ = writeln!(out, "\n## Sender: {}\n", sender.name());
     let _ = writeln!(
         out,
         "| Method | Counted by | Drop rate kpps (median) | min–max | Flood's own CPU ns/pkt | \
@@ -1165,7 +1413,7 @@ fn report(settings: &Settings, r: &Results) -> String {
             out,
             "| {} | {} | {:.0} | {} | {:.0} | {} | {:.2} | {} | {:.0} | {} | {} |",
             method.name(),
-            method.counter(),
+            method.counter(sender),
             median(&r.rate_kpps(method)),
             spread(&r.rate_kpps(method), 0),
             median(&own),
@@ -1180,11 +1428,16 @@ fn report(settings: &Settings, r: &Results) -> String {
     if let Some(s) = r.of(Method::Userspace).last() {
         let _ = writeln!(out, "\nUserspace listener, last run: {}.", s.detail);
     }
+    if sender == Sender::XdpLive
+        && let Some(s) = r.of(Method::XdpNative).last()
+    {
+        let _ = writeln!(out, "XDP native, last run: {}.", s.detail);
+    }
 
     let net = |m| median(&r.net_ns(m));
     let own = |m| median(&r.net_own_ns(m));
     let (xdp, ipt, user) = (Method::XdpNative, Method::IptablesRaw, Method::Userspace);
-    let _ = writeln!(out, "\n## Aims\n");
+    let _ = writeln!(out, "\n### Aims ({})\n", sender.name());
     let _ = writeln!(
         out,
         "Two measures of the receiver's kernel CPU per packet, both net of the sender-only cost: \
@@ -1205,8 +1458,9 @@ fn report(settings: &Settings, r: &Results) -> String {
         };
         let _ = writeln!(
             out,
-            "- XDP native ≤ 1/{factor:.0} of {}'s CPU per packet: {verdict}. Flood's own: {:.0} vs \
-             {:.0} ns ({}); all CPUs: {:.0} vs {:.0} ns ({}).",
+            "- {}: XDP native ≤ 1/{factor:.0} of {}'s CPU per packet: {verdict}. Flood's own: {:.0} \
+             vs {:.0} ns ({}); all CPUs: {:.0} vs {:.0} ns ({}).",
+            sender.name(),
             other.label(),
             own(xdp),
             own(other),
@@ -1216,18 +1470,17 @@ fn report(settings: &Settings, r: &Results) -> String {
             proportion(ratio),
         );
     }
+    // The nft ratio, for the record (no aim).
     let _ = writeln!(
         out,
-        "\nveth is not a NIC: for frames the kernel stack sent, native XDP on veth first copies the \
-         skb into a page-pool page (a packet socket's skb head is never a page fragment, \
-         `veth_convert_skb_to_xdp_buff`) and hands it over through the veth's NAPI ring, while the \
-         skb paths (generic XDP, tc/nft ingress, iptables, TCP) take the sender's skb as it is; on \
-         a NIC, native XDP runs on the DMA buffer before any skb exists. These figures say what \
-         each method costs on a veth, and are pessimistic for native XDP; they are no estimate of \
-         NIC performance."
+        "- {}: XDP native vs nft ingress (no aim): flood's own {}; all CPUs {}.",
+        sender.name(),
+        proportion(own(xdp) / own(Method::NftIngress)),
+        proportion(net(xdp) / net(Method::NftIngress)),
     );
+}
 
-    let l = &r.latency;
+fn latency_report(out: &mut String, l: &Latency) {
     let _ = writeln!(out, "\n## block add → first drop\n");
     let _ = writeln!(
         out,
@@ -1251,10 +1504,21 @@ fn report(settings: &Settings, r: &Results) -> String {
         median(&l.cli_exit_ms),
         spread(&l.cli_exit_ms, 2)
     );
-    out
 }
 
-fn figures(settings: &Settings, r: &Results) -> Figures {
+/// One sender's CPU and rate figures; the trafgen ids are the ones this bench always had.
+fn mode_figures(settings: &Settings, r: &ModeResults) -> [Figure; 2] {
+    let suffix = match r.sender {
+        Sender::Trafgen => String::new(),
+        Sender::XdpLive => "-xdp-live".to_string(),
+    };
+    let (what, sources) = match r.sender {
+        Sender::Trafgen => ("trafgen", format!("from random sources in {FLOOD_NET}")),
+        Sender::XdpLive => (
+            "xdp-live",
+            format!("as XDP live frames (no skb), all from {LIVE_SRC}"),
+        ),
+    };
     let categories: Vec<String> = Method::ALL.iter().map(|m| m.label().to_string()).collect();
     let series = |name: &str, values: &dyn Fn(Method) -> Vec<f64>, skip_base: bool| Series {
         name: name.to_string(),
@@ -1265,15 +1529,15 @@ fn figures(settings: &Settings, r: &Results) -> Figures {
             .collect(),
     };
     let cpu = Figure {
-        id: "cpu-per-packet".into(),
-        title: "Kernel CPU per dropped SYN".into(),
+        id: format!("cpu-per-packet{suffix}"),
+        title: format!("Kernel CPU per dropped SYN (sender: {what})"),
         x_label: "method".into(),
         y_label: "ns of CPU per packet".into(),
         log_y: false,
         categories: categories.clone(),
         series: vec![
             series(
-                "flood's own (trafgen + kernel threads)",
+                "flood's own (sender + kernel threads)",
                 &|m| r.own_ns(m),
                 false,
             ),
@@ -1285,16 +1549,19 @@ fn figures(settings: &Settings, r: &Results) -> Figures {
             series("all CPUs, raw (/proc/stat)", &|m| r.all_ns(m), false),
         ],
         note: format!(
-            "{} SYNs per flood from random sources in {FLOOD_NET} over a veth pair, {} runs each; \
-             sender only = the flood with the receiver's veth down. Aims (on the flood's own time, net \
-             of the sender): XDP native ≤ 1/5 of iptables raw, ≤ 1/50 of userspace.",
-            thousands(settings.flood),
+            "{} SYNs per flood {sources} over a veth pair, {} runs each; sender only = the flood \
+             with the receiver's veth down. Aims (on the flood's own time, net of the sender): \
+             XDP native ≤ 1/5 of iptables raw, ≤ 1/50 of userspace.",
+            thousands(match r.sender {
+                Sender::Trafgen => settings.flood,
+                Sender::XdpLive => settings.live_flood,
+            }),
             settings.repeats
         ),
     };
     let rate = Figure {
-        id: "drop-rate".into(),
-        title: "Packets dropped per second (one sending CPU)".into(),
+        id: format!("drop-rate{suffix}"),
+        title: format!("Packets dropped per second (one sending CPU, {what})"),
         x_label: "method".into(),
         y_label: "thousand packets/s".into(),
         log_y: false,
@@ -1304,6 +1571,15 @@ fn figures(settings: &Settings, r: &Results) -> Figures {
                receiver's cost per packet rises."
             .into(),
     };
+    [cpu, rate]
+}
+
+fn figures(settings: &Settings, r: &Results) -> Figures {
+    let mut all: Vec<Figure> = r
+        .modes
+        .iter()
+        .flat_map(|m| mode_figures(settings, m))
+        .collect();
     let l = &r.latency;
     let latency = Figure {
         id: "block-add-latency".into(),
@@ -1328,6 +1604,322 @@ fn figures(settings: &Settings, r: &Results) -> Figures {
         bench: "drop".into(),
         command: "cargo xtask bench drop".into(),
         machine: machine(),
-        figures: vec![cpu, rate, latency],
+        figures: {
+            all.push(latency);
+            all
+        },
+    }
+}
+
+/// The "xdp-live" sender: frames that reach the gateway's veth as `xdp_frame`s, with no skb, the
+/// nearest thing to a NIC's receive path this machine has.
+///
+/// A four-instruction XDP program, loaded with a raw `bpf(BPF_PROG_LOAD)` (no eBPF crate), returns
+/// `bpf_redirect(<sender veth ifindex>, 0)`; `BPF_PROG_TEST_RUN` with
+/// `BPF_F_TEST_XDP_LIVE_FRAMES` (Linux ≥ 5.18) runs it `repeat` times on one frame, from a thread
+/// inside the sender namespace (the context's `ingress_ifindex` and the redirect's ifindex are
+/// looked up in the caller's namespace). Every redirected frame leaves through the sender veth's
+/// `ndo_xdp_xmit` into the gateway veth's ring, whose NAPI then runs the gateway's native XDP
+/// program on it, or, without one, builds an skb around it for the stack. Live frames repeat one
+/// buffer: every frame has the same source address and port.
+mod live {
+    use std::{
+        net::Ipv4Addr,
+        os::fd::{AsRawFd, FromRawFd, OwnedFd},
+        time::{Duration, Instant},
+    };
+
+    use anyhow::{Context, Result, bail};
+
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    /// `enum bpf_func_id`: `BPF_FUNC_redirect`.
+    const BPF_FUNC_REDIRECT: i32 = 23;
+    const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+
+    /// `struct bpf_insn`: opcode, dst_reg (low nibble) and src_reg (high nibble), offset, imm.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Insn {
+        code: u8,
+        regs: u8,
+        off: i16,
+        imm: i32,
+    }
+
+    /// The head of `union bpf_attr` for `BPF_PROG_LOAD` (the kernel zero-fills the rest).
+    #[repr(C)]
+    struct ProgLoadAttr {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+        prog_ifindex: u32,
+        expected_attach_type: u32,
+    }
+
+    /// `union bpf_attr` for `BPF_PROG_TEST_RUN` (the `test` struct).
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestRunAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+
+    /// `struct xdp_md` as the test run's context.
+    #[repr(C)]
+    #[derive(Default)]
+    struct XdpMd {
+        data: u32,
+        data_end: u32,
+        data_meta: u32,
+        ingress_ifindex: u32,
+        rx_queue_index: u32,
+        egress_ifindex: u32,
+    }
+
+    fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
+        // SAFETY: `attr` is a valid, initialised bpf_attr prefix of the size we pass.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                attr as *mut T,
+                std::mem::size_of::<T>() as libc::c_uint,
+            )
+        };
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    }
+
+    /// Loads `r0 = bpf_redirect(ifindex, 0); return r0` as an XDP program. On failure the error
+    /// carries errno and the verifier's log.
+    pub fn load_redirect(ifindex: u32) -> Result<OwnedFd> {
+        let ifindex = i32::try_from(ifindex).context("ifindex out of range")?;
+        let insn = |code, dst: u8, imm| Insn {
+            code,
+            regs: dst,
+            off: 0,
+            imm,
+        };
+        let prog = [
+            insn(0xb7, 1, ifindex),           // BPF_ALU64|BPF_MOV|BPF_K: r1 = ifindex
+            insn(0xb7, 2, 0),                 // r2 = 0 (flags)
+            insn(0x85, 0, BPF_FUNC_REDIRECT), // BPF_JMP|BPF_CALL: r0 = bpf_redirect(r1, r2)
+            insn(0x95, 0, 0),                 // BPF_JMP|BPF_EXIT: return r0
+        ];
+        let license = c"GPL";
+        let mut name = [0u8; 16];
+        name[..12].copy_from_slice(b"sgw_bd_redir");
+        let mut log = vec![0u8; 64 * 1024];
+        let mut load = |log_level: u32| {
+            let mut attr = ProgLoadAttr {
+                prog_type: BPF_PROG_TYPE_XDP,
+                insn_cnt: prog.len() as u32,
+                insns: prog.as_ptr() as u64,
+                license: license.as_ptr() as u64,
+                log_level,
+                log_size: if log_level > 0 { log.len() as u32 } else { 0 },
+                log_buf: if log_level > 0 {
+                    log.as_mut_ptr() as u64
+                } else {
+                    0
+                },
+                kern_version: 0,
+                prog_flags: 0,
+                prog_name: name,
+                prog_ifindex: 0,
+                expected_attach_type: 0,
+            };
+            bpf(BPF_PROG_LOAD, &mut attr)
+        };
+        let fd = match load(0) {
+            Ok(fd) => fd,
+            Err(first) => {
+                // Again with the verifier's log, to say why.
+                let again = load(1);
+                let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+                bail!(
+                    "BPF_PROG_LOAD of the redirect program: {first} (with the log: {again:?}); \
+                     verifier log:\n{}",
+                    String::from_utf8_lossy(&log[..end])
+                );
+            }
+        };
+        // SAFETY: the kernel just returned this fd to us.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// Runs `prog` on `frame` `repeat` times as live frames arriving on `ifindex` (queue 0), in
+    /// batches of `batch`. Must run on a thread inside the namespace that holds `ifindex`.
+    fn test_run_live(
+        prog: &OwnedFd,
+        frame: &[u8],
+        ifindex: u32,
+        repeat: u32,
+        batch: u32,
+    ) -> std::io::Result<()> {
+        let mut ctx = XdpMd {
+            data_end: frame.len() as u32,
+            ingress_ifindex: ifindex,
+            ..XdpMd::default()
+        };
+        let mut attr = TestRunAttr {
+            prog_fd: prog.as_raw_fd() as u32,
+            data_size_in: frame.len() as u32,
+            data_in: frame.as_ptr() as u64,
+            repeat,
+            ctx_size_in: std::mem::size_of::<XdpMd>() as u32,
+            ctx_in: &mut ctx as *mut XdpMd as u64,
+            flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+            batch_size: batch,
+            ..TestRunAttr::default()
+        };
+        bpf(BPF_PROG_TEST_RUN, &mut attr).map(drop)
+    }
+
+    extern "C" fn ignore(_: libc::c_int) {}
+
+    /// Installs a do-nothing SIGUSR1 handler: the signal then only interrupts a test run (it
+    /// returns EINTR) on the thread it is sent to.
+    pub fn install_interrupt_handler() -> Result<()> {
+        // SAFETY: a zeroed sigaction with a valid handler and an empty mask.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = ignore as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()) != 0 {
+                bail!("sigaction: {}", std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// What one live flood cost its sending thread.
+    #[derive(Debug)]
+    pub struct Sent {
+        /// The thread's system time (seconds): the program runs, the redirects, and the
+        /// receiver's softirq work that ran on this thread.
+        pub system: f64,
+    }
+
+    /// Sends `count` live frames from a new thread inside namespace `ns`; interrupts it
+    /// (SIGUSR1: EINTR) when it is not done by `deadline`.
+    pub fn flood(
+        ns: &str,
+        prog: &OwnedFd,
+        frame: &[u8],
+        ifindex: u32,
+        count: u32,
+        batch: u32,
+        deadline: Duration,
+    ) -> Result<Sent> {
+        let path = format!("/run/netns/{ns}");
+        let netns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        let prog = prog.try_clone()?;
+        let frame = frame.to_vec();
+        let thread = std::thread::spawn(move || -> Result<Sent, String> {
+            // SAFETY: a valid namespace fd; only this thread changes namespace.
+            if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(format!("setns: {}", std::io::Error::last_os_error()));
+            }
+            let stime = || {
+                // SAFETY: getrusage fills the struct we pass.
+                let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+                // SAFETY: a valid pointer to an rusage.
+                unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+                ru.ru_stime.tv_sec as f64 + ru.ru_stime.tv_usec as f64 / 1e6
+            };
+            let before = stime();
+            test_run_live(&prog, &frame, ifindex, count, batch)
+                .map_err(|e| format!("BPF_PROG_TEST_RUN (live frames, {count}): {e}"))?;
+            Ok(Sent {
+                system: stime() - before,
+            })
+        });
+        let started = Instant::now();
+        let mut interrupted = false;
+        while !thread.is_finished() {
+            if !interrupted && started.elapsed() > deadline {
+                use std::os::unix::thread::JoinHandleExt;
+                // SAFETY: the thread is alive (not joined); SIGUSR1 has a do-nothing handler.
+                unsafe { libc::pthread_kill(thread.as_pthread_t(), libc::SIGUSR1) };
+                interrupted = true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let sent = thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the live-frame thread panicked"))?
+            .map_err(|e| anyhow::anyhow!(e));
+        if interrupted {
+            bail!("{count} live frames not sent within {deadline:?}; interrupted ({sent:?})");
+        }
+        sent
+    }
+
+    /// One Ethernet + IPv4 + TCP SYN frame (54 bytes) with valid checksums.
+    pub fn syn_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+        fn fold(mut sum: u32) -> u16 {
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            !(sum as u16)
+        }
+        fn add(bytes: &[u8]) -> u32 {
+            bytes
+                .chunks(2)
+                .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+                .sum()
+        }
+        let mut f = Vec::with_capacity(54);
+        f.extend_from_slice(&dst_mac);
+        f.extend_from_slice(&src_mac);
+        f.extend_from_slice(&[0x08, 0x00]);
+        let mut ip = [
+            0x45, 0x00, 0x00, 40, 0x12, 0x34, 0x40, 0x00, 64, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        ip[12..16].copy_from_slice(&src.octets());
+        ip[16..20].copy_from_slice(&dst.octets());
+        let sum = fold(add(&ip));
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        // sport 40000, dport 25, seq, ack 0, data offset 5, SYN, window 512, csum, urg.
+        let mut tcp = [
+            0x9c, 0x40, 0x00, 25, 0x01, 0x02, 0x03, 0x04, 0, 0, 0, 0, 0x50, 0x02, 0x02, 0x00, 0, 0,
+            0, 0,
+        ];
+        let mut pseudo = Vec::with_capacity(12);
+        pseudo.extend_from_slice(&src.octets());
+        pseudo.extend_from_slice(&dst.octets());
+        pseudo.extend_from_slice(&[0, 6, 0, 20]);
+        let sum = fold(add(&pseudo) + add(&tcp));
+        tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&tcp);
+        f
     }
 }
