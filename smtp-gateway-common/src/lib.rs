@@ -182,7 +182,7 @@ pub mod origin {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BlockEntry {
-    /// CLOCK_MONOTONIC time (as `bpf_ktime_get_ns`) after which the entry no longer drops;
+    /// CLOCK_MONOTONIC time (the program reads it coarse, one tick behind) after which the entry no longer drops;
     /// 0 means it never expires.
     pub expires_at_ns: u64,
     /// Wall-clock time the entry was added (Unix seconds), for operators.

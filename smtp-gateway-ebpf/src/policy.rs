@@ -2,7 +2,8 @@
 //! exact blocklist, prefix blocklist, SYN rate limit, in that order.
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext,
+    bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key,
+    programs::XdpContext,
 };
 use smtp_gateway_common::{BlockEntry, DataplaneConfig, SourceKey, Verdict, config_flags};
 
@@ -36,7 +37,12 @@ pub fn try_smtp_gateway(ctx: &XdpContext) -> Result<u32, ()> {
     };
 
     let cfg = config();
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The coarse monotonic clock (CLOCK_MONOTONIC_COARSE: the base userspace writes expiries in,
+    // at most one tick behind): one kernel tick of resolution is plenty for expiries, the SYN limiter's intervals
+    // and last-seen times, and reading it costs a third of the per-packet time the precise
+    // clock took on a VM (bench-xdp: ~105 -> ~75 ns per inspected SYN).
+    // SAFETY: a helper without arguments or preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let verdict = decide(&packet, &cfg, now);
     let dropped = !matches!(verdict, Verdict::Passed | Verdict::Allowlisted);
     let key = match packet.src {

@@ -1,9 +1,10 @@
-//! Time as the XDP program sees it (`bpf_ktime_get_ns` is CLOCK_MONOTONIC) and wall-clock time
-//! for operators.
+//! Time as the XDP program sees it and wall-clock time for operators. The program reads
+//! `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE): the same base as CLOCK_MONOTONIC, at most
+//! one kernel tick behind, so an expiry written here takes effect within a tick.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Current CLOCK_MONOTONIC time in nanoseconds, the clock of `bpf_ktime_get_ns`.
+/// Current CLOCK_MONOTONIC time in nanoseconds, the base of the program's coarse clock.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
