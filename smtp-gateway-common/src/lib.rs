@@ -182,8 +182,8 @@ pub mod origin {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BlockEntry {
-    /// CLOCK_MONOTONIC time (the program reads it coarse, one tick behind) after which the entry no longer drops;
-    /// 0 means it never expires.
+    /// CLOCK_MONOTONIC time after which the entry no longer drops (the program reads the coarse
+    /// clock, at most one tick behind); 0 means it never expires.
     pub expires_at_ns: u64,
     /// Wall-clock time the entry was added (Unix seconds), for operators.
     pub added_at_s: u64,
