@@ -57,7 +57,7 @@
 //! receiver's NAPI runs in it when the batch re-enables bottom halves.
 //!
 //! Checks: trafgen reports sending exactly `flood` packets (xdp-live: the test run returns 0
-//! and the sender veth's `tx_queue_0_xdp_xmit` rose by ≥ 99% of the frames); each method's own counter (XDP
+//! and the sender veth's `tx_queue_0_xdp_xmit` rose by ≥ 90% of the frames; the methods are judged on the frames it took); each method's own counter (XDP
 //! verdicts, iptables/nft rule counters, TCP InSegs and OutSegs of the gateway namespace, the
 //! sender veth's tx_dropped) rose by at least 99% of them; the XDP rows confirm the attach mode
 //! (`ip -d link`: driver or generic); the listener accepted nothing. Any failure aborts the run.
@@ -119,6 +119,9 @@ const NULL_HOP: &str = "198.18.99.1";
 const BACKGROUND_WINDOW: Duration = Duration::from_millis(500);
 /// Share of the flood a method's own counter must account for.
 const MIN_ACCOUNTED: f64 = 0.99;
+/// Share of the live frames the sender veth must take (its ring refuses some when the machine is
+/// loaded; those reach no method and are left out of the per-packet figures).
+const MIN_TAKEN: f64 = 0.9;
 /// The one source of every xdp-live frame (live frames repeat one buffer), inside [`FLOOD_NET`].
 const LIVE_SRC: Ipv4Addr = Ipv4Addr::new(198, 19, 23, 45);
 /// Frames per batch of the live test run (the kernel's default, NAPI_POLL_WEIGHT; at most 256,
@@ -978,6 +981,9 @@ impl Lab {
         let (xmit, xmit_errors) = (xmit - xmit_before.0, xmit_errors - xmit_before.1);
         let mut dropped = self.counter(method)?.saturating_sub(before);
         let mut detail = String::new();
+        // Packets that reached the gateway: all of trafgen's; the live frames the sender veth
+        // took (under load its ring may refuse some, which never reach any method).
+        let mut sent = count;
         if sender == Sender::XdpLive {
             if method == Method::SenderOnly {
                 // The gateway veth is down: veth_xdp_xmit refuses every frame without counting
@@ -989,11 +995,12 @@ impl Lab {
                 dropped = count;
             } else {
                 ensure!(
-                    xmit as f64 >= MIN_ACCOUNTED * count as f64,
+                    xmit as f64 >= MIN_TAKEN * count as f64,
                     "{}: the sender veth's ndo_xdp_xmit took {xmit} of {count} live frames \
                      ({xmit_errors} refused)",
                     method.name()
                 );
+                sent = xmit;
             }
             detail = format!("{} xdp_xmit, {} refused", thousands(xmit), xmit_errors);
         }
@@ -1022,8 +1029,8 @@ impl Lab {
         }
         self.disarm(method, armed)?;
         ensure!(
-            dropped as f64 >= MIN_ACCOUNTED * count as f64 && dropped <= count + count / 100,
-            "{}: its counter ({}) rose by {dropped} for {count} packets sent",
+            dropped as f64 >= MIN_ACCOUNTED * sent as f64 && dropped <= sent + sent / 100,
+            "{}: its counter ({}) rose by {dropped} for {sent} packets sent",
             method.name(),
             method.counter(sender)
         );
@@ -1334,7 +1341,7 @@ fn report(settings: &Settings, r: &Results) -> String {
          every method), and the userspace listener sees one SYN retransmitted: after the first, \
          each matches the pending request socket and its SYN-ACK retransmission is rate limited, \
          so that row is a cheaper path than a real flood's. Sent count: the sender veth's \
-         tx_queue_0_xdp_xmit (≥ 99% of the frames, or the run aborts); sender only: the gateway \
+         tx_queue_0_xdp_xmit (≥ 90% of the frames, or the run aborts; each method must account for 99% of the frames it took); sender only: the gateway \
          veth is down and veth_xdp_xmit refuses every frame (uncounted; the test run completing \
          is the count)"
     );
