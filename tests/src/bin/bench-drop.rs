@@ -57,7 +57,8 @@
 //! receiver's NAPI runs in it when the batch re-enables bottom halves.
 //!
 //! Checks: trafgen reports sending exactly `flood` packets (xdp-live: the test run returns 0
-//! and the sender veth's `tx_queue_0_xdp_xmit` rose by ≥ 90% of the frames; the methods are judged on the frames it took); each method's own counter (XDP
+//! and the sender veth's `tx_queue_0_xdp_xmit` rose by ≥ 90% of the frames; the methods are
+//! judged on the frames it took); each method's own counter (XDP
 //! verdicts, iptables/nft rule counters, TCP InSegs and OutSegs of the gateway namespace, the
 //! sender veth's tx_dropped) rose by at least 99% of them; the XDP rows confirm the attach mode
 //! (`ip -d link`: driver or generic); the listener accepted nothing. Any failure aborts the run.
