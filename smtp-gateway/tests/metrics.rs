@@ -76,12 +76,14 @@ fn scrape_shows_checks_kernel_verdicts_and_reload_state() {
             "{content_type}"
         );
         body = b;
+        // Both follow the session asynchronously (the check's event, the session's end).
         if sample(
             &body,
             "smtp_gateway_checks_fired_total",
             &["check=\"relay_attempt\""],
         )
         .is_some_and(|v| v >= 1.0)
+            && body.contains("smtp_gateway_source_sessions_total{")
         {
             break;
         }
@@ -135,7 +137,47 @@ fn scrape_shows_checks_kernel_verdicts_and_reload_state() {
         sample(&body, "smtp_gateway_backend_reply_seconds_count", &[]).is_some_and(|v| v >= 1.0),
         "{body}"
     );
+    // The client's per-source series merge its session verdict and delivered messages (no XDP
+    // here, so the session table alone puts it among the top sources).
+    assert_eq!(
+        sample(
+            &body,
+            "smtp_gateway_source_sessions_total",
+            &["source=\"127.0.0.1\"", "verdict=\"rejected\""]
+        ),
+        Some(1.0),
+        "the session with a refused relay attempt:\n{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "smtp_gateway_source_messages_delivered_total",
+            &["source=\"127.0.0.1\""]
+        ),
+        Some(1.0),
+        "{body}"
+    );
     assert!(body.ends_with("# EOF\n"), "{body}");
+
+    // A bad file on reload shows in the reload series (and the old configuration stays).
+    std::fs::write(gw.config_path(), "[smtp]\nbogus = 1\n").expect("write a bad config");
+    gw.signal(libc::SIGHUP);
+    gw.wait_log("configuration reload failed");
+    let (_, _, body) = scrape(gw.metrics_port, "/metrics");
+    assert_eq!(
+        sample(&body, "smtp_gateway_config_last_reload_success", &[]),
+        Some(0.0),
+        "{body}"
+    );
+    assert!(
+        sample(
+            &body,
+            "smtp_gateway_config_reloads_total",
+            &["result=\"failure\""]
+        )
+        .is_some_and(|v| v >= 1.0),
+        "{body}"
+    );
 
     let (status, _, _) = scrape(gw.metrics_port, "/");
     assert_eq!(status, "HTTP/1.1 404 Not Found");

@@ -862,6 +862,8 @@ impl Session {
             }
             RelayVerdict::Reject { reason } => {
                 let outcome = self.fire(Check::RelayAttempt, format!("{to}: {reason}"));
+                // Refused whatever the check's action (which only decides score or drop).
+                self.refuse(SessionVerdict::Rejected);
                 self.reply(Reply::new(550, format!("5.7.1 <{to}>: {reason}")));
                 if outcome == Outcome::Drop {
                     return self.drop_reply("Relay attempts");
