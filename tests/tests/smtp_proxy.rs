@@ -12,7 +12,9 @@
 //! implicit TLS, STARTTLS command injection; each check firing and passing (`check_*`); the
 //! anti-relay battery and nmap's smtp-open-relay; SMTP smuggling under `bare_newlines` reject and
 //! normalize; backend down / reset mid-DATA / failover; silent and trickling clients; 1,000
-//! concurrent sessions and smtp-source; the per-source connection cap. Product bugs these tests
+//! concurrent sessions and smtp-source; the per-source connection cap; a client's pipelined
+//! MAIL/RCPT/DATA group forwarded to the backend as one group (Postfix and a scripted backend that
+//! records what arrived before its MAIL reply), with and without backend PIPELINING. Product bugs these tests
 //! found are described in `tests/SMTP_BUGS.md`.
 //!
 //! Needs root (bpffs pins, Postfix), the `postfix` package (postfix, smtp-source), swaks (with
@@ -1585,4 +1587,311 @@ fn per_source_connection_cap() {
     }
     second.expect("QUIT", 221);
     other.expect("QUIT", 221);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. Pipelining towards the backend
+// ---------------------------------------------------------------------------------------------
+
+/// Sends `lines` (CRLF added) in one write and reads one reply per line.
+fn pipelined_group(c: &mut Client, lines: &[&str]) -> Vec<Reply> {
+    let group: String = lines.iter().map(|l| format!("{l}\r\n")).collect();
+    c.send(group.as_bytes());
+    lines.iter().map(|_| c.reply()).collect()
+}
+
+/// Asserts each reply's code and that its text contains the given needle.
+fn assert_replies(replies: &[Reply], expected: &[(u16, &str)], what: &str) {
+    let seen: Vec<&str> = replies.iter().map(|r| r.text.as_str()).collect();
+    assert_eq!(replies.len(), expected.len(), "{what}: {seen:#?}");
+    for (r, (code, needle)) in replies.iter().zip(expected) {
+        assert!(
+            r.code == *code && r.has(needle),
+            "{what}: expected {code} {needle:?} in this position, got {seen:#?}"
+        );
+    }
+}
+
+#[test]
+fn pipelined_group_delivers_to_accepted_recipients_only() {
+    let pf = postfix::shared();
+    let gw = default_gateway(pf);
+    let source = src("127.0.9.1");
+    let mut c = Client::hello(gw.addr(), source, "mx.example.net");
+    let replies = pipelined_group(
+        &mut c,
+        &[
+            "MAIL FROM:<sender@example.net>",
+            "RCPT TO:<pipe-group-a@example.org>",
+            "RCPT TO:<someone@example.com>",
+            &format!("RCPT TO:<{}>", postfix::REFUSED_RECIPIENT),
+            "RCPT TO:<pipe-group-b@example.org>",
+            "DATA",
+        ],
+    );
+    assert_replies(
+        &replies,
+        &[
+            (250, "2.1.0"),
+            (250, "2.1.5"),
+            (550, "5.7.1 <someone@example.com>"),
+            (550, "refused by the test backend"),
+            (250, "2.1.5"),
+            (354, ""),
+        ],
+        "MAIL + RCPT (accepted, relay refused, backend refused, accepted) + DATA in one write",
+    );
+    c.send(b"Subject: pipelined\r\n\r\nhello\r\n.\r\n");
+    let end = c.reply();
+    assert_eq!(end.code, 250, "end of data: {}", end.text);
+    c.expect("QUIT", 221);
+    pf.wait_messages("pipe-group-a", 1, DELIVERY_TIMEOUT);
+    pf.wait_messages("pipe-group-b", 1, DELIVERY_TIMEOUT);
+    pf.settle(IpAddr::V4(source), 1, SETTLE_TIMEOUT);
+    assert_eq!(
+        pf.count("backend-refused"),
+        0,
+        "the refused recipient got mail"
+    );
+    assert_eq!(pf.count("pipe-group-a"), 1);
+    assert_eq!(pf.count("pipe-group-b"), 1);
+}
+
+/// What one backend connection of [`scripted_backend`] saw.
+#[derive(Debug, Default)]
+struct BackendSession {
+    /// Every command line, in order.
+    commands: Vec<String>,
+    /// The commands that had arrived (after MAIL) before MAIL was answered.
+    before_mail_reply: Vec<String>,
+}
+
+/// A scripted backend (identity none) serving `sessions` connections: EHLO offers PIPELINING
+/// when `pipelining`; MAIL from a sender containing "refused" gets `550 5.7.1`, RCPT to a
+/// recipient containing "refused" gets `550 5.1.1`; DATA takes the text and answers `250`. Before
+/// answering a MAIL it waits 300 ms and records which commands arrived meanwhile: an
+/// unpipelining forwarder never sends one before the MAIL reply.
+fn scripted_backend(
+    pipelining: bool,
+    sessions: usize,
+) -> (SocketAddr, thread::JoinHandle<Vec<BackendSession>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind scripted backend");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let handle = thread::spawn(move || {
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while seen.len() < sessions && Instant::now() < deadline {
+            let mut stream = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                Err(e) => panic!("scripted backend accept: {e}"),
+            };
+            stream.set_nonblocking(false).expect("blocking");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            seen.push(serve_scripted(&mut stream, pipelining));
+        }
+        seen
+    });
+    (addr, handle)
+}
+
+/// Reads whatever is available now (nothing blocks).
+fn read_available(stream: &mut TcpStream, buf: &mut Vec<u8>) {
+    stream.set_nonblocking(true).expect("nonblocking");
+    let mut chunk = [0u8; 16384];
+    while let Ok(n @ 1..) = stream.read(&mut chunk) {
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    stream.set_nonblocking(false).expect("blocking");
+}
+
+/// Complete lines at the start of `buf`, without their CRLF.
+fn complete_lines(buf: &[u8]) -> Vec<String> {
+    let mut lines: Vec<String> = String::from_utf8_lossy(buf)
+        .split("\r\n")
+        .map(str::to_string)
+        .collect();
+    lines.pop();
+    lines
+}
+
+fn serve_scripted(stream: &mut TcpStream, pipelining: bool) -> BackendSession {
+    let mut session = BackendSession::default();
+    let mut buf = Vec::new();
+    let _ = stream.write_all(b"220 scripted.backend ESMTP\r\n");
+    let mut in_data = false;
+    loop {
+        let Some(nl) = buf.windows(2).position(|w| w == b"\r\n") else {
+            let mut chunk = [0u8; 16384];
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return session,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            continue;
+        };
+        let line = String::from_utf8_lossy(&buf[..nl]).into_owned();
+        buf.drain(..nl + 2);
+        if in_data {
+            if line == "." {
+                in_data = false;
+                let _ = stream.write_all(b"250 2.0.0 Ok: queued\r\n");
+            }
+            continue;
+        }
+        session.commands.push(line.clone());
+        let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
+        let answer: &[u8] = match verb.as_str() {
+            "EHLO" if pipelining => b"250-scripted.backend\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+            "EHLO" => b"250-scripted.backend\r\n250 8BITMIME\r\n",
+            "HELO" => b"250 scripted.backend\r\n",
+            "MAIL" => {
+                thread::sleep(Duration::from_millis(300));
+                read_available(stream, &mut buf);
+                session.before_mail_reply = complete_lines(&buf);
+                if line.contains("refused") {
+                    b"550 5.7.1 sender refused by the scripted backend\r\n"
+                } else {
+                    b"250 2.1.0 Ok\r\n"
+                }
+            }
+            "RCPT" if line.contains("refused") => {
+                b"550 5.1.1 recipient refused by the scripted backend\r\n"
+            }
+            "RCPT" => b"250 2.1.5 Ok\r\n",
+            "DATA" => {
+                in_data = true;
+                b"354 End data with <CR><LF>.<CR><LF>\r\n"
+            }
+            "QUIT" => {
+                let _ = stream.write_all(b"221 2.0.0 Bye\r\n");
+                return session;
+            }
+            _ => b"250 2.0.0 Ok\r\n",
+        };
+        if stream.write_all(answer).is_err() {
+            return session;
+        }
+    }
+}
+
+/// The group of the scripted-backend tests: accepted, backend-refused, accepted, relay-refused
+/// (a recipient the gateway refuses is answered once every earlier reply is known: last here, so
+/// the three before it go out with MAIL).
+const SCRIPTED_GROUP: [&str; 6] = [
+    "MAIL FROM:<sender@example.net>",
+    "RCPT TO:<a@example.org>",
+    "RCPT TO:<refused@example.org>",
+    "RCPT TO:<b@example.org>",
+    "RCPT TO:<someone@example.com>",
+    "DATA",
+];
+
+const SCRIPTED_REPLIES: [(u16, &str); 6] = [
+    (250, "2.1.0"),
+    (250, "2.1.5"),
+    (550, "scripted backend"),
+    (250, "2.1.5"),
+    (550, "5.7.1 <someone@example.com>"),
+    (354, ""),
+];
+
+#[test]
+fn pipelined_group_reaches_the_backend_in_one_write() {
+    let (backend, handle) = scripted_backend(true, 2);
+    let gw = Gateway::start(GatewaySpec::new(backend, "none"));
+    let mut c = Client::hello(gw.addr(), src("127.0.9.2"), "mx.example.net");
+    let replies = pipelined_group(&mut c, &SCRIPTED_GROUP);
+    assert_replies(&replies, &SCRIPTED_REPLIES, "pipelined group");
+    c.send(b"Subject: pipelined\r\n\r\nhello\r\n.\r\n");
+    assert_eq!(c.reply().code, 250, "end of data");
+    c.expect("QUIT", 221);
+
+    // The backend refuses the sender: every RCPT gets the gateway's own 503, DATA too.
+    let mut c = Client::hello(gw.addr(), src("127.0.9.2"), "mx.example.net");
+    let replies = pipelined_group(
+        &mut c,
+        &[
+            "MAIL FROM:<refused@example.net>",
+            "RCPT TO:<a@example.org>",
+            "RCPT TO:<someone@example.com>",
+            "DATA",
+        ],
+    );
+    assert_replies(
+        &replies,
+        &[
+            (550, "scripted backend"),
+            (503, "Need MAIL before RCPT"),
+            (503, "Need MAIL before RCPT"),
+            (503, "Need MAIL before DATA"),
+        ],
+        "pipelined group after a refused MAIL",
+    );
+    c.expect("QUIT", 221);
+    drop(gw);
+    let seen = handle.join().expect("scripted backend");
+    assert_eq!(seen.len(), 2, "backend sessions: {seen:#?}");
+    assert_eq!(
+        seen[0].before_mail_reply,
+        [
+            "RCPT TO:<a@example.org>",
+            "RCPT TO:<refused@example.org>",
+            "RCPT TO:<b@example.org>"
+        ],
+        "the RCPTs that passed the gateway's checks are written with MAIL; DATA waits: {seen:#?}"
+    );
+    assert!(
+        !seen[0].commands.iter().any(|c| c.contains("example.com")),
+        "a relay-refused recipient reached the backend: {seen:#?}"
+    );
+    assert_eq!(
+        seen[1].before_mail_reply,
+        ["RCPT TO:<a@example.org>"],
+        "{seen:#?}"
+    );
+    assert!(
+        !seen[1].commands.iter().any(|c| c == "DATA"),
+        "DATA forwarded without a transaction: {seen:#?}"
+    );
+}
+
+#[test]
+fn pipelined_group_without_backend_pipelining() {
+    let (backend, handle) = scripted_backend(false, 1);
+    let gw = Gateway::start(GatewaySpec::new(backend, "none"));
+    let mut c = Client::hello(gw.addr(), src("127.0.9.3"), "mx.example.net");
+    let replies = pipelined_group(&mut c, &SCRIPTED_GROUP);
+    assert_replies(
+        &replies,
+        &SCRIPTED_REPLIES,
+        "group, backend without PIPELINING",
+    );
+    c.send(b"Subject: not pipelined\r\n\r\nhello\r\n.\r\n");
+    assert_eq!(c.reply().code, 250, "end of data");
+    c.expect("QUIT", 221);
+    drop(gw);
+    let seen = handle.join().expect("scripted backend");
+    assert_eq!(seen.len(), 1, "backend sessions: {seen:#?}");
+    assert!(
+        seen[0].before_mail_reply.is_empty(),
+        "commands sent before the MAIL reply to a backend without PIPELINING: {seen:#?}"
+    );
+    assert_eq!(
+        seen[0].commands[1..],
+        [
+            "MAIL FROM:<sender@example.net>",
+            "RCPT TO:<a@example.org>",
+            "RCPT TO:<refused@example.org>",
+            "RCPT TO:<b@example.org>",
+            "DATA",
+            "QUIT",
+        ],
+        "{seen:#?}"
+    );
 }

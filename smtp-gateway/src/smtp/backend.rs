@@ -1,5 +1,6 @@
 //! The live connection to the backend MTA: connect (with failover), pass the client's identity,
-//! replay the client's EHLO, then relay commands one at a time and stream message text.
+//! replay the client's EHLO, then relay commands (one at a time, or several written together when
+//! the backend offers PIPELINING) and stream message text.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -52,6 +53,12 @@ pub struct Backend {
     quit_timeout: Duration,
     /// Where command round trips are recorded, once the session asked for it.
     reply_times: Option<prometheus_client::metrics::histogram::Histogram>,
+    /// The backend's EHLO reply offers PIPELINING (RFC 2920): commands may be written together.
+    pipelining: bool,
+    /// Commands queued with [`Backend::queue_command`], written by the next flush.
+    queued: Vec<u8>,
+    /// When the queued commands were last written: the start of their round trips.
+    flushed_at: std::time::Instant,
 }
 
 impl Backend {
@@ -102,6 +109,9 @@ impl Backend {
             reply_timeout: cfg.reply_timeout,
             quit_timeout: cfg.connect_timeout,
             reply_times: None,
+            pipelining: false,
+            queued: Vec::new(),
+            flushed_at: std::time::Instant::now(),
         };
         if server.identity == Identity::ProxyV2 {
             backend.write(&proxy_v2_header(client.addr, local)).await?;
@@ -157,6 +167,11 @@ impl Backend {
         if !ehlo.is_positive() {
             return Err(unavailable(format!("{verb} refused: {}", ehlo.summary())));
         }
+        backend.pipelining = ehlo.lines.iter().skip(1).any(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))
+        });
         Ok((backend, ehlo))
     }
 
@@ -223,10 +238,40 @@ impl Backend {
         self.reply_times = Some(histogram);
     }
 
+    /// Whether the backend offered PIPELINING in its reply to the client's EHLO.
+    pub fn pipelining(&self) -> bool {
+        self.pipelining
+    }
+
+    /// Queues one command line (CRLF added) without sending it: the next
+    /// [`Backend::pipelined_reply`] writes every queued command at once. The caller reads one
+    /// reply per queued command, in order, before any [`Backend::command`].
+    pub fn queue_command(&mut self, line: &[u8]) {
+        self.queued.extend_from_slice(line);
+        self.queued.extend_from_slice(b"\r\n");
+    }
+
+    /// Writes the queued commands (if any are left) and reads the reply to the oldest command
+    /// not answered yet.
+    pub async fn pipelined_reply(&mut self) -> Result<Reply, BackendError> {
+        if !self.queued.is_empty() {
+            let queued = std::mem::take(&mut self.queued);
+            self.flushed_at = std::time::Instant::now();
+            self.write(&queued).await?;
+        }
+        let reply = self.read_reply().await?;
+        if let Some(h) = &self.reply_times {
+            h.observe(self.flushed_at.elapsed().as_secs_f64());
+        }
+        Ok(reply)
+    }
+
     /// Sends one command line (CRLF added) and returns the reply.
     pub async fn command(&mut self, line: &[u8]) -> Result<Reply, BackendError> {
         let started = std::time::Instant::now();
-        let mut buf = Vec::with_capacity(line.len() + 2);
+        // Anything still queued goes first (callers have read every earlier reply by now).
+        let mut buf = std::mem::take(&mut self.queued);
+        buf.reserve(line.len() + 2);
         buf.extend_from_slice(line);
         buf.extend_from_slice(b"\r\n");
         self.write(&buf).await?;

@@ -6,6 +6,7 @@
 //! - `session.rs`: the per-client state machine and its checks;
 //! - `data.rs`: message text streamed to the backend, smuggling-proof;
 //! - `backend.rs`: the backend MTA session (failover, identity, EHLO replay);
+//! - `pipeline.rs`: MAIL/RCPT forwarded without waiting, and how their replies settle in order;
 //! - `identity.rs`: PROXY v2 header and XCLIENT;
 //! - `reply.rs`: SMTP replies; `tls.rs`: rustls; `events.rs`: verdict events.
 
@@ -15,6 +16,7 @@ pub mod connection;
 pub mod data;
 pub mod events;
 pub mod identity;
+pub mod pipeline;
 pub mod reply;
 pub mod server;
 pub mod session;

@@ -4,6 +4,12 @@
 //! Replies to a pipelined group are queued and written together when no further complete command
 //! is buffered. Every reply to MAIL, RCPT and the final reply after DATA that says 2xx is the
 //! backend's own: the gateway never answers `250` for mail the backend did not accept.
+//!
+//! When the backend offers PIPELINING and the client's next command is already buffered, a MAIL
+//! or RCPT that passed every gateway check is queued towards the backend instead of waiting for
+//! its reply (`pipeline.rs`). The awaited replies are settled, in order, before anything whose
+//! handling depends on them: a recipient the gateway refuses, DATA, any other command, or the end
+//! of the buffered group. Until its reply is read, a forwarded MAIL's transaction is assumed open.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -22,6 +28,7 @@ use super::{
     data::{DataOutcome, TextLimits, TextViolation, relay_message},
     events::{Event, SessionEnd, SessionVerdict},
     identity::ClientIdentity,
+    pipeline::{Awaiting, Pipeline, Settled},
     reply::Reply,
 };
 use crate::policy::{
@@ -97,6 +104,8 @@ pub struct Session {
     sender: Option<String>,
     /// The worst thing a check or the score did to this session so far.
     refused: Option<SessionVerdict>,
+    /// MAIL/RCPT commands forwarded to the backend whose replies are not read yet.
+    pipeline: Pipeline,
 }
 
 impl Session {
@@ -147,6 +156,7 @@ impl Session {
             recipients: 0,
             sender: None,
             refused: None,
+            pipeline: Pipeline::default(),
         }
     }
 
@@ -293,6 +303,11 @@ impl Session {
         let smtp = self.shared.config.smtp.clone();
         loop {
             if !self.conn.has_line() {
+                // The end of the buffered group: every forwarded command gets its reply now.
+                if let Flow::Close = self.settle_pipeline().await {
+                    let _ = self.conn.flush().await;
+                    return;
+                }
                 if self.score > 0 && self.score >= self.shared.config.score.tarpit {
                     tokio::time::sleep(smtp.tarpit_delay).await;
                 }
@@ -369,6 +384,14 @@ impl Session {
     }
 
     async fn handle_line(&mut self, line: Line) -> Flow {
+        // Only a clean RCPT can join the forwarded group; anything else may reply, close or
+        // depend on the transaction, so the awaited replies come first.
+        if !self.pipeline.is_empty()
+            && !may_join_group(&line)
+            && let Flow::Close = self.settle_pipeline().await
+        {
+            return Flow::Close;
+        }
         if let Some(kind) = non_smtp(&line.data)
             && self.fire(Check::NonSmtp, kind) != Outcome::Pass
         {
@@ -414,6 +437,12 @@ impl Session {
             }
             other => other,
         };
+        if !self.pipeline.is_empty()
+            && !matches!(parsed, Ok(Request::Rcpt { .. }))
+            && let Flow::Close = self.settle_pipeline().await
+        {
+            return Flow::Close;
+        }
         match parsed {
             Ok(request) => self.dispatch(request, &line.data).await,
             Err(ParseError::UnknownCommand) => {
@@ -821,6 +850,13 @@ impl Session {
         let Some(backend) = self.backend.as_mut() else {
             return Flow::Continue;
         };
+        if backend.pipelining() && self.conn.has_line() {
+            backend.queue_command(raw);
+            self.pipeline.push(Awaiting::Mail { from });
+            // Assumed open until the reply is settled (a refusal closes it again).
+            self.txn = Some(Transaction::default());
+            return Flow::Continue;
+        }
         match backend.command(raw).await {
             Ok(reply) => {
                 if reply.is_positive() {
@@ -835,6 +871,14 @@ impl Session {
     }
 
     async fn handle_rcpt(&mut self, to: String, raw: &[u8]) -> Flow {
+        // A recipient the gateway would answer itself fires checks and counts errors as the
+        // settled transaction dictates: settle what is awaited first.
+        if !self.pipeline.is_empty()
+            && !self.rcpt_forwardable(&to, raw)
+            && let Flow::Close = self.settle_pipeline().await
+        {
+            return Flow::Close;
+        }
         let Some(txn) = self.txn.as_mut() else {
             self.reply(Reply::new(503, "5.5.1 Need MAIL before RCPT"));
             return self.count_error().unwrap_or(Flow::Continue);
@@ -884,6 +928,13 @@ impl Session {
             self.reply(Reply::new(503, "5.5.1 Need MAIL before RCPT"));
             return Flow::Continue;
         };
+        // Joins the group when more commands are buffered, and always once replies are awaited
+        // (they come in order: this one is read after them).
+        if backend.pipelining() && (self.conn.has_line() || !self.pipeline.is_empty()) {
+            backend.queue_command(raw);
+            self.pipeline.push(Awaiting::Rcpt);
+            return Flow::Continue;
+        }
         match backend.command(raw).await {
             Ok(reply) => {
                 if reply.is_positive() {
@@ -897,6 +948,71 @@ impl Session {
             }
             Err(e) => self.backend_lost(e),
         }
+    }
+
+    /// Whether `handle_rcpt` would forward this recipient without firing a check or answering it
+    /// itself, were the transaction open (as it is assumed while its MAIL reply is awaited).
+    fn rcpt_forwardable(&self, to: &str, raw: &[u8]) -> bool {
+        let Some(txn) = self.txn.as_ref() else {
+            return false;
+        };
+        let raw_path = raw_path(raw).unwrap_or_else(|| to.to_string());
+        txn.tried < self.shared.config.smtp.max_recipients
+            && matches!(
+                relay::check_recipient(
+                    &self.shared.config.relay,
+                    self.source(),
+                    self.authenticated,
+                    &raw_path,
+                ),
+                RelayVerdict::Accept { .. }
+            )
+            && self.score_refusal().is_none()
+            && self.backend.is_some()
+    }
+
+    /// Reads the reply of every forwarded command, in order, and applies each as the unpipelined
+    /// command would have: transaction, sender, recipient counts, errors, the reply relayed.
+    async fn settle_pipeline(&mut self) -> Flow {
+        while let Some(awaiting) = self.pipeline.oldest() {
+            let reply = match self.backend.as_mut() {
+                Some(backend) => backend.pipelined_reply().await,
+                None => Err(super::backend::BackendError::Closed),
+            };
+            match super::pipeline::settle(awaiting, self.txn.is_some(), reply) {
+                Settled::Opened { from, reply } => {
+                    self.sender = Some(from);
+                    self.reply(reply);
+                }
+                Settled::NotOpened(reply) => {
+                    self.txn = None;
+                    self.reply(reply);
+                }
+                Settled::Accepted(reply) => {
+                    if let Some(txn) = self.txn.as_mut() {
+                        txn.accepted += 1;
+                    }
+                    self.recipients += 1;
+                    self.reply(reply);
+                }
+                Settled::Refused(reply) => self.reply(reply),
+                Settled::NoTransaction { discarded } => {
+                    if let (Err(e), Some(_)) = (discarded, self.backend.as_ref()) {
+                        tracing::warn!(client = %self.client, error = %e, "backend failed after a refused MAIL; reconnecting at the next one");
+                        self.backend = None;
+                    }
+                    self.reply(Reply::new(503, "5.5.1 Need MAIL before RCPT"));
+                    if let Some(flow) = self.count_error() {
+                        self.pipeline.clear();
+                        return flow;
+                    }
+                }
+                Settled::Lost(e) => {
+                    let _ = self.backend_lost(e);
+                }
+            }
+        }
+        Flow::Continue
     }
 
     async fn handle_data(&mut self) -> Flow {
@@ -1025,6 +1141,20 @@ impl Session {
         }
         Flow::Continue
     }
+}
+
+/// A RCPT line no line-level check fires on: the only kind of line that can be handled while
+/// forwarded commands still await their replies.
+fn may_join_group(line: &Line) -> bool {
+    line.ending == Ending::CrLf
+        && !line.too_long
+        && !line.nul
+        && !line.bare_cr
+        && line
+            .data
+            .get(..5)
+            .is_some_and(|verb| verb.eq_ignore_ascii_case(b"RCPT "))
+        && non_smtp(&line.data).is_none()
 }
 
 /// The path between `<` and `>` of a MAIL/RCPT line as the client wrote it (quotes respected).

@@ -12,7 +12,9 @@
 //!
 //! `example.org` is delivered by a `pipe` transport into one Maildir per recipient local part,
 //! lowercased (`mail/<local>/new/`), so tests running in parallel never share a mailbox; every
-//! other domain goes to `discard`. The backend accepts bare newlines
+//! other domain goes to `discard`, except [`REFUSED_RECIPIENT`], which the backend itself refuses
+//! at RCPT (`550 5.1.1`) so tests can tell its refusals from the gateway's. The backend accepts
+//! bare newlines
 //! (`smtpd_forbid_bare_newline = no`) and trusts all of 127.0.0.0/8 (`mynetworks`): it is an
 //! open relay for loopback clients, so the gateway is the only thing protecting it.
 
@@ -33,6 +35,9 @@ const PREFIX: &str = "sgw-smtp-pf-";
 
 /// UID/GID the `pipe` delivery runs as (`nobody`).
 const NOBODY: u32 = 65534;
+
+/// The one recipient the backend refuses itself (`check_recipient_access`).
+pub const REFUSED_RECIPIENT: &str = "backend-refused@example.org";
 
 /// A running private Postfix.
 pub struct Postfix {
@@ -230,6 +235,11 @@ impl Postfix {
         .map_err(|e| io("deliver.sh", e))?;
         fs::set_permissions(&deliver, fs::Permissions::from_mode(0o755))
             .map_err(|e| io("chmod deliver.sh", e))?;
+        fs::write(
+            dir.join("refused_recipients"),
+            format!("{REFUSED_RECIPIENT} 550 5.1.1 refused by the test backend\n"),
+        )
+        .map_err(|e| io("refused_recipients", e))?;
         let main_cf = format!(
             "compatibility_level = 3.6\n\
              queue_directory = {d}/queue\n\
@@ -257,6 +267,7 @@ impl Postfix {
              smtpd_forbid_bare_newline = no\n\
              mynetworks = 127.0.0.0/8\n\
              smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n\
+             smtpd_recipient_restrictions = check_recipient_access texthash:{d}/refused_recipients\n\
              master_service_disable =\n\
              queue_run_delay = 1s\n\
              minimal_backoff_time = 1s\n\

@@ -1,0 +1,296 @@
+//! RFC 2920 pipelining towards the backend: the MAIL and RCPT commands forwarded without waiting
+//! for their replies, in the order they were sent, and how each reply settles the transaction
+//! once it is read.
+//!
+//! The session forwards a command here only when every gateway check of that command passed and
+//! running them needed no backend reply still outstanding; anything else (a refusal with side
+//! effects, DATA, any other verb, the end of the buffered group) first settles every awaited
+//! reply in order. So each reply reaches the client in the position it would have had
+//! unpipelined, and [`settle`] makes each one change the transaction exactly as the unpipelined
+//! command would have.
+
+use std::collections::VecDeque;
+
+use super::{backend::BackendError, reply::Reply};
+
+/// A command forwarded to the backend whose reply has not been read yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Awaiting {
+    /// `MAIL FROM`, with the sender it names (the session's sender once the backend accepts it).
+    Mail { from: String },
+    /// `RCPT TO`.
+    Rcpt,
+}
+
+/// What one awaited reply means for the session.
+#[derive(Debug)]
+pub enum Settled {
+    /// MAIL accepted: the transaction is open, `from` is the sender; relay `reply`.
+    Opened { from: String, reply: Reply },
+    /// MAIL refused: no transaction; relay `reply`.
+    NotOpened(Reply),
+    /// RCPT accepted: one more recipient; relay `reply`.
+    Accepted(Reply),
+    /// RCPT refused by the backend; relay `reply`.
+    Refused(Reply),
+    /// RCPT whose transaction was refused or lost before it: unpipelined, the gateway would have
+    /// answered it `503` itself (and counted an error) without forwarding it. `discarded` is how
+    /// reading the backend's own answer went (it is never relayed).
+    NoTransaction { discarded: Result<(), BackendError> },
+    /// The backend failed on this command (the transaction is lost).
+    Lost(BackendError),
+}
+
+/// Settles one awaited command with the backend's `reply`. `txn_open` says whether the
+/// transaction is still open after every earlier reply was settled.
+pub fn settle(awaiting: Awaiting, txn_open: bool, reply: Result<Reply, BackendError>) -> Settled {
+    match (awaiting, reply) {
+        (Awaiting::Rcpt, reply) if !txn_open => Settled::NoTransaction {
+            discarded: reply.map(drop),
+        },
+        (_, Err(e)) => Settled::Lost(e),
+        (Awaiting::Mail { from }, Ok(reply)) if reply.is_positive() => {
+            Settled::Opened { from, reply }
+        }
+        (Awaiting::Mail { .. }, Ok(reply)) => Settled::NotOpened(reply),
+        (Awaiting::Rcpt, Ok(reply)) if reply.is_positive() => Settled::Accepted(reply),
+        (Awaiting::Rcpt, Ok(reply)) => Settled::Refused(reply),
+    }
+}
+
+/// The commands forwarded and not answered yet, oldest first.
+#[derive(Debug, Default)]
+pub struct Pipeline {
+    /// In the order they were written to the backend (its replies come in that order).
+    awaiting: VecDeque<Awaiting>,
+}
+
+impl Pipeline {
+    /// Records a command just queued towards the backend.
+    pub fn push(&mut self, awaiting: Awaiting) {
+        self.awaiting.push_back(awaiting);
+    }
+
+    /// Takes the oldest command still waiting for its reply.
+    pub fn oldest(&mut self) -> Option<Awaiting> {
+        self.awaiting.pop_front()
+    }
+
+    /// Nothing is awaited.
+    pub fn is_empty(&self) -> bool {
+        self.awaiting.is_empty()
+    }
+
+    /// Forgets every awaited command (the session is closing).
+    pub fn clear(&mut self) {
+        self.awaiting.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One step of a client's group as the session handles it.
+    #[derive(Clone, Copy)]
+    enum Step {
+        /// MAIL forwarded; the backend answers with this code.
+        Mail(u16),
+        /// RCPT forwarded; the backend answers with this code (0: the backend fails).
+        Rcpt(u16),
+        /// RCPT the gateway refuses itself with this code (the session settles what is awaited
+        /// first, then answers it, as `handle_rcpt` does).
+        Refused(u16),
+    }
+
+    /// The transaction as the session keeps it, and what the client saw.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct Model {
+        txn_open: bool,
+        accepted: usize,
+        errors: usize,
+        sender: Option<String>,
+        backend_lost: bool,
+        replies: Vec<u16>,
+    }
+
+    impl Model {
+        fn settle_all(&mut self, pipeline: &mut Pipeline, backend: &mut VecDeque<u16>) {
+            while let Some(awaiting) = pipeline.oldest() {
+                let reply = match backend.pop_front() {
+                    _ if self.backend_lost => Err(BackendError::Closed),
+                    Some(0) | None => Err(BackendError::Closed),
+                    Some(code) => Ok(Reply::new(code, "x")),
+                };
+                match settle(awaiting, self.txn_open, reply) {
+                    Settled::Opened { from, reply } => {
+                        self.sender = Some(from);
+                        self.replies.push(reply.code);
+                    }
+                    Settled::NotOpened(reply) => {
+                        self.txn_open = false;
+                        self.replies.push(reply.code);
+                    }
+                    Settled::Accepted(reply) => {
+                        self.accepted += 1;
+                        self.replies.push(reply.code);
+                    }
+                    Settled::Refused(reply) => self.replies.push(reply.code),
+                    Settled::NoTransaction { .. } => {
+                        self.errors += 1;
+                        self.replies.push(503);
+                    }
+                    Settled::Lost(_) => {
+                        self.backend_lost = true;
+                        self.txn_open = false;
+                        self.replies.push(451);
+                    }
+                }
+            }
+        }
+
+        /// Runs `steps` pipelined: forwarded commands queue, a gateway refusal settles first.
+        fn pipelined(steps: &[Step]) -> Self {
+            let mut m = Model::default();
+            let mut pipeline = Pipeline::default();
+            let mut backend = VecDeque::new();
+            for step in steps {
+                match *step {
+                    Step::Mail(code) => {
+                        m.txn_open = true; // assumed until the reply says otherwise
+                        pipeline.push(Awaiting::Mail { from: "s".into() });
+                        backend.push_back(code);
+                    }
+                    Step::Rcpt(code) => {
+                        pipeline.push(Awaiting::Rcpt);
+                        backend.push_back(code);
+                    }
+                    Step::Refused(code) => {
+                        m.settle_all(&mut pipeline, &mut backend);
+                        m.refuse(code);
+                    }
+                }
+            }
+            m.settle_all(&mut pipeline, &mut backend);
+            m
+        }
+
+        fn refuse(&mut self, code: u16) {
+            self.errors += 1;
+            self.replies.push(if self.txn_open { code } else { 503 });
+        }
+
+        /// The same steps one round trip at a time, as the session did before pipelining.
+        fn unpipelined(steps: &[Step]) -> Self {
+            let mut m = Model::default();
+            for step in steps {
+                match *step {
+                    Step::Mail(0) | Step::Rcpt(0)
+                        if m.txn_open || matches!(step, Step::Mail(_)) =>
+                    {
+                        m.backend_lost = true;
+                        m.txn_open = false;
+                        m.replies.push(451);
+                    }
+                    Step::Mail(code) => {
+                        m.txn_open = (200..300).contains(&code);
+                        if m.txn_open {
+                            m.sender = Some("s".into());
+                        }
+                        m.replies.push(code);
+                    }
+                    Step::Rcpt(_) if !m.txn_open => {
+                        m.errors += 1;
+                        m.replies.push(503);
+                    }
+                    Step::Rcpt(code) => {
+                        if (200..300).contains(&code) {
+                            m.accepted += 1;
+                        }
+                        m.replies.push(code);
+                    }
+                    Step::Refused(code) => m.refuse(code),
+                }
+            }
+            m
+        }
+    }
+
+    #[test]
+    fn replies_keep_their_order_and_settle_like_unpipelined() {
+        use Step::*;
+        // (group, replies the client sees, recipients accepted, errors counted)
+        let table: &[(&[Step], &[u16], usize, usize)] = &[
+            (&[Mail(250), Rcpt(250)], &[250, 250], 1, 0),
+            (
+                &[Mail(250), Rcpt(250), Refused(550), Rcpt(550), Rcpt(250)],
+                &[250, 250, 550, 550, 250],
+                2,
+                1,
+            ),
+            (
+                &[Mail(250), Refused(550), Refused(452), Rcpt(450)],
+                &[250, 550, 452, 450],
+                0,
+                2,
+            ),
+            (
+                &[Mail(250), Rcpt(550), Refused(501), Rcpt(250), Refused(550)],
+                &[250, 550, 501, 250, 550],
+                1,
+                2,
+            ),
+            // The backend refuses the sender: every RCPT is the gateway's 503, as unpipelined.
+            (
+                &[Mail(550), Rcpt(250), Refused(550), Rcpt(250)],
+                &[550, 503, 503, 503],
+                0,
+                3,
+            ),
+            (&[Mail(451), Rcpt(451)], &[451, 503], 0, 1),
+            // The backend fails mid-group: 451 there, then no transaction.
+            (
+                &[Mail(250), Rcpt(250), Rcpt(0), Rcpt(250), Refused(550)],
+                &[250, 250, 451, 503, 503],
+                1,
+                2,
+            ),
+            (&[Mail(0), Rcpt(250)], &[451, 503], 0, 1),
+        ];
+        for (steps, replies, accepted, errors) in table {
+            let piped = Model::pipelined(steps);
+            assert_eq!(piped.replies, *replies, "replies of a group");
+            assert_eq!(piped.accepted, *accepted, "accepted recipients");
+            assert_eq!(piped.errors, *errors, "errors counted");
+            assert_eq!(
+                piped,
+                Model::unpipelined(steps),
+                "pipelined and unpipelined differ"
+            );
+        }
+    }
+
+    #[test]
+    fn settles_in_forwarding_order() {
+        let mut p = Pipeline::default();
+        assert!(p.is_empty());
+        p.push(Awaiting::Mail { from: "a@b".into() });
+        p.push(Awaiting::Rcpt);
+        assert_eq!(p.oldest(), Some(Awaiting::Mail { from: "a@b".into() }));
+        assert_eq!(p.oldest(), Some(Awaiting::Rcpt));
+        assert_eq!(p.oldest(), None);
+        p.push(Awaiting::Rcpt);
+        p.clear();
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn a_rcpt_without_transaction_is_never_relayed() {
+        let s = settle(Awaiting::Rcpt, false, Ok(Reply::new(250, "2.1.5 Ok")));
+        assert!(matches!(s, Settled::NoTransaction { discarded: Ok(()) }));
+        let s = settle(Awaiting::Rcpt, false, Err(BackendError::Timeout));
+        assert!(matches!(s, Settled::NoTransaction { discarded: Err(_) }));
+        let s = settle(Awaiting::Rcpt, true, Err(BackendError::Timeout));
+        assert!(matches!(s, Settled::Lost(BackendError::Timeout)));
+    }
+}
