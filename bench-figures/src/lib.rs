@@ -92,13 +92,6 @@ impl Figures {
     }
 }
 
-/// The value following `--figures` on the command line, if any.
-pub fn figures_arg() -> Option<std::path::PathBuf> {
-    let mut args = std::env::args().skip_while(|a| a != "--figures");
-    args.next()?;
-    args.next().map(Into::into)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

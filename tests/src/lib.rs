@@ -7,6 +7,54 @@ pub use bench_figures as figures;
 
 pub mod proc;
 
+/// The command line every benchmark binary takes: `[--quick] [--figures PATH]`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BenchArgs {
+    /// Smoke run: fewer and shorter measurements.
+    pub quick: bool,
+    /// Where to write the figures JSON (`bench_figures::Figures`).
+    pub figures: Option<std::path::PathBuf>,
+}
+
+impl BenchArgs {
+    /// Parses the process's arguments. `--help` prints the usage of `name`, `about` and what
+    /// `--quick` does, and gives `Ok(None)`.
+    pub fn parse(name: &str, about: &str, quick: &str) -> anyhow::Result<Option<Self>> {
+        Self::parse_from(std::env::args().skip(1), name, about, quick)
+    }
+
+    fn parse_from(
+        args: impl IntoIterator<Item = String>,
+        name: &str,
+        about: &str,
+        quick: &str,
+    ) -> anyhow::Result<Option<Self>> {
+        let mut parsed = Self::default();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => parsed.quick = true,
+                "--figures" => {
+                    let path = args
+                        .next()
+                        .ok_or_else(|| anyhow::anyhow!("--figures needs a path"))?;
+                    parsed.figures = Some(path.into());
+                }
+                "-h" | "--help" => {
+                    println!(
+                        "usage: {name} [--quick] [--figures PATH]\n\n{about}\n\
+                         --quick         {quick}\n\
+                         --figures PATH  also write the figures as JSON (bench_figures::Figures)"
+                    );
+                    return Ok(None);
+                }
+                other => anyhow::bail!("unknown argument {other:?} (try --help)"),
+            }
+        }
+        Ok(Some(parsed))
+    }
+}
+
 /// Removes a temporary directory when dropped.
 pub struct TempDir(pub std::path::PathBuf);
 
@@ -53,6 +101,25 @@ pub fn machine() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bench_args() {
+        let parse = |args: &[&str]| {
+            super::BenchArgs::parse_from(args.iter().map(|a| a.to_string()), "b", "", "")
+        };
+        assert_eq!(parse(&[]).unwrap(), Some(super::BenchArgs::default()));
+        let both = parse(&["--figures", "/tmp/f.json", "--quick"])
+            .unwrap()
+            .unwrap();
+        assert!(both.quick);
+        assert_eq!(
+            both.figures.as_deref(),
+            Some(std::path::Path::new("/tmp/f.json"))
+        );
+        assert!(parse(&["--figures"]).is_err());
+        assert!(parse(&["--fast"]).is_err());
+        assert_eq!(parse(&["--help"]).unwrap(), None);
+    }
+
     #[test]
     fn thousands_groups_digits() {
         assert_eq!(super::thousands(0), "0");

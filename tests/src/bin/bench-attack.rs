@@ -37,8 +37,8 @@
 //! under `/sys/fs/bpf/sgw-bench-attack-<pid>` and are removed with `smtp-gateway detach`.
 
 use smtp_gateway_tests::{
-    TempDir,
-    figures::{Figure, Figures, Point, Series, figures_arg},
+    BenchArgs, TempDir,
+    figures::{Figure, Figures, Point, Series},
     machine,
     proc::Proc,
     thousands,
@@ -99,34 +99,22 @@ struct Settings {
 
 impl Settings {
     fn from_args() -> Result<Option<Self>> {
-        let mut quick = false;
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--quick" => quick = true,
-                "--figures" => {
-                    args.next().context("--figures needs a path")?;
-                }
-                "-h" | "--help" => {
-                    println!(
-                        "usage: bench-attack [--quick] [--figures PATH]\n\n\
-                         Clean SMTP sessions per second and p99 handshake latency while a \
+        let Some(BenchArgs { quick, figures }) = BenchArgs::parse(
+            "bench-attack",
+            "Clean SMTP sessions per second and p99 handshake latency while a \
                          blocklisted and a spoofed-source SYN flood (trafgen) run, XDP on versus \
                          off, as ratios to the no-attack rate; prints Markdown. Needs root, \
-                         postfix (smtp-sink) and netsniff-ng (trafgen).\n\
-                         --quick         smoke run: 2 repeats of 4 s scenarios\n\
-                         --figures PATH  also write the figures as JSON (bench_figures::Figures)"
-                    );
-                    return Ok(None);
-                }
-                other => bail!("unknown argument {other:?} (try --help)"),
-            }
-        }
+                         postfix (smtp-sink) and netsniff-ng (trafgen).",
+            "smoke run: 2 repeats of 4 s scenarios",
+        )?
+        else {
+            return Ok(None);
+        };
         Ok(Some(Settings {
             quick,
             repeats: if quick { 2 } else { 5 },
             duration: Duration::from_secs(if quick { 3 } else { 10 }),
-            figures: figures_arg(),
+            figures,
         }))
     }
 }

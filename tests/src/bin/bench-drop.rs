@@ -95,8 +95,8 @@ use smtp_gateway::{
     dataplane::{Dataplane, loader},
 };
 use smtp_gateway_tests::{
-    TempDir,
-    figures::{Figure, Figures, Point, Series, figures_arg},
+    BenchArgs, TempDir,
+    figures::{Figure, Figures, Point, Series},
     machine, thousands,
 };
 
@@ -144,30 +144,17 @@ struct Settings {
 
 impl Settings {
     fn from_args() -> Result<Option<Self>> {
-        let mut quick = false;
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--quick" => quick = true,
-                "--figures" => {
-                    args.next().context("--figures needs a path")?;
-                }
-                "-h" | "--help" => {
-                    println!(
-                        "usage: bench-drop [--quick] [--figures PATH]\n\n\
-                         SYN flood from blocklisted sources through a veth pair: CPU per dropped \
+        let Some(BenchArgs { quick, figures }) = BenchArgs::parse(
+            "bench-drop",
+            "SYN flood from blocklisted sources through a veth pair: CPU per dropped \
                          packet and drop rate for XDP native/skb, iptables raw, nftables ingress and \
                          a userspace listener, against the sender-only baseline; then the latency \
-                         of `smtp-gateway block add`. Prints Markdown. Needs root.\n\
-                         --quick         smoke run (smaller floods, fewer repeats)\n\
-                         --figures PATH  also write the figures as JSON"
-                    );
-                    return Ok(None);
-                }
-                other => bail!("unknown argument {other:?} (try --help)"),
-            }
-        }
-        let figures = figures_arg();
+                         of `smtp-gateway block add`. Prints Markdown. Needs root.",
+            "smoke run (smaller floods, fewer repeats)",
+        )?
+        else {
+            return Ok(None);
+        };
         Ok(Some(if quick {
             Self {
                 quick,

@@ -69,8 +69,8 @@ mod throughput;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::{Context, Result, bail, ensure};
-use smtp_gateway_tests::{TempDir, figures::figures_arg};
+use anyhow::{Context, Result, ensure};
+use smtp_gateway_tests::{BenchArgs, TempDir};
 
 use crate::{
     contender::Contender, gateway::Gateway, haproxy::Haproxy, haraka::Haraka, postfix::Postfix,
@@ -107,31 +107,18 @@ pub struct Settings {
 
 impl Settings {
     fn from_args() -> Result<Option<Self>> {
-        let mut quick = false;
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--quick" => quick = true,
-                "--figures" => {
-                    args.next().context("--figures needs a path")?;
-                }
-                "-h" | "--help" => {
-                    println!(
-                        "usage: bench-smtp [--quick] [--figures PATH]\n\n\
-                         smtp-source and a pipelining client -> {{smtp-sink directly, \
-                         smtp-gateway, HAProxy, Haraka, Postfix postscreen}} -> smtp-sink at 1, \
+        let Some(BenchArgs { quick, figures }) = BenchArgs::parse(
+            "bench-smtp",
+            "smtp-source and a pipelining client -> {smtp-sink directly, \
+                         smtp-gateway, HAProxy, Haraka, Postfix postscreen} -> smtp-sink at 1, \
                          10 and 100 sessions (msgs/s, session latency, CPU per message), and \
                          the gateway's memory per idle session; prints Markdown. Needs root, \
-                         the postfix and haproxy packages and Haraka (`cargo xtask setup`).\n\
-                         --quick         smoke run: 2 short repeats, 1,000 idle sessions\n\
-                         --figures PATH  also write the figures JSON there"
-                    );
-                    return Ok(None);
-                }
-                other => bail!("unknown argument {other:?} (try --help)"),
-            }
-        }
-        let figures = figures_arg();
+                         the postfix and haproxy packages and Haraka (`cargo xtask setup`).",
+            "smoke run: 2 short repeats, 1,000 idle sessions",
+        )?
+        else {
+            return Ok(None);
+        };
         Ok(Some(if quick {
             Self {
                 quick,

@@ -25,8 +25,8 @@
 mod frames;
 
 use smtp_gateway_tests::{
-    TempDir,
-    figures::{Figure, Figures, Point, Series, figures_arg},
+    BenchArgs, TempDir,
+    figures::{Figure, Figures, Point, Series},
     machine, thousands,
 };
 use std::{
@@ -38,7 +38,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use aya::programs::{TestRun, TestRunOptions};
 use frames::{Frame, Ipv4, Ipv6, Tcp};
 use smtp_gateway::{
@@ -82,29 +82,16 @@ struct Settings {
 
 impl Settings {
     fn from_args() -> Result<Option<Self>> {
-        let mut quick = false;
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--quick" => quick = true,
-                "--figures" => {
-                    args.next().context("--figures needs a path")?;
-                }
-                "-h" | "--help" => {
-                    println!(
-                        "usage: bench-xdp [--quick] [--figures PATH]\n\n\
-                         Measures the XDP program with BPF_PROG_TEST_RUN, times \
+        let Some(BenchArgs { quick, figures }) = BenchArgs::parse(
+            "bench-xdp",
+            "Measures the XDP program with BPF_PROG_TEST_RUN, times \
                          `smtp-gateway block import` and the maps' kernel memory; prints \
-                         Markdown. Needs root.\n\
-                         --quick         CI smoke: fewer measurements, no 1M level, 100k import\n\
-                         --figures PATH  also write the figures as JSON"
-                    );
-                    return Ok(None);
-                }
-                other => bail!("unknown argument {other:?} (try --help)"),
-            }
-        }
-        let figures = figures_arg();
+                         Markdown. Needs root.",
+            "CI smoke: fewer measurements, no 1M level, 100k import",
+        )?
+        else {
+            return Ok(None);
+        };
         Ok(Some(if quick {
             Self {
                 quick,
