@@ -265,7 +265,9 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// What every proxy configuration generation shares with the others (built once per run).
+/// What every proxy configuration generation shares with the others (built once per run;
+/// cloned, cheaply, into the blocking task that builds a generation).
+#[derive(Clone)]
 struct GenerationContext {
     events: crate::smtp::events::EventSender,
     ends: crate::smtp::events::EndSender,
@@ -284,9 +286,9 @@ struct Proxy {
 /// failure leaves the running generation untouched).
 fn build_shared(
     config: &Config,
-    context: GenerationParts,
+    context: GenerationContext,
 ) -> Result<crate::smtp::Shared, DaemonError> {
-    let GenerationParts {
+    let GenerationContext {
         events,
         ends,
         pass_cache,
@@ -335,26 +337,6 @@ fn build_shared(
     })
 }
 
-/// The shared parts, owned (to move into a blocking task).
-struct GenerationParts {
-    events: crate::smtp::events::EventSender,
-    ends: crate::smtp::events::EndSender,
-    pass_cache: Arc<crate::policy::pass_cache::PassCache>,
-    metrics: Arc<crate::metrics::Metrics>,
-    outcomes: Arc<crate::source_outcomes::SourceOutcomes>,
-}
-
-impl GenerationContext {
-    fn parts(&self) -> GenerationParts {
-        GenerationParts {
-            events: self.events.clone(),
-            ends: self.ends.clone(),
-            pass_cache: self.pass_cache.clone(),
-            metrics: self.metrics.clone(),
-            outcomes: self.outcomes.clone(),
-        }
-    }
-}
 
 /// Serves the bound SMTP listeners in the background.
 fn start_proxy(
@@ -367,7 +349,7 @@ fn start_proxy(
         tracing::info!("smtp.listeners is empty: the SMTP proxy is off");
         return Ok(None);
     }
-    let shared = Arc::new(build_shared(config, context.parts())?);
+    let shared = Arc::new(build_shared(config, context.clone())?);
     let mut listeners = Vec::new();
     for (l, std_listener) in bound {
         let listener = tokio::net::TcpListener::from_std(std_listener).map_err(|source| {
@@ -451,7 +433,7 @@ async fn reload(
     // it runs off the async workers that serve the sessions.
     let generation = match &proxy {
         Some((context, _)) => {
-            let (config, parts) = (new.clone(), context.parts());
+            let (config, parts) = (new.clone(), (*context).clone());
             Some(
                 tokio::task::spawn_blocking(move || build_shared(&config, parts))
                     .await
