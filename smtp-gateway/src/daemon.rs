@@ -337,7 +337,6 @@ fn build_shared(
     })
 }
 
-
 /// Serves the bound SMTP listeners in the background.
 fn start_proxy(
     config: &Config,

@@ -29,6 +29,8 @@ mod gateway;
 #[allow(dead_code)]
 #[path = "support/postfix.rs"]
 mod postfix;
+#[allow(dead_code)]
+mod support;
 
 use std::{
     io::{BufRead, BufReader, ErrorKind, Read, Write},

@@ -92,24 +92,7 @@ pub struct Gateway {
     pub listeners: Vec<SocketAddr>,
 }
 
-/// The `smtp-gateway` binary.
-pub fn binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("SMTP_GATEWAY_BIN") {
-        return PathBuf::from(bin);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary in target/<profile>/deps")
-        .join("smtp-gateway");
-    assert!(
-        bin.exists(),
-        "{} not found: run `cargo build` first or set SMTP_GATEWAY_BIN",
-        bin.display()
-    );
-    bin
-}
+pub use crate::support::daemon::binary;
 
 /// A port nobody listens on right now (127.0.0.1).
 pub fn free_port() -> u16 {
@@ -119,23 +102,7 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
-/// Removes ANSI escape sequences (the daemon colours its log on a terminal only, but be safe).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+use crate::support::daemon::strip_ansi;
 
 fn pid_alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
