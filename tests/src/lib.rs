@@ -7,6 +7,21 @@ pub use bench_figures as figures;
 
 pub mod proc;
 
+/// Messages an `smtp-sink -c` has received: the last `mesg=N` of its counters output (the
+/// counters are rewritten in place, `\r`-separated).
+pub fn smtp_sink_messages(counters: &std::path::Path) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(counters)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", counters.display()))?;
+    Ok(text
+        .rsplit(['\r', '\n'])
+        .find_map(|seg| {
+            seg.split_whitespace()
+                .find_map(|f| f.strip_prefix("mesg="))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0))
+}
+
 /// The command line every benchmark binary takes: `[--quick] [--figures PATH]`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct BenchArgs {
@@ -101,6 +116,19 @@ pub fn machine() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn smtp_sink_counters() {
+        let dir = std::env::temp_dir().join(format!("sink-counters-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out");
+        std::fs::write(&path, "conn=1 mesg=2 rcpt=2\rconn=3 mesg=17 rcpt=17\r").unwrap();
+        assert_eq!(super::smtp_sink_messages(&path).unwrap(), 17);
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(super::smtp_sink_messages(&path).unwrap(), 0);
+        assert!(super::smtp_sink_messages(&dir.join("missing")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn bench_args() {
         let parse = |args: &[&str]| {

@@ -438,16 +438,7 @@ impl Sink {
 
     /// Messages received so far: the last `mesg=N` of its `-c` counters.
     fn messages(&self) -> Result<u64> {
-        let text = std::fs::read_to_string(&self.counters)
-            .with_context(|| format!("reading {}", self.counters.display()))?;
-        Ok(text
-            .rsplit(['\r', '\n'])
-            .find_map(|seg| {
-                seg.split_whitespace()
-                    .find_map(|f| f.strip_prefix("mesg="))
-                    .and_then(|n| n.parse().ok())
-            })
-            .unwrap_or(0))
+        smtp_gateway_tests::smtp_sink_messages(&self.counters)
     }
 }
 
