@@ -7,6 +7,14 @@ pub use bench_figures as figures;
 
 pub mod proc;
 
+/// The 1, 5 and 15 minute load averages ("1.59 2.38 3.44"), for benchmark reports: every
+/// figure here shares its CPUs with whatever else the machine runs.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// Messages an `smtp-sink -c` has received: the last `mesg=N` of its counters output (the
 /// counters are rewritten in place, `\r`-separated).
 pub fn smtp_sink_messages(counters: &std::path::Path) -> anyhow::Result<u64> {

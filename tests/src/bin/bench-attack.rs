@@ -39,7 +39,7 @@
 use smtp_gateway_tests::{
     BenchArgs, TempDir,
     figures::{Figure, Figures, Point, Series},
-    machine,
+    loadavg, machine,
     proc::Proc,
     thousands,
 };
@@ -1280,12 +1280,6 @@ impl Results {
             ],
         }
     }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn spread(v: &[f64], digits: usize) -> (String, String) {

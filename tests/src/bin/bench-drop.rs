@@ -1297,9 +1297,7 @@ fn report(settings: &Settings, r: &Results) -> String {
     let _ = writeln!(
         out,
         "- load average when the report was written (1, 5, 15 min): {}",
-        std::fs::read_to_string("/proc/loadavg")
-            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
-            .unwrap_or_else(|_| "unknown".into())
+        smtp_gateway_tests::loadavg()
     );
     let _ = writeln!(
         out,

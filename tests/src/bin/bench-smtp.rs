@@ -70,7 +70,7 @@ mod throughput;
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result, ensure};
-use smtp_gateway_tests::{BenchArgs, TempDir};
+use smtp_gateway_tests::{BenchArgs, TempDir, loadavg};
 
 use crate::{
     contender::Contender, gateway::Gateway, haproxy::Haproxy, haraka::Haraka, postfix::Postfix,
@@ -289,11 +289,4 @@ fn run(settings: &Settings) -> Result<()> {
         eprintln!("figures written to {}", path.display());
     }
     Ok(())
-}
-
-/// The 1, 5 and 15 minute load averages.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }
