@@ -187,7 +187,8 @@ async fn handle(handler: &Handler, request: Request, pid: Option<i32>) -> Respon
             | Request::AllowAdd { .. }
             | Request::AllowDel { .. }
     );
-    let described = format!("{request:?}");
+    // Only changes are logged (`top` asks for statistics every second).
+    let described = mutating.then(|| format!("{request:?}"));
     let dataplane = handler.dataplane.clone();
     let outcomes = handler.outcomes.clone();
     let result = tokio::task::spawn_blocking(move || {
@@ -204,7 +205,7 @@ async fn handle(handler: &Handler, request: Request, pid: Option<i32>) -> Respon
             message: format!("internal error: {e}"),
         },
     };
-    if mutating {
+    if let Some(described) = described {
         match &response {
             Response::Done { message, .. } => {
                 tracing::info!(client_pid = ?pid, "control: {message}");
