@@ -310,6 +310,80 @@ fn ban(
 mod tests {
     use super::*;
 
+    fn event(last: u8, check: Check, action: Action) -> Event {
+        Event {
+            source: IpAddr::from([198, 18, 0, last]),
+            check,
+            action,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_ban_is_decided_after_the_configured_firings_and_never_for_ignore() {
+        let mut config = crate::config::Config::default();
+        config.autoban.checks = [
+            ("relay_attempt".to_string(), 2),
+            ("pregreet".to_string(), 1),
+        ]
+        .into_iter()
+        .collect();
+        config.autoban.track_sources = 3;
+        let (_tx, rx) = watch::channel(config);
+        let (mut counts, mut pending) = (HashMap::new(), HashMap::new());
+
+        decide(
+            &rx,
+            &mut counts,
+            &mut pending,
+            &event(1, Check::RelayAttempt, Action::Score),
+        );
+        assert!(pending.is_empty(), "one of two relay attempts");
+        decide(
+            &rx,
+            &mut counts,
+            &mut pending,
+            &event(1, Check::RelayAttempt, Action::Score),
+        );
+        assert_eq!(
+            pending[&IpAddr::from([198, 18, 0, 1])].check,
+            "relay_attempt"
+        );
+        assert!(
+            pending[&IpAddr::from([198, 18, 0, 1])].due.is_none(),
+            "waits for the session"
+        );
+
+        decide(
+            &rx,
+            &mut counts,
+            &mut pending,
+            &event(2, Check::Pregreet, Action::Ignore),
+        );
+        decide(
+            &rx,
+            &mut counts,
+            &mut pending,
+            &event(3, Check::NonSmtp, Action::Drop),
+        );
+        assert_eq!(
+            pending.len(),
+            1,
+            "ignored and unconfigured checks never ban"
+        );
+
+        // Bounded: past track_sources pending bans, they are forgotten rather than grown.
+        for last in 10..13 {
+            decide(
+                &rx,
+                &mut counts,
+                &mut pending,
+                &event(last, Check::Pregreet, Action::Drop),
+            );
+        }
+        assert!(pending.len() <= 3, "{} pending", pending.len());
+    }
+
     #[test]
     fn bans_cover_the_configured_prefix() {
         let cases = [
