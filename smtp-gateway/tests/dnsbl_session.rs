@@ -24,8 +24,12 @@ fn dns_server(answer: Option<[u8; 4]>) -> (SocketAddr, Arc<Mutex<Vec<String>>>) 
     std::thread::spawn(move || {
         let mut buf = [0u8; 512];
         for _ in 0..50 {
-            let Ok((n, peer)) = socket.recv_from(&mut buf) else {
-                return;
+            // A signal to the test process interrupts a receive with a timeout even under
+            // SA_RESTART (signal(7)): ask again rather than stop answering.
+            let (n, peer) = match socket.recv_from(&mut buf) {
+                Ok(received) => received,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
             };
             let query = &buf[..n];
             // Header (12 bytes), then QNAME labels up to a zero byte, then QTYPE and QCLASS.

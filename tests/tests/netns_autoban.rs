@@ -163,6 +163,8 @@ impl Smtp {
                 ),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                // A signal interrupts a read with a timeout even under SA_RESTART (signal(7)).
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => panic!("{}: read: {e}", self.what),
             }
         }
@@ -195,6 +197,7 @@ impl Smtp {
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     break false;
                 }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => break true,
             }
         };

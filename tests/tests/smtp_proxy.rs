@@ -165,6 +165,8 @@ impl Client {
                 }
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                // A signal interrupts a read with a timeout even under SA_RESTART (signal(7)).
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
                     return Err(format!(
                         "read error {e}; buffered {:?}",
@@ -219,6 +221,7 @@ impl Client {
                 }
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => {
                     closed = true;
                     break;

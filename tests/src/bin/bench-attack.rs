@@ -757,7 +757,12 @@ fn reply(stream: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> Result<u16> {
                 String::from_utf8_lossy(line)
             );
         }
-        let n = stream.read(&mut chunk).context("reading a reply")?;
+        let n = match stream.read(&mut chunk) {
+            Ok(n) => n,
+            // A signal interrupts a read with a timeout even under SA_RESTART (signal(7)).
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("reading a reply"),
+        };
         ensure!(n > 0, "connection closed before a reply");
         buf.extend_from_slice(&chunk[..n]);
     }

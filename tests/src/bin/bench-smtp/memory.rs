@@ -49,7 +49,12 @@ fn open_idle(gateway: SocketAddr, source: Ipv4Addr) -> std::io::Result<TcpStream
     let mut banner = Vec::new();
     let mut buf = [0u8; 512];
     loop {
-        let n = (&stream).read(&mut buf)?;
+        let n = match (&stream).read(&mut buf) {
+            Ok(n) => n,
+            // A signal interrupts a read with a timeout even under SA_RESTART (signal(7)).
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             return Err(std::io::Error::new(
                 ErrorKind::UnexpectedEof,
