@@ -404,6 +404,21 @@ impl Config {
                 return bad(key, "must be at least 1s".into());
             }
         }
+        let b = &self.backend;
+        if b.pool_size > 0
+            && !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&b.pool_idle)
+        {
+            return bad("backend.pool_idle", "must be between 1s and 1h".into());
+        }
+        if b.pool_size > s.max_connections {
+            return bad(
+                "backend.pool_size",
+                format!(
+                    "{} is above smtp.max_connections ({})",
+                    b.pool_size, s.max_connections
+                ),
+            );
+        }
         if !s.listeners.is_empty() && self.backend.servers.is_empty() {
             return bad(
                 "backend.servers",

@@ -184,12 +184,19 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
         config.smtp.pass_cache_ttl,
         config.smtp.pass_cache_size,
     ));
+    let backend_pool = Arc::new(crate::smtp::backend_pool::BackendPool::new());
+    let pool_sweeper = tokio::spawn({
+        let pool = backend_pool.clone();
+        let shutdown = shutdown_rx.clone();
+        async move { pool.run_sweeper(shutdown).await }
+    });
     let context = GenerationContext {
         events: events.clone(),
         ends,
         pass_cache,
         metrics: metrics.clone(),
         outcomes,
+        backend_pool: backend_pool.clone(),
     };
     let proxy = start_proxy(&config, listeners, &context, shutdown_rx.clone())?;
     let sweeper = tokio::spawn(sweep_loop(dataplane.clone(), config_rx, shutdown_rx));
@@ -257,6 +264,11 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
         }
         let _ = proxy.handle.await;
     }
+    // The sessions are over: the idle backend connections end with QUIT (SIGINT just closes them).
+    let _ = pool_sweeper.await;
+    if !fast {
+        backend_pool.close_all().await;
+    }
     let bans = autoban.await.unwrap_or(0);
     tracing::info!(bans, "sources banned by session verdicts during this run");
     tracing::info!(
@@ -274,6 +286,7 @@ struct GenerationContext {
     pass_cache: Arc<crate::policy::pass_cache::PassCache>,
     metrics: Arc<crate::metrics::Metrics>,
     outcomes: Arc<crate::source_outcomes::SourceOutcomes>,
+    backend_pool: Arc<crate::smtp::backend_pool::BackendPool>,
 }
 
 /// The running proxy: its task and the configuration generation new sessions use.
@@ -294,6 +307,7 @@ fn build_shared(
         pass_cache,
         metrics,
         outcomes,
+        backend_pool,
     } = context;
     let tls = config
         .smtp
@@ -334,6 +348,7 @@ fn build_shared(
         metrics,
         outcomes,
         ends,
+        backend_pool,
     })
 }
 

@@ -119,6 +119,11 @@ struct CheckLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OriginLabels {
+    origin: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerdictLabels {
     verdict: &'static str,
 }
@@ -157,6 +162,8 @@ pub struct Metrics {
     tls_handshakes: Family<ResultLabels, Counter>,
     /// Backend command round trips.
     backend_reply: Histogram,
+    /// Backend sessions by connection: opened for the session, or an idle one reused.
+    backend_sessions: Family<OriginLabels, Counter>,
     /// Messages relayed (backend 2xx) or refused.
     messages: Family<ResultLabels, Counter>,
     /// Checks that fired, by check and configured action.
@@ -194,6 +201,7 @@ impl Metrics {
             sessions_active: Gauge::default(),
             tls_handshakes: Family::default(),
             backend_reply: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            backend_sessions: Family::default(),
             messages: Family::default(),
             checks_fired: Family::default(),
             config_reloads: Family::default(),
@@ -219,6 +227,11 @@ impl Metrics {
             "backend_reply_seconds",
             "Backend command round trips",
             m.backend_reply.clone(),
+        );
+        registry.register(
+            "backend_sessions",
+            "Backend sessions started, by connection: \"new\" (opened for the session) or \"reused\" (an idle one from the pool)",
+            m.backend_sessions.clone(),
         );
         registry.register(
             "messages",
@@ -275,6 +288,14 @@ impl Metrics {
     /// The histogram backend round trips are recorded in.
     pub fn backend_reply_histogram(&self) -> Histogram {
         self.backend_reply.clone()
+    }
+
+    /// A session got its backend connection: a new one, or an idle one `reused`.
+    pub fn backend_session(&self, reused: bool) {
+        let origin = if reused { "reused" } else { "new" };
+        self.backend_sessions
+            .get_or_create(&OriginLabels { origin })
+            .inc();
     }
 
     /// A message left the session: relayed (backend 2xx) or refused.

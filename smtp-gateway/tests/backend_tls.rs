@@ -6,6 +6,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use smtp_gateway::smtp::{
     backend::Backend,
+    backend_pool::BackendPool,
     config::{BackendConfig, BackendServer, BackendTls, ConnectAt, Identity},
     identity::ClientIdentity,
     tls::backend_connector,
@@ -106,6 +107,7 @@ fn config(addr: SocketAddr, ca: &std::path::Path) -> BackendConfig {
         connect_at: ConnectAt::Mail,
         connect_timeout: Duration::from_secs(5),
         reply_timeout: Duration::from_secs(5),
+        ..BackendConfig::default()
     }
 }
 
@@ -132,9 +134,10 @@ async fn starttls_to_the_backend_then_xclient_inside_tls() {
     let cfg = config(addr, &ca);
     let connector =
         backend_connector(cfg.servers[0].tls.as_ref().expect("tls"), addr.ip()).expect("connector");
-    let (_backend, ehlo) = Backend::connect(
+    let (_backend, ehlo, _) = Backend::connect(
         &cfg,
         &[Some(connector)],
+        &BackendPool::new(),
         &client(),
         "127.0.0.1:25".parse().expect("addr"),
         "gw.test",
@@ -169,6 +172,7 @@ async fn a_backend_certificate_from_another_ca_is_refused() {
     let result = Backend::connect(
         &cfg,
         &[Some(connector)],
+        &BackendPool::new(),
         &client(),
         "127.0.0.1:25".parse().expect("addr"),
         "gw.test",

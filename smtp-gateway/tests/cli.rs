@@ -172,6 +172,14 @@ fn check_config_rejects_with_key_and_line() {
             "[metrics]\nsession_sources = 0\n",
             &["metrics.session_sources", ":2"][..],
         ),
+        (
+            "[backend]\npool_idle = \"0s\"\n",
+            &["backend.pool_idle", ":2", "between 1s and 1h"][..],
+        ),
+        (
+            "[smtp]\nmax_connections = 10\n[backend]\n\npool_size = 11\n",
+            &["backend.pool_size", ":5", "smtp.max_connections"][..],
+        ),
     ];
     for (text, fragments) in cases {
         let out = check_config(text);

@@ -1,6 +1,6 @@
-//! The live connection to the backend MTA: connect (with failover), pass the client's identity,
-//! replay the client's EHLO, then relay commands (one at a time, or several written together when
-//! the backend offers PIPELINING) and stream message text.
+//! The live connection to the backend MTA: connect (with failover) or take an idle one from the
+//! pool, pass the client's identity, replay the client's EHLO, then relay commands (one at a
+//! time, or several written together when the backend offers PIPELINING) and stream message text.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -10,6 +10,7 @@ use tokio::{
 };
 
 use super::{
+    backend_pool::BackendPool,
     config::{BackendConfig, BackendServer, Identity},
     connection::MaybeTls,
     identity::{ClientIdentity, proxy_v2_header, xclient_command},
@@ -59,24 +60,41 @@ pub struct Backend {
     queued: Vec<u8>,
     /// When the queued commands were last written: the start of their round trips.
     flushed_at: std::time::Instant,
+    /// The server takes no per-connection identity (`identity = "none"`): the connection may
+    /// serve the next session.
+    shareable: bool,
 }
 
 impl Backend {
-    /// Connects to the first reachable server, passes the identity and replays `EHLO helo`.
-    /// Returns the backend and its EHLO reply.
+    /// Connects to the first reachable server (or takes an idle connection to it from `pool`,
+    /// for `identity = "none"` servers), passes the identity and replays `EHLO helo`.
+    /// Returns the backend, its EHLO reply and whether the connection was reused.
     /// `tls[i]` is the STARTTLS connector of `cfg.servers[i]`, if it has one.
     pub async fn connect(
         cfg: &BackendConfig,
         tls: &[Option<BackendConnector>],
+        pool: &BackendPool,
         client: &ClientIdentity,
         local: SocketAddr,
         gateway_name: &str,
-    ) -> Result<(Self, Reply), BackendError> {
+    ) -> Result<(Self, Reply, bool), BackendError> {
         let mut last = BackendError::NoServers;
         for (i, server) in cfg.servers.iter().enumerate() {
+            if server.identity == Identity::None && cfg.pool_size > 0 {
+                // A connection that fails its EHLO (the backend closed it meanwhile) is dropped,
+                // and the next one, or a new one, serves the client.
+                while let Some(mut idle) = pool.take(server.address) {
+                    match idle.hello(client, gateway_name).await {
+                        Ok(ehlo) => return Ok((idle, ehlo, true)),
+                        Err(e) => {
+                            tracing::debug!(backend = %server.address, error = %e, "idle backend connection unusable; replacing it");
+                        }
+                    }
+                }
+            }
             let connector = tls.get(i).and_then(Option::as_ref);
             match Self::connect_one(cfg, server, connector, client, local, gateway_name).await {
-                Ok(ok) => return Ok(ok),
+                Ok((backend, ehlo)) => return Ok((backend, ehlo, false)),
                 Err(e) => {
                     tracing::warn!(backend = %server.address, error = %e, "backend unavailable, trying the next");
                     last = e;
@@ -112,6 +130,7 @@ impl Backend {
             pipelining: false,
             queued: Vec::new(),
             flushed_at: std::time::Instant::now(),
+            shareable: server.identity == Identity::None,
         };
         if server.identity == Identity::ProxyV2 {
             backend.write(&proxy_v2_header(client.addr, local)).await?;
@@ -122,10 +141,6 @@ impl Backend {
         if banner.code != 220 {
             return Err(unavailable(format!("banner {}", banner.summary())));
         }
-        let helo = client
-            .helo
-            .clone()
-            .unwrap_or_else(|| gateway_name.to_string());
         if let Some(tls) = tls {
             backend
                 .start_tls(tls, gateway_name)
@@ -162,17 +177,62 @@ impl Backend {
                 return Err(unavailable(format!("XCLIENT refused: {}", reply.summary())));
             }
         }
+        let ehlo = backend.hello(client, gateway_name).await?;
+        Ok((backend, ehlo))
+    }
+
+    /// Replays the client's HELO or EHLO (the gateway's name when it gave none); on a reused
+    /// connection this also starts the new session's state on the backend (RFC 5321 4.1.4).
+    async fn hello(
+        &mut self,
+        client: &ClientIdentity,
+        gateway_name: &str,
+    ) -> Result<Reply, BackendError> {
+        let helo = client.helo.as_deref().unwrap_or(gateway_name);
         let verb = if client.esmtp { "EHLO" } else { "HELO" };
-        let ehlo = backend.command(format!("{verb} {helo}").as_bytes()).await?;
+        let ehlo = self.command(format!("{verb} {helo}").as_bytes()).await?;
         if !ehlo.is_positive() {
-            return Err(unavailable(format!("{verb} refused: {}", ehlo.summary())));
+            return Err(BackendError::Unavailable {
+                addr: self.addr,
+                detail: format!("{verb} refused: {}", ehlo.summary()),
+            });
         }
-        backend.pipelining = ehlo.lines.iter().skip(1).any(|l| {
+        self.pipelining = ehlo.lines.iter().skip(1).any(|l| {
             l.split_whitespace()
                 .next()
                 .is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))
         });
-        Ok((backend, ehlo))
+        Ok(ehlo)
+    }
+
+    /// Whether this connection may serve another session: its server takes no per-connection
+    /// identity. (The session decides whether its own state allows it: no open transaction, no
+    /// AUTH.)
+    pub fn shareable(&self) -> bool {
+        self.shareable
+    }
+
+    /// Keeps this connection to its session (it carries the client's AUTH).
+    pub fn keep_private(&mut self) {
+        self.shareable = false;
+    }
+
+    /// Whether an idle connection is still usable: nothing buffered or queued, and the backend
+    /// has neither closed it nor sent anything unasked (a 421 before its own idle timeout). Looks
+    /// without waiting.
+    pub fn still_open(&mut self) -> bool {
+        if !self.stream.buffer().is_empty() || !self.queued.is_empty() {
+            return false;
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut buf = tokio::io::ReadBuf::new(&mut byte);
+        tokio::io::AsyncRead::poll_read(
+            std::pin::Pin::new(self.stream.get_mut()),
+            &mut cx,
+            &mut buf,
+        )
+        .is_pending()
     }
 
     /// EHLO, STARTTLS, handshake verifying the backend's certificate.

@@ -159,6 +159,13 @@ pub struct BackendConfig {
     /// Time allowed for any backend reply (the final reply after DATA included).
     #[serde(with = "humantime_serde")]
     pub reply_timeout: Duration,
+    /// Idle connections kept per `identity = "none"` server for the next session; 0: every
+    /// session opens its own and ends it with QUIT.
+    pub pool_size: usize,
+    /// How long a pooled connection may stay idle before it is closed with QUIT; below the
+    /// backend's own idle timeout (Postfix `smtpd_timeout`, 300s).
+    #[serde(with = "humantime_serde")]
+    pub pool_idle: Duration,
 }
 
 impl Default for BackendConfig {
@@ -168,6 +175,8 @@ impl Default for BackendConfig {
             connect_at: ConnectAt::Mail,
             connect_timeout: Duration::from_secs(10),
             reply_timeout: Duration::from_secs(600),
+            pool_size: 16,
+            pool_idle: Duration::from_secs(30),
         }
     }
 }

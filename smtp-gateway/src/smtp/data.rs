@@ -215,6 +215,7 @@ mod tests {
             connect_at: ConnectAt::Mail,
             connect_timeout: Duration::from_secs(5),
             reply_timeout: Duration::from_secs(5),
+            ..BackendConfig::default()
         };
         let id = ClientIdentity {
             addr: "127.0.0.1:1".parse().expect("addr"),
@@ -223,9 +224,10 @@ mod tests {
             esmtp: true,
             login: None,
         };
-        let (mut backend, _) = Backend::connect(
+        let (mut backend, _, _) = Backend::connect(
             &cfg,
             &[None],
+            &crate::smtp::backend_pool::BackendPool::new(),
             &id,
             "127.0.0.1:25".parse().expect("addr"),
             "gw",

@@ -6,11 +6,13 @@
 //! - `session.rs`: the per-client state machine and its checks;
 //! - `data.rs`: message text streamed to the backend, smuggling-proof;
 //! - `backend.rs`: the backend MTA session (failover, identity, EHLO replay);
+//! - `backend_pool.rs`: idle backend connections kept for the next session;
 //! - `pipeline.rs`: MAIL/RCPT forwarded without waiting, and how their replies settle in order;
 //! - `identity.rs`: PROXY v2 header and XCLIENT;
 //! - `reply.rs`: SMTP replies; `tls.rs`: rustls; `events.rs`: verdict events.
 
 pub mod backend;
+pub mod backend_pool;
 pub mod config;
 pub mod connection;
 pub mod data;
@@ -48,4 +50,6 @@ pub struct Shared {
     pub outcomes: std::sync::Arc<crate::source_outcomes::SourceOutcomes>,
     /// Session ends, for the auto-ban.
     pub ends: events::EndSender,
+    /// Idle backend connections (one pool for the whole run).
+    pub backend_pool: std::sync::Arc<backend_pool::BackendPool>,
 }

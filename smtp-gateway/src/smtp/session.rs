@@ -235,7 +235,7 @@ impl Session {
             self.command_loop().await;
         }
         if let Some(backend) = self.backend.take() {
-            backend.quit().await;
+            self.release_backend(backend).await;
         }
         self.conn.shutdown().await;
         let verdict = self.verdict();
@@ -261,6 +261,23 @@ impl Session {
             duration_ms = self.started.elapsed().as_millis() as u64,
             "session"
         );
+    }
+
+    /// Hands the backend connection to the pool when the next session can use it as it is
+    /// (between transactions, no reply outstanding, no AUTH on it); otherwise ends it with QUIT.
+    async fn release_backend(&mut self, backend: Backend) {
+        let cfg = &self.shared.config.backend;
+        let idle = self.txn.is_none() && self.pipeline.is_empty() && !self.authenticated;
+        let unkept = if idle && backend.shareable() && cfg.pool_size > 0 {
+            self.shared
+                .backend_pool
+                .put(backend, cfg.pool_size, cfg.pool_idle)
+        } else {
+            Some(backend)
+        };
+        if let Some(backend) = unkept {
+            backend.quit().await;
+        }
     }
 
     async fn greet(&mut self) -> Flow {
@@ -575,6 +592,8 @@ impl Session {
             self.reply(Reply::new(503, "5.5.1 Send EHLO first"));
             return Flow::Continue;
         };
+        // Whatever the outcome, the connection carries this client's SASL state from now on.
+        backend.keep_private();
         let mut reply = match backend.command(raw).await {
             Ok(r) => r,
             Err(e) => return self.backend_lost(e),
@@ -754,13 +773,15 @@ impl Session {
         match Backend::connect(
             &shared.config.backend,
             &shared.backend_tls,
+            &shared.backend_pool,
             &self.identity(),
             self.local,
             &shared.config.smtp.hostname,
         )
         .await
         {
-            Ok((mut backend, ehlo)) => {
+            Ok((mut backend, ehlo, reused)) => {
+                self.shared.metrics.backend_session(reused);
                 backend.record_reply_times(self.shared.metrics.backend_reply_histogram());
                 self.backend_auth = ehlo.lines.iter().skip(1).find_map(|l| {
                     let (keyword, rest) = l.split_once(' ')?;

@@ -135,6 +135,26 @@ impl Gateway {
         smtp_extra: &str,
         wrapper: &[&str],
     ) -> Self {
+        Self::launch(tag, backend, smtp_extra, "", wrapper)
+    }
+
+    /// Starts the daemon with extra `[backend]` keys.
+    pub fn start_with_backend(
+        tag: &str,
+        backend: std::net::SocketAddr,
+        smtp_extra: &str,
+        backend_extra: &str,
+    ) -> Self {
+        Self::launch(tag, backend, smtp_extra, backend_extra, &[])
+    }
+
+    fn launch(
+        tag: &str,
+        backend: std::net::SocketAddr,
+        smtp_extra: &str,
+        backend_extra: &str,
+        wrapper: &[&str],
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("sgw-life-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let free_port = || {
@@ -154,7 +174,7 @@ impl Gateway {
             metrics_port,
             pin_dir,
         };
-        gw.write_config(backend, smtp_extra);
+        gw.write_config_with(backend, smtp_extra, backend_extra);
         let log = std::fs::File::create(dir.join("gateway.log")).expect("log");
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
@@ -179,9 +199,19 @@ impl Gateway {
     }
 
     pub fn write_config(&self, backend: std::net::SocketAddr, smtp_extra: &str) {
+        self.write_config_with(backend, smtp_extra, "");
+    }
+
+    /// The configuration with extra `[smtp]` and `[backend]` keys (or sections after `[smtp]`).
+    pub fn write_config_with(
+        &self,
+        backend: std::net::SocketAddr,
+        smtp_extra: &str,
+        backend_extra: &str,
+    ) {
         let text = format!(
             "[dataplane]\npin_dir = \"{}\"\n[smtp]\nhostname = \"gw.test\"\nlisteners = [{{ address = \"127.0.0.1:{}\" }}]\n{smtp_extra}\n\
-             [backend]\nservers = [{{ address = \"{backend}\", identity = \"none\" }}]\n[relay]\naccepted_domains = [\"example.org\"]\n\
+             [backend]\nservers = [{{ address = \"{backend}\", identity = \"none\" }}]\n{backend_extra}\n[relay]\naccepted_domains = [\"example.org\"]\n\
              [metrics]\nlisten = \"127.0.0.1:{}\"\n",
             self.pin_dir, self.port, self.metrics_port
         );

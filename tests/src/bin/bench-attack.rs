@@ -505,7 +505,11 @@ impl Gateway {
              [metrics]\n\
              enabled = false\n"
         );
-        let config = dir.join(if xdp {
+        // The daemon watches its configuration's directory for changes; as in a deployment
+        // (/etc/smtp-gateway), nothing else is written there, so the log's writes wake no watcher.
+        let etc = dir.join("etc");
+        std::fs::create_dir_all(&etc).with_context(|| format!("creating {}", etc.display()))?;
+        let config = etc.join(if xdp {
             "gateway-xdp.toml"
         } else {
             "gateway.toml"

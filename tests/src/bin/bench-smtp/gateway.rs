@@ -51,7 +51,11 @@ impl Gateway {
             binary.display()
         );
         let pin_dir = format!("/sys/fs/bpf/sgw-bench-smtp-{}-{n}", std::process::id());
-        let config = dir.join(format!("gateway-{n}.toml"));
+        // The daemon watches its configuration's directory for changes; as in a deployment
+        // (/etc/smtp-gateway), nothing else is written there, so the log's writes wake no watcher.
+        let etc = dir.join("etc");
+        std::fs::create_dir_all(&etc).with_context(|| format!("creating {}", etc.display()))?;
+        let config = etc.join(format!("gateway-{n}.toml"));
         let log = dir.join(format!("gateway-{n}.log"));
         let mut last_error = String::new();
         for _attempt in 0..3 {

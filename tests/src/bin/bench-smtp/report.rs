@@ -124,7 +124,8 @@ pub fn markdown(
          concurrent sessions after a warm-up; within a repeat every contender runs back to \
          back, their order rotating between repeats; each run sized to about {:?} from the \
          warm-up rate. Ratios are medians of per-repeat ratios (runs made minutes apart are \
-         never divided)",
+         never divided). The gateway's configuration sits in a directory of its own, as in \
+         /etc/smtp-gateway: the daemon watches that directory, and its log is written elsewhere",
         settings.repeats,
         tp.levels
             .iter()

@@ -1,0 +1,173 @@
+//! Idle backend connections kept for the next session (servers with `identity = "none"` only:
+//! an XCLIENT or PROXY v2 identity belongs to one connection). A session that ends with its
+//! backend between transactions hands the connection back instead of sending QUIT; the next
+//! session takes it, says EHLO with its own client's name, and skips the connect, the banner and
+//! the QUIT: two round trips and a TCP connection per message fewer for the backend.
+//!
+//! Connections are taken newest first, so under a light load the older ones reach
+//! `backend.pool_idle` and are closed with QUIT by [`BackendPool::run_sweeper`]. A connection the
+//! backend closed, or one on which it said something unasked (a 421 before its own idle timeout),
+//! is found out before it is handed to a session; one that fails at that EHLO is replaced by a new
+//! connection, so a client never sees the difference.
+
+use std::{
+    net::SocketAddr,
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
+
+use tokio::{
+    sync::{Notify, watch},
+    time::Instant,
+};
+
+use super::backend::Backend;
+
+/// One idle connection and when it is closed.
+struct Idle {
+    backend: Backend,
+    expires: Instant,
+}
+
+/// The idle connections of the whole run (configuration generations share it: a reload that
+/// changes the pool's limits applies them to the connections handed back from then on).
+#[derive(Default)]
+pub struct BackendPool {
+    idle: Mutex<Vec<Idle>>,
+    /// Wakes the sweeper when a connection with an earlier expiry arrives.
+    added: Notify,
+}
+
+impl std::fmt::Debug for BackendPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendPool")
+            .field("idle", &self.len())
+            .finish()
+    }
+}
+
+impl BackendPool {
+    /// An empty pool.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        // The vector stays consistent at every step, so a panic elsewhere cannot corrupt it.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Idle connections now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no connection is idle.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most recently returned connection to `addr` that is still open and not expired.
+    /// Connections found closed are dropped; expired ones are closed with QUIT in the background.
+    pub fn take(&self, addr: SocketAddr) -> Option<Backend> {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        let found = {
+            let mut idle = self.lock();
+            loop {
+                let Some(pos) = idle.iter().rposition(|i| i.backend.addr == addr) else {
+                    break None;
+                };
+                let mut entry = idle.swap_remove(pos);
+                if entry.expires <= now {
+                    expired.push(entry.backend);
+                } else if entry.backend.still_open() {
+                    break Some(entry.backend);
+                }
+            }
+        };
+        quit_in_background(expired);
+        found
+    }
+
+    /// Keeps `backend` until `max_idle` passes; gives it back when `per_server` connections to its
+    /// server are already idle (the caller closes it).
+    #[must_use = "a connection given back must be closed"]
+    pub fn put(&self, backend: Backend, per_server: usize, max_idle: Duration) -> Option<Backend> {
+        let mut idle = self.lock();
+        let held = idle
+            .iter()
+            .filter(|i| i.backend.addr == backend.addr)
+            .count();
+        if held >= per_server {
+            return Some(backend);
+        }
+        idle.push(Idle {
+            backend,
+            expires: Instant::now() + max_idle,
+        });
+        drop(idle);
+        self.added.notify_one();
+        None
+    }
+
+    /// Takes out the connections whose time is up, and tells when the next one's is.
+    fn take_expired(&self, now: Instant) -> (Vec<Backend>, Option<Instant>) {
+        let mut idle = self.lock();
+        let mut expired = Vec::new();
+        let mut i = 0;
+        while i < idle.len() {
+            if idle[i].expires <= now {
+                expired.push(idle.swap_remove(i).backend);
+            } else {
+                i += 1;
+            }
+        }
+        let next = idle.iter().map(|i| i.expires).min();
+        (expired, next)
+    }
+
+    /// Closes idle connections with QUIT as their time runs out, until `shutdown`; then closes
+    /// the rest.
+    pub async fn run_sweeper(&self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let (expired, next) = self.take_expired(Instant::now());
+            for backend in expired {
+                backend.quit().await;
+            }
+            let wait = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = wait => {}
+                _ = self.added.notified() => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+
+    /// Closes every idle connection with QUIT (at shutdown, once the sessions are done), all at
+    /// once: each QUIT is bounded by its server's `backend.connect_timeout`.
+    pub async fn close_all(&self) {
+        let all: Vec<Backend> = self.lock().drain(..).map(|i| i.backend).collect();
+        let quits: Vec<_> = all.into_iter().map(|b| tokio::spawn(b.quit())).collect();
+        for quit in quits {
+            let _ = quit.await;
+        }
+    }
+}
+
+/// QUITs `backends` in a task of their own (the caller is a session that must not wait).
+fn quit_in_background(backends: Vec<Backend>) {
+    if backends.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for backend in backends {
+            backend.quit().await;
+        }
+    });
+}

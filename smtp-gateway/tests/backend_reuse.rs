@@ -1,0 +1,304 @@
+//! Backend connections reused between sessions (`backend.pool_size`, `backend.pool_idle`) for
+//! `identity = "none"` servers: one connection carries consecutive sessions, each with its own
+//! EHLO; a connection the backend closed, or one that fails its EHLO, is replaced without the
+//! client noticing; idle connections and those left at shutdown end with QUIT; a session that
+//! leaves a transaction open, or a pool of size 0, ends its connection with QUIT. Needs root
+//! (bpffs pins).
+
+#[path = "support/peers.rs"]
+#[allow(dead_code)] // each test binary uses a different part of the shared peers
+mod peers;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use peers::Gateway;
+
+/// How the test backend misbehaves.
+#[derive(Clone, Copy, PartialEq)]
+enum Behaviour {
+    /// A well-behaved MTA.
+    Normal,
+    /// Closes the connection right after accepting a message.
+    CloseAfterMessage,
+    /// Closes the connection, without a reply, at the second EHLO on it.
+    CloseAtSecondEhlo,
+}
+
+/// The commands of each connection the backend accepted, in the order they were accepted.
+type Connections = Arc<Mutex<Vec<Vec<String>>>>;
+
+/// A backend MTA on loopback that records every command, per connection.
+fn backend(behaviour: Behaviour) -> (SocketAddr, Connections) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+    let addr = listener.local_addr().expect("addr");
+    let connections: Connections = Arc::default();
+    let all = connections.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let index = {
+                let mut all = all.lock().expect("connections");
+                all.push(Vec::new());
+                all.len() - 1
+            };
+            let all = all.clone();
+            std::thread::spawn(move || serve(stream, behaviour, index, &all));
+        }
+    });
+    (addr, connections)
+}
+
+fn serve(stream: TcpStream, behaviour: Behaviour, index: usize, all: &Connections) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut out = stream.try_clone().expect("clone");
+    let mut input = BufReader::new(stream);
+    let _ = out.write_all(b"220 backend.test ESMTP\r\n");
+    let mut in_data = false;
+    let mut ehlos = 0;
+    loop {
+        let mut line = String::new();
+        match input.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let cmd = line.trim_end().to_string();
+        if in_data {
+            if cmd == "." {
+                in_data = false;
+                let _ = out.write_all(b"250 2.0.0 queued\r\n");
+                if behaviour == Behaviour::CloseAfterMessage {
+                    return;
+                }
+            }
+            continue;
+        }
+        all.lock().expect("connections")[index].push(cmd.clone());
+        let upper = cmd.to_ascii_uppercase();
+        let reply: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+            ehlos += 1;
+            if ehlos == 2 && behaviour == Behaviour::CloseAtSecondEhlo {
+                return;
+            }
+            b"250-backend.test\r\n250 8BITMIME\r\n"
+        } else if upper.starts_with("MAIL") || upper.starts_with("RCPT") || upper == "RSET" {
+            b"250 2.0.0 Ok\r\n"
+        } else if upper == "DATA" {
+            in_data = true;
+            b"354 go ahead\r\n"
+        } else if upper == "QUIT" {
+            let _ = out.write_all(b"221 2.0.0 bye\r\n");
+            return;
+        } else {
+            b"502 5.5.1 no\r\n"
+        };
+        let _ = out.write_all(reply);
+    }
+}
+
+/// One client session through the gateway that delivers a message from `helo`.
+fn deliver(gw: &Gateway, helo: &str) {
+    let mut c = gw.client();
+    let ehlo = c.cmd(&format!("EHLO {helo}"));
+    assert!(ehlo.starts_with("250"), "{ehlo}");
+    for (command, code) in [
+        ("MAIL FROM:<a@example.net>", "250"),
+        ("RCPT TO:<b@example.org>", "250"),
+        ("DATA", "354"),
+        ("Subject: reuse\r\n\r\nbody\r\n.", "250"),
+        ("QUIT", "221"),
+    ] {
+        let reply = c.cmd(command);
+        assert!(reply.starts_with(code), "{command:?} -> {reply}");
+    }
+}
+
+/// The commands of a whole session after its EHLO line.
+fn session(helo: &str) -> Vec<String> {
+    vec![
+        format!("EHLO {helo}"),
+        "MAIL FROM:<a@example.net>".into(),
+        "RCPT TO:<b@example.org>".into(),
+        "DATA".into(),
+    ]
+}
+
+/// Waits up to 10 s for `done` to hold over the recorded connections; returns them.
+fn wait_for(
+    connections: &Connections,
+    what: &str,
+    done: impl Fn(&[Vec<String>]) -> bool,
+) -> Vec<Vec<String>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = connections.lock().expect("connections").clone();
+        if done(&now) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "{what}: {now:#?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn scrape(port: u16) -> String {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut body = String::new();
+    tcp.read_to_string(&mut body).expect("response");
+    body
+}
+
+/// The value of the sample `series` (name and labels) in a scrape.
+fn sample(scrape: &str, series: &str) -> Option<u64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[test]
+fn consecutive_sessions_share_one_connection_which_ends_with_quit_at_shutdown() {
+    let (addr, connections) = backend(Behaviour::Normal);
+    let mut gw = Gateway::start_with_backend("reuse-share", addr, "", "");
+    deliver(&gw, "first.example.net");
+    deliver(&gw, "second.example.net");
+    let mut expected = session("first.example.net");
+    expected.extend(session("second.example.net"));
+    let seen = wait_for(&connections, "both sessions on one connection", |c| {
+        c.len() == 1 && c[0].len() >= expected.len()
+    });
+    assert_eq!(
+        seen,
+        vec![expected.clone()],
+        "one connection, each session with its own EHLO, no QUIT between them"
+    );
+
+    let metrics = scrape(gw.metrics_port);
+    let new = "smtp_gateway_backend_sessions_total{origin=\"new\"}";
+    let reused = "smtp_gateway_backend_sessions_total{origin=\"reused\"}";
+    assert_eq!(sample(&metrics, new), Some(1), "{metrics}");
+    assert_eq!(sample(&metrics, reused), Some(1), "{metrics}");
+
+    // A graceful stop closes the idle connection politely.
+    gw.signal(libc::SIGTERM);
+    let status = gw.child.wait().expect("wait");
+    assert!(status.success(), "{status:?}\n{}", gw.log());
+    expected.push("QUIT".into());
+    let seen = wait_for(&connections, "QUIT at shutdown", |c| {
+        c.len() == 1 && c[0].len() == expected.len()
+    });
+    assert_eq!(seen, vec![expected]);
+}
+
+#[test]
+fn a_connection_the_backend_closed_is_replaced() {
+    let (addr, connections) = backend(Behaviour::CloseAfterMessage);
+    let gw = Gateway::start_with_backend("reuse-closed", addr, "", "");
+    deliver(&gw, "first.example.net");
+    // The backend's close reaches the gateway before the next session takes the connection.
+    std::thread::sleep(Duration::from_millis(200));
+    deliver(&gw, "second.example.net");
+    let seen = wait_for(&connections, "a second connection", |c| {
+        c.len() == 2 && c[1].len() >= 4
+    });
+    assert_eq!(
+        seen,
+        vec![session("first.example.net"), session("second.example.net")]
+    );
+    let metrics = scrape(gw.metrics_port);
+    let new = "smtp_gateway_backend_sessions_total{origin=\"new\"}";
+    assert_eq!(sample(&metrics, new), Some(2), "{metrics}");
+    assert!(!gw.log().contains("ERROR"), "{}", gw.log());
+}
+
+#[test]
+fn a_connection_that_fails_its_ehlo_is_replaced() {
+    let (addr, connections) = backend(Behaviour::CloseAtSecondEhlo);
+    let gw = Gateway::start_with_backend("reuse-ehlo", addr, "", "");
+    deliver(&gw, "first.example.net");
+    deliver(&gw, "second.example.net");
+    let seen = wait_for(&connections, "a replacement connection", |c| {
+        c.len() == 2 && c[1].len() >= 4
+    });
+    let mut first = session("first.example.net");
+    first.push("EHLO second.example.net".into());
+    assert_eq!(seen, vec![first, session("second.example.net")]);
+    let metrics = scrape(gw.metrics_port);
+    let new = "smtp_gateway_backend_sessions_total{origin=\"new\"}";
+    let reused = "smtp_gateway_backend_sessions_total{origin=\"reused\"}";
+    assert_eq!(sample(&metrics, new), Some(2), "{metrics}");
+    assert_eq!(sample(&metrics, reused), None, "{metrics}");
+    assert!(!gw.log().contains("ERROR"), "{}", gw.log());
+}
+
+#[test]
+fn an_idle_connection_ends_with_quit_after_pool_idle() {
+    let (addr, connections) = backend(Behaviour::Normal);
+    let gw = Gateway::start_with_backend("reuse-idle", addr, "", "pool_idle = \"1s\"");
+    deliver(&gw, "first.example.net");
+    let ended = Instant::now();
+    let mut expected = session("first.example.net");
+    wait_for(&connections, "the session", |c| {
+        c.len() == 1 && c[0].len() == expected.len()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        connections.lock().expect("connections").clone(),
+        vec![expected.clone()],
+        "still idle, no QUIT yet"
+    );
+    expected.push("QUIT".into());
+    let seen = wait_for(&connections, "QUIT after pool_idle", |c| {
+        c.len() == 1 && c[0].len() == expected.len()
+    });
+    assert_eq!(seen, vec![expected]);
+    assert!(
+        ended.elapsed() >= Duration::from_millis(900),
+        "closed after {:?}, before pool_idle",
+        ended.elapsed()
+    );
+}
+
+#[test]
+fn without_a_pool_every_session_ends_with_quit() {
+    let (addr, connections) = backend(Behaviour::Normal);
+    let gw = Gateway::start_with_backend("reuse-off", addr, "", "pool_size = 0");
+    deliver(&gw, "first.example.net");
+    deliver(&gw, "second.example.net");
+    let seen = wait_for(&connections, "two connections with QUIT", |c| {
+        c.len() == 2 && c.iter().all(|s| s.last().is_some_and(|l| l == "QUIT"))
+    });
+    let mut first = session("first.example.net");
+    first.push("QUIT".into());
+    let mut second = session("second.example.net");
+    second.push("QUIT".into());
+    assert_eq!(seen, vec![first, second]);
+}
+
+#[test]
+fn a_session_that_leaves_a_transaction_open_ends_its_connection() {
+    let (addr, connections) = backend(Behaviour::Normal);
+    let gw = Gateway::start_with_backend("reuse-open", addr, "", "");
+    let mut c = gw.client();
+    assert!(c.cmd("EHLO first.example.net").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
+    assert!(c.cmd("QUIT").starts_with("221"));
+    drop(c);
+    deliver(&gw, "second.example.net");
+    let seen = wait_for(&connections, "two connections", |c| {
+        c.len() == 2 && c[1].len() >= 4
+    });
+    let first = vec![
+        "EHLO first.example.net".to_string(),
+        "MAIL FROM:<a@example.net>".into(),
+        "QUIT".into(),
+    ];
+    assert_eq!(seen, vec![first, session("second.example.net")]);
+}
