@@ -116,7 +116,8 @@ pub fn markdown(
     let _ = writeln!(
         w,
         "- method: five paths to one `smtp-sink`: **direct**; the **gateway** (every cheap check \
-         on); **HAProxy** (TCP mode); **Haraka** (`smtp_forward`); **Postfix** (postscreen + \
+         on; the sink takes no client identity, so backend connections are reused between \
+         sessions, the default for `identity = \"none\"`); **HAProxy** (TCP mode); **Haraka** (`smtp_forward`); **Postfix** (postscreen + \
          smtpd, relaying). Two clients: `smtp-source` (one {MESSAGE_BYTES}-byte message per \
          connection, no pipelining; msgs/s = messages / its wall time) and this benchmark's \
          pipelining client (one message per connection, MAIL/RCPT/DATA sent as one RFC 2920 \
