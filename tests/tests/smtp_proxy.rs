@@ -1662,7 +1662,9 @@ fn pipelined_group_delivers_to_accepted_recipients_only() {
     assert_eq!(pf.count("pipe-group-b"), 1);
 }
 
-/// What one backend connection of [`scripted_backend`] saw.
+/// What one backend session of [`scripted_backend`] saw: from its EHLO (or HELO) to the next
+/// one on the same connection (the gateway reuses an idle connection for the next session when
+/// the backend takes no identity), or to the end of the connection.
 #[derive(Debug, Default)]
 struct BackendSession {
     /// Every command line, in order.
@@ -1671,7 +1673,8 @@ struct BackendSession {
     before_mail_reply: Vec<String>,
 }
 
-/// A scripted backend (identity none) serving `sessions` connections: EHLO offers PIPELINING
+/// A scripted backend (identity none) serving connections, one at a time, until it has seen
+/// `sessions` sessions (a connection may carry several): EHLO offers PIPELINING
 /// when `pipelining`; MAIL from a sender containing "refused" gets `550 5.7.1`, RCPT to a
 /// recipient containing "refused" gets `550 5.1.1`; DATA takes the text and answers `250`. Before
 /// answering a MAIL it waits 300 ms and records which commands arrived meanwhile: an
@@ -1699,7 +1702,7 @@ fn scripted_backend(
             stream
                 .set_read_timeout(Some(Duration::from_secs(10)))
                 .expect("timeout");
-            seen.push(serve_scripted(&mut stream, pipelining));
+            seen.extend(serve_scripted(&mut stream, pipelining));
         }
         seen
     });
@@ -1726,7 +1729,9 @@ fn complete_lines(buf: &[u8]) -> Vec<String> {
     lines
 }
 
-fn serve_scripted(stream: &mut TcpStream, pipelining: bool) -> BackendSession {
+/// Serves one connection; returns its sessions.
+fn serve_scripted(stream: &mut TcpStream, pipelining: bool) -> Vec<BackendSession> {
+    let mut sessions = Vec::new();
     let mut session = BackendSession::default();
     let mut buf = Vec::new();
     let _ = stream.write_all(b"220 scripted.backend ESMTP\r\n");
@@ -1735,7 +1740,7 @@ fn serve_scripted(stream: &mut TcpStream, pipelining: bool) -> BackendSession {
         let Some(nl) = buf.windows(2).position(|w| w == b"\r\n") else {
             let mut chunk = [0u8; 16384];
             match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return session,
+                Ok(0) | Err(_) => break,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
             continue;
@@ -1749,8 +1754,11 @@ fn serve_scripted(stream: &mut TcpStream, pipelining: bool) -> BackendSession {
             }
             continue;
         }
-        session.commands.push(line.clone());
         let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
+        if matches!(verb.as_str(), "EHLO" | "HELO") && !session.commands.is_empty() {
+            sessions.push(std::mem::take(&mut session));
+        }
+        session.commands.push(line.clone());
         let answer: &[u8] = match verb.as_str() {
             "EHLO" if pipelining => b"250-scripted.backend\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
             "EHLO" => b"250-scripted.backend\r\n250 8BITMIME\r\n",
@@ -1775,14 +1783,18 @@ fn serve_scripted(stream: &mut TcpStream, pipelining: bool) -> BackendSession {
             }
             "QUIT" => {
                 let _ = stream.write_all(b"221 2.0.0 Bye\r\n");
-                return session;
+                break;
             }
             _ => b"250 2.0.0 Ok\r\n",
         };
         if stream.write_all(answer).is_err() {
-            return session;
+            break;
         }
     }
+    if !session.commands.is_empty() {
+        sessions.push(session);
+    }
+    sessions
 }
 
 /// The group of the scripted-backend tests: accepted, backend-refused, accepted, relay-refused
