@@ -302,3 +302,44 @@ fn a_session_that_leaves_a_transaction_open_ends_its_connection() {
     ];
     assert_eq!(seen, vec![first, session("second.example.net")]);
 }
+
+#[test]
+fn the_pool_keeps_at_most_pool_size_connections_per_server() {
+    let (addr, connections) = backend(Behaviour::Normal);
+    let mut gw = Gateway::start_with_backend("reuse-size", addr, "", "pool_size = 1");
+    // Two sessions at once: each needs a connection of its own.
+    let mut a = gw.client();
+    let mut b = gw.client();
+    for (c, helo) in [(&mut a, "a.example.net"), (&mut b, "b.example.net")] {
+        assert!(c.cmd(&format!("EHLO {helo}")).starts_with("250"));
+        assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
+    }
+    for c in [&mut a, &mut b] {
+        assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        assert!(c.cmd("Subject: size\r\n\r\nbody\r\n.").starts_with("250"));
+        assert!(c.cmd("QUIT").starts_with("221"));
+    }
+    let quit = |c: &[Vec<String>]| {
+        c.iter()
+            .filter(|s| s.last().is_some_and(|l| l == "QUIT"))
+            .count()
+    };
+    let seen = wait_for(&connections, "one connection kept, one ended", |c| {
+        c.len() == 2 && quit(c) == 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        quit(&connections.lock().expect("connections")),
+        1,
+        "the second stays idle in the pool: {seen:#?}"
+    );
+    gw.signal(libc::SIGTERM);
+    let status = gw.child.wait().expect("wait");
+    assert!(status.success(), "{status:?}\n{}", gw.log());
+    wait_for(
+        &connections,
+        "the pooled one ends with QUIT at shutdown",
+        |c| c.len() == 2 && quit(c) == 2,
+    );
+}
