@@ -163,6 +163,17 @@ fn sample(scrape: &str, series: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
+/// `backend_sessions_total` on new and on reused connections (absent: never counted), and the
+/// whole scrape for the failure message.
+fn backend_sessions(gw: &Gateway) -> (Option<u64>, Option<u64>, String) {
+    let metrics = scrape(gw.metrics_port);
+    let count = |origin: &str| {
+        let series = format!("smtp_gateway_backend_sessions_total{{origin=\"{origin}\"}}");
+        sample(&metrics, &series)
+    };
+    (count("new"), count("reused"), metrics)
+}
+
 #[test]
 fn consecutive_sessions_share_one_connection_which_ends_with_quit_at_shutdown() {
     let (addr, connections) = backend(Behaviour::Normal);
@@ -180,11 +191,8 @@ fn consecutive_sessions_share_one_connection_which_ends_with_quit_at_shutdown() 
         "one connection, each session with its own EHLO, no QUIT between them"
     );
 
-    let metrics = scrape(gw.metrics_port);
-    let new = "smtp_gateway_backend_sessions_total{origin=\"new\"}";
-    let reused = "smtp_gateway_backend_sessions_total{origin=\"reused\"}";
-    assert_eq!(sample(&metrics, new), Some(1), "{metrics}");
-    assert_eq!(sample(&metrics, reused), Some(1), "{metrics}");
+    let (new, reused, metrics) = backend_sessions(&gw);
+    assert_eq!((new, reused), (Some(1), Some(1)), "{metrics}");
 
     // A graceful stop closes the idle connection politely.
     gw.signal(libc::SIGTERM);
@@ -212,9 +220,8 @@ fn a_connection_the_backend_closed_is_replaced() {
         seen,
         vec![session("first.example.net"), session("second.example.net")]
     );
-    let metrics = scrape(gw.metrics_port);
-    let new = "smtp_gateway_backend_sessions_total{origin=\"new\"}";
-    assert_eq!(sample(&metrics, new), Some(2), "{metrics}");
+    let (new, _, metrics) = backend_sessions(&gw);
+    assert_eq!(new, Some(2), "{metrics}");
     assert!(!gw.log().contains("ERROR"), "{}", gw.log());
 }
 
@@ -230,11 +237,8 @@ fn a_connection_that_fails_its_ehlo_is_replaced() {
     let mut first = session("first.example.net");
     first.push("EHLO second.example.net".into());
     assert_eq!(seen, vec![first, session("second.example.net")]);
-    let metrics = scrape(gw.metrics_port);
-    let new = "smtp_gateway_backend_sessions_total{origin=\"new\"}";
-    let reused = "smtp_gateway_backend_sessions_total{origin=\"reused\"}";
-    assert_eq!(sample(&metrics, new), Some(2), "{metrics}");
-    assert_eq!(sample(&metrics, reused), None, "{metrics}");
+    let (new, reused, metrics) = backend_sessions(&gw);
+    assert_eq!((new, reused), (Some(2), None), "{metrics}");
     assert!(!gw.log().contains("ERROR"), "{}", gw.log());
 }
 
