@@ -208,6 +208,7 @@ impl Client {
     }
 
     /// Sends `line` + CRLF and asserts the reply code.
+    #[track_caller]
     fn expect(&mut self, line: &str, code: u16) -> Reply {
         let reply = self.cmd(line);
         assert_eq!(reply.code, code, "{line:?} -> {}", reply.text);
@@ -216,6 +217,7 @@ impl Client {
 
     /// The next reply, asserted to have `code`; a failure names the scenario `what`, the `step`
     /// that was answered and what came back.
+    #[track_caller]
     fn expect_reply(&mut self, what: &str, step: &str, code: u16) -> Reply {
         match self.try_reply(REPLY_TIMEOUT) {
             Ok(r) if r.code == code => r,
@@ -225,6 +227,7 @@ impl Client {
     }
 
     /// The banner (220) of scenario `what`.
+    #[track_caller]
     fn banner(&mut self, what: &str) -> Reply {
         self.expect_reply(what, "banner", 220)
     }
@@ -245,6 +248,7 @@ impl Client {
     }
 
     /// Connected, banner (220) read.
+    #[track_caller]
     fn greeted(addr: SocketAddr, source: Ipv4Addr) -> Client {
         let mut c = Client::connect(addr, source);
         c.banner(&format!("session from {source}"));
@@ -252,6 +256,7 @@ impl Client {
     }
 
     /// Banner, EHLO `helo` (250 expected).
+    #[track_caller]
     fn hello(addr: SocketAddr, source: Ipv4Addr, helo: &str) -> Client {
         let mut c = Client::greeted(addr, source);
         c.expect(&format!("EHLO {helo}"), 250);
@@ -260,6 +265,7 @@ impl Client {
 
     /// Sends each command (CRLF added) after the reply to the one before, and asserts the code
     /// of each reply; a failure names the scenario `what`, the command and what came back.
+    #[track_caller]
     fn steps(&mut self, what: &str, steps: &[(&str, u16)]) {
         for (line, code) in steps {
             self.send(format!("{line}\r\n").as_bytes());
@@ -268,6 +274,7 @@ impl Client {
     }
 
     /// MAIL FROM:<sender@example.net>, RCPT TO:<`rcpt`@example.org> and DATA, each accepted.
+    #[track_caller]
     fn open_data(&mut self, what: &str, rcpt: &str) {
         let rcpt = format!("RCPT TO:<{rcpt}@example.org>");
         self.steps(
@@ -282,6 +289,7 @@ impl Client {
 
     /// Sends the message text (ending in CRLF.CRLF) and asserts the code of the end-of-data
     /// reply.
+    #[track_caller]
     fn end_data(&mut self, what: &str, text: &[u8], code: u16) {
         self.send(text);
         self.expect_reply(what, "end of data", code);
@@ -458,6 +466,7 @@ fn assert_delivered_as_sent(msg: &[u8], body: &str, source: Ipv4Addr, helo: &str
 /// swaks sends [`known_body`] from `source` (EHLO `helo`) through `server` to
 /// `rcpt@example.org` with the `extra` arguments; the backend stores it as sent (see
 /// [`assert_delivered_as_sent`]). Returns swaks' output for further checks.
+#[track_caller]
 fn assert_swaks_delivers(
     server: SocketAddr,
     source: Ipv4Addr,
@@ -481,6 +490,7 @@ fn assert_swaks_delivers(
 
 /// Once the (one) backend session of `source` has ended: exactly one message in each of the
 /// `delivered` Maildirs, none in the `refused` ones.
+#[track_caller]
 fn assert_mailboxes(pf: &Postfix, source: Ipv4Addr, delivered: &[&str], refused: &[&str]) {
     for local in delivered {
         pf.wait_messages(local, 1, DELIVERY_TIMEOUT);
@@ -719,6 +729,7 @@ fn default_gateway(pf: &Postfix) -> Gateway {
 }
 
 /// Asserts the connection got a reply with `code` and was closed, and never got `not_code`.
+#[track_caller]
 fn assert_closed_with(c: &mut Client, code: &str, not: &[&str], what: &str) {
     let (text, closed) = c.read_to_close(Duration::from_secs(5));
     assert!(
@@ -772,6 +783,7 @@ impl Misbehaviour {
 
     /// Plays the scenario from `source`: the gateway answers `code` and closes the connection,
     /// and never answers one of `never` (it must not act on the input).
+    #[track_caller]
     fn assert_closes_with(&self, gw: &Gateway, source: Ipv4Addr, code: &str, never: &[&str]) {
         let mut c = Client::connect(gw.addr(), source);
         if !self.pregreets {
@@ -785,6 +797,7 @@ impl Misbehaviour {
 
 /// A well-behaved session from `source` after its misbehaving ones: banner, EHLO, `steps` and
 /// QUIT, each answered as expected. A misbehaviour costs the client its session, nothing more.
+#[track_caller]
 fn assert_clean_session(gw: &Gateway, source: Ipv4Addr, steps: &[(&str, u16)]) {
     let what = format!("clean session from {source}");
     let mut c = Client::connect(gw.addr(), source);
@@ -1727,6 +1740,7 @@ fn pipelined_group(c: &mut Client, lines: &[&str]) -> Vec<Reply> {
 }
 
 /// Asserts each reply's code and that its text contains the given needle.
+#[track_caller]
 fn assert_replies(replies: &[Reply], expected: &[(u16, &str)], what: &str) {
     let seen: Vec<&str> = replies.iter().map(|r| r.text.as_str()).collect();
     assert_eq!(replies.len(), expected.len(), "{what}: {seen:#?}");
@@ -1918,6 +1932,7 @@ const SCRIPTED_REPLIES: [(u16, &str); 6] = [
 
 /// A session from `source`: [`SCRIPTED_GROUP`] in one write, answered as [`SCRIPTED_REPLIES`],
 /// then the message text (250) and QUIT.
+#[track_caller]
 fn send_scripted_group(gw: &Gateway, source: &str, what: &str) {
     let mut c = Client::hello(gw.addr(), src(source), "mx.example.net");
     let replies = pipelined_group(&mut c, &SCRIPTED_GROUP);
