@@ -207,12 +207,14 @@ impl Client {
         self.reply()
     }
 
-    /// Sends `line` + CRLF and asserts the reply code.
+    /// [`Client::step`] outside a named scenario: the failure names the client's address.
     #[track_caller]
     fn expect(&mut self, line: &str, code: u16) -> Reply {
-        let reply = self.cmd(line);
-        assert_eq!(reply.code, code, "{line:?} -> {}", reply.text);
-        reply
+        let what = match self.stream.local_addr() {
+            Ok(local) => format!("session from {}", local.ip()),
+            Err(_) => format!("session with {}", self.peer),
+        };
+        self.step(&what, line, code)
     }
 
     /// The next reply, asserted to have `code`; a failure names the scenario `what`, the `step`
@@ -263,28 +265,28 @@ impl Client {
         c
     }
 
-    /// Sends each command (CRLF added) after the reply to the one before, and asserts the code
-    /// of each reply; a failure names the scenario `what`, the command and what came back.
+    /// Sends `line` + CRLF and asserts the reply's code; a failure names the scenario `what`,
+    /// the command and what came back.
+    #[track_caller]
+    fn step(&mut self, what: &str, line: &str, code: u16) -> Reply {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.expect_reply(what, &shorten(line), code)
+    }
+
+    /// [`Client::step`] for each command, in order.
     #[track_caller]
     fn steps(&mut self, what: &str, steps: &[(&str, u16)]) {
         for (line, code) in steps {
-            self.send(format!("{line}\r\n").as_bytes());
-            self.expect_reply(what, &shorten(line), *code);
+            self.step(what, line, *code);
         }
     }
 
     /// MAIL FROM:<sender@example.net>, RCPT TO:<`rcpt`@example.org> and DATA, each accepted.
     #[track_caller]
     fn open_data(&mut self, what: &str, rcpt: &str) {
-        let rcpt = format!("RCPT TO:<{rcpt}@example.org>");
-        self.steps(
-            what,
-            &[
-                ("MAIL FROM:<sender@example.net>", 250),
-                (&rcpt, 250),
-                ("DATA", 354),
-            ],
-        );
+        self.step(what, "MAIL FROM:<sender@example.net>", 250);
+        self.step(what, &format!("RCPT TO:<{rcpt}@example.org>"), 250);
+        self.step(what, "DATA", 354);
     }
 
     /// Sends the message text (ending in CRLF.CRLF) and asserts the code of the end-of-data
@@ -802,9 +804,9 @@ fn assert_clean_session(gw: &Gateway, source: Ipv4Addr, steps: &[(&str, u16)]) {
     let what = format!("clean session from {source}");
     let mut c = Client::connect(gw.addr(), source);
     c.banner(&what);
-    c.steps(&what, &[("EHLO mx.example.net", 250)]);
+    c.step(&what, "EHLO mx.example.net", 250);
     c.steps(&what, steps);
-    c.steps(&what, &[("QUIT", 221)]);
+    c.step(&what, "QUIT", 221);
 }
 
 #[test]
@@ -868,7 +870,7 @@ fn check_pipelining_before_ehlo_reply() {
         ],
     );
     assert_replies(&replies, &[(250, ""), (250, "")], what);
-    c.steps(what, &[("DATA", 354)]);
+    c.step(what, "DATA", 354);
     c.end_data(what, b"Subject: pipelined\r\n\r\nhello\r\n.\r\n", 250);
     c.expect("QUIT", 221);
     pf.wait_messages("check-pipelining", 1, DELIVERY_TIMEOUT);
@@ -1161,7 +1163,7 @@ fn relay_battery() {
             continue;
         }
         let what = format!("message to {rcpt}");
-        c.steps(&what, &[("DATA", 354)]);
+        c.step(&what, "DATA", 354);
         c.end_data(&what, b"Subject: accepted\r\n\r\nhello\r\n.\r\n", 250);
         c.expect("QUIT", 221);
         let local = rcpt.split('@').next().expect("local part");
