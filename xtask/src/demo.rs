@@ -29,6 +29,9 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use smtp_gateway_test_kit::{
+    Account, InstanceDir, MainCf, MasterCf, gateway_binary, last_lines, strip_ansi,
+};
 
 use crate::{cargo, render, run_cmd, setup};
 
@@ -138,10 +141,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("debug/smtp-gateway");
-    if !bin.is_file() {
-        bail!("{} was not built", bin.display());
-    }
+    let bin = gateway_binary(&target.join("debug"))?;
     install_signal_handlers();
 
     let started = Instant::now();
@@ -538,78 +538,31 @@ impl Lab {
         self.postfix.join("mail/sink")
     }
 
-    fn master_pid_file(&self) -> PathBuf {
-        self.postfix.join("queue/pid/master.pid")
-    }
-
     fn start_postfix(&self) -> anyhow::Result<()> {
-        let d = &self.postfix;
-        for sub in ["queue", "data", "mail"] {
-            fs::create_dir_all(d.join(sub))?;
-        }
-        self.must(
-            Command::new("chown").arg("postfix").arg(d.join("data")),
-            Duration::from_secs(5),
-        )?;
-        self.must(
-            Command::new("chown").arg("65534:65534").arg(d.join("mail")),
-            Duration::from_secs(5),
-        )?;
-        let main_cf = format!(
-            "# Private Postfix instance of the smtp-gateway demo (backend of the gateway).\n\
-             compatibility_level = 3.6\n\
-             queue_directory = {d}/queue\n\
-             data_directory = {d}/data\n\
-             mail_owner = postfix\n\
-             maillog_file = {logs}/postfix.log\n\
-             maillog_file_prefixes = {dir}\n\
-             inet_interfaces = 127.0.0.1\n\
-             inet_protocols = all\n\
-             myhostname = backend.demo.example\n\
-             mydestination =\n\
-             alias_maps =\n\
-             alias_database =\n\
-             virtual_mailbox_domains = example.org\n\
-             virtual_mailbox_base = {d}/mail\n\
-             virtual_mailbox_maps = static:sink/\n\
-             virtual_uid_maps = static:65534\n\
-             virtual_gid_maps = static:65534\n\
-             smtpd_peername_lookup = no\n\
-             smtp_dns_support_level = disabled\n\
-             default_transport = discard\n\
-             relay_transport = discard\n\
-             smtpd_authorized_xclient_hosts = 127.0.0.1\n\
-             mynetworks = 127.0.0.0/8\n\
-             smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n\
-             master_service_disable =\n",
-            d = d.display(),
-            logs = self.logs.display(),
-            dir = self.dir.display(),
-        );
-        let master_cf = format!(
-            "{BACKEND} inet n - n - - smtpd\n\
-             pickup    unix  n       -       n       60      1       pickup\n\
-             cleanup   unix  n       -       n       -       0       cleanup\n\
-             qmgr      unix  n       -       n       300     1       qmgr\n\
-             rewrite   unix  -       -       n       -       -       trivial-rewrite\n\
-             bounce    unix  -       -       n       -       0       bounce\n\
-             defer     unix  -       -       n       -       0       bounce\n\
-             trace     unix  -       -       n       -       0       bounce\n\
-             verify    unix  -       -       n       -       1       verify\n\
-             flush     unix  n       -       n       1000?   0       flush\n\
-             proxymap  unix  -       -       n       -       -       proxymap\n\
-             smtp      unix  -       -       n       -       -       smtp\n\
-             relay     unix  -       -       n       -       -       smtp\n\
-             error     unix  -       -       n       -       -       error\n\
-             retry     unix  -       -       n       -       -       error\n\
-             discard   unix  -       -       n       -       -       discard\n\
-             virtual   unix  -       n       n       -       -       virtual\n\
-             anvil     unix  -       -       n       -       1       anvil\n\
-             scache    unix  -       -       n       -       1       scache\n\
-             postlog   unix-dgram n  -       n       -       1       postlogd\n"
-        );
-        fs::write(d.join("main.cf"), main_cf)?;
-        fs::write(d.join("master.cf"), master_cf)?;
+        let instance = InstanceDir::create(&self.postfix)?;
+        let nobody = Account::nobody()?;
+        let mail = instance.create_owned_dir("mail", nobody)?;
+        let main_cf = MainCf::new(&instance, "backend.demo.example")
+            .maillog(&self.logs.join("postfix.log"))
+            .set("inet_protocols", "all")
+            .set("virtual_mailbox_domains", "example.org")
+            .set("virtual_mailbox_base", mail.display())
+            .set("virtual_mailbox_maps", "static:sink/")
+            .set("virtual_uid_maps", format!("static:{}", nobody.uid))
+            .set("virtual_gid_maps", format!("static:{}", nobody.gid))
+            .set("default_transport", "discard")
+            .set("relay_transport", "discard")
+            .set("smtpd_authorized_xclient_hosts", "127.0.0.1")
+            .set("mynetworks", "127.0.0.0/8")
+            .set(
+                "smtpd_relay_restrictions",
+                "permit_mynetworks, reject_unauth_destination",
+            );
+        let master_cf = MasterCf::new()
+            .service(format!("{BACKEND} inet n - n - - smtpd"))
+            .service("virtual   unix  -       n       n       -       -       virtual");
+        instance.write_config(&main_cf, &master_cf)?;
+        let d = instance.path();
         let start = self.run(
             self.in_ns("gw", "postfix").arg("-c").arg(d).arg("start"),
             Duration::from_secs(60),
@@ -947,32 +900,27 @@ impl Lab {
             let _ = fs::remove_dir_all(&self.pin_dir);
             done.push(format!("pins removed ({})", self.pin_dir.display()));
         }
-        if let Some(pid) = fs::read_to_string(self.master_pid_file())
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-        {
-            let is_master = || {
-                fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|comm| comm.trim() == "master")
-            };
-            if is_master() {
-                self.run_quietly(
-                    Command::new("postfix")
-                        .arg("-c")
-                        .arg(&self.postfix)
-                        .arg("stop"),
-                    Duration::from_secs(20),
-                );
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while is_master() && Instant::now() < deadline {
-                    sleep(Duration::from_millis(50));
-                }
-                if is_master() {
-                    // SAFETY: the master of our own instance (its pid file, process name checked).
-                    unsafe { kill(pid, SIGKILL) };
-                }
-                done.push("Postfix stopped".to_string());
+        let instance = InstanceDir::at(&self.postfix);
+        if let Some(master) = instance.master_pid() {
+            self.run_quietly(
+                Command::new("postfix")
+                    .arg("-c")
+                    .arg(&self.postfix)
+                    .arg("stop"),
+                Duration::from_secs(20),
+            );
+            let still_running = || instance.master_pid() == Some(master);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while still_running() && Instant::now() < deadline {
+                sleep(Duration::from_millis(50));
             }
+            if still_running()
+                && let Ok(pid) = i32::try_from(master)
+            {
+                // SAFETY: the master of our own instance (its pid file, process name checked).
+                unsafe { kill(pid, SIGKILL) };
+            }
+            done.push("Postfix stopped".to_string());
         }
         let mut deleted = 0;
         for host in NAMESPACES {
@@ -1095,27 +1043,7 @@ fn verdict(stats: &str, name: &str) -> Option<u64> {
 
 /// The last `n` lines of a file.
 fn tail(path: &Path, n: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Removes terminal colour sequences (`ESC [ ... m`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    last_lines(&fs::read_to_string(path).unwrap_or_default(), n)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,46 +13,18 @@ use std::{
 
 use serde_json::Value;
 use smtp_gateway::dataplane::PinLayout;
+// The suites (and support/gateway.rs) strip the daemon's log colours through this module.
+use smtp_gateway_test_kit as kit;
+pub use smtp_gateway_test_kit::strip_ansi;
 
 use super::netns::{ChildGuard, nsenter, run, wait_until};
 
 /// The daemon binary: `$SMTP_GATEWAY_BIN`, else `smtp-gateway` next to this test's `deps/`.
+/// Panics with how to build it when it is missing.
 pub fn binary() -> PathBuf {
-    let path = match std::env::var_os("SMTP_GATEWAY_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => {
-            let exe = std::env::current_exe().expect("current_exe");
-            exe.parent()
-                .and_then(Path::parent)
-                .expect("the test binary lives in target/<profile>/deps")
-                .join("smtp-gateway")
-        }
-    };
-    assert!(
-        path.is_file(),
-        "smtp-gateway binary not found at {}: build it with `cargo build` or run `cargo xtask \
-         test` (or point SMTP_GATEWAY_BIN at it)",
-        path.display()
-    );
-    path
-}
-
-/// Removes terminal colour sequences (`ESC [ ... m`) from a log.
-pub fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    kit::profile_dir()
+        .and_then(|dir| kit::gateway_binary(&dir))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `smtp-gateway` in the gateway namespace: the daemon (at most one at a time) and the CLI on the

@@ -30,11 +30,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use smtp_gateway_test_kit::{self as kit, Account, InstanceDir, MainCf, MasterCf};
+
 /// Directory name prefix of the instances (followed by the owner's PID).
 const PREFIX: &str = "sgw-smtp-pf-";
-
-/// UID/GID the `pipe` delivery runs as (`nobody`).
-const NOBODY: u32 = 65534;
 
 /// The one recipient the backend refuses itself (`check_recipient_access`).
 pub const REFUSED_RECIPIENT: &str = "backend-refused@example.org";
@@ -42,7 +41,7 @@ pub const REFUSED_RECIPIENT: &str = "backend-refused@example.org";
 /// A running private Postfix.
 pub struct Postfix {
     /// Instance directory (`main.cf`, `master.cf`, `queue/`, `data/`, `mail/`, `maillog`).
-    pub dir: PathBuf,
+    instance: InstanceDir,
     /// The XCLIENT-authorised listener.
     pub xclient: SocketAddr,
     /// The PROXY-protocol listener.
@@ -74,12 +73,12 @@ pub fn shared() -> &'static Postfix {
 extern "C" fn stop_at_exit() {
     if let Some(pf) = INSTANCE.get() {
         if std::env::var_os("SGW_KEEP_POSTFIX").is_some() {
-            eprintln!("postfix instance kept in {}", pf.dir.display());
-            stop_instance(&pf.dir);
+            eprintln!("postfix instance kept in {}", pf.instance.path().display());
+            stop_instance(pf.instance.path());
             return;
         }
-        stop_instance(&pf.dir);
-        let _ = fs::remove_dir_all(&pf.dir);
+        stop_instance(pf.instance.path());
+        let _ = fs::remove_dir_all(pf.instance.path());
     }
 }
 
@@ -132,28 +131,23 @@ fn pid_alive(pid: i32) -> bool {
     pid > 0 && unsafe { libc::kill(pid, 0) } == 0
 }
 
-fn master_pid(dir: &Path) -> Option<i32> {
-    fs::read_to_string(dir.join("queue/pid/master.pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// Stops the instance in `dir`: `postfix stop`, then SIGKILL of the master if it is still there.
 fn stop_instance(dir: &Path) {
-    let pid = master_pid(dir);
+    let instance = InstanceDir::at(dir);
+    let master = instance.master_pid();
     let _ = run(
         Command::new("postfix").arg("-c").arg(dir).arg("stop"),
         Duration::from_secs(10),
     );
-    if let Some(pid) = pid {
+    if let Some(pid) = master {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while pid_alive(pid) && Instant::now() < deadline {
+        while instance.master_pid() == Some(pid) && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(50));
         }
-        if pid_alive(pid) {
-            // SAFETY: the master of our own instance, by PID.
+        if instance.master_pid() == Some(pid)
+            && let Ok(pid) = i32::try_from(pid)
+        {
+            // SAFETY: the master of our own instance, by PID (checked to be a Postfix master).
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
@@ -183,22 +177,6 @@ fn reap_stale() {
     }
 }
 
-fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), String> {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))
-        .map_err(|e| format!("chown {}: {e}", path.display()))
-}
-
-fn postfix_ids() -> Result<(u32, u32), String> {
-    let name = std::ffi::CString::new("postfix").expect("no NUL");
-    // SAFETY: getpwnam returns NULL or a pointer to static storage, read at once.
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    if pw.is_null() {
-        return Err("no `postfix` user (is the postfix package installed?)".into());
-    }
-    // SAFETY: checked non-null above.
-    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
-}
-
 impl Postfix {
     fn start() -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!("{PREFIX}{}", std::process::id()));
@@ -207,13 +185,10 @@ impl Postfix {
             let _ = fs::remove_dir_all(&dir);
         }
         let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-        for sub in ["queue", "data", "mail"] {
-            fs::create_dir_all(dir.join(sub)).map_err(|e| io(sub, e))?;
-        }
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(|e| io("chmod", e))?;
-        let (pf_uid, pf_gid) = postfix_ids()?;
-        chown(&dir.join("data"), pf_uid, pf_gid)?;
-        chown(&dir.join("mail"), NOBODY, NOBODY)?;
+        let kit = |e: kit::Error| e.to_string();
+        let instance = InstanceDir::create(&dir).map_err(kit)?;
+        let nobody = Account::nobody().map_err(kit)?;
+        instance.create_owned_dir("mail", nobody).map_err(kit)?;
 
         let xclient = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -240,82 +215,54 @@ impl Postfix {
             format!("{REFUSED_RECIPIENT} 550 5.1.1 refused by the test backend\n"),
         )
         .map_err(|e| io("refused_recipients", e))?;
-        let main_cf = format!(
-            "compatibility_level = 3.6\n\
-             queue_directory = {d}/queue\n\
-             data_directory = {d}/data\n\
-             mail_owner = postfix\n\
-             maillog_file = {d}/maillog\n\
-             maillog_file_prefixes = {d}\n\
-             inet_interfaces = 127.0.0.1\n\
-             inet_protocols = ipv4\n\
-             myhostname = backend.test\n\
-             mydestination =\n\
-             alias_maps =\n\
-             alias_database =\n\
-             local_recipient_maps =\n\
-             biff = no\n\
-             virtual_mailbox_domains = example.org\n\
-             virtual_mailbox_maps = static:ok\n\
-             virtual_transport = sink\n\
-             sink_destination_recipient_limit = 1\n\
-             smtpd_peername_lookup = no\n\
-             smtp_dns_support_level = disabled\n\
-             default_transport = discard\n\
-             relay_transport = discard\n\
-             smtpd_authorized_xclient_hosts = 127.0.0.1\n\
-             smtpd_forbid_bare_newline = no\n\
-             mynetworks = 127.0.0.0/8\n\
-             smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n\
-             smtpd_recipient_restrictions = check_recipient_access texthash:{d}/refused_recipients\n\
-             master_service_disable =\n\
-             queue_run_delay = 1s\n\
-             minimal_backoff_time = 1s\n\
-             maximal_backoff_time = 2s\n\
-             in_flow_delay = 0s\n\
-             default_process_limit = 200\n"
-        );
-        fs::write(dir.join("main.cf"), main_cf).map_err(|e| io("main.cf", e))?;
-        let master_cf = format!(
-            "{xclient} inet n - n - - smtpd\n\
-             {proxy} inet n - n - - smtpd -o smtpd_upstream_proxy_protocol=haproxy\n\
-             pickup    unix  n       -       n       60      1       pickup\n\
-             cleanup   unix  n       -       n       -       0       cleanup\n\
-             qmgr      unix  n       -       n       300     1       qmgr\n\
-             rewrite   unix  -       -       n       -       -       trivial-rewrite\n\
-             bounce    unix  -       -       n       -       0       bounce\n\
-             defer     unix  -       -       n       -       0       bounce\n\
-             trace     unix  -       -       n       -       0       bounce\n\
-             verify    unix  -       -       n       -       1       verify\n\
-             flush     unix  n       -       n       1000?   0       flush\n\
-             proxymap  unix  -       -       n       -       -       proxymap\n\
-             smtp      unix  -       -       n       -       -       smtp\n\
-             relay     unix  -       -       n       -       -       smtp\n\
-             error     unix  -       -       n       -       -       error\n\
-             retry     unix  -       -       n       -       -       error\n\
-             discard   unix  -       -       n       -       -       discard\n\
-             anvil     unix  -       -       n       -       1       anvil\n\
-             scache    unix  -       -       n       -       1       scache\n\
-             postlog   unix-dgram n  -       n       -       1       postlogd\n\
-             sink      unix  -       n       n       -       -       pipe\n  \
-               flags=DRu user=nobody argv={deliver} ${{user}}\n",
-            deliver = deliver.display()
-        );
-        fs::write(dir.join("master.cf"), master_cf).map_err(|e| io("master.cf", e))?;
+        let main_cf = MainCf::new(&instance, "backend.test")
+            .set("virtual_mailbox_domains", "example.org")
+            .set("virtual_mailbox_maps", "static:ok")
+            .set("virtual_transport", "sink")
+            .set("sink_destination_recipient_limit", 1)
+            .set("default_transport", "discard")
+            .set("relay_transport", "discard")
+            .set("smtpd_authorized_xclient_hosts", "127.0.0.1")
+            .set("smtpd_forbid_bare_newline", "no")
+            .set("mynetworks", "127.0.0.0/8")
+            .set(
+                "smtpd_relay_restrictions",
+                "permit_mynetworks, reject_unauth_destination",
+            )
+            .set(
+                "smtpd_recipient_restrictions",
+                format!("check_recipient_access texthash:{d}/refused_recipients"),
+            )
+            .set("queue_run_delay", "1s")
+            .set("minimal_backoff_time", "1s")
+            .set("maximal_backoff_time", "2s")
+            .set("in_flow_delay", "0s")
+            .set("default_process_limit", 200);
+        let master_cf = MasterCf::new()
+            .service(format!("{xclient} inet n - n - - smtpd"))
+            .service(format!(
+                "{proxy} inet n - n - - smtpd -o smtpd_upstream_proxy_protocol=haproxy"
+            ))
+            .service(format!(
+                "sink      unix  -       n       n       -       -       pipe\n  \
+                 flags=DRu user=nobody argv={deliver} ${{user}}",
+                deliver = deliver.display()
+            ));
+        instance.write_config(&main_cf, &master_cf).map_err(kit)?;
 
         let (ok, out) = run(
             Command::new("postfix").arg("-c").arg(&dir).arg("start"),
             Duration::from_secs(60),
         )?;
         let pf = Postfix {
-            dir,
+            instance,
             xclient,
             proxy,
         };
         let fail = |why: String| {
             let log = pf.maillog();
-            stop_instance(&pf.dir);
-            let _ = fs::remove_dir_all(&pf.dir);
+            stop_instance(pf.instance.path());
+            let _ = fs::remove_dir_all(pf.instance.path());
             Err(format!(
                 "{why}\n--- postfix output:\n{out}\n--- maillog:\n{log}"
             ))
@@ -340,19 +287,18 @@ impl Postfix {
 
     /// The whole maillog so far.
     pub fn maillog(&self) -> String {
-        fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
+        fs::read_to_string(self.instance.maillog()).unwrap_or_default()
     }
 
     /// The last `n` lines of the maillog (for failure messages).
     pub fn maillog_tail(&self, n: usize) -> String {
-        let log = self.maillog();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        kit::last_lines(&self.maillog(), n)
     }
 
     /// `mail/<local>/new` of a recipient local part.
     fn new_dir(&self, local: &str) -> PathBuf {
-        self.dir
+        self.instance
+            .path()
             .join("mail")
             .join(local.to_lowercase().replace('/', "_"))
             .join("new")
@@ -411,13 +357,6 @@ impl Postfix {
             .count()
     }
 
-    /// Whether the queue holds no message (incoming, active, deferred, hold, maildrop).
-    pub fn queue_empty(&self) -> bool {
-        ["incoming", "active", "deferred", "hold", "maildrop"]
-            .iter()
-            .all(|q| count_files(&self.dir.join("queue").join(q)) == 0)
-    }
-
     /// Waits (bounded) until `sessions` backend sessions of `ip` have ended and the queue is
     /// empty, plus a short grace: after this, whatever those sessions could deliver has been.
     pub fn settle(&self, ip: IpAddr, sessions: usize, timeout: Duration) {
@@ -425,22 +364,9 @@ impl Postfix {
         while self.disconnects(ip) < sessions && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(50));
         }
-        while !self.queue_empty() && Instant::now() < deadline {
+        while !self.instance.queue_is_empty() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(50));
         }
         thread::sleep(Duration::from_millis(500));
     }
-}
-
-fn count_files(dir: &Path) -> usize {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| {
-            let p = e.path();
-            if p.is_dir() { count_files(&p) } else { 1 }
-        })
-        .sum()
 }

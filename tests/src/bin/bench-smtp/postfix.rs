@@ -14,13 +14,13 @@
 
 use std::{
     net::SocketAddr,
-    os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use smtp_gateway_test_kit::{InstanceDir, MainCf, MasterCf};
 
 use crate::proc::{Cgroup, Proc, free_port, read_new_lines, wait_listening};
 
@@ -29,7 +29,7 @@ pub struct Postfix {
     pub proc: Proc,
     pub cgroup: Cgroup,
     pub addr: SocketAddr,
-    dir: PathBuf,
+    instance: InstanceDir,
     log_offset: u64,
     pub main_cf: String,
     pub master_cf: String,
@@ -61,95 +61,40 @@ const BENIGN: &[&str] = &[
     "warning: resetting file time stamps",
 ];
 
-fn postfix_ids() -> Result<(u32, u32)> {
-    let name = std::ffi::CString::new("postfix").context("NUL")?;
-    // SAFETY: getpwnam returns NULL or a pointer to static storage, read at once.
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    ensure!(
-        !pw.is_null(),
-        "no `postfix` user (is the postfix package installed?)"
-    );
-    // SAFETY: checked non-null above.
-    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
-}
-
 impl Postfix {
     pub fn start(dir: &Path, backend: SocketAddr, max_sessions: u32) -> Result<Self> {
-        let dir = dir.join("postfix");
-        for sub in ["queue", "data"] {
-            std::fs::create_dir_all(dir.join(sub))
-                .with_context(|| format!("creating {}/{sub}", dir.display()))?;
-        }
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-        let (uid, gid) = postfix_ids()?;
-        std::os::unix::fs::chown(dir.join("data"), Some(uid), Some(gid))
-            .context("chown data_directory")?;
+        let instance = InstanceDir::create(dir.join("postfix"))?;
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let d = dir.display();
-        let limit = max_sessions * 2 + 50;
-        let main_cf = format!(
-            "compatibility_level = 3.6\n\
-             queue_directory = {d}/queue\n\
-             data_directory = {d}/data\n\
-             mail_owner = postfix\n\
-             maillog_file = {d}/maillog\n\
-             maillog_file_prefixes = {d}\n\
-             inet_interfaces = 127.0.0.1\n\
-             inet_protocols = ipv4\n\
-             myhostname = postfix.bench.test\n\
-             mydestination =\n\
-             mynetworks =\n\
-             alias_maps =\n\
-             alias_database =\n\
-             local_recipient_maps =\n\
-             biff = no\n\
-             relay_domains = example.org\n\
-             relay_transport = relay:[{backend_ip}]:{backend_port}\n\
-             default_transport = error:not relayed in this benchmark\n\
-             smtpd_relay_restrictions = reject_unauth_destination\n\
-             smtpd_peername_lookup = no\n\
-             smtpd_forbid_bare_newline = yes\n\
-             smtp_dns_support_level = disabled\n\
-             smtpd_client_connection_count_limit = 0\n\
-             postscreen_access_list =\n\
-             postscreen_dnsbl_sites =\n\
-             postscreen_greet_wait = 1s\n\
-             postscreen_greet_action = enforce\n\
-             postscreen_pipelining_enable = yes\n\
-             postscreen_non_smtp_command_enable = yes\n\
-             postscreen_bare_newline_enable = yes\n\
-             postscreen_cache_map = btree:$data_directory/postscreen_cache\n\
-             master_service_disable =\n\
-             default_process_limit = {limit}\n",
-            backend_ip = backend.ip(),
-            backend_port = backend.port(),
-        );
-        std::fs::write(dir.join("main.cf"), &main_cf).context("writing main.cf")?;
-        let master_cf = format!(
-            "{addr} inet n - n - 1 postscreen\n\
-             smtpd     pass  -       -       n       -       -       smtpd\n\
-             dnsblog   unix  -       -       n       -       0       dnsblog\n\
-             tlsproxy  unix  -       -       n       -       0       tlsproxy\n\
-             pickup    unix  n       -       n       60      1       pickup\n\
-             cleanup   unix  n       -       n       -       0       cleanup\n\
-             qmgr      unix  n       -       n       300     1       qmgr\n\
-             rewrite   unix  -       -       n       -       -       trivial-rewrite\n\
-             bounce    unix  -       -       n       -       0       bounce\n\
-             defer     unix  -       -       n       -       0       bounce\n\
-             trace     unix  -       -       n       -       0       bounce\n\
-             verify    unix  -       -       n       -       1       verify\n\
-             flush     unix  n       -       n       1000?   0       flush\n\
-             proxymap  unix  -       -       n       -       -       proxymap\n\
-             smtp      unix  -       -       n       -       -       smtp\n\
-             relay     unix  -       -       n       -       -       smtp\n\
-             error     unix  -       -       n       -       -       error\n\
-             retry     unix  -       -       n       -       -       error\n\
-             discard   unix  -       -       n       -       -       discard\n\
-             anvil     unix  -       -       n       -       1       anvil\n\
-             scache    unix  -       -       n       -       1       scache\n\
-             postlog   unix-dgram n  -       n       -       1       postlogd\n"
-        );
-        std::fs::write(dir.join("master.cf"), &master_cf).context("writing master.cf")?;
+        let main_cf = MainCf::new(&instance, "postfix.bench.test")
+            .set("mynetworks", "")
+            .set("relay_domains", "example.org")
+            .set(
+                "relay_transport",
+                format!("relay:[{}]:{}", backend.ip(), backend.port()),
+            )
+            .set("default_transport", "error:not relayed in this benchmark")
+            .set("smtpd_relay_restrictions", "reject_unauth_destination")
+            .set("smtpd_forbid_bare_newline", "yes")
+            .set("smtpd_client_connection_count_limit", 0)
+            .set("postscreen_access_list", "")
+            .set("postscreen_dnsbl_sites", "")
+            .set("postscreen_greet_wait", "1s")
+            .set("postscreen_greet_action", "enforce")
+            .set("postscreen_pipelining_enable", "yes")
+            .set("postscreen_non_smtp_command_enable", "yes")
+            .set("postscreen_bare_newline_enable", "yes")
+            .set(
+                "postscreen_cache_map",
+                "btree:$data_directory/postscreen_cache",
+            )
+            .set("default_process_limit", max_sessions * 2 + 50);
+        let master_cf = MasterCf::new()
+            .service(format!("{addr} inet n - n - 1 postscreen"))
+            .service("smtpd     pass  -       -       n       -       -       smtpd")
+            .service("dnsblog   unix  -       -       n       -       0       dnsblog")
+            .service("tlsproxy  unix  -       -       n       -       0       tlsproxy");
+        instance.write_config(&main_cf, &master_cf)?;
+        let (main_cf, master_cf) = (main_cf.render(), master_cf.render());
         let version = Command::new("postconf")
             .args(["-d", "-h", "mail_version"])
             .output()
@@ -157,10 +102,10 @@ impl Postfix {
             .unwrap_or_else(|_| "Postfix".into());
 
         let cgroup = Cgroup::create("postfix")?;
-        let out = std::fs::File::create(dir.join("start-fg.out"))?;
+        let out = std::fs::File::create(instance.path().join("start-fg.out"))?;
         let mut cmd = Command::new("postfix");
         cmd.arg("-c")
-            .arg(&dir)
+            .arg(instance.path())
             .arg("start-fg")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -171,7 +116,7 @@ impl Postfix {
             proc: Proc::new("postfix", child),
             cgroup,
             addr,
-            dir,
+            instance,
             log_offset: 0,
             main_cf,
             master_cf,
@@ -180,8 +125,9 @@ impl Postfix {
         if let Err(e) = wait_listening(addr, &mut pf.proc, Duration::from_secs(30)) {
             bail!(
                 "{e:#}\n--- start-fg output:\n{}\n--- maillog:\n{}",
-                std::fs::read_to_string(pf.dir.join("start-fg.out")).unwrap_or_default(),
-                std::fs::read_to_string(pf.dir.join("maillog")).unwrap_or_default()
+                std::fs::read_to_string(pf.instance.path().join("start-fg.out"))
+                    .unwrap_or_default(),
+                std::fs::read_to_string(pf.instance.maillog()).unwrap_or_default()
             );
         }
         eprintln!("postfix ({}) with postscreen on {addr}", pf.proc.pid());
@@ -190,7 +136,7 @@ impl Postfix {
 
     /// New maillog lines since the last call.
     fn new_lines(&mut self) -> Result<Vec<String>> {
-        read_new_lines(&self.dir.join("maillog"), &mut self.log_offset)
+        read_new_lines(&self.instance.maillog(), &mut self.log_offset)
     }
 
     /// After the probe session: postscreen must have passed 127.0.0.1 (`PASS NEW`). Skips
@@ -212,13 +158,6 @@ impl Postfix {
         }
     }
 
-    /// Whether the queue holds no message.
-    fn queue_empty(&self) -> bool {
-        ["incoming", "active", "deferred", "hold", "maildrop"]
-            .iter()
-            .all(|q| count_files(&self.dir.join("queue").join(q)) == 0)
-    }
-
     /// Waits (bounded) for the queue to drain and checks the maillog since the last call:
     /// `messages` deliveries `status=sent`, every session a postscreen `PASS OLD`, nothing
     /// rejected, deferred or warned about. Returns how long the drain took.
@@ -234,13 +173,13 @@ impl Postfix {
                 }
                 lines.push(l);
             }
-            if sent >= messages && self.queue_empty() {
+            if sent >= messages && self.instance.queue_is_empty() {
                 break;
             }
             ensure!(
                 Instant::now() < deadline,
                 "{what}: Postfix relayed {sent} of {messages} messages in {timeout:?} (queue {})",
-                if self.queue_empty() {
+                if self.instance.queue_is_empty() {
                     "empty"
                 } else {
                     "not empty"
@@ -281,7 +220,7 @@ impl Drop for Postfix {
     fn drop(&mut self) {
         let stopped = Command::new("postfix")
             .arg("-c")
-            .arg(&self.dir)
+            .arg(self.instance.path())
             .arg("stop")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -290,24 +229,11 @@ impl Drop for Postfix {
         if !matches!(stopped, Ok(s) if s.success()) {
             eprintln!(
                 "warning: postfix -c {} stop: {stopped:?}",
-                self.dir.display()
+                self.instance.path().display()
             );
         }
         if !self.proc.wait_exit(Duration::from_secs(10)) {
             self.proc.stop();
         }
     }
-}
-
-fn count_files(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| {
-            let p = e.path();
-            if p.is_dir() { count_files(&p) } else { 1 }
-        })
-        .sum()
 }

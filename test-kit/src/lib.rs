@@ -1,0 +1,34 @@
+//! What the end-to-end tests (`tests/tests`), the benchmarks (`tests/src/bin`) and `cargo xtask
+//! demo` all need to set up, written once.
+//!
+//! Each of them runs a private Postfix instance (its own `main.cf`, `master.cf`, queue and log
+//! under a temporary directory, never the system's `/etc/postfix`) and drives the built
+//! `smtp-gateway` binary. The Postfix parts that do not depend on the caller's role — the
+//! directory skeleton and its ownership, the daemon table of `master.cf`, the `main.cf` lines that
+//! keep an instance private and offline — live here; listeners, delivery, postscreen, cgroups and
+//! namespaces stay with the caller, which extends [`MainCf`] and [`MasterCf`] with them.
+//!
+//! xtask depends on this crate, so it has no eBPF or aya dependency (std and thiserror only).
+//!
+//! # Layout
+//! - `error.rs`: [`Error`], what can go wrong while setting up.
+//! - `account.rs`: [`Account`], the numeric ids of `postfix` and `nobody` (for `chown` and for
+//!   Postfix settings that want numbers).
+//! - `postfix/instance.rs`: [`InstanceDir`], the instance directory: skeleton, ownership, writing
+//!   the configuration, the running master, whether the queue is empty.
+//! - `postfix/main_cf.rs`: [`MainCf`], the shared `main.cf` base and the caller's settings.
+//! - `postfix/master_cf.rs`: [`MasterCf`], the caller's listeners and the standard daemon table.
+//! - `binary.rs`: [`gateway_binary`] and [`profile_dir`], where the `smtp-gateway` binary is.
+//! - `log.rs`: [`strip_ansi`] and [`last_lines`], for showing daemon logs in failure reports.
+
+mod account;
+mod binary;
+mod error;
+mod log;
+mod postfix;
+
+pub use account::Account;
+pub use binary::{GATEWAY_BIN_ENV, gateway_binary, profile_dir};
+pub use error::{Error, Result};
+pub use log::{last_lines, strip_ansi};
+pub use postfix::{InstanceDir, MainCf, MasterCf};
