@@ -7,6 +7,30 @@ pub use bench_figures as figures;
 
 pub mod proc;
 
+/// A benchmark binary's `main`: parses its settings (`None`: `--help` was printed), runs it, and
+/// turns an error into a message on stderr and exit status 1.
+pub fn bench_main<S>(
+    settings: anyhow::Result<Option<S>>,
+    run: impl FnOnce(S) -> anyhow::Result<()>,
+) -> std::process::ExitCode {
+    match settings.and_then(|s| s.map_or(Ok(()), run)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The `smtp-gateway` binary the benchmarks drive: `$SMTP_GATEWAY_BIN`, or the one cargo built
+/// next to the running benchmark (`target/release` for `cargo xtask bench`).
+pub fn gateway_binary() -> anyhow::Result<std::path::PathBuf> {
+    let dir = smtp_gateway_test_kit::profile_dir()?;
+    smtp_gateway_test_kit::gateway_binary(&dir).map_err(|e| {
+        anyhow::anyhow!("{e}: build it first (`cargo build --release -p smtp-gateway`)")
+    })
+}
+
 /// The 1, 5 and 15 minute load averages ("1.59 2.38 3.44"), for benchmark reports: every
 /// figure here shares its CPUs with whatever else the machine runs.
 pub fn loadavg() -> String {

@@ -120,16 +120,7 @@ impl Settings {
 }
 
 fn main() -> ExitCode {
-    match Settings::from_args().and_then(|s| match s {
-        Some(settings) => run(&settings),
-        None => Ok(()),
-    }) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    smtp_gateway_tests::bench_main(Settings::from_args(), |settings| run(&settings))
 }
 
 // ───────────────────────────── processes ─────────────────────────────
@@ -465,16 +456,7 @@ struct Gateway {
 
 impl Gateway {
     fn start(lab: &Lab, dir: &Path, xdp: bool, backend: SocketAddr) -> Result<Self> {
-        let binary = std::env::current_exe()
-            .context("current_exe")?
-            .parent()
-            .context("executable without a directory")?
-            .join("smtp-gateway");
-        ensure!(
-            binary.exists(),
-            "{} not found: run `cargo build --release -p smtp-gateway` first",
-            binary.display()
-        );
+        let binary = smtp_gateway_tests::gateway_binary()?;
         let pin_dir = format!("/sys/fs/bpf/sgw-bench-attack-{}", std::process::id());
         let interfaces = if xdp {
             format!("[\"{}\", \"{}\"]", lab.gw_legit_if, lab.gw_attack_if)

@@ -458,16 +458,7 @@ impl Lab {
             &cli_config,
             format!("[dataplane]\npin_dir = \"{}\"\n", pin_dir.display()),
         )?;
-        let exe = std::env::current_exe().context("locating this executable")?;
-        let gateway_bin = exe
-            .parent()
-            .context("this executable has no directory")?
-            .join("smtp-gateway");
-        ensure!(
-            gateway_bin.is_file(),
-            "{} not found: `cargo build --release -p smtp-gateway` first",
-            gateway_bin.display()
-        );
+        let gateway_bin = smtp_gateway_tests::gateway_binary()?;
         Ok(Lab {
             topo,
             gw_mac,
@@ -1135,16 +1126,7 @@ fn median(samples: &[f64]) -> f64 {
 }
 
 fn main() -> ExitCode {
-    match Settings::from_args().and_then(|s| match s {
-        Some(settings) => run(settings),
-        None => Ok(()),
-    }) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    smtp_gateway_tests::bench_main(Settings::from_args(), run)
 }
 
 /// One sender's per-method results, in [`Method::ALL`] order.

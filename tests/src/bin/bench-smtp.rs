@@ -146,16 +146,7 @@ impl Settings {
 }
 
 fn main() -> ExitCode {
-    match Settings::from_args().and_then(|s| match s {
-        Some(settings) => run(&settings),
-        None => Ok(()),
-    }) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    smtp_gateway_tests::bench_main(Settings::from_args(), |settings| run(&settings))
 }
 
 /// What the report says about how the contenders were set up.

@@ -259,16 +259,7 @@ fn syn_v6(src: Ipv6Addr) -> Vec<u8> {
 }
 
 fn main() -> ExitCode {
-    match Settings::from_args().and_then(|s| match s {
-        Some(settings) => run(settings),
-        None => Ok(()),
-    }) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    smtp_gateway_tests::bench_main(Settings::from_args(), run)
 }
 
 fn run(settings: Settings) -> Result<()> {
@@ -474,17 +465,7 @@ fn map_bytes(maps: &[MapMemory], name: &str) -> u64 {
 /// default capacities), and reads the maps' kernel memory before and after.
 fn time_import(settings: &Settings) -> Result<ImportResult> {
     let pid = std::process::id();
-    let exe = std::env::current_exe().context("locating this executable")?;
-    let dir = exe
-        .parent()
-        .context("this executable has no parent directory")?;
-    let binary = dir.join("smtp-gateway");
-    ensure!(
-        binary.exists(),
-        "{} not found: build it next to bench-xdp first (`cargo build --release -p smtp-gateway` \
-         for a release bench)",
-        binary.display()
-    );
+    let binary = smtp_gateway_tests::gateway_binary()?;
 
     let temp = TempDir(std::env::temp_dir().join(format!("sgw-bench-{pid}")));
     std::fs::create_dir_all(&temp.0).with_context(|| format!("creating {}", temp.0.display()))?;

@@ -40,16 +40,7 @@ pub struct Gateway {
 impl Gateway {
     /// Starts a gateway in front of `backend` with extra `[smtp]` keys and waits for `ready`.
     pub fn start(dir: &Path, n: usize, backend: SocketAddr, smtp_extra: &str) -> Result<Self> {
-        let binary = std::env::current_exe()
-            .context("current_exe")?
-            .parent()
-            .context("executable without a directory")?
-            .join("smtp-gateway");
-        ensure!(
-            binary.exists(),
-            "{} not found: run `cargo build --release -p smtp-gateway` first",
-            binary.display()
-        );
+        let binary = smtp_gateway_tests::gateway_binary()?;
         let pin_dir = format!("/sys/fs/bpf/sgw-bench-smtp-{}-{n}", std::process::id());
         // The daemon watches its configuration's directory for changes; as in a deployment
         // (/etc/smtp-gateway), nothing else is written there, so the log's writes wake no watcher.
