@@ -5,6 +5,7 @@
 /// re-exported so benchmark binaries write `smtp_gateway_tests::figures::Figures`.
 pub use bench_figures as figures;
 
+pub mod gateway_config;
 pub mod proc;
 
 /// A benchmark binary's `main`: parses its settings (`None`: `--help` was printed), runs it, and

@@ -39,7 +39,7 @@
 use smtp_gateway_tests::{
     BenchArgs, TempDir,
     figures::{Figure, Figures, Point, Series},
-    loadavg, machine,
+    gateway_config, loadavg, machine,
     proc::Proc,
     thousands,
 };
@@ -463,40 +463,20 @@ impl Gateway {
         } else {
             "[]".into()
         };
-        let toml = format!(
-            "[dataplane]\n\
-             interfaces = {interfaces}\n\
-             protected_ports = [{SMTP_PORT}]\n\
-             pin_dir = \"{pin_dir}\"\n\
-             \n\
-             [smtp]\n\
-             hostname = \"gw.bench.test\"\n\
-             listeners = [{{ address = \"0.0.0.0:{SMTP_PORT}\" }}]\n\
-             greet_pause = \"0s\"\n\
-             max_connections = 2000\n\
-             \n\
-             [backend]\n\
-             servers = [{{ address = \"{backend}\", identity = \"none\" }}]\n\
-             \n\
-             [relay]\n\
-             accepted_domains = [\"example.org\"]\n\
-             \n\
-             [dnsbl]\n\
-             enabled = false\n\
-             \n\
-             [metrics]\n\
-             enabled = false\n"
+        let toml = gateway_config::toml(
+            &format!(
+                "interfaces = {interfaces}\nprotected_ports = [{SMTP_PORT}]\npin_dir = \"{pin_dir}\"\n"
+            ),
+            &format!("0.0.0.0:{SMTP_PORT}"),
+            "max_connections = 2000\n",
+            backend,
         );
-        // The daemon watches its configuration's directory for changes; as in a deployment
-        // (/etc/smtp-gateway), nothing else is written there, so the log's writes wake no watcher.
-        let etc = dir.join("etc");
-        std::fs::create_dir_all(&etc).with_context(|| format!("creating {}", etc.display()))?;
-        let config = etc.join(if xdp {
+        let name = if xdp {
             "gateway-xdp.toml"
         } else {
             "gateway.toml"
-        });
-        std::fs::write(&config, &toml).with_context(|| format!("writing {}", config.display()))?;
+        };
+        let config = gateway_config::write(dir, name, &toml)?;
         let log = dir.join(if xdp {
             "gateway-xdp.log"
         } else {

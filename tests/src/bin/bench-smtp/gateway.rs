@@ -10,9 +10,9 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::proc::{Cgroup, Proc, free_port, read_new_lines};
+use smtp_gateway_tests::gateway_config;
 
-pub const GATEWAY_HOSTNAME: &str = "gw.bench.test";
+use crate::proc::{Cgroup, Proc, free_port, read_new_lines};
 
 /// What a gateway logged (JSON lines) since a point.
 #[derive(Default, Debug)]
@@ -42,40 +42,18 @@ impl Gateway {
     pub fn start(dir: &Path, n: usize, backend: SocketAddr, smtp_extra: &str) -> Result<Self> {
         let binary = smtp_gateway_tests::gateway_binary()?;
         let pin_dir = format!("/sys/fs/bpf/sgw-bench-smtp-{}-{n}", std::process::id());
-        // The daemon watches its configuration's directory for changes; as in a deployment
-        // (/etc/smtp-gateway), nothing else is written there, so the log's writes wake no watcher.
-        let etc = dir.join("etc");
-        std::fs::create_dir_all(&etc).with_context(|| format!("creating {}", etc.display()))?;
-        let config = etc.join(format!("gateway-{n}.toml"));
+        let config_name = format!("gateway-{n}.toml");
         let log = dir.join(format!("gateway-{n}.log"));
         let mut last_error = String::new();
         for _attempt in 0..3 {
             let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-            let toml = format!(
-                "[dataplane]\n\
-                 pin_dir = \"{pin_dir}\"\n\
-                 interfaces = []\n\
-                 \n\
-                 [smtp]\n\
-                 hostname = \"{GATEWAY_HOSTNAME}\"\n\
-                 listeners = [{{ address = \"{addr}\" }}]\n\
-                 greet_pause = \"0s\"\n\
-                 {smtp_extra}\
-                 \n\
-                 [backend]\n\
-                 servers = [{{ address = \"{backend}\", identity = \"none\" }}]\n\
-                 \n\
-                 [relay]\n\
-                 accepted_domains = [\"example.org\"]\n\
-                 \n\
-                 [dnsbl]\n\
-                 enabled = false\n\
-                 \n\
-                 [metrics]\n\
-                 enabled = false\n"
+            let toml = gateway_config::toml(
+                &format!("pin_dir = \"{pin_dir}\"\ninterfaces = []\n"),
+                &addr.to_string(),
+                smtp_extra,
+                backend,
             );
-            std::fs::write(&config, &toml)
-                .with_context(|| format!("writing {}", config.display()))?;
+            let config = gateway_config::write(dir, &config_name, &toml)?;
             let out = File::create(&log).context("creating the gateway log")?;
             let err = out.try_clone()?;
             let cgroup = Cgroup::create(&format!("gateway-{n}"))?;
