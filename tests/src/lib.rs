@@ -32,6 +32,12 @@ pub fn gateway_binary() -> anyhow::Result<std::path::PathBuf> {
     })
 }
 
+/// The opening of a benchmark report: its title (marked when `quick`) and the machine line.
+pub fn report_title(name: &str, quick: bool) -> String {
+    let quick = if quick { " (quick)" } else { "" };
+    format!("# {name}{quick}\n\n- machine: {}\n", machine())
+}
+
 /// The 1, 5 and 15 minute load averages ("1.59 2.38 3.44"), for benchmark reports: every
 /// figure here shares its CPUs with whatever else the machine runs.
 pub fn loadavg() -> String {

@@ -1270,12 +1270,10 @@ fn report(
     load: &(String, String),
 ) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# bench-attack{}\n",
-        if settings.quick { " (quick)" } else { "" }
-    );
-    let _ = writeln!(out, "- machine: {}", machine());
+    out.push_str(&smtp_gateway_tests::report_title(
+        "bench-attack",
+        settings.quick,
+    ));
     let _ = writeln!(
         out,
         "- load average (1, 5, 15 min): {} at the start, {} at the end (other work on the \

@@ -1269,13 +1269,11 @@ fn spread(samples: &[f64], digits: usize) -> String {
 fn report(settings: &Settings, r: &Results) -> String {
     let mut out = String::new();
     let args: Vec<String> = std::env::args().collect();
-    let _ = writeln!(
-        out,
-        "# bench-drop{}\n",
-        if settings.quick { " (quick)" } else { "" }
-    );
+    out.push_str(&smtp_gateway_tests::report_title(
+        "bench-drop",
+        settings.quick,
+    ));
     let _ = writeln!(out, "- command: `{}`", args.join(" "));
-    let _ = writeln!(out, "- machine: {}", machine());
     let _ = writeln!(
         out,
         "- load average when the report was written (1, 5, 15 min): {}",

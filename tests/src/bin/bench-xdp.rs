@@ -613,14 +613,12 @@ fn print_report(
 ) {
     let baseline = rows.first().map_or(1, Row::median).max(1) as f64;
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# bench-xdp{}\n",
-        if settings.quick { " (quick)" } else { "" }
-    );
+    out.push_str(&smtp_gateway_tests::report_title(
+        "bench-xdp",
+        settings.quick,
+    ));
     let args: Vec<String> = std::env::args().collect();
     let _ = writeln!(out, "- command: `{}`", args.join(" "));
-    let _ = writeln!(out, "- machine: {}", machine());
     let _ = writeln!(
         out,
         "- load average when the report was written (1, 5, 15 min): {}",

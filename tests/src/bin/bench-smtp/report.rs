@@ -101,12 +101,10 @@ pub fn markdown(
 ) -> String {
     let mut out = String::new();
     let w = &mut out;
-    let _ = writeln!(
-        w,
-        "# bench-smtp{}\n",
-        if settings.quick { " (quick)" } else { "" }
-    );
-    let _ = writeln!(w, "- machine: {}", machine());
+    w.push_str(&smtp_gateway_tests::report_title(
+        "bench-smtp",
+        settings.quick,
+    ));
     let _ = writeln!(
         w,
         "- load average (1, 5, 15 min): {} at the start, {} at the end (other work on the \
