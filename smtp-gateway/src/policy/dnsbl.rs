@@ -504,10 +504,11 @@ fn compile_site(
 impl DnsblConfig {
     /// Checks values serde cannot; returns the dotted key (`dnsbl.…`) and the reason, like
     /// `Config::validate`. Sites are checked even when the section is disabled.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), crate::config::invalid::Invalid> {
+        use crate::config::invalid::Invalid;
         self.check(self.enabled).map_err(|e| match e {
-            DnsblError::Invalid { key, problem } => (key, problem.to_string()),
-            other => ("dnsbl".to_string(), other.to_string()),
+            DnsblError::Invalid { key, problem } => Invalid::new(key, problem.to_string()),
+            other => Invalid::new("dnsbl", other.to_string()),
         })
     }
 
@@ -1153,7 +1154,10 @@ mod tests {
             ..DnsblConfig::default()
         };
         assert_eq!(base.validate(), Ok(()));
-        let key_of = |c: &DnsblConfig| c.validate().expect_err("should be refused");
+        let key_of = |c: &DnsblConfig| {
+            let e = c.validate().expect_err("should be refused");
+            (e.key, e.reason)
+        };
 
         let c = DnsblConfig {
             nameservers: vec![],

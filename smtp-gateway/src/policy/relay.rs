@@ -15,6 +15,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::config::invalid::Invalid;
+
 /// Longest DNS label, in octets (RFC 1035 section 2.3.4). A protocol limit, not a policy.
 const MAX_LABEL_OCTETS: usize = 63;
 
@@ -46,18 +48,18 @@ pub struct RelayConfig {
 }
 
 impl RelayConfig {
-    /// Checks what serde cannot. Returns the offending key (`relay.accepted_domains` or
+    /// Checks what serde cannot. Names the offending key (`relay.accepted_domains` or
     /// `relay.relay_networks`) and why it is wrong.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         for pattern in &self.accepted_domains {
             if let Err(why) = parse_domain_pattern(pattern) {
-                return Err((
-                    "relay.accepted_domains".to_string(),
+                return Err(Invalid::new(
+                    "relay.accepted_domains",
                     format!("{pattern:?} {why}"),
                 ));
             }
         }
-        let bad = |message: String| Err(("relay.relay_networks".to_string(), message));
+        let bad = |message: String| Err(Invalid::new("relay.relay_networks", message));
         for net in &self.relay_networks {
             if net.trunc() != *net {
                 return bad(format!(
@@ -935,7 +937,10 @@ mod tests {
                 accepted_domains: vec!["example.org".into(), pattern.into()],
                 ..RelayConfig::default()
             };
-            let (key, message) = cfg.validate().expect_err(pattern);
+            let Invalid {
+                key,
+                reason: message,
+            } = cfg.validate().expect_err(pattern);
             assert_eq!(key, "relay.accepted_domains", "{pattern}");
             assert!(message.contains(&format!("{pattern:?}")), "{message}");
         }
@@ -951,7 +956,10 @@ mod tests {
                 relay_networks: vec![net.parse().expect("network")],
                 ..RelayConfig::default()
             };
-            let (key, message) = cfg.validate().expect_err(net);
+            let Invalid {
+                key,
+                reason: message,
+            } = cfg.validate().expect_err(net);
             assert_eq!(key, "relay.relay_networks");
             assert!(message.contains(hint), "{message}");
         }

@@ -149,8 +149,13 @@ impl fmt::Display for ListKind {
 impl ReputationConfig {
     /// Checks what serde cannot. Returns the key (`reputation.lists`) and why a list is wrong,
     /// naming it by position and name.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |message: String| Err(("reputation.lists".to_string(), message));
+    pub fn validate(&self) -> Result<(), crate::config::invalid::Invalid> {
+        let bad = |message: String| {
+            Err(crate::config::invalid::Invalid::new(
+                "reputation.lists",
+                message,
+            ))
+        };
         for (index, list) in self.lists.iter().enumerate() {
             let name = &list.name;
             if name.is_empty() {
@@ -274,9 +279,10 @@ impl Reputation {
     /// Validates `config`, then reads and indexes every list file. Blocking; fails on the first
     /// unreadable file or bad line.
     pub fn load(config: &ReputationConfig) -> Result<Self, ReputationError> {
-        config
-            .validate()
-            .map_err(|(key, message)| ReputationError::Config { key, message })?;
+        config.validate().map_err(|e| ReputationError::Config {
+            key: e.key,
+            message: e.reason,
+        })?;
         let lists = config
             .lists
             .iter()
@@ -1704,7 +1710,8 @@ mod tests {
         ];
         for (lists, part) in cases {
             let cfg = ReputationConfig { lists };
-            let (key, message) = cfg.validate().expect_err(part);
+            let e = cfg.validate().expect_err(part);
+            let (key, message) = (e.key, e.reason);
             assert_eq!(key, "reputation.lists");
             assert!(message.contains(part), "{message} says {part}");
             // `load` validates too: never a panic in the bloom filter's constructor.

@@ -1,6 +1,7 @@
 //! The SMTP filtering proxy.
 //!
-//! - `config.rs`: `[smtp]`, `[backend]`, `[checks]`, `[score]`;
+//! - `config.rs`: `[smtp]`, `[backend]`, `[score]` and [`ProxyConfig`](config::ProxyConfig), the
+//!   sections a session reads;
 //! - `server.rs`: listeners, connection caps, accept loop;
 //! - `connection.rs`: line framing and batched replies over plain or TLS streams;
 //! - `session.rs`: the per-client state machine and its checks;
@@ -26,12 +27,12 @@ pub mod tls;
 
 use tokio_rustls::TlsAcceptor;
 
-use crate::{config::Config, policy::dnsbl::Dnsbl};
+use crate::policy::dnsbl::Dnsbl;
 
 /// What every session of one configuration generation shares.
 pub struct Shared {
-    /// The configuration the sessions run with.
-    pub config: Config,
+    /// The configuration sections the sessions run with (not the whole file).
+    pub config: config::ProxyConfig,
     /// DNSBL scorer, when enabled.
     pub dnsbl: Option<std::sync::Arc<Dnsbl>>,
     /// TLS acceptor, when `[smtp.tls]` is configured.
