@@ -37,10 +37,6 @@ pub use resolver::Dnsbl;
 pub use score::{DnsblFailure, DnsblHit, DnsblScore, LookupFailure};
 pub use site::{DnsblSite, SiteSyntaxError, ZoneError};
 
-#[cfg(test)]
-#[path = "../dnsbl_test_server.rs"]
-mod test_server;
-
 /// Helpers shared by the unit tests of this folder.
 #[cfg(test)]
 mod test_support {

@@ -255,12 +255,12 @@ mod tests {
     };
 
     use super::*;
-    use crate::policy::dnsbl::test_server::{TestDnsServer, Zones};
     use crate::policy::dnsbl::{
         Problem, ZoneError,
         site::{MAX_ZONE_LEN, normalize_zone},
         test_support::{ip4, site},
     };
+    use smtp_gateway_test_kit::{DnsResponder, Records};
 
     // ---- query names ----
 
@@ -346,11 +346,11 @@ mod tests {
     /// (127.0.0.4); `wl.test` lists LISTED_BOTH (127.0.0.15); `other.test` lists LISTED
     /// (127.0.0.2); `codes.test` answers an error code and a non-loopback address;
     /// `drop.test` never answers; `fail.test` answers SERVFAIL.
-    async fn server() -> TestDnsServer {
+    fn server() -> DnsResponder {
         let v6_name = query_name(LISTED_V6.parse().expect("ip"), "zen.test");
         let name = |client: &str, zone: &str| query_name(client.parse().expect("ip"), zone);
-        TestDnsServer::start(
-            Zones::default()
+        DnsResponder::start(
+            Records::new()
                 .a(
                     &name(LISTED, "zen.test"),
                     &[ip4("127.0.0.2"), ip4("127.0.0.10")],
@@ -364,7 +364,7 @@ mod tests {
                 .silent("drop.test")
                 .servfail("fail.test"),
         )
-        .await
+        .expect("start the test DNS responder")
     }
 
     /// Deadline for the lookups that the server answers (generous: they take milliseconds).
@@ -372,7 +372,7 @@ mod tests {
     /// How late after its deadline `score` may return.
     const MARGIN: Duration = Duration::from_millis(500);
 
-    fn scorer(server: &TestDnsServer, sites: &[&str], timeout: Duration) -> Dnsbl {
+    fn scorer(server: &DnsResponder, sites: &[&str], timeout: Duration) -> Dnsbl {
         Dnsbl::new(&DnsblConfig {
             enabled: true,
             nameservers: vec![server.addr()],
@@ -389,7 +389,7 @@ mod tests {
 
     #[tokio::test]
     async fn listed_client_reaches_the_threshold() {
-        let server = server().await;
+        let server = server();
         let dnsbl = scorer(&server, &["zen.test*3"], LOOKUP_TIMEOUT);
         let s = score(&dnsbl, LISTED).await;
         assert_eq!(s.failures, vec![]);
@@ -408,7 +408,7 @@ mod tests {
 
     #[tokio::test]
     async fn filter_excludes_answers() {
-        let server = server().await;
+        let server = server();
         let dnsbl = scorer(
             &server,
             &["zen.test=127.0.0.[2..3]*3", "zen.test=127.0.0.[4..9]*5"],
@@ -429,7 +429,7 @@ mod tests {
 
     #[tokio::test]
     async fn weights_add_up_across_sites() {
-        let server = server().await;
+        let server = server();
         let dnsbl = scorer(
             &server,
             &[
@@ -463,7 +463,7 @@ mod tests {
 
     #[tokio::test]
     async fn allowlist_weight_cancels_a_listing() {
-        let server = server().await;
+        let server = server();
         let dnsbl = scorer(
             &server,
             &["zen.test*3", "wl.test=127.0.[0..255].[15]*-3"],
@@ -483,7 +483,7 @@ mod tests {
 
     #[tokio::test]
     async fn unlisted_client_scores_zero() {
-        let server = server().await;
+        let server = server();
         let dnsbl = scorer(
             &server,
             &["zen.test*3", "wl.test*-2", "other.test"],
@@ -495,7 +495,7 @@ mod tests {
 
     #[tokio::test]
     async fn ipv6_client_is_looked_up_by_nibbles() {
-        let server = server().await;
+        let server = server();
         let dnsbl = scorer(&server, &["zen.test*4"], LOOKUP_TIMEOUT);
         let s = score(&dnsbl, LISTED_V6).await;
         assert_eq!(s.total, 4);
@@ -513,7 +513,7 @@ mod tests {
 
     #[tokio::test]
     async fn silent_zone_times_out_within_the_deadline_and_scores_zero() {
-        let server = server().await;
+        let server = server();
         let timeout = Duration::from_millis(300);
         let dnsbl = scorer(&server, &["drop.test*5", "zen.test*3"], timeout);
         let started = Instant::now();
@@ -540,7 +540,7 @@ mod tests {
 
     #[tokio::test]
     async fn servfail_is_a_failure_not_a_listing() {
-        let server = server().await;
+        let server = server();
         let dnsbl = scorer(&server, &["fail.test*5"], LOOKUP_TIMEOUT);
         let started = Instant::now();
         let s = score(&dnsbl, LISTED).await;
@@ -560,7 +560,7 @@ mod tests {
 
     #[tokio::test]
     async fn list_error_codes_and_foreign_answers_never_score() {
-        let server = server().await;
+        let server = server();
         let dnsbl = scorer(&server, &["codes.test*5"], LOOKUP_TIMEOUT);
         let s = score(&dnsbl, ERROR_CODE).await;
         assert_eq!(s.total, 0);
