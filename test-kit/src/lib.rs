@@ -24,12 +24,15 @@
 //! - `postfix/master_cf.rs`: [`MasterCf`], the caller's listeners and the standard daemon table.
 //! - `binary.rs`: [`gateway_binary`] and [`profile_dir`], where the `smtp-gateway` binary is.
 //! - `log.rs`: [`strip_ansi`] and [`last_lines`], for showing daemon logs in failure reports.
+//! - `launcher/`: [`DaemonProcess`] and the `run`/`detach` command lines: starting the daemon
+//!   with a configuration, waiting for what it logs, stopping it by PID.
 //! - `dns/`: [`DnsResponder`] and its [`Records`] table, a DNS server on `127.0.0.1:0`.
 
 mod account;
 mod binary;
 pub mod dns;
 mod error;
+pub mod launcher;
 mod log;
 mod postfix;
 
@@ -37,5 +40,6 @@ pub use account::Account;
 pub use binary::{GATEWAY_BIN_ENV, gateway_binary, profile_dir};
 pub use dns::{DnsResponder, Records};
 pub use error::{Error, Result};
+pub use launcher::{DaemonProcess, Wait};
 pub use log::{last_lines, strip_ansi};
 pub use postfix::{InstanceDir, MainCf, MasterCf};
