@@ -1322,6 +1322,16 @@ mod tests {
     }
 
     #[test]
+    fn non_ascii_text_after_a_tab_is_no_literal_path_and_no_panic() {
+        // Issue 10 section 1.1: `text[..10]` cut through the two-byte `é`.
+        for line in ["RCPT\tTO:<é>", "MAIL\tFROM:<é>", "RCPT TO:é", "MAIL FROM:<é@[1.2.3.4]>é"] {
+            let _ = super::literal_path_request(line.as_bytes());
+        }
+        assert!(super::literal_path_request("RCPT\tTO:<é>".as_bytes()).is_none());
+        assert!(super::literal_path_request("MAIL\tFROM:<é>".as_bytes()).is_none());
+    }
+
+    #[test]
     fn recognises_non_smtp() {
         assert_eq!(non_smtp(b"GET / HTTP/1.1"), Some("HTTP request"));
         assert_eq!(
