@@ -1200,21 +1200,24 @@ fn raw_path(line: &[u8]) -> Option<String> {
 /// allows; such MAIL/RCPT paths are extracted here so the relay policy decides on them. The raw
 /// line (parameters included) is what gets forwarded.
 fn literal_path_request(line: &[u8]) -> Option<Request<String>> {
-    let text = std::str::from_utf8(line).ok()?;
-    let verb_len = if text.len() >= 8 && text[..8].eq_ignore_ascii_case("RCPT TO:") {
-        8
-    } else if text.len() >= 10 && text[..10].eq_ignore_ascii_case("MAIL FROM:") {
-        10
-    } else {
-        return None;
+    // The verb is compared as bytes: the client's text is never cut at a byte index (a cut
+    // inside a multi-byte character panics).
+    let strip_verb = |verb: &[u8]| {
+        let (head, rest) = line.split_at_checked(verb.len())?;
+        head.eq_ignore_ascii_case(verb).then_some(rest)
     };
-    let inner = text[verb_len..].trim_start().strip_prefix('<')?;
-    let address = &inner[..inner.find('>')?];
+    let (rcpt, rest) = match strip_verb(b"RCPT TO:") {
+        Some(rest) => (true, rest),
+        None => (false, strip_verb(b"MAIL FROM:")?),
+    };
+    let text = std::str::from_utf8(rest).ok()?;
+    let inner = text.trim_start().strip_prefix('<')?;
+    let (address, _) = inner.split_once('>')?;
     let (local, domain) = address.rsplit_once('@')?;
     if local.is_empty() || !(domain.starts_with('[') && domain.ends_with(']')) {
         return None;
     }
-    Some(if verb_len == 8 {
+    Some(if rcpt {
         Request::Rcpt {
             to: smtp_proto::RcptTo {
                 address: address.to_string(),
