@@ -15,10 +15,8 @@ use tokio::sync::{broadcast, watch};
 use crate::{
     daemon::SharedDataplane,
     dataplane::{Target, clock, reasons},
-    smtp::{
-        config::{Action, Check},
-        events::{Event, SessionEnd},
-    },
+    events::{Event, SessionEnd},
+    smtp::config::{Action, Check},
 };
 
 /// `[autoban]`.

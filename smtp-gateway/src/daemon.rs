@@ -125,8 +125,8 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (config_tx, config_rx) = watch::channel(config.clone());
     let (reload_tx, mut reload_rx) = crate::reload::channel();
-    let (events, events_rx) = crate::smtp::events::channel();
-    let (ends, ends_rx) = crate::smtp::events::ends_channel();
+    let (events, events_rx) = crate::events::channel();
+    let (ends, ends_rx) = crate::events::ends_channel();
     // One set of counters and one outcome table for the whole run: reload generations share them.
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let outcomes = Arc::new(crate::source_outcomes::SourceOutcomes::new(
@@ -281,8 +281,8 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
 /// cloned, cheaply, into the blocking task that builds a generation).
 #[derive(Clone)]
 struct GenerationContext {
-    events: crate::smtp::events::EventSender,
-    ends: crate::smtp::events::EndSender,
+    events: crate::events::EventSender,
+    ends: crate::events::EndSender,
     pass_cache: Arc<crate::policy::pass_cache::PassCache>,
     metrics: Arc<crate::metrics::Metrics>,
     outcomes: Arc<crate::source_outcomes::SourceOutcomes>,

@@ -7,6 +7,8 @@
 //! - `config.rs`: the TOML configuration, parse -> validate;
 //! - `dataplane/`: everything about the kernel half (load, attach, pins, maps, lists, import,
 //!   counters, expiry);
+//! - `events.rs`: the verdict event bus (checks fired, sessions ended): `smtp/` publishes,
+//!   `autoban.rs`, `metrics.rs` and `source_outcomes.rs` read;
 //! - `autoban.rs`: session verdicts -> kernel blocklist entries with a TTL;
 //! - `metrics.rs`: `[metrics]` and the Prometheus `GET /metrics` endpoint;
 //! - `daemon.rs`: `smtp-gateway run` — attach, push the config, sweep, reload, stop;
@@ -27,6 +29,7 @@ pub mod config_watch;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod events;
 pub mod metrics;
 pub mod policy;
 pub mod privileges;

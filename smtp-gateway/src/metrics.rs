@@ -31,10 +31,8 @@ use crate::{
     control::protocol::SessionCounts,
     daemon::SharedDataplane,
     dataplane::stats::SourceRow,
-    smtp::{
-        config::{Action, Check},
-        events::{Event, SessionVerdict},
-    },
+    events::{Event, SessionVerdict},
+    smtp::config::{Action, Check},
     source_outcomes::SourceOutcomes,
 };
 
@@ -651,7 +649,7 @@ mod tests {
         let (_config_tx, config_rx) = watch::channel(Config::default());
         let (stop_tx, stop_rx) = watch::channel(false);
         let outcomes = Arc::new(SourceOutcomes::new(10));
-        outcomes.record(&crate::smtp::events::SessionEnd {
+        outcomes.record(&crate::events::SessionEnd {
             source: IpAddr::from([198, 18, 0, 9]),
             verdict: SessionVerdict::Delivered,
             delivered: 3,

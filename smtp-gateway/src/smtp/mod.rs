@@ -4,29 +4,30 @@
 //! - `server.rs`: listeners, connection caps, accept loop;
 //! - `connection.rs`: line framing and batched replies over plain or TLS streams;
 //! - `session.rs`: the per-client state machine and its checks;
-//! - `data.rs`: message text streamed to the backend, smuggling-proof;
+//! - `text.rs`: the message-text relay (after `354`), streamed to the backend, smuggling-proof;
 //! - `backend.rs`: the backend MTA session (failover, identity, EHLO replay);
 //! - `backend_pool.rs`: idle backend connections kept for the next session;
 //! - `pipeline.rs`: MAIL/RCPT forwarded without waiting, and how their replies settle in order;
 //! - `identity.rs`: PROXY v2 header and XCLIENT;
-//! - `reply.rs`: SMTP replies; `tls.rs`: rustls; `events.rs`: verdict events.
+//! - `reply.rs`: SMTP replies; `tls.rs`: rustls.
+//!
+//! Sessions publish their verdicts on the crate's event bus (`crate::events`).
 
 pub mod backend;
 pub mod backend_pool;
 pub mod config;
 pub mod connection;
-pub mod data;
-pub mod events;
 pub mod identity;
 pub mod pipeline;
 pub mod reply;
 pub mod server;
 pub mod session;
+pub mod text;
 pub mod tls;
 
 use tokio_rustls::TlsAcceptor;
 
-use crate::{config::Config, policy::dnsbl::Dnsbl};
+use crate::{config::Config, events, policy::dnsbl::Dnsbl};
 
 /// What every session of one configuration generation shares.
 pub struct Shared {

@@ -25,16 +25,18 @@ use super::{
     backend::Backend,
     config::{Action, Check, ConnectAt, ListenerKind},
     connection::{ConnError, Connection, Ending, Line},
-    data::{DataOutcome, TextLimits, TextViolation, relay_message},
-    events::{Event, SessionEnd, SessionVerdict},
     identity::ClientIdentity,
     pipeline::{Awaiting, Pipeline, Settled},
     reply::Reply,
+    text::{TextLimits, TextRelayEnd, TextViolation, relay_message},
 };
-use crate::policy::{
-    dnsbl::DnsblScore,
-    helo,
-    relay::{self, RelayRefusal, RelayVerdict},
+use crate::{
+    events::{Event, SessionEnd, SessionVerdict},
+    policy::{
+        dnsbl::DnsblScore,
+        helo,
+        relay::{self, RelayRefusal, RelayVerdict},
+    },
 };
 
 /// Most challenge/response rounds in one AUTH exchange.
@@ -1087,7 +1089,7 @@ impl Session {
         self.txn = None;
         self.bytes += size;
         match outcome {
-            DataOutcome::Relayed(reply) => {
+            TextRelayEnd::Relayed(reply) => {
                 self.shared.metrics.message(reply.is_positive());
                 if reply.is_positive() {
                     self.messages += 1;
@@ -1099,7 +1101,7 @@ impl Session {
                 self.reply(reply);
                 Flow::Continue
             }
-            DataOutcome::Refused(violation) => {
+            TextRelayEnd::Refused(violation) => {
                 self.shared.metrics.message(false);
                 // Abort the backend transaction: it never saw the final dot.
                 self.backend = None;
@@ -1115,8 +1117,8 @@ impl Session {
                 self.reply(violation.reply());
                 if close { Flow::Close } else { Flow::Continue }
             }
-            DataOutcome::BackendFailed(e) => self.backend_lost(e),
-            DataOutcome::ClientGone => {
+            TextRelayEnd::BackendFailed(e) => self.backend_lost(e),
+            TextRelayEnd::ClientGone => {
                 self.backend = None;
                 Flow::Close
             }
@@ -1327,7 +1329,12 @@ mod tests {
     #[test]
     fn non_ascii_text_after_a_tab_is_no_literal_path_and_no_panic() {
         // Issue 10 section 1.1: `text[..10]` cut through the two-byte `é`.
-        for line in ["RCPT\tTO:<é>", "MAIL\tFROM:<é>", "RCPT TO:é", "MAIL FROM:<é@[1.2.3.4]>é"] {
+        for line in [
+            "RCPT\tTO:<é>",
+            "MAIL\tFROM:<é>",
+            "RCPT TO:é",
+            "MAIL FROM:<é@[1.2.3.4]>é",
+        ] {
             let _ = super::literal_path_request(line.as_bytes());
         }
         assert!(super::literal_path_request("RCPT\tTO:<é>".as_bytes()).is_none());
