@@ -5,8 +5,9 @@
 //! - `connection.rs`: line framing and batched replies over plain or TLS streams;
 //! - `session.rs`: the per-client state machine and its checks;
 //! - `text.rs`: the message-text relay (after `354`), streamed to the backend, smuggling-proof;
-//! - `backend.rs`: the backend MTA session (failover, identity, EHLO replay);
-//! - `backend_pool.rs`: idle backend connections kept for the next session;
+//! - `backend.rs`: one backend MTA session (identity, STARTTLS, EHLO replay, commands);
+//! - `backend_pool.rs`: failover over the servers, and idle connections kept for the next session;
+//! - `ehlo_caps.rs`: the backend's EHLO keywords, parsed once;
 //! - `pipeline.rs`: MAIL/RCPT forwarded without waiting, and how their replies settle in order;
 //! - `identity.rs`: PROXY v2 header and XCLIENT;
 //! - `reply.rs`: SMTP replies; `tls.rs`: rustls.
@@ -17,6 +18,7 @@ pub mod backend;
 pub mod backend_pool;
 pub mod config;
 pub mod connection;
+pub mod ehlo_caps;
 pub mod identity;
 pub mod pipeline;
 pub mod reply;

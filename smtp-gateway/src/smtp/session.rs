@@ -121,7 +121,7 @@ impl Session {
     ) -> Self {
         let cached = shared
             .pass_cache
-            .contains(canonical(client.ip()), Instant::now());
+            .contains(client.ip().to_canonical(), Instant::now());
         let dnsbl = if cached {
             None
         } else {
@@ -163,7 +163,7 @@ impl Session {
     }
 
     fn source(&self) -> IpAddr {
-        canonical(self.client.ip())
+        self.client.ip().to_canonical()
     }
 
     fn reply(&mut self, reply: Reply) {
@@ -772,25 +772,21 @@ impl Session {
             return Ok(());
         }
         let shared = self.shared.clone();
-        match Backend::connect(
-            &shared.config.backend,
-            &shared.backend_tls,
-            &shared.backend_pool,
-            &self.identity(),
-            self.local,
-            &shared.config.smtp.hostname,
-        )
-        .await
+        match shared
+            .backend_pool
+            .connect(
+                &shared.config.backend,
+                &shared.backend_tls,
+                &self.identity(),
+                self.local,
+                &shared.config.smtp.hostname,
+            )
+            .await
         {
-            Ok((mut backend, ehlo, reused)) => {
+            Ok((mut backend, reused)) => {
                 self.shared.metrics.backend_session(reused);
                 backend.record_reply_times(self.shared.metrics.backend_reply_histogram());
-                self.backend_auth = ehlo.lines.iter().skip(1).find_map(|l| {
-                    let (keyword, rest) = l.split_once(' ')?;
-                    keyword
-                        .eq_ignore_ascii_case("AUTH")
-                        .then(|| rest.trim().to_string())
-                });
+                self.backend_auth = backend.caps().auth().map(str::to_string);
                 self.backend = Some(backend);
                 Ok(())
             }
@@ -1236,17 +1232,6 @@ fn literal_path_request(line: &[u8]) -> Option<Request<String>> {
             },
         }
     })
-}
-
-/// IPv4-mapped IPv6 addresses as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    }
 }
 
 /// Recognises traffic that is not SMTP: HTTP requests, proxy CONNECT, a TLS ClientHello sent to a

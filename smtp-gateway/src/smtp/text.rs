@@ -224,10 +224,10 @@ mod tests {
             esmtp: true,
             login: None,
         };
-        let (mut backend, _, _) = Backend::connect(
+        let mut backend = Backend::connect(
             &cfg,
-            &[None],
-            &crate::smtp::backend_pool::BackendPool::new(),
+            &cfg.servers[0],
+            None,
             &id,
             "127.0.0.1:25".parse().expect("addr"),
             "gw",
