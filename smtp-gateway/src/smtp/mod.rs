@@ -3,7 +3,10 @@
 //! - `config.rs`: `[smtp]`, `[backend]`, `[checks]`, `[score]`;
 //! - `server.rs`: listeners, connection caps, accept loop;
 //! - `connection.rs`: line framing and batched replies over plain or TLS streams;
-//! - `session.rs`: the per-client state machine and its checks;
+//! - `session/`: the per-client state machine and its checks, one file per verb (`mod.rs` the
+//!   state, run loop and check firing; `line.rs` line checks, parsing and dispatch; `ehlo.rs`,
+//!   `auth.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `starttls.rs`; `backend.rs` the session's
+//!   backend: open, lose, settle, release);
 //! - `text.rs`: the message-text relay (after `354`), streamed to the backend, smuggling-proof;
 //! - `backend.rs`: one backend MTA session (identity, STARTTLS, EHLO replay, commands);
 //! - `backend_pool.rs`: failover over the servers, and idle connections kept for the next session;
@@ -12,7 +15,11 @@
 //! - `identity.rs`: PROXY v2 header and XCLIENT;
 //! - `reply.rs`: SMTP replies; `tls.rs`: rustls.
 //!
-//! Sessions publish their verdicts on the crate's event bus (`crate::events`).
+//! Sessions publish their verdicts on the crate's event bus (`crate::events`). Client bytes are
+//! never cut at a byte index (`clippy::string_slice` is denied here): a cut inside a multi-byte
+//! character panics the session task.
+
+#![deny(clippy::string_slice)]
 
 pub mod backend;
 pub mod backend_pool;
