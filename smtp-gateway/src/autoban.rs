@@ -16,7 +16,7 @@ use crate::{
     checks::{Action, Check},
     config::invalid::Invalid,
     dataplane::{SharedDataplane, Target, clock, reasons},
-    smtp::events::{Event, SessionEnd},
+    events::{Event, SessionEnd},
 };
 
 /// `[autoban]`.

@@ -2,6 +2,8 @@
 //! `dnsbl/` and reading list files in `reputation/`. Each module owns its `[...]` configuration
 //! section type.
 //!
+//! - `address.rs`: mail-path grammar (paths on MAIL/RCPT lines, local part and domain, address
+//!   literals, domain-name syntax);
 //! - `relay.rs`: anti-relay (accepted domains, relay networks, address tricks);
 //! - `helo.rs`: HELO/EHLO heuristics;
 //! - `dnsbl/`: DNSBL/DNSWL scoring through an async resolver (section, site grammar, answer
@@ -10,6 +12,7 @@
 //!   entry grammar, list loading, compact storage);
 //! - `pass_cache.rs`: clients that passed, remembered so they skip the slow checks.
 
+pub mod address;
 pub mod dnsbl;
 pub mod helo;
 pub mod pass_cache;
