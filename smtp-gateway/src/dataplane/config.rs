@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::config::invalid::Invalid;
+use crate::invalid::Invalid;
 
 /// `[dataplane]`: the kernel half of the gateway.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
