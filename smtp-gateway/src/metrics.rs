@@ -28,14 +28,13 @@ use tokio::{
 
 use crate::{
     config::Config,
-    control::protocol::SessionCounts,
     daemon::SharedDataplane,
     dataplane::stats::SourceRow,
     smtp::{
         config::{Action, Check},
         events::{Event, SessionVerdict},
     },
-    source_outcomes::SourceOutcomes,
+    source_outcomes::{SessionCounts, SourceOutcomes},
 };
 
 /// Prefix of every series.
