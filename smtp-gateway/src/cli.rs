@@ -71,7 +71,8 @@ pub enum BlockCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Import a file: one address/prefix per line, `#`/`;` comments, Spamhaus DROP (text or JSON).
+    /// Import a file: one address/prefix per line (at most 4096 bytes), `#`/`;` comments, Spamhaus
+    /// DROP (text or JSON).
     Import {
         file: PathBuf,
         /// Apply nothing if any line is bad.
