@@ -67,9 +67,6 @@ pub enum DataplaneError {
     /// A task panicked while holding the data plane.
     #[error("internal error: the data plane lock was poisoned by a failed task")]
     Poisoned,
-    /// No reason id could be assigned.
-    #[error("no room for reason text {0:?}: the reasons map is full (dataplane.capacity.reasons)")]
-    ReasonsFull(String),
 }
 
 impl DataplaneError {

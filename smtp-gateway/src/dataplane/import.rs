@@ -11,7 +11,11 @@
 //! line is bad. A line longer than [`MAX_LINE_BYTES`] (4096 bytes) is such a bad line ("line too
 //! long"): it is skipped as it is read, never held whole in memory.
 
-use std::{collections::HashMap, io::BufRead, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    io::BufRead,
+    time::Duration,
+};
 
 use serde::Deserialize;
 use smtp_gateway_common::{BlockEntry, origin};
@@ -227,6 +231,7 @@ pub fn apply(
         None => 0,
     };
     let mut summary = ImportSummary::default();
+    let mut replaced_reasons = HashSet::new();
     for (index, line) in lines.iter().enumerate() {
         let reason = match &line.reason {
             Some(text) => match reason_ids.get(text) {
@@ -239,7 +244,7 @@ pub fn apply(
             },
             None => default_reason,
         };
-        dp.block(
+        let replaced = dp.replace_block(
             line.target,
             BlockEntry {
                 expires_at_ns,
@@ -248,6 +253,11 @@ pub fn apply(
                 origin: origin::IMPORT,
             },
         )?;
+        if let Some(old) = replaced
+            && old.reason != reason
+        {
+            replaced_reasons.insert(old.reason);
+        }
         match line.target {
             Target::V4(_) => summary.exact_v4 += 1,
             Target::V6(_) => summary.exact_v6 += 1,
@@ -259,6 +269,8 @@ pub fn apply(
         }
     }
     progress(lines.len());
+    // One walk for all the reasons the replaced entries cited.
+    reasons::release(dp, replaced_reasons)?;
     Ok(summary)
 }
 
