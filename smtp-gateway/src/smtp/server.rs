@@ -270,7 +270,7 @@ async fn run_session(
     } else {
         MaybeTls::Plain(tcp)
     };
-    let conn = Connection::new(stream);
+    let conn = Connection::new(stream, shared.config.smtp.write_timeout);
     Session::new(shared, conn, client, local, kind)
         .with_shutdown(shutdown)
         .run()

@@ -51,6 +51,9 @@ use crate::{
     policy::dnsbl::DnsblScore,
 };
 
+/// The reply of a session past `smtp.max_session_duration`.
+const SESSION_TIME_LIMIT: &str = "4.4.2 Maximum session duration reached, closing connection";
+
 /// What the command loop does next.
 enum Flow {
     Continue,
@@ -90,6 +93,8 @@ pub struct Session {
     local: SocketAddr,
     /// When the connection was accepted, for the session line.
     started: Instant,
+    /// When the session must end, whatever the client does (`smtp.max_session_duration`).
+    ends_by: tokio::time::Instant,
     /// Daemon shutdown: an idle session is told `421` at its next command wait.
     shutdown: Option<watch::Receiver<bool>>,
 
@@ -144,6 +149,8 @@ pub struct Session {
     errors: usize,
     /// Unknown commands so far (`max_unknown_commands`).
     unknown_commands: usize,
+    /// Junk commands since the last delivered message (`junk_command_limit`).
+    junk_commands: usize,
     /// The worst thing a check or the score did to this session so far.
     worst_refusal: Option<SessionVerdict>,
 }
@@ -168,12 +175,14 @@ impl Session {
                 tokio::spawn(async move { d.score(ip).await })
             })
         };
+        let ends_by = tokio::time::Instant::now() + shared.config.smtp.max_session_duration;
         Self {
             shared,
             conn,
             kind,
             local,
             started: Instant::now(),
+            ends_by,
             shutdown: None,
             client,
             passed_recently,
@@ -196,6 +205,7 @@ impl Session {
             fired: Vec::new(),
             errors: 0,
             unknown_commands: 0,
+            junk_commands: 0,
             worst_refusal: None,
         }
     }
@@ -280,6 +290,13 @@ impl Session {
             self.release_backend(backend).await;
         }
         self.conn.shutdown().await;
+        if self.conn.stalled() {
+            tracing::info!(
+                client = %self.client,
+                write_timeout = %humantime::format_duration(self.shared.config.smtp.write_timeout),
+                "client does not read its replies; closed without a goodbye"
+            );
+        }
         let verdict = self.verdict();
         let end = SessionEnd {
             source: self.source(),
@@ -361,9 +378,14 @@ impl Session {
                 }
                 self.conn.shrink_idle();
             }
+            let deadline = (tokio::time::Instant::now() + smtp.command_timeout).min(self.ends_by);
+            let sniff = matches!(
+                self.shared.config.checks.get(Check::NonSmtp).action,
+                Action::Reject | Action::Drop
+            );
             let read = tokio::select! {
                 biased;
-                read = self.conn.read_line(smtp.max_command_line, smtp.command_timeout) => read,
+                read = line::read_command(&mut self.conn, smtp.max_command_line, deadline, sniff) => read,
                 _ = Self::shutting_down(&mut self.shutdown) => {
                     self.reply(Reply::new(421, "4.3.2 Service shutting down, closing connection"));
                     let _ = self.conn.flush().await;
@@ -371,8 +393,21 @@ impl Session {
                 }
             };
             let line = match read {
-                Ok(Some(line)) => line,
-                Ok(None) | Err(ConnError::Io(_)) => return,
+                Ok(line::Incoming::Line(line)) => line,
+                Ok(line::Incoming::NotSmtp(kind)) => {
+                    // Only a refusing action gets here: the line in progress is not waited for.
+                    let _ = self.fire(Check::NonSmtp, kind);
+                    self.drop_reply("Not an SMTP client");
+                    let _ = self.conn.flush().await;
+                    return;
+                }
+                Ok(line::Incoming::Closed) | Err(ConnError::Io(_)) => return,
+                Err(ConnError::Timeout) if deadline >= self.ends_by => {
+                    tracing::info!(client = %self.client, "maximum session duration reached; closing");
+                    self.reply(Reply::new(421, SESSION_TIME_LIMIT));
+                    let _ = self.conn.flush().await;
+                    return;
+                }
                 Err(ConnError::Timeout) => {
                     self.reply(Reply::new(421, "4.4.2 Timeout, closing connection"));
                     let _ = self.conn.flush().await;
