@@ -21,6 +21,9 @@ use smtp_gateway_test_kit::Wait;
 
 /// How long a test waits for the event it expects.
 const EVENT_WAIT: Duration = Duration::from_secs(10);
+/// How long the holders' sessions may take to stall: the gateway first fills the socket buffers
+/// with replies (megabytes of EHLO replies on loopback), which a loaded machine does slowly.
+const STALL_WAIT: Duration = Duration::from_secs(30);
 
 fn gateway(tag: &str, extra: &str, backend_sessions: usize) -> Gateway {
     let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -79,7 +82,7 @@ fn clients_that_never_read_lose_their_slots_after_the_write_timeout() {
         refused.starts_with("421 4.7.0 Too many connections from your address"),
         "the three holders have every slot of the source: {refused}"
     );
-    let logged = gw.child.wait_for(EVENT_WAIT, |log| {
+    let logged = gw.child.wait_for(STALL_WAIT, |log| {
         log.matches("client does not read its replies").count() >= 3
     });
     assert_eq!(logged, Wait::Done, "{}", gw.log());
