@@ -1,5 +1,7 @@
 //! One client session: banner (with pregreet detection), the command loop with its checks,
-//! and the live forwarding of clean transactions to the backend.
+//! and the live forwarding of clean transactions to the backend. Every wait is bounded: each
+//! command by `smtp.command_timeout`, the whole session by `smtp.max_session_duration`, each
+//! write to the client by `smtp.write_timeout` (`connection.rs`).
 //!
 //! Replies to a pipelined group are queued and written together when no further complete command
 //! is buffered. Every reply to MAIL, RCPT and the final reply after DATA that says 2xx is the
@@ -12,10 +14,11 @@
 //! of the buffered group. Until its reply is read, a forwarded MAIL's transaction is assumed open.
 //!
 //! ## Layout (one `impl Session` block per file)
-//! - `mod.rs`: the session state, the run loop (banner, command loop, session line), and what a
-//!   fired check does (`fire`, `enforce`, errors, the score thresholds);
-//! - `line.rs`: line checks, parsing, dispatch by verb (and the one-line verbs: RSET, NOOP, QUIT,
-//!   VRFY, HELP);
+//! - `mod.rs`: the session state, the run loop (banner, command loop with its deadlines, session
+//!   line), and what a fired check does (`fire`, `enforce`, errors, the score thresholds);
+//! - `line.rs`: reading a command (a line in progress that is plainly not SMTP is not waited
+//!   for), line checks, parsing, dispatch by verb (and the one-line verbs: RSET, NOOP, QUIT,
+//!   VRFY, HELP; the junk-command count);
 //! - `ehlo.rs`, `auth.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `starttls.rs`: one verb each;
 //! - `backend.rs`: the session's backend: open it, lose it, settle its pipelined replies,
 //!   release it to the pool.
