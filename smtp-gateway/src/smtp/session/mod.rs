@@ -1,5 +1,7 @@
 //! One client session: banner (with pregreet detection), the command loop with its checks,
-//! and the live forwarding of clean transactions to the backend.
+//! and the live forwarding of clean transactions to the backend. Every wait is bounded: each
+//! command by `smtp.command_timeout`, the whole session by `smtp.max_session_duration`, each
+//! write to the client by `smtp.write_timeout` (`connection.rs`).
 //!
 //! Replies to a pipelined group are queued and written together when no further complete command
 //! is buffered. Every reply to MAIL, RCPT and the final reply after DATA that says 2xx is the
@@ -12,10 +14,11 @@
 //! of the buffered group. Until its reply is read, a forwarded MAIL's transaction is assumed open.
 //!
 //! ## Layout (one `impl Session` block per file)
-//! - `mod.rs`: the session state, the run loop (banner, command loop, session line), and what a
-//!   fired check does (`fire`, `enforce`, errors, the score thresholds);
-//! - `line.rs`: line checks, parsing, dispatch by verb (and the one-line verbs: RSET, NOOP, QUIT,
-//!   VRFY, HELP);
+//! - `mod.rs`: the session state, the run loop (banner, command loop with its deadlines, session
+//!   line), and what a fired check does (`fire`, `enforce`, errors, the score thresholds);
+//! - `line.rs`: reading a command (a line in progress that is plainly not SMTP is not waited
+//!   for), line checks, parsing, dispatch by verb (and the one-line verbs: RSET, NOOP, QUIT,
+//!   VRFY, HELP; the junk-command count);
 //! - `ehlo.rs`, `auth.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `starttls.rs`: one verb each;
 //! - `backend.rs`: the session's backend: open it, lose it, settle its pipelined replies,
 //!   release it to the pool.
@@ -50,6 +53,9 @@ use crate::{
     events::{Event, SessionEnd, SessionVerdict},
     policy::dnsbl::DnsblScore,
 };
+
+/// The reply of a session past `smtp.max_session_duration`.
+const SESSION_TIME_LIMIT: &str = "4.4.2 Maximum session duration reached, closing connection";
 
 /// What the command loop does next.
 enum Flow {
@@ -90,6 +96,8 @@ pub struct Session {
     local: SocketAddr,
     /// When the connection was accepted, for the session line.
     started: Instant,
+    /// When the session must end, whatever the client does (`smtp.max_session_duration`).
+    ends_by: tokio::time::Instant,
     /// Daemon shutdown: an idle session is told `421` at its next command wait.
     shutdown: Option<watch::Receiver<bool>>,
 
@@ -144,6 +152,8 @@ pub struct Session {
     errors: usize,
     /// Unknown commands so far (`max_unknown_commands`).
     unknown_commands: usize,
+    /// Junk commands since the last delivered message (`junk_command_limit`).
+    junk_commands: usize,
     /// The worst thing a check or the score did to this session so far.
     worst_refusal: Option<SessionVerdict>,
 }
@@ -168,12 +178,14 @@ impl Session {
                 tokio::spawn(async move { d.score(ip).await })
             })
         };
+        let ends_by = tokio::time::Instant::now() + shared.config.smtp.max_session_duration;
         Self {
             shared,
             conn,
             kind,
             local,
             started: Instant::now(),
+            ends_by,
             shutdown: None,
             client,
             passed_recently,
@@ -196,6 +208,7 @@ impl Session {
             fired: Vec::new(),
             errors: 0,
             unknown_commands: 0,
+            junk_commands: 0,
             worst_refusal: None,
         }
     }
@@ -280,6 +293,13 @@ impl Session {
             self.release_backend(backend).await;
         }
         self.conn.shutdown().await;
+        if self.conn.stalled() {
+            tracing::info!(
+                client = %self.client,
+                write_timeout = %humantime::format_duration(self.shared.config.smtp.write_timeout),
+                "client does not read its replies; closed without a goodbye"
+            );
+        }
         let verdict = self.verdict();
         let end = SessionEnd {
             source: self.source(),
@@ -361,9 +381,14 @@ impl Session {
                 }
                 self.conn.shrink_idle();
             }
+            let deadline = (tokio::time::Instant::now() + smtp.command_timeout).min(self.ends_by);
+            let sniff = matches!(
+                self.shared.config.checks.get(Check::NonSmtp).action,
+                Action::Reject | Action::Drop
+            );
             let read = tokio::select! {
                 biased;
-                read = self.conn.read_line(smtp.max_command_line, smtp.command_timeout) => read,
+                read = line::read_command(&mut self.conn, smtp.max_command_line, deadline, sniff) => read,
                 _ = Self::shutting_down(&mut self.shutdown) => {
                     self.reply(Reply::new(421, "4.3.2 Service shutting down, closing connection"));
                     let _ = self.conn.flush().await;
@@ -371,8 +396,21 @@ impl Session {
                 }
             };
             let line = match read {
-                Ok(Some(line)) => line,
-                Ok(None) | Err(ConnError::Io(_)) => return,
+                Ok(line::Incoming::Line(line)) => line,
+                Ok(line::Incoming::NotSmtp(kind)) => {
+                    // Only a refusing action gets here: the line in progress is not waited for.
+                    let _ = self.fire(Check::NonSmtp, kind);
+                    self.drop_reply("Not an SMTP client");
+                    let _ = self.conn.flush().await;
+                    return;
+                }
+                Ok(line::Incoming::Closed) | Err(ConnError::Io(_)) => return,
+                Err(ConnError::Timeout) if deadline >= self.ends_by => {
+                    tracing::info!(client = %self.client, "maximum session duration reached; closing");
+                    self.reply(Reply::new(421, SESSION_TIME_LIMIT));
+                    let _ = self.conn.flush().await;
+                    return;
+                }
                 Err(ConnError::Timeout) => {
                     self.reply(Reply::new(421, "4.4.2 Timeout, closing connection"));
                     let _ = self.conn.flush().await;
