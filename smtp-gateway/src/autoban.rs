@@ -14,9 +14,9 @@ use tokio::sync::{broadcast, watch};
 
 use crate::{
     checks::{Action, Check},
-    config::invalid::Invalid,
     dataplane::{SharedDataplane, Target, clock, reasons},
     events::{Event, SessionEnd},
+    invalid::Invalid,
 };
 
 /// `[autoban]`.

@@ -22,10 +22,9 @@ use tokio::{
 
 use super::{Metrics, PREFIX, config::MetricsConfig};
 use crate::{
-    control::protocol::SessionCounts,
     dataplane::{SharedDataplane, stats::SourceRow},
     events::SessionVerdict,
-    source_outcomes::SourceOutcomes,
+    source_outcomes::{SessionCounts, SourceOutcomes},
 };
 
 /// The content type of the text encoding `prometheus-client` produces.
