@@ -398,3 +398,108 @@ impl Backend {
 }
 
 use tokio::io::AsyncReadExt as _;
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// A backend on loopback: `550` to `RCPT TO:<bad@...>`, no reply at all to `NOOP`, `354` to
+    /// DATA (then `250` at the final dot), `250` to the rest.
+    async fn server() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (read, mut write) = tcp.into_split();
+            let mut lines = BufReader::new(read).lines();
+            let _ = write.write_all(b"220 backend.test\r\n").await;
+            let mut in_text = false;
+            while let Ok(Some(line)) = lines.next_line().await {
+                let reply: &[u8] = match line.as_str() {
+                    "." if in_text => {
+                        in_text = false;
+                        b"250 2.0.0 queued\r\n"
+                    }
+                    _ if in_text => continue,
+                    "NOOP" => continue,
+                    "DATA" => {
+                        in_text = true;
+                        b"354 go ahead\r\n"
+                    }
+                    l if l.starts_with("RCPT TO:<bad@") => b"550 5.1.1 unknown\r\n",
+                    _ => b"250 2.0.0 Ok\r\n",
+                };
+                let _ = write.write_all(reply).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn only_a_connection_with_no_reply_outstanding_and_no_error_is_shareable() {
+        let address = server().await;
+        let cfg = BackendConfig {
+            reply_timeout: Duration::from_millis(300),
+            ..BackendConfig::default()
+        };
+        let server = BackendServer {
+            address,
+            identity: Identity::None,
+            tls: None,
+        };
+        let client = ClientIdentity {
+            addr: SocketAddr::from(([192, 0, 2, 1], 4000)),
+            name: None,
+            helo: Some("client.example".into()),
+            esmtp: true,
+            login: None,
+        };
+        let local = SocketAddr::from(([127, 0, 0, 1], 25));
+        let mut b = Backend::connect(&cfg, &server, None, &client, local, "gw.test")
+            .await
+            .expect("connect");
+        assert!(b.shareable(), "fresh");
+
+        b.queue_command(b"MAIL FROM:<a@example.net>");
+        assert!(!b.shareable(), "a command queued, its reply unread");
+        assert_eq!(b.pipelined_reply().await.expect("MAIL").code, 250);
+        assert!(b.shareable(), "every reply read");
+
+        assert_eq!(
+            b.command(b"RCPT TO:<bad@example.org>")
+                .await
+                .expect("RCPT")
+                .code,
+            550
+        );
+        assert!(!b.shareable(), "an error reply since the last message");
+        assert_eq!(
+            b.command(b"RCPT TO:<ok@example.org>")
+                .await
+                .expect("RCPT")
+                .code,
+            250
+        );
+        assert_eq!(b.command(b"DATA").await.expect("DATA").code, 354);
+        assert!(!b.shareable(), "the final reply is owed");
+        b.send_text(b"Subject: t\r\n\r\nhi\r\n.\r\n")
+            .await
+            .expect("text");
+        assert_eq!(b.read_reply().await.expect("final").code, 250);
+        assert!(b.shareable(), "a delivered message clears the errors");
+
+        assert!(matches!(
+            b.command(b"NOOP").await,
+            Err(BackendError::Timeout)
+        ));
+        assert!(!b.shareable(), "a reply still outstanding");
+        b.set_authenticated();
+        assert!(b.authenticated() && !b.shareable());
+    }
+}
