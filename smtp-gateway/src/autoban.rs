@@ -196,7 +196,7 @@ fn decide(
     let (needed, track) = {
         let cfg = config.borrow();
         match cfg.checks.get(event.check.name()) {
-            Some(needed) if cfg.enabled && event.action != Action::Ignore => {
+            Some(needed) if cfg.enabled && event.action != Action::Ignore && event.permanent => {
                 (*needed, cfg.track_sources)
             }
             _ => return,
@@ -314,6 +314,7 @@ mod tests {
             check,
             action,
             detail: String::new(),
+            permanent: action != Action::Ignore,
         }
     }
 
@@ -382,6 +383,21 @@ mod tests {
             );
         }
         assert!(pending.len() <= 3, "{} pending", pending.len());
+    }
+
+    #[test]
+    fn a_check_that_only_scored_never_bans() {
+        // Issue 10 section 1.3: a score-action check leads at most to a 4xx; that never bans.
+        let config = AutobanConfig {
+            checks: [("helo_dynamic".to_string(), 1)].into_iter().collect(),
+            ..AutobanConfig::default()
+        };
+        let (_tx, rx) = watch::channel(config);
+        let (mut counts, mut pending) = (HashMap::new(), HashMap::new());
+        let mut scored = event(1, Check::HeloDynamic, Action::Score);
+        scored.permanent = false;
+        decide(&rx, &mut counts, &mut pending, &scored);
+        assert!(pending.is_empty(), "a scored check is not a refusal");
     }
 
     #[test]

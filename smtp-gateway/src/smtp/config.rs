@@ -311,6 +311,10 @@ pub struct BackendConfig {
     /// backend's own idle timeout (Postfix `smtpd_timeout`, 300s).
     #[serde(with = "humantime_serde")]
     pub pool_idle: Duration,
+    /// Backend sessions one client session may open (or take from the pool), 1 to 100; beyond,
+    /// the client gets `421` and is closed (a client that keeps losing or replacing its backend
+    /// session must not cost the backend a connection each time).
+    pub max_connections_per_session: usize,
 }
 
 impl Default for BackendConfig {
@@ -322,6 +326,7 @@ impl Default for BackendConfig {
             reply_timeout: Duration::from_secs(600),
             pool_size: 16,
             pool_idle: Duration::from_secs(30),
+            max_connections_per_session: 3,
         }
     }
 }
@@ -335,6 +340,12 @@ impl BackendConfig {
             return Err(Invalid::new(
                 "backend.pool_idle",
                 "must be between 1s and 1h",
+            ));
+        }
+        if !(1..=100).contains(&self.max_connections_per_session) {
+            return Err(Invalid::new(
+                "backend.max_connections_per_session",
+                "must be between 1 and 100",
             ));
         }
         Ok(())

@@ -17,7 +17,7 @@ impl Session {
         let accepted = self.txn.as_ref().map(|t| t.accepted).unwrap_or(0);
         if self.txn.is_none() {
             self.reply(Reply::new(503, "5.5.1 Need MAIL before DATA"));
-            return self.count_error().unwrap_or(Flow::Continue);
+            return self.no_transaction_error(true).unwrap_or(Flow::Continue);
         }
         if accepted == 0 {
             self.reply(Reply::new(554, "5.5.1 No valid recipients"));

@@ -108,7 +108,7 @@ impl Session {
     }
 
     /// The line-level checks: `Some(flow)` when one refused the line or drops the session.
-    fn check_line(&mut self, line: &Line) -> Option<Flow> {
+    pub(super) fn check_line(&mut self, line: &Line) -> Option<Flow> {
         if let Some(kind) = non_smtp(&line.data)
             && self.fire(Check::NonSmtp, kind) != CheckEffect::Pass
         {
@@ -166,7 +166,7 @@ impl Session {
         match request {
             Request::Ehlo { host } => self.handle_helo(host, true).await,
             Request::Helo { host } => self.handle_helo(host, false).await,
-            Request::Mail { from } => self.handle_mail(from.address, raw).await,
+            Request::Mail { from } => self.handle_mail(from, raw).await,
             Request::Rcpt { to } => self.handle_rcpt(to.address, raw).await,
             Request::Data => self.handle_data().await,
             Request::Rset => {

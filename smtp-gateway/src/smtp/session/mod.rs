@@ -20,13 +20,15 @@
 //!   for), line checks, parsing, dispatch by verb (and the one-line verbs: RSET, NOOP, QUIT,
 //!   VRFY, HELP; the junk-command count);
 //! - `ehlo.rs`, `auth.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `starttls.rs`: one verb each;
-//! - `backend.rs`: the session's backend: open it, lose it, settle its pipelined replies,
-//!   release it to the pool.
+//! - `backend.rs`: the session's backend: open it (at most `backend.max_connections_per_session`
+//!   times), lose it, settle its pipelined replies, release it to the pool;
+//! - `fired.rs`: the checks that fired, one counter per check.
 
 mod auth;
 mod backend;
 mod data;
 mod ehlo;
+mod fired;
 mod line;
 mod mail;
 mod rcpt;
@@ -118,8 +120,6 @@ pub struct Session {
     esmtp: bool,
     /// The EHLO reply was sent (pipelining is legitimate from then on).
     ehlo_answered: bool,
-    /// The backend accepted the client's AUTH: it may relay (the backend decides what it may do).
-    authenticated: bool,
 
     // Transaction.
     /// The open transaction, if any.
@@ -134,6 +134,9 @@ pub struct Session {
     bytes: u64,
     /// Last backend reply to a final DATA, for the session log line.
     last_backend_reply: Option<String>,
+    /// RCPT/DATA still answered `503` without counting an error: the rest of an RFC 2920 group
+    /// whose MAIL was refused or whose transaction was lost (at most `max_recipients` + 1).
+    excused_503s: usize,
 
     // Backend.
     /// The backend session carrying this client's transactions, once opened.
@@ -142,12 +145,15 @@ pub struct Session {
     backend_auth: Option<String>,
     /// MAIL/RCPT commands forwarded to the backend whose replies are not read yet.
     pipeline: Pipeline,
+    /// Backend sessions opened (or taken from the pool) so far, bounded by
+    /// `backend.max_connections_per_session`.
+    backend_sessions: usize,
 
     // Scoring.
     /// Sum of the weights of the `score`-action checks that fired.
     score: i32,
-    /// Names of the checks that fired, in order (session line, events, per-source table).
-    fired: Vec<&'static str>,
+    /// The checks that fired, one counter each (session line, events, per-source table).
+    fired: fired::FiredChecks,
     /// Protocol errors so far (`max_errors`).
     errors: usize,
     /// Unknown commands so far (`max_unknown_commands`).
@@ -194,18 +200,19 @@ impl Session {
             helo: None,
             esmtp: false,
             ehlo_answered: false,
-            authenticated: false,
             txn: None,
             sender: None,
             recipients: 0,
             messages: 0,
             bytes: 0,
             last_backend_reply: None,
+            excused_503s: 0,
             backend: None,
             backend_auth: None,
             pipeline: Pipeline::default(),
+            backend_sessions: 0,
             score: 0,
-            fired: Vec::new(),
+            fired: fired::FiredChecks::default(),
             errors: 0,
             unknown_commands: 0,
             junk_commands: 0,
@@ -232,20 +239,31 @@ impl Session {
 
     /// Records a check that fired and says what it means now.
     fn fire(&mut self, check: Check, detail: impl Into<String>) -> CheckEffect {
+        self.fire_as(check, detail, false)
+    }
+
+    /// [`Session::fire`] for a check whose command is refused with a `5xx` whatever its action
+    /// (the event says so: it may count towards a ban).
+    fn fire_refusing(&mut self, check: Check, detail: impl Into<String>) -> CheckEffect {
+        self.fire_as(check, detail, true)
+    }
+
+    fn fire_as(&mut self, check: Check, detail: impl Into<String>, refused: bool) -> CheckEffect {
         let setting = self.shared.config.checks.get(check);
         let detail = detail.into();
-        self.fired.push(check.name());
+        self.fired.record(check);
         tracing::info!(client = %self.client, check = check.name(), action = ?setting.action, detail = %detail, "check fired");
         let _ = self.shared.events.send(Event {
             source: self.source(),
             check,
             action: setting.action,
             detail,
+            permanent: refused || matches!(setting.action, Action::Reject | Action::Drop),
         });
         match setting.action {
             Action::Ignore => CheckEffect::Pass,
             Action::Score => {
-                self.score += setting.weight;
+                self.score = self.score.saturating_add(setting.weight);
                 CheckEffect::Pass
             }
             Action::Reject => {
@@ -305,7 +323,7 @@ impl Session {
             source: self.source(),
             verdict,
             delivered: self.messages as u64,
-            checks: self.fired.clone(),
+            checks: self.fired.names(),
         };
         self.shared.outcomes.record(&end);
         let _ = self.shared.ends.send(end);
@@ -316,7 +334,7 @@ impl Session {
             recipients = self.recipients,
             messages = self.messages,
             bytes = self.bytes,
-            checks = ?self.fired,
+            checks = ?self.fired.names(),
             score = self.score,
             verdict = verdict.name(),
             backend_reply = self.last_backend_reply.as_deref().unwrap_or("-"),
@@ -476,7 +494,7 @@ impl Session {
                 format!(
                     "5.7.1 Refused: session score {} (checks: {})",
                     self.score,
-                    self.fired.join(", ")
+                    self.fired.summary()
                 ),
             ))
         } else if self.score >= s.tempfail {
