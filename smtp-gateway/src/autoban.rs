@@ -26,8 +26,8 @@ use crate::{
     checks::{Action, Check},
     config::invalid::Invalid,
     dataplane::{Dataplane, SharedDataplane, Target, clock, reasons},
+    events::{Event, SessionEnd},
     metrics::Metrics,
-    smtp::events::{Event, SessionEnd},
 };
 
 /// Largest `autoban.ttl` (a year; the kernel clock holds centuries, the operator's intent not).
@@ -632,14 +632,14 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_slow_data_plane_never_loses_ban_decisions() {
-        let offenders = crate::smtp::events::EVENT_BUFFER + 1000;
+        let offenders = crate::events::EVENT_BUFFER + 1000;
         let cfg = AutobanConfig {
             grace: Duration::ZERO,
             ..config(&[("pregreet", 1)], offenders * 2)
         };
         let (_config_tx, config_rx) = watch::channel(cfg);
-        let (events_tx, events_rx) = crate::smtp::events::channel();
-        let (ends_tx, ends_rx) = crate::smtp::events::ends_channel();
+        let (events_tx, events_rx) = crate::events::channel();
+        let (ends_tx, ends_rx) = crate::events::ends_channel();
         let (stop_tx, stop_rx) = watch::channel(false);
         let (go_tx, go_rx) = std::sync::mpsc::channel();
         let writer = BlockedWriter {
@@ -665,7 +665,7 @@ mod tests {
             });
             let _ = ends_tx.send(SessionEnd {
                 source,
-                verdict: crate::smtp::events::SessionVerdict::Dropped,
+                verdict: crate::events::SessionVerdict::Dropped,
                 delivered: 0,
                 checks: vec!["pregreet"],
             });

@@ -10,6 +10,8 @@
 //!   reply);
 //! - `dataplane/`: everything about the kernel half (load, attach, pins, maps, lists, import,
 //!   counters, expiry);
+//! - `events.rs`: the verdict event bus (checks fired, sessions ended): `smtp/` publishes,
+//!   `autoban.rs`, `metrics.rs` and `source_outcomes.rs` read;
 //! - `autoban.rs`: session verdicts -> kernel blocklist entries with a TTL;
 //! - `metrics/`: the process counters sessions increment (`mod.rs`), `[metrics]` (`config.rs`)
 //!   and the Prometheus `GET /metrics` endpoint (`endpoint.rs`);
@@ -32,6 +34,7 @@ pub mod config_watch;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod events;
 pub mod metrics;
 pub mod policy;
 pub mod reload;

@@ -114,8 +114,8 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
     // The whole file stays here; each task reads its own section, published on every reload.
     let live = Live::new(&config);
     let (reload_tx, mut reload_rx) = crate::reload::channel();
-    let (events, events_rx) = crate::smtp::events::channel();
-    let (ends, ends_rx) = crate::smtp::events::ends_channel();
+    let (events, events_rx) = crate::events::channel();
+    let (ends, ends_rx) = crate::events::ends_channel();
     // One set of counters and one outcome table for the whole run: reload generations share them.
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let outcomes = Arc::new(crate::source_outcomes::SourceOutcomes::new(

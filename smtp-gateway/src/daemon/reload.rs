@@ -50,9 +50,9 @@ impl Live {
 #[derive(Clone)]
 pub(super) struct GenerationContext {
     /// Verdict events (auto-ban and metrics read them).
-    pub events: crate::smtp::events::EventSender,
+    pub events: crate::events::EventSender,
     /// Session ends (auto-ban reads them).
-    pub ends: crate::smtp::events::EndSender,
+    pub ends: crate::events::EndSender,
     /// Clients that passed recently (survives reloads).
     pub pass_cache: Arc<crate::policy::pass_cache::PassCache>,
     /// Process counters.

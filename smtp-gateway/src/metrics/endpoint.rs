@@ -24,7 +24,7 @@ use super::{Metrics, PREFIX, config::MetricsConfig};
 use crate::{
     control::protocol::SessionCounts,
     dataplane::{SharedDataplane, stats::SourceRow},
-    smtp::events::SessionVerdict,
+    events::SessionVerdict,
     source_outcomes::SourceOutcomes,
 };
 
@@ -373,7 +373,7 @@ mod tests {
         let (_config_tx, config_rx) = watch::channel(MetricsConfig::default());
         let (stop_tx, stop_rx) = watch::channel(false);
         let outcomes = Arc::new(SourceOutcomes::new(10));
-        outcomes.record(&crate::smtp::events::SessionEnd {
+        outcomes.record(&crate::events::SessionEnd {
             source: IpAddr::from([198, 18, 0, 9]),
             verdict: SessionVerdict::Delivered,
             delivered: 3,

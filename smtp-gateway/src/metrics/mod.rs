@@ -24,7 +24,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::{
     checks::{Action, Check},
-    smtp::events::Event,
+    events::Event,
 };
 
 /// Prefix of every series.

@@ -8,11 +8,14 @@
 //! gateway's addresses; the name heuristics (`own_name`, `not_fqdn`, `dynamic`, `embedded_ip`)
 //! apply to syntactically valid names. An invalid argument gives `invalid` alone.
 
+// The argument is client text: never cut at a byte index.
+#![deny(clippy::string_slice)]
+
 use std::{fmt, net::IpAddr};
 
 use serde::Deserialize;
 
-use super::relay::{check_domain_syntax, parse_address_literal};
+use super::address::{check_domain_syntax, parse_address_literal};
 use crate::config::invalid::Invalid;
 
 /// Default `dynamic_patterns`: names ISPs give to dynamic, residential and dial-up addresses.
@@ -249,12 +252,10 @@ pub fn embedded_ip(name: &str, client: IpAddr) -> bool {
         match (byte.is_ascii_digit(), start) {
             (true, None) => start = Some(index),
             (false, Some(begin)) => {
-                let digits = &name[begin..index];
-                let octet = if digits.len() <= 3 {
-                    digits.parse().ok()
-                } else {
-                    None
-                };
+                let octet = name
+                    .get(begin..index)
+                    .filter(|digits| digits.len() <= 3)
+                    .and_then(|digits| digits.parse().ok());
                 runs.push((begin, index, octet));
                 start = None;
             }

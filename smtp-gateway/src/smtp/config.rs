@@ -6,9 +6,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-// The check table moved to `checks.rs`; re-exported so the session code keeps its import paths.
-pub use crate::checks::{Action, Check, CheckSetting, ChecksConfig};
 use crate::{
+    checks::ChecksConfig,
     config::invalid::Invalid,
     policy::{helo::HeloConfig, relay::RelayConfig},
 };
