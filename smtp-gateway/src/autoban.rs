@@ -24,9 +24,9 @@ use tokio::{
 
 use crate::{
     checks::{Action, Check},
-    config::invalid::Invalid,
     dataplane::{Dataplane, SharedDataplane, Target, clock, reasons},
     events::{Event, SessionEnd},
+    invalid::Invalid,
     metrics::Metrics,
 };
 

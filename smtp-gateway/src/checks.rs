@@ -13,7 +13,7 @@
 
 use serde::Deserialize;
 
-use crate::{config::invalid::Invalid, policy::helo::HeloFinding};
+use crate::{invalid::Invalid, policy::helo::HeloFinding};
 
 /// What a failed check does.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -6,15 +6,13 @@
 //! `checks.rs`, `policy/`, `autoban.rs`, `metrics/config.rs`, `daemon/config.rs`); this file only
 //! aggregates them: it loads and parses the file, runs every section's `validate()` and the rules
 //! that span sections, and finds the line of a refused key. Every `validate()` returns
-//! [`Invalid`] (`config/invalid.rs`).
+//! [`Invalid`] (`invalid.rs`, a leaf below every section, re-exported here).
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub mod invalid;
-
-pub use invalid::Invalid;
+pub use crate::invalid::Invalid;
 
 use crate::{
     autoban::AutobanConfig,

@@ -1,20 +1,37 @@
-//! Reload on file change. The configuration file's directory is watched (editors and
-//! configuration managers replace files by renaming a new one over them, which a watch on the
-//! file itself would miss); once `daemon.watch_debounce` passes without another change to the
-//! file, one reload request goes to the daemon's reload path, the same one SIGHUP takes.
+//! Reload on file change, of complete files only. The configuration file's directory is watched
+//! (editors and configuration managers replace files by renaming a new one over them, which a
+//! watch on the file itself would miss). A file is complete when its writer closes it
+//! (`IN_CLOSE_WRITE`) or when it is renamed into place; mere writes only say that a new version
+//! is on its way (an empty or half-written file is a valid configuration, so reading one while it
+//! is rewritten in place would apply it). Once `daemon.watch_debounce` passes after the last
+//! completed change with no new write under way, one reload request goes to the daemon's reload
+//! path, the same one SIGHUP takes.
+//!
+//! Every reload reads the file with [`load_complete`]: a read during which the file's size,
+//! times or inode changed is retried, and an empty file (no option, no section: comments at most)
+//! is refused; either way the old configuration stays.
 
 use std::{
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use notify::{
     EventKind, RecursiveMode, Watcher,
-    event::{AccessKind, AccessMode},
+    event::{AccessKind, AccessMode, ModifyKind, RenameMode},
 };
 use tokio::sync::{mpsc, watch};
 
-use crate::reload::{ReloadOrigin, ReloadRequest, ReloadSender};
+use crate::{
+    config::{Config, ConfigError},
+    reload::{ReloadOrigin, ReloadRequest, ReloadSender},
+};
+
+/// Reads of a changing file before the reload gives up (the old configuration stays).
+const STABLE_READ_ATTEMPTS: usize = 10;
+/// Pause between two reads of a changing file.
+const STABLE_READ_PAUSE: Duration = Duration::from_millis(100);
 
 /// Why the file cannot be watched (the daemon still reloads on SIGHUP).
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +39,15 @@ use crate::reload::{ReloadOrigin, ReloadRequest, ReloadSender};
 pub struct WatchError {
     path: PathBuf,
     source: notify::Error,
+}
+
+/// What an event says about the watched file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Being written: a complete version is on its way.
+    Writing,
+    /// Complete: closed by its writer, or renamed into place.
+    Complete,
 }
 
 /// Starts watching `path`; the returned watcher must be kept alive (dropping it stops the watch).
@@ -44,10 +70,11 @@ pub fn spawn(
     let (tx, rx) = mpsc::unbounded_channel();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(event) if concerns(&event, name.as_deref()) => {
-                let _ = tx.send(());
+            Ok(event) => {
+                if let Some(change) = classify(&event, name.as_deref()) {
+                    let _ = tx.send(change);
+                }
             }
-            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "configuration watch error"),
         })
         .map_err(err)?;
@@ -58,37 +85,83 @@ pub fn spawn(
     Ok(watcher)
 }
 
-/// Whether the event changes the watched file.
-fn concerns(event: &notify::Event, name: Option<&std::ffi::OsStr>) -> bool {
-    let changes = matches!(
-        event.kind,
-        EventKind::Create(_)
-            | EventKind::Modify(_)
-            | EventKind::Remove(_)
-            | EventKind::Access(AccessKind::Close(AccessMode::Write))
-    );
-    changes && event.paths.iter().any(|p| p.file_name() == name)
+/// What the event says about the watched file, if anything.
+fn classify(event: &notify::Event, name: Option<&std::ffi::OsStr>) -> Option<Change> {
+    let named = |p: &PathBuf| p.file_name() == name;
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+        | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Any))
+            if event.paths.iter().any(named) =>
+        {
+            Some(Change::Complete)
+        }
+        // Renamed from the first path to the last: complete when the last is the file.
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both))
+            if event.paths.last().is_some_and(named) =>
+        {
+            Some(Change::Complete)
+        }
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any)
+            if event.paths.iter().any(named) =>
+        {
+            Some(Change::Writing)
+        }
+        _ => None,
+    }
 }
 
-/// One reload per burst of changes, `debounce` after the last one.
+/// One reload per burst of completed changes, `debounce` after the last one; a write that starts
+/// meanwhile postpones the reload until that write is complete too.
 async fn debounce_loop(
-    mut changes: mpsc::UnboundedReceiver<()>,
+    mut changes: mpsc::UnboundedReceiver<Change>,
     debounce: Duration,
     reload: ReloadSender,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Whether the current write was logged (once per version of the file).
+    let mut noted = false;
     loop {
-        tokio::select! {
-            change = changes.recv() => if change.is_none() { return },
-            _ = shutdown.changed() => return,
-        }
+        // A complete version.
         loop {
-            tokio::select! {
-                change = changes.recv() => if change.is_none() { return },
-                _ = tokio::time::sleep(debounce) => break,
+            let change = tokio::select! {
+                change = changes.recv() => change,
                 _ = shutdown.changed() => return,
+            };
+            match change {
+                None => return,
+                Some(Change::Complete) => break,
+                Some(Change::Writing) => {
+                    if !noted {
+                        tracing::debug!(
+                            "configuration file is being written; it is reloaded once complete"
+                        );
+                        noted = true;
+                    }
+                }
             }
         }
+        // Then quiet: no further change for `debounce`.
+        let quiet = loop {
+            let change = tokio::select! {
+                change = changes.recv() => change,
+                _ = tokio::time::sleep(debounce) => break true,
+                _ = shutdown.changed() => return,
+            };
+            match change {
+                None => return,
+                Some(Change::Complete) => {}
+                Some(Change::Writing) => break false,
+            }
+        };
+        if !quiet {
+            // A new version is being written: wait for it instead.
+            tracing::debug!(
+                "configuration file is being written again; it is reloaded once complete"
+            );
+            noted = true;
+            continue;
+        }
+        noted = false;
         let request = ReloadRequest {
             origin: ReloadOrigin::FileChange,
             reply: None,
@@ -97,6 +170,61 @@ async fn debounce_loop(
             return;
         }
     }
+}
+
+/// Reads, parses and validates the configuration file for a reload: only a stable read of a
+/// non-empty file (see the module docs); anything else leaves the old configuration in force.
+pub async fn load_complete(path: &Path) -> Result<Config, ConfigError> {
+    let text = read_complete(path).await?;
+    Config::parse(&text, &path.display().to_string())
+}
+
+/// What identifies one version of the file.
+#[derive(Debug, PartialEq, Eq)]
+struct Stamp {
+    inode: u64,
+    len: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+fn stamp(path: &Path) -> std::io::Result<Stamp> {
+    let m = std::fs::metadata(path)?;
+    Ok(Stamp {
+        inode: m.ino(),
+        len: m.len(),
+        modified: (m.mtime(), m.mtime_nsec()),
+        changed: (m.ctime(), m.ctime_nsec()),
+    })
+}
+
+/// The file's text, read while it did not change (size, times and inode the same before and
+/// after, and as long as the size said), and not empty (comments only count as empty).
+async fn read_complete(path: &Path) -> Result<String, ConfigError> {
+    let error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    for _ in 0..STABLE_READ_ATTEMPTS {
+        // A small file, read at once (as the startup read does); only the pause is awaited.
+        let before = stamp(path).map_err(error)?;
+        let text = std::fs::read_to_string(path).map_err(error)?;
+        let after = stamp(path).map_err(error)?;
+        if before == after && text.len() as u64 == after.len {
+            // Comments only is empty too (a file cut short in its leading comments, say).
+            if toml::from_str::<toml::Table>(&text).is_ok_and(|t| t.is_empty()) {
+                return Err(error(std::io::Error::other(
+                    "the file is empty (no option, no section); an empty configuration would \
+                     reset every option to its default, so it is not applied",
+                )));
+            }
+            return Ok(text);
+        }
+        tokio::time::sleep(STABLE_READ_PAUSE).await;
+    }
+    Err(error(std::io::Error::other(format!(
+        "the file kept changing while it was read ({STABLE_READ_ATTEMPTS} attempts)"
+    ))))
 }
 
 #[cfg(test)]
@@ -136,5 +264,114 @@ mod tests {
         let unrelated = tokio::time::timeout(Duration::from_millis(800), reload_rx.recv()).await;
         assert!(unrelated.is_err(), "another file must not reload");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reload_reads_only_a_file_with_content() {
+        let dir = std::env::temp_dir().join(format!("sgw-watch-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.toml");
+        for empty in [
+            "",
+            "\n  \n",
+            "# gateway.toml\n# every option is commented out\n",
+        ] {
+            std::fs::write(&path, empty).unwrap();
+            let error = load_complete(&path).await.unwrap_err().to_string();
+            assert!(error.contains("the file is empty"), "{error}");
+            assert!(error.contains(&path.display().to_string()), "{error}");
+        }
+        std::fs::write(&path, "[dataplane]\nallowlist = [\"198.18.2.0/24\"]\n").unwrap();
+        let config = load_complete(&path).await.unwrap();
+        assert_eq!(config.dataplane.allowlist.len(), 1);
+        std::fs::write(&path, "[dataplane]\n").unwrap();
+        assert!(
+            load_complete(&path).await.is_ok(),
+            "a section alone is content"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_a_closed_or_renamed_file_is_complete() {
+        use notify::{
+            Event,
+            event::{CreateKind, DataChange, MetadataKind},
+        };
+        let dir = PathBuf::from("/etc/smtp-gateway");
+        let file = dir.join("gateway.toml");
+        let other = dir.join("gateway.toml.new");
+        let name = file.file_name();
+        let event = |kind, paths: &[&PathBuf]| {
+            paths
+                .iter()
+                .fold(Event::new(kind), |e, p| e.add_path(p.to_path_buf()))
+        };
+        let cases = [
+            (
+                event(
+                    EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                    &[&file],
+                ),
+                Some(Change::Complete),
+            ),
+            (
+                event(
+                    EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                    &[&file],
+                ),
+                Some(Change::Complete),
+            ),
+            (
+                event(
+                    EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+                    &[&other, &file],
+                ),
+                Some(Change::Complete),
+            ),
+            // Renamed away: nothing to read.
+            (
+                event(
+                    EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+                    &[&file, &other],
+                ),
+                None,
+            ),
+            (
+                event(
+                    EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+                    &[&file],
+                ),
+                None,
+            ),
+            (
+                event(
+                    EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                    &[&file],
+                ),
+                Some(Change::Writing),
+            ),
+            (
+                event(EventKind::Create(CreateKind::File), &[&file]),
+                Some(Change::Writing),
+            ),
+            (
+                event(
+                    EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+                    &[&file],
+                ),
+                None,
+            ),
+            (
+                event(
+                    EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                    &[&other],
+                ),
+                None,
+            ),
+        ];
+        for (event, expected) in cases {
+            assert_eq!(classify(&event, name), expected, "{event:?}");
+        }
     }
 }

@@ -5,7 +5,9 @@
 //!
 //! ## Layout
 //! - `config.rs`: the TOML configuration, parse -> validate: aggregates the sections each feature
-//!   owns (`config/invalid.rs`: [`config::Invalid`], what every section's validation returns);
+//!   owns;
+//! - `invalid.rs`: [`invalid::Invalid`] (also `config::Invalid`), what every section's validation
+//!   returns; a leaf, so no section imports the aggregate;
 //! - `checks.rs`: every check of the proxy declared once (name, `[checks]` key, default, stage,
 //!   reply);
 //! - `dataplane/`: everything about the kernel half (load, attach, pins, maps, lists, import,
@@ -35,6 +37,7 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod events;
+pub mod invalid;
 pub mod metrics;
 pub mod policy;
 pub mod reload;

@@ -15,6 +15,7 @@ use std::{
 mod peers;
 
 use peers::{Client, GOOD_PLAIN, scripted_backend};
+use rustls::pki_types::{CertificateDer, pem::PemObject};
 
 const BIN: &str = env!("CARGO_BIN_EXE_smtp-gateway");
 
@@ -104,7 +105,7 @@ fn tls_client(
     ca_pem: &str,
 ) -> Client<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.expect("pem")).expect("root");
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use crate::config::invalid::Invalid;
+use crate::invalid::Invalid;
 
 /// `[daemon]`: the process itself.
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use crate::config::invalid::Invalid;
+use crate::invalid::Invalid;
 
 /// Largest `metrics.top_sources` accepted (bounded label cardinality).
 pub const MAX_TOP_SOURCES: usize = 1000;

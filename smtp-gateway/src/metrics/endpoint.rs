@@ -27,13 +27,12 @@ use tokio::{
 
 use super::{Metrics, PREFIX, config::MetricsConfig};
 use crate::{
-    control::protocol::SessionCounts,
     dataplane::{
         DataplaneError, SharedDataplane,
         stats::{CounterReader, SourceRow},
     },
     events::SessionVerdict,
-    source_outcomes::SourceOutcomes,
+    source_outcomes::{SessionCounts, SourceOutcomes},
 };
 
 /// The content type of the text encoding `prometheus-client` produces.

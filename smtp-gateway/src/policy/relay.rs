@@ -22,7 +22,7 @@ use super::address::{PathError, format_address_literal, split_address, strip_ang
 // Also for `reputation/`, which still imports these two from here (it is to import them from
 // `address.rs`, and this line then goes).
 pub(crate) use super::address::{check_domain_syntax, parse_address_literal};
-use crate::config::invalid::Invalid;
+use crate::invalid::Invalid;
 
 /// `[relay]`: which recipients the gateway accepts, and from whom it relays.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]

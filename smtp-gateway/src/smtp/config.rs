@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::{
     checks::ChecksConfig,
-    config::invalid::Invalid,
+    invalid::Invalid,
     policy::{helo::HeloConfig, relay::RelayConfig},
 };
 

@@ -1,6 +1,7 @@
 //! [`Invalid`]: why a configuration section refused a value. Every section's `validate()`
-//! returns it; `config.rs` adds the origin and the line. A leaf module, so the sections can name
-//! it without importing the file that aggregates them.
+//! returns it; `config.rs` adds the origin and the line and re-exports it as `config::Invalid`. A
+//! leaf module at the bottom of the tree, so the sections name it without importing the file
+//! that aggregates them.
 
 /// A value of the right type that the gateway does not accept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
