@@ -196,7 +196,9 @@ impl Tally {
     /// them due at once (they are written, never forgotten).
     fn fired(&mut self, cfg: &AutobanConfig, event: &Event, now: Instant) {
         let needed = match cfg.checks.get(event.check.name()) {
-            Some(needed) if cfg.enabled && event.action != Action::Ignore => *needed,
+            Some(needed) if cfg.enabled && event.action != Action::Ignore && event.permanent => {
+                *needed
+            }
             _ => return,
         };
         let target = ban_target(event.source, cfg.ipv4_prefix, cfg.ipv6_prefix);
@@ -488,6 +490,7 @@ mod tests {
             check,
             action,
             detail: String::new(),
+            permanent: action != Action::Ignore,
         }
     }
 
@@ -544,6 +547,7 @@ mod tests {
                 check: Check::RelayAttempt,
                 action: Action::Score,
                 detail: String::new(),
+                permanent: true,
             };
             tally.fired(&cfg, &e, now);
         }
@@ -662,6 +666,7 @@ mod tests {
                 check: Check::Pregreet,
                 action: Action::Drop,
                 detail: String::new(),
+                permanent: true,
             });
             let _ = ends_tx.send(SessionEnd {
                 source,
@@ -697,6 +702,20 @@ mod tests {
         let _ = stop_tx.send(true);
         drop(go_tx);
         assert_eq!(task.await.expect("auto-ban task"), offenders as u64);
+    }
+
+    #[test]
+    fn a_check_that_only_scored_never_bans() {
+        // Issue 10 section 1.3: a score-action check leads at most to a 4xx; that never bans.
+        let config = AutobanConfig {
+            checks: [("helo_dynamic".to_string(), 1)].into_iter().collect(),
+            ..AutobanConfig::default()
+        };
+        let mut tally = Tally::default();
+        let mut scored = event(1, Check::HeloDynamic, Action::Score);
+        scored.permanent = false;
+        tally.fired(&config, &scored, Instant::now());
+        assert!(tally.pending.is_empty(), "a scored check is not a refusal");
     }
 
     #[test]

@@ -17,13 +17,12 @@
 //! - `autoban.rs`: session verdicts -> kernel blocklist entries with a TTL;
 //! - `metrics/`: the process counters sessions increment (`mod.rs`), `[metrics]` (`config.rs`)
 //!   and the Prometheus `GET /metrics` endpoint (`endpoint.rs`);
-//! - `daemon/`: `smtp-gateway run` — attach, push the config, sweep, reload, stop; `[daemon]`
-//!   and giving up privileges after setup;
+//! - `daemon/`: `smtp-gateway run` — attach, push the config, sweep, reload (and the config file
+//!   watcher), stop; `[daemon]` and giving up privileges after setup;
 //! - `smtp/`: the SMTP filtering proxy (listeners, sessions, checks, forwarding, TLS);
 //! - `policy/`: pure verdict functions (anti-relay, HELO, DNSBL);
 //! - `signal.rs`: the control signals the daemon reacts to;
 //! - `reload.rs`: reload requests (SIGHUP, file change, control socket) for the one reload path;
-//! - `config_watch.rs`: reload on configuration file change (debounced);
 //! - `control/`: the root-only control socket and the operations behind it;
 //! - `source_outcomes.rs`: per-source session verdicts, beside the kernel's per-source counters.
 //!
@@ -32,7 +31,6 @@
 pub mod autoban;
 pub mod checks;
 pub mod config;
-pub mod config_watch;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;

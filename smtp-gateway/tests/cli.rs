@@ -429,7 +429,7 @@ impl Daemon {
             .arg(&sb.config)
             .arg("run")
             // The watcher says when it sees a file being written: tests wait for that.
-            .env("RUST_LOG", "info,smtp_gateway::config_watch=debug")
+            .env("RUST_LOG", "info,smtp_gateway::daemon::watcher=debug")
             .stderr(log)
             .spawn()
             .expect("start daemon");

@@ -12,12 +12,15 @@
 //!   to running tasks, and the notes on changes that need a restart;
 //! - `config.rs`: `[daemon]`;
 //! - `privileges.rs`: giving up capabilities (and the uid) once setup is done;
+//! - `watcher.rs`: the configuration file watcher (reload on a complete write) and the complete-file
+//!   read every reload goes through;
 //! - `error.rs`: [`DaemonError`].
 
 pub mod config;
 mod error;
 pub mod privileges;
 mod reload;
+pub mod watcher;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -146,7 +149,7 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
         shutdown_rx.clone(),
     ));
     let _watcher = match (&config_path, config.daemon.watch_config) {
-        (Some(path), true) => match crate::config_watch::spawn(
+        (Some(path), true) => match self::watcher::spawn(
             path,
             config.daemon.watch_debounce,
             reload_tx.clone(),

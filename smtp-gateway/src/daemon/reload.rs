@@ -137,7 +137,7 @@ pub(super) async fn reload(
     proxy: Option<(&GenerationContext, &watch::Sender<Arc<crate::smtp::Shared>>)>,
     privileges_dropped: bool,
 ) -> Result<(Config, Vec<String>), DaemonError> {
-    let new = crate::config_watch::load_complete(path).await?;
+    let new = super::watcher::load_complete(path).await?;
     // Built first and without side effects: a certificate that cannot be read leaves everything
     // as it was.
     // Reading certificates and reputation lists (possibly millions of lines) is blocking work:

@@ -55,6 +55,9 @@ pub struct ProxyConfig {
     pub helo: HeloConfig,
 }
 
+/// Upper bound of `smtp.junk_command_limit`.
+const MAX_JUNK_COMMANDS: usize = 1_000_000;
+
 /// `[smtp]`: listeners, limits and timeouts of the proxy.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -74,9 +77,25 @@ pub struct SmtpConfig {
     /// Time a client may take to send one command (RFC 5321 4.5.3.2: 5 minutes).
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
-    /// Time a client may take between two chunks of message text.
+    /// Time a client may take for each line of message text.
     #[serde(with = "humantime_serde")]
     pub data_timeout: Duration,
+    /// Time one write to the client (a batch of replies, the TLS close) may take; a client that
+    /// does not read its replies within it is closed without a goodbye, and its slots come back.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Longest session, whatever the client does (Postfix has none; a client sending one `NOOP`
+    /// per command timeout would otherwise hold its slot forever). Past it: `421 4.4.2`.
+    #[serde(with = "humantime_serde")]
+    pub max_session_duration: Duration,
+    /// Longest message text transfer (from `354` to the final dot), however steadily the text
+    /// trickles in. Past it: `421 4.4.2`, the backend transaction is aborted.
+    #[serde(with = "humantime_serde")]
+    pub max_data_duration: Duration,
+    /// Message text the client sent is passed on to the backend at least this often (besides
+    /// every 64 KiB), so a slow sender's backend session never sits idle into its own timeout.
+    #[serde(with = "humantime_serde")]
+    pub text_flush_interval: Duration,
     /// Largest message accepted (advertised as SIZE), in bytes.
     pub max_message_size: u64,
     /// Longest command line, CRLF included (RFC 5321: 512).
@@ -91,6 +110,9 @@ pub struct SmtpConfig {
     pub max_errors: usize,
     /// Unknown commands per session.
     pub max_unknown_commands: usize,
+    /// Junk commands (NOOP, VRFY, HELP, RSET, a HELO/EHLO after the first) since the last
+    /// delivered message (Postfix `smtpd_junk_command_limit`); past it: `421 4.7.0`, closed.
+    pub junk_command_limit: usize,
     /// Bare LF or bare CR in message text: `reject` the message, or `normalize` to CRLF (a lone
     /// "." produced by normalising is dot-stuffed, so it can never end the data at the backend).
     pub bare_newlines: BareNewlinePolicy,
@@ -120,6 +142,10 @@ impl Default for SmtpConfig {
             greet_pause: Duration::ZERO,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
+            write_timeout: Duration::from_secs(30),
+            max_session_duration: Duration::from_secs(3600),
+            max_data_duration: Duration::from_secs(900),
+            text_flush_interval: Duration::from_secs(5),
             max_message_size: 50 * 1024 * 1024,
             max_command_line: 512,
             max_text_line: 1000,
@@ -127,6 +153,7 @@ impl Default for SmtpConfig {
             max_messages: 100,
             max_errors: 10,
             max_unknown_commands: 3,
+            junk_command_limit: 100,
             bare_newlines: BareNewlinePolicy::Reject,
             pass_cache_ttl: Duration::from_secs(3600),
             pass_cache_size: 100_000,
@@ -218,15 +245,43 @@ impl SmtpConfig {
             s.max_message_size,
             MAX_MESSAGE_SIZE,
         )?;
-        let second = Duration::from_secs(1);
+        if !(1..=MAX_JUNK_COMMANDS).contains(&s.junk_command_limit) {
+            return bad(
+                "smtp.junk_command_limit",
+                format!(
+                    "{} is not between 1 and {MAX_JUNK_COMMANDS}",
+                    s.junk_command_limit
+                ),
+            );
+        }
+        let secs = Duration::from_secs;
         for (key, d, min, max) in [
             (
                 "smtp.command_timeout",
                 s.command_timeout,
-                second,
+                secs(1),
                 MAX_TIMEOUT,
             ),
-            ("smtp.data_timeout", s.data_timeout, second, MAX_TIMEOUT),
+            ("smtp.data_timeout", s.data_timeout, secs(1), MAX_TIMEOUT),
+            ("smtp.write_timeout", s.write_timeout, secs(1), secs(3600)),
+            (
+                "smtp.max_session_duration",
+                s.max_session_duration,
+                secs(1),
+                secs(24 * 3600),
+            ),
+            (
+                "smtp.max_data_duration",
+                s.max_data_duration,
+                secs(1),
+                secs(24 * 3600),
+            ),
+            (
+                "smtp.text_flush_interval",
+                s.text_flush_interval,
+                Duration::from_millis(100),
+                secs(60),
+            ),
             ("smtp.greet_pause", s.greet_pause, Duration::ZERO, MAX_PAUSE),
             (
                 "smtp.tarpit_delay",
@@ -321,6 +376,10 @@ pub struct BackendConfig {
     /// backend's own idle timeout (Postfix `smtpd_timeout`, 300s).
     #[serde(with = "humantime_serde")]
     pub pool_idle: Duration,
+    /// Backend sessions one client session may open (or take from the pool), 1 to 100; beyond,
+    /// the client gets `421` and is closed (a client that keeps losing or replacing its backend
+    /// session must not cost the backend a connection each time).
+    pub max_connections_per_session: usize,
 }
 
 impl Default for BackendConfig {
@@ -332,6 +391,7 @@ impl Default for BackendConfig {
             reply_timeout: Duration::from_secs(600),
             pool_size: 16,
             pool_idle: Duration::from_secs(30),
+            max_connections_per_session: 3,
         }
     }
 }
@@ -358,6 +418,12 @@ impl BackendConfig {
             return Err(Invalid::new(
                 "backend.pool_idle",
                 "must be between 1s and 1h",
+            ));
+        }
+        if !(1..=100).contains(&self.max_connections_per_session) {
+            return Err(Invalid::new(
+                "backend.max_connections_per_session",
+                "must be between 1 and 100",
             ));
         }
         Ok(())
@@ -462,5 +528,79 @@ impl ScoreConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(change: impl FnOnce(&mut SmtpConfig)) -> String {
+        let mut c = SmtpConfig::default();
+        change(&mut c);
+        match c.validate() {
+            Ok(()) => panic!("accepted: {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_holding_limits_default_to_their_documented_values() {
+        let c = SmtpConfig::default();
+        assert_eq!(c.write_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_session_duration, Duration::from_secs(3600));
+        assert_eq!(c.max_data_duration, Duration::from_secs(900));
+        assert_eq!(c.text_flush_interval, Duration::from_secs(5));
+        assert_eq!(c.junk_command_limit, 100);
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn the_holding_limits_are_bounded() {
+        let secs = Duration::from_secs;
+        for (key, e) in [
+            (
+                "smtp.write_timeout",
+                rejected(|c| c.write_timeout = Duration::ZERO),
+            ),
+            (
+                "smtp.write_timeout",
+                rejected(|c| c.write_timeout = secs(3601)),
+            ),
+            (
+                "smtp.max_session_duration",
+                rejected(|c| c.max_session_duration = Duration::from_millis(500)),
+            ),
+            (
+                "smtp.max_session_duration",
+                rejected(|c| c.max_session_duration = secs(24 * 3600 + 1)),
+            ),
+            (
+                "smtp.max_data_duration",
+                rejected(|c| c.max_data_duration = Duration::ZERO),
+            ),
+            (
+                "smtp.max_data_duration",
+                rejected(|c| c.max_data_duration = secs(24 * 3600 + 1)),
+            ),
+            (
+                "smtp.text_flush_interval",
+                rejected(|c| c.text_flush_interval = Duration::from_millis(99)),
+            ),
+            (
+                "smtp.text_flush_interval",
+                rejected(|c| c.text_flush_interval = secs(61)),
+            ),
+            (
+                "smtp.junk_command_limit",
+                rejected(|c| c.junk_command_limit = 0),
+            ),
+            (
+                "smtp.junk_command_limit",
+                rejected(|c| c.junk_command_limit = MAX_JUNK_COMMANDS + 1),
+            ),
+        ] {
+            assert!(e.contains(key), "{key}: {e}");
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::{borrow::Cow, net::IpAddr};
 use ipnet::{IpNet, Ipv4Net};
 
 use super::config::ListKind;
-use crate::policy::relay::{check_domain_syntax, parse_address_literal};
+use crate::policy::address::{check_domain_syntax, format_address_literal, parse_address_literal};
 
 /// Longest part of a bad entry quoted in an error.
 const MAX_QUOTED_ENTRY: usize = 80;
@@ -149,10 +149,7 @@ pub(super) fn parse_ip_entry(entry: &str) -> Result<IpEntry, String> {
 /// The canonical text of a HELO address literal: `[192.0.2.1]`, `[IPv6:2001:db8::1]`
 /// (IPv4-mapped IPv6 written as IPv4).
 fn format_literal(ip: IpAddr) -> String {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => format!("[{v4}]"),
-        IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
-    }
+    format_address_literal(ip.to_canonical())
 }
 
 /// `name` lowercased and without one trailing dot, borrowed when already so.
