@@ -304,7 +304,7 @@ pub async fn run(
 /// The event loop of [`run`], writing bans with `write` (a blocking function, run on the
 /// blocking pool; the tests give one that stands for a busy data plane).
 async fn serve<W>(
-    config: watch::Receiver<AutobanConfig>,
+    mut config: watch::Receiver<AutobanConfig>,
     write: W,
     mut events: broadcast::Receiver<Event>,
     mut ends: broadcast::Receiver<SessionEnd>,
@@ -318,7 +318,14 @@ where
     // The batch being written; the next one waits for it (one lock holder at a time).
     let mut writing: Option<JoinHandle<Vec<(Ban, Written)>>> = None;
     let mut bans = 0;
+    // Reloads wake the loop (a smaller track_sources may concern bans already waiting).
+    let mut reloads = true;
     loop {
+        let track = config.borrow().track_sources;
+        if tally.pending.len() >= track {
+            // A reload lowered track_sources below the bans waiting: they are written now.
+            tally.all_due(Instant::now());
+        }
         if writing.is_none() {
             let batch = tally.take_due(Some(Instant::now()), config.borrow().ttl);
             if !batch.is_empty() {
@@ -331,7 +338,7 @@ where
         // A full table of decided bans (all due, waiting for the writer) holds the events back
         // instead of growing: a missed firing costs a count, never a decided ban. Ends wait too,
         // so a session's events are still read before its end.
-        let room = tally.pending.len() < config.borrow().track_sources;
+        let room = tally.pending.len() < track;
         tokio::select! {
             biased;
             written = finished(&mut writing) => {
@@ -355,6 +362,7 @@ where
                 Err(broadcast::error::RecvError::Closed) => break,
             },
             () = sleep_until(next_due) => {}
+            changed = config.changed(), if reloads => reloads = changed.is_ok(),
             _ = shutdown.changed() => break,
         }
     }
@@ -702,6 +710,44 @@ mod tests {
         let _ = stop_tx.send(true);
         drop(go_tx);
         assert_eq!(task.await.expect("auto-ban task"), offenders as u64);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reload_below_the_waiting_bans_writes_them() {
+        let (config_tx, config_rx) = watch::channel(config(&[("pregreet", 1)], 10));
+        let (events_tx, events_rx) = crate::events::channel();
+        let (_ends_tx, ends_rx) = crate::events::ends_channel();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (go_tx, go_rx) = std::sync::mpsc::channel();
+        let writer = BlockedWriter {
+            go: Arc::new(std::sync::Mutex::new(go_rx)),
+            written: Arc::default(),
+        };
+        let written = writer.written.clone();
+        let task = tokio::spawn(serve(
+            config_rx,
+            move |bans| writer.write(bans),
+            events_rx,
+            ends_rx,
+            Arc::new(Metrics::new()),
+            stop_rx,
+        ));
+        // Two bans wait for sessions that have not ended...
+        for last in 1..=2 {
+            let _ = events_tx.send(event(last, Check::Pregreet, Action::Drop));
+        }
+        until("the events to be read", || events_tx.is_empty()).await;
+        // ...when a reload makes the table smaller than that: they are written, not stuck.
+        config_tx.send_modify(|c| c.track_sources = 1);
+        let count = |w: &Arc<std::sync::Mutex<Vec<Ban>>>| w.lock().map(|w| w.len()).unwrap_or(0);
+        until("both bans to be written", || {
+            let _ = go_tx.send(());
+            count(&written) == 2
+        })
+        .await;
+        let _ = stop_tx.send(true);
+        drop(go_tx);
+        assert_eq!(task.await.expect("auto-ban task"), 2);
     }
 
     #[test]
