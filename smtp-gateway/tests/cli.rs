@@ -629,10 +629,7 @@ fn a_config_file_rewritten_slowly_in_place_is_applied_only_once_complete() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    smtp_gateway_test_kit::launcher::free_port().expect("free port")
 }
 
 #[test]

@@ -39,10 +39,7 @@ impl Drop for Gateway {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
+    smtp_gateway_test_kit::launcher::free_port().expect("free port")
 }
 
 fn start_gateway(backend: SocketAddr, listeners: &str, tag: &str) -> (Gateway, String) {
