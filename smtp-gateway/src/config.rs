@@ -197,7 +197,13 @@ fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
         return message;
     };
     let start = span.start.min(text.len());
-    let line_no = text[..start].matches('\n').count() + 1;
+    let line_no = text
+        .as_bytes()
+        .iter()
+        .take(start)
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1;
     let line_text = text.lines().nth(line_no - 1).unwrap_or("").trim();
     if line_text.is_empty() {
         format!("line {line_no}: {message}")
