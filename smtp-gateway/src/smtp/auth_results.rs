@@ -478,4 +478,138 @@ mod tests {
         );
         assert!(h.ends_with(b"iprev=permerror policy.iprev=198.51.100.7\r\n"));
     }
+
+    /// The relay (`text.rs`) with the filter, the client's text arriving in random chunks: the
+    /// backend gets our header first, the forged ones gone, everything else byte for byte.
+    #[tokio::test]
+    async fn the_relay_filters_whatever_the_chunking() {
+        use std::time::Duration;
+
+        use tokio::{
+            io::{AsyncReadExt, AsyncWriteExt},
+            net::{TcpListener, TcpStream},
+        };
+
+        use crate::smtp::{
+            backend::Backend,
+            config::{BackendConfig, BackendServer, BareNewlinePolicy, ConnectAt, Identity},
+            connection::{Connection, MaybeTls},
+            identity::ClientIdentity,
+            text::{HeaderRewrite, TextLimits, TextRelayEnd, relay_message_filtered},
+        };
+
+        const CLIENT_TEXT: &[u8] = b"Received: from a\r\n\tby b\r\n\
+            Authentication-Results: gw.test; spf=pass\r\n\t smtp.mailfrom=x@forged.test\r\n\
+            Authentication-Results: other.test; spf=fail\r\n\
+            Authentication-Results:\r\n (c) gw.test; dkim=pass\r\n\
+            Subject: s\r\n\r\n\
+            Authentication-Results: gw.test; body\r\n..dot\r\n.\r\n";
+        const EXPECTED: &[u8] = b"Authentication-Results: gw.test; none\r\n\
+            Received: from a\r\n\tby b\r\n\
+            Authentication-Results: other.test; spf=fail\r\n\
+            Subject: s\r\n\r\n\
+            Authentication-Results: gw.test; body\r\n..dot\r\n.\r\n";
+
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for round in 0..12 {
+            let backend_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let backend_addr = backend_listener.local_addr().expect("addr");
+            let recorder = tokio::spawn(async move {
+                let (mut s, _) = backend_listener.accept().await.expect("accept");
+                s.write_all(b"220 b ESMTP\r\n").await.expect("banner");
+                let mut buf = vec![0u8; 512];
+                let _ = s.read(&mut buf).await.expect("ehlo");
+                s.write_all(b"250 b\r\n").await.expect("ehlo reply");
+                let mut text = Vec::new();
+                while !text.ends_with(b"\r\n.\r\n") {
+                    let n = s.read(&mut buf).await.expect("text");
+                    if n == 0 {
+                        break;
+                    }
+                    text.extend_from_slice(&buf[..n]);
+                }
+                let _ = s.write_all(b"250 queued\r\n").await;
+                text
+            });
+            let cfg = BackendConfig {
+                servers: vec![BackendServer {
+                    address: backend_addr,
+                    identity: Identity::None,
+                    tls: None,
+                }],
+                connect_at: ConnectAt::Mail,
+                ..BackendConfig::default()
+            };
+            let id = ClientIdentity {
+                addr: "127.0.0.1:1".parse().expect("addr"),
+                name: None,
+                reverse_name: None,
+                helo: Some("c".into()),
+                esmtp: true,
+                login: None,
+            };
+            let mut backend = Backend::connect(
+                &cfg,
+                &cfg.servers[0],
+                None,
+                &id,
+                "127.0.0.1:25".parse().expect("addr"),
+                "gw",
+            )
+            .await
+            .expect("backend");
+            // Chunk sizes 1..=9 from a xorshift sequence, different each round.
+            let mut chunks = Vec::new();
+            let mut rest = CLIENT_TEXT;
+            while !rest.is_empty() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let size = (1 + (state % 9) as usize).min(rest.len());
+                let (chunk, tail) = rest.split_at(size);
+                chunks.push(chunk.to_vec());
+                rest = tail;
+            }
+            let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let front_addr = front.local_addr().expect("addr");
+            let client = tokio::spawn(async move {
+                let mut c = TcpStream::connect(front_addr).await.expect("connect");
+                c.set_nodelay(true).expect("nodelay");
+                for chunk in chunks {
+                    c.write_all(&chunk).await.expect("write");
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                c
+            });
+            let (server_side, _) = front.accept().await.expect("accept");
+            let mut conn = Connection::new(MaybeTls::Plain(server_side), Duration::from_secs(2));
+            let limits = TextLimits {
+                max_size: 1 << 20,
+                max_line: 1000,
+                bare_newlines: BareNewlinePolicy::Reject,
+                timeout: Duration::from_secs(5),
+                deadline: tokio::time::Instant::now() + Duration::from_secs(10),
+                flush_interval: Duration::from_millis(1),
+                refuse_long_lines: true,
+            };
+            let prepend = header("gw.test", "127.0.0.1".parse().expect("ip"), None, None);
+            let mut filter = HeaderFilter::new("gw.test");
+            let rewrite = HeaderRewrite {
+                prepend: &prepend,
+                filter: &mut filter,
+            };
+            let (end, _) =
+                relay_message_filtered(&mut conn, &mut backend, &limits, Some(rewrite)).await;
+            assert!(matches!(end, TextRelayEnd::Relayed(_)), "round {round}");
+            let _client = client.await.expect("client");
+            drop(backend);
+            let received = recorder.await.expect("recorder");
+            assert_eq!(
+                String::from_utf8_lossy(&received),
+                String::from_utf8_lossy(EXPECTED),
+                "round {round}"
+            );
+            assert_eq!(filter.dropped(), 2, "round {round}");
+        }
+    }
 }

@@ -67,6 +67,20 @@ impl SpfConfig {
                 ),
             ));
         }
+        for (name, setting) in [
+            ("softfail", self.softfail),
+            ("neutral", self.neutral),
+            ("none", self.none),
+            ("temperror", self.temperror),
+            ("permerror", self.permerror),
+        ] {
+            Invalid::in_range(
+                &format!("spf.{name}.weight"),
+                setting.weight,
+                -crate::checks::MAX_WEIGHT,
+                crate::checks::MAX_WEIGHT,
+            )?;
+        }
         Ok(())
     }
 
@@ -117,5 +131,16 @@ mod tests {
             ..SpfConfig::default()
         };
         assert_eq!(c.validate().expect_err("refused").key, "spf.timeout");
+        let c = SpfConfig {
+            softfail: CheckSetting {
+                action: Action::Score,
+                weight: 1001,
+            },
+            ..SpfConfig::default()
+        };
+        assert_eq!(
+            c.validate().expect_err("refused").key,
+            "spf.softfail.weight"
+        );
     }
 }
