@@ -33,6 +33,9 @@ pub struct ProxyConfig {
 /// Upper bound of `smtp.junk_command_limit`.
 const MAX_JUNK_COMMANDS: usize = 1_000_000;
 
+/// Upper bound of `smtp.max_chunk_size` (1 GiB).
+const MAX_CHUNK_SIZE: u64 = 1 << 30;
+
 /// `[smtp]`: listeners, limits and timeouts of the proxy.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -73,6 +76,10 @@ pub struct SmtpConfig {
     pub text_flush_interval: Duration,
     /// Largest message accepted (advertised as SIZE), in bytes.
     pub max_message_size: u64,
+    /// Largest BDAT chunk (RFC 3030) a client may announce, in bytes (1024 to 1 GiB). A chunk
+    /// within it is always read to its end (relayed, or discarded when refused); a larger one is
+    /// answered `552 5.3.4` and the session closed without reading it.
+    pub max_chunk_size: u64,
     /// Longest command line, CRLF included (RFC 5321: 512).
     pub max_command_line: usize,
     /// Longest message text line, CRLF included (RFC 5321: 1000).
@@ -122,6 +129,7 @@ impl Default for SmtpConfig {
             max_data_duration: Duration::from_secs(900),
             text_flush_interval: Duration::from_secs(5),
             max_message_size: 50 * 1024 * 1024,
+            max_chunk_size: 50 * 1024 * 1024,
             max_command_line: 512,
             max_text_line: 1000,
             max_recipients: 100,
@@ -188,6 +196,15 @@ impl SmtpConfig {
             return bad(
                 "smtp.max_message_size",
                 format!("{} is below 1024 bytes", s.max_message_size),
+            );
+        }
+        if !(1024..=MAX_CHUNK_SIZE).contains(&s.max_chunk_size) {
+            return bad(
+                "smtp.max_chunk_size",
+                format!(
+                    "{} is not between 1024 and {MAX_CHUNK_SIZE} bytes",
+                    s.max_chunk_size
+                ),
             );
         }
         if !(1..=MAX_JUNK_COMMANDS).contains(&s.junk_command_limit) {
@@ -467,6 +484,7 @@ mod tests {
         assert_eq!(c.max_data_duration, Duration::from_secs(900));
         assert_eq!(c.text_flush_interval, Duration::from_secs(5));
         assert_eq!(c.junk_command_limit, 100);
+        assert_eq!(c.max_chunk_size, 50 * 1024 * 1024);
         assert_eq!(c.validate(), Ok(()));
     }
 
@@ -513,6 +531,11 @@ mod tests {
             (
                 "smtp.junk_command_limit",
                 rejected(|c| c.junk_command_limit = MAX_JUNK_COMMANDS + 1),
+            ),
+            ("smtp.max_chunk_size", rejected(|c| c.max_chunk_size = 1023)),
+            (
+                "smtp.max_chunk_size",
+                rejected(|c| c.max_chunk_size = MAX_CHUNK_SIZE + 1),
             ),
         ] {
             assert!(e.contains(key), "{key}: {e}");
