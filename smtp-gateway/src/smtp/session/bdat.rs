@@ -14,7 +14,9 @@
 //!
 //! The gateway answers a chunk itself, after reading and discarding it (RFC 3030 section 3: the
 //! stream stays in step with the client, whose next command follows the chunk), when there is no
-//! transaction (`503`), when DATA was tried in it (`503`, section 2), when no recipient was
+//! transaction (`503`), after HELO instead of EHLO (`503`: CHUNKING was never offered; the
+//! backend session, told HELO too, offers no extensions), when DATA was tried in it (`503`,
+//! section 2), when no recipient was
 //! accepted (`554`), or when the chunks together would pass `smtp.max_message_size` (`552 5.3.4`;
 //! the backend transaction is reset). Pipelined BDATs after a refused one meet no transaction
 //! and get `503`s that are not counted as errors. A chunk announced over `smtp.max_chunk_size`
@@ -37,6 +39,8 @@ use crate::smtp::{
 enum Refusal {
     /// No open transaction.
     NoTransaction,
+    /// The client said HELO, not EHLO: CHUNKING was never offered (RFC 3030 section 2).
+    NotEsmtp,
     /// DATA was tried in this transaction.
     AfterData,
     /// No recipient was accepted.
@@ -148,6 +152,9 @@ impl Session {
         let Some(txn) = self.txn.as_ref() else {
             return Some(Refusal::NoTransaction);
         };
+        if !self.esmtp {
+            return Some(Refusal::NotEsmtp);
+        }
         let refusal = if txn.body == Body::Data {
             Refusal::AfterData
         } else if txn.accepted == 0 {
@@ -195,6 +202,13 @@ impl Session {
             Refusal::NoTransaction => {
                 self.reply(Reply::new(503, "5.5.1 Need MAIL before BDAT"));
                 self.no_transaction_error(last).unwrap_or(Flow::Continue)
+            }
+            Refusal::NotEsmtp => {
+                self.reply(Reply::new(
+                    503,
+                    "5.5.1 BDAT needs EHLO and CHUNKING (RFC 3030)",
+                ));
+                self.count_error().unwrap_or(Flow::Continue)
             }
             Refusal::AfterData => {
                 self.reply(Reply::new(
