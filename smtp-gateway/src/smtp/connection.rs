@@ -205,6 +205,15 @@ impl Connection {
         n
     }
 
+    /// Moves up to `max` buffered bytes into `out` (appended) and consumes them; returns how
+    /// many. Counted input (a BDAT chunk) is taken this way, whatever bytes it holds.
+    pub fn take_into(&mut self, max: usize, out: &mut Vec<u8>) -> usize {
+        let n = self.buffered().min(max);
+        out.extend(self.peek().iter().take(n));
+        self.consume(n);
+        n
+    }
+
     /// Marks the next `n` buffered bytes consumed.
     fn consume(&mut self, n: usize) {
         self.rpos += n;
