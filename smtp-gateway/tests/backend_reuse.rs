@@ -8,105 +8,23 @@
 #[path = "support/peers.rs"]
 #[allow(dead_code)] // each test binary uses a different part of the shared peers
 mod peers;
+#[path = "support/recording.rs"]
+#[allow(dead_code)] // session_state uses the pipelining behaviour
+mod recording;
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    sync::{Arc, Mutex},
+    io::{Read, Write},
+    net::TcpStream,
     time::{Duration, Instant},
 };
 
 use peers::Gateway;
-
-/// How the test backend misbehaves.
-#[derive(Clone, Copy, PartialEq)]
-enum Behaviour {
-    /// A well-behaved MTA.
-    Normal,
-    /// Closes the connection right after accepting a message.
-    CloseAfterMessage,
-    /// Closes the connection, without a reply, at the second EHLO on it.
-    CloseAtSecondEhlo,
-}
-
-/// The commands of each connection the backend accepted, in the order they were accepted.
-type Connections = Arc<Mutex<Vec<Vec<String>>>>;
-
-/// A backend MTA on loopback that records every command, per connection.
-fn backend(behaviour: Behaviour) -> (SocketAddr, Connections) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-    let addr = listener.local_addr().expect("addr");
-    let connections: Connections = Arc::default();
-    let all = connections.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let index = {
-                let mut all = all.lock().expect("connections");
-                all.push(Vec::new());
-                all.len() - 1
-            };
-            let all = all.clone();
-            std::thread::spawn(move || serve(stream, behaviour, index, &all));
-        }
-    });
-    (addr, connections)
-}
-
-fn serve(stream: TcpStream, behaviour: Behaviour, index: usize, all: &Connections) {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut out = stream.try_clone().expect("clone");
-    let mut input = BufReader::new(stream);
-    let _ = out.write_all(b"220 backend.test ESMTP\r\n");
-    let mut in_data = false;
-    let mut ehlos = 0;
-    loop {
-        let mut line = String::new();
-        match input.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let cmd = line.trim_end().to_string();
-        if in_data {
-            if cmd == "." {
-                in_data = false;
-                let _ = out.write_all(b"250 2.0.0 queued\r\n");
-                if behaviour == Behaviour::CloseAfterMessage {
-                    return;
-                }
-            }
-            continue;
-        }
-        all.lock().expect("connections")[index].push(cmd.clone());
-        let upper = cmd.to_ascii_uppercase();
-        let reply: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
-            ehlos += 1;
-            if ehlos == 2 && behaviour == Behaviour::CloseAtSecondEhlo {
-                return;
-            }
-            b"250-backend.test\r\n250 8BITMIME\r\n"
-        } else if upper.starts_with("MAIL") || upper.starts_with("RCPT") || upper == "RSET" {
-            b"250 2.0.0 Ok\r\n"
-        } else if upper == "DATA" {
-            in_data = true;
-            b"354 go ahead\r\n"
-        } else if upper == "QUIT" {
-            let _ = out.write_all(b"221 2.0.0 bye\r\n");
-            return;
-        } else {
-            b"502 5.5.1 no\r\n"
-        };
-        let _ = out.write_all(reply);
-    }
-}
+use recording::{Behaviour, recording_backend as backend, wait_for};
 
 /// One client session through the gateway that delivers a message from `helo`.
 fn deliver(gw: &Gateway, helo: &str) {
     let mut c = gw.client();
-    let ehlo = c.cmd(&format!("EHLO {helo}"));
-    assert!(ehlo.starts_with("250"), "{ehlo}");
+    c.expect(&format!("EHLO {helo}"), "250");
     for (command, code) in [
         ("MAIL FROM:<a@example.net>", "250"),
         ("RCPT TO:<b@example.org>", "250"),
@@ -127,23 +45,6 @@ fn session(helo: &str) -> Vec<String> {
         "RCPT TO:<b@example.org>".into(),
         "DATA".into(),
     ]
-}
-
-/// Waits up to 10 s for `done` to hold over the recorded connections; returns them.
-fn wait_for(
-    connections: &Connections,
-    what: &str,
-    done: impl Fn(&[Vec<String>]) -> bool,
-) -> Vec<Vec<String>> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = connections.lock().expect("connections").clone();
-        if done(&now) {
-            return now;
-        }
-        assert!(Instant::now() < deadline, "{what}: {now:#?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn scrape(port: u16) -> String {

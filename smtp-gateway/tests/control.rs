@@ -9,14 +9,13 @@
 mod peers;
 
 use std::{
-    net::TcpListener,
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::PathBuf,
     process::{Command, Output},
     time::{Duration, Instant},
 };
 
-use peers::{Gateway, scripted_backend};
+use peers::{Gateway, scripted_backend_on_loopback};
 use serde_json::Value;
 
 fn stdout(out: &Output) -> String {
@@ -70,9 +69,7 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
 
 #[test]
 fn cli_goes_through_the_daemon_and_falls_back_to_the_maps() {
-    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = backend.local_addr().expect("addr");
-    let _seen = scripted_backend(backend, 4);
+    let (addr, _seen) = scripted_backend_on_loopback(4);
     let mut gw = Gateway::start(
         "ctl",
         addr,
@@ -195,9 +192,7 @@ print(s.makefile().readline().strip())\n";
 
 #[test]
 fn control_socket_refuses_anyone_but_root() {
-    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = backend.local_addr().expect("addr");
-    let _seen = scripted_backend(backend, 1);
+    let (addr, _seen) = scripted_backend_on_loopback(1);
     let gw = Gateway::start("ctlroot", addr, "");
     let socket = socket_of(&gw);
 
@@ -245,9 +240,7 @@ fn control_socket_refuses_anyone_but_root() {
 
 #[test]
 fn daemon_keeps_no_capability_after_setup_unless_configured() {
-    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = backend.local_addr().expect("addr");
-    let _seen = scripted_backend(backend, 1);
+    let (addr, _seen) = scripted_backend_on_loopback(1);
 
     let gw = Gateway::start("caps", addr, "");
     let pid = gw.child.id();
@@ -312,9 +305,7 @@ fn daemon_keeps_no_capability_after_setup_unless_configured() {
 
 #[test]
 fn reload_command_and_file_change_take_the_one_reload_path() {
-    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = backend.local_addr().expect("addr");
-    let _seen = scripted_backend(backend, 1);
+    let (addr, _seen) = scripted_backend_on_loopback(1);
     // No file watch yet: the reload command alone.
     let gw = Gateway::start("reload", addr, "[daemon]\nwatch_config = false\n");
 
@@ -373,9 +364,7 @@ fn reload_command_and_file_change_take_the_one_reload_path() {
 
 #[test]
 fn a_changed_file_is_reloaded_without_a_signal() {
-    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = backend.local_addr().expect("addr");
-    let _seen = scripted_backend(backend, 1);
+    let (addr, _seen) = scripted_backend_on_loopback(1);
     let gw = Gateway::start("watch", addr, "[daemon]\nwatch_debounce = \"200ms\"\n");
     assert_eq!(gw.log_count("configuration reloaded"), 0);
 

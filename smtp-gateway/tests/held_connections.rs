@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use peers::{Gateway, scripted_backend};
+use peers::{Gateway, gateway};
 use smtp_gateway_test_kit::Wait;
 
 /// How long a test waits for the event it expects.
@@ -24,13 +24,6 @@ const EVENT_WAIT: Duration = Duration::from_secs(10);
 /// How long the holders' sessions may take to stall: the gateway first fills the socket buffers
 /// with replies (megabytes of EHLO replies on loopback), which a loaded machine does slowly.
 const STALL_WAIT: Duration = Duration::from_secs(30);
-
-fn gateway(tag: &str, extra: &str, backend_sessions: usize) -> Gateway {
-    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = backend.local_addr().expect("addr");
-    let _ = scripted_backend(backend, backend_sessions);
-    Gateway::start(tag, addr, extra)
-}
 
 /// Everything the gateway sends until it closes the connection (bounded by [`EVENT_WAIT`]), and
 /// whether the close came in time.
@@ -136,18 +129,15 @@ fn junk_commands_past_the_limit_close_the_session_and_delivery_resets_the_count(
     assert!(c.cmd("VRFY postmaster").starts_with("252"));
     assert!(c.cmd("HELP").starts_with("214"));
     // A delivered message resets the count.
-    assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
-    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
+    c.open_message();
     assert!(c.cmd("Subject: x\r\n\r\nhello\r\n.").starts_with("250"));
     assert!(c.cmd("RSET").starts_with("250"));
     assert!(c.cmd("NOOP").starts_with("250"));
     assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
     // The fourth junk command since the delivery: a repeated EHLO.
-    let closing = c.cmd("EHLO mail.goodcorp.example");
-    assert!(
-        closing.starts_with("421 4.7.0 Too many junk commands"),
-        "{closing}"
+    c.expect(
+        "EHLO mail.goodcorp.example",
+        "421 4.7.0 Too many junk commands",
     );
     let (rest, closed) = read_to_close(c.stream.get_mut());
     assert!(closed && rest.is_empty(), "connection closed: {rest:?}");
@@ -188,9 +178,7 @@ fn message_text_trickled_past_max_data_duration_is_cut_off() {
     );
     let mut c = gw.client();
     assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
-    assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
-    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
+    c.open_message();
     let mut writer = c.stream.get_ref().try_clone().expect("clone");
     let trickle = std::thread::spawn(move || {
         let started = Instant::now();
@@ -260,9 +248,7 @@ fn a_slow_senders_text_reaches_the_backend_before_its_end_of_data() {
     let gw = Gateway::start("trickle", addr, "text_flush_interval = \"1s\"");
     let mut c = gw.client();
     assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
-    assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
-    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
+    c.open_message();
     c.stream
         .get_mut()
         .write_all(b"Subject: slow\r\n\r\nfirst line\r\n")
@@ -279,6 +265,5 @@ fn a_slow_senders_text_reaches_the_backend_before_its_end_of_data() {
             ),
         }
     }
-    let done = c.cmd(".");
-    assert!(done.starts_with("250"), "{done}");
+    c.expect(".", "250");
 }

@@ -7,105 +7,23 @@
 #[path = "support/peers.rs"]
 #[allow(dead_code)] // each test binary uses a different part of the shared peers
 mod peers;
+#[path = "support/recording.rs"]
+#[allow(dead_code)] // the other behaviours serve backend_reuse
+mod recording;
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    io::{BufRead, Write},
+    net::{SocketAddr, TcpStream},
 };
 
 use peers::Gateway;
+use recording::{Behaviour, Connections, recording_backend, wait_for};
 
-/// The commands of each connection the backend accepted, in order.
-type Connections = Arc<Mutex<Vec<Vec<String>>>>;
-
-/// A backend MTA on loopback that records every command per connection. It refuses
-/// `MAIL ... SIZE=` with 552 and recipients whose local part is `refused` with 550, and closes
-/// the connection without a reply at a sender whose local part is `drop`; everything else is
-/// accepted.
+/// A recording backend that offers PIPELINING. It refuses `MAIL ... SIZE=` with 552 and
+/// recipients whose local part is `refused` with 550, and closes the connection without a reply
+/// at a sender whose local part is `drop`; everything else is accepted.
 fn backend() -> (SocketAddr, Connections) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-    let addr = listener.local_addr().expect("addr");
-    let connections: Connections = Arc::default();
-    let all = connections.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let index = {
-                let mut all = all.lock().expect("connections");
-                all.push(Vec::new());
-                all.len() - 1
-            };
-            let all = all.clone();
-            std::thread::spawn(move || serve(stream, index, &all));
-        }
-    });
-    (addr, connections)
-}
-
-fn serve(stream: TcpStream, index: usize, all: &Connections) {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut out = stream.try_clone().expect("clone");
-    let mut input = BufReader::new(stream);
-    let _ = out.write_all(b"220 backend.test ESMTP\r\n");
-    let mut in_data = false;
-    loop {
-        let mut line = String::new();
-        match input.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let cmd = line.trim_end().to_string();
-        if in_data {
-            if cmd == "." {
-                in_data = false;
-                let _ = out.write_all(b"250 2.0.0 queued\r\n");
-            }
-            continue;
-        }
-        all.lock().expect("connections")[index].push(cmd.clone());
-        let upper = cmd.to_ascii_uppercase();
-        let reply: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
-            b"250-backend.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
-        } else if upper.starts_with("MAIL FROM:<DROP@") {
-            return;
-        } else if upper.starts_with("MAIL") && upper.contains("SIZE=") {
-            b"552 5.3.4 Message size exceeds fixed limit\r\n"
-        } else if upper.starts_with("RCPT TO:<REFUSED@") {
-            b"550 5.1.1 User unknown\r\n"
-        } else if upper.starts_with("MAIL") || upper.starts_with("RCPT") || upper == "RSET" {
-            b"250 2.0.0 Ok\r\n"
-        } else if upper == "DATA" {
-            in_data = true;
-            b"354 go ahead\r\n"
-        } else if upper == "QUIT" {
-            let _ = out.write_all(b"221 2.0.0 bye\r\n");
-            return;
-        } else {
-            b"502 5.5.1 no\r\n"
-        };
-        let _ = out.write_all(reply);
-    }
-}
-
-/// Waits up to 10 s for `done` to hold over the recorded connections; returns them.
-fn wait_for(
-    connections: &Connections,
-    what: &str,
-    done: impl Fn(&[Vec<String>]) -> bool,
-) -> Vec<Vec<String>> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = connections.lock().expect("connections").clone();
-        if done(&now) {
-            return now;
-        }
-        assert!(Instant::now() < deadline, "{what}: {now:#?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    recording_backend(Behaviour::Pipelining)
 }
 
 /// Writes `group` in one write and reads `replies` replies; returns their codes, then whether the
@@ -200,10 +118,8 @@ fn size_over_the_limit_is_refused_at_mail() {
     let gw = Gateway::start("size", addr, "max_message_size = 2000000");
     let mut c = gw.client();
     assert!(c.cmd("EHLO client.example.net").starts_with("250"));
-    let mail = c.cmd("MAIL FROM:<a@c.example.net> SIZE=2000001");
-    assert!(mail.starts_with("552 5.3.4"), "{mail}");
-    let mail = c.cmd("MAIL FROM:<a@c.example.net> BODY=8BITMIME");
-    assert!(mail.starts_with("250"), "{mail}");
+    c.expect("MAIL FROM:<a@c.example.net> SIZE=2000001", "552 5.3.4");
+    c.expect("MAIL FROM:<a@c.example.net> BODY=8BITMIME", "250");
     let seen = wait_for(&connections, "the second MAIL", |c| {
         c.iter().flatten().any(|l| l.contains("BODY=8BITMIME"))
     });
@@ -219,8 +135,7 @@ fn a_re_ehlo_reuses_the_backend_session() {
     let gw = Gateway::start("reehlo", addr, "");
     let mut c = gw.client();
     for i in 0..60 {
-        let ehlo = c.cmd(&format!("EHLO client{i}.example.net"));
-        assert!(ehlo.starts_with("250"), "{ehlo}");
+        c.expect(&format!("EHLO client{i}.example.net"), "250");
         let mail = c.cmd("MAIL FROM:<a@c.example.net>");
         assert!(mail.starts_with("250"), "{i}: {mail}");
     }

@@ -1,5 +1,9 @@
 //! Test peers shared by the integration tests: a scripted backend MTA, a line client, and the
-//! daemon under test started through the test kit's launcher.
+//! daemon under test started through the test kit's launcher (plain, or on a TLS listener with a
+//! certificate from a throw-away CA, [`pki`]).
+
+#[path = "pki.rs"]
+pub mod pki;
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -23,6 +27,23 @@ const LOG_WAIT: Duration = Duration::from_secs(10);
 /// The daemon binary: `$SMTP_GATEWAY_BIN` if set, else [`BIN`].
 pub fn binary() -> PathBuf {
     std::env::var_os(GATEWAY_BIN_ENV).map_or_else(|| PathBuf::from(BIN), PathBuf::from)
+}
+
+/// A [`scripted_backend`] on a free loopback port serving `sessions` sessions: its address and
+/// the commands it saw.
+pub fn scripted_backend_on_loopback(
+    sessions: usize,
+) -> (std::net::SocketAddr, std::thread::JoinHandle<Vec<String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    (addr, scripted_backend(listener, sessions))
+}
+
+/// The daemon with `smtp_extra` in front of a [`scripted_backend`] serving `backend_sessions`
+/// sessions.
+pub fn gateway(tag: &str, smtp_extra: &str, backend_sessions: usize) -> Gateway {
+    let (addr, _seen) = scripted_backend_on_loopback(backend_sessions);
+    Gateway::start(tag, addr, smtp_extra)
 }
 
 /// base64("\0user\0secret")
@@ -124,23 +145,100 @@ impl<S: std::io::Read + Write> Client<S> {
         self.stream.get_mut().flush().expect("flush");
         self.reply()
     }
+
+    /// Sends `line` and asserts that the reply starts with `code`; returns the reply.
+    pub fn expect(&mut self, line: &str, code: &str) -> String {
+        let reply = self.cmd(line);
+        assert!(reply.starts_with(code), "{line:?} -> {reply}");
+        reply
+    }
+
+    /// Opens a message on a greeted session: `MAIL FROM:<a@example.net>` and
+    /// `RCPT TO:<b@example.org>` accepted, `DATA` answered `354`.
+    pub fn open_message(&mut self) {
+        self.expect("MAIL FROM:<a@example.net>", "250");
+        self.expect("RCPT TO:<b@example.org>", "250");
+        self.expect("DATA", "354");
+    }
 }
 
 /// The real daemon with the proxy on a free loopback port; killed, detached and cleaned on drop.
 pub struct Gateway {
     /// The running daemon (PID, signals, exit status, its log).
     pub child: DaemonProcess,
+    /// Its files (configuration, log, certificate).
     pub dir: PathBuf,
+    /// Its configuration file.
     config: PathBuf,
+    /// The proxy's port.
     pub port: u16,
     /// The metrics endpoint (every gateway gets its own free port).
     pub metrics_port: u16,
+    /// What every configuration written for it keeps (pins, listener, TLS).
+    layout: Layout,
+    /// The CA that signed the daemon's certificate (PEM), for a gateway started with TLS.
+    ca: Option<String>,
+}
+
+/// The parts of a test gateway's configuration that stay the same across rewrites.
+struct Layout {
+    /// Its pins (a private directory under /sys/fs/bpf).
     pin_dir: String,
+    /// The `listeners` entry (address and kind).
+    listener: String,
+    /// The `[smtp.tls]` section (empty without TLS).
+    tls: String,
+    /// The metrics endpoint's port.
+    metrics_port: u16,
+}
+
+impl Layout {
+    /// Writes the daemon's configuration to `path`: the proxy in front of `backend`, extra
+    /// `[smtp]` and `[backend]` keys (or sections after `[smtp]`).
+    fn write(
+        &self,
+        path: &std::path::Path,
+        backend: std::net::SocketAddr,
+        smtp_extra: &str,
+        backend_extra: &str,
+    ) {
+        let Self {
+            pin_dir,
+            listener,
+            tls,
+            metrics_port,
+        } = self;
+        let text = format!(
+            "[dataplane]\npin_dir = \"{pin_dir}\"\n[smtp]\nhostname = \"gw.test\"\nlisteners = [{listener}]\n{smtp_extra}\n{tls}\
+             [backend]\nservers = [{{ address = \"{backend}\", identity = \"none\" }}]\n{backend_extra}\n[relay]\naccepted_domains = [\"example.org\"]\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+        );
+        std::fs::write(path, text).expect("config");
+    }
+}
+
+/// How a test gateway is started, beyond its tag and backend; the default is a plain SMTP
+/// listener without TLS and without extra keys.
+#[derive(Default)]
+struct Launch<'a> {
+    /// Extra `[smtp]` keys (or sections after `[smtp]`).
+    smtp_extra: &'a str,
+    /// Extra `[backend]` keys.
+    backend_extra: &'a str,
+    /// A command prefix the daemon runs under (`setpriv ...`).
+    wrapper: &'a [&'a str],
+    /// The listener's `kind` (`smtps`, `submission`) with a certificate from a fresh test CA;
+    /// `None`: plain SMTP without TLS.
+    tls_kind: Option<&'a str>,
 }
 
 impl Gateway {
     pub fn start(tag: &str, backend: std::net::SocketAddr, smtp_extra: &str) -> Self {
-        Self::start_under(tag, backend, smtp_extra, &[])
+        let how = Launch {
+            smtp_extra,
+            ..Launch::default()
+        };
+        Self::launch(tag, backend, how)
     }
 
     /// Starts the daemon under `wrapper` (a command prefix such as `setpriv ...`).
@@ -150,7 +248,12 @@ impl Gateway {
         smtp_extra: &str,
         wrapper: &[&str],
     ) -> Self {
-        Self::launch(tag, backend, smtp_extra, "", wrapper)
+        let how = Launch {
+            smtp_extra,
+            wrapper,
+            ..Launch::default()
+        };
+        Self::launch(tag, backend, how)
     }
 
     /// Starts the daemon with extra `[backend]` keys.
@@ -160,33 +263,63 @@ impl Gateway {
         smtp_extra: &str,
         backend_extra: &str,
     ) -> Self {
-        Self::launch(tag, backend, smtp_extra, backend_extra, &[])
+        let how = Launch {
+            smtp_extra,
+            backend_extra,
+            ..Launch::default()
+        };
+        Self::launch(tag, backend, how)
     }
 
-    fn launch(
+    /// Starts the daemon with a listener of `kind` (`smtps`, `submission`) and a certificate for
+    /// 127.0.0.1 from a fresh test CA (clients: [`Gateway::tls`], [`Gateway::tls_client`]).
+    pub fn start_tls(
         tag: &str,
         backend: std::net::SocketAddr,
+        kind: &str,
         smtp_extra: &str,
-        backend_extra: &str,
-        wrapper: &[&str],
     ) -> Self {
+        let how = Launch {
+            smtp_extra,
+            tls_kind: Some(kind),
+            ..Launch::default()
+        };
+        Self::launch(tag, backend, how)
+    }
+
+    fn launch(tag: &str, backend: std::net::SocketAddr, how: Launch<'_>) -> Self {
         let dir = std::env::temp_dir().join(format!("sgw-life-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let port = free_port().unwrap_or_else(|e| panic!("{e}"));
         let metrics_port = free_port().unwrap_or_else(|e| panic!("{e}"));
-        let pin_dir = format!("/sys/fs/bpf/sgw-life-{}-{tag}", std::process::id());
-        let config = dir.join("gateway.toml");
-        write_config_file(
-            &config,
-            &pin_dir,
-            port,
+        let address = format!("address = \"127.0.0.1:{port}\"");
+        let (listener, tls, ca) = match how.tls_kind {
+            None => (format!("{{ {address} }}"), String::new(), None),
+            Some(kind) => {
+                let pki = pki::Pki::new();
+                let (cert, key) = pki.write_server_files(&dir);
+                let tls = format!(
+                    "[smtp.tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+                    cert.display(),
+                    key.display()
+                );
+                (
+                    format!("{{ {address}, kind = \"{kind}\" }}"),
+                    tls,
+                    Some(pki.ca_pem),
+                )
+            }
+        };
+        let layout = Layout {
+            pin_dir: format!("/sys/fs/bpf/sgw-life-{}-{tag}", std::process::id()),
+            listener,
+            tls,
             metrics_port,
-            backend,
-            smtp_extra,
-            backend_extra,
-        );
+        };
+        let config = dir.join("gateway.toml");
+        layout.write(&config, backend, how.smtp_extra, how.backend_extra);
         let child = DaemonProcess::spawn(
-            launcher::wrapped(wrapper, &binary(), &config),
+            launcher::wrapped(how.wrapper, &binary(), &config),
             &dir.join("gateway.log"),
             libc::SIGKILL,
         )
@@ -197,7 +330,8 @@ impl Gateway {
             config,
             port,
             metrics_port,
-            pin_dir,
+            layout,
+            ca,
         };
         gw.wait_log("SMTP listener ready");
         gw
@@ -214,15 +348,8 @@ impl Gateway {
         smtp_extra: &str,
         backend_extra: &str,
     ) {
-        write_config_file(
-            &self.config,
-            &self.pin_dir,
-            self.port,
-            self.metrics_port,
-            backend,
-            smtp_extra,
-            backend_extra,
-        );
+        self.layout
+            .write(&self.config, backend, smtp_extra, backend_extra);
     }
 
     /// The configuration file the daemon runs with.
@@ -264,26 +391,43 @@ impl Gateway {
 
     /// Connects and returns the greeting (all its lines).
     pub fn banner(&self) -> String {
-        let tcp = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        tcp.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        let mut c = Client {
-            stream: BufReader::new(tcp),
-        };
-        c.reply()
+        self.connect().reply()
     }
 
-    pub fn client(&self) -> Client<TcpStream> {
+    /// A line client on a new plaintext connection, the banner not yet read.
+    pub fn connect(&self) -> Client<TcpStream> {
         let tcp = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
         tcp.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        let mut c = Client {
+        Client {
             stream: BufReader::new(tcp),
-        };
+        }
+    }
+
+    /// A line client on a new plaintext connection whose `220` banner was read.
+    pub fn client(&self) -> Client<TcpStream> {
+        let mut c = self.connect();
         let banner = c.reply();
         assert!(
             banner.lines().last().is_some_and(|l| l.starts_with("220 ")),
             "{banner}"
         );
         c
+    }
+
+    /// A TLS connection to a gateway started with [`Gateway::start_tls`], trusting its CA; the
+    /// handshake is not yet done.
+    pub fn tls(&self) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+        let ca = self.ca.as_deref().expect("a gateway started with TLS");
+        let tcp = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        rustls::StreamOwned::new(pki::client_connection(ca), tcp)
+    }
+
+    /// A line client over [`Gateway::tls`]; the banner is not yet read.
+    pub fn tls_client(&self) -> Client<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+        Client {
+            stream: BufReader::new(self.tls()),
+        }
     }
 }
 
@@ -294,30 +438,11 @@ impl Drop for Gateway {
         let detach = self.dir.join("detach.toml");
         let _ = std::fs::write(
             &detach,
-            format!("[dataplane]\npin_dir = \"{}\"\n", self.pin_dir),
+            format!("[dataplane]\npin_dir = \"{}\"\n", self.layout.pin_dir),
         );
         let _ = launcher::detach(&binary(), &detach);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Writes the daemon's configuration: the proxy on `port`, metrics on `metrics_port`, extra
-/// `[smtp]` and `[backend]` keys (or sections after `[smtp]`).
-fn write_config_file(
-    config: &std::path::Path,
-    pin_dir: &str,
-    port: u16,
-    metrics_port: u16,
-    backend: std::net::SocketAddr,
-    smtp_extra: &str,
-    backend_extra: &str,
-) {
-    let text = format!(
-        "[dataplane]\npin_dir = \"{pin_dir}\"\n[smtp]\nhostname = \"gw.test\"\nlisteners = [{{ address = \"127.0.0.1:{port}\" }}]\n{smtp_extra}\n\
-         [backend]\nservers = [{{ address = \"{backend}\", identity = \"none\" }}]\n{backend_extra}\n[relay]\naccepted_domains = [\"example.org\"]\n\
-         [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
-    );
-    std::fs::write(config, text).expect("config");
 }
 
 /// Connects from `source` (a 127/8 address), talks before the banner as a bot does, and returns
