@@ -19,7 +19,14 @@ use std::{
 };
 
 use peers::Gateway;
-use recording::{Behaviour, recording_backend as backend, wait_for};
+use recording::{Behaviour, Connections, recording_backend as backend, wait_for};
+
+/// The daemon with extra `[backend]` keys in front of a recording backend behaving as told.
+fn pooled(tag: &str, behaviour: Behaviour, backend_extra: &str) -> (Gateway, Connections) {
+    let (addr, connections) = backend(behaviour);
+    let gw = Gateway::start_with_backend(tag, addr, "", backend_extra);
+    (gw, connections)
+}
 
 /// One client session through the gateway that delivers a message from `helo`.
 fn deliver(gw: &Gateway, helo: &str) {
@@ -77,8 +84,7 @@ fn backend_sessions(gw: &Gateway) -> (Option<u64>, Option<u64>, String) {
 
 #[test]
 fn consecutive_sessions_share_one_connection_which_ends_with_quit_at_shutdown() {
-    let (addr, connections) = backend(Behaviour::Normal);
-    let mut gw = Gateway::start_with_backend("reuse-share", addr, "", "");
+    let (mut gw, connections) = pooled("reuse-share", Behaviour::Normal, "");
     deliver(&gw, "first.example.net");
     deliver(&gw, "second.example.net");
     let mut expected = session("first.example.net");
@@ -108,8 +114,7 @@ fn consecutive_sessions_share_one_connection_which_ends_with_quit_at_shutdown() 
 
 #[test]
 fn a_connection_the_backend_closed_is_replaced() {
-    let (addr, connections) = backend(Behaviour::CloseAfterMessage);
-    let gw = Gateway::start_with_backend("reuse-closed", addr, "", "");
+    let (gw, connections) = pooled("reuse-closed", Behaviour::CloseAfterMessage, "");
     deliver(&gw, "first.example.net");
     // The backend's close reaches the gateway before the next session takes the connection.
     std::thread::sleep(Duration::from_millis(200));
@@ -128,8 +133,7 @@ fn a_connection_the_backend_closed_is_replaced() {
 
 #[test]
 fn a_connection_that_fails_its_ehlo_is_replaced() {
-    let (addr, connections) = backend(Behaviour::CloseAtSecondEhlo);
-    let gw = Gateway::start_with_backend("reuse-ehlo", addr, "", "");
+    let (gw, connections) = pooled("reuse-ehlo", Behaviour::CloseAtSecondEhlo, "");
     deliver(&gw, "first.example.net");
     deliver(&gw, "second.example.net");
     let seen = wait_for(&connections, "a replacement connection", |c| {
@@ -145,8 +149,7 @@ fn a_connection_that_fails_its_ehlo_is_replaced() {
 
 #[test]
 fn an_idle_connection_ends_with_quit_after_pool_idle() {
-    let (addr, connections) = backend(Behaviour::Normal);
-    let gw = Gateway::start_with_backend("reuse-idle", addr, "", "pool_idle = \"1s\"");
+    let (gw, connections) = pooled("reuse-idle", Behaviour::Normal, "pool_idle = \"1s\"");
     deliver(&gw, "first.example.net");
     let ended = Instant::now();
     let mut expected = session("first.example.net");
@@ -173,8 +176,7 @@ fn an_idle_connection_ends_with_quit_after_pool_idle() {
 
 #[test]
 fn without_a_pool_every_session_ends_with_quit() {
-    let (addr, connections) = backend(Behaviour::Normal);
-    let gw = Gateway::start_with_backend("reuse-off", addr, "", "pool_size = 0");
+    let (gw, connections) = pooled("reuse-off", Behaviour::Normal, "pool_size = 0");
     deliver(&gw, "first.example.net");
     deliver(&gw, "second.example.net");
     let seen = wait_for(&connections, "two connections with QUIT", |c| {
@@ -189,10 +191,8 @@ fn without_a_pool_every_session_ends_with_quit() {
 
 #[test]
 fn a_session_that_leaves_a_transaction_open_ends_its_connection() {
-    let (addr, connections) = backend(Behaviour::Normal);
-    let gw = Gateway::start_with_backend("reuse-open", addr, "", "");
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO first.example.net").starts_with("250"));
+    let (gw, connections) = pooled("reuse-open", Behaviour::Normal, "");
+    let mut c = gw.greeted("first.example.net");
     assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
     assert!(c.cmd("QUIT").starts_with("221"));
     drop(c);
@@ -210,8 +210,7 @@ fn a_session_that_leaves_a_transaction_open_ends_its_connection() {
 
 #[test]
 fn the_pool_keeps_at_most_pool_size_connections_per_server() {
-    let (addr, connections) = backend(Behaviour::Normal);
-    let mut gw = Gateway::start_with_backend("reuse-size", addr, "", "pool_size = 1");
+    let (mut gw, connections) = pooled("reuse-size", Behaviour::Normal, "pool_size = 1");
     // Two sessions at once: each needs a connection of its own.
     let mut a = gw.client();
     let mut b = gw.client();

@@ -122,8 +122,7 @@ fn cli_goes_through_the_daemon_and_falls_back_to_the_maps() {
     );
 
     // A clean session and a pregreeting one: the daemon's stats carry their verdicts.
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    let mut c = gw.greeted("client.example.net");
     c.cmd("QUIT");
     peers::pregreet([127, 0, 0, 9], gw.port);
     gw.wait_log("verdict=\"dropped\"");

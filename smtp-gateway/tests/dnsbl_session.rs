@@ -37,12 +37,11 @@ fn dnsbl_section(dns: SocketAddr, timeout: &str) -> String {
 fn a_listed_client_is_refused_at_mail_from() {
     let records = Records::new().a(CLIENT_IN_ZEN, &[Ipv4Addr::new(127, 0, 0, 2)]);
     let (dns, gw) = dnsbl_gateway("dnsbl-hit", records, "2s");
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
-    let mail = c.cmd("MAIL FROM:<a@example.net>");
-    assert!(
-        mail.starts_with("554 5.7.1"),
-        "listed client refused: {mail}"
+    let mut c = gw.greeted("client.example.net");
+    c.expect_that(
+        "MAIL FROM:<a@example.net>",
+        "554 5.7.1",
+        "listed client refused",
     );
     let queried = dns.queries();
     assert!(
@@ -59,13 +58,12 @@ fn a_listed_client_is_refused_at_mail_from() {
 #[test]
 fn a_silent_dns_server_never_rejects_mail() {
     let (dns, gw) = dnsbl_gateway("dnsbl-silent", Records::new().silent("zen.test"), "500ms");
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    let mut c = gw.greeted("client.example.net");
     let started = std::time::Instant::now();
-    let mail = c.cmd("MAIL FROM:<a@example.net>");
-    assert!(
-        mail.starts_with("250"),
-        "a DNS failure never rejects mail: {mail}"
+    c.expect_that(
+        "MAIL FROM:<a@example.net>",
+        "250",
+        "a DNS failure never rejects mail",
     );
     assert!(
         started.elapsed() < Duration::from_secs(5),

@@ -123,8 +123,7 @@ fn a_tls_client_hello_on_the_plaintext_port_is_answered_at_once() {
 #[test]
 fn junk_commands_past_the_limit_close_the_session_and_delivery_resets_the_count() {
     let gw = gateway("junk", "junk_command_limit = 3", 1);
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
+    let mut c = gw.greeted("mail.goodcorp.example");
     assert!(c.cmd("NOOP").starts_with("250"));
     assert!(c.cmd("VRFY postmaster").starts_with("252"));
     assert!(c.cmd("HELP").starts_with("214"));
@@ -176,8 +175,7 @@ fn message_text_trickled_past_max_data_duration_is_cut_off() {
         "max_data_duration = \"2s\"\ndata_timeout = \"60s\"",
         1,
     );
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
+    let mut c = gw.greeted("mail.goodcorp.example");
     c.open_message();
     let mut writer = c.stream.get_ref().try_clone().expect("clone");
     let trickle = std::thread::spawn(move || {
@@ -246,8 +244,7 @@ fn a_slow_senders_text_reaches_the_backend_before_its_end_of_data() {
     let (tx, rx) = mpsc::channel();
     reporting_backend(backend, tx);
     let gw = Gateway::start("trickle", addr, "text_flush_interval = \"1s\"");
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
+    let mut c = gw.greeted("mail.goodcorp.example");
     c.open_message();
     c.stream
         .get_mut()

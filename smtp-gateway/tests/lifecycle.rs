@@ -56,10 +56,10 @@ fn sighup_changes_a_proxy_limit_live_and_a_bad_file_changes_nothing() {
     assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
     assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
     assert!(c.cmd("RCPT TO:<one@example.org>").starts_with("250"));
-    let second = c.cmd("RCPT TO:<two@example.org>");
-    assert!(
-        second.starts_with("452"),
-        "the previous generation (max_recipients = 1) stays: {second}"
+    c.expect_that(
+        "RCPT TO:<two@example.org>",
+        "452",
+        "the previous generation (max_recipients = 1) stays",
     );
 }
 
@@ -68,8 +68,7 @@ fn sigterm_lets_an_inflight_message_complete_and_refuses_newcomers() {
     let (addr, seen) = scripted_backend_on_loopback(1);
     let mut gw = Gateway::start("term", addr, "shutdown_timeout = \"20s\"");
 
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    let mut c = gw.greeted("client.example.net");
     assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
     assert!(c.cmd("RCPT TO:<one@example.org>").starts_with("250"));
     assert!(c.cmd("DATA").starts_with("354"));
@@ -89,16 +88,8 @@ fn sigterm_lets_an_inflight_message_complete_and_refuses_newcomers() {
         "newcomers are told to come back: {answer:?}"
     );
 
-    let done = c.cmd("second half\r\n.");
-    assert!(
-        done.starts_with("250"),
-        "the in-flight message completes: {done}"
-    );
-    let next = c.cmd("NOOP");
-    assert!(
-        next.starts_with("421 4.3.2"),
-        "then the session is closed politely: {next}"
-    );
+    c.expect_that("second half\r\n.", "250", "the in-flight message completes");
+    c.expect_that("NOOP", "421 4.3.2", "then the session is closed politely");
 
     let status = (0..100)
         .find_map(|_| {

@@ -30,8 +30,7 @@ fn scores_slow_then_tempfail_then_reject() {
     c.cmd("QUIT");
 
     // Score 1 (single-label HELO): replies are slowed, mail still accepted.
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO localhostish").starts_with("250"));
+    let mut c = gw.greeted("localhostish");
     let t = Instant::now();
     c.expect("MAIL FROM:<a@example.net>", "250");
     assert!(
@@ -42,14 +41,12 @@ fn scores_slow_then_tempfail_then_reject() {
     c.cmd("QUIT");
 
     // Score 2 (single label + dynamic pattern): 451 at MAIL.
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO dsl").starts_with("250"));
+    let mut c = gw.greeted("dsl");
     c.expect("MAIL FROM:<a@example.net>", "451 4.7.1");
     c.cmd("QUIT");
 
     // Score 3 (not a FQDN, a dynamic pattern, and the client's own address in it): 550.
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO dsl-127-0-0-1").starts_with("250"));
+    let mut c = gw.greeted("dsl-127-0-0-1");
     c.expect("MAIL FROM:<a@example.net>", "550 5.7.1");
     let log = gw.log();
     assert!(

@@ -69,8 +69,7 @@ fn a_refused_mail_does_not_make_its_group_protocol_errors() {
 
     // The backend refuses the sender (552): every RCPT and the DATA are the gateway's 503, and
     // none of them counts as a protocol error (max_errors = 10 would close at the 11th).
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    let mut c = gw.greeted("client.example.net");
     let codes = pipelined(&mut c, &group("MAIL FROM:<a@c.example.net> SIZE=1000"), 14);
     assert_eq!(codes[0], 552, "{codes:?}");
     assert!(codes[1..].iter().all(|c| *c == 503), "{codes:?}");
@@ -86,8 +85,7 @@ fn a_refused_mail_does_not_make_its_group_protocol_errors() {
 
     // A client that keeps sending RCPT without MAIL after its group still meets max_errors: the
     // 11th error is answered, then 421.
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    let mut c = gw.greeted("client.example.net");
     let mut lines = group("MAIL FROM:<a@c.example.net> SIZE=1000");
     lines.extend((0..11).map(|i| format!("RCPT TO:<more{i}@example.org>")));
     let codes = pipelined(&mut c, &lines, 26);
@@ -103,8 +101,7 @@ fn a_tempfailed_mail_does_not_make_its_group_protocol_errors() {
         addr,
         "tarpit_delay = \"100ms\"\n[score]\ntarpit = 3\ntempfail = 3\nreject = 10",
     );
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO dsl-127-0-0-1").starts_with("250"));
+    let mut c = gw.greeted("dsl-127-0-0-1");
     let codes = pipelined(&mut c, &group("MAIL FROM:<a@c.example.net>"), 14);
     assert_eq!(codes[0], 451, "{codes:?}");
     assert!(codes[1..].iter().all(|c| *c == 503), "{codes:?}");
@@ -116,8 +113,7 @@ fn a_tempfailed_mail_does_not_make_its_group_protocol_errors() {
 fn size_over_the_limit_is_refused_at_mail() {
     let (addr, connections) = backend();
     let gw = Gateway::start("size", addr, "max_message_size = 2000000");
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    let mut c = gw.greeted("client.example.net");
     c.expect("MAIL FROM:<a@c.example.net> SIZE=2000001", "552 5.3.4");
     c.expect("MAIL FROM:<a@c.example.net> BODY=8BITMIME", "250");
     let seen = wait_for(&connections, "the second MAIL", |c| {
@@ -165,8 +161,7 @@ fn a_re_ehlo_reuses_the_backend_session() {
 fn a_connection_with_an_error_reply_is_not_pooled() {
     let (addr, connections) = backend();
     let gw = Gateway::start("poison", addr, "");
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    let mut c = gw.greeted("client.example.net");
     assert!(c.cmd("MAIL FROM:<a@c.example.net>").starts_with("250"));
     assert!(c.cmd("RCPT TO:<refused@example.org>").starts_with("550"));
     assert!(c.cmd("RSET").starts_with("250"));
@@ -177,8 +172,7 @@ fn a_connection_with_an_error_reply_is_not_pooled() {
     });
 
     // The next client gets a connection of its own, without the previous client's error.
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO other.example.net").starts_with("250"));
+    let mut c = gw.greeted("other.example.net");
     assert!(c.cmd("MAIL FROM:<b@c.example.net>").starts_with("250"));
     let seen = wait_for(&connections, "the second session", |c| {
         c.iter()
@@ -193,8 +187,7 @@ fn a_connection_with_an_error_reply_is_not_pooled() {
     assert!(c.cmd("DATA").starts_with("354"));
     assert!(c.cmd("Subject: t\r\n\r\nhi\r\n.").starts_with("250"));
     assert!(c.cmd("QUIT").starts_with("221"));
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO third.example.net").starts_with("250"));
+    let mut c = gw.greeted("third.example.net");
     assert!(c.cmd("MAIL FROM:<c@c.example.net>").starts_with("250"));
     let seen = wait_for(&connections, "the third session", |c| {
         c.iter()
@@ -208,8 +201,7 @@ fn a_connection_with_an_error_reply_is_not_pooled() {
 fn a_client_session_opens_a_bounded_number_of_backend_connections() {
     let (addr, connections) = backend();
     let gw = Gateway::start("bound", addr, "");
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    let mut c = gw.greeted("client.example.net");
     let mut codes = Vec::new();
     for _ in 0..10 {
         let reply = c.cmd("MAIL FROM:<drop@c.example.net>");

@@ -24,12 +24,13 @@ pub fn run(config: &Config, command: AllowCommand) -> anyhow::Result<ExitCode> {
                 ops::allow_add(dp, &target, reason.as_deref())
             })?;
         }
-        AllowCommand::Del { target } => {
-            let request = Request::AllowDel {
+        AllowCommand::Del { target } => super::change(
+            config,
+            Request::AllowDel {
                 target: target.clone(),
-            };
-            super::change(config, request, |dp| ops::allow_del(dp, &target))?;
-        }
+            },
+            |dp| ops::allow_del(dp, &target),
+        )?,
         AllowCommand::List(ListArgs { json }) => {
             return super::list(
                 config,

@@ -33,12 +33,13 @@ pub fn run(config: &Config, command: BlockCommand) -> anyhow::Result<ExitCode> {
                 ops::block_add(dp, &target, ttl, reason.as_deref())
             })?;
         }
-        BlockCommand::Del { target } => {
-            let request = Request::BlockDel {
+        BlockCommand::Del { target } => super::change(
+            config,
+            Request::BlockDel {
                 target: target.clone(),
-            };
-            super::change(config, request, |dp| ops::block_del(dp, &target))?;
-        }
+            },
+            |dp| ops::block_del(dp, &target),
+        )?,
         BlockCommand::List(ListArgs { json }) => {
             return super::list(
                 config,

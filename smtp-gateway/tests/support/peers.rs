@@ -7,7 +7,7 @@ pub mod pki;
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     process::Command,
     time::Duration,
@@ -33,7 +33,7 @@ pub fn binary() -> PathBuf {
 /// the commands it saw.
 pub fn scripted_backend_on_loopback(
     sessions: usize,
-) -> (std::net::SocketAddr, std::thread::JoinHandle<Vec<String>>) {
+) -> (SocketAddr, std::thread::JoinHandle<Vec<String>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     (addr, scripted_backend(listener, sessions))
@@ -49,71 +49,94 @@ pub fn gateway(tag: &str, smtp_extra: &str, backend_sessions: usize) -> Gateway 
 /// base64("\0user\0secret")
 pub const GOOD_PLAIN: &str = "AHVzZXIAc2VjcmV0";
 
+/// What a scripted backend does after one line.
+pub enum Step {
+    /// Sends this reply.
+    Reply(&'static [u8]),
+    /// Sends nothing (a line of message text).
+    Quiet,
+    /// Says `221 bye` and ends the session.
+    Quit,
+}
+
+/// A backend MTA on `listener` that serves `sessions` sessions one after the other: a `220`
+/// banner, then each line (without its line ending) goes to `script`, which records what it
+/// wants in the list the thread returns and says what to do.
+pub fn backend_script(
+    listener: TcpListener,
+    sessions: usize,
+    mut script: impl FnMut(&str, &mut Vec<String>) -> Step + Send + 'static,
+) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..sessions {
+            let Ok((tcp, _)) = listener.accept() else {
+                break;
+            };
+            tcp.set_read_timeout(Some(Duration::from_secs(10))).ok();
+            let mut out = tcp.try_clone().expect("clone");
+            let mut input = BufReader::new(tcp);
+            out.write_all(b"220 backend.test ESMTP\r\n").ok();
+            loop {
+                let mut line = String::new();
+                if input.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                match script(line.trim_end(), &mut seen) {
+                    Step::Reply(reply) => {
+                        out.write_all(reply).ok();
+                    }
+                    Step::Quiet => {}
+                    Step::Quit => {
+                        out.write_all(b"221 bye\r\n").ok();
+                        break;
+                    }
+                }
+            }
+        }
+        seen
+    })
+}
+
 /// A backend that offers AUTH PLAIN, accepts one credential, and accepts any mail; serves
 /// `sessions` sessions one after the other and returns every command it saw.
 pub fn scripted_backend(
     listener: TcpListener,
     sessions: usize,
 ) -> std::thread::JoinHandle<Vec<String>> {
-    std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        for _ in 0..sessions {
-            serve_one(&listener, &mut seen);
+    let mut in_data = false;
+    backend_script(listener, sessions, move |cmd, seen| {
+        if in_data {
+            if cmd == "." {
+                in_data = false;
+                return Step::Reply(b"250 2.0.0 queued\r\n");
+            }
+            return Step::Quiet;
         }
-        seen
-    })
-}
-
-fn serve_one(listener: &TcpListener, seen: &mut Vec<String>) {
-    {
-        let Ok((tcp, _)) = listener.accept() else {
-            return;
-        };
-        tcp.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        let mut out = tcp.try_clone().expect("clone");
-        let mut input = BufReader::new(tcp);
-        out.write_all(b"220 backend.test ESMTP\r\n").ok();
-        let mut in_data = false;
-        loop {
-            let mut line = String::new();
-            if input.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let cmd = line.trim_end().to_string();
-            if in_data {
-                if cmd == "." {
-                    in_data = false;
-                    out.write_all(b"250 2.0.0 queued\r\n").ok();
-                }
-                continue;
-            }
-            seen.push(cmd.clone());
-            let upper = cmd.to_ascii_uppercase();
-            let reply: &[u8] = if upper.starts_with("EHLO") {
-                b"250-backend.test\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n"
-            } else if upper.starts_with("AUTH PLAIN ") {
-                if cmd.ends_with(GOOD_PLAIN) {
-                    b"235 2.7.0 Authentication successful\r\n"
-                } else {
-                    b"535 5.7.8 Authentication credentials invalid\r\n"
-                }
-            } else if upper.starts_with("MAIL")
-                || upper.starts_with("RCPT")
-                || upper.starts_with("RSET")
-            {
-                b"250 2.0.0 Ok\r\n"
-            } else if upper == "DATA" {
-                in_data = true;
-                b"354 go ahead\r\n"
-            } else if upper == "QUIT" {
-                out.write_all(b"221 bye\r\n").ok();
-                return;
+        seen.push(cmd.to_string());
+        let upper = cmd.to_ascii_uppercase();
+        Step::Reply(if upper.starts_with("EHLO") {
+            b"250-backend.test\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n"
+        } else if upper.starts_with("AUTH PLAIN ") {
+            if cmd.ends_with(GOOD_PLAIN) {
+                b"235 2.7.0 Authentication successful\r\n"
             } else {
-                b"502 5.5.1 no\r\n"
-            };
-            out.write_all(reply).ok();
-        }
-    }
+                b"535 5.7.8 Authentication credentials invalid\r\n"
+            }
+        } else if upper.starts_with("MAIL")
+            || upper.starts_with("RCPT")
+            || upper.starts_with("RSET")
+        {
+            b"250 2.0.0 Ok\r\n"
+        } else if upper == "DATA" {
+            in_data = true;
+            b"354 go ahead\r\n"
+        } else if upper == "QUIT" {
+            return Step::Quit;
+        } else {
+            b"502 5.5.1 no\r\n"
+        })
+    })
 }
 
 /// A line-oriented SMTP client over any stream.
@@ -150,6 +173,14 @@ impl<S: std::io::Read + Write> Client<S> {
     pub fn expect(&mut self, line: &str, code: &str) -> String {
         let reply = self.cmd(line);
         assert!(reply.starts_with(code), "{line:?} -> {reply}");
+        reply
+    }
+
+    /// Sends `line` and asserts that the reply starts with `code`, saying `why` when it does
+    /// not; returns the reply.
+    pub fn expect_that(&mut self, line: &str, code: &str, why: &str) -> String {
+        let reply = self.cmd(line);
+        assert!(reply.starts_with(code), "{why}: {line:?} -> {reply}");
         reply
     }
 
@@ -198,7 +229,7 @@ impl Layout {
     fn write(
         &self,
         path: &std::path::Path,
-        backend: std::net::SocketAddr,
+        backend: SocketAddr,
         smtp_extra: &str,
         backend_extra: &str,
     ) {
@@ -217,8 +248,7 @@ impl Layout {
     }
 }
 
-/// How a test gateway is started, beyond its tag and backend; the default is a plain SMTP
-/// listener without TLS and without extra keys.
+/// How a test gateway is started, beyond its tag and backend.
 #[derive(Default)]
 struct Launch<'a> {
     /// Extra `[smtp]` keys (or sections after `[smtp]`).
@@ -232,62 +262,50 @@ struct Launch<'a> {
     tls_kind: Option<&'a str>,
 }
 
-impl Gateway {
-    pub fn start(tag: &str, backend: std::net::SocketAddr, smtp_extra: &str) -> Self {
-        let how = Launch {
+impl<'a> Launch<'a> {
+    /// A plain SMTP listener with extra `[smtp]` keys.
+    fn new(smtp_extra: &'a str) -> Self {
+        Self {
             smtp_extra,
-            ..Launch::default()
-        };
-        Self::launch(tag, backend, how)
+            ..Self::default()
+        }
+    }
+}
+
+impl Gateway {
+    pub fn start(tag: &str, backend: SocketAddr, smtp_extra: &str) -> Self {
+        Self::launch(tag, backend, Launch::new(smtp_extra))
     }
 
     /// Starts the daemon under `wrapper` (a command prefix such as `setpriv ...`).
-    pub fn start_under(
-        tag: &str,
-        backend: std::net::SocketAddr,
-        smtp_extra: &str,
-        wrapper: &[&str],
-    ) -> Self {
+    pub fn start_under(tag: &str, backend: SocketAddr, smtp_extra: &str, wrapper: &[&str]) -> Self {
         let how = Launch {
-            smtp_extra,
             wrapper,
-            ..Launch::default()
+            ..Launch::new(smtp_extra)
         };
         Self::launch(tag, backend, how)
     }
 
     /// Starts the daemon with extra `[backend]` keys.
-    pub fn start_with_backend(
-        tag: &str,
-        backend: std::net::SocketAddr,
-        smtp_extra: &str,
-        backend_extra: &str,
-    ) -> Self {
+    pub fn start_with_backend(tag: &str, backend: SocketAddr, smtp: &str, extra: &str) -> Self {
         let how = Launch {
-            smtp_extra,
-            backend_extra,
-            ..Launch::default()
+            backend_extra: extra,
+            ..Launch::new(smtp)
         };
         Self::launch(tag, backend, how)
     }
 
     /// Starts the daemon with a listener of `kind` (`smtps`, `submission`) and a certificate for
     /// 127.0.0.1 from a fresh test CA (clients: [`Gateway::tls`], [`Gateway::tls_client`]).
-    pub fn start_tls(
-        tag: &str,
-        backend: std::net::SocketAddr,
-        kind: &str,
-        smtp_extra: &str,
-    ) -> Self {
+    pub fn start_tls(tag: &str, backend: SocketAddr, kind: &str, smtp_extra: &str) -> Self {
         let how = Launch {
-            smtp_extra,
             tls_kind: Some(kind),
-            ..Launch::default()
+            ..Launch::new(smtp_extra)
         };
         Self::launch(tag, backend, how)
     }
 
-    fn launch(tag: &str, backend: std::net::SocketAddr, how: Launch<'_>) -> Self {
+    fn launch(tag: &str, backend: SocketAddr, how: Launch<'_>) -> Self {
         let dir = std::env::temp_dir().join(format!("sgw-life-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let port = free_port().unwrap_or_else(|e| panic!("{e}"));
@@ -337,17 +355,12 @@ impl Gateway {
         gw
     }
 
-    pub fn write_config(&self, backend: std::net::SocketAddr, smtp_extra: &str) {
+    pub fn write_config(&self, backend: SocketAddr, smtp_extra: &str) {
         self.write_config_with(backend, smtp_extra, "");
     }
 
     /// The configuration with extra `[smtp]` and `[backend]` keys (or sections after `[smtp]`).
-    pub fn write_config_with(
-        &self,
-        backend: std::net::SocketAddr,
-        smtp_extra: &str,
-        backend_extra: &str,
-    ) {
+    pub fn write_config_with(&self, backend: SocketAddr, smtp_extra: &str, backend_extra: &str) {
         self.layout
             .write(&self.config, backend, smtp_extra, backend_extra);
     }
@@ -414,6 +427,13 @@ impl Gateway {
         c
     }
 
+    /// A line client on a new plaintext connection that said `EHLO helo` and got `250`.
+    pub fn greeted(&self, helo: &str) -> Client<TcpStream> {
+        let mut c = self.client();
+        c.expect(&format!("EHLO {helo}"), "250");
+        c
+    }
+
     /// A TLS connection to a gateway started with [`Gateway::start_tls`], trusting its CA; the
     /// handshake is not yet done.
     pub fn tls(&self) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
@@ -452,10 +472,10 @@ pub fn pregreet(source: [u8; 4], port: u16) -> String {
     let socket =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     socket
-        .bind(&std::net::SocketAddr::from((source, 0)).into())
+        .bind(&SocketAddr::from((source, 0)).into())
         .expect("bind source");
     socket
-        .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())
         .expect("connect");
     let mut tcp: TcpStream = socket.into();
     tcp.write_all(b"EHLO bot.example\r\n").expect("write");
