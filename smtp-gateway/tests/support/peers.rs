@@ -465,6 +465,39 @@ impl Drop for Gateway {
     }
 }
 
+/// A name no other scratch area of this test process has: `{prefix}-{pid}-{n}`.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// A fresh scratch area named after `prefix`: a temporary directory (created) and a pin
+/// directory path under /sys/fs/bpf (not created).
+pub fn scratch(prefix: &str) -> (PathBuf, PathBuf) {
+    let name = unique_name(prefix);
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    (dir, PathBuf::from("/sys/fs/bpf").join(name))
+}
+
+/// What a CLI run printed on stdout.
+pub fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What a CLI run printed on stderr.
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts that a CLI run failed (`why` when it did not) and said `needle` on stderr.
+pub fn assert_refused(out: &std::process::Output, needle: &str, why: &str) {
+    assert!(!out.status.success(), "{why}");
+    let err = stderr(out);
+    assert!(err.contains(needle), "no {needle:?} in {err}");
+}
+
 /// Connects from `source` (a 127/8 address), talks before the banner as a bot does, and returns
 /// everything the gateway answered.
 pub fn pregreet(source: [u8; 4], port: u16) -> String {
