@@ -86,19 +86,19 @@ fn auth_is_refused_in_plaintext_on_submission() {
 fn endless_sasl_backend() -> (SocketAddr, std::thread::JoinHandle<Vec<String>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let mut in_auth = false;
-    let seen = backend_script(listener, 1, move |cmd, seen| {
+    // The state: whether a SASL exchange is going on.
+    let seen = backend_script(listener, 1, |in_auth: &mut bool, cmd, seen| {
         seen.push(cmd.to_string());
         let upper = cmd.to_ascii_uppercase();
-        Step::Reply(if in_auth && cmd == "*" {
-            in_auth = false;
+        Step::Reply(if *in_auth && cmd == "*" {
+            *in_auth = false;
             b"501 5.7.0 Authentication aborted\r\n"
-        } else if in_auth {
+        } else if *in_auth {
             b"334 UGFzc3dvcmQ6\r\n"
         } else if upper.starts_with("EHLO") {
             b"250-backend.test\r\n250-AUTH LOGIN\r\n250 8BITMIME\r\n"
         } else if upper == "AUTH LOGIN" {
-            in_auth = true;
+            *in_auth = true;
             b"334 VXNlcm5hbWU6\r\n"
         } else if upper == "QUIT" {
             return Step::Quit;

@@ -60,12 +60,13 @@ pub enum Step {
 }
 
 /// A backend MTA on `listener` that serves `sessions` sessions one after the other: a `220`
-/// banner, then each line (without its line ending) goes to `script`, which records what it
-/// wants in the list the thread returns and says what to do.
-pub fn backend_script(
+/// banner, then each line (without its line ending) goes to `script` with the session's state
+/// (fresh for every session), which records what it wants in the list the thread returns and
+/// says what to do.
+pub fn backend_script<S: Default + 'static>(
     listener: TcpListener,
     sessions: usize,
-    mut script: impl FnMut(&str, &mut Vec<String>) -> Step + Send + 'static,
+    script: fn(&mut S, &str, &mut Vec<String>) -> Step,
 ) -> std::thread::JoinHandle<Vec<String>> {
     std::thread::spawn(move || {
         let mut seen = Vec::new();
@@ -73,6 +74,7 @@ pub fn backend_script(
             let Ok((tcp, _)) = listener.accept() else {
                 break;
             };
+            let mut state = S::default();
             tcp.set_read_timeout(Some(Duration::from_secs(10))).ok();
             let mut out = tcp.try_clone().expect("clone");
             let mut input = BufReader::new(tcp);
@@ -82,7 +84,7 @@ pub fn backend_script(
                 if input.read_line(&mut line).unwrap_or(0) == 0 {
                     break;
                 }
-                match script(line.trim_end(), &mut seen) {
+                match script(&mut state, line.trim_end(), &mut seen) {
                     Step::Reply(reply) => {
                         out.write_all(reply).ok();
                     }
@@ -104,11 +106,11 @@ pub fn scripted_backend(
     listener: TcpListener,
     sessions: usize,
 ) -> std::thread::JoinHandle<Vec<String>> {
-    let mut in_data = false;
-    backend_script(listener, sessions, move |cmd, seen| {
-        if in_data {
+    // The state: whether the session is in message text.
+    backend_script(listener, sessions, |in_data: &mut bool, cmd, seen| {
+        if *in_data {
             if cmd == "." {
-                in_data = false;
+                *in_data = false;
                 return Step::Reply(b"250 2.0.0 queued\r\n");
             }
             return Step::Quiet;
@@ -129,7 +131,7 @@ pub fn scripted_backend(
         {
             b"250 2.0.0 Ok\r\n"
         } else if upper == "DATA" {
-            in_data = true;
+            *in_data = true;
             b"354 go ahead\r\n"
         } else if upper == "QUIT" {
             return Step::Quit;
