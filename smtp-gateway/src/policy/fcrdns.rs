@@ -11,7 +11,6 @@ use std::{net::IpAddr, time::Duration};
 
 use hickory_resolver::{
     TokioResolver,
-    net::NetError,
     proto::rr::{Name, RData, RecordType},
 };
 use serde::Deserialize;
@@ -270,7 +269,7 @@ async fn lookup(resolver: &TokioResolver, name: Name, kind: RecordType) -> Answe
     match resolver.lookup(name, kind).await {
         Ok(found) => Ok(found.answers().iter().map(|r| r.data.clone()).collect()),
         Err(e) if e.is_no_records_found() => Ok(Vec::new()),
-        Err(NetError::Timeout) => Err(()),
+        // A timeout, SERVFAIL, REFUSED, an unreachable server: nothing can be said now.
         Err(_) => Err(()),
     }
 }
