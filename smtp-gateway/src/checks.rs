@@ -213,6 +213,16 @@ checks! {
     RelayAttempt, relay_attempt = (Score, 1),
         "RCPT TO",
         "`550 5.7.1 <rcpt>: <reason>` whatever the action; `drop` then closes";
+    /// The client's address has no PTR name that maps back to it (`[fcrdns]`), or the lookup
+    /// failed for now.
+    Fcrdns, fcrdns = (Score, 1),
+        "first MAIL FROM (the lookup starts at connect)",
+        "`550 5.7.25 Client host name not verified (FCrDNS)`; a temporary DNS failure `451 4.7.25` instead, never a `5xx`";
+    /// SPF (`[spf]`) did not pass for the MAIL FROM domain (the HELO name for `<>`); this
+    /// setting is the one of a `fail` result, `[spf]` has the others.
+    Spf, spf = (Reject, 3),
+        "MAIL FROM",
+        "`fail`, `softfail`, `neutral`, `none`: `550 5.7.23 SPF validation failed`; `permerror`: `550 5.7.24 SPF validation error`; `temperror`: `451 4.7.24`, never a `5xx`";
     /// Client IP, HELO name or sender found in a `[reputation]` list.
     Reputation, reputation = (Score, 3),
         "HELO/EHLO (name); first MAIL FROM (client address); MAIL FROM (sender)",
@@ -238,13 +248,15 @@ mod tests {
     #[test]
     fn defaults_are_the_documented_ones() {
         let c = ChecksConfig::default();
-        assert_eq!(Check::ALL.len(), 19);
+        assert_eq!(Check::ALL.len(), 21);
         assert_eq!(c.pregreet, setting(Action::Drop, 1));
         assert_eq!(c.long_line, setting(Action::Reject, 1));
         assert_eq!(c.helo_literal_mismatch, setting(Action::Score, 2));
         assert_eq!(c.dnsbl, setting(Action::Score, 3));
         assert_eq!(c.reputation, setting(Action::Score, 3));
         assert_eq!(Check::ALL[0], Check::Pregreet);
-        assert_eq!(Check::ALL[18], Check::Reputation);
+        assert_eq!(c.fcrdns, setting(Action::Score, 1));
+        assert_eq!(c.spf, setting(Action::Reject, 3));
+        assert_eq!(Check::ALL[20], Check::Reputation);
     }
 }

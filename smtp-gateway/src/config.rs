@@ -21,9 +21,13 @@ use crate::{
     dataplane::config::DataplaneConfig,
     metrics::config::MetricsConfig,
     policy::{
-        dnsbl::DnsblConfig, helo::HeloConfig, relay::RelayConfig, reputation::ReputationConfig,
+        dns::DnsConfig, dnsbl::DnsblConfig, fcrdns::FcrdnsConfig, helo::HeloConfig,
+        relay::RelayConfig, reputation::ReputationConfig, spf::SpfConfig,
     },
-    smtp::config::{BackendConfig, ProxyConfig, ScoreConfig, SmtpConfig},
+    smtp::{
+        auth_results::AuthResultsConfig,
+        config::{BackendConfig, ProxyConfig, ScoreConfig, SmtpConfig},
+    },
 };
 
 /// Default location of the configuration file.
@@ -80,8 +84,16 @@ pub struct Config {
     pub relay: RelayConfig,
     /// HELO/EHLO heuristics.
     pub helo: HeloConfig,
+    /// The resolver shared by the DNS checks (DNSBL, FCrDNS, SPF).
+    pub dns: DnsConfig,
     /// DNSBL/DNSWL scoring.
     pub dnsbl: DnsblConfig,
+    /// Verified client names (FCrDNS).
+    pub fcrdns: FcrdnsConfig,
+    /// SPF at MAIL FROM.
+    pub spf: SpfConfig,
+    /// The `Authentication-Results` header added to relayed mail.
+    pub auth_results: AuthResultsConfig,
     /// Large reputation lists (bloom filters with exact confirmation).
     pub reputation: ReputationConfig,
     /// Session verdicts that ban sources in the kernel.
@@ -119,6 +131,8 @@ impl Config {
             score: self.score,
             relay: self.relay.clone(),
             helo: self.helo.clone(),
+            spf: self.spf.clone(),
+            auth_results: self.auth_results.clone(),
         }
     }
 
@@ -158,11 +172,32 @@ impl Config {
         self.score.validate()?;
         self.relay.validate()?;
         self.helo.validate()?;
-        self.dnsbl.validate()?;
+        self.dns.validate(&self.dnsbl.nameservers)?;
+        self.dnsbl.validate_with(!self.dns.nameservers.is_empty())?;
+        self.fcrdns.validate()?;
+        self.spf.validate()?;
+        self.auth_results.validate()?;
+        self.validate_dns_users()?;
         self.reputation.validate()?;
         self.autoban.validate()?;
         self.metrics.validate()?;
         self.daemon.validate()?;
+        Ok(())
+    }
+
+    /// `[fcrdns]` and `[spf]` need name servers (`[dns]`, or the older `dnsbl.nameservers`).
+    fn validate_dns_users(&self) -> Result<(), Invalid> {
+        let servers = self.dns.effective_nameservers(&self.dnsbl.nameservers);
+        for (on, section) in [(self.fcrdns.enabled, "fcrdns"), (self.spf.enabled, "spf")] {
+            if on && servers.is_empty() {
+                return Err(Invalid::new(
+                    "dns.nameservers",
+                    format!(
+                        "at least one name server is required when {section}.enabled = true (the system resolver is never used)"
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -20,7 +20,8 @@
 //! - `daemon/`: `smtp-gateway run` — attach, push the config, sweep, reload (and the config file
 //!   watcher), stop; `[daemon]` and giving up privileges after setup;
 //! - `smtp/`: the SMTP filtering proxy (listeners, sessions, checks, forwarding, TLS);
-//! - `policy/`: pure verdict functions (anti-relay, HELO, DNSBL);
+//! - `policy/`: pure verdict functions (anti-relay, HELO, DNSBL, FCrDNS, SPF; `[dns]`, the resolver
+//!   they share);
 //! - `signal.rs`: the control signals the daemon reacts to;
 //! - `reload.rs`: reload requests (SIGHUP, file change, control socket) for the one reload path;
 //! - `control/`: the root-only control socket and the operations behind it;

@@ -95,6 +95,7 @@ fn client() -> ClientIdentity {
     ClientIdentity {
         addr: "198.51.100.7:40000".parse().expect("addr"),
         name: None,
+        reverse_name: None,
         helo: Some("mx.client.example".into()),
         esmtp: true,
         login: None,

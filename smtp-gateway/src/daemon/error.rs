@@ -22,6 +22,8 @@ pub enum DaemonError {
     #[error(transparent)]
     Dnsbl(#[from] crate::policy::dnsbl::DnsblError),
     #[error(transparent)]
+    Resolver(#[from] crate::policy::dns::ResolverError),
+    #[error(transparent)]
     Reputation(#[from] crate::policy::reputation::ReputationError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::endpoint::MetricsError),

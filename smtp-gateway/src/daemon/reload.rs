@@ -91,10 +91,33 @@ pub(super) fn build_shared(
         .as_ref()
         .map(crate::smtp::tls::acceptor)
         .transpose()?;
-    let dnsbl = if config.dnsbl.enabled {
-        Some(Arc::new(crate::policy::dnsbl::Dnsbl::new(&config.dnsbl)?))
+    // One resolver for every DNS check (`[dns]`), built only when one is on.
+    let resolver = if config.dnsbl.enabled || config.fcrdns.enabled || config.spf.enabled {
+        let servers = config.dns.effective_nameservers(&config.dnsbl.nameservers);
+        Some(config.dns.resolver(servers, "the DNS checks")?)
     } else {
         None
+    };
+    let dnsbl = match (&resolver, config.dnsbl.enabled) {
+        (Some(resolver), true) => Some(Arc::new(crate::policy::dnsbl::Dnsbl::with_resolver(
+            &config.dnsbl,
+            resolver.clone(),
+        )?)),
+        _ => None,
+    };
+    let fcrdns = match (&resolver, config.fcrdns.enabled) {
+        (Some(resolver), true) => Some(Arc::new(crate::policy::fcrdns::Fcrdns::new(
+            &config.fcrdns,
+            resolver.clone(),
+        ))),
+        _ => None,
+    };
+    let spf = match (&resolver, config.spf.enabled) {
+        (Some(resolver), true) => Some(Arc::new(crate::policy::spf::Spf::new(
+            resolver.clone(),
+            &config.smtp.hostname,
+        ))),
+        _ => None,
     };
     let backend_tls = config
         .backend
@@ -116,6 +139,8 @@ pub(super) fn build_shared(
     Ok(crate::smtp::Shared {
         config,
         dnsbl,
+        fcrdns,
+        spf,
         tls,
         backend_tls,
         events,

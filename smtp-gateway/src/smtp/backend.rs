@@ -473,6 +473,7 @@ mod tests {
         let client = ClientIdentity {
             addr: SocketAddr::from(([192, 0, 2, 1], 4000)),
             name: None,
+            reverse_name: None,
             helo: Some("client.example".into()),
             esmtp: true,
             login: None,

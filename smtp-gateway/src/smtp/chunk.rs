@@ -193,6 +193,7 @@ mod tests {
         let id = ClientIdentity {
             addr: "127.0.0.1:1".parse().expect("addr"),
             name: None,
+            reverse_name: None,
             helo: Some("c".into()),
             esmtp: true,
             login: None,

@@ -1,6 +1,6 @@
 //! The proxy's configuration: `[smtp]`, `[backend]` and `[score]` with their validation, and
 //! [`ProxyConfig`], the sections a session reads (these three, `[checks]` from `checks.rs`,
-//! `[relay]` and `[helo]` from `policy/`). Rules that span sections stay in `config.rs`.
+//! `[relay]`, `[helo]` and `[spf]` from `policy/`, `[auth_results]` from `auth_results.rs`). Rules that span sections stay in `config.rs`.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -55,6 +55,10 @@ pub struct ProxyConfig {
     pub relay: RelayConfig,
     /// `[helo]`: HELO/EHLO heuristics.
     pub helo: HeloConfig,
+    /// `[spf]`: the setting of each SPF result and the session's time for SPF.
+    pub spf: crate::policy::spf::SpfConfig,
+    /// `[auth_results]`: the `Authentication-Results` header.
+    pub auth_results: super::auth_results::AuthResultsConfig,
 }
 
 /// Upper bound of `smtp.junk_command_limit`.

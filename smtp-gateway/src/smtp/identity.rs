@@ -1,5 +1,7 @@
 //! Passing the client's identity to the backend: a PROXY protocol v2 header (HAProxy spec,
-//! section 2.2) or an XCLIENT command (Postfix XCLIENT_README), with xtext encoding.
+//! section 2.2) or an XCLIENT command (Postfix XCLIENT_README), with xtext encoding. The client's
+//! names (FCrDNS) go in XCLIENT `NAME` and `REVERSE_NAME`; PROXY v2 has no standard TLV for
+//! them, so a PROXY v2 backend does not get them (the session line has them).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -54,8 +56,12 @@ pub fn xtext(value: &str) -> String {
 pub struct ClientIdentity {
     /// Client address and port.
     pub addr: SocketAddr,
-    /// Verified reverse name, if any (`[UNAVAILABLE]` otherwise).
+    /// XCLIENT `NAME`: the verified name, `[UNAVAILABLE]` or `[TEMPUNAVAIL]` (`None`: FCrDNS
+    /// is off, `[UNAVAILABLE]` is sent).
     pub name: Option<String>,
+    /// XCLIENT `REVERSE_NAME`: the unverified PTR name, `[UNAVAILABLE]` or `[TEMPUNAVAIL]`
+    /// (`None`: not sent).
+    pub reverse_name: Option<String>,
     /// HELO/EHLO name the client gave.
     pub helo: Option<String>,
     /// `ESMTP` or `SMTP`.
@@ -84,6 +90,11 @@ pub fn xclient_command(id: &ClientIdentity, offered: &EhloCaps) -> String {
             "NAME={}",
             xtext(id.name.as_deref().unwrap_or("[UNAVAILABLE]"))
         ));
+    }
+    if has("REVERSE_NAME")
+        && let Some(reverse) = &id.reverse_name
+    {
+        parts.push(format!("REVERSE_NAME={}", xtext(reverse)));
     }
     if has("HELO")
         && let Some(helo) = &id.helo
@@ -159,6 +170,7 @@ mod tests {
         let id = ClientIdentity {
             addr: "[2001:db8::7]:4000".parse().expect("addr"),
             name: None,
+            reverse_name: None,
             helo: Some("mx.example.org".into()),
             esmtp: true,
             login: None,
@@ -170,6 +182,27 @@ mod tests {
         assert_eq!(
             xclient_command(&id, &offering("ADDR")),
             "XCLIENT ADDR=IPV6:2001:db8::7"
+        );
+    }
+
+    #[test]
+    fn xclient_names_from_fcrdns() {
+        let id = ClientIdentity {
+            addr: "198.51.100.7:4000".parse().expect("addr"),
+            name: Some("[TEMPUNAVAIL]".into()),
+            reverse_name: Some("mx.example.org".into()),
+            helo: None,
+            esmtp: true,
+            login: None,
+        };
+        assert_eq!(
+            xclient_command(&id, &offering("NAME REVERSE_NAME ADDR")),
+            "XCLIENT ADDR=198.51.100.7 NAME=[TEMPUNAVAIL] REVERSE_NAME=mx.example.org"
+        );
+        // Not advertised: not sent.
+        assert_eq!(
+            xclient_command(&id, &offering("NAME ADDR")),
+            "XCLIENT ADDR=198.51.100.7 NAME=[TEMPUNAVAIL]"
         );
     }
 }

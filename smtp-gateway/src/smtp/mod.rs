@@ -9,6 +9,8 @@
 //!   state, run loop and check firing; `line.rs` line checks, parsing and dispatch; `ehlo.rs`,
 //!   `auth.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `bdat.rs`, `starttls.rs`; `backend.rs` the
 //!   session's backend: open, lose, settle, release);
+//! - `auth_results.rs`: the `Authentication-Results` header added to relayed mail, and the
+//!   filter dropping the client's ones that claim our authserv-id;
 //! - `text.rs`: the message-text relay (after `354`), streamed to the backend, smuggling-proof;
 //! - `chunk.rs`: one BDAT chunk (CHUNKING), counted bytes relayed as one chunk or discarded;
 //! - `backend.rs`: one backend MTA session (identity, STARTTLS, EHLO replay, commands);
@@ -24,6 +26,7 @@
 
 #![deny(clippy::string_slice)]
 
+pub mod auth_results;
 pub mod backend;
 pub mod backend_pool;
 pub mod chunk;
@@ -49,6 +52,10 @@ pub struct Shared {
     pub config: config::ProxyConfig,
     /// DNSBL scorer, when enabled.
     pub dnsbl: Option<std::sync::Arc<Dnsbl>>,
+    /// Client-name lookups (FCrDNS), when enabled.
+    pub fcrdns: Option<std::sync::Arc<crate::policy::fcrdns::Fcrdns>>,
+    /// SPF evaluation, when enabled.
+    pub spf: Option<std::sync::Arc<crate::policy::spf::Spf>>,
     /// TLS acceptor, when `[smtp.tls]` is configured.
     pub tls: Option<TlsAcceptor>,
     /// Verdict events.

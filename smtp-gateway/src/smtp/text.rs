@@ -11,10 +11,15 @@
 //! (`smtp.max_data_duration`, or the session's end if sooner), and the text received is passed on
 //! to the backend at least every `smtp.text_flush_interval` (not only every 64 KiB), so the
 //! backend of a slow but honest sender never sits idle into its own timeout.
+//!
+//! With a [`HeaderRewrite`], an `Authentication-Results` header goes in before the first line and
+//! each line passes the header-block filter until the end of the header block
+//! (`auth_results.rs`); nothing more is buffered.
 
 use tokio::time::Instant;
 
 use super::{
+    auth_results::HeaderFilter,
     backend::{Backend, BackendError},
     config::BareNewlinePolicy,
     connection::{ConnError, Connection, Ending},
@@ -90,10 +95,41 @@ pub async fn relay_message(
     backend: &mut Backend,
     limits: &TextLimits,
 ) -> (TextRelayEnd, u64) {
+    relay_message_filtered(conn, backend, limits, None).await
+}
+
+/// What the relay adds to the message and takes out of its header block
+/// (`auth_results.rs`).
+pub struct HeaderRewrite<'a> {
+    /// Header lines put in before the client's first line (CRLF-terminated).
+    pub prepend: &'a [u8],
+    /// The header-block filter each line goes through.
+    pub filter: &'a mut HeaderFilter,
+}
+
+/// [`relay_message`] with `rewrite`: its header goes in before the first line, and every line
+/// passes its filter (which stops looking at the end of the header block).
+pub async fn relay_message_filtered(
+    conn: &mut Connection,
+    backend: &mut Backend,
+    limits: &TextLimits,
+    mut rewrite: Option<HeaderRewrite<'_>>,
+) -> (TextRelayEnd, u64) {
     let mut size: u64 = 0;
     let mut violation: Option<TextViolation> = None;
     let mut backend_error: Option<BackendError> = None;
     let mut out: Vec<u8> = Vec::with_capacity(FLUSH_AT + 1024);
+    if let Some(rewrite) = &rewrite {
+        out.extend_from_slice(rewrite.prepend);
+    }
+    // One line of text as it goes to the backend (through the header filter, if any).
+    let mut emit = |out: &mut Vec<u8>, line: &[u8]| match rewrite.as_mut() {
+        Some(rewrite) if !rewrite.filter.in_body() => rewrite.filter.line(line, out),
+        _ => {
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+        }
+    };
     // The line before the current one ended with a real CRLF (the DATA command did).
     let mut prev_crlf = true;
     // Lines are read with room for the CRLF; anything longer is flagged.
@@ -162,8 +198,7 @@ pub async fn relay_message(
             continue;
         }
         if clean_crlf && at_client_line_start {
-            out.extend_from_slice(&line.data);
-            out.extend_from_slice(b"\r\n");
+            emit(&mut out, &line.data);
         } else {
             // Normalise: every bare CR and bare LF becomes CRLF. A piece that starts a line only
             // because of that was never dot-stuffed by the client: stuff it, so the backend reads
@@ -173,10 +208,13 @@ pub async fn relay_message(
             for (k, piece) in line.data.split(|b| *b == b'\r').enumerate() {
                 let synthetic_start = k > 0 || !at_client_line_start;
                 if (synthetic_start && piece.first() == Some(&b'.')) || piece == b"." {
-                    out.push(b'.');
+                    let mut stuffed = Vec::with_capacity(piece.len() + 1);
+                    stuffed.push(b'.');
+                    stuffed.extend_from_slice(piece);
+                    emit(&mut out, &stuffed);
+                } else {
+                    emit(&mut out, piece);
                 }
-                out.extend_from_slice(piece);
-                out.extend_from_slice(b"\r\n");
             }
         }
         if out.len() >= FLUSH_AT {
@@ -192,6 +230,9 @@ pub async fn relay_message(
     }
     if let Some(e) = backend_error {
         return (TextRelayEnd::BackendFailed(e), size);
+    }
+    if let Some(rewrite) = rewrite.as_mut() {
+        rewrite.filter.finish(&mut out);
     }
     out.extend_from_slice(b".\r\n");
     if let Err(e) = backend.send_text(&out).await {
@@ -270,6 +311,7 @@ mod tests {
         let id = ClientIdentity {
             addr: "127.0.0.1:1".parse().expect("addr"),
             name: None,
+            reverse_name: None,
             helo: Some("c".into()),
             esmtp: true,
             login: None,

@@ -17,9 +17,10 @@ pub struct DnsblConfig {
     /// Whether clients are looked up at all (default `false`; `nameservers` and `sites` are then
     /// required).
     pub enabled: bool,
-    /// Recursive name servers queried, as `ip:port` (UDP, TCP after a truncated answer). There is
-    /// no default and the system resolver is never used: DNSBLs refuse queries from large public
-    /// resolvers, so point this at a local one.
+    /// Recursive name servers queried, as `ip:port`: the key of earlier versions, used when
+    /// `dns.nameservers` is empty (setting both is refused). There is no default and the system
+    /// resolver is never used: DNSBLs refuse queries from large public resolvers, so point this
+    /// at a local one.
     pub nameservers: Vec<SocketAddr>,
     /// Deadline for all lookups of one client together (default `2s`); a site that has not
     /// answered by then contributes 0 and is reported as a failure.
@@ -77,16 +78,32 @@ impl DnsblConfig {
     /// Checks values serde cannot; returns the dotted key (`dnsbl.…`) and the reason, like
     /// `Config::validate`. Sites are checked even when the section is disabled.
     pub fn validate(&self) -> Result<(), crate::invalid::Invalid> {
+        self.validate_with(false)
+    }
+
+    /// [`validate`](Self::validate) when `dns.nameservers` may stand in for `nameservers`
+    /// (`shared_nameservers`: the `[dns]` section names some).
+    pub fn validate_with(&self, shared_nameservers: bool) -> Result<(), crate::invalid::Invalid> {
         use crate::invalid::Invalid;
-        self.check(self.enabled).map_err(|e| match e {
-            DnsblError::Invalid { key, problem } => Invalid::new(key, problem.to_string()),
-            other => Invalid::new("dnsbl", other.to_string()),
-        })
+        self.check_with(self.enabled, self.enabled && !shared_nameservers)
+            .map_err(|e| match e {
+                DnsblError::Invalid { key, problem } => Invalid::new(key, problem.to_string()),
+                other => Invalid::new("dnsbl", other.to_string()),
+            })
     }
 
     /// The checks behind [`validate`](Self::validate); `in_use` requires name servers and sites.
     pub(super) fn check(&self, in_use: bool) -> Result<(), DnsblError> {
-        if in_use && self.nameservers.is_empty() {
+        self.check_with(in_use, in_use)
+    }
+
+    /// [`check`](Self::check) with the name-server requirement apart (`need_nameservers`).
+    pub(super) fn check_with(
+        &self,
+        in_use: bool,
+        need_nameservers: bool,
+    ) -> Result<(), DnsblError> {
+        if need_nameservers && self.nameservers.is_empty() {
             return Err(DnsblError::invalid("nameservers", Problem::NoNameservers));
         }
         if let Some(addr) = self

@@ -2,8 +2,6 @@
 
 use std::{fmt, net::SocketAddr, time::Duration};
 
-use hickory_resolver::net::NetError;
-
 use super::{filter::FilterError, site::ZoneError};
 
 /// Shortest accepted `dnsbl.timeout`.
@@ -15,7 +13,9 @@ pub(super) const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Problem {
     /// `enabled` without `nameservers`.
-    #[error("at least one name server is required (the system resolver is never used)")]
+    #[error(
+        "at least one name server is required: set dns.nameservers (the system resolver is never used)"
+    )]
     NoNameservers,
     /// `enabled` without `sites`.
     #[error("at least one site is required")]
@@ -58,8 +58,8 @@ pub enum DnsblError {
         problem: Problem,
     },
     /// The resolver could not be built from the name servers.
-    #[error("dnsbl.nameservers: cannot build the DNS resolver: {0}")]
-    Resolver(#[source] NetError),
+    #[error(transparent)]
+    Resolver(crate::policy::dns::ResolverError),
 }
 
 impl DnsblError {

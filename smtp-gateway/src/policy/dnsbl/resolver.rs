@@ -8,8 +8,7 @@ use std::{
 
 use hickory_resolver::{
     TokioResolver,
-    config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts},
-    net::{NetError, runtime::TokioRuntimeProvider},
+    net::NetError,
     proto::rr::{Name, RData, RecordType},
 };
 use tokio::task::JoinSet;
@@ -47,7 +46,7 @@ impl CompiledSite {
 /// DNSBL/DNSWL scorer: the compiled sites and a resolver over the configured name servers.
 #[derive(Debug)]
 pub struct Dnsbl {
-    /// Resolver over `dnsbl.nameservers` only (it caches answers up to their TTL).
+    /// Resolver over the configured name servers only (it caches answers up to their TTL).
     resolver: TokioResolver,
     /// Distinct zones, each queried once per client.
     zones: Vec<String>,
@@ -61,9 +60,29 @@ pub struct Dnsbl {
 
 impl Dnsbl {
     /// Checks `config` (whether `enabled` or not: name servers and sites are required) and
-    /// builds the resolver. No I/O happens until [`score`](Self::score).
+    /// builds a resolver of its own over `dnsbl.nameservers`. No I/O happens until
+    /// [`score`](Self::score).
     pub fn new(config: &DnsblConfig) -> Result<Self, DnsblError> {
         config.check(true)?;
+        let dns = crate::policy::dns::DnsConfig {
+            // One retransmission within the deadline; `score` enforces the deadline itself.
+            timeout: config.timeout / 2,
+            attempts: 1,
+            ..crate::policy::dns::DnsConfig::default()
+        };
+        let resolver = dns
+            .resolver(&config.nameservers, "DNSBL")
+            .map_err(DnsblError::Resolver)?;
+        Self::with_resolver(config, resolver)
+    }
+
+    /// Checks `config` (sites are required, name servers are the resolver's business) and
+    /// scores with `resolver`, the one shared by the DNS checks (`[dns]`).
+    pub fn with_resolver(
+        config: &DnsblConfig,
+        resolver: TokioResolver,
+    ) -> Result<Self, DnsblError> {
+        config.check_with(true, false)?;
         let mut zones: Vec<String> = Vec::new();
         let mut sites = Vec::with_capacity(config.sites.len());
         for (index, site) in config.sites.iter().enumerate() {
@@ -81,31 +100,6 @@ impl Dnsbl {
                 filter,
             });
         }
-
-        let name_servers = config
-            .nameservers
-            .iter()
-            .map(|addr| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = addr.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = addr.port();
-                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-            })
-            .collect();
-        let mut options = ResolverOpts::default();
-        // One retransmission within the deadline; `score` enforces the deadline itself.
-        options.timeout = config.timeout / 2;
-        options.attempts = 1;
-        options.use_hosts_file = ResolveHosts::Never;
-        let resolver = TokioResolver::builder_with_config(
-            ResolverConfig::from_name_servers(name_servers),
-            TokioRuntimeProvider::default(),
-        )
-        .with_options(options)
-        .build()
-        .map_err(DnsblError::Resolver)?;
-
         Ok(Self {
             resolver,
             zones,

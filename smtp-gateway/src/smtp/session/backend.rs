@@ -16,9 +16,11 @@ use crate::smtp::{
 impl Session {
     /// What the backend is told about the client.
     pub(super) fn identity(&self) -> ClientIdentity {
+        let name = self.dns.known_name();
         ClientIdentity {
             addr: SocketAddr::new(self.source(), self.client.port()),
-            name: None,
+            name: name.map(|n| n.xclient_name().to_string()),
+            reverse_name: name.map(|n| n.xclient_reverse_name().to_string()),
             helo: self.helo.clone(),
             esmtp: self.esmtp,
             login: None,
@@ -31,6 +33,8 @@ impl Session {
         if self.backend.is_some() {
             return Ok(());
         }
+        // The backend learns the client's name with its identity.
+        self.settle_client_name().await;
         let shared = self.shared.clone();
         if self.backend_sessions >= shared.config.backend.max_connections_per_session {
             // Each one cost the backend a connection (or an EHLO): a client that keeps losing or

@@ -65,9 +65,12 @@ impl Session {
 
     /// Bytes the gateway puts in front of a message's first byte at the backend: the one hook
     /// for a header the gateway adds (e.g. `Authentication-Results:`). For BDAT they go in front
-    /// of the first chunk, and that chunk's count includes them. Empty: nothing is added yet.
+    /// of the first chunk, and that chunk's count includes them. Empty: nothing is added (no
+    /// `Authentication-Results` to report, `dns_checks.rs`).
     pub(super) fn message_prefix(&self) -> Vec<u8> {
-        Vec::new()
+        self.auth_results()
+            .map(|(header, _)| header)
+            .unwrap_or_default()
     }
 
     /// `BDAT n [LAST]` (`raw` the command line as received) and its chunk.

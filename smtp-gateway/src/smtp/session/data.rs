@@ -1,6 +1,7 @@
 //! DATA: a transaction with accepted recipients and no BDAT chunk (RFC 3030), no text before the
 //! `354`, the backend's own `354`, then the text relayed (`smtp/text.rs`, within
-//! `smtp.max_data_duration` and the session's own limit) and its end turned into the client's
+//! `smtp.max_data_duration` and the session's own limit, with the `Authentication-Results` header
+//! in front and the client's forged ones out) and its end turned into the client's
 //! reply (counted by `final_reply`, which the last BDAT chunk's reply goes through too).
 
 use std::time::Instant;
@@ -9,7 +10,7 @@ use super::{Body, CheckEffect, Flow, SESSION_TIME_LIMIT, Session};
 use crate::checks::{Action, Check};
 use crate::smtp::{
     reply::Reply,
-    text::{TextLimits, TextRelayEnd, TextViolation, relay_message},
+    text::{HeaderRewrite, TextLimits, TextRelayEnd, TextViolation, relay_message_filtered},
 };
 
 impl Session {
@@ -87,10 +88,19 @@ impl Session {
             flush_interval: smtp.text_flush_interval,
             refuse_long_lines: matches!(long, Action::Reject | Action::Drop),
         };
+        let mut auth_results = self.auth_results();
         let Some(backend) = self.backend.as_mut() else {
             return Flow::Close;
         };
-        let (end, size) = relay_message(&mut self.conn, backend, &limits).await;
+        let rewrite = auth_results
+            .as_mut()
+            .map(|(prepend, filter)| HeaderRewrite { prepend, filter });
+        let (end, size) = relay_message_filtered(&mut self.conn, backend, &limits, rewrite).await;
+        if let Some((_, filter)) = &auth_results
+            && filter.dropped() > 0
+        {
+            tracing::info!(client = %self.client, dropped = filter.dropped(), "client's Authentication-Results with our authserv-id removed");
+        }
         self.txn = None;
         self.bytes += size;
         match end {

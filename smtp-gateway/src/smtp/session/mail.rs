@@ -1,5 +1,6 @@
 //! MAIL FROM: HELO first, one transaction at a time, the message cap, the declared `SIZE=`, the
-//! client address's reputation and DNSBL score (collected here, once), the sender lists, the
+//! client address's reputation and DNSBL score and its name (FCrDNS; collected here, once), SPF
+//! (`dns_checks.rs`), the sender lists, the
 //! score thresholds; then the command is forwarded (queued when the backend pipelines and more is
 //! buffered).
 //!
@@ -59,6 +60,12 @@ impl Session {
                 return Flow::Continue;
             }
             CheckEffect::Pass => {}
+        }
+        if let Some(flow) = self.check_client_name().await {
+            return flow;
+        }
+        if let Some(flow) = self.check_spf(&from).await {
+            return flow;
         }
         let lists = self.shared.reputation.check_sender(&from);
         if !lists.is_empty() {

@@ -23,12 +23,15 @@
 //!   each;
 //! - `backend.rs`: the session's backend: open it (at most `backend.max_connections_per_session`
 //!   times), lose it, settle its pipelined replies, release it to the pool;
-//! - `fired.rs`: the checks that fired, one counter per check.
+//! - `fired.rs`: the checks that fired, one counter per check;
+//! - `dns_checks.rs`: the client's name (FCrDNS), SPF at MAIL FROM, the `Authentication-Results`
+//!   header.
 
 mod auth;
 mod backend;
 mod bdat;
 mod data;
+mod dns_checks;
 mod ehlo;
 mod fired;
 mod line;
@@ -134,6 +137,8 @@ pub struct Session {
     dnsbl: Option<tokio::task::JoinHandle<DnsblScore>>,
     /// The client's address was judged (reputation `ip` lists, DNSBL): once per session.
     address_checked: bool,
+    /// The client's name (looked up from the connect on) and the SPF verdict.
+    dns: dns_checks::DnsState,
 
     // Handshake.
     /// The HELO/EHLO name the client gave (none before, and again none after STARTTLS).
@@ -206,6 +211,7 @@ impl Session {
                 tokio::spawn(async move { d.score(ip).await })
             })
         };
+        let dns = dns_checks::DnsState::start(shared.fcrdns.clone(), client.ip());
         let ends_by = tokio::time::Instant::now() + shared.config.smtp.max_session_duration;
         Self {
             shared,
@@ -219,6 +225,7 @@ impl Session {
             passed_recently,
             dnsbl,
             address_checked: false,
+            dns,
             helo: None,
             esmtp: false,
             ehlo_answered: false,
@@ -272,6 +279,20 @@ impl Session {
 
     fn fire_as(&mut self, check: Check, detail: impl Into<String>, refused: bool) -> CheckEffect {
         let setting = self.shared.config.checks.get(check);
+        self.fire_with(check, setting, detail, refused, false)
+    }
+
+    /// [`Session::fire_as`] with an explicit `setting` (a check whose setting depends on its
+    /// finding, e.g. the SPF result); a `temporary` finding is refused with a `4xx` by the
+    /// caller, so its event is never permanent and its refusal counts as a tempfail.
+    fn fire_with(
+        &mut self,
+        check: Check,
+        setting: crate::checks::CheckSetting,
+        detail: impl Into<String>,
+        refused: bool,
+        temporary: bool,
+    ) -> CheckEffect {
         let detail = detail.into();
         self.fired.record(check);
         tracing::info!(client = %self.client, check = check.name(), action = ?setting.action, detail = %detail, "check fired");
@@ -280,7 +301,8 @@ impl Session {
             check,
             action: setting.action,
             detail,
-            permanent: refused || matches!(setting.action, Action::Reject | Action::Drop),
+            permanent: !temporary
+                && (refused || matches!(setting.action, Action::Reject | Action::Drop)),
         });
         match setting.action {
             Action::Ignore => CheckEffect::Pass,
@@ -289,7 +311,11 @@ impl Session {
                 CheckEffect::Pass
             }
             Action::Reject => {
-                self.record_refusal(SessionVerdict::Rejected);
+                self.record_refusal(if temporary {
+                    SessionVerdict::Tempfailed
+                } else {
+                    SessionVerdict::Rejected
+                });
                 CheckEffect::Reject
             }
             Action::Drop => {
@@ -351,6 +377,7 @@ impl Session {
         let _ = self.shared.ends.send(end);
         tracing::info!(
             client = %self.client,
+            client_name = self.dns.known_name().map(|n| n.xclient_name()).unwrap_or("-"),
             helo = self.helo.as_deref().unwrap_or("-"),
             sender = self.sender.as_deref().unwrap_or("-"),
             recipients = self.recipients,

@@ -1,0 +1,615 @@
+//! The `Authentication-Results` header (RFC 8601) the gateway prepends to a relayed message, and
+//! the filter that drops the client's own headers of that name claiming our authserv-id (RFC 8601
+//! section 5), folded continuation lines included.
+//!
+//! The filter sees the message text one line at a time, as the relay (`text.rs`) reads it, and
+//! stops at the first empty line (the end of the header block): the message is never buffered.
+//! Only an `Authentication-Results` field whose authserv-id is not on its first line is held, until
+//! the id shows up (at most [`MAX_HELD_LINES`] lines; a field still without an id then is dropped).
+
+use std::net::IpAddr;
+
+use serde::Deserialize;
+
+use crate::invalid::Invalid;
+use crate::policy::{
+    fcrdns::ClientName,
+    spf::{SpfIdentity, SpfVerdict},
+};
+
+/// Lines of one `Authentication-Results` field held while its authserv-id is not known yet.
+pub const MAX_HELD_LINES: usize = 16;
+
+/// Longest accepted `auth_results.authserv_id`.
+const MAX_AUTHSERV_ID: usize = 253;
+
+/// `[auth_results]`: the `Authentication-Results` header of relayed mail.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthResultsConfig {
+    /// Whether the header is added and the client's ones claiming our authserv-id dropped
+    /// (default `true`; only when `[fcrdns]` or `[spf]` is enabled: otherwise there is nothing
+    /// to report).
+    pub enabled: bool,
+    /// The authserv-id (RFC 8601 section 2.5) naming this gateway in the header; empty (the
+    /// default): `smtp.hostname`. A domain name, at most 253 characters.
+    pub authserv_id: String,
+}
+
+impl Default for AuthResultsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            authserv_id: String::new(),
+        }
+    }
+}
+
+impl AuthResultsConfig {
+    /// Checks the values serde cannot.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let id = &self.authserv_id;
+        let ok = id.len() <= MAX_AUTHSERV_ID
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !ok {
+            return Err(Invalid::new(
+                "auth_results.authserv_id",
+                format!(
+                    "{id:?} is not a host name (letters, digits, '.', '-', '_'; at most {MAX_AUTHSERV_ID})"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The authserv-id in force: `authserv_id`, else `hostname`.
+    pub fn id<'a>(&'a self, hostname: &'a str) -> &'a str {
+        if self.authserv_id.is_empty() {
+            hostname
+        } else {
+            &self.authserv_id
+        }
+    }
+}
+
+/// The header field name.
+const FIELD: &[u8] = b"authentication-results";
+
+/// The `Authentication-Results:` header for `authserv_id` with the `iprev` result of `client`
+/// (when the client's name was looked up) and the SPF verdict (when SPF ran), CRLF-terminated.
+pub fn header(
+    authserv_id: &str,
+    client: IpAddr,
+    name: Option<&ClientName>,
+    spf: Option<&SpfVerdict>,
+) -> Vec<u8> {
+    let mut out = format!("Authentication-Results: {}", sanitize_token(authserv_id));
+    let mut any = false;
+    if let Some(name) = name {
+        any = true;
+        out.push_str(";\r\n\tiprev=");
+        out.push_str(name.iprev());
+        out.push_str(" policy.iprev=");
+        out.push_str(&client.to_canonical().to_string());
+        let shown = match name {
+            ClientName::Verified { name } => Some(name),
+            ClientName::Unverified { reverse } | ClientName::TempFail { reverse } => {
+                reverse.as_ref()
+            }
+        };
+        if let Some(shown) = shown {
+            out.push_str(" (");
+            out.push_str(&sanitize_token(shown));
+            out.push(')');
+        }
+    }
+    if let Some(spf) = spf {
+        any = true;
+        out.push_str(";\r\n\tspf=");
+        out.push_str(spf.outcome.name());
+        match &spf.identity {
+            SpfIdentity::MailFrom(sender) => {
+                out.push_str(" smtp.mailfrom=");
+                out.push_str(&property_value(sender));
+            }
+            SpfIdentity::Helo(helo) => {
+                out.push_str(" smtp.helo=");
+                out.push_str(&property_value(helo));
+            }
+        }
+    }
+    if !any {
+        out.push_str("; none");
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
+/// `text` with everything but letters, digits, `.`, `-`, `_` and `:` left out (names and
+/// addresses in the header, never a folded or broken line).
+fn sanitize_token(text: &str) -> String {
+    text.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+        .collect()
+}
+
+/// `value` as an RFC 8601 property value: as it is when it is made of atext and `@` and `.`,
+/// else a quoted-string (control characters left out).
+fn property_value(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value.chars().all(|c| {
+            c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.@".contains(c) || !c.is_ascii()
+        })
+        && !value.chars().any(char::is_control);
+    if plain {
+        return value.to_string();
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars().filter(|c| !c.is_control()) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Where the filter is in the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// In the header block; `dropping`: the current field is one of ours (its continuation
+    /// lines go too).
+    Headers {
+        /// The current field is dropped.
+        dropping: bool,
+    },
+    /// An `Authentication-Results` field whose authserv-id is not known yet (its lines held).
+    Holding(Vec<Vec<u8>>),
+    /// Past the header block: everything passes.
+    Body,
+}
+
+/// Drops the client's `Authentication-Results` fields that claim our authserv-id.
+#[derive(Debug)]
+pub struct HeaderFilter {
+    /// Our authserv-id, lowercase.
+    authserv_id: Vec<u8>,
+    /// Where the filter is.
+    state: State,
+    /// Fields dropped so far (for the log).
+    dropped: usize,
+}
+
+impl HeaderFilter {
+    /// A filter for `authserv_id` (compared case-insensitively).
+    pub fn new(authserv_id: &str) -> Self {
+        Self {
+            authserv_id: authserv_id.to_ascii_lowercase().into_bytes(),
+            state: State::Headers { dropping: false },
+            dropped: 0,
+        }
+    }
+
+    /// The fields dropped so far.
+    pub fn dropped(&self) -> usize {
+        self.dropped
+    }
+
+    /// Whether the filter is past the header block (every line passes).
+    pub fn in_body(&self) -> bool {
+        self.state == State::Body
+    }
+
+    /// Takes one text line (`line` without its CRLF, as it goes to the backend: dot-stuffed)
+    /// and appends what passes to `out`, CRLF-terminated.
+    pub fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+        let emit = |out: &mut Vec<u8>, line: &[u8]| {
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+        };
+        let state = std::mem::replace(&mut self.state, State::Body);
+        self.state = match state {
+            State::Body => {
+                emit(out, line);
+                State::Body
+            }
+            State::Headers { dropping } if is_continuation(line) => {
+                if !dropping {
+                    emit(out, line);
+                }
+                State::Headers { dropping }
+            }
+            State::Holding(mut held) if is_continuation(line) => {
+                held.push(line.to_vec());
+                self.decide(held, out)
+            }
+            State::Holding(held) => {
+                // The field ended without an authserv-id: not a claim of ours.
+                for held_line in &held {
+                    emit(out, held_line);
+                }
+                self.start_field(line, out)
+            }
+            State::Headers { .. } => self.start_field(line, out),
+        };
+    }
+
+    /// The end of the text: a field still held is not a claim of ours (it passes).
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if let State::Holding(held) = std::mem::replace(&mut self.state, State::Body) {
+            for line in held {
+                out.extend_from_slice(&line);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+
+    /// A line that is not a continuation, in the header block.
+    fn start_field(&mut self, line: &[u8], out: &mut Vec<u8>) -> State {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            // The empty line, or a line that is no header field: the header block ends (as
+            // for the backend, which reads the body from there).
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+            return State::Body;
+        };
+        let (name, _) = line.split_at(colon);
+        if !name.trim_ascii_end().eq_ignore_ascii_case(FIELD) {
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+            return State::Headers { dropping: false };
+        }
+        self.decide(vec![line.to_vec()], out)
+    }
+
+    /// An `Authentication-Results` field of `held` lines: dropped, passed, or held further.
+    fn decide(&mut self, held: Vec<Vec<u8>>, out: &mut Vec<u8>) -> State {
+        let mut value: Vec<u8> = Vec::new();
+        for (k, line) in held.iter().enumerate() {
+            let part = if k == 0 {
+                line.iter()
+                    .position(|b| *b == b':')
+                    .and_then(|colon| line.get(colon + 1..))
+                    .unwrap_or_default()
+            } else {
+                line.as_slice()
+            };
+            value.extend_from_slice(part);
+            value.push(b' ');
+        }
+        match authserv_id(&value) {
+            Some(id) if id.eq_ignore_ascii_case(&self.authserv_id) => {
+                self.dropped += 1;
+                State::Headers { dropping: true }
+            }
+            Some(_) => {
+                for line in &held {
+                    out.extend_from_slice(line);
+                    out.extend_from_slice(b"\r\n");
+                }
+                State::Headers { dropping: false }
+            }
+            None if held.len() >= MAX_HELD_LINES => {
+                // No authserv-id in all that: malformed, and not passed on in our name.
+                self.dropped += 1;
+                State::Headers { dropping: true }
+            }
+            None => State::Holding(held),
+        }
+    }
+}
+
+/// Whether `line` continues the previous header field (starts with a space or a tab).
+fn is_continuation(line: &[u8]) -> bool {
+    matches!(line.first(), Some(b' ' | b'\t'))
+}
+
+/// The authserv-id at the start of an `Authentication-Results` value (after comments and white
+/// space), or `None` when the value holds none yet.
+fn authserv_id(value: &[u8]) -> Option<Vec<u8>> {
+    let mut i = 0;
+    let mut depth = 0usize;
+    // Skip CFWS.
+    while let Some(&b) = value.get(i) {
+        match b {
+            b'\\' if depth > 0 => i += 1,
+            b'(' => depth += 1,
+            b')' if depth > 0 => depth -= 1,
+            b' ' | b'\t' | b'\r' | b'\n' => {}
+            _ if depth > 0 => {}
+            _ => break,
+        }
+        i += 1;
+    }
+    let rest = value.get(i..).filter(|r| !r.is_empty())?;
+    if let Some(quoted) = rest.strip_prefix(b"\"") {
+        let mut id = Vec::new();
+        let mut bytes = quoted.iter();
+        while let Some(&b) = bytes.next() {
+            match b {
+                b'"' => return Some(id),
+                b'\\' => id.push(*bytes.next()?),
+                _ => id.push(b),
+            }
+        }
+        return None;
+    }
+    let end = rest
+        .iter()
+        .position(|b| matches!(b, b';' | b' ' | b'\t' | b'(' | b'\r' | b'\n'))
+        .unwrap_or(rest.len());
+    rest.get(..end).map(<[u8]>::to_vec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::spf::SpfOutcome;
+
+    /// Runs `text` (CRLF lines) through a filter for `gw.test`.
+    fn filter(text: &str) -> String {
+        let mut f = HeaderFilter::new("GW.test");
+        let mut out = Vec::new();
+        let body = text.strip_suffix("\r\n").unwrap_or(text);
+        for line in body.split("\r\n") {
+            f.line(line.as_bytes(), &mut out);
+        }
+        f.finish(&mut out);
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn our_fields_go_with_their_continuations_others_stay() {
+        let text = "Received: from x\r\n\tby y\r\n\
+            Authentication-Results: gw.test; spf=pass\r\n\
+            \tsmtp.mailfrom=a@b\r\n\
+            Authentication-Results: other.test; spf=fail\r\n\
+            authentication-results :  (comment (nested) ) \"GW.TEST\"; none\r\n\
+            Subject: hi\r\n\
+            \r\n\
+            Authentication-Results: gw.test; in the body\r\n";
+        assert_eq!(
+            filter(text),
+            "Received: from x\r\n\tby y\r\n\
+            Authentication-Results: other.test; spf=fail\r\n\
+            Subject: hi\r\n\
+            \r\n\
+            Authentication-Results: gw.test; in the body\r\n"
+        );
+    }
+
+    #[test]
+    fn an_id_on_a_continuation_line_is_found() {
+        let text = "Authentication-Results:\r\n  (a comment)\r\n gw.test;\r\n spf=pass\r\nX: y\r\n\r\nbody\r\n";
+        assert_eq!(filter(text), "X: y\r\n\r\nbody\r\n");
+        let text = "Authentication-Results:\r\n other.test; spf=pass\r\nX: y\r\n\r\n";
+        assert_eq!(filter(text), text);
+        // A field that never names an id passes (it claims nothing) ...
+        let text = "Authentication-Results:\r\nX: y\r\n\r\n";
+        assert_eq!(filter(text), text);
+        // ... unless it holds too long.
+        let mut text = String::from("Authentication-Results:\r\n");
+        for _ in 0..MAX_HELD_LINES {
+            text.push_str(" (padding)\r\n");
+        }
+        text.push_str(" gw.test; spf=pass\r\nX: y\r\n\r\n");
+        assert_eq!(filter(&text), "X: y\r\n\r\n");
+        // Held at the end of the text: passed on.
+        assert_eq!(
+            filter("Authentication-Results:\r\n"),
+            "Authentication-Results:\r\n"
+        );
+    }
+
+    #[test]
+    fn ids_that_only_start_like_ours_are_not_ours() {
+        let text = "Authentication-Results: gw.test.evil; spf=pass\r\n\r\n";
+        assert_eq!(filter(text), text);
+        let text = "Authentication-Results-Original: gw.test; spf=pass\r\n\r\n";
+        assert_eq!(filter(text), text);
+    }
+
+    #[test]
+    fn section_defaults_and_validation() {
+        let c = AuthResultsConfig::default();
+        assert!(c.enabled);
+        assert_eq!(c.id("gw.test"), "gw.test");
+        assert_eq!(c.validate(), Ok(()));
+        let c = AuthResultsConfig {
+            authserv_id: "mx.example.org".into(),
+            ..AuthResultsConfig::default()
+        };
+        assert_eq!(c.id("gw.test"), "mx.example.org");
+        let c = AuthResultsConfig {
+            authserv_id: "a b;".into(),
+            ..AuthResultsConfig::default()
+        };
+        assert_eq!(
+            c.validate().expect_err("refused").key,
+            "auth_results.authserv_id"
+        );
+    }
+
+    #[test]
+    fn header_lists_the_results() {
+        let client: IpAddr = "198.51.100.7".parse().expect("ip");
+        let name = ClientName::Verified {
+            name: "mx.good.test".into(),
+        };
+        let spf = SpfVerdict {
+            outcome: SpfOutcome::Pass,
+            identity: SpfIdentity::MailFrom("a@pass.test".into()),
+            domain: "pass.test".into(),
+        };
+        assert_eq!(
+            String::from_utf8(header("gw.test", client, Some(&name), Some(&spf))).expect("utf-8"),
+            "Authentication-Results: gw.test;\r\n\tiprev=pass policy.iprev=198.51.100.7 (mx.good.test);\r\n\tspf=pass smtp.mailfrom=a@pass.test\r\n"
+        );
+        let spf = SpfVerdict {
+            outcome: SpfOutcome::SoftFail,
+            identity: SpfIdentity::MailFrom("\"odd \\\"one\"@x.test".into()),
+            domain: "x.test".into(),
+        };
+        let h = String::from_utf8(header("gw.test", client, None, Some(&spf))).expect("utf-8");
+        assert!(
+            h.ends_with("spf=softfail smtp.mailfrom=\"\\\"odd \\\\\\\"one\\\"@x.test\"\r\n"),
+            "{h}"
+        );
+        let helo = SpfVerdict {
+            outcome: SpfOutcome::None,
+            identity: SpfIdentity::Helo("helo.test".into()),
+            domain: "helo.test".into(),
+        };
+        let h = String::from_utf8(header("gw.test", client, None, Some(&helo))).expect("utf-8");
+        assert!(h.ends_with("spf=none smtp.helo=helo.test\r\n"), "{h}");
+        assert_eq!(
+            header("gw.test", client, None, None),
+            b"Authentication-Results: gw.test; none\r\n"
+        );
+        let h = header(
+            "gw.test",
+            client,
+            Some(&ClientName::Unverified { reverse: None }),
+            None,
+        );
+        assert!(h.ends_with(b"iprev=permerror policy.iprev=198.51.100.7\r\n"));
+    }
+
+    /// The relay (`text.rs`) with the filter, the client's text arriving in random chunks: the
+    /// backend gets our header first, the forged ones gone, everything else byte for byte.
+    #[tokio::test]
+    async fn the_relay_filters_whatever_the_chunking() {
+        use std::time::Duration;
+
+        use tokio::{
+            io::{AsyncReadExt, AsyncWriteExt},
+            net::{TcpListener, TcpStream},
+        };
+
+        use crate::smtp::{
+            backend::Backend,
+            config::{BackendConfig, BackendServer, BareNewlinePolicy, ConnectAt, Identity},
+            connection::{Connection, MaybeTls},
+            identity::ClientIdentity,
+            text::{HeaderRewrite, TextLimits, TextRelayEnd, relay_message_filtered},
+        };
+
+        const CLIENT_TEXT: &[u8] = b"Received: from a\r\n\tby b\r\n\
+            Authentication-Results: gw.test; spf=pass\r\n\t smtp.mailfrom=x@forged.test\r\n\
+            Authentication-Results: other.test; spf=fail\r\n\
+            Authentication-Results:\r\n (c) gw.test; dkim=pass\r\n\
+            Subject: s\r\n\r\n\
+            Authentication-Results: gw.test; body\r\n..dot\r\n.\r\n";
+        const EXPECTED: &[u8] = b"Authentication-Results: gw.test; none\r\n\
+            Received: from a\r\n\tby b\r\n\
+            Authentication-Results: other.test; spf=fail\r\n\
+            Subject: s\r\n\r\n\
+            Authentication-Results: gw.test; body\r\n..dot\r\n.\r\n";
+
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for round in 0..12 {
+            let backend_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let backend_addr = backend_listener.local_addr().expect("addr");
+            let recorder = tokio::spawn(async move {
+                let (mut s, _) = backend_listener.accept().await.expect("accept");
+                s.write_all(b"220 b ESMTP\r\n").await.expect("banner");
+                let mut buf = vec![0u8; 512];
+                let _ = s.read(&mut buf).await.expect("ehlo");
+                s.write_all(b"250 b\r\n").await.expect("ehlo reply");
+                let mut text = Vec::new();
+                while !text.ends_with(b"\r\n.\r\n") {
+                    let n = s.read(&mut buf).await.expect("text");
+                    if n == 0 {
+                        break;
+                    }
+                    text.extend_from_slice(&buf[..n]);
+                }
+                let _ = s.write_all(b"250 queued\r\n").await;
+                text
+            });
+            let cfg = BackendConfig {
+                servers: vec![BackendServer {
+                    address: backend_addr,
+                    identity: Identity::None,
+                    tls: None,
+                }],
+                connect_at: ConnectAt::Mail,
+                ..BackendConfig::default()
+            };
+            let id = ClientIdentity {
+                addr: "127.0.0.1:1".parse().expect("addr"),
+                name: None,
+                reverse_name: None,
+                helo: Some("c".into()),
+                esmtp: true,
+                login: None,
+            };
+            let mut backend = Backend::connect(
+                &cfg,
+                &cfg.servers[0],
+                None,
+                &id,
+                "127.0.0.1:25".parse().expect("addr"),
+                "gw",
+            )
+            .await
+            .expect("backend");
+            // Chunk sizes 1..=9 from a xorshift sequence, different each round.
+            let mut chunks = Vec::new();
+            let mut rest = CLIENT_TEXT;
+            while !rest.is_empty() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let size = (1 + (state % 9) as usize).min(rest.len());
+                let (chunk, tail) = rest.split_at(size);
+                chunks.push(chunk.to_vec());
+                rest = tail;
+            }
+            let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let front_addr = front.local_addr().expect("addr");
+            let client = tokio::spawn(async move {
+                let mut c = TcpStream::connect(front_addr).await.expect("connect");
+                c.set_nodelay(true).expect("nodelay");
+                for chunk in chunks {
+                    c.write_all(&chunk).await.expect("write");
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                c
+            });
+            let (server_side, _) = front.accept().await.expect("accept");
+            let mut conn = Connection::new(MaybeTls::Plain(server_side), Duration::from_secs(2));
+            let limits = TextLimits {
+                max_size: 1 << 20,
+                max_line: 1000,
+                bare_newlines: BareNewlinePolicy::Reject,
+                timeout: Duration::from_secs(5),
+                deadline: tokio::time::Instant::now() + Duration::from_secs(10),
+                flush_interval: Duration::from_millis(1),
+                refuse_long_lines: true,
+            };
+            let prepend = header("gw.test", "127.0.0.1".parse().expect("ip"), None, None);
+            let mut filter = HeaderFilter::new("gw.test");
+            let rewrite = HeaderRewrite {
+                prepend: &prepend,
+                filter: &mut filter,
+            };
+            let (end, _) =
+                relay_message_filtered(&mut conn, &mut backend, &limits, Some(rewrite)).await;
+            assert!(matches!(end, TextRelayEnd::Relayed(_)), "round {round}");
+            let _client = client.await.expect("client");
+            drop(backend);
+            let received = recorder.await.expect("recorder");
+            assert_eq!(
+                String::from_utf8_lossy(&received),
+                String::from_utf8_lossy(EXPECTED),
+                "round {round}"
+            );
+            assert_eq!(filter.dropped(), 2, "round {round}");
+        }
+    }
+}
