@@ -22,3 +22,47 @@ impl Invalid {
         }
     }
 }
+
+impl Invalid {
+    /// `value` of `key` must be at most `max` ("must be at most N").
+    pub fn at_most<T: PartialOrd + std::fmt::Display>(
+        key: &str,
+        value: T,
+        max: T,
+    ) -> Result<(), Invalid> {
+        if value > max {
+            return Err(Self::new(key, format!("must be at most {max}")));
+        }
+        Ok(())
+    }
+
+    /// `value` of `key` must be within `min..=max` ("must be at least N" / "must be at most N").
+    pub fn in_range<T: PartialOrd + std::fmt::Display>(
+        key: &str,
+        value: T,
+        min: T,
+        max: T,
+    ) -> Result<(), Invalid> {
+        if value < min {
+            return Err(Self::new(key, format!("must be at least {min}")));
+        }
+        Self::at_most(key, value, max)
+    }
+
+    /// Duration `value` of `key` must be within `min..=max`, both written as in the file.
+    pub fn duration_in(
+        key: &str,
+        value: std::time::Duration,
+        min: std::time::Duration,
+        max: std::time::Duration,
+    ) -> Result<(), Invalid> {
+        let text = |d| humantime::format_duration(d).to_string();
+        if value < min {
+            return Err(Self::new(key, format!("must be at least {}", text(min))));
+        }
+        if value > max {
+            return Err(Self::new(key, format!("must be at most {}", text(max))));
+        }
+        Ok(())
+    }
+}

@@ -30,6 +30,10 @@
 //!
 //! The binary (`main.rs`) parses arguments ([`cli`]) and dispatches to `cmd/`.
 
+// Client bytes, DNS answers, list files and the config are all hostile: a cut inside a multi-byte
+// character would panic, so text is never sliced at a byte index anywhere in the crate.
+#![deny(clippy::string_slice)]
+
 pub mod autoban;
 pub mod checks;
 pub mod cli;

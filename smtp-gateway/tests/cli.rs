@@ -180,6 +180,23 @@ fn check_config_rejects_with_key_and_line() {
             "[smtp]\nmax_connections = 10\n[backend]\n\npool_size = 11\n",
             &["backend.pool_size", ":5", "smtp.max_connections"][..],
         ),
+        // Above tokio's semaphore maximum the daemon used to panic at start: refused here.
+        (
+            "[smtp]\n\nmax_connections = 4611686018427387904\n",
+            &["smtp.max_connections", ":3", "must be at most 1000000"][..],
+        ),
+        (
+            "[smtp]\ncommand_timeout = \"2h\"\n",
+            &["smtp.command_timeout", ":2", "must be at most 1h"][..],
+        ),
+        (
+            "[autoban]\n\nwindow = \"31days\"\n",
+            &["autoban.window", ":3", "must be at most 30days"][..],
+        ),
+        (
+            "[metrics]\nsession_sources = 10000001\n",
+            &["metrics.session_sources", ":2", "must be at most 10000000"][..],
+        ),
     ];
     for (text, fragments) in cases {
         let out = check_config(text);

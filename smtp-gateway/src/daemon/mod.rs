@@ -124,18 +124,22 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
     let outcomes = Arc::new(crate::source_outcomes::SourceOutcomes::new(
         config.metrics.session_sources,
     ));
-    let metrics_server = metrics_listener.map(|listener| {
-        tokio::spawn(crate::metrics::endpoint::serve(
-            listener,
-            metrics.clone(),
-            crate::metrics::endpoint::ScrapeSources {
-                dataplane: Some(dataplane.clone()),
-                outcomes: Some(outcomes.clone()),
-            },
-            live.metrics.subscribe(),
-            shutdown_rx.clone(),
-        ))
-    });
+    let metrics_server = match metrics_listener {
+        Some(listener) => {
+            let sources = crate::metrics::endpoint::ScrapeSources::new(
+                Some(dataplane.clone()),
+                Some(outcomes.clone()),
+            )?;
+            Some(tokio::spawn(crate::metrics::endpoint::serve(
+                listener,
+                metrics.clone(),
+                sources,
+                live.metrics.subscribe(),
+                shutdown_rx.clone(),
+            )))
+        }
+        None => None,
+    };
     let control_server = tokio::spawn(control.serve(
         Arc::new(crate::control::server::Handler {
             dataplane: dataplane.clone(),

@@ -161,6 +161,10 @@ impl Default for CapacityConfig {
     }
 }
 
+/// Largest `dataplane.sweep_interval` (expired entries stop dropping at once regardless; the
+/// sweep only frees their slots).
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// Largest capacity accepted for any map (the kernel's own limits are lower for some types).
 const MAX_CAPACITY: u32 = 64 * 1024 * 1024;
 
@@ -194,6 +198,12 @@ impl DataplaneConfig {
         if d.sweep_interval < Duration::from_secs(1) {
             return bad("sweep_interval", "must be at least 1s".into());
         }
+        Invalid::duration_in(
+            "dataplane.sweep_interval",
+            d.sweep_interval,
+            Duration::from_secs(1),
+            MAX_SWEEP_INTERVAL,
+        )?;
         for net in &d.allowlist {
             if net.trunc() != *net {
                 return bad(

@@ -196,7 +196,7 @@ fn truncate(text: &str) -> &str {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    &text[..end]
+    text.get(..end).unwrap_or_default()
 }
 
 fn fnv1a32(bytes: &[u8]) -> u32 {

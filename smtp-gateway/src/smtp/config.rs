@@ -12,6 +12,31 @@ use crate::{
     policy::{helo::HeloConfig, relay::RelayConfig},
 };
 
+/// Largest `smtp.max_connections` and `smtp.max_connections_per_source` (far below tokio's
+/// semaphore maximum; each session costs a socket and buffers).
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+/// Largest `smtp.max_command_line`.
+pub const MAX_COMMAND_LINE: usize = 65_536;
+/// Largest `smtp.max_text_line`.
+pub const MAX_TEXT_LINE: usize = 1_048_576;
+/// Largest `smtp.max_recipients`, `max_messages`, `max_errors` and `max_unknown_commands`.
+pub const MAX_PER_SESSION: usize = 100_000;
+/// Largest `smtp.max_message_size` (4 GiB).
+pub const MAX_MESSAGE_SIZE: u64 = 4 * 1024 * 1024 * 1024;
+/// Largest `smtp.pass_cache_size`.
+pub const MAX_PASS_CACHE_SIZE: usize = 10_000_000;
+/// Largest `smtp.pass_cache_ttl` (30 days).
+pub const MAX_PASS_CACHE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Largest `smtp.command_timeout`, `data_timeout`, `shutdown_timeout` and the backend's
+/// `reply_timeout` (1 hour).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Largest `smtp.greet_pause`, `smtp.tarpit_delay` and `backend.connect_timeout` (5 minutes).
+pub const MAX_PAUSE: Duration = Duration::from_secs(300);
+/// Largest `backend.pool_size`.
+pub const MAX_POOL_SIZE: usize = 10_000;
+/// Largest `score.*` threshold (and smallest, negated).
+pub const MAX_SCORE: i32 = 1_000_000;
+
 /// The sections the proxy's sessions run with: one configuration generation's worth, built by
 /// the daemon from the whole file (with our own host name added to `helo.own_names`).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -168,21 +193,46 @@ impl SmtpConfig {
                 );
             }
         }
-        for (key, value, min) in [
-            ("smtp.max_connections", s.max_connections, 1),
+        for (key, value, min, max) in [
+            (
+                "smtp.max_connections",
+                s.max_connections,
+                1,
+                MAX_CONNECTIONS,
+            ),
             (
                 "smtp.max_connections_per_source",
                 s.max_connections_per_source,
                 1,
+                MAX_CONNECTIONS,
             ),
-            ("smtp.max_command_line", s.max_command_line, 512),
-            ("smtp.max_text_line", s.max_text_line, 1000),
-            ("smtp.max_recipients", s.max_recipients, 1),
-            ("smtp.max_messages", s.max_messages, 1),
+            (
+                "smtp.max_command_line",
+                s.max_command_line,
+                512,
+                MAX_COMMAND_LINE,
+            ),
+            ("smtp.max_text_line", s.max_text_line, 1000, MAX_TEXT_LINE),
+            ("smtp.max_recipients", s.max_recipients, 1, MAX_PER_SESSION),
+            ("smtp.max_messages", s.max_messages, 1, MAX_PER_SESSION),
+            ("smtp.max_errors", s.max_errors, 0, MAX_PER_SESSION),
+            (
+                "smtp.max_unknown_commands",
+                s.max_unknown_commands,
+                0,
+                MAX_PER_SESSION,
+            ),
+            (
+                "smtp.pass_cache_size",
+                s.pass_cache_size,
+                0,
+                MAX_PASS_CACHE_SIZE,
+            ),
         ] {
             if value < min {
                 return bad(key, format!("{value} is below the minimum of {min}"));
             }
+            Invalid::at_most(key, value, max)?;
         }
         if s.max_message_size < 1024 {
             return bad(
@@ -190,6 +240,11 @@ impl SmtpConfig {
                 format!("{} is below 1024 bytes", s.max_message_size),
             );
         }
+        Invalid::at_most(
+            "smtp.max_message_size",
+            s.max_message_size,
+            MAX_MESSAGE_SIZE,
+        )?;
         if !(1..=MAX_JUNK_COMMANDS).contains(&s.junk_command_limit) {
             return bad(
                 "smtp.junk_command_limit",
@@ -201,43 +256,53 @@ impl SmtpConfig {
         }
         let secs = Duration::from_secs;
         for (key, d, min, max) in [
-            ("smtp.command_timeout", s.command_timeout, secs(1), None),
-            ("smtp.data_timeout", s.data_timeout, secs(1), None),
             (
-                "smtp.write_timeout",
-                s.write_timeout,
+                "smtp.command_timeout",
+                s.command_timeout,
                 secs(1),
-                Some(secs(3600)),
+                MAX_TIMEOUT,
             ),
+            ("smtp.data_timeout", s.data_timeout, secs(1), MAX_TIMEOUT),
+            ("smtp.write_timeout", s.write_timeout, secs(1), secs(3600)),
             (
                 "smtp.max_session_duration",
                 s.max_session_duration,
                 secs(1),
-                Some(secs(24 * 3600)),
+                secs(24 * 3600),
             ),
             (
                 "smtp.max_data_duration",
                 s.max_data_duration,
                 secs(1),
-                Some(secs(24 * 3600)),
+                secs(24 * 3600),
             ),
             (
                 "smtp.text_flush_interval",
                 s.text_flush_interval,
                 Duration::from_millis(100),
-                Some(secs(60)),
+                secs(60),
+            ),
+            ("smtp.greet_pause", s.greet_pause, Duration::ZERO, MAX_PAUSE),
+            (
+                "smtp.tarpit_delay",
+                s.tarpit_delay,
+                Duration::ZERO,
+                MAX_PAUSE,
+            ),
+            (
+                "smtp.shutdown_timeout",
+                s.shutdown_timeout,
+                Duration::ZERO,
+                MAX_TIMEOUT,
+            ),
+            (
+                "smtp.pass_cache_ttl",
+                s.pass_cache_ttl,
+                Duration::ZERO,
+                MAX_PASS_CACHE_TTL,
             ),
         ] {
-            if d < min {
-                let min = humantime::format_duration(min);
-                return bad(key, format!("must be at least {min}"));
-            }
-            if let Some(max) = max
-                && d > max
-            {
-                let max = humantime::format_duration(max);
-                return bad(key, format!("must be at most {max}"));
-            }
+            Invalid::duration_in(key, d, min, max)?;
         }
         Ok(())
     }
@@ -334,6 +399,19 @@ impl Default for BackendConfig {
 impl BackendConfig {
     /// Checks values serde cannot (the pool against `[smtp]` is a rule of `config.rs`).
     pub fn validate(&self) -> Result<(), Invalid> {
+        Invalid::at_most("backend.pool_size", self.pool_size, MAX_POOL_SIZE)?;
+        Invalid::duration_in(
+            "backend.connect_timeout",
+            self.connect_timeout,
+            Duration::from_secs(1),
+            MAX_PAUSE,
+        )?;
+        Invalid::duration_in(
+            "backend.reply_timeout",
+            self.reply_timeout,
+            Duration::from_secs(1),
+            MAX_TIMEOUT,
+        )?;
         if self.pool_size > 0
             && !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.pool_idle)
         {
@@ -425,8 +503,15 @@ impl Default for ScoreConfig {
 }
 
 impl ScoreConfig {
-    /// The thresholds must rise: tarpit <= tempfail <= reject.
+    /// The thresholds must rise: tarpit <= tempfail <= reject, each within ±[`MAX_SCORE`].
     pub fn validate(&self) -> Result<(), Invalid> {
+        for (key, value) in [
+            ("score.tarpit", self.tarpit),
+            ("score.tempfail", self.tempfail),
+            ("score.reject", self.reject),
+        ] {
+            Invalid::in_range(key, value, -MAX_SCORE, MAX_SCORE)?;
+        }
         if self.tarpit > self.tempfail {
             return Err(Invalid::new(
                 "score.tarpit",

@@ -267,22 +267,30 @@ impl Connection {
         }
     }
 
-    /// Whether input is already waiting in the socket, without blocking (plain streams).
+    /// Whether input has already arrived, without waiting: bytes in the socket (plain streams),
+    /// or bytes TLS already received and can decrypt without waiting (implicit TLS: data the
+    /// client sent along with its handshake).
     pub fn input_pending(&mut self) -> bool {
         if self.buffered() > 0 {
             return true;
         }
-        let MaybeTls::Plain(s) = &self.stream else {
-            return false;
-        };
         let mut buf = [0u8; 512];
-        match s.try_read(&mut buf) {
-            Ok(n) if n > 0 => {
-                self.rbuf.extend_from_slice(&buf[..n]);
-                true
+        let n = match &mut self.stream {
+            MaybeTls::Plain(s) => s.try_read(&mut buf).unwrap_or(0),
+            MaybeTls::Tls(tls) => {
+                // One poll that never waits: a pending read is simply "nothing yet".
+                let mut read = ReadBuf::new(&mut buf);
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                match Pin::new(tls.as_mut()).poll_read(&mut cx, &mut read) {
+                    Poll::Ready(Ok(())) => read.filled().len(),
+                    _ => 0,
+                }
             }
-            _ => false,
-        }
+            MaybeTls::Upgrading => 0,
+        };
+        self.rbuf
+            .extend_from_slice(buf.get(..n).unwrap_or_default());
+        n > 0
     }
 
     /// Waits until a complete line is buffered, or `max` bytes of one, or the stream ended,

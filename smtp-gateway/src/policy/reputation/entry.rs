@@ -23,13 +23,13 @@ pub(super) fn strip_comment(line: &str) -> Option<&str> {
         }
         previous_blank = c.is_whitespace();
     }
-    Some(line[..end].trim()).filter(|entry| !entry.is_empty())
+    Some(line.get(..end).unwrap_or(line).trim()).filter(|entry| !entry.is_empty())
 }
 
 /// `entry` quoted for an error message, shortened when long.
 fn quote(entry: &str) -> String {
     match entry.char_indices().nth(MAX_QUOTED_ENTRY) {
-        Some((cut, _)) => format!("{:?}...", &entry[..cut]),
+        Some((cut, _)) => format!("{:?}...", entry.get(..cut).unwrap_or(entry)),
         None => format!("{entry:?}"),
     }
 }
@@ -183,6 +183,11 @@ pub(super) struct SenderKey {
 }
 
 impl SenderKey {
+    /// The domain part of [`address`](Self::address).
+    pub(super) fn domain(&self) -> &str {
+        self.address.get(self.domain_start..).unwrap_or_default()
+    }
+
     /// `None` for the null path and paths without a local part or a domain.
     pub(super) fn parse(path: &str) -> Option<Self> {
         let path = path
@@ -379,9 +384,7 @@ mod tests {
         ];
         for (path, expected) in senders {
             let got = SenderKey::parse(path);
-            let got = got
-                .as_ref()
-                .map(|k| (k.address.as_str(), &k.address[k.domain_start..]));
+            let got = got.as_ref().map(|k| (k.address.as_str(), k.domain()));
             assert_eq!(got, *expected, "{path:?}");
         }
         let helos = [
