@@ -3,9 +3,11 @@
 //! 1. `package-assets` (crate `packaging/`) writes the man pages and the bash, zsh and fish
 //!    completions, generated from the daemon's own clap command, into
 //!    `target/<profile>/deb-assets/`;
-//! 2. cargo-deb (installed into `.tools/` by [`crate::setup::cargo_deb`]) builds the binary and
-//!    packs it with those, `deploy/smtp-gateway.service` and `config/gateway.toml` (a conffile),
-//!    as `[package.metadata.deb]` in `smtp-gateway/Cargo.toml` lists them.
+//! 2. `cargo build -p smtp-gateway` in the profile asked for (only the daemon: cargo-deb would
+//!    build the whole workspace, since the generated files are under `target/`);
+//! 3. cargo-deb (installed into `.tools/` by [`crate::setup::cargo_deb`], run with `--no-build`)
+//!    packs the binary with those, `deploy/smtp-gateway.service` and `config/gateway.toml` (a
+//!    conffile), as `[package.metadata.deb]` in `smtp-gateway/Cargo.toml` lists them.
 //!
 //! `cargo xtask package` packs a release build. `cargo xtask test` packs the debug build the
 //! other tests already use ([`Build::Debug`], no second compile of the whole tree), for the test
@@ -23,10 +25,10 @@ use crate::{cargo, render, run_cmd};
 /// Which build of the daemon the package carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Build {
-    /// `cargo build --release`, done by cargo-deb: what `cargo xtask package` ships.
+    /// `cargo build --release`: what `cargo xtask package` ships.
     Release,
-    /// The debug binary `cargo build --workspace` already made (cargo-deb `--no-build`): only for
-    /// the package test, so `cargo xtask test` does not compile the tree a second time.
+    /// The debug binary `cargo build --workspace` already made: only for the package test, so
+    /// `cargo xtask test` does not compile the tree a second time.
     Debug,
 }
 
@@ -95,20 +97,33 @@ pub fn build(root: &Path, build: Build) -> anyhow::Result<PathBuf> {
         ])
         .arg("--output")
         .arg(&output);
+    // Up to date already for the debug build under `cargo xtask test`.
+    run_cmd(cargo().current_dir(root).args([
+        "build",
+        "--locked",
+        "-p",
+        "smtp-gateway",
+        "--profile",
+        build.profile(),
+    ]))?;
+    deb.arg("--no-build");
     if build == Build::Debug {
-        // Up to date already under `cargo xtask test`. cargo-deb warns that it is meant for
-        // release builds; this package is only installed by the package test.
-        run_cmd(
-            cargo()
-                .current_dir(root)
-                .args(["build", "--locked", "-p", "smtp-gateway"]),
-        )?;
-        deb.args(["--no-build", "--quiet"]);
+        // cargo-deb warns that it is meant for release builds; this package is only installed
+        // by the package test.
+        deb.arg("--quiet");
     }
     eprintln!("+ {}", render(&deb));
-    let out = deb
-        .output()
-        .with_context(|| format!("cannot start {}", cargo_deb.display()))?;
+    // cargo-deb deletes every smtp-gateway_*.deb in target/debian/ whatever its output: the
+    // debug package for the test must not cost the release package `cargo xtask package` made.
+    let kept = match build {
+        Build::Release => Vec::new(),
+        Build::Debug => set_aside(&target.join("debian"))?,
+    };
+    let out = deb.output();
+    for (aside, path) in &kept {
+        std::fs::rename(aside, path).with_context(|| format!("restoring {}", path.display()))?;
+    }
+    let out = out.with_context(|| format!("cannot start {}", cargo_deb.display()))?;
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
         bail!("{} failed ({})", render(&deb), out.status);
@@ -124,6 +139,24 @@ pub fn build(root: &Path, build: Build) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("cargo-deb did not say where the package is: {stdout}"))?;
     eprintln!("package: {}", path.display());
     Ok(path)
+}
+
+/// Renames the packages in `dir` (`*.deb`) to `*.deb.kept`; returns (new, old) paths.
+fn set_aside(dir: &Path) -> anyhow::Result<Vec<(PathBuf, PathBuf)>> {
+    let mut kept = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(kept);
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "deb") {
+            let aside = path.with_extension("deb.kept");
+            std::fs::rename(&path, &aside)
+                .with_context(|| format!("setting {} aside", path.display()))?;
+            kept.push((aside, path));
+        }
+    }
+    Ok(kept)
 }
 
 /// `gzip -9n` every page in `dir` (Debian policy: compressed man pages; cargo-deb compresses only
