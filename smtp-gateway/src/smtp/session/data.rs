@@ -49,7 +49,7 @@ impl Session {
             return Flow::Close;
         }
         let smtp = &self.shared.config.smtp;
-        let long = self.shared.config.checks.get(Check::LongLine).action;
+        let long = self.profile.checks.get(Check::LongLine).action;
         let limits = TextLimits {
             max_size: smtp.max_message_size,
             max_line: smtp.max_text_line,
