@@ -42,6 +42,8 @@ const APT_PACKAGES: &[&str] = &[
     "dpkg-dev",
     "binutils",
     "man-db",
+    // The packaged BDAT client of the CHUNKING tests (tests/tests/chunking.rs).
+    "smtpping",
     // The TTF plotters measures plot text with (plot.rs; its unit tests render plots).
     crate::plot::FONT_PACKAGE,
 ];
