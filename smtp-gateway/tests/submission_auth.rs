@@ -182,27 +182,18 @@ fn a_new_backend_session_is_not_authenticated() {
 
 #[test]
 fn the_submission_profile_wants_a_login_before_mail_and_then_relays() {
-    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let backend_addr = backend.local_addr().expect("addr");
-    let seen = scripted_backend(backend, 1);
-    let port = free_port();
-    let (_gw, ca) = start_gateway(
-        backend_addr,
-        &format!(
-            "{{ address = \"127.0.0.1:{port}\", kind = \"smtps\", profile = \"submission\" }}"
-        ),
-        "profile",
-    );
-    let mut c = tls_client(SocketAddr::from(([127, 0, 0, 1], port)), &ca);
+    let (backend, seen) = scripted_backend_on_loopback(1);
+    // `start_tls` writes `kind = "<kind>"` into the listener: the profile rides along.
+    let gw = Gateway::start_tls("profile", backend, "smtps\", profile = \"submission", "");
+    let mut c = gw.tls_client();
     assert!(c.reply().starts_with("220 "));
     assert!(c.cmd("EHLO client.example.net").contains("AUTH PLAIN"));
-    let anon = c.cmd("MAIL FROM:<user@example.net>");
-    assert!(
-        anon.starts_with("530 5.7.0 Authentication required"),
-        "{anon}"
+    c.expect_that(
+        "MAIL FROM:<user@example.net>",
+        "530 5.7.0 Authentication required",
+        "no MAIL before AUTH",
     );
-    let good = c.cmd(&format!("AUTH PLAIN {GOOD_PLAIN}"));
-    assert!(good.starts_with("235"), "{good}");
+    c.expect(&format!("AUTH PLAIN {GOOD_PLAIN}"), "235");
     assert!(c.cmd("MAIL FROM:<user@example.net>").starts_with("250"));
     assert!(c.cmd("RCPT TO:<friend@elsewhere.test>").starts_with("250"));
     assert!(c.cmd("QUIT").starts_with("221"));
