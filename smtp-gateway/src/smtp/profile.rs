@@ -155,17 +155,23 @@ pub struct Profile {
     pub relay: RelayConfig,
     /// MAIL needs a successful AUTH first.
     pub require_auth: bool,
+    /// A clean delivery puts the client in the pass cache, which lets it skip the DNSBL and the
+    /// greet pause on every listener: only when this profile ran both as the top level does.
+    pub earns_pass: bool,
 }
 
 impl Profile {
     fn resolve(name: &str, config: &ProfileConfig, base: Base<'_>) -> Profile {
+        let greet_pause = config.greet_pause.unwrap_or(base.greet_pause);
+        let dnsbl = config.dnsbl.unwrap_or(true);
         Profile {
             name: name.to_string(),
             checks: config.checks.apply(base.checks),
-            greet_pause: config.greet_pause.unwrap_or(base.greet_pause),
-            dnsbl: config.dnsbl.unwrap_or(true),
+            greet_pause,
+            dnsbl,
             relay: config.relay.apply(base.relay),
             require_auth: config.require_auth.unwrap_or(false),
+            earns_pass: dnsbl && greet_pause >= base.greet_pause,
         }
     }
 }
@@ -313,7 +319,7 @@ mod tests {
         assert_eq!(mx.name, MX);
         assert_eq!(mx.checks, base_checks());
         assert_eq!(mx.greet_pause, Duration::from_secs(3));
-        assert!(mx.dnsbl && !mx.require_auth);
+        assert!(mx.dnsbl && !mx.require_auth && mx.earns_pass);
         assert_eq!(mx.relay.accepted_domains, vec!["example.org".to_string()]);
         assert_eq!(profiles.get(Some(MX)), Some(mx.clone()));
         assert_eq!(profiles.mx(), mx);
@@ -324,6 +330,10 @@ mod tests {
     fn submission_requires_auth_and_skips_the_mx_checks() {
         let sub = resolve("").get(Some(SUBMISSION)).expect("submission");
         assert!(sub.require_auth && !sub.dnsbl);
+        assert!(
+            !sub.earns_pass,
+            "a clean submission session must not let its client skip the MX checks"
+        );
         assert_eq!(sub.greet_pause, Duration::ZERO);
         assert_eq!(sub.checks.get(Check::Pregreet).action, Action::Ignore);
         // Everything else is the top level's.

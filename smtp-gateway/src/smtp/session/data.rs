@@ -21,7 +21,7 @@ impl Session {
             self.messages += 1;
             // Postfix resets its junk command count once mail is delivered.
             self.junk_commands = 0;
-            if self.fired.is_empty() {
+            if self.fired.is_empty() && self.profile.earns_pass {
                 self.shared.pass_cache.insert(self.source(), Instant::now());
             }
         }
