@@ -3,7 +3,8 @@
 //! action and weight, the stage of the session it runs at and the reply it gives. The table at the
 //! bottom of this file is the only place a check is listed; [`Check`], [`Check::ALL`],
 //! [`Check::name`], [`ChecksConfig`], its defaults and [`ChecksConfig::get`] are generated from it,
-//! and so is the table in the documentation of [`Check`] (stage and reply of every check).
+//! and so are [`ChecksOverride`] (a policy profile's `checks`, `smtp/profile.rs`) and the table in
+//! the documentation of [`Check`] (stage and reply of every check).
 //!
 //! What the actions mean everywhere: `ignore` logs and counts; `score` adds the weight to the
 //! session score (`[score]`: at `tarpit` every reply is delayed, at `tempfail` and `reject`
@@ -98,6 +99,30 @@ macro_rules! checks {
             pub fn get(&self, check: Check) -> CheckSetting {
                 match check {
                     $(Check::$variant => self.$key,)*
+                }
+            }
+        }
+
+        /// `[profiles.<name>.checks]`: the checks a policy profile sets differently from
+        /// `[checks]` (same keys and values); every check of the table can be set.
+        #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct ChecksOverride {
+            $($(#[doc = $doc])* pub $key: Option<CheckSetting>,)*
+        }
+
+        impl ChecksOverride {
+            /// `base` with the settings given here replaced.
+            pub fn apply(&self, base: &ChecksConfig) -> ChecksConfig {
+                ChecksConfig {
+                    $($key: self.$key.unwrap_or(base.$key),)*
+                }
+            }
+
+            /// These settings with the ones `over` gives replaced.
+            pub fn overridden_by(&self, over: &ChecksOverride) -> ChecksOverride {
+                ChecksOverride {
+                    $($key: over.$key.or(self.$key),)*
                 }
             }
         }

@@ -1,11 +1,22 @@
 //! Command-line interface: `smtp-gateway run | detach | check-config | block | allow | stats |
-//! top | reload`.
+//! top | reload`. In the library (the binary parses with it) so that [`command`] gives the
+//! packaging step the real clap command for the man page and shell completions.
+//!
+//! - `top.rs`: the arguments of `top` and its sort keys.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+pub mod top;
 
-use crate::cmd::top::TopArgs;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+use self::top::TopArgs;
+
+/// The clap command the binary parses with (name, version, every subcommand and option): what
+/// the man page `smtp-gateway.8` and the shell completions are generated from.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
 
 /// Edge SMTP filter: XDP data plane + SMTP filtering proxy.
 #[derive(Debug, Parser)]

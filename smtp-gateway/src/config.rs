@@ -26,7 +26,8 @@ use crate::{
     },
     smtp::{
         auth_results::AuthResultsConfig,
-        config::{BackendConfig, ProxyConfig, ScoreConfig, SmtpConfig},
+        config::{BackendConfig, ListenerKind, MAX_PAUSE, ProxyConfig, ScoreConfig, SmtpConfig},
+        profile::{self, Profiles, ProfilesConfig},
     },
 };
 
@@ -102,6 +103,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The daemon process: control socket, reload on change, privileges after setup.
     pub daemon: DaemonConfig,
+    /// Per-listener policy profiles (`[profiles.<name>]`), by name.
+    pub profiles: ProfilesConfig,
 }
 
 /// Where control sockets live when `daemon.control_socket` is empty.
@@ -133,6 +136,14 @@ impl Config {
             helo: self.helo.clone(),
             spf: self.spf.clone(),
             auth_results: self.auth_results.clone(),
+            profiles: Profiles::resolve(
+                &self.profiles,
+                profile::Base {
+                    checks: &self.checks,
+                    greet_pause: self.smtp.greet_pause,
+                    relay: &self.relay,
+                },
+            ),
         }
     }
 
@@ -159,6 +170,14 @@ impl Config {
                 key,
                 message: reason,
             })?;
+        config
+            .validate_listener_profiles()
+            .map_err(|(name, Invalid { key, reason })| ConfigError::Invalid {
+                origin: origin.to_string(),
+                line: locate_profile_use(text, &name).or_else(|| locate_key(text, &key)),
+                key,
+                message: reason,
+            })?;
         Ok(config)
     }
 
@@ -182,6 +201,35 @@ impl Config {
         self.autoban.validate()?;
         self.metrics.validate()?;
         self.daemon.validate()?;
+        profile::validate(&self.profiles, &self.checks, &self.relay, MAX_PAUSE)?;
+        Ok(())
+    }
+
+    /// Every listener names a profile that exists, and one that requires AUTH only on a port
+    /// that offers it; the error comes with the profile name, to find its line.
+    fn validate_listener_profiles(&self) -> Result<(), (String, Invalid)> {
+        let profiles = self.proxy().profiles;
+        for listener in &self.smtp.listeners {
+            let Some(name) = &listener.profile else {
+                continue;
+            };
+            let Some(found) = profiles.get(Some(name)) else {
+                let known = profiles.names().collect::<Vec<_>>().join(", ");
+                let reason = format!(
+                    "{}: unknown profile {name:?} (profiles: {known})",
+                    listener.address
+                );
+                return Err((name.clone(), Invalid::new("smtp.listeners", reason)));
+            };
+            if found.require_auth && listener.kind == ListenerKind::Smtp {
+                let reason = format!(
+                    "{}: profile {name:?} requires AUTH, which a `smtp` listener never offers \
+                     (kind = \"submission\" or \"smtps\")",
+                    listener.address
+                );
+                return Err((name.clone(), Invalid::new("smtp.listeners", reason)));
+            }
+        }
         Ok(())
     }
 
@@ -245,6 +293,18 @@ fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
     } else {
         format!("line {line_no}: {message}: `{line_text}`")
     }
+}
+
+/// Finds the line (1-based) where a listener names profile `name` (`profile = "name"`).
+fn locate_profile_use(text: &str, name: &str) -> Option<usize> {
+    let quoted = format!("\"{name}\"");
+    text.lines()
+        .position(|line| {
+            line.split("profile")
+                .skip(1)
+                .any(|rest| rest.trim_start().starts_with('=') && rest.contains(&quoted))
+        })
+        .map(|index| index + 1)
 }
 
 /// Finds the line (1-based) defining dotted `key` such as `dataplane.rate_limit.burst`: the line
@@ -470,6 +530,48 @@ mod tests {
             accepted.is_empty(),
             "numeric options without an upper bound:\n{}",
             accepted.join("\n")
+        );
+    }
+
+    #[test]
+    fn listener_profiles_are_checked_with_their_line() {
+        let base = "[backend]\nservers = [{ address = \"127.0.0.1:10025\" }]\n[smtp]\n";
+        let c = parse(&format!(
+            "{base}listeners = [{{ address = \"127.0.0.1:587\", kind = \"submission\", profile = \"submission\" }}]\n"
+        ))
+        .expect("built-in profile");
+        let profiles = c.proxy().profiles;
+        assert!(
+            profiles
+                .get(Some("submission"))
+                .is_some_and(|p| p.require_auth)
+        );
+        let err = parse(&format!(
+            "{base}listeners = [\n  {{ address = \"127.0.0.1:25\", profile = \"strict\" }},\n]\n"
+        ))
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("test.toml:5:") && msg.contains("\"strict\""),
+            "{msg}"
+        );
+        // A profile of the file's own is found; one requiring AUTH on a port without AUTH is not.
+        parse(&format!(
+            "{base}listeners = [{{ address = \"127.0.0.1:25\", profile = \"strict\" }}]\n[profiles.strict]\ngreet_pause = \"2s\"\n"
+        ))
+        .expect("own profile");
+        let err = parse(&format!(
+            "{base}listeners = [{{ address = \"127.0.0.1:25\", profile = \"submission\" }}]\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("requires AUTH"), "{err}");
+        let err = parse("[profiles.p]\nrequire_auth = \"yes\"\n").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        let err = parse("[profiles.p.relay]\nrelay_networks = [\"0.0.0.0/0\"]\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("profiles.p.relay.relay_networks") && msg.contains("test.toml:2:"),
+            "{msg}"
         );
     }
 

@@ -8,6 +8,8 @@
 //!   owns;
 //! - `invalid.rs`: [`invalid::Invalid`] (also `config::Invalid`), what every section's validation
 //!   returns; a leaf, so no section imports the aggregate;
+//! - `cli.rs`: the command line (clap), parsed by the binary; [`cli::command`] feeds the man page
+//!   and shell completions;
 //! - `checks.rs`: every check of the proxy declared once (name, `[checks]` key, default, stage,
 //!   reply);
 //! - `dataplane/`: everything about the kernel half (load, attach, pins, maps, lists, import,
@@ -27,7 +29,7 @@
 //! - `control/`: the root-only control socket and the operations behind it;
 //! - `source_outcomes.rs`: per-source session verdicts, beside the kernel's per-source counters.
 //!
-//! The binary (`main.rs`) parses arguments (`cli.rs`) and dispatches to `cmd/`.
+//! The binary (`main.rs`) parses arguments ([`cli`]) and dispatches to `cmd/`.
 
 // Client bytes, DNS answers, list files and the config are all hostile: a cut inside a multi-byte
 // character would panic, so text is never sliced at a byte index anywhere in the crate.
@@ -35,6 +37,7 @@
 
 pub mod autoban;
 pub mod checks;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;

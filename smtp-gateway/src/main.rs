@@ -1,14 +1,15 @@
 //! `smtp-gateway`: tracing, argument parsing, dispatch. Everything else lives in the library.
 
-mod cli;
 mod cmd;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
-use cli::{Cli, Command, LogFormat};
-use smtp_gateway::config::{Config, DEFAULT_CONFIG_PATH};
+use smtp_gateway::{
+    cli::{self, Cli, Command, LogFormat},
+    config::{Config, DEFAULT_CONFIG_PATH},
+};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

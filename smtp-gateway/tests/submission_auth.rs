@@ -179,3 +179,28 @@ fn a_new_backend_session_is_not_authenticated() {
         "{seen:?}"
     );
 }
+
+#[test]
+fn the_submission_profile_wants_a_login_before_mail_and_then_relays() {
+    let (backend, seen) = scripted_backend_on_loopback(1);
+    // `start_tls` writes `kind = "<kind>"` into the listener: the profile rides along.
+    let gw = Gateway::start_tls("profile", backend, "smtps\", profile = \"submission", "");
+    let mut c = gw.tls_client();
+    assert!(c.reply().starts_with("220 "));
+    assert!(c.cmd("EHLO client.example.net").contains("AUTH PLAIN"));
+    c.expect_that(
+        "MAIL FROM:<user@example.net>",
+        "530 5.7.0 Authentication required",
+        "no MAIL before AUTH",
+    );
+    c.expect(&format!("AUTH PLAIN {GOOD_PLAIN}"), "235");
+    assert!(c.cmd("MAIL FROM:<user@example.net>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<friend@elsewhere.test>").starts_with("250"));
+    assert!(c.cmd("QUIT").starts_with("221"));
+    let seen = seen.join().expect("backend");
+    assert_eq!(
+        seen.iter().filter(|l| l.starts_with("MAIL FROM")).count(),
+        1,
+        "the refused MAIL never reached the backend: {seen:?}"
+    );
+}

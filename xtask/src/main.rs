@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask setup | test | bench [NAME...] [--quick | --render-only] | demo`.
+//! Project tasks: `cargo xtask setup | test | package | bench [NAME...] [--quick | --render-only]
+//! | demo`.
 //!
 //! Every task runs `setup` first, so one command works on a fresh machine of this kind
 //! (Debian 12, root): apt packages, bpf-linker in the project-local `.tools/`, bpffs.
@@ -6,6 +7,7 @@
 
 mod bench;
 mod demo;
+mod package;
 mod plot;
 mod setup;
 
@@ -30,6 +32,14 @@ enum Task {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
         cargo_args: Vec<String>,
+    },
+    /// Build the Debian package (release build, man pages, completions, systemd unit, conffile)
+    /// into target/debian/.
+    Package {
+        /// Pack the debug build instead (no release compile; into target/debian/debug/, for
+        /// running the package test by hand).
+        #[arg(long)]
+        debug: bool,
     },
     /// Run benchmarks, write docs/bench/<name>.{md,json,svg} and docs/BENCHMARKS.md.
     Bench {
@@ -58,6 +68,15 @@ fn main() -> anyhow::Result<()> {
         Task::Test { cargo_args } => {
             setup::run(&root)?;
             test(&root, &cargo_args)
+        }
+        Task::Package { debug } => {
+            setup::run(&root)?;
+            let build = if debug {
+                package::Build::Debug
+            } else {
+                package::Build::Release
+            };
+            package::build(&root, build).map(drop)
         }
         Task::Bench {
             render_only: true, ..
@@ -130,10 +149,14 @@ fn test(root: &std::path::Path, cargo_args: &[String]) -> anyhow::Result<()> {
             .current_dir(root)
             .args(["build", "--workspace", "--locked"]),
     )?;
+    // The package test (tests/tests/deb_package.rs) installs this one: the debug build just
+    // made, so the suite does not compile the tree a second time in release.
+    let deb = package::build(root, package::Build::Debug)?;
     run_cmd(
         cargo()
             .current_dir(root)
             .args(["test", "--workspace", "--locked"])
+            .env("SMTP_GATEWAY_DEB", &deb)
             .args(cargo_args),
     )?;
     Ok(())

@@ -4,6 +4,7 @@
 //!   bpf-linker, and the tools the tests drive (iproute2, bpftool, ethtool, hping3, nsenter,
 //!   Postfix with smtp-source, swaks, openssl) and the font the plots are measured with;
 //! - bpf-linker 0.13.0 built against LLVM 22 into `.tools/` (cached: 0.1 s when present);
+//! - cargo-deb into `.tools/` when a task makes the Debian package (`package`, `test`; cached);
 //! - for the benchmarks only (`setup`, `bench`; not `test` or `demo`): trafgen, iptables,
 //!   nftables, HAProxy, Node.js, and Haraka (pinned) installed with npm into
 //!   `.tools/haraka`;
@@ -36,6 +37,11 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",
     "python3",
     "nmap",
+    // The Debian package (`cargo xtask package`) and its test: dependencies computed by
+    // dpkg-shlibdeps, `strip`, and `man -l` on the installed page.
+    "dpkg-dev",
+    "binutils",
+    "man-db",
     // The packaged BDAT client of the CHUNKING tests (tests/tests/chunking.rs).
     "smtpping",
     // The TTF plotters measures plot text with (plot.rs; its unit tests render plots).
@@ -54,6 +60,8 @@ const BENCH_APT_PACKAGES: &[&str] = &[
     "nodejs",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-deb version `cargo xtask package` builds with (3.8.0 builds with rustc 1.85+).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 /// Haraka version the SMTP benchmark compares against.
 const HARAKA_VERSION: &str = "3.3.4";
 
@@ -153,6 +161,33 @@ fn bpf_linker(root: &Path) -> anyhow::Result<()> {
             .arg(&tools),
     )
     .context("installing bpf-linker")
+}
+
+/// cargo-deb `CARGO_DEB_VERSION` in `.tools/bin` (built once, about 2 minutes; 0.1 s when
+/// present); returns its path.
+pub fn cargo_deb(root: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let tools = root.join(".tools");
+    let bin = tools.join("bin/cargo-deb");
+    if let Ok(out) = Command::new(&bin).arg("--version").output()
+        && String::from_utf8_lossy(&out.stdout).contains(CARGO_DEB_VERSION)
+    {
+        return Ok(bin);
+    }
+    eprintln!("setup: building cargo-deb {CARGO_DEB_VERSION} (about 2 minutes, once)");
+    run_cmd(
+        cargo()
+            .args([
+                "install",
+                "cargo-deb",
+                "--version",
+                CARGO_DEB_VERSION,
+                "--locked",
+                "--root",
+            ])
+            .arg(&tools),
+    )
+    .context("installing cargo-deb")?;
+    Ok(bin)
 }
 
 /// `npm install Haraka@HARAKA_VERSION` into `.tools/haraka` (skipped when that version is there).

@@ -1,6 +1,8 @@
 //! The proxy's configuration: `[smtp]`, `[backend]` and `[score]` with their validation, and
 //! [`ProxyConfig`], the sections a session reads (these three, `[checks]` from `checks.rs`,
-//! `[relay]`, `[helo]` and `[spf]` from `policy/`, `[auth_results]` from `auth_results.rs`). Rules that span sections stay in `config.rs`.
+//! `[relay]`, `[helo]` and `[spf]` from `policy/`, `[auth_results]` from `auth_results.rs`, and
+//! the policy profiles resolved against them by `profile.rs`). Rules that span sections stay in
+//! `config.rs`.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -10,6 +12,7 @@ use crate::{
     checks::ChecksConfig,
     invalid::Invalid,
     policy::{helo::HeloConfig, relay::RelayConfig},
+    smtp::profile::Profiles,
 };
 
 /// Largest `smtp.max_connections` and `smtp.max_connections_per_source` (far below tokio's
@@ -59,6 +62,9 @@ pub struct ProxyConfig {
     pub spf: crate::policy::spf::SpfConfig,
     /// `[auth_results]`: the `Authentication-Results` header.
     pub auth_results: super::auth_results::AuthResultsConfig,
+    /// The policy profiles, resolved against `checks`, `smtp.greet_pause` and `relay`: a
+    /// session reads its checks, greet pause, DNSBL switch and relay rules from its listener's.
+    pub profiles: Profiles,
 }
 
 /// Upper bound of `smtp.junk_command_limit`.
@@ -335,6 +341,10 @@ pub struct ListenerConfig {
     /// `smtps` (465, implicit TLS).
     #[serde(default)]
     pub kind: ListenerKind,
+    /// The policy profile its sessions run with (`[profiles.<name>]`, or the built-in `mx` and
+    /// `submission`). Absent: `mx`, the top-level sections as they are.
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 /// What a listener speaks.

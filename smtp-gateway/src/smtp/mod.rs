@@ -17,6 +17,8 @@
 //! - `backend_pool.rs`: failover over the servers, and idle connections kept for the next session;
 //! - `ehlo_caps.rs`: the backend's EHLO keywords, parsed once;
 //! - `pipeline.rs`: MAIL/RCPT forwarded without waiting, and how their replies settle in order;
+//! - `profile.rs`: per-listener policy profiles (`[profiles.<name>]`: checks, greet pause, DNSBL,
+//!   relay rules, AUTH required), resolved against the top-level sections;
 //! - `identity.rs`: PROXY v2 header and XCLIENT;
 //! - `reply.rs`: SMTP replies; `tls.rs`: rustls.
 //!
@@ -35,6 +37,7 @@ pub mod connection;
 pub mod ehlo_caps;
 pub mod identity;
 pub mod pipeline;
+pub mod profile;
 pub mod reply;
 pub mod server;
 pub mod session;

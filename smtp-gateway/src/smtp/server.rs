@@ -19,6 +19,7 @@ use super::{
     Shared,
     config::{ListenerConfig, ListenerKind},
     connection::{Connection, MaybeTls},
+    profile::Profile,
     session::Session,
     session_guard,
 };
@@ -226,25 +227,42 @@ async fn accept_loop(
         };
         shared.metrics.connection(cfg.address);
         let kind = cfg.kind;
+        let profile = session_profile(&shared, &cfg);
         let session_shutdown = shutdown.clone();
         sessions.spawn(async move {
             let metrics = shared.metrics.clone();
             // The slots are released when the session ends, also when it panicked.
             let slots = (permit, slot, metrics.session_started());
-            let session = run_session(shared, tcp, client, cfg.address, kind, session_shutdown);
+            let session = run_session(
+                shared,
+                tcp,
+                client,
+                (cfg.address, kind, profile),
+                session_shutdown,
+            );
             session_guard::run_guarded(session, slots, client, &metrics).await;
         });
     }
 }
 
+/// The policy profile a listener's sessions run with in this generation. Validation refuses an
+/// unknown name, but a listener keeps its settings until a restart while the profiles reload: a
+/// name the new generation lacks falls back to `mx`, with a warning.
+fn session_profile(shared: &Shared, cfg: &ListenerConfig) -> Arc<Profile> {
+    let profiles = &shared.config.profiles;
+    profiles.get(cfg.profile.as_deref()).unwrap_or_else(|| {
+        tracing::warn!(listener = %cfg.address, profile = ?cfg.profile, "profile no longer configured; using mx until a restart");
+        profiles.mx()
+    })
+}
+
 /// One session on an accepted connection: the implicit TLS handshake (`smtps`), then the
-/// session itself.
+/// session itself. `listener` is the listening address, its kind and its profile.
 async fn run_session(
     shared: Arc<Shared>,
     tcp: TcpStream,
     client: SocketAddr,
-    listener: SocketAddr,
-    kind: ListenerKind,
+    (listener, kind, profile): (SocketAddr, ListenerKind, Arc<Profile>),
     shutdown: watch::Receiver<bool>,
 ) {
     let local = tcp.local_addr().unwrap_or(listener);
@@ -271,7 +289,7 @@ async fn run_session(
         MaybeTls::Plain(tcp)
     };
     let conn = Connection::new(stream, shared.config.smtp.write_timeout);
-    Session::new(shared, conn, client, local, kind)
+    Session::new(shared, conn, client, local, kind, profile)
         .with_shutdown(shutdown)
         .run()
         .await;

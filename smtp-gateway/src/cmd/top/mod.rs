@@ -1,7 +1,8 @@
 //! `smtp-gateway top`: a live view of the busiest and most-dropped sources, refreshed every
 //! `--interval`; one plain (or JSON) frame with `--once` or when stdout is not a terminal.
 //!
-//! - `args.rs`: the command-line arguments ([`TopArgs`]);
+//! - the command-line arguments ([`TopArgs`]) and sort keys are the library's `cli::top`, so
+//!   the man page and completions see them;
 //! - `source.rs`: where the numbers come from ([`source::Source::snapshot`]; the seam for the
 //!   session columns the daemon's control socket will fill);
 //! - `model.rs`: two snapshots -> rates and sorted rows (pure);
@@ -9,7 +10,6 @@
 //! - `input.rs`: keys -> actions;
 //! - `terminal.rs`: raw mode and the alternate screen, given back on every way out.
 
-mod args;
 mod input;
 mod model;
 mod render;
@@ -23,10 +23,10 @@ use std::{
 };
 
 use anyhow::Context;
-pub use args::TopArgs;
 use crossterm::event::{self, Event};
 use model::SortKey;
 use serde::Serialize;
+pub use smtp_gateway::cli::top::TopArgs;
 use smtp_gateway::{config::Config, dataplane::stats::VerdictTotal};
 
 use self::{

@@ -3,66 +3,9 @@
 
 use std::{cmp::Ordering, collections::HashMap, net::IpAddr, time::Duration};
 
-use clap::ValueEnum;
-use serde::Serialize;
+pub use smtp_gateway::cli::top::SortKey;
 
 use super::source::{Snapshot, TopRow};
-
-/// The column the sources are sorted by (largest first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SortKey {
-    Packets,
-    Syns,
-    Drops,
-    Bytes,
-    /// Packets per second since the previous refresh.
-    Rate,
-    Sessions,
-    Rejected,
-}
-
-impl SortKey {
-    /// Every key, in the order the columns appear (and `<`/`>` cycle).
-    pub const ALL: [SortKey; 7] = [
-        SortKey::Packets,
-        SortKey::Rate,
-        SortKey::Syns,
-        SortKey::Drops,
-        SortKey::Bytes,
-        SortKey::Sessions,
-        SortKey::Rejected,
-    ];
-
-    /// Whether the key sorts by a session column (hidden while no session data exists).
-    pub fn is_session(self) -> bool {
-        matches!(self, SortKey::Sessions | SortKey::Rejected)
-    }
-
-    /// The next (`step` 1) or previous (`step` -1) key, skipping session keys when they are hidden.
-    pub fn cycle(self, step: isize, sessions_known: bool) -> SortKey {
-        let keys: Vec<SortKey> = Self::ALL
-            .into_iter()
-            .filter(|k| sessions_known || !k.is_session())
-            .collect();
-        let here = keys.iter().position(|k| *k == self).unwrap_or(0) as isize;
-        let len = keys.len() as isize;
-        keys[(here + step).rem_euclid(len) as usize]
-    }
-
-    /// The word people read ("sorted by drops").
-    pub fn name(self) -> &'static str {
-        match self {
-            SortKey::Packets => "packets",
-            SortKey::Syns => "SYNs",
-            SortKey::Drops => "drops",
-            SortKey::Bytes => "bytes",
-            SortKey::Rate => "packets/s",
-            SortKey::Sessions => "sessions",
-            SortKey::Rejected => "rejected",
-        }
-    }
-}
 
 /// One verdict line of the header.
 #[derive(Debug, Clone, PartialEq)]

@@ -22,7 +22,7 @@ impl Session {
             self.messages += 1;
             // Postfix resets its junk command count once mail is delivered.
             self.junk_commands = 0;
-            if self.fired.is_empty() {
+            if self.fired.is_empty() && self.profile.earns_pass {
                 self.shared.pass_cache.insert(self.source(), Instant::now());
             }
         }
@@ -78,7 +78,7 @@ impl Session {
             return Flow::Close;
         }
         let smtp = &self.shared.config.smtp;
-        let long = self.shared.config.checks.get(Check::LongLine).action;
+        let long = self.profile.checks.get(Check::LongLine).action;
         let limits = TextLimits {
             max_size: smtp.max_message_size,
             max_line: smtp.max_text_line,

@@ -94,7 +94,7 @@ impl Session {
         let name = self.settle_client_name().await?.clone();
         let detail = name.finding()?;
         let temporary = name.is_temporary();
-        let setting = self.shared.config.checks.get(Check::Fcrdns);
+        let setting = self.profile.checks.get(Check::Fcrdns);
         match self.fire_with(Check::Fcrdns, setting, detail, false, temporary) {
             CheckEffect::Pass => None,
             CheckEffect::Drop => Some(self.drop_reply("Client host name not verified")),
@@ -131,7 +131,7 @@ impl Session {
         let outcome = verdict.outcome;
         let detail = format!("spf={} for {}", outcome.name(), verdict.domain);
         self.dns.spf = Some(verdict);
-        let fail = self.shared.config.checks.get(Check::Spf);
+        let fail = self.profile.checks.get(Check::Spf);
         let setting = self.shared.config.spf.setting(outcome, fail)?;
         if setting.action == Action::Ignore {
             return None;

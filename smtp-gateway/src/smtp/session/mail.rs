@@ -1,6 +1,6 @@
-//! MAIL FROM: HELO first, one transaction at a time, the message cap, the declared `SIZE=`, the
-//! client address's reputation and DNSBL score and its name (FCrDNS; collected here, once), SPF
-//! (`dns_checks.rs`), the sender lists, the
+//! MAIL FROM: HELO first, one transaction at a time, AUTH first where the listener's profile
+//! requires it, the message cap, the declared `SIZE=`, the client address's reputation and DNSBL
+//! score and its name (FCrDNS; collected here, once), SPF (`dns_checks.rs`), the sender lists, the
 //! score thresholds; then the command is forwarded (queued when the backend pipelines and more is
 //! buffered).
 //!
@@ -34,6 +34,10 @@ impl Session {
         }
         // Until this MAIL opens the transaction, the rest of its group is excused.
         self.excuse_group();
+        if self.profile.require_auth && !self.authenticated() {
+            self.reply(Reply::new(530, "5.7.0 Authentication required"));
+            return self.count_error().unwrap_or(Flow::Continue);
+        }
         let max_size = self.shared.config.smtp.max_message_size;
         if u64::try_from(mail.size).is_ok_and(|size| size > max_size) {
             // RFC 1870 section 6.1: refused at once, not after the text.

@@ -59,6 +59,7 @@ use crate::{
     checks::{Action, Check},
     events::{Event, SessionEnd, SessionVerdict},
     policy::dnsbl::DnsblScore,
+    smtp::profile::Profile,
 };
 
 /// The reply of a session past `smtp.max_session_duration`.
@@ -119,6 +120,9 @@ pub struct Session {
     conn: Connection,
     /// The listener's kind: AUTH and STARTTLS depend on it.
     kind: ListenerKind,
+    /// The listener's policy profile: the checks' actions, greet pause, DNSBL, relay rules,
+    /// AUTH required.
+    profile: Arc<Profile>,
     /// The gateway's own address on this connection (HELO literal check, identity to the backend).
     local: SocketAddr,
     /// When the connection was accepted, for the session line.
@@ -199,11 +203,12 @@ impl Session {
         client: SocketAddr,
         local: SocketAddr,
         kind: ListenerKind,
+        profile: Arc<Profile>,
     ) -> Self {
         let passed_recently = shared
             .pass_cache
             .contains(client.ip().to_canonical(), Instant::now());
-        let dnsbl = if passed_recently {
+        let dnsbl = if passed_recently || !profile.dnsbl {
             None
         } else {
             shared.dnsbl.clone().map(|d| {
@@ -217,6 +222,7 @@ impl Session {
             shared,
             conn,
             kind,
+            profile,
             local,
             started: Instant::now(),
             ends_by,
@@ -278,7 +284,7 @@ impl Session {
     }
 
     fn fire_as(&mut self, check: Check, detail: impl Into<String>, refused: bool) -> CheckEffect {
-        let setting = self.shared.config.checks.get(check);
+        let setting = self.profile.checks.get(check);
         self.fire_with(check, setting, detail, refused, false)
     }
 
@@ -395,7 +401,7 @@ impl Session {
     /// The banner, after the greet pause (a client that talks first fires `pregreet`).
     async fn greet(&mut self) -> Flow {
         let host = self.shared.config.smtp.hostname.clone();
-        let pause = self.shared.config.smtp.greet_pause;
+        let pause = self.profile.greet_pause;
         let early = if pause.is_zero() || self.passed_recently {
             self.conn.input_pending()
         } else {
@@ -450,7 +456,7 @@ impl Session {
             }
             let deadline = (tokio::time::Instant::now() + smtp.command_timeout).min(self.ends_by);
             let sniff = matches!(
-                self.shared.config.checks.get(Check::NonSmtp).action,
+                self.profile.checks.get(Check::NonSmtp).action,
                 Action::Reject | Action::Drop
             );
             let read = tokio::select! {

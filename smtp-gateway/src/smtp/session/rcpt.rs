@@ -87,7 +87,7 @@ impl Session {
     fn relay_verdict(&self, to: &str, raw: &[u8]) -> RelayVerdict {
         let path = address::raw_path(raw).unwrap_or_else(|| to.to_string());
         relay::check_recipient(
-            &self.shared.config.relay,
+            &self.profile.relay,
             self.source(),
             self.authenticated(),
             &path,
