@@ -17,7 +17,8 @@
 //! - `config_watch.rs`: reload on configuration file change (debounced);
 //! - `control/`: the root-only control socket and the operations behind it;
 //! - `privileges.rs`: giving up capabilities (and the uid) once setup is done;
-//! - `source_outcomes.rs`: per-source session verdicts, beside the kernel's per-source counters.
+//! - `source_outcomes.rs`: per-source session verdicts, beside the kernel's per-source counters;
+//! - `fuzzing.rs`: entry points for the fuzz targets and property tests (hidden, not an API).
 //!
 //! The binary (`main.rs`) parses arguments (`cli.rs`) and dispatches to `cmd/`.
 
@@ -27,6 +28,8 @@ pub mod config_watch;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod policy;
 pub mod privileges;
