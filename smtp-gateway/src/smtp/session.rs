@@ -1166,7 +1166,7 @@ impl Session {
 
 /// A RCPT line no line-level check fires on: the only kind of line that can be handled while
 /// forwarded commands still await their replies.
-fn may_join_group(line: &Line) -> bool {
+pub(crate) fn may_join_group(line: &Line) -> bool {
     line.ending == Ending::CrLf
         && !line.too_long
         && !line.nul
@@ -1179,7 +1179,7 @@ fn may_join_group(line: &Line) -> bool {
 }
 
 /// The path between `<` and `>` of a MAIL/RCPT line as the client wrote it (quotes respected).
-fn raw_path(line: &[u8]) -> Option<String> {
+pub(crate) fn raw_path(line: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(line).ok()?;
     let start = text.find('<')? + 1;
     let mut quoted = false;
@@ -1199,22 +1199,30 @@ fn raw_path(line: &[u8]) -> Option<String> {
 /// smtp-proto refuses address literals in paths (`user@[198.51.100.7]`), which RFC 5321 4.1.2
 /// allows; such MAIL/RCPT paths are extracted here so the relay policy decides on them. The raw
 /// line (parameters included) is what gets forwarded.
-fn literal_path_request(line: &[u8]) -> Option<Request<String>> {
-    let text = std::str::from_utf8(line).ok()?;
-    let verb_len = if text.len() >= 8 && text[..8].eq_ignore_ascii_case("RCPT TO:") {
-        8
-    } else if text.len() >= 10 && text[..10].eq_ignore_ascii_case("MAIL FROM:") {
-        10
+pub(crate) fn literal_path_request(line: &[u8]) -> Option<Request<String>> {
+    // The verb is compared as bytes: the client's text may hold a multi-byte character where a
+    // string slice at 8 or 10 would cut through it.
+    let verb_is = |verb: &[u8]| {
+        line.get(..verb.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(verb))
+    };
+    let (rcpt, rest) = if verb_is(b"RCPT TO:") {
+        (true, line.get(8..)?)
+    } else if verb_is(b"MAIL FROM:") {
+        (false, line.get(10..)?)
     } else {
         return None;
     };
-    let inner = text[verb_len..].trim_start().strip_prefix('<')?;
+    let inner = std::str::from_utf8(rest)
+        .ok()?
+        .trim_start()
+        .strip_prefix('<')?;
     let address = &inner[..inner.find('>')?];
     let (local, domain) = address.rsplit_once('@')?;
     if local.is_empty() || !(domain.starts_with('[') && domain.ends_with(']')) {
         return None;
     }
-    Some(if verb_len == 8 {
+    Some(if rcpt {
         Request::Rcpt {
             to: smtp_proto::RcptTo {
                 address: address.to_string(),
@@ -1246,7 +1254,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// Recognises traffic that is not SMTP: HTTP requests, proxy CONNECT, a TLS ClientHello sent to a
 /// plaintext port, or binary bytes.
-fn non_smtp(line: &[u8]) -> Option<&'static str> {
+pub(crate) fn non_smtp(line: &[u8]) -> Option<&'static str> {
     const HTTP: [&[u8]; 8] = [
         b"GET ",
         b"POST ",
