@@ -4,6 +4,8 @@
 //!   bpf-linker, and the tools the tests drive (iproute2, bpftool, ethtool, hping3, nsenter,
 //!   Postfix with smtp-source, swaks, openssl) and the font the plots are measured with;
 //! - bpf-linker 0.13.0 built against LLVM 22 into `.tools/` (cached: 0.1 s when present);
+//! - cargo-fuzz into `.tools/` the same way (the fuzz targets of `fuzz/`, `cargo xtask fuzz`;
+//!   libFuzzer itself is compiled by the system g++ when the targets are built);
 //! - for the benchmarks only (`setup`, `bench`; not `test` or `demo`): trafgen, iptables,
 //!   nftables, HAProxy, Node.js, and Haraka (pinned) installed with npm into
 //!   `.tools/haraka`;
@@ -27,6 +29,8 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "hping3",
     "util-linux",
+    // libfuzzer-sys compiles libFuzzer (C++) when the fuzz targets are built.
+    "g++",
     // Real SMTP peers for the proxy tests and the demo (TESTING.md).
     "postfix",
     "swaks",
@@ -52,6 +56,8 @@ const BENCH_APT_PACKAGES: &[&str] = &[
     "nodejs",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz version `cargo xtask fuzz` (and the fuzzing in `cargo xtask test`) drives.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Haraka version the SMTP benchmark compares against.
 const HARAKA_VERSION: &str = "3.3.4";
 
@@ -62,6 +68,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     }
     apt(APT_PACKAGES)?;
     bpf_linker(root)?;
+    cargo_fuzz(root)?;
     bpffs()?;
     Ok(())
 }
@@ -151,6 +158,31 @@ fn bpf_linker(root: &Path) -> anyhow::Result<()> {
             .arg(&tools),
     )
     .context("installing bpf-linker")
+}
+
+/// cargo-fuzz into `.tools/` (skipped when that version is there).
+fn cargo_fuzz(root: &Path) -> anyhow::Result<()> {
+    let tools = root.join(".tools");
+    let bin = tools.join("bin/cargo-fuzz");
+    if let Ok(out) = Command::new(&bin).args(["fuzz", "--version"]).output()
+        && String::from_utf8_lossy(&out.stdout).contains(CARGO_FUZZ_VERSION)
+    {
+        return Ok(());
+    }
+    eprintln!("setup: building cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute, once)");
+    run_cmd(
+        cargo()
+            .args([
+                "install",
+                "cargo-fuzz",
+                "--version",
+                CARGO_FUZZ_VERSION,
+                "--locked",
+                "--root",
+            ])
+            .arg(&tools),
+    )
+    .context("installing cargo-fuzz")
 }
 
 /// `npm install Haraka@HARAKA_VERSION` into `.tools/haraka` (skipped when that version is there).
