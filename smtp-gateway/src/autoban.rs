@@ -13,12 +13,10 @@ use smtp_gateway_common::{BlockEntry, origin};
 use tokio::sync::{broadcast, watch};
 
 use crate::{
-    daemon::SharedDataplane,
-    dataplane::{Target, clock, reasons},
-    smtp::{
-        config::{Action, Check},
-        events::{Event, SessionEnd},
-    },
+    checks::{Action, Check},
+    config::invalid::Invalid,
+    dataplane::{SharedDataplane, Target, clock, reasons},
+    events::{Event, SessionEnd},
 };
 
 /// `[autoban]`.
@@ -71,12 +69,12 @@ impl Default for AutobanConfig {
 }
 
 impl AutobanConfig {
-    /// Checks names and values; returns the key and the reason.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Checks names and values.
+    pub fn validate(&self) -> Result<(), Invalid> {
         for (check, count) in &self.checks {
             if Check::from_name(check).is_none() {
-                return Err((
-                    "autoban.checks".into(),
+                return Err(Invalid::new(
+                    "autoban.checks",
                     format!(
                         "{check:?} is not a check (one of {})",
                         Check::ALL.map(Check::name).join(", ")
@@ -84,26 +82,26 @@ impl AutobanConfig {
                 ));
             }
             if *count == 0 {
-                return Err((
+                return Err(Invalid::new(
                     format!("autoban.checks.{check}"),
-                    "must be at least 1".into(),
+                    "must be at least 1",
                 ));
             }
         }
         if self.track_sources == 0 {
-            return Err(("autoban.track_sources".into(), "must be at least 1".into()));
+            return Err(Invalid::new("autoban.track_sources", "must be at least 1"));
         }
         if self.ttl < Duration::from_secs(1) {
-            return Err(("autoban.ttl".into(), "must be at least 1s".into()));
+            return Err(Invalid::new("autoban.ttl", "must be at least 1s"));
         }
         if self.grace > Duration::from_secs(60) {
-            return Err(("autoban.grace".into(), "must be at most 60s".into()));
+            return Err(Invalid::new("autoban.grace", "must be at most 60s"));
         }
         if !(8..=32).contains(&self.ipv4_prefix) {
-            return Err(("autoban.ipv4_prefix".into(), "must be 8..=32".into()));
+            return Err(Invalid::new("autoban.ipv4_prefix", "must be 8..=32"));
         }
         if !(32..=128).contains(&self.ipv6_prefix) {
-            return Err(("autoban.ipv6_prefix".into(), "must be 32..=128".into()));
+            return Err(Invalid::new("autoban.ipv6_prefix", "must be 32..=128"));
         }
         Ok(())
     }
@@ -120,7 +118,7 @@ struct Pending {
 /// A ban is decided when a check fires often enough, and written `autoban.grace` after a
 /// session of that source ends (sessions end within their timeouts).
 pub async fn run(
-    config: watch::Receiver<crate::config::Config>,
+    config: watch::Receiver<AutobanConfig>,
     dataplane: SharedDataplane,
     mut events: broadcast::Receiver<Event>,
     mut ends: broadcast::Receiver<SessionEnd>,
@@ -151,7 +149,7 @@ pub async fn run(
             end = ends.recv() => match end {
                 Ok(end) => {
                     if let Some(p) = pending.get_mut(&end.source) {
-                        let grace = config.borrow().autoban.grace;
+                        let grace = config.borrow().grace;
                         p.due.get_or_insert(Instant::now() + grace);
                     }
                 }
@@ -190,13 +188,13 @@ pub async fn run(
 
 /// Counts a fired check; past the configured number of firings the source's ban is pending.
 fn decide(
-    config: &watch::Receiver<crate::config::Config>,
+    config: &watch::Receiver<AutobanConfig>,
     counts: &mut HashMap<(IpAddr, Check), u32>,
     pending: &mut HashMap<IpAddr, Pending>,
     event: &Event,
 ) {
     let (needed, track) = {
-        let cfg = &config.borrow().autoban;
+        let cfg = config.borrow();
         match cfg.checks.get(event.check.name()) {
             Some(needed) if cfg.enabled && event.action != Action::Ignore => {
                 (*needed, cfg.track_sources)
@@ -227,14 +225,14 @@ fn decide(
 
 /// Writes one ban; 1 when it was written.
 async fn apply(
-    config: &watch::Receiver<crate::config::Config>,
+    config: &watch::Receiver<AutobanConfig>,
     dataplane: &SharedDataplane,
     metrics: &crate::metrics::Metrics,
     source: IpAddr,
     check: &'static str,
 ) -> u64 {
     let (ttl, target) = {
-        let cfg = &config.borrow().autoban;
+        let cfg = config.borrow();
         (
             cfg.ttl,
             ban_target(source, cfg.ipv4_prefix, cfg.ipv6_prefix),
@@ -321,14 +319,16 @@ mod tests {
 
     #[test]
     fn a_ban_is_decided_after_the_configured_firings_and_never_for_ignore() {
-        let mut config = crate::config::Config::default();
-        config.autoban.checks = [
-            ("relay_attempt".to_string(), 2),
-            ("pregreet".to_string(), 1),
-        ]
-        .into_iter()
-        .collect();
-        config.autoban.track_sources = 3;
+        let config = AutobanConfig {
+            checks: [
+                ("relay_attempt".to_string(), 2),
+                ("pregreet".to_string(), 1),
+            ]
+            .into_iter()
+            .collect(),
+            track_sources: 3,
+            ..AutobanConfig::default()
+        };
         let (_tx, rx) = watch::channel(config);
         let (mut counts, mut pending) = (HashMap::new(), HashMap::new());
 

@@ -1,19 +1,31 @@
 //! The TOML configuration: `parse -> validate -> Config`. Unknown keys are errors (a typo in a
 //! security filter must fail loudly); every error names the key and, when it can be found, the line.
 //! `config/gateway.toml` is the complete, commented reference of every option and its default.
+//!
+//! Each feature owns its section and its validation (`dataplane/config.rs`, `smtp/config.rs`,
+//! `checks.rs`, `policy/`, `autoban.rs`, `metrics/config.rs`, `daemon/config.rs`); this file only
+//! aggregates them: it loads and parses the file, runs every section's `validate()` and the rules
+//! that span sections, and finds the line of a refused key. Every `validate()` returns
+//! [`Invalid`] (`config/invalid.rs`).
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::path::{Path, PathBuf};
 
-use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::policy::{dnsbl::DnsblConfig, helo::HeloConfig, relay::RelayConfig};
-pub use crate::smtp::config::{
-    Action, BackendConfig, BackendServer, BareNewlinePolicy, ChecksConfig, ConnectAt, Identity,
-    ListenerConfig, ListenerKind, ScoreConfig, SmtpConfig, TlsConfig,
+pub mod invalid;
+
+pub use invalid::Invalid;
+
+use crate::{
+    autoban::AutobanConfig,
+    checks::ChecksConfig,
+    daemon::config::DaemonConfig,
+    dataplane::config::DataplaneConfig,
+    metrics::config::MetricsConfig,
+    policy::{
+        dnsbl::DnsblConfig, helo::HeloConfig, relay::RelayConfig, reputation::ReputationConfig,
+    },
+    smtp::config::{BackendConfig, ProxyConfig, ScoreConfig, SmtpConfig},
 };
 
 /// Default location of the configuration file.
@@ -25,18 +37,29 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
     /// TOML syntax, an unknown key, or a value of the wrong type (the message names key and line).
     #[error("{origin}: {message}")]
-    Parse { origin: String, message: String },
+    Parse {
+        /// Where the text came from (usually the path).
+        origin: String,
+        /// The line and what is wrong on it.
+        message: String,
+    },
     /// A value of the right type but outside what the gateway accepts.
     #[error("{origin}{line}: {key}: {message}", line = line.map(|l| format!(":{l}")).unwrap_or_default())]
     Invalid {
+        /// Where the text came from (usually the path).
         origin: String,
+        /// The dotted key refused.
         key: String,
+        /// The line defining it, when it can be found.
         line: Option<usize>,
+        /// Why it was refused.
         message: String,
     },
 }
@@ -62,60 +85,17 @@ pub struct Config {
     /// DNSBL/DNSWL scoring.
     pub dnsbl: DnsblConfig,
     /// Large reputation lists (bloom filters with exact confirmation).
-    pub reputation: crate::policy::reputation::ReputationConfig,
+    pub reputation: ReputationConfig,
     /// Session verdicts that ban sources in the kernel.
-    pub autoban: crate::autoban::AutobanConfig,
+    pub autoban: AutobanConfig,
     /// The Prometheus endpoint.
-    pub metrics: crate::metrics::MetricsConfig,
+    pub metrics: MetricsConfig,
     /// The daemon process: control socket, reload on change, privileges after setup.
     pub daemon: DaemonConfig,
 }
 
-/// `[daemon]`: the process itself.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct DaemonConfig {
-    /// The control socket (root only, mode 0600) the CLI talks to. Empty: derived from
-    /// `dataplane.pin_dir` (`/run/smtp-gateway/<pin dir name>.sock`), so a daemon and the CLI
-    /// sharing a configuration, and so a data plane, find each other.
-    pub control_socket: PathBuf,
-    /// How long the CLI waits for the daemon's answer (a reload reading large lists may take a
-    /// while).
-    #[serde(with = "humantime_serde")]
-    pub control_timeout: Duration,
-    /// Reload when the configuration file changes, as on SIGHUP.
-    pub watch_config: bool,
-    /// Quiet time after the last change to the file before the reload (editors write in steps).
-    #[serde(with = "humantime_serde")]
-    pub watch_debounce: Duration,
-    /// Give up privileges once the listeners are bound and the XDP program is attached.
-    pub drop_privileges: bool,
-    /// User to become after setup. Empty: stay uid 0, but without capabilities.
-    pub user: String,
-    /// Group to become after setup. Empty: the user's primary group.
-    pub group: String,
-    /// Capabilities kept after setup (`CAP_BPF`, ...). None are needed on Linux 6.5 and later:
-    /// the daemon works on the maps through descriptors it opened during setup.
-    pub keep_capabilities: Vec<String>,
-}
-
 /// Where control sockets live when `daemon.control_socket` is empty.
 pub const CONTROL_SOCKET_DIR: &str = "/run/smtp-gateway";
-
-impl Default for DaemonConfig {
-    fn default() -> Self {
-        Self {
-            control_socket: PathBuf::new(),
-            control_timeout: Duration::from_secs(30),
-            watch_config: true,
-            watch_debounce: Duration::from_millis(500),
-            drop_privileges: true,
-            user: String::new(),
-            group: String::new(),
-            keep_capabilities: Vec::new(),
-        }
-    }
-}
 
 impl Config {
     /// The control socket path: `daemon.control_socket`, or the one derived from the pin dir.
@@ -131,161 +111,19 @@ impl Config {
             .unwrap_or_else(|| "smtp-gateway".into());
         Path::new(CONTROL_SOCKET_DIR).join(format!("{name}.sock"))
     }
-}
 
-/// `[dataplane]`: the kernel half of the gateway.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct DataplaneConfig {
-    /// Interfaces the XDP program is attached to. Empty: the kernel filter is not attached (the
-    /// maps are still created so the CLI works).
-    pub interfaces: Vec<String>,
-    /// `driver` (native XDP, the default) or `skb` (generic XDP, for drivers without native
-    /// support). An unsupported mode is an error, never a silent fallback.
-    pub attach_mode: AttachMode,
-    /// TCP destination ports the filter protects; all other traffic passes uninspected.
-    pub protected_ports: Vec<u16>,
-    /// Directory in bpffs holding the pinned maps and links (a `v<layout>` directory below it).
-    pub pin_dir: PathBuf,
-    /// IPv4 first fragments towards a protected port: `drop` or `inspect`.
-    pub fragments: PacketPolicy,
-    /// IPv6 packets towards a protected port whose TCP header follows extension headers:
-    /// `drop` or `inspect`.
-    pub ipv6_extension_headers: PacketPolicy,
-    /// Truncated or invalid IP headers: `drop` or `pass` (to the kernel stack).
-    pub malformed: MalformedPolicy,
-    /// How often the daemon removes expired blocklist entries from the kernel maps.
-    #[serde(with = "humantime_serde")]
-    pub sweep_interval: Duration,
-    /// Sources that are never dropped nor rate-limited (addresses or prefixes), applied at start.
-    pub allowlist: Vec<IpNet>,
-    /// Per-source SYN rate limit.
-    pub rate_limit: RateLimitConfig,
-    /// Map capacities (taking effect when the maps are created; changing them needs `detach`).
-    pub capacity: CapacityConfig,
-}
-
-impl Default for DataplaneConfig {
-    fn default() -> Self {
-        Self {
-            interfaces: Vec::new(),
-            attach_mode: AttachMode::Driver,
-            protected_ports: vec![25, 465, 587],
-            pin_dir: PathBuf::from("/sys/fs/bpf/smtp-gateway"),
-            fragments: PacketPolicy::Drop,
-            ipv6_extension_headers: PacketPolicy::Drop,
-            malformed: MalformedPolicy::Drop,
-            sweep_interval: Duration::from_secs(10),
-            allowlist: Vec::new(),
-            rate_limit: RateLimitConfig::default(),
-            capacity: CapacityConfig::default(),
+    /// The sections the proxy's sessions read, as they are in the file.
+    pub fn proxy(&self) -> ProxyConfig {
+        ProxyConfig {
+            smtp: self.smtp.clone(),
+            backend: self.backend.clone(),
+            checks: self.checks.clone(),
+            score: self.score,
+            relay: self.relay.clone(),
+            helo: self.helo.clone(),
         }
     }
-}
 
-/// XDP attach mode.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    /// Native XDP in the driver.
-    Driver,
-    /// Generic XDP after the skb is built (slower, works everywhere).
-    Skb,
-}
-
-/// What to do with packets the program cannot fully trust.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum PacketPolicy {
-    /// Drop and count.
-    Drop,
-    /// Apply the normal allowlist/blocklist/rate-limit checks.
-    Inspect,
-}
-
-/// What to do with malformed IP packets.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum MalformedPolicy {
-    /// Drop and count.
-    Drop,
-    /// Count and pass to the kernel stack.
-    Pass,
-}
-
-/// `[dataplane.rate_limit]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RateLimitConfig {
-    /// Whether new connections (SYN) are rate-limited per source.
-    pub enabled: bool,
-    /// Sustained SYNs per second allowed per source (fractions allowed, e.g. 0.5).
-    pub syn_per_second: f64,
-    /// SYNs a source may send at once before the rate applies.
-    pub burst: u32,
-    /// IPv4 sources sharing a bucket (32 = per address).
-    pub ipv4_prefix: u8,
-    /// IPv6 sources sharing a bucket (64 = per /64, what one host usually controls).
-    pub ipv6_prefix: u8,
-}
-
-impl Default for RateLimitConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            syn_per_second: 5.0,
-            burst: 20,
-            ipv4_prefix: 32,
-            ipv6_prefix: 64,
-        }
-    }
-}
-
-/// `[dataplane.capacity]`: maximum entries of each kernel map.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct CapacityConfig {
-    /// Exact IPv4 blocklist entries.
-    pub block_v4: u32,
-    /// Exact IPv6 blocklist entries.
-    pub block_v6: u32,
-    /// IPv4 blocklist prefixes.
-    pub block_net_v4: u32,
-    /// IPv6 blocklist prefixes.
-    pub block_net_v6: u32,
-    /// IPv4 allowlist prefixes.
-    pub allow_v4: u32,
-    /// IPv6 allowlist prefixes.
-    pub allow_v6: u32,
-    /// Sources tracked by the SYN rate limiter (least recently seen evicted first).
-    pub rate_sources: u32,
-    /// Sources with per-source counters (least recently seen evicted first).
-    pub source_stats: u32,
-    /// Distinct reason texts.
-    pub reasons: u32,
-}
-
-impl Default for CapacityConfig {
-    fn default() -> Self {
-        use smtp_gateway_common::capacity as c;
-        Self {
-            block_v4: c::BLOCK_V4,
-            block_v6: c::BLOCK_V6,
-            block_net_v4: c::BLOCK_NET_V4,
-            block_net_v6: c::BLOCK_NET_V6,
-            allow_v4: c::ALLOW_V4,
-            allow_v6: c::ALLOW_V6,
-            rate_sources: c::RATE_STATE,
-            source_stats: c::SOURCE_STATS,
-            reasons: c::REASONS,
-        }
-    }
-}
-
-/// Largest capacity accepted for any map (the kernel's own limits are lower for some types).
-const MAX_CAPACITY: u32 = 64 * 1024 * 1024;
-
-impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -303,228 +141,50 @@ impl Config {
         })?;
         config
             .validate()
-            .map_err(|(key, message)| ConfigError::Invalid {
+            .map_err(|Invalid { key, reason }| ConfigError::Invalid {
                 origin: origin.to_string(),
                 line: locate_key(text, &key),
                 key,
-                message,
+                message: reason,
             })?;
         Ok(config)
     }
 
-    /// Checks values serde cannot: ranges, names, consistency. Returns the key and the reason.
-    fn validate(&self) -> Result<(), (String, String)> {
-        self.validate_dataplane()?;
-        self.validate_smtp()?;
+    /// Checks values serde cannot: every section, then the rules that span sections.
+    fn validate(&self) -> Result<(), Invalid> {
+        self.dataplane.validate()?;
+        self.smtp.validate()?;
+        self.backend.validate()?;
+        self.validate_proxy_across_sections()?;
+        self.score.validate()?;
         self.relay.validate()?;
         self.helo.validate()?;
         self.dnsbl.validate()?;
         self.reputation.validate()?;
         self.autoban.validate()?;
         self.metrics.validate()?;
-        self.validate_daemon()?;
+        self.daemon.validate()?;
         Ok(())
     }
 
-    fn validate_daemon(&self) -> Result<(), (String, String)> {
-        let d = &self.daemon;
-        if d.control_timeout < Duration::from_secs(1) {
-            return Err((
-                "daemon.control_timeout".into(),
-                "must be at least 1s".into(),
-            ));
-        }
-        if d.watch_debounce > Duration::from_secs(60) {
-            return Err(("daemon.watch_debounce".into(), "must be at most 60s".into()));
-        }
-        for name in &d.keep_capabilities {
-            if name.parse::<caps::Capability>().is_err() {
-                return Err((
-                    "daemon.keep_capabilities".into(),
-                    format!("{name:?} is not a capability name (like \"CAP_BPF\")"),
-                ));
-            }
-        }
-        if !d.drop_privileges && (!d.user.is_empty() || !d.group.is_empty()) {
-            return Err((
-                "daemon.user".into(),
-                "user and group need daemon.drop_privileges = true".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    fn validate_smtp(&self) -> Result<(), (String, String)> {
-        let s = &self.smtp;
-        let bad = |key: &str, message: String| Err((key.to_string(), message));
-        if s.hostname.trim().is_empty() || s.hostname.contains(char::is_whitespace) {
-            return bad(
-                "smtp.hostname",
-                format!("{:?} is not a host name", s.hostname),
-            );
-        }
-        for (i, l) in s.listeners.iter().enumerate() {
-            if s.listeners[..i].iter().any(|o| o.address == l.address) {
-                return bad("smtp.listeners", format!("{} is listed twice", l.address));
-            }
-            if l.kind == ListenerKind::Smtps && s.tls.is_none() {
-                return bad(
-                    "smtp.listeners",
-                    format!("{} is `smtps` but [smtp.tls] is not configured", l.address),
-                );
-            }
-        }
-        for (key, value, min) in [
-            ("smtp.max_connections", s.max_connections, 1),
-            (
-                "smtp.max_connections_per_source",
-                s.max_connections_per_source,
-                1,
-            ),
-            ("smtp.max_command_line", s.max_command_line, 512),
-            ("smtp.max_text_line", s.max_text_line, 1000),
-            ("smtp.max_recipients", s.max_recipients, 1),
-            ("smtp.max_messages", s.max_messages, 1),
-        ] {
-            if value < min {
-                return bad(key, format!("{value} is below the minimum of {min}"));
-            }
-        }
-        if s.max_message_size < 1024 {
-            return bad(
-                "smtp.max_message_size",
-                format!("{} is below 1024 bytes", s.max_message_size),
-            );
-        }
-        for (key, d) in [
-            ("smtp.command_timeout", s.command_timeout),
-            ("smtp.data_timeout", s.data_timeout),
-        ] {
-            if d < Duration::from_secs(1) {
-                return bad(key, "must be at least 1s".into());
-            }
-        }
-        let b = &self.backend;
-        if b.pool_size > 0
-            && !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&b.pool_idle)
-        {
-            return bad("backend.pool_idle", "must be between 1s and 1h".into());
-        }
+    /// `[backend]` against `[smtp]`: no more pooled connections than sessions, and a backend
+    /// whenever the proxy listens.
+    fn validate_proxy_across_sections(&self) -> Result<(), Invalid> {
+        let (s, b) = (&self.smtp, &self.backend);
         if b.pool_size > s.max_connections {
-            return bad(
+            return Err(Invalid::new(
                 "backend.pool_size",
                 format!(
                     "{} is above smtp.max_connections ({})",
                     b.pool_size, s.max_connections
                 ),
-            );
+            ));
         }
-        if !s.listeners.is_empty() && self.backend.servers.is_empty() {
-            return bad(
+        if !s.listeners.is_empty() && b.servers.is_empty() {
+            return Err(Invalid::new(
                 "backend.servers",
-                "at least one backend is required when smtp.listeners is set".into(),
-            );
-        }
-        if self.score.tarpit > self.score.tempfail {
-            return bad(
-                "score.tarpit",
-                format!(
-                    "{} is above score.tempfail ({})",
-                    self.score.tarpit, self.score.tempfail
-                ),
-            );
-        }
-        if self.score.tempfail > self.score.reject {
-            return bad(
-                "score.tempfail",
-                format!(
-                    "{} is above score.reject ({})",
-                    self.score.tempfail, self.score.reject
-                ),
-            );
-        }
-        Ok(())
-    }
-
-    fn validate_dataplane(&self) -> Result<(), (String, String)> {
-        let d = &self.dataplane;
-        let bad = |key: &str, message: String| Err((format!("dataplane.{key}"), message));
-        for name in &d.interfaces {
-            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
-                return bad(
-                    "interfaces",
-                    format!(
-                        "{name:?} is not a valid interface name (1 to 15 characters, no '/' or spaces)"
-                    ),
-                );
-            }
-        }
-        if d.protected_ports.is_empty() {
-            return bad("protected_ports", "at least one port is required".into());
-        }
-        if d.protected_ports.contains(&0) {
-            return bad("protected_ports", "port 0 is not a valid TCP port".into());
-        }
-        if !d.pin_dir.is_absolute() {
-            return bad(
-                "pin_dir",
-                format!("{} must be an absolute path", d.pin_dir.display()),
-            );
-        }
-        if d.sweep_interval < Duration::from_secs(1) {
-            return bad("sweep_interval", "must be at least 1s".into());
-        }
-        for net in &d.allowlist {
-            if net.trunc() != *net {
-                return bad(
-                    "allowlist",
-                    format!("{net} has host bits set (did you mean {}?)", net.trunc()),
-                );
-            }
-        }
-        let r = &d.rate_limit;
-        if !(r.syn_per_second.is_finite() && r.syn_per_second > 0.0 && r.syn_per_second <= 1e6) {
-            return bad(
-                "rate_limit.syn_per_second",
-                format!("{} is out of range (0 < rate <= 1000000)", r.syn_per_second),
-            );
-        }
-        if r.burst == 0 || r.burst > 1_000_000 {
-            return bad(
-                "rate_limit.burst",
-                format!("{} is out of range (1..=1000000)", r.burst),
-            );
-        }
-        if !(1..=32).contains(&r.ipv4_prefix) {
-            return bad(
-                "rate_limit.ipv4_prefix",
-                format!("/{} is out of range (1..=32)", r.ipv4_prefix),
-            );
-        }
-        if !(1..=128).contains(&r.ipv6_prefix) {
-            return bad(
-                "rate_limit.ipv6_prefix",
-                format!("/{} is out of range (1..=128)", r.ipv6_prefix),
-            );
-        }
-        let c = &d.capacity;
-        for (key, value) in [
-            ("block_v4", c.block_v4),
-            ("block_v6", c.block_v6),
-            ("block_net_v4", c.block_net_v4),
-            ("block_net_v6", c.block_net_v6),
-            ("allow_v4", c.allow_v4),
-            ("allow_v6", c.allow_v6),
-            ("rate_sources", c.rate_sources),
-            ("source_stats", c.source_stats),
-            ("reasons", c.reasons),
-        ] {
-            if value == 0 || value > MAX_CAPACITY {
-                return bad(
-                    &format!("capacity.{key}"),
-                    format!("{value} is out of range (1..={MAX_CAPACITY})"),
-                );
-            }
+                "at least one backend is required when smtp.listeners is set",
+            ));
         }
         Ok(())
     }
@@ -576,6 +236,7 @@ fn locate_key(text: &str, key: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::config::AttachMode;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "test.toml")

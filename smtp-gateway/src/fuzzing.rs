@@ -11,12 +11,15 @@
 
 use std::{io::Cursor, net::SocketAddr, sync::Arc, time::Duration};
 
-use smtp_proto::{Error as ParseError, Request};
+use smtp_proto::Request;
 use tokio::net::TcpStream;
 
 pub use crate::{
-    config::{DataplaneConfig, RateLimitConfig},
-    dataplane::{Target, TargetError, kernel_config},
+    dataplane::{
+        Target, TargetError,
+        config::{DataplaneConfig, RateLimitConfig},
+        kernel_config,
+    },
     policy::relay::{RelayConfig, RelayRefusal, RelayVerdict, check_recipient},
     smtp::{
         backend::{Backend, BackendError},
@@ -68,7 +71,7 @@ pub fn rcpt_paths(line: &[u8]) -> Option<RcptPaths> {
     let Request::Rcpt { to } = parsed else {
         return None;
     };
-    let policy = crate::smtp::session::raw_path(line).unwrap_or_else(|| to.address.clone());
+    let policy = crate::policy::address::raw_path(line).unwrap_or_else(|| to.address.clone());
     Some(RcptPaths {
         parsed: to.address,
         policy,
@@ -78,26 +81,18 @@ pub fn rcpt_paths(line: &[u8]) -> Option<RcptPaths> {
 /// The session's command parse: smtp-proto, with the address-literal fallback for MAIL and RCPT
 /// paths it refuses. `None` when the line is refused.
 fn parse_request(line: &[u8]) -> Option<Request<String>> {
-    let mut raw = Vec::with_capacity(line.len() + 2);
-    raw.extend_from_slice(line);
-    raw.extend_from_slice(b"\r\n");
-    match Request::parse(&mut raw.iter()).map(Request::into_owned) {
-        Ok(request) => Some(request),
-        Err(ParseError::InvalidRecipientAddress | ParseError::InvalidSenderAddress) => {
-            crate::smtp::session::literal_path_request(line)
-        }
-        Err(_) => None,
-    }
+    let line = self::line(line.to_vec(), Ending::CrLf, false);
+    crate::smtp::session::line::parse_command(&line).ok()
 }
 
 /// Every pure step the session applies to one received line before dispatching it: the non-SMTP
 /// recognition, the pipelining admission test, the parse (with its fallback) and the raw path.
 /// Returns whether the line parsed as a command.
 pub fn classify_line(line: &Line) -> bool {
-    let _ = crate::smtp::session::non_smtp(&line.data);
-    let _ = crate::smtp::session::may_join_group(line);
-    let _ = crate::smtp::session::raw_path(&line.data);
-    parse_request(&line.data).is_some()
+    let _ = crate::smtp::session::line::non_smtp(&line.data);
+    let _ = crate::smtp::session::line::may_join_group(line);
+    let _ = crate::policy::address::raw_path(&line.data);
+    crate::smtp::session::line::parse_command(line).is_ok()
 }
 
 /// A [`Line`] as the framer builds it from `data` (flags computed from the bytes).
@@ -115,16 +110,16 @@ pub fn line(data: Vec<u8>, ending: Ending, too_long: bool) -> Line {
 /// connection and every reply; `EHLO fuzz` is sent after the banner.
 pub async fn connect_backend(addr: SocketAddr, timeout: Duration) -> Result<Backend, BackendError> {
     use crate::smtp::{
-        backend_pool::BackendPool,
         config::{BackendConfig, BackendServer, Identity},
         identity::ClientIdentity,
     };
+    let server = BackendServer {
+        address: addr,
+        identity: Identity::None,
+        tls: None,
+    };
     let cfg = BackendConfig {
-        servers: vec![BackendServer {
-            address: addr,
-            identity: Identity::None,
-            tls: None,
-        }],
+        servers: vec![server.clone()],
         connect_timeout: timeout,
         reply_timeout: timeout,
         pool_size: 0,
@@ -138,9 +133,7 @@ pub async fn connect_backend(addr: SocketAddr, timeout: Duration) -> Result<Back
         login: None,
     };
     let local = SocketAddr::from(([127, 0, 0, 1], 25));
-    let (backend, _, _) =
-        Backend::connect(&cfg, &[None], &BackendPool::new(), &client, local, "fuzz").await?;
-    Ok(backend)
+    Backend::connect(&cfg, &server, None, &client, local, "fuzz").await
 }
 
 /// Limits of [`relay_text`] (the `[smtp]` settings the message-text relay reads).
@@ -177,7 +170,7 @@ pub async fn relay_text(
     backend: &mut Backend,
     settings: TextSettings,
 ) -> TextEnd {
-    use crate::smtp::data::{DataOutcome, TextLimits, relay_message};
+    use crate::smtp::text::{TextLimits, TextRelayEnd, relay_message};
     let limits = TextLimits {
         max_size: settings.max_size,
         max_line: settings.max_line,
@@ -186,10 +179,10 @@ pub async fn relay_text(
         refuse_long_lines: settings.refuse_long_lines,
     };
     match relay_message(conn, backend, &limits).await.0 {
-        DataOutcome::Relayed(reply) => TextEnd::Relayed(reply.code),
-        DataOutcome::Refused(_) => TextEnd::Refused,
-        DataOutcome::BackendFailed(_) => TextEnd::BackendFailed,
-        DataOutcome::ClientGone => TextEnd::ClientGone,
+        TextRelayEnd::Relayed(reply) => TextEnd::Relayed(reply.code),
+        TextRelayEnd::Refused(_) => TextEnd::Refused,
+        TextRelayEnd::BackendFailed(_) => TextEnd::BackendFailed,
+        TextRelayEnd::ClientGone => TextEnd::ClientGone,
     }
 }
 
@@ -215,8 +208,8 @@ impl SessionHarness {
     /// Parses `config` (a complete `gateway.toml`) and builds the shared session state.
     pub fn new(config: &str) -> Result<Self, HarnessError> {
         let config = crate::config::Config::parse(config, "fuzz")?;
-        let (events, _) = crate::smtp::events::channel();
-        let (ends, _) = crate::smtp::events::ends_channel();
+        let (events, _) = crate::events::channel();
+        let (ends, _) = crate::events::ends_channel();
         let reputation = crate::policy::reputation::Reputation::load(&config.reputation)?;
         let shared = crate::smtp::Shared {
             dnsbl: None,
@@ -229,7 +222,7 @@ impl SessionHarness {
             outcomes: Arc::new(crate::source_outcomes::SourceOutcomes::new(16)),
             ends,
             backend_pool: Arc::new(crate::smtp::backend_pool::BackendPool::new()),
-            config,
+            config: config.proxy(),
         };
         Ok(Self {
             shared: Arc::new(shared),

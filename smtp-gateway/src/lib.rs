@@ -4,35 +4,42 @@
 //! a userspace daemon loads it, keeps its maps and proxies SMTP to the backend MTA.
 //!
 //! ## Layout
-//! - `config.rs`: the TOML configuration, parse -> validate;
+//! - `config.rs`: the TOML configuration, parse -> validate: aggregates the sections each feature
+//!   owns (`config/invalid.rs`: [`config::Invalid`], what every section's validation returns);
+//! - `checks.rs`: every check of the proxy declared once (name, `[checks]` key, default, stage,
+//!   reply);
 //! - `dataplane/`: everything about the kernel half (load, attach, pins, maps, lists, import,
 //!   counters, expiry);
+//! - `events.rs`: the verdict event bus (checks fired, sessions ended): `smtp/` publishes,
+//!   `autoban.rs`, `metrics.rs` and `source_outcomes.rs` read;
 //! - `autoban.rs`: session verdicts -> kernel blocklist entries with a TTL;
-//! - `metrics.rs`: `[metrics]` and the Prometheus `GET /metrics` endpoint;
-//! - `daemon.rs`: `smtp-gateway run` — attach, push the config, sweep, reload, stop;
+//! - `metrics/`: the process counters sessions increment (`mod.rs`), `[metrics]` (`config.rs`)
+//!   and the Prometheus `GET /metrics` endpoint (`endpoint.rs`);
+//! - `daemon/`: `smtp-gateway run` — attach, push the config, sweep, reload, stop; `[daemon]`
+//!   and giving up privileges after setup;
 //! - `smtp/`: the SMTP filtering proxy (listeners, sessions, checks, forwarding, TLS);
 //! - `policy/`: pure verdict functions (anti-relay, HELO, DNSBL);
 //! - `signal.rs`: the control signals the daemon reacts to;
 //! - `reload.rs`: reload requests (SIGHUP, file change, control socket) for the one reload path;
 //! - `config_watch.rs`: reload on configuration file change (debounced);
 //! - `control/`: the root-only control socket and the operations behind it;
-//! - `privileges.rs`: giving up capabilities (and the uid) once setup is done;
 //! - `source_outcomes.rs`: per-source session verdicts, beside the kernel's per-source counters;
 //! - `fuzzing.rs`: entry points for the fuzz targets and property tests (hidden, not an API).
 //!
 //! The binary (`main.rs`) parses arguments (`cli.rs`) and dispatches to `cmd/`.
 
 pub mod autoban;
+pub mod checks;
 pub mod config;
 pub mod config_watch;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
 pub mod policy;
-pub mod privileges;
 pub mod reload;
 pub mod signal;
 pub mod smtp;

@@ -7,7 +7,7 @@ use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Instant};
 
 use crate::{
     control::protocol::SessionCounts,
-    smtp::events::{SessionEnd, SessionVerdict},
+    events::{SessionEnd, SessionVerdict},
 };
 
 /// One source's tally.

@@ -5,7 +5,6 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use smtp_gateway::smtp::{
-    backend::Backend,
     backend_pool::BackendPool,
     config::{BackendConfig, BackendServer, BackendTls, ConnectAt, Identity},
     identity::ClientIdentity,
@@ -134,17 +133,20 @@ async fn starttls_to_the_backend_then_xclient_inside_tls() {
     let cfg = config(addr, &ca);
     let connector =
         backend_connector(cfg.servers[0].tls.as_ref().expect("tls"), addr.ip()).expect("connector");
-    let (_backend, ehlo, _) = Backend::connect(
-        &cfg,
-        &[Some(connector)],
-        &BackendPool::new(),
-        &client(),
-        "127.0.0.1:25".parse().expect("addr"),
-        "gw.test",
-    )
-    .await
-    .expect("connect over TLS");
-    assert!(ehlo.is_positive());
+    let (backend, _reused) = BackendPool::new()
+        .connect(
+            &cfg,
+            &[Some(connector)],
+            &client(),
+            "127.0.0.1:25".parse().expect("addr"),
+            "gw.test",
+        )
+        .await
+        .expect("connect over TLS");
+    assert!(
+        backend.pipelining(),
+        "the reply to the client's EHLO inside TLS is the one kept"
+    );
     let seen = server.await.expect("server");
     assert_eq!(seen[0], "EHLO gw.test");
     assert!(
@@ -169,15 +171,15 @@ async fn a_backend_certificate_from_another_ca_is_refused() {
     let cfg = config(addr, &ca);
     let connector =
         backend_connector(cfg.servers[0].tls.as_ref().expect("tls"), addr.ip()).expect("connector");
-    let result = Backend::connect(
-        &cfg,
-        &[Some(connector)],
-        &BackendPool::new(),
-        &client(),
-        "127.0.0.1:25".parse().expect("addr"),
-        "gw.test",
-    )
-    .await;
+    let result = BackendPool::new()
+        .connect(
+            &cfg,
+            &[Some(connector)],
+            &client(),
+            "127.0.0.1:25".parse().expect("addr"),
+            "gw.test",
+        )
+        .await;
     let err = result
         .err()
         .expect("an untrusted backend certificate must be refused");

@@ -1,7 +1,8 @@
 //! Checks and limits not exercised elsewhere, each fired through a live session: MAIL before
 //! HELO, a HELO literal that is not the client's address, too many errors, the message size
-//! limit, an over-long message text line, and messages per session. The real daemon in front of
-//! a scripted backend. Needs root (bpffs pins).
+//! limit, an over-long message text line, messages per session, and a non-ASCII path after a tab
+//! (which once killed the session task). The real daemon in front of a scripted backend. Needs
+//! root (bpffs pins).
 
 #[path = "support/peers.rs"]
 #[allow(dead_code)] // each test binary uses a different part of the shared peers
@@ -117,4 +118,28 @@ fn messages_per_session_are_limited() {
     assert!(c.cmd("Subject: one\r\n\r\nfirst\r\n.").starts_with("250"));
     let second = c.cmd("MAIL FROM:<a@example.net>");
     assert!(second.starts_with("452 4.5.3"), "{second}");
+}
+
+#[test]
+fn a_non_ascii_path_after_a_tab_is_refused_and_the_session_goes_on() {
+    // smtp-proto refuses these paths; the gateway's own look at them (address literals) must not
+    // cut the line inside the two-byte `é` (issue 10 section 1.1: the session task panicked).
+    let gw = gateway("tabpath", "", 1);
+    let mut c = gw.client();
+    for line in ["RCPT\tTO:<é>", "MAIL\tFROM:<é>"] {
+        let reply = c.cmd(line);
+        assert!(reply.starts_with('5'), "{line:?} before HELO: {reply}");
+    }
+    assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
+    for line in ["RCPT\tTO:<é>", "MAIL\tFROM:<é>"] {
+        let reply = c.cmd(line);
+        assert!(reply.starts_with('5'), "{line:?} after EHLO: {reply}");
+    }
+    // The session still works: a clean transaction goes through.
+    assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let done = c.cmd("Subject: after\r\n\r\nstill here\r\n.");
+    assert!(done.starts_with("250"), "{done}");
+    assert!(c.cmd("QUIT").starts_with("221"));
 }

@@ -27,6 +27,14 @@ pub enum Error {
         .0.display()
     )]
     BinaryNotFound(PathBuf),
+    /// The test DNS responder could not be set up.
+    #[error("test DNS responder: {action}: {error}")]
+    Dns {
+        /// What was being done (`binding 127.0.0.1:0/udp`, ...).
+        action: &'static str,
+        /// The I/O error.
+        error: io::Error,
+    },
 }
 
 /// The result of every fallible function of this crate.

@@ -8,7 +8,11 @@
 //! keep an instance private and offline — live here; listeners, delivery, postscreen, cgroups and
 //! namespaces stay with the caller, which extends [`MainCf`] and [`MasterCf`] with them.
 //!
-//! xtask depends on this crate, so it has no eBPF or aya dependency (std and thiserror only).
+//! The tests also need a DNS server of their own (the system resolver is never used): [`dns`]
+//! answers from a table on loopback.
+//!
+//! xtask depends on this crate, so it has no eBPF or aya dependency; smtp-gateway's tests use it
+//! too, so it never depends on smtp-gateway.
 //!
 //! # Layout
 //! - `error.rs`: [`Error`], what can go wrong while setting up.
@@ -20,15 +24,22 @@
 //! - `postfix/master_cf.rs`: [`MasterCf`], the caller's listeners and the standard daemon table.
 //! - `binary.rs`: [`gateway_binary`] and [`profile_dir`], where the `smtp-gateway` binary is.
 //! - `log.rs`: [`strip_ansi`] and [`last_lines`], for showing daemon logs in failure reports.
+//! - `launcher/`: [`DaemonProcess`] and the `run`/`detach` command lines: starting the daemon
+//!   with a configuration, waiting for what it logs, stopping it by PID.
+//! - `dns/`: [`DnsResponder`] and its [`Records`] table, a DNS server on `127.0.0.1:0`.
 
 mod account;
 mod binary;
+pub mod dns;
 mod error;
+pub mod launcher;
 mod log;
 mod postfix;
 
 pub use account::Account;
 pub use binary::{GATEWAY_BIN_ENV, gateway_binary, profile_dir};
+pub use dns::{DnsResponder, Records};
 pub use error::{Error, Result};
+pub use launcher::{DaemonProcess, Wait};
 pub use log::{last_lines, strip_ansi};
 pub use postfix::{InstanceDir, MainCf, MasterCf};

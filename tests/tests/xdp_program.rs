@@ -16,9 +16,11 @@ use std::{
 
 use aya::programs::{TestRun, TestRunOptions};
 use frames::*;
-use smtp_gateway::{
+use smtp_gateway::dataplane::{
+    Dataplane, Target, clock,
     config::{DataplaneConfig, MalformedPolicy, PacketPolicy},
-    dataplane::{Dataplane, Target, clock, loader, stats::SourceRow},
+    loader,
+    stats::SourceRow,
 };
 use smtp_gateway_common::{AllowEntry, BlockEntry, origin};
 

@@ -20,8 +20,7 @@ use super::{
     protocol::{MAX_REQUEST_BYTES, Request, Response, SourceSessions, StatsReport},
 };
 use crate::{
-    daemon::SharedDataplane,
-    dataplane::Dataplane,
+    dataplane::{Dataplane, SharedDataplane},
     reload::{ReloadOrigin, ReloadRequest, ReloadSender},
     source_outcomes::SourceOutcomes,
 };

@@ -1,13 +1,14 @@
-//! Blocklist and allowlist operations on the pinned maps: add, delete, list.
-//! Exact addresses go to the hash maps, true prefixes to the LPM tries.
+//! Blocklist and allowlist operations on the pinned maps: add, delete, list, and keeping the
+//! allowlist entries of the configuration file in step with it. Exact addresses go to the hash
+//! maps, true prefixes to the LPM tries.
 
 use std::net::IpAddr;
 
 use aya::maps::lpm_trie::Key;
 use ipnet::IpNet;
-use smtp_gateway_common::{AllowEntry, BlockEntry, maps};
+use smtp_gateway_common::{AllowEntry, BlockEntry, maps, origin};
 
-use super::{Dataplane, DataplaneError, Target, error::is_not_found};
+use super::{Dataplane, DataplaneError, Target, clock, error::is_not_found, reasons};
 
 /// One blocklist entry as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,5 +212,29 @@ impl Dataplane {
             .filter(|r| r.net.contains(&addr))
             .max_by_key(|r| r.net.prefix_len())
             .map(|r| r.net)
+    }
+}
+
+impl Dataplane {
+    /// Makes the allowlist entries of origin "config" exactly `wanted` (`dataplane.allowlist`,
+    /// applied at start and on every reload); entries added by operators are left alone.
+    pub fn sync_config_allowlist(&mut self, wanted: &[IpNet]) -> Result<(), DataplaneError> {
+        for record in self.allowed()? {
+            if record.entry.origin == origin::CONFIG && !wanted.contains(&record.net) {
+                self.disallow(record.net)?;
+            }
+        }
+        let reason = reasons::intern(self, "configuration file")?;
+        for net in wanted {
+            self.allow(
+                *net,
+                AllowEntry {
+                    reason,
+                    origin: origin::CONFIG,
+                    added_at_s: clock::unix_now_s(),
+                },
+            )?;
+        }
+        Ok(())
     }
 }

@@ -20,8 +20,11 @@ use aya::{
 };
 use smtp_gateway_common::{LAYOUT_VERSION, Meta, maps};
 
-use super::{Dataplane, DataplaneError, PinLayout, clock, object};
-use crate::config::{AttachMode, DataplaneConfig};
+use super::{
+    Dataplane, DataplaneError, PinLayout, clock,
+    config::{AttachMode, DataplaneConfig},
+    object,
+};
 
 /// What [`attach`] did on each interface.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,8 +10,10 @@ use smtp_gateway_common::{
     SourceStats, VerdictCounters, config_flags, maps,
 };
 
-use super::{DataplaneError, PinLayout};
-use crate::config::{DataplaneConfig, MalformedPolicy, PacketPolicy};
+use super::{
+    DataplaneError, PinLayout,
+    config::{DataplaneConfig, MalformedPolicy, PacketPolicy},
+};
 
 /// Every map of the data plane, opened from its pin.
 pub struct Dataplane {

@@ -1,19 +1,22 @@
 //! The kernel data plane seen from userspace.
 //!
+//! - `config.rs`: `[dataplane]`, the section this half owns, and its validation;
+//! - `shared.rs`: [`SharedDataplane`], the one data plane the daemon's tasks share;
 //! - `object.rs`: the embedded XDP object and its hash;
 //! - `pins.rs`: the versioned pin directory in bpffs and the layout check;
 //! - `loader.rs`: create maps, attach/reuse/replace links, detach;
 //! - `maps.rs`: typed handles on every pinned map, runtime config push;
 //! - `target.rs`: addresses and prefixes as operators write them;
-//! - `lists.rs`: blocklist and allowlist add/delete/list;
+//! - `lists.rs`: blocklist and allowlist add/delete/list, the configured allowlist kept in step;
 //! - `reasons.rs`: reason texts stored in the kernel;
 //! - `import.rs`: bulk import (plain lists, Spamhaus DROP text and JSON);
 //! - `stats.rs`: verdict and per-source counters;
-//! - `sweeper.rs`: removal of expired entries;
+//! - `sweeper.rs`: removal of expired entries, and the daemon task that sweeps periodically;
 //! - `clock.rs`: the monotonic clock the program uses;
 //! - `error.rs`: [`DataplaneError`].
 
 pub mod clock;
+pub mod config;
 mod error;
 pub mod import;
 pub mod lists;
@@ -22,6 +25,7 @@ mod maps;
 pub mod object;
 mod pins;
 pub mod reasons;
+mod shared;
 pub mod stats;
 pub mod sweeper;
 mod target;
@@ -29,4 +33,5 @@ mod target;
 pub use error::DataplaneError;
 pub use maps::{Dataplane, kernel_config};
 pub use pins::PinLayout;
+pub use shared::SharedDataplane;
 pub use target::{Target, TargetError};

@@ -1,11 +1,14 @@
 //! Removing expired blocklist entries. The XDP program already ignores them (it compares
 //! `expires_at_ns` with the clock), so the sweep only frees room and keeps listings honest. Keys are
 //! collected first and deleted afterwards: deleting while walking a hash with "next key" restarts
-//! the walk.
+//! the walk. [`sweep_loop`] is the daemon's task that sweeps every `dataplane.sweep_interval`.
+
+use std::time::Duration;
 
 use smtp_gateway_common::{BlockEntry, maps};
+use tokio::sync::watch;
 
-use super::{Dataplane, DataplaneError, error::is_not_found};
+use super::{Dataplane, DataplaneError, SharedDataplane, clock, error::is_not_found};
 
 /// What a sweep removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -63,5 +66,41 @@ impl Dataplane {
         sweep!(self.block_net_v4, maps::BLOCK_NET_V4);
         sweep!(self.block_net_v6, maps::BLOCK_NET_V6);
         Ok(report)
+    }
+}
+
+/// Removes expired blocklist entries every `interval` (`dataplane.sweep_interval`, a new value
+/// from a reload restarts the wait) until shutdown.
+pub async fn sweep_loop(
+    dataplane: SharedDataplane,
+    mut interval: watch::Receiver<Duration>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let wait = *interval.borrow();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = interval.changed() => continue,
+            _ = shutdown.changed() => return,
+        }
+        let dp = dataplane.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut dp = dp.lock().map_err(|_| "lock poisoned".to_string())?;
+            dp.sweep_expired(clock::monotonic_ns())
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        match result {
+            Ok(Ok(report)) if report.removed > 0 => {
+                tracing::info!(
+                    removed = report.removed,
+                    examined = report.examined,
+                    "expired entries removed"
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "expiry sweep failed"),
+            Err(e) => tracing::error!(error = %e, "expiry sweep task failed"),
+        }
     }
 }

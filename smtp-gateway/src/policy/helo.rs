@@ -8,11 +8,15 @@
 //! gateway's addresses; the name heuristics (`own_name`, `not_fqdn`, `dynamic`, `embedded_ip`)
 //! apply to syntactically valid names. An invalid argument gives `invalid` alone.
 
+// The argument is client text: never cut at a byte index.
+#![deny(clippy::string_slice)]
+
 use std::{fmt, net::IpAddr};
 
 use serde::Deserialize;
 
-use super::relay::{check_domain_syntax, parse_address_literal};
+use super::address::{check_domain_syntax, parse_address_literal};
+use crate::config::invalid::Invalid;
 
 /// Default `dynamic_patterns`: names ISPs give to dynamic, residential and dial-up addresses.
 /// Keywords that also occur inside ordinary words (`pool` in `liverpool`, `client`) are anchored
@@ -62,13 +66,13 @@ impl Default for HeloConfig {
 }
 
 impl HeloConfig {
-    /// Checks what serde cannot. Returns the offending key (`helo.dynamic_patterns` or
+    /// Checks what serde cannot. Names the offending key (`helo.dynamic_patterns` or
     /// `helo.own_names`) and why it is wrong.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         for pattern in &self.dynamic_patterns {
             let bad = |why: &str| {
-                Err((
-                    "helo.dynamic_patterns".to_string(),
+                Err(Invalid::new(
+                    "helo.dynamic_patterns",
                     format!("{pattern:?} {why}"),
                 ))
             };
@@ -83,7 +87,7 @@ impl HeloConfig {
             }
         }
         for name in &self.own_names {
-            let bad = |why: &str| Err(("helo.own_names".to_string(), format!("{name:?} {why}")));
+            let bad = |why: &str| Err(Invalid::new("helo.own_names", format!("{name:?} {why}")));
             let bare = name.strip_suffix('.').unwrap_or(name);
             if bare.parse::<IpAddr>().is_ok() {
                 return bad(
@@ -248,12 +252,10 @@ pub fn embedded_ip(name: &str, client: IpAddr) -> bool {
         match (byte.is_ascii_digit(), start) {
             (true, None) => start = Some(index),
             (false, Some(begin)) => {
-                let digits = &name[begin..index];
-                let octet = if digits.len() <= 3 {
-                    digits.parse().ok()
-                } else {
-                    None
-                };
+                let octet = name
+                    .get(begin..index)
+                    .filter(|digits| digits.len() <= 3)
+                    .and_then(|digits| digits.parse().ok());
                 runs.push((begin, index, octet));
                 start = None;
             }
@@ -528,7 +530,8 @@ mod tests {
                 dynamic_patterns: vec!["*dsl*".into(), pattern.into()],
                 ..HeloConfig::default()
             };
-            let (key, message) = cfg.validate().expect_err(pattern);
+            let e = cfg.validate().expect_err(pattern);
+            let (key, message) = (e.key, e.reason);
             assert_eq!(key, "helo.dynamic_patterns");
             assert!(message.contains(&format!("{pattern:?}")), "{message}");
         }
@@ -546,7 +549,8 @@ mod tests {
                 own_names: vec![name.into()],
                 ..HeloConfig::default()
             };
-            let (key, message) = cfg.validate().expect_err(name);
+            let e = cfg.validate().expect_err(name);
+            let (key, message) = (e.key, e.reason);
             assert_eq!(key, "helo.own_names");
             assert!(message.contains(&format!("{name:?}")), "{message}");
         }

@@ -1,12 +1,18 @@
 //! Pure verdict functions over what a session has shown so far; no I/O except DNS lookups in
-//! `dnsbl.rs`. Each module owns its `[...]` configuration section type.
+//! `dnsbl/` and reading list files in `reputation/`. Each module owns its `[...]` configuration
+//! section type.
 //!
+//! - `address.rs`: mail-path grammar (paths on MAIL/RCPT lines, local part and domain, address
+//!   literals, domain-name syntax);
 //! - `relay.rs`: anti-relay (accepted domains, relay networks, address tricks);
 //! - `helo.rs`: HELO/EHLO heuristics;
-//! - `dnsbl.rs`: DNSBL/DNSWL scoring through an async resolver;
-//! - `reputation.rs`: large sender/HELO/IP lists in bloom filters with exact confirmation;
+//! - `dnsbl/`: DNSBL/DNSWL scoring through an async resolver (section, site grammar, answer
+//!   filters, resolver and scoring);
+//! - `reputation/`: large sender/HELO/IP lists in bloom filters with exact confirmation (section,
+//!   entry grammar, list loading, compact storage);
 //! - `pass_cache.rs`: clients that passed, remembered so they skip the slow checks.
 
+pub mod address;
 pub mod dnsbl;
 pub mod helo;
 pub mod pass_cache;

@@ -8,23 +8,21 @@
 //! hacks, bang paths, quoted local parts hiding another address, address literals) are refused for
 //! every client: the gateway checks one domain, so the address must have exactly one.
 //!
-//! The domain-name syntax check ([`check_domain_syntax`]) is shared with `helo.rs`.
+//! The path grammar (brackets, local part, domain, literals) is `address.rs`'s; this file decides
+//! what a well-formed recipient may be.
 
-use std::net::{IpAddr, Ipv6Addr};
+#![deny(clippy::string_slice)]
+
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::Deserialize;
 
-/// Longest DNS label, in octets (RFC 1035 section 2.3.4). A protocol limit, not a policy.
-const MAX_LABEL_OCTETS: usize = 63;
-
-/// Longest domain name in text form without the trailing dot, in octets (RFC 1035 section 2.3.4:
-/// 255 octets on the wire). A protocol limit, not a policy.
-const MAX_NAME_OCTETS: usize = 253;
-
-/// Characters IDNA (UTS #46) maps to a label separator: refused inside labels so that the domain
-/// we match is the domain a downstream MTA converting to ASCII resolves.
-const IDNA_DOTS: [char; 3] = ['\u{3002}', '\u{FF0E}', '\u{FF61}'];
+use super::address::{PathError, format_address_literal, split_address, strip_angle_brackets};
+// Also for `reputation/`, which still imports these two from here (it is to import them from
+// `address.rs`, and this line then goes).
+pub(crate) use super::address::{check_domain_syntax, parse_address_literal};
+use crate::config::invalid::Invalid;
 
 /// `[relay]`: which recipients the gateway accepts, and from whom it relays.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -46,18 +44,18 @@ pub struct RelayConfig {
 }
 
 impl RelayConfig {
-    /// Checks what serde cannot. Returns the offending key (`relay.accepted_domains` or
+    /// Checks what serde cannot. Names the offending key (`relay.accepted_domains` or
     /// `relay.relay_networks`) and why it is wrong.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         for pattern in &self.accepted_domains {
             if let Err(why) = parse_domain_pattern(pattern) {
-                return Err((
-                    "relay.accepted_domains".to_string(),
+                return Err(Invalid::new(
+                    "relay.accepted_domains",
                     format!("{pattern:?} {why}"),
                 ));
             }
         }
-        let bad = |message: String| Err(("relay.relay_networks".to_string(), message));
+        let bad = |message: String| Err(Invalid::new("relay.relay_networks", message));
         for net in &self.relay_networks {
             if net.trunc() != *net {
                 return bad(format!(
@@ -158,6 +156,19 @@ pub enum RelayRefusal {
     InvalidSyntax(&'static str),
 }
 
+impl From<PathError> for RelayRefusal {
+    fn from(e: PathError) -> Self {
+        match e {
+            PathError::SourceRoute => Self::SourceRoute,
+            PathError::PercentHack => Self::PercentHack,
+            PathError::BangPath => Self::BangPath,
+            PathError::QuotedLocalPart => Self::QuotedLocalPart,
+            PathError::MultipleAt => Self::MultipleAt,
+            PathError::InvalidSyntax(what) => Self::InvalidSyntax(what),
+        }
+    }
+}
+
 impl RelayRefusal {
     /// A stable snake_case name for logs and metrics.
     pub fn name(&self) -> &'static str {
@@ -228,170 +239,6 @@ fn decide(
     } else {
         Err(RelayRefusal::RelayDenied { domain })
     }
-}
-
-/// `<path>` -> `path`; a path without brackets is returned as is; unbalanced brackets are refused.
-fn strip_angle_brackets(rcpt: &str) -> Result<&str, RelayRefusal> {
-    let unbalanced = RelayRefusal::InvalidSyntax("unbalanced angle brackets");
-    match rcpt.strip_prefix('<') {
-        Some(inner) => inner.strip_suffix('>').ok_or(unbalanced),
-        None if rcpt.ends_with('>') => Err(unbalanced),
-        None => Ok(rcpt),
-    }
-}
-
-/// Splits a non-empty path into its local part (as given, quotes included) and its domain (as
-/// given), refusing source routes, tricks in the local part and extra `@`s.
-fn split_address(path: &str) -> Result<(&str, &str), RelayRefusal> {
-    if path.starts_with('@') {
-        return Err(if path.contains(':') {
-            RelayRefusal::SourceRoute
-        } else {
-            RelayRefusal::InvalidSyntax("empty local part")
-        });
-    }
-    let (local, rest) = if path.starts_with('"') {
-        let end = quoted_local_part_len(path)?;
-        (&path[..end], &path[end..])
-    } else {
-        let end = path.find('@').unwrap_or(path.len());
-        let local = &path[..end];
-        if local.contains('%') {
-            return Err(RelayRefusal::PercentHack);
-        }
-        if local.contains('!') {
-            return Err(RelayRefusal::BangPath);
-        }
-        check_dot_string(local)?;
-        (local, &path[end..])
-    };
-    let domain = match rest.strip_prefix('@') {
-        Some(domain) => domain,
-        None if rest.is_empty() => return Err(RelayRefusal::InvalidSyntax("missing @domain")),
-        None => {
-            return Err(RelayRefusal::InvalidSyntax(
-                "unexpected text after the quoted local part",
-            ));
-        }
-    };
-    if domain.contains('@') {
-        return Err(RelayRefusal::MultipleAt);
-    }
-    if domain.is_empty() {
-        return Err(RelayRefusal::InvalidSyntax("empty domain"));
-    }
-    Ok((local, domain))
-}
-
-/// Length in bytes of the quoted string that starts `path` (both quotes included), refusing
-/// quoted strings that hide another address: `@`, `%`, `!` or an escaped quote inside.
-fn quoted_local_part_len(path: &str) -> Result<usize, RelayRefusal> {
-    let mut trick = false;
-    let mut chars = path.char_indices().skip(1);
-    while let Some((index, c)) = chars.next() {
-        match c {
-            '"' if index == 1 => return Err(RelayRefusal::InvalidSyntax("empty local part")),
-            '"' if trick => return Err(RelayRefusal::QuotedLocalPart),
-            '"' => return Ok(index + 1),
-            '\\' => match chars.next() {
-                Some((_, escaped @ ' '..='~')) => trick |= matches!(escaped, '"' | '@' | '%' | '!'),
-                _ => return Err(RelayRefusal::InvalidSyntax("invalid quoted pair")),
-            },
-            '@' | '%' | '!' => trick = true,
-            c if c.is_control() => {
-                return Err(RelayRefusal::InvalidSyntax("control character in address"));
-            }
-            _ => {}
-        }
-    }
-    Err(RelayRefusal::InvalidSyntax(
-        "unterminated quoted local part",
-    ))
-}
-
-/// RFC 5321 `Dot-string` with RFC 6531 UTF-8: atoms of `atext` separated by single dots.
-fn check_dot_string(local: &str) -> Result<(), RelayRefusal> {
-    if local.is_empty() {
-        return Err(RelayRefusal::InvalidSyntax("empty local part"));
-    }
-    for atom in local.split('.') {
-        if atom.is_empty() {
-            return Err(RelayRefusal::InvalidSyntax(
-                "empty atom in the local part (leading, trailing or double dot)",
-            ));
-        }
-        if !atom.chars().all(is_atext) {
-            return Err(RelayRefusal::InvalidSyntax(
-                "character not allowed in an unquoted local part",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// RFC 5322 `atext`, extended to non-ASCII characters by RFC 6531 (controls and spaces excluded).
-fn is_atext(c: char) -> bool {
-    if c.is_ascii() {
-        c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c)
-    } else {
-        !c.is_control() && !c.is_whitespace()
-    }
-}
-
-/// The inside of an address literal after its `[`: `198.51.100.1]` or `IPv6:2001:db8::1]` (tag
-/// case-insensitive). General literals (`tag:content`) are not supported.
-pub(crate) fn parse_address_literal(after_bracket: &str) -> Option<IpAddr> {
-    let inner = after_bracket.strip_suffix(']')?;
-    match inner.get(..5) {
-        Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => {
-            inner[5..].parse::<Ipv6Addr>().ok().map(IpAddr::V6)
-        }
-        _ => inner.parse().ok().filter(IpAddr::is_ipv4),
-    }
-}
-
-/// The canonical text of an address literal: `[198.51.100.1]`, `[IPv6:2001:db8::1]`.
-fn format_address_literal(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => format!("[{v4}]"),
-        IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
-    }
-}
-
-/// Checks a domain name given without its trailing dot: non-empty labels of letters, digits and
-/// inner hyphens (RFC 5321 `sub-domain`), or UTF-8 U-labels (RFC 6531); ASCII labels of at most
-/// 63 octets and ASCII names of at most 253. The length limits apply to ASCII names only: a
-/// U-label's length on the wire is that of its `xn--` form, which we do not compute. Returns what
-/// is wrong, for a reply or a config error.
-pub(crate) fn check_domain_syntax(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() {
-        return Err("empty domain");
-    }
-    if name.is_ascii() && name.len() > MAX_NAME_OCTETS {
-        return Err("domain name longer than 253 characters");
-    }
-    for label in name.split('.') {
-        if label.is_empty() {
-            return Err("empty label in domain (leading, trailing or double dot)");
-        }
-        if label.is_ascii() && label.len() > MAX_LABEL_OCTETS {
-            return Err("domain label longer than 63 characters");
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err("domain label starting or ending with a hyphen");
-        }
-        let valid = |c: char| {
-            if c.is_ascii() {
-                c.is_ascii_alphanumeric() || c == '-'
-            } else {
-                !c.is_control() && !c.is_whitespace() && !IDNA_DOTS.contains(&c)
-            }
-        };
-        if !label.chars().all(valid) {
-            return Err("character not allowed in a domain name");
-        }
-    }
-    Ok(())
 }
 
 /// One entry of `accepted_domains`, trailing dot removed.
@@ -935,7 +782,10 @@ mod tests {
                 accepted_domains: vec!["example.org".into(), pattern.into()],
                 ..RelayConfig::default()
             };
-            let (key, message) = cfg.validate().expect_err(pattern);
+            let Invalid {
+                key,
+                reason: message,
+            } = cfg.validate().expect_err(pattern);
             assert_eq!(key, "relay.accepted_domains", "{pattern}");
             assert!(message.contains(&format!("{pattern:?}")), "{message}");
         }
@@ -951,7 +801,10 @@ mod tests {
                 relay_networks: vec![net.parse().expect("network")],
                 ..RelayConfig::default()
             };
-            let (key, message) = cfg.validate().expect_err(net);
+            let Invalid {
+                key,
+                reason: message,
+            } = cfg.validate().expect_err(net);
             assert_eq!(key, "relay.relay_networks");
             assert!(message.contains(hint), "{message}");
         }

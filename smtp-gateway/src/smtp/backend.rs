@@ -1,6 +1,7 @@
-//! The live connection to the backend MTA: connect (with failover) or take an idle one from the
-//! pool, pass the client's identity, replay the client's EHLO, then relay commands (one at a
-//! time, or several written together when the backend offers PIPELINING) and stream message text.
+//! The live connection to the backend MTA: connect to one server, pass the client's identity,
+//! replay the client's EHLO, then relay commands (one at a time, or several written together when
+//! the backend offers PIPELINING) and stream message text. Failover between servers and idle
+//! connections are the pool's (`backend_pool.rs`).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -10,9 +11,9 @@ use tokio::{
 };
 
 use super::{
-    backend_pool::BackendPool,
     config::{BackendConfig, BackendServer, Identity},
     connection::MaybeTls,
+    ehlo_caps::EhloCaps,
     identity::{ClientIdentity, proxy_v2_header, xclient_command},
     reply::{Reply, parse_reply_line},
     tls::BackendConnector,
@@ -45,17 +46,20 @@ type BackendStream = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// An open backend session.
 pub struct Backend {
+    /// The connection, plain or TLS, with its read buffer.
     stream: BufReader<BackendStream>,
     /// Which server.
     pub addr: SocketAddr,
+    /// Bound on every write and on every reply read (`backend.reply_timeout`).
     reply_timeout: Duration,
     /// Bound on the courtesy QUIT at the end (`backend.connect_timeout`): the session task and its
     /// connection slot must not wait `reply_timeout` for it.
     quit_timeout: Duration,
     /// Where command round trips are recorded, once the session asked for it.
     reply_times: Option<prometheus_client::metrics::histogram::Histogram>,
-    /// The backend's EHLO reply offers PIPELINING (RFC 2920): commands may be written together.
-    pipelining: bool,
+    /// What the backend offered in its reply to the client's EHLO (PIPELINING: commands may be
+    /// written together, RFC 2920; AUTH: the mechanisms relayed on submission ports).
+    caps: EhloCaps,
     /// Commands queued with [`Backend::queue_command`], written by the next flush.
     queued: Vec<u8>,
     /// When the queued commands were last written: the start of their round trips.
@@ -66,52 +70,16 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Connects to the first reachable server (or takes an idle connection to it from `pool`,
-    /// for `identity = "none"` servers), passes the identity and replays `EHLO helo`.
-    /// Returns the backend, its EHLO reply and whether the connection was reused.
-    /// `tls[i]` is the STARTTLS connector of `cfg.servers[i]`, if it has one.
+    /// Connects to `server`, upgrades with STARTTLS when `tls` is given, passes the identity and
+    /// replays the client's HELO/EHLO ([`Backend::caps`] then holds what the backend offered).
     pub async fn connect(
-        cfg: &BackendConfig,
-        tls: &[Option<BackendConnector>],
-        pool: &BackendPool,
-        client: &ClientIdentity,
-        local: SocketAddr,
-        gateway_name: &str,
-    ) -> Result<(Self, Reply, bool), BackendError> {
-        let mut last = BackendError::NoServers;
-        for (i, server) in cfg.servers.iter().enumerate() {
-            if server.identity == Identity::None && cfg.pool_size > 0 {
-                // A connection that fails its EHLO (the backend closed it meanwhile) is dropped,
-                // and the next one, or a new one, serves the client.
-                while let Some(mut idle) = pool.take(server.address) {
-                    match idle.hello(client, gateway_name).await {
-                        Ok(ehlo) => return Ok((idle, ehlo, true)),
-                        Err(e) => {
-                            tracing::debug!(backend = %server.address, error = %e, "idle backend connection unusable; replacing it");
-                        }
-                    }
-                }
-            }
-            let connector = tls.get(i).and_then(Option::as_ref);
-            match Self::connect_one(cfg, server, connector, client, local, gateway_name).await {
-                Ok((backend, ehlo)) => return Ok((backend, ehlo, false)),
-                Err(e) => {
-                    tracing::warn!(backend = %server.address, error = %e, "backend unavailable, trying the next");
-                    last = e;
-                }
-            }
-        }
-        Err(last)
-    }
-
-    async fn connect_one(
         cfg: &BackendConfig,
         server: &BackendServer,
         tls: Option<&BackendConnector>,
         client: &ClientIdentity,
         local: SocketAddr,
         gateway_name: &str,
-    ) -> Result<(Self, Reply), BackendError> {
+    ) -> Result<Self, BackendError> {
         let unavailable = |detail: String| BackendError::Unavailable {
             addr: server.address,
             detail,
@@ -127,7 +95,7 @@ impl Backend {
             reply_timeout: cfg.reply_timeout,
             quit_timeout: cfg.connect_timeout,
             reply_times: None,
-            pipelining: false,
+            caps: EhloCaps::default(),
             queued: Vec::new(),
             flushed_at: std::time::Instant::now(),
             shareable: server.identity == Identity::None,
@@ -154,36 +122,27 @@ impl Backend {
             let ehlo = backend
                 .command(format!("EHLO {gateway_name}").as_bytes())
                 .await?;
-            let advertised = ehlo
-                .lines
-                .iter()
-                .find_map(|l| {
-                    let mut words = l.splitn(2, ' ');
-                    let keyword = words.next()?;
-                    keyword
-                        .eq_ignore_ascii_case("XCLIENT")
-                        .then(|| words.next().unwrap_or("").to_string())
-                })
-                .ok_or_else(|| {
-                    unavailable(
-                        "does not offer XCLIENT to the gateway (smtpd_authorized_xclient_hosts)"
-                            .into(),
-                    )
-                })?;
+            let offered = EhloCaps::parse(&ehlo);
+            if offered.xclient().is_none() {
+                return Err(unavailable(
+                    "does not offer XCLIENT to the gateway (smtpd_authorized_xclient_hosts)".into(),
+                ));
+            }
             let reply = backend
-                .command(xclient_command(client, &advertised).as_bytes())
+                .command(xclient_command(client, &offered).as_bytes())
                 .await?;
             if reply.code != 220 {
                 return Err(unavailable(format!("XCLIENT refused: {}", reply.summary())));
             }
         }
-        let ehlo = backend.hello(client, gateway_name).await?;
-        Ok((backend, ehlo))
+        backend.hello(client, gateway_name).await?;
+        Ok(backend)
     }
 
     /// Replays the client's HELO or EHLO (the gateway's name when it gave none); on a reused
     /// connection this also starts the new session's state on the backend (RFC 5321 4.1.4).
-    async fn hello(
+    /// Returns the backend's reply; [`Backend::caps`] holds what it offered.
+    pub async fn hello(
         &mut self,
         client: &ClientIdentity,
         gateway_name: &str,
@@ -197,11 +156,7 @@ impl Backend {
                 detail: format!("{verb} refused: {}", ehlo.summary()),
             });
         }
-        self.pipelining = ehlo.lines.iter().skip(1).any(|l| {
-            l.split_whitespace()
-                .next()
-                .is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))
-        });
+        self.caps = EhloCaps::parse(&ehlo);
         Ok(ehlo)
     }
 
@@ -244,11 +199,7 @@ impl Backend {
         let ehlo = self
             .command(format!("EHLO {gateway_name}").as_bytes())
             .await?;
-        if !ehlo
-            .lines
-            .iter()
-            .any(|l| l.eq_ignore_ascii_case("STARTTLS"))
-        {
+        if !EhloCaps::parse(&ehlo).starttls() {
             return Err(BackendError::Protocol(
                 "backend does not offer STARTTLS".into(),
             ));
@@ -298,9 +249,14 @@ impl Backend {
         self.reply_times = Some(histogram);
     }
 
+    /// What the backend offered in its reply to the client's EHLO.
+    pub fn caps(&self) -> &EhloCaps {
+        &self.caps
+    }
+
     /// Whether the backend offered PIPELINING in its reply to the client's EHLO.
     pub fn pipelining(&self) -> bool {
-        self.pipelining
+        self.caps.pipelining()
     }
 
     /// Queues one command line (CRLF added) without sending it: the next

@@ -9,6 +9,9 @@
 //! backend closed, or one on which it said something unasked (a 421 before its own idle timeout),
 //! is found out before it is handed to a session; one that fails at that EHLO is replaced by a new
 //! connection, so a client never sees the difference.
+//!
+//! [`BackendPool::connect`] is how a session gets its backend: the first reachable server in
+//! configuration order (failover), an idle connection to it when there is one.
 
 use std::{
     net::SocketAddr,
@@ -21,7 +24,12 @@ use tokio::{
     time::Instant,
 };
 
-use super::backend::Backend;
+use super::{
+    backend::{Backend, BackendError},
+    config::{BackendConfig, Identity},
+    identity::ClientIdentity,
+    tls::BackendConnector,
+};
 
 /// One idle connection and when it is closed.
 struct Idle {
@@ -65,6 +73,44 @@ impl BackendPool {
     /// Whether no connection is idle.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// A backend session for `client`: for each server in order, an idle connection to it (for
+    /// `identity = "none"` servers), else a new one (identity passed, EHLO replayed); the next
+    /// server when it fails. Returns the backend and whether the connection was reused.
+    /// `tls[i]` is the STARTTLS connector of `cfg.servers[i]`, if it has one.
+    pub async fn connect(
+        &self,
+        cfg: &BackendConfig,
+        tls: &[Option<BackendConnector>],
+        client: &ClientIdentity,
+        local: SocketAddr,
+        gateway_name: &str,
+    ) -> Result<(Backend, bool), BackendError> {
+        let mut last = BackendError::NoServers;
+        for (i, server) in cfg.servers.iter().enumerate() {
+            if server.identity == Identity::None && cfg.pool_size > 0 {
+                // A connection that fails its EHLO (the backend closed it meanwhile) is dropped,
+                // and the next one, or a new one, serves the client.
+                while let Some(mut idle) = self.take(server.address) {
+                    match idle.hello(client, gateway_name).await {
+                        Ok(_) => return Ok((idle, true)),
+                        Err(e) => {
+                            tracing::debug!(backend = %server.address, error = %e, "idle backend connection unusable; replacing it");
+                        }
+                    }
+                }
+            }
+            let connector = tls.get(i).and_then(Option::as_ref);
+            match Backend::connect(cfg, server, connector, client, local, gateway_name).await {
+                Ok(backend) => return Ok((backend, false)),
+                Err(e) => {
+                    tracing::warn!(backend = %server.address, error = %e, "backend unavailable, trying the next");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
     }
 
     /// The most recently returned connection to `addr` that is still open and not expired.

@@ -1,8 +1,34 @@
-//! `[smtp]`, `[backend]`, `[checks]` and `[score]`: the proxy's configuration sections.
+//! The proxy's configuration: `[smtp]`, `[backend]` and `[score]` with their validation, and
+//! [`ProxyConfig`], the sections a session reads (these three, `[checks]` from `checks.rs`,
+//! `[relay]` and `[helo]` from `policy/`). Rules that span sections stay in `config.rs`.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
+
+use crate::{
+    checks::ChecksConfig,
+    config::invalid::Invalid,
+    policy::{helo::HeloConfig, relay::RelayConfig},
+};
+
+/// The sections the proxy's sessions run with: one configuration generation's worth, built by
+/// the daemon from the whole file (with our own host name added to `helo.own_names`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProxyConfig {
+    /// `[smtp]`: listeners, limits, timeouts, TLS.
+    pub smtp: SmtpConfig,
+    /// `[backend]`: the MTA behind the gateway.
+    pub backend: BackendConfig,
+    /// `[checks]`: what each check does when it fires.
+    pub checks: ChecksConfig,
+    /// `[score]`: score thresholds.
+    pub score: ScoreConfig,
+    /// `[relay]`: anti-relay.
+    pub relay: RelayConfig,
+    /// `[helo]`: HELO/EHLO heuristics.
+    pub helo: HeloConfig,
+}
 
 /// `[smtp]`: listeners, limits and timeouts of the proxy.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -88,14 +114,65 @@ impl Default for SmtpConfig {
 
 /// The host name of this machine (`gethostname`), or "localhost".
 pub fn system_hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".into();
+    nix::unistd::gethostname()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+impl SmtpConfig {
+    /// Checks values serde cannot: host name, listeners, limits, timeouts.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let s = self;
+        let bad = |key: &str, reason: String| Err(Invalid::new(key, reason));
+        if s.hostname.trim().is_empty() || s.hostname.contains(char::is_whitespace) {
+            return bad(
+                "smtp.hostname",
+                format!("{:?} is not a host name", s.hostname),
+            );
+        }
+        for (i, l) in s.listeners.iter().enumerate() {
+            if s.listeners[..i].iter().any(|o| o.address == l.address) {
+                return bad("smtp.listeners", format!("{} is listed twice", l.address));
+            }
+            if l.kind == ListenerKind::Smtps && s.tls.is_none() {
+                return bad(
+                    "smtp.listeners",
+                    format!("{} is `smtps` but [smtp.tls] is not configured", l.address),
+                );
+            }
+        }
+        for (key, value, min) in [
+            ("smtp.max_connections", s.max_connections, 1),
+            (
+                "smtp.max_connections_per_source",
+                s.max_connections_per_source,
+                1,
+            ),
+            ("smtp.max_command_line", s.max_command_line, 512),
+            ("smtp.max_text_line", s.max_text_line, 1000),
+            ("smtp.max_recipients", s.max_recipients, 1),
+            ("smtp.max_messages", s.max_messages, 1),
+        ] {
+            if value < min {
+                return bad(key, format!("{value} is below the minimum of {min}"));
+            }
+        }
+        if s.max_message_size < 1024 {
+            return bad(
+                "smtp.max_message_size",
+                format!("{} is below 1024 bytes", s.max_message_size),
+            );
+        }
+        for (key, d) in [
+            ("smtp.command_timeout", s.command_timeout),
+            ("smtp.data_timeout", s.data_timeout),
+        ] {
+            if d < Duration::from_secs(1) {
+                return bad(key, "must be at least 1s".into());
+            }
+        }
+        Ok(())
     }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// One listening socket.
@@ -181,6 +258,21 @@ impl Default for BackendConfig {
     }
 }
 
+impl BackendConfig {
+    /// Checks values serde cannot (the pool against `[smtp]` is a rule of `config.rs`).
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.pool_size > 0
+            && !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.pool_idle)
+        {
+            return Err(Invalid::new(
+                "backend.pool_idle",
+                "must be between 1s and 1h",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One backend MTA.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -231,232 +323,6 @@ pub enum ConnectAt {
     Mail,
 }
 
-/// What a failed check does.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    /// Nothing (still logged and counted).
-    Ignore,
-    /// Add the check's weight to the session score.
-    Score,
-    /// Refuse the command or transaction with a permanent error (550/554), session goes on.
-    Reject,
-    /// Say `521`/`421` and close the connection.
-    Drop,
-}
-
-/// One check's setting.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct CheckSetting {
-    /// What happens when it fires.
-    pub action: Action,
-    /// Score added when `action = "score"`.
-    #[serde(default = "default_weight")]
-    pub weight: i32,
-}
-
-fn default_weight() -> i32 {
-    1
-}
-
-const fn setting(action: Action, weight: i32) -> CheckSetting {
-    CheckSetting { action, weight }
-}
-
-/// Every check the proxy runs; its name is its `[checks]` key. Typed, so a check's setting is an
-/// exhaustive match and a misspelt name cannot silently fall back to "ignore".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Check {
-    Pregreet,
-    Pipelining,
-    NonSmtp,
-    BareNewline,
-    NulByte,
-    LongLine,
-    HeloMissing,
-    HeloInvalid,
-    HeloUnbracketedLiteral,
-    HeloLiteralMismatch,
-    HeloOwnName,
-    HeloNotFqdn,
-    HeloDynamic,
-    HeloEmbeddedIp,
-    Dnsbl,
-    TooManyErrors,
-    TooManyUnknownCommands,
-    RelayAttempt,
-    Reputation,
-}
-
-impl Check {
-    /// Every check, in `[checks]` order.
-    pub const ALL: [Check; 19] = [
-        Check::Pregreet,
-        Check::Pipelining,
-        Check::NonSmtp,
-        Check::BareNewline,
-        Check::NulByte,
-        Check::LongLine,
-        Check::HeloMissing,
-        Check::HeloInvalid,
-        Check::HeloUnbracketedLiteral,
-        Check::HeloLiteralMismatch,
-        Check::HeloOwnName,
-        Check::HeloNotFqdn,
-        Check::HeloDynamic,
-        Check::HeloEmbeddedIp,
-        Check::Dnsbl,
-        Check::TooManyErrors,
-        Check::TooManyUnknownCommands,
-        Check::RelayAttempt,
-        Check::Reputation,
-    ];
-
-    /// The `[checks]` key (also the event, log and metric label).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Check::Pregreet => "pregreet",
-            Check::Pipelining => "pipelining",
-            Check::NonSmtp => "non_smtp",
-            Check::BareNewline => "bare_newline",
-            Check::NulByte => "nul_byte",
-            Check::LongLine => "long_line",
-            Check::HeloMissing => "helo_missing",
-            Check::HeloInvalid => "helo_invalid",
-            Check::HeloUnbracketedLiteral => "helo_unbracketed_literal",
-            Check::HeloLiteralMismatch => "helo_literal_mismatch",
-            Check::HeloOwnName => "helo_own_name",
-            Check::HeloNotFqdn => "helo_not_fqdn",
-            Check::HeloDynamic => "helo_dynamic",
-            Check::HeloEmbeddedIp => "helo_embedded_ip",
-            Check::Dnsbl => "dnsbl",
-            Check::TooManyErrors => "too_many_errors",
-            Check::TooManyUnknownCommands => "too_many_unknown_commands",
-            Check::RelayAttempt => "relay_attempt",
-            Check::Reputation => "reputation",
-        }
-    }
-
-    /// The check called `name`, if there is one.
-    pub fn from_name(name: &str) -> Option<Check> {
-        Check::ALL.into_iter().find(|c| c.name() == name)
-    }
-
-    /// The check a HELO finding fires.
-    pub const fn from_helo(finding: crate::policy::helo::HeloFinding) -> Check {
-        use crate::policy::helo::HeloFinding as F;
-        match finding {
-            F::Missing => Check::HeloMissing,
-            F::Invalid => Check::HeloInvalid,
-            F::UnbracketedLiteral => Check::HeloUnbracketedLiteral,
-            F::LiteralMismatch => Check::HeloLiteralMismatch,
-            F::OwnName => Check::HeloOwnName,
-            F::NotFqdn => Check::HeloNotFqdn,
-            F::Dynamic => Check::HeloDynamic,
-            F::EmbeddedIp => Check::HeloEmbeddedIp,
-        }
-    }
-}
-
-/// `[checks]`: the action of every check.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ChecksConfig {
-    /// Client talked before the banner (or during the greet pause).
-    pub pregreet: CheckSetting,
-    /// Commands pipelined before the EHLO reply, or message text before `354`.
-    pub pipelining: CheckSetting,
-    /// HTTP, CONNECT, a TLS hello on a plaintext port, or binary garbage.
-    pub non_smtp: CheckSetting,
-    /// Bare LF or bare CR in a command line.
-    pub bare_newline: CheckSetting,
-    /// NUL byte in a command line.
-    pub nul_byte: CheckSetting,
-    /// Command line over `smtp.max_command_line`, or text line over `smtp.max_text_line`.
-    pub long_line: CheckSetting,
-    /// MAIL before HELO/EHLO.
-    pub helo_missing: CheckSetting,
-    /// HELO name is neither a domain nor an address literal.
-    pub helo_invalid: CheckSetting,
-    /// HELO is a bare IP address instead of `[address]`.
-    pub helo_unbracketed_literal: CheckSetting,
-    /// HELO address literal is not the client's address.
-    pub helo_literal_mismatch: CheckSetting,
-    /// HELO claims to be this gateway.
-    pub helo_own_name: CheckSetting,
-    /// HELO is a single label.
-    pub helo_not_fqdn: CheckSetting,
-    /// HELO matches a dynamic-host pattern.
-    pub helo_dynamic: CheckSetting,
-    /// HELO embeds the client's IPv4 address.
-    pub helo_embedded_ip: CheckSetting,
-    /// DNSBL score at or over `dnsbl.threshold`.
-    pub dnsbl: CheckSetting,
-    /// More than `smtp.max_errors` errors.
-    pub too_many_errors: CheckSetting,
-    /// More than `smtp.max_unknown_commands` unknown commands.
-    pub too_many_unknown_commands: CheckSetting,
-    /// RCPT refused by anti-relay.
-    pub relay_attempt: CheckSetting,
-    /// Client IP, HELO name or sender found in a `[reputation]` list.
-    pub reputation: CheckSetting,
-}
-
-impl Default for ChecksConfig {
-    fn default() -> Self {
-        use Action::*;
-        Self {
-            pregreet: setting(Drop, 1),
-            pipelining: setting(Drop, 1),
-            non_smtp: setting(Drop, 1),
-            bare_newline: setting(Drop, 1),
-            nul_byte: setting(Drop, 1),
-            long_line: setting(Reject, 1),
-            helo_missing: setting(Reject, 1),
-            helo_invalid: setting(Reject, 1),
-            helo_unbracketed_literal: setting(Score, 1),
-            helo_literal_mismatch: setting(Score, 2),
-            helo_own_name: setting(Reject, 1),
-            helo_not_fqdn: setting(Score, 1),
-            helo_dynamic: setting(Score, 1),
-            helo_embedded_ip: setting(Score, 1),
-            dnsbl: setting(Score, 3),
-            too_many_errors: setting(Drop, 1),
-            too_many_unknown_commands: setting(Drop, 1),
-            relay_attempt: setting(Score, 1),
-            reputation: setting(Score, 3),
-        }
-    }
-}
-
-impl ChecksConfig {
-    /// The setting of `check`.
-    pub fn get(&self, check: Check) -> CheckSetting {
-        match check {
-            Check::Pregreet => self.pregreet,
-            Check::Pipelining => self.pipelining,
-            Check::NonSmtp => self.non_smtp,
-            Check::BareNewline => self.bare_newline,
-            Check::NulByte => self.nul_byte,
-            Check::LongLine => self.long_line,
-            Check::HeloMissing => self.helo_missing,
-            Check::HeloInvalid => self.helo_invalid,
-            Check::HeloUnbracketedLiteral => self.helo_unbracketed_literal,
-            Check::HeloLiteralMismatch => self.helo_literal_mismatch,
-            Check::HeloOwnName => self.helo_own_name,
-            Check::HeloNotFqdn => self.helo_not_fqdn,
-            Check::HeloDynamic => self.helo_dynamic,
-            Check::HeloEmbeddedIp => self.helo_embedded_ip,
-            Check::Dnsbl => self.dnsbl,
-            Check::TooManyErrors => self.too_many_errors,
-            Check::TooManyUnknownCommands => self.too_many_unknown_commands,
-            Check::RelayAttempt => self.relay_attempt,
-            Check::Reputation => self.reputation,
-        }
-    }
-}
-
 /// `[score]`: what the summed score of `score`-action checks means.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -479,19 +345,24 @@ impl Default for ScoreConfig {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_check_has_a_config_key_and_round_trips_its_name() {
-        // Each name must be a [checks] key: a TOML table setting it parses (unknown keys fail).
-        for check in Check::ALL {
-            let toml = format!("{} = {{ action = \"ignore\" }}", check.name());
-            let cfg: ChecksConfig = toml::from_str(&toml).unwrap_or_else(|e| panic!("{toml}: {e}"));
-            assert_eq!(cfg.get(check).action, Action::Ignore, "{}", check.name());
-            assert_eq!(Check::from_name(check.name()), Some(check));
+impl ScoreConfig {
+    /// The thresholds must rise: tarpit <= tempfail <= reject.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.tarpit > self.tempfail {
+            return Err(Invalid::new(
+                "score.tarpit",
+                format!(
+                    "{} is above score.tempfail ({})",
+                    self.tarpit, self.tempfail
+                ),
+            ));
         }
-        assert_eq!(Check::from_name("pregret"), None);
+        if self.tempfail > self.reject {
+            return Err(Invalid::new(
+                "score.tempfail",
+                format!("{} is above score.reject ({})", self.tempfail, self.reject),
+            ));
+        }
+        Ok(())
     }
 }

@@ -3,6 +3,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use super::ehlo_caps::EhloCaps;
+
 /// PROXY v2 signature.
 const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 
@@ -63,21 +65,14 @@ pub struct ClientIdentity {
 }
 
 /// The XCLIENT command line (without CRLF) for `id`, using only the attributes the backend
-/// advertised (`advertised` is the EHLO keyword's parameter list, e.g. "NAME ADDR PORT PROTO HELO").
-pub fn xclient_command(id: &ClientIdentity, advertised: &str) -> String {
-    let has = |attr: &str| {
-        advertised
-            .split_whitespace()
-            .any(|a| a.eq_ignore_ascii_case(attr))
-    };
+/// advertised with its XCLIENT keyword (e.g. `XCLIENT NAME ADDR PORT PROTO HELO`).
+pub fn xclient_command(id: &ClientIdentity, offered: &EhloCaps) -> String {
+    let has = |attr: &str| offered.xclient_offers(attr);
     let mut parts = vec!["XCLIENT".to_string()];
     if has("ADDR") {
-        let addr = match id.addr.ip() {
+        let addr = match id.addr.ip().to_canonical() {
             IpAddr::V4(a) => a.to_string(),
-            IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(v4) => v4.to_string(),
-                None => format!("IPV6:{a}"),
-            },
+            IpAddr::V6(a) => format!("IPV6:{a}"),
         };
         parts.push(format!("ADDR={}", xtext(&addr)));
     }
@@ -151,6 +146,14 @@ mod tests {
         assert_eq!(xtext("é"), "+C3+A9");
     }
 
+    /// The capabilities of an EHLO reply offering `XCLIENT {attrs}`.
+    fn offering(attrs: &str) -> EhloCaps {
+        EhloCaps::parse(&crate::smtp::reply::Reply::multi(
+            250,
+            vec!["backend.test".into(), format!("XCLIENT {attrs}")],
+        ))
+    }
+
     #[test]
     fn xclient_uses_advertised_attributes_only() {
         let id = ClientIdentity {
@@ -161,11 +164,11 @@ mod tests {
             login: None,
         };
         assert_eq!(
-            xclient_command(&id, "NAME ADDR PORT PROTO HELO LOGIN"),
+            xclient_command(&id, &offering("NAME ADDR PORT PROTO HELO LOGIN")),
             "XCLIENT ADDR=IPV6:2001:db8::7 PORT=4000 NAME=[UNAVAILABLE] HELO=mx.example.org PROTO=ESMTP"
         );
         assert_eq!(
-            xclient_command(&id, "ADDR"),
+            xclient_command(&id, &offering("ADDR")),
             "XCLIENT ADDR=IPV6:2001:db8::7"
         );
     }

@@ -1,37 +1,48 @@
 //! The SMTP filtering proxy.
 //!
-//! - `config.rs`: `[smtp]`, `[backend]`, `[checks]`, `[score]`;
+//! - `config.rs`: `[smtp]`, `[backend]`, `[score]` and [`ProxyConfig`](config::ProxyConfig), the
+//!   sections a session reads;
 //! - `server.rs`: listeners, connection caps, accept loop;
 //! - `connection.rs`: line framing and batched replies over plain or TLS streams;
-//! - `session.rs`: the per-client state machine and its checks;
-//! - `data.rs`: message text streamed to the backend, smuggling-proof;
-//! - `backend.rs`: the backend MTA session (failover, identity, EHLO replay);
-//! - `backend_pool.rs`: idle backend connections kept for the next session;
+//! - `session/`: the per-client state machine and its checks, one file per verb (`mod.rs` the
+//!   state, run loop and check firing; `line.rs` line checks, parsing and dispatch; `ehlo.rs`,
+//!   `auth.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `starttls.rs`; `backend.rs` the session's
+//!   backend: open, lose, settle, release);
+//! - `text.rs`: the message-text relay (after `354`), streamed to the backend, smuggling-proof;
+//! - `backend.rs`: one backend MTA session (identity, STARTTLS, EHLO replay, commands);
+//! - `backend_pool.rs`: failover over the servers, and idle connections kept for the next session;
+//! - `ehlo_caps.rs`: the backend's EHLO keywords, parsed once;
 //! - `pipeline.rs`: MAIL/RCPT forwarded without waiting, and how their replies settle in order;
 //! - `identity.rs`: PROXY v2 header and XCLIENT;
-//! - `reply.rs`: SMTP replies; `tls.rs`: rustls; `events.rs`: verdict events.
+//! - `reply.rs`: SMTP replies; `tls.rs`: rustls.
+//!
+//! Sessions publish their verdicts on the crate's event bus (`crate::events`). Client bytes are
+//! never cut at a byte index (`clippy::string_slice` is denied here): a cut inside a multi-byte
+//! character panics the session task.
+
+#![deny(clippy::string_slice)]
 
 pub mod backend;
 pub mod backend_pool;
 pub mod config;
 pub mod connection;
-pub mod data;
-pub mod events;
+pub mod ehlo_caps;
 pub mod identity;
 pub mod pipeline;
 pub mod reply;
 pub mod server;
 pub mod session;
+pub mod text;
 pub mod tls;
 
 use tokio_rustls::TlsAcceptor;
 
-use crate::{config::Config, policy::dnsbl::Dnsbl};
+use crate::{events, policy::dnsbl::Dnsbl};
 
 /// What every session of one configuration generation shares.
 pub struct Shared {
-    /// The configuration the sessions run with.
-    pub config: Config,
+    /// The configuration sections the sessions run with (not the whole file).
+    pub config: config::ProxyConfig,
     /// DNSBL scorer, when enabled.
     pub dnsbl: Option<std::sync::Arc<Dnsbl>>,
     /// TLS acceptor, when `[smtp.tls]` is configured.

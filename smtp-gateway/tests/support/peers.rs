@@ -1,15 +1,29 @@
-//! Test peers shared by the integration tests: a scripted backend MTA and a line client.
+//! Test peers shared by the integration tests: a scripted backend MTA, a line client, and the
+//! daemon under test started through the test kit's launcher.
 
 use std::{
     io::{BufRead, BufReader, Write},
     net::{TcpListener, TcpStream},
     path::PathBuf,
-    process::{Child, Command},
+    process::Command,
     time::Duration,
 };
 
-/// The daemon under test.
+use smtp_gateway_test_kit::{
+    DaemonProcess, GATEWAY_BIN_ENV, Wait,
+    launcher::{self, free_port},
+};
+
+/// The daemon under test, as cargo built it for this test binary.
 pub const BIN: &str = env!("CARGO_BIN_EXE_smtp-gateway");
+
+/// How long the daemon gets to log what a test waits for (start-up included).
+const LOG_WAIT: Duration = Duration::from_secs(10);
+
+/// The daemon binary: `$SMTP_GATEWAY_BIN` if set, else [`BIN`].
+pub fn binary() -> PathBuf {
+    std::env::var_os(GATEWAY_BIN_ENV).map_or_else(|| PathBuf::from(BIN), PathBuf::from)
+}
 
 /// base64("\0user\0secret")
 pub const GOOD_PLAIN: &str = "AHVzZXIAc2VjcmV0";
@@ -114,7 +128,8 @@ impl<S: std::io::Read + Write> Client<S> {
 
 /// The real daemon with the proxy on a free loopback port; killed, detached and cleaned on drop.
 pub struct Gateway {
-    pub child: Child,
+    /// The running daemon (PID, signals, exit status, its log).
+    pub child: DaemonProcess,
     pub dir: PathBuf,
     config: PathBuf,
     pub port: u16,
@@ -157,43 +172,33 @@ impl Gateway {
     ) -> Self {
         let dir = std::env::temp_dir().join(format!("sgw-life-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
-        let free_port = || {
-            TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .expect("port")
-        };
-        let port = free_port();
-        let metrics_port = free_port();
+        let port = free_port().unwrap_or_else(|e| panic!("{e}"));
+        let metrics_port = free_port().unwrap_or_else(|e| panic!("{e}"));
         let pin_dir = format!("/sys/fs/bpf/sgw-life-{}-{tag}", std::process::id());
+        let config = dir.join("gateway.toml");
+        write_config_file(
+            &config,
+            &pin_dir,
+            port,
+            metrics_port,
+            backend,
+            smtp_extra,
+            backend_extra,
+        );
+        let child = DaemonProcess::spawn(
+            launcher::wrapped(wrapper, &binary(), &config),
+            &dir.join("gateway.log"),
+            libc::SIGKILL,
+        )
+        .unwrap_or_else(|e| panic!("start: {e}"));
         let gw = Self {
-            child: Command::new("true").spawn().expect("placeholder"),
-            dir: dir.clone(),
-            config: dir.join("gateway.toml"),
+            child,
+            dir,
+            config,
             port,
             metrics_port,
             pin_dir,
         };
-        gw.write_config_with(backend, smtp_extra, backend_extra);
-        let log = std::fs::File::create(dir.join("gateway.log")).expect("log");
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
-        };
-        let child = command
-            .arg("-c")
-            .arg(&gw.config)
-            .arg("run")
-            .stderr(log)
-            .spawn()
-            .expect("start");
-        let mut gw = gw;
-        let mut placeholder = std::mem::replace(&mut gw.child, child);
-        let _ = placeholder.wait();
         gw.wait_log("SMTP listener ready");
         gw
     }
@@ -209,13 +214,15 @@ impl Gateway {
         smtp_extra: &str,
         backend_extra: &str,
     ) {
-        let text = format!(
-            "[dataplane]\npin_dir = \"{}\"\n[smtp]\nhostname = \"gw.test\"\nlisteners = [{{ address = \"127.0.0.1:{}\" }}]\n{smtp_extra}\n\
-             [backend]\nservers = [{{ address = \"{backend}\", identity = \"none\" }}]\n{backend_extra}\n[relay]\naccepted_domains = [\"example.org\"]\n\
-             [metrics]\nlisten = \"127.0.0.1:{}\"\n",
-            self.pin_dir, self.port, self.metrics_port
+        write_config_file(
+            &self.config,
+            &self.pin_dir,
+            self.port,
+            self.metrics_port,
+            backend,
+            smtp_extra,
+            backend_extra,
         );
-        std::fs::write(&self.config, text).expect("config");
     }
 
     /// The configuration file the daemon runs with.
@@ -225,7 +232,7 @@ impl Gateway {
 
     /// Runs the CLI against this daemon's configuration.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
+        Command::new(binary())
             .arg("-c")
             .arg(&self.config)
             .args(args)
@@ -238,23 +245,21 @@ impl Gateway {
         self.log().matches(needle).count()
     }
 
+    /// Everything the daemon logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
+        self.child.log()
     }
 
+    /// Waits (bounded, woken by each line the daemon logs) until the log contains `needle`.
     pub fn wait_log(&self, needle: &str) {
-        for _ in 0..100 {
-            if self.log().contains(needle) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if self.child.wait_for(LOG_WAIT, |log| log.contains(needle)) != Wait::Done {
+            panic!("no {needle:?} in the log:\n{}", self.log());
         }
-        panic!("no {needle:?} in the log:\n{}", self.log());
     }
 
+    /// Sends `sig` to the daemon by its PID.
     pub fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        let _ = self.child.signal(sig);
     }
 
     /// Connects and returns the greeting (all its lines).
@@ -285,20 +290,34 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
-        let _ = self.child.wait();
         // The test may have left its configuration invalid: detach with one naming the pins only.
         let detach = self.dir.join("detach.toml");
         let _ = std::fs::write(
             &detach,
             format!("[dataplane]\npin_dir = \"{}\"\n", self.pin_dir),
         );
-        let _ = Command::new(BIN)
-            .arg("-c")
-            .arg(&detach)
-            .arg("detach")
-            .output();
+        let _ = launcher::detach(&binary(), &detach);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Writes the daemon's configuration: the proxy on `port`, metrics on `metrics_port`, extra
+/// `[smtp]` and `[backend]` keys (or sections after `[smtp]`).
+fn write_config_file(
+    config: &std::path::Path,
+    pin_dir: &str,
+    port: u16,
+    metrics_port: u16,
+    backend: std::net::SocketAddr,
+    smtp_extra: &str,
+    backend_extra: &str,
+) {
+    let text = format!(
+        "[dataplane]\npin_dir = \"{pin_dir}\"\n[smtp]\nhostname = \"gw.test\"\nlisteners = [{{ address = \"127.0.0.1:{port}\" }}]\n{smtp_extra}\n\
+         [backend]\nservers = [{{ address = \"{backend}\", identity = \"none\" }}]\n{backend_extra}\n[relay]\naccepted_domains = [\"example.org\"]\n\
+         [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+    );
+    std::fs::write(config, text).expect("config");
 }
 
 /// Connects from `source` (a 127/8 address), talks before the banner as a bot does, and returns

@@ -90,9 +90,10 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use netns::{ChildGuard, Listener, Topology, in_netns, nsenter, wait_until};
-use smtp_gateway::{
+use smtp_gateway::dataplane::{
+    Dataplane,
     config::{AttachMode, DataplaneConfig},
-    dataplane::{Dataplane, loader},
+    loader,
 };
 use smtp_gateway_tests::{
     BenchArgs, TempDir,

@@ -41,10 +41,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use aya::programs::{TestRun, TestRunOptions};
 use frames::{Frame, Ipv4, Ipv6, Tcp};
-use smtp_gateway::{
-    config::DataplaneConfig,
-    dataplane::{Dataplane, PinLayout, Target, loader},
-};
+use smtp_gateway::dataplane::{Dataplane, PinLayout, Target, config::DataplaneConfig, loader};
 use smtp_gateway_common::{BlockEntry, Verdict, maps, origin};
 
 const XDP_DROP: u32 = 1;

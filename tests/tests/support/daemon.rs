@@ -1,11 +1,11 @@
 //! `smtp-gateway` in a test's gateway namespace: the daemon (at most one at a time) and the CLI
 //! on the same configuration, with `stats --json` read back. Shared by the network-namespace
-//! suites.
+//! suites. The daemon is started, waited for and stopped by the test kit's launcher
+//! ([`kit::DaemonProcess`]).
 
 use std::{
-    fs::File,
     net::IpAddr,
-    os::unix::process::{CommandExt, ExitStatusExt},
+    os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::{Output, Stdio},
     time::Duration,
@@ -14,10 +14,10 @@ use std::{
 use serde_json::Value;
 use smtp_gateway::dataplane::PinLayout;
 // The suites (and support/gateway.rs) strip the daemon's log colours through this module.
-use smtp_gateway_test_kit as kit;
 pub use smtp_gateway_test_kit::strip_ansi;
+use smtp_gateway_test_kit::{self as kit, DaemonProcess, Wait};
 
-use super::netns::{ChildGuard, nsenter, run, wait_until};
+use super::netns::{nsenter, run, wait_until};
 
 /// The daemon binary: `$SMTP_GATEWAY_BIN`, else `smtp-gateway` next to this test's `deps/`.
 /// Panics with how to build it when it is missing.
@@ -38,7 +38,8 @@ pub struct Daemon {
     pub dir: PathBuf,
     config: PathBuf,
     pub pin_dir: PathBuf,
-    child: Option<ChildGuard>,
+    /// The running daemon, until stopped.
+    child: Option<DaemonProcess>,
     /// Logs of every daemon start, in order.
     logs: Vec<PathBuf>,
 }
@@ -74,47 +75,31 @@ impl Daemon {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "the daemon already runs");
         let log = self.dir.join(format!("daemon-{}.log", self.logs.len() + 1));
-        let file = File::create(&log).expect("daemon log");
         let mut command = nsenter(&self.ns, &self.bin);
         command
             .arg("-c")
             .arg(&self.config)
             .arg("run")
             .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log fd"))
-            .stderr(file);
-        // SAFETY: prctl is async-signal-safe. nsenter execs the daemon in place (same PID), so if
-        // the test process dies without running destructors the daemon is killed with it.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = command
-            .spawn()
+            .stdin(Stdio::null());
+        // nsenter execs the daemon in place (same PID), so if the test process dies without
+        // running destructors the daemon is killed with it.
+        let mut child = DaemonProcess::spawn(command, &log, libc::SIGKILL)
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
         self.logs.push(log);
-        let mut child = ChildGuard::new(child, "smtp-gateway run");
-        let mut exited = None;
-        let ready = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
-            exited = child.child.try_wait().expect("try_wait");
-            exited.is_some()
-                || (self.link_pin().exists()
-                    && self
-                        .log()
-                        .lines()
-                        .any(|l| l.trim_end().ends_with(": ready")))
+        // "ready" is logged once the program is attached and its link pinned.
+        let ready = child.wait_for(Duration::from_secs(20), |log| {
+            log.lines().any(|l| l.trim_end().ends_with(": ready"))
         });
-        if let Some(status) = exited {
+        if ready == Wait::Exited {
+            let status = child.wait().expect("wait");
             panic!(
                 "smtp-gateway run exited during start-up ({status}):\n{}",
                 self.log()
             );
         }
         assert!(
-            ready,
+            ready == Wait::Done && self.link_pin().exists(),
             "smtp-gateway run not ready within 20s (link pin exists: {}):\n{}",
             self.link_pin().exists(),
             self.log()
@@ -125,10 +110,12 @@ impl Daemon {
     /// SIGTERM, the orderly stop: the daemon must exit 0 within 15 s.
     pub fn terminate(&mut self) {
         let mut child = self.child.take().expect("the daemon runs");
-        let pid = libc::pid_t::try_from(child.child.id()).expect("pid");
-        // SAFETY: signalling our own child, not yet reaped (it is still in `child`).
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM");
-        let status = child.wait_bounded(Duration::from_secs(15));
+        child.signal(libc::SIGTERM).expect("SIGTERM");
+        let within = Duration::from_secs(15);
+        let Some(status) = child.wait_exit(within).expect("wait") else {
+            let _ = child.kill();
+            panic!("smtp-gateway run did not finish within {within:?}; killed");
+        };
         assert!(
             status.success(),
             "SIGTERM: the daemon exited with {status}:\n{}",
@@ -139,8 +126,7 @@ impl Daemon {
     /// SIGKILL: the daemon gets no chance to clean anything up.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("the daemon runs");
-        child.child.kill().expect("kill -9 the daemon");
-        let status = child.wait_bounded(Duration::from_secs(10));
+        let status = child.kill().expect("kill -9 the daemon");
         assert_eq!(status.signal(), Some(libc::SIGKILL), "kill -9: {status}");
     }
 
@@ -152,13 +138,14 @@ impl Daemon {
             .unwrap_or_default()
     }
 
-    /// Waits (bounded) for a line of the current log that contains every one of `needles`.
+    /// Waits (bounded, woken by each line the daemon logs) for a line of the current log that
+    /// contains every one of `needles`; a stopped daemon's log is checked once.
     pub fn wait_logged(&self, needles: &[&str], within: Duration) -> bool {
-        wait_until(within, Duration::from_millis(50), || {
-            self.log()
-                .lines()
-                .any(|l| needles.iter().all(|n| l.contains(n)))
-        })
+        let found = |log: &str| log.lines().any(|l| needles.iter().all(|n| l.contains(n)));
+        match &self.child {
+            Some(child) => child.wait_for(within, found) == Wait::Done,
+            None => found(&self.log()),
+        }
     }
 
     /// `smtp-gateway -c CONFIG <args>` in the gateway namespace.
@@ -227,7 +214,9 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        drop(self.child.take());
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+        }
         if std::thread::panicking() {
             for path in &self.logs {
                 let text = std::fs::read_to_string(path).unwrap_or_default();

@@ -1,7 +1,8 @@
 //! One `smtp-gateway run` daemon per test, with its own configuration, free listener ports, a
 //! unique bpffs pin directory and its own temp directory.
 //!
-//! [`Gateway`]'s `Drop` stops the daemon (SIGTERM, SIGKILL after 5 s), runs
+//! The daemon is started, waited for and stopped by the test kit's launcher
+//! ([`kit::DaemonProcess`]). [`Gateway`]'s `Drop` stops it (SIGTERM, SIGKILL after 5 s), runs
 //! `smtp-gateway -c CONFIG detach` to remove the pins and deletes the directory; when the test is
 //! panicking it prints the daemon's log first.
 //!
@@ -11,17 +12,23 @@
 use std::{
     fmt::Write as _,
     fs,
-    net::{SocketAddr, TcpListener},
-    os::unix::process::CommandExt,
+    net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Once,
         atomic::{AtomicUsize, Ordering},
     },
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+use smtp_gateway_test_kit::{self as kit, DaemonProcess, Wait, launcher};
+
+/// How long a gateway gets to log that it is ready.
+const READY_WITHIN: Duration = Duration::from_secs(20);
+/// How long a stopped gateway gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -83,7 +90,8 @@ impl GatewaySpec {
 
 /// A running gateway.
 pub struct Gateway {
-    child: Option<Child>,
+    /// The running daemon, until stopped.
+    child: Option<DaemonProcess>,
     /// Its directory (config, log, certificate).
     pub dir: PathBuf,
     config: PathBuf,
@@ -96,10 +104,7 @@ pub use crate::support::daemon::binary;
 
 /// A port nobody listens on right now (127.0.0.1).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    launcher::free_port().unwrap_or_else(|e| panic!("{e}"))
 }
 
 use crate::support::daemon::strip_ansi;
@@ -224,49 +229,30 @@ impl Gateway {
             // Several gateways run at once: none of them binds the default metrics port.
             let _ = writeln!(toml, "\n[metrics]\nenabled = false");
             fs::write(&config, &toml).expect("write gateway config");
-            let log_file = fs::File::create(&log).expect("gateway log");
-            let mut cmd = Command::new(binary());
-            cmd.arg("-c")
-                .arg(&config)
-                .arg("run")
-                .stdin(Stdio::null())
-                .stdout(log_file.try_clone().expect("log fd"))
-                .stderr(log_file);
-            // SAFETY: prctl is async-signal-safe. If the test process dies without running
-            // destructors (SIGKILL), the daemon gets SIGTERM instead of running on.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                    Ok(())
-                });
+            // If the test process dies without running destructors (SIGKILL), the daemon gets
+            // SIGTERM instead of running on.
+            let child = DaemonProcess::spawn(
+                launcher::run_command(&binary(), &config),
+                &log,
+                libc::SIGTERM,
+            )
+            .unwrap_or_else(|e| panic!("spawn smtp-gateway: {e}"));
+            let ready = child.wait_for(READY_WITHIN, |text| {
+                text.lines().any(|l| l.trim_end().ends_with(" ready"))
+            });
+            if ready == Wait::Done {
+                return Gateway {
+                    child: Some(child),
+                    dir,
+                    config,
+                    log,
+                    listeners,
+                };
             }
-            let child = cmd.spawn().expect("spawn smtp-gateway");
-            let mut child = Some(child);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let text = strip_ansi(&fs::read_to_string(&log).unwrap_or_default());
-                if text.lines().any(|l| l.trim_end().ends_with(" ready")) {
-                    return Gateway {
-                        child,
-                        dir,
-                        config,
-                        log,
-                        listeners,
-                    };
-                }
-                let exited = child
-                    .as_mut()
-                    .map(|c| matches!(c.try_wait(), Ok(Some(_))))
-                    .unwrap_or(true);
-                if exited || Instant::now() > deadline {
-                    last_log = format!("config:\n{toml}\nlog:\n{text}");
-                    // Not a test failure yet: stop it and detach its pins, keep the directory.
-                    terminate(child.take());
-                    detach(&config);
-                    break;
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
+            last_log = format!("config:\n{toml}\nlog:\n{}", child.log());
+            // Not a test failure yet: stop it and detach its pins, keep the directory.
+            terminate(Some(child));
+            detach(&config);
             if !last_log.contains("cannot listen") {
                 break;
             }
@@ -294,42 +280,24 @@ impl Gateway {
 }
 
 /// SIGTERM, then SIGKILL after 5 s; reaps the child.
-fn terminate(child: Option<Child>) {
-    let Some(mut child) = child else {
-        return;
-    };
-    // SAFETY: our own child, by PID.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => return,
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return;
-            }
-        }
+fn terminate(child: Option<DaemonProcess>) {
+    if let Some(mut child) = child
+        && let Err(e) = child.stop(STOP_GRACE)
+    {
+        eprintln!("stopping smtp-gateway: {e}");
     }
 }
 
 /// `smtp-gateway -c CONFIG detach`: removes the pins of that configuration.
 fn detach(config: &Path) {
-    let out = Command::new(binary())
-        .arg("-c")
-        .arg(config)
-        .arg("detach")
-        .stdin(Stdio::null())
-        .output();
-    match out {
+    match launcher::detach(&binary(), config) {
         Ok(out) if out.status.success() => {}
         Ok(out) => eprintln!(
             "smtp-gateway detach ({}): {}",
             config.display(),
             String::from_utf8_lossy(&out.stderr)
         ),
-        Err(e) => eprintln!("smtp-gateway detach: {e}"),
+        Err(e) => eprintln!("{e}"),
     }
 }
 
@@ -337,12 +305,10 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop();
         if thread::panicking() {
-            let log = self.log();
-            let lines: Vec<&str> = log.lines().collect();
             eprintln!(
                 "--- gateway log ({}), last lines:\n{}",
                 self.dir.display(),
-                lines[lines.len().saturating_sub(80)..].join("\n")
+                kit::last_lines(&self.log(), 80)
             );
         }
         let _ = fs::remove_dir_all(&self.dir);

@@ -1,11 +1,12 @@
-//! Session verdict events: every check that fires is published with the source, the check and the
-//! action taken, for logs, metrics and the kernel auto-ban to consume.
+//! The verdict event bus: the SMTP sessions publish every check that fires (source, check, action
+//! taken) and how each session ended; the auto-ban, the metrics and the per-source outcomes read
+//! them. It lives at the crate root so that its readers need not reach into `smtp/`.
 
 use std::net::IpAddr;
 
 use tokio::sync::broadcast;
 
-use super::config::{Action, Check};
+use crate::checks::{Action, Check};
 
 /// Events kept for slow consumers before the oldest are dropped.
 pub const EVENT_BUFFER: usize = 4096;

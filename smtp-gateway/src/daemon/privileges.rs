@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use caps::{CapSet, Capability};
 use nix::unistd::{Gid, Group, Uid, User};
 
-use crate::config::DaemonConfig;
+use super::config::DaemonConfig;
 
 /// Why privileges could not be dropped (the daemon does not start then).
 #[derive(Debug, thiserror::Error)]

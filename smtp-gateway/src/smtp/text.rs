@@ -1,5 +1,5 @@
-//! Message text between `354` and the end of data, streamed to the backend without buffering the
-//! whole message.
+//! The message-text relay: the text between `354` and the end of data, streamed to the backend
+//! without buffering the whole message. (The DATA verb itself is `session/data.rs`.)
 //!
 //! Only `CRLF . CRLF` ends the data. Lines are forwarded byte for byte (dot-stuffing included) when
 //! they end with CRLF and hold no bare CR. A bare LF or bare CR is either refused (the backend
@@ -52,8 +52,8 @@ impl TextViolation {
     }
 }
 
-/// How the message ended.
-pub enum DataOutcome {
+/// How relaying one message's text ended.
+pub enum TextRelayEnd {
     /// The backend's final reply (positive or not): relay it.
     Relayed(Reply),
     /// Refused by the gateway; the backend transaction was aborted.
@@ -70,7 +70,7 @@ pub async fn relay_message(
     conn: &mut Connection,
     backend: &mut Backend,
     limits: &TextLimits,
-) -> (DataOutcome, u64) {
+) -> (TextRelayEnd, u64) {
     let mut size: u64 = 0;
     let mut violation: Option<TextViolation> = None;
     let mut backend_error: Option<BackendError> = None;
@@ -83,11 +83,11 @@ pub async fn relay_message(
         let line = match conn.read_line(read_max, limits.timeout).await {
             Ok(Some(line)) => line,
             Ok(None) | Err(ConnError::Timeout) | Err(ConnError::Io(_)) => {
-                return (DataOutcome::ClientGone, size);
+                return (TextRelayEnd::ClientGone, size);
             }
         };
         if line.ending == Ending::Eof {
-            return (DataOutcome::ClientGone, size);
+            return (TextRelayEnd::ClientGone, size);
         }
         let clean_crlf = line.ending == Ending::CrLf && !line.bare_cr;
         if line.data == b"." && line.ending == Ending::CrLf && prev_crlf {
@@ -138,18 +138,18 @@ pub async fn relay_message(
         }
     }
     if let Some(v) = violation {
-        return (DataOutcome::Refused(v), size);
+        return (TextRelayEnd::Refused(v), size);
     }
     if let Some(e) = backend_error {
-        return (DataOutcome::BackendFailed(e), size);
+        return (TextRelayEnd::BackendFailed(e), size);
     }
     out.extend_from_slice(b".\r\n");
     if let Err(e) = backend.send_text(&out).await {
-        return (DataOutcome::BackendFailed(e), size);
+        return (TextRelayEnd::BackendFailed(e), size);
     }
     match backend.read_reply().await {
-        Ok(reply) => (DataOutcome::Relayed(reply), size),
-        Err(e) => (DataOutcome::BackendFailed(e), size),
+        Ok(reply) => (TextRelayEnd::Relayed(reply), size),
+        Err(e) => (TextRelayEnd::BackendFailed(e), size),
     }
 }
 
@@ -194,7 +194,7 @@ mod tests {
     async fn relay(
         client_text: &'static [u8],
         policy: BareNewlinePolicy,
-    ) -> (DataOutcome, Vec<u8>) {
+    ) -> (TextRelayEnd, Vec<u8>) {
         relay_with(client_text, policy, true).await
     }
 
@@ -202,7 +202,7 @@ mod tests {
         client_text: &'static [u8],
         policy: BareNewlinePolicy,
         refuse_long_lines: bool,
-    ) -> (DataOutcome, Vec<u8>) {
+    ) -> (TextRelayEnd, Vec<u8>) {
         let backend_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let backend_addr = backend_listener.local_addr().expect("addr");
         let recorder = tokio::spawn(recording_backend(backend_listener));
@@ -224,10 +224,10 @@ mod tests {
             esmtp: true,
             login: None,
         };
-        let (mut backend, _, _) = Backend::connect(
+        let mut backend = Backend::connect(
             &cfg,
-            &[None],
-            &crate::smtp::backend_pool::BackendPool::new(),
+            &cfg.servers[0],
+            None,
             &id,
             "127.0.0.1:25".parse().expect("addr"),
             "gw",
@@ -288,7 +288,7 @@ mod tests {
         for (variant, text) in variants() {
             let (outcome, received) = relay(text, BareNewlinePolicy::Reject).await;
             assert!(
-                matches!(outcome, DataOutcome::Refused(TextViolation::BareNewline)),
+                matches!(outcome, TextRelayEnd::Refused(TextViolation::BareNewline)),
                 "{variant:?}: refused"
             );
             assert!(
@@ -304,7 +304,7 @@ mod tests {
         for (variant, text) in variants() {
             let (outcome, received) = relay(text, BareNewlinePolicy::Normalize).await;
             assert!(
-                matches!(outcome, DataOutcome::Relayed(_)),
+                matches!(outcome, TextRelayEnd::Relayed(_)),
                 "{variant:?}: relayed"
             );
             let ends = received.windows(5).filter(|w| *w == b"\r\n.\r\n").count();
@@ -330,7 +330,7 @@ mod tests {
     async fn clean_text_is_forwarded_byte_for_byte_with_its_stuffing() {
         let text = b"Subject: x\r\n\r\n..leading dot\r\nline\r\n.\r\n";
         let (outcome, received) = relay(text, BareNewlinePolicy::Reject).await;
-        assert!(matches!(outcome, DataOutcome::Relayed(_)));
+        assert!(matches!(outcome, TextRelayEnd::Relayed(_)));
         assert_eq!(received, text.to_vec());
     }
 
@@ -345,11 +345,11 @@ mod tests {
         let (outcome, _) = relay_with(text, BareNewlinePolicy::Reject, true).await;
         assert!(matches!(
             outcome,
-            DataOutcome::Refused(TextViolation::LongLine)
+            TextRelayEnd::Refused(TextViolation::LongLine)
         ));
         let (outcome, received) = relay_with(text, BareNewlinePolicy::Reject, false).await;
         assert!(
-            matches!(outcome, DataOutcome::Relayed(_)),
+            matches!(outcome, TextRelayEnd::Relayed(_)),
             "long_line ignored: relayed"
         );
         assert!(received.ends_with(b"\r\n.\r\n"));

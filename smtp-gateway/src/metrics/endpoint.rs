@@ -1,7 +1,7 @@
-//! `GET /metrics`: the gateway's Prometheus/OpenMetrics endpoint. Process counters (sessions,
-//! checks, reloads, bans) live in one [`Metrics`] shared by every task; the kernel counters are
-//! read from the pinned maps at scrape time. The HTTP side is deliberately minimal: one request
-//! per connection, `GET /metrics` or `404`, then close.
+//! `GET /metrics`: the scrape-time side of the Prometheus/OpenMetrics endpoint. The process
+//! counters ([`Metrics`]) are encoded as they are; the kernel counters are read from the pinned
+//! maps at scrape time, with per-source series for the top sources. The HTTP side is deliberately
+//! minimal: one request per connection, `GET /metrics` or `404`, then close.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -11,131 +11,57 @@ use std::{
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text},
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{Histogram, exponential_buckets},
-    },
+    metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
-use serde::Deserialize;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::{broadcast, watch},
+    sync::watch,
 };
 
+use super::{Metrics, PREFIX, config::MetricsConfig};
 use crate::{
-    config::Config,
     control::protocol::SessionCounts,
-    daemon::SharedDataplane,
-    dataplane::stats::SourceRow,
-    smtp::{
-        config::{Action, Check},
-        events::{Event, SessionVerdict},
-    },
+    dataplane::{SharedDataplane, stats::SourceRow},
+    events::SessionVerdict,
     source_outcomes::SourceOutcomes,
 };
 
-/// Prefix of every series.
-const PREFIX: &str = "smtp_gateway";
 /// The content type of the text encoding `prometheus-client` produces.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Longest request head read before answering (the request line is all we need).
 const MAX_REQUEST: usize = 8192;
 /// How long a scraper may take to send its request and read the answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest `metrics.top_sources` accepted (bounded label cardinality).
-pub const MAX_TOP_SOURCES: usize = 1000;
-
-/// `[metrics]`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricsConfig {
-    /// Whether the endpoint is served.
-    pub enabled: bool,
-    /// Where `GET /metrics` is served (loopback by default: the counters name client addresses).
-    pub listen: SocketAddr,
-    /// Sources exported with per-source series (the top ones by drops, then packets).
-    pub top_sources: usize,
-    /// Sources whose session outcomes the daemon keeps for `stats`, `top` and the per-source
-    /// series (the least recently seen are forgotten beyond).
-    pub session_sources: usize,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            listen: SocketAddr::from(([127, 0, 0, 1], 9465)),
-            top_sources: 20,
-            session_sources: 10_000,
-        }
-    }
-}
-
-impl MetricsConfig {
-    /// Checks the values; returns the key and the reason.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        if self.top_sources > MAX_TOP_SOURCES {
-            return Err((
-                "metrics.top_sources".into(),
-                format!("must be at most {MAX_TOP_SOURCES}"),
-            ));
-        }
-        if self.session_sources == 0 {
-            return Err((
-                "metrics.session_sources".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("metrics.listen: cannot listen on {address}: {source}")]
 pub struct MetricsError {
+    /// `metrics.listen`.
     address: SocketAddr,
+    /// Why it could not be bound.
     source: std::io::Error,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ListenerLabels {
-    listener: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CheckLabels {
-    check: &'static str,
-    action: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OriginLabels {
-    origin: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerdictLabels {
+    /// The kernel's verdict name.
     verdict: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
+    /// The source address.
     source: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceVerdictLabels {
+    /// The source address.
     source: String,
+    /// The session verdict name.
     verdict: &'static str,
 }
 
@@ -148,247 +74,42 @@ pub struct ScrapeSources {
     pub outcomes: Option<Arc<SourceOutcomes>>,
 }
 
-/// The process-side counters, shared (`Arc`) by the proxy, auto-ban and the daemon; built once
-/// per run so they survive configuration reloads.
-#[derive(Debug)]
-pub struct Metrics {
-    /// Everything below, for encoding.
-    registry: Registry,
-    /// Accepted connections per listener address.
-    connections: Family<ListenerLabels, Counter>,
-    /// Sessions running now.
-    sessions_active: Gauge,
-    /// TLS handshakes (implicit TLS and STARTTLS) by outcome.
-    tls_handshakes: Family<ResultLabels, Counter>,
-    /// Backend command round trips.
-    backend_reply: Histogram,
-    /// Backend sessions by connection: opened for the session, or an idle one reused.
-    backend_sessions: Family<OriginLabels, Counter>,
-    /// Messages relayed (backend 2xx) or refused.
-    messages: Family<ResultLabels, Counter>,
-    /// Checks that fired, by check and configured action.
-    checks_fired: Family<CheckLabels, Counter>,
-    /// SIGHUP reloads by outcome.
-    config_reloads: Family<ResultLabels, Counter>,
-    /// 1 when the last reload (or the start) succeeded.
-    config_last_reload_success: Gauge,
-    /// Sources banned in the kernel by auto-ban.
-    bans: Counter,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Decrements `sessions_active` when the session ends.
-pub struct ActiveSession(Gauge);
-
-impl Drop for ActiveSession {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-impl Metrics {
-    /// Fresh counters, registered under the `smtp_gateway_` prefix.
-    pub fn new() -> Self {
-        let mut registry = Registry::with_prefix(PREFIX);
-        let m = Self {
-            registry: Registry::default(),
-            connections: Family::default(),
-            sessions_active: Gauge::default(),
-            tls_handshakes: Family::default(),
-            backend_reply: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
-            backend_sessions: Family::default(),
-            messages: Family::default(),
-            checks_fired: Family::default(),
-            config_reloads: Family::default(),
-            config_last_reload_success: Gauge::default(),
-            bans: Counter::default(),
-        };
-        registry.register(
-            "connections",
-            "SMTP connections accepted, by listener",
-            m.connections.clone(),
-        );
-        registry.register(
-            "sessions_active",
-            "SMTP sessions running",
-            m.sessions_active.clone(),
-        );
-        registry.register(
-            "tls_handshakes",
-            "TLS handshakes with clients (implicit TLS and STARTTLS), by result",
-            m.tls_handshakes.clone(),
-        );
-        registry.register(
-            "backend_reply_seconds",
-            "Backend command round trips",
-            m.backend_reply.clone(),
-        );
-        registry.register(
-            "backend_sessions",
-            "Backend sessions started, by connection: \"new\" (opened for the session) or \"reused\" (an idle one from the pool)",
-            m.backend_sessions.clone(),
-        );
-        registry.register(
-            "messages",
-            "Messages relayed (backend 2xx) or refused",
-            m.messages.clone(),
-        );
-        registry.register(
-            "checks_fired",
-            "Session checks that fired, by check and configured action",
-            m.checks_fired.clone(),
-        );
-        registry.register(
-            "config_reloads",
-            "Configuration reloads, by result",
-            m.config_reloads.clone(),
-        );
-        registry.register(
-            "config_last_reload_success",
-            "1 when the last configuration (re)load succeeded",
-            m.config_last_reload_success.clone(),
-        );
-        registry.register(
-            "bans",
-            "Sources banned in the kernel by session verdicts",
-            m.bans.clone(),
-        );
-        m.config_last_reload_success.set(1);
-        Self { registry, ..m }
-    }
-
-    /// A connection accepted on `listener`.
-    pub fn connection(&self, listener: SocketAddr) {
-        self.connections
-            .get_or_create(&ListenerLabels {
-                listener: listener.to_string(),
-            })
-            .inc();
-    }
-
-    /// A session starts; it ends when the guard is dropped.
-    pub fn session_started(&self) -> ActiveSession {
-        self.sessions_active.inc();
-        ActiveSession(self.sessions_active.clone())
-    }
-
-    /// A client TLS handshake finished.
-    pub fn tls_handshake(&self, ok: bool) {
-        let result = if ok { "success" } else { "failure" };
-        self.tls_handshakes
-            .get_or_create(&ResultLabels { result })
-            .inc();
-    }
-
-    /// The histogram backend round trips are recorded in.
-    pub fn backend_reply_histogram(&self) -> Histogram {
-        self.backend_reply.clone()
-    }
-
-    /// A session got its backend connection: a new one, or an idle one `reused`.
-    pub fn backend_session(&self, reused: bool) {
-        let origin = if reused { "reused" } else { "new" };
-        self.backend_sessions
-            .get_or_create(&OriginLabels { origin })
-            .inc();
-    }
-
-    /// A message left the session: relayed (backend 2xx) or refused.
-    pub fn message(&self, relayed: bool) {
-        let result = if relayed { "relayed" } else { "refused" };
-        self.messages.get_or_create(&ResultLabels { result }).inc();
-    }
-
-    /// A check fired.
-    pub fn check_fired(&self, check: Check, action: Action) {
-        let check = check.name();
-        let action = match action {
-            Action::Ignore => "ignore",
-            Action::Score => "score",
-            Action::Reject => "reject",
-            Action::Drop => "drop",
-        };
-        self.checks_fired
-            .get_or_create(&CheckLabels { check, action })
-            .inc();
-    }
-
-    /// A configuration reload finished.
-    pub fn reload(&self, ok: bool) {
-        let result = if ok { "success" } else { "failure" };
-        self.config_reloads
-            .get_or_create(&ResultLabels { result })
-            .inc();
-        self.config_last_reload_success.set(i64::from(ok));
-    }
-
-    /// A source was banned in the kernel.
-    pub fn ban(&self) {
-        self.bans.inc();
-    }
-
-    /// Counts the verdict events until shutdown.
-    pub async fn count_events(
-        self: Arc<Self>,
-        mut events: broadcast::Receiver<Event>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        loop {
-            let event = tokio::select! {
-                e = events.recv() => e,
-                _ = shutdown.changed() => return,
-            };
-            match event {
-                Ok(e) => self.check_fired(e.check, e.action),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "metrics fell behind the session events");
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
+/// The text exposition: process counters, then the kernel counters read now (the per-source
+/// ones for the `top_sources` sources with the most drops, then packets).
+pub async fn render(metrics: &Metrics, sources: &ScrapeSources, top_sources: usize) -> String {
+    let mut kernel = Registry::with_prefix(PREFIX);
+    let mut rows = Vec::new();
+    if let Some(dp) = &sources.dataplane {
+        let dp = dp.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let dp = dp.lock().map_err(|_| "lock poisoned".to_string())?;
+            let totals = dp.verdict_totals().map_err(|e| e.to_string())?;
+            let rows = dp.source_rows().map_err(|e| e.to_string())?;
+            Ok::<_, String>((totals, rows))
+        })
+        .await;
+        match read {
+            Ok(Ok((totals, all))) => {
+                kernel_totals(&mut kernel, &totals);
+                rows = all;
             }
+            Ok(Err(e)) => tracing::warn!(error = %e, "metrics: reading the kernel counters"),
+            Err(e) => tracing::warn!(error = %e, "metrics: kernel counters task failed"),
         }
     }
-
-    /// The text exposition: process counters, then the kernel counters read now (the per-source
-    /// ones for the `top_sources` sources with the most drops, then packets).
-    pub async fn render(&self, sources: &ScrapeSources, top_sources: usize) -> String {
-        let mut kernel = Registry::with_prefix(PREFIX);
-        let mut rows = Vec::new();
-        if let Some(dp) = &sources.dataplane {
-            let dp = dp.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                let dp = dp.lock().map_err(|_| "lock poisoned".to_string())?;
-                let totals = dp.verdict_totals().map_err(|e| e.to_string())?;
-                let rows = dp.source_rows().map_err(|e| e.to_string())?;
-                Ok::<_, String>((totals, rows))
-            })
-            .await;
-            match read {
-                Ok(Ok((totals, all))) => {
-                    kernel_totals(&mut kernel, &totals);
-                    rows = all;
-                }
-                Ok(Err(e)) => tracing::warn!(error = %e, "metrics: reading the kernel counters"),
-                Err(e) => tracing::warn!(error = %e, "metrics: kernel counters task failed"),
-            }
-        }
-        let outcomes = sources
-            .outcomes
-            .as_ref()
-            .map(|o| o.snapshot())
-            .unwrap_or_default();
-        source_series(&mut kernel, &top(rows, &outcomes, top_sources), &outcomes);
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = text::encode_registry(&mut out, &self.registry)
-            .and_then(|()| text::encode_registry(&mut out, &kernel))
-            .and_then(|()| text::encode_eof(&mut out));
-        out
-    }
+    let outcomes = sources
+        .outcomes
+        .as_ref()
+        .map(|o| o.snapshot())
+        .unwrap_or_default();
+    source_series(&mut kernel, &top(rows, &outcomes, top_sources), &outcomes);
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = metrics
+        .encode(&mut out)
+        .and_then(|()| text::encode_registry(&mut out, &kernel))
+        .and_then(|()| text::encode_eof(&mut out));
+    out
 }
 
 /// The `n` sources with the most drops, then packets (sources without traffic are left out);
@@ -521,7 +242,7 @@ pub async fn serve(
     listener: std::net::TcpListener,
     metrics: Arc<Metrics>,
     sources: ScrapeSources,
-    config: watch::Receiver<Config>,
+    config: watch::Receiver<MetricsConfig>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let listener = match TcpListener::from_std(listener) {
@@ -554,7 +275,7 @@ pub async fn serve(
         };
         let metrics = metrics.clone();
         let sources = sources.clone();
-        let top_sources = config.borrow().metrics.top_sources;
+        let top_sources = config.borrow().top_sources;
         tokio::spawn(async move {
             let answer =
                 tokio::time::timeout(IO_TIMEOUT, answer(tcp, &metrics, &sources, top_sources))
@@ -587,7 +308,7 @@ async fn answer(
         (
             "200 OK",
             CONTENT_TYPE,
-            metrics.render(sources, top_sources).await,
+            render(metrics, sources, top_sources).await,
         )
     } else {
         (
@@ -621,6 +342,7 @@ mod tests {
     use std::net::IpAddr;
 
     use super::*;
+    use crate::checks::{Action, Check};
 
     async fn get(addr: SocketAddr, path: &str) -> String {
         let mut tcp = TcpStream::connect(addr).await.expect("connect");
@@ -648,10 +370,10 @@ mod tests {
         })
         .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let (_config_tx, config_rx) = watch::channel(Config::default());
+        let (_config_tx, config_rx) = watch::channel(MetricsConfig::default());
         let (stop_tx, stop_rx) = watch::channel(false);
         let outcomes = Arc::new(SourceOutcomes::new(10));
-        outcomes.record(&crate::smtp::events::SessionEnd {
+        outcomes.record(&crate::events::SessionEnd {
             source: IpAddr::from([198, 18, 0, 9]),
             verdict: SessionVerdict::Delivered,
             delivered: 3,
@@ -761,15 +483,5 @@ mod tests {
         };
         let err = bind(&cfg).expect_err("port in use").to_string();
         assert!(err.starts_with("metrics.listen: cannot listen on"), "{err}");
-    }
-
-    #[test]
-    fn top_sources_is_bounded() {
-        let cfg = MetricsConfig {
-            top_sources: MAX_TOP_SOURCES + 1,
-            ..MetricsConfig::default()
-        };
-        assert!(cfg.validate().is_err());
-        assert!(MetricsConfig::default().validate().is_ok());
     }
 }

@@ -1,0 +1,330 @@
+//! `smtp-gateway run`: attach the XDP program (or reuse the pinned one), push the configuration,
+//! sweep expired entries, reload on SIGHUP, stop on SIGTERM/SIGINT. The kernel protection stays
+//! when the daemon stops (pinned links and maps); `smtp-gateway detach` removes it.
+//!
+//! The daemon is a set of tasks around one shared [`Dataplane`]; the SMTP proxy joins them as
+//! another task fed by the same configuration and shutdown signal. This is the only place that
+//! holds the whole [`Config`]: every task gets its own section.
+//!
+//! - `mod.rs`: the wiring: [`prepare`] (privileged setup) and [`serve`] (the tasks, the reload
+//!   loop, the stop);
+//! - `reload.rs`: the one reload path, the proxy's configuration generations, the sections handed
+//!   to running tasks, and the notes on changes that need a restart;
+//! - `config.rs`: `[daemon]`;
+//! - `privileges.rs`: giving up capabilities (and the uid) once setup is done;
+//! - `error.rs`: [`DaemonError`].
+
+pub mod config;
+mod error;
+pub mod privileges;
+mod reload;
+
+use std::{path::PathBuf, sync::Arc};
+
+use tokio::sync::watch;
+
+pub use error::DaemonError;
+use reload::{GenerationContext, Live, Proxy};
+
+use crate::{
+    config::Config,
+    control::server::ControlSocket,
+    dataplane::{Dataplane, DataplaneError, SharedDataplane, config::DataplaneConfig, loader},
+    reload::{ReloadOrigin, ReloadRequest},
+    signal::{Control, Signals},
+    smtp::config::ListenerConfig,
+};
+
+/// Everything set up while the daemon still has its privileges: the data plane attached and
+/// its maps open, every socket bound. [`serve`] runs on it without privileges.
+pub struct Prepared {
+    /// The file reloads read (none: running on built-in defaults).
+    config_path: Option<PathBuf>,
+    /// The configuration the daemon starts with.
+    config: Config,
+    /// The attached data plane, its maps open.
+    dataplane: Dataplane,
+    /// Every `smtp.listeners` socket, bound.
+    listeners: Vec<(ListenerConfig, std::net::TcpListener)>,
+    /// The metrics endpoint's socket, bound when `metrics.enabled`.
+    metrics_listener: Option<std::net::TcpListener>,
+    /// The control socket, bound.
+    control: ControlSocket,
+    /// Set when privileges were dropped (then interfaces cannot be attached on reload).
+    dropped: bool,
+}
+
+/// Attaches, binds, then drops privileges (`[daemon]`). Must run before any other thread
+/// exists (no async runtime yet): credentials and capabilities are per thread, and only threads
+/// started afterwards inherit the reduced ones.
+pub fn prepare(config_path: Option<PathBuf>, config: Config) -> Result<Prepared, DaemonError> {
+    let dataplane = start_dataplane(&config.dataplane)?;
+    let metrics_listener = if config.metrics.enabled {
+        Some(crate::metrics::endpoint::bind(&config.metrics)?)
+    } else {
+        tracing::info!("metrics.enabled is false: no metrics endpoint");
+        None
+    };
+    let mut listeners = Vec::new();
+    for l in &config.smtp.listeners {
+        listeners.push((l.clone(), crate::smtp::server::bind(l)?));
+    }
+    let control = crate::control::server::bind(&config.control_socket())?;
+    let dropped = if config.daemon.drop_privileges {
+        let d = privileges::drop_privileges(&config.daemon)?;
+        tracing::info!(
+            uid = d.uid,
+            gid = d.gid,
+            capabilities = ?d.kept,
+            bounding_set_reduced = d.bounding,
+            "privileges dropped after setup"
+        );
+        true
+    } else {
+        tracing::warn!("daemon.drop_privileges is false: the daemon keeps all its privileges");
+        false
+    };
+    Ok(Prepared {
+        config_path,
+        config,
+        dataplane,
+        listeners,
+        metrics_listener,
+        control,
+        dropped,
+    })
+}
+
+/// Runs the daemon until SIGTERM (graceful: sessions may finish) or SIGINT (immediate).
+/// The configuration file is re-read on SIGHUP, when it changes, and on `smtp-gateway reload`.
+pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
+    let Prepared {
+        config_path,
+        config,
+        dataplane,
+        listeners,
+        metrics_listener,
+        control,
+        dropped,
+    } = prepared;
+    let mut signals = Signals::install().map_err(DaemonError::Signals)?;
+    let dataplane: SharedDataplane = Arc::new(std::sync::Mutex::new(dataplane));
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // The whole file stays here; each task reads its own section, published on every reload.
+    let live = Live::new(&config);
+    let (reload_tx, mut reload_rx) = crate::reload::channel();
+    let (events, events_rx) = crate::events::channel();
+    let (ends, ends_rx) = crate::events::ends_channel();
+    // One set of counters and one outcome table for the whole run: reload generations share them.
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let outcomes = Arc::new(crate::source_outcomes::SourceOutcomes::new(
+        config.metrics.session_sources,
+    ));
+    let metrics_server = metrics_listener.map(|listener| {
+        tokio::spawn(crate::metrics::endpoint::serve(
+            listener,
+            metrics.clone(),
+            crate::metrics::endpoint::ScrapeSources {
+                dataplane: Some(dataplane.clone()),
+                outcomes: Some(outcomes.clone()),
+            },
+            live.metrics.subscribe(),
+            shutdown_rx.clone(),
+        ))
+    });
+    let control_server = tokio::spawn(control.serve(
+        Arc::new(crate::control::server::Handler {
+            dataplane: dataplane.clone(),
+            outcomes: outcomes.clone(),
+            reload: reload_tx.clone(),
+        }),
+        shutdown_rx.clone(),
+    ));
+    let _watcher = match (&config_path, config.daemon.watch_config) {
+        (Some(path), true) => match crate::config_watch::spawn(
+            path,
+            config.daemon.watch_debounce,
+            reload_tx.clone(),
+            shutdown_rx.clone(),
+        ) {
+            Ok(watcher) => Some(watcher),
+            Err(e) => {
+                tracing::warn!(error = %e, "reloads on SIGHUP and `smtp-gateway reload` only");
+                None
+            }
+        },
+        _ => None,
+    };
+    let checks_counter = tokio::spawn(
+        metrics
+            .clone()
+            .count_events(events.subscribe(), shutdown_rx.clone()),
+    );
+    let autoban = tokio::spawn(crate::autoban::run(
+        live.autoban.subscribe(),
+        dataplane.clone(),
+        events_rx,
+        ends_rx,
+        metrics.clone(),
+        shutdown_rx.clone(),
+    ));
+    let pass_cache = Arc::new(crate::policy::pass_cache::PassCache::new(
+        config.smtp.pass_cache_ttl,
+        config.smtp.pass_cache_size,
+    ));
+    let backend_pool = Arc::new(crate::smtp::backend_pool::BackendPool::new());
+    let pool_sweeper = tokio::spawn({
+        let pool = backend_pool.clone();
+        let shutdown = shutdown_rx.clone();
+        async move { pool.run_sweeper(shutdown).await }
+    });
+    let context = GenerationContext {
+        events: events.clone(),
+        ends,
+        pass_cache,
+        metrics: metrics.clone(),
+        outcomes,
+        backend_pool: backend_pool.clone(),
+    };
+    let proxy = start_proxy(&config, listeners, &context, shutdown_rx.clone())?;
+    let sweeper = tokio::spawn(crate::dataplane::sweeper::sweep_loop(
+        dataplane.clone(),
+        live.sweep_interval.subscribe(),
+        shutdown_rx,
+    ));
+    let mut current = config;
+    tracing::info!("ready");
+
+    let fast = loop {
+        let request = tokio::select! {
+            signal = signals.next() => match signal {
+                Control::Terminate => break false,
+                Control::Interrupt => break true,
+                Control::Reload => ReloadRequest { origin: ReloadOrigin::Signal, reply: None },
+            },
+            Some(request) = reload_rx.recv() => request,
+        };
+        let result = match &config_path {
+            None => Err("no configuration file to reload (running on built-in defaults)".into()),
+            Some(path) => {
+                let generation = proxy.as_ref().map(|p| (&context, &p.shared));
+                match reload::reload(path, &current, &dataplane, generation, dropped).await {
+                    Ok((new, notes)) => {
+                        metrics.reload(true);
+                        for note in &notes {
+                            tracing::warn!("{note}");
+                        }
+                        tracing::info!(
+                            path = %path.display(),
+                            origin = request.origin.name(),
+                            "configuration reloaded"
+                        );
+                        live.publish(&new);
+                        current = new;
+                        Ok(notes)
+                    }
+                    Err(e) => {
+                        metrics.reload(false);
+                        tracing::error!(
+                            error = %e,
+                            origin = request.origin.name(),
+                            "configuration reload failed; the previous configuration stays in force"
+                        );
+                        Err(e.to_string())
+                    }
+                }
+            }
+        };
+        if let Err(e) = &result
+            && config_path.is_none()
+        {
+            tracing::warn!(origin = request.origin.name(), "reload: {e}");
+        }
+        if let Some(reply) = request.reply {
+            let _ = reply.send(result);
+        }
+    };
+    let _ = shutdown_tx.send(true);
+    let _ = sweeper.await;
+    let _ = checks_counter.await;
+    let _ = control_server.await;
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
+    if let Some(proxy) = proxy {
+        if fast {
+            proxy.handle.abort();
+        }
+        let _ = proxy.handle.await;
+    }
+    // The sessions are over: the idle backend connections end with QUIT (SIGINT just closes them).
+    let _ = pool_sweeper.await;
+    if !fast {
+        backend_pool.close_all().await;
+    }
+    let bans = autoban.await.unwrap_or(0);
+    tracing::info!(bans, "sources banned by session verdicts during this run");
+    tracing::info!(
+        "stopped; the XDP program stays attached with its pinned maps (`smtp-gateway detach` removes it)"
+    );
+    Ok(())
+}
+
+/// Serves the bound SMTP listeners in the background.
+fn start_proxy(
+    config: &Config,
+    bound: Vec<(ListenerConfig, std::net::TcpListener)>,
+    context: &GenerationContext,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Option<Proxy>, DaemonError> {
+    if bound.is_empty() {
+        tracing::info!("smtp.listeners is empty: the SMTP proxy is off");
+        return Ok(None);
+    }
+    let shared = Arc::new(reload::build_shared(config, context.clone())?);
+    let mut listeners = Vec::new();
+    for (l, std_listener) in bound {
+        let listener = tokio::net::TcpListener::from_std(std_listener).map_err(|source| {
+            crate::smtp::server::ServerError::Bind {
+                address: l.address,
+                source,
+            }
+        })?;
+        listeners.push((l, listener));
+    }
+    let (shared_tx, shared_rx) = watch::channel(shared);
+    Ok(Some(Proxy {
+        handle: tokio::spawn(crate::smtp::server::serve(shared_rx, listeners, shutdown)),
+        shared: shared_tx,
+    }))
+}
+
+/// Attaches, pushes the runtime config and the static allowlist.
+fn start_dataplane(cfg: &DataplaneConfig) -> Result<Dataplane, DataplaneError> {
+    let report = loader::attach(cfg)?;
+    for (interface, action) in &report.links {
+        tracing::info!(interface, ?action, mode = ?cfg.attach_mode, "XDP program attached");
+    }
+    for interface in &report.removed {
+        tracing::info!(
+            interface,
+            "XDP link removed (interface no longer configured)"
+        );
+    }
+    if cfg.interfaces.is_empty() {
+        tracing::warn!("dataplane.interfaces is empty: the kernel filter is not attached anywhere");
+    }
+    let mut dataplane = report.dataplane;
+    dataplane.apply_config(cfg)?;
+    dataplane.sync_config_allowlist(&cfg.allowlist)?;
+    tracing::info!(
+        ports = ?cfg.protected_ports,
+        rate_limit = cfg.rate_limit.enabled,
+        syn_per_second = cfg.rate_limit.syn_per_second,
+        burst = cfg.rate_limit.burst,
+        pins = %dataplane.dir().display(),
+        "dataplane configured"
+    );
+    Ok(dataplane)
+}

@@ -1,0 +1,260 @@
+//! The one reload path: read and validate the new file, build the proxy's next configuration
+//! generation without side effects, apply the data plane's section, then hand every running task
+//! its own section ([`Live`]). On any error the old configuration stays in force. Also the notes
+//! on changes that take effect only after a restart.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use tokio::sync::watch;
+
+use super::error::DaemonError;
+use crate::{
+    autoban::AutobanConfig,
+    config::Config,
+    dataplane::{DataplaneError, SharedDataplane, loader},
+    metrics::config::MetricsConfig,
+};
+
+/// The sections running tasks read live, one channel each; every reload publishes all of them
+/// (the proxy gets its whole generation through [`Proxy::shared`] instead).
+pub(super) struct Live {
+    /// `[autoban]`, for the auto-ban task.
+    pub autoban: watch::Sender<AutobanConfig>,
+    /// `[metrics]`, for the endpoint (`top_sources`).
+    pub metrics: watch::Sender<MetricsConfig>,
+    /// `dataplane.sweep_interval`, for the expiry sweeper.
+    pub sweep_interval: watch::Sender<Duration>,
+}
+
+impl Live {
+    /// Channels holding the sections of `config`.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            autoban: watch::Sender::new(config.autoban.clone()),
+            metrics: watch::Sender::new(config.metrics.clone()),
+            sweep_interval: watch::Sender::new(config.dataplane.sweep_interval),
+        }
+    }
+
+    /// Hands every task its section of `config` (each is told, changed or not).
+    pub fn publish(&self, config: &Config) {
+        self.autoban.send_replace(config.autoban.clone());
+        self.metrics.send_replace(config.metrics.clone());
+        self.sweep_interval
+            .send_replace(config.dataplane.sweep_interval);
+    }
+}
+
+/// What every proxy configuration generation shares with the others (built once per run;
+/// cloned, cheaply, into the blocking task that builds a generation).
+#[derive(Clone)]
+pub(super) struct GenerationContext {
+    /// Verdict events (auto-ban and metrics read them).
+    pub events: crate::events::EventSender,
+    /// Session ends (auto-ban reads them).
+    pub ends: crate::events::EndSender,
+    /// Clients that passed recently (survives reloads).
+    pub pass_cache: Arc<crate::policy::pass_cache::PassCache>,
+    /// Process counters.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Per-source session outcomes.
+    pub outcomes: Arc<crate::source_outcomes::SourceOutcomes>,
+    /// Idle backend connections.
+    pub backend_pool: Arc<crate::smtp::backend_pool::BackendPool>,
+}
+
+/// The running proxy: its task and the configuration generation new sessions use.
+pub(super) struct Proxy {
+    /// The accept loop.
+    pub handle: tokio::task::JoinHandle<()>,
+    /// The current generation; sessions take it when they are accepted.
+    pub shared: watch::Sender<Arc<crate::smtp::Shared>>,
+}
+
+/// Everything a configuration generation of the proxy needs, built without side effects (so a
+/// failure leaves the running generation untouched).
+pub(super) fn build_shared(
+    config: &Config,
+    context: GenerationContext,
+) -> Result<crate::smtp::Shared, DaemonError> {
+    let GenerationContext {
+        events,
+        ends,
+        pass_cache,
+        metrics,
+        outcomes,
+        backend_pool,
+    } = context;
+    let tls = config
+        .smtp
+        .tls
+        .as_ref()
+        .map(crate::smtp::tls::acceptor)
+        .transpose()?;
+    let dnsbl = if config.dnsbl.enabled {
+        Some(Arc::new(crate::policy::dnsbl::Dnsbl::new(&config.dnsbl)?))
+    } else {
+        None
+    };
+    let backend_tls = config
+        .backend
+        .servers
+        .iter()
+        .map(|s| {
+            s.tls
+                .as_ref()
+                .map(|t| crate::smtp::tls::backend_connector(t, s.address.ip()))
+                .transpose()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let reputation = Arc::new(crate::policy::reputation::Reputation::load(
+        &config.reputation,
+    )?);
+    let mut config = config.proxy();
+    // A client claiming to be us is lying: our own name joins the configured ones.
+    config.helo.own_names.push(config.smtp.hostname.clone());
+    Ok(crate::smtp::Shared {
+        config,
+        dnsbl,
+        tls,
+        backend_tls,
+        events,
+        reputation,
+        pass_cache,
+        metrics,
+        outcomes,
+        ends,
+        backend_pool,
+    })
+}
+
+/// Reads, validates and applies a new configuration; on any error the old one stays. Returns
+/// the new configuration and notes on changes that need a restart.
+pub(super) async fn reload(
+    path: &Path,
+    old: &Config,
+    dataplane: &SharedDataplane,
+    proxy: Option<(&GenerationContext, &watch::Sender<Arc<crate::smtp::Shared>>)>,
+    privileges_dropped: bool,
+) -> Result<(Config, Vec<String>), DaemonError> {
+    let new = Config::load(path)?;
+    // Built first and without side effects: a certificate that cannot be read leaves everything
+    // as it was.
+    // Reading certificates and reputation lists (possibly millions of lines) is blocking work:
+    // it runs off the async workers that serve the sessions.
+    let generation = match &proxy {
+        Some((context, _)) => {
+            let (config, parts) = (new.clone(), (*context).clone());
+            Some(
+                tokio::task::spawn_blocking(move || build_shared(&config, parts))
+                    .await
+                    .map_err(|e| DaemonError::Task(e.to_string()))??,
+            )
+        }
+        None => None,
+    };
+    let mut notes = restart_notes(old, &new);
+    let (o, n) = (&old.dataplane, &new.dataplane);
+    // Attaching needs the privileges given up after setup.
+    let attach = o.interfaces != n.interfaces && !privileges_dropped;
+    if o.interfaces != n.interfaces && privileges_dropped {
+        notes.push(
+            "dataplane.interfaces changes take effect only after a restart (the daemon gave up \
+             the privileges to attach after setup; see daemon.drop_privileges)"
+                .into(),
+        );
+    }
+    let cfg = n.clone();
+    let dataplane = dataplane.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), DataplaneError> {
+        if attach {
+            let report = loader::attach(&cfg)?;
+            for (interface, action) in &report.links {
+                tracing::info!(interface, ?action, "XDP link");
+            }
+            for interface in &report.removed {
+                tracing::info!(interface, "XDP link removed");
+            }
+        }
+        let mut dp = dataplane.lock().map_err(|_| DataplaneError::Poisoned)?;
+        dp.apply_config(&cfg)?;
+        dp.sync_config_allowlist(&cfg.allowlist)
+    })
+    .await
+    .map_err(|e| DaemonError::Task(e.to_string()))??;
+    if let (Some(generation), Some((_, shared))) = (generation, proxy) {
+        // Sessions already running keep the generation they started with.
+        let _ = shared.send(Arc::new(generation));
+    }
+    Ok((new, notes))
+}
+
+/// The changed options that take effect only after a restart (config/gateway.toml lists them).
+pub(super) fn restart_notes(old: &Config, new: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    let mut note = |changed: bool, text: &str| {
+        if changed {
+            notes.push(text.to_string());
+        }
+    };
+    note(
+        old.smtp.listeners != new.smtp.listeners,
+        "smtp.listeners changes take effect only after a restart",
+    );
+    note(
+        old.metrics.enabled != new.metrics.enabled || old.metrics.listen != new.metrics.listen,
+        "metrics.enabled and metrics.listen changes take effect only after a restart",
+    );
+    note(
+        old.metrics.session_sources != new.metrics.session_sources,
+        "metrics.session_sources changes take effect only after a restart",
+    );
+    let (o, n) = (&old.dataplane, &new.dataplane);
+    note(
+        o.pin_dir != n.pin_dir || o.capacity != n.capacity || o.attach_mode != n.attach_mode,
+        "dataplane.pin_dir, dataplane.capacity and dataplane.attach_mode changes take effect \
+         only after `smtp-gateway detach` and a restart",
+    );
+    let (o, n) = (&old.daemon, &new.daemon);
+    note(
+        o.control_socket != n.control_socket
+            || o.watch_config != n.watch_config
+            || o.watch_debounce != n.watch_debounce
+            || o.drop_privileges != n.drop_privileges
+            || o.user != n.user
+            || o.group != n.group
+            || o.keep_capabilities != n.keep_capabilities,
+        "[daemon] changes (other than control_timeout) take effect only after a restart",
+    );
+    notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_hands_every_task_its_new_section() {
+        let old = Config::default();
+        let live = Live::new(&old);
+        let (mut autoban, mut metrics, mut sweep) = (
+            live.autoban.subscribe(),
+            live.metrics.subscribe(),
+            live.sweep_interval.subscribe(),
+        );
+        let mut new = old.clone();
+        new.autoban.ttl = Duration::from_secs(60);
+        new.metrics.top_sources = 7;
+        new.dataplane.sweep_interval = Duration::from_secs(42);
+        live.publish(&new);
+        assert!(autoban.has_changed().expect("open"));
+        assert!(metrics.has_changed().expect("open"));
+        assert!(sweep.has_changed().expect("open"));
+        assert_eq!(*autoban.borrow_and_update(), new.autoban);
+        assert_eq!(metrics.borrow_and_update().top_sources, 7);
+        assert_eq!(*sweep.borrow_and_update(), Duration::from_secs(42));
+        // Unchanged sections are announced too, as the whole file was before.
+        live.publish(&new);
+        assert!(sweep.has_changed().expect("open"));
+    }
+}

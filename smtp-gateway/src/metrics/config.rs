@@ -1,0 +1,71 @@
+//! `[metrics]`: the Prometheus endpoint's section (address, how many sources get per-source
+//! series, how many sources' session outcomes are kept) and its validation.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use crate::config::invalid::Invalid;
+
+/// Largest `metrics.top_sources` accepted (bounded label cardinality).
+pub const MAX_TOP_SOURCES: usize = 1000;
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Whether the endpoint is served.
+    pub enabled: bool,
+    /// Where `GET /metrics` is served (loopback by default: the counters name client addresses).
+    pub listen: SocketAddr,
+    /// Sources exported with per-source series (the top ones by drops, then packets).
+    pub top_sources: usize,
+    /// Sources whose session outcomes the daemon keeps for `stats`, `top` and the per-source
+    /// series (the least recently seen are forgotten beyond).
+    pub session_sources: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9465)),
+            top_sources: 20,
+            session_sources: 10_000,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.top_sources > MAX_TOP_SOURCES {
+            return Err(Invalid::new(
+                "metrics.top_sources",
+                format!("must be at most {MAX_TOP_SOURCES}"),
+            ));
+        }
+        if self.session_sources == 0 {
+            return Err(Invalid::new(
+                "metrics.session_sources",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_sources_is_bounded() {
+        let cfg = MetricsConfig {
+            top_sources: MAX_TOP_SOURCES + 1,
+            ..MetricsConfig::default()
+        };
+        assert!(cfg.validate().is_err());
+        assert!(MetricsConfig::default().validate().is_ok());
+    }
+}

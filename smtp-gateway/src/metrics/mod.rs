@@ -1,0 +1,268 @@
+//! The process-side counters: sessions, checks, TLS, backend, messages, reloads, bans. They live
+//! in one [`Metrics`] shared by every task and incremented where things happen (sessions, the
+//! proxy, auto-ban, the daemon); the endpoint that serves them is `endpoint.rs`.
+//!
+//! - `config.rs`: `[metrics]`;
+//! - `endpoint.rs`: `GET /metrics`, the scrape-time kernel and per-source series.
+
+pub mod config;
+pub mod endpoint;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use tokio::sync::{broadcast, watch};
+
+use crate::{
+    checks::{Action, Check},
+    events::Event,
+};
+
+/// Prefix of every series.
+const PREFIX: &str = "smtp_gateway";
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    /// The listener's address.
+    listener: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    /// `success`/`failure`, `relayed`/`refused`.
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    /// The check's name.
+    check: &'static str,
+    /// The action configured when it fired.
+    action: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OriginLabels {
+    /// `new` or `reused`.
+    origin: &'static str,
+}
+
+/// The process-side counters, shared (`Arc`) by the proxy, auto-ban and the daemon; built once
+/// per run so they survive configuration reloads.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Everything below, for encoding.
+    registry: Registry,
+    /// Accepted connections per listener address.
+    connections: Family<ListenerLabels, Counter>,
+    /// Sessions running now.
+    sessions_active: Gauge,
+    /// TLS handshakes (implicit TLS and STARTTLS) by outcome.
+    tls_handshakes: Family<ResultLabels, Counter>,
+    /// Backend command round trips.
+    backend_reply: Histogram,
+    /// Backend sessions by connection: opened for the session, or an idle one reused.
+    backend_sessions: Family<OriginLabels, Counter>,
+    /// Messages relayed (backend 2xx) or refused.
+    messages: Family<ResultLabels, Counter>,
+    /// Checks that fired, by check and configured action.
+    checks_fired: Family<CheckLabels, Counter>,
+    /// SIGHUP reloads by outcome.
+    config_reloads: Family<ResultLabels, Counter>,
+    /// 1 when the last reload (or the start) succeeded.
+    config_last_reload_success: Gauge,
+    /// Sources banned in the kernel by auto-ban.
+    bans: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Decrements `sessions_active` when the session ends.
+pub struct ActiveSession(Gauge);
+
+impl Drop for ActiveSession {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Metrics {
+    /// Fresh counters, registered under the `smtp_gateway_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let m = Self {
+            registry: Registry::default(),
+            connections: Family::default(),
+            sessions_active: Gauge::default(),
+            tls_handshakes: Family::default(),
+            backend_reply: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            backend_sessions: Family::default(),
+            messages: Family::default(),
+            checks_fired: Family::default(),
+            config_reloads: Family::default(),
+            config_last_reload_success: Gauge::default(),
+            bans: Counter::default(),
+        };
+        registry.register(
+            "connections",
+            "SMTP connections accepted, by listener",
+            m.connections.clone(),
+        );
+        registry.register(
+            "sessions_active",
+            "SMTP sessions running",
+            m.sessions_active.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes with clients (implicit TLS and STARTTLS), by result",
+            m.tls_handshakes.clone(),
+        );
+        registry.register(
+            "backend_reply_seconds",
+            "Backend command round trips",
+            m.backend_reply.clone(),
+        );
+        registry.register(
+            "backend_sessions",
+            "Backend sessions started, by connection: \"new\" (opened for the session) or \"reused\" (an idle one from the pool)",
+            m.backend_sessions.clone(),
+        );
+        registry.register(
+            "messages",
+            "Messages relayed (backend 2xx) or refused",
+            m.messages.clone(),
+        );
+        registry.register(
+            "checks_fired",
+            "Session checks that fired, by check and configured action",
+            m.checks_fired.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by result",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "config_last_reload_success",
+            "1 when the last configuration (re)load succeeded",
+            m.config_last_reload_success.clone(),
+        );
+        registry.register(
+            "bans",
+            "Sources banned in the kernel by session verdicts",
+            m.bans.clone(),
+        );
+        m.config_last_reload_success.set(1);
+        Self { registry, ..m }
+    }
+
+    /// A connection accepted on `listener`.
+    pub fn connection(&self, listener: SocketAddr) {
+        self.connections
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_string(),
+            })
+            .inc();
+    }
+
+    /// A session starts; it ends when the guard is dropped.
+    pub fn session_started(&self) -> ActiveSession {
+        self.sessions_active.inc();
+        ActiveSession(self.sessions_active.clone())
+    }
+
+    /// A client TLS handshake finished.
+    pub fn tls_handshake(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.tls_handshakes
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// The histogram backend round trips are recorded in.
+    pub fn backend_reply_histogram(&self) -> Histogram {
+        self.backend_reply.clone()
+    }
+
+    /// A session got its backend connection: a new one, or an idle one `reused`.
+    pub fn backend_session(&self, reused: bool) {
+        let origin = if reused { "reused" } else { "new" };
+        self.backend_sessions
+            .get_or_create(&OriginLabels { origin })
+            .inc();
+    }
+
+    /// A message left the session: relayed (backend 2xx) or refused.
+    pub fn message(&self, relayed: bool) {
+        let result = if relayed { "relayed" } else { "refused" };
+        self.messages.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// A check fired.
+    pub fn check_fired(&self, check: Check, action: Action) {
+        let check = check.name();
+        let action = match action {
+            Action::Ignore => "ignore",
+            Action::Score => "score",
+            Action::Reject => "reject",
+            Action::Drop => "drop",
+        };
+        self.checks_fired
+            .get_or_create(&CheckLabels { check, action })
+            .inc();
+    }
+
+    /// A configuration reload finished.
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.config_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        self.config_last_reload_success.set(i64::from(ok));
+    }
+
+    /// A source was banned in the kernel.
+    pub fn ban(&self) {
+        self.bans.inc();
+    }
+
+    /// Counts the verdict events until shutdown.
+    pub async fn count_events(
+        self: Arc<Self>,
+        mut events: broadcast::Receiver<Event>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let event = tokio::select! {
+                e = events.recv() => e,
+                _ = shutdown.changed() => return,
+            };
+            match event {
+                Ok(e) => self.check_fired(e.check, e.action),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "metrics fell behind the session events");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Appends the text encoding of the counters (without the final `# EOF`).
+    pub fn encode(&self, out: &mut String) -> std::fmt::Result {
+        text::encode_registry(out, &self.registry)
+    }
+}

@@ -1,0 +1,136 @@
+//! The session's backend: opened when first needed (through the pool, with the client's
+//! identity), lost on failure (the client gets `451` and may retry), its pipelined replies settled
+//! in order, and released at the end (to the pool when the next session can use it as it is).
+
+use std::net::SocketAddr;
+
+use super::{Flow, Session};
+use crate::smtp::{
+    backend::{Backend, BackendError},
+    identity::ClientIdentity,
+    pipeline::{self, Settled},
+    reply::Reply,
+};
+
+impl Session {
+    /// What the backend is told about the client.
+    fn identity(&self) -> ClientIdentity {
+        ClientIdentity {
+            addr: SocketAddr::new(self.source(), self.client.port()),
+            name: None,
+            helo: self.helo.clone(),
+            esmtp: self.esmtp,
+            login: None,
+        }
+    }
+
+    /// Opens the backend session if there is none; on failure the client got `451` (Err(Continue))
+    /// or the session must close.
+    pub(super) async fn ensure_backend(&mut self) -> Result<(), Flow> {
+        if self.backend.is_some() {
+            return Ok(());
+        }
+        let shared = self.shared.clone();
+        match shared
+            .backend_pool
+            .connect(
+                &shared.config.backend,
+                &shared.backend_tls,
+                &self.identity(),
+                self.local,
+                &shared.config.smtp.hostname,
+            )
+            .await
+        {
+            Ok((mut backend, reused)) => {
+                self.shared.metrics.backend_session(reused);
+                backend.record_reply_times(self.shared.metrics.backend_reply_histogram());
+                self.backend_auth = backend.caps().auth().map(str::to_string);
+                self.backend = Some(backend);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(client = %self.client, error = %e, "no backend available");
+                self.reply(Reply::new(
+                    451,
+                    "4.4.1 Mail service temporarily unavailable, try again later",
+                ));
+                Err(Flow::Continue)
+            }
+        }
+    }
+
+    /// The backend failed mid-session: the client gets `451` and may try again in this session
+    /// (the next MAIL reconnects).
+    pub(super) fn backend_lost(&mut self, e: BackendError) -> Flow {
+        tracing::error!(client = %self.client, error = %e, "backend failed");
+        self.backend = None;
+        self.txn = None;
+        self.reply(Reply::new(
+            451,
+            "4.4.2 Mail service temporarily unavailable, try again later",
+        ));
+        Flow::Continue
+    }
+
+    /// Reads the reply of every forwarded command, in order, and applies each as the unpipelined
+    /// command would have: transaction, sender, recipient counts, errors, the reply relayed.
+    pub(super) async fn settle_pipeline(&mut self) -> Flow {
+        while let Some(awaiting) = self.pipeline.oldest() {
+            let reply = match self.backend.as_mut() {
+                Some(backend) => backend.pipelined_reply().await,
+                None => Err(BackendError::Closed),
+            };
+            match pipeline::settle(awaiting, self.txn.is_some(), reply) {
+                Settled::Opened { from, reply } => {
+                    self.sender = Some(from);
+                    self.reply(reply);
+                }
+                Settled::NotOpened(reply) => {
+                    self.txn = None;
+                    self.reply(reply);
+                }
+                Settled::Accepted(reply) => {
+                    if let Some(txn) = self.txn.as_mut() {
+                        txn.accepted += 1;
+                    }
+                    self.recipients += 1;
+                    self.reply(reply);
+                }
+                Settled::Refused(reply) => self.reply(reply),
+                Settled::NoTransaction { discarded } => {
+                    if let (Err(e), Some(_)) = (discarded, self.backend.as_ref()) {
+                        tracing::warn!(client = %self.client, error = %e, "backend failed after a refused MAIL; reconnecting at the next one");
+                        self.backend = None;
+                    }
+                    self.reply(Reply::new(503, "5.5.1 Need MAIL before RCPT"));
+                    if let Some(flow) = self.count_error() {
+                        self.pipeline.clear();
+                        return flow;
+                    }
+                }
+                Settled::Lost(e) => {
+                    let _ = self.backend_lost(e);
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Hands the backend connection to the pool when the next session can use it as it is
+    /// (between transactions, no reply outstanding, no AUTH on it); otherwise ends it with QUIT.
+    pub(super) async fn release_backend(&mut self, backend: Backend) {
+        let cfg = &self.shared.config.backend;
+        let idle = self.txn.is_none() && self.pipeline.is_empty() && !self.authenticated;
+        let unkept = if idle && backend.shareable() && cfg.pool_size > 0 {
+            self.shared
+                .backend_pool
+                .put(backend, cfg.pool_size, cfg.pool_idle)
+        } else {
+            Some(backend)
+        };
+        if let Some(backend) = unkept {
+            backend.quit().await;
+        }
+    }
+}

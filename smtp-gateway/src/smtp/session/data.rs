@@ -1,0 +1,101 @@
+//! DATA: a transaction with accepted recipients, no text before the `354`, the backend's own
+//! `354`, then the text relayed (`smtp/text.rs`) and its end turned into the client's reply.
+
+use std::time::Instant;
+
+use super::{CheckEffect, Flow, Session};
+use crate::checks::{Action, Check};
+use crate::smtp::{
+    reply::Reply,
+    text::{TextLimits, TextRelayEnd, TextViolation, relay_message},
+};
+
+impl Session {
+    /// DATA and the message text.
+    pub(super) async fn handle_data(&mut self) -> Flow {
+        let accepted = self.txn.as_ref().map(|t| t.accepted).unwrap_or(0);
+        if self.txn.is_none() {
+            self.reply(Reply::new(503, "5.5.1 Need MAIL before DATA"));
+            return self.count_error().unwrap_or(Flow::Continue);
+        }
+        if accepted == 0 {
+            self.reply(Reply::new(554, "5.5.1 No valid recipients"));
+            return Flow::Continue;
+        }
+        if self.conn.buffered() > 0 {
+            let effect = self.fire(Check::Pipelining, "message text sent before the 354 reply");
+            if effect != CheckEffect::Pass {
+                self.txn = None;
+                self.backend = None;
+                return self.drop_reply("Protocol error: message text before 354");
+            }
+        }
+        let Some(backend) = self.backend.as_mut() else {
+            self.reply(Reply::new(503, "5.5.1 Need MAIL before DATA"));
+            return Flow::Continue;
+        };
+        let go_ahead = match backend.command(b"DATA").await {
+            Ok(reply) => reply,
+            Err(e) => return self.backend_lost(e),
+        };
+        if go_ahead.code != 354 {
+            self.txn = None;
+            self.reply(go_ahead);
+            return Flow::Continue;
+        }
+        self.reply(go_ahead);
+        if self.conn.flush().await.is_err() {
+            return Flow::Close;
+        }
+        let smtp = &self.shared.config.smtp;
+        let long = self.shared.config.checks.get(Check::LongLine).action;
+        let limits = TextLimits {
+            max_size: smtp.max_message_size,
+            max_line: smtp.max_text_line,
+            bare_newlines: smtp.bare_newlines,
+            timeout: smtp.data_timeout,
+            refuse_long_lines: matches!(long, Action::Reject | Action::Drop),
+        };
+        let Some(backend) = self.backend.as_mut() else {
+            return Flow::Close;
+        };
+        let (end, size) = relay_message(&mut self.conn, backend, &limits).await;
+        self.txn = None;
+        self.bytes += size;
+        match end {
+            TextRelayEnd::Relayed(reply) => {
+                self.shared.metrics.message(reply.is_positive());
+                if reply.is_positive() {
+                    self.messages += 1;
+                    if self.fired.is_empty() {
+                        self.shared.pass_cache.insert(self.source(), Instant::now());
+                    }
+                }
+                self.last_backend_reply = Some(reply.summary());
+                self.reply(reply);
+                Flow::Continue
+            }
+            TextRelayEnd::Refused(violation) => {
+                self.shared.metrics.message(false);
+                // Abort the backend transaction: it never saw the final dot.
+                self.backend = None;
+                let check = match violation {
+                    TextViolation::BareNewline => Some(Check::BareNewline),
+                    TextViolation::LongLine => Some(Check::LongLine),
+                    TextViolation::TooBig => None,
+                };
+                let mut close = false;
+                if let Some(check) = check {
+                    close = self.fire(check, "in message text") == CheckEffect::Drop;
+                }
+                self.reply(violation.reply());
+                if close { Flow::Close } else { Flow::Continue }
+            }
+            TextRelayEnd::BackendFailed(e) => self.backend_lost(e),
+            TextRelayEnd::ClientGone => {
+                self.backend = None;
+                Flow::Close
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! HELO and EHLO: the pipelining-before-the-reply check, the HELO checks and lists, a fresh
+//! backend session when the configuration (or AUTH on a submission port) wants one now, and the
+//! capabilities offered.
+
+use super::{CheckEffect, Flow, Session};
+use crate::{
+    checks::Check,
+    policy::helo,
+    smtp::{config::ConnectAt, reply::Reply},
+};
+
+impl Session {
+    /// HELO (`esmtp` false) or EHLO `host`.
+    pub(super) async fn handle_helo(&mut self, host: String, esmtp: bool) -> Flow {
+        if !self.ehlo_answered && self.conn.buffered() > 0 {
+            let effect = self.fire(Check::Pipelining, "commands sent before the EHLO reply");
+            if effect != CheckEffect::Pass {
+                return self.drop_reply("Protocol error: pipelining before the EHLO reply");
+            }
+        }
+        // A new HELO resets the transaction and any backend session (it was made with the old one).
+        self.txn = None;
+        if let Some(b) = self.backend.take() {
+            b.quit().await;
+        }
+        let own = [self.local.ip()];
+        let findings = helo::inspect(&self.shared.config.helo, &host, self.client.ip(), &own);
+        let mut refused = None;
+        for finding in &findings {
+            let check = Check::from_helo(*finding);
+            match self.fire(check, host.clone()) {
+                CheckEffect::Drop => return self.drop_reply("HELO refused"),
+                CheckEffect::Reject => refused = Some(check.name()),
+                CheckEffect::Pass => {}
+            }
+        }
+        let lists = self.shared.reputation.check_helo(&host);
+        if !lists.is_empty() {
+            match self.fire(
+                Check::Reputation,
+                format!("HELO {host} in {}", lists.join(", ")),
+            ) {
+                CheckEffect::Drop => return self.drop_reply("HELO refused"),
+                CheckEffect::Reject => refused = Some(Check::Reputation.name()),
+                CheckEffect::Pass => {}
+            }
+        }
+        if let Some(check) = refused {
+            self.reply(Reply::new(
+                550,
+                format!("5.7.1 HELO/EHLO {host} refused ({check})"),
+            ));
+            return self.count_error().unwrap_or(Flow::Continue);
+        }
+        self.helo = Some(host);
+        self.esmtp = esmtp;
+        // On submission ports inside TLS the backend is reached now: its AUTH mechanisms are
+        // offered to the client and the exchange is relayed to it.
+        if (self.shared.config.backend.connect_at == ConnectAt::Ehlo
+            || (esmtp && self.auth_possible()))
+            && let Err(flow) = self.ensure_backend().await
+        {
+            self.ehlo_answered = true;
+            return flow;
+        }
+        if esmtp {
+            let caps = self.capabilities();
+            self.reply(Reply::multi(250, caps));
+        } else {
+            let host = self.shared.config.smtp.hostname.clone();
+            self.reply(Reply::new(250, host));
+        }
+        self.ehlo_answered = true;
+        Flow::Continue
+    }
+
+    /// The EHLO reply's lines: our name, then the extensions offered.
+    fn capabilities(&self) -> Vec<String> {
+        let smtp = &self.shared.config.smtp;
+        let mut caps = vec![
+            smtp.hostname.clone(),
+            "PIPELINING".into(),
+            format!("SIZE {}", smtp.max_message_size),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+        ];
+        if self.shared.tls.is_some() && !self.conn.is_tls() {
+            caps.push("STARTTLS".into());
+        }
+        if self.auth_possible()
+            && let Some(mechanisms) = &self.backend_auth
+        {
+            caps.push(format!("AUTH {mechanisms}"));
+        }
+        caps
+    }
+}

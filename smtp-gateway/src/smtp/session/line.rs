@@ -1,0 +1,314 @@
+//! One command line: the line-level checks (non-SMTP traffic, length, NUL, bare newlines), the
+//! parse (with the address-literal paths smtp-proto refuses), and the dispatch by verb. The
+//! one-line verbs (RSET, NOOP, QUIT, VRFY, HELP, the unimplemented ones) are answered here.
+
+use smtp_proto::{Error as ParseError, Request};
+
+use super::{CheckEffect, Flow, Session};
+use crate::{
+    checks::Check,
+    policy::address::{self, PathCommand},
+    smtp::{
+        connection::{Ending, Line},
+        reply::Reply,
+    },
+};
+
+impl Session {
+    /// Checks, parses and handles one command line.
+    pub(super) async fn handle_line(&mut self, line: Line) -> Flow {
+        // Only a clean RCPT can join the forwarded group; anything else may reply, close or
+        // depend on the transaction, so the awaited replies come first.
+        if !self.pipeline.is_empty()
+            && !may_join_group(&line)
+            && let Flow::Close = self.settle_pipeline().await
+        {
+            return Flow::Close;
+        }
+        if let Some(flow) = self.check_line(&line) {
+            return flow;
+        }
+        let parsed = parse_command(&line);
+        if !self.pipeline.is_empty()
+            && !matches!(parsed, Ok(Request::Rcpt { .. }))
+            && let Flow::Close = self.settle_pipeline().await
+        {
+            return Flow::Close;
+        }
+        match parsed {
+            Ok(request) => self.dispatch(request, &line.data).await,
+            Err(ParseError::UnknownCommand) => {
+                self.unknown_commands += 1;
+                self.reply(Reply::new(500, "5.5.2 Command unrecognized"));
+                if self.unknown_commands > self.shared.config.smtp.max_unknown_commands
+                    && self.fire(
+                        Check::TooManyUnknownCommands,
+                        format!("{} unknown commands", self.unknown_commands),
+                    ) == CheckEffect::Drop
+                {
+                    return self.drop_reply("Too many unknown commands");
+                }
+                Flow::Continue
+            }
+            Err(e) => {
+                self.reply(Reply::new(501, syntax_error_text(e)));
+                self.count_error().unwrap_or(Flow::Continue)
+            }
+        }
+    }
+
+    /// The line-level checks: `Some(flow)` when one refused the line or drops the session.
+    fn check_line(&mut self, line: &Line) -> Option<Flow> {
+        if let Some(kind) = non_smtp(&line.data)
+            && self.fire(Check::NonSmtp, kind) != CheckEffect::Pass
+        {
+            return Some(self.drop_reply("Not an SMTP client"));
+        }
+        if line.too_long {
+            let detail = format!(
+                "command line over {} bytes",
+                self.shared.config.smtp.max_command_line
+            );
+            let refusal = Reply::new(500, "5.5.2 Line too long");
+            if let Some(flow) = self.enforce(Check::LongLine, detail, refusal, "Line too long") {
+                return Some(flow);
+            }
+        }
+        if line.nul {
+            let refusal = Reply::new(500, "5.5.2 NUL byte in command");
+            if let Some(flow) = self.enforce(
+                Check::NulByte,
+                "NUL in command",
+                refusal,
+                "NUL byte in command",
+            ) {
+                return Some(flow);
+            }
+        }
+        if line.ending == Ending::BareLf || line.bare_cr {
+            let refusal = Reply::new(500, "5.5.2 Commands must end with CRLF");
+            let detail = "bare LF or CR in command";
+            if let Some(flow) = self.enforce(
+                Check::BareNewline,
+                detail,
+                refusal,
+                "Bare LF or CR in command",
+            ) {
+                return Some(flow);
+            }
+        }
+        None
+    }
+
+    /// Hands a parsed command to its verb's handler; `raw` is the line as received (what gets
+    /// forwarded to the backend).
+    async fn dispatch(&mut self, request: Request<String>, raw: &[u8]) -> Flow {
+        match request {
+            Request::Ehlo { host } => self.handle_helo(host, true).await,
+            Request::Helo { host } => self.handle_helo(host, false).await,
+            Request::Mail { from } => self.handle_mail(from.address, raw).await,
+            Request::Rcpt { to } => self.handle_rcpt(to.address, raw).await,
+            Request::Data => self.handle_data().await,
+            Request::Rset => {
+                self.txn = None;
+                match self.backend.as_mut() {
+                    Some(b) => match b.command(b"RSET").await {
+                        Ok(r) => self.reply(r),
+                        Err(e) => return self.backend_lost(e),
+                    },
+                    None => self.reply(Reply::new(250, "2.0.0 Ok")),
+                }
+                Flow::Continue
+            }
+            Request::Noop { .. } => {
+                self.reply(Reply::new(250, "2.0.0 Ok"));
+                Flow::Continue
+            }
+            Request::Quit => {
+                self.reply(Reply::new(221, "2.0.0 Bye"));
+                Flow::Close
+            }
+            Request::StartTls => self.handle_starttls().await,
+            Request::Vrfy { .. } => {
+                self.reply(Reply::new(
+                    252,
+                    "2.5.2 Cannot VRFY user, but will accept message and attempt delivery",
+                ));
+                Flow::Continue
+            }
+            Request::Help { .. } => {
+                self.reply(Reply::new(214, "2.0.0 See RFC 5321"));
+                Flow::Continue
+            }
+            Request::Auth { .. } => self.handle_auth(raw).await,
+            Request::Bdat { .. }
+            | Request::Expn { .. }
+            | Request::Etrn { .. }
+            | Request::Atrn { .. }
+            | Request::Burl { .. }
+            | Request::Lhlo { .. } => {
+                self.reply(Reply::new(502, "5.5.1 Command not implemented"));
+                self.count_error().unwrap_or(Flow::Continue)
+            }
+        }
+    }
+}
+
+/// Parses a command line. A MAIL/RCPT path smtp-proto refuses is looked at again: an address
+/// literal (`user@[198.51.100.7]`, which RFC 5321 4.1.2 allows) is handed to the relay policy.
+pub(crate) fn parse_command(line: &Line) -> Result<Request<String>, ParseError> {
+    let raw = line.with_crlf();
+    match Request::parse(&mut raw.iter()).map(Request::into_owned) {
+        Err(e @ (ParseError::InvalidRecipientAddress | ParseError::InvalidSenderAddress)) => {
+            literal_path_request(&line.data).ok_or(e)
+        }
+        other => other,
+    }
+}
+
+/// The MAIL/RCPT request of a line whose path is an address literal. The raw line (parameters
+/// included) is what gets forwarded.
+fn literal_path_request(line: &[u8]) -> Option<Request<String>> {
+    let (command, address) = address::literal_path(line)?;
+    Some(match command {
+        PathCommand::Rcpt => Request::Rcpt {
+            to: smtp_proto::RcptTo {
+                address,
+                orcpt: None,
+                rrvs: 0,
+                flags: 0,
+            },
+        },
+        PathCommand::Mail => Request::Mail {
+            from: smtp_proto::MailFrom {
+                address,
+                ..Default::default()
+            },
+        },
+    })
+}
+
+/// The `501` text for a line smtp-proto could not parse.
+fn syntax_error_text(e: ParseError) -> String {
+    match e {
+        ParseError::SyntaxError { syntax } => format!("5.5.4 Syntax: {syntax}"),
+        ParseError::InvalidSenderAddress => "5.1.7 Invalid sender address".into(),
+        ParseError::InvalidRecipientAddress => "5.1.3 Invalid recipient address".into(),
+        ParseError::InvalidParameter { param } => format!("5.5.4 Invalid parameter {param}"),
+        ParseError::UnsupportedParameter { param } => {
+            format!("5.5.4 Unsupported parameter {param}")
+        }
+        _ => "5.5.2 Syntax error".into(),
+    }
+}
+
+/// A RCPT line no line-level check fires on: the only kind of line that can be handled while
+/// forwarded commands still await their replies.
+pub(crate) fn may_join_group(line: &Line) -> bool {
+    line.ending == Ending::CrLf
+        && !line.too_long
+        && !line.nul
+        && !line.bare_cr
+        && line
+            .data
+            .get(..5)
+            .is_some_and(|verb| verb.eq_ignore_ascii_case(b"RCPT "))
+        && non_smtp(&line.data).is_none()
+}
+
+/// Recognises traffic that is not SMTP: HTTP requests, proxy CONNECT, a TLS ClientHello sent to a
+/// plaintext port, or binary bytes.
+pub(crate) fn non_smtp(line: &[u8]) -> Option<&'static str> {
+    const HTTP: [&[u8]; 8] = [
+        b"GET ",
+        b"POST ",
+        b"HEAD ",
+        b"PUT ",
+        b"OPTIONS ",
+        b"DELETE ",
+        b"PATCH ",
+        b"TRACE ",
+    ];
+    if line.starts_with(b"CONNECT ") {
+        return Some("proxy CONNECT");
+    }
+    if HTTP.iter().any(|verb| line.starts_with(verb))
+        || line.starts_with(b"Host:")
+        || line.starts_with(b"User-Agent:")
+    {
+        return Some("HTTP request");
+    }
+    if line.first() == Some(&0x16) && line.get(1) == Some(&0x03) {
+        return Some("TLS handshake on a plaintext port");
+    }
+    let controls = line
+        .iter()
+        .filter(|b| (**b < 0x20 && **b != b'\t' && **b != b'\r') || **b == 0x7f)
+        .count();
+    if controls > 0 && controls * 4 >= line.len().max(1) {
+        return Some("binary data");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use smtp_proto::{Error as ParseError, Request};
+
+    use super::{non_smtp, parse_command};
+    use crate::smtp::connection::{Ending, Line};
+
+    fn line(text: &str) -> Line {
+        Line {
+            data: text.as_bytes().to_vec(),
+            ending: Ending::CrLf,
+            bare_cr: false,
+            nul: false,
+            too_long: false,
+        }
+    }
+
+    #[test]
+    fn address_literal_paths_are_parsed_for_the_policy() {
+        match parse_command(&line("RCPT TO:<user@[198.51.100.7]> NOTIFY=NEVER")) {
+            Ok(Request::Rcpt { to }) => assert_eq!(to.address, "user@[198.51.100.7]"),
+            other => panic!("{other:?}"),
+        }
+        match parse_command(&line("mail from: <a@[IPv6:2001:db8::1]>")) {
+            Ok(Request::Mail { from }) => assert_eq!(from.address, "a@[IPv6:2001:db8::1]"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_non_ascii_path_after_a_tab_is_a_syntax_error_not_a_panic() {
+        // Issue 10 section 1.1: the session task panicked on these lines.
+        assert!(matches!(
+            parse_command(&line("RCPT\tTO:<é>")),
+            Err(ParseError::InvalidRecipientAddress)
+        ));
+        assert!(parse_command(&line("MAIL\tFROM:<é>")).is_err());
+    }
+
+    #[test]
+    fn recognises_non_smtp() {
+        assert_eq!(non_smtp(b"GET / HTTP/1.1"), Some("HTTP request"));
+        assert_eq!(
+            non_smtp(b"CONNECT mx.example:25 HTTP/1.1"),
+            Some("proxy CONNECT")
+        );
+        assert_eq!(
+            non_smtp(&[0x16, 0x03, 0x01, 0x02, 0x00]),
+            Some("TLS handshake on a plaintext port")
+        );
+        assert_eq!(non_smtp(&[0x01, 0x02, 0x03, b'a']), Some("binary data"));
+        for ok in [
+            &b"EHLO mx.example.org"[..],
+            b"MAIL FROM:<a@b>",
+            b"HELO\tx",
+            b"quit",
+        ] {
+            assert_eq!(non_smtp(ok), None, "{}", String::from_utf8_lossy(ok));
+        }
+    }
+}

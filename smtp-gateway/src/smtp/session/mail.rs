@@ -1,0 +1,115 @@
+//! MAIL FROM: HELO first, one transaction at a time, the message cap, the client address's
+//! reputation and DNSBL score (collected here, once), the sender lists, the score thresholds;
+//! then the command is forwarded (queued when the backend pipelines and more is buffered).
+
+use super::{CheckEffect, Flow, Session, Transaction};
+use crate::{
+    checks::Check,
+    smtp::{pipeline::Awaiting, reply::Reply},
+};
+
+impl Session {
+    /// MAIL FROM:<`from`>; `raw` is the line as received (what gets forwarded).
+    pub(super) async fn handle_mail(&mut self, from: String, raw: &[u8]) -> Flow {
+        if self.helo.is_none() {
+            let refusal = Reply::new(503, "5.5.1 Send HELO/EHLO first");
+            let detail = "MAIL before HELO/EHLO";
+            if let Some(flow) =
+                self.enforce(Check::HeloMissing, detail, refusal, "HELO/EHLO required")
+            {
+                return flow;
+            }
+        }
+        if self.txn.is_some() {
+            self.reply(Reply::new(503, "5.5.1 Nested MAIL command"));
+            return self.count_error().unwrap_or(Flow::Continue);
+        }
+        if self.messages >= self.shared.config.smtp.max_messages {
+            self.reply(Reply::new(
+                452,
+                "4.5.3 Too many messages in this session, try again later",
+            ));
+            return Flow::Continue;
+        }
+        match self.check_client_address().await {
+            CheckEffect::Drop => return self.drop_reply("Client host refused"),
+            CheckEffect::Reject => {
+                self.reply(Reply::new(
+                    554,
+                    "5.7.1 Service unavailable; client host refused by policy",
+                ));
+                return Flow::Continue;
+            }
+            CheckEffect::Pass => {}
+        }
+        let lists = self.shared.reputation.check_sender(&from);
+        if !lists.is_empty() {
+            let detail = format!("sender {from} in {}", lists.join(", "));
+            let refusal = Reply::new(550, format!("5.7.1 <{from}>: sender refused by policy"));
+            if let Some(flow) = self.enforce(Check::Reputation, detail, refusal, "Sender refused") {
+                return flow;
+            }
+        }
+        if let Some(flow) = self.refuse_on_score() {
+            return flow;
+        }
+        if let Err(flow) = self.ensure_backend().await {
+            return flow;
+        }
+        let Some(backend) = self.backend.as_mut() else {
+            return Flow::Continue;
+        };
+        if backend.pipelining() && self.conn.has_line() {
+            backend.queue_command(raw);
+            self.pipeline.push(Awaiting::Mail { from });
+            // Assumed open until the reply is settled (a refusal closes it again).
+            self.txn = Some(Transaction::default());
+            return Flow::Continue;
+        }
+        match backend.command(raw).await {
+            Ok(reply) => {
+                if reply.is_positive() {
+                    self.txn = Some(Transaction::default());
+                    self.sender = Some(from);
+                }
+                self.reply(reply);
+                Flow::Continue
+            }
+            Err(e) => self.backend_lost(e),
+        }
+    }
+
+    /// Judges the client's address once per session (reputation `ip` lists, then the DNSBL score,
+    /// whose lookup started at accept and is bounded by the DNSBL timeout).
+    async fn check_client_address(&mut self) -> CheckEffect {
+        if self.address_checked {
+            return CheckEffect::Pass;
+        }
+        self.address_checked = true;
+        let lists = self.shared.reputation.check_ip(self.source());
+        if !lists.is_empty() {
+            let detail = format!("client address in {}", lists.join(", "));
+            let effect = self.fire(Check::Reputation, detail);
+            if effect != CheckEffect::Pass {
+                return effect;
+            }
+        }
+        let Some(task) = self.dnsbl.take() else {
+            return CheckEffect::Pass;
+        };
+        match task.await {
+            Ok(score) if score.listed => {
+                let zones: Vec<String> = score.hits.iter().map(|h| h.zone.clone()).collect();
+                self.fire(
+                    Check::Dnsbl,
+                    format!("score {} ({})", score.total, zones.join(", ")),
+                )
+            }
+            Ok(_) => CheckEffect::Pass,
+            Err(e) => {
+                tracing::warn!(client = %self.client, error = %e, "DNSBL lookup task failed; not counted");
+                CheckEffect::Pass
+            }
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! One client session: banner (with pregreet detection), the command loop with its checks,
+//! and the live forwarding of clean transactions to the backend.
+//!
+//! Replies to a pipelined group are queued and written together when no further complete command
+//! is buffered. Every reply to MAIL, RCPT and the final reply after DATA that says 2xx is the
+//! backend's own: the gateway never answers `250` for mail the backend did not accept.
+//!
+//! When the backend offers PIPELINING and the client's next command is already buffered, a MAIL
+//! or RCPT that passed every gateway check is queued towards the backend instead of waiting for
+//! its reply (`pipeline.rs`). The awaited replies are settled, in order, before anything whose
+//! handling depends on them: a recipient the gateway refuses, DATA, any other command, or the end
+//! of the buffered group. Until its reply is read, a forwarded MAIL's transaction is assumed open.
+//!
+//! ## Layout (one `impl Session` block per file)
+//! - `mod.rs`: the session state, the run loop (banner, command loop, session line), and what a
+//!   fired check does (`fire`, `enforce`, errors, the score thresholds);
+//! - `line.rs`: line checks, parsing, dispatch by verb (and the one-line verbs: RSET, NOOP, QUIT,
+//!   VRFY, HELP);
+//! - `ehlo.rs`, `auth.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `starttls.rs`: one verb each;
+//! - `backend.rs`: the session's backend: open it, lose it, settle its pipelined replies,
+//!   release it to the pool.
+
+mod auth;
+mod backend;
+mod data;
+mod ehlo;
+pub(crate) mod line;
+mod mail;
+mod rcpt;
+mod starttls;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Instant,
+};
+
+use tokio::sync::watch;
+
+use super::{
+    Shared,
+    backend::Backend,
+    config::ListenerKind,
+    connection::{ConnError, Connection, Ending},
+    pipeline::Pipeline,
+    reply::Reply,
+};
+use crate::{
+    checks::{Action, Check},
+    events::{Event, SessionEnd, SessionVerdict},
+    policy::dnsbl::DnsblScore,
+};
+
+/// What the command loop does next.
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// What a fired check does to the current command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckEffect {
+    /// Go on.
+    Pass,
+    /// Refuse the current command / transaction.
+    Reject,
+    /// Close the session.
+    Drop,
+}
+
+/// The open transaction.
+#[derive(Default)]
+struct Transaction {
+    /// Recipients the backend accepted.
+    accepted: usize,
+    /// Recipients tried.
+    tried: usize,
+}
+
+/// Per-session state.
+pub struct Session {
+    // Connection.
+    /// What every session of this configuration generation shares (config, lists, pool, buses).
+    shared: Arc<Shared>,
+    /// The client connection (plain or TLS): buffered input, queued replies.
+    conn: Connection,
+    /// The listener's kind: AUTH and STARTTLS depend on it.
+    kind: ListenerKind,
+    /// The gateway's own address on this connection (HELO literal check, identity to the backend).
+    local: SocketAddr,
+    /// When the connection was accepted, for the session line.
+    started: Instant,
+    /// Daemon shutdown: an idle session is told `421` at its next command wait.
+    shutdown: Option<watch::Receiver<bool>>,
+
+    // Client identity.
+    /// The client's address as accepted (possibly IPv4-mapped; see [`Session::source`]).
+    client: SocketAddr,
+    /// The client passed recently (the pass cache): the slow checks are skipped.
+    passed_recently: bool,
+    /// The DNSBL lookup started at accept, collected at the first MAIL.
+    dnsbl: Option<tokio::task::JoinHandle<DnsblScore>>,
+    /// The client's address was judged (reputation `ip` lists, DNSBL): once per session.
+    address_checked: bool,
+
+    // Handshake.
+    /// The HELO/EHLO name the client gave (none before, and again none after STARTTLS).
+    helo: Option<String>,
+    /// The client said EHLO (not HELO).
+    esmtp: bool,
+    /// The EHLO reply was sent (pipelining is legitimate from then on).
+    ehlo_answered: bool,
+    /// The backend accepted the client's AUTH: it may relay (the backend decides what it may do).
+    authenticated: bool,
+
+    // Transaction.
+    /// The open transaction, if any.
+    txn: Option<Transaction>,
+    /// The last sender the backend accepted, for the session line.
+    sender: Option<String>,
+    /// Recipients the backend accepted over the session.
+    recipients: usize,
+    /// Messages the backend accepted over the session.
+    messages: usize,
+    /// Message text bytes relayed over the session.
+    bytes: u64,
+    /// Last backend reply to a final DATA, for the session log line.
+    last_backend_reply: Option<String>,
+
+    // Backend.
+    /// The backend session carrying this client's transactions, once opened.
+    backend: Option<Backend>,
+    /// SASL mechanisms the backend offers (its EHLO `AUTH` line), relayed on submission ports.
+    backend_auth: Option<String>,
+    /// MAIL/RCPT commands forwarded to the backend whose replies are not read yet.
+    pipeline: Pipeline,
+
+    // Scoring.
+    /// Sum of the weights of the `score`-action checks that fired.
+    score: i32,
+    /// Names of the checks that fired, in order (session line, events, per-source table).
+    fired: Vec<&'static str>,
+    /// Protocol errors so far (`max_errors`).
+    errors: usize,
+    /// Unknown commands so far (`max_unknown_commands`).
+    unknown_commands: usize,
+    /// The worst thing a check or the score did to this session so far.
+    worst_refusal: Option<SessionVerdict>,
+}
+
+impl Session {
+    /// A session on an accepted connection (TLS already done for implicit-TLS listeners).
+    pub fn new(
+        shared: Arc<Shared>,
+        conn: Connection,
+        client: SocketAddr,
+        local: SocketAddr,
+        kind: ListenerKind,
+    ) -> Self {
+        let passed_recently = shared
+            .pass_cache
+            .contains(client.ip().to_canonical(), Instant::now());
+        let dnsbl = if passed_recently {
+            None
+        } else {
+            shared.dnsbl.clone().map(|d| {
+                let ip = client.ip();
+                tokio::spawn(async move { d.score(ip).await })
+            })
+        };
+        Self {
+            shared,
+            conn,
+            kind,
+            local,
+            started: Instant::now(),
+            shutdown: None,
+            client,
+            passed_recently,
+            dnsbl,
+            address_checked: false,
+            helo: None,
+            esmtp: false,
+            ehlo_answered: false,
+            authenticated: false,
+            txn: None,
+            sender: None,
+            recipients: 0,
+            messages: 0,
+            bytes: 0,
+            last_backend_reply: None,
+            backend: None,
+            backend_auth: None,
+            pipeline: Pipeline::default(),
+            score: 0,
+            fired: Vec::new(),
+            errors: 0,
+            unknown_commands: 0,
+            worst_refusal: None,
+        }
+    }
+
+    /// Makes the session end politely (`421`) when `shutdown` turns true while it waits for a
+    /// command; a transaction in progress (DATA) finishes first.
+    pub fn with_shutdown(mut self, shutdown: watch::Receiver<bool>) -> Self {
+        self.shutdown = Some(shutdown);
+        self
+    }
+
+    /// The client's address, IPv4-mapped addresses as IPv4.
+    fn source(&self) -> IpAddr {
+        self.client.ip().to_canonical()
+    }
+
+    /// Queues a reply to the client (written at the end of the pipelined group).
+    fn reply(&mut self, reply: Reply) {
+        self.conn.queue(reply.to_wire().as_bytes());
+    }
+
+    /// Records a check that fired and says what it means now.
+    fn fire(&mut self, check: Check, detail: impl Into<String>) -> CheckEffect {
+        let setting = self.shared.config.checks.get(check);
+        let detail = detail.into();
+        self.fired.push(check.name());
+        tracing::info!(client = %self.client, check = check.name(), action = ?setting.action, detail = %detail, "check fired");
+        let _ = self.shared.events.send(Event {
+            source: self.source(),
+            check,
+            action: setting.action,
+            detail,
+        });
+        match setting.action {
+            Action::Ignore => CheckEffect::Pass,
+            Action::Score => {
+                self.score += setting.weight;
+                CheckEffect::Pass
+            }
+            Action::Reject => {
+                self.record_refusal(SessionVerdict::Rejected);
+                CheckEffect::Reject
+            }
+            Action::Drop => {
+                self.record_refusal(SessionVerdict::Dropped);
+                CheckEffect::Drop
+            }
+        }
+    }
+
+    /// Remembers the worst refusal of the session (for its verdict; nothing is sent).
+    fn record_refusal(&mut self, verdict: SessionVerdict) {
+        self.worst_refusal = self.worst_refusal.max(Some(verdict));
+    }
+
+    /// How the session ended.
+    fn verdict(&self) -> SessionVerdict {
+        match self.worst_refusal {
+            Some(v) => v,
+            None if self.messages > 0 => SessionVerdict::Delivered,
+            None => SessionVerdict::Clean,
+        }
+    }
+
+    /// Waits for the daemon's shutdown (forever when there is none).
+    async fn shutting_down(shutdown: &mut Option<watch::Receiver<bool>>) {
+        match shutdown {
+            Some(rx) => {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+
+    /// Runs the session to its end.
+    pub async fn run(mut self) {
+        let flow = self.greet().await;
+        if matches!(flow, Flow::Continue) {
+            self.command_loop().await;
+        }
+        if let Some(backend) = self.backend.take() {
+            self.release_backend(backend).await;
+        }
+        self.conn.shutdown().await;
+        let verdict = self.verdict();
+        let end = SessionEnd {
+            source: self.source(),
+            verdict,
+            delivered: self.messages as u64,
+            checks: self.fired.clone(),
+        };
+        self.shared.outcomes.record(&end);
+        let _ = self.shared.ends.send(end);
+        tracing::info!(
+            client = %self.client,
+            helo = self.helo.as_deref().unwrap_or("-"),
+            sender = self.sender.as_deref().unwrap_or("-"),
+            recipients = self.recipients,
+            messages = self.messages,
+            bytes = self.bytes,
+            checks = ?self.fired,
+            score = self.score,
+            verdict = verdict.name(),
+            backend_reply = self.last_backend_reply.as_deref().unwrap_or("-"),
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            "session"
+        );
+    }
+
+    /// The banner, after the greet pause (a client that talks first fires `pregreet`).
+    async fn greet(&mut self) -> Flow {
+        let host = self.shared.config.smtp.hostname.clone();
+        let pause = self.shared.config.smtp.greet_pause;
+        let early = if pause.is_zero() || self.passed_recently {
+            self.conn.input_pending()
+        } else {
+            self.conn.queue(format!("220-{host} ESMTP\r\n").as_bytes());
+            if self.conn.flush().await.is_err() {
+                return Flow::Close;
+            }
+            match self.conn.input_within(pause).await {
+                Ok(talked) => talked,
+                Err(_) => return Flow::Close,
+            }
+        };
+        if early {
+            let sniff = self
+                .conn
+                .peek()
+                .iter()
+                .take(40)
+                .copied()
+                .collect::<Vec<u8>>();
+            if self.fire(Check::Pregreet, String::from_utf8_lossy(&sniff)) != CheckEffect::Pass {
+                self.reply(Reply::new(
+                    521,
+                    "5.5.1 Protocol error: talked before the greeting",
+                ));
+                let _ = self.conn.flush().await;
+                return Flow::Close;
+            }
+        }
+        self.reply(Reply::new(220, format!("{host} ESMTP")));
+        Flow::Continue
+    }
+
+    /// Reads and handles command lines until the session ends; replies are written at the end
+    /// of each buffered group.
+    async fn command_loop(&mut self) {
+        let smtp = self.shared.config.smtp.clone();
+        loop {
+            if !self.conn.has_line() {
+                // The end of the buffered group: every forwarded command gets its reply now.
+                if let Flow::Close = self.settle_pipeline().await {
+                    let _ = self.conn.flush().await;
+                    return;
+                }
+                if self.score > 0 && self.score >= self.shared.config.score.tarpit {
+                    tokio::time::sleep(smtp.tarpit_delay).await;
+                }
+                if self.conn.flush().await.is_err() {
+                    return;
+                }
+                self.conn.shrink_idle();
+            }
+            let read = tokio::select! {
+                biased;
+                read = self.conn.read_line(smtp.max_command_line, smtp.command_timeout) => read,
+                _ = Self::shutting_down(&mut self.shutdown) => {
+                    self.reply(Reply::new(421, "4.3.2 Service shutting down, closing connection"));
+                    let _ = self.conn.flush().await;
+                    return;
+                }
+            };
+            let line = match read {
+                Ok(Some(line)) => line,
+                Ok(None) | Err(ConnError::Io(_)) => return,
+                Err(ConnError::Timeout) => {
+                    self.reply(Reply::new(421, "4.4.2 Timeout, closing connection"));
+                    let _ = self.conn.flush().await;
+                    return;
+                }
+            };
+            if line.ending == Ending::Eof {
+                return;
+            }
+            match self.handle_line(line).await {
+                Flow::Continue => {}
+                Flow::Close => {
+                    let _ = self.conn.flush().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Closes with `421` after a drop-action check.
+    fn drop_reply(&mut self, text: &str) -> Flow {
+        self.reply(Reply::new(421, format!("4.7.0 {text}, closing connection")));
+        Flow::Close
+    }
+
+    /// Fires `check` for the current command: `Some(flow)` when its action refuses the command
+    /// (`refusal`, counted as an error) or drops the session (`421 4.7.0 {drop_text}`).
+    fn enforce(
+        &mut self,
+        check: Check,
+        detail: impl Into<String>,
+        refusal: Reply,
+        drop_text: &str,
+    ) -> Option<Flow> {
+        match self.fire(check, detail) {
+            CheckEffect::Pass => None,
+            CheckEffect::Drop => Some(self.drop_reply(drop_text)),
+            CheckEffect::Reject => {
+                self.reply(refusal);
+                Some(self.count_error().unwrap_or(Flow::Continue))
+            }
+        }
+    }
+
+    /// Counts a protocol error; past the limit the `too_many_errors` check fires.
+    fn count_error(&mut self) -> Option<Flow> {
+        self.errors += 1;
+        if self.errors > self.shared.config.smtp.max_errors
+            && self.fire(Check::TooManyErrors, format!("{} errors", self.errors))
+                == CheckEffect::Drop
+        {
+            return Some(self.drop_reply("Too many errors"));
+        }
+        None
+    }
+
+    /// The score thresholds, as a refusal when crossed.
+    fn score_refusal(&self) -> Option<Reply> {
+        let s = &self.shared.config.score;
+        if self.score >= s.reject {
+            Some(Reply::new(
+                550,
+                format!(
+                    "5.7.1 Refused: session score {} (checks: {})",
+                    self.score,
+                    self.fired.join(", ")
+                ),
+            ))
+        } else if self.score >= s.tempfail {
+            Some(Reply::new(
+                451,
+                format!("4.7.1 Try again later: session score {}", self.score),
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Refuses the current MAIL or RCPT when the score crossed a threshold: the refusal is
+    /// recorded (rejected or tempfailed) and answered, and `Some(Continue)` returned.
+    fn refuse_on_score(&mut self) -> Option<Flow> {
+        let refusal = self.score_refusal()?;
+        self.record_refusal(if refusal.code >= 500 {
+            SessionVerdict::Rejected
+        } else {
+            SessionVerdict::Tempfailed
+        });
+        self.reply(refusal);
+        Some(Flow::Continue)
+    }
+}
