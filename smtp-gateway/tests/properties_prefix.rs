@@ -24,7 +24,11 @@ proptest! {
         let given = Ipv4Net::new(addr, len).expect("length <= 32");
         let parsed = given.to_string().parse::<Target>();
         if len == 0 {
-            prop_assert!(matches!(parsed, Err(TargetError::Everything(_)) | Err(TargetError::HostBits { .. })));
+            let refused = matches!(
+                parsed,
+                Err(TargetError::Everything(_)) | Err(TargetError::HostBits { .. })
+            );
+            prop_assert!(refused, "/0 accepted: {:?}", parsed);
             return Ok(());
         }
         if given.trunc() != given {
