@@ -157,6 +157,9 @@ mod tests {
             for step in steps {
                 match *step {
                     Step::Mail(code) => {
+                        // Only a RCPT joins a group (`may_join_group`): a MAIL line settles
+                        // everything awaited first, so two MAILs are never in flight at once.
+                        m.settle_all(&mut pipeline, &mut backend);
                         m.txn_open = true; // assumed until the reply says otherwise
                         pipeline.push(Awaiting::Mail { from: "s".into() });
                         backend.push_back(code);
