@@ -61,7 +61,7 @@ pub fn chunks(data: &[u8], seed: u8) -> Vec<&[u8]> {
     if seed == 0 {
         return vec![data];
     }
-    let mut state = u32::from(seed) * 2_654_435_761 | 1;
+    let mut state = u32::from(seed).wrapping_mul(2_654_435_761) | 1;
     let mut out = Vec::new();
     let mut rest = data;
     while !rest.is_empty() {

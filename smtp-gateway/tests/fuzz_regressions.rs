@@ -2,7 +2,41 @@
 //! regression fails `cargo test` and not only a fuzzing run that happens to find them again.
 //! Each test names its target and what the input broke.
 
-use smtp_gateway::fuzzing::{Ending, classify_line, line, rcpt_paths};
+use std::time::Duration;
+
+use smtp_gateway::fuzzing::{Ending, Line, classify_line, client_connection, line, rcpt_paths};
+use tokio::{
+    io::AsyncWriteExt,
+    net::{TcpListener, TcpStream},
+};
+
+/// The lines the framer returns for `pieces`, written 50 ms apart (so it reads each on its
+/// own), then EOF.
+async fn frame(pieces: &'static [&'static [u8]], max: usize) -> Vec<Line> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    let mut client = client.expect("connect");
+    let writer = tokio::spawn(async move {
+        for piece in pieces {
+            client.write_all(piece).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        client.shutdown().await.expect("shutdown");
+        client
+    });
+    let mut conn = client_connection(accepted.expect("accept").0);
+    let mut lines = Vec::new();
+    while let Some(line) = conn
+        .read_line(max, Duration::from_secs(5))
+        .await
+        .expect("read")
+    {
+        lines.push(line);
+    }
+    drop(writer.await);
+    lines
+}
 
 /// session_lines: `RCPT<TAB>TO:<é>` made the address-literal fallback slice the line through the
 /// two bytes of `é` (issue 10, 1.1): the session task panicked before replying.
@@ -29,4 +63,16 @@ fn address_literal_paths_still_parse() {
     let paths = rcpt_paths(b"RCPT TO:<user@[192.0.2.1]>").expect("a RCPT");
     assert_eq!(paths.parsed, "user@[192.0.2.1]");
     assert_eq!(paths.policy, "user@[192.0.2.1]");
+}
+
+/// framer: an over-long line cut by the end of input, arriving in two reads (the second shorter
+/// than the limit), came back as two lines: the truncated one and its tail as a phantom command.
+#[tokio::test]
+async fn the_tail_of_an_over_long_line_at_eof_is_not_another_line() {
+    let lines = frame(&[b"0123456789abcdefXYZ", b"tail"], 16).await;
+    assert_eq!(
+        lines,
+        vec![line(b"0123456789abcdef".to_vec(), Ending::Eof, true)],
+        "one truncated line, nothing after it"
+    );
 }

@@ -313,6 +313,9 @@ impl Connection {
             }
             if self.fill_until(deadline).await? == 0 {
                 if too_long {
+                    // The rest of the over-long line (shorter than the limit) goes with it: it
+                    // is not a line of its own.
+                    self.discard_input();
                     return Ok(Some(Line::new(kept, Ending::Eof, true)));
                 }
                 if self.buffered() == 0 {
