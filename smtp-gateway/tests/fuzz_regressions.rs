@@ -76,3 +76,18 @@ async fn the_tail_of_an_over_long_line_at_eof_is_not_another_line() {
         "one truncated line, nothing after it"
     );
 }
+
+/// framer: a CRLF line one byte over the limit whose CR arrived in one read and LF in the next
+/// kept the CR as content: a line that is only too long was also flagged as holding a bare CR,
+/// depending on how TCP cut it.
+#[tokio::test]
+async fn a_cr_split_from_its_lf_is_the_ending_not_content() {
+    let lines = frame(&[b"0123456789abcde\r", b"\nNEXT\r\n"], 16).await;
+    assert_eq!(
+        lines,
+        vec![
+            line(b"0123456789abcde".to_vec(), Ending::CrLf, true),
+            line(b"NEXT".to_vec(), Ending::CrLf, false),
+        ]
+    );
+}
