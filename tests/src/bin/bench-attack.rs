@@ -382,6 +382,11 @@ impl Lab {
 
     /// SYN cookies the gateway's kernel sent so far (TcpExt SyncookiesSent).
     fn syncookies_sent(&self) -> Result<u64> {
+        self.tcp_ext("SyncookiesSent")
+    }
+
+    /// A TcpExt counter of the gateway's namespace (/proc/net/netstat).
+    fn tcp_ext(&self, counter: &str) -> Result<u64> {
         let text = output(nsenter(&self.gw, "cat").arg("/proc/net/netstat"))?;
         let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
         let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
@@ -390,9 +395,9 @@ impl Lab {
         names
             .split_whitespace()
             .zip(values.split_whitespace())
-            .find(|(n, _)| *n == "SyncookiesSent")
+            .find(|(n, _)| *n == counter)
             .and_then(|(_, v)| v.parse().ok())
-            .context("no SyncookiesSent counter")
+            .with_context(|| format!("no {counter} counter"))
     }
 }
 

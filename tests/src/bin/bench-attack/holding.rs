@@ -27,7 +27,7 @@ use std::{
     os::fd::AsRawFd,
     path::Path,
     sync::{
-        Arc,
+        Arc, Barrier,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -54,7 +54,9 @@ const FIRST_HOLDER: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 10);
 /// Receive buffer of a never-reading holder.
 const NEVER_READ_RCVBUF: usize = 2048;
 /// Bytes of `EHLO` a never-reading holder writes at most (it stops earlier when its socket blocks).
-const NEVER_READ_MAX_BYTES: usize = 1 << 20;
+const NEVER_READ_MAX_BYTES: usize = 128 << 10;
+/// Threads a mode opens its connections with (a refused connect waits for its timeout).
+const OPENERS: usize = 16;
 /// How often the holders act and look at their sockets.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -94,6 +96,8 @@ struct ModeResult {
     refused: usize,
     /// When the gateway closed each held connection, from the attack's start.
     closed_after: Vec<Duration>,
+    /// The first few reasons a connection could not hold.
+    errors: Vec<String>,
 }
 
 /// The whole holding run.
@@ -117,6 +121,9 @@ pub struct HoldResult {
     smtp_keys: String,
     /// Whether the issue-10 session limits were known to this gateway.
     limits_known: bool,
+    /// Kernel counters over the attack: every XDP verdict but `passed` that grew, then TcpExt
+    /// `ListenOverflows` and `ListenDrops` (SYNs dropped for a full accept queue).
+    kernel: Vec<(String, u64)>,
 }
 
 impl HoldResult {
@@ -178,7 +185,7 @@ fn open(mode: Mode, src: Ipv4Addr) -> Result<TcpStream> {
     socket.set_tcp_nodelay(true)?;
     let dst = SocketAddr::from((GW_ATTACK, SMTP_PORT));
     socket
-        .connect_timeout(&SockAddr::from(dst), Duration::from_secs(3))
+        .connect_timeout(&SockAddr::from(dst), Duration::from_secs(1))
         .context("connect")?;
     socket.set_read_timeout(Some(Duration::from_secs(5)))?;
     socket.set_write_timeout(Some(Duration::from_secs(5)))?;
@@ -223,17 +230,44 @@ fn hold(
     until: Instant,
     holding: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    opened_all: Arc<Barrier>,
 ) -> Result<ModeResult> {
     let mut result = ModeResult::default();
     let mut held = Vec::new();
-    for src in sources {
-        if Instant::now() >= until || stop.load(Ordering::Relaxed) {
-            break;
-        }
-        match open(mode, src) {
+    // Opened in parallel (threads inherit this thread's network namespace).
+    let chunk = sources.len().div_ceil(OPENERS).max(1);
+    let opened: Vec<Result<TcpStream>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = sources
+            .chunks(chunk)
+            .map(|part| {
+                let holding = &holding;
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|src| {
+                            // One retry: a SYN lost in the lab's veth queues under the burst of
+                            // a thousand connects is not the gateway refusing.
+                            let s = open(mode, *src)
+                                .or_else(|_| open(mode, *src))
+                                .with_context(|| format!("holder {src}"))?;
+                            holding.fetch_add(1, Ordering::Relaxed);
+                            Ok(s)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    // Every mode's connections are open before any holder starts its traffic (the never-read
+    // holders' EHLO bursts would otherwise compete with the other modes' connects).
+    opened_all.wait();
+    for o in opened {
+        match o {
             Ok(stream) => {
                 result.held += 1;
-                holding.fetch_add(1, Ordering::Relaxed);
                 held.push(Held {
                     stream,
                     last_sent: Instant::now(),
@@ -241,7 +275,12 @@ fn hold(
                     closed: false,
                 });
             }
-            Err(_) => result.refused += 1,
+            Err(e) => {
+                result.refused += 1;
+                if result.errors.len() < 3 {
+                    result.errors.push(format!("{e:#}"));
+                }
+            }
         }
     }
     let pace = HOLD_TIMEOUT.saturating_sub(Duration::from_secs(1));
@@ -308,6 +347,19 @@ pub fn run(
     let base_rate = base.completed as f64 / base.elapsed.as_secs_f64();
     let pid = gw.proc.pid();
     let rss_before = rss_kib(pid);
+    let counters = |gw: &Gateway| -> Result<Vec<(String, u64)>> {
+        let mut all: Vec<(String, u64)> = gw
+            .verdicts()?
+            .into_iter()
+            .filter(|(name, _)| name != "passed")
+            .map(|(name, n)| (format!("XDP {name}"), n))
+            .collect();
+        for counter in ["ListenOverflows", "ListenDrops"] {
+            all.push((format!("TcpExt {counter}"), lab.tcp_ext(counter)?));
+        }
+        Ok(all)
+    };
+    let kernel_before = counters(&gw)?;
     // Long enough for every held slot to come back after the longest limit (data parking:
     // max_data_duration, or the timeouts), bounded.
     let window = if quick {
@@ -321,16 +373,17 @@ pub fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let addrs = lab.holder_addrs.clone();
     let mut handles = Vec::new();
+    let opened_all = Arc::new(Barrier::new(Mode::ALL.len()));
     for (m, mode) in Mode::ALL.into_iter().enumerate() {
         let sources: Vec<Ipv4Addr> = (0..HOLD_CONNECTIONS)
             .filter(|i| i % Mode::ALL.len() == m)
             .map(|i| addrs[i % addrs.len()])
             .collect();
-        let (holding, stop) = (holding.clone(), stop.clone());
+        let (holding, stop, opened_all) = (holding.clone(), stop.clone(), opened_all.clone());
         handles.push((
             mode,
             in_netns(&lab.attacker, move || {
-                hold(mode, sources, started, until, holding, stop)
+                hold(mode, sources, started, until, holding, stop, opened_all)
             }),
         ));
     }
@@ -354,10 +407,32 @@ pub fn run(
     stop.store(true, Ordering::Relaxed);
     let mut modes = Vec::new();
     for (mode, h) in handles {
-        modes.push((mode, join(h)?));
+        let m = join(h)?;
+        eprintln!(
+            "  {:<50} held {}, refused {}, closed by the gateway {} (first refusal: {})",
+            mode.label(),
+            m.held,
+            m.refused,
+            m.closed_after.len(),
+            m.errors.first().map_or("none", String::as_str)
+        );
+        modes.push((mode, m));
     }
     std::thread::sleep(Duration::from_millis(500));
     let rss_after = rss_kib(pid);
+    let kernel_after = counters(&gw)?;
+    let kernel: Vec<(String, u64)> = kernel_after
+        .into_iter()
+        .map(|(name, n)| {
+            let before = kernel_before
+                .iter()
+                .find(|(b, _)| *b == name)
+                .map_or(0, |(_, v)| *v);
+            (name, n.saturating_sub(before))
+        })
+        .filter(|(name, n)| *n > 0 || name.starts_with("TcpExt"))
+        .collect();
+    eprintln!("  kernel over the attack: {kernel:?}");
     gw.read_log()?;
     drop(gw);
     let result = HoldResult {
@@ -371,6 +446,7 @@ pub fn run(
         rss_kib: (rss_before, rss_peak, rss_after),
         smtp_keys,
         limits_known,
+        kernel,
     };
     eprintln!(
         "  holding attack: {:.0} clean sessions/s vs {:.0} without ({:.2}×), RSS {} / {} / {} KiB",
@@ -425,6 +501,16 @@ pub fn report(out: &mut String, r: &HoldResult, aim: f64) {
         thousands(peak),
         thousands(after)
     );
+    let kernel: Vec<String> = r
+        .kernel
+        .iter()
+        .map(|(name, n)| format!("{name} {}", thousands(*n)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "- kernel counters that grew over the attack (packets): {}\n",
+        kernel.join(", ")
+    );
     let _ = writeln!(
         out,
         "| Mode | Held | Refused | Closed by the gateway | Last slot back after | Still held at \
@@ -451,5 +537,10 @@ pub fn report(out: &mut String, r: &HoldResult, aim: f64) {
             m.refused,
             m.closed_after.len()
         );
+    }
+    for (mode, m) in &r.modes {
+        if let Some(e) = m.errors.first() {
+            let _ = writeln!(out, "\nFirst refusal ({}): {e}", mode.label());
+        }
     }
 }
