@@ -16,7 +16,7 @@ mod ratelimit;
 mod stats;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, xdp_action},
+    bindings::BPF_F_NO_PREALLOC,
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
     programs::XdpContext,
@@ -82,12 +82,11 @@ static REASONS: HashMap<u32, ReasonText> = HashMap::pinned(capacity::REASONS, BP
 #[map]
 static META: Array<Meta> = Array::pinned(1, 0);
 
+/// The entry point: the verdict of [`policy::action`], which has no error path (a packet the
+/// parser cannot read is `Malformed`, a verdict of its own), so nothing maps to `XDP_ABORTED`.
 #[xdp]
 pub fn smtp_gateway(ctx: XdpContext) -> u32 {
-    match policy::try_smtp_gateway(&ctx) {
-        Ok(action) => action,
-        Err(()) => xdp_action::XDP_ABORTED,
-    }
+    policy::action(&ctx)
 }
 
 #[cfg(not(test))]

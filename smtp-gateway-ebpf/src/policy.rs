@@ -13,26 +13,28 @@ use crate::{
     ratelimit, stats,
 };
 
+/// The XDP action for the packet in `ctx`. Every packet gets one: a header that cannot be read is
+/// [`Parsed::Malformed`] and handled by the `malformed` policy, so there is no error path.
 #[inline(always)]
-pub fn try_smtp_gateway(ctx: &XdpContext) -> Result<u32, ()> {
+pub fn action(ctx: &XdpContext) -> u32 {
     let len = parse::frame_len(ctx);
     let packet = match parse::parse(ctx) {
         Parsed::Tcp(packet) if port_protected(packet.dst_port) => packet,
         Parsed::Tcp(_) | Parsed::Other => {
             stats::count(Verdict::NotInspected, len);
-            return Ok(xdp_action::XDP_PASS);
+            return xdp_action::XDP_PASS;
         }
         Parsed::Malformed => {
             stats::count(Verdict::Malformed, len);
-            return Ok(if config().flags & config_flags::DROP_MALFORMED != 0 {
+            return if config().flags & config_flags::DROP_MALFORMED != 0 {
                 xdp_action::XDP_DROP
             } else {
                 xdp_action::XDP_PASS
-            });
+            };
         }
         Parsed::Uninspectable => {
             stats::count(Verdict::FragmentOrExtHeader, len);
-            return Ok(xdp_action::XDP_DROP);
+            return xdp_action::XDP_DROP;
         }
     };
 
@@ -51,11 +53,11 @@ pub fn try_smtp_gateway(ctx: &XdpContext) -> Result<u32, ()> {
     };
     stats::count(verdict, len);
     stats::record_source(&key, len, packet.syn, dropped, now);
-    Ok(if dropped {
+    if dropped {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
-    })
+    }
 }
 
 #[inline(always)]

@@ -1,23 +1,45 @@
 //! Session verdicts feeding the kernel: a source that fails a configured check often enough is
 //! added to the XDP blocklist with a TTL and the check as reason, so its next SYN is dropped in the
 //! kernel. Allowlisted sources are never banned; expired bans leave the maps through the sweeper.
+//!
+//! Firings are counted on the ban target (the address, or the prefix a ban covers) inside
+//! `autoban.window` ([`Tally`], pure); decided bans wait for the offending session to close and
+//! are then written in batches off the event loop ([`run`]), so a busy data plane lock never makes
+//! the loop miss events, and a decided ban is never forgotten. Memory is bounded by
+//! `autoban.track_sources` (counts, waiting bans, the batch being written).
 
 use std::{
     collections::HashMap,
     net::IpAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use serde::Deserialize;
 use smtp_gateway_common::{BlockEntry, origin};
-use tokio::sync::{broadcast, watch};
+use tokio::{
+    sync::{broadcast, watch},
+    task::{JoinError, JoinHandle},
+};
 
 use crate::{
     checks::{Action, Check},
-    config::invalid::Invalid,
-    dataplane::{SharedDataplane, Target, clock, reasons},
+    dataplane::{Dataplane, SharedDataplane, Target, clock, reasons},
     events::{Event, SessionEnd},
+    invalid::Invalid,
+    metrics::Metrics,
 };
+
+/// Largest `autoban.ttl` (a year; the kernel clock holds centuries, the operator's intent not).
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Largest `autoban.window`.
+pub const MAX_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Largest `autoban.grace`.
+pub const MAX_GRACE: Duration = Duration::from_secs(60);
+/// Largest count in `autoban.checks`.
+pub const MAX_FIRINGS: u32 = 10_000;
+/// Largest `autoban.track_sources`.
+pub const MAX_TRACK_SOURCES: usize = 10_000_000;
 
 /// `[autoban]`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -31,8 +53,14 @@ pub struct AutobanConfig {
     /// Check name -> how many times it must fire for one source before the ban (1 = at once).
     /// Checks whose action is `ignore` never ban.
     pub checks: HashMap<String, u32>,
-    /// Sources whose firings are being counted at most; beyond, the counts start over (bounded
-    /// memory under a flood of distinct sources).
+    /// How long firings count: a ban target's count of one check starts over once its first
+    /// firing is this old (a legitimate sender's rare mistakes never add up to a ban).
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Ban targets whose firings are being counted at most; beyond, expired counts go and, if
+    /// that frees little, the counts start over (bounded memory under a flood of distinct
+    /// sources). Also the most bans waiting for their sessions to close (beyond, they are
+    /// written at once).
     pub track_sources: usize,
     /// How long after the offending session closed the ban is written. Banning while the
     /// session still closes would drop the client's last ACK and FIN in the kernel, leaving the
@@ -60,6 +88,7 @@ impl Default for AutobanConfig {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
+            window: Duration::from_secs(3600),
             track_sources: 100_000,
             grace: Duration::from_secs(2),
             ipv4_prefix: 32,
@@ -81,22 +110,22 @@ impl AutobanConfig {
                     ),
                 ));
             }
-            if *count == 0 {
-                return Err(Invalid::new(
-                    format!("autoban.checks.{check}"),
-                    "must be at least 1",
-                ));
-            }
+            Invalid::in_range(&format!("autoban.checks.{check}"), *count, 1, MAX_FIRINGS)?;
         }
-        if self.track_sources == 0 {
-            return Err(Invalid::new("autoban.track_sources", "must be at least 1"));
-        }
-        if self.ttl < Duration::from_secs(1) {
-            return Err(Invalid::new("autoban.ttl", "must be at least 1s"));
-        }
-        if self.grace > Duration::from_secs(60) {
-            return Err(Invalid::new("autoban.grace", "must be at most 60s"));
-        }
+        Invalid::in_range(
+            "autoban.track_sources",
+            self.track_sources,
+            1,
+            MAX_TRACK_SOURCES,
+        )?;
+        Invalid::duration_in("autoban.ttl", self.ttl, Duration::from_secs(1), MAX_TTL)?;
+        Invalid::duration_in(
+            "autoban.window",
+            self.window,
+            Duration::from_secs(1),
+            MAX_WINDOW,
+        )?;
+        Invalid::duration_in("autoban.grace", self.grace, Duration::ZERO, MAX_GRACE)?;
         if !(8..=32).contains(&self.ipv4_prefix) {
             return Err(Invalid::new("autoban.ipv4_prefix", "must be 8..=32"));
         }
@@ -107,158 +136,298 @@ impl AutobanConfig {
     }
 }
 
+/// Firings of one check by one ban target, inside the window.
+#[derive(Debug, Clone, Copy)]
+struct Count {
+    /// Firings counted since `since`.
+    n: u32,
+    /// The first firing counted: the count starts over once this is `window` old.
+    since: Instant,
+}
+
 /// A ban decided, waiting for the offending session to close.
+#[derive(Debug, Clone, Copy)]
 struct Pending {
+    /// The address whose firing decided the ban (checked against the allowlist, logged).
+    source: IpAddr,
+    /// The check that decided it (the reason written with the ban).
     check: &'static str,
-    /// Set when a session of the source ended: the ban is written then.
+    /// Set when a session of the target ended (or the table filled up): the ban is written then.
     due: Option<Instant>,
 }
 
+/// One ban handed to the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ban {
+    /// The address whose firing decided it.
+    source: IpAddr,
+    /// What the ban covers ([`ban_target`] of `source` when it was decided).
+    target: Target,
+    /// The check that decided it.
+    check: &'static str,
+    /// How long it lasts (`autoban.ttl` when it is written).
+    ttl: Duration,
+}
+
+/// What became of one ban.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Written {
+    /// In the kernel blocklist.
+    Banned,
+    /// Not written: the source is allowlisted.
+    Allowlisted,
+    /// Not written: the data plane refused (the error).
+    Failed(String),
+}
+
+/// The counting and the decided bans, without I/O: the caller gives the time and the section.
+/// Both tables are keyed by the ban target, so every address a ban would cover counts towards it.
+#[derive(Default)]
+struct Tally {
+    /// Firings per ban target and check, inside `autoban.window`.
+    counts: HashMap<(Target, Check), Count>,
+    /// Bans decided and not yet handed to the writer (at most `autoban.track_sources`).
+    pending: HashMap<Target, Pending>,
+}
+
+impl Tally {
+    /// Counts a fired check; once it fired the configured number of times inside the window for
+    /// one ban target, the target's ban is pending. A full table of pending bans makes all of
+    /// them due at once (they are written, never forgotten).
+    fn fired(&mut self, cfg: &AutobanConfig, event: &Event, now: Instant) {
+        let needed = match cfg.checks.get(event.check.name()) {
+            Some(needed) if cfg.enabled && event.action != Action::Ignore && event.permanent => {
+                *needed
+            }
+            _ => return,
+        };
+        let target = ban_target(event.source, cfg.ipv4_prefix, cfg.ipv6_prefix);
+        if self.counts.len() >= cfg.track_sources {
+            // Expired counts go first; when that frees little, the counts start over (bounded
+            // memory under a flood of distinct sources, without a scan for every event).
+            self.counts
+                .retain(|_, c| now.saturating_duration_since(c.since) < cfg.window);
+            if self.counts.len() >= cfg.track_sources / 4 * 3 {
+                self.counts.clear();
+            }
+        }
+        let count = self
+            .counts
+            .entry((target, event.check))
+            .or_insert(Count { n: 0, since: now });
+        if now.saturating_duration_since(count.since) >= cfg.window {
+            *count = Count { n: 0, since: now };
+        }
+        count.n = count.n.saturating_add(1);
+        if count.n < needed {
+            return;
+        }
+        self.counts.remove(&(target, event.check));
+        self.pending.entry(target).or_insert(Pending {
+            source: event.source,
+            check: event.check.name(),
+            due: None,
+        });
+        if self.pending.len() >= cfg.track_sources {
+            // Sessions end within their timeouts, so this takes a flood of distinct offenders
+            // faster than that: their bans are written now rather than memory grown or
+            // decisions forgotten.
+            tracing::warn!(
+                track = cfg.track_sources,
+                "auto-ban: too many bans waiting for their sessions to close; writing them now"
+            );
+            self.all_due(now);
+        }
+    }
+
+    /// A session of `source` ended: its target's pending ban is due after the grace.
+    fn session_ended(&mut self, cfg: &AutobanConfig, source: IpAddr, now: Instant) {
+        let target = ban_target(source, cfg.ipv4_prefix, cfg.ipv6_prefix);
+        if let Some(p) = self.pending.get_mut(&target) {
+            p.due.get_or_insert(now + cfg.grace);
+        }
+    }
+
+    /// Every pending ban is due now (session ends were missed, or the table is full).
+    fn all_due(&mut self, now: Instant) {
+        for p in self.pending.values_mut() {
+            p.due.get_or_insert(now);
+        }
+    }
+
+    /// When the next pending ban is due.
+    fn next_due(&self) -> Option<Instant> {
+        self.pending.values().filter_map(|p| p.due).min()
+    }
+
+    /// Takes the bans due at `now` (all of them with `now = None`), for the writer.
+    fn take_due(&mut self, now: Option<Instant>, ttl: Duration) -> Vec<Ban> {
+        let due: Vec<Target> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| match now {
+                Some(now) => p.due.is_some_and(|d| d <= now),
+                None => true,
+            })
+            .map(|(target, _)| *target)
+            .collect();
+        due.into_iter()
+            .filter_map(|target| {
+                self.pending.remove(&target).map(|p| Ban {
+                    source: p.source,
+                    target,
+                    check: p.check,
+                    ttl,
+                })
+            })
+            .collect()
+    }
+}
+
 /// Consumes verdict events until shutdown, banning as configured. Returns the number of bans.
-/// A ban is decided when a check fires often enough, and written `autoban.grace` after a
-/// session of that source ends (sessions end within their timeouts).
+/// A ban is decided when a check fires often enough inside `autoban.window` for one ban target,
+/// and written `autoban.grace` after a session of that target ends (sessions end within their
+/// timeouts). Bans are written off the event loop, one batch at a time under one lock of the
+/// data plane, so a slow lock never makes the loop miss events.
 pub async fn run(
     config: watch::Receiver<AutobanConfig>,
     dataplane: SharedDataplane,
+    events: broadcast::Receiver<Event>,
+    ends: broadcast::Receiver<SessionEnd>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) -> u64 {
+    let write = move |bans: Vec<Ban>| write_bans(&dataplane, bans);
+    serve(config, write, events, ends, metrics, shutdown).await
+}
+
+/// The event loop of [`run`], writing bans with `write` (a blocking function, run on the
+/// blocking pool; the tests give one that stands for a busy data plane).
+async fn serve<W>(
+    mut config: watch::Receiver<AutobanConfig>,
+    write: W,
     mut events: broadcast::Receiver<Event>,
     mut ends: broadcast::Receiver<SessionEnd>,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
-) -> u64 {
-    let mut counts: HashMap<(IpAddr, Check), u32> = HashMap::new();
-    let mut pending: HashMap<IpAddr, Pending> = HashMap::new();
+) -> u64
+where
+    W: Fn(Vec<Ban>) -> Vec<(Ban, Written)> + Clone + Send + 'static,
+{
+    let mut tally = Tally::default();
+    // The batch being written; the next one waits for it (one lock holder at a time).
+    let mut writing: Option<JoinHandle<Vec<(Ban, Written)>>> = None;
     let mut bans = 0;
+    // Reloads wake the loop (a smaller track_sources may concern bans already waiting).
+    let mut reloads = true;
     loop {
-        let next_due = pending.values().filter_map(|p| p.due).min();
-        let wait_due = async {
-            match next_due {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
+        let track = config.borrow().track_sources;
+        if tally.pending.len() >= track {
+            // A reload lowered track_sources below the bans waiting: they are written now.
+            tally.all_due(Instant::now());
+        }
+        if writing.is_none() {
+            let batch = tally.take_due(Some(Instant::now()), config.borrow().ttl);
+            if !batch.is_empty() {
+                let write = write.clone();
+                writing = Some(tokio::task::spawn_blocking(move || write(batch)));
             }
-        };
+        }
+        // While a batch is written, its end wakes the loop for the next one.
+        let next_due = writing.is_none().then(|| tally.next_due()).flatten();
+        // A full table of decided bans (all due, waiting for the writer) holds the events back
+        // instead of growing: a missed firing costs a count, never a decided ban. Ends wait too,
+        // so a session's events are still read before its end.
+        let room = tally.pending.len() < track;
         tokio::select! {
-            // Check events first: a session's events are all sent before its end.
             biased;
-            event = events.recv() => match event {
-                Ok(event) => decide(&config, &mut counts, &mut pending, &event),
+            written = finished(&mut writing) => {
+                writing = None;
+                bans += report(&metrics, written);
+            }
+            // Check events before ends: a session's events are all sent before its end.
+            event = events.recv(), if room => match event {
+                Ok(event) => tally.fired(&config.borrow(), &event, Instant::now()),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "auto-ban fell behind the session events");
                 }
-                Err(broadcast::error::RecvError::Closed) => return bans,
+                Err(broadcast::error::RecvError::Closed) => break,
             },
-            end = ends.recv() => match end {
-                Ok(end) => {
-                    if let Some(p) = pending.get_mut(&end.source) {
-                        let grace = config.borrow().grace;
-                        p.due.get_or_insert(Instant::now() + grace);
-                    }
-                }
+            end = ends.recv(), if room => match end {
+                Ok(end) => tally.session_ended(&config.borrow(), end.source, Instant::now()),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "auto-ban fell behind the session ends; banning the pending sources now");
-                    let now = Instant::now();
-                    for p in pending.values_mut() {
-                        p.due.get_or_insert(now);
-                    }
+                    tally.all_due(Instant::now());
                 }
-                Err(broadcast::error::RecvError::Closed) => return bans,
+                Err(broadcast::error::RecvError::Closed) => break,
             },
-            () = wait_due => {
-                let now = Instant::now();
-                let due: Vec<IpAddr> = pending
-                    .iter()
-                    .filter(|(_, p)| p.due.is_some_and(|d| d <= now))
-                    .map(|(ip, _)| *ip)
-                    .collect();
-                for source in due {
-                    if let Some(p) = pending.remove(&source) {
-                        bans += apply(&config, &dataplane, &metrics, source, p.check).await;
-                    }
-                }
-            }
-            _ = shutdown.changed() => {
-                // Decided bans are not lost to a restart: they are written now.
-                for (source, p) in std::mem::take(&mut pending) {
-                    bans += apply(&config, &dataplane, &metrics, source, p.check).await;
-                }
-                return bans;
-            }
+            () = sleep_until(next_due) => {}
+            changed = config.changed(), if reloads => reloads = changed.is_ok(),
+            _ = shutdown.changed() => break,
         }
+    }
+    // Decided bans are not lost to a restart: they are written now.
+    if let Some(batch) = writing.take() {
+        bans += report(&metrics, batch.await);
+    }
+    let batch = tally.take_due(None, config.borrow().ttl);
+    if !batch.is_empty() {
+        bans += report(
+            &metrics,
+            tokio::task::spawn_blocking(move || write(batch)).await,
+        );
+    }
+    bans
+}
+
+/// The end of the batch being written (never, when none is).
+async fn finished<T>(writing: &mut Option<JoinHandle<T>>) -> Result<T, JoinError> {
+    match writing {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
     }
 }
 
-/// Counts a fired check; past the configured number of firings the source's ban is pending.
-fn decide(
-    config: &watch::Receiver<AutobanConfig>,
-    counts: &mut HashMap<(IpAddr, Check), u32>,
-    pending: &mut HashMap<IpAddr, Pending>,
-    event: &Event,
-) {
-    let (needed, track) = {
-        let cfg = config.borrow();
-        match cfg.checks.get(event.check.name()) {
-            Some(needed) if cfg.enabled && event.action != Action::Ignore => {
-                (*needed, cfg.track_sources)
-            }
-            _ => return,
-        }
-    };
-    if counts.len() >= track {
-        counts.clear();
+/// Sleeps until `at` (forever without one).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
-    if pending.len() >= track {
-        // Sessions end within their timeouts, so this takes a flood of distinct offenders
-        // faster than that; their bans are dropped rather than memory grown without bound.
-        tracing::warn!(track, "auto-ban: too many pending bans; forgetting them");
-        pending.clear();
-    }
-    let n = counts.entry((event.source, event.check)).or_insert(0);
-    *n += 1;
-    if *n < needed {
-        return;
-    }
-    counts.remove(&(event.source, event.check));
-    pending.entry(event.source).or_insert(Pending {
-        check: event.check.name(),
-        due: None,
-    });
 }
 
-/// Writes one ban; 1 when it was written.
-async fn apply(
-    config: &watch::Receiver<AutobanConfig>,
-    dataplane: &SharedDataplane,
-    metrics: &crate::metrics::Metrics,
-    source: IpAddr,
-    check: &'static str,
-) -> u64 {
-    let (ttl, target) = {
-        let cfg = config.borrow();
-        (
-            cfg.ttl,
-            ban_target(source, cfg.ipv4_prefix, cfg.ipv6_prefix),
-        )
-    };
-    let dp = dataplane.clone();
-    let result = tokio::task::spawn_blocking(move || ban(&dp, source, target, check, ttl)).await;
-    match result {
-        Ok(Ok(true)) => {
-            metrics.ban();
-            tracing::info!(%source, %target, check, ttl = %humantime::format_duration(ttl), "source banned in the kernel");
-            1
-        }
-        Ok(Ok(false)) => {
-            tracing::info!(%source, check, "not banned: source is allowlisted");
-            0
-        }
-        Ok(Err(e)) => {
-            tracing::error!(%source, check, error = %e, "auto-ban failed");
-            0
-        }
+/// Logs and counts a written batch; the number of bans written.
+fn report(metrics: &Metrics, written: Result<Vec<(Ban, Written)>, JoinError>) -> u64 {
+    let written = match written {
+        Ok(written) => written,
         Err(e) => {
             tracing::error!(error = %e, "auto-ban task failed");
-            0
+            return 0;
+        }
+    };
+    let mut bans = 0;
+    for (ban, outcome) in written {
+        let Ban {
+            source,
+            target,
+            check,
+            ttl,
+        } = ban;
+        match outcome {
+            Written::Banned => {
+                metrics.ban();
+                tracing::info!(%source, %target, check, ttl = %humantime::format_duration(ttl), "source banned in the kernel");
+                bans += 1;
+            }
+            Written::Allowlisted => {
+                tracing::info!(%source, check, "not banned: source is allowlisted");
+            }
+            Written::Failed(error) => {
+                tracing::error!(%source, check, %error, "auto-ban failed");
+            }
         }
     }
+    bans
 }
 
 /// What a ban of `source` covers: the address, or its prefix of the configured length.
@@ -277,31 +446,46 @@ pub fn ban_target(source: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> Target {
     })
 }
 
-/// Adds the ban unless the source is allowlisted; `Ok(false)` when it is.
-fn ban(
-    dp: &SharedDataplane,
-    source: IpAddr,
-    target: Target,
-    check: &str,
-    ttl: Duration,
-) -> Result<bool, crate::dataplane::DataplaneError> {
-    let mut dp = dp
-        .lock()
-        .map_err(|_| crate::dataplane::DataplaneError::Poisoned)?;
-    if dp.allowlisted(source).is_some() {
-        return Ok(false);
-    }
-    let reason = reasons::intern(&mut dp, &format!("autoban: {check}"))?;
+/// Writes a batch of bans under one lock of the data plane, leaving out allowlisted sources.
+fn write_bans(dp: &SharedDataplane, bans: Vec<Ban>) -> Vec<(Ban, Written)> {
+    let mut dp = match dp.lock() {
+        Ok(dp) => dp,
+        Err(_) => {
+            let error = crate::dataplane::DataplaneError::Poisoned.to_string();
+            return bans
+                .into_iter()
+                .map(|b| (b, Written::Failed(error.clone())))
+                .collect();
+        }
+    };
+    // Read once for the batch (a source is allowlisted when a prefix covers it).
+    let allowed = dp.allowed().unwrap_or_default();
+    bans.into_iter()
+        .map(|b| {
+            if allowed.iter().any(|r| r.net.contains(&b.source)) {
+                return (b, Written::Allowlisted);
+            }
+            let outcome = match ban(&mut dp, &b) {
+                Ok(()) => Written::Banned,
+                Err(e) => Written::Failed(e.to_string()),
+            };
+            (b, outcome)
+        })
+        .collect()
+}
+
+/// Adds one ban to the blocklist.
+fn ban(dp: &mut Dataplane, b: &Ban) -> Result<(), crate::dataplane::DataplaneError> {
+    let reason = reasons::intern(dp, &format!("autoban: {}", b.check))?;
     dp.block(
-        target,
+        b.target,
         BlockEntry {
-            expires_at_ns: clock::expiry_after(Some(ttl)),
+            expires_at_ns: clock::expiry_after(Some(b.ttl)),
             added_at_s: clock::unix_now_s(),
             reason,
             origin: origin::AUTOBAN,
         },
-    )?;
-    Ok(true)
+    )
 }
 
 #[cfg(test)]
@@ -314,74 +498,270 @@ mod tests {
             check,
             action,
             detail: String::new(),
+            permanent: action != Action::Ignore,
         }
+    }
+
+    fn config(checks: &[(&str, u32)], track_sources: usize) -> AutobanConfig {
+        AutobanConfig {
+            checks: checks.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            track_sources,
+            ..AutobanConfig::default()
+        }
+    }
+
+    fn pending_check(tally: &Tally, target: &str) -> Option<&'static str> {
+        let target: Target = target.parse().expect("target");
+        tally.pending.get(&target).map(|p| p.check)
     }
 
     #[test]
     fn a_ban_is_decided_after_the_configured_firings_and_never_for_ignore() {
-        let config = AutobanConfig {
-            checks: [
-                ("relay_attempt".to_string(), 2),
-                ("pregreet".to_string(), 1),
-            ]
-            .into_iter()
-            .collect(),
-            track_sources: 3,
-            ..AutobanConfig::default()
-        };
-        let (_tx, rx) = watch::channel(config);
-        let (mut counts, mut pending) = (HashMap::new(), HashMap::new());
+        let cfg = config(&[("relay_attempt", 2), ("pregreet", 1)], 3);
+        let mut tally = Tally::default();
+        let now = Instant::now();
 
-        decide(
-            &rx,
-            &mut counts,
-            &mut pending,
-            &event(1, Check::RelayAttempt, Action::Score),
-        );
-        assert!(pending.is_empty(), "one of two relay attempts");
-        decide(
-            &rx,
-            &mut counts,
-            &mut pending,
-            &event(1, Check::RelayAttempt, Action::Score),
-        );
-        assert_eq!(
-            pending[&IpAddr::from([198, 18, 0, 1])].check,
-            "relay_attempt"
-        );
-        assert!(
-            pending[&IpAddr::from([198, 18, 0, 1])].due.is_none(),
-            "waits for the session"
-        );
+        tally.fired(&cfg, &event(1, Check::RelayAttempt, Action::Score), now);
+        assert!(tally.pending.is_empty(), "one of two relay attempts");
+        tally.fired(&cfg, &event(1, Check::RelayAttempt, Action::Score), now);
+        assert_eq!(pending_check(&tally, "198.18.0.1"), Some("relay_attempt"));
+        assert_eq!(tally.next_due(), None, "waits for the session");
 
-        decide(
-            &rx,
-            &mut counts,
-            &mut pending,
-            &event(2, Check::Pregreet, Action::Ignore),
-        );
-        decide(
-            &rx,
-            &mut counts,
-            &mut pending,
-            &event(3, Check::NonSmtp, Action::Drop),
-        );
+        tally.fired(&cfg, &event(2, Check::Pregreet, Action::Ignore), now);
+        tally.fired(&cfg, &event(3, Check::NonSmtp, Action::Drop), now);
         assert_eq!(
-            pending.len(),
+            tally.pending.len(),
             1,
             "ignored and unconfigured checks never ban"
         );
 
-        // Bounded: past track_sources pending bans, they are forgotten rather than grown.
-        for last in 10..13 {
-            decide(
-                &rx,
-                &mut counts,
-                &mut pending,
-                &event(last, Check::Pregreet, Action::Drop),
-            );
+        tally.session_ended(&cfg, IpAddr::from([198, 18, 0, 1]), now);
+        assert_eq!(tally.next_due(), Some(now + cfg.grace));
+        assert!(tally.take_due(Some(now), cfg.ttl).is_empty(), "grace");
+        let due = tally.take_due(Some(now + cfg.grace), cfg.ttl);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].check, "relay_attempt");
+        assert!(tally.pending.is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_prober_rotating_inside_its_64_is_counted_on_the_ban_target() {
+        let cfg = config(&[("relay_attempt", 3)], 100);
+        let mut tally = Tally::default();
+        let now = Instant::now();
+        for last in 1..=3u16 {
+            let e = Event {
+                source: IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, last]),
+                check: Check::RelayAttempt,
+                action: Action::Score,
+                detail: String::new(),
+                permanent: true,
+            };
+            tally.fired(&cfg, &e, now);
         }
-        assert!(pending.len() <= 3, "{} pending", pending.len());
+        assert_eq!(
+            pending_check(&tally, "2001:db8::/64"),
+            Some("relay_attempt"),
+            "three firings inside one /64 ban it"
+        );
+        // A session of any address of the /64 ending makes the ban due.
+        tally.session_ended(&cfg, "2001:db8::99".parse().expect("ip"), now);
+        assert_eq!(tally.next_due(), Some(now + cfg.grace));
+    }
+
+    #[test]
+    fn counts_age_out_after_the_window() {
+        let cfg = AutobanConfig {
+            window: Duration::from_secs(60),
+            ..config(&[("relay_attempt", 2)], 100)
+        };
+        let mut tally = Tally::default();
+        let t0 = Instant::now();
+        let e = event(1, Check::RelayAttempt, Action::Score);
+        tally.fired(&cfg, &e, t0);
+        tally.fired(&cfg, &e, t0 + Duration::from_secs(60));
+        assert!(tally.pending.is_empty(), "the first firing aged out");
+        tally.fired(&cfg, &e, t0 + Duration::from_secs(119));
+        assert_eq!(pending_check(&tally, "198.18.0.1"), Some("relay_attempt"));
+    }
+
+    #[test]
+    fn a_full_table_of_decided_bans_writes_them_instead_of_forgetting_them() {
+        let cfg = config(&[("pregreet", 1)], 3);
+        let mut tally = Tally::default();
+        let now = Instant::now();
+        for last in 10..13 {
+            tally.fired(&cfg, &event(last, Check::Pregreet, Action::Drop), now);
+        }
+        assert_eq!(tally.pending.len(), 3, "bounded, nothing forgotten");
+        let due = tally.take_due(Some(now), cfg.ttl);
+        let mut written: Vec<String> = due.iter().map(|b| b.target.to_string()).collect();
+        written.sort();
+        assert_eq!(written, ["198.18.0.10", "198.18.0.11", "198.18.0.12"]);
+    }
+
+    #[test]
+    fn counts_stay_bounded_under_a_flood_of_distinct_sources() {
+        let cfg = config(&[("relay_attempt", 5)], 8);
+        let mut tally = Tally::default();
+        let now = Instant::now();
+        for last in 0..=255 {
+            tally.fired(&cfg, &event(last, Check::RelayAttempt, Action::Score), now);
+            assert!(tally.counts.len() <= 8, "{} counts", tally.counts.len());
+        }
+    }
+
+    /// A writer standing for a data plane whose lock is held: each batch waits for a go, then
+    /// is recorded as written.
+    #[derive(Clone)]
+    struct BlockedWriter {
+        /// One message per batch allowed through.
+        go: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
+        /// Every ban written.
+        written: Arc<std::sync::Mutex<Vec<Ban>>>,
+    }
+
+    impl BlockedWriter {
+        fn write(&self, bans: Vec<Ban>) -> Vec<(Ban, Written)> {
+            if let Ok(go) = self.go.lock() {
+                let _ = go.recv();
+            }
+            if let Ok(mut written) = self.written.lock() {
+                written.extend(bans.iter().copied());
+            }
+            bans.into_iter().map(|b| (b, Written::Banned)).collect()
+        }
+    }
+
+    /// Waits (yielding) until `done` holds, for at most 10 s.
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_data_plane_never_loses_ban_decisions() {
+        let offenders = crate::events::EVENT_BUFFER + 1000;
+        let cfg = AutobanConfig {
+            grace: Duration::ZERO,
+            ..config(&[("pregreet", 1)], offenders * 2)
+        };
+        let (_config_tx, config_rx) = watch::channel(cfg);
+        let (events_tx, events_rx) = crate::events::channel();
+        let (ends_tx, ends_rx) = crate::events::ends_channel();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (go_tx, go_rx) = std::sync::mpsc::channel();
+        let writer = BlockedWriter {
+            go: Arc::new(std::sync::Mutex::new(go_rx)),
+            written: Arc::default(),
+        };
+        let written = writer.written.clone();
+        let task = tokio::spawn(serve(
+            config_rx,
+            move |bans| writer.write(bans),
+            events_rx,
+            ends_rx,
+            Arc::new(Metrics::new()),
+            stop_rx,
+        ));
+        let offend = |i: usize| {
+            let source = IpAddr::from(std::net::Ipv4Addr::from(0xC612_0000 + i as u32));
+            let _ = events_tx.send(Event {
+                source,
+                check: Check::Pregreet,
+                action: Action::Drop,
+                detail: String::new(),
+                permanent: true,
+            });
+            let _ = ends_tx.send(SessionEnd {
+                source,
+                verdict: crate::events::SessionVerdict::Dropped,
+                delivered: 0,
+                checks: vec!["pregreet"],
+            });
+        };
+        // The first ban's write blocks (the lock is held elsewhere)...
+        offend(0);
+        until("the first event to be read", || {
+            events_tx.is_empty() && ends_tx.is_empty()
+        })
+        .await;
+        // ...while more offenders than the event buffer holds keep coming; the loop reads them.
+        for chunk in (1..offenders).collect::<Vec<_>>().chunks(500) {
+            for &i in chunk {
+                offend(i);
+            }
+            until(
+                "the loop to read the events while the write is blocked",
+                || events_tx.is_empty() && ends_tx.is_empty(),
+            )
+            .await;
+        }
+        // The lock is free again: every decided ban is written.
+        let all = |w: &Arc<std::sync::Mutex<Vec<Ban>>>| w.lock().map(|w| w.len()).unwrap_or(0);
+        until("every ban to be written", || {
+            let _ = go_tx.send(());
+            all(&written) == offenders
+        })
+        .await;
+        let _ = stop_tx.send(true);
+        drop(go_tx);
+        assert_eq!(task.await.expect("auto-ban task"), offenders as u64);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reload_below_the_waiting_bans_writes_them() {
+        let (config_tx, config_rx) = watch::channel(config(&[("pregreet", 1)], 10));
+        let (events_tx, events_rx) = crate::events::channel();
+        let (_ends_tx, ends_rx) = crate::events::ends_channel();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (go_tx, go_rx) = std::sync::mpsc::channel();
+        let writer = BlockedWriter {
+            go: Arc::new(std::sync::Mutex::new(go_rx)),
+            written: Arc::default(),
+        };
+        let written = writer.written.clone();
+        let task = tokio::spawn(serve(
+            config_rx,
+            move |bans| writer.write(bans),
+            events_rx,
+            ends_rx,
+            Arc::new(Metrics::new()),
+            stop_rx,
+        ));
+        // Two bans wait for sessions that have not ended...
+        for last in 1..=2 {
+            let _ = events_tx.send(event(last, Check::Pregreet, Action::Drop));
+        }
+        until("the events to be read", || events_tx.is_empty()).await;
+        // ...when a reload makes the table smaller than that: they are written, not stuck.
+        config_tx.send_modify(|c| c.track_sources = 1);
+        let count = |w: &Arc<std::sync::Mutex<Vec<Ban>>>| w.lock().map(|w| w.len()).unwrap_or(0);
+        until("both bans to be written", || {
+            let _ = go_tx.send(());
+            count(&written) == 2
+        })
+        .await;
+        let _ = stop_tx.send(true);
+        drop(go_tx);
+        assert_eq!(task.await.expect("auto-ban task"), 2);
+    }
+
+    #[test]
+    fn a_check_that_only_scored_never_bans() {
+        // Issue 10 section 1.3: a score-action check leads at most to a 4xx; that never bans.
+        let config = AutobanConfig {
+            checks: [("helo_dynamic".to_string(), 1)].into_iter().collect(),
+            ..AutobanConfig::default()
+        };
+        let mut tally = Tally::default();
+        let mut scored = event(1, Check::HeloDynamic, Action::Score);
+        scored.permanent = false;
+        tally.fired(&config, &scored, Instant::now());
+        assert!(tally.pending.is_empty(), "a scored check is not a refusal");
     }
 
     #[test]
@@ -396,6 +776,38 @@ mod tests {
         for (source, v4, v6, want) in cases {
             let got = ban_target(source.parse().unwrap(), v4, v6);
             assert_eq!(got.to_string(), want, "{source} /{v4} /{v6}");
+        }
+    }
+
+    #[test]
+    fn durations_and_counts_are_bounded() {
+        for (cfg, key) in [
+            (
+                AutobanConfig {
+                    window: MAX_WINDOW + Duration::from_secs(1),
+                    ..AutobanConfig::default()
+                },
+                "autoban.window",
+            ),
+            (
+                AutobanConfig {
+                    ttl: MAX_TTL + Duration::from_secs(1),
+                    ..AutobanConfig::default()
+                },
+                "autoban.ttl",
+            ),
+            (
+                config(&[("relay_attempt", MAX_FIRINGS + 1)], 10),
+                "autoban.checks.relay_attempt",
+            ),
+            (
+                config(&[("relay_attempt", 1)], MAX_TRACK_SOURCES + 1),
+                "autoban.track_sources",
+            ),
+        ] {
+            let err = cfg.validate().expect_err(key);
+            assert_eq!(err.key, key);
+            assert!(err.reason.starts_with("must be at most"), "{err}");
         }
     }
 

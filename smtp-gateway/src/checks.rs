@@ -13,7 +13,7 @@
 
 use serde::Deserialize;
 
-use crate::policy::helo::HeloFinding;
+use crate::{invalid::Invalid, policy::helo::HeloFinding};
 
 /// What a failed check does.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -102,6 +102,20 @@ macro_rules! checks {
             }
         }
     };
+}
+
+/// Largest check weight (and smallest, negated).
+pub const MAX_WEIGHT: i32 = 1000;
+
+impl ChecksConfig {
+    /// Every weight within ±[`MAX_WEIGHT`] (a session score sums them).
+    pub fn validate(&self) -> Result<(), Invalid> {
+        for check in Check::ALL {
+            let key = format!("checks.{}.weight", check.name());
+            Invalid::in_range(&key, self.get(check).weight, -MAX_WEIGHT, MAX_WEIGHT)?;
+        }
+        Ok(())
+    }
 }
 
 impl Check {

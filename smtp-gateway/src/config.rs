@@ -6,15 +6,13 @@
 //! `checks.rs`, `policy/`, `autoban.rs`, `metrics/config.rs`, `daemon/config.rs`); this file only
 //! aggregates them: it loads and parses the file, runs every section's `validate()` and the rules
 //! that span sections, and finds the line of a refused key. Every `validate()` returns
-//! [`Invalid`] (`config/invalid.rs`).
+//! [`Invalid`] (`invalid.rs`, a leaf below every section, re-exported here).
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub mod invalid;
-
-pub use invalid::Invalid;
+pub use crate::invalid::Invalid;
 
 use crate::{
     autoban::AutobanConfig,
@@ -156,6 +154,7 @@ impl Config {
         self.smtp.validate()?;
         self.backend.validate()?;
         self.validate_proxy_across_sections()?;
+        self.checks.validate()?;
         self.score.validate()?;
         self.relay.validate()?;
         self.helo.validate()?;
@@ -198,7 +197,13 @@ fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
         return message;
     };
     let start = span.start.min(text.len());
-    let line_no = text[..start].matches('\n').count() + 1;
+    let line_no = text
+        .as_bytes()
+        .iter()
+        .take(start)
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1;
     let line_text = text.lines().nth(line_no - 1).unwrap_or("").trim();
     if line_text.is_empty() {
         format!("line {line_no}: {message}")
@@ -335,6 +340,102 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("xclient2"), "{err}");
+    }
+
+    /// Every numeric leaf of `value` (integers, floats, durations written as strings, array
+    /// elements), as a dotted path with its value multiplied by 10⁹ (zero becomes 10⁹).
+    fn enlarged_leaves(value: &toml::Value, path: &str, out: &mut Vec<(String, toml::Value)>) {
+        const FACTOR: i64 = 1_000_000_000;
+        match value {
+            toml::Value::Table(table) => {
+                for (key, v) in table {
+                    let path = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    enlarged_leaves(v, &path, out);
+                }
+            }
+            toml::Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    enlarged_leaves(v, &format!("{path}[{i}]"), out);
+                }
+            }
+            toml::Value::Integer(n) => {
+                let big = if *n == 0 {
+                    FACTOR
+                } else {
+                    n.saturating_mul(FACTOR)
+                };
+                out.push((path.to_string(), toml::Value::Integer(big)));
+            }
+            toml::Value::Float(f) => {
+                let big = if *f == 0.0 { 1e9 } else { f * 1e9 };
+                out.push((path.to_string(), toml::Value::Float(big)));
+            }
+            toml::Value::String(text) => {
+                if let Ok(d) = humantime::parse_duration(text) {
+                    let secs = d.as_secs().max(1).saturating_mul(FACTOR as u64);
+                    out.push((path.to_string(), toml::Value::String(format!("{secs}s"))));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Replaces the leaf at dotted `path` (as [`enlarged_leaves`] writes it) in `value`.
+    fn replace_leaf(value: &mut toml::Value, path: &str, new: toml::Value) {
+        let mut at = value;
+        for part in path.split('.') {
+            let (key, index) = match part.split_once('[') {
+                Some((key, rest)) => (key, rest.trim_end_matches(']').parse::<usize>().ok()),
+                None => (part, None),
+            };
+            at = at.get_mut(key).expect("path from enlarged_leaves");
+            if let Some(i) = index {
+                at = at.get_mut(i).expect("index from enlarged_leaves");
+            }
+        }
+        *at = new;
+    }
+
+    #[test]
+    fn every_numeric_option_is_bounded_instead_of_panicking_later() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.toml");
+        let text = std::fs::read_to_string(&path).expect("reference config");
+        let reference: toml::Value = toml::from_str(&text).expect("reference parses");
+        let mut leaves = Vec::new();
+        enlarged_leaves(&reference, "", &mut leaves);
+        assert!(
+            leaves.len() > 50,
+            "only {} numeric options found",
+            leaves.len()
+        );
+        let mut accepted = Vec::new();
+        for (key, big) in leaves {
+            let mut config = reference.clone();
+            replace_leaf(&mut config, &key, big.clone());
+            let text = toml::to_string(&config).expect("serialise");
+            let parsed = std::panic::catch_unwind(|| Config::parse(&text, "big.toml"));
+            match parsed {
+                Err(_) => accepted.push(format!("{key} = {big}: panicked")),
+                Ok(Ok(_)) => accepted.push(format!("{key} = {big}: accepted")),
+                Ok(Err(e)) => {
+                    // The refusal names the option (its key, or the offending line quoted).
+                    let leaf = key.rsplit('.').next().unwrap_or(&key);
+                    let leaf = leaf.split('[').next().unwrap_or(leaf);
+                    if !e.to_string().contains(leaf) {
+                        accepted.push(format!("{key} = {big}: refused without naming it: {e}"));
+                    }
+                }
+            }
+        }
+        assert!(
+            accepted.is_empty(),
+            "numeric options without an upper bound:\n{}",
+            accepted.join("\n")
+        );
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub struct Event {
     pub action: Action,
     /// Human detail (the offending HELO, the DNSBL zones…).
     pub detail: String,
+    /// The client was refused permanently (a `5xx`) or dropped because of this check. False when
+    /// the check only scored or was ignored, so at most a `4xx` followed: the auto-ban counts only
+    /// permanent refusals (a temporary failure never becomes a ban).
+    pub permanent: bool,
 }
 
 /// Sender side, cloned into every session.

@@ -48,9 +48,10 @@ pub fn parse_import_line(text: &str) -> Result<Option<(Target, Option<String>)>,
     crate::dataplane::import::parse_line(text)
 }
 
-/// A plain (not TLS) client connection over `tcp`.
+/// A plain (not TLS) client connection over `tcp`, with the default `smtp.write_timeout`.
 pub fn client_connection(tcp: TcpStream) -> Connection {
-    Connection::new(crate::smtp::connection::MaybeTls::Plain(tcp))
+    let write_timeout = crate::smtp::config::SmtpConfig::default().write_timeout;
+    Connection::new(crate::smtp::connection::MaybeTls::Plain(tcp), write_timeout)
 }
 
 /// How the session reads a RCPT line: the address smtp-proto parsed (or the address-literal
@@ -160,7 +161,7 @@ pub enum TextEnd {
     Refused,
     /// The backend failed while the text streamed.
     BackendFailed,
-    /// The client went away before the end of data.
+    /// The client went away (or ran out of time) before the end of data.
     ClientGone,
 }
 
@@ -171,18 +172,21 @@ pub async fn relay_text(
     settings: TextSettings,
 ) -> TextEnd {
     use crate::smtp::text::{TextLimits, TextRelayEnd, relay_message};
+    let defaults = crate::smtp::config::SmtpConfig::default();
     let limits = TextLimits {
         max_size: settings.max_size,
         max_line: settings.max_line,
         bare_newlines: settings.bare_newlines,
         timeout: settings.timeout,
+        deadline: tokio::time::Instant::now() + defaults.max_data_duration,
+        flush_interval: defaults.text_flush_interval,
         refuse_long_lines: settings.refuse_long_lines,
     };
     match relay_message(conn, backend, &limits).await.0 {
         TextRelayEnd::Relayed(reply) => TextEnd::Relayed(reply.code),
         TextRelayEnd::Refused(_) => TextEnd::Refused,
         TextRelayEnd::BackendFailed(_) => TextEnd::BackendFailed,
-        TextRelayEnd::ClientGone => TextEnd::ClientGone,
+        TextRelayEnd::ClientGone | TextRelayEnd::TimeLimit => TextEnd::ClientGone,
     }
 }
 

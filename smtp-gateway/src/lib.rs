@@ -5,7 +5,9 @@
 //!
 //! ## Layout
 //! - `config.rs`: the TOML configuration, parse -> validate: aggregates the sections each feature
-//!   owns (`config/invalid.rs`: [`config::Invalid`], what every section's validation returns);
+//!   owns;
+//! - `invalid.rs`: [`invalid::Invalid`] (also `config::Invalid`), what every section's validation
+//!   returns; a leaf, so no section imports the aggregate;
 //! - `checks.rs`: every check of the proxy declared once (name, `[checks]` key, default, stage,
 //!   reply);
 //! - `dataplane/`: everything about the kernel half (load, attach, pins, maps, lists, import,
@@ -15,29 +17,32 @@
 //! - `autoban.rs`: session verdicts -> kernel blocklist entries with a TTL;
 //! - `metrics/`: the process counters sessions increment (`mod.rs`), `[metrics]` (`config.rs`)
 //!   and the Prometheus `GET /metrics` endpoint (`endpoint.rs`);
-//! - `daemon/`: `smtp-gateway run` — attach, push the config, sweep, reload, stop; `[daemon]`
-//!   and giving up privileges after setup;
+//! - `daemon/`: `smtp-gateway run` — attach, push the config, sweep, reload (and the config file
+//!   watcher), stop; `[daemon]` and giving up privileges after setup;
 //! - `smtp/`: the SMTP filtering proxy (listeners, sessions, checks, forwarding, TLS);
 //! - `policy/`: pure verdict functions (anti-relay, HELO, DNSBL);
 //! - `signal.rs`: the control signals the daemon reacts to;
 //! - `reload.rs`: reload requests (SIGHUP, file change, control socket) for the one reload path;
-//! - `config_watch.rs`: reload on configuration file change (debounced);
 //! - `control/`: the root-only control socket and the operations behind it;
 //! - `source_outcomes.rs`: per-source session verdicts, beside the kernel's per-source counters;
 //! - `fuzzing.rs`: entry points for the fuzz targets and property tests (hidden, not an API).
 //!
 //! The binary (`main.rs`) parses arguments (`cli.rs`) and dispatches to `cmd/`.
 
+// Client bytes, DNS answers, list files and the config are all hostile: a cut inside a multi-byte
+// character would panic, so text is never sliced at a byte index anywhere in the crate.
+#![deny(clippy::string_slice)]
+
 pub mod autoban;
 pub mod checks;
 pub mod config;
-pub mod config_watch;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod invalid;
 pub mod metrics;
 pub mod policy;
 pub mod reload;

@@ -5,10 +5,24 @@
 
 use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Instant};
 
-use crate::{
-    control::protocol::SessionCounts,
-    events::{SessionEnd, SessionVerdict},
-};
+use serde::{Deserialize, Serialize};
+
+use crate::events::{SessionEnd, SessionVerdict};
+
+/// What a source's SMTP sessions came to (since the daemon started).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionCounts {
+    /// Sessions that ended.
+    pub sessions: u64,
+    /// Messages the backend accepted.
+    pub delivered: u64,
+    /// Sessions by verdict: `clean`, `delivered`, `tempfailed`, `rejected`, `dropped`.
+    pub by_verdict: std::collections::BTreeMap<String, u64>,
+    /// The verdict of the latest session.
+    pub last_verdict: String,
+    /// Checks fired in the latest session.
+    pub last_checks: Vec<String>,
+}
 
 /// One source's tally.
 #[derive(Debug, Clone)]

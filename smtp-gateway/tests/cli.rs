@@ -180,6 +180,23 @@ fn check_config_rejects_with_key_and_line() {
             "[smtp]\nmax_connections = 10\n[backend]\n\npool_size = 11\n",
             &["backend.pool_size", ":5", "smtp.max_connections"][..],
         ),
+        // Above tokio's semaphore maximum the daemon used to panic at start: refused here.
+        (
+            "[smtp]\n\nmax_connections = 4611686018427387904\n",
+            &["smtp.max_connections", ":3", "must be at most 1000000"][..],
+        ),
+        (
+            "[smtp]\ncommand_timeout = \"2h\"\n",
+            &["smtp.command_timeout", ":2", "must be at most 1h"][..],
+        ),
+        (
+            "[autoban]\n\nwindow = \"31days\"\n",
+            &["autoban.window", ":3", "must be at most 30days"][..],
+        ),
+        (
+            "[metrics]\nsession_sources = 10000001\n",
+            &["metrics.session_sources", ":2", "must be at most 10000000"][..],
+        ),
     ];
     for (text, fragments) in cases {
         let out = check_config(text);
@@ -411,6 +428,8 @@ impl Daemon {
             .arg("-c")
             .arg(&sb.config)
             .arg("run")
+            // The watcher says when it sees a file being written: tests wait for that.
+            .env("RUST_LOG", "info,smtp_gateway::daemon::watcher=debug")
             .stderr(log)
             .spawn()
             .expect("start daemon");
@@ -478,6 +497,31 @@ fn daemon_sweeps_expired_entries_and_stops_on_sigterm() {
     assert_eq!(sb.list().len(), 1);
 }
 
+/// The allowlist as a CLI with its own copy of the sandbox's configuration lists it (the
+/// daemon's file may be rewritten meanwhile).
+fn allowed(cli_config: &Path) -> Vec<String> {
+    let out = Command::new(BIN)
+        .arg("-c")
+        .arg(cli_config)
+        .args(["allow", "list", "--json"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    list.iter()
+        .map(|e| e["prefix"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// The daemon log's lines that contain every one of `parts`.
+fn log_lines(sb: &Sandbox, parts: &[&str]) -> usize {
+    std::fs::read_to_string(sb.dir.join("daemon.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| parts.iter().all(|p| line.contains(p)))
+        .count()
+}
+
 #[test]
 fn sighup_reload_applies_the_allowlist_and_a_bad_file_keeps_the_old_config() {
     let sb = Sandbox::new("allowlist = [\"198.18.2.0/24\"]\n");
@@ -485,19 +529,7 @@ fn sighup_reload_applies_the_allowlist_and_a_bad_file_keeps_the_old_config() {
     // The CLI reads its own copy: the daemon's file is made invalid below.
     let cli_config = sb.dir.join("cli.toml");
     std::fs::copy(&sb.config, &cli_config).expect("copy config");
-    let allowed = || -> Vec<String> {
-        let out = Command::new(BIN)
-            .arg("-c")
-            .arg(&cli_config)
-            .args(["allow", "list", "--json"])
-            .output()
-            .expect("run");
-        assert!(out.status.success(), "{}", stderr(&out));
-        let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
-        list.iter()
-            .map(|e| e["prefix"].as_str().unwrap_or("").to_string())
-            .collect()
-    };
+    let allowed = || allowed(&cli_config);
     assert_eq!(allowed(), vec!["198.18.2.0/24"]);
 
     let good = std::fs::read_to_string(&sb.config)
@@ -509,6 +541,15 @@ fn sighup_reload_applies_the_allowlist_and_a_bad_file_keeps_the_old_config() {
         || allowed() == vec!["198.18.3.0/24", "2001:db8:9::/48"],
         "reloaded allowlist",
     );
+    // The file watcher reloads the written file too: both reloads are done before the next
+    // write, so none of them reads a file being rewritten.
+    wait_for(
+        || {
+            log_lines(&sb, &["configuration reloaded", "SIGHUP"]) == 1
+                && log_lines(&sb, &["configuration reloaded", "file change"]) == 1
+        },
+        "the SIGHUP and the file-change reloads",
+    );
 
     std::fs::write(
         &sb.config,
@@ -516,26 +557,79 @@ fn sighup_reload_applies_the_allowlist_and_a_bad_file_keeps_the_old_config() {
     )
     .expect("write");
     daemon.signal(libc::SIGHUP);
-    let log = sb.dir.join("daemon.log");
     wait_for(
-        || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("reload failed")),
-        "reload failure logged",
+        || {
+            log_lines(&sb, &["reload failed", "bogus_key", "SIGHUP"]) == 1
+                && log_lines(&sb, &["reload failed", "bogus_key", "file change"]) == 1
+        },
+        "both reload failures logged",
     );
-    let text = std::fs::read_to_string(&log).expect("log");
-    assert!(
-        text.contains("bogus_key") && text.contains("previous configuration stays"),
-        "{text}"
-    );
+    let text = std::fs::read_to_string(sb.dir.join("daemon.log")).expect("log");
+    assert!(text.contains("previous configuration stays"), "{text}");
     assert_eq!(allowed(), vec!["198.18.3.0/24", "2001:db8:9::/48"]);
     drop(daemon);
     std::fs::write(&sb.config, &good).expect("restore config for cleanup");
 }
 
+#[test]
+fn a_config_file_rewritten_slowly_in_place_is_applied_only_once_complete() {
+    let sb = Sandbox::new("allowlist = [\"198.18.2.0/24\"]\n");
+    let daemon = Daemon::start(&sb);
+    let cli_config = sb.dir.join("cli.toml");
+    std::fs::copy(&sb.config, &cli_config).expect("copy config");
+    assert_eq!(allowed(&cli_config), vec!["198.18.2.0/24"]);
+
+    let full = std::fs::read_to_string(&sb.config)
+        .expect("config")
+        .replace("198.18.2.0/24", "198.18.3.0/24\", \"2001:db8:9::/48");
+    // The first half stops before the allowlist: a valid configuration on its own, which would
+    // empty the allowlist if it were applied.
+    let (head, tail) = full.split_at(full.find("allowlist").expect("allowlist line"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&sb.config)
+        .expect("open config");
+    file.write_all(head.as_bytes()).expect("write half");
+    // The writer pauses until the daemon has seen the file change (it says so), or, had it
+    // reloaded the half file, until it says that.
+    wait_for(
+        || {
+            log_lines(&sb, &["being written"]) > 0
+                || log_lines(&sb, &["configuration reloaded"]) > 0
+        },
+        "the daemon to see the half-written file",
+    );
+    let log = || std::fs::read_to_string(sb.dir.join("daemon.log")).unwrap_or_default();
+    assert_eq!(
+        log_lines(&sb, &["configuration reloaded"]),
+        0,
+        "a half-written file was applied: {}",
+        log()
+    );
+    assert_eq!(allowed(&cli_config), vec!["198.18.2.0/24"]);
+
+    file.write_all(tail.as_bytes()).expect("write the rest");
+    drop(file);
+    wait_for(
+        || log_lines(&sb, &["configuration reloaded", "file change"]) > 0,
+        "the complete file reloaded",
+    );
+    assert_eq!(
+        allowed(&cli_config),
+        vec!["198.18.3.0/24", "2001:db8:9::/48"]
+    );
+    assert_eq!(
+        log_lines(&sb, &["configuration reloaded"]),
+        1,
+        "one complete file, one reload: {}",
+        log()
+    );
+    drop(daemon);
+}
+
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    smtp_gateway_test_kit::launcher::free_port().expect("free port")
 }
 
 #[test]

@@ -15,6 +15,7 @@ use std::{
 mod peers;
 
 use peers::{Client, GOOD_PLAIN, scripted_backend};
+use rustls::pki_types::{CertificateDer, pem::PemObject};
 
 const BIN: &str = env!("CARGO_BIN_EXE_smtp-gateway");
 
@@ -38,10 +39,7 @@ impl Drop for Gateway {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
+    smtp_gateway_test_kit::launcher::free_port().expect("free port")
 }
 
 fn start_gateway(backend: SocketAddr, listeners: &str, tag: &str) -> (Gateway, String) {
@@ -104,7 +102,7 @@ fn tls_client(
     ca_pem: &str,
 ) -> Client<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.expect("pem")).expect("root");
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -201,4 +199,147 @@ fn auth_is_refused_in_plaintext_on_submission() {
     );
     let auth = c.cmd(&format!("AUTH PLAIN {GOOD_PLAIN}"));
     assert!(auth.starts_with("538 5.7.11"), "{auth}");
+}
+
+/// A backend whose SASL exchange never ends: `AUTH LOGIN` and every response get `334`, `*`
+/// cancels (`501`). Serves one session; returns every line it saw.
+fn endless_sasl_backend(listener: TcpListener) -> std::thread::JoinHandle<Vec<String>> {
+    use std::io::{BufRead, Write};
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let Ok((tcp, _)) = listener.accept() else {
+            return seen;
+        };
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut out = tcp.try_clone().expect("clone");
+        let mut input = BufReader::new(tcp);
+        out.write_all(b"220 backend.test ESMTP\r\n").ok();
+        let mut in_auth = false;
+        loop {
+            let mut line = String::new();
+            if input.read_line(&mut line).unwrap_or(0) == 0 {
+                return seen;
+            }
+            let cmd = line.trim_end().to_string();
+            seen.push(cmd.clone());
+            let upper = cmd.to_ascii_uppercase();
+            let reply: &[u8] = if in_auth && cmd == "*" {
+                in_auth = false;
+                b"501 5.7.0 Authentication aborted\r\n"
+            } else if in_auth {
+                b"334 UGFzc3dvcmQ6\r\n"
+            } else if upper.starts_with("EHLO") {
+                b"250-backend.test\r\n250-AUTH LOGIN\r\n250 8BITMIME\r\n"
+            } else if upper == "AUTH LOGIN" {
+                in_auth = true;
+                b"334 VXNlcm5hbWU6\r\n"
+            } else if upper == "QUIT" {
+                out.write_all(b"221 bye\r\n").ok();
+                return seen;
+            } else {
+                b"250 2.0.0 Ok\r\n"
+            };
+            out.write_all(reply).ok();
+        }
+    })
+}
+
+#[test]
+fn a_sasl_exchange_is_bounded_and_cancelled_on_the_backend() {
+    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend_addr = backend.local_addr().expect("addr");
+    let seen = endless_sasl_backend(backend);
+    let port = free_port();
+    let (_gw, ca) = start_gateway(
+        backend_addr,
+        &format!("{{ address = \"127.0.0.1:{port}\", kind = \"smtps\" }}"),
+        "steps",
+    );
+    let mut c = tls_client(SocketAddr::from(([127, 0, 0, 1], port)), &ca);
+    assert!(c.reply().starts_with("220 "));
+    assert!(c.cmd("EHLO client.example.net").contains("AUTH LOGIN"));
+    let mut reply = c.cmd("AUTH LOGIN");
+    let mut steps = 0;
+    while reply.starts_with("334") {
+        steps += 1;
+        assert!(steps <= 20, "the exchange never ends");
+        reply = c.cmd("c29tZXRoaW5n");
+    }
+    assert!(reply.starts_with("501"), "after {steps} steps: {reply}");
+    assert!(c.cmd("NOOP").starts_with("250"), "the session goes on");
+    assert!(c.cmd("QUIT").starts_with("221"));
+    let seen = seen.join().expect("backend");
+    assert!(
+        seen.iter().any(|l| l == "*"),
+        "the backend's exchange is cancelled: {seen:?}"
+    );
+}
+
+#[test]
+fn a_sasl_response_with_a_bare_lf_is_refused_not_relayed() {
+    use std::io::Write;
+    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend_addr = backend.local_addr().expect("addr");
+    let seen = endless_sasl_backend(backend);
+    let port = free_port();
+    let (_gw, ca) = start_gateway(
+        backend_addr,
+        &format!("{{ address = \"127.0.0.1:{port}\", kind = \"smtps\" }}"),
+        "barelf",
+    );
+    let mut c = tls_client(SocketAddr::from(([127, 0, 0, 1], port)), &ca);
+    assert!(c.reply().starts_with("220 "));
+    assert!(c.cmd("EHLO client.example.net").contains("AUTH LOGIN"));
+    assert!(c.cmd("AUTH LOGIN").starts_with("334"));
+    c.stream.get_mut().write_all(b"YmFyZQ==\n").expect("write");
+    c.stream.get_mut().flush().expect("flush");
+    let reply = c.reply();
+    assert!(
+        reply.starts_with("500 5.5.2") || reply.starts_with("421"),
+        "{reply}"
+    );
+    drop(c);
+    let seen = seen.join().expect("backend");
+    assert!(!seen.iter().any(|l| l == "YmFyZQ=="), "relayed: {seen:?}");
+    assert!(seen.iter().any(|l| l == "*"), "not cancelled: {seen:?}");
+}
+
+#[test]
+fn a_new_backend_session_is_not_authenticated() {
+    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend_addr = backend.local_addr().expect("addr");
+    let seen = scripted_backend(backend, 2);
+    let port = free_port();
+    let (_gw, ca) = start_gateway(
+        backend_addr,
+        &format!("{{ address = \"127.0.0.1:{port}\", kind = \"smtps\" }}"),
+        "reehlo",
+    );
+    let mut c = tls_client(SocketAddr::from(([127, 0, 0, 1], port)), &ca);
+    assert!(c.reply().starts_with("220 "));
+    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    let good = c.cmd(&format!("AUTH PLAIN {GOOD_PLAIN}"));
+    assert!(good.starts_with("235"), "{good}");
+    // The repeated EHLO must not leave the client authenticated towards a backend session that
+    // never saw its login.
+    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<user@example.net>").starts_with("250"));
+    let relay = c.cmd("RCPT TO:<friend@elsewhere.test>");
+    assert!(
+        relay.starts_with("550 5.7.1"),
+        "relayed without a login: {relay}"
+    );
+    // Logging in again on the new backend session lets it relay.
+    assert!(c.cmd("RSET").starts_with("250"));
+    let good = c.cmd(&format!("AUTH PLAIN {GOOD_PLAIN}"));
+    assert!(good.starts_with("235"), "{good}");
+    assert!(c.cmd("MAIL FROM:<user@example.net>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<friend@elsewhere.test>").starts_with("250"));
+    assert!(c.cmd("QUIT").starts_with("221"));
+    let seen = seen.join().expect("backend");
+    assert_eq!(
+        seen.iter().filter(|l| l.starts_with("AUTH PLAIN")).count(),
+        2,
+        "{seen:?}"
+    );
 }

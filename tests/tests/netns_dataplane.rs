@@ -503,3 +503,131 @@ fn detach_removes_program_and_pins() {
         "{stats:?}"
     );
 }
+
+/// A network namespace of its own (`ip netns add`), deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Self {
+        // A leftover of an earlier process with the same PID.
+        let _ = support::netns::run(std::process::Command::new("ip").args(["netns", "del", &name]));
+        support::netns::run_ok(std::process::Command::new("ip").args(["netns", "add", &name]));
+        Netns(name)
+    }
+
+    /// `ip netns exec <ns> smtp-gateway -c <config> <args>`: a private mount namespace in which
+    /// the host's /sys/fs/bpf is hidden (ip remounts /sys).
+    fn exec(&self, config: &Path, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new("ip");
+        command
+            .args(["netns", "exec", &self.0])
+            .arg(support::daemon::binary())
+            .arg("-c")
+            .arg(config)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        command
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ =
+            support::netns::run(std::process::Command::new("ip").args(["netns", "del", &self.0]));
+    }
+}
+
+/// (6) Started with `ip netns exec` (a private mount namespace without the host's bpffs), neither
+/// the CLI nor the daemon mounts a bpffs of its own, whose pins would die with it: both refuse,
+/// saying where they looked, unless `dataplane.allow_private_bpffs` says so. Entered with
+/// `nsenter --net` only, the same configuration works on the host's bpffs.
+#[test]
+fn a_bpffs_private_to_the_process_is_refused_unless_allowed() {
+    let pid = std::process::id();
+    let ns = Netns::new(format!("sgw{pid}-priv"));
+    let dir = PathBuf::from(format!("/tmp/sgw-e2e-{pid}-priv"));
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sgw-e2e-{pid}-priv"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("lab directory");
+    let config = |allow: bool| {
+        format!(
+            "[dataplane]\n\
+             pin_dir = \"{}\"\n\
+             {allow}\
+             \n\
+             [smtp]\n\
+             listeners = []\n\
+             \n\
+             [metrics]\n\
+             enabled = false\n",
+            pin_dir.display(),
+            // Off by default.
+            allow = if allow {
+                "allow_private_bpffs = true\n"
+            } else {
+                ""
+            }
+        )
+    };
+    // Its drop kills the daemon (none here), detaches and removes the pins and the directory.
+    let gw = Daemon::new(&ns.0, "lo", &dir, &pin_dir, &config(false));
+    let refused = |out: &std::process::Output, what: &str| {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what} must be refused: {err}");
+        assert!(
+            err.contains(&pin_dir.display().to_string())
+                && err.contains("mount namespace")
+                && err.contains("allow_private_bpffs"),
+            "{what}: {err}"
+        );
+    };
+
+    let cli = support::netns::run(
+        &mut ns.exec(&dir.join("gateway.toml"), &["block", "add", "198.18.0.7"]),
+    );
+    refused(&cli, "block add under ip netns exec");
+    let import = dir.join("drop.txt");
+    std::fs::write(&import, "198.18.0.8\n").expect("import file");
+    let cli = support::netns::run(&mut ns.exec(
+        &dir.join("gateway.toml"),
+        &["block", "import", &import.display().to_string()],
+    ));
+    refused(&cli, "block import under ip netns exec");
+
+    let log = dir.join("daemon.log");
+    let child = ns
+        .exec(&dir.join("gateway.toml"), &["run"])
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start the daemon");
+    let mut daemon = ChildGuard::new(child, "the daemon under ip netns exec");
+    let status = daemon.wait_bounded(Duration::from_secs(30));
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(!status.success(), "the daemon must refuse to start: {text}");
+    assert!(
+        text.contains("mount namespace") && text.contains("allow_private_bpffs"),
+        "{text}"
+    );
+    assert!(
+        !pin_dir.exists(),
+        "nothing may appear in the host's bpffs: {}",
+        pin_dir.display()
+    );
+
+    // Allowed explicitly: the entry goes into a bpffs that dies with the CLI.
+    let private = dir.join("private.toml");
+    std::fs::write(&private, config(true)).expect("config");
+    let cli = support::netns::run(&mut ns.exec(&private, &["block", "add", "198.18.0.7"]));
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert!(!pin_dir.exists(), "the private state is not the host's");
+
+    // The network namespace only: the host's bpffs, state that outlives the CLI.
+    gw.cli_ok(&["block", "add", "198.18.0.7"]);
+    assert!(gw.block_entry("198.18.0.7").is_some());
+    assert!(pin_dir.exists());
+}

@@ -15,6 +15,11 @@ pub mod server;
 pub enum ControlError {
     #[error("another daemon answers on {0}: one daemon per data plane")]
     AlreadyRunning(std::path::PathBuf),
+    #[error(
+        "{0} exists and is not a socket: refusing to replace it (remove it, or set \
+         daemon.control_socket to another path)"
+    )]
+    NotASocket(std::path::PathBuf),
     #[error("{0}: permission denied (the control socket is for root; run the command as root)")]
     NotRoot(std::path::PathBuf),
     #[error("control socket {path}: {source}")]

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::stats::SourceRow;
+use crate::{dataplane::stats::SourceRow, source_outcomes::SessionCounts};
 
 /// Longest request line the daemon reads; every request is a short command.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -129,20 +129,6 @@ pub struct SourceSessions {
     pub source: std::net::IpAddr,
     #[serde(flatten)]
     pub counts: SessionCounts,
-}
-
-/// What a source's SMTP sessions came to (since the daemon started).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionCounts {
-    pub sessions: u64,
-    /// Messages the backend accepted.
-    pub delivered: u64,
-    /// Sessions by verdict: `clean`, `delivered`, `tempfailed`, `rejected`, `dropped`.
-    pub by_verdict: std::collections::BTreeMap<String, u64>,
-    /// The verdict of the latest session.
-    pub last_verdict: String,
-    /// Checks fired in the latest session.
-    pub last_checks: Vec<String>,
 }
 
 #[cfg(test)]

@@ -4,10 +4,12 @@
 //! only. Requests are handled one at a time per connection (`top` keeps one open).
 
 use std::{
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::{FileTypeExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::Arc,
 };
+
+use nix::sys::stat::{Mode, umask};
 
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -39,7 +41,8 @@ pub struct Handler {
 }
 
 /// Creates the socket at `path` (and its directory). A socket file nobody answers on is a
-/// leftover of a daemon that died and is replaced; one that answers means another daemon runs.
+/// leftover of a daemon that died and is replaced; one that answers means another daemon runs;
+/// anything else at `path` (a file, a directory, a symbolic link) is refused and left alone.
 pub fn bind(path: &Path) -> Result<ControlSocket, ControlError> {
     let io = |source| ControlError::Io {
         path: path.to_path_buf(),
@@ -48,17 +51,21 @@ pub fn bind(path: &Path) -> Result<ControlSocket, ControlError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    if path.exists() {
-        match std::os::unix::net::UnixStream::connect(path) {
+    match std::fs::symlink_metadata(path) {
+        // Only a socket is ever replaced: any other file there is somebody else's.
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(ControlError::NotASocket(path.to_path_buf()));
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => return Err(ControlError::AlreadyRunning(path.to_path_buf())),
             Err(_) => std::fs::remove_file(path).map_err(io)?,
-        }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
     }
-    // SAFETY: umask only swaps the process's file-mode mask; no memory is involved.
-    let old = unsafe { libc::umask(0o177) };
+    let old = umask(Mode::from_bits_truncate(0o177));
     let bound = std::os::unix::net::UnixListener::bind(path);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old) };
+    umask(old);
     let listener = bound.map_err(io)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
     std::os::unix::fs::chown(path, Some(0), Some(0)).map_err(io)?;
@@ -288,5 +295,54 @@ async fn reload(handler: &Handler) -> Response {
         Err(_) => Response::Error {
             message: "the daemon is stopping".into(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory for one test's socket path.
+    fn dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("control-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_socket_is_refused_and_kept() {
+        let dir = dir("not-a-socket");
+        let path = dir.join("control.sock");
+        std::fs::write(&path, "precious").expect("write");
+        let error = match bind(&path) {
+            Ok(_) => panic!("bound over a regular file"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            error.contains(&path.display().to_string()) && error.contains("not a socket"),
+            "{error}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).expect("kept"), "precious");
+        // A symbolic link is not a socket either, whatever it points to.
+        let link = dir.join("link.sock");
+        std::os::unix::fs::symlink(&path, &link).expect("symlink");
+        assert!(bind(&link).is_err());
+        assert!(std::fs::symlink_metadata(&link).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_socket_nobody_answers_on_is_replaced() {
+        let dir = dir("stale");
+        let path = dir.join("control.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("stale socket"));
+        let socket = bind(&path).expect("replaced");
+        let meta = std::fs::symlink_metadata(socket.path()).expect("socket");
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // One that answers belongs to another daemon.
+        assert!(matches!(bind(&path), Err(ControlError::AlreadyRunning(_))));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

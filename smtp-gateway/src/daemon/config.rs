@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use crate::config::invalid::Invalid;
+use crate::invalid::Invalid;
 
 /// `[daemon]`: the process itself.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -50,16 +50,19 @@ impl Default for DaemonConfig {
     }
 }
 
+/// Largest `daemon.control_timeout`.
+pub const MAX_CONTROL_TIMEOUT: Duration = Duration::from_secs(3600);
+
 impl DaemonConfig {
     /// Checks values serde cannot: timeouts, capability names, user without dropping.
     pub fn validate(&self) -> Result<(), Invalid> {
         let d = self;
-        if d.control_timeout < Duration::from_secs(1) {
-            return Err(Invalid::new(
-                "daemon.control_timeout",
-                "must be at least 1s",
-            ));
-        }
+        Invalid::duration_in(
+            "daemon.control_timeout",
+            d.control_timeout,
+            Duration::from_secs(1),
+            MAX_CONTROL_TIMEOUT,
+        )?;
         if d.watch_debounce > Duration::from_secs(60) {
             return Err(Invalid::new("daemon.watch_debounce", "must be at most 60s"));
         }

@@ -12,12 +12,15 @@
 //!   to running tasks, and the notes on changes that need a restart;
 //! - `config.rs`: `[daemon]`;
 //! - `privileges.rs`: giving up capabilities (and the uid) once setup is done;
+//! - `watcher.rs`: the configuration file watcher (reload on a complete write) and the complete-file
+//!   read every reload goes through;
 //! - `error.rs`: [`DaemonError`].
 
 pub mod config;
 mod error;
 pub mod privileges;
 mod reload;
+pub mod watcher;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -121,18 +124,22 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
     let outcomes = Arc::new(crate::source_outcomes::SourceOutcomes::new(
         config.metrics.session_sources,
     ));
-    let metrics_server = metrics_listener.map(|listener| {
-        tokio::spawn(crate::metrics::endpoint::serve(
-            listener,
-            metrics.clone(),
-            crate::metrics::endpoint::ScrapeSources {
-                dataplane: Some(dataplane.clone()),
-                outcomes: Some(outcomes.clone()),
-            },
-            live.metrics.subscribe(),
-            shutdown_rx.clone(),
-        ))
-    });
+    let metrics_server = match metrics_listener {
+        Some(listener) => {
+            let sources = crate::metrics::endpoint::ScrapeSources::new(
+                Some(dataplane.clone()),
+                Some(outcomes.clone()),
+            )?;
+            Some(tokio::spawn(crate::metrics::endpoint::serve(
+                listener,
+                metrics.clone(),
+                sources,
+                live.metrics.subscribe(),
+                shutdown_rx.clone(),
+            )))
+        }
+        None => None,
+    };
     let control_server = tokio::spawn(control.serve(
         Arc::new(crate::control::server::Handler {
             dataplane: dataplane.clone(),
@@ -142,7 +149,7 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
         shutdown_rx.clone(),
     ));
     let _watcher = match (&config_path, config.daemon.watch_config) {
-        (Some(path), true) => match crate::config_watch::spawn(
+        (Some(path), true) => match self::watcher::spawn(
             path,
             config.daemon.watch_debounce,
             reload_tx.clone(),

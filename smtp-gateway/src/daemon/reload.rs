@@ -137,7 +137,7 @@ pub(super) async fn reload(
     proxy: Option<(&GenerationContext, &watch::Sender<Arc<crate::smtp::Shared>>)>,
     privileges_dropped: bool,
 ) -> Result<(Config, Vec<String>), DaemonError> {
-    let new = Config::load(path)?;
+    let new = super::watcher::load_complete(path).await?;
     // Built first and without side effects: a certificate that cannot be read leaves everything
     // as it was.
     // Reading certificates and reputation lists (possibly millions of lines) is blocking work:
@@ -182,11 +182,25 @@ pub(super) async fn reload(
     })
     .await
     .map_err(|e| DaemonError::Task(e.to_string()))??;
-    if let (Some(generation), Some((_, shared))) = (generation, proxy) {
-        // Sessions already running keep the generation they started with.
-        let _ = shared.send(Arc::new(generation));
+    if let (Some(generation), Some((context, shared))) = (generation, proxy) {
+        publish_generation(context, shared, generation, &new);
     }
     Ok((new, notes))
+}
+
+/// Makes `generation` the one new sessions take, with the state shared across generations set
+/// to `new` (the pass cache's TTL and size). Sessions already running keep the generation they
+/// started with.
+fn publish_generation(
+    context: &GenerationContext,
+    shared: &watch::Sender<Arc<crate::smtp::Shared>>,
+    generation: crate::smtp::Shared,
+    new: &Config,
+) {
+    context
+        .pass_cache
+        .configure(new.smtp.pass_cache_ttl, new.smtp.pass_cache_size);
+    let _ = shared.send(Arc::new(generation));
 }
 
 /// The changed options that take effect only after a restart (config/gateway.toml lists them).
@@ -232,6 +246,41 @@ pub(super) fn restart_notes(old: &Config, new: &Config) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_applies_the_pass_cache_ttl_and_size() {
+        let old = Config::default();
+        let (events, _) = crate::events::channel();
+        let (ends, _) = crate::events::ends_channel();
+        let context = GenerationContext {
+            events,
+            ends,
+            pass_cache: Arc::new(crate::policy::pass_cache::PassCache::new(
+                old.smtp.pass_cache_ttl,
+                old.smtp.pass_cache_size,
+            )),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            outcomes: Arc::new(crate::source_outcomes::SourceOutcomes::new(10)),
+            backend_pool: Arc::new(crate::smtp::backend_pool::BackendPool::new()),
+        };
+        let (shared, sessions) =
+            watch::channel(Arc::new(build_shared(&old, context.clone()).expect("old")));
+        let now = std::time::Instant::now();
+        for last in 1..=3 {
+            let ip = std::net::IpAddr::from([198, 51, 100, last]);
+            context.pass_cache.insert(ip, now);
+        }
+        let mut new = old.clone();
+        new.smtp.pass_cache_size = 1;
+        let generation = build_shared(&new, context.clone()).expect("new");
+        publish_generation(&context, &shared, generation, &new);
+        assert!(sessions.has_changed().expect("open"));
+        assert_eq!(context.pass_cache.len(), 1, "resized on reload");
+        new.smtp.pass_cache_ttl = Duration::ZERO;
+        let generation = build_shared(&new, context.clone()).expect("newer");
+        publish_generation(&context, &shared, generation, &new);
+        assert!(context.pass_cache.is_empty(), "disabled on reload");
+    }
 
     #[test]
     fn a_reload_hands_every_task_its_new_section() {

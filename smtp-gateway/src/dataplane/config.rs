@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::config::invalid::Invalid;
+use crate::invalid::Invalid;
 
 /// `[dataplane]`: the kernel half of the gateway.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -38,6 +38,9 @@ pub struct DataplaneConfig {
     pub rate_limit: RateLimitConfig,
     /// Map capacities (taking effect when the maps are created; changing them needs `detach`).
     pub capacity: CapacityConfig,
+    /// Mount a bpffs at /sys/fs/bpf even in a mount namespace that is not the host's (where it
+    /// would be private to the process: its pins die with it). Off: refused with an explanation.
+    pub allow_private_bpffs: bool,
 }
 
 impl Default for DataplaneConfig {
@@ -54,6 +57,7 @@ impl Default for DataplaneConfig {
             allowlist: Vec::new(),
             rate_limit: RateLimitConfig::default(),
             capacity: CapacityConfig::default(),
+            allow_private_bpffs: false,
         }
     }
 }
@@ -157,6 +161,10 @@ impl Default for CapacityConfig {
     }
 }
 
+/// Largest `dataplane.sweep_interval` (expired entries stop dropping at once regardless; the
+/// sweep only frees their slots).
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// Largest capacity accepted for any map (the kernel's own limits are lower for some types).
 const MAX_CAPACITY: u32 = 64 * 1024 * 1024;
 
@@ -190,6 +198,12 @@ impl DataplaneConfig {
         if d.sweep_interval < Duration::from_secs(1) {
             return bad("sweep_interval", "must be at least 1s".into());
         }
+        Invalid::duration_in(
+            "dataplane.sweep_interval",
+            d.sweep_interval,
+            Duration::from_secs(1),
+            MAX_SWEEP_INTERVAL,
+        )?;
         for net in &d.allowlist {
             if net.trunc() != *net {
                 return bad(

@@ -13,6 +13,11 @@ pub enum DataplaneError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// bpffs would have to be mounted in a mount namespace private to this process.
+    #[error(
+        "{path}: no bpf filesystem at /sys/fs/bpf in this process's mount namespace, which is not the host's (started with `ip netns exec`?). One mounted here would be private to this process: its pins, and every entry in them, would vanish when it exits, and no other smtp-gateway process (daemon or CLI) would see them. Enter only the network namespace (`nsenter --net=/run/netns/NAME smtp-gateway ...`), or set dataplane.allow_private_bpffs = true to accept state that dies with the process"
+    )]
+    PrivateBpffs { path: PathBuf },
     /// A pinned map exists with another shape than this build's.
     #[error(
         "pinned map {name} at {path} does not match this version ({detail}); refusing to reuse it. Run `smtp-gateway detach` to remove the old state (its entries are lost), then start again"
@@ -67,9 +72,6 @@ pub enum DataplaneError {
     /// A task panicked while holding the data plane.
     #[error("internal error: the data plane lock was poisoned by a failed task")]
     Poisoned,
-    /// No reason id could be assigned.
-    #[error("no room for reason text {0:?}: the reasons map is full (dataplane.capacity.reasons)")]
-    ReasonsFull(String),
 }
 
 impl DataplaneError {

@@ -8,14 +8,23 @@
 //!   skipped).
 //!
 //! Every bad line is reported with its number and why; with `strict`, nothing is applied when any
-//! line is bad.
+//! line is bad. A line longer than [`MAX_LINE_BYTES`] (4096 bytes) is such a bad line ("line too
+//! long"): it is skipped as it is read, never held whole in memory.
 
-use std::{collections::HashMap, io::BufRead, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    io::BufRead,
+    time::Duration,
+};
 
 use serde::Deserialize;
 use smtp_gateway_common::{BlockEntry, origin};
 
 use super::{Dataplane, DataplaneError, Target, clock, reasons};
+
+/// Longest line accepted, in bytes (newline excluded). A Spamhaus DROP JSON line is about 100
+/// bytes; a longer line is reported as "line too long" and skipped without being held in memory.
+pub const MAX_LINE_BYTES: usize = 4096;
 
 /// A parsed, valid line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,8 +76,8 @@ pub fn parse_line(text: &str) -> Result<Option<(Target, Option<String>)>, String
         let target = cidr.parse::<Target>().map_err(|e| e.to_string())?;
         return Ok(Some((target, json.sblid.filter(|s| !s.is_empty()))));
     }
-    let (address, comment) = match text.find(['#', ';']) {
-        Some(at) => (text[..at].trim(), Some(text[at + 1..].trim())),
+    let (address, comment) = match text.split_once(['#', ';']) {
+        Some((address, comment)) => (address.trim(), Some(comment.trim())),
         None => (text, None),
     };
     if address.contains(char::is_whitespace) {
@@ -83,14 +92,73 @@ pub fn parse_line(text: &str) -> Result<Option<(Target, Option<String>)>, String
     )))
 }
 
-/// Parses a whole file. Lines that are not UTF-8 are reported, not fatal.
-pub fn parse(reader: impl BufRead) -> (Vec<ImportLine>, Vec<LineError>) {
+/// What [`next_line`] read.
+enum Line {
+    /// A line of at most [`MAX_LINE_BYTES`], in the buffer (newline removed).
+    Complete,
+    /// A longer line, skipped (the buffer holds nothing of it).
+    TooLong,
+}
+
+/// Reads the next line into `buf` (cleared first), holding at most [`MAX_LINE_BYTES`] of it:
+/// the rest of a longer line is read and dropped. `Ok(None)` at the end of the input.
+fn next_line(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<Option<Line>> {
+    buf.clear();
+    let mut too_long = false;
+    let mut started = false;
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(started.then_some(if too_long {
+                Line::TooLong
+            } else {
+                Line::Complete
+            }));
+        }
+        started = true;
+        let newline = available.iter().position(|b| *b == b'\n');
+        let part = available
+            .get(..newline.unwrap_or(available.len()))
+            .unwrap_or_default();
+        if !too_long && buf.len() + part.len() <= MAX_LINE_BYTES {
+            buf.extend_from_slice(part);
+        } else {
+            too_long = true;
+            buf.clear();
+        }
+        let used = part.len() + usize::from(newline.is_some());
+        reader.consume(used);
+        if newline.is_some() {
+            return Ok(Some(if too_long {
+                Line::TooLong
+            } else {
+                Line::Complete
+            }));
+        }
+    }
+}
+
+/// Parses a whole file. Lines that are not UTF-8 or longer than [`MAX_LINE_BYTES`] are reported,
+/// not fatal.
+pub fn parse(mut reader: impl BufRead) -> (Vec<ImportLine>, Vec<LineError>) {
     let mut good = Vec::new();
     let mut bad = Vec::new();
-    for (index, line) in reader.split(b'\n').enumerate() {
-        let line_no = index + 1;
-        let bytes = match line {
-            Ok(b) => b,
+    let mut bytes = Vec::with_capacity(MAX_LINE_BYTES);
+    for line_no in 1.. {
+        match next_line(&mut reader, &mut bytes) {
+            Ok(None) => break,
+            Ok(Some(Line::Complete)) => {}
+            Ok(Some(Line::TooLong)) => {
+                bad.push(LineError {
+                    line: line_no,
+                    reason: format!("line too long (more than {MAX_LINE_BYTES} bytes)"),
+                });
+                continue;
+            }
             Err(e) => {
                 bad.push(LineError {
                     line: line_no,
@@ -98,7 +166,7 @@ pub fn parse(reader: impl BufRead) -> (Vec<ImportLine>, Vec<LineError>) {
                 });
                 break;
             }
-        };
+        }
         let Ok(text) = std::str::from_utf8(&bytes) else {
             bad.push(LineError {
                 line: line_no,
@@ -163,6 +231,7 @@ pub fn apply(
         None => 0,
     };
     let mut summary = ImportSummary::default();
+    let mut replaced_reasons = HashSet::new();
     for (index, line) in lines.iter().enumerate() {
         let reason = match &line.reason {
             Some(text) => match reason_ids.get(text) {
@@ -175,7 +244,7 @@ pub fn apply(
             },
             None => default_reason,
         };
-        dp.block(
+        let replaced = dp.replace_block(
             line.target,
             BlockEntry {
                 expires_at_ns,
@@ -184,6 +253,11 @@ pub fn apply(
                 origin: origin::IMPORT,
             },
         )?;
+        if let Some(old) = replaced
+            && old.reason != reason
+        {
+            replaced_reasons.insert(old.reason);
+        }
         match line.target {
             Target::V4(_) => summary.exact_v4 += 1,
             Target::V6(_) => summary.exact_v6 += 1,
@@ -195,6 +269,8 @@ pub fn apply(
         }
     }
     progress(lines.len());
+    // One walk for all the reasons the replaced entries cited.
+    reasons::release(dp, replaced_reasons)?;
     Ok(summary)
 }
 
@@ -263,5 +339,61 @@ mod tests {
         assert_eq!(good[1].reason.as_deref(), Some("x"));
         assert_eq!(bad.iter().map(|e| e.line).collect::<Vec<_>>(), vec![3, 6]);
         assert!(bad[1].reason.contains("UTF-8"));
+    }
+
+    #[test]
+    fn a_line_over_the_cap_is_refused_with_its_number_and_the_next_lines_still_count() {
+        let mut text = b"198.18.0.1\n".to_vec();
+        text.extend(std::iter::repeat_n(b'9', MAX_LINE_BYTES + 1));
+        text.extend(b"\n198.18.0.2 ; after\n");
+        // A comment exactly at the cap is still a line.
+        text.push(b'#');
+        text.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES - 1));
+        text.extend(b"\n2001:db8::1");
+        let (good, bad) = parse(&text[..]);
+        let lines: Vec<usize> = good.iter().map(|g| g.line).collect();
+        assert_eq!(lines, [1, 3, 5]);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert_eq!(bad[0].line, 2);
+        assert!(bad[0].reason.contains("line too long"), "{}", bad[0]);
+    }
+
+    /// A file of one line 64 times longer than the cap.
+    struct Endless {
+        /// Bytes handed out so far.
+        given: usize,
+    }
+
+    impl std::io::Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let limit = 64 * MAX_LINE_BYTES;
+            if self.given > limit {
+                return Ok(0);
+            }
+            let Some(first) = buf.first_mut() else {
+                return Ok(0);
+            };
+            if self.given == limit {
+                // Far past the cap: end the line, then the file.
+                *first = b'\n';
+                self.given += 1;
+                return Ok(1);
+            }
+            let n = buf.len().min(limit - self.given);
+            buf.iter_mut().take(n).for_each(|b| *b = b'7');
+            self.given += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_line_far_over_the_cap_streams_by_as_one_error() {
+        // Without a cap this line would be held whole before parsing; with it, memory stays
+        // bounded (the line is skipped as it streams by).
+        let reader = std::io::BufReader::new(Endless { given: 0 });
+        let (good, bad) = parse(reader);
+        assert!(good.is_empty());
+        assert_eq!(bad.len(), 1);
+        assert!(bad[0].reason.contains("line too long"));
     }
 }

@@ -1,8 +1,9 @@
 //! Blocklist and allowlist operations on the pinned maps: add, delete, list, and keeping the
 //! allowlist entries of the configuration file in step with it. Exact addresses go to the hash
-//! maps, true prefixes to the LPM tries.
+//! maps, true prefixes to the LPM tries. An entry that goes (deleted, or replaced by one with
+//! another reason) frees its reason text when no other entry cites it (see `reasons.rs`).
 
-use std::net::IpAddr;
+use std::{collections::HashSet, net::IpAddr};
 
 use aya::maps::lpm_trie::Key;
 use ipnet::IpNet;
@@ -35,8 +36,30 @@ fn not_found_is_none<T>(
 }
 
 impl Dataplane {
-    /// Adds or replaces a blocklist entry.
+    /// Adds or replaces a blocklist entry; a replaced entry's reason is freed when nothing else
+    /// cites it.
     pub fn block(&mut self, target: Target, entry: BlockEntry) -> Result<(), DataplaneError> {
+        if let Some(old) = self.replace_block(target, entry)?
+            && old.reason != entry.reason
+        {
+            reasons::release(self, [old.reason])?;
+        }
+        Ok(())
+    }
+
+    /// Adds or replaces a blocklist entry and returns the one it replaced, leaving its reason to
+    /// the caller (a bulk import frees the reasons of all it replaced in one walk).
+    pub(super) fn replace_block(
+        &mut self,
+        target: Target,
+        entry: BlockEntry,
+    ) -> Result<Option<BlockEntry>, DataplaneError> {
+        let old = self.block_entry(target)?;
+        self.insert_block(target, entry)?;
+        Ok(old)
+    }
+
+    fn insert_block(&mut self, target: Target, entry: BlockEntry) -> Result<(), DataplaneError> {
         let full = |name, option, dp: &Dataplane| {
             let capacity = dp.capacity(name);
             move |e| DataplaneError::map(name, capacity, option, e)
@@ -82,8 +105,20 @@ impl Dataplane {
         not_found_is_none(r).map_err(|source| DataplaneError::Map { name, source })
     }
 
-    /// Removes the entry for exactly `target`; `false` if there was none.
+    /// Removes the entry for exactly `target` (and its reason when nothing else cites it);
+    /// `false` if there was none.
     pub fn unblock(&mut self, target: Target) -> Result<bool, DataplaneError> {
+        let Some(old) = self.block_entry(target)? else {
+            return Ok(false);
+        };
+        let removed = self.remove_block(target)?;
+        if removed {
+            reasons::release(self, [old.reason])?;
+        }
+        Ok(removed)
+    }
+
+    fn remove_block(&mut self, target: Target) -> Result<bool, DataplaneError> {
         let (name, r) = match target {
             Target::V4(a) => (maps::BLOCK_V4, self.block_v4.remove(&a.octets())),
             Target::V6(a) => (maps::BLOCK_V6, self.block_v6.remove(&a.octets())),
@@ -140,9 +175,38 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// Adds or replaces an allowlist prefix.
+    /// Adds or replaces an allowlist prefix; a replaced entry's reason is freed when nothing else
+    /// cites it.
     pub fn allow(&mut self, net: IpNet, entry: AllowEntry) -> Result<(), DataplaneError> {
         let net = net.trunc();
+        let old = self.allow_entry(net)?;
+        self.insert_allow(net, entry)?;
+        if let Some(old) = old
+            && old.reason != entry.reason
+        {
+            reasons::release(self, [old.reason])?;
+        }
+        Ok(())
+    }
+
+    /// The allowlist entry for exactly `net` (already truncated), if any.
+    fn allow_entry(&self, net: IpNet) -> Result<Option<AllowEntry>, DataplaneError> {
+        let (name, r) = match net {
+            IpNet::V4(n) => (
+                maps::ALLOW_V4,
+                self.allow_v4
+                    .get(&Key::new(u32::from(n.prefix_len()), n.addr().octets()), 0),
+            ),
+            IpNet::V6(n) => (
+                maps::ALLOW_V6,
+                self.allow_v6
+                    .get(&Key::new(u32::from(n.prefix_len()), n.addr().octets()), 0),
+            ),
+        };
+        not_found_is_none(r).map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    fn insert_allow(&mut self, net: IpNet, entry: AllowEntry) -> Result<(), DataplaneError> {
         match net {
             IpNet::V4(n) => {
                 let capacity = self.capacity(maps::ALLOW_V4);
@@ -161,9 +225,22 @@ impl Dataplane {
         }
     }
 
-    /// Removes exactly `net` from the allowlist; `false` if absent.
+    /// Removes exactly `net` from the allowlist (and its reason when nothing else cites it);
+    /// `false` if absent.
     pub fn disallow(&mut self, net: IpNet) -> Result<bool, DataplaneError> {
-        let (name, r) = match net.trunc() {
+        let net = net.trunc();
+        let Some(old) = self.allow_entry(net)? else {
+            return Ok(false);
+        };
+        let removed = self.remove_allow(net)?;
+        if removed {
+            reasons::release(self, [old.reason])?;
+        }
+        Ok(removed)
+    }
+
+    fn remove_allow(&mut self, net: IpNet) -> Result<bool, DataplaneError> {
+        let (name, r) = match net {
             IpNet::V4(n) => (
                 maps::ALLOW_V4,
                 self.allow_v4
@@ -202,6 +279,43 @@ impl Dataplane {
             }
         }
         Ok(out)
+    }
+
+    /// Those of `candidates` that no blocklist or allowlist entry cites. Walks the entries,
+    /// stopping as soon as every candidate is found cited.
+    pub(super) fn uncited_reasons(
+        &self,
+        mut candidates: HashSet<u32>,
+    ) -> Result<HashSet<u32>, DataplaneError> {
+        macro_rules! walk {
+            ($map:expr, $name:expr) => {
+                for item in $map.iter() {
+                    if candidates.is_empty() {
+                        return Ok(candidates);
+                    }
+                    match item {
+                        Ok((_, entry)) => {
+                            candidates.remove(&entry.reason);
+                        }
+                        // Deleted while walking.
+                        Err(e) if is_not_found(&e) => {}
+                        Err(source) => {
+                            return Err(DataplaneError::Map {
+                                name: $name,
+                                source,
+                            });
+                        }
+                    }
+                }
+            };
+        }
+        walk!(self.allow_v4, maps::ALLOW_V4);
+        walk!(self.allow_v6, maps::ALLOW_V6);
+        walk!(self.block_net_v4, maps::BLOCK_NET_V4);
+        walk!(self.block_net_v6, maps::BLOCK_NET_V6);
+        walk!(self.block_v4, maps::BLOCK_V4);
+        walk!(self.block_v6, maps::BLOCK_V6);
+        Ok(candidates)
     }
 
     /// The allowlist prefix covering `addr`, if any (the kernel's longest-prefix match).

@@ -85,7 +85,7 @@ fn loader<'a>(layout: &'a PinLayout, cfg: &DataplaneConfig) -> EbpfLoader<'a> {
 /// Creates the pinned maps when missing and opens them. Loads no program.
 pub fn ensure_maps(cfg: &DataplaneConfig) -> Result<Dataplane, DataplaneError> {
     let layout = PinLayout::new(&cfg.pin_dir);
-    layout.prepare()?;
+    layout.prepare(cfg.allow_private_bpffs)?;
     layout.check_layout()?;
     if !layout.maps_pinned() {
         // Parsing the object creates and pins every map (reusing those already pinned).

@@ -4,6 +4,13 @@
 //! <pin_dir>/v<LAYOUT_VERSION>/BLOCK_V4 ... META     every map, pinned by name
 //! <pin_dir>/v<LAYOUT_VERSION>/link_<interface>     the XDP link of each interface
 //! ```
+//!
+//! When `/sys/fs/bpf` holds no bpffs, one is mounted there, unless this process runs in a mount
+//! namespace that is not the host's (`ip netns exec` makes one and remounts /sys, hiding the
+//! host's bpffs): a bpffs mounted there is private to the process, so its pins, and every entry in
+//! them, would die with it, and no other smtp-gateway process would see them. That is refused
+//! unless `dataplane.allow_private_bpffs` is set. The host's mount namespace is pid 1's; when pid
+//! 1 cannot be looked at (a container), the oldest ancestor process that can be.
 
 use std::{
     ffi::CString,
@@ -77,10 +84,27 @@ impl PinLayout {
         names
     }
 
-    /// Makes sure the pin directory is on bpffs (mounting `/sys/fs/bpf` if needed) and exists.
-    pub fn prepare(&self) -> Result<(), DataplaneError> {
+    /// Makes sure the pin directory is on bpffs (mounting `/sys/fs/bpf` if needed, and allowed:
+    /// see the module docs) and exists.
+    pub fn prepare(&self, allow_private_bpffs: bool) -> Result<(), DataplaneError> {
         let base = Path::new("/sys/fs/bpf");
         if self.dir.starts_with(base) && !is_bpffs(base) {
+            match (mount_namespace_is_private(), allow_private_bpffs) {
+                (Some(true), false) => {
+                    return Err(DataplaneError::PrivateBpffs {
+                        path: self.dir.clone(),
+                    });
+                }
+                (Some(true), true) => tracing::warn!(
+                    path = %base.display(),
+                    "mounting a bpffs private to this process's mount namespace \
+                     (dataplane.allow_private_bpffs): its pins die with the process"
+                ),
+                (Some(false), _) => {}
+                (None, _) => tracing::debug!(
+                    "cannot tell whether this mount namespace is the host's; mounting bpffs"
+                ),
+            }
             mount_bpffs(base)?;
         }
         std::fs::create_dir_all(&self.dir).map_err(|source| DataplaneError::Io {
@@ -176,6 +200,39 @@ fn is_bpffs(path: &Path) -> bool {
         let mut st: libc::statfs = std::mem::zeroed();
         libc::statfs(c_path.as_ptr(), &mut st) == 0 && st.f_type as libc::c_long == BPF_FS_MAGIC
     }
+}
+
+/// Whether this process's mount namespace differs from the host's (pid 1's, or else the oldest
+/// ancestor's that can be read); `None` when neither can be read.
+fn mount_namespace_is_private() -> Option<bool> {
+    let own = std::fs::read_link("/proc/self/ns/mnt").ok()?;
+    let host = std::fs::read_link("/proc/1/ns/mnt")
+        .ok()
+        .or_else(oldest_ancestor_mount_namespace)?;
+    Some(own != host)
+}
+
+/// The mount namespace of the oldest ancestor whose namespace can be read.
+fn oldest_ancestor_mount_namespace() -> Option<PathBuf> {
+    /// Ancestors looked at, at most (a process tree is rarely a tenth as deep).
+    const MAX_DEPTH: usize = 256;
+    let mut pid = std::process::id();
+    let mut oldest = None;
+    for _ in 0..MAX_DEPTH {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let parent: u32 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("PPid:"))
+            .and_then(|v| v.trim().parse().ok())?;
+        if parent == 0 {
+            break;
+        }
+        if let Ok(ns) = std::fs::read_link(format!("/proc/{parent}/ns/mnt")) {
+            oldest = Some(ns);
+        }
+        pid = parent;
+    }
+    oldest
 }
 
 fn mount_bpffs(path: &Path) -> Result<(), DataplaneError> {

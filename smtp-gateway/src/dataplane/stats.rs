@@ -1,9 +1,15 @@
-//! Reading the kernel counters: per-verdict totals and per-source rows, summed over CPUs.
+//! Reading the kernel counters: per-verdict totals and per-source rows, summed over CPUs, through
+//! the data plane or through a [`CounterReader`] that needs no lock of it.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd,
+};
+
+use aya::maps::{IterableMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 
 use serde::Serialize;
-use smtp_gateway_common::{SourceStats, Verdict, VerdictCounters, maps};
+use smtp_gateway_common::{SourceKey, SourceStats, Verdict, VerdictCounters, maps};
 
 use super::{Dataplane, DataplaneError, clock, error::is_not_found};
 
@@ -27,71 +33,132 @@ pub struct SourceRow {
     pub last_seen_secs_ago: u64,
 }
 
-impl Dataplane {
+/// Read-only handles on the kernel counters (duplicated descriptors of the data plane's maps):
+/// the metrics endpoint reads them without holding the data plane's lock, so a scrape never
+/// waits for a reload or an import, nor holds them up while it walks the per-source map.
+pub struct CounterReader {
+    /// The per-verdict counters.
+    verdicts: PerCpuArray<MapData, VerdictCounters>,
+    /// The per-source counters.
+    source_stats: PerCpuHashMap<MapData, SourceKey, SourceStats>,
+}
+
+impl CounterReader {
     /// Verdict counters summed over CPUs, in verdict order.
     pub fn verdict_totals(&self) -> Result<Vec<VerdictTotal>, DataplaneError> {
-        let mut out = Vec::new();
-        for verdict in Verdict::ALL {
-            let per_cpu =
-                self.verdicts
-                    .get(&(verdict as u32), 0)
-                    .map_err(|source| DataplaneError::Map {
-                        name: maps::VERDICTS,
-                        source,
-                    })?;
-            let sum = per_cpu
-                .iter()
-                .fold(VerdictCounters::default(), |acc, c| VerdictCounters {
-                    packets: acc.packets + c.packets,
-                    bytes: acc.bytes + c.bytes,
-                });
-            out.push(VerdictTotal {
-                verdict: verdict.name(),
-                packets: sum.packets,
-                bytes: sum.bytes,
-            });
-        }
-        Ok(out)
+        verdict_totals(&self.verdicts)
     }
 
     /// Every tracked source, summed over CPUs.
     pub fn source_rows(&self) -> Result<Vec<SourceRow>, DataplaneError> {
-        let now = clock::monotonic_ns();
-        let mut rows = Vec::new();
-        for item in self.source_stats.iter() {
-            let (key, per_cpu) = match item {
-                Ok(kv) => kv,
-                // An LRU entry evicted between "next key" and "lookup": skip it.
-                Err(e) if is_not_found(&e) => continue,
-                Err(source) => {
-                    return Err(DataplaneError::Map {
-                        name: maps::SOURCE_STATS,
-                        source,
-                    });
-                }
-            };
-            let mut sum = SourceStats::default();
-            for s in per_cpu.iter() {
-                sum.packets += s.packets;
-                sum.bytes += s.bytes;
-                sum.syns += s.syns;
-                sum.drops += s.drops;
-                sum.last_seen_ns = sum.last_seen_ns.max(s.last_seen_ns);
-            }
-            let source = match key.as_v4() {
-                Some(a) => IpAddr::V4(Ipv4Addr::from(a)),
-                None => IpAddr::V6(Ipv6Addr::from(key.addr)),
-            };
-            rows.push(SourceRow {
+        source_rows(&self.source_stats)
+    }
+}
+
+/// A second handle on `map` through a duplicated descriptor.
+fn duplicate<M, K, V>(map: &M, name: &'static str) -> Result<M, DataplaneError>
+where
+    K: aya::Pod,
+    M: IterableMap<K, V> + TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let err = |source| DataplaneError::Map { name, source };
+    let fd = map.map().fd().as_fd().try_clone_to_owned().map_err(|e| {
+        err(aya::maps::MapError::from(aya::sys::SyscallError {
+            call: "dup",
+            io_error: e,
+        }))
+    })?;
+    let data = MapData::from_fd(fd).map_err(err)?;
+    let map = Map::from_map_data(data).map_err(err)?;
+    M::try_from(map).map_err(err)
+}
+
+/// Verdict counters of `map` summed over CPUs, in verdict order.
+fn verdict_totals(
+    map: &PerCpuArray<MapData, VerdictCounters>,
+) -> Result<Vec<VerdictTotal>, DataplaneError> {
+    let mut out = Vec::new();
+    for verdict in Verdict::ALL {
+        let per_cpu = map
+            .get(&(verdict as u32), 0)
+            .map_err(|source| DataplaneError::Map {
+                name: maps::VERDICTS,
                 source,
-                packets: sum.packets,
-                bytes: sum.bytes,
-                syns: sum.syns,
-                drops: sum.drops,
-                last_seen_secs_ago: now.saturating_sub(sum.last_seen_ns) / 1_000_000_000,
+            })?;
+        let sum = per_cpu
+            .iter()
+            .fold(VerdictCounters::default(), |acc, c| VerdictCounters {
+                packets: acc.packets + c.packets,
+                bytes: acc.bytes + c.bytes,
             });
+        out.push(VerdictTotal {
+            verdict: verdict.name(),
+            packets: sum.packets,
+            bytes: sum.bytes,
+        });
+    }
+    Ok(out)
+}
+
+/// Every source of `map`, summed over CPUs.
+fn source_rows(
+    map: &PerCpuHashMap<MapData, SourceKey, SourceStats>,
+) -> Result<Vec<SourceRow>, DataplaneError> {
+    let now = clock::monotonic_ns();
+    let mut rows = Vec::new();
+    for item in map.iter() {
+        let (key, per_cpu) = match item {
+            Ok(kv) => kv,
+            // An LRU entry evicted between "next key" and "lookup": skip it.
+            Err(e) if is_not_found(&e) => continue,
+            Err(source) => {
+                return Err(DataplaneError::Map {
+                    name: maps::SOURCE_STATS,
+                    source,
+                });
+            }
+        };
+        let mut sum = SourceStats::default();
+        for s in per_cpu.iter() {
+            sum.packets += s.packets;
+            sum.bytes += s.bytes;
+            sum.syns += s.syns;
+            sum.drops += s.drops;
+            sum.last_seen_ns = sum.last_seen_ns.max(s.last_seen_ns);
         }
-        Ok(rows)
+        let source = match key.as_v4() {
+            Some(a) => IpAddr::V4(Ipv4Addr::from(a)),
+            None => IpAddr::V6(Ipv6Addr::from(key.addr)),
+        };
+        rows.push(SourceRow {
+            source,
+            packets: sum.packets,
+            bytes: sum.bytes,
+            syns: sum.syns,
+            drops: sum.drops,
+            last_seen_secs_ago: now.saturating_sub(sum.last_seen_ns) / 1_000_000_000,
+        });
+    }
+    Ok(rows)
+}
+
+impl Dataplane {
+    /// Verdict counters summed over CPUs, in verdict order.
+    pub fn verdict_totals(&self) -> Result<Vec<VerdictTotal>, DataplaneError> {
+        verdict_totals(&self.verdicts)
+    }
+
+    /// Every tracked source, summed over CPUs.
+    pub fn source_rows(&self) -> Result<Vec<SourceRow>, DataplaneError> {
+        source_rows(&self.source_stats)
+    }
+
+    /// Handles on the counters that need no lock of this data plane (see [`CounterReader`]).
+    pub fn counter_reader(&self) -> Result<CounterReader, DataplaneError> {
+        Ok(CounterReader {
+            verdicts: duplicate(&self.verdicts, maps::VERDICTS)?,
+            source_stats: duplicate(&self.source_stats, maps::SOURCE_STATS)?,
+        })
     }
 
     /// Zeroes the verdict counters (for benchmarks and tests).

@@ -1,14 +1,16 @@
 //! Removing expired blocklist entries. The XDP program already ignores them (it compares
 //! `expires_at_ns` with the clock), so the sweep only frees room and keeps listings honest. Keys are
 //! collected first and deleted afterwards: deleting while walking a hash with "next key" restarts
-//! the walk. [`sweep_loop`] is the daemon's task that sweeps every `dataplane.sweep_interval`.
+//! the walk. The reasons of the removed entries are freed when no other entry cites them (the
+//! walk that finds the expired entries also sees which reasons the others cite). [`sweep_loop`]
+//! is the daemon's task that sweeps every `dataplane.sweep_interval`.
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use smtp_gateway_common::{BlockEntry, maps};
 use tokio::sync::watch;
 
-use super::{Dataplane, DataplaneError, SharedDataplane, clock, error::is_not_found};
+use super::{Dataplane, DataplaneError, SharedDataplane, clock, error::is_not_found, reasons};
 
 /// What a sweep removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +19,8 @@ pub struct SweepReport {
     pub removed: usize,
     /// Entries examined.
     pub examined: usize,
+    /// Reason texts freed with the removed entries.
+    pub reasons_freed: usize,
 }
 
 fn expired(entry: &BlockEntry, now_ns: u64) -> bool {
@@ -27,6 +31,9 @@ impl Dataplane {
     /// Removes every blocklist entry expired at `now_ns` (CLOCK_MONOTONIC).
     pub fn sweep_expired(&mut self, now_ns: u64) -> Result<SweepReport, DataplaneError> {
         let mut report = SweepReport::default();
+        // Reasons of the removed entries, and those the remaining entries still cite.
+        let mut gone = HashSet::new();
+        let mut cited = HashSet::new();
         macro_rules! sweep {
             ($map:expr, $name:expr) => {{
                 let mut doomed = Vec::new();
@@ -43,12 +50,17 @@ impl Dataplane {
                     };
                     report.examined += 1;
                     if expired(&entry, now_ns) {
-                        doomed.push(key);
+                        doomed.push((key, entry.reason));
+                    } else {
+                        cited.insert(entry.reason);
                     }
                 }
-                for key in doomed {
+                for (key, reason) in doomed {
                     match $map.remove(&key) {
-                        Ok(()) => report.removed += 1,
+                        Ok(()) => {
+                            report.removed += 1;
+                            gone.insert(reason);
+                        }
                         // Deleted meanwhile by an operator: fine.
                         Err(e) if is_not_found(&e) => {}
                         Err(source) => {
@@ -65,6 +77,14 @@ impl Dataplane {
         sweep!(self.block_v6, maps::BLOCK_V6);
         sweep!(self.block_net_v4, maps::BLOCK_NET_V4);
         sweep!(self.block_net_v6, maps::BLOCK_NET_V6);
+        gone.remove(&0);
+        gone.retain(|id| !cited.contains(id));
+        if !gone.is_empty() {
+            for allowed in self.allowed()? {
+                gone.remove(&allowed.entry.reason);
+            }
+            report.reasons_freed = reasons::forget(self, gone)?;
+        }
         Ok(report)
     }
 }

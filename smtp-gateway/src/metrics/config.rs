@@ -5,10 +5,13 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use crate::config::invalid::Invalid;
+use crate::invalid::Invalid;
 
 /// Largest `metrics.top_sources` accepted (bounded label cardinality).
 pub const MAX_TOP_SOURCES: usize = 1000;
+
+/// Largest `metrics.session_sources`.
+pub const MAX_SESSION_SOURCES: usize = 10_000_000;
 
 /// `[metrics]`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -51,6 +54,11 @@ impl MetricsConfig {
                 "must be at least 1",
             ));
         }
+        Invalid::at_most(
+            "metrics.session_sources",
+            self.session_sources,
+            MAX_SESSION_SOURCES,
+        )?;
         Ok(())
     }
 }

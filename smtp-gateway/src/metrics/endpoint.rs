@@ -1,12 +1,17 @@
 //! `GET /metrics`: the scrape-time side of the Prometheus/OpenMetrics endpoint. The process
 //! counters ([`Metrics`]) are encoded as they are; the kernel counters are read from the pinned
-//! maps at scrape time, with per-source series for the top sources. The HTTP side is deliberately
-//! minimal: one request per connection, `GET /metrics` or `404`, then close.
+//! maps at scrape time (through their own descriptors, without the data plane's lock), with
+//! per-source series for the top sources; one scrape reads at a time, and scrapes that queued
+//! behind a reading share it. The HTTP side is deliberately minimal: one request per
+//! connection, `GET /metrics` or `404`, then close.
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::Duration,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use prometheus_client::{
@@ -22,10 +27,12 @@ use tokio::{
 
 use super::{Metrics, PREFIX, config::MetricsConfig};
 use crate::{
-    control::protocol::SessionCounts,
-    dataplane::{SharedDataplane, stats::SourceRow},
+    dataplane::{
+        DataplaneError, SharedDataplane,
+        stats::{CounterReader, SourceRow},
+    },
     events::SessionVerdict,
-    source_outcomes::SourceOutcomes,
+    source_outcomes::{SessionCounts, SourceOutcomes},
 };
 
 /// The content type of the text encoding `prometheus-client` produces.
@@ -65,27 +72,95 @@ struct SourceVerdictLabels {
     verdict: &'static str,
 }
 
-/// Where the per-source series come from at scrape time.
+/// Where the per-source series come from at scrape time, and the turn scrapes take.
 #[derive(Clone, Default)]
 pub struct ScrapeSources {
-    /// The kernel counters (none when the daemon runs without a data plane, in tests).
-    pub dataplane: Option<SharedDataplane>,
+    /// The kernel counters, read without the data plane's lock (none when the daemon runs
+    /// without a data plane, in tests).
+    counters: Option<Arc<CounterReader>>,
     /// The session outcomes per source.
-    pub outcomes: Option<Arc<SourceOutcomes>>,
+    outcomes: Option<Arc<SourceOutcomes>>,
+    /// One scrape reads at a time; the last reading, which scrapes that waited for it share.
+    turn: Arc<tokio::sync::Mutex<Option<Reading>>>,
+    /// Readings rendered so far (scrapes that shared one do not count).
+    renders: Arc<AtomicU64>,
+}
+
+/// One rendered exposition.
+struct Reading {
+    /// When its reading started: a scrape that arrived before this may use it.
+    started: Instant,
+    /// The text.
+    body: String,
+}
+
+impl ScrapeSources {
+    /// Takes what scrapes need from the data plane (its counter maps, through duplicated
+    /// descriptors), holding its lock only for that.
+    pub fn new(
+        dataplane: Option<SharedDataplane>,
+        outcomes: Option<Arc<SourceOutcomes>>,
+    ) -> Result<Self, DataplaneError> {
+        let counters = match dataplane {
+            Some(dp) => {
+                let dp = dp.lock().map_err(|_| DataplaneError::Poisoned)?;
+                Some(Arc::new(dp.counter_reader()?))
+            }
+            None => None,
+        };
+        Ok(Self {
+            counters,
+            outcomes,
+            ..Self::default()
+        })
+    }
+
+    /// Readings rendered so far.
+    pub fn renders(&self) -> u64 {
+        self.renders.load(Ordering::Relaxed)
+    }
 }
 
 /// The text exposition: process counters, then the kernel counters read now (the per-source
-/// ones for the `top_sources` sources with the most drops, then packets).
+/// ones for the `top_sources` sources with the most drops, then packets). One scrape reads at a
+/// time; scrapes that waited for a reading started after they arrived get that one.
 pub async fn render(metrics: &Metrics, sources: &ScrapeSources, top_sources: usize) -> String {
+    render_for(Instant::now(), metrics, sources, top_sources).await
+}
+
+/// [`render`] for a scrape that arrived at `arrived`.
+async fn render_for(
+    arrived: Instant,
+    metrics: &Metrics,
+    sources: &ScrapeSources,
+    top_sources: usize,
+) -> String {
+    let mut last = sources.turn.lock().await;
+    if let Some(reading) = last.as_ref()
+        && reading.started >= arrived
+    {
+        return reading.body.clone();
+    }
+    let started = Instant::now();
+    let body = read(metrics, sources, top_sources).await;
+    sources.renders.fetch_add(1, Ordering::Relaxed);
+    *last = Some(Reading {
+        started,
+        body: body.clone(),
+    });
+    body
+}
+
+/// Reads every counter and renders them.
+async fn read(metrics: &Metrics, sources: &ScrapeSources, top_sources: usize) -> String {
     let mut kernel = Registry::with_prefix(PREFIX);
     let mut rows = Vec::new();
-    if let Some(dp) = &sources.dataplane {
-        let dp = dp.clone();
+    if let Some(counters) = &sources.counters {
+        let counters = counters.clone();
         let read = tokio::task::spawn_blocking(move || {
-            let dp = dp.lock().map_err(|_| "lock poisoned".to_string())?;
-            let totals = dp.verdict_totals().map_err(|e| e.to_string())?;
-            let rows = dp.source_rows().map_err(|e| e.to_string())?;
-            Ok::<_, String>((totals, rows))
+            let totals = counters.verdict_totals()?;
+            let rows = counters.source_rows()?;
+            Ok::<_, DataplaneError>((totals, rows))
         })
         .await;
         match read {
@@ -379,10 +454,7 @@ mod tests {
             delivered: 3,
             checks: Vec::new(),
         });
-        let sources = ScrapeSources {
-            dataplane: None,
-            outcomes: Some(outcomes),
-        };
+        let sources = ScrapeSources::new(None, Some(outcomes)).expect("no data plane");
         let server = tokio::spawn(serve(listener, metrics, sources, config_rx, stop_rx));
 
         let response = get(addr, "/metrics").await;
@@ -417,6 +489,71 @@ mod tests {
 
         let _ = stop_tx.send(true);
         server.await.expect("server stops on shutdown");
+    }
+
+    /// Pinned maps of their own for one test, removed when it ends (also on panic).
+    struct Pins(std::path::PathBuf);
+
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = crate::dataplane::loader::detach(&self.0);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scrape_does_not_wait_for_the_data_plane_lock() {
+        let pins = Pins(std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/sgw-unit-{}-scrape",
+            std::process::id()
+        )));
+        let cfg = crate::dataplane::config::DataplaneConfig {
+            pin_dir: pins.0.clone(),
+            ..Default::default()
+        };
+        let dp = crate::dataplane::loader::ensure_maps(&cfg).expect("maps (root and bpffs)");
+        let dataplane: SharedDataplane = Arc::new(std::sync::Mutex::new(dp));
+        let sources = ScrapeSources::new(Some(dataplane.clone()), None).expect("scrape handles");
+        // Another task (a reload, a `block import`) holds the lock for as long as the test says.
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let _guard = dataplane.lock();
+            let _ = held_tx.send(());
+            let _ = release_rx.recv();
+        });
+        held_rx.recv().expect("lock held");
+        let metrics = Metrics::new();
+        let scrape = tokio::time::timeout(Duration::from_secs(5), render(&metrics, &sources, 20));
+        let body = scrape.await;
+        let _ = release_tx.send(());
+        holder.join().expect("holder");
+        let body = body.expect("the scrape waited for the data plane lock");
+        assert!(
+            body.contains("smtp_gateway_xdp_packets_total{verdict=\"passed\"} 0"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scrapes_that_arrived_together_share_one_reading() {
+        let sources = ScrapeSources::new(None, None).expect("scrape handles");
+        let metrics = Arc::new(Metrics::new());
+        let arrived = Instant::now();
+        let mut scrapes = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (metrics, sources) = (metrics.clone(), sources.clone());
+            scrapes.spawn(async move { render_for(arrived, &metrics, &sources, 20).await });
+        }
+        let bodies = scrapes.join_all().await;
+        assert!(bodies.iter().all(|b| b.ends_with("# EOF\n")));
+        assert_eq!(
+            sources.renders(),
+            1,
+            "one reading for 8 scrapes waiting in turn"
+        );
+        // A scrape arriving after that reading started gets a fresh one.
+        render(&metrics, &sources, 20).await;
+        assert_eq!(sources.renders(), 2);
     }
 
     #[test]

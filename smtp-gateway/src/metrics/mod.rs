@@ -1,6 +1,7 @@
-//! The process-side counters: sessions, checks, TLS, backend, messages, reloads, bans. They live
-//! in one [`Metrics`] shared by every task and incremented where things happen (sessions, the
-//! proxy, auto-ban, the daemon); the endpoint that serves them is `endpoint.rs`.
+//! The process-side counters: sessions (and session panics), checks, TLS, backend, messages,
+//! reloads, bans. They live in one [`Metrics`] shared by every task and incremented where things
+//! happen (sessions, the proxy, auto-ban, the daemon); the endpoint that serves them is
+//! `endpoint.rs`.
 //!
 //! - `config.rs`: `[metrics]`;
 //! - `endpoint.rs`: `GET /metrics`, the scrape-time kernel and per-source series.
@@ -82,6 +83,8 @@ pub struct Metrics {
     config_last_reload_success: Gauge,
     /// Sources banned in the kernel by auto-ban.
     bans: Counter,
+    /// Session tasks that panicked (caught; their slots were released).
+    session_panics: Counter,
 }
 
 impl Default for Metrics {
@@ -115,6 +118,7 @@ impl Metrics {
             config_reloads: Family::default(),
             config_last_reload_success: Gauge::default(),
             bans: Counter::default(),
+            session_panics: Counter::default(),
         };
         registry.register(
             "connections",
@@ -165,6 +169,11 @@ impl Metrics {
             "bans",
             "Sources banned in the kernel by session verdicts",
             m.bans.clone(),
+        );
+        registry.register(
+            "session_panics",
+            "Session tasks that panicked (caught, logged with the client address, slots released)",
+            m.session_panics.clone(),
         );
         m.config_last_reload_success.set(1);
         Self { registry, ..m }
@@ -238,6 +247,11 @@ impl Metrics {
     /// A source was banned in the kernel.
     pub fn ban(&self) {
         self.bans.inc();
+    }
+
+    /// A session task panicked (and was caught).
+    pub fn session_panic(&self) {
+        self.session_panics.inc();
     }
 
     /// Counts the verdict events until shutdown.

@@ -16,7 +16,7 @@ use std::{fmt, net::IpAddr};
 use serde::Deserialize;
 
 use super::address::{check_domain_syntax, parse_address_literal};
-use crate::config::invalid::Invalid;
+use crate::invalid::Invalid;
 
 /// Default `dynamic_patterns`: names ISPs give to dynamic, residential and dial-up addresses.
 /// Keywords that also occur inside ordinary words (`pool` in `liverpool`, `client`) are anchored

@@ -18,11 +18,11 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::address::{PathError, format_address_literal, split_address, strip_angle_brackets};
-// Also for `reputation/`, which still imports these two from here (it is to import them from
-// `address.rs`, and this line then goes).
-pub(crate) use super::address::{check_domain_syntax, parse_address_literal};
-use crate::config::invalid::Invalid;
+use super::address::{
+    PathError, check_domain_syntax, format_address_literal, parse_address_literal, split_address,
+    strip_angle_brackets,
+};
+use crate::invalid::Invalid;
 
 /// `[relay]`: which recipients the gateway accepts, and from whom it relays.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]

@@ -64,9 +64,19 @@ pub struct Backend {
     queued: Vec<u8>,
     /// When the queued commands were last written: the start of their round trips.
     flushed_at: std::time::Instant,
-    /// The server takes no per-connection identity (`identity = "none"`): the connection may
-    /// serve the next session.
+    /// The server takes no per-connection identity (`identity = "none"`) and no client's SASL
+    /// state is on it: the connection may serve the next session.
     shareable: bool,
+    /// The backend accepted a client's AUTH on this connection.
+    authenticated: bool,
+    /// Commands written or queued whose reply has not been read (one for the final reply once the
+    /// backend said `354`): a connection with replies outstanding cannot serve another session.
+    outstanding: usize,
+    /// The backend said `354`: the next reply read is the final one after the message text.
+    in_text: bool,
+    /// The backend gave an error reply (4xx/5xx) since the last message it accepted: it counts
+    /// errors per connection (Postfix sleeps, then closes), so the next session must not get it.
+    errors_since_delivery: bool,
 }
 
 impl Backend {
@@ -99,6 +109,10 @@ impl Backend {
             queued: Vec::new(),
             flushed_at: std::time::Instant::now(),
             shareable: server.identity == Identity::None,
+            authenticated: false,
+            outstanding: 0,
+            in_text: false,
+            errors_since_delivery: false,
         };
         if server.identity == Identity::ProxyV2 {
             backend.write(&proxy_v2_header(client.addr, local)).await?;
@@ -161,15 +175,31 @@ impl Backend {
     }
 
     /// Whether this connection may serve another session: its server takes no per-connection
-    /// identity. (The session decides whether its own state allows it: no open transaction, no
-    /// AUTH.)
+    /// identity, no client's SASL state is on it, no reply is outstanding and the backend gave
+    /// no error reply since its last accepted message. (The session decides whether its own state
+    /// allows it: no open transaction.)
     pub fn shareable(&self) -> bool {
         self.shareable
+            && !self.authenticated
+            && self.outstanding == 0
+            && self.queued.is_empty()
+            && !self.errors_since_delivery
     }
 
     /// Keeps this connection to its session (it carries the client's AUTH).
     pub fn keep_private(&mut self) {
         self.shareable = false;
+    }
+
+    /// The backend accepted the client's AUTH on this connection.
+    pub fn set_authenticated(&mut self) {
+        self.authenticated = true;
+        self.shareable = false;
+    }
+
+    /// Whether the backend accepted a client's AUTH on this connection.
+    pub fn authenticated(&self) -> bool {
+        self.authenticated
     }
 
     /// Whether an idle connection is still usable: nothing buffered or queued, and the backend
@@ -263,6 +293,7 @@ impl Backend {
     /// [`Backend::pipelined_reply`] writes every queued command at once. The caller reads one
     /// reply per queued command, in order, before any [`Backend::command`].
     pub fn queue_command(&mut self, line: &[u8]) {
+        self.outstanding += 1;
         self.queued.extend_from_slice(line);
         self.queued.extend_from_slice(b"\r\n");
     }
@@ -290,10 +321,16 @@ impl Backend {
         buf.reserve(line.len() + 2);
         buf.extend_from_slice(line);
         buf.extend_from_slice(b"\r\n");
+        self.outstanding += 1;
         self.write(&buf).await?;
         let reply = self.read_reply().await?;
         if let Some(h) = &self.reply_times {
             h.observe(started.elapsed().as_secs_f64());
+        }
+        if reply.code == 354 {
+            // The final reply after the text is owed too.
+            self.outstanding += 1;
+            self.in_text = true;
         }
         Ok(reply)
     }
@@ -303,11 +340,20 @@ impl Backend {
         self.write(bytes).await
     }
 
-    /// Reads one complete reply.
+    /// Reads one complete reply (and accounts for it: outstanding replies, errors since the last
+    /// accepted message).
     pub async fn read_reply(&mut self) -> Result<Reply, BackendError> {
-        tokio::time::timeout(self.reply_timeout, self.read_reply_inner())
+        let reply = tokio::time::timeout(self.reply_timeout, self.read_reply_inner())
             .await
-            .map_err(|_| BackendError::Timeout)?
+            .map_err(|_| BackendError::Timeout)??;
+        self.outstanding = self.outstanding.saturating_sub(1);
+        let final_reply = std::mem::take(&mut self.in_text);
+        if reply.code >= 400 {
+            self.errors_since_delivery = true;
+        } else if final_reply {
+            self.errors_since_delivery = false;
+        }
+        Ok(reply)
     }
 
     async fn read_reply_inner(&mut self) -> Result<Reply, BackendError> {
@@ -352,3 +398,108 @@ impl Backend {
 }
 
 use tokio::io::AsyncReadExt as _;
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// A backend on loopback: `550` to `RCPT TO:<bad@...>`, no reply at all to `NOOP`, `354` to
+    /// DATA (then `250` at the final dot), `250` to the rest.
+    async fn server() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (read, mut write) = tcp.into_split();
+            let mut lines = BufReader::new(read).lines();
+            let _ = write.write_all(b"220 backend.test\r\n").await;
+            let mut in_text = false;
+            while let Ok(Some(line)) = lines.next_line().await {
+                let reply: &[u8] = match line.as_str() {
+                    "." if in_text => {
+                        in_text = false;
+                        b"250 2.0.0 queued\r\n"
+                    }
+                    _ if in_text => continue,
+                    "NOOP" => continue,
+                    "DATA" => {
+                        in_text = true;
+                        b"354 go ahead\r\n"
+                    }
+                    l if l.starts_with("RCPT TO:<bad@") => b"550 5.1.1 unknown\r\n",
+                    _ => b"250 2.0.0 Ok\r\n",
+                };
+                let _ = write.write_all(reply).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn only_a_connection_with_no_reply_outstanding_and_no_error_is_shareable() {
+        let address = server().await;
+        let cfg = BackendConfig {
+            reply_timeout: Duration::from_millis(300),
+            ..BackendConfig::default()
+        };
+        let server = BackendServer {
+            address,
+            identity: Identity::None,
+            tls: None,
+        };
+        let client = ClientIdentity {
+            addr: SocketAddr::from(([192, 0, 2, 1], 4000)),
+            name: None,
+            helo: Some("client.example".into()),
+            esmtp: true,
+            login: None,
+        };
+        let local = SocketAddr::from(([127, 0, 0, 1], 25));
+        let mut b = Backend::connect(&cfg, &server, None, &client, local, "gw.test")
+            .await
+            .expect("connect");
+        assert!(b.shareable(), "fresh");
+
+        b.queue_command(b"MAIL FROM:<a@example.net>");
+        assert!(!b.shareable(), "a command queued, its reply unread");
+        assert_eq!(b.pipelined_reply().await.expect("MAIL").code, 250);
+        assert!(b.shareable(), "every reply read");
+
+        assert_eq!(
+            b.command(b"RCPT TO:<bad@example.org>")
+                .await
+                .expect("RCPT")
+                .code,
+            550
+        );
+        assert!(!b.shareable(), "an error reply since the last message");
+        assert_eq!(
+            b.command(b"RCPT TO:<ok@example.org>")
+                .await
+                .expect("RCPT")
+                .code,
+            250
+        );
+        assert_eq!(b.command(b"DATA").await.expect("DATA").code, 354);
+        assert!(!b.shareable(), "the final reply is owed");
+        b.send_text(b"Subject: t\r\n\r\nhi\r\n.\r\n")
+            .await
+            .expect("text");
+        assert_eq!(b.read_reply().await.expect("final").code, 250);
+        assert!(b.shareable(), "a delivered message clears the errors");
+
+        assert!(matches!(
+            b.command(b"NOOP").await,
+            Err(BackendError::Timeout)
+        ));
+        assert!(!b.shareable(), "a reply still outstanding");
+        b.set_authenticated();
+        assert!(b.authenticated() && !b.shareable());
+    }
+}

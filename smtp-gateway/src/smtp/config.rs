@@ -8,9 +8,34 @@ use serde::Deserialize;
 
 use crate::{
     checks::ChecksConfig,
-    config::invalid::Invalid,
+    invalid::Invalid,
     policy::{helo::HeloConfig, relay::RelayConfig},
 };
+
+/// Largest `smtp.max_connections` and `smtp.max_connections_per_source` (far below tokio's
+/// semaphore maximum; each session costs a socket and buffers).
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+/// Largest `smtp.max_command_line`.
+pub const MAX_COMMAND_LINE: usize = 65_536;
+/// Largest `smtp.max_text_line`.
+pub const MAX_TEXT_LINE: usize = 1_048_576;
+/// Largest `smtp.max_recipients`, `max_messages`, `max_errors` and `max_unknown_commands`.
+pub const MAX_PER_SESSION: usize = 100_000;
+/// Largest `smtp.max_message_size` (4 GiB).
+pub const MAX_MESSAGE_SIZE: u64 = 4 * 1024 * 1024 * 1024;
+/// Largest `smtp.pass_cache_size`.
+pub const MAX_PASS_CACHE_SIZE: usize = 10_000_000;
+/// Largest `smtp.pass_cache_ttl` (30 days).
+pub const MAX_PASS_CACHE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Largest `smtp.command_timeout`, `data_timeout`, `shutdown_timeout` and the backend's
+/// `reply_timeout` (1 hour).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Largest `smtp.greet_pause`, `smtp.tarpit_delay` and `backend.connect_timeout` (5 minutes).
+pub const MAX_PAUSE: Duration = Duration::from_secs(300);
+/// Largest `backend.pool_size`.
+pub const MAX_POOL_SIZE: usize = 10_000;
+/// Largest `score.*` threshold (and smallest, negated).
+pub const MAX_SCORE: i32 = 1_000_000;
 
 /// The sections the proxy's sessions run with: one configuration generation's worth, built by
 /// the daemon from the whole file (with our own host name added to `helo.own_names`).
@@ -29,6 +54,9 @@ pub struct ProxyConfig {
     /// `[helo]`: HELO/EHLO heuristics.
     pub helo: HeloConfig,
 }
+
+/// Upper bound of `smtp.junk_command_limit`.
+const MAX_JUNK_COMMANDS: usize = 1_000_000;
 
 /// `[smtp]`: listeners, limits and timeouts of the proxy.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -49,9 +77,25 @@ pub struct SmtpConfig {
     /// Time a client may take to send one command (RFC 5321 4.5.3.2: 5 minutes).
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
-    /// Time a client may take between two chunks of message text.
+    /// Time a client may take for each line of message text.
     #[serde(with = "humantime_serde")]
     pub data_timeout: Duration,
+    /// Time one write to the client (a batch of replies, the TLS close) may take; a client that
+    /// does not read its replies within it is closed without a goodbye, and its slots come back.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Longest session, whatever the client does (Postfix has none; a client sending one `NOOP`
+    /// per command timeout would otherwise hold its slot forever). Past it: `421 4.4.2`.
+    #[serde(with = "humantime_serde")]
+    pub max_session_duration: Duration,
+    /// Longest message text transfer (from `354` to the final dot), however steadily the text
+    /// trickles in. Past it: `421 4.4.2`, the backend transaction is aborted.
+    #[serde(with = "humantime_serde")]
+    pub max_data_duration: Duration,
+    /// Message text the client sent is passed on to the backend at least this often (besides
+    /// every 64 KiB), so a slow sender's backend session never sits idle into its own timeout.
+    #[serde(with = "humantime_serde")]
+    pub text_flush_interval: Duration,
     /// Largest message accepted (advertised as SIZE), in bytes.
     pub max_message_size: u64,
     /// Longest command line, CRLF included (RFC 5321: 512).
@@ -66,6 +110,9 @@ pub struct SmtpConfig {
     pub max_errors: usize,
     /// Unknown commands per session.
     pub max_unknown_commands: usize,
+    /// Junk commands (NOOP, VRFY, HELP, RSET, a HELO/EHLO after the first) since the last
+    /// delivered message (Postfix `smtpd_junk_command_limit`); past it: `421 4.7.0`, closed.
+    pub junk_command_limit: usize,
     /// Bare LF or bare CR in message text: `reject` the message, or `normalize` to CRLF (a lone
     /// "." produced by normalising is dot-stuffed, so it can never end the data at the backend).
     pub bare_newlines: BareNewlinePolicy,
@@ -95,6 +142,10 @@ impl Default for SmtpConfig {
             greet_pause: Duration::ZERO,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
+            write_timeout: Duration::from_secs(30),
+            max_session_duration: Duration::from_secs(3600),
+            max_data_duration: Duration::from_secs(900),
+            text_flush_interval: Duration::from_secs(5),
             max_message_size: 50 * 1024 * 1024,
             max_command_line: 512,
             max_text_line: 1000,
@@ -102,6 +153,7 @@ impl Default for SmtpConfig {
             max_messages: 100,
             max_errors: 10,
             max_unknown_commands: 3,
+            junk_command_limit: 100,
             bare_newlines: BareNewlinePolicy::Reject,
             pass_cache_ttl: Duration::from_secs(3600),
             pass_cache_size: 100_000,
@@ -141,21 +193,46 @@ impl SmtpConfig {
                 );
             }
         }
-        for (key, value, min) in [
-            ("smtp.max_connections", s.max_connections, 1),
+        for (key, value, min, max) in [
+            (
+                "smtp.max_connections",
+                s.max_connections,
+                1,
+                MAX_CONNECTIONS,
+            ),
             (
                 "smtp.max_connections_per_source",
                 s.max_connections_per_source,
                 1,
+                MAX_CONNECTIONS,
             ),
-            ("smtp.max_command_line", s.max_command_line, 512),
-            ("smtp.max_text_line", s.max_text_line, 1000),
-            ("smtp.max_recipients", s.max_recipients, 1),
-            ("smtp.max_messages", s.max_messages, 1),
+            (
+                "smtp.max_command_line",
+                s.max_command_line,
+                512,
+                MAX_COMMAND_LINE,
+            ),
+            ("smtp.max_text_line", s.max_text_line, 1000, MAX_TEXT_LINE),
+            ("smtp.max_recipients", s.max_recipients, 1, MAX_PER_SESSION),
+            ("smtp.max_messages", s.max_messages, 1, MAX_PER_SESSION),
+            ("smtp.max_errors", s.max_errors, 0, MAX_PER_SESSION),
+            (
+                "smtp.max_unknown_commands",
+                s.max_unknown_commands,
+                0,
+                MAX_PER_SESSION,
+            ),
+            (
+                "smtp.pass_cache_size",
+                s.pass_cache_size,
+                0,
+                MAX_PASS_CACHE_SIZE,
+            ),
         ] {
             if value < min {
                 return bad(key, format!("{value} is below the minimum of {min}"));
             }
+            Invalid::at_most(key, value, max)?;
         }
         if s.max_message_size < 1024 {
             return bad(
@@ -163,13 +240,69 @@ impl SmtpConfig {
                 format!("{} is below 1024 bytes", s.max_message_size),
             );
         }
-        for (key, d) in [
-            ("smtp.command_timeout", s.command_timeout),
-            ("smtp.data_timeout", s.data_timeout),
+        Invalid::at_most(
+            "smtp.max_message_size",
+            s.max_message_size,
+            MAX_MESSAGE_SIZE,
+        )?;
+        if !(1..=MAX_JUNK_COMMANDS).contains(&s.junk_command_limit) {
+            return bad(
+                "smtp.junk_command_limit",
+                format!(
+                    "{} is not between 1 and {MAX_JUNK_COMMANDS}",
+                    s.junk_command_limit
+                ),
+            );
+        }
+        let secs = Duration::from_secs;
+        for (key, d, min, max) in [
+            (
+                "smtp.command_timeout",
+                s.command_timeout,
+                secs(1),
+                MAX_TIMEOUT,
+            ),
+            ("smtp.data_timeout", s.data_timeout, secs(1), MAX_TIMEOUT),
+            ("smtp.write_timeout", s.write_timeout, secs(1), secs(3600)),
+            (
+                "smtp.max_session_duration",
+                s.max_session_duration,
+                secs(1),
+                secs(24 * 3600),
+            ),
+            (
+                "smtp.max_data_duration",
+                s.max_data_duration,
+                secs(1),
+                secs(24 * 3600),
+            ),
+            (
+                "smtp.text_flush_interval",
+                s.text_flush_interval,
+                Duration::from_millis(100),
+                secs(60),
+            ),
+            ("smtp.greet_pause", s.greet_pause, Duration::ZERO, MAX_PAUSE),
+            (
+                "smtp.tarpit_delay",
+                s.tarpit_delay,
+                Duration::ZERO,
+                MAX_PAUSE,
+            ),
+            (
+                "smtp.shutdown_timeout",
+                s.shutdown_timeout,
+                Duration::ZERO,
+                MAX_TIMEOUT,
+            ),
+            (
+                "smtp.pass_cache_ttl",
+                s.pass_cache_ttl,
+                Duration::ZERO,
+                MAX_PASS_CACHE_TTL,
+            ),
         ] {
-            if d < Duration::from_secs(1) {
-                return bad(key, "must be at least 1s".into());
-            }
+            Invalid::duration_in(key, d, min, max)?;
         }
         Ok(())
     }
@@ -243,6 +376,10 @@ pub struct BackendConfig {
     /// backend's own idle timeout (Postfix `smtpd_timeout`, 300s).
     #[serde(with = "humantime_serde")]
     pub pool_idle: Duration,
+    /// Backend sessions one client session may open (or take from the pool), 1 to 100; beyond,
+    /// the client gets `421` and is closed (a client that keeps losing or replacing its backend
+    /// session must not cost the backend a connection each time).
+    pub max_connections_per_session: usize,
 }
 
 impl Default for BackendConfig {
@@ -254,6 +391,7 @@ impl Default for BackendConfig {
             reply_timeout: Duration::from_secs(600),
             pool_size: 16,
             pool_idle: Duration::from_secs(30),
+            max_connections_per_session: 3,
         }
     }
 }
@@ -261,12 +399,31 @@ impl Default for BackendConfig {
 impl BackendConfig {
     /// Checks values serde cannot (the pool against `[smtp]` is a rule of `config.rs`).
     pub fn validate(&self) -> Result<(), Invalid> {
+        Invalid::at_most("backend.pool_size", self.pool_size, MAX_POOL_SIZE)?;
+        Invalid::duration_in(
+            "backend.connect_timeout",
+            self.connect_timeout,
+            Duration::from_secs(1),
+            MAX_PAUSE,
+        )?;
+        Invalid::duration_in(
+            "backend.reply_timeout",
+            self.reply_timeout,
+            Duration::from_secs(1),
+            MAX_TIMEOUT,
+        )?;
         if self.pool_size > 0
             && !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.pool_idle)
         {
             return Err(Invalid::new(
                 "backend.pool_idle",
                 "must be between 1s and 1h",
+            ));
+        }
+        if !(1..=100).contains(&self.max_connections_per_session) {
+            return Err(Invalid::new(
+                "backend.max_connections_per_session",
+                "must be between 1 and 100",
             ));
         }
         Ok(())
@@ -346,8 +503,15 @@ impl Default for ScoreConfig {
 }
 
 impl ScoreConfig {
-    /// The thresholds must rise: tarpit <= tempfail <= reject.
+    /// The thresholds must rise: tarpit <= tempfail <= reject, each within ±[`MAX_SCORE`].
     pub fn validate(&self) -> Result<(), Invalid> {
+        for (key, value) in [
+            ("score.tarpit", self.tarpit),
+            ("score.tempfail", self.tempfail),
+            ("score.reject", self.reject),
+        ] {
+            Invalid::in_range(key, value, -MAX_SCORE, MAX_SCORE)?;
+        }
         if self.tarpit > self.tempfail {
             return Err(Invalid::new(
                 "score.tarpit",
@@ -364,5 +528,79 @@ impl ScoreConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(change: impl FnOnce(&mut SmtpConfig)) -> String {
+        let mut c = SmtpConfig::default();
+        change(&mut c);
+        match c.validate() {
+            Ok(()) => panic!("accepted: {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_holding_limits_default_to_their_documented_values() {
+        let c = SmtpConfig::default();
+        assert_eq!(c.write_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_session_duration, Duration::from_secs(3600));
+        assert_eq!(c.max_data_duration, Duration::from_secs(900));
+        assert_eq!(c.text_flush_interval, Duration::from_secs(5));
+        assert_eq!(c.junk_command_limit, 100);
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn the_holding_limits_are_bounded() {
+        let secs = Duration::from_secs;
+        for (key, e) in [
+            (
+                "smtp.write_timeout",
+                rejected(|c| c.write_timeout = Duration::ZERO),
+            ),
+            (
+                "smtp.write_timeout",
+                rejected(|c| c.write_timeout = secs(3601)),
+            ),
+            (
+                "smtp.max_session_duration",
+                rejected(|c| c.max_session_duration = Duration::from_millis(500)),
+            ),
+            (
+                "smtp.max_session_duration",
+                rejected(|c| c.max_session_duration = secs(24 * 3600 + 1)),
+            ),
+            (
+                "smtp.max_data_duration",
+                rejected(|c| c.max_data_duration = Duration::ZERO),
+            ),
+            (
+                "smtp.max_data_duration",
+                rejected(|c| c.max_data_duration = secs(24 * 3600 + 1)),
+            ),
+            (
+                "smtp.text_flush_interval",
+                rejected(|c| c.text_flush_interval = Duration::from_millis(99)),
+            ),
+            (
+                "smtp.text_flush_interval",
+                rejected(|c| c.text_flush_interval = secs(61)),
+            ),
+            (
+                "smtp.junk_command_limit",
+                rejected(|c| c.junk_command_limit = 0),
+            ),
+            (
+                "smtp.junk_command_limit",
+                rejected(|c| c.junk_command_limit = MAX_JUNK_COMMANDS + 1),
+            ),
+        ] {
+            assert!(e.contains(key), "{key}: {e}");
+        }
     }
 }

@@ -1,5 +1,10 @@
 //! Buffered SMTP framing over a plain or TLS stream: lines in (with everything a check needs to
 //! know about them), replies out in batches. "No complete line yet" means "read more", not an error.
+//!
+//! Every write has a deadline (`smtp.write_timeout`): a client that does not read its replies
+//! cannot hold its session (and its connection slots) by letting the socket's send buffer fill.
+//! Once a write missed its deadline the connection is *stalled*: nothing more is written to it,
+//! not even a goodbye, and closing it does not wait.
 
 use std::{
     io,
@@ -139,6 +144,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
 
 /// A client connection with its input and output buffers.
 pub struct Connection {
+    /// The client's socket, plain or TLS.
     stream: Stream,
     /// Received bytes; those before `rpos` are consumed. Lines are taken by moving `rpos`, not
     /// by shifting the buffer, which would cost a memmove of the rest for every line.
@@ -147,17 +153,28 @@ pub struct Connection {
     rpos: usize,
     /// Replies queued for the next flush (pipelined groups are answered in one write).
     wbuf: Vec<u8>,
+    /// How long one flush (or the close) may take before the client counts as not reading.
+    write_timeout: Duration,
+    /// A write missed its deadline: nothing more is written to this connection.
+    stalled: bool,
 }
 
 impl Connection {
-    /// Wraps a stream.
-    pub fn new(stream: Stream) -> Self {
+    /// Wraps a stream; every flush must finish within `write_timeout`.
+    pub fn new(stream: Stream, write_timeout: Duration) -> Self {
         Self {
             stream,
             rbuf: Vec::with_capacity(IDLE_BUFFER),
             rpos: 0,
             wbuf: Vec::with_capacity(512),
+            write_timeout,
+            stalled: false,
         }
+    }
+
+    /// Whether a write missed its deadline (the client does not read its replies).
+    pub fn stalled(&self) -> bool {
+        self.stalled
     }
 
     /// Whether the stream is TLS.
@@ -198,11 +215,16 @@ impl Connection {
     }
 
     async fn fill(&mut self, timeout: Duration) -> Result<usize, ConnError> {
-        self.fill_until(tokio::time::Instant::now() + timeout).await
+        self.read_more_until(tokio::time::Instant::now() + timeout)
+            .await
     }
 
-    /// Reads more input, giving up at `deadline`.
-    async fn fill_until(&mut self, deadline: tokio::time::Instant) -> Result<usize, ConnError> {
+    /// Reads more input (at least one byte, or 0 at the end of the stream), giving up at
+    /// `deadline`.
+    pub async fn read_more_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> Result<usize, ConnError> {
         if self.rbuf.capacity() - self.rbuf.len() < MIN_SPARE {
             // Reclaim the consumed prefix (one move per refill) before growing.
             if self.rpos > 0 {
@@ -245,34 +267,68 @@ impl Connection {
         }
     }
 
-    /// Whether input is already waiting in the socket, without blocking (plain streams).
+    /// Whether input has already arrived, without waiting: bytes in the socket (plain streams),
+    /// or bytes TLS already received and can decrypt without waiting (implicit TLS: data the
+    /// client sent along with its handshake).
     pub fn input_pending(&mut self) -> bool {
         if self.buffered() > 0 {
             return true;
         }
-        let MaybeTls::Plain(s) = &self.stream else {
-            return false;
-        };
         let mut buf = [0u8; 512];
-        match s.try_read(&mut buf) {
-            Ok(n) if n > 0 => {
-                self.rbuf.extend_from_slice(&buf[..n]);
-                true
+        let n = match &mut self.stream {
+            MaybeTls::Plain(s) => s.try_read(&mut buf).unwrap_or(0),
+            MaybeTls::Tls(tls) => {
+                // One poll that never waits: a pending read is simply "nothing yet".
+                let mut read = ReadBuf::new(&mut buf);
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                match Pin::new(tls.as_mut()).poll_read(&mut cx, &mut read) {
+                    Poll::Ready(Ok(())) => read.filled().len(),
+                    _ => 0,
+                }
             }
-            _ => false,
-        }
+            MaybeTls::Upgrading => 0,
+        };
+        self.rbuf
+            .extend_from_slice(buf.get(..n).unwrap_or_default());
+        n > 0
     }
 
-    /// Reads one line of at most `max` bytes (ending included). `Ok(None)`: the peer closed with
-    /// nothing pending. Over-long lines are consumed up to their end and returned truncated.
+    /// Waits until a complete line is buffered, or `max` bytes of one, or the stream ended,
+    /// consuming nothing: `Err(Timeout)` at `deadline`, and the line is still read as usual.
+    pub async fn wait_line_until(
+        &mut self,
+        max: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), ConnError> {
+        while !self.has_line() && self.buffered() < max {
+            if self.read_more_until(deadline).await? == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one line of at most `max` bytes (ending included) within `timeout`: see
+    /// [`Connection::read_line_until`].
     pub async fn read_line(
         &mut self,
         max: usize,
         timeout: Duration,
     ) -> Result<Option<Line>, ConnError> {
+        self.read_line_until(max, tokio::time::Instant::now() + timeout)
+            .await
+    }
+
+    /// Reads one line of at most `max` bytes (ending included), giving up at `deadline`.
+    /// `Ok(None)`: the peer closed with nothing pending. Over-long lines are consumed up to their
+    /// end and returned truncated.
+    pub async fn read_line_until(
+        &mut self,
+        max: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<Line>, ConnError> {
         // One deadline for the whole line: a client trickling a byte at a time gets no more time
         // than a silent one.
-        let deadline = tokio::time::Instant::now() + timeout;
         let mut too_long = false;
         let mut kept: Vec<u8> = Vec::new();
         // Last byte of input discarded while skipping an over-long line: it tells whether the LF
@@ -317,7 +373,7 @@ impl Connection {
                 discarded += self.discard_input();
                 scanned = 0;
             }
-            if self.fill_until(deadline).await? == 0 {
+            if self.read_more_until(deadline).await? == 0 {
                 if too_long {
                     // The rest of the over-long line (shorter than the limit) goes with it: it
                     // is not a line of its own.
@@ -339,15 +395,36 @@ impl Connection {
         self.wbuf.extend_from_slice(bytes);
     }
 
-    /// Sends everything queued.
+    /// Sends everything queued within `smtp.write_timeout`. A write that misses it stalls the
+    /// connection: the reply is dropped and every later flush fails at once.
     pub async fn flush(&mut self) -> io::Result<()> {
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        self.flush_until(deadline).await
+    }
+
+    /// Sends everything queued, giving up (and stalling the connection) at `deadline`.
+    async fn flush_until(&mut self, deadline: tokio::time::Instant) -> io::Result<()> {
+        if self.stalled {
+            return Err(stalled_error());
+        }
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        self.stream.write_all(&self.wbuf).await?;
-        self.stream.flush().await?;
+        let stream = &mut self.stream;
+        let wbuf = &self.wbuf;
+        let written = tokio::time::timeout_at(deadline, async {
+            stream.write_all(wbuf).await?;
+            stream.flush().await
+        })
+        .await;
         self.wbuf.clear();
-        Ok(())
+        match written {
+            Ok(result) => result,
+            Err(_) => {
+                self.stalled = true;
+                Err(stalled_error())
+            }
+        }
     }
 
     /// Upgrades a plain stream to TLS (after `220 Ready to start TLS` was flushed).
@@ -362,11 +439,28 @@ impl Connection {
         Ok(())
     }
 
-    /// Closes the write side (best effort).
+    /// Sends what is queued and closes the write side (TLS: close_notify), both within one
+    /// `smtp.write_timeout`; a stalled connection is left to be dropped without another write.
     pub async fn shutdown(&mut self) {
-        let _ = self.flush().await;
-        let _ = self.stream.shutdown().await;
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        if self.flush_until(deadline).await.is_err() {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, self.stream.shutdown())
+            .await
+            .is_err()
+        {
+            self.stalled = true;
+        }
     }
+}
+
+/// The error of a write that missed its deadline (or of any write after one did).
+fn stalled_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the client does not read its replies",
+    )
 }
 
 #[cfg(test)]
@@ -395,7 +489,7 @@ mod tests {
         });
         let (sock, _) = listener.accept().await.expect("accept");
         client.await.expect("client");
-        let mut c = Connection::new(MaybeTls::Plain(sock));
+        let mut c = Connection::new(MaybeTls::Plain(sock), Duration::from_secs(5));
         let t = Duration::from_secs(5);
         let l = c.read_line(512, t).await.expect("read").expect("line");
         assert_eq!(
@@ -437,7 +531,7 @@ mod tests {
             s.write_all(b"\nNEXT\r\n").await.expect("write");
         });
         let (sock, _) = listener.accept().await.expect("accept");
-        let mut c = Connection::new(MaybeTls::Plain(sock));
+        let mut c = Connection::new(MaybeTls::Plain(sock), Duration::from_secs(5));
         let t = Duration::from_secs(5);
         let l = c.read_line(512, t).await.expect("read").expect("line");
         assert!(l.too_long);
@@ -445,5 +539,38 @@ mod tests {
         let l = c.read_line(512, t).await.expect("read").expect("line");
         assert_eq!((l.data.as_slice(), l.ending), (&b"NEXT"[..], Ending::CrLf));
         client.await.expect("client");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_reads_stalls_the_connection_at_the_write_deadline() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // Connected and never read from, kept open for the whole test.
+        let _peer = TcpStream::connect(addr).await.expect("connect");
+        let (sock, _) = listener.accept().await.expect("accept");
+        let write_timeout = Duration::from_millis(200);
+        let mut c = Connection::new(MaybeTls::Plain(sock), write_timeout);
+        let reply = vec![b'x'; 64 * 1024];
+        let started = tokio::time::Instant::now();
+        let failed = loop {
+            c.queue(&reply);
+            if let Err(e) = c.flush().await {
+                break e;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the socket buffers never filled"
+            );
+        };
+        assert_eq!(failed.kind(), io::ErrorKind::TimedOut);
+        assert!(c.stalled());
+        // Nothing more is tried: a later flush and the close return at once.
+        let after = tokio::time::Instant::now();
+        c.queue(b"421 4.4.2 Timeout\r\n");
+        assert!(c.flush().await.is_err());
+        c.shutdown().await;
+        assert!(after.elapsed() < write_timeout, "{:?}", after.elapsed());
     }
 }

@@ -3,6 +3,7 @@
 //! - `config.rs`: `[smtp]`, `[backend]`, `[score]` and [`ProxyConfig`](config::ProxyConfig), the
 //!   sections a session reads;
 //! - `server.rs`: listeners, connection caps, accept loop;
+//! - `session_guard.rs`: a session task's panic caught, logged, counted, its slots released;
 //! - `connection.rs`: line framing and batched replies over plain or TLS streams;
 //! - `session/`: the per-client state machine and its checks, one file per verb (`mod.rs` the
 //!   state, run loop and check firing; `line.rs` line checks, parsing and dispatch; `ehlo.rs`,
@@ -32,6 +33,7 @@ pub mod pipeline;
 pub mod reply;
 pub mod server;
 pub mod session;
+pub mod session_guard;
 pub mod text;
 pub mod tls;
 

@@ -1,6 +1,7 @@
 //! Listeners and the accept loop: the global connection cap (a semaphore permit moved into each
 //! session), the per-source cap (IPv6 by /64), TCP_NODELAY, implicit TLS, and `421` for clients
-//! over a cap. Accept errors back off instead of spinning.
+//! over a cap. Accept errors back off instead of spinning. Each session runs under
+//! `session_guard.rs`, which gives its slots back even when it panics.
 
 use std::{
     collections::HashMap,
@@ -19,6 +20,7 @@ use super::{
     config::{ListenerConfig, ListenerKind},
     connection::{Connection, MaybeTls},
     session::Session,
+    session_guard,
 };
 
 /// Why the proxy could not start.
@@ -226,40 +228,53 @@ async fn accept_loop(
         let kind = cfg.kind;
         let session_shutdown = shutdown.clone();
         sessions.spawn(async move {
-            let _permit = permit;
-            let _slot = slot;
-            let _active = shared.metrics.session_started();
-            let local = tcp.local_addr().unwrap_or(cfg.address);
-            let stream = if kind == ListenerKind::Smtps {
-                let Some(acceptor) = shared.tls.clone() else {
-                    return;
-                };
-                match tokio::time::timeout(shared.config.smtp.command_timeout, acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(tls)) => {
-                        shared.metrics.tls_handshake(true);
-                        MaybeTls::Tls(Box::new(tls))
-                    }
-                    Ok(Err(e)) => {
-                        shared.metrics.tls_handshake(false);
-                        tracing::info!(%client, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        shared.metrics.tls_handshake(false);
-                        return;
-                    }
-                }
-            } else {
-                MaybeTls::Plain(tcp)
-            };
-            Session::new(shared, Connection::new(stream), client, local, kind)
-                .with_shutdown(session_shutdown)
-                .run()
-                .await;
+            let metrics = shared.metrics.clone();
+            // The slots are released when the session ends, also when it panicked.
+            let slots = (permit, slot, metrics.session_started());
+            let session = run_session(shared, tcp, client, cfg.address, kind, session_shutdown);
+            session_guard::run_guarded(session, slots, client, &metrics).await;
         });
     }
+}
+
+/// One session on an accepted connection: the implicit TLS handshake (`smtps`), then the
+/// session itself.
+async fn run_session(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    client: SocketAddr,
+    listener: SocketAddr,
+    kind: ListenerKind,
+    shutdown: watch::Receiver<bool>,
+) {
+    let local = tcp.local_addr().unwrap_or(listener);
+    let stream = if kind == ListenerKind::Smtps {
+        let Some(acceptor) = shared.tls.clone() else {
+            return;
+        };
+        match tokio::time::timeout(shared.config.smtp.command_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                shared.metrics.tls_handshake(true);
+                MaybeTls::Tls(Box::new(tls))
+            }
+            Ok(Err(e)) => {
+                shared.metrics.tls_handshake(false);
+                tracing::info!(%client, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                shared.metrics.tls_handshake(false);
+                return;
+            }
+        }
+    } else {
+        MaybeTls::Plain(tcp)
+    };
+    let conn = Connection::new(stream, shared.config.smtp.write_timeout);
+    Session::new(shared, conn, client, local, kind)
+        .with_shutdown(shutdown)
+        .run()
+        .await;
 }
 
 /// Answers `421` on a connection over a cap and closes it. The reply fits an empty socket send

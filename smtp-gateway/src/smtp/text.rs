@@ -6,6 +6,13 @@
 //! transaction is aborted by closing it before the final dot, so it can never accept a partial
 //! or smuggled message) or normalised to CRLF, dot-stuffing any resulting lone ".", so no backend
 //! can read an end of data anywhere but where the gateway does.
+//!
+//! Time: each line must arrive within `smtp.data_timeout`, the whole text by `TextLimits::deadline`
+//! (`smtp.max_data_duration`, or the session's end if sooner), and the text received is passed on
+//! to the backend at least every `smtp.text_flush_interval` (not only every 64 KiB), so the
+//! backend of a slow but honest sender never sits idle into its own timeout.
+
+use tokio::time::Instant;
 
 use super::{
     backend::{Backend, BackendError},
@@ -19,10 +26,19 @@ const FLUSH_AT: usize = 64 * 1024;
 
 /// Limits for one message.
 pub struct TextLimits {
+    /// Largest message (`smtp.max_message_size`), in bytes.
     pub max_size: u64,
+    /// Longest text line, CRLF included (`smtp.max_text_line`).
     pub max_line: usize,
+    /// What a bare LF or CR does (`smtp.bare_newlines`).
     pub bare_newlines: BareNewlinePolicy,
+    /// Time allowed for each line (`smtp.data_timeout`).
     pub timeout: std::time::Duration,
+    /// When the whole text must be in (`smtp.max_data_duration` from the `354`, or the end of the
+    /// session if sooner).
+    pub deadline: tokio::time::Instant,
+    /// Text received is sent to the backend at least this often (`smtp.text_flush_interval`).
+    pub flush_interval: std::time::Duration,
     /// Over-long lines refuse the message (`long_line` check not `ignore`/`score`).
     pub refuse_long_lines: bool,
 }
@@ -62,6 +78,9 @@ pub enum TextRelayEnd {
     BackendFailed(BackendError),
     /// The client disconnected or timed out before the end of data.
     ClientGone,
+    /// The text was not complete by [`TextLimits::deadline`]; the backend transaction must be
+    /// aborted (it never saw the final dot).
+    TimeLimit,
 }
 
 /// Streams one message from `conn` to `backend`. On `Refused` and `BackendFailed` the caller
@@ -79,10 +98,40 @@ pub async fn relay_message(
     let mut prev_crlf = true;
     // Lines are read with room for the CRLF; anything longer is flagged.
     let read_max = limits.max_line.max(3);
+    // When the text received so far must be with the backend at the latest.
+    let mut flush_due = Instant::now() + limits.flush_interval;
+    // The end of a read that timed out: the whole text's deadline, or only the line's.
+    let timed_out = |line_deadline: Instant| {
+        if line_deadline >= limits.deadline {
+            TextRelayEnd::TimeLimit
+        } else {
+            TextRelayEnd::ClientGone
+        }
+    };
     loop {
-        let line = match conn.read_line(read_max, limits.timeout).await {
+        let line_deadline = (Instant::now() + limits.timeout).min(limits.deadline);
+        // Before waiting for the client, what it sent is passed on once the flush is due.
+        while !out.is_empty() && !conn.has_line() {
+            match conn
+                .wait_line_until(read_max, flush_due.min(line_deadline))
+                .await
+            {
+                Ok(()) => break,
+                Err(ConnError::Timeout) if Instant::now() < line_deadline => {
+                    if let Err(e) = backend.send_text(&out).await {
+                        backend_error = Some(e);
+                    }
+                    out.clear();
+                    flush_due = Instant::now() + limits.flush_interval;
+                }
+                Err(ConnError::Timeout) => return (timed_out(line_deadline), size),
+                Err(ConnError::Io(_)) => return (TextRelayEnd::ClientGone, size),
+            }
+        }
+        let line = match conn.read_line_until(read_max, line_deadline).await {
             Ok(Some(line)) => line,
-            Ok(None) | Err(ConnError::Timeout) | Err(ConnError::Io(_)) => {
+            Err(ConnError::Timeout) => return (timed_out(line_deadline), size),
+            Ok(None) | Err(ConnError::Io(_)) => {
                 return (TextRelayEnd::ClientGone, size);
             }
         };
@@ -135,6 +184,7 @@ pub async fn relay_message(
                 backend_error = Some(e);
             }
             out.clear();
+            flush_due = Instant::now() + limits.flush_interval;
         }
     }
     if let Some(v) = violation {
@@ -243,12 +293,14 @@ mod tests {
         });
         let (server_side, _) = front.accept().await.expect("accept");
         let _client = client.await.expect("client");
-        let mut conn = Connection::new(MaybeTls::Plain(server_side));
+        let mut conn = Connection::new(MaybeTls::Plain(server_side), Duration::from_secs(2));
         let limits = TextLimits {
             max_size: 1 << 20,
             max_line: 1000,
             bare_newlines: policy,
             timeout: Duration::from_secs(2),
+            deadline: Instant::now() + Duration::from_secs(10),
+            flush_interval: Duration::from_secs(5),
             refuse_long_lines,
         };
         let (outcome, _) = relay_message(&mut conn, &mut backend, &limits).await;

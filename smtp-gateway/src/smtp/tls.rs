@@ -1,11 +1,12 @@
 //! rustls server configuration from PEM files (STARTTLS and implicit TLS).
 
-use std::{fs::File, io::BufReader, path::Path, sync::Arc};
+use std::{path::Path, sync::Arc};
 
-use tokio_rustls::TlsAcceptor;
-
-use rustls::pki_types::ServerName;
-use tokio_rustls::TlsConnector;
+use rustls::pki_types::{
+    CertificateDer, PrivateKeyDer, ServerName,
+    pem::{self, PemObject},
+};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::config::{BackendTls, TlsConfig};
 
@@ -17,6 +18,8 @@ pub enum TlsError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{path}: not valid PEM: {source}")]
+    Pem { path: String, source: pem::Error },
     #[error("{0}: no certificate found in the PEM file")]
     NoCertificate(String),
     #[error("{0}: no private key found in the PEM file")]
@@ -29,34 +32,35 @@ pub enum TlsError {
     ServerName(String),
 }
 
-fn open(path: &Path) -> Result<BufReader<File>, TlsError> {
-    File::open(path)
-        .map(BufReader::new)
-        .map_err(|source| TlsError::Read {
-            path: path.display().to_string(),
-            source,
-        })
+/// The error of reading PEM from `path`, naming the file.
+fn pem_error(path: &Path, error: pem::Error) -> TlsError {
+    let path = path.display().to_string();
+    match error {
+        pem::Error::Io(source) => TlsError::Read { path, source },
+        source => TlsError::Pem { path, source },
+    }
+}
+
+/// Every certificate in the PEM file (other sections are skipped).
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(path, e))
 }
 
 /// Builds the acceptor from the configured certificate chain and key.
 pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
-    let certs = rustls_pemfile::certs(&mut open(&cfg.certificate)?)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Read {
-            path: cfg.certificate.display().to_string(),
-            source,
-        })?;
+    let certs = certificates(&cfg.certificate)?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate(
             cfg.certificate.display().to_string(),
         ));
     }
-    let key = rustls_pemfile::private_key(&mut open(&cfg.private_key)?)
-        .map_err(|source| TlsError::Read {
-            path: cfg.private_key.display().to_string(),
-            source,
-        })?
-        .ok_or_else(|| TlsError::NoKey(cfg.private_key.display().to_string()))?;
+    let key = PrivateKeyDer::from_pem_file(&cfg.private_key).map_err(|e| match e {
+        pem::Error::NoItemsFound => TlsError::NoKey(cfg.private_key.display().to_string()),
+        e => pem_error(&cfg.private_key, e),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -82,11 +86,7 @@ pub fn backend_connector(
 ) -> Result<BackendConnector, TlsError> {
     let path = cfg.ca.display().to_string();
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut open(&cfg.ca)?) {
-        let cert = cert.map_err(|source| TlsError::Read {
-            path: path.clone(),
-            source,
-        })?;
+    for cert in certificates(&cfg.ca)? {
         roots.add(cert).map_err(|_| TlsError::NoCa(path.clone()))?;
     }
     if roots.is_empty() {
@@ -107,4 +107,95 @@ pub fn backend_connector(
         connector: TlsConnector::from(Arc::new(config)),
         server_name,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    /// A file in a fresh directory under the system temp dir, holding `text`.
+    fn file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tls-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
+    /// Removes the directories [`file`] made.
+    fn remove(files: &[&PathBuf]) {
+        for f in files {
+            if let Some(dir) = f.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    fn acceptor_error(certificate: PathBuf, private_key: PathBuf) -> String {
+        let cfg = TlsConfig {
+            certificate,
+            private_key,
+        };
+        match acceptor(&cfg) {
+            Ok(_) => panic!("the acceptor was built"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn bad_certificate_and_key_files_are_named_in_the_error() {
+        let missing = std::env::temp_dir().join("tls-test-no-such-file.pem");
+        let empty = file("empty.pem", "");
+        let broken = file(
+            "broken.pem",
+            "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+        );
+        let cases = [
+            (
+                missing.clone(),
+                empty.clone(),
+                missing.display().to_string(),
+            ),
+            (
+                empty.clone(),
+                empty.clone(),
+                format!("{}: no certificate found", empty.display()),
+            ),
+            (
+                broken.clone(),
+                empty.clone(),
+                format!("{}: not valid PEM", broken.display()),
+            ),
+        ];
+        for (certificate, key, expected) in cases {
+            let message = acceptor_error(certificate, key);
+            assert!(
+                message.starts_with(&expected),
+                "{message:?} vs {expected:?}"
+            );
+        }
+        remove(&[&empty, &broken]);
+    }
+
+    #[test]
+    fn a_certificate_and_its_key_load_and_a_file_without_a_key_is_named() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["mx.example.net".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let cert_file = file("cert.pem", &cert.pem());
+        let key_file = file("key.pem", &key.serialize_pem());
+        let cfg = TlsConfig {
+            certificate: cert_file.clone(),
+            private_key: key_file.clone(),
+        };
+        assert!(acceptor(&cfg).is_ok());
+        let message = acceptor_error(cert_file.clone(), cert_file.clone());
+        let expected = format!("{}: no private key found", cert_file.display());
+        assert!(message.starts_with(&expected), "{message:?}");
+        remove(&[&cert_file, &key_file]);
+    }
 }

@@ -11,9 +11,10 @@ mod process;
 
 use std::{
     ffi::OsStr,
-    net::TcpListener,
+    net::{Ipv4Addr, Ipv6Addr, TcpListener},
     path::Path,
     process::{Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
 };
 
 pub use process::{DaemonProcess, Wait};
@@ -61,11 +62,86 @@ pub fn detach(binary: &Path, config: &Path) -> Result<Output> {
         .map_err(Error::io("running detach with", config))
 }
 
-/// A TCP port on 127.0.0.1 nobody listens on right now (another process may take it before the
-/// daemon binds it: callers retry on "cannot listen").
+/// A TCP port that nobody listens on right now on 127.0.0.1 (nor on ::1, where there is one).
+///
+/// The port is not held: a daemon binds it after this returns. So it is taken below the kernel's
+/// ephemeral range (`net.ipv4.ip_local_port_range`), from a sequence that starts at a place set by
+/// the process id: no outgoing connection of this machine (a test's client, the gateway's backend
+/// connection) can be given it between this check and the daemon's bind, and two test processes
+/// walk different stretches. A port the kernel picked for `127.0.0.1:0` was in that range, and a
+/// parallel test's connect took it now and then ("Address already in use").
 pub fn free_port() -> Result<u16> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .map_err(Error::io("binding an ephemeral port on", "127.0.0.1:0"))
+    let (low, high) = unshared_port_range();
+    let span = u32::from(high - low) + 1;
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let step = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let offset = start.wrapping_add(step) % span;
+        let Some(port) = u16::try_from(offset).ok().and_then(|o| low.checked_add(o)) else {
+            continue;
+        };
+        let free_v4 = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok();
+        let free_v6 = || TcpListener::bind((Ipv6Addr::LOCALHOST, port)).is_ok() || !ipv6_loopback();
+        if free_v4 && free_v6() {
+            return Ok(port);
+        }
+    }
+    Err(Error::io(
+        "finding a free port below the ephemeral range on",
+        "127.0.0.1",
+    )(std::io::Error::from(std::io::ErrorKind::AddrInUse)))
+}
+
+/// Where the next [`free_port`] call of this process looks (an offset in the range).
+static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
+
+/// Lowest port [`free_port`] hands out (below the registered ports most daemons use).
+const LOWEST_TEST_PORT: u16 = 20_000;
+
+/// The ports [`free_port`] walks: from [`LOWEST_TEST_PORT`] to just below the kernel's ephemeral
+/// range (read from procfs; Linux's default range starts at 32768).
+fn unshared_port_range() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low > LOWEST_TEST_PORT + 1_000 {
+        (LOWEST_TEST_PORT, ephemeral_low - 1)
+    } else {
+        // An unusual range that starts low: use the ports above it instead.
+        (61_000, 65_000)
+    }
+}
+
+/// Whether this machine has an IPv6 loopback to check a port on.
+fn ipv6_loopback() -> bool {
+    TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_outside_the_ephemeral_range_and_not_repeated() {
+        let (low, high) = unshared_port_range();
+        let ports: Vec<u16> = (0..50).map(|_| free_port().expect("a free port")).collect();
+        for port in &ports {
+            assert!((low..=high).contains(port), "{port} outside {low}..={high}");
+            assert!(TcpListener::bind((Ipv4Addr::LOCALHOST, *port)).is_ok());
+        }
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+        // What the kernel picks for a port-0 bind or an outgoing connect is never one of ours.
+        let ephemeral = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .expect("ephemeral")
+            .port();
+        assert!(
+            !(low..=high).contains(&ephemeral),
+            "{ephemeral} in {low}..={high}"
+        );
+    }
 }

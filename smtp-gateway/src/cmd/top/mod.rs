@@ -1,6 +1,7 @@
 //! `smtp-gateway top`: a live view of the busiest and most-dropped sources, refreshed every
 //! `--interval`; one plain (or JSON) frame with `--once` or when stdout is not a terminal.
 //!
+//! - `args.rs`: the command-line arguments ([`TopArgs`]);
 //! - `source.rs`: where the numbers come from ([`source::Source::snapshot`]; the seam for the
 //!   session columns the daemon's control socket will fill);
 //! - `model.rs`: two snapshots -> rates and sorted rows (pure);
@@ -8,6 +9,7 @@
 //! - `input.rs`: keys -> actions;
 //! - `terminal.rs`: raw mode and the alternate screen, given back on every way out.
 
+mod args;
 mod input;
 mod model;
 mod render;
@@ -21,8 +23,9 @@ use std::{
 };
 
 use anyhow::Context;
+pub use args::TopArgs;
 use crossterm::event::{self, Event};
-pub use model::SortKey;
+use model::SortKey;
 use serde::Serialize;
 use smtp_gateway::{config::Config, dataplane::stats::VerdictTotal};
 
@@ -32,7 +35,6 @@ use self::{
     source::{Snapshot, Source, TopRow},
     terminal::Screen,
 };
-use crate::cli::TopArgs;
 
 /// Layout width of a plain frame written to a pipe or file (nothing is cut).
 const PLAIN_WIDTH: usize = 120;

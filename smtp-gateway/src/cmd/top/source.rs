@@ -17,9 +17,10 @@ use smtp_gateway::{
     config::Config,
     control::{
         client::Client,
-        protocol::{Request, Response, SessionCounts},
+        protocol::{Request, Response},
     },
     dataplane::{Dataplane, loader, stats::VerdictTotal},
+    source_outcomes::SessionCounts,
 };
 
 /// The counters of one source at one instant.

@@ -5,15 +5,10 @@ use std::{net::SocketAddr, time::Duration};
 use serde::Deserialize;
 
 use super::{
-    error::{DnsblError, Problem},
+    error::{DnsblError, MAX_TIMEOUT, MIN_TIMEOUT, Problem},
     filter::AnswerFilter,
     site::{DnsblSite, normalize_zone},
 };
-
-/// Shortest accepted `dnsbl.timeout`.
-pub(super) const MIN_TIMEOUT: Duration = Duration::from_millis(10);
-/// Longest accepted `dnsbl.timeout` (the SMTP client is waiting for the greeting meanwhile).
-pub(super) const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `[dnsbl]`: DNS block- and allowlists consulted for each connecting client.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -81,8 +76,8 @@ pub(super) fn compile_site(
 impl DnsblConfig {
     /// Checks values serde cannot; returns the dotted key (`dnsbl.…`) and the reason, like
     /// `Config::validate`. Sites are checked even when the section is disabled.
-    pub fn validate(&self) -> Result<(), crate::config::invalid::Invalid> {
-        use crate::config::invalid::Invalid;
+    pub fn validate(&self) -> Result<(), crate::invalid::Invalid> {
+        use crate::invalid::Invalid;
         self.check(self.enabled).map_err(|e| match e {
             DnsblError::Invalid { key, problem } => Invalid::new(key, problem.to_string()),
             other => Invalid::new("dnsbl", other.to_string()),

@@ -4,11 +4,12 @@ use std::{fmt, net::SocketAddr, time::Duration};
 
 use hickory_resolver::net::NetError;
 
-use super::{
-    config::{MAX_TIMEOUT, MIN_TIMEOUT},
-    filter::FilterError,
-    site::ZoneError,
-};
+use super::{filter::FilterError, site::ZoneError};
+
+/// Shortest accepted `dnsbl.timeout`.
+pub(super) const MIN_TIMEOUT: Duration = Duration::from_millis(10);
+/// Longest accepted `dnsbl.timeout` (the SMTP client is waiting for the greeting meanwhile).
+pub(super) const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What is wrong with a `[dnsbl]` value (the key is in [`DnsblError::Invalid`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

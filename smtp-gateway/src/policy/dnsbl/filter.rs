@@ -65,7 +65,7 @@ fn split_outside_brackets(text: &str) -> Result<Vec<&str>, FilterError> {
             ']' if depth == 1 => depth = 0,
             '[' | ']' => return Err(FilterError::Brackets(text.to_string())),
             '.' if depth == 0 => {
-                fields.push(&text[start..index]);
+                fields.push(text.get(start..index).unwrap_or_default());
                 start = index + 1;
             }
             _ => {}
@@ -74,7 +74,7 @@ fn split_outside_brackets(text: &str) -> Result<Vec<&str>, FilterError> {
     if depth != 0 {
         return Err(FilterError::Brackets(text.to_string()));
     }
-    fields.push(&text[start..]);
+    fields.push(text.get(start..).unwrap_or_default());
     Ok(fields)
 }
 

@@ -80,13 +80,8 @@ impl fmt::Display for ListKind {
 impl ReputationConfig {
     /// Checks what serde cannot. Returns the key (`reputation.lists`) and why a list is wrong,
     /// naming it by position and name.
-    pub fn validate(&self) -> Result<(), crate::config::invalid::Invalid> {
-        let bad = |message: String| {
-            Err(crate::config::invalid::Invalid::new(
-                "reputation.lists",
-                message,
-            ))
-        };
+    pub fn validate(&self) -> Result<(), crate::invalid::Invalid> {
+        let bad = |message: String| Err(crate::invalid::Invalid::new("reputation.lists", message));
         for (index, list) in self.lists.iter().enumerate() {
             let name = &list.name;
             if name.is_empty() {

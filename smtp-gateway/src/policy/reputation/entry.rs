@@ -6,7 +6,7 @@ use std::{borrow::Cow, net::IpAddr};
 use ipnet::{IpNet, Ipv4Net};
 
 use super::config::ListKind;
-use crate::policy::relay::{check_domain_syntax, parse_address_literal};
+use crate::policy::address::{check_domain_syntax, format_address_literal, parse_address_literal};
 
 /// Longest part of a bad entry quoted in an error.
 const MAX_QUOTED_ENTRY: usize = 80;
@@ -23,13 +23,13 @@ pub(super) fn strip_comment(line: &str) -> Option<&str> {
         }
         previous_blank = c.is_whitespace();
     }
-    Some(line[..end].trim()).filter(|entry| !entry.is_empty())
+    Some(line.get(..end).unwrap_or(line).trim()).filter(|entry| !entry.is_empty())
 }
 
 /// `entry` quoted for an error message, shortened when long.
 fn quote(entry: &str) -> String {
     match entry.char_indices().nth(MAX_QUOTED_ENTRY) {
-        Some((cut, _)) => format!("{:?}...", &entry[..cut]),
+        Some((cut, _)) => format!("{:?}...", entry.get(..cut).unwrap_or(entry)),
         None => format!("{entry:?}"),
     }
 }
@@ -149,10 +149,7 @@ pub(super) fn parse_ip_entry(entry: &str) -> Result<IpEntry, String> {
 /// The canonical text of a HELO address literal: `[192.0.2.1]`, `[IPv6:2001:db8::1]`
 /// (IPv4-mapped IPv6 written as IPv4).
 fn format_literal(ip: IpAddr) -> String {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => format!("[{v4}]"),
-        IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
-    }
+    format_address_literal(ip.to_canonical())
 }
 
 /// `name` lowercased and without one trailing dot, borrowed when already so.
@@ -186,6 +183,11 @@ pub(super) struct SenderKey {
 }
 
 impl SenderKey {
+    /// The domain part of [`address`](Self::address).
+    pub(super) fn domain(&self) -> &str {
+        self.address.get(self.domain_start..).unwrap_or_default()
+    }
+
     /// `None` for the null path and paths without a local part or a domain.
     pub(super) fn parse(path: &str) -> Option<Self> {
         let path = path
@@ -382,9 +384,7 @@ mod tests {
         ];
         for (path, expected) in senders {
             let got = SenderKey::parse(path);
-            let got = got
-                .as_ref()
-                .map(|k| (k.address.as_str(), &k.address[k.domain_start..]));
+            let got = got.as_ref().map(|k| (k.address.as_str(), k.domain()));
             assert_eq!(got, *expected, "{path:?}");
         }
         let helos = [

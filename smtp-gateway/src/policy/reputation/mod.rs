@@ -122,8 +122,9 @@ impl Reputation {
         };
         self.matching(|list| match list.kind {
             ListKind::SenderAddress => list.holds_name(&sender.address),
-            ListKind::SenderDomain => parent_domains(&sender.address[sender.domain_start..])
-                .any(|domain| list.holds_name(domain)),
+            ListKind::SenderDomain => {
+                parent_domains(sender.domain()).any(|domain| list.holds_name(domain))
+            }
             ListKind::Helo | ListKind::Ip => false,
         })
     }

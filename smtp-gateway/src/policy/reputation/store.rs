@@ -67,7 +67,9 @@ impl SortedNames {
             0 => 0,
             _ => self.ends[i - 1] as usize,
         };
-        &self.text[start..self.ends[i] as usize]
+        self.text
+            .get(start..self.ends[i] as usize)
+            .unwrap_or_default()
     }
 
     /// Binary search for `key`: O(log n) comparisons.
@@ -113,7 +115,8 @@ impl NamesBuilder {
     /// Sorts (bytewise, as `str` compares), merges duplicates and packs the names.
     pub(super) fn finish(self) -> SortedNames {
         let Self { text, mut spans } = self;
-        let name = |&(start, end): &(u32, u32)| &text[start as usize..end as usize];
+        let name =
+            |&(start, end): &(u32, u32)| text.get(start as usize..end as usize).unwrap_or_default();
         spans.sort_unstable_by(|a, b| name(a).cmp(name(b)));
         spans.dedup_by(|a, b| name(a) == name(b));
         let total = spans

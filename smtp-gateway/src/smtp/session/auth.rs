@@ -1,8 +1,14 @@
 //! AUTH on submission ports: the SASL exchange relayed between client and backend, inside TLS
-//! only; the backend decides.
+//! only; the backend decides. The client counts as authenticated only while the backend session
+//! that accepted the login carries it: a new backend session is not authenticated.
 
 use super::{Flow, Session};
-use crate::smtp::{config::ListenerKind, connection::Ending, reply::Reply};
+use crate::smtp::{
+    backend::Backend,
+    config::ListenerKind,
+    connection::{Ending, Line},
+    reply::Reply,
+};
 
 /// Most challenge/response rounds in one AUTH exchange.
 const MAX_SASL_STEPS: usize = 10;
@@ -13,6 +19,12 @@ impl Session {
     /// AUTH is relayed on submission ports, and only inside TLS (no password in clear).
     pub(super) fn auth_possible(&self) -> bool {
         self.kind != ListenerKind::Smtp && self.conn.is_tls()
+    }
+
+    /// The backend session this client talks to accepted its AUTH: it may relay (the backend
+    /// decides what it may do).
+    pub(super) fn authenticated(&self) -> bool {
+        self.backend.as_ref().is_some_and(Backend::authenticated)
     }
 
     /// Relays a SASL exchange between client and backend; the backend decides.
@@ -28,7 +40,7 @@ impl Session {
             ));
             return self.count_error().unwrap_or(Flow::Continue);
         }
-        if self.authenticated || self.txn.is_some() {
+        if self.authenticated() || self.txn.is_some() {
             self.reply(Reply::new(503, "5.5.1 AUTH not allowed now"));
             return self.count_error().unwrap_or(Flow::Continue);
         }
@@ -43,10 +55,16 @@ impl Session {
             Err(e) => return self.backend_lost(e),
         };
         // A bounded challenge/response exchange; the client's responses are never logged.
-        for _ in 0..MAX_SASL_STEPS {
-            if reply.code != 334 {
-                break;
+        let mut steps = 0;
+        while reply.code == 334 {
+            if steps == MAX_SASL_STEPS {
+                self.reply(Reply::new(
+                    501,
+                    "5.7.0 Authentication exchange cancelled: too many steps",
+                ));
+                return self.cancel_sasl().await;
             }
+            steps += 1;
             self.reply(reply);
             if self.conn.flush().await.is_err() {
                 return Flow::Close;
@@ -57,9 +75,16 @@ impl Session {
                 .read_line(MAX_SASL_LINE, smtp.command_timeout)
                 .await
             {
-                Ok(Some(line)) if !line.too_long && line.ending != Ending::Eof => line,
+                Ok(Some(line)) if line.ending != Ending::Eof => line,
                 _ => return Flow::Close,
             };
+            // A response line gets the checks of a command line (CRLF only, no NUL, length).
+            if let Some(flow) = self.check_sasl_line(&line) {
+                return match self.cancel_sasl().await {
+                    Flow::Close => Flow::Close,
+                    Flow::Continue => flow,
+                };
+            }
             let Some(backend) = self.backend.as_mut() else {
                 return Flow::Close;
             };
@@ -68,14 +93,46 @@ impl Session {
                 Err(e) => return self.backend_lost(e),
             };
         }
-        if reply.code == 235 {
-            self.authenticated = true;
+        if reply.code == 235
+            && let Some(backend) = self.backend.as_mut()
+        {
+            backend.set_authenticated();
         }
-        let failed = !reply.is_positive();
+        // A temporary failure (454) is not a protocol error: it never leads to a drop.
+        let error = reply.code >= 500;
         self.reply(reply);
-        if failed {
+        if error {
             return self.count_error().unwrap_or(Flow::Continue);
         }
         Flow::Continue
+    }
+
+    /// The line checks of a command line applied to a SASL response: `Some(flow)` when one
+    /// refused it (its reply is queued) or drops the session.
+    fn check_sasl_line(&mut self, line: &Line) -> Option<Flow> {
+        if line.too_long {
+            self.reply(Reply::new(
+                500,
+                "5.5.6 Authentication exchange line is too long",
+            ));
+            return Some(self.count_error().unwrap_or(Flow::Continue));
+        }
+        self.check_line(line)
+    }
+
+    /// Cancels the backend's SASL exchange with `*` (RFC 4954 section 4) and drops its reply
+    /// (the client was answered by the gateway).
+    async fn cancel_sasl(&mut self) -> Flow {
+        let Some(backend) = self.backend.as_mut() else {
+            return Flow::Continue;
+        };
+        match backend.command(b"*").await {
+            Ok(_) => Flow::Continue,
+            Err(e) => {
+                tracing::warn!(client = %self.client, error = %e, "backend failed cancelling AUTH");
+                self.backend = None;
+                Flow::Continue
+            }
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The session's backend: opened when first needed (through the pool, with the client's
-//! identity), lost on failure (the client gets `451` and may retry), its pipelined replies settled
+//! identity; at most `backend.max_connections_per_session` times per client session), lost on
+//! failure (the client gets `451` and may retry), its pipelined replies settled
 //! in order, and released at the end (to the pool when the next session can use it as it is).
 
 use std::net::SocketAddr;
@@ -14,7 +15,7 @@ use crate::smtp::{
 
 impl Session {
     /// What the backend is told about the client.
-    fn identity(&self) -> ClientIdentity {
+    pub(super) fn identity(&self) -> ClientIdentity {
         ClientIdentity {
             addr: SocketAddr::new(self.source(), self.client.port()),
             name: None,
@@ -31,6 +32,16 @@ impl Session {
             return Ok(());
         }
         let shared = self.shared.clone();
+        if self.backend_sessions >= shared.config.backend.max_connections_per_session {
+            // Each one cost the backend a connection (or an EHLO): a client that keeps losing or
+            // replacing its backend session is closed rather than let it churn.
+            tracing::warn!(client = %self.client, sessions = self.backend_sessions, "backend.max_connections_per_session reached; closing");
+            self.reply(Reply::new(
+                421,
+                "4.4.5 Too many backend sessions for this connection, closing connection",
+            ));
+            return Err(Flow::Close);
+        }
         match shared
             .backend_pool
             .connect(
@@ -43,6 +54,7 @@ impl Session {
             .await
         {
             Ok((mut backend, reused)) => {
+                self.backend_sessions += 1;
                 self.shared.metrics.backend_session(reused);
                 backend.record_reply_times(self.shared.metrics.backend_reply_histogram());
                 self.backend_auth = backend.caps().auth().map(str::to_string);
@@ -66,6 +78,8 @@ impl Session {
         tracing::error!(client = %self.client, error = %e, "backend failed");
         self.backend = None;
         self.txn = None;
+        // The rest of the client's group is answered 503 because of this 4xx: not its error.
+        self.excuse_group();
         self.reply(Reply::new(
             451,
             "4.4.2 Mail service temporarily unavailable, try again later",
@@ -84,6 +98,7 @@ impl Session {
             match pipeline::settle(awaiting, self.txn.is_some(), reply) {
                 Settled::Opened { from, reply } => {
                     self.sender = Some(from);
+                    self.excused_503s = 0;
                     self.reply(reply);
                 }
                 Settled::NotOpened(reply) => {
@@ -104,7 +119,7 @@ impl Session {
                         self.backend = None;
                     }
                     self.reply(Reply::new(503, "5.5.1 Need MAIL before RCPT"));
-                    if let Some(flow) = self.count_error() {
+                    if let Some(flow) = self.no_transaction_error(false) {
                         self.pipeline.clear();
                         return flow;
                     }
@@ -118,10 +133,11 @@ impl Session {
     }
 
     /// Hands the backend connection to the pool when the next session can use it as it is
-    /// (between transactions, no reply outstanding, no AUTH on it); otherwise ends it with QUIT.
+    /// (between transactions, no reply outstanding, no AUTH on it, no error reply since its last
+    /// delivered message: see [`Backend::shareable`]); otherwise ends it with QUIT.
     pub(super) async fn release_backend(&mut self, backend: Backend) {
         let cfg = &self.shared.config.backend;
-        let idle = self.txn.is_none() && self.pipeline.is_empty() && !self.authenticated;
+        let idle = self.txn.is_none() && self.pipeline.is_empty() && !self.authenticated();
         let unkept = if idle && backend.shareable() && cfg.pool_size > 0 {
             self.shared
                 .backend_pool

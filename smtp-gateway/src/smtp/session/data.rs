@@ -1,9 +1,10 @@
 //! DATA: a transaction with accepted recipients, no text before the `354`, the backend's own
-//! `354`, then the text relayed (`smtp/text.rs`) and its end turned into the client's reply.
+//! `354`, then the text relayed (`smtp/text.rs`, within `smtp.max_data_duration` and the session's
+//! own limit) and its end turned into the client's reply.
 
 use std::time::Instant;
 
-use super::{CheckEffect, Flow, Session};
+use super::{CheckEffect, Flow, SESSION_TIME_LIMIT, Session};
 use crate::checks::{Action, Check};
 use crate::smtp::{
     reply::Reply,
@@ -16,7 +17,7 @@ impl Session {
         let accepted = self.txn.as_ref().map(|t| t.accepted).unwrap_or(0);
         if self.txn.is_none() {
             self.reply(Reply::new(503, "5.5.1 Need MAIL before DATA"));
-            return self.count_error().unwrap_or(Flow::Continue);
+            return self.no_transaction_error(true).unwrap_or(Flow::Continue);
         }
         if accepted == 0 {
             self.reply(Reply::new(554, "5.5.1 No valid recipients"));
@@ -54,6 +55,8 @@ impl Session {
             max_line: smtp.max_text_line,
             bare_newlines: smtp.bare_newlines,
             timeout: smtp.data_timeout,
+            deadline: (tokio::time::Instant::now() + smtp.max_data_duration).min(self.ends_by),
+            flush_interval: smtp.text_flush_interval,
             refuse_long_lines: matches!(long, Action::Reject | Action::Drop),
         };
         let Some(backend) = self.backend.as_mut() else {
@@ -67,6 +70,8 @@ impl Session {
                 self.shared.metrics.message(reply.is_positive());
                 if reply.is_positive() {
                     self.messages += 1;
+                    // Postfix resets its junk command count once mail is delivered.
+                    self.junk_commands = 0;
                     if self.fired.is_empty() {
                         self.shared.pass_cache.insert(self.source(), Instant::now());
                     }
@@ -94,6 +99,18 @@ impl Session {
             TextRelayEnd::BackendFailed(e) => self.backend_lost(e),
             TextRelayEnd::ClientGone => {
                 self.backend = None;
+                Flow::Close
+            }
+            TextRelayEnd::TimeLimit => {
+                // Abort the backend transaction: it never saw the final dot.
+                self.backend = None;
+                let text = if limits.deadline >= self.ends_by {
+                    SESSION_TIME_LIMIT
+                } else {
+                    "4.4.2 Maximum message transfer time reached, closing connection"
+                };
+                tracing::info!(client = %self.client, size, "message text not complete in time; closing");
+                self.reply(Reply::new(421, text));
                 Flow::Close
             }
         }

@@ -1,12 +1,12 @@
-//! HELO and EHLO: the pipelining-before-the-reply check, the HELO checks and lists, a fresh
-//! backend session when the configuration (or AUTH on a submission port) wants one now, and the
-//! capabilities offered.
+//! HELO and EHLO: the pipelining-before-the-reply check, the HELO checks and lists, the backend
+//! session (a new one when the configuration, or AUTH on a submission port, wants one now; on a
+//! repeated HELO the open one is reset and told the new name), and the capabilities offered.
 
 use super::{CheckEffect, Flow, Session};
 use crate::{
     checks::Check,
     policy::helo,
-    smtp::{config::ConnectAt, reply::Reply},
+    smtp::{backend::Backend, config::ConnectAt, reply::Reply},
 };
 
 impl Session {
@@ -18,10 +18,21 @@ impl Session {
                 return self.drop_reply("Protocol error: pipelining before the EHLO reply");
             }
         }
-        // A new HELO resets the transaction and any backend session (it was made with the old one).
-        self.txn = None;
-        if let Some(b) = self.backend.take() {
-            b.quit().await;
+        // A new HELO resets the transaction (RFC 5321 4.1.4), on the backend too. The backend
+        // session is kept (a client repeating EHLO must not cost the backend a connection each
+        // time) unless it carries a login: whether the backend keeps that across EHLO is its
+        // own business, so the client starts again unauthenticated on a new one.
+        let had_txn = self.txn.take().is_some();
+        if self.backend.as_ref().is_some_and(Backend::authenticated) {
+            if let Some(b) = self.backend.take() {
+                b.quit().await;
+            }
+        } else if had_txn
+            && let Some(b) = self.backend.as_mut()
+            && let Err(e) = b.command(b"RSET").await
+        {
+            tracing::warn!(client = %self.client, error = %e, "backend failed at RSET; reconnecting when needed");
+            self.backend = None;
         }
         let own = [self.local.ip()];
         let findings = helo::inspect(&self.shared.config.helo, &host, self.client.ip(), &own);
@@ -54,6 +65,7 @@ impl Session {
         }
         self.helo = Some(host);
         self.esmtp = esmtp;
+        self.rehello_backend().await;
         // On submission ports inside TLS the backend is reached now: its AUTH mechanisms are
         // offered to the client and the exchange is relayed to it.
         if (self.shared.config.backend.connect_at == ConnectAt::Ehlo
@@ -72,6 +84,23 @@ impl Session {
         }
         self.ehlo_answered = true;
         Flow::Continue
+    }
+
+    /// Tells the open backend session (if any) the client's new HELO/EHLO; a backend that fails
+    /// at it is let go (the next command that needs one opens another).
+    async fn rehello_backend(&mut self) {
+        let identity = self.identity();
+        let gateway_name = self.shared.config.smtp.hostname.clone();
+        let Some(backend) = self.backend.as_mut() else {
+            return;
+        };
+        match backend.hello(&identity, &gateway_name).await {
+            Ok(_) => self.backend_auth = backend.caps().auth().map(str::to_string),
+            Err(e) => {
+                tracing::warn!(client = %self.client, error = %e, "backend failed at the repeated EHLO; reconnecting when needed");
+                self.backend = None;
+            }
+        }
     }
 
     /// The EHLO reply's lines: our name, then the extensions offered.

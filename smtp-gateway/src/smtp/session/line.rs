@@ -1,6 +1,8 @@
-//! One command line: the line-level checks (non-SMTP traffic, length, NUL, bare newlines), the
-//! parse (with the address-literal paths smtp-proto refuses), and the dispatch by verb. The
-//! one-line verbs (RSET, NOOP, QUIT, VRFY, HELP, the unimplemented ones) are answered here.
+//! One command line: reading it (a line in progress that already shows a TLS record or binary
+//! bytes is not waited for), the line-level checks (non-SMTP traffic, length, NUL, bare
+//! newlines), the parse (with the address-literal paths smtp-proto refuses), and the dispatch by
+//! verb. The one-line verbs (RSET, NOOP, QUIT, VRFY, HELP, the unimplemented ones) are answered
+//! here, and the junk commands (`smtp.junk_command_limit`) counted.
 
 use smtp_proto::{Error as ParseError, Request};
 
@@ -9,12 +11,60 @@ use crate::{
     checks::Check,
     policy::address::{self, PathCommand},
     smtp::{
-        connection::{Ending, Line},
+        connection::{ConnError, Connection, Ending, Line},
         reply::Reply,
     },
 };
 
+/// What reading the next command brought.
+pub(super) enum Incoming {
+    /// A line (complete, or cut by the end of the stream).
+    Line(Line),
+    /// The client closed with nothing pending.
+    Closed,
+    /// The line in progress is not SMTP (what it looks like); it was not waited for.
+    NotSmtp(&'static str),
+}
+
+/// Reads the next command line of at most `max` bytes by `deadline`. With `sniff`, a line in
+/// progress whose first bytes are a TLS record or binary is reported at once
+/// ([`Incoming::NotSmtp`]) instead of waiting for an end of line that may never come; the
+/// complete line would be judged the same by [`non_smtp`].
+pub(super) async fn read_command(
+    conn: &mut Connection,
+    max: usize,
+    deadline: tokio::time::Instant,
+    sniff: bool,
+) -> Result<Incoming, ConnError> {
+    if sniff {
+        while !conn.has_line() && conn.buffered() < max {
+            if let Some(kind) = non_smtp_start(conn.peek()) {
+                return Ok(Incoming::NotSmtp(kind));
+            }
+            if conn.read_more_until(deadline).await? == 0 {
+                break;
+            }
+        }
+    }
+    Ok(match conn.read_line_until(max, deadline).await? {
+        Some(line) => Incoming::Line(line),
+        None => Incoming::Closed,
+    })
+}
+
 impl Session {
+    /// Counts a junk command (Postfix's NOOP, VRFY, ETRN, RSET, and here also HELP and a repeated
+    /// HELO/EHLO); past `smtp.junk_command_limit` since the last delivered message the session is
+    /// closed with `421 4.7.0`.
+    fn count_junk(&mut self) -> Option<Flow> {
+        self.junk_commands += 1;
+        if self.junk_commands <= self.shared.config.smtp.junk_command_limit {
+            return None;
+        }
+        tracing::info!(client = %self.client, junk = self.junk_commands, "too many junk commands; closing");
+        Some(self.drop_reply("Too many junk commands"))
+    }
+
     /// Checks, parses and handles one command line.
     pub(super) async fn handle_line(&mut self, line: Line) -> Flow {
         // Only a clean RCPT can join the forwarded group; anything else may reply, close or
@@ -58,7 +108,7 @@ impl Session {
     }
 
     /// The line-level checks: `Some(flow)` when one refused the line or drops the session.
-    fn check_line(&mut self, line: &Line) -> Option<Flow> {
+    pub(super) fn check_line(&mut self, line: &Line) -> Option<Flow> {
         if let Some(kind) = non_smtp(&line.data)
             && self.fire(Check::NonSmtp, kind) != CheckEffect::Pass
         {
@@ -103,10 +153,20 @@ impl Session {
     /// Hands a parsed command to its verb's handler; `raw` is the line as received (what gets
     /// forwarded to the backend).
     async fn dispatch(&mut self, request: Request<String>, raw: &[u8]) -> Flow {
+        let junk = match request {
+            Request::Noop { .. } | Request::Vrfy { .. } | Request::Help { .. } | Request::Rset => {
+                true
+            }
+            Request::Ehlo { .. } | Request::Helo { .. } => self.helo.is_some(),
+            _ => false,
+        };
+        if junk && let Some(flow) = self.count_junk() {
+            return flow;
+        }
         match request {
             Request::Ehlo { host } => self.handle_helo(host, true).await,
             Request::Helo { host } => self.handle_helo(host, false).await,
-            Request::Mail { from } => self.handle_mail(from.address, raw).await,
+            Request::Mail { from } => self.handle_mail(from, raw).await,
             Request::Rcpt { to } => self.handle_rcpt(to.address, raw).await,
             Request::Data => self.handle_data().await,
             Request::Rset => {
@@ -238,8 +298,8 @@ pub(crate) fn non_smtp(line: &[u8]) -> Option<&'static str> {
     {
         return Some("HTTP request");
     }
-    if line.first() == Some(&0x16) && line.get(1) == Some(&0x03) {
-        return Some("TLS handshake on a plaintext port");
+    if let Some(kind) = non_smtp_start(line) {
+        return Some(kind);
     }
     let controls = line
         .iter()
@@ -251,11 +311,25 @@ pub(crate) fn non_smtp(line: &[u8]) -> Option<&'static str> {
     None
 }
 
+/// What the first bytes of a line (complete or in progress) already show to be something other
+/// than SMTP, whatever follows: a TLS record (`16 03`), or a control byte other than TAB and CR
+/// (which no command starts with). `None` also when too few bytes are in to tell.
+fn non_smtp_start(start: &[u8]) -> Option<&'static str> {
+    match start {
+        [0x16, 0x03, ..] => Some("TLS handshake on a plaintext port"),
+        [0x16] => None,
+        [first, ..] if (*first < 0x20 && *first != b'\t' && *first != b'\r') || *first == 0x7f => {
+            Some("binary data")
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use smtp_proto::{Error as ParseError, Request};
 
-    use super::{non_smtp, parse_command};
+    use super::{non_smtp, non_smtp_start, parse_command};
     use crate::smtp::connection::{Ending, Line};
 
     fn line(text: &str) -> Line {
@@ -288,6 +362,39 @@ mod tests {
             Err(ParseError::InvalidRecipientAddress)
         ));
         assert!(parse_command(&line("MAIL\tFROM:<é>")).is_err());
+    }
+
+    #[test]
+    fn a_line_in_progress_is_judged_by_its_first_bytes_as_the_complete_line_would_be() {
+        let hello = [
+            0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00, 0x00, 0xc4, 0x03, 0x03,
+        ];
+        for n in 2..hello.len() {
+            assert_eq!(
+                non_smtp_start(&hello[..n]),
+                Some("TLS handshake on a plaintext port")
+            );
+        }
+        assert_eq!(non_smtp_start(&[0x16]), None, "one byte: not yet known");
+        assert_eq!(non_smtp_start(&[0x16, 0x41]), Some("binary data"));
+        assert_eq!(non_smtp_start(b"\0EHLO"), Some("binary data"));
+        assert_eq!(non_smtp_start(b"\x7fELF"), Some("binary data"));
+        for ok in [
+            &b""[..],
+            b"E",
+            b"EHLO mx",
+            b"\tEHLO",
+            b"\rEHLO",
+            b"GET / HT",
+        ] {
+            assert_eq!(non_smtp_start(ok), None, "{ok:?}");
+        }
+        // Whatever follows, the complete line gets the same verdict.
+        for start in [&hello[..2], &[0x16, 0x41][..], b"\0E", b"\x01"] {
+            let mut complete = start.to_vec();
+            complete.extend_from_slice(b"HLO mail.goodcorp.example with more text");
+            assert_eq!(non_smtp(&complete), non_smtp_start(start), "{start:?}");
+        }
     }
 
     #[test]

@@ -1,6 +1,12 @@
-//! MAIL FROM: HELO first, one transaction at a time, the message cap, the client address's
-//! reputation and DNSBL score (collected here, once), the sender lists, the score thresholds;
-//! then the command is forwarded (queued when the backend pipelines and more is buffered).
+//! MAIL FROM: HELO first, one transaction at a time, the message cap, the declared `SIZE=`, the
+//! client address's reputation and DNSBL score (collected here, once), the sender lists, the
+//! score thresholds; then the command is forwarded (queued when the backend pipelines and more is
+//! buffered).
+//!
+//! A client that pipelines (RFC 2920) sends its RCPTs and DATA before it sees the MAIL reply: when
+//! the MAIL is refused, their `503`s are the consequence of that refusal, not protocol errors.
+
+use smtp_proto::MailFrom;
 
 use super::{CheckEffect, Flow, Session, Transaction};
 use crate::{
@@ -10,7 +16,8 @@ use crate::{
 
 impl Session {
     /// MAIL FROM:<`from`>; `raw` is the line as received (what gets forwarded).
-    pub(super) async fn handle_mail(&mut self, from: String, raw: &[u8]) -> Flow {
+    pub(super) async fn handle_mail(&mut self, mail: MailFrom<String>, raw: &[u8]) -> Flow {
+        let from = mail.address;
         if self.helo.is_none() {
             let refusal = Reply::new(503, "5.5.1 Send HELO/EHLO first");
             let detail = "MAIL before HELO/EHLO";
@@ -23,6 +30,17 @@ impl Session {
         if self.txn.is_some() {
             self.reply(Reply::new(503, "5.5.1 Nested MAIL command"));
             return self.count_error().unwrap_or(Flow::Continue);
+        }
+        // Until this MAIL opens the transaction, the rest of its group is excused.
+        self.excuse_group();
+        let max_size = self.shared.config.smtp.max_message_size;
+        if u64::try_from(mail.size).is_ok_and(|size| size > max_size) {
+            // RFC 1870 section 6.1: refused at once, not after the text.
+            self.reply(Reply::new(
+                552,
+                "5.3.4 Message size exceeds fixed maximum message size",
+            ));
+            return Flow::Continue;
         }
         if self.messages >= self.shared.config.smtp.max_messages {
             self.reply(Reply::new(
@@ -71,12 +89,32 @@ impl Session {
                 if reply.is_positive() {
                     self.txn = Some(Transaction::default());
                     self.sender = Some(from);
+                    self.excused_503s = 0;
                 }
                 self.reply(reply);
                 Flow::Continue
             }
             Err(e) => self.backend_lost(e),
         }
+    }
+
+    /// Excuses the `503`s of the RCPTs and the DATA that may follow a MAIL in its group (at most
+    /// `max_recipients` and one DATA): called when a MAIL may be refused or a transaction is lost.
+    pub(super) fn excuse_group(&mut self) {
+        self.excused_503s = self.shared.config.smtp.max_recipients.saturating_add(1);
+    }
+
+    /// A RCPT or DATA answered `503` for want of a transaction: a protocol error unless it is the
+    /// rest of a group whose MAIL was refused (or whose transaction was lost). DATA (`ends_group`)
+    /// ends the group. `Some(flow)` when the error count closes the session.
+    pub(super) fn no_transaction_error(&mut self, ends_group: bool) -> Option<Flow> {
+        let excused = self.excused_503s > 0;
+        self.excused_503s = if ends_group {
+            0
+        } else {
+            self.excused_503s.saturating_sub(1)
+        };
+        if excused { None } else { self.count_error() }
     }
 
     /// Judges the client's address once per session (reputation `ip` lists, then the DNSBL score,

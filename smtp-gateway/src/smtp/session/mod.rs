@@ -1,5 +1,7 @@
 //! One client session: banner (with pregreet detection), the command loop with its checks,
-//! and the live forwarding of clean transactions to the backend.
+//! and the live forwarding of clean transactions to the backend. Every wait is bounded: each
+//! command by `smtp.command_timeout`, the whole session by `smtp.max_session_duration`, each
+//! write to the client by `smtp.write_timeout` (`connection.rs`).
 //!
 //! Replies to a pipelined group are queued and written together when no further complete command
 //! is buffered. Every reply to MAIL, RCPT and the final reply after DATA that says 2xx is the
@@ -12,18 +14,21 @@
 //! of the buffered group. Until its reply is read, a forwarded MAIL's transaction is assumed open.
 //!
 //! ## Layout (one `impl Session` block per file)
-//! - `mod.rs`: the session state, the run loop (banner, command loop, session line), and what a
-//!   fired check does (`fire`, `enforce`, errors, the score thresholds);
-//! - `line.rs`: line checks, parsing, dispatch by verb (and the one-line verbs: RSET, NOOP, QUIT,
-//!   VRFY, HELP);
+//! - `mod.rs`: the session state, the run loop (banner, command loop with its deadlines, session
+//!   line), and what a fired check does (`fire`, `enforce`, errors, the score thresholds);
+//! - `line.rs`: reading a command (a line in progress that is plainly not SMTP is not waited
+//!   for), line checks, parsing, dispatch by verb (and the one-line verbs: RSET, NOOP, QUIT,
+//!   VRFY, HELP; the junk-command count);
 //! - `ehlo.rs`, `auth.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `starttls.rs`: one verb each;
-//! - `backend.rs`: the session's backend: open it, lose it, settle its pipelined replies,
-//!   release it to the pool.
+//! - `backend.rs`: the session's backend: open it (at most `backend.max_connections_per_session`
+//!   times), lose it, settle its pipelined replies, release it to the pool;
+//! - `fired.rs`: the checks that fired, one counter per check.
 
 mod auth;
 mod backend;
 mod data;
 mod ehlo;
+mod fired;
 pub(crate) mod line;
 mod mail;
 mod rcpt;
@@ -50,6 +55,9 @@ use crate::{
     events::{Event, SessionEnd, SessionVerdict},
     policy::dnsbl::DnsblScore,
 };
+
+/// The reply of a session past `smtp.max_session_duration`.
+const SESSION_TIME_LIMIT: &str = "4.4.2 Maximum session duration reached, closing connection";
 
 /// What the command loop does next.
 enum Flow {
@@ -90,6 +98,8 @@ pub struct Session {
     local: SocketAddr,
     /// When the connection was accepted, for the session line.
     started: Instant,
+    /// When the session must end, whatever the client does (`smtp.max_session_duration`).
+    ends_by: tokio::time::Instant,
     /// Daemon shutdown: an idle session is told `421` at its next command wait.
     shutdown: Option<watch::Receiver<bool>>,
 
@@ -110,8 +120,6 @@ pub struct Session {
     esmtp: bool,
     /// The EHLO reply was sent (pipelining is legitimate from then on).
     ehlo_answered: bool,
-    /// The backend accepted the client's AUTH: it may relay (the backend decides what it may do).
-    authenticated: bool,
 
     // Transaction.
     /// The open transaction, if any.
@@ -126,6 +134,9 @@ pub struct Session {
     bytes: u64,
     /// Last backend reply to a final DATA, for the session log line.
     last_backend_reply: Option<String>,
+    /// RCPT/DATA still answered `503` without counting an error: the rest of an RFC 2920 group
+    /// whose MAIL was refused or whose transaction was lost (at most `max_recipients` + 1).
+    excused_503s: usize,
 
     // Backend.
     /// The backend session carrying this client's transactions, once opened.
@@ -134,16 +145,21 @@ pub struct Session {
     backend_auth: Option<String>,
     /// MAIL/RCPT commands forwarded to the backend whose replies are not read yet.
     pipeline: Pipeline,
+    /// Backend sessions opened (or taken from the pool) so far, bounded by
+    /// `backend.max_connections_per_session`.
+    backend_sessions: usize,
 
     // Scoring.
     /// Sum of the weights of the `score`-action checks that fired.
     score: i32,
-    /// Names of the checks that fired, in order (session line, events, per-source table).
-    fired: Vec<&'static str>,
+    /// The checks that fired, one counter each (session line, events, per-source table).
+    fired: fired::FiredChecks,
     /// Protocol errors so far (`max_errors`).
     errors: usize,
     /// Unknown commands so far (`max_unknown_commands`).
     unknown_commands: usize,
+    /// Junk commands since the last delivered message (`junk_command_limit`).
+    junk_commands: usize,
     /// The worst thing a check or the score did to this session so far.
     worst_refusal: Option<SessionVerdict>,
 }
@@ -168,12 +184,14 @@ impl Session {
                 tokio::spawn(async move { d.score(ip).await })
             })
         };
+        let ends_by = tokio::time::Instant::now() + shared.config.smtp.max_session_duration;
         Self {
             shared,
             conn,
             kind,
             local,
             started: Instant::now(),
+            ends_by,
             shutdown: None,
             client,
             passed_recently,
@@ -182,20 +200,22 @@ impl Session {
             helo: None,
             esmtp: false,
             ehlo_answered: false,
-            authenticated: false,
             txn: None,
             sender: None,
             recipients: 0,
             messages: 0,
             bytes: 0,
             last_backend_reply: None,
+            excused_503s: 0,
             backend: None,
             backend_auth: None,
             pipeline: Pipeline::default(),
+            backend_sessions: 0,
             score: 0,
-            fired: Vec::new(),
+            fired: fired::FiredChecks::default(),
             errors: 0,
             unknown_commands: 0,
+            junk_commands: 0,
             worst_refusal: None,
         }
     }
@@ -219,20 +239,31 @@ impl Session {
 
     /// Records a check that fired and says what it means now.
     fn fire(&mut self, check: Check, detail: impl Into<String>) -> CheckEffect {
+        self.fire_as(check, detail, false)
+    }
+
+    /// [`Session::fire`] for a check whose command is refused with a `5xx` whatever its action
+    /// (the event says so: it may count towards a ban).
+    fn fire_refusing(&mut self, check: Check, detail: impl Into<String>) -> CheckEffect {
+        self.fire_as(check, detail, true)
+    }
+
+    fn fire_as(&mut self, check: Check, detail: impl Into<String>, refused: bool) -> CheckEffect {
         let setting = self.shared.config.checks.get(check);
         let detail = detail.into();
-        self.fired.push(check.name());
+        self.fired.record(check);
         tracing::info!(client = %self.client, check = check.name(), action = ?setting.action, detail = %detail, "check fired");
         let _ = self.shared.events.send(Event {
             source: self.source(),
             check,
             action: setting.action,
             detail,
+            permanent: refused || matches!(setting.action, Action::Reject | Action::Drop),
         });
         match setting.action {
             Action::Ignore => CheckEffect::Pass,
             Action::Score => {
-                self.score += setting.weight;
+                self.score = self.score.saturating_add(setting.weight);
                 CheckEffect::Pass
             }
             Action::Reject => {
@@ -280,12 +311,19 @@ impl Session {
             self.release_backend(backend).await;
         }
         self.conn.shutdown().await;
+        if self.conn.stalled() {
+            tracing::info!(
+                client = %self.client,
+                write_timeout = %humantime::format_duration(self.shared.config.smtp.write_timeout),
+                "client does not read its replies; closed without a goodbye"
+            );
+        }
         let verdict = self.verdict();
         let end = SessionEnd {
             source: self.source(),
             verdict,
             delivered: self.messages as u64,
-            checks: self.fired.clone(),
+            checks: self.fired.names(),
         };
         self.shared.outcomes.record(&end);
         let _ = self.shared.ends.send(end);
@@ -296,7 +334,7 @@ impl Session {
             recipients = self.recipients,
             messages = self.messages,
             bytes = self.bytes,
-            checks = ?self.fired,
+            checks = ?self.fired.names(),
             score = self.score,
             verdict = verdict.name(),
             backend_reply = self.last_backend_reply.as_deref().unwrap_or("-"),
@@ -361,9 +399,14 @@ impl Session {
                 }
                 self.conn.shrink_idle();
             }
+            let deadline = (tokio::time::Instant::now() + smtp.command_timeout).min(self.ends_by);
+            let sniff = matches!(
+                self.shared.config.checks.get(Check::NonSmtp).action,
+                Action::Reject | Action::Drop
+            );
             let read = tokio::select! {
                 biased;
-                read = self.conn.read_line(smtp.max_command_line, smtp.command_timeout) => read,
+                read = line::read_command(&mut self.conn, smtp.max_command_line, deadline, sniff) => read,
                 _ = Self::shutting_down(&mut self.shutdown) => {
                     self.reply(Reply::new(421, "4.3.2 Service shutting down, closing connection"));
                     let _ = self.conn.flush().await;
@@ -371,8 +414,21 @@ impl Session {
                 }
             };
             let line = match read {
-                Ok(Some(line)) => line,
-                Ok(None) | Err(ConnError::Io(_)) => return,
+                Ok(line::Incoming::Line(line)) => line,
+                Ok(line::Incoming::NotSmtp(kind)) => {
+                    // Only a refusing action gets here: the line in progress is not waited for.
+                    let _ = self.fire(Check::NonSmtp, kind);
+                    self.drop_reply("Not an SMTP client");
+                    let _ = self.conn.flush().await;
+                    return;
+                }
+                Ok(line::Incoming::Closed) | Err(ConnError::Io(_)) => return,
+                Err(ConnError::Timeout) if deadline >= self.ends_by => {
+                    tracing::info!(client = %self.client, "maximum session duration reached; closing");
+                    self.reply(Reply::new(421, SESSION_TIME_LIMIT));
+                    let _ = self.conn.flush().await;
+                    return;
+                }
                 Err(ConnError::Timeout) => {
                     self.reply(Reply::new(421, "4.4.2 Timeout, closing connection"));
                     let _ = self.conn.flush().await;
@@ -438,7 +494,7 @@ impl Session {
                 format!(
                     "5.7.1 Refused: session score {} (checks: {})",
                     self.score,
-                    self.fired.join(", ")
+                    self.fired.summary()
                 ),
             ))
         } else if self.score >= s.tempfail {

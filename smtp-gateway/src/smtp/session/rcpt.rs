@@ -26,7 +26,7 @@ impl Session {
         }
         let Some(txn) = self.txn.as_mut() else {
             self.reply(Reply::new(503, "5.5.1 Need MAIL before RCPT"));
-            return self.count_error().unwrap_or(Flow::Continue);
+            return self.no_transaction_error(false).unwrap_or(Flow::Continue);
         };
         txn.tried += 1;
         if txn.tried > self.shared.config.smtp.max_recipients {
@@ -42,7 +42,7 @@ impl Session {
                 return self.count_error().unwrap_or(Flow::Continue);
             }
             RelayVerdict::Reject { reason } => {
-                let effect = self.fire(Check::RelayAttempt, format!("{to}: {reason}"));
+                let effect = self.fire_refusing(Check::RelayAttempt, format!("{to}: {reason}"));
                 // Refused whatever the check's action (which only decides score or drop).
                 self.record_refusal(SessionVerdict::Rejected);
                 self.reply(Reply::new(550, format!("5.7.1 <{to}>: {reason}")));
@@ -89,7 +89,7 @@ impl Session {
         relay::check_recipient(
             &self.shared.config.relay,
             self.source(),
-            self.authenticated,
+            self.authenticated(),
             &path,
         )
     }

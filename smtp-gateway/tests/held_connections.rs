@@ -1,0 +1,284 @@
+//! Clients that hold a connection instead of sending junk (issue 10 sections 1.2, 1.5, 1.6): one
+//! that never reads its replies, a TLS ClientHello on the plaintext port, junk commands, a session
+//! or a DATA phase kept alive by trickling, and an honest slow sender whose text must reach the
+//! backend before its end of data. The real daemon in front of a scripted backend; every test
+//! waits for an event (a reply, a close, a log line, bytes at the backend), with the gateway's
+//! limits shortened through its configuration. Needs root (bpffs pins).
+
+#[path = "support/peers.rs"]
+#[allow(dead_code)] // each test binary uses a different part of the shared peers
+mod peers;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use peers::{Gateway, scripted_backend};
+use smtp_gateway_test_kit::Wait;
+
+/// How long a test waits for the event it expects.
+const EVENT_WAIT: Duration = Duration::from_secs(10);
+/// How long the holders' sessions may take to stall: the gateway first fills the socket buffers
+/// with replies (megabytes of EHLO replies on loopback), which a loaded machine does slowly.
+const STALL_WAIT: Duration = Duration::from_secs(30);
+
+fn gateway(tag: &str, extra: &str, backend_sessions: usize) -> Gateway {
+    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = backend.local_addr().expect("addr");
+    let _ = scripted_backend(backend, backend_sessions);
+    Gateway::start(tag, addr, extra)
+}
+
+/// Everything the gateway sends until it closes the connection (bounded by [`EVENT_WAIT`]), and
+/// whether the close came in time.
+fn read_to_close(stream: &mut TcpStream) -> (String, bool) {
+    stream.set_read_timeout(Some(EVENT_WAIT)).ok();
+    let mut out = Vec::new();
+    let closed = stream.read_to_end(&mut out).is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// Connects with a 2 KiB receive buffer, reads the banner and one EHLO reply, then sends `EHLO`
+/// in a loop without ever reading again (on a thread that ends when the gateway closes the connection).
+fn hold_without_reading(port: u16) -> std::thread::JoinHandle<()> {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(2048).expect("SO_RCVBUF");
+    socket
+        .connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .expect("connect");
+    let tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(EVENT_WAIT)).ok();
+    // The banner and the first EHLO reply are read (pipelining before the EHLO reply would be a
+    // protocol error of its own); nothing after that.
+    let mut c = peers::Client {
+        stream: BufReader::new(tcp),
+    };
+    let banner = c.reply();
+    assert!(banner.starts_with("220 "), "{banner}");
+    assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
+    let tcp = c.stream.into_inner();
+    std::thread::spawn(move || {
+        let mut tcp = tcp;
+        let burst = "EHLO mail.goodcorp.example\r\n".repeat(256);
+        while tcp.write_all(burst.as_bytes()).is_ok() {}
+    })
+}
+
+#[test]
+fn clients_that_never_read_lose_their_slots_after_the_write_timeout() {
+    let gw = gateway(
+        "noread",
+        "max_connections_per_source = 3\nwrite_timeout = \"1s\"\ncommand_timeout = \"60s\"\n\
+         junk_command_limit = 1000000",
+        0,
+    );
+    let holders: Vec<_> = (0..3).map(|_| hold_without_reading(gw.port)).collect();
+    let refused = gw.banner();
+    assert!(
+        refused.starts_with("421 4.7.0 Too many connections from your address"),
+        "the three holders have every slot of the source: {refused}"
+    );
+    let logged = gw.child.wait_for(STALL_WAIT, |log| {
+        log.matches("client does not read its replies").count() >= 3
+    });
+    assert_eq!(logged, Wait::Done, "{}", gw.log());
+    // The slots come back with the closes: a new connection from the same source is served.
+    let deadline = Instant::now() + EVENT_WAIT;
+    loop {
+        let banner = gw.banner();
+        if banner.starts_with("220 ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused: {banner}");
+    }
+    for h in holders {
+        h.join().expect("holder thread");
+    }
+}
+
+/// The first bytes of a TLS 1.2/1.3 ClientHello: record header, handshake header, version,
+/// random (no LF anywhere).
+const CLIENT_HELLO_START: [u8; 43] = [
+    0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00, 0x00, 0xc4, 0x03, 0x03, 0x5c, 0x21, 0x9f, 0x33, 0x71,
+    0x02, 0xe4, 0x8d, 0x47, 0xb2, 0x6f, 0x13, 0x88, 0x21, 0xd0, 0x3c, 0x55, 0x9a, 0x61, 0xfe, 0x04,
+    0x73, 0xc1, 0x2b, 0x38, 0x9e, 0x42, 0x11, 0xe7, 0x5d, 0x80, 0x20,
+];
+
+#[test]
+fn a_tls_client_hello_on_the_plaintext_port_is_answered_at_once() {
+    let gw = gateway("hello", "command_timeout = \"60s\"", 0);
+    let mut c = gw.client();
+    let started = Instant::now();
+    c.stream
+        .get_mut()
+        .write_all(&CLIENT_HELLO_START)
+        .expect("write");
+    let (answer, closed) = read_to_close(c.stream.get_mut());
+    assert!(
+        closed && answer.starts_with("421 4.7.0 Not an SMTP client"),
+        "answered and closed within {EVENT_WAIT:?} (command_timeout is 60s), after {:?}: {answer:?}",
+        started.elapsed()
+    );
+    gw.wait_log("TLS handshake on a plaintext port");
+    gw.wait_log("non_smtp");
+}
+
+#[test]
+fn junk_commands_past_the_limit_close_the_session_and_delivery_resets_the_count() {
+    let gw = gateway("junk", "junk_command_limit = 3", 1);
+    let mut c = gw.client();
+    assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
+    assert!(c.cmd("NOOP").starts_with("250"));
+    assert!(c.cmd("VRFY postmaster").starts_with("252"));
+    assert!(c.cmd("HELP").starts_with("214"));
+    // A delivered message resets the count.
+    assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    assert!(c.cmd("Subject: x\r\n\r\nhello\r\n.").starts_with("250"));
+    assert!(c.cmd("RSET").starts_with("250"));
+    assert!(c.cmd("NOOP").starts_with("250"));
+    assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
+    // The fourth junk command since the delivery: a repeated EHLO.
+    let closing = c.cmd("EHLO mail.goodcorp.example");
+    assert!(
+        closing.starts_with("421 4.7.0 Too many junk commands"),
+        "{closing}"
+    );
+    let (rest, closed) = read_to_close(c.stream.get_mut());
+    assert!(closed && rest.is_empty(), "connection closed: {rest:?}");
+}
+
+#[test]
+fn a_session_kept_alive_by_noops_ends_at_max_session_duration() {
+    let gw = gateway(
+        "lifetime",
+        "max_session_duration = \"2s\"\ncommand_timeout = \"60s\"",
+        0,
+    );
+    let mut c = gw.client();
+    let started = Instant::now();
+    assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
+    let closing = loop {
+        assert!(started.elapsed() < EVENT_WAIT, "the session is still open");
+        std::thread::sleep(Duration::from_millis(300)); // pacing: one NOOP per 300 ms
+        let reply = c.cmd("NOOP");
+        if !reply.starts_with("250") {
+            break reply;
+        }
+    };
+    assert!(
+        closing.starts_with("421 4.4.2") && closing.contains("session"),
+        "{closing}"
+    );
+    let (rest, closed) = read_to_close(c.stream.get_mut());
+    assert!(closed && rest.is_empty(), "connection closed: {rest:?}");
+}
+
+#[test]
+fn message_text_trickled_past_max_data_duration_is_cut_off() {
+    let gw = gateway(
+        "datalife",
+        "max_data_duration = \"2s\"\ndata_timeout = \"60s\"",
+        1,
+    );
+    let mut c = gw.client();
+    assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let mut writer = c.stream.get_ref().try_clone().expect("clone");
+    let trickle = std::thread::spawn(move || {
+        let started = Instant::now();
+        // Pacing: one text line per 300 ms, until the gateway closes or the test gives up.
+        while started.elapsed() < EVENT_WAIT && writer.write_all(b"still typing\r\n").is_ok() {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let (answer, closed) = read_to_close(c.stream.get_mut());
+    assert!(
+        closed && answer.starts_with("421 4.4.2") && answer.contains("message"),
+        "{answer:?}"
+    );
+    trickle.join().expect("trickle");
+}
+
+/// A backend that accepts one transaction and reports every piece of message text it receives
+/// as it arrives.
+fn reporting_backend(listener: TcpListener, text: mpsc::Sender<Vec<u8>>) {
+    std::thread::spawn(move || {
+        let Ok((tcp, _)) = listener.accept() else {
+            return;
+        };
+        tcp.set_read_timeout(Some(EVENT_WAIT)).ok();
+        let mut out = tcp.try_clone().expect("clone");
+        let mut input = BufReader::new(tcp);
+        out.write_all(b"220 backend.test ESMTP\r\n").ok();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if input.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let upper = String::from_utf8_lossy(&line).to_ascii_uppercase();
+            let reply: &[u8] = if upper.starts_with("EHLO") {
+                b"250-backend.test\r\n250 8BITMIME\r\n"
+            } else if upper.starts_with("DATA") {
+                out.write_all(b"354 go ahead\r\n").ok();
+                loop {
+                    line.clear();
+                    if input.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == b".\r\n" {
+                        break;
+                    }
+                    let _ = text.send(line.clone());
+                }
+                b"250 2.0.0 queued\r\n"
+            } else if upper.starts_with("QUIT") {
+                out.write_all(b"221 bye\r\n").ok();
+                return;
+            } else {
+                b"250 2.0.0 Ok\r\n"
+            };
+            out.write_all(reply).ok();
+        }
+    });
+}
+
+#[test]
+fn a_slow_senders_text_reaches_the_backend_before_its_end_of_data() {
+    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = backend.local_addr().expect("addr");
+    let (tx, rx) = mpsc::channel();
+    reporting_backend(backend, tx);
+    let gw = Gateway::start("trickle", addr, "text_flush_interval = \"1s\"");
+    let mut c = gw.client();
+    assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.stream
+        .get_mut()
+        .write_all(b"Subject: slow\r\n\r\nfirst line\r\n")
+        .expect("write");
+    let deadline = Instant::now() + EVENT_WAIT;
+    let mut seen = Vec::new();
+    while !seen.ends_with(b"first line\r\n") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(piece) => seen.extend_from_slice(&piece),
+            Err(_) => panic!(
+                "the text sent so far never reached the backend: {:?}",
+                String::from_utf8_lossy(&seen)
+            ),
+        }
+    }
+    let done = c.cmd(".");
+    assert!(done.starts_with("250"), "{done}");
+}

@@ -1,0 +1,313 @@
+//! Protocol state that must not outlive what it belongs to (issue 10, sections 1.3, 1.4 and 2):
+//! a refused MAIL does not turn the rest of its RFC 2920 group into protocol errors (so a 4xx
+//! never ends in a drop or a ban), `SIZE=` over the limit is refused at MAIL, a re-EHLO reuses the
+//! backend session instead of opening a new one, and a pooled connection never carries a previous
+//! client's errors. Runs the real daemon in front of a recording backend. Needs root (bpffs pins).
+
+#[path = "support/peers.rs"]
+#[allow(dead_code)] // each test binary uses a different part of the shared peers
+mod peers;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use peers::Gateway;
+
+/// The commands of each connection the backend accepted, in order.
+type Connections = Arc<Mutex<Vec<Vec<String>>>>;
+
+/// A backend MTA on loopback that records every command per connection. It refuses
+/// `MAIL ... SIZE=` with 552 and recipients whose local part is `refused` with 550, and closes
+/// the connection without a reply at a sender whose local part is `drop`; everything else is
+/// accepted.
+fn backend() -> (SocketAddr, Connections) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+    let addr = listener.local_addr().expect("addr");
+    let connections: Connections = Arc::default();
+    let all = connections.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let index = {
+                let mut all = all.lock().expect("connections");
+                all.push(Vec::new());
+                all.len() - 1
+            };
+            let all = all.clone();
+            std::thread::spawn(move || serve(stream, index, &all));
+        }
+    });
+    (addr, connections)
+}
+
+fn serve(stream: TcpStream, index: usize, all: &Connections) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut out = stream.try_clone().expect("clone");
+    let mut input = BufReader::new(stream);
+    let _ = out.write_all(b"220 backend.test ESMTP\r\n");
+    let mut in_data = false;
+    loop {
+        let mut line = String::new();
+        match input.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let cmd = line.trim_end().to_string();
+        if in_data {
+            if cmd == "." {
+                in_data = false;
+                let _ = out.write_all(b"250 2.0.0 queued\r\n");
+            }
+            continue;
+        }
+        all.lock().expect("connections")[index].push(cmd.clone());
+        let upper = cmd.to_ascii_uppercase();
+        let reply: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+            b"250-backend.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+        } else if upper.starts_with("MAIL FROM:<DROP@") {
+            return;
+        } else if upper.starts_with("MAIL") && upper.contains("SIZE=") {
+            b"552 5.3.4 Message size exceeds fixed limit\r\n"
+        } else if upper.starts_with("RCPT TO:<REFUSED@") {
+            b"550 5.1.1 User unknown\r\n"
+        } else if upper.starts_with("MAIL") || upper.starts_with("RCPT") || upper == "RSET" {
+            b"250 2.0.0 Ok\r\n"
+        } else if upper == "DATA" {
+            in_data = true;
+            b"354 go ahead\r\n"
+        } else if upper == "QUIT" {
+            let _ = out.write_all(b"221 2.0.0 bye\r\n");
+            return;
+        } else {
+            b"502 5.5.1 no\r\n"
+        };
+        let _ = out.write_all(reply);
+    }
+}
+
+/// Waits up to 10 s for `done` to hold over the recorded connections; returns them.
+fn wait_for(
+    connections: &Connections,
+    what: &str,
+    done: impl Fn(&[Vec<String>]) -> bool,
+) -> Vec<Vec<String>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = connections.lock().expect("connections").clone();
+        if done(&now) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "{what}: {now:#?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes `group` in one write and reads `replies` replies; returns their codes, then whether the
+/// gateway closed the connection after them.
+fn pipelined(c: &mut peers::Client<TcpStream>, group: &[String], replies: usize) -> Vec<u16> {
+    let mut bytes = String::new();
+    for line in group {
+        bytes.push_str(line);
+        bytes.push_str("\r\n");
+    }
+    c.stream
+        .get_mut()
+        .write_all(bytes.as_bytes())
+        .expect("write");
+    (0..replies)
+        .map(|_| {
+            let reply = c.reply();
+            reply.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0)
+        })
+        .collect()
+}
+
+/// The group of an RFC 2920 client: MAIL, 12 recipients, DATA.
+fn group(mail: &str) -> Vec<String> {
+    let mut g = vec![mail.to_string()];
+    g.extend((0..12).map(|i| format!("RCPT TO:<user{i}@example.org>")));
+    g.push("DATA".into());
+    g
+}
+
+/// Whether the gateway keeps the session: NOOP gets its 250.
+fn still_open(c: &mut peers::Client<TcpStream>) -> bool {
+    c.stream.get_mut().write_all(b"NOOP\r\n").is_ok() && {
+        let mut line = String::new();
+        c.stream.read_line(&mut line).unwrap_or(0) > 0 && line.starts_with("250")
+    }
+}
+
+#[test]
+fn a_refused_mail_does_not_make_its_group_protocol_errors() {
+    let (addr, _connections) = backend();
+    let gw = Gateway::start("refusedmail", addr, "");
+
+    // The backend refuses the sender (552): every RCPT and the DATA are the gateway's 503, and
+    // none of them counts as a protocol error (max_errors = 10 would close at the 11th).
+    let mut c = gw.client();
+    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    let codes = pipelined(&mut c, &group("MAIL FROM:<a@c.example.net> SIZE=1000"), 14);
+    assert_eq!(codes[0], 552, "{codes:?}");
+    assert!(codes[1..].iter().all(|c| *c == 503), "{codes:?}");
+    assert!(
+        still_open(&mut c),
+        "a refused MAIL's group is not a protocol error"
+    );
+    // The same client may try again and deliver.
+    assert!(c.cmd("MAIL FROM:<a@c.example.net>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
+    assert!(c.cmd("QUIT").starts_with("221"));
+    assert_eq!(gw.log_count("too_many_errors"), 0, "{}", gw.log());
+
+    // A client that keeps sending RCPT without MAIL after its group still meets max_errors: the
+    // 11th error is answered, then 421.
+    let mut c = gw.client();
+    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    let mut lines = group("MAIL FROM:<a@c.example.net> SIZE=1000");
+    lines.extend((0..11).map(|i| format!("RCPT TO:<more{i}@example.org>")));
+    let codes = pipelined(&mut c, &lines, 26);
+    assert_eq!(codes.last(), Some(&421), "{codes:?}");
+}
+
+#[test]
+fn a_tempfailed_mail_does_not_make_its_group_protocol_errors() {
+    let (addr, _connections) = backend();
+    // dsl-127-0-0-1: not a FQDN, dynamic, the client's own address: score 3 -> MAIL 451.
+    let gw = Gateway::start(
+        "tempfail",
+        addr,
+        "tarpit_delay = \"100ms\"\n[score]\ntarpit = 3\ntempfail = 3\nreject = 10",
+    );
+    let mut c = gw.client();
+    assert!(c.cmd("EHLO dsl-127-0-0-1").starts_with("250"));
+    let codes = pipelined(&mut c, &group("MAIL FROM:<a@c.example.net>"), 14);
+    assert_eq!(codes[0], 451, "{codes:?}");
+    assert!(codes[1..].iter().all(|c| *c == 503), "{codes:?}");
+    assert!(still_open(&mut c), "a 4xx never becomes a drop");
+    assert_eq!(gw.log_count("too_many_errors"), 0, "{}", gw.log());
+}
+
+#[test]
+fn size_over_the_limit_is_refused_at_mail() {
+    let (addr, connections) = backend();
+    let gw = Gateway::start("size", addr, "max_message_size = 2000000");
+    let mut c = gw.client();
+    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    let mail = c.cmd("MAIL FROM:<a@c.example.net> SIZE=2000001");
+    assert!(mail.starts_with("552 5.3.4"), "{mail}");
+    let mail = c.cmd("MAIL FROM:<a@c.example.net> BODY=8BITMIME");
+    assert!(mail.starts_with("250"), "{mail}");
+    let seen = wait_for(&connections, "the second MAIL", |c| {
+        c.iter().flatten().any(|l| l.contains("BODY=8BITMIME"))
+    });
+    assert!(
+        !seen.iter().flatten().any(|l| l.contains("SIZE=2000001")),
+        "the oversized MAIL never reaches the backend: {seen:?}"
+    );
+}
+
+#[test]
+fn a_re_ehlo_reuses_the_backend_session() {
+    let (addr, connections) = backend();
+    let gw = Gateway::start("reehlo", addr, "");
+    let mut c = gw.client();
+    for i in 0..60 {
+        let ehlo = c.cmd(&format!("EHLO client{i}.example.net"));
+        assert!(ehlo.starts_with("250"), "{ehlo}");
+        let mail = c.cmd("MAIL FROM:<a@c.example.net>");
+        assert!(mail.starts_with("250"), "{i}: {mail}");
+    }
+    assert!(c.cmd("QUIT").starts_with("221"));
+    let seen = wait_for(&connections, "the last EHLO", |c| {
+        c.iter().flatten().any(|l| l == "EHLO client59.example.net")
+    });
+    assert!(
+        seen.len() <= 3,
+        "{} backend connections for one client session",
+        seen.len()
+    );
+    // The backend saw the client's new name each time, with the transaction reset before it.
+    let first = &seen[0];
+    let ehlo5 = first
+        .iter()
+        .position(|l| l == "EHLO client5.example.net")
+        .expect("the sixth EHLO on the first connection");
+    assert_eq!(
+        first.get(ehlo5 - 1).map(String::as_str),
+        Some("RSET"),
+        "{first:?}"
+    );
+}
+
+#[test]
+fn a_connection_with_an_error_reply_is_not_pooled() {
+    let (addr, connections) = backend();
+    let gw = Gateway::start("poison", addr, "");
+    let mut c = gw.client();
+    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@c.example.net>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<refused@example.org>").starts_with("550"));
+    assert!(c.cmd("RSET").starts_with("250"));
+    assert!(c.cmd("QUIT").starts_with("221"));
+    wait_for(&connections, "the first session's QUIT", |c| {
+        c.first()
+            .is_some_and(|s| s.last().is_some_and(|l| l == "QUIT"))
+    });
+
+    // The next client gets a connection of its own, without the previous client's error.
+    let mut c = gw.client();
+    assert!(c.cmd("EHLO other.example.net").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<b@c.example.net>").starts_with("250"));
+    let seen = wait_for(&connections, "the second session", |c| {
+        c.iter()
+            .flatten()
+            .any(|l| l == "MAIL FROM:<b@c.example.net>")
+    });
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+
+    // A connection whose last message was delivered after the error is clean again.
+    assert!(c.cmd("RCPT TO:<refused@example.org>").starts_with("550"));
+    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    assert!(c.cmd("Subject: t\r\n\r\nhi\r\n.").starts_with("250"));
+    assert!(c.cmd("QUIT").starts_with("221"));
+    let mut c = gw.client();
+    assert!(c.cmd("EHLO third.example.net").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<c@c.example.net>").starts_with("250"));
+    let seen = wait_for(&connections, "the third session", |c| {
+        c.iter()
+            .flatten()
+            .any(|l| l == "MAIL FROM:<c@c.example.net>")
+    });
+    assert_eq!(seen.len(), 2, "the clean connection was pooled: {seen:#?}");
+}
+
+#[test]
+fn a_client_session_opens_a_bounded_number_of_backend_connections() {
+    let (addr, connections) = backend();
+    let gw = Gateway::start("bound", addr, "");
+    let mut c = gw.client();
+    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    let mut codes = Vec::new();
+    for _ in 0..10 {
+        let reply = c.cmd("MAIL FROM:<drop@c.example.net>");
+        codes.push(reply.get(..3).unwrap_or("").to_string());
+        if reply.starts_with("421") {
+            break;
+        }
+    }
+    assert_eq!(
+        codes,
+        ["451", "451", "451", "421"],
+        "backend.max_connections_per_session = 3"
+    );
+    let seen = connections.lock().expect("connections").clone();
+    assert_eq!(seen.len(), 3, "{seen:#?}");
+}
