@@ -6,9 +6,12 @@
 //! The gateway code under test is reached only through `smtp_gateway::fuzzing`.
 
 use std::{
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     os::fd::{AsRawFd, RawFd},
-    sync::OnceLock,
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
 };
 
 use tokio::{
@@ -42,9 +45,16 @@ pub async fn tcp_pair(listener: &TcpListener) -> (TcpStream, TcpStream, SocketAd
     (client, server, peer, addr)
 }
 
-/// A listener on 127.0.0.1, any port.
+/// A listener on a loopback address that changes with every call (127.1.0.1 onwards), any
+/// port: a connection that still ends in TIME_WAIT (the gateway's own sockets close without a
+/// reset) then blocks a port towards that address only, so millions of runs never run out.
 pub async fn listener() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.expect("bind")
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) % (1 << 22);
+    let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 1, 0, 1)) + n);
+    TcpListener::bind(SocketAddr::from((addr, 0)))
+        .await
+        .expect("bind")
 }
 
 /// Bytes waiting in the receive queue of `fd` (SIOCINQ).
