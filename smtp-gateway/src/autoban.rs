@@ -633,6 +633,74 @@ mod tests {
         }
     }
 
+    /// The auto-ban loop running on a [`BlockedWriter`], with every channel a test drives it by.
+    struct Running {
+        /// Reloads.
+        config: watch::Sender<AutobanConfig>,
+        /// Check firings.
+        events: crate::events::EventSender,
+        /// Session ends.
+        ends: crate::events::EndSender,
+        /// Stops the loop.
+        stop: watch::Sender<bool>,
+        /// Lets one blocked write through per message.
+        go: std::sync::mpsc::Sender<()>,
+        /// Every ban written.
+        written: Arc<std::sync::Mutex<Vec<Ban>>>,
+        /// The loop; returns how many bans it wrote.
+        task: tokio::task::JoinHandle<u64>,
+    }
+
+    impl Running {
+        /// Starts the loop with `cfg`; every write waits for a go.
+        fn start(cfg: AutobanConfig) -> Self {
+            let (config, config_rx) = watch::channel(cfg);
+            let (events, events_rx) = crate::events::channel();
+            let (ends, ends_rx) = crate::events::ends_channel();
+            let (stop, stop_rx) = watch::channel(false);
+            let (go, go_rx) = std::sync::mpsc::channel();
+            let writer = BlockedWriter {
+                go: Arc::new(std::sync::Mutex::new(go_rx)),
+                written: Arc::default(),
+            };
+            let written = writer.written.clone();
+            let task = tokio::spawn(serve(
+                config_rx,
+                move |bans| writer.write(bans),
+                events_rx,
+                ends_rx,
+                Arc::new(Metrics::new()),
+                stop_rx,
+            ));
+            Self {
+                config,
+                events,
+                ends,
+                stop,
+                go,
+                written,
+                task,
+            }
+        }
+
+        /// Lets writes through until `count` bans are written.
+        async fn until_written(&self, what: &str, count: usize) {
+            let all = |w: &Arc<std::sync::Mutex<Vec<Ban>>>| w.lock().map(|w| w.len()).unwrap_or(0);
+            until(what, || {
+                let _ = self.go.send(());
+                all(&self.written) == count
+            })
+            .await;
+        }
+
+        /// Stops the loop; how many bans it wrote.
+        async fn stop(self) -> u64 {
+            let _ = self.stop.send(true);
+            drop(self.go);
+            self.task.await.expect("auto-ban task")
+        }
+    }
+
     /// Waits (yielding) until `done` holds, for at most 10 s.
     async fn until(what: &str, mut done: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -649,34 +717,17 @@ mod tests {
             grace: Duration::ZERO,
             ..config(&[("pregreet", 1)], offenders * 2)
         };
-        let (_config_tx, config_rx) = watch::channel(cfg);
-        let (events_tx, events_rx) = crate::events::channel();
-        let (ends_tx, ends_rx) = crate::events::ends_channel();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let (go_tx, go_rx) = std::sync::mpsc::channel();
-        let writer = BlockedWriter {
-            go: Arc::new(std::sync::Mutex::new(go_rx)),
-            written: Arc::default(),
-        };
-        let written = writer.written.clone();
-        let task = tokio::spawn(serve(
-            config_rx,
-            move |bans| writer.write(bans),
-            events_rx,
-            ends_rx,
-            Arc::new(Metrics::new()),
-            stop_rx,
-        ));
+        let run = Running::start(cfg);
         let offend = |i: usize| {
             let source = IpAddr::from(std::net::Ipv4Addr::from(0xC612_0000 + i as u32));
-            let _ = events_tx.send(Event {
+            let _ = run.events.send(Event {
                 source,
                 check: Check::Pregreet,
                 action: Action::Drop,
                 detail: String::new(),
                 permanent: true,
             });
-            let _ = ends_tx.send(SessionEnd {
+            let _ = run.ends.send(SessionEnd {
                 source,
                 verdict: crate::events::SessionVerdict::Dropped,
                 delivered: 0,
@@ -686,7 +737,7 @@ mod tests {
         // The first ban's write blocks (the lock is held elsewhere)...
         offend(0);
         until("the first event to be read", || {
-            events_tx.is_empty() && ends_tx.is_empty()
+            run.events.is_empty() && run.ends.is_empty()
         })
         .await;
         // ...while more offenders than the event buffer holds keep coming; the loop reads them.
@@ -696,58 +747,28 @@ mod tests {
             }
             until(
                 "the loop to read the events while the write is blocked",
-                || events_tx.is_empty() && ends_tx.is_empty(),
+                || run.events.is_empty() && run.ends.is_empty(),
             )
             .await;
         }
         // The lock is free again: every decided ban is written.
-        let all = |w: &Arc<std::sync::Mutex<Vec<Ban>>>| w.lock().map(|w| w.len()).unwrap_or(0);
-        until("every ban to be written", || {
-            let _ = go_tx.send(());
-            all(&written) == offenders
-        })
-        .await;
-        let _ = stop_tx.send(true);
-        drop(go_tx);
-        assert_eq!(task.await.expect("auto-ban task"), offenders as u64);
+        run.until_written("every ban to be written", offenders)
+            .await;
+        assert_eq!(run.stop().await, offenders as u64);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reload_below_the_waiting_bans_writes_them() {
-        let (config_tx, config_rx) = watch::channel(config(&[("pregreet", 1)], 10));
-        let (events_tx, events_rx) = crate::events::channel();
-        let (_ends_tx, ends_rx) = crate::events::ends_channel();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let (go_tx, go_rx) = std::sync::mpsc::channel();
-        let writer = BlockedWriter {
-            go: Arc::new(std::sync::Mutex::new(go_rx)),
-            written: Arc::default(),
-        };
-        let written = writer.written.clone();
-        let task = tokio::spawn(serve(
-            config_rx,
-            move |bans| writer.write(bans),
-            events_rx,
-            ends_rx,
-            Arc::new(Metrics::new()),
-            stop_rx,
-        ));
+        let run = Running::start(config(&[("pregreet", 1)], 10));
         // Two bans wait for sessions that have not ended...
         for last in 1..=2 {
-            let _ = events_tx.send(event(last, Check::Pregreet, Action::Drop));
+            let _ = run.events.send(event(last, Check::Pregreet, Action::Drop));
         }
-        until("the events to be read", || events_tx.is_empty()).await;
+        until("the events to be read", || run.events.is_empty()).await;
         // ...when a reload makes the table smaller than that: they are written, not stuck.
-        config_tx.send_modify(|c| c.track_sources = 1);
-        let count = |w: &Arc<std::sync::Mutex<Vec<Ban>>>| w.lock().map(|w| w.len()).unwrap_or(0);
-        until("both bans to be written", || {
-            let _ = go_tx.send(());
-            count(&written) == 2
-        })
-        .await;
-        let _ = stop_tx.send(true);
-        drop(go_tx);
-        assert_eq!(task.await.expect("auto-ban task"), 2);
+        run.config.send_modify(|c| c.track_sources = 1);
+        run.until_written("both bans to be written", 2).await;
+        assert_eq!(run.stop().await, 2);
     }
 
     #[test]

@@ -67,10 +67,7 @@ pub enum BlockCommand {
     /// Remove exactly this address or prefix from the blocklist.
     Del { target: String },
     /// List blocklist entries.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    List(ListArgs),
     /// Import a file: one address/prefix per line (at most 4096 bytes), `#`/`;` comments, Spamhaus
     /// DROP (text or JSON).
     Import {
@@ -98,10 +95,15 @@ pub enum AllowCommand {
     /// Remove exactly this address or prefix from the allowlist.
     Del { target: String },
     /// List allowlist entries.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
+    List(ListArgs),
+}
+
+/// How `block list` and `allow list` print.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

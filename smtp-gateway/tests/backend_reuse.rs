@@ -8,105 +8,30 @@
 #[path = "support/peers.rs"]
 #[allow(dead_code)] // each test binary uses a different part of the shared peers
 mod peers;
+#[path = "support/recording.rs"]
+#[allow(dead_code)] // session_state uses the pipelining behaviour
+mod recording;
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    sync::{Arc, Mutex},
+    io::{Read, Write},
+    net::TcpStream,
     time::{Duration, Instant},
 };
 
 use peers::Gateway;
+use recording::{Behaviour, Connections, recording_backend as backend, wait_for};
 
-/// How the test backend misbehaves.
-#[derive(Clone, Copy, PartialEq)]
-enum Behaviour {
-    /// A well-behaved MTA.
-    Normal,
-    /// Closes the connection right after accepting a message.
-    CloseAfterMessage,
-    /// Closes the connection, without a reply, at the second EHLO on it.
-    CloseAtSecondEhlo,
-}
-
-/// The commands of each connection the backend accepted, in the order they were accepted.
-type Connections = Arc<Mutex<Vec<Vec<String>>>>;
-
-/// A backend MTA on loopback that records every command, per connection.
-fn backend(behaviour: Behaviour) -> (SocketAddr, Connections) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-    let addr = listener.local_addr().expect("addr");
-    let connections: Connections = Arc::default();
-    let all = connections.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let index = {
-                let mut all = all.lock().expect("connections");
-                all.push(Vec::new());
-                all.len() - 1
-            };
-            let all = all.clone();
-            std::thread::spawn(move || serve(stream, behaviour, index, &all));
-        }
-    });
-    (addr, connections)
-}
-
-fn serve(stream: TcpStream, behaviour: Behaviour, index: usize, all: &Connections) {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut out = stream.try_clone().expect("clone");
-    let mut input = BufReader::new(stream);
-    let _ = out.write_all(b"220 backend.test ESMTP\r\n");
-    let mut in_data = false;
-    let mut ehlos = 0;
-    loop {
-        let mut line = String::new();
-        match input.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let cmd = line.trim_end().to_string();
-        if in_data {
-            if cmd == "." {
-                in_data = false;
-                let _ = out.write_all(b"250 2.0.0 queued\r\n");
-                if behaviour == Behaviour::CloseAfterMessage {
-                    return;
-                }
-            }
-            continue;
-        }
-        all.lock().expect("connections")[index].push(cmd.clone());
-        let upper = cmd.to_ascii_uppercase();
-        let reply: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
-            ehlos += 1;
-            if ehlos == 2 && behaviour == Behaviour::CloseAtSecondEhlo {
-                return;
-            }
-            b"250-backend.test\r\n250 8BITMIME\r\n"
-        } else if upper.starts_with("MAIL") || upper.starts_with("RCPT") || upper == "RSET" {
-            b"250 2.0.0 Ok\r\n"
-        } else if upper == "DATA" {
-            in_data = true;
-            b"354 go ahead\r\n"
-        } else if upper == "QUIT" {
-            let _ = out.write_all(b"221 2.0.0 bye\r\n");
-            return;
-        } else {
-            b"502 5.5.1 no\r\n"
-        };
-        let _ = out.write_all(reply);
-    }
+/// The daemon with extra `[backend]` keys in front of a recording backend behaving as told.
+fn pooled(tag: &str, behaviour: Behaviour, backend_extra: &str) -> (Gateway, Connections) {
+    let (addr, connections) = backend(behaviour);
+    let gw = Gateway::start_with_backend(tag, addr, "", backend_extra);
+    (gw, connections)
 }
 
 /// One client session through the gateway that delivers a message from `helo`.
 fn deliver(gw: &Gateway, helo: &str) {
     let mut c = gw.client();
-    let ehlo = c.cmd(&format!("EHLO {helo}"));
-    assert!(ehlo.starts_with("250"), "{ehlo}");
+    c.expect(&format!("EHLO {helo}"), "250");
     for (command, code) in [
         ("MAIL FROM:<a@example.net>", "250"),
         ("RCPT TO:<b@example.org>", "250"),
@@ -127,23 +52,6 @@ fn session(helo: &str) -> Vec<String> {
         "RCPT TO:<b@example.org>".into(),
         "DATA".into(),
     ]
-}
-
-/// Waits up to 10 s for `done` to hold over the recorded connections; returns them.
-fn wait_for(
-    connections: &Connections,
-    what: &str,
-    done: impl Fn(&[Vec<String>]) -> bool,
-) -> Vec<Vec<String>> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = connections.lock().expect("connections").clone();
-        if done(&now) {
-            return now;
-        }
-        assert!(Instant::now() < deadline, "{what}: {now:#?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn scrape(port: u16) -> String {
@@ -176,8 +84,7 @@ fn backend_sessions(gw: &Gateway) -> (Option<u64>, Option<u64>, String) {
 
 #[test]
 fn consecutive_sessions_share_one_connection_which_ends_with_quit_at_shutdown() {
-    let (addr, connections) = backend(Behaviour::Normal);
-    let mut gw = Gateway::start_with_backend("reuse-share", addr, "", "");
+    let (mut gw, connections) = pooled("reuse-share", Behaviour::Normal, "");
     deliver(&gw, "first.example.net");
     deliver(&gw, "second.example.net");
     let mut expected = session("first.example.net");
@@ -207,8 +114,7 @@ fn consecutive_sessions_share_one_connection_which_ends_with_quit_at_shutdown() 
 
 #[test]
 fn a_connection_the_backend_closed_is_replaced() {
-    let (addr, connections) = backend(Behaviour::CloseAfterMessage);
-    let gw = Gateway::start_with_backend("reuse-closed", addr, "", "");
+    let (gw, connections) = pooled("reuse-closed", Behaviour::CloseAfterMessage, "");
     deliver(&gw, "first.example.net");
     // The backend's close reaches the gateway before the next session takes the connection.
     std::thread::sleep(Duration::from_millis(200));
@@ -227,8 +133,7 @@ fn a_connection_the_backend_closed_is_replaced() {
 
 #[test]
 fn a_connection_that_fails_its_ehlo_is_replaced() {
-    let (addr, connections) = backend(Behaviour::CloseAtSecondEhlo);
-    let gw = Gateway::start_with_backend("reuse-ehlo", addr, "", "");
+    let (gw, connections) = pooled("reuse-ehlo", Behaviour::CloseAtSecondEhlo, "");
     deliver(&gw, "first.example.net");
     deliver(&gw, "second.example.net");
     let seen = wait_for(&connections, "a replacement connection", |c| {
@@ -244,8 +149,7 @@ fn a_connection_that_fails_its_ehlo_is_replaced() {
 
 #[test]
 fn an_idle_connection_ends_with_quit_after_pool_idle() {
-    let (addr, connections) = backend(Behaviour::Normal);
-    let gw = Gateway::start_with_backend("reuse-idle", addr, "", "pool_idle = \"1s\"");
+    let (gw, connections) = pooled("reuse-idle", Behaviour::Normal, "pool_idle = \"1s\"");
     deliver(&gw, "first.example.net");
     let ended = Instant::now();
     let mut expected = session("first.example.net");
@@ -272,8 +176,7 @@ fn an_idle_connection_ends_with_quit_after_pool_idle() {
 
 #[test]
 fn without_a_pool_every_session_ends_with_quit() {
-    let (addr, connections) = backend(Behaviour::Normal);
-    let gw = Gateway::start_with_backend("reuse-off", addr, "", "pool_size = 0");
+    let (gw, connections) = pooled("reuse-off", Behaviour::Normal, "pool_size = 0");
     deliver(&gw, "first.example.net");
     deliver(&gw, "second.example.net");
     let seen = wait_for(&connections, "two connections with QUIT", |c| {
@@ -288,10 +191,8 @@ fn without_a_pool_every_session_ends_with_quit() {
 
 #[test]
 fn a_session_that_leaves_a_transaction_open_ends_its_connection() {
-    let (addr, connections) = backend(Behaviour::Normal);
-    let gw = Gateway::start_with_backend("reuse-open", addr, "", "");
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO first.example.net").starts_with("250"));
+    let (gw, connections) = pooled("reuse-open", Behaviour::Normal, "");
+    let mut c = gw.greeted("first.example.net");
     assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
     assert!(c.cmd("QUIT").starts_with("221"));
     drop(c);
@@ -309,8 +210,7 @@ fn a_session_that_leaves_a_transaction_open_ends_its_connection() {
 
 #[test]
 fn the_pool_keeps_at_most_pool_size_connections_per_server() {
-    let (addr, connections) = backend(Behaviour::Normal);
-    let mut gw = Gateway::start_with_backend("reuse-size", addr, "", "pool_size = 1");
+    let (mut gw, connections) = pooled("reuse-size", Behaviour::Normal, "pool_size = 1");
     // Two sessions at once: each needs a connection of its own.
     let mut a = gw.client();
     let mut b = gw.client();

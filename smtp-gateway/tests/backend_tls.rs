@@ -16,35 +16,16 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 
-struct Pki {
-    ca_pem: String,
-    acceptor: TlsAcceptor,
-}
+#[path = "support/pki.rs"]
+#[allow(dead_code)] // the gateway-side tests use the rest of the shared PKI
+mod pki;
 
-/// A CA and a server certificate for 127.0.0.1 signed by it.
-fn pki() -> Pki {
-    let ca_key = rcgen::KeyPair::generate().expect("ca key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().expect("key");
-    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
-    let cert = params.signed_by(&key, &issuer).expect("cert");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .expect("server config");
-    Pki {
-        ca_pem: ca.pem(),
-        acceptor: TlsAcceptor::from(Arc::new(config)),
-    }
+/// The backend's TLS side: the CA a gateway must trust, and the acceptor presenting a
+/// certificate it signed.
+fn backend_pki() -> (String, TlsAcceptor) {
+    let pki = pki::Pki::new();
+    let acceptor = TlsAcceptor::from(Arc::new(pki.server_config()));
+    (pki.ca_pem, acceptor)
 }
 
 /// Serves one session: banner, EHLO (offering STARTTLS), STARTTLS, then inside TLS EHLO
@@ -120,54 +101,21 @@ fn client() -> ClientIdentity {
     }
 }
 
-#[tokio::test]
-async fn starttls_to_the_backend_then_xclient_inside_tls() {
-    let pki = pki();
-    let dir = std::env::temp_dir().join(format!("sgw-btls-{}-ok", std::process::id()));
+/// Connects through the pool to a [`scripted_backend`] that presents `acceptor`'s certificate,
+/// trusting only `trusted_ca` (PEM). Returns whether the kept EHLO reply offers PIPELINING (or
+/// the pool's error) and the commands the backend received after its upgrade.
+async fn connect_over_starttls(
+    tag: &str,
+    acceptor: TlsAcceptor,
+    trusted_ca: &str,
+) -> (Result<bool, String>, Vec<String>) {
+    let dir = std::env::temp_dir().join(format!("sgw-btls-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let ca = dir.join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).expect("ca");
+    std::fs::write(&ca, trusted_ca).expect("ca");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(scripted_backend(listener, pki.acceptor.clone()));
-    let cfg = config(addr, &ca);
-    let connector =
-        backend_connector(cfg.servers[0].tls.as_ref().expect("tls"), addr.ip()).expect("connector");
-    let (backend, _reused) = BackendPool::new()
-        .connect(
-            &cfg,
-            &[Some(connector)],
-            &client(),
-            "127.0.0.1:25".parse().expect("addr"),
-            "gw.test",
-        )
-        .await
-        .expect("connect over TLS");
-    assert!(
-        backend.pipelining(),
-        "the reply to the client's EHLO inside TLS is the one kept"
-    );
-    let seen = server.await.expect("server");
-    assert_eq!(seen[0], "EHLO gw.test");
-    assert!(
-        seen[1].starts_with("XCLIENT ADDR=198.51.100.7 PORT=40000"),
-        "{seen:?}"
-    );
-    assert_eq!(seen[2], "EHLO mx.client.example");
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[tokio::test]
-async fn a_backend_certificate_from_another_ca_is_refused() {
-    let backend_pki = pki();
-    let other = pki();
-    let dir = std::env::temp_dir().join(format!("sgw-btls-{}-bad", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let ca = dir.join("other-ca.pem");
-    std::fs::write(&ca, &other.ca_pem).expect("ca");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(scripted_backend(listener, backend_pki.acceptor.clone()));
+    let server = tokio::spawn(scripted_backend(listener, acceptor));
     let cfg = config(addr, &ca);
     let connector =
         backend_connector(cfg.servers[0].tls.as_ref().expect("tls"), addr.ip()).expect("connector");
@@ -180,14 +128,39 @@ async fn a_backend_certificate_from_another_ca_is_refused() {
             "gw.test",
         )
         .await;
-    let err = result
-        .err()
-        .expect("an untrusted backend certificate must be refused");
-    assert!(err.to_string().contains("STARTTLS"), "{err}");
     let seen = server.await.expect("server");
+    let _ = std::fs::remove_dir_all(&dir);
+    let pipelining = result
+        .map(|(backend, _reused)| backend.pipelining())
+        .map_err(|e| e.to_string());
+    (pipelining, seen)
+}
+
+#[tokio::test]
+async fn starttls_to_the_backend_then_xclient_inside_tls() {
+    let (ca, acceptor) = backend_pki();
+    let (pipelining, seen) = connect_over_starttls("ok", acceptor, &ca).await;
+    assert!(
+        pipelining.expect("connect over TLS"),
+        "the reply to the client's EHLO inside TLS is the one kept"
+    );
+    assert_eq!(seen[0], "EHLO gw.test");
+    assert!(
+        seen[1].starts_with("XCLIENT ADDR=198.51.100.7 PORT=40000"),
+        "{seen:?}"
+    );
+    assert_eq!(seen[2], "EHLO mx.client.example");
+}
+
+#[tokio::test]
+async fn a_backend_certificate_from_another_ca_is_refused() {
+    let (_, acceptor) = backend_pki();
+    let (other_ca, _) = backend_pki();
+    let (result, seen) = connect_over_starttls("bad", acceptor, &other_ca).await;
+    let err = result.expect_err("an untrusted backend certificate must be refused");
+    assert!(err.contains("STARTTLS"), "{err}");
     assert!(
         !seen.iter().any(|l| l.starts_with("XCLIENT")),
         "identity must never be sent: {seen:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

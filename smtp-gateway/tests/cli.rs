@@ -5,15 +5,15 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     process::{Command, Output},
-    sync::atomic::{AtomicUsize, Ordering},
 };
 
 #[path = "support/peers.rs"]
 #[allow(dead_code)] // each test binary uses a different part of the shared peers
 mod peers;
 
+use peers::{assert_refused, stderr, stdout};
+
 const BIN: &str = env!("CARGO_BIN_EXE_smtp-gateway");
-static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// A private pin directory and config file; detaches and removes them on drop.
 struct Sandbox {
@@ -24,14 +24,7 @@ struct Sandbox {
 
 impl Sandbox {
     fn new(extra: &str) -> Self {
-        let id = format!(
-            "{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        let dir = std::env::temp_dir().join(format!("sgw-cli-{id}"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sgw-cli-{id}"));
+        let (dir, pin_dir) = peers::scratch("sgw-cli");
         let config = dir.join("gateway.toml");
         let text = format!(
             "[dataplane]\npin_dir = \"{}\"\n{extra}\n[dataplane.capacity]\nblock_v4 = 4096\nblock_v6 = 4096\nblock_net_v4 = 1024\nblock_net_v6 = 1024\nrate_sources = 1024\nsource_stats = 1024\n[metrics]\nenabled = false\n",
@@ -81,21 +74,8 @@ impl Drop for Sandbox {
     }
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn check_config(text: &str) -> Output {
-    let dir = std::env::temp_dir().join(format!(
-        "sgw-cfg-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (dir, _) = peers::scratch("sgw-cfg");
     let path = dir.join("gateway.toml");
     std::fs::write(&path, text).expect("write");
     let out = Command::new(BIN)
@@ -217,11 +197,10 @@ fn missing_config_file_is_a_clear_error() {
         .args(["-c", "/nonexistent/gateway.toml", "check-config"])
         .output()
         .expect("run");
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("cannot read /nonexistent/gateway.toml"),
-        "{}",
-        stderr(&out)
+    assert_refused(
+        &out,
+        "cannot read /nonexistent/gateway.toml",
+        "the command must fail",
     );
 }
 
@@ -259,12 +238,7 @@ fn block_add_list_del_round_trip_with_reason_and_ttl() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(sb.list().len(), 3);
     let out = sb.run(&["block", "del", "198.18.4.0/22"]);
-    assert!(!out.status.success(), "deleting twice must fail");
-    assert!(
-        stderr(&out).contains("not in the blocklist"),
-        "{}",
-        stderr(&out)
-    );
+    assert_refused(&out, "not in the blocklist", "deleting twice must fail");
 }
 
 #[test]
@@ -380,11 +354,10 @@ fn allowlist_add_list_del_and_blocking_an_allowed_source_warns() {
 fn stats_without_state_says_what_to_do() {
     let sb = Sandbox::new("");
     let out = sb.run(&["stats"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("start `smtp-gateway run` first"),
-        "{}",
-        stderr(&out)
+    assert_refused(
+        &out,
+        "start `smtp-gateway run` first",
+        "the command must fail",
     );
 }
 

@@ -9,23 +9,14 @@
 mod peers;
 
 use std::{
-    net::TcpListener,
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::PathBuf,
     process::{Command, Output},
     time::{Duration, Instant},
 };
 
-use peers::{Gateway, scripted_backend};
+use peers::{Gateway, assert_refused, scripted_backend_on_loopback, stderr, stdout};
 use serde_json::Value;
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn json(out: &Output) -> Value {
     assert!(out.status.success(), "{}{}", stdout(out), stderr(out));
@@ -70,9 +61,7 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
 
 #[test]
 fn cli_goes_through_the_daemon_and_falls_back_to_the_maps() {
-    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = backend.local_addr().expect("addr");
-    let _seen = scripted_backend(backend, 4);
+    let (addr, _seen) = scripted_backend_on_loopback(4);
     let mut gw = Gateway::start(
         "ctl",
         addr,
@@ -108,11 +97,10 @@ fn cli_goes_through_the_daemon_and_falls_back_to_the_maps() {
     assert_eq!(entry["origin"], "cli");
     assert_eq!(entry["reason"], "ops");
     let out = gw.cli(&["block", "del", "198.18.9.9"]);
-    assert!(!out.status.success(), "deleting a missing entry must fail");
-    assert!(
-        stderr(&out).contains("not in the blocklist"),
-        "{}",
-        stderr(&out)
+    assert_refused(
+        &out,
+        "not in the blocklist",
+        "deleting a missing entry must fail",
     );
     let out = gw.cli(&["allow", "add", "198.18.8.1", "--reason", "partner"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -125,8 +113,7 @@ fn cli_goes_through_the_daemon_and_falls_back_to_the_maps() {
     );
 
     // A clean session and a pregreeting one: the daemon's stats carry their verdicts.
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    let mut c = gw.greeted("client.example.net");
     c.cmd("QUIT");
     peers::pregreet([127, 0, 0, 9], gw.port);
     gw.wait_log("verdict=\"dropped\"");
@@ -162,12 +149,7 @@ fn cli_goes_through_the_daemon_and_falls_back_to_the_maps() {
         "{list}"
     );
     let out = gw.cli(&["reload"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("no daemon answers"),
-        "{}",
-        stderr(&out)
-    );
+    assert_refused(&out, "no daemon answers", "the command must fail");
 }
 
 /// Runs `python3 -c script` as uid/gid 65534 (nobody).
@@ -195,9 +177,7 @@ print(s.makefile().readline().strip())\n";
 
 #[test]
 fn control_socket_refuses_anyone_but_root() {
-    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = backend.local_addr().expect("addr");
-    let _seen = scripted_backend(backend, 1);
+    let (addr, _seen) = scripted_backend_on_loopback(1);
     let gw = Gateway::start("ctlroot", addr, "");
     let socket = socket_of(&gw);
 
@@ -245,9 +225,7 @@ fn control_socket_refuses_anyone_but_root() {
 
 #[test]
 fn daemon_keeps_no_capability_after_setup_unless_configured() {
-    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = backend.local_addr().expect("addr");
-    let _seen = scripted_backend(backend, 1);
+    let (addr, _seen) = scripted_backend_on_loopback(1);
 
     let gw = Gateway::start("caps", addr, "");
     let pid = gw.child.id();
@@ -312,9 +290,7 @@ fn daemon_keeps_no_capability_after_setup_unless_configured() {
 
 #[test]
 fn reload_command_and_file_change_take_the_one_reload_path() {
-    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = backend.local_addr().expect("addr");
-    let _seen = scripted_backend(backend, 1);
+    let (addr, _seen) = scripted_backend_on_loopback(1);
     // No file watch yet: the reload command alone.
     let gw = Gateway::start("reload", addr, "[daemon]\nwatch_config = false\n");
 
@@ -373,9 +349,7 @@ fn reload_command_and_file_change_take_the_one_reload_path() {
 
 #[test]
 fn a_changed_file_is_reloaded_without_a_signal() {
-    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = backend.local_addr().expect("addr");
-    let _seen = scripted_backend(backend, 1);
+    let (addr, _seen) = scripted_backend_on_loopback(1);
     let gw = Gateway::start("watch", addr, "[daemon]\nwatch_debounce = \"200ms\"\n");
     assert_eq!(gw.log_count("configuration reloaded"), 0);
 

@@ -7,19 +7,22 @@
 mod peers;
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    net::{Ipv4Addr, SocketAddr},
     time::Duration,
 };
 
-use peers::{Gateway, scripted_backend};
+use peers::{Gateway, gateway};
 use smtp_gateway_test_kit::{DnsResponder, Records};
 
 /// The client as the lists see it, and the zone the test lists it in.
 const CLIENT_IN_ZEN: &str = "1.0.0.127.zen.test";
 
-/// A DNS server on loopback with `records`; panics when it cannot start.
-fn dns_server(records: Records) -> DnsResponder {
-    DnsResponder::start(records).unwrap_or_else(|e| panic!("{e}"))
+/// A DNS server on loopback with `records` (panics when it cannot start), and the daemon
+/// scoring through it with a DNSBL `timeout`, in front of a scripted backend.
+fn dnsbl_gateway(tag: &str, records: Records, timeout: &str) -> (DnsResponder, Gateway) {
+    let dns = DnsResponder::start(records).unwrap_or_else(|e| panic!("{e}"));
+    let gw = gateway(tag, &dnsbl_section(dns.addr(), timeout), 1);
+    (dns, gw)
 }
 
 fn dnsbl_section(dns: SocketAddr, timeout: &str) -> String {
@@ -32,20 +35,13 @@ fn dnsbl_section(dns: SocketAddr, timeout: &str) -> String {
 
 #[test]
 fn a_listed_client_is_refused_at_mail_from() {
-    let dns = dns_server(Records::new().a(CLIENT_IN_ZEN, &[Ipv4Addr::new(127, 0, 0, 2)]));
-    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let _seen = scripted_backend(backend.try_clone().expect("clone"), 1);
-    let gw = Gateway::start(
-        "dnsbl-hit",
-        backend.local_addr().expect("addr"),
-        &dnsbl_section(dns.addr(), "2s"),
-    );
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
-    let mail = c.cmd("MAIL FROM:<a@example.net>");
-    assert!(
-        mail.starts_with("554 5.7.1"),
-        "listed client refused: {mail}"
+    let records = Records::new().a(CLIENT_IN_ZEN, &[Ipv4Addr::new(127, 0, 0, 2)]);
+    let (dns, gw) = dnsbl_gateway("dnsbl-hit", records, "2s");
+    let mut c = gw.greeted("client.example.net");
+    c.expect_that(
+        "MAIL FROM:<a@example.net>",
+        "554 5.7.1",
+        "listed client refused",
     );
     let queried = dns.queries();
     assert!(
@@ -61,21 +57,13 @@ fn a_listed_client_is_refused_at_mail_from() {
 
 #[test]
 fn a_silent_dns_server_never_rejects_mail() {
-    let dns = dns_server(Records::new().silent("zen.test"));
-    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let _seen = scripted_backend(backend.try_clone().expect("clone"), 1);
-    let gw = Gateway::start(
-        "dnsbl-silent",
-        backend.local_addr().expect("addr"),
-        &dnsbl_section(dns.addr(), "500ms"),
-    );
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    let (dns, gw) = dnsbl_gateway("dnsbl-silent", Records::new().silent("zen.test"), "500ms");
+    let mut c = gw.greeted("client.example.net");
     let started = std::time::Instant::now();
-    let mail = c.cmd("MAIL FROM:<a@example.net>");
-    assert!(
-        mail.starts_with("250"),
-        "a DNS failure never rejects mail: {mail}"
+    c.expect_that(
+        "MAIL FROM:<a@example.net>",
+        "250",
+        "a DNS failure never rejects mail",
     );
     assert!(
         started.elapsed() < Duration::from_secs(5),

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use peers::{Gateway, scripted_backend};
+use peers::{Gateway, gateway};
 use smtp_gateway_test_kit::Wait;
 
 /// How long a test waits for the event it expects.
@@ -25,13 +25,6 @@ const EVENT_WAIT: Duration = Duration::from_secs(10);
 /// with replies (megabytes of EHLO replies on loopback), which a loaded machine does slowly.
 const STALL_WAIT: Duration = Duration::from_secs(30);
 
-fn gateway(tag: &str, extra: &str, backend_sessions: usize) -> Gateway {
-    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = backend.local_addr().expect("addr");
-    let _ = scripted_backend(backend, backend_sessions);
-    Gateway::start(tag, addr, extra)
-}
-
 /// Everything the gateway sends until it closes the connection (bounded by [`EVENT_WAIT`]), and
 /// whether the close came in time.
 fn read_to_close(stream: &mut TcpStream) -> (String, bool) {
@@ -39,6 +32,12 @@ fn read_to_close(stream: &mut TcpStream) -> (String, bool) {
     let mut out = Vec::new();
     let closed = stream.read_to_end(&mut out).is_ok();
     (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// Asserts that the gateway closes the connection (within [`EVENT_WAIT`]) without another byte.
+fn assert_closed_quietly(stream: &mut TcpStream) {
+    let (rest, closed) = read_to_close(stream);
+    assert!(closed && rest.is_empty(), "connection closed: {rest:?}");
 }
 
 /// Connects with a 2 KiB receive buffer, reads the banner and one EHLO reply, then sends `EHLO`
@@ -130,27 +129,22 @@ fn a_tls_client_hello_on_the_plaintext_port_is_answered_at_once() {
 #[test]
 fn junk_commands_past_the_limit_close_the_session_and_delivery_resets_the_count() {
     let gw = gateway("junk", "junk_command_limit = 3", 1);
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
+    let mut c = gw.greeted("mail.goodcorp.example");
     assert!(c.cmd("NOOP").starts_with("250"));
     assert!(c.cmd("VRFY postmaster").starts_with("252"));
     assert!(c.cmd("HELP").starts_with("214"));
     // A delivered message resets the count.
-    assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
-    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
+    c.open_message();
     assert!(c.cmd("Subject: x\r\n\r\nhello\r\n.").starts_with("250"));
     assert!(c.cmd("RSET").starts_with("250"));
     assert!(c.cmd("NOOP").starts_with("250"));
     assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
     // The fourth junk command since the delivery: a repeated EHLO.
-    let closing = c.cmd("EHLO mail.goodcorp.example");
-    assert!(
-        closing.starts_with("421 4.7.0 Too many junk commands"),
-        "{closing}"
+    c.expect(
+        "EHLO mail.goodcorp.example",
+        "421 4.7.0 Too many junk commands",
     );
-    let (rest, closed) = read_to_close(c.stream.get_mut());
-    assert!(closed && rest.is_empty(), "connection closed: {rest:?}");
+    assert_closed_quietly(c.stream.get_mut());
 }
 
 #[test]
@@ -175,8 +169,7 @@ fn a_session_kept_alive_by_noops_ends_at_max_session_duration() {
         closing.starts_with("421 4.4.2") && closing.contains("session"),
         "{closing}"
     );
-    let (rest, closed) = read_to_close(c.stream.get_mut());
-    assert!(closed && rest.is_empty(), "connection closed: {rest:?}");
+    assert_closed_quietly(c.stream.get_mut());
 }
 
 #[test]
@@ -186,11 +179,8 @@ fn message_text_trickled_past_max_data_duration_is_cut_off() {
         "max_data_duration = \"2s\"\ndata_timeout = \"60s\"",
         1,
     );
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
-    assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
-    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
+    let mut c = gw.greeted("mail.goodcorp.example");
+    c.open_message();
     let mut writer = c.stream.get_ref().try_clone().expect("clone");
     let trickle = std::thread::spawn(move || {
         let started = Instant::now();
@@ -258,11 +248,8 @@ fn a_slow_senders_text_reaches_the_backend_before_its_end_of_data() {
     let (tx, rx) = mpsc::channel();
     reporting_backend(backend, tx);
     let gw = Gateway::start("trickle", addr, "text_flush_interval = \"1s\"");
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
-    assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
-    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
+    let mut c = gw.greeted("mail.goodcorp.example");
+    c.open_message();
     c.stream
         .get_mut()
         .write_all(b"Subject: slow\r\n\r\nfirst line\r\n")
@@ -279,6 +266,5 @@ fn a_slow_senders_text_reaches_the_backend_before_its_end_of_data() {
             ),
         }
     }
-    let done = c.cmd(".");
-    assert!(done.starts_with("250"), "{done}");
+    c.expect(".", "250");
 }

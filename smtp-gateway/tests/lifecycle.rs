@@ -6,13 +6,9 @@
 #[allow(dead_code)] // each test binary uses a different part of the shared peers
 mod peers;
 
-use std::{
-    io::Write,
-    net::{TcpListener, TcpStream},
-    time::Duration,
-};
+use std::{io::Write, net::TcpStream, time::Duration};
 
-use peers::{Client, Gateway, scripted_backend};
+use peers::{Client, Gateway, scripted_backend_on_loopback};
 
 fn two_recipients(c: &mut Client<TcpStream>) -> (String, String) {
     assert!(c.cmd("EHLO client.example.net").starts_with("250"));
@@ -24,9 +20,7 @@ fn two_recipients(c: &mut Client<TcpStream>) -> (String, String) {
 
 #[test]
 fn sighup_changes_a_proxy_limit_live_and_a_bad_file_changes_nothing() {
-    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = backend.local_addr().expect("addr");
-    let _seen = scripted_backend(backend, 3);
+    let (addr, _seen) = scripted_backend_on_loopback(3);
     let gw = Gateway::start("hup", addr, "max_recipients = 5");
 
     let mut c = gw.client();
@@ -62,22 +56,19 @@ fn sighup_changes_a_proxy_limit_live_and_a_bad_file_changes_nothing() {
     assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
     assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
     assert!(c.cmd("RCPT TO:<one@example.org>").starts_with("250"));
-    let second = c.cmd("RCPT TO:<two@example.org>");
-    assert!(
-        second.starts_with("452"),
-        "the previous generation (max_recipients = 1) stays: {second}"
+    c.expect_that(
+        "RCPT TO:<two@example.org>",
+        "452",
+        "the previous generation (max_recipients = 1) stays",
     );
 }
 
 #[test]
 fn sigterm_lets_an_inflight_message_complete_and_refuses_newcomers() {
-    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = backend.local_addr().expect("addr");
-    let seen = scripted_backend(backend, 1);
+    let (addr, seen) = scripted_backend_on_loopback(1);
     let mut gw = Gateway::start("term", addr, "shutdown_timeout = \"20s\"");
 
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    let mut c = gw.greeted("client.example.net");
     assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
     assert!(c.cmd("RCPT TO:<one@example.org>").starts_with("250"));
     assert!(c.cmd("DATA").starts_with("354"));
@@ -97,16 +88,8 @@ fn sigterm_lets_an_inflight_message_complete_and_refuses_newcomers() {
         "newcomers are told to come back: {answer:?}"
     );
 
-    let done = c.cmd("second half\r\n.");
-    assert!(
-        done.starts_with("250"),
-        "the in-flight message completes: {done}"
-    );
-    let next = c.cmd("NOOP");
-    assert!(
-        next.starts_with("421 4.3.2"),
-        "then the session is closed politely: {next}"
-    );
+    c.expect_that("second half\r\n.", "250", "the in-flight message completes");
+    c.expect_that("NOOP", "421 4.3.2", "then the session is closed politely");
 
     let status = (0..100)
         .find_map(|_| {

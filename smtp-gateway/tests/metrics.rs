@@ -7,11 +7,11 @@ mod peers;
 
 use std::{
     io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     time::Duration,
 };
 
-use peers::{Gateway, scripted_backend};
+use peers::{Gateway, scripted_backend_on_loopback};
 
 /// `GET path` on the metrics port: (status line, content type, body).
 fn scrape(port: u16, path: &str) -> (String, String, String) {
@@ -48,22 +48,27 @@ fn sample(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
     })
 }
 
+/// Asserts that the sample `name` with `labels` counted at least one.
+fn assert_counted(body: &str, name: &str, labels: &[&str]) {
+    assert!(
+        sample(body, name, labels).is_some_and(|v| v >= 1.0),
+        "{name} {labels:?} not counted:\n{body}"
+    );
+}
+
 #[test]
 fn scrape_shows_checks_kernel_verdicts_and_reload_state() {
-    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let _seen = scripted_backend(backend.try_clone().expect("clone"), 1);
-    let gw = Gateway::start("metrics", backend.local_addr().expect("addr"), "");
+    let (addr, _seen) = scripted_backend_on_loopback(1);
+    let gw = Gateway::start("metrics", addr, "");
     gw.wait_log("metrics endpoint ready");
 
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    let mut c = gw.greeted("client.example.net");
     assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
     let refused = c.cmd("RCPT TO:<someone@elsewhere.test>");
     assert!(refused.starts_with('5'), "relaying is refused: {refused}");
     assert!(c.cmd("RCPT TO:<one@example.org>").starts_with("250"));
     assert!(c.cmd("DATA").starts_with("354"));
-    let sent = c.cmd("Subject: metrics\r\n\r\nhello\r\n.");
-    assert!(sent.starts_with("250"), "{sent}");
+    c.expect("Subject: metrics\r\n\r\nhello\r\n.", "250");
     c.cmd("QUIT");
 
     // The checks counter follows the event channel asynchronously: poll briefly.
@@ -89,14 +94,10 @@ fn scrape_shows_checks_kernel_verdicts_and_reload_state() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(
-        sample(
-            &body,
-            "smtp_gateway_checks_fired_total",
-            &["check=\"relay_attempt\""]
-        )
-        .is_some_and(|v| v >= 1.0),
-        "{body}"
+    assert_counted(
+        &body,
+        "smtp_gateway_checks_fired_total",
+        &["check=\"relay_attempt\""],
     );
     for family in [
         "smtp_gateway_xdp_packets_total",
@@ -120,23 +121,13 @@ fn scrape_shows_checks_kernel_verdicts_and_reload_state() {
         Some(1.0),
         "{body}"
     );
-    assert!(
-        sample(
-            &body,
-            "smtp_gateway_messages_total",
-            &["result=\"relayed\""]
-        )
-        .is_some_and(|v| v >= 1.0),
-        "{body}"
-    );
-    assert!(
-        sample(&body, "smtp_gateway_connections_total", &[]).is_some_and(|v| v >= 1.0),
-        "{body}"
-    );
-    assert!(
-        sample(&body, "smtp_gateway_backend_reply_seconds_count", &[]).is_some_and(|v| v >= 1.0),
-        "{body}"
-    );
+    for (name, labels) in [
+        ("smtp_gateway_messages_total", &["result=\"relayed\""][..]),
+        ("smtp_gateway_connections_total", &[]),
+        ("smtp_gateway_backend_reply_seconds_count", &[]),
+    ] {
+        assert_counted(&body, name, labels);
+    }
     // The client's per-source series merge its session verdict and delivered messages (no XDP
     // here, so the session table alone puts it among the top sources).
     assert_eq!(
@@ -169,14 +160,10 @@ fn scrape_shows_checks_kernel_verdicts_and_reload_state() {
         Some(0.0),
         "{body}"
     );
-    assert!(
-        sample(
-            &body,
-            "smtp_gateway_config_reloads_total",
-            &["result=\"failure\""]
-        )
-        .is_some_and(|v| v >= 1.0),
-        "{body}"
+    assert_counted(
+        &body,
+        "smtp_gateway_config_reloads_total",
+        &["result=\"failure\""],
     );
 
     let (status, _, _) = scrape(gw.metrics_port, "/");

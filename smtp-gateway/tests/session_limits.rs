@@ -8,23 +8,15 @@
 #[allow(dead_code)] // each test binary uses a different part of the shared peers
 mod peers;
 
-use std::{io::Read, net::TcpListener};
+use std::io::Read;
 
-use peers::{Gateway, scripted_backend};
-
-fn gateway(tag: &str, extra: &str, backend_sessions: usize) -> Gateway {
-    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = backend.local_addr().expect("addr");
-    let _ = scripted_backend(backend, backend_sessions);
-    Gateway::start(tag, addr, extra)
-}
+use peers::gateway;
 
 #[test]
 fn mail_before_helo_is_refused() {
     let gw = gateway("nohelo", "", 0);
     let mut c = gw.client();
-    let mail = c.cmd("MAIL FROM:<a@example.net>");
-    assert!(mail.starts_with("503 5.5.1"), "{mail}");
+    c.expect("MAIL FROM:<a@example.net>", "503 5.5.1");
     assert!(gw.log().contains("helo_missing"), "{}", gw.log());
     // A well-behaved client that says EHLO first passes.
     assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
@@ -43,22 +35,16 @@ fn helo_literal_of_another_address_is_refused_when_configured() {
         helo.starts_with("550 5.7.1") && helo.contains("helo_literal_mismatch"),
         "{helo}"
     );
-    let own = c.cmd("EHLO [127.0.0.1]");
-    assert!(
-        own.starts_with("250"),
-        "the client's own literal passes: {own}"
-    );
+    c.expect_that("EHLO [127.0.0.1]", "250", "the client's own literal passes");
 }
 
 #[test]
 fn too_many_errors_closes_the_session() {
     let gw = gateway("errors", "max_errors = 2", 0);
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
+    let mut c = gw.greeted("mail.goodcorp.example");
     assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("503"));
     assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("503"));
-    let third = c.cmd("RCPT TO:<b@example.org>");
-    assert!(third.starts_with("503"), "{third}");
+    c.expect("RCPT TO:<b@example.org>", "503");
     let closing = c.reply();
     assert!(
         closing.starts_with("421 4.7.0 Too many errors"),
@@ -74,22 +60,16 @@ fn too_many_errors_closes_the_session() {
 fn oversized_message_and_long_text_line_are_refused_and_the_session_goes_on() {
     // Each refused message aborts its backend session; the next MAIL opens a new one.
     let gw = gateway("size", "max_message_size = 2048", 3);
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
+    let mut c = gw.greeted("mail.goodcorp.example");
 
-    assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
-    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
+    c.open_message();
     let big = format!(
         "Subject: big\r\n\r\n{}.",
         "0123456789abcdef0123456789abcdef\r\n".repeat(100)
     );
-    let reply = c.cmd(&big);
-    assert!(reply.starts_with("552 5.3.4"), "{reply}");
+    c.expect(&big, "552 5.3.4");
 
-    assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
-    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
+    c.open_message();
     let long = format!("Subject: long\r\n\r\n{}\r\n.", "x".repeat(1200));
     let reply = c.cmd(&long);
     assert!(
@@ -97,27 +77,21 @@ fn oversized_message_and_long_text_line_are_refused_and_the_session_goes_on() {
         "{reply}"
     );
 
-    assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
-    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
-    let fine = c.cmd("Subject: fine\r\n\r\nwithin limits\r\n.");
-    assert!(
-        fine.starts_with("250"),
-        "a message within the limits is relayed: {fine}"
+    c.open_message();
+    c.expect_that(
+        "Subject: fine\r\n\r\nwithin limits\r\n.",
+        "250",
+        "a message within the limits is relayed",
     );
 }
 
 #[test]
 fn messages_per_session_are_limited() {
     let gw = gateway("msgs", "max_messages = 1", 1);
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
-    assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
-    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
+    let mut c = gw.greeted("mail.goodcorp.example");
+    c.open_message();
     assert!(c.cmd("Subject: one\r\n\r\nfirst\r\n.").starts_with("250"));
-    let second = c.cmd("MAIL FROM:<a@example.net>");
-    assert!(second.starts_with("452 4.5.3"), "{second}");
+    c.expect("MAIL FROM:<a@example.net>", "452 4.5.3");
 }
 
 #[test]
@@ -136,10 +110,7 @@ fn a_non_ascii_path_after_a_tab_is_refused_and_the_session_goes_on() {
         assert!(reply.starts_with('5'), "{line:?} after EHLO: {reply}");
     }
     // The session still works: a clean transaction goes through.
-    assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
-    assert!(c.cmd("RCPT TO:<b@example.org>").starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
-    let done = c.cmd("Subject: after\r\n\r\nstill here\r\n.");
-    assert!(done.starts_with("250"), "{done}");
+    c.open_message();
+    c.expect("Subject: after\r\n\r\nstill here\r\n.", "250");
     assert!(c.cmd("QUIT").starts_with("221"));
 }

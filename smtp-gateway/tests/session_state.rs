@@ -7,105 +7,23 @@
 #[path = "support/peers.rs"]
 #[allow(dead_code)] // each test binary uses a different part of the shared peers
 mod peers;
+#[path = "support/recording.rs"]
+#[allow(dead_code)] // the other behaviours serve backend_reuse
+mod recording;
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    io::{BufRead, Write},
+    net::{SocketAddr, TcpStream},
 };
 
 use peers::Gateway;
+use recording::{Behaviour, Connections, recording_backend, wait_for};
 
-/// The commands of each connection the backend accepted, in order.
-type Connections = Arc<Mutex<Vec<Vec<String>>>>;
-
-/// A backend MTA on loopback that records every command per connection. It refuses
-/// `MAIL ... SIZE=` with 552 and recipients whose local part is `refused` with 550, and closes
-/// the connection without a reply at a sender whose local part is `drop`; everything else is
-/// accepted.
+/// A recording backend that offers PIPELINING. It refuses `MAIL ... SIZE=` with 552 and
+/// recipients whose local part is `refused` with 550, and closes the connection without a reply
+/// at a sender whose local part is `drop`; everything else is accepted.
 fn backend() -> (SocketAddr, Connections) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-    let addr = listener.local_addr().expect("addr");
-    let connections: Connections = Arc::default();
-    let all = connections.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let index = {
-                let mut all = all.lock().expect("connections");
-                all.push(Vec::new());
-                all.len() - 1
-            };
-            let all = all.clone();
-            std::thread::spawn(move || serve(stream, index, &all));
-        }
-    });
-    (addr, connections)
-}
-
-fn serve(stream: TcpStream, index: usize, all: &Connections) {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut out = stream.try_clone().expect("clone");
-    let mut input = BufReader::new(stream);
-    let _ = out.write_all(b"220 backend.test ESMTP\r\n");
-    let mut in_data = false;
-    loop {
-        let mut line = String::new();
-        match input.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let cmd = line.trim_end().to_string();
-        if in_data {
-            if cmd == "." {
-                in_data = false;
-                let _ = out.write_all(b"250 2.0.0 queued\r\n");
-            }
-            continue;
-        }
-        all.lock().expect("connections")[index].push(cmd.clone());
-        let upper = cmd.to_ascii_uppercase();
-        let reply: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
-            b"250-backend.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
-        } else if upper.starts_with("MAIL FROM:<DROP@") {
-            return;
-        } else if upper.starts_with("MAIL") && upper.contains("SIZE=") {
-            b"552 5.3.4 Message size exceeds fixed limit\r\n"
-        } else if upper.starts_with("RCPT TO:<REFUSED@") {
-            b"550 5.1.1 User unknown\r\n"
-        } else if upper.starts_with("MAIL") || upper.starts_with("RCPT") || upper == "RSET" {
-            b"250 2.0.0 Ok\r\n"
-        } else if upper == "DATA" {
-            in_data = true;
-            b"354 go ahead\r\n"
-        } else if upper == "QUIT" {
-            let _ = out.write_all(b"221 2.0.0 bye\r\n");
-            return;
-        } else {
-            b"502 5.5.1 no\r\n"
-        };
-        let _ = out.write_all(reply);
-    }
-}
-
-/// Waits up to 10 s for `done` to hold over the recorded connections; returns them.
-fn wait_for(
-    connections: &Connections,
-    what: &str,
-    done: impl Fn(&[Vec<String>]) -> bool,
-) -> Vec<Vec<String>> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = connections.lock().expect("connections").clone();
-        if done(&now) {
-            return now;
-        }
-        assert!(Instant::now() < deadline, "{what}: {now:#?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    recording_backend(Behaviour::Pipelining)
 }
 
 /// Writes `group` in one write and reads `replies` replies; returns their codes, then whether the
@@ -151,8 +69,7 @@ fn a_refused_mail_does_not_make_its_group_protocol_errors() {
 
     // The backend refuses the sender (552): every RCPT and the DATA are the gateway's 503, and
     // none of them counts as a protocol error (max_errors = 10 would close at the 11th).
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    let mut c = gw.greeted("client.example.net");
     let codes = pipelined(&mut c, &group("MAIL FROM:<a@c.example.net> SIZE=1000"), 14);
     assert_eq!(codes[0], 552, "{codes:?}");
     assert!(codes[1..].iter().all(|c| *c == 503), "{codes:?}");
@@ -168,8 +85,7 @@ fn a_refused_mail_does_not_make_its_group_protocol_errors() {
 
     // A client that keeps sending RCPT without MAIL after its group still meets max_errors: the
     // 11th error is answered, then 421.
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    let mut c = gw.greeted("client.example.net");
     let mut lines = group("MAIL FROM:<a@c.example.net> SIZE=1000");
     lines.extend((0..11).map(|i| format!("RCPT TO:<more{i}@example.org>")));
     let codes = pipelined(&mut c, &lines, 26);
@@ -185,8 +101,7 @@ fn a_tempfailed_mail_does_not_make_its_group_protocol_errors() {
         addr,
         "tarpit_delay = \"100ms\"\n[score]\ntarpit = 3\ntempfail = 3\nreject = 10",
     );
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO dsl-127-0-0-1").starts_with("250"));
+    let mut c = gw.greeted("dsl-127-0-0-1");
     let codes = pipelined(&mut c, &group("MAIL FROM:<a@c.example.net>"), 14);
     assert_eq!(codes[0], 451, "{codes:?}");
     assert!(codes[1..].iter().all(|c| *c == 503), "{codes:?}");
@@ -198,12 +113,9 @@ fn a_tempfailed_mail_does_not_make_its_group_protocol_errors() {
 fn size_over_the_limit_is_refused_at_mail() {
     let (addr, connections) = backend();
     let gw = Gateway::start("size", addr, "max_message_size = 2000000");
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
-    let mail = c.cmd("MAIL FROM:<a@c.example.net> SIZE=2000001");
-    assert!(mail.starts_with("552 5.3.4"), "{mail}");
-    let mail = c.cmd("MAIL FROM:<a@c.example.net> BODY=8BITMIME");
-    assert!(mail.starts_with("250"), "{mail}");
+    let mut c = gw.greeted("client.example.net");
+    c.expect("MAIL FROM:<a@c.example.net> SIZE=2000001", "552 5.3.4");
+    c.expect("MAIL FROM:<a@c.example.net> BODY=8BITMIME", "250");
     let seen = wait_for(&connections, "the second MAIL", |c| {
         c.iter().flatten().any(|l| l.contains("BODY=8BITMIME"))
     });
@@ -219,8 +131,7 @@ fn a_re_ehlo_reuses_the_backend_session() {
     let gw = Gateway::start("reehlo", addr, "");
     let mut c = gw.client();
     for i in 0..60 {
-        let ehlo = c.cmd(&format!("EHLO client{i}.example.net"));
-        assert!(ehlo.starts_with("250"), "{ehlo}");
+        c.expect(&format!("EHLO client{i}.example.net"), "250");
         let mail = c.cmd("MAIL FROM:<a@c.example.net>");
         assert!(mail.starts_with("250"), "{i}: {mail}");
     }
@@ -250,8 +161,7 @@ fn a_re_ehlo_reuses_the_backend_session() {
 fn a_connection_with_an_error_reply_is_not_pooled() {
     let (addr, connections) = backend();
     let gw = Gateway::start("poison", addr, "");
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    let mut c = gw.greeted("client.example.net");
     assert!(c.cmd("MAIL FROM:<a@c.example.net>").starts_with("250"));
     assert!(c.cmd("RCPT TO:<refused@example.org>").starts_with("550"));
     assert!(c.cmd("RSET").starts_with("250"));
@@ -262,8 +172,7 @@ fn a_connection_with_an_error_reply_is_not_pooled() {
     });
 
     // The next client gets a connection of its own, without the previous client's error.
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO other.example.net").starts_with("250"));
+    let mut c = gw.greeted("other.example.net");
     assert!(c.cmd("MAIL FROM:<b@c.example.net>").starts_with("250"));
     let seen = wait_for(&connections, "the second session", |c| {
         c.iter()
@@ -278,8 +187,7 @@ fn a_connection_with_an_error_reply_is_not_pooled() {
     assert!(c.cmd("DATA").starts_with("354"));
     assert!(c.cmd("Subject: t\r\n\r\nhi\r\n.").starts_with("250"));
     assert!(c.cmd("QUIT").starts_with("221"));
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO third.example.net").starts_with("250"));
+    let mut c = gw.greeted("third.example.net");
     assert!(c.cmd("MAIL FROM:<c@c.example.net>").starts_with("250"));
     let seen = wait_for(&connections, "the third session", |c| {
         c.iter()
@@ -293,8 +201,7 @@ fn a_connection_with_an_error_reply_is_not_pooled() {
 fn a_client_session_opens_a_bounded_number_of_backend_connections() {
     let (addr, connections) = backend();
     let gw = Gateway::start("bound", addr, "");
-    let mut c = gw.client();
-    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    let mut c = gw.greeted("client.example.net");
     let mut codes = Vec::new();
     for _ in 0..10 {
         let reply = c.cmd("MAIL FROM:<drop@c.example.net>");

@@ -12,15 +12,18 @@ use std::{
     },
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
+#[path = "support/peers.rs"]
+#[allow(dead_code)] // each test binary uses a different part of the shared peers
+mod peers;
+
 use aya::programs::{TestRun, TestRunOptions};
+use peers::{stderr, stdout};
 use smtp_gateway::{config::Config, dataplane::loader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_smtp-gateway");
-static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// `xdp_action::XDP_DROP` and `XDP_PASS`.
 const XDP_DROP: u32 = 1;
@@ -52,14 +55,7 @@ struct Sandbox {
 impl Sandbox {
     /// Config and pin dir only: nothing pinned.
     fn empty() -> Self {
-        let id = format!(
-            "{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        let dir = std::env::temp_dir().join(format!("sgw-top-{id}"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sgw-top-{id}"));
+        let (dir, pin_dir) = peers::scratch("sgw-top");
         let _ = loader::detach(&pin_dir);
         let config = dir.join("gateway.toml");
         let text = format!(
@@ -139,14 +135,6 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Ethernet + IPv4 (20 bytes) + TCP (20 bytes) to 198.18.0.25:25. 54 bytes.

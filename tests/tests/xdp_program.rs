@@ -200,6 +200,24 @@ impl ProgTest {
         assert_eq!(self.source(addr), None, "{addr} must not be recorded");
     }
 
+    /// Blocks `blocked`, then runs `frame` from `from` (passed) and from `blocked` (dropped by
+    /// the exact entry): the frame's shape is parsed down to the source address.
+    fn expect_block_applies(&mut self, frame: impl Fn(&str) -> Vec<u8>, from: &str, blocked: &str) {
+        self.block(blocked);
+        self.expect(&frame(from), XDP_PASS, "passed");
+        self.expect(&frame(blocked), XDP_DROP, "dropped_exact");
+    }
+
+    /// Blocks `blocked` and runs each of `frames` from it: passed, not inspected, not recorded.
+    fn expect_not_inspected_from(&mut self, blocked: &[&str], frames: &[Vec<u8>]) {
+        for source in blocked {
+            self.block(source);
+        }
+        for frame in frames {
+            self.expect(frame, XDP_PASS, "not_inspected");
+        }
+    }
+
     fn pin_dir(&self) -> &Path {
         &self.cfg.pin_dir
     }
@@ -287,7 +305,6 @@ fn default_protected_ports_are_25_465_587() {
 #[test]
 fn ipv4_behind_an_8021q_tag_is_inspected() {
     let mut t = ProgTest::new("vlan-8021q");
-    t.block("192.0.2.66");
     let frame = |src: &str| {
         Frame::new()
             .vlan(TPID_8021Q, 100)
@@ -295,8 +312,7 @@ fn ipv4_behind_an_8021q_tag_is_inspected() {
             .tcp(Tcp::syn(25))
             .build()
     };
-    t.expect(&frame("192.0.2.7"), XDP_PASS, "passed");
-    t.expect(&frame("192.0.2.66"), XDP_DROP, "dropped_exact");
+    t.expect_block_applies(frame, "192.0.2.7", "192.0.2.66");
     t.expect_source("192.0.2.7", 1, 1, 0);
     t.expect_source("192.0.2.66", 1, 1, 1);
 }
@@ -304,7 +320,6 @@ fn ipv4_behind_an_8021q_tag_is_inspected() {
 #[test]
 fn ipv4_behind_8021ad_and_8021q_tags_is_inspected() {
     let mut t = ProgTest::new("vlan-qinq");
-    t.block("192.0.2.66");
     let frame = |src: &str| {
         Frame::new()
             .vlan(TPID_8021AD, 300)
@@ -313,8 +328,7 @@ fn ipv4_behind_8021ad_and_8021q_tags_is_inspected() {
             .tcp(Tcp::syn(25))
             .build()
     };
-    t.expect(&frame("192.0.2.7"), XDP_PASS, "passed");
-    t.expect(&frame("192.0.2.66"), XDP_DROP, "dropped_exact");
+    t.expect_block_applies(frame, "192.0.2.7", "192.0.2.66");
     t.expect_source("192.0.2.7", 1, 1, 0);
     t.expect_source("192.0.2.66", 1, 1, 1);
 }
@@ -322,7 +336,6 @@ fn ipv4_behind_8021ad_and_8021q_tags_is_inspected() {
 #[test]
 fn ipv6_behind_an_8021q_tag_is_inspected() {
     let mut t = ProgTest::new("vlan-v6");
-    t.block("2001:db8:bad::66");
     let frame = |src: &str| {
         Frame::new()
             .vlan(TPID_8021Q, 100)
@@ -330,8 +343,7 @@ fn ipv6_behind_an_8021q_tag_is_inspected() {
             .tcp(Tcp::syn(25))
             .build()
     };
-    t.expect(&frame("2001:db8:1::7"), XDP_PASS, "passed");
-    t.expect(&frame("2001:db8:bad::66"), XDP_DROP, "dropped_exact");
+    t.expect_block_applies(frame, "2001:db8:1::7", "2001:db8:bad::66");
     t.expect_source("2001:db8:bad::66", 1, 1, 1);
 }
 
@@ -402,7 +414,6 @@ fn ipv4_first_fragment_is_inspected_when_fragments_inspect() {
     let mut t = ProgTest::with("v4-frag-inspect", |c| {
         c.fragments = PacketPolicy::Inspect;
     });
-    t.block("192.0.2.66");
     let frame = |src: &str| {
         Frame::new()
             .ipv4(Ipv4 {
@@ -414,8 +425,7 @@ fn ipv4_first_fragment_is_inspected_when_fragments_inspect() {
             .payload(&[0; 64])
             .build()
     };
-    t.expect(&frame("192.0.2.7"), XDP_PASS, "passed");
-    t.expect(&frame("192.0.2.66"), XDP_DROP, "dropped_exact");
+    t.expect_block_applies(frame, "192.0.2.7", "192.0.2.66");
     t.expect_source("192.0.2.7", 1, 1, 0);
     t.expect_source("192.0.2.66", 1, 1, 1);
 }
@@ -590,15 +600,12 @@ fn ipv6_non_first_fragment_is_not_inspected() {
 #[test]
 fn udp_to_port_25_is_not_inspected() {
     let mut t = ProgTest::new("udp");
-    t.block("192.0.2.66");
-    t.block("2001:db8:bad::66");
     let v4 = Frame::new().ipv4(Ipv4::new("192.0.2.66")).udp(25).build();
     let v6 = Frame::new()
         .ipv6(Ipv6::new("2001:db8:bad::66"))
         .udp(25)
         .build();
-    t.expect(&v4, XDP_PASS, "not_inspected");
-    t.expect(&v6, XDP_PASS, "not_inspected");
+    t.expect_not_inspected_from(&["192.0.2.66", "2001:db8:bad::66"], &[v4, v6]);
     t.expect_no_source("192.0.2.66");
     t.expect_no_source("2001:db8:bad::66");
 }
@@ -606,8 +613,6 @@ fn udp_to_port_25_is_not_inspected() {
 #[test]
 fn icmp_is_not_inspected() {
     let mut t = ProgTest::new("icmp");
-    t.block("192.0.2.66");
-    t.block("2001:db8:bad::66");
     let v4 = Frame::new()
         .ipv4(Ipv4::new("192.0.2.66"))
         .icmp_echo()
@@ -616,8 +621,7 @@ fn icmp_is_not_inspected() {
         .ipv6(Ipv6::new("2001:db8:bad::66"))
         .icmp_echo()
         .build();
-    t.expect(&v4, XDP_PASS, "not_inspected");
-    t.expect(&v6, XDP_PASS, "not_inspected");
+    t.expect_not_inspected_from(&["192.0.2.66", "2001:db8:bad::66"], &[v4, v6]);
     t.expect_no_source("192.0.2.66");
 }
 
@@ -636,12 +640,14 @@ fn non_ip_frame_is_not_inspected() {
 #[test]
 fn tcp_to_port_80_is_not_inspected_even_from_a_blocked_source() {
     let mut t = ProgTest::new("port-80");
-    t.block("192.0.2.66");
-    t.block("198.51.100.0/24");
-    t.block("2001:db8:bad::66");
-    t.expect(&v4_syn("192.0.2.66", 80), XDP_PASS, "not_inspected");
-    t.expect(&v4_syn("198.51.100.9", 80), XDP_PASS, "not_inspected");
-    t.expect(&v6_syn("2001:db8:bad::66", 80), XDP_PASS, "not_inspected");
+    t.expect_not_inspected_from(
+        &["192.0.2.66", "198.51.100.0/24", "2001:db8:bad::66"],
+        &[
+            v4_syn("192.0.2.66", 80),
+            v4_syn("198.51.100.9", 80),
+            v6_syn("2001:db8:bad::66", 80),
+        ],
+    );
     t.expect_no_source("192.0.2.66");
     t.expect_no_source("2001:db8:bad::66");
 }
@@ -869,54 +875,80 @@ fn frames_shorter_than_an_ethernet_header_are_rejected_by_the_kernel() {
 // ---------------------------------------------------------------------------------------------
 // Blocklists and allowlist.
 
+/// Builds a frame from a source to a port (a SYN or an ACK of one address family).
+type FrameFrom = fn(&str, u16) -> Vec<u8>;
+
+/// An exact entry for `blocked` drops its SYN to port 25 and its ACK to `ack_port`, and passes
+/// the `neighbour`'s SYN.
+fn exact_block_drops(
+    name: &str,
+    blocked: &str,
+    neighbour: &str,
+    (syn, ack, ack_port): (FrameFrom, FrameFrom, u16),
+) {
+    let mut t = ProgTest::new(name);
+    t.block(blocked);
+    t.expect(&syn(blocked, 25), XDP_DROP, "dropped_exact");
+    t.expect(&ack(blocked, ack_port), XDP_DROP, "dropped_exact");
+    t.expect(&syn(neighbour, 25), XDP_PASS, "passed");
+    t.expect_source(blocked, 2, 1, 2);
+    t.expect_source(neighbour, 1, 1, 0);
+}
+
 #[test]
 fn exact_blocked_ipv4_source_is_dropped() {
-    let mut t = ProgTest::new("block-v4");
-    t.block("192.0.2.66");
-    t.expect(&v4_syn("192.0.2.66", 25), XDP_DROP, "dropped_exact");
-    t.expect(&v4_ack("192.0.2.66", 587), XDP_DROP, "dropped_exact");
-    t.expect(&v4_syn("192.0.2.67", 25), XDP_PASS, "passed");
-    t.expect_source("192.0.2.66", 2, 1, 2);
-    t.expect_source("192.0.2.67", 1, 1, 0);
+    exact_block_drops(
+        "block-v4",
+        "192.0.2.66",
+        "192.0.2.67",
+        (v4_syn, v4_ack, 587),
+    );
 }
 
 #[test]
 fn exact_blocked_ipv6_source_is_dropped() {
-    let mut t = ProgTest::new("block-v6");
-    t.block("2001:db8:bad::66");
-    t.expect(&v6_syn("2001:db8:bad::66", 25), XDP_DROP, "dropped_exact");
-    t.expect(&v6_ack("2001:db8:bad::66", 465), XDP_DROP, "dropped_exact");
-    t.expect(&v6_syn("2001:db8:bad::67", 25), XDP_PASS, "passed");
-    t.expect_source("2001:db8:bad::66", 2, 1, 2);
-    t.expect_source("2001:db8:bad::67", 1, 1, 0);
+    exact_block_drops(
+        "block-v6",
+        "2001:db8:bad::66",
+        "2001:db8:bad::67",
+        (v6_syn, v6_ack, 465),
+    );
+}
+
+/// A `prefix` entry drops the SYNs of every address `inside` and passes those `outside`.
+fn prefix_block_drops(name: &str, prefix: &str, inside: &[&str], outside: &[&str], syn: FrameFrom) {
+    let mut t = ProgTest::new(name);
+    t.block(prefix);
+    for inside in inside {
+        t.expect(&syn(inside, 25), XDP_DROP, "dropped_cidr");
+        t.expect_source(inside, 1, 1, 1);
+    }
+    for outside in outside {
+        t.expect(&syn(outside, 25), XDP_PASS, "passed");
+        t.expect_source(outside, 1, 1, 0);
+    }
 }
 
 #[test]
 fn ipv4_prefix_block_drops_inside_and_passes_the_neighbours() {
-    let mut t = ProgTest::new("block-net-v4");
-    t.block("198.51.100.0/24");
-    for inside in ["198.51.100.0", "198.51.100.77", "198.51.100.255"] {
-        t.expect(&v4_syn(inside, 25), XDP_DROP, "dropped_cidr");
-        t.expect_source(inside, 1, 1, 1);
-    }
-    for outside in ["198.51.99.255", "198.51.101.0"] {
-        t.expect(&v4_syn(outside, 25), XDP_PASS, "passed");
-        t.expect_source(outside, 1, 1, 0);
-    }
+    prefix_block_drops(
+        "block-net-v4",
+        "198.51.100.0/24",
+        &["198.51.100.0", "198.51.100.77", "198.51.100.255"],
+        &["198.51.99.255", "198.51.101.0"],
+        v4_syn,
+    );
 }
 
 #[test]
 fn ipv6_prefix_block_drops_inside_and_passes_the_neighbours() {
-    let mut t = ProgTest::new("block-net-v6");
-    t.block("2001:db8:bad::/48");
-    for inside in ["2001:db8:bad::", "2001:db8:bad:ffff:ffff:ffff:ffff:ffff"] {
-        t.expect(&v6_syn(inside, 25), XDP_DROP, "dropped_cidr");
-        t.expect_source(inside, 1, 1, 1);
-    }
-    for outside in ["2001:db8:bac:ffff:ffff:ffff:ffff:ffff", "2001:db8:bae::"] {
-        t.expect(&v6_syn(outside, 25), XDP_PASS, "passed");
-        t.expect_source(outside, 1, 1, 0);
-    }
+    prefix_block_drops(
+        "block-net-v6",
+        "2001:db8:bad::/48",
+        &["2001:db8:bad::", "2001:db8:bad:ffff:ffff:ffff:ffff:ffff"],
+        &["2001:db8:bac:ffff:ffff:ffff:ffff:ffff", "2001:db8:bae::"],
+        v6_syn,
+    );
 }
 
 #[test]

@@ -40,6 +40,8 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",
     "python3",
     "nmap",
+    // The packaged BDAT client of the CHUNKING tests (tests/tests/chunking.rs).
+    "smtpping",
     // The TTF plotters measures plot text with (plot.rs; its unit tests render plots).
     crate::plot::FONT_PACKAGE,
 ];

@@ -6,12 +6,12 @@ use smtp_gateway::{
     config::Config,
     control::{
         ops,
-        protocol::{Request, Response},
+        protocol::{AllowRow, Request},
     },
 };
 
-use super::{ensure_maps, human_time};
-use crate::cli::AllowCommand;
+use super::human_time;
+use crate::cli::{AllowCommand, ListArgs};
 
 pub fn run(config: &Config, command: AllowCommand) -> anyhow::Result<ExitCode> {
     match command {
@@ -20,44 +20,40 @@ pub fn run(config: &Config, command: AllowCommand) -> anyhow::Result<ExitCode> {
                 target: target.clone(),
                 reason: reason.clone(),
             };
-            super::report(super::call(config, request, ensure_maps, |dp| {
+            super::change(config, request, |dp| {
                 ops::allow_add(dp, &target, reason.as_deref())
-            })?)?;
-        }
-        AllowCommand::Del { target } => {
-            let request = Request::AllowDel {
-                target: target.clone(),
-            };
-            super::report(super::call(config, request, ensure_maps, |dp| {
-                ops::allow_del(dp, &target)
-            })?)?;
-        }
-        AllowCommand::List { json } => {
-            let response = super::call(config, Request::AllowList, ensure_maps, |dp| {
-                Ok(Response::Allowlist {
-                    entries: ops::allow_list(dp)?,
-                })
             })?;
-            let rows = match response {
-                Response::Allowlist { entries } => entries,
-                other => return super::report(other).map(|()| ExitCode::FAILURE),
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                println!("{:<43} {:<8} {:<21} REASON", "PREFIX", "ORIGIN", "ADDED");
-                for r in &rows {
-                    println!(
-                        "{:<43} {:<8} {:<21} {}",
-                        r.prefix,
-                        r.origin,
-                        human_time(r.added_at),
-                        r.reason.as_deref().unwrap_or("-")
-                    );
-                }
-                println!("{} entries", rows.len());
-            }
+        }
+        AllowCommand::Del { target } => super::change(
+            config,
+            Request::AllowDel {
+                target: target.clone(),
+            },
+            |dp| ops::allow_del(dp, &target),
+        )?,
+        AllowCommand::List(ListArgs { json }) => {
+            return super::list(
+                config,
+                Request::AllowList,
+                ops::allow_list,
+                json,
+                print_table,
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(rows: &[AllowRow]) {
+    println!("{:<43} {:<8} {:<21} REASON", "PREFIX", "ORIGIN", "ADDED");
+    for r in rows {
+        println!(
+            "{:<43} {:<8} {:<21} {}",
+            r.prefix,
+            r.origin,
+            human_time(r.added_at),
+            r.reason.as_deref().unwrap_or("-")
+        );
+    }
+    println!("{} entries", rows.len());
 }

@@ -9,13 +9,13 @@ use smtp_gateway::{
     config::Config,
     control::{
         ops,
-        protocol::{BlockRow, Request, Response},
+        protocol::{BlockRow, Request},
     },
     dataplane::import::{self, ImportOptions},
 };
 
 use super::{ensure_maps, human_duration, human_time};
-use crate::cli::BlockCommand;
+use crate::cli::{BlockCommand, ListArgs};
 
 pub fn run(config: &Config, command: BlockCommand) -> anyhow::Result<ExitCode> {
     match command {
@@ -29,33 +29,25 @@ pub fn run(config: &Config, command: BlockCommand) -> anyhow::Result<ExitCode> {
                 ttl_secs: ttl.map(|t| t.as_secs().max(1)),
                 reason: reason.clone(),
             };
-            super::report(super::call(config, request, ensure_maps, |dp| {
+            super::change(config, request, |dp| {
                 ops::block_add(dp, &target, ttl, reason.as_deref())
-            })?)?;
-        }
-        BlockCommand::Del { target } => {
-            let request = Request::BlockDel {
-                target: target.clone(),
-            };
-            super::report(super::call(config, request, ensure_maps, |dp| {
-                ops::block_del(dp, &target)
-            })?)?;
-        }
-        BlockCommand::List { json } => {
-            let response = super::call(config, Request::BlockList, ensure_maps, |dp| {
-                Ok(Response::Blocklist {
-                    entries: ops::block_list(dp)?,
-                })
             })?;
-            let rows = match response {
-                Response::Blocklist { entries } => entries,
-                other => return super::report(other).map(|()| ExitCode::FAILURE),
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                print_table(&rows);
-            }
+        }
+        BlockCommand::Del { target } => super::change(
+            config,
+            Request::BlockDel {
+                target: target.clone(),
+            },
+            |dp| ops::block_del(dp, &target),
+        )?,
+        BlockCommand::List(ListArgs { json }) => {
+            return super::list(
+                config,
+                Request::BlockList,
+                ops::block_list,
+                json,
+                print_table,
+            );
         }
         BlockCommand::Import {
             file,

@@ -9,7 +9,7 @@ pub mod reload;
 pub mod stats;
 pub mod top;
 
-use std::time::Duration;
+use std::{process::ExitCode, time::Duration};
 
 use anyhow::bail;
 use smtp_gateway::{
@@ -17,7 +17,7 @@ use smtp_gateway::{
     control::{
         client::Client,
         ops::OpError,
-        protocol::{Request, Response},
+        protocol::{AllowRow, BlockRow, Request, Response},
     },
     dataplane::Dataplane,
 };
@@ -44,6 +44,67 @@ pub fn call(
     }
     let mut dp = open(config)?;
     Ok(local(&mut dp)?)
+}
+
+/// Changes a list through the daemon, or with `local` on the pinned maps (created when missing),
+/// and prints the outcome ([`report`]).
+pub fn change(
+    config: &Config,
+    request: Request,
+    local: impl FnOnce(&mut Dataplane) -> Result<Response, OpError>,
+) -> anyhow::Result<()> {
+    report(call(config, request, ensure_maps, local)?)
+}
+
+/// Rows a list command prints, and how the control protocol carries them.
+pub trait Listed: serde::Serialize + Sized {
+    /// The answer carrying `entries`.
+    fn wrap(entries: Vec<Self>) -> Response;
+    /// The rows of an answer; any other answer back as the error.
+    fn unwrap(response: Response) -> Result<Vec<Self>, Response>;
+}
+
+/// [`Listed`] for a row type carried by the `Response` variant of that name.
+macro_rules! listed {
+    ($($row:ty => $variant:ident),* $(,)?) => {$(
+        impl Listed for $row {
+            fn wrap(entries: Vec<Self>) -> Response {
+                Response::$variant { entries }
+            }
+
+            fn unwrap(response: Response) -> Result<Vec<Self>, Response> {
+                match response {
+                    Response::$variant { entries } => Ok(entries),
+                    other => Err(other),
+                }
+            }
+        }
+    )*};
+}
+
+listed!(AllowRow => Allowlist, BlockRow => Blocklist);
+
+/// Lists entries through the daemon, or with `local` on the pinned maps (created when missing),
+/// and prints them: pretty JSON with `json`, else `table`. Any other answer is reported and the
+/// command fails.
+pub fn list<T: Listed>(
+    config: &Config,
+    request: Request,
+    local: fn(&Dataplane) -> Result<Vec<T>, OpError>,
+    json: bool,
+    table: fn(&[T]),
+) -> anyhow::Result<ExitCode> {
+    let response = call(config, request, ensure_maps, |dp| local(dp).map(T::wrap))?;
+    let rows = match T::unwrap(response) {
+        Ok(rows) => rows,
+        Err(other) => return report(other).map(|()| ExitCode::FAILURE),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        table(&rows);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints a `Done` (warnings to stderr); an `Error` becomes the command's error.

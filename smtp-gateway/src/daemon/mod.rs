@@ -105,10 +105,7 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
         config_path,
         config,
         dataplane,
-        listeners,
-        metrics_listener,
-        control,
-        dropped,
+        ..
     } = prepared;
     let mut signals = Signals::install().map_err(DaemonError::Signals)?;
     let dataplane: SharedDataplane = Arc::new(std::sync::Mutex::new(dataplane));
@@ -124,7 +121,7 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
     let outcomes = Arc::new(crate::source_outcomes::SourceOutcomes::new(
         config.metrics.session_sources,
     ));
-    let metrics_server = match metrics_listener {
+    let metrics_server = match prepared.metrics_listener {
         Some(listener) => {
             let sources = crate::metrics::endpoint::ScrapeSources::new(
                 Some(dataplane.clone()),
@@ -140,7 +137,7 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
         }
         None => None,
     };
-    let control_server = tokio::spawn(control.serve(
+    let control_server = tokio::spawn(prepared.control.serve(
         Arc::new(crate::control::server::Handler {
             dataplane: dataplane.clone(),
             outcomes: outcomes.clone(),
@@ -194,7 +191,7 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
         outcomes,
         backend_pool: backend_pool.clone(),
     };
-    let proxy = start_proxy(&config, listeners, &context, shutdown_rx.clone())?;
+    let proxy = start_proxy(&config, prepared.listeners, &context, shutdown_rx.clone())?;
     let sweeper = tokio::spawn(crate::dataplane::sweeper::sweep_loop(
         dataplane.clone(),
         live.sweep_interval.subscribe(),
@@ -216,7 +213,8 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
             None => Err("no configuration file to reload (running on built-in defaults)".into()),
             Some(path) => {
                 let generation = proxy.as_ref().map(|p| (&context, &p.shared));
-                match reload::reload(path, &current, &dataplane, generation, dropped).await {
+                match reload::reload(path, &current, &dataplane, generation, prepared.dropped).await
+                {
                     Ok((new, notes)) => {
                         metrics.reload(true);
                         for note in &notes {

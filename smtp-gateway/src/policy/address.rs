@@ -49,6 +49,20 @@ pub enum PathError {
     InvalidSyntax(&'static str),
 }
 
+impl PathError {
+    /// A stable snake_case name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::SourceRoute => "source_route",
+            Self::PercentHack => "percent_hack",
+            Self::BangPath => "bang_path",
+            Self::QuotedLocalPart => "quoted_local_part",
+            Self::MultipleAt => "multiple_at",
+            Self::InvalidSyntax(_) => "invalid_syntax",
+        }
+    }
+}
+
 /// The command a MAIL/RCPT line gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathCommand {

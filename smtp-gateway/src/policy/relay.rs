@@ -130,28 +130,19 @@ pub enum RelayRefusal {
         /// The recipient's domain, normalized (lowercase, no trailing dot) or a literal.
         domain: String,
     },
-    /// `@a,@b:user@c`: RFC 5321 source routes.
-    #[error("source routes are not accepted")]
-    SourceRoute,
-    /// `user%other@accepted`: a `%` in the local part.
-    #[error("percent-hack addresses are not accepted")]
-    PercentHack,
-    /// `other!user@accepted`: a `!` in the local part.
-    #[error("bang paths are not accepted")]
-    BangPath,
-    /// `"user@other"@accepted`: a quoted local part holding `@`, `%`, `!` or an escaped quote.
-    #[error("quoted local part tricks are not accepted")]
-    QuotedLocalPart,
+    /// A path that hides another route or is more than one address (source route, percent
+    /// hack, bang path, quoted local part trick, more than one `@`); its text is the path's.
+    #[error(transparent)]
+    Path(PathError),
     /// `user@[198.51.100.1]` while `allow_address_literals` is false.
     #[error("address literals are not accepted")]
     AddressLiteral,
-    /// `user@other@accepted`: more than one `@` outside quotes.
-    #[error("addresses with more than one @ are not accepted")]
-    MultipleAt,
     /// `<>`: the null path is a valid sender, never a recipient.
     #[error("the null path <> is not a valid recipient")]
     NullRecipient,
-    /// Anything else that is not an RFC 5321/6531 forward path; the detail says what.
+    /// Anything else that is not an RFC 5321/6531 forward path; the detail says what. Kept apart
+    /// from [`RelayRefusal::Path`]: the session answers a syntax error with 501, a refusal with
+    /// 550.
     #[error("invalid address syntax: {0}")]
     InvalidSyntax(&'static str),
 }
@@ -159,12 +150,8 @@ pub enum RelayRefusal {
 impl From<PathError> for RelayRefusal {
     fn from(e: PathError) -> Self {
         match e {
-            PathError::SourceRoute => Self::SourceRoute,
-            PathError::PercentHack => Self::PercentHack,
-            PathError::BangPath => Self::BangPath,
-            PathError::QuotedLocalPart => Self::QuotedLocalPart,
-            PathError::MultipleAt => Self::MultipleAt,
             PathError::InvalidSyntax(what) => Self::InvalidSyntax(what),
+            other => Self::Path(other),
         }
     }
 }
@@ -174,12 +161,8 @@ impl RelayRefusal {
     pub fn name(&self) -> &'static str {
         match self {
             Self::RelayDenied { .. } => "relay_denied",
-            Self::SourceRoute => "source_route",
-            Self::PercentHack => "percent_hack",
-            Self::BangPath => "bang_path",
-            Self::QuotedLocalPart => "quoted_local_part",
+            Self::Path(e) => e.name(),
             Self::AddressLiteral => "address_literal",
-            Self::MultipleAt => "multiple_at",
             Self::NullRecipient => "null_recipient",
             Self::InvalidSyntax(_) => "invalid_syntax",
         }
@@ -300,8 +283,10 @@ mod tests {
         }
     }
 
-    fn reject(reason: RelayRefusal) -> RelayVerdict {
-        RelayVerdict::Reject { reason }
+    fn reject(reason: impl Into<RelayRefusal>) -> RelayVerdict {
+        RelayVerdict::Reject {
+            reason: reason.into(),
+        }
     }
 
     fn denied(domain: &str) -> RelayVerdict {
@@ -338,7 +323,8 @@ mod tests {
 
     #[test]
     fn relay_battery_from_an_outside_client() {
-        use RelayRefusal::*;
+        use PathError::{BangPath, MultipleAt, PercentHack, QuotedLocalPart, SourceRoute};
+        use RelayRefusal::{AddressLiteral, NullRecipient};
         let o = OUTSIDER;
         run(
             &config(),
@@ -511,7 +497,8 @@ mod tests {
 
     #[test]
     fn relay_clients_reach_any_domain_but_not_with_tricks() {
-        use RelayRefusal::*;
+        use PathError::{BangPath, MultipleAt, PercentHack, QuotedLocalPart, SourceRoute};
+        use RelayRefusal::{AddressLiteral, NullRecipient};
         let r = RELAY_CLIENT;
         let mapped = "::ffff:192.0.2.10";
         let v6 = "2001:db8:1::25";
@@ -624,7 +611,7 @@ mod tests {
                     r,
                     false,
                     "\"a@b\"@[198.51.100.7]",
-                    reject(RelayRefusal::QuotedLocalPart),
+                    reject(PathError::QuotedLocalPart),
                 ),
             ],
         );
@@ -691,14 +678,20 @@ mod tests {
                 },
                 "relay access denied: example.com is not a domain we accept mail for",
             ),
-            (RelayRefusal::SourceRoute, "source routes are not accepted"),
             (
-                RelayRefusal::PercentHack,
+                RelayRefusal::Path(PathError::SourceRoute),
+                "source routes are not accepted",
+            ),
+            (
+                RelayRefusal::Path(PathError::PercentHack),
                 "percent-hack addresses are not accepted",
             ),
-            (RelayRefusal::BangPath, "bang paths are not accepted"),
             (
-                RelayRefusal::QuotedLocalPart,
+                RelayRefusal::Path(PathError::BangPath),
+                "bang paths are not accepted",
+            ),
+            (
+                RelayRefusal::Path(PathError::QuotedLocalPart),
                 "quoted local part tricks are not accepted",
             ),
             (

@@ -335,7 +335,24 @@ impl Backend {
         Ok(reply)
     }
 
-    /// Sends message text (already framed and dot-stuffed).
+    /// Starts one BDAT chunk of `size` bytes (RFC 3030): writes `BDAT size [LAST]`, the gateway's
+    /// own command line with the count it will send; the bytes follow with [`Backend::send_text`],
+    /// and the reply is read with [`Backend::read_reply`] once all of them are written.
+    pub async fn start_chunk(&mut self, size: u64, last: bool) -> Result<(), BackendError> {
+        let mut buf = std::mem::take(&mut self.queued);
+        let line = if last {
+            format!("BDAT {size} LAST\r\n")
+        } else {
+            format!("BDAT {size}\r\n")
+        };
+        buf.extend_from_slice(line.as_bytes());
+        self.outstanding += 1;
+        // The reply to the last chunk is the final reply for the message.
+        self.in_text = last;
+        self.write(&buf).await
+    }
+
+    /// Sends message text (already framed and dot-stuffed), or the bytes of a BDAT chunk.
     pub async fn send_text(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
         self.write(bytes).await
     }

@@ -11,11 +11,16 @@
 //! connection, so a client never sees the difference.
 //!
 //! [`BackendPool::connect`] is how a session gets its backend: the first reachable server in
-//! configuration order (failover), an idle connection to it when there is one.
+//! configuration order (failover), an idle connection to it when there is one. The pool also
+//! remembers whether the last backend session it handed out offered CHUNKING, which is what a
+//! client is told before its own backend session exists.
 
 use std::{
     net::SocketAddr,
-    sync::{Mutex, PoisonError},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -44,6 +49,9 @@ pub struct BackendPool {
     idle: Mutex<Vec<Idle>>,
     /// Wakes the sweeper when a connection with an earlier expiry arrives.
     added: Notify,
+    /// The last backend session handed out offered CHUNKING: what a client is told at EHLO
+    /// while its own backend session is not open yet (`connect_at = "mail"`).
+    chunking_seen: AtomicBool,
 }
 
 impl std::fmt::Debug for BackendPool {
@@ -94,7 +102,7 @@ impl BackendPool {
                 // and the next one, or a new one, serves the client.
                 while let Some(mut idle) = self.take(server.address) {
                     match idle.hello(client, gateway_name).await {
-                        Ok(_) => return Ok((idle, true)),
+                        Ok(_) => return Ok((self.seen(idle), true)),
                         Err(e) => {
                             tracing::debug!(backend = %server.address, error = %e, "idle backend connection unusable; replacing it");
                         }
@@ -103,7 +111,7 @@ impl BackendPool {
             }
             let connector = tls.get(i).and_then(Option::as_ref);
             match Backend::connect(cfg, server, connector, client, local, gateway_name).await {
-                Ok(backend) => return Ok((backend, false)),
+                Ok(backend) => return Ok((self.seen(backend), false)),
                 Err(e) => {
                     tracing::warn!(backend = %server.address, error = %e, "backend unavailable, trying the next");
                     last = e;
@@ -111,6 +119,19 @@ impl BackendPool {
             }
         }
         Err(last)
+    }
+
+    /// Notes what a backend session about to be handed out offered (see
+    /// [`BackendPool::chunking_seen`]).
+    fn seen(&self, backend: Backend) -> Backend {
+        self.chunking_seen
+            .store(backend.caps().chunking(), Ordering::Relaxed);
+        backend
+    }
+
+    /// Whether the last backend session handed out offered CHUNKING (false before the first).
+    pub fn chunking_seen(&self) -> bool {
+        self.chunking_seen.load(Ordering::Relaxed)
     }
 
     /// The most recently returned connection to `addr` that is still open and not expired.

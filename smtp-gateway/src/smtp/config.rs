@@ -23,6 +23,8 @@ pub const MAX_TEXT_LINE: usize = 1_048_576;
 pub const MAX_PER_SESSION: usize = 100_000;
 /// Largest `smtp.max_message_size` (4 GiB).
 pub const MAX_MESSAGE_SIZE: u64 = 4 * 1024 * 1024 * 1024;
+/// Largest `smtp.max_chunk_size` (1 GiB).
+pub const MAX_CHUNK_SIZE: u64 = 1 << 30;
 /// Largest `smtp.pass_cache_size`.
 pub const MAX_PASS_CACHE_SIZE: usize = 10_000_000;
 /// Largest `smtp.pass_cache_ttl` (30 days).
@@ -98,6 +100,10 @@ pub struct SmtpConfig {
     pub text_flush_interval: Duration,
     /// Largest message accepted (advertised as SIZE), in bytes.
     pub max_message_size: u64,
+    /// Largest BDAT chunk (RFC 3030) a client may announce, in bytes (1024 to 1 GiB). A chunk
+    /// within it is always read to its end (relayed, or discarded when refused); a larger one is
+    /// answered `552 5.3.4` and the session closed without reading it.
+    pub max_chunk_size: u64,
     /// Longest command line, CRLF included (RFC 5321: 512).
     pub max_command_line: usize,
     /// Longest message text line, CRLF included (RFC 5321: 1000).
@@ -147,6 +153,7 @@ impl Default for SmtpConfig {
             max_data_duration: Duration::from_secs(900),
             text_flush_interval: Duration::from_secs(5),
             max_message_size: 50 * 1024 * 1024,
+            max_chunk_size: 50 * 1024 * 1024,
             max_command_line: 512,
             max_text_line: 1000,
             max_recipients: 100,
@@ -240,6 +247,12 @@ impl SmtpConfig {
                 format!("{} is below 1024 bytes", s.max_message_size),
             );
         }
+        Invalid::in_range(
+            "smtp.max_chunk_size",
+            s.max_chunk_size,
+            1024,
+            MAX_CHUNK_SIZE,
+        )?;
         Invalid::at_most(
             "smtp.max_message_size",
             s.max_message_size,
@@ -552,6 +565,7 @@ mod tests {
         assert_eq!(c.max_data_duration, Duration::from_secs(900));
         assert_eq!(c.text_flush_interval, Duration::from_secs(5));
         assert_eq!(c.junk_command_limit, 100);
+        assert_eq!(c.max_chunk_size, 50 * 1024 * 1024);
         assert_eq!(c.validate(), Ok(()));
     }
 
@@ -598,6 +612,11 @@ mod tests {
             (
                 "smtp.junk_command_limit",
                 rejected(|c| c.junk_command_limit = MAX_JUNK_COMMANDS + 1),
+            ),
+            ("smtp.max_chunk_size", rejected(|c| c.max_chunk_size = 1023)),
+            (
+                "smtp.max_chunk_size",
+                rejected(|c| c.max_chunk_size = MAX_CHUNK_SIZE + 1),
             ),
         ] {
             assert!(e.contains(key), "{key}: {e}");

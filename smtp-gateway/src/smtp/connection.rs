@@ -205,6 +205,15 @@ impl Connection {
         n
     }
 
+    /// Moves up to `max` buffered bytes into `out` (appended) and consumes them; returns how
+    /// many. Counted input (a BDAT chunk) is taken this way, whatever bytes it holds.
+    pub fn take_into(&mut self, max: usize, out: &mut Vec<u8>) -> usize {
+        let n = self.buffered().min(max);
+        out.extend(self.peek().iter().take(n));
+        self.consume(n);
+        n
+    }
+
     /// Marks the next `n` buffered bytes consumed.
     fn consume(&mut self, n: usize) {
         self.rpos += n;
@@ -467,6 +476,17 @@ fn stalled_error() -> io::Error {
 mod tests {
     use super::*;
 
+    /// Both ends of a loopback TCP connection: the peer (the client) and the accepted side.
+    async fn loopback_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let peer = TcpStream::connect(addr).await.expect("connect");
+        let (sock, _) = listener.accept().await.expect("accept");
+        (peer, sock)
+    }
+
     #[test]
     fn line_classification() {
         let l = Line::new(b"a\rb".to_vec(), Ending::CrLf, false);
@@ -476,19 +496,12 @@ mod tests {
 
     #[tokio::test]
     async fn reads_pipelined_lines_and_flags_long_ones() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let (mut s, sock) = loopback_pair().await;
+        let long = "X".repeat(600);
+        s.write_all(format!("EHLO a\r\nMAIL FROM:<>\n{long}\r\nQUIT\r\npartial").as_bytes())
             .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let client = tokio::spawn(async move {
-            let mut s = TcpStream::connect(addr).await.expect("connect");
-            let long = "X".repeat(600);
-            s.write_all(format!("EHLO a\r\nMAIL FROM:<>\n{long}\r\nQUIT\r\npartial").as_bytes())
-                .await
-                .expect("write");
-        });
-        let (sock, _) = listener.accept().await.expect("accept");
-        client.await.expect("client");
+            .expect("write");
+        drop(s);
         let mut c = Connection::new(MaybeTls::Plain(sock), Duration::from_secs(5));
         let t = Duration::from_secs(5);
         let l = c.read_line(512, t).await.expect("read").expect("line");
@@ -518,19 +531,14 @@ mod tests {
 
     #[tokio::test]
     async fn an_over_long_line_whose_cr_was_discarded_still_ends_with_crlf() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let (mut s, sock) = loopback_pair().await;
         let client = tokio::spawn(async move {
-            let mut s = TcpStream::connect(addr).await.expect("connect");
             s.write_all(format!("{}\r", "Y".repeat(700)).as_bytes())
                 .await
                 .expect("write");
             tokio::time::sleep(Duration::from_millis(100)).await;
             s.write_all(b"\nNEXT\r\n").await.expect("write");
         });
-        let (sock, _) = listener.accept().await.expect("accept");
         let mut c = Connection::new(MaybeTls::Plain(sock), Duration::from_secs(5));
         let t = Duration::from_secs(5);
         let l = c.read_line(512, t).await.expect("read").expect("line");
@@ -543,13 +551,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_never_reads_stalls_the_connection_at_the_write_deadline() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
         // Connected and never read from, kept open for the whole test.
-        let _peer = TcpStream::connect(addr).await.expect("connect");
-        let (sock, _) = listener.accept().await.expect("accept");
+        let (_peer, sock) = loopback_pair().await;
         let write_timeout = Duration::from_millis(200);
         let mut c = Connection::new(MaybeTls::Plain(sock), write_timeout);
         let reply = vec![b'x'; 64 * 1024];

@@ -1,5 +1,5 @@
 //! The backend's EHLO keywords (RFC 5321 section 4.1.1.1), parsed once from its reply and asked
-//! by name: PIPELINING, STARTTLS, AUTH mechanisms, XCLIENT attributes.
+//! by name: PIPELINING, CHUNKING, STARTTLS, AUTH mechanisms, XCLIENT attributes.
 //!
 //! The first reply line is the server's greeting (its name), never a keyword. Every later line is
 //! `keyword [params]`; keywords compare case-insensitively.
@@ -59,6 +59,11 @@ impl EhloCaps {
         self.has("PIPELINING")
     }
 
+    /// CHUNKING (RFC 3030): message text may be sent in BDAT chunks.
+    pub fn chunking(&self) -> bool {
+        self.has("CHUNKING")
+    }
+
     /// STARTTLS (RFC 3207).
     pub fn starttls(&self) -> bool {
         self.has("STARTTLS")
@@ -108,8 +113,10 @@ mod tests {
             "AUTH  PLAIN LOGIN ",
             "XCLIENT NAME ADDR PORT",
             "STARTTLS",
+            "chunking",
         ]);
         assert!(c.pipelining());
+        assert!(c.chunking());
         assert!(c.starttls());
         assert_eq!(c.auth(), Some("PLAIN LOGIN"));
         assert_eq!(c.params("size"), Some("10240000"));
@@ -123,6 +130,7 @@ mod tests {
     fn the_greeting_line_is_no_keyword() {
         let c = caps(&["PIPELINING"]);
         assert!(!c.pipelining());
+        assert!(!caps(&["CHUNKING"]).chunking());
         let none = caps(&["backend.test"]);
         assert_eq!(none.auth(), None);
         assert_eq!(none.xclient(), None);

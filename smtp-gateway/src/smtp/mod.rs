@@ -7,9 +7,10 @@
 //! - `connection.rs`: line framing and batched replies over plain or TLS streams;
 //! - `session/`: the per-client state machine and its checks, one file per verb (`mod.rs` the
 //!   state, run loop and check firing; `line.rs` line checks, parsing and dispatch; `ehlo.rs`,
-//!   `auth.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `starttls.rs`; `backend.rs` the session's
-//!   backend: open, lose, settle, release);
+//!   `auth.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `bdat.rs`, `starttls.rs`; `backend.rs` the
+//!   session's backend: open, lose, settle, release);
 //! - `text.rs`: the message-text relay (after `354`), streamed to the backend, smuggling-proof;
+//! - `chunk.rs`: one BDAT chunk (CHUNKING), counted bytes relayed as one chunk or discarded;
 //! - `backend.rs`: one backend MTA session (identity, STARTTLS, EHLO replay, commands);
 //! - `backend_pool.rs`: failover over the servers, and idle connections kept for the next session;
 //! - `ehlo_caps.rs`: the backend's EHLO keywords, parsed once;
@@ -25,6 +26,7 @@
 
 pub mod backend;
 pub mod backend_pool;
+pub mod chunk;
 pub mod config;
 pub mod connection;
 pub mod ehlo_caps;

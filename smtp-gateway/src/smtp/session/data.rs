@@ -1,10 +1,11 @@
-//! DATA: a transaction with accepted recipients, no text before the `354`, the backend's own
-//! `354`, then the text relayed (`smtp/text.rs`, within `smtp.max_data_duration` and the session's
-//! own limit) and its end turned into the client's reply.
+//! DATA: a transaction with accepted recipients and no BDAT chunk (RFC 3030), no text before the
+//! `354`, the backend's own `354`, then the text relayed (`smtp/text.rs`, within
+//! `smtp.max_data_duration` and the session's own limit) and its end turned into the client's
+//! reply (counted by `final_reply`, which the last BDAT chunk's reply goes through too).
 
 use std::time::Instant;
 
-use super::{CheckEffect, Flow, SESSION_TIME_LIMIT, Session};
+use super::{Body, CheckEffect, Flow, SESSION_TIME_LIMIT, Session};
 use crate::checks::{Action, Check};
 use crate::smtp::{
     reply::Reply,
@@ -12,12 +13,39 @@ use crate::smtp::{
 };
 
 impl Session {
+    /// Relays the backend's final reply to a message (after DATA's text or the last BDAT chunk)
+    /// and counts it: messages, the junk count, the pass cache, the session line.
+    pub(super) fn final_reply(&mut self, reply: Reply) {
+        self.shared.metrics.message(reply.is_positive());
+        if reply.is_positive() {
+            self.messages += 1;
+            // Postfix resets its junk command count once mail is delivered.
+            self.junk_commands = 0;
+            if self.fired.is_empty() {
+                self.shared.pass_cache.insert(self.source(), Instant::now());
+            }
+        }
+        self.last_backend_reply = Some(reply.summary());
+        self.reply(reply);
+    }
+
     /// DATA and the message text.
     pub(super) async fn handle_data(&mut self) -> Flow {
         let accepted = self.txn.as_ref().map(|t| t.accepted).unwrap_or(0);
         if self.txn.is_none() {
             self.reply(Reply::new(503, "5.5.1 Need MAIL before DATA"));
             return self.no_transaction_error(true).unwrap_or(Flow::Continue);
+        }
+        if matches!(self.txn.as_ref().map(|t| t.body), Some(Body::Chunks { .. })) {
+            // RFC 3030 section 2: DATA after BDAT in one transaction is a bad sequence.
+            self.reply(Reply::new(
+                503,
+                "5.5.1 DATA after BDAT in one transaction; send RSET",
+            ));
+            return self.count_error().unwrap_or(Flow::Continue);
+        }
+        if let Some(txn) = self.txn.as_mut() {
+            txn.body = Body::Data;
         }
         if accepted == 0 {
             self.reply(Reply::new(554, "5.5.1 No valid recipients"));
@@ -67,17 +95,7 @@ impl Session {
         self.bytes += size;
         match end {
             TextRelayEnd::Relayed(reply) => {
-                self.shared.metrics.message(reply.is_positive());
-                if reply.is_positive() {
-                    self.messages += 1;
-                    // Postfix resets its junk command count once mail is delivered.
-                    self.junk_commands = 0;
-                    if self.fired.is_empty() {
-                        self.shared.pass_cache.insert(self.source(), Instant::now());
-                    }
-                }
-                self.last_backend_reply = Some(reply.summary());
-                self.reply(reply);
+                self.final_reply(reply);
                 Flow::Continue
             }
             TextRelayEnd::Refused(violation) => {

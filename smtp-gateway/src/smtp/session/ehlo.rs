@@ -1,6 +1,7 @@
 //! HELO and EHLO: the pipelining-before-the-reply check, the HELO checks and lists, the backend
 //! session (a new one when the configuration, or AUTH on a submission port, wants one now; on a
-//! repeated HELO the open one is reset and told the new name), and the capabilities offered.
+//! repeated HELO the open one is reset and told the new name), and the capabilities offered
+//! (CHUNKING only where the backend offers it: `bdat.rs`).
 
 use super::{CheckEffect, Flow, Session};
 use crate::{
@@ -114,6 +115,9 @@ impl Session {
             "SMTPUTF8".into(),
             "ENHANCEDSTATUSCODES".into(),
         ];
+        if self.backend_chunking() {
+            caps.push("CHUNKING".into());
+        }
         if self.shared.tls.is_some() && !self.conn.is_tls() {
             caps.push("STARTTLS".into());
         }

@@ -169,6 +169,7 @@ impl Session {
             Request::Mail { from } => self.handle_mail(from, raw).await,
             Request::Rcpt { to } => self.handle_rcpt(to.address, raw).await,
             Request::Data => self.handle_data().await,
+            Request::Bdat { is_last, .. } => self.handle_bdat(raw, is_last).await,
             Request::Rset => {
                 self.txn = None;
                 match self.backend.as_mut() {
@@ -201,8 +202,7 @@ impl Session {
                 Flow::Continue
             }
             Request::Auth { .. } => self.handle_auth(raw).await,
-            Request::Bdat { .. }
-            | Request::Expn { .. }
+            Request::Expn { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }
             | Request::Burl { .. }

@@ -4,8 +4,8 @@
 //! write to the client by `smtp.write_timeout` (`connection.rs`).
 //!
 //! Replies to a pipelined group are queued and written together when no further complete command
-//! is buffered. Every reply to MAIL, RCPT and the final reply after DATA that says 2xx is the
-//! backend's own: the gateway never answers `250` for mail the backend did not accept.
+//! is buffered. Every reply to MAIL, RCPT, BDAT and the final reply after DATA that says 2xx is
+//! the backend's own: the gateway never answers `250` for mail the backend did not accept.
 //!
 //! When the backend offers PIPELINING and the client's next command is already buffered, a MAIL
 //! or RCPT that passed every gateway check is queued towards the backend instead of waiting for
@@ -19,13 +19,15 @@
 //! - `line.rs`: reading a command (a line in progress that is plainly not SMTP is not waited
 //!   for), line checks, parsing, dispatch by verb (and the one-line verbs: RSET, NOOP, QUIT,
 //!   VRFY, HELP; the junk-command count);
-//! - `ehlo.rs`, `auth.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `starttls.rs`: one verb each;
+//! - `ehlo.rs`, `auth.rs`, `mail.rs`, `rcpt.rs`, `data.rs`, `bdat.rs`, `starttls.rs`: one verb
+//!   each;
 //! - `backend.rs`: the session's backend: open it (at most `backend.max_connections_per_session`
 //!   times), lose it, settle its pipelined replies, release it to the pool;
 //! - `fired.rs`: the checks that fired, one counter per check.
 
 mod auth;
 mod backend;
+mod bdat;
 mod data;
 mod ehlo;
 mod fired;
@@ -83,6 +85,26 @@ struct Transaction {
     accepted: usize,
     /// Recipients tried.
     tried: usize,
+    /// How the message text is being sent: RFC 3030 forbids DATA and BDAT in one transaction.
+    body: Body,
+}
+
+/// How a transaction's message text is sent, once the client chose.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// Neither DATA nor BDAT yet.
+    #[default]
+    None,
+    /// DATA was tried (and refused without ending the transaction).
+    Data,
+    /// BDAT chunks (`bdat.rs`).
+    Chunks {
+        /// Client bytes received in the chunks so far (`smtp.max_message_size` applies to them).
+        size: u64,
+        /// When every chunk must be in: `smtp.max_data_duration` from the first BDAT, or the end
+        /// of the session if sooner.
+        deadline: tokio::time::Instant,
+    },
 }
 
 /// Per-session state.

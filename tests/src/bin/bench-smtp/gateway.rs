@@ -62,15 +62,12 @@ impl Gateway {
                 .arg(&config)
                 .args(["--log-format", "json", "run"])
                 .env_remove("RUST_LOG")
-                .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err);
-            cgroup.enter_on_exec(&mut cmd);
-            let child = cmd
-                .spawn()
-                .with_context(|| format!("starting {}", binary.display()))?;
+            let what = format!("starting {}", binary.display());
+            let proc = cgroup.spawn("smtp-gateway", &mut cmd, &what)?;
             let mut gw = Gateway {
-                proc: Proc::new("smtp-gateway", child),
+                proc,
                 cgroup,
                 binary: binary.clone(),
                 config: config.clone(),
@@ -177,10 +174,17 @@ impl Gateway {
             "{what}: checks fired in the gateway: {:?}",
             stats.checks
         );
+        stats.ensure_no_problems(what)
+    }
+}
+
+impl LogStats {
+    /// Fails, quoting them, when the gateway logged warnings or errors; `what` names the run.
+    pub fn ensure_no_problems(&self, what: &str) -> Result<()> {
         ensure!(
-            stats.problems.is_empty(),
+            self.problems.is_empty(),
             "{what}: the gateway logged warnings or errors:\n{}",
-            stats.problems.join("\n")
+            self.problems.join("\n")
         );
         Ok(())
     }

@@ -1,12 +1,6 @@
 //! HAProxy in TCP mode in front of the sink: the cost of a plain TCP relay, no SMTP inspection.
 
-use std::{
-    fs::File,
-    net::SocketAddr,
-    path::Path,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{fs::File, net::SocketAddr, path::Path, process::Command, time::Duration};
 
 use anyhow::{Context, Result};
 
@@ -60,12 +54,9 @@ impl Haproxy {
         cmd.arg("-db")
             .arg("-f")
             .arg(&path)
-            .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        cgroup.enter_on_exec(&mut cmd);
-        let child = cmd.spawn().context("starting haproxy")?;
-        let mut proc = Proc::new("haproxy", child);
+        let mut proc = cgroup.spawn("haproxy", &mut cmd, "starting haproxy")?;
         wait_listening(addr, &mut proc, Duration::from_secs(10)).with_context(|| {
             std::fs::read_to_string(dir.join("haproxy.log")).unwrap_or_default()
         })?;

@@ -133,12 +133,9 @@ impl Haraka {
             .env("NODE_OPTIONS", format!("--require {}", nodelay.display()))
             .arg("-c")
             .arg(&home)
-            .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        cgroup.enter_on_exec(&mut cmd);
-        let child = cmd.spawn().context("starting Haraka")?;
-        let mut proc = Proc::new("haraka", child);
+        let mut proc = cgroup.spawn("haraka", &mut cmd, "starting Haraka")?;
         wait_listening(addr, &mut proc, Duration::from_secs(30))
             .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
         // Workers listen one by one: give them a moment, then skip the start-up lines.

@@ -152,11 +152,7 @@ pub fn memory(settings: &Settings, dir: &Path, backend: SocketAddr) -> Result<Ve
             "after closing {n} idle connections the gateway logged {} sessions",
             closed.sessions
         );
-        ensure!(
-            closed.problems.is_empty(),
-            "the gateway logged warnings or errors:\n{}",
-            closed.problems.join("\n")
-        );
+        closed.ensure_no_problems("after closing the idle connections")?;
         std::thread::sleep(Duration::from_millis(500));
         let closed_kib = gw.rss_kib()?;
         let row = MemoryRow {

@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use smtp_gateway_test_kit::{InstanceDir, MainCf, MasterCf};
 
 use crate::proc::{Cgroup, Proc, free_port, read_new_lines, wait_listening};
@@ -107,13 +107,11 @@ impl Postfix {
         cmd.arg("-c")
             .arg(instance.path())
             .arg("start-fg")
-            .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        cgroup.enter_on_exec(&mut cmd);
-        let child = cmd.spawn().context("starting postfix start-fg")?;
+        let proc = cgroup.spawn("postfix", &mut cmd, "starting postfix start-fg")?;
         let mut pf = Postfix {
-            proc: Proc::new("postfix", child),
+            proc,
             cgroup,
             addr,
             instance,

@@ -10,7 +10,7 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     os::unix::{ffi::OsStrExt, process::CommandExt},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -76,6 +76,15 @@ impl Cgroup {
                 Ok(())
             });
         }
+    }
+
+    /// Starts `cmd` (stdin from /dev/null) inside this cgroup as the process `name`; `what`
+    /// says what failed to start.
+    pub fn spawn(&self, name: &str, cmd: &mut Command, what: &str) -> Result<Proc> {
+        cmd.stdin(Stdio::null());
+        self.enter_on_exec(cmd);
+        let child = cmd.spawn().with_context(|| what.to_string())?;
+        Ok(Proc::new(name, child))
     }
 
     /// CPU time (user + system) of everything that ran in this cgroup so far.

@@ -4,7 +4,7 @@ use std::{
     fs::File,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -40,16 +40,12 @@ impl Sink {
         ];
         let command = format!("smtp-sink {}", args.join(" "));
         let mut cmd = Command::new("smtp-sink");
-        cmd.args(&args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        cgroup.enter_on_exec(&mut cmd);
-        let child = cmd
-            .spawn()
-            .context("starting smtp-sink (package postfix)")?;
-        let mut proc = Proc::new("smtp-sink", child);
+        cmd.args(&args).current_dir(dir).stdout(out).stderr(err);
+        let mut proc = cgroup.spawn(
+            "smtp-sink",
+            &mut cmd,
+            "starting smtp-sink (package postfix)",
+        )?;
         wait_listening(addr, &mut proc, Duration::from_secs(10))?;
         eprintln!("smtp-sink ({}) on {addr}", proc.pid());
         Ok(Self {

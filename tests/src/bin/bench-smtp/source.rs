@@ -10,10 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::{
-    FROM, HELO, MESSAGE_BYTES, TO,
-    proc::{Cgroup, Proc},
-};
+use crate::{FROM, HELO, MESSAGE_BYTES, TO, proc::Cgroup};
 
 pub fn args(sessions: u32, messages: u32, target: SocketAddr) -> Vec<String> {
     vec![
@@ -48,15 +45,14 @@ pub fn run(
     let mut cmd = Command::new("smtp-source");
     cmd.args(args(sessions, messages, target))
         .current_dir(dir)
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(err);
-    cgroup.enter_on_exec(&mut cmd);
     let started = Instant::now();
-    let child = cmd
-        .spawn()
-        .context("starting smtp-source (package postfix)")?;
-    let mut proc = Proc::new("smtp-source", child);
+    let mut proc = cgroup.spawn(
+        "smtp-source",
+        &mut cmd,
+        "starting smtp-source (package postfix)",
+    )?;
     let deadline = started + timeout;
     loop {
         let status = match proc.child.as_mut().map(std::process::Child::try_wait) {

@@ -1,0 +1,282 @@
+//! One BDAT chunk (RFC 3030 CHUNKING): exactly the announced number of bytes read from the
+//! client and streamed to the backend as one chunk of the same length, or read and thrown away
+//! when the gateway refuses it. (The BDAT verb itself is `session/bdat.rs`.)
+//!
+//! A chunk is opaque: the gateway counts bytes and never looks at them. A bare CR or LF, a line
+//! that is a lone ".", anything, is relayed unchanged: there is no end-of-data marker in BDAT,
+//! so nothing inside a chunk can end the message or start a command at the backend. The command
+//! line the backend gets is the gateway's own `BDAT n [LAST]`, with the count of the bytes it
+//! relays (the client's line is never forwarded), so the gateway and the backend always agree on
+//! where a chunk ends: no second message can be smuggled through a chunk.
+//!
+//! Time: each read must bring bytes within `smtp.data_timeout`, the whole chunk must be in by
+//! [`ChunkLimits::deadline`] (`smtp.max_data_duration` from the transaction's first BDAT, or the
+//! session's end if sooner). Bytes go to the backend as they arrive: nothing is buffered beyond
+//! one read.
+
+use tokio::time::Instant;
+
+use super::{
+    backend::{Backend, BackendError},
+    connection::{ConnError, Connection},
+};
+
+/// Time limits for one chunk.
+pub struct ChunkLimits {
+    /// Time allowed for each read to bring bytes (`smtp.data_timeout`).
+    pub timeout: std::time::Duration,
+    /// When the chunk must be complete (`smtp.max_data_duration` from the transaction's first
+    /// BDAT, or the end of the session if sooner).
+    pub deadline: Instant,
+}
+
+/// How reading one chunk ended.
+#[derive(Debug)]
+pub enum ChunkEnd {
+    /// Every byte was read (and relayed, when there was a backend): read the backend's reply.
+    Complete,
+    /// Every byte was read, but the backend failed while they streamed (it must be dropped).
+    BackendFailed(BackendError),
+    /// The client disconnected, or a read timed out, before the chunk's end.
+    ClientGone,
+    /// The chunk was not complete by [`ChunkLimits::deadline`].
+    TimeLimit,
+}
+
+/// The exact chunk size of a `BDAT` command line (`BDAT SP 1*DIGIT [SP LAST]`): `None` when the
+/// number does not fit in a `u64` (smtp-proto saturates such numbers; the gateway must never
+/// read a different count than the client announced).
+pub fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line
+        .split(u8::is_ascii_whitespace)
+        .filter(|word| !word.is_empty())
+        .nth(1)?;
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// Reads exactly `size` bytes of a chunk from `conn`. With a backend, it first gets
+/// `BDAT (prefix + size) [LAST]` and `prefix`, then every byte as it arrives; without one the
+/// bytes are discarded (the stream stays in step with the client). A backend that fails on the
+/// way does not stop the reading: the client's chunk is still consumed to its end.
+pub async fn relay_chunk(
+    conn: &mut Connection,
+    mut backend: Option<&mut Backend>,
+    prefix: &[u8],
+    size: u64,
+    last: bool,
+    limits: &ChunkLimits,
+) -> ChunkEnd {
+    let mut failed: Option<BackendError> = None;
+    if let Some(b) = backend.as_deref_mut() {
+        let total = size.saturating_add(prefix.len() as u64);
+        if let Err(e) = b.start_chunk(total, last).await {
+            failed = Some(e);
+        } else if !prefix.is_empty()
+            && let Err(e) = b.send_text(prefix).await
+        {
+            failed = Some(e);
+        }
+    }
+    let mut left = size;
+    let mut piece = Vec::new();
+    while left > 0 {
+        if conn.buffered() == 0 {
+            let read_deadline = (Instant::now() + limits.timeout).min(limits.deadline);
+            match conn.read_more_until(read_deadline).await {
+                Ok(0) | Err(ConnError::Io(_)) => return ChunkEnd::ClientGone,
+                Ok(_) => {}
+                Err(ConnError::Timeout) if read_deadline >= limits.deadline => {
+                    return ChunkEnd::TimeLimit;
+                }
+                Err(ConnError::Timeout) => return ChunkEnd::ClientGone,
+            }
+        }
+        piece.clear();
+        let want = usize::try_from(left).unwrap_or(usize::MAX);
+        let n = conn.take_into(want, &mut piece);
+        left = left.saturating_sub(n as u64);
+        if failed.is_none()
+            && let Some(b) = backend.as_deref_mut()
+            && let Err(e) = b.send_text(&piece).await
+        {
+            failed = Some(e);
+        }
+    }
+    match failed {
+        Some(e) => ChunkEnd::BackendFailed(e),
+        None => ChunkEnd::Complete,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::*;
+    use crate::smtp::{
+        config::{BackendConfig, BackendServer, ConnectAt, Identity},
+        connection::MaybeTls,
+        identity::ClientIdentity,
+    };
+
+    #[test]
+    fn the_chunk_size_is_read_exactly_or_not_at_all() {
+        for (line, size) in [
+            (&b"BDAT 0 LAST"[..], Some(0)),
+            (b"BDAT 1234", Some(1234)),
+            (b"bdat  17  last", Some(17)),
+            (b"BDAT 18446744073709551615", Some(u64::MAX)),
+            (b"BDAT 18446744073709551616", None),
+            (b"BDAT 99999999999999999999999999999 LAST", None),
+            (b"BDAT", None),
+            (b"BDAT x", None),
+            (b"BDAT 12x LAST", None),
+            (b"BDAT -1", None),
+        ] {
+            assert_eq!(chunk_size(line), size, "{}", String::from_utf8_lossy(line));
+        }
+    }
+
+    /// A backend that greets, accepts EHLO, then records everything until `expect` bytes came.
+    async fn recording_backend(listener: TcpListener, expect: usize) -> Vec<u8> {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        s.write_all(b"220 b ESMTP\r\n").await.expect("banner");
+        let mut buf = vec![0u8; 512];
+        let n = s.read(&mut buf).await.expect("ehlo");
+        assert!(buf[..n].starts_with(b"EHLO"));
+        s.write_all(b"250-b\r\n250 CHUNKING\r\n")
+            .await
+            .expect("ehlo reply");
+        let mut got = Vec::new();
+        while got.len() < expect {
+            let n = s.read(&mut buf).await.expect("chunk");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    /// Relays one chunk of `size` announced bytes out of `client_bytes` (what follows the BDAT
+    /// line); returns how it ended, what the backend got and what is left in the client buffer.
+    async fn relay(
+        client_bytes: &'static [u8],
+        size: u64,
+        prefix: &[u8],
+        backend_expects: usize,
+    ) -> (ChunkEnd, Vec<u8>, Vec<u8>) {
+        let backend_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let backend_addr = backend_listener.local_addr().expect("addr");
+        let recorder = tokio::spawn(recording_backend(backend_listener, backend_expects));
+        let cfg = BackendConfig {
+            servers: vec![BackendServer {
+                address: backend_addr,
+                identity: Identity::None,
+                tls: None,
+            }],
+            connect_at: ConnectAt::Mail,
+            connect_timeout: Duration::from_secs(5),
+            reply_timeout: Duration::from_secs(5),
+            ..BackendConfig::default()
+        };
+        let id = ClientIdentity {
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            name: None,
+            helo: Some("c".into()),
+            esmtp: true,
+            login: None,
+        };
+        let mut backend = Backend::connect(
+            &cfg,
+            &cfg.servers[0],
+            None,
+            &id,
+            "127.0.0.1:25".parse().expect("addr"),
+            "gw",
+        )
+        .await
+        .expect("backend");
+        assert!(backend.caps().chunking());
+        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let front_addr = front.local_addr().expect("addr");
+        let client = tokio::spawn(async move {
+            let mut c = TcpStream::connect(front_addr).await.expect("connect");
+            c.write_all(client_bytes).await.expect("write");
+            c
+        });
+        let (server_side, _) = front.accept().await.expect("accept");
+        let client = client.await.expect("client");
+        let mut conn = Connection::new(MaybeTls::Plain(server_side), Duration::from_secs(2));
+        let limits = ChunkLimits {
+            timeout: Duration::from_millis(500),
+            deadline: Instant::now() + Duration::from_secs(5),
+        };
+        let end = relay_chunk(&mut conn, Some(&mut backend), prefix, size, true, &limits).await;
+        let mut rest = Vec::new();
+        // Whatever the client sent after the chunk is still there, for the command loop.
+        while conn.buffered() < client_bytes.len().saturating_sub(size as usize) {
+            if conn
+                .read_more_until(Instant::now() + Duration::from_millis(200))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        conn.take_into(usize::MAX, &mut rest);
+        drop(client);
+        drop(backend);
+        (end, recorder.await.expect("recorder"), rest)
+    }
+
+    #[tokio::test]
+    async fn a_chunk_is_relayed_byte_for_byte_under_the_gateways_own_count() {
+        // Dots, bare LF, bare CR and even "\r\n.\r\n" plus commands: opaque chunk content.
+        let chunk = b"Subject: x\r\n\r\n.leading dot\nbare LF\rbare CR\r\n.\r\nMAIL FROM:<a@b>\r\n";
+        let mut sent = chunk.to_vec();
+        sent.extend_from_slice(b"QUIT\r\n");
+        let sent: &'static [u8] = Box::leak(sent.into_boxed_slice());
+        let header = format!("BDAT {} LAST\r\n", chunk.len());
+        let (end, got, rest) =
+            relay(sent, chunk.len() as u64, b"", header.len() + chunk.len()).await;
+        assert!(matches!(end, ChunkEnd::Complete), "{end:?}");
+        let mut expected = header.into_bytes();
+        expected.extend_from_slice(chunk);
+        assert_eq!(got, expected);
+        assert_eq!(
+            rest, b"QUIT\r\n",
+            "the next command stays for the command loop"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_prefix_goes_in_front_of_the_chunk_and_is_counted() {
+        let prefix = b"X-Added: 1\r\n";
+        let chunk = b"Subject: y\r\n\r\nbody\r\n";
+        let header = format!("BDAT {} LAST\r\n", prefix.len() + chunk.len());
+        let expect = header.len() + prefix.len() + chunk.len();
+        let (end, got, _) = relay(chunk, chunk.len() as u64, prefix, expect).await;
+        assert!(matches!(end, ChunkEnd::Complete));
+        let mut expected = header.into_bytes();
+        expected.extend_from_slice(prefix);
+        expected.extend_from_slice(chunk);
+        assert_eq!(got, expected);
+    }
+
+    #[tokio::test]
+    async fn a_short_chunk_is_waited_for_then_the_client_counts_as_gone() {
+        let (end, _, _) = relay(b"only part", 100, b"", 20).await;
+        assert!(matches!(end, ChunkEnd::ClientGone), "{end:?}");
+    }
+}

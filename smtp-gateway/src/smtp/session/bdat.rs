@@ -1,0 +1,256 @@
+//! BDAT (RFC 3030 CHUNKING): the message text in counted chunks, each relayed to the backend as
+//! one chunk of the same length as it arrives (`smtp/chunk.rs`), each answered with the backend's
+//! own reply (never a `250` the backend did not give).
+//!
+//! CHUNKING is offered only where the backend offers it: the session's backend when it is open
+//! at EHLO (`backend.connect_at = "ehlo"`, a submission login, a repeated EHLO), else what the last
+//! backend session the pool handed out offered. A backend without CHUNKING never sees BDAT: the
+//! gateway does not convert chunks to DATA. A chunk is opaque bytes (bare CR and LF, lone dots,
+//! binary): converting it to DATA would mean rewriting those bytes (dot-stuffing, line endings,
+//! line lengths) and so changing the message, and one final reply for many chunk replies; when
+//! the backend that serves the transaction turns out to lack CHUNKING (failover to a server
+//! without it, or its configuration changed since the EHLO), the chunk is read and discarded and
+//! answered `451 4.3.3`, so the client retries later rather than have its message altered.
+//!
+//! The gateway answers a chunk itself, after reading and discarding it (RFC 3030 section 3: the
+//! stream stays in step with the client, whose next command follows the chunk), when there is no
+//! transaction (`503`), after HELO instead of EHLO (`503`: CHUNKING was never offered; the
+//! backend session, told HELO too, offers no extensions), when DATA was tried in it (`503`,
+//! section 2), when no recipient was
+//! accepted (`554`), or when the chunks together would pass `smtp.max_message_size` (`552 5.3.4`;
+//! the backend transaction is reset). Pipelined BDATs after a refused one meet no transaction
+//! and get `503`s that are not counted as errors. A chunk announced over `smtp.max_chunk_size`
+//! is not read: `552 5.3.4` and the session closes (reading it only to throw it away would let a
+//! client hold the session for `smtp.max_data_duration`).
+//!
+//! Time: every chunk of a transaction must be in within `smtp.max_data_duration` of its first
+//! BDAT (or by the session's end), each read within `smtp.data_timeout`, as for DATA.
+
+use super::{Body, Flow, SESSION_TIME_LIMIT, Session};
+use crate::smtp::{
+    backend::BackendError,
+    chunk::{self, ChunkEnd, ChunkLimits},
+    reply::Reply,
+    text::TextViolation,
+};
+
+/// Why the gateway answers a chunk itself (it is read and discarded first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// No open transaction.
+    NoTransaction,
+    /// The client said HELO, not EHLO: CHUNKING was never offered (RFC 3030 section 2).
+    NotEsmtp,
+    /// DATA was tried in this transaction.
+    AfterData,
+    /// No recipient was accepted.
+    NoRecipients,
+    /// The chunks together pass `smtp.max_message_size`.
+    TooBig,
+    /// The transaction's backend does not offer CHUNKING.
+    NoChunking,
+    /// The transaction has no backend (it was lost).
+    NoBackend,
+}
+
+impl Session {
+    /// Whether CHUNKING is offered to the client: the session's backend offers it, or, before
+    /// that is open, the last backend session the pool handed out did.
+    pub(super) fn backend_chunking(&self) -> bool {
+        match &self.backend {
+            Some(backend) => backend.caps().chunking(),
+            None => self.shared.backend_pool.chunking_seen(),
+        }
+    }
+
+    /// Bytes the gateway puts in front of a message's first byte at the backend: the one hook
+    /// for a header the gateway adds (e.g. `Authentication-Results:`). For BDAT they go in front
+    /// of the first chunk, and that chunk's count includes them. Empty: nothing is added yet.
+    pub(super) fn message_prefix(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// `BDAT n [LAST]` (`raw` the command line as received) and its chunk.
+    pub(super) async fn handle_bdat(&mut self, raw: &[u8], last: bool) -> Flow {
+        let smtp = &self.shared.config.smtp;
+        let max_chunk = smtp.max_chunk_size;
+        let Some(size) = chunk::chunk_size(raw).filter(|n| *n <= max_chunk) else {
+            tracing::info!(client = %self.client, line = %String::from_utf8_lossy(raw), "BDAT chunk over smtp.max_chunk_size; closing without reading it");
+            self.reply(Reply::new(
+                552,
+                format!("5.3.4 BDAT chunk larger than {max_chunk} bytes, closing connection"),
+            ));
+            return Flow::Close;
+        };
+        let (so_far, deadline) = match self.txn.as_ref().map(|t| t.body) {
+            Some(Body::Chunks { size, deadline }) => (size, deadline),
+            _ => (
+                0,
+                (tokio::time::Instant::now() + smtp.max_data_duration).min(self.ends_by),
+            ),
+        };
+        let limits = ChunkLimits {
+            timeout: smtp.data_timeout,
+            deadline,
+        };
+        let total = so_far.saturating_add(size);
+        if let Some(refusal) = self.chunk_refusal(total) {
+            let end = chunk::relay_chunk(&mut self.conn, None, &[], size, last, &limits).await;
+            if let Some(flow) = self.chunk_unfinished(end, &limits) {
+                return flow;
+            }
+            return self.refuse_chunk(refusal, last).await;
+        }
+        let prefix = if !self.txn_has_chunks() {
+            self.message_prefix()
+        } else {
+            Vec::new()
+        };
+        let end = chunk::relay_chunk(
+            &mut self.conn,
+            self.backend.as_mut(),
+            &prefix,
+            size,
+            last,
+            &limits,
+        )
+        .await;
+        self.bytes += size;
+        if let Some(flow) = self.chunk_unfinished(end, &limits) {
+            return flow;
+        }
+        if let Some(txn) = self.txn.as_mut() {
+            txn.body = Body::Chunks {
+                size: total,
+                deadline,
+            };
+        }
+        let reply = match self.backend.as_mut() {
+            Some(backend) => backend.read_reply().await,
+            None => Err(BackendError::Closed),
+        };
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => return self.backend_lost(e),
+        };
+        if last {
+            self.txn = None;
+            self.final_reply(reply);
+        } else {
+            self.reply(reply);
+        }
+        Flow::Continue
+    }
+
+    /// Whether the open transaction already had a chunk.
+    fn txn_has_chunks(&self) -> bool {
+        matches!(self.txn.as_ref().map(|t| t.body), Some(Body::Chunks { .. }))
+    }
+
+    /// Why the gateway must answer this chunk itself, `total` the message size with it.
+    fn chunk_refusal(&self, total: u64) -> Option<Refusal> {
+        let Some(txn) = self.txn.as_ref() else {
+            return Some(Refusal::NoTransaction);
+        };
+        if !self.esmtp {
+            return Some(Refusal::NotEsmtp);
+        }
+        let refusal = if txn.body == Body::Data {
+            Refusal::AfterData
+        } else if txn.accepted == 0 {
+            Refusal::NoRecipients
+        } else if total > self.shared.config.smtp.max_message_size {
+            Refusal::TooBig
+        } else {
+            match &self.backend {
+                None => Refusal::NoBackend,
+                Some(backend) if !backend.caps().chunking() => Refusal::NoChunking,
+                Some(_) => return None,
+            }
+        };
+        Some(refusal)
+    }
+
+    /// How a chunk's reading ended, when it did not end with every byte read: the session
+    /// closes (the backend, possibly mid-chunk, is dropped) or the backend is lost.
+    fn chunk_unfinished(&mut self, end: ChunkEnd, limits: &ChunkLimits) -> Option<Flow> {
+        match end {
+            ChunkEnd::Complete => None,
+            ChunkEnd::BackendFailed(e) => Some(self.backend_lost(e)),
+            ChunkEnd::ClientGone => {
+                self.backend = None;
+                Some(Flow::Close)
+            }
+            ChunkEnd::TimeLimit => {
+                // Abort the backend transaction: it never got the whole chunk.
+                self.backend = None;
+                let text = if limits.deadline >= self.ends_by {
+                    SESSION_TIME_LIMIT
+                } else {
+                    "4.4.2 Maximum message transfer time reached, closing connection"
+                };
+                tracing::info!(client = %self.client, "BDAT chunk not complete in time; closing");
+                self.reply(Reply::new(421, text));
+                Some(Flow::Close)
+            }
+        }
+    }
+
+    /// Answers a chunk the gateway refused (already read and discarded).
+    async fn refuse_chunk(&mut self, refusal: Refusal, last: bool) -> Flow {
+        match refusal {
+            Refusal::NoTransaction => {
+                self.reply(Reply::new(503, "5.5.1 Need MAIL before BDAT"));
+                self.no_transaction_error(last).unwrap_or(Flow::Continue)
+            }
+            Refusal::NotEsmtp => {
+                self.reply(Reply::new(
+                    503,
+                    "5.5.1 BDAT needs EHLO and CHUNKING (RFC 3030)",
+                ));
+                self.count_error().unwrap_or(Flow::Continue)
+            }
+            Refusal::AfterData => {
+                self.reply(Reply::new(
+                    503,
+                    "5.5.1 BDAT after DATA in one transaction; send RSET",
+                ));
+                self.count_error().unwrap_or(Flow::Continue)
+            }
+            Refusal::NoRecipients => {
+                self.reply(Reply::new(554, "5.5.1 No valid recipients"));
+                Flow::Continue
+            }
+            Refusal::TooBig => {
+                self.shared.metrics.message(false);
+                self.end_chunked_transaction().await;
+                self.reply(TextViolation::TooBig.reply());
+                Flow::Continue
+            }
+            Refusal::NoChunking => {
+                tracing::warn!(client = %self.client, "the transaction's backend does not offer CHUNKING; BDAT refused");
+                self.end_chunked_transaction().await;
+                self.reply(Reply::new(
+                    451,
+                    "4.3.3 CHUNKING is not available at the moment, try again later",
+                ));
+                Flow::Continue
+            }
+            Refusal::NoBackend => self.backend_lost(BackendError::Closed),
+        }
+    }
+
+    /// Ends a transaction the gateway refused: the backend resets its side (chunks it already
+    /// got included; one that fails at it is let go), and the client's pipelined BDATs that
+    /// follow meet no transaction, their `503`s excused.
+    async fn end_chunked_transaction(&mut self) {
+        self.txn = None;
+        self.excuse_group();
+        if let Some(backend) = self.backend.as_mut()
+            && let Err(e) = backend.command(b"RSET").await
+        {
+            tracing::warn!(client = %self.client, error = %e, "backend failed at RSET; reconnecting when needed");
+            self.backend = None;
+        }
+    }
+}
