@@ -20,7 +20,10 @@ pub use crate::{
         config::{DataplaneConfig, RateLimitConfig},
         kernel_config,
     },
-    policy::relay::{RelayConfig, RelayRefusal, RelayVerdict, check_recipient},
+    policy::{
+        address::PathError,
+        relay::{RelayConfig, RelayRefusal, RelayVerdict, check_recipient},
+    },
     smtp::{
         backend::{Backend, BackendError},
         config::BareNewlinePolicy,

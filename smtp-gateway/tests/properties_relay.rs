@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use proptest::prelude::*;
-use smtp_gateway::fuzzing::{RelayConfig, RelayRefusal, RelayVerdict, check_recipient};
+use smtp_gateway::fuzzing::{PathError, RelayConfig, RelayRefusal, RelayVerdict, check_recipient};
 
 /// The accepted domain of every case.
 const ACCEPTED: &str = "example.org";
@@ -85,11 +85,11 @@ proptest! {
         authenticated in any::<bool>(),
     ) {
         let cases = [
-            (format!("<@{other}:{local}@{ACCEPTED}>"), RelayRefusal::SourceRoute),
-            (format!("<{local}%{other}@{ACCEPTED}>"), RelayRefusal::PercentHack),
-            (format!("<{other}!{local}@{ACCEPTED}>"), RelayRefusal::BangPath),
-            (format!("<\"{local}@{other}\"@{ACCEPTED}>"), RelayRefusal::QuotedLocalPart),
-            (format!("<{local}@{d}@{ACCEPTED}>"), RelayRefusal::MultipleAt),
+            (format!("<@{other}:{local}@{ACCEPTED}>"), RelayRefusal::Path(PathError::SourceRoute)),
+            (format!("<{local}%{other}@{ACCEPTED}>"), RelayRefusal::Path(PathError::PercentHack)),
+            (format!("<{other}!{local}@{ACCEPTED}>"), RelayRefusal::Path(PathError::BangPath)),
+            (format!("<\"{local}@{other}\"@{ACCEPTED}>"), RelayRefusal::Path(PathError::QuotedLocalPart)),
+            (format!("<{local}@{d}@{ACCEPTED}>"), RelayRefusal::Path(PathError::MultipleAt)),
             (format!("<{local}@[192.0.2.1]>"), RelayRefusal::AddressLiteral),
         ];
         for (rcpt, reason) in cases {
