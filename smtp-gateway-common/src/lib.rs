@@ -257,6 +257,37 @@ pub struct RateState {
     pub tat_ns: u64,
 }
 
+impl RateState {
+    /// One GCRA step, the limiter's whole arithmetic (the XDP program runs exactly this):
+    /// whether a SYN at `now` is admitted for a source whose state is `state` (`None`: not seen
+    /// before), and the state to store when it is. `interval_ns` is 1e9 / rate, `tolerance_ns`
+    /// (burst - 1) * interval: a fresh source gets `burst` SYNs at once, then one per interval.
+    #[inline(always)]
+    pub fn admit(
+        state: Option<Self>,
+        now: u64,
+        interval_ns: u64,
+        tolerance_ns: u64,
+    ) -> Option<Self> {
+        let Some(state) = state else {
+            return Some(Self {
+                tat_ns: now.saturating_add(interval_ns),
+            });
+        };
+        let tat = if state.tat_ns > now {
+            state.tat_ns
+        } else {
+            now
+        };
+        if tat - now > tolerance_ns {
+            return None;
+        }
+        Some(Self {
+            tat_ns: tat.saturating_add(interval_ns),
+        })
+    }
+}
+
 /// Per-CPU counters of one source (towards protected ports only).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 //! Per-source SYN limiter: GCRA, the single-timestamp form of a token bucket of `burst` tokens
-//! refilled at `rate` per second.
+//! refilled at `rate` per second. The arithmetic is `RateState::admit` in the common crate (where
+//! the property tests exercise it); this file keys it and keeps its state in the LRU map.
 //!
 //! - Key: the IPv4 address or the IPv6 prefix (/64 by default) under the configured masks, so a
 //!   host cannot dodge the limit by walking its own /64.
@@ -24,21 +25,29 @@ pub fn admit(src: Source, cfg: &DataplaneConfig, now: u64) -> bool {
     match RATE_STATE.get_ptr_mut(&key) {
         Some(state) => {
             // SAFETY: the pointer comes from a successful lookup; the value is plain data.
-            let tat = unsafe { (*state).tat_ns };
-            let tat = if tat > now { tat } else { now };
-            if tat - now > cfg.rate_tolerance_ns {
-                return false;
+            let current = unsafe { *state };
+            match RateState::admit(
+                Some(current),
+                now,
+                cfg.rate_interval_ns,
+                cfg.rate_tolerance_ns,
+            ) {
+                Some(next) => {
+                    // SAFETY: as above.
+                    unsafe { *state = next };
+                    true
+                }
+                None => false,
             }
-            // SAFETY: as above.
-            unsafe { (*state).tat_ns = tat + cfg.rate_interval_ns };
-            true
         }
         None => {
-            let state = RateState {
-                tat_ns: now + cfg.rate_interval_ns,
-            };
-            // A failed insert (map busy) admits the SYN: the limiter must never drop by accident.
-            let _ = RATE_STATE.insert(&key, &state, 0);
+            if let Some(state) =
+                RateState::admit(None, now, cfg.rate_interval_ns, cfg.rate_tolerance_ns)
+            {
+                // A failed insert (map busy) admits the SYN: the limiter must never drop by
+                // accident.
+                let _ = RATE_STATE.insert(&key, &state, 0);
+            }
             true
         }
     }

@@ -27,7 +27,8 @@
 //! - `signal.rs`: the control signals the daemon reacts to;
 //! - `reload.rs`: reload requests (SIGHUP, file change, control socket) for the one reload path;
 //! - `control/`: the root-only control socket and the operations behind it;
-//! - `source_outcomes.rs`: per-source session verdicts, beside the kernel's per-source counters.
+//! - `source_outcomes.rs`: per-source session verdicts, beside the kernel's per-source counters;
+//! - `fuzzing.rs`: entry points for the fuzz targets and property tests (hidden, not an API).
 //!
 //! The binary (`main.rs`) parses arguments ([`cli`]) and dispatches to `cmd/`.
 
@@ -43,6 +44,8 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod invalid;
 pub mod metrics;
 pub mod policy;

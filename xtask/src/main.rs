@@ -1,5 +1,5 @@
-//! Project tasks: `cargo xtask setup | test | package | bench [NAME...] [--quick | --render-only]
-//! | demo`.
+//! Project tasks: `cargo xtask setup | test | package | bench [NAME...] [--quick |
+//! --render-only] | demo | fuzz [TARGET...] [--time S]`.
 //!
 //! Every task runs `setup` first, so one command works on a fresh machine of this kind
 //! (Debian 12, root): apt packages, bpf-linker in the project-local `.tools/`, bpffs.
@@ -7,6 +7,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod package;
 mod plot;
 mod setup;
@@ -58,6 +59,15 @@ enum Task {
     /// Run the gateway in a network-namespace lab with a real Postfix backend: good mail, a
     /// spammer, a runtime block and a SYN flood, narrated; everything is removed afterwards.
     Demo,
+    /// Build the cargo-fuzz targets of fuzz/ and run each for a while on its committed corpus;
+    /// prints the executions per target, fails on a crash (the input stays in fuzz/artifacts/).
+    Fuzz {
+        /// Which targets (default: all, one after the other).
+        targets: Vec<String>,
+        /// Seconds each target runs.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -91,6 +101,10 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => {
             setup::run(&root)?;
             demo::run(&root)
+        }
+        Task::Fuzz { targets, time } => {
+            setup::run(&root)?;
+            fuzz::run(&root, &targets, time)
         }
     }
 }
@@ -134,6 +148,11 @@ fn test(root: &std::path::Path, cargo_args: &[String]) -> anyhow::Result<()> {
             .current_dir(root.join("smtp-gateway-ebpf"))
             .args(["fmt", "--check"]),
     )?;
+    run_cmd(
+        cargo()
+            .current_dir(root.join("fuzz"))
+            .args(["fmt", "--check"]),
+    )?;
     run_cmd(cargo().current_dir(root).args([
         "clippy",
         "--workspace",
@@ -159,5 +178,7 @@ fn test(root: &std::path::Path, cargo_args: &[String]) -> anyhow::Result<()> {
             .env("SMTP_GATEWAY_DEB", &deb)
             .args(cargo_args),
     )?;
+    // Every fuzz target for a short bounded time on its committed corpus: a crash fails the run.
+    fuzz::run(root, &[], fuzz::CI_SECONDS)?;
     Ok(())
 }

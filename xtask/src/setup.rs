@@ -4,6 +4,8 @@
 //!   bpf-linker, and the tools the tests drive (iproute2, bpftool, ethtool, hping3, nsenter,
 //!   Postfix with smtp-source, swaks, openssl) and the font the plots are measured with;
 //! - bpf-linker 0.13.0 built against LLVM 22 into `.tools/` (cached: 0.1 s when present);
+//! - cargo-fuzz into `.tools/` the same way (the fuzz targets of `fuzz/`, `cargo xtask fuzz`;
+//!   libFuzzer itself is compiled by the system g++ when the targets are built);
 //! - cargo-deb into `.tools/` when a task makes the Debian package (`package`, `test`; cached);
 //! - for the benchmarks only (`setup`, `bench`; not `test` or `demo`): trafgen, iptables,
 //!   nftables, HAProxy, Node.js, and Haraka (pinned) installed with npm into
@@ -36,6 +38,8 @@ const APT_PACKAGES: &[&str] = &[
     "libio-socket-inet6-perl",
     "openssl",
     "python3",
+    // libfuzzer-sys compiles libFuzzer (C++) when the fuzz targets are built.
+    "g++",
     "nmap",
     // The Debian package (`cargo xtask package`) and its test: dependencies computed by
     // dpkg-shlibdeps, `strip`, and `man -l` on the installed page.
@@ -60,6 +64,8 @@ const BENCH_APT_PACKAGES: &[&str] = &[
     "nodejs",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz version `cargo xtask fuzz` (and the fuzzing in `cargo xtask test`) drives.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// cargo-deb version `cargo xtask package` builds with (3.8.0 builds with rustc 1.85+).
 const CARGO_DEB_VERSION: &str = "3.8.0";
 /// Haraka version the SMTP benchmark compares against.
@@ -72,6 +78,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     }
     apt(APT_PACKAGES)?;
     bpf_linker(root)?;
+    cargo_fuzz(root)?;
     bpffs()?;
     Ok(())
 }
@@ -225,4 +232,29 @@ fn bpffs() -> anyhow::Result<()> {
         run_cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     }
     Ok(())
+}
+
+/// cargo-fuzz into `.tools/` (skipped when that version is there).
+fn cargo_fuzz(root: &Path) -> anyhow::Result<()> {
+    let tools = root.join(".tools");
+    let bin = tools.join("bin/cargo-fuzz");
+    if let Ok(out) = Command::new(&bin).args(["fuzz", "--version"]).output()
+        && String::from_utf8_lossy(&out.stdout).contains(CARGO_FUZZ_VERSION)
+    {
+        return Ok(());
+    }
+    eprintln!("setup: building cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute, once)");
+    run_cmd(
+        cargo()
+            .args([
+                "install",
+                "cargo-fuzz",
+                "--version",
+                CARGO_FUZZ_VERSION,
+                "--locked",
+                "--root",
+            ])
+            .arg(&tools),
+    )
+    .context("installing cargo-fuzz")
 }

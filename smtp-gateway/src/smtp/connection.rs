@@ -343,6 +343,9 @@ impl Connection {
         // Last byte of input discarded while skipping an over-long line: it tells whether the LF
         // that ends the line was preceded by CR.
         let mut last_discarded: Option<u8> = None;
+        // Bytes of this line discarded so far (`kept` included): tells whether the CR of a CRLF
+        // split across reads is the last byte of `kept`, where it is the ending, not content.
+        let mut discarded = 0;
         // Bytes already searched for LF, so a line arriving in pieces is scanned once.
         let mut scanned = 0;
         loop {
@@ -356,6 +359,9 @@ impl Connection {
                 // A CR before the LF belongs to the ending (it may be in the discarded tail: lf = 0).
                 let content_end = if cr { lf.saturating_sub(1) } else { lf };
                 let line = if too_long {
+                    if cr && lf == 0 && discarded == kept.len() {
+                        kept.pop();
+                    }
                     Line::new(std::mem::take(&mut kept), ending, true)
                 } else if lf + 1 > max {
                     Line::new(self.peek()[..max.min(content_end)].to_vec(), ending, true)
@@ -373,11 +379,14 @@ impl Connection {
                     too_long = true;
                 }
                 last_discarded = self.peek().last().copied();
-                self.discard_input();
+                discarded += self.discard_input();
                 scanned = 0;
             }
             if self.read_more_until(deadline).await? == 0 {
                 if too_long {
+                    // The rest of the over-long line (shorter than the limit) goes with it: it
+                    // is not a line of its own.
+                    self.discard_input();
                     return Ok(Some(Line::new(kept, Ending::Eof, true)));
                 }
                 if self.buffered() == 0 {

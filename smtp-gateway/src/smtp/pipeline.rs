@@ -92,7 +92,7 @@ mod tests {
     use super::*;
 
     /// One step of a client's group as the session handles it.
-    #[derive(Clone, Copy)]
+    #[derive(Debug, Clone, Copy)]
     enum Step {
         /// MAIL forwarded; the backend answers with this code.
         Mail(u16),
@@ -157,6 +157,9 @@ mod tests {
             for step in steps {
                 match *step {
                     Step::Mail(code) => {
+                        // Only a RCPT joins a group (`may_join_group`): a MAIL line settles
+                        // everything awaited first, so two MAILs are never in flight at once.
+                        m.settle_all(&mut pipeline, &mut backend);
                         m.txn_open = true; // assumed until the reply says otherwise
                         pipeline.push(Awaiting::Mail { from: "s".into() });
                         backend.push_back(code);
@@ -292,5 +295,43 @@ mod tests {
         assert!(matches!(s, Settled::NoTransaction { discarded: Err(_) }));
         let s = settle(Awaiting::Rcpt, true, Err(BackendError::Timeout));
         assert!(matches!(s, Settled::Lost(BackendError::Timeout)));
+    }
+
+    /// Backend reply codes a step may get (0: the backend fails on it).
+    fn backend_code() -> impl proptest::strategy::Strategy<Value = u16> {
+        proptest::sample::select(vec![0u16, 250, 251, 450, 451, 452, 550, 553, 554])
+    }
+
+    /// A client group: forwarded MAIL/RCPT and gateway refusals in any order. A backend failure
+    /// (code 0) ends the group's forwarded commands: after it the real session has no backend,
+    /// which neither model tracks beyond the failure itself.
+    fn group() -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
+        use proptest::prelude::*;
+        let step = prop_oneof![
+            backend_code().prop_map(Step::Mail),
+            backend_code().prop_map(Step::Rcpt),
+            proptest::sample::select(vec![452u16, 501, 550]).prop_map(Step::Refused),
+        ];
+        proptest::collection::vec(step, 0..24).prop_map(|steps| {
+            let mut failed = false;
+            steps
+                .into_iter()
+                .filter(|s| {
+                    let forwarded = matches!(s, Step::Mail(_) | Step::Rcpt(_));
+                    let keep = !(failed && forwarded);
+                    failed |= matches!(s, Step::Mail(0) | Step::Rcpt(0));
+                    keep
+                })
+                .collect()
+        })
+    }
+
+    proptest::proptest! {
+        /// Any group, settled pipelined, gives the client the replies, the recipients and the
+        /// error count the same commands would have given one round trip at a time.
+        #[test]
+        fn any_group_settles_like_unpipelined(steps in group()) {
+            proptest::prop_assert_eq!(Model::pipelined(&steps), Model::unpipelined(&steps));
+        }
     }
 }

@@ -30,8 +30,14 @@
 //! (`smtp-gateway stats --json`, ≥ 95 % of the SYNs sent) and the spoofed flood in the
 //! inspected-and-passed or rate-limited counters, not as drops by the blocklist.
 //!
+//! Then the **holding attack** (`bench-attack/holding.rs`): 1,000 connections from 50 attacker
+//! addresses that never read, trickle a byte per (timeout − 1 s) or park in DATA, while the
+//! clean client runs; clean sessions/s against the same gateway's no-attack rate, when the held
+//! slots came back, and the gateway's RSS.
+//!
 //! Output: Markdown on stdout, progress on stderr; `--figures PATH` writes a `Figures` JSON.
-//! `--quick`: 2 repeats of 4 s scenarios (≤ 90 s); default: 5 repeats of 10 s (≤ 8 min).
+//! `--quick`: 2 repeats of 4 s scenarios and a 40 s holding window (≤ 2.5 min); default: 5
+//! repeats of 10 s and a 75 s holding window (≤ 10 min).
 //! Needs root, `smtp-sink` (postfix), `trafgen` (netsniff-ng), and a release build of
 //! `smtp-gateway` next to this executable. Every process started here is stopped by PID; pins live
 //! under `/sys/fs/bpf/sgw-bench-attack-<pid>` and are removed with `smtp-gateway detach`.
@@ -55,6 +61,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+
+#[path = "bench-attack/holding.rs"]
+mod holding;
 
 const AIM_RATIO: f64 = 0.9;
 /// Client threads opening sessions back to back.
@@ -87,7 +96,7 @@ const MESSAGE: &str = "From: <a@example.net>\r\nTo: <b@example.org>\r\nSubject: 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Hard bound on the whole run.
-const RUN_LIMIT: Duration = Duration::from_secs(9 * 60);
+const RUN_LIMIT: Duration = Duration::from_secs(11 * 60);
 
 struct Settings {
     quick: bool,
@@ -144,6 +153,29 @@ fn ip(args: &[&str]) -> Result<String> {
     output(Command::new("ip").args(args))
 }
 
+/// `ip -n NS -batch -` with `batch` on its standard input.
+fn ip_batch(ns: &str, batch: &str) -> Result<()> {
+    let mut child = Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("ip -batch")?;
+    child
+        .stdin
+        .take()
+        .context("ip -batch stdin")?
+        .write_all(batch.as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "ip -batch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// `nsenter --net=/run/netns/NS PROGRAM`: bpffs stays the host's (unlike `ip netns exec`).
 fn nsenter(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new("nsenter");
@@ -185,6 +217,8 @@ struct Lab {
     gw_attack_if: String,
     attack_if: String,
     client_addrs: Vec<Ipv4Addr>,
+    /// The holding attack's sources, on the attacker veth (198.18.2.10 and up).
+    holder_addrs: Vec<Ipv4Addr>,
 }
 
 impl Lab {
@@ -201,6 +235,7 @@ impl Lab {
             client_addrs: (10..10 + u32::from(CLIENT_ADDRS))
                 .map(|n| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 4, 0)) + n))
                 .collect(),
+            holder_addrs: holding::holder_addrs(),
         };
         lab.delete();
         lab.build().context("building the namespace lab")?;
@@ -261,30 +296,19 @@ impl Lab {
             "dev",
             &self.attack_if,
         ])?;
-        // 200 client addresses in one batch.
+        // The client addresses in one batch, and the holders' in another.
         let batch: String = self
             .client_addrs
             .iter()
             .map(|a| format!("addr add {a}/22 dev {client_if}\n"))
             .collect();
-        let mut child = Command::new("ip")
-            .args(["-n", &self.client, "-batch", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("ip -batch")?;
-        child
-            .stdin
-            .take()
-            .context("ip -batch stdin")?
-            .write_all(batch.as_bytes())?;
-        let out = child.wait_with_output()?;
-        ensure!(
-            out.status.success(),
-            "ip -batch: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let holders: String = self
+            .holder_addrs
+            .iter()
+            .map(|a| format!("addr add {a}/24 dev {}\n", self.attack_if))
+            .collect();
+        ip_batch(&self.attacker, &holders)?;
+        ip_batch(&self.client, &batch)?;
         for (ns, ifname) in [
             (&self.gw, &self.gw_legit_if),
             (&self.gw, &self.gw_attack_if),
@@ -358,6 +382,11 @@ impl Lab {
 
     /// SYN cookies the gateway's kernel sent so far (TcpExt SyncookiesSent).
     fn syncookies_sent(&self) -> Result<u64> {
+        self.tcp_ext("SyncookiesSent")
+    }
+
+    /// A TcpExt counter of the gateway's namespace (/proc/net/netstat).
+    fn tcp_ext(&self, counter: &str) -> Result<u64> {
         let text = output(nsenter(&self.gw, "cat").arg("/proc/net/netstat"))?;
         let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
         let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
@@ -366,9 +395,9 @@ impl Lab {
         names
             .split_whitespace()
             .zip(values.split_whitespace())
-            .find(|(n, _)| *n == "SyncookiesSent")
+            .find(|(n, _)| *n == counter)
             .and_then(|(_, v)| v.parse().ok())
-            .context("no SyncookiesSent counter")
+            .with_context(|| format!("no {counter} counter"))
     }
 }
 
@@ -456,6 +485,20 @@ struct Gateway {
 
 impl Gateway {
     fn start(lab: &Lab, dir: &Path, xdp: bool, backend: SocketAddr) -> Result<Self> {
+        let name = if xdp { "xdp" } else { "" };
+        Self::start_with(lab, dir, xdp, backend, "max_connections = 2000\n", name)
+    }
+
+    /// A gateway with `smtp_extra` `[smtp]` keys; `name` tells its configuration and log files
+    /// apart (`gateway-NAME.toml`, `gateway-NAME.log`; `gateway.toml` when empty).
+    fn start_with(
+        lab: &Lab,
+        dir: &Path,
+        xdp: bool,
+        backend: SocketAddr,
+        smtp_extra: &str,
+        name: &str,
+    ) -> Result<Self> {
         let binary = smtp_gateway_tests::gateway_binary()?;
         let pin_dir = format!("/sys/fs/bpf/sgw-bench-attack-{}", std::process::id());
         let interfaces = if xdp {
@@ -468,20 +511,16 @@ impl Gateway {
                 "interfaces = {interfaces}\nprotected_ports = [{SMTP_PORT}]\npin_dir = \"{pin_dir}\"\n"
             ),
             &format!("0.0.0.0:{SMTP_PORT}"),
-            "max_connections = 2000\n",
+            smtp_extra,
             backend,
         );
-        let name = if xdp {
-            "gateway-xdp.toml"
+        let stem = if name.is_empty() {
+            "gateway".to_string()
         } else {
-            "gateway.toml"
+            format!("gateway-{name}")
         };
-        let config = gateway_config::write(dir, name, &toml)?;
-        let log = dir.join(if xdp {
-            "gateway-xdp.log"
-        } else {
-            "gateway.log"
-        });
+        let config = gateway_config::write(dir, &format!("{stem}.toml"), &toml)?;
+        let log = dir.join(format!("{stem}.log"));
         let out = File::create(&log).context("creating the gateway log")?;
         let err = out.try_clone()?;
         let proc = Proc::spawn(
@@ -1085,13 +1124,17 @@ fn run(settings: &Settings) -> Result<()> {
         }
         samples.push(repeat);
     }
+    eprintln!("holding attack:");
+    let hold = holding::run(&lab, &dir.0, &sink, settings.duration, settings.quick)?;
     drop(sink);
     drop(lab);
     let load = (load_start, loadavg());
     let results = Results::new(&samples)?;
     print!(
         "{}",
-        report(settings, &results, &samples, &commands, &tomls, &load)
+        report(
+            settings, &results, &samples, &commands, &tomls, &load, &hold
+        )
     );
     if let Some(path) = &settings.figures {
         results
@@ -1268,6 +1311,7 @@ fn report(
     commands: &[String],
     tomls: &(String, String),
     load: &(String, String),
+    hold: &holding::HoldResult,
 ) -> String {
     let mut out = String::new();
     out.push_str(&smtp_gateway_tests::report_title(
@@ -1432,5 +1476,6 @@ fn report(
             if ok { "met" } else { "missed" }
         );
     }
+    holding::report(&mut out, hold, AIM_RATIO);
     out
 }

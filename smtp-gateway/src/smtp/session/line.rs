@@ -216,7 +216,7 @@ impl Session {
 
 /// Parses a command line. A MAIL/RCPT path smtp-proto refuses is looked at again: an address
 /// literal (`user@[198.51.100.7]`, which RFC 5321 4.1.2 allows) is handed to the relay policy.
-fn parse_command(line: &Line) -> Result<Request<String>, ParseError> {
+pub(crate) fn parse_command(line: &Line) -> Result<Request<String>, ParseError> {
     let raw = line.with_crlf();
     match Request::parse(&mut raw.iter()).map(Request::into_owned) {
         Err(e @ (ParseError::InvalidRecipientAddress | ParseError::InvalidSenderAddress)) => {
@@ -264,7 +264,7 @@ fn syntax_error_text(e: ParseError) -> String {
 
 /// A RCPT line no line-level check fires on: the only kind of line that can be handled while
 /// forwarded commands still await their replies.
-fn may_join_group(line: &Line) -> bool {
+pub(crate) fn may_join_group(line: &Line) -> bool {
     line.ending == Ending::CrLf
         && !line.too_long
         && !line.nul
@@ -278,7 +278,7 @@ fn may_join_group(line: &Line) -> bool {
 
 /// Recognises traffic that is not SMTP: HTTP requests, proxy CONNECT, a TLS ClientHello sent to a
 /// plaintext port, or binary bytes.
-fn non_smtp(line: &[u8]) -> Option<&'static str> {
+pub(crate) fn non_smtp(line: &[u8]) -> Option<&'static str> {
     const HTTP: [&[u8]; 8] = [
         b"GET ",
         b"POST ",

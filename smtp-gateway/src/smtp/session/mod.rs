@@ -34,7 +34,7 @@ mod data;
 mod dns_checks;
 mod ehlo;
 mod fired;
-mod line;
+pub(crate) mod line;
 mod mail;
 mod rcpt;
 mod starttls;
