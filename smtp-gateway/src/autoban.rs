@@ -354,7 +354,7 @@ where
                 Err(broadcast::error::RecvError::Closed) => break,
             },
             end = ends.recv(), if room => match end {
-                Ok(end) => tally.session_ended(&config.borrow(), end.source, Instant::now()),
+                Ok(end) => end_session(&mut tally, &config.borrow(), &mut events, end.source, Instant::now()),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "auto-ban fell behind the session ends; banning the pending sources now");
                     tally.all_due(Instant::now());
@@ -378,6 +378,31 @@ where
         );
     }
     bans
+}
+
+/// A session's end. Its events were all sent before it, but the loop may have found the event
+/// channel empty just before both arrived and then polled the ends: the events still waiting are
+/// read first, or the ban they decide would wait for a due time that never comes.
+fn end_session(
+    tally: &mut Tally,
+    cfg: &AutobanConfig,
+    events: &mut broadcast::Receiver<Event>,
+    source: IpAddr,
+    now: Instant,
+) {
+    // Bounded like the loop's own reads: a full table holds the rest back (and is all due).
+    while tally.pending.len() < cfg.track_sources {
+        match events.try_recv() {
+            Ok(event) => tally.fired(cfg, &event, now),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "auto-ban fell behind the session events");
+            }
+            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => {
+                break;
+            }
+        }
+    }
+    tally.session_ended(cfg, source, now);
 }
 
 /// The end of the batch being written (never, when none is).
@@ -769,6 +794,35 @@ mod tests {
         run.config.send_modify(|c| c.track_sources = 1);
         run.until_written("both bans to be written", 2).await;
         assert_eq!(run.stop().await, 2);
+    }
+
+    #[test]
+    fn an_end_read_before_its_sessions_events_still_makes_the_ban_due() {
+        // The race CI once lost: the loop polled the (empty) event channel, the session then sent
+        // its event and its end, and the loop's next branch read the end first.
+        let cfg = AutobanConfig {
+            grace: Duration::ZERO,
+            ..config(&[("pregreet", 1)], 10)
+        };
+        let (events, mut events_rx) = crate::events::channel();
+        events
+            .send(event(1, Check::Pregreet, Action::Drop))
+            .expect("a receiver");
+        let mut tally = Tally::default();
+        let now = Instant::now();
+        end_session(
+            &mut tally,
+            &cfg,
+            &mut events_rx,
+            IpAddr::from([198, 18, 0, 1]),
+            now,
+        );
+        assert_eq!(
+            tally.next_due(),
+            Some(now),
+            "the ban is due at the session's end"
+        );
+        assert!(events_rx.is_empty(), "the event was read with the end");
     }
 
     #[test]
