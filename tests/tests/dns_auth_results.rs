@@ -5,7 +5,8 @@
 //! Results: pass, fail (refused `550 5.7.23`), softfail, none, permerror (two records),
 //! temperror (a zone that never answers; set to `reject`, so it must be `451 4.7.24`), the null
 //! sender judged by its HELO name; the header in the delivered message, a forged one with our
-//! authserv-id gone (folded lines included), one of another id kept. (Client names over loopback
+//! authserv-id gone (folded lines included, and in BDAT chunks that cut the field anywhere), one
+//! of another id kept. (Client names over loopback
 //! are always `localhost` to the resolver, RFC 6761: FCrDNS is tested in `netns_client_names.rs`.)
 //!
 //! Needs root (bpffs pins, Postfix) and the `postfix` package. Build the daemon first:
@@ -196,6 +197,43 @@ fn a_forged_header_with_our_id_is_removed_and_others_stay() {
     );
     assert!(
         delivered.contains("Authentication-Results: gw.test; in the body stays"),
+        "{delivered}"
+    );
+}
+
+#[test]
+fn a_forged_header_cut_across_bdat_chunks_is_removed() {
+    let dns = dns();
+    let gw = spf_gateway(&dns);
+    let mut c = Client::connect(gw.addr(), ip(GOOD));
+    assert!(c.cmd("EHLO mx.good.test").starts_with("250"));
+    let to = "spf-forged-bdat@example.org";
+    assert!(c.cmd("MAIL FROM:<a@pass.test>").starts_with("250"));
+    assert!(c.cmd(&format!("RCPT TO:<{to}>")).starts_with("250"));
+    // The forged field is cut inside its authserv-id, then inside its folded line; a field of
+    // another id and a bare-LF line end stay as they are (BDAT bytes are opaque).
+    let chunks: [&[u8]; 4] = [
+        b"Authentication-Results: GW.te",
+        b"st; spf=pass\r\n\tsmtp.mailfrom=forged@forged",
+        b".example\r\nAuthentication-Results: other.test; spf=fail smtp.mailfrom=kept@kept.example\n",
+        b"From: a@test\r\nSubject: forged in chunks\r\n\r\nAuthentication-Results: gw.test; body\r\n",
+    ];
+    for (k, chunk) in chunks.iter().enumerate() {
+        let last = k + 1 == chunks.len();
+        let r = c.chunk(chunk, last);
+        assert!(r.starts_with("250"), "chunk {k}: {r}");
+    }
+    let _ = c.cmd("QUIT");
+    let delivered = delivered("spf-forged-bdat");
+    assert!(!delivered.contains("forged.example"), "{delivered}");
+    assert!(!delivered.contains("GW.te"), "{delivered}");
+    assert!(delivered.contains("kept@kept.example"), "{delivered}");
+    assert!(
+        delivered.contains("spf=pass smtp.mailfrom=a@pass.test"),
+        "{delivered}"
+    );
+    assert!(
+        delivered.contains("Authentication-Results: gw.test; body"),
         "{delivered}"
     );
 }

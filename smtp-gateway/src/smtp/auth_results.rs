@@ -168,9 +168,26 @@ enum State {
         dropping: bool,
     },
     /// An `Authentication-Results` field whose authserv-id is not known yet (its lines held).
-    Holding(Vec<Vec<u8>>),
+    Holding(Vec<Line>),
     /// Past the header block: everything passes.
     Body,
+}
+
+/// One held line: its content (without the line end) and the line end it came with (CRLF for
+/// DATA; whatever the client sent inside a BDAT chunk, which is relayed unchanged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Line {
+    /// The line without its end.
+    content: Vec<u8>,
+    /// Its end, as received.
+    end: Vec<u8>,
+}
+
+impl Line {
+    fn emit(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.content);
+        out.extend_from_slice(&self.end);
+    }
 }
 
 /// Drops the client's `Authentication-Results` fields that claim our authserv-id.
@@ -207,30 +224,37 @@ impl HeaderFilter {
     /// Takes one text line (`line` without its CRLF, as it goes to the backend: dot-stuffed)
     /// and appends what passes to `out`, CRLF-terminated.
     pub fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
-        let emit = |out: &mut Vec<u8>, line: &[u8]| {
-            out.extend_from_slice(line);
-            out.extend_from_slice(b"\r\n");
+        self.line_ending(line, b"\r\n", out);
+    }
+
+    /// Takes one line, `content` without its end and `end` the bytes that ended it (CRLF, a
+    /// bare LF, or nothing for the unterminated end of a BDAT message), and appends what passes
+    /// to `out` with its own end.
+    pub fn line_ending(&mut self, content: &[u8], end: &[u8], out: &mut Vec<u8>) {
+        let line = Line {
+            content: content.to_vec(),
+            end: end.to_vec(),
         };
         let state = std::mem::replace(&mut self.state, State::Body);
         self.state = match state {
             State::Body => {
-                emit(out, line);
+                line.emit(out);
                 State::Body
             }
-            State::Headers { dropping } if is_continuation(line) => {
+            State::Headers { dropping } if is_continuation(content) => {
                 if !dropping {
-                    emit(out, line);
+                    line.emit(out);
                 }
                 State::Headers { dropping }
             }
-            State::Holding(mut held) if is_continuation(line) => {
-                held.push(line.to_vec());
+            State::Holding(mut held) if is_continuation(content) => {
+                held.push(line);
                 self.decide(held, out)
             }
             State::Holding(held) => {
                 // The field ended without an authserv-id: not a claim of ours.
                 for held_line in &held {
-                    emit(out, held_line);
+                    held_line.emit(out);
                 }
                 self.start_field(line, out)
             }
@@ -238,38 +262,82 @@ impl HeaderFilter {
         };
     }
 
+    /// A line longer than the filter may hold, of which `start` is known (the rest follows
+    /// unseen). Returns whether the whole line passes (`true`: `start` was appended to `out`
+    /// and the rest of the line goes after it) or is dropped (`false`: so is its rest). An
+    /// over-long line that is, or continues, an `Authentication-Results` field is dropped with
+    /// that field: its authserv-id cannot be read, and it is not passed on in our name. Any
+    /// other passes and the filter stays in the header block (its end is an empty line).
+    pub fn long_line(&mut self, start: &[u8], out: &mut Vec<u8>) -> bool {
+        let state = std::mem::replace(&mut self.state, State::Body);
+        let continuation = is_continuation(start);
+        let (state, passes) = match state {
+            State::Body => (State::Body, true),
+            State::Headers { dropping } if continuation => (State::Headers { dropping }, !dropping),
+            State::Holding(_) if continuation => {
+                self.dropped += 1;
+                (State::Headers { dropping: true }, false)
+            }
+            State::Holding(held) => {
+                for held_line in &held {
+                    held_line.emit(out);
+                }
+                self.long_field(start)
+            }
+            State::Headers { .. } => self.long_field(start),
+        };
+        self.state = state;
+        if passes {
+            out.extend_from_slice(start);
+        }
+        passes
+    }
+
+    /// An over-long line that starts a field: dropped when it is an `Authentication-Results`.
+    fn long_field(&mut self, start: &[u8]) -> (State, bool) {
+        let name = start
+            .iter()
+            .position(|b| *b == b':')
+            .and_then(|colon| start.get(..colon))
+            .unwrap_or(start);
+        if name.trim_ascii_end().eq_ignore_ascii_case(FIELD) {
+            self.dropped += 1;
+            (State::Headers { dropping: true }, false)
+        } else {
+            (State::Headers { dropping: false }, true)
+        }
+    }
+
     /// The end of the text: a field still held is not a claim of ours (it passes).
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         if let State::Holding(held) = std::mem::replace(&mut self.state, State::Body) {
             for line in held {
-                out.extend_from_slice(&line);
-                out.extend_from_slice(b"\r\n");
+                line.emit(out);
             }
         }
     }
 
     /// A line that is not a continuation, in the header block.
-    fn start_field(&mut self, line: &[u8], out: &mut Vec<u8>) -> State {
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
+    fn start_field(&mut self, line: Line, out: &mut Vec<u8>) -> State {
+        let Some(colon) = line.content.iter().position(|b| *b == b':') else {
             // The empty line, or a line that is no header field: the header block ends (as
             // for the backend, which reads the body from there).
-            out.extend_from_slice(line);
-            out.extend_from_slice(b"\r\n");
+            line.emit(out);
             return State::Body;
         };
-        let (name, _) = line.split_at(colon);
+        let (name, _) = line.content.split_at(colon);
         if !name.trim_ascii_end().eq_ignore_ascii_case(FIELD) {
-            out.extend_from_slice(line);
-            out.extend_from_slice(b"\r\n");
+            line.emit(out);
             return State::Headers { dropping: false };
         }
-        self.decide(vec![line.to_vec()], out)
+        self.decide(vec![line], out)
     }
 
     /// An `Authentication-Results` field of `held` lines: dropped, passed, or held further.
-    fn decide(&mut self, held: Vec<Vec<u8>>, out: &mut Vec<u8>) -> State {
+    fn decide(&mut self, held: Vec<Line>, out: &mut Vec<u8>) -> State {
         let mut value: Vec<u8> = Vec::new();
         for (k, line) in held.iter().enumerate() {
+            let line = &line.content;
             let part = if k == 0 {
                 line.iter()
                     .position(|b| *b == b':')
@@ -288,8 +356,7 @@ impl HeaderFilter {
             }
             Some(_) => {
                 for line in &held {
-                    out.extend_from_slice(line);
-                    out.extend_from_slice(b"\r\n");
+                    line.emit(out);
                 }
                 State::Headers { dropping: false }
             }

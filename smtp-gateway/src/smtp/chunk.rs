@@ -13,12 +13,23 @@
 //! [`ChunkLimits::deadline`] (`smtp.max_data_duration` from the transaction's first BDAT, or the
 //! session's end if sooner). Bytes go to the backend as they arrive: nothing is buffered beyond
 //! one read.
+//!
+//! Header block: while a chunked message is in its header block and `[auth_results]` is on, the
+//! client's forged `Authentication-Results` fields are taken out (`chunk_headers.rs`). The
+//! backend's BDAT count must be known before its bytes, so the filtered bytes wait until the
+//! header block ends (then they go with the rest of the client's chunk, as one backend chunk of
+//! the new count), or until the client's chunk ends, or until they pass
+//! [`ChunkHeaders::flush_at`] (then they go as a backend chunk of their own, whose reply must be
+//! positive). A client chunk that the filter holds whole (it ends inside a header line) sends
+//! nothing yet: the gateway answers it itself ([`ChunkEnd::Held`]); its bytes go with the next.
 
 use tokio::time::Instant;
 
 use super::{
     backend::{Backend, BackendError},
+    chunk_headers::ChunkHeaders,
     connection::{ConnError, Connection},
+    reply::Reply,
 };
 
 /// Time limits for one chunk.
@@ -35,6 +46,12 @@ pub struct ChunkLimits {
 pub enum ChunkEnd {
     /// Every byte was read (and relayed, when there was a backend): read the backend's reply.
     Complete,
+    /// Every byte was read and the header filter holds them (the chunk ends inside a header
+    /// line): nothing went to the backend, the gateway answers the chunk itself.
+    Held,
+    /// Every byte was read, but the backend refused a chunk the gateway sent for part of the
+    /// header block (the rest was discarded): this is the chunk's reply.
+    Refused(Reply),
     /// Every byte was read, but the backend failed while they streamed (it must be dropped).
     BackendFailed(BackendError),
     /// The client disconnected, or a read timed out, before the chunk's end.
@@ -62,23 +79,28 @@ pub fn chunk_size(line: &[u8]) -> Option<u64> {
 /// Reads exactly `size` bytes of a chunk from `conn`. With a backend, it first gets
 /// `BDAT (prefix + size) [LAST]` and `prefix`, then every byte as it arrives; without one the
 /// bytes are discarded (the stream stays in step with the client). A backend that fails on the
-/// way does not stop the reading: the client's chunk is still consumed to its end.
+/// way does not stop the reading: the client's chunk is still consumed to its end. With
+/// `headers` still in the message's header block, the bytes go through it first (see the
+/// module documentation).
 pub async fn relay_chunk(
     conn: &mut Connection,
     mut backend: Option<&mut Backend>,
+    mut headers: Option<&mut ChunkHeaders>,
     prefix: &[u8],
     size: u64,
     last: bool,
     limits: &ChunkLimits,
 ) -> ChunkEnd {
     let mut failed: Option<BackendError> = None;
-    if let Some(b) = backend.as_deref_mut() {
+    let mut refused: Option<Reply> = None;
+    // Filtered bytes waiting for their backend chunk, while the header filter runs.
+    let mut held: Vec<u8> = Vec::new();
+    let mut filtering = backend.is_some() && headers.as_deref().is_some_and(|h| !h.in_body());
+    if filtering {
+        held.extend_from_slice(prefix);
+    } else if let Some(b) = backend.as_deref_mut() {
         let total = size.saturating_add(prefix.len() as u64);
-        if let Err(e) = b.start_chunk(total, last).await {
-            failed = Some(e);
-        } else if !prefix.is_empty()
-            && let Err(e) = b.send_text(prefix).await
-        {
+        if let Err(e) = start_chunk(b, total, last, prefix).await {
             failed = Some(e);
         }
     }
@@ -100,17 +122,84 @@ pub async fn relay_chunk(
         let want = usize::try_from(left).unwrap_or(usize::MAX);
         let n = conn.take_into(want, &mut piece);
         left = left.saturating_sub(n as u64);
-        if failed.is_none()
-            && let Some(b) = backend.as_deref_mut()
-            && let Err(e) = b.send_text(&piece).await
-        {
+        if failed.is_some() || refused.is_some() {
+            continue;
+        }
+        let Some(b) = backend.as_deref_mut() else {
+            continue;
+        };
+        let mut rest: &[u8] = &piece;
+        if filtering && let Some(h) = headers.as_deref_mut() {
+            let used = h.feed(&piece, &mut held);
+            rest = piece.get(used..).unwrap_or_default();
+            if h.in_body() {
+                // The header block ended: what waits and the rest of the chunk go as one.
+                filtering = false;
+                let total = (held.len() as u64)
+                    .saturating_add(rest.len() as u64)
+                    .saturating_add(left);
+                if let Err(e) = start_chunk(b, total, last, &held).await {
+                    failed = Some(e);
+                    continue;
+                }
+                held.clear();
+            } else {
+                if held.len() >= h.flush_at() {
+                    match interim_chunk(b, &held).await {
+                        Ok(None) => {}
+                        Ok(Some(reply)) => refused = Some(reply),
+                        Err(e) => failed = Some(e),
+                    }
+                    held.clear();
+                }
+                continue;
+            }
+        }
+        if let Err(e) = b.send_text(rest).await {
             failed = Some(e);
         }
     }
-    match failed {
-        Some(e) => ChunkEnd::BackendFailed(e),
-        None => ChunkEnd::Complete,
+    if let Some(e) = failed {
+        return ChunkEnd::BackendFailed(e);
     }
+    if let Some(reply) = refused {
+        return ChunkEnd::Refused(reply);
+    }
+    if filtering && let Some(b) = backend {
+        // The whole chunk was inside the header block.
+        if last && let Some(h) = headers {
+            h.finish(&mut held);
+        }
+        if held.is_empty() && !last {
+            return ChunkEnd::Held;
+        }
+        if let Err(e) = start_chunk(b, held.len() as u64, last, &held).await {
+            return ChunkEnd::BackendFailed(e);
+        }
+    }
+    ChunkEnd::Complete
+}
+
+/// `BDAT size [LAST]` and the chunk's first bytes.
+async fn start_chunk(
+    backend: &mut Backend,
+    size: u64,
+    last: bool,
+    first: &[u8],
+) -> Result<(), BackendError> {
+    backend.start_chunk(size, last).await?;
+    if first.is_empty() {
+        return Ok(());
+    }
+    backend.send_text(first).await
+}
+
+/// Sends `bytes` as a chunk of their own (not the last) and reads its reply: `Some` when the
+/// backend refused it.
+async fn interim_chunk(backend: &mut Backend, bytes: &[u8]) -> Result<Option<Reply>, BackendError> {
+    start_chunk(backend, bytes.len() as u64, false, bytes).await?;
+    let reply = backend.read_reply().await?;
+    Ok((!reply.is_positive()).then_some(reply))
 }
 
 #[cfg(test)]
@@ -223,7 +312,16 @@ mod tests {
             timeout: Duration::from_millis(500),
             deadline: Instant::now() + Duration::from_secs(5),
         };
-        let end = relay_chunk(&mut conn, Some(&mut backend), prefix, size, true, &limits).await;
+        let end = relay_chunk(
+            &mut conn,
+            Some(&mut backend),
+            None,
+            prefix,
+            size,
+            true,
+            &limits,
+        )
+        .await;
         let mut rest = Vec::new();
         // Whatever the client sent after the chunk is still there, for the command loop.
         while conn.buffered() < client_bytes.len().saturating_sub(size as usize) {

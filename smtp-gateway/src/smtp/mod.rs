@@ -13,6 +13,7 @@
 //!   filter dropping the client's ones that claim our authserv-id;
 //! - `text.rs`: the message-text relay (after `354`), streamed to the backend, smuggling-proof;
 //! - `chunk.rs`: one BDAT chunk (CHUNKING), counted bytes relayed as one chunk or discarded;
+//! - `chunk_headers.rs`: the forged `Authentication-Results` filter over chunked bytes;
 //! - `backend.rs`: one backend MTA session (identity, STARTTLS, EHLO replay, commands);
 //! - `backend_pool.rs`: failover over the servers, and idle connections kept for the next session;
 //! - `ehlo_caps.rs`: the backend's EHLO keywords, parsed once;
@@ -32,6 +33,7 @@ pub mod auth_results;
 pub mod backend;
 pub mod backend_pool;
 pub mod chunk;
+pub mod chunk_headers;
 pub mod config;
 pub mod connection;
 pub mod ehlo_caps;

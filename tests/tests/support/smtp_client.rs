@@ -86,6 +86,19 @@ impl Client {
         self.reply()
     }
 
+    /// One BDAT chunk (`BDAT n [LAST]` and its bytes in one write) and its reply.
+    pub fn chunk(&mut self, bytes: &[u8], last: bool) -> String {
+        let mut out = format!(
+            "BDAT {}{}\r\n",
+            bytes.len(),
+            if last { " LAST" } else { "" }
+        )
+        .into_bytes();
+        out.extend_from_slice(bytes);
+        self.writer.write_all(&out).expect("write chunk");
+        self.reply()
+    }
+
     /// MAIL, RCPT, DATA with `text` (CRLF lines, without the final dot); the reply to the
     /// first command that is not positive, or to the end of data.
     pub fn send(&mut self, from: &str, to: &str, text: &str) -> String {

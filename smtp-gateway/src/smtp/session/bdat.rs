@@ -23,6 +23,12 @@
 //! is not read: `552 5.3.4` and the session closes (reading it only to throw it away would let a
 //! client hold the session for `smtp.max_data_duration`).
 //!
+//! The client's forged `Authentication-Results` fields are taken out of a chunked message's
+//! header block as they are out of DATA (`chunk_headers.rs`, `chunk.rs`). A chunk that ends inside
+//! a header line the filter must still read is held: it is answered `250 2.0.0 n octets
+//! received` by the gateway and its bytes go to the backend with the next chunk. That reply
+//! accepts a chunk, never the message: only the backend's reply to the last chunk does that.
+//!
 //! Time: every chunk of a transaction must be in within `smtp.max_data_duration` of its first
 //! BDAT (or by the session's end), each read within `smtp.data_timeout`, as for DATA.
 
@@ -30,6 +36,7 @@ use super::{Body, Flow, SESSION_TIME_LIMIT, Session};
 use crate::smtp::{
     backend::BackendError,
     chunk::{self, ChunkEnd, ChunkLimits},
+    chunk_headers::ChunkHeaders,
     reply::Reply,
     text::TextViolation,
 };
@@ -63,14 +70,21 @@ impl Session {
         }
     }
 
-    /// Bytes the gateway puts in front of a message's first byte at the backend: the one hook
-    /// for a header the gateway adds (e.g. `Authentication-Results:`). For BDAT they go in front
-    /// of the first chunk, and that chunk's count includes them. Empty: nothing is added (no
-    /// `Authentication-Results` to report, `dns_checks.rs`).
-    pub(super) fn message_prefix(&self) -> Vec<u8> {
-        self.auth_results()
-            .map(|(header, _)| header)
-            .unwrap_or_default()
+    /// What a chunked message's first chunk starts with at the backend (the gateway's
+    /// `Authentication-Results:` header; that chunk's count includes it) and the filter of the
+    /// client's forged ones, kept for every chunk of the message. Nothing when there is nothing
+    /// to report (`dns_checks.rs`).
+    fn chunked_message_start(&self) -> (Vec<u8>, Option<ChunkHeaders>) {
+        match self.auth_results() {
+            Some((header, filter)) => (
+                header,
+                Some(ChunkHeaders::new(
+                    filter,
+                    self.shared.config.smtp.max_text_line,
+                )),
+            ),
+            None => (Vec::new(), None),
+        }
     }
 
     /// `BDAT n [LAST]` (`raw` the command line as received) and its chunk.
@@ -98,20 +112,26 @@ impl Session {
         };
         let total = so_far.saturating_add(size);
         if let Some(refusal) = self.chunk_refusal(total) {
-            let end = chunk::relay_chunk(&mut self.conn, None, &[], size, last, &limits).await;
+            let end =
+                chunk::relay_chunk(&mut self.conn, None, None, &[], size, last, &limits).await;
             if let Some(flow) = self.chunk_unfinished(end, &limits) {
                 return flow;
             }
             return self.refuse_chunk(refusal, last).await;
         }
         let prefix = if !self.txn_has_chunks() {
-            self.message_prefix()
+            let (prefix, headers) = self.chunked_message_start();
+            if let Some(txn) = self.txn.as_mut() {
+                txn.chunk_headers = headers;
+            }
+            prefix
         } else {
             Vec::new()
         };
         let end = chunk::relay_chunk(
             &mut self.conn,
             self.backend.as_mut(),
+            self.txn.as_mut().and_then(|t| t.chunk_headers.as_mut()),
             &prefix,
             size,
             last,
@@ -119,23 +139,40 @@ impl Session {
         )
         .await;
         self.bytes += size;
-        if let Some(flow) = self.chunk_unfinished(end, &limits) {
-            return flow;
-        }
         if let Some(txn) = self.txn.as_mut() {
             txn.body = Body::Chunks {
                 size: total,
                 deadline,
             };
         }
-        let reply = match self.backend.as_mut() {
-            Some(backend) => backend.read_reply().await,
-            None => Err(BackendError::Closed),
+        let reply = match end {
+            // The filter holds the chunk's bytes (they go with the next chunk): the chunk is
+            // answered here, never the message (only the backend's reply to LAST is that).
+            ChunkEnd::Held => Ok(Reply::new(250, format!("2.0.0 {size} octets received"))),
+            ChunkEnd::Refused(reply) => Ok(reply),
+            ChunkEnd::Complete => match self.backend.as_mut() {
+                Some(backend) => backend.read_reply().await,
+                None => Err(BackendError::Closed),
+            },
+            unfinished => match self.chunk_unfinished(unfinished, &limits) {
+                Some(flow) => return flow,
+                None => Err(BackendError::Closed),
+            },
         };
         let reply = match reply {
             Ok(reply) => reply,
             Err(e) => return self.backend_lost(e),
         };
+        if last
+            && let Some(dropped) = self
+                .txn
+                .as_ref()
+                .and_then(|t| t.chunk_headers.as_ref())
+                .map(ChunkHeaders::dropped)
+                .filter(|n| *n > 0)
+        {
+            tracing::info!(client = %self.client, dropped, "client's Authentication-Results with our authserv-id removed");
+        }
         if last {
             self.txn = None;
             self.final_reply(reply);
@@ -178,7 +215,7 @@ impl Session {
     /// closes (the backend, possibly mid-chunk, is dropped) or the backend is lost.
     fn chunk_unfinished(&mut self, end: ChunkEnd, limits: &ChunkLimits) -> Option<Flow> {
         match end {
-            ChunkEnd::Complete => None,
+            ChunkEnd::Complete | ChunkEnd::Held | ChunkEnd::Refused(_) => None,
             ChunkEnd::BackendFailed(e) => Some(self.backend_lost(e)),
             ChunkEnd::ClientGone => {
                 self.backend = None;

@@ -91,6 +91,9 @@ struct Transaction {
     tried: usize,
     /// How the message text is being sent: RFC 3030 forbids DATA and BDAT in one transaction.
     body: Body,
+    /// The forged `Authentication-Results` filter of a chunked message, from its first chunk
+    /// (`bdat.rs`; `None` when `[auth_results]` has nothing to add).
+    chunk_headers: Option<crate::smtp::chunk_headers::ChunkHeaders>,
 }
 
 /// How a transaction's message text is sent, once the client chose.
