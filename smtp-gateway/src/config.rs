@@ -210,16 +210,14 @@ impl Config {
     fn validate_listener_profiles(&self) -> Result<(), (String, Invalid)> {
         let profiles = self.proxy().profiles;
         for listener in &self.smtp.listeners {
-            let Some(name) = &listener.profile else {
-                continue;
-            };
+            let name = listener.profile_name();
             let Some(found) = profiles.get(Some(name)) else {
                 let known = profiles.names().collect::<Vec<_>>().join(", ");
                 let reason = format!(
                     "{}: unknown profile {name:?} (profiles: {known})",
                     listener.address
                 );
-                return Err((name.clone(), Invalid::new("smtp.listeners", reason)));
+                return Err((name.to_string(), Invalid::new("smtp.listeners", reason)));
             };
             if found.require_auth && listener.kind == ListenerKind::Smtp {
                 let reason = format!(
@@ -227,7 +225,7 @@ impl Config {
                      (kind = \"submission\" or \"smtps\")",
                     listener.address
                 );
-                return Err((name.clone(), Invalid::new("smtp.listeners", reason)));
+                return Err((name.to_string(), Invalid::new("smtp.listeners", reason)));
             }
         }
         Ok(())
@@ -337,6 +335,7 @@ fn locate_key(text: &str, key: &str) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::dataplane::config::AttachMode;
+    use crate::smtp::config::ListenerConfig;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "test.toml")
@@ -531,6 +530,26 @@ mod tests {
             "numeric options without an upper bound:\n{}",
             accepted.join("\n")
         );
+    }
+
+    #[test]
+    fn listeners_without_a_profile_run_with_their_kinds() {
+        let c = parse(
+            "[backend]\nservers = [{ address = \"127.0.0.1:10025\" }]\n[smtp]\n\
+             listeners = [{ address = \"127.0.0.1:25\" },\n\
+             { address = \"127.0.0.1:587\", kind = \"submission\" },\n\
+             { address = \"127.0.0.1:465\", kind = \"smtps\" },\n\
+             { address = \"127.0.0.1:2587\", kind = \"submission\", profile = \"mx\" }]\n\
+             [smtp.tls]\ncertificate = \"/c.pem\"\nprivate_key = \"/k.pem\"\n",
+        )
+        .expect("config");
+        let names: Vec<&str> = c
+            .smtp
+            .listeners
+            .iter()
+            .map(ListenerConfig::profile_name)
+            .collect();
+        assert_eq!(names, ["mx", "submission", "submission", "mx"]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Per-listener policy profiles through the real daemon: one gateway with an MX listener (no
-//! profile: `mx`, the top-level sections) and a submission listener (`profile = "submission"`).
+//! profile: `mx`, the top-level sections) and a submission listener (`kind = "submission"` and no
+//! profile: its kind's, `submission`).
 //! The submission listener greets at once, ignores a pregreet, asks the DNSBL nothing and refuses
 //! MAIL before AUTH with `530 5.7.0`; the MX listener keeps the greet pause and the DNSBL. A
 //! listener naming a profile that does not exist is refused by `check-config` with its line.
@@ -50,7 +51,7 @@ impl Gateway {
             "[dataplane]\npin_dir = \"/sys/fs/bpf/sgw-prof-{pid}-{tag}\"\n\
              [smtp]\nhostname = \"gw.test\"\ngreet_pause = \"{pause}ms\"\n\
              listeners = [\n  {{ address = \"127.0.0.1:{mx}\" }},\n  \
-             {{ address = \"127.0.0.1:{submission}\", kind = \"submission\", profile = \"submission\" }},\n]\n\
+             {{ address = \"127.0.0.1:{submission}\", kind = \"submission\" }},\n]\n\
              [backend]\nservers = [{{ address = \"{backend}\", identity = \"none\" }}]\n\
              [checks]\ndnsbl = {{ action = \"reject\" }}\n\
              [dnsbl]\nenabled = true\nnameservers = [\"{dns}\"]\ntimeout = \"2s\"\nthreshold = 3\n\

@@ -616,7 +616,8 @@ fn implicit_tls_listener_delivers() {
     let gw = Gateway::start(
         GatewaySpec::new(pf.xclient, "xclient")
             .tls()
-            .listener("smtps"),
+            // MX traffic over implicit TLS: the kind's default profile (submission) wants AUTH.
+            .listener_with_profile("smtps", "mx"),
     );
     assert_swaks_delivers(
         gw.listeners[1],

@@ -342,9 +342,24 @@ pub struct ListenerConfig {
     #[serde(default)]
     pub kind: ListenerKind,
     /// The policy profile its sessions run with (`[profiles.<name>]`, or the built-in `mx` and
-    /// `submission`). Absent: `mx`, the top-level sections as they are.
+    /// `submission`). Absent: the kind's ([`ListenerConfig::profile_name`]).
     #[serde(default)]
     pub profile: Option<String>,
+}
+
+impl ListenerConfig {
+    /// The profile its sessions run with: the one it names, else its kind's: `mx` for `smtp`
+    /// (the top-level sections as they are), `submission` for `submission` and `smtps` (AUTH
+    /// before MAIL, none of the MX-only checks).
+    pub fn profile_name(&self) -> &str {
+        match (&self.profile, self.kind) {
+            (Some(name), _) => name,
+            (None, ListenerKind::Smtp) => crate::smtp::profile::MX,
+            (None, ListenerKind::Submission | ListenerKind::Smtps) => {
+                crate::smtp::profile::SUBMISSION
+            }
+        }
+    }
 }
 
 /// What a listener speaks.

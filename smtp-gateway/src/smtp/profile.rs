@@ -8,9 +8,10 @@
 //! can be set per profile without a line here.
 //!
 //! Two profiles are built in, and a table of the same name changes them key by key:
-//! - `mx`: the top-level sections as they are. A listener without `profile` runs with it, so a
-//!   configuration without profiles behaves exactly as before, whatever its listeners' kinds.
-//! - `submission` (ports 587/465): MAIL needs a successful AUTH first (`530 5.7.0 Authentication
+//! - `mx`: the top-level sections as they are. A `smtp` listener (port 25) without `profile`
+//!   runs with it, so an MX configuration without profiles behaves exactly as before.
+//! - `submission` (ports 587/465; a `submission` or `smtps` listener without `profile` runs with
+//!   it): MAIL needs a successful AUTH first (`530 5.7.0 Authentication
 //!   required`), and the checks meant for MX traffic are off: no DNSBL lookup, no greet pause,
 //!   `pregreet` ignored. They are off for every client of the listener, not only the
 //!   authenticated ones, plain or implicit TLS alike: the banner comes before any client can

@@ -250,8 +250,8 @@ async fn accept_loop(
 /// name the new generation lacks falls back to `mx`, with a warning.
 fn session_profile(shared: &Shared, cfg: &ListenerConfig) -> Arc<Profile> {
     let profiles = &shared.config.profiles;
-    profiles.get(cfg.profile.as_deref()).unwrap_or_else(|| {
-        tracing::warn!(listener = %cfg.address, profile = ?cfg.profile, "profile no longer configured; using mx until a restart");
+    profiles.get(Some(cfg.profile_name())).unwrap_or_else(|| {
+        tracing::warn!(listener = %cfg.address, profile = cfg.profile_name(), "profile no longer configured; using mx until a restart");
         profiles.mx()
     })
 }

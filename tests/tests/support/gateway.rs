@@ -35,8 +35,9 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 /// What to run a gateway with. Keys are TOML fragments written as given.
 #[derive(Clone, Debug)]
 pub struct GatewaySpec {
-    /// Listener kinds (`smtp`, `submission`, `smtps`), one free port each.
-    pub listeners: Vec<&'static str>,
+    /// Listener kinds (`smtp`, `submission`, `smtps`) and profiles (`None`: the kind's), one
+    /// free port each.
+    pub listeners: Vec<(&'static str, Option<&'static str>)>,
     /// Backends as (address, identity).
     pub backends: Vec<(SocketAddr, &'static str)>,
     /// Extra `[smtp]` keys: (`key`, TOML value).
@@ -53,7 +54,7 @@ impl GatewaySpec {
     /// One `smtp` listener, host name `gw.test`, `example.org` accepted, backend `backend`.
     pub fn new(backend: SocketAddr, identity: &'static str) -> Self {
         Self {
-            listeners: vec!["smtp"],
+            listeners: vec![("smtp", None)],
             backends: vec![(backend, identity)],
             smtp: Vec::new(),
             tls: false,
@@ -70,7 +71,13 @@ impl GatewaySpec {
 
     /// Adds a listener of `kind`.
     pub fn listener(mut self, kind: &'static str) -> Self {
-        self.listeners.push(kind);
+        self.listeners.push((kind, None));
+        self
+    }
+
+    /// Adds a listener of `kind` running `profile` (`listeners = [{ …, profile = "…" }]`).
+    pub fn listener_with_profile(mut self, kind: &'static str, profile: &'static str) -> Self {
+        self.listeners.push((kind, Some(profile)));
         self
     }
 
@@ -204,7 +211,12 @@ impl Gateway {
                 .listeners
                 .iter()
                 .zip(&listeners)
-                .map(|(kind, addr)| format!("{{ address = \"{addr}\", kind = \"{kind}\" }}"))
+                .map(|((kind, profile), addr)| match profile {
+                    Some(p) => {
+                        format!("{{ address = \"{addr}\", kind = \"{kind}\", profile = \"{p}\" }}")
+                    }
+                    None => format!("{{ address = \"{addr}\", kind = \"{kind}\" }}"),
+                })
                 .collect();
             let _ = writeln!(toml, "listeners = [{}]", list.join(", "));
             for (key, value) in &spec.smtp {
