@@ -165,6 +165,8 @@ pub mod origin {
     pub const AUTOBAN: u32 = 3;
     /// The configuration file (`dataplane.allowlist`), re-applied at start and reload.
     pub const CONFIG: u32 = 4;
+    /// A CrowdSec LAPI decision (`[crowdsec]`), removed when the LAPI deletes it.
+    pub const CROWDSEC: u32 = 5;
 
     /// Name shown to operators.
     pub const fn name(origin: u32) -> &'static str {
@@ -173,6 +175,7 @@ pub mod origin {
             IMPORT => "import",
             AUTOBAN => "autoban",
             CONFIG => "config",
+            CROWDSEC => "crowdsec",
             _ => "unknown",
         }
     }

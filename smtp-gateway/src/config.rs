@@ -17,6 +17,7 @@ pub use crate::invalid::Invalid;
 use crate::{
     autoban::AutobanConfig,
     checks::ChecksConfig,
+    crowdsec::config::CrowdsecConfig,
     daemon::config::DaemonConfig,
     dataplane::config::DataplaneConfig,
     metrics::config::MetricsConfig,
@@ -99,6 +100,8 @@ pub struct Config {
     pub reputation: ReputationConfig,
     /// Session verdicts that ban sources in the kernel.
     pub autoban: AutobanConfig,
+    /// CrowdSec LAPI decisions into the kernel blocklist.
+    pub crowdsec: CrowdsecConfig,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
     /// The daemon process: control socket, reload on change, privileges after setup.
@@ -199,6 +202,7 @@ impl Config {
         self.validate_dns_users()?;
         self.reputation.validate()?;
         self.autoban.validate()?;
+        self.crowdsec.validate()?;
         self.metrics.validate()?;
         self.daemon.validate()?;
         profile::validate(&self.profiles, &self.checks, &self.relay, MAX_PAUSE)?;

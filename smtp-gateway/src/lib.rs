@@ -17,6 +17,7 @@
 //! - `events.rs`: the verdict event bus (checks fired, sessions ended): `smtp/` publishes,
 //!   `autoban.rs`, `metrics.rs` and `source_outcomes.rs` read;
 //! - `autoban.rs`: session verdicts -> kernel blocklist entries with a TTL;
+//! - `crowdsec/`: a CrowdSec bouncer, LAPI ban decisions -> kernel blocklist entries;
 //! - `metrics/`: the process counters sessions increment (`mod.rs`), `[metrics]` (`config.rs`)
 //!   and the Prometheus `GET /metrics` endpoint (`endpoint.rs`);
 //! - `daemon/`: `smtp-gateway run` — attach, push the config, sweep, reload (and the config file
@@ -41,6 +42,7 @@ pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod crowdsec;
 pub mod daemon;
 pub mod dataplane;
 pub mod events;

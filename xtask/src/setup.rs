@@ -7,6 +7,9 @@
 //! - cargo-fuzz into `.tools/` the same way (the fuzz targets of `fuzz/`, `cargo xtask fuzz`;
 //!   libFuzzer itself is compiled by the system g++ when the targets are built);
 //! - cargo-deb into `.tools/` when a task makes the Debian package (`package`, `test`; cached);
+//! - Debian's `crowdsec` (LAPI and cscli) unpacked into `.tools/crowdsec` for the bouncer's
+//!   test: installed as a package its post-install script registers with CrowdSec's central
+//!   API over the Internet and fails here; the tests run a private LAPI with that turned off;
 //! - for the benchmarks only (`setup`, `bench`; not `test` or `demo`): trafgen, iptables,
 //!   nftables, HAProxy, Node.js, and Haraka (pinned) installed with npm into
 //!   `.tools/haraka`;
@@ -48,6 +51,8 @@ const APT_PACKAGES: &[&str] = &[
     "man-db",
     // The packaged BDAT client of the CHUNKING tests (tests/tests/chunking.rs).
     "smtpping",
+    // The CrowdSec LAPI unpacked into .tools/crowdsec (`crowdsec` below) links it.
+    "libsqlite3-0",
     // The TTF plotters measures plot text with (plot.rs; its unit tests render plots).
     crate::plot::FONT_PACKAGE,
 ];
@@ -79,7 +84,48 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     apt(APT_PACKAGES)?;
     bpf_linker(root)?;
     cargo_fuzz(root)?;
+    crowdsec(root)?;
     bpffs()?;
+    Ok(())
+}
+
+/// Debian package the CrowdSec LAPI and cscli come from.
+const CROWDSEC_PACKAGE: &str = "crowdsec";
+
+/// `crowdsec` and `cscli` unpacked (`apt-get download`, `dpkg-deb -x`) into `.tools/crowdsec`,
+/// without running the package's scripts (skipped when they are there).
+fn crowdsec(root: &Path) -> anyhow::Result<()> {
+    let dir = root.join(".tools/crowdsec");
+    if dir.join("usr/bin/crowdsec").exists() && dir.join("usr/bin/cscli").exists() {
+        return Ok(());
+    }
+    eprintln!("setup: unpacking Debian's {CROWDSEC_PACKAGE} into .tools/crowdsec");
+    let download = root.join(".tools/crowdsec-download");
+    let _ = std::fs::remove_dir_all(&download);
+    std::fs::create_dir_all(&download)?;
+    let fetched = run_cmd(Command::new("apt-get").current_dir(&download).args([
+        "download",
+        "-qq",
+        CROWDSEC_PACKAGE,
+    ]));
+    if fetched.is_err() {
+        run_cmd(Command::new("apt-get").arg("update").arg("-qq"))?;
+        run_cmd(Command::new("apt-get").current_dir(&download).args([
+            "download",
+            "-qq",
+            CROWDSEC_PACKAGE,
+        ]))
+        .context("downloading the crowdsec package")?;
+    }
+    let deb = std::fs::read_dir(&download)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download left no .deb")?;
+    std::fs::create_dir_all(&dir)?;
+    run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))
+        .context("unpacking the crowdsec package")?;
+    let _ = std::fs::remove_dir_all(&download);
     Ok(())
 }
 

@@ -173,6 +173,12 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
         metrics.clone(),
         shutdown_rx.clone(),
     ));
+    let crowdsec = tokio::spawn(crate::crowdsec::run(
+        live.crowdsec.subscribe(),
+        dataplane.clone(),
+        metrics.clone(),
+        shutdown_rx.clone(),
+    ));
     let pass_cache = Arc::new(crate::policy::pass_cache::PassCache::new(
         config.smtp.pass_cache_ttl,
         config.smtp.pass_cache_size,
@@ -268,6 +274,7 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
     if !fast {
         backend_pool.close_all().await;
     }
+    let _ = crowdsec.await;
     let bans = autoban.await.unwrap_or(0);
     tracing::info!(bans, "sources banned by session verdicts during this run");
     tracing::info!(

@@ -11,6 +11,7 @@ use super::error::DaemonError;
 use crate::{
     autoban::AutobanConfig,
     config::Config,
+    crowdsec::config::CrowdsecConfig,
     dataplane::{DataplaneError, SharedDataplane, loader},
     metrics::config::MetricsConfig,
 };
@@ -20,6 +21,8 @@ use crate::{
 pub(super) struct Live {
     /// `[autoban]`, for the auto-ban task.
     pub autoban: watch::Sender<AutobanConfig>,
+    /// `[crowdsec]`, for the bouncer task.
+    pub crowdsec: watch::Sender<CrowdsecConfig>,
     /// `[metrics]`, for the endpoint (`top_sources`).
     pub metrics: watch::Sender<MetricsConfig>,
     /// `dataplane.sweep_interval`, for the expiry sweeper.
@@ -31,6 +34,7 @@ impl Live {
     pub fn new(config: &Config) -> Self {
         Self {
             autoban: watch::Sender::new(config.autoban.clone()),
+            crowdsec: watch::Sender::new(config.crowdsec.clone()),
             metrics: watch::Sender::new(config.metrics.clone()),
             sweep_interval: watch::Sender::new(config.dataplane.sweep_interval),
         }
@@ -39,6 +43,7 @@ impl Live {
     /// Hands every task its section of `config` (each is told, changed or not).
     pub fn publish(&self, config: &Config) {
         self.autoban.send_replace(config.autoban.clone());
+        self.crowdsec.send_replace(config.crowdsec.clone());
         self.metrics.send_replace(config.metrics.clone());
         self.sweep_interval
             .send_replace(config.dataplane.sweep_interval);

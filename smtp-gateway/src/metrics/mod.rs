@@ -52,6 +52,12 @@ struct CheckLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    /// What a CrowdSec decision did: `banned`, `removed`, `kept`, `ignored`.
+    action: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OriginLabels {
     /// `new` or `reused`.
     origin: &'static str,
@@ -85,6 +91,10 @@ pub struct Metrics {
     bans: Counter,
     /// Session tasks that panicked (caught; their slots were released).
     session_panics: Counter,
+    /// CrowdSec LAPI polls by outcome.
+    crowdsec_polls: Family<ResultLabels, Counter>,
+    /// CrowdSec decisions by what they did to the blocklist.
+    crowdsec_decisions: Family<DecisionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -119,6 +129,8 @@ impl Metrics {
             config_last_reload_success: Gauge::default(),
             bans: Counter::default(),
             session_panics: Counter::default(),
+            crowdsec_polls: Family::default(),
+            crowdsec_decisions: Family::default(),
         };
         registry.register(
             "connections",
@@ -175,8 +187,35 @@ impl Metrics {
             "Session tasks that panicked (caught, logged with the client address, slots released)",
             m.session_panics.clone(),
         );
+        registry.register(
+            "crowdsec_polls",
+            "CrowdSec LAPI decision-stream polls, by result (success, failure)",
+            m.crowdsec_polls.clone(),
+        );
+        registry.register(
+            "crowdsec_decisions",
+            "CrowdSec decisions by what they did to the kernel blocklist: banned (entry written), removed, kept (the target has an entry of another origin), ignored (not a ban of an address or prefix, malformed, or over crowdsec.max_decisions)",
+            m.crowdsec_decisions.clone(),
+        );
         m.config_last_reload_success.set(1);
         Self { registry, ..m }
+    }
+
+    /// One poll of the CrowdSec LAPI.
+    pub fn crowdsec_poll(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.crowdsec_polls
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// `n` CrowdSec decisions did `action`.
+    pub fn crowdsec_decisions(&self, action: &'static str, n: usize) {
+        if n > 0 {
+            self.crowdsec_decisions
+                .get_or_create(&DecisionLabels { action })
+                .inc_by(n as u64);
+        }
     }
 
     /// A connection accepted on `listener`.
