@@ -52,6 +52,14 @@ struct CheckLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    /// `get`, `scan`, `write`, `decode`.
+    op: &'static str,
+    /// `ok`, `error` or `timeout`.
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OriginLabels {
     /// `new` or `reused`.
     origin: &'static str,
@@ -85,6 +93,12 @@ pub struct Metrics {
     bans: Counter,
     /// Session tasks that panicked (caught; their slots were released).
     session_panics: Counter,
+    /// State store operations by operation and outcome (timeouts included).
+    store_operations: Family<StoreLabels, Counter>,
+    /// Store writes dropped because the write queue was full (store down too long).
+    store_queue_overflows: Counter,
+    /// Store writes waiting to be written.
+    store_queued: Gauge,
 }
 
 impl Default for Metrics {
@@ -119,6 +133,9 @@ impl Metrics {
             config_last_reload_success: Gauge::default(),
             bans: Counter::default(),
             session_panics: Counter::default(),
+            store_operations: Family::default(),
+            store_queue_overflows: Counter::default(),
+            store_queued: Gauge::default(),
         };
         registry.register(
             "connections",
@@ -174,6 +191,21 @@ impl Metrics {
             "session_panics",
             "Session tasks that panicked (caught, logged with the client address, slots released)",
             m.session_panics.clone(),
+        );
+        registry.register(
+            "store_operations",
+            "State store operations, by operation (get, scan, write, decode) and result (ok, error, timeout)",
+            m.store_operations.clone(),
+        );
+        registry.register(
+            "store_queue_overflows",
+            "State store writes dropped because the write queue was full",
+            m.store_queue_overflows.clone(),
+        );
+        registry.register(
+            "store_queued_writes",
+            "State store writes waiting to be written",
+            m.store_queued.clone(),
         );
         m.config_last_reload_success.set(1);
         Self { registry, ..m }
@@ -247,6 +279,35 @@ impl Metrics {
     /// A source was banned in the kernel.
     pub fn ban(&self) {
         self.bans.inc();
+    }
+
+    /// A state store operation finished with `result` (`ok`, `error`, `timeout`).
+    pub fn store_op(&self, op: &'static str, result: &'static str) {
+        self.store_ops(op, result, 1);
+    }
+
+    /// `n` state store operations finished with `result`.
+    pub fn store_ops(&self, op: &'static str, result: &'static str, n: u64) {
+        self.store_operations
+            .get_or_create(&StoreLabels { op, result })
+            .inc_by(n);
+    }
+
+    /// A store write was dropped: the queue was full.
+    pub fn store_queue_overflow(&self) {
+        self.store_queue_overflows.inc();
+    }
+
+    /// Store writes waiting now.
+    pub fn store_queued(&self, n: usize) {
+        self.store_queued.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The count of store operations `op` that ended with `result` (for tests and `stats`).
+    pub fn store_count(&self, op: &'static str, result: &'static str) -> u64 {
+        self.store_operations
+            .get_or_create(&StoreLabels { op, result })
+            .get()
     }
 
     /// A session task panicked (and was caught).

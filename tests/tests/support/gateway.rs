@@ -226,6 +226,14 @@ impl Gateway {
             let _ = writeln!(toml, "\n[backend]\nservers = [{}]", servers.join(", "));
             let _ = writeln!(toml, "\n[relay]\n{}", spec.relay);
             toml.push_str(&spec.extra);
+            // Every gateway keeps its state in its own directory unless the test chose a store.
+            if !spec.extra.contains("[store]") {
+                let _ = writeln!(
+                    toml,
+                    "\n[store]\npath = \"{}\"",
+                    dir.join("state.redb").display()
+                );
+            }
             // Several gateways run at once: none of them binds the default metrics port.
             let _ = writeln!(toml, "\n[metrics]\nenabled = false");
             fs::write(&config, &toml).expect("write gateway config");
