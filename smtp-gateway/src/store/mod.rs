@@ -96,6 +96,15 @@ enum Write {
     },
 }
 
+impl Write {
+    /// The key written.
+    fn key(&self) -> &str {
+        match self {
+            Write::Put { key, .. } | Write::Delete { key } => key,
+        }
+    }
+}
+
 /// The engine behind a [`Store`] (one table line per engine).
 enum Engine {
     /// A redb file.
@@ -485,7 +494,9 @@ impl Writer {
             };
             self.metrics.store_ops("write", outcome, n as u64);
             result?;
-            backlog.drain(..n);
+            for write in backlog.drain(..n) {
+                tracing::trace!(key = write.key(), "store: written");
+            }
             self.metrics.store_queued(backlog.len());
         }
         Ok(())
