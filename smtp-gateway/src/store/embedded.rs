@@ -27,7 +27,7 @@ pub(super) struct Embedded {
 
 /// Any redb error, as a [`StoreError`].
 fn db_error<E: Into<redb::Error>>(e: E) -> StoreError {
-    StoreError::Embedded(e.into())
+    StoreError::Embedded(Box::new(e.into()))
 }
 
 impl Embedded {

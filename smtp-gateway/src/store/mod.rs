@@ -39,10 +39,10 @@ use crate::metrics::Metrics;
 pub enum StoreError {
     /// The embedded database refused (I/O, corruption, lock held by another process).
     #[error("embedded store: {0}")]
-    Embedded(#[from] redb::Error),
+    Embedded(Box<redb::Error>),
     /// Redis refused or is unreachable.
     #[error("redis: {0}")]
-    Redis(#[from] ::redis::RedisError),
+    Redis(Box<::redis::RedisError>),
     /// The store did not answer in time.
     #[error("the store did not answer within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
@@ -75,6 +75,12 @@ pub enum StoreError {
     /// A blocking operation of the embedded engine panicked or was cancelled.
     #[error("store task failed: {0}")]
     Task(String),
+}
+
+impl From<::redis::RedisError> for StoreError {
+    fn from(e: ::redis::RedisError) -> Self {
+        StoreError::Redis(Box::new(e))
+    }
 }
 
 /// One queued write.
