@@ -1,5 +1,5 @@
 //! The process-side counters: sessions (and session panics), checks, TLS, backend, messages,
-//! reloads, bans. They live in one [`Metrics`] shared by every task and incremented where things
+//! reloads, bans, state store operations. They live in one [`Metrics`] shared by every task and incremented where things
 //! happen (sessions, the proxy, auto-ban, the daemon); the endpoint that serves them is
 //! `endpoint.rs`.
 //!

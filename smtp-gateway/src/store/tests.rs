@@ -30,9 +30,10 @@ fn temp_dir(tag: &str) -> PathBuf {
 
 /// A private redis-server on a unix socket, killed by PID on drop.
 struct RedisServer {
+    /// The process, while it runs.
     child: Option<Child>,
+    /// Its socket.
     socket: PathBuf,
-    dir: PathBuf,
 }
 
 impl RedisServer {
@@ -56,7 +57,6 @@ impl RedisServer {
         Self {
             child: Some(child),
             socket,
-            dir: dir.to_path_buf(),
         }
     }
 
@@ -86,7 +86,6 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
-        let _ = &self.dir;
     }
 }
 
