@@ -7,6 +7,11 @@
 //! are then written in batches off the event loop ([`run`]), so a busy data plane lock never makes
 //! the loop miss events, and a decided ban is never forgotten. Memory is bounded by
 //! `autoban.track_sources` (counts, waiting bans, the batch being written).
+//!
+//! With a state store, counts and waiting bans are written through and loaded back at start
+//! ([`restore`]): a restart (even `kill -9`) forgets neither a count nor a decided ban, and the
+//! bans that were waiting are written to the kernel right after it. Every ban written is also
+//! stored as a [`BanRecord`] (target, reason, origin node, expiry) for the fleet.
 
 use std::{
     collections::HashMap,
@@ -15,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use smtp_gateway_common::{BlockEntry, origin};
 use tokio::{
     sync::{broadcast, watch},
@@ -28,6 +33,7 @@ use crate::{
     events::{Event, SessionEnd},
     invalid::Invalid,
     metrics::Metrics,
+    store::{BanRecord, Space, Store, records::unix_now_ms},
 };
 
 /// Largest `autoban.ttl` (a year; the kernel clock holds centuries, the operator's intent not).
@@ -137,7 +143,7 @@ impl AutobanConfig {
 }
 
 /// Firings of one check by one ban target, inside the window.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Count {
     /// Firings counted since `since`.
     n: u32,
@@ -145,8 +151,40 @@ struct Count {
     since: Instant,
 }
 
+/// A count as stored (`count/<target>#<check>`), aging out with `autoban.window`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CountRecord {
+    /// Firings counted.
+    n: u32,
+    /// The first firing counted, Unix milliseconds.
+    since_unix_ms: u64,
+}
+
+/// The store id of a count: `<target>#<check>`.
+fn count_id(target: Target, check: Check) -> String {
+    format!("{target}#{}", check.name())
+}
+
+/// The origin of auto-ban records in the store.
+const ORIGIN: &str = "autoban";
+
+/// The reason written with a ban decided by `check`.
+fn reason_of(check: &str) -> String {
+    format!("autoban: {check}")
+}
+
+/// What one firing changed in a [`Tally`] (to write through to the store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// A count grew.
+    Counted(Target, Check, Count),
+    /// A ban was decided (the count is gone).
+    Decided(Target, Check, Pending),
+}
+
 /// A ban decided, waiting for the offending session to close.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Pending {
     /// The address whose firing decided the ban (checked against the allowlist, logged).
     source: IpAddr,
@@ -194,12 +232,12 @@ impl Tally {
     /// Counts a fired check; once it fired the configured number of times inside the window for
     /// one ban target, the target's ban is pending. A full table of pending bans makes all of
     /// them due at once (they are written, never forgotten).
-    fn fired(&mut self, cfg: &AutobanConfig, event: &Event, now: Instant) {
+    fn fired(&mut self, cfg: &AutobanConfig, event: &Event, now: Instant) -> Option<Change> {
         let needed = match cfg.checks.get(event.check.name()) {
             Some(needed) if cfg.enabled && event.action != Action::Ignore && event.permanent => {
                 *needed
             }
-            _ => return,
+            _ => return None,
         };
         let target = ban_target(event.source, cfg.ipv4_prefix, cfg.ipv6_prefix);
         if self.counts.len() >= cfg.track_sources {
@@ -220,13 +258,18 @@ impl Tally {
         }
         count.n = count.n.saturating_add(1);
         if count.n < needed {
-            return;
+            return Some(Change::Counted(target, event.check, *count));
         }
         self.counts.remove(&(target, event.check));
-        self.pending.entry(target).or_insert(Pending {
-            source: event.source,
-            check: event.check.name(),
-            due: None,
+        let mut decided = None;
+        self.pending.entry(target).or_insert_with(|| {
+            let p = Pending {
+                source: event.source,
+                check: event.check.name(),
+                due: None,
+            };
+            decided = Some(Change::Decided(target, event.check, p));
+            p
         });
         if self.pending.len() >= cfg.track_sources {
             // Sessions end within their timeouts, so this takes a flood of distinct offenders
@@ -238,6 +281,7 @@ impl Tally {
             );
             self.all_due(now);
         }
+        decided
     }
 
     /// A session of `source` ended: its target's pending ban is due after the grace.
@@ -295,10 +339,148 @@ pub async fn run(
     events: broadcast::Receiver<Event>,
     ends: broadcast::Receiver<SessionEnd>,
     metrics: Arc<Metrics>,
+    store: Option<Store>,
     shutdown: watch::Receiver<bool>,
 ) -> u64 {
     let write = move |bans: Vec<Ban>| write_bans(&dataplane, bans);
-    serve(config, write, events, ends, metrics, shutdown).await
+    serve(config, write, events, ends, metrics, store, shutdown).await
+}
+
+/// Takes back the counts and waiting bans kept by the store (at start, before any event):
+/// counts still inside the window, and every waiting ban, due at once (its session ended with
+/// the previous run). The store's values are hostile: unknown targets and checks are skipped,
+/// and `autoban.track_sources` bounds both tables. Returns (counts, bans) taken back.
+async fn restore(tally: &mut Tally, store: &Store, cfg: &AutobanConfig) -> (usize, usize) {
+    let counts = match store.load::<CountRecord>(Space::Count).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "auto-ban: counts not loaded from the store");
+            Vec::new()
+        }
+    };
+    let pending = match store.load::<BanRecord>(Space::Pending).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "auto-ban: waiting bans not loaded from the store");
+            Vec::new()
+        }
+    };
+    let now = Instant::now();
+    let unix_now = unix_now_ms();
+    let mut restored = (0, 0);
+    for (id, record) in counts {
+        if tally.counts.len() >= cfg.track_sources {
+            break;
+        }
+        let Some((target, check)) = id.rsplit_once('#') else {
+            continue;
+        };
+        let (Ok(target), Some(check)) = (target.parse::<Target>(), Check::from_name(check)) else {
+            continue;
+        };
+        let age = Duration::from_millis(unix_now.saturating_sub(record.since_unix_ms));
+        let Some(since) = now.checked_sub(age) else {
+            continue;
+        };
+        if age >= cfg.window || record.n == 0 {
+            continue;
+        }
+        tally
+            .counts
+            .insert((target, check), Count { n: record.n, since });
+        restored.0 += 1;
+    }
+    for (id, record) in pending {
+        if tally.pending.len() >= cfg.track_sources {
+            break;
+        }
+        let Ok(target) = id.parse::<Target>() else {
+            continue;
+        };
+        let Some(check) = record
+            .reason
+            .strip_prefix("autoban: ")
+            .and_then(Check::from_name)
+        else {
+            continue;
+        };
+        let source = record
+            .source
+            .as_deref()
+            .and_then(|s| s.parse::<IpAddr>().ok())
+            .unwrap_or(match target {
+                Target::V4(a) => IpAddr::V4(a),
+                Target::V6(a) => IpAddr::V6(a),
+                Target::NetV4(n) => IpAddr::V4(n.network()),
+                Target::NetV6(n) => IpAddr::V6(n.network()),
+            });
+        tally.pending.entry(target).or_insert(Pending {
+            source,
+            check: check.name(),
+            due: Some(now),
+        });
+        restored.1 += 1;
+    }
+    restored
+}
+
+/// Writes what one firing changed through to the store: a count (for the rest of its window),
+/// or a decided ban (kept until written, at most `autoban.ttl`).
+fn persist(store: &Store, cfg: &AutobanConfig, change: Change, now: Instant) {
+    match change {
+        Change::Counted(target, check, count) => {
+            let age = now.saturating_duration_since(count.since);
+            let record = CountRecord {
+                n: count.n,
+                since_unix_ms: unix_now_ms()
+                    .saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+            };
+            let ttl = cfg.window.saturating_sub(age);
+            store.put(Space::Count, &count_id(target, check), &record, ttl);
+        }
+        Change::Decided(target, check, pending) => {
+            store.delete(Space::Count, &count_id(target, check));
+            let record = BanRecord {
+                target: target.to_string(),
+                source: Some(pending.source.to_string()),
+                reason: reason_of(pending.check),
+                origin: ORIGIN.into(),
+                node: store.node().to_string(),
+                added_unix_ms: unix_now_ms(),
+                expires_unix_ms: None,
+            };
+            store.put(Space::Pending, &target.to_string(), &record, cfg.ttl);
+        }
+    }
+}
+
+/// Writes what became of a written batch through to the store: a ban in the kernel is a
+/// [`BanRecord`] until it expires; banned or allowlisted, it no longer waits.
+fn persist_written(store: &Store, written: &[(Ban, Written)]) {
+    for (ban, outcome) in written {
+        let id = ban.target.to_string();
+        match outcome {
+            Written::Banned => {
+                let now = unix_now_ms();
+                let record = BanRecord {
+                    target: id.clone(),
+                    source: Some(ban.source.to_string()),
+                    reason: reason_of(ban.check),
+                    origin: ORIGIN.into(),
+                    node: store.node().to_string(),
+                    added_unix_ms: now,
+                    expires_unix_ms: Some(
+                        now.saturating_add(u64::try_from(ban.ttl.as_millis()).unwrap_or(u64::MAX)),
+                    ),
+                };
+                store.delete(Space::Pending, &id);
+                store.put(Space::Ban, &id, &record, ban.ttl);
+            }
+            Written::Allowlisted => store.delete(Space::Pending, &id),
+            // Kept: the next start tries again.
+            Written::Failed(_) => {}
+        }
+    }
 }
 
 /// The event loop of [`run`], writing bans with `write` (a blocking function, run on the
@@ -309,12 +491,35 @@ async fn serve<W>(
     mut events: broadcast::Receiver<Event>,
     mut ends: broadcast::Receiver<SessionEnd>,
     metrics: Arc<Metrics>,
+    store: Option<Store>,
     mut shutdown: watch::Receiver<bool>,
 ) -> u64
 where
     W: Fn(Vec<Ban>) -> Vec<(Ban, Written)> + Clone + Send + 'static,
 {
     let mut tally = Tally::default();
+    if let Some(store) = &store {
+        let cfg = config.borrow().clone();
+        let (counts, bans) = restore(&mut tally, store, &cfg).await;
+        if counts + bans > 0 {
+            tracing::info!(
+                counts,
+                waiting_bans = bans,
+                "auto-ban: counts and waiting bans taken back from the store"
+            );
+        }
+    }
+    let persist = |change: Option<Change>, cfg: &AutobanConfig, now: Instant| {
+        if let (Some(store), Some(change)) = (&store, change) {
+            persist(store, cfg, change, now);
+        }
+    };
+    let report = |metrics: &Metrics, written: Result<Vec<(Ban, Written)>, JoinError>| {
+        if let (Some(store), Ok(written)) = (&store, &written) {
+            persist_written(store, written);
+        }
+        report(metrics, written)
+    };
     // The batch being written; the next one waits for it (one lock holder at a time).
     let mut writing: Option<JoinHandle<Vec<(Ban, Written)>>> = None;
     let mut bans = 0;
@@ -347,14 +552,24 @@ where
             }
             // Check events before ends: a session's events are all sent before its end.
             event = events.recv(), if room => match event {
-                Ok(event) => tally.fired(&config.borrow(), &event, Instant::now()),
+                Ok(event) => {
+                    let cfg = config.borrow();
+                    let now = Instant::now();
+                    persist(tally.fired(&cfg, &event, now), &cfg, now);
+                }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "auto-ban fell behind the session events");
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
             end = ends.recv(), if room => match end {
-                Ok(end) => end_session(&mut tally, &config.borrow(), &mut events, end.source, Instant::now()),
+                Ok(end) => {
+                    let cfg = config.borrow();
+                    let now = Instant::now();
+                    for change in end_session(&mut tally, &cfg, &mut events, end.source, now) {
+                        persist(Some(change), &cfg, now);
+                    }
+                }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "auto-ban fell behind the session ends; banning the pending sources now");
                     tally.all_due(Instant::now());
@@ -389,11 +604,12 @@ fn end_session(
     events: &mut broadcast::Receiver<Event>,
     source: IpAddr,
     now: Instant,
-) {
+) -> Vec<Change> {
+    let mut changes = Vec::new();
     // Bounded like the loop's own reads: a full table holds the rest back (and is all due).
     while tally.pending.len() < cfg.track_sources {
         match events.try_recv() {
-            Ok(event) => tally.fired(cfg, &event, now),
+            Ok(event) => changes.extend(tally.fired(cfg, &event, now)),
             Err(broadcast::error::TryRecvError::Lagged(n)) => {
                 tracing::warn!(missed = n, "auto-ban fell behind the session events");
             }
@@ -403,6 +619,7 @@ fn end_session(
         }
     }
     tally.session_ended(cfg, source, now);
+    changes
 }
 
 /// The end of the batch being written (never, when none is).
@@ -695,6 +912,7 @@ mod tests {
                 events_rx,
                 ends_rx,
                 Arc::new(Metrics::new()),
+                None,
                 stop_rx,
             ));
             Self {
@@ -837,6 +1055,106 @@ mod tests {
         scored.permanent = false;
         tally.fired(&config, &scored, Instant::now());
         assert!(tally.pending.is_empty(), "a scored check is not a refusal");
+    }
+
+    /// A started embedded store in a temp dir, its writer running.
+    fn store_in(dir: &std::path::Path) -> (Store, watch::Sender<bool>, JoinHandle<usize>) {
+        let cfg = crate::store::StoreConfig {
+            path: dir.join("state.redb"),
+            ..crate::store::StoreConfig::default()
+        };
+        let (store, writer) = crate::store::Opened::open(&cfg)
+            .expect("open")
+            .expect("embedded")
+            .start(Arc::new(Metrics::new()))
+            .expect("start");
+        let (stop, stop_rx) = watch::channel(false);
+        (store, stop, tokio::spawn(writer.run(stop_rx)))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn counts_and_waiting_bans_survive_a_restart_through_the_store() {
+        let dir = std::env::temp_dir().join(format!("sgw-ab-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = config(&[("relay_attempt", 3), ("pregreet", 1)], 100);
+        let now = Instant::now();
+        {
+            let (store, stop, writer) = store_in(&dir);
+            let mut tally = Tally::default();
+            for e in [
+                event(1, Check::RelayAttempt, Action::Score),
+                event(1, Check::RelayAttempt, Action::Score),
+                event(2, Check::Pregreet, Action::Drop),
+                event(3, Check::Pregreet, Action::Drop),
+            ] {
+                if let Some(change) = tally.fired(&cfg, &e, now) {
+                    persist(&store, &cfg, change, now);
+                }
+            }
+            // .3's ban was written: it no longer waits, and is stored as a ban record.
+            let ban = Ban {
+                source: IpAddr::from([198, 18, 0, 3]),
+                target: "198.18.0.3".parse().expect("target"),
+                check: "pregreet",
+                ttl: cfg.ttl,
+            };
+            persist_written(&store, &[(ban, Written::Banned)]);
+            // Hostile entries written behind auto-ban's back are skipped on load.
+            let junk = CountRecord {
+                n: 1,
+                since_unix_ms: unix_now_ms(),
+            };
+            for id in [
+                "not-a-target#pregreet",
+                "198.18.0.9#no_such_check",
+                "no-separator",
+            ] {
+                store.put(Space::Count, id, &junk, Duration::from_secs(60));
+            }
+            store.put(
+                Space::Pending,
+                "198.18.0.8",
+                &"garbage",
+                Duration::from_secs(60),
+            );
+            drop(store);
+            let _ = stop.send(true);
+            assert_eq!(writer.await.expect("writer"), 0, "every write flushed");
+        }
+        let (store, stop, writer) = store_in(&dir);
+        let mut tally = Tally::default();
+        assert_eq!(restore(&mut tally, &store, &cfg).await, (1, 1));
+        let relay = (
+            "198.18.0.1".parse::<Target>().expect("target"),
+            Check::RelayAttempt,
+        );
+        assert_eq!(tally.counts.get(&relay).map(|c| c.n), Some(2));
+        assert_eq!(pending_check(&tally, "198.18.0.2"), Some("pregreet"));
+        assert!(
+            tally.next_due().is_some(),
+            "a waiting ban is due at once after a restart"
+        );
+        // The third relay attempt after the restart decides the ban.
+        tally.fired(
+            &cfg,
+            &event(1, Check::RelayAttempt, Action::Score),
+            Instant::now(),
+        );
+        assert_eq!(pending_check(&tally, "198.18.0.1"), Some("relay_attempt"));
+        let record = store
+            .get::<BanRecord>(Space::Ban, "198.18.0.3")
+            .await
+            .expect("get")
+            .expect("the written ban is stored");
+        assert_eq!(
+            (record.origin.as_str(), record.reason.as_str()),
+            ("autoban", "autoban: pregreet")
+        );
+        assert_eq!(record.node, store.node());
+        drop(store);
+        let _ = stop.send(true);
+        let _ = writer.await;
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! `config/gateway.toml` is the complete, commented reference of every option and its default.
 //!
 //! Each feature owns its section and its validation (`dataplane/config.rs`, `smtp/config.rs`,
-//! `checks.rs`, `policy/`, `autoban.rs`, `metrics/config.rs`, `daemon/config.rs`); this file only
+//! `checks.rs`, `policy/`, `autoban.rs`, `metrics/config.rs`, `daemon/config.rs`,
+//! `store/config.rs`); this file only
 //! aggregates them: it loads and parses the file, runs every section's `validate()` and the rules
 //! that span sections, and finds the line of a refused key. Every `validate()` returns
 //! [`Invalid`] (`invalid.rs`, a leaf below every section, re-exported here).
@@ -30,6 +31,7 @@ use crate::{
         config::{BackendConfig, ListenerKind, MAX_PAUSE, ProxyConfig, ScoreConfig, SmtpConfig},
         profile::{self, Profiles, ProfilesConfig},
     },
+    store::StoreConfig,
 };
 
 /// Default location of the configuration file.
@@ -108,6 +110,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// Per-listener policy profiles (`[profiles.<name>]`), by name.
     pub profiles: ProfilesConfig,
+    /// The state that outlives a restart (embedded file or Redis).
+    pub store: StoreConfig,
 }
 
 /// Where control sockets live when `daemon.control_socket` is empty.
@@ -205,6 +209,7 @@ impl Config {
         self.crowdsec.validate()?;
         self.metrics.validate()?;
         self.daemon.validate()?;
+        self.store.validate()?;
         profile::validate(&self.profiles, &self.checks, &self.relay, MAX_PAUSE)?;
         Ok(())
     }

@@ -242,6 +242,11 @@ impl SessionHarness {
     /// Runs one MX session on `tcp` (accepted from `client` on `local`) to its end.
     pub async fn run(&self, tcp: TcpStream, client: SocketAddr, local: SocketAddr) {
         let conn = client_connection(tcp);
+        let pass = self
+            .shared
+            .pass_cache
+            .lookup(client.ip().to_canonical())
+            .await;
         crate::smtp::session::Session::new(
             self.shared.clone(),
             conn,
@@ -249,6 +254,7 @@ impl SessionHarness {
             local,
             crate::smtp::config::ListenerKind::Smtp,
             self.shared.config.profiles.mx(),
+            pass,
         )
         .run()
         .await;

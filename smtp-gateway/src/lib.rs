@@ -29,6 +29,9 @@
 //! - `reload.rs`: reload requests (SIGHUP, file change, control socket) for the one reload path;
 //! - `control/`: the root-only control socket and the operations behind it;
 //! - `source_outcomes.rs`: per-source session verdicts, beside the kernel's per-source counters;
+//! - `store/`: the state that outlives a restart (and, with Redis, spans a fleet): one interface,
+//!   two engines (`embedded.rs`: redb, `redis.rs`), `[store]`; the pass cache, auto-ban and the
+//!   session outcomes write through it;
 //! - `fuzzing.rs`: entry points for the fuzz targets and property tests (hidden, not an API).
 //!
 //! The binary (`main.rs`) parses arguments ([`cli`]) and dispatches to `cmd/`.
@@ -55,3 +58,4 @@ pub mod reload;
 pub mod signal;
 pub mod smtp;
 pub mod source_outcomes;
+pub mod store;

@@ -2,14 +2,27 @@
 //! per-source metrics can show kernel counters and session verdicts side by side. Bounded:
 //! past `metrics.session_sources` sources, the least recently seen tenth is forgotten at once
 //! (one sort per many inserts, not one scan per insert).
+//!
+//! With a state store attached ([`SourceOutcomes::attach`]) every source's counts are written
+//! through (kept `store.outcomes_ttl` after its last session) and loaded back at start
+//! ([`SourceOutcomes::restore`]), so a restart does not forget them.
 
-use std::{collections::HashMap, net::IpAddr, sync::Mutex, time::Instant};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Mutex, OnceLock},
+    time::Instant,
+};
 
 use serde::{Deserialize, Serialize};
 
-use crate::events::{SessionEnd, SessionVerdict};
+use crate::{
+    checks::Check,
+    events::{SessionEnd, SessionVerdict},
+    store::{Space, Store},
+};
 
-/// What a source's SMTP sessions came to (since the daemon started).
+/// What a source's SMTP sessions came to (since the daemon started, or as kept by the store).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionCounts {
     /// Sessions that ended.
@@ -38,8 +51,12 @@ struct Tally {
 /// Per-source session outcomes since the daemon started.
 #[derive(Debug)]
 pub struct SourceOutcomes {
+    /// Source -> its tally.
     tallies: Mutex<HashMap<IpAddr, Tally>>,
+    /// Sources held at most (`metrics.session_sources`).
     capacity: usize,
+    /// The state store counts are written through, once attached.
+    store: OnceLock<Store>,
 }
 
 impl SourceOutcomes {
@@ -48,7 +65,62 @@ impl SourceOutcomes {
         Self {
             tallies: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
+            store: OnceLock::new(),
         }
+    }
+
+    /// Writes every source's counts through `store` from now on.
+    pub fn attach(&self, store: Store) {
+        let _ = self.store.set(store);
+    }
+
+    /// Takes back counts kept by the store (at start, before any session): what they say of
+    /// verdicts and checks this build knows; sources already held keep their own counts. The
+    /// store's values are hostile: ids that are not addresses are skipped; the capacity holds.
+    pub fn restore(&self, kept: Vec<(String, SessionCounts)>) -> usize {
+        let Ok(mut tallies) = self.tallies.lock() else {
+            return 0;
+        };
+        let now = Instant::now();
+        let mut restored = 0;
+        for (id, c) in kept {
+            if tallies.len() >= self.capacity {
+                break;
+            }
+            let Ok(ip) = id.parse::<IpAddr>() else {
+                continue;
+            };
+            let mut by_verdict = [0; SessionVerdict::ALL.len()];
+            for (name, n) in &c.by_verdict {
+                if let Some(v) = SessionVerdict::ALL.iter().find(|v| v.name() == name) {
+                    by_verdict[*v as usize] = *n;
+                }
+            }
+            let Some(last_verdict) = SessionVerdict::ALL
+                .iter()
+                .copied()
+                .find(|v| v.name() == c.last_verdict)
+            else {
+                continue;
+            };
+            let last_checks = c
+                .last_checks
+                .iter()
+                .filter_map(|name| Check::from_name(name).map(Check::name))
+                .collect();
+            tallies.entry(ip).or_insert_with(|| {
+                restored += 1;
+                Tally {
+                    sessions: c.sessions,
+                    delivered: c.delivered,
+                    by_verdict,
+                    last_verdict,
+                    last_checks,
+                    last_seen: now,
+                }
+            });
+        }
+        restored
     }
 
     /// Records a finished session.
@@ -74,6 +146,10 @@ impl SourceOutcomes {
         t.last_verdict = end.verdict;
         t.last_checks.clone_from(&end.checks);
         t.last_seen = now;
+        if let Some(store) = self.store.get() {
+            let ttl = store.config().outcomes_ttl;
+            store.put(Space::Outcome, &end.source.to_string(), &counts(t), ttl);
+        }
     }
 
     /// The source's counts, if it had a session.
@@ -161,5 +237,34 @@ mod tests {
         // The newest is always kept.
         assert!(t.get(IpAddr::from([198, 18, 0, 24])).is_some());
         assert!(t.get(IpAddr::from([198, 18, 0, 0])).is_none());
+    }
+
+    #[test]
+    fn restores_what_it_knows_and_skips_hostile_entries() {
+        let t = SourceOutcomes::new(3);
+        t.record(&end(1, SessionVerdict::Delivered, 1));
+        let kept = SourceOutcomes::new(10);
+        kept.record(&end(1, SessionVerdict::Rejected, 0));
+        kept.record(&end(2, SessionVerdict::Dropped, 0));
+        let mut entries: Vec<(String, SessionCounts)> = kept
+            .snapshot()
+            .into_iter()
+            .map(|(ip, c)| (ip.to_string(), c))
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut bad = entries[1].1.clone();
+        bad.last_verdict = "nonsense".into();
+        bad.last_checks = vec!["no_such_check".into()];
+        entries.push(("not an address".into(), SessionCounts::default()));
+        entries.push(("198.18.0.3".into(), bad));
+        // 198.18.0.1 is held already (its own counts stay); .2 is taken back; the others are
+        // refused (not an address; a verdict this build does not know).
+        assert_eq!(t.restore(entries), 1);
+        assert_eq!(t.len(), 2);
+        let two = t.get(IpAddr::from([198, 18, 0, 2])).unwrap();
+        assert_eq!((two.sessions, two.last_verdict.as_str()), (1, "dropped"));
+        assert_eq!(two.last_checks, ["pregreet"]);
+        let one = t.get(IpAddr::from([198, 18, 0, 1])).unwrap();
+        assert_eq!(one.last_verdict, "delivered");
     }
 }

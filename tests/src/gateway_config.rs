@@ -1,5 +1,6 @@
 //! The gateway configuration the benchmarks run: every cheap check on with its default action,
-//! DNSBL and metrics off (no network lookups, nothing scraped), one backend told no identity.
+//! DNSBL and metrics off (no network lookups, nothing scraped), one backend told no identity, no
+//! state store (the figures compare with runs made before it existed).
 
 use std::{
     net::SocketAddr,
@@ -34,7 +35,10 @@ pub fn toml(dataplane: &str, listener: &str, smtp_extra: &str, backend: SocketAd
          enabled = false\n\
          \n\
          [metrics]\n\
-         enabled = false\n"
+         enabled = false\n\
+         \n\
+         [store]\n\
+         engine = \"off\"\n"
     )
 }
 

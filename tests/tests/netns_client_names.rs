@@ -103,8 +103,10 @@ impl Lab {
                  [dns]\nnameservers = [\"{}\"]\ntimeout = \"300ms\"\nattempts = 1\n\n\
                  [fcrdns]\nenabled = true\ntimeout = \"1s\"\n\n\
                  [checks]\n{checks}\n\n\
-                 [metrics]\nenabled = false\n",
-                dns.addr()
+                 [metrics]\nenabled = false\n\n\
+                 [store]\npath = \"{}\"\n",
+                dns.addr(),
+                dir.join("state.redb").display()
             ),
         )
         .expect("write the gateway config");

@@ -628,8 +628,12 @@ impl Lab {
              reply_timeout = \"30s\"\n\
              \n\
              [relay]\n\
-             accepted_domains = [\"example.org\"]\n",
+             accepted_domains = [\"example.org\"]\n\
+             \n\
+             [store]\n\
+             path = \"{state}\"\n",
             pins = self.pin_dir.display(),
+            state = self.dir.join("state.redb").display(),
         );
         fs::write(&self.config, config)?;
         Ok(())

@@ -2,7 +2,7 @@
 //!
 //! - apt: Debian's rustc 1.96 with a prebuilt `core` for bpfel-unknown-none, LLVM 22 for
 //!   bpf-linker, and the tools the tests drive (iproute2, bpftool, ethtool, hping3, nsenter,
-//!   Postfix with smtp-source, swaks, openssl) and the font the plots are measured with;
+//!   Postfix with smtp-source, swaks, openssl, redis-server) and the font the plots are measured with;
 //! - bpf-linker 0.13.0 built against LLVM 22 into `.tools/` (cached: 0.1 s when present);
 //! - cargo-fuzz into `.tools/` the same way (the fuzz targets of `fuzz/`, `cargo xtask fuzz`;
 //!   libFuzzer itself is compiled by the system g++ when the targets are built);
@@ -53,6 +53,9 @@ const APT_PACKAGES: &[&str] = &[
     "smtpping",
     // The CrowdSec LAPI unpacked into .tools/crowdsec (`crowdsec` below) links it.
     "libsqlite3-0",
+    // The shared state store's engine for fleets (`[store] engine = "redis"`): the tests start
+    // private servers on unix sockets (installing it starts nothing here).
+    "redis-server",
     // The TTF plotters measures plot text with (plot.rs; its unit tests render plots).
     crate::plot::FONT_PACKAGE,
 ];

@@ -31,4 +31,6 @@ pub enum DaemonError {
     Control(#[from] ControlError),
     #[error(transparent)]
     Privileges(#[from] PrivilegeError),
+    #[error("state store ([store]): {0}")]
+    Store(#[from] crate::store::StoreError),
 }

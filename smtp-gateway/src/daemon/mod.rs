@@ -15,6 +15,10 @@
 //! - `watcher.rs`: the configuration file watcher (reload on a complete write) and the complete-file
 //!   read every reload goes through;
 //! - `error.rs`: [`DaemonError`].
+//!
+//! The state store (`store/`) is opened in [`prepare`] (the embedded file lives under
+//! `/var/lib`) and started in [`serve`]; its writer is stopped last, after auto-ban has written
+//! its last bans.
 
 pub mod config;
 mod error;
@@ -55,6 +59,8 @@ pub struct Prepared {
     control: ControlSocket,
     /// Set when privileges were dropped (then interfaces cannot be attached on reload).
     dropped: bool,
+    /// The state store, opened (none: `store.engine = "off"`).
+    store: Option<crate::store::Opened>,
 }
 
 /// Attaches, binds, then drops privileges (`[daemon]`). Must run before any other thread
@@ -73,6 +79,8 @@ pub fn prepare(config_path: Option<PathBuf>, config: Config) -> Result<Prepared,
         listeners.push((l.clone(), crate::smtp::server::bind(l)?));
     }
     let control = crate::control::server::bind(&config.control_socket())?;
+    // The embedded file lives under /var/lib: opened while the privileges last.
+    let store = crate::store::Opened::open(&config.store)?;
     let dropped = if config.daemon.drop_privileges {
         let d = privileges::drop_privileges(&config.daemon)?;
         tracing::info!(
@@ -95,6 +103,7 @@ pub fn prepare(config_path: Option<PathBuf>, config: Config) -> Result<Prepared,
         metrics_listener,
         control,
         dropped,
+        store,
     })
 }
 
@@ -121,6 +130,34 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
     let outcomes = Arc::new(crate::source_outcomes::SourceOutcomes::new(
         config.metrics.session_sources,
     ));
+    let pass_cache = Arc::new(crate::policy::pass_cache::PassCache::new(
+        config.smtp.pass_cache_ttl,
+        config.smtp.pass_cache_size,
+    ));
+    // The state store: its writer outlives every task that writes (stopped last).
+    let (store_stop, store_stop_rx) = watch::channel(false);
+    let (store, store_writer) = match prepared.store {
+        Some(opened) => {
+            let (store, writer) = opened.start(metrics.clone())?;
+            pass_cache.attach(store.clone());
+            outcomes.attach(store.clone());
+            match store.load(crate::store::Space::Outcome).await {
+                Ok(kept) => {
+                    let restored = outcomes.restore(kept);
+                    tracing::info!(
+                        sources = restored,
+                        "session outcomes taken back from the store"
+                    );
+                }
+                Err(e) => tracing::warn!(error = %e, "session outcomes not loaded from the store"),
+            }
+            (Some(store), Some(tokio::spawn(writer.run(store_stop_rx))))
+        }
+        None => {
+            tracing::info!("store.engine is off: only the kernel maps outlive a restart");
+            (None, None)
+        }
+    };
     let metrics_server = match prepared.metrics_listener {
         Some(listener) => {
             let sources = crate::metrics::endpoint::ScrapeSources::new(
@@ -171,6 +208,7 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
         events_rx,
         ends_rx,
         metrics.clone(),
+        store.clone(),
         shutdown_rx.clone(),
     ));
     let crowdsec = tokio::spawn(crate::crowdsec::run(
@@ -178,10 +216,6 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
         dataplane.clone(),
         metrics.clone(),
         shutdown_rx.clone(),
-    ));
-    let pass_cache = Arc::new(crate::policy::pass_cache::PassCache::new(
-        config.smtp.pass_cache_ttl,
-        config.smtp.pass_cache_size,
     ));
     let backend_pool = Arc::new(crate::smtp::backend_pool::BackendPool::new());
     let pool_sweeper = tokio::spawn({
@@ -277,6 +311,15 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
     let _ = crowdsec.await;
     let bans = autoban.await.unwrap_or(0);
     tracing::info!(bans, "sources banned by session verdicts during this run");
+    // Every task that writes has ended: the last writes are flushed.
+    drop(store);
+    let _ = store_stop.send(true);
+    if let Some(writer) = store_writer {
+        let lost = writer.await.unwrap_or(0);
+        if lost > 0 {
+            tracing::warn!(lost, "state store: writes lost at stop");
+        }
+    }
     tracing::info!(
         "stopped; the XDP program stays attached with its pinned maps (`smtp-gateway detach` removes it)"
     );

@@ -253,6 +253,10 @@ pub(super) fn restart_notes(old: &Config, new: &Config) -> Vec<String> {
         old.metrics.session_sources != new.metrics.session_sources,
         "metrics.session_sources changes take effect only after a restart",
     );
+    note(
+        old.store != new.store,
+        "store changes take effect only after a restart",
+    );
     let (o, n) = (&old.dataplane, &new.dataplane);
     note(
         o.pin_dir != n.pin_dir || o.capacity != n.capacity || o.attach_mode != n.attach_mode,

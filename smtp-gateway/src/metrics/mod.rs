@@ -1,5 +1,5 @@
 //! The process-side counters: sessions (and session panics), checks, TLS, backend, messages,
-//! reloads, bans. They live in one [`Metrics`] shared by every task and incremented where things
+//! reloads, bans, state store operations. They live in one [`Metrics`] shared by every task and incremented where things
 //! happen (sessions, the proxy, auto-ban, the daemon); the endpoint that serves them is
 //! `endpoint.rs`.
 //!
@@ -58,6 +58,14 @@ struct DecisionLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    /// `get`, `scan`, `write`, `decode`.
+    op: &'static str,
+    /// `ok`, `error` or `timeout`.
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OriginLabels {
     /// `new` or `reused`.
     origin: &'static str,
@@ -95,6 +103,12 @@ pub struct Metrics {
     crowdsec_polls: Family<ResultLabels, Counter>,
     /// CrowdSec decisions by what they did to the blocklist.
     crowdsec_decisions: Family<DecisionLabels, Counter>,
+    /// State store operations by operation and outcome (timeouts included).
+    store_operations: Family<StoreLabels, Counter>,
+    /// Store writes dropped because the write queue was full (store down too long).
+    store_queue_overflows: Counter,
+    /// Store writes waiting to be written.
+    store_queued: Gauge,
 }
 
 impl Default for Metrics {
@@ -131,6 +145,9 @@ impl Metrics {
             session_panics: Counter::default(),
             crowdsec_polls: Family::default(),
             crowdsec_decisions: Family::default(),
+            store_operations: Family::default(),
+            store_queue_overflows: Counter::default(),
+            store_queued: Gauge::default(),
         };
         registry.register(
             "connections",
@@ -196,6 +213,21 @@ impl Metrics {
             "crowdsec_decisions",
             "CrowdSec decisions by what they did to the kernel blocklist: banned (entry written), removed, kept (the target has an entry of another origin), ignored (not a ban of an address or prefix, malformed, or over crowdsec.max_decisions)",
             m.crowdsec_decisions.clone(),
+        );
+        registry.register(
+            "store_operations",
+            "State store operations, by operation (get, scan, write, decode) and result (ok, error, timeout)",
+            m.store_operations.clone(),
+        );
+        registry.register(
+            "store_queue_overflows",
+            "State store writes dropped because the write queue was full",
+            m.store_queue_overflows.clone(),
+        );
+        registry.register(
+            "store_queued_writes",
+            "State store writes waiting to be written",
+            m.store_queued.clone(),
         );
         m.config_last_reload_success.set(1);
         Self { registry, ..m }
@@ -286,6 +318,35 @@ impl Metrics {
     /// A source was banned in the kernel.
     pub fn ban(&self) {
         self.bans.inc();
+    }
+
+    /// A state store operation finished with `result` (`ok`, `error`, `timeout`).
+    pub fn store_op(&self, op: &'static str, result: &'static str) {
+        self.store_ops(op, result, 1);
+    }
+
+    /// `n` state store operations finished with `result`.
+    pub fn store_ops(&self, op: &'static str, result: &'static str, n: u64) {
+        self.store_operations
+            .get_or_create(&StoreLabels { op, result })
+            .inc_by(n);
+    }
+
+    /// A store write was dropped: the queue was full.
+    pub fn store_queue_overflow(&self) {
+        self.store_queue_overflows.inc();
+    }
+
+    /// Store writes waiting now.
+    pub fn store_queued(&self, n: usize) {
+        self.store_queued.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The count of store operations `op` that ended with `result` (for tests and `stats`).
+    pub fn store_count(&self, op: &'static str, result: &'static str) -> u64 {
+        self.store_operations
+            .get_or_create(&StoreLabels { op, result })
+            .get()
     }
 
     /// A session task panicked (and was caught).

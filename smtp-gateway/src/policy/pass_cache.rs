@@ -1,18 +1,50 @@
 //! Clients that passed, remembered for a while (postscreen's cache): a client that recently
 //! delivered mail without any check firing skips the slow checks (greet pause, DNSBL) next time.
+//!
+//! With a state store attached ([`PassCache::attach`]) a pass is written through, and a client
+//! this node does not know is asked of the store within `store.budget` ([`PassCache::lookup`]):
+//! passes survive a restart, and with Redis a client that passed on one node skips the slow
+//! checks on every node.
 
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::Mutex,
+    sync::{Mutex, OnceLock},
     time::{Duration, Instant},
 };
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{OnTimeout, Space, Store, records::unix_now_ms};
+
+/// What a session learns about its client before the greeting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassLookup {
+    /// It passed within the TTL (here, or on a node sharing the store).
+    Passed,
+    /// Nothing known: the client goes through every check.
+    Unknown,
+    /// The store did not answer in time and `store.on_timeout = "closed"`: answer 421.
+    Refuse,
+}
+
+/// A pass as stored (`pass/<address>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassRecord {
+    /// When the client passed, Unix milliseconds.
+    pub at_unix_ms: u64,
+    /// The node it passed on.
+    pub node: String,
+}
 
 /// The cache: client address -> when it passed. TTL and capacity change on reload
 /// ([`configure`](PassCache::configure)); the clients remembered are kept.
 pub struct PassCache {
     /// Settings and entries, under one lock (a reload and an insert never interleave).
     inner: Mutex<Inner>,
+    /// The state store passes are written through and local misses asked of, once attached.
+    store: OnceLock<Store>,
 }
 
 /// What the lock of a [`PassCache`] guards.
@@ -57,6 +89,48 @@ impl PassCache {
                 capacity,
                 entries: HashMap::new(),
             }),
+            store: OnceLock::new(),
+        }
+    }
+
+    /// Writes passes through `store` from now on, and asks it about clients not known here.
+    pub fn attach(&self, store: Store) {
+        let _ = self.store.set(store);
+    }
+
+    /// Whether `ip` passed: here, else (with a store) in the store, waiting at most
+    /// `store.budget`. A pass found in the store is remembered here for the rest of its TTL.
+    pub async fn lookup(&self, ip: IpAddr) -> PassLookup {
+        let now = Instant::now();
+        if self.contains(ip, now) {
+            return PassLookup::Passed;
+        }
+        let ttl = match self.inner.lock() {
+            Ok(inner) if !inner.ttl.is_zero() && inner.capacity > 0 => inner.ttl,
+            _ => return PassLookup::Unknown,
+        };
+        let Some(store) = self.store.get() else {
+            return PassLookup::Unknown;
+        };
+        match store.get::<PassRecord>(Space::Pass, &ip.to_string()).await {
+            Ok(Some(record)) => {
+                let age = Duration::from_millis(unix_now_ms().saturating_sub(record.at_unix_ms));
+                match now.checked_sub(age) {
+                    Some(at) if age < ttl => {
+                        self.remember(ip, at, now);
+                        PassLookup::Passed
+                    }
+                    _ => PassLookup::Unknown,
+                }
+            }
+            Ok(None) => PassLookup::Unknown,
+            Err(e) => {
+                tracing::debug!(%ip, error = %e, "pass cache: the store did not answer");
+                match store.on_timeout() {
+                    OnTimeout::Open => PassLookup::Unknown,
+                    OnTimeout::Closed => PassLookup::Refuse,
+                }
+            }
         }
     }
 
@@ -87,20 +161,34 @@ impl PassCache {
             .is_some_and(|at| now.saturating_duration_since(*at) < inner.ttl)
     }
 
-    /// Remembers that `ip` passed at `now`. When full, expired entries go first; if none expired,
-    /// the oldest is evicted.
+    /// Remembers that `ip` passed at `now`, and writes it through to the store. When full,
+    /// expired entries go first; if none expired, the oldest is evicted.
     pub fn insert(&self, ip: IpAddr, now: Instant) {
+        let ttl = self.remember(ip, now, now);
+        if let (Some(store), Some(ttl)) = (self.store.get(), ttl) {
+            let record = PassRecord {
+                at_unix_ms: unix_now_ms(),
+                node: store.node().to_string(),
+            };
+            store.put(Space::Pass, &ip.to_string(), &record, ttl);
+        }
+    }
+
+    /// Remembers locally that `ip` passed at `at` (evicting as of `now`); the TTL, when the
+    /// cache is on.
+    fn remember(&self, ip: IpAddr, at: Instant, now: Instant) -> Option<Duration> {
         let Ok(mut inner) = self.inner.lock() else {
-            return;
+            return None;
         };
         if inner.ttl.is_zero() || inner.capacity == 0 {
-            return;
+            return None;
         }
         if inner.entries.len() >= inner.capacity && !inner.entries.contains_key(&ip) {
             let room_for = inner.capacity - 1;
             inner.evict_to(room_for, now);
         }
-        inner.entries.insert(ip, now);
+        inner.entries.insert(ip, at);
+        Some(inner.ttl)
     }
 
     /// Clients remembered (expired ones included until evicted).
@@ -177,6 +265,82 @@ mod tests {
         assert!(cache.is_empty());
         cache.insert(ip(6), t0 + Duration::from_secs(7));
         assert!(cache.is_empty());
+    }
+
+    fn started(cfg: &crate::store::StoreConfig) -> (Store, tokio::sync::watch::Sender<bool>) {
+        let (store, writer) = crate::store::Opened::open(cfg)
+            .expect("open")
+            .expect("an engine")
+            .start(std::sync::Arc::new(crate::metrics::Metrics::new()))
+            .expect("start");
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(writer.run(stop_rx));
+        (store, stop)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pass_written_through_is_found_by_another_cache() {
+        let dir = std::env::temp_dir().join(format!("sgw-pass-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = crate::store::StoreConfig {
+            path: dir.join("state.redb"),
+            ..crate::store::StoreConfig::default()
+        };
+        let (store, _stop) = started(&cfg);
+        let here = PassCache::new(Duration::from_secs(60), 10);
+        here.attach(store.clone());
+        here.insert(ip(1), Instant::now());
+        // Another node (or this one after a restart) sharing the store.
+        let there = PassCache::new(Duration::from_secs(60), 10);
+        there.attach(store);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while there.lookup(ip(1)).await != PassLookup::Passed {
+            assert!(
+                Instant::now() < deadline,
+                "the pass never reached the store"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            there.contains(ip(1), Instant::now()),
+            "remembered locally once found"
+        );
+        assert_eq!(there.lookup(ip(2)).await, PassLookup::Unknown);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_that_does_not_answer_fails_open_or_closed_as_configured() {
+        let dir = std::env::temp_dir().join(format!("sgw-pass-down-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        for (on_timeout, want) in [
+            (OnTimeout::Open, PassLookup::Unknown),
+            (OnTimeout::Closed, PassLookup::Refuse),
+        ] {
+            // Nobody listens on this socket: every read fails.
+            let cfg = crate::store::StoreConfig {
+                engine: crate::store::EngineKind::Redis,
+                redis_url: format!("unix://{}", dir.join("nobody.sock").display()),
+                on_timeout,
+                budget: Duration::from_millis(50),
+                ..crate::store::StoreConfig::default()
+            };
+            let (store, _stop) = started(&cfg);
+            let cache = PassCache::new(Duration::from_secs(60), 10);
+            cache.attach(store);
+            let started = Instant::now();
+            assert_eq!(cache.lookup(ip(1)).await, want, "{on_timeout:?}");
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                started.elapsed()
+            );
+            // A client known here never asks the store.
+            cache.insert(ip(2), Instant::now());
+            assert_eq!(cache.lookup(ip(2)).await, PassLookup::Passed);
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

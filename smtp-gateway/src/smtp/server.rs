@@ -289,7 +289,9 @@ async fn run_session(
         MaybeTls::Plain(tcp)
     };
     let conn = Connection::new(stream, shared.config.smtp.write_timeout);
-    Session::new(shared, conn, client, local, kind, profile)
+    // A client this node does not know is asked of the state store (at most store.budget).
+    let pass = shared.pass_cache.lookup(client.ip().to_canonical()).await;
+    Session::new(shared, conn, client, local, kind, profile, pass)
         .with_shutdown(shutdown)
         .run()
         .await;

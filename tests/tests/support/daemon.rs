@@ -49,6 +49,15 @@ impl Daemon {
     /// PID may have left.
     pub fn new(ns: &str, iface: &str, dir: &Path, pin_dir: &Path, config: &str) -> Self {
         let path = dir.join("gateway.toml");
+        // Every daemon keeps its state in its own directory unless the test chose a store.
+        let config = if config.contains("[store]") {
+            config.to_string()
+        } else {
+            format!(
+                "{config}\n[store]\npath = \"{}\"\n",
+                dir.join("state.redb").display()
+            )
+        };
         std::fs::write(&path, config).expect("write the gateway config");
         let daemon = Daemon {
             ns: ns.to_string(),

@@ -4,7 +4,8 @@
 //! The daemon is started, waited for and stopped by the test kit's launcher
 //! ([`kit::DaemonProcess`]). [`Gateway`]'s `Drop` stops it (SIGTERM, SIGKILL after 5 s), runs
 //! `smtp-gateway -c CONFIG detach` to remove the pins and deletes the directory; when the test is
-//! panicking it prints the daemon's log first.
+//! panicking it prints the daemon's log first. A test may kill it (`kill9`, a crash) or stop it
+//! and start it again on the same files (`restart`).
 //!
 //! Binary: `$SMTP_GATEWAY_BIN`, else `target/<profile>/smtp-gateway` next to the test's `deps/`
 //! directory (run `cargo build` first).
@@ -48,6 +49,8 @@ pub struct GatewaySpec {
     pub relay: String,
     /// More sections, appended as is (`[checks]`, `[helo]`, ...).
     pub extra: String,
+    /// Environment variables of the daemon (e.g. `RUST_LOG`).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl GatewaySpec {
@@ -60,7 +63,14 @@ impl GatewaySpec {
             tls: false,
             relay: "accepted_domains = [\"example.org\"]\n".into(),
             extra: String::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable of the daemon.
+    pub fn env(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.env.push((key, value.into()));
+        self
     }
 
     /// Adds an `[smtp]` key with a raw TOML value (`"1s"` with quotes, `2` without).
@@ -105,6 +115,10 @@ pub struct Gateway {
     log: PathBuf,
     /// Listener addresses, in the order of [`GatewaySpec::listeners`].
     pub listeners: Vec<SocketAddr>,
+    /// The daemon's environment, for restarts.
+    env: Vec<(&'static str, String)>,
+    /// Daemons started so far (each restart logs to its own file).
+    starts: usize,
 }
 
 pub use crate::support::daemon::binary;
@@ -238,27 +252,27 @@ impl Gateway {
             let _ = writeln!(toml, "\n[backend]\nservers = [{}]", servers.join(", "));
             let _ = writeln!(toml, "\n[relay]\n{}", spec.relay);
             toml.push_str(&spec.extra);
+            // Every gateway keeps its state in its own directory unless the test chose a store.
+            if !spec.extra.contains("[store]") {
+                let _ = writeln!(
+                    toml,
+                    "\n[store]\npath = \"{}\"",
+                    dir.join("state.redb").display()
+                );
+            }
             // Several gateways run at once: none of them binds the default metrics port.
             let _ = writeln!(toml, "\n[metrics]\nenabled = false");
             fs::write(&config, &toml).expect("write gateway config");
-            // If the test process dies without running destructors (SIGKILL), the daemon gets
-            // SIGTERM instead of running on.
-            let child = DaemonProcess::spawn(
-                launcher::run_command(&binary(), &config),
-                &log,
-                libc::SIGTERM,
-            )
-            .unwrap_or_else(|e| panic!("spawn smtp-gateway: {e}"));
-            let ready = child.wait_for(READY_WITHIN, |text| {
-                text.lines().any(|l| l.trim_end().ends_with(" ready"))
-            });
-            if ready == Wait::Done {
+            let child = spawn(&config, &log, &spec.env);
+            if wait_ready(&child) {
                 return Gateway {
                     child: Some(child),
                     dir,
                     config,
                     log,
                     listeners,
+                    env: spec.env,
+                    starts: 1,
                 };
             }
             last_log = format!("config:\n{toml}\nlog:\n{}", child.log());
@@ -272,6 +286,70 @@ impl Gateway {
         }
         let _ = fs::remove_dir_all(&dir);
         panic!("smtp-gateway did not become ready\n{last_log}");
+    }
+
+    /// Kills the daemon with SIGKILL (no shutdown work at all: a crash), keeping its pins,
+    /// directory and configuration.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL the gateway");
+        }
+    }
+
+    /// Stops the daemon (SIGTERM, as `stop` does) keeping its pins, directory and config.
+    pub fn terminate(&mut self) {
+        terminate(self.child.take());
+    }
+
+    /// Starts the daemon again (after [`Self::kill9`] or [`Self::terminate`]) on the same
+    /// listeners, with its configuration changed by `edit`, logging to a new file; waits until
+    /// it is ready.
+    pub fn restart(&mut self, edit: impl FnOnce(String) -> String) {
+        assert!(
+            self.child.is_none(),
+            "stop the gateway before restarting it"
+        );
+        let text = fs::read_to_string(&self.config).expect("read the gateway config");
+        fs::write(&self.config, edit(text)).expect("write the gateway config");
+        self.starts += 1;
+        self.log = self.dir.join(format!("gateway-{}.log", self.starts));
+        let child = spawn(&self.config, &self.log, &self.env);
+        assert!(
+            wait_ready(&child),
+            "smtp-gateway did not become ready again:\n{}",
+            child.log()
+        );
+        self.child = Some(child);
+    }
+
+    /// Waits (bounded, woken by each write to the log) for a line of the current log that
+    /// contains every one of `needles`.
+    pub fn wait_logged(&self, needles: &[&str], within: Duration) -> bool {
+        let found = |log: &str| log.lines().any(|l| needles.iter().all(|n| l.contains(n)));
+        match &self.child {
+            Some(child) => child.wait_for(within, found) == Wait::Done,
+            None => found(&self.log()),
+        }
+    }
+
+    /// `smtp-gateway -c CONFIG <args>`; panics unless it succeeds; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = Command::new(binary())
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run smtp-gateway");
+        assert!(
+            out.status.success(),
+            "smtp-gateway {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The first listener.
@@ -289,6 +367,23 @@ impl Gateway {
         terminate(self.child.take());
         detach(&self.config);
     }
+}
+
+/// Starts `smtp-gateway -c config run` logging to `log`, with `env`.
+fn spawn(config: &Path, log: &Path, env: &[(&'static str, String)]) -> DaemonProcess {
+    let mut command = launcher::run_command(&binary(), config);
+    command.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    // If the test process dies without running destructors (SIGKILL), the daemon gets
+    // SIGTERM instead of running on.
+    DaemonProcess::spawn(command, log, libc::SIGTERM)
+        .unwrap_or_else(|e| panic!("spawn smtp-gateway: {e}"))
+}
+
+/// Whether the daemon logged that it is ready (its listeners are bound by then).
+fn wait_ready(child: &DaemonProcess) -> bool {
+    child.wait_for(READY_WITHIN, |text| {
+        text.lines().any(|l| l.trim_end().ends_with(" ready"))
+    }) == Wait::Done
 }
 
 /// SIGTERM, then SIGKILL after 5 s; reaps the child.

@@ -58,7 +58,7 @@ use super::{
 use crate::{
     checks::{Action, Check},
     events::{Event, SessionEnd, SessionVerdict},
-    policy::dnsbl::DnsblScore,
+    policy::{dnsbl::DnsblScore, pass_cache::PassLookup},
     smtp::profile::Profile,
 };
 
@@ -140,6 +140,9 @@ pub struct Session {
     client: SocketAddr,
     /// The client passed recently (the pass cache): the slow checks are skipped.
     passed_recently: bool,
+    /// The state store did not answer about the client and `store.on_timeout = "closed"`: the
+    /// greeting is a 421.
+    store_refused: bool,
     /// The DNSBL lookup started at accept, collected at the first MAIL.
     dnsbl: Option<tokio::task::JoinHandle<DnsblScore>>,
     /// The client's address was judged (reputation `ip` lists, DNSBL): once per session.
@@ -199,7 +202,10 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session on an accepted connection (TLS already done for implicit-TLS listeners).
+    /// A session on an accepted connection (TLS already done for implicit-TLS listeners);
+    /// `pass` is what the pass cache knows of the client ([`PassCache::lookup`]).
+    ///
+    /// [`PassCache::lookup`]: crate::policy::pass_cache::PassCache::lookup
     pub fn new(
         shared: Arc<Shared>,
         conn: Connection,
@@ -207,10 +213,10 @@ impl Session {
         local: SocketAddr,
         kind: ListenerKind,
         profile: Arc<Profile>,
+        pass: PassLookup,
     ) -> Self {
-        let passed_recently = shared
-            .pass_cache
-            .contains(client.ip().to_canonical(), Instant::now());
+        let passed_recently = pass == PassLookup::Passed;
+        let store_refused = pass == PassLookup::Refuse;
         let dnsbl = if passed_recently || !profile.dnsbl {
             None
         } else {
@@ -232,6 +238,7 @@ impl Session {
             shutdown: None,
             client,
             passed_recently,
+            store_refused,
             dnsbl,
             address_checked: false,
             dns,
@@ -404,6 +411,14 @@ impl Session {
     /// The banner, after the greet pause (a client that talks first fires `pregreet`).
     async fn greet(&mut self) -> Flow {
         let host = self.shared.config.smtp.hostname.clone();
+        if self.store_refused {
+            self.reply(Reply::new(
+                421,
+                format!("4.3.0 {host} Service temporarily unavailable, try again later"),
+            ));
+            let _ = self.conn.flush().await;
+            return Flow::Close;
+        }
         let pause = self.profile.greet_pause;
         let early = if pause.is_zero() || self.passed_recently {
             self.conn.input_pending()

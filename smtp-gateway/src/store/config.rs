@@ -1,0 +1,320 @@
+//! `[store]`: which engine keeps the state that outlives a restart (and, with Redis, spans a
+//! fleet), where it lives, how long a session may wait on it and what happens when it does not
+//! answer in time; and its validation.
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+use crate::invalid::Invalid;
+
+/// Largest `store.budget`: a session never waits on the store longer than this.
+pub const MAX_BUDGET: Duration = Duration::from_secs(5);
+/// Largest `store.io_timeout`.
+pub const MAX_IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest `store.retry_interval`.
+pub const MAX_RETRY_INTERVAL: Duration = Duration::from_secs(600);
+/// Largest `store.purge_interval`.
+pub const MAX_PURGE_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// Largest `store.outcomes_ttl`.
+pub const MAX_OUTCOMES_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Largest `store.queue`.
+pub const MAX_QUEUE: usize = 1_000_000;
+/// Largest `store.max_value_bytes`.
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+/// Smallest `store.max_value_bytes` (a ban record with a long reason fits).
+pub const MIN_VALUE_BYTES: usize = 512;
+/// Largest `store.load_limit`.
+pub const MAX_LOAD_LIMIT: usize = 10_000_000;
+/// Largest `store.cache_bytes`.
+pub const MAX_CACHE_BYTES: usize = 1 << 30;
+/// Largest `store.key_prefix` and `store.node`, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// Which engine keeps the state.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// A redb file on this host (survives restarts, not shared).
+    Embedded,
+    /// A Redis server shared by every gateway of a fleet.
+    Redis,
+    /// No store: everything but the kernel maps is lost at a restart.
+    Off,
+}
+
+/// What a session does when the store does not answer within `store.budget` (or fails).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTimeout {
+    /// Go on with what this node knows (the store's answer counts as "nothing known").
+    Open,
+    /// Answer `421 4.3.0` and close: no session is judged without the shared state.
+    Closed,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The engine: `embedded` (default), `redis` or `off`.
+    pub engine: Engine,
+    /// The embedded store's file (its directory is created, mode 0700).
+    pub path: PathBuf,
+    /// The embedded store's page cache, in bytes.
+    pub cache_bytes: usize,
+    /// The Redis server: `redis://host:port/db`, `rediss://...` or `unix:///path/to/socket`.
+    pub redis_url: String,
+    /// Prefix of every key this gateway writes in Redis (several fleets may share a server).
+    pub key_prefix: String,
+    /// This gateway's name in the stored records (origin of bans); empty: the host name.
+    pub node: String,
+    /// How long an SMTP session may wait on the store (then `on_timeout` decides).
+    #[serde(with = "humantime_serde")]
+    pub budget: Duration,
+    /// `open`: go on with local state; `closed`: answer 421 and close.
+    pub on_timeout: OnTimeout,
+    /// How long a background operation (a batch of writes, the load at start) may take.
+    #[serde(with = "humantime_serde")]
+    pub io_timeout: Duration,
+    /// Writes waiting for the store at most (sessions never wait for a write); beyond, the
+    /// oldest are dropped and counted.
+    pub queue: usize,
+    /// How often writes that failed (store down) are tried again.
+    #[serde(with = "humantime_serde")]
+    pub retry_interval: Duration,
+    /// How often the embedded store deletes expired entries (they are ignored on read anyway).
+    #[serde(with = "humantime_serde")]
+    pub purge_interval: Duration,
+    /// Largest value read back from the store; a larger one is an error, never decoded.
+    pub max_value_bytes: usize,
+    /// Entries of one kind read at start (auto-ban counts, waiting bans, session outcomes).
+    pub load_limit: usize,
+    /// How long a source's session outcomes are kept in the store after its last session.
+    #[serde(with = "humantime_serde")]
+    pub outcomes_ttl: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            engine: Engine::Embedded,
+            path: PathBuf::from("/var/lib/smtp-gateway/state.redb"),
+            cache_bytes: 16 << 20,
+            redis_url: "redis://127.0.0.1:6379/".into(),
+            key_prefix: "smtp-gateway:".into(),
+            node: String::new(),
+            budget: Duration::from_millis(50),
+            on_timeout: OnTimeout::Open,
+            io_timeout: Duration::from_secs(2),
+            queue: 100_000,
+            retry_interval: Duration::from_secs(1),
+            purge_interval: Duration::from_secs(300),
+            max_value_bytes: 16 << 10,
+            load_limit: 100_000,
+            outcomes_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Checks the values (the Redis URL is parsed too, so a typo fails at load, not at run).
+    pub fn validate(&self) -> Result<(), Invalid> {
+        Invalid::duration_in(
+            "store.budget",
+            self.budget,
+            Duration::from_millis(1),
+            MAX_BUDGET,
+        )?;
+        Invalid::duration_in(
+            "store.io_timeout",
+            self.io_timeout,
+            Duration::from_millis(10),
+            MAX_IO_TIMEOUT,
+        )?;
+        Invalid::duration_in(
+            "store.retry_interval",
+            self.retry_interval,
+            Duration::from_millis(10),
+            MAX_RETRY_INTERVAL,
+        )?;
+        Invalid::duration_in(
+            "store.purge_interval",
+            self.purge_interval,
+            Duration::from_secs(1),
+            MAX_PURGE_INTERVAL,
+        )?;
+        Invalid::duration_in(
+            "store.outcomes_ttl",
+            self.outcomes_ttl,
+            Duration::from_secs(1),
+            MAX_OUTCOMES_TTL,
+        )?;
+        Invalid::in_range("store.queue", self.queue, 1, MAX_QUEUE)?;
+        Invalid::in_range(
+            "store.max_value_bytes",
+            self.max_value_bytes,
+            MIN_VALUE_BYTES,
+            MAX_VALUE_BYTES,
+        )?;
+        Invalid::in_range("store.load_limit", self.load_limit, 1, MAX_LOAD_LIMIT)?;
+        Invalid::in_range(
+            "store.cache_bytes",
+            self.cache_bytes,
+            1 << 20,
+            MAX_CACHE_BYTES,
+        )?;
+        for (key, value) in [
+            ("store.key_prefix", &self.key_prefix),
+            ("store.node", &self.node),
+        ] {
+            if value.len() > MAX_NAME_BYTES {
+                return Err(Invalid::new(
+                    key,
+                    format!("must be at most {MAX_NAME_BYTES} bytes"),
+                ));
+            }
+            if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(Invalid::new(
+                    key,
+                    "must not contain spaces or control characters",
+                ));
+            }
+        }
+        match self.engine {
+            Engine::Embedded => {
+                if !self.path.is_absolute() {
+                    return Err(Invalid::new("store.path", "must be an absolute path"));
+                }
+            }
+            Engine::Redis => {
+                if ::redis::Client::open(self.redis_url.as_str()).is_err() {
+                    return Err(Invalid::new(
+                        "store.redis_url",
+                        "must be a redis://, rediss:// or unix:// URL",
+                    ));
+                }
+            }
+            Engine::Off => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(cfg: StoreConfig) -> Invalid {
+        cfg.validate().expect_err("refused")
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(StoreConfig::default().validate(), Ok(()));
+        let redis = StoreConfig {
+            engine: Engine::Redis,
+            redis_url: "unix:///run/redis/redis.sock".into(),
+            ..StoreConfig::default()
+        };
+        assert_eq!(redis.validate(), Ok(()));
+    }
+
+    #[test]
+    fn rejections_name_the_key() {
+        let d = StoreConfig::default;
+        let cases = [
+            (
+                StoreConfig {
+                    budget: Duration::ZERO,
+                    ..d()
+                },
+                "store.budget",
+                "must be at least 1ms",
+            ),
+            (
+                StoreConfig {
+                    budget: MAX_BUDGET + Duration::from_millis(1),
+                    ..d()
+                },
+                "store.budget",
+                "must be at most 5s",
+            ),
+            (
+                StoreConfig { queue: 0, ..d() },
+                "store.queue",
+                "must be at least 1",
+            ),
+            (
+                StoreConfig {
+                    max_value_bytes: MAX_VALUE_BYTES + 1,
+                    ..d()
+                },
+                "store.max_value_bytes",
+                "must be at most 1048576",
+            ),
+            (
+                StoreConfig {
+                    load_limit: 0,
+                    ..d()
+                },
+                "store.load_limit",
+                "must be at least 1",
+            ),
+            (
+                StoreConfig {
+                    path: "state.redb".into(),
+                    ..d()
+                },
+                "store.path",
+                "must be an absolute path",
+            ),
+            (
+                StoreConfig {
+                    engine: Engine::Redis,
+                    redis_url: "http://x/".into(),
+                    ..d()
+                },
+                "store.redis_url",
+                "must be a redis://, rediss:// or unix:// URL",
+            ),
+            (
+                StoreConfig {
+                    node: "a b".into(),
+                    ..d()
+                },
+                "store.node",
+                "must not contain spaces or control characters",
+            ),
+            (
+                StoreConfig {
+                    key_prefix: "x".repeat(MAX_NAME_BYTES + 1),
+                    ..d()
+                },
+                "store.key_prefix",
+                "must be at most 128 bytes",
+            ),
+            (
+                StoreConfig {
+                    io_timeout: Duration::from_secs(61),
+                    ..d()
+                },
+                "store.io_timeout",
+                "must be at most 1m",
+            ),
+        ];
+        for (cfg, key, reason) in cases {
+            let err = rejected(cfg);
+            assert_eq!((err.key.as_str(), err.reason.as_str()), (key, reason));
+        }
+    }
+
+    #[test]
+    fn a_redis_url_is_not_checked_when_the_engine_is_embedded() {
+        let cfg = StoreConfig {
+            redis_url: "nonsense".into(),
+            ..StoreConfig::default()
+        };
+        assert_eq!(cfg.validate(), Ok(()));
+    }
+}

@@ -1,0 +1,338 @@
+//! The embedded engine: one redb file on this host (`store.path`). redb is synchronous, so every
+//! operation runs on tokio's blocking pool, never on a session's thread. Each value is stored
+//! behind its expiry (8 bytes, Unix milliseconds, big-endian): reads ignore expired entries, and
+//! the writer purges them every `store.purge_interval`. Writes arrive in batches: one
+//! transaction (one fsync) per batch.
+
+use std::{os::unix::fs::DirBuilderExt, path::Path, sync::Arc};
+
+use redb::{Database, ReadableTable, TableDefinition};
+
+use super::{StoreConfig, StoreError, Write, records::unix_now_ms};
+
+/// The one table: key -> expiry (8 bytes) + value.
+const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
+
+/// Bytes of the expiry in front of every value.
+const EXPIRY: usize = 8;
+
+/// Expired entries deleted by one purge transaction at most (the next purge takes the rest).
+const PURGE_BATCH: usize = 10_000;
+
+/// The redb database, shared with the blocking tasks.
+pub(super) struct Embedded {
+    /// The open database (holds the file's lock: one daemon per file).
+    db: Arc<Database>,
+}
+
+/// Any redb error, as a [`StoreError`].
+fn db_error<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Embedded(Box::new(e.into()))
+}
+
+impl Embedded {
+    /// Opens (or creates) the file, creating its directory with mode 0700.
+    pub(super) fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        if let Some(dir) = config.path.parent()
+            && !dir.as_os_str().is_empty()
+            && !dir.exists()
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| StoreError::Directory {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+        }
+        Self::open_file(&config.path, config.cache_bytes)
+    }
+
+    /// Opens (or creates) the database at `path`.
+    fn open_file(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(db_error)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Runs `f` on the database on the blocking pool.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Applies a batch in one transaction.
+    pub(super) async fn apply(&self, batch: Vec<Write>) -> Result<(), StoreError> {
+        self.blocking(move |db| apply(db, &batch, unix_now_ms()))
+            .await
+    }
+
+    /// The value of `key` unless missing or expired.
+    pub(super) async fn get(&self, key: String, max: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        self.blocking(move |db| get(db, &key, max, unix_now_ms()))
+            .await
+    }
+
+    /// Up to `limit` live entries under `prefix`.
+    pub(super) async fn scan(
+        &self,
+        prefix: String,
+        limit: usize,
+        max: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.blocking(move |db| scan(db, &prefix, limit, max, unix_now_ms()))
+            .await
+    }
+
+    /// Deletes expired entries (at most [`PURGE_BATCH`]).
+    pub(super) async fn purge(&self) -> Result<usize, StoreError> {
+        self.blocking(move |db| purge(db, unix_now_ms())).await
+    }
+}
+
+/// Writes `batch` at `now` in one transaction.
+fn apply(db: &Database, batch: &[Write], now: u64) -> Result<(), StoreError> {
+    let tx = db.begin_write().map_err(db_error)?;
+    {
+        let mut table = tx.open_table(ENTRIES).map_err(db_error)?;
+        for write in batch {
+            match write {
+                Write::Put { key, value, ttl } => {
+                    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+                    let mut stored = Vec::with_capacity(EXPIRY + value.len());
+                    stored.extend_from_slice(&now.saturating_add(ttl_ms).to_be_bytes());
+                    stored.extend_from_slice(value);
+                    table
+                        .insert(key.as_str(), stored.as_slice())
+                        .map_err(db_error)?;
+                }
+                Write::Delete { key } => {
+                    table.remove(key.as_str()).map_err(db_error)?;
+                }
+            }
+        }
+    }
+    tx.commit().map_err(db_error)
+}
+
+/// Splits a stored value into its expiry and the value (hostile: a file may be damaged).
+fn split(key: &str, stored: &[u8], max: usize) -> Result<(u64, Vec<u8>), StoreError> {
+    let (Some(expiry), Some(value)) = (stored.get(..EXPIRY), stored.get(EXPIRY..)) else {
+        return Err(StoreError::Decode {
+            key: key.to_string(),
+            reason: format!("{} bytes, shorter than its expiry", stored.len()),
+        });
+    };
+    let mut at = [0u8; EXPIRY];
+    at.copy_from_slice(expiry);
+    if value.len() > max {
+        return Err(StoreError::TooLarge {
+            key: key.to_string(),
+            len: value.len(),
+            max,
+        });
+    }
+    Ok((u64::from_be_bytes(at), value.to_vec()))
+}
+
+/// The live value of `key` at `now`.
+fn get(db: &Database, key: &str, max: usize, now: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    let tx = db.begin_read().map_err(db_error)?;
+    let table = match tx.open_table(ENTRIES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(db_error(e)),
+    };
+    let Some(stored) = table.get(key).map_err(db_error)? else {
+        return Ok(None);
+    };
+    let (expires, value) = split(key, stored.value(), max)?;
+    Ok((expires > now).then_some(value))
+}
+
+/// Up to `limit` live entries under `prefix` at `now`; damaged ones are skipped (logged).
+fn scan(
+    db: &Database,
+    prefix: &str,
+    limit: usize,
+    max: usize,
+    now: u64,
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let tx = db.begin_read().map_err(db_error)?;
+    let table = match tx.open_table(ENTRIES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(db_error(e)),
+    };
+    let mut out = Vec::new();
+    for entry in table.range(prefix..).map_err(db_error)? {
+        let (key, stored) = entry.map_err(db_error)?;
+        let key = key.value();
+        if !key.starts_with(prefix) || out.len() >= limit {
+            break;
+        }
+        match split(key, stored.value(), max) {
+            Ok((expires, value)) if expires > now => out.push((key.to_string(), value)),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "store: damaged entry skipped"),
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes up to [`PURGE_BATCH`] entries expired at `now` (and damaged ones); how many.
+fn purge(db: &Database, now: u64) -> Result<usize, StoreError> {
+    let tx = db.begin_write().map_err(db_error)?;
+    let removed = {
+        let mut table = tx.open_table(ENTRIES).map_err(db_error)?;
+        let mut expired = Vec::new();
+        for entry in table.iter().map_err(db_error)? {
+            let (key, stored) = entry.map_err(db_error)?;
+            let dead = match split(key.value(), stored.value(), usize::MAX) {
+                Ok((expires, _)) => expires <= now,
+                Err(_) => true,
+            };
+            if dead {
+                expired.push(key.value().to_string());
+                if expired.len() >= PURGE_BATCH {
+                    break;
+                }
+            }
+        }
+        for key in &expired {
+            table.remove(key.as_str()).map_err(db_error)?;
+        }
+        expired.len()
+    };
+    tx.commit().map_err(db_error)?;
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn temp_db(tag: &str) -> (std::path::PathBuf, Database) {
+        let dir = std::env::temp_dir().join(format!("sgw-store-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let db = Database::create(dir.join("state.redb")).expect("create");
+        (dir, db)
+    }
+
+    fn put(key: &str, value: &[u8], ttl_ms: u64) -> Write {
+        Write::Put {
+            key: key.into(),
+            value: value.to_vec(),
+            ttl: Duration::from_millis(ttl_ms),
+        }
+    }
+
+    #[test]
+    fn entries_expire_at_their_ttl_and_are_purged() {
+        let (dir, db) = temp_db("ttl");
+        let t0 = 1_000_000;
+        apply(
+            &db,
+            &[put("pass/a", b"1", 100), put("pass/b", b"2", 1000)],
+            t0,
+        )
+        .expect("apply");
+        assert_eq!(
+            get(&db, "pass/a", 64, t0 + 99).expect("get"),
+            Some(b"1".to_vec())
+        );
+        assert_eq!(
+            get(&db, "pass/a", 64, t0 + 100).expect("get"),
+            None,
+            "expired"
+        );
+        let live = scan(&db, "pass/", 10, 64, t0 + 500).expect("scan");
+        assert_eq!(live, vec![("pass/b".to_string(), b"2".to_vec())]);
+        assert_eq!(purge(&db, t0 + 500).expect("purge"), 1);
+        assert_eq!(purge(&db, t0 + 500).expect("purge"), 0);
+        assert_eq!(
+            get(&db, "pass/b", 64, t0 + 999).expect("get"),
+            Some(b"2".to_vec())
+        );
+        apply(
+            &db,
+            &[Write::Delete {
+                key: "pass/b".into(),
+            }],
+            t0,
+        )
+        .expect("delete");
+        assert_eq!(get(&db, "pass/b", 64, t0).expect("get"), None);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn oversized_and_damaged_values_are_errors_not_panics() {
+        let (dir, db) = temp_db("hostile");
+        let t0 = 1_000;
+        apply(&db, &[put("pass/big", &[b'x'; 100], 1000)], t0).expect("apply");
+        match get(&db, "pass/big", 99, t0) {
+            Err(StoreError::TooLarge {
+                len: 100, max: 99, ..
+            }) => {}
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        // A value shorter than its expiry header, written behind the engine's back.
+        let tx = db.begin_write().expect("tx");
+        {
+            let mut t = tx.open_table(ENTRIES).expect("table");
+            t.insert("pass/short", b"abc".as_slice()).expect("insert");
+        }
+        tx.commit().expect("commit");
+        match get(&db, "pass/short", 99, t0) {
+            Err(StoreError::Decode { key, .. }) => assert_eq!(key, "pass/short"),
+            other => panic!("expected Decode, got {other:?}"),
+        }
+        // A scan skips it, a purge removes it.
+        let live = scan(&db, "pass/", 10, 1000, t0).expect("scan");
+        assert_eq!(live.len(), 1);
+        assert_eq!(purge(&db, t0).expect("purge"), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_scan_stays_in_its_space_and_limit() {
+        let (dir, db) = temp_db("scan");
+        let writes: Vec<Write> = (0..5)
+            .map(|i| put(&format!("count/{i}"), b"v", 1000))
+            .chain([put("outcome/x", b"v", 1000), put("ban/y", b"v", 1000)])
+            .collect();
+        apply(&db, &writes, 0).expect("apply");
+        assert_eq!(scan(&db, "count/", 3, 64, 1).expect("scan").len(), 3);
+        assert_eq!(scan(&db, "count/", 100, 64, 1).expect("scan").len(), 5);
+        assert_eq!(scan(&db, "pass/", 100, 64, 1).expect("scan").len(), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_second_daemon_on_the_same_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("sgw-store-{}-lock", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = StoreConfig {
+            path: dir.join("sub/state.redb"),
+            ..StoreConfig::default()
+        };
+        let first = Embedded::open(&cfg).expect("first");
+        assert!(Embedded::open(&cfg).is_err(), "the file is locked");
+        drop(first);
+        Embedded::open(&cfg).expect("reopened after the first closed");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,513 @@
+//! The state that outlives a restart and, with Redis, spans a fleet: the pass cache, auto-ban
+//! counts and waiting bans, per-source session outcomes, and the ban/allowlist records the fleet
+//! will share. One interface ([`Store`]), two engines: `embedded` (a redb file, the default) and
+//! `redis`.
+//!
+//! The pinned kernel maps stay the local truth on the packet path: nothing here sits between a
+//! SYN and its verdict. Sessions never wait on a write (writes are queued, batched and written
+//! by one task, [`Writer`]; a store that is down keeps them, bounded by `store.queue`, and gets
+//! them when it returns); a read waits at most `store.budget`, and then `store.on_timeout`
+//! decides. Every entry has a TTL. Every value read back is hostile (`records.rs`).
+//!
+//! - `mod.rs`: [`Store`] (the interface), [`Writer`] (the write queue), [`StoreError`];
+//! - `config.rs`: `[store]`;
+//! - `records.rs`: keys ([`Space`]), the ban record, the bounded codec;
+//! - `embedded.rs`: the redb engine (synchronous, run on the blocking pool);
+//! - `redis.rs`: the Redis engine (connection manager, native expiry).
+
+pub mod config;
+mod embedded;
+pub mod records;
+mod redis;
+
+use std::{
+    collections::VecDeque,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::sync::{mpsc, watch};
+
+pub use config::{Engine as EngineKind, OnTimeout, StoreConfig};
+pub use records::{BanRecord, Space};
+
+use crate::metrics::Metrics;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The embedded database refused (I/O, corruption, lock held by another process).
+    #[error("embedded store: {0}")]
+    Embedded(Box<redb::Error>),
+    /// Redis refused or is unreachable.
+    #[error("redis: {0}")]
+    Redis(Box<::redis::RedisError>),
+    /// The store did not answer in time.
+    #[error("the store did not answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// A value read back is larger than `store.max_value_bytes`.
+    #[error("{key}: value of {len} bytes, over the {max} allowed")]
+    TooLarge {
+        /// The key read.
+        key: String,
+        /// Its size.
+        len: usize,
+        /// `store.max_value_bytes`.
+        max: usize,
+    },
+    /// A value read back is not what the key's space holds.
+    #[error("{key}: cannot decode the value: {reason}")]
+    Decode {
+        /// The key read.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The store's directory could not be created.
+    #[error("cannot create {path}: {source}")]
+    Directory {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A blocking operation of the embedded engine panicked or was cancelled.
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+impl From<::redis::RedisError> for StoreError {
+    fn from(e: ::redis::RedisError) -> Self {
+        StoreError::Redis(Box::new(e))
+    }
+}
+
+/// One queued write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Write {
+    /// Sets `key` to `value` for `ttl`.
+    Put {
+        /// The key (`<space>/<id>`).
+        key: String,
+        /// The encoded value.
+        value: Vec<u8>,
+        /// How long it lives.
+        ttl: Duration,
+    },
+    /// Removes `key`.
+    Delete {
+        /// The key (`<space>/<id>`).
+        key: String,
+    },
+}
+
+impl Write {
+    /// The key written.
+    fn key(&self) -> &str {
+        match self {
+            Write::Put { key, .. } | Write::Delete { key } => key,
+        }
+    }
+}
+
+/// The engine behind a [`Store`] (one table line per engine).
+enum Engine {
+    /// A redb file.
+    Embedded(embedded::Embedded),
+    /// A Redis server.
+    Redis(redis::Redis),
+}
+
+impl Engine {
+    /// Applies a batch of writes at once.
+    async fn apply(&self, batch: Vec<Write>) -> Result<(), StoreError> {
+        match self {
+            Engine::Embedded(e) => e.apply(batch).await,
+            Engine::Redis(r) => r.apply(batch).await,
+        }
+    }
+
+    /// The raw value of `key`, unless missing or expired (at most `max` bytes).
+    async fn get(&self, key: String, max: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Engine::Embedded(e) => e.get(key, max).await,
+            Engine::Redis(r) => r.get(key, max).await,
+        }
+    }
+
+    /// Up to `limit` live entries whose key starts with `prefix`.
+    async fn scan(
+        &self,
+        prefix: String,
+        limit: usize,
+        max: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        match self {
+            Engine::Embedded(e) => e.scan(prefix, limit, max).await,
+            Engine::Redis(r) => r.scan(prefix, limit, max).await,
+        }
+    }
+
+    /// Deletes expired entries (Redis expires them itself); how many went.
+    async fn purge(&self) -> Result<usize, StoreError> {
+        match self {
+            Engine::Embedded(e) => e.purge().await,
+            Engine::Redis(_) => Ok(0),
+        }
+    }
+
+    /// The engine's name in logs and metrics.
+    fn name(&self) -> &'static str {
+        match self {
+            Engine::Embedded(_) => "embedded",
+            Engine::Redis(_) => "redis",
+        }
+    }
+}
+
+/// A store opened while the daemon still has its privileges (the embedded file under
+/// `/var/lib`), started later on the runtime by [`Opened::start`].
+pub struct Opened {
+    /// The section it was opened with.
+    config: StoreConfig,
+    /// The embedded database, when that is the engine.
+    embedded: Option<embedded::Embedded>,
+}
+
+impl Opened {
+    /// Opens the configured engine: the embedded file now (creating its directory); Redis only
+    /// parses its URL here and connects on first use (a Redis that is down never stops a
+    /// start). `None` when `store.engine = "off"`.
+    pub fn open(config: &StoreConfig) -> Result<Option<Self>, StoreError> {
+        let embedded = match config.engine {
+            EngineKind::Off => return Ok(None),
+            EngineKind::Embedded => Some(embedded::Embedded::open(config)?),
+            EngineKind::Redis => None,
+        };
+        Ok(Some(Self {
+            config: config.clone(),
+            embedded,
+        }))
+    }
+
+    /// Starts the store on the running runtime: the handle sessions and tasks use, and the
+    /// writer that must run (and be stopped after the last write, see [`Writer::run`]).
+    pub fn start(self, metrics: Arc<Metrics>) -> Result<(Store, Writer), StoreError> {
+        let config = self.config;
+        let engine = match self.embedded {
+            Some(e) => Engine::Embedded(e),
+            None => Engine::Redis(redis::Redis::connect(&config)?),
+        };
+        let node = if config.node.is_empty() {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into())
+        } else {
+            config.node.clone()
+        };
+        let engine = Arc::new(engine);
+        let (tx, rx) = mpsc::channel(config.queue);
+        tracing::info!(engine = engine.name(), node, "state store opened");
+        let store = Store {
+            inner: Arc::new(Inner {
+                engine: engine.clone(),
+                writes: tx,
+                node,
+                config: config.clone(),
+                metrics: metrics.clone(),
+            }),
+        };
+        let writer = Writer {
+            engine,
+            writes: rx,
+            config,
+            metrics,
+        };
+        Ok((store, writer))
+    }
+}
+
+/// The store as sessions and tasks use it: cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    /// Shared by every clone.
+    inner: Arc<Inner>,
+}
+
+/// What the clones of a [`Store`] share.
+struct Inner {
+    /// The engine.
+    engine: Arc<Engine>,
+    /// The write queue ([`Writer`] drains it).
+    writes: mpsc::Sender<Write>,
+    /// This node's name.
+    node: String,
+    /// `[store]`.
+    config: StoreConfig,
+    /// Operation counters.
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("engine", &self.inner.engine.name())
+            .field("node", &self.inner.node)
+            .finish()
+    }
+}
+
+impl Store {
+    /// This node's name (`store.node`, or the host name).
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// What a session does when the store does not answer in time.
+    pub fn on_timeout(&self) -> OnTimeout {
+        self.inner.config.on_timeout
+    }
+
+    /// `[store]`.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// Queues `value` under `id` in `space` for `ttl`; never waits. A full queue drops the
+    /// write (counted); a zero TTL writes nothing.
+    pub fn put<T: Serialize>(&self, space: Space, id: &str, value: &T, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        let key = space.key(id);
+        match records::encode(&key, value) {
+            Ok(value) => self.queue(Write::Put { key, value, ttl }),
+            Err(e) => tracing::error!(error = %e, "store: not written"),
+        }
+    }
+
+    /// Queues the removal of `id` from `space`; never waits.
+    pub fn delete(&self, space: Space, id: &str) {
+        self.queue(Write::Delete { key: space.key(id) });
+    }
+
+    /// Hands a write to the writer, or counts it lost when the queue is full.
+    fn queue(&self, write: Write) {
+        match self.inner.writes.try_send(write) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.inner.metrics.store_queue_overflow();
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.inner.metrics.store_op("put", "error");
+            }
+        }
+    }
+
+    /// The value of `id` in `space`, waiting at most `store.budget` (for sessions). A timeout,
+    /// an engine error and a hostile value are errors (counted); the caller applies
+    /// [`on_timeout`](Self::on_timeout).
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        space: Space,
+        id: &str,
+    ) -> Result<Option<T>, StoreError> {
+        self.get_within(space, id, self.inner.config.budget).await
+    }
+
+    /// [`get`](Self::get) with another bound.
+    pub async fn get_within<T: DeserializeOwned>(
+        &self,
+        space: Space,
+        id: &str,
+        within: Duration,
+    ) -> Result<Option<T>, StoreError> {
+        let key = space.key(id);
+        let max = self.inner.config.max_value_bytes;
+        let result =
+            match tokio::time::timeout(within, self.inner.engine.get(key.clone(), max)).await {
+                Ok(Ok(Some(bytes))) => records::decode(&key, &bytes, max).map(Some),
+                Ok(Ok(None)) => Ok(None),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(StoreError::Timeout(within)),
+            };
+        self.count("get", &result);
+        result
+    }
+
+    /// Up to `store.load_limit` live entries of `space` (ids and values), within
+    /// `store.io_timeout`: what a task loads at start. Entries that do not decode are skipped
+    /// (logged and counted), never fatal.
+    pub async fn load<T: DeserializeOwned>(
+        &self,
+        space: Space,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let cfg = &self.inner.config;
+        let prefix = space.key("");
+        let scan = self
+            .inner
+            .engine
+            .scan(prefix, cfg.load_limit, cfg.max_value_bytes);
+        let raw = match tokio::time::timeout(cfg.io_timeout, scan).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(cfg.io_timeout)),
+        };
+        self.count("scan", &raw);
+        let mut out = Vec::new();
+        for (key, bytes) in raw? {
+            let Some(id) = space.id_of(&key) else {
+                continue;
+            };
+            match records::decode(&key, &bytes, cfg.max_value_bytes) {
+                Ok(v) => out.push((id.to_string(), v)),
+                Err(e) => {
+                    self.inner.metrics.store_op("decode", "error");
+                    tracing::warn!(error = %e, "store: entry skipped");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Counts an operation by outcome.
+    fn count<T>(&self, op: &'static str, result: &Result<T, StoreError>) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(StoreError::Timeout(_)) => "timeout",
+            Err(_) => "error",
+        };
+        self.inner.metrics.store_op(op, outcome);
+    }
+}
+
+/// The one task that writes: drains the queue in batches, keeps what a store that is down
+/// refused (bounded by `store.queue`, the oldest dropped and counted) and tries again every
+/// `store.retry_interval`, and purges expired entries of the embedded file.
+pub struct Writer {
+    /// The engine.
+    engine: Arc<Engine>,
+    /// The queue sessions and tasks fill.
+    writes: mpsc::Receiver<Write>,
+    /// `[store]`.
+    config: StoreConfig,
+    /// Operation counters.
+    metrics: Arc<Metrics>,
+}
+
+/// Writes applied in one batch at most.
+const BATCH: usize = 512;
+
+impl Writer {
+    /// Writes until `stop` turns true (send it after the last task that writes has finished),
+    /// then flushes what is queued, bounded by `store.io_timeout`. Returns the writes lost
+    /// (the store refused them to the end).
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> usize {
+        let mut backlog: VecDeque<Write> = VecDeque::new();
+        let mut retry_at: Option<Instant> = None;
+        let mut purge_at = Instant::now() + self.config.purge_interval;
+        let mut down = false;
+        loop {
+            let wake = match retry_at {
+                Some(at) => at.min(purge_at),
+                None => purge_at,
+            };
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                write = self.writes.recv(), if backlog.len() < self.config.queue => match write {
+                    Some(w) => self.push(&mut backlog, w),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(wake.into()) => {}
+            }
+            while backlog.len() < BATCH {
+                match self.writes.try_recv() {
+                    Ok(w) => self.push(&mut backlog, w),
+                    Err(_) => break,
+                }
+            }
+            let now = Instant::now();
+            if now >= purge_at {
+                purge_at = now + self.config.purge_interval;
+                match self.engine.purge().await {
+                    Ok(n) if n > 0 => tracing::debug!(expired = n, "store: purged"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "store: purge failed"),
+                }
+            }
+            if retry_at.is_some_and(|at| now < at) || backlog.is_empty() {
+                continue;
+            }
+            match self.flush(&mut backlog).await {
+                Ok(()) => {
+                    retry_at = None;
+                    if down {
+                        down = false;
+                        tracing::info!("state store reachable again; queued writes written");
+                    }
+                }
+                Err(e) => {
+                    retry_at = Some(Instant::now() + self.config.retry_interval);
+                    if !down {
+                        down = true;
+                        tracing::warn!(error = %e, queued = backlog.len(), "state store unavailable; writes kept and retried (local state keeps serving)");
+                    }
+                }
+            }
+        }
+        // The last writes (auto-ban's at shutdown among them), bounded in time.
+        while let Ok(w) = self.writes.try_recv() {
+            self.push(&mut backlog, w);
+        }
+        let deadline = Instant::now() + self.config.io_timeout;
+        while !backlog.is_empty() && Instant::now() < deadline {
+            if self.flush(&mut backlog).await.is_err() {
+                break;
+            }
+        }
+        if !backlog.is_empty() {
+            tracing::warn!(lost = backlog.len(), "store: writes not written at stop");
+        }
+        backlog.len()
+    }
+
+    /// Queues one write; a full backlog drops its oldest (counted).
+    fn push(&self, backlog: &mut VecDeque<Write>, write: Write) {
+        if backlog.len() >= self.config.queue {
+            backlog.pop_front();
+            self.metrics.store_queue_overflow();
+        }
+        backlog.push_back(write);
+        self.metrics.store_queued(backlog.len());
+    }
+
+    /// Writes up to one batch from the front of the backlog; on failure it stays there.
+    async fn flush(&self, backlog: &mut VecDeque<Write>) -> Result<(), StoreError> {
+        while !backlog.is_empty() {
+            let n = backlog.len().min(BATCH);
+            let batch: Vec<Write> = backlog.iter().take(n).cloned().collect();
+            let timeout = self.config.io_timeout;
+            let result = match tokio::time::timeout(timeout, self.engine.apply(batch)).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Timeout(timeout)),
+            };
+            let outcome = match &result {
+                Ok(()) => "ok",
+                Err(StoreError::Timeout(_)) => "timeout",
+                Err(_) => "error",
+            };
+            self.metrics.store_ops("write", outcome, n as u64);
+            result?;
+            for write in backlog.drain(..n) {
+                tracing::trace!(key = write.key(), "store: written");
+            }
+            self.metrics.store_queued(backlog.len());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+//! The stored data model and its codec: what a key is made of ([`Space`] and an id), the ban and
+//! allowlist record every node can read ([`BanRecord`]), and the bounded decoding of values read
+//! back (hostile: a value over `store.max_value_bytes` or one that does not decode is a typed
+//! error, never a panic). Features keep their own record types (pass cache, auto-ban counts,
+//! session outcomes); they are encoded here.
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use super::StoreError;
+
+/// What kind of entry a key names; the first part of every key (`<space>/<id>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Space {
+    /// Clients that passed (postscreen's cache), by address.
+    Pass,
+    /// Auto-ban counts, by ban target and check, aging out with `autoban.window`.
+    Count,
+    /// Bans decided and not yet written to the kernel, by ban target.
+    Pending,
+    /// Per-source session outcomes, by address.
+    Outcome,
+    /// Bans in force, by target (with origin node, reason and expiry).
+    Ban,
+    /// Allowlist entries, by target.
+    Allow,
+}
+
+impl Space {
+    /// Every space.
+    pub const ALL: [Space; 6] = [
+        Space::Pass,
+        Space::Count,
+        Space::Pending,
+        Space::Outcome,
+        Space::Ban,
+        Space::Allow,
+    ];
+
+    /// The space's name in keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            Space::Pass => "pass",
+            Space::Count => "count",
+            Space::Pending => "pending",
+            Space::Outcome => "outcome",
+            Space::Ban => "ban",
+            Space::Allow => "allow",
+        }
+    }
+
+    /// The key of `id` in this space (without the engine's prefix).
+    pub fn key(self, id: &str) -> String {
+        format!("{}/{id}", self.name())
+    }
+
+    /// The id of `key` when it belongs to this space.
+    pub fn id_of(self, key: &str) -> Option<&str> {
+        key.strip_prefix(self.name())?.strip_prefix('/')
+    }
+}
+
+/// A ban or allowlist entry as every node stores and reads it: the fleet's shared view of who is
+/// blocked, by whom and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BanRecord {
+    /// What it covers: an address or a prefix (`198.18.0.7`, `2001:db8::/64`).
+    pub target: String,
+    /// The address whose behaviour decided it, when one did (auto-ban).
+    pub source: Option<String>,
+    /// Why (`autoban: pregreet`, an operator's text).
+    pub reason: String,
+    /// Which subsystem decided it (`autoban`, `cli`, `import`).
+    pub origin: String,
+    /// The node that decided it (`store.node`).
+    pub node: String,
+    /// When it was decided, Unix milliseconds.
+    pub added_unix_ms: u64,
+    /// When it ends, Unix milliseconds (none: never).
+    pub expires_unix_ms: Option<u64>,
+}
+
+/// The current Unix time in milliseconds (0 before 1970).
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Encodes a record (JSON: readable with `redis-cli`, tolerant of added optional fields).
+pub fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Decode {
+        key: key.to_string(),
+        reason: format!("cannot encode: {e}"),
+    })
+}
+
+/// Decodes a value read back from the store: refused unread when over `max` bytes, a typed
+/// error when it is not a `T`.
+pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8], max: usize) -> Result<T, StoreError> {
+    if bytes.len() > max {
+        return Err(StoreError::TooLarge {
+            key: key.to_string(),
+            len: bytes.len(),
+            max,
+        });
+    }
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Decode {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> BanRecord {
+        BanRecord {
+            target: "2001:db8::/64".into(),
+            source: Some("2001:db8::7".into()),
+            reason: "autoban: pregreet".into(),
+            origin: "autoban".into(),
+            node: "mx1".into(),
+            added_unix_ms: 1,
+            expires_unix_ms: Some(2),
+        }
+    }
+
+    #[test]
+    fn a_record_round_trips() {
+        let bytes = encode("ban/x", &record()).expect("encode");
+        let back: BanRecord = decode("ban/x", &bytes, 4096).expect("decode");
+        assert_eq!(back, record());
+    }
+
+    #[test]
+    fn hostile_values_are_typed_errors() {
+        let bytes = encode("ban/x", &record()).expect("encode");
+        let cases: [(&[u8], &str); 6] = [
+            (&bytes, "too large"),
+            (b"", "decode"),
+            (b"\xff\xfe\x00garbage", "decode"),
+            (b"{\"target\": 7}", "decode"),
+            (
+                b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+                "decode",
+            ),
+            (b"{\"target\":\"x\",\"unknown\":1}", "decode"),
+        ];
+        for (i, (value, kind)) in cases.into_iter().enumerate() {
+            let max = if i == 0 { bytes.len() - 1 } else { 4096 };
+            let err = decode::<BanRecord>("ban/x", value, max).expect_err(kind);
+            match (kind, &err) {
+                ("too large", StoreError::TooLarge { len, max: m, .. }) => {
+                    assert_eq!((*len, *m), (bytes.len(), bytes.len() - 1));
+                }
+                ("decode", StoreError::Decode { key, .. }) => assert_eq!(key, "ban/x"),
+                _ => panic!("case {i}: unexpected {err}"),
+            }
+        }
+    }
+
+    #[test]
+    fn keys_name_their_space() {
+        for space in Space::ALL {
+            let key = space.key("198.18.0.1");
+            assert_eq!(space.id_of(&key), Some("198.18.0.1"));
+            assert!(
+                Space::ALL
+                    .iter()
+                    .filter(|s| **s != space)
+                    .all(|s| s.id_of(&key).is_none())
+            );
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The Redis engine: every gateway of a fleet reads and writes one server (`store.redis_url`,
+//! TCP, TLS or a unix socket) under `store.key_prefix`. Entries expire natively (`SET ... PX`).
+//! The connection manager reconnects by itself; it connects lazily, so a Redis that is down
+//! never stops a daemon from starting. Reads are bounded in size by the server (`GETRANGE`):
+//! a hostile value is never transferred whole.
+
+use ::redis::{
+    AsyncCommands as _, Client,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
+
+use super::{StoreConfig, StoreError, Write};
+
+/// Keys asked for per `SCAN` round trip.
+const SCAN_COUNT: usize = 1000;
+
+/// A lazily connected, self-reconnecting Redis connection and the key prefix.
+pub(super) struct Redis {
+    /// The connection (clones share it).
+    conn: ConnectionManager,
+    /// `store.key_prefix`.
+    prefix: String,
+}
+
+impl Redis {
+    /// The engine for `store.redis_url`; connects on first use (needs the tokio runtime).
+    pub(super) fn connect(config: &StoreConfig) -> Result<Self, StoreError> {
+        let client = Client::open(config.redis_url.as_str())?;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.io_timeout))
+            .set_response_timeout(Some(config.io_timeout))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_lazy_with_config(client, manager)?;
+        Ok(Self {
+            conn,
+            prefix: config.key_prefix.clone(),
+        })
+    }
+
+    /// The full key of `key`.
+    fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// Applies a batch in one pipeline (`SET PX` / `DEL`).
+    pub(super) async fn apply(&self, batch: Vec<Write>) -> Result<(), StoreError> {
+        let mut pipe = ::redis::pipe();
+        for write in &batch {
+            match write {
+                Write::Put { key, value, ttl } => {
+                    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+                    pipe.cmd("SET")
+                        .arg(self.full(key))
+                        .arg(value.as_slice())
+                        .arg("PX")
+                        .arg(ttl_ms)
+                        .ignore();
+                }
+                Write::Delete { key } => {
+                    pipe.cmd("DEL").arg(self.full(key)).ignore();
+                }
+            }
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// The value of `key`, at most `max` bytes transferred (one more tells it is too large).
+    pub(super) async fn get(&self, key: String, max: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut conn = self.conn.clone();
+        let end = i64::try_from(max).unwrap_or(i64::MAX);
+        let value: Vec<u8> = conn.getrange(self.full(&key), 0, end as isize).await?;
+        check(&key, value, max)
+    }
+
+    /// Up to `limit` entries under `prefix` (`SCAN` then one pipeline of bounded reads per
+    /// round). Keys that are not UTF-8 or not ours are skipped.
+    pub(super) async fn scan(
+        &self,
+        prefix: String,
+        limit: usize,
+        max: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}*", escape_glob(&self.full(&prefix)));
+        let end = i64::try_from(max).unwrap_or(i64::MAX);
+        let mut out = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = ::redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .query_async(&mut conn)
+                .await?;
+            let keys: Vec<String> = keys
+                .into_iter()
+                .filter_map(|k| String::from_utf8(k).ok())
+                .filter_map(|k| k.strip_prefix(&self.prefix).map(str::to_string))
+                .take(limit.saturating_sub(out.len()))
+                .collect();
+            if !keys.is_empty() {
+                let mut pipe = ::redis::pipe();
+                for key in &keys {
+                    pipe.cmd("GETRANGE").arg(self.full(key)).arg(0).arg(end);
+                }
+                let values: Vec<Vec<u8>> = pipe.query_async(&mut conn).await?;
+                for (key, value) in keys.into_iter().zip(values) {
+                    match check(&key, value, max) {
+                        Ok(Some(v)) => out.push((key, v)),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, "store: entry skipped"),
+                    }
+                }
+            }
+            cursor = next;
+            if cursor == 0 || out.len() >= limit {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// A value read with `GETRANGE 0 max`: empty is missing (no value is ever empty), over `max`
+/// bytes is too large.
+fn check(key: &str, value: Vec<u8>, max: usize) -> Result<Option<Vec<u8>>, StoreError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if value.len() > max {
+        return Err(StoreError::TooLarge {
+            key: key.to_string(),
+            len: value.len(),
+            max,
+        });
+    }
+    Ok(Some(value))
+}
+
+/// `text` with Redis glob characters escaped, for a `MATCH` pattern.
+fn escape_glob(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_characters_of_a_prefix_are_escaped() {
+        assert_eq!(escape_glob("sgw:pass/"), "sgw:pass/");
+        assert_eq!(escape_glob("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+
+    #[test]
+    fn empty_is_missing_and_long_is_refused() {
+        assert_eq!(check("k", Vec::new(), 4).expect("ok"), None);
+        assert_eq!(
+            check("k", b"abcd".to_vec(), 4).expect("ok"),
+            Some(b"abcd".to_vec())
+        );
+        assert!(matches!(
+            check("k", b"abcde".to_vec(), 4),
+            Err(StoreError::TooLarge { len: 5, max: 4, .. })
+        ));
+    }
+}

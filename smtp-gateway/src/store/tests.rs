@@ -1,0 +1,388 @@
+//! The [`Store`] interface over both engines: typed values round trip, hostile values are typed
+//! errors, entries expire, the writer keeps what a store that is down refused and writes it when
+//! the store returns. The Redis tests run a private `redis-server` on a unix socket in a temp
+//! directory, stopped by PID.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::*;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Probe {
+    n: u32,
+    text: String,
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sgw-storet-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// A private redis-server on a unix socket, killed by PID on drop.
+struct RedisServer {
+    /// The process, while it runs.
+    child: Option<Child>,
+    /// Its socket.
+    socket: PathBuf,
+}
+
+impl RedisServer {
+    fn start(dir: &std::path::Path) -> Self {
+        let socket = dir.join("redis.sock");
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (package redis-server; `cargo xtask setup` installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self {
+            child: Some(child),
+            socket,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .arg("-s")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn embedded_config(dir: &std::path::Path) -> StoreConfig {
+    StoreConfig {
+        path: dir.join("state.redb"),
+        ..StoreConfig::default()
+    }
+}
+
+fn redis_config(url: String) -> StoreConfig {
+    StoreConfig {
+        engine: EngineKind::Redis,
+        redis_url: url,
+        key_prefix: "t:".into(),
+        node: "node-a".into(),
+        retry_interval: Duration::from_millis(50),
+        io_timeout: Duration::from_millis(500),
+        budget: Duration::from_millis(500),
+        ..StoreConfig::default()
+    }
+}
+
+/// A started store, its writer running.
+struct Running {
+    store: Store,
+    metrics: Arc<Metrics>,
+    stop: watch::Sender<bool>,
+    writer: tokio::task::JoinHandle<usize>,
+}
+
+impl Running {
+    fn start(cfg: &StoreConfig) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let (store, writer) = Opened::open(cfg)
+            .expect("open")
+            .expect("an engine")
+            .start(metrics.clone())
+            .expect("start");
+        let (stop, stop_rx) = watch::channel(false);
+        let writer = tokio::spawn(writer.run(stop_rx));
+        Self {
+            store,
+            metrics,
+            stop,
+            writer,
+        }
+    }
+
+    async fn stop(self) -> usize {
+        let _ = self.stop.send(true);
+        self.writer.await.expect("writer")
+    }
+
+    /// Waits (bounded) until `id` in `space` reads back as `want`.
+    async fn until_reads<T>(&self, space: Space, id: &str, want: Option<T>)
+    where
+        T: serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.store.get::<T>(space, id).await;
+            if matches!(&got, Ok(v) if *v == want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{space:?}/{id}: {got:?}, want {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn probe(n: u32) -> Probe {
+    Probe {
+        n,
+        text: "x".into(),
+    }
+}
+
+async fn round_trip_and_expiry(run: &Running) {
+    run.store.put(
+        Space::Pass,
+        "198.18.0.1",
+        &probe(1),
+        Duration::from_secs(60),
+    );
+    run.store.put(
+        Space::Pass,
+        "198.18.0.2",
+        &probe(2),
+        Duration::from_millis(300),
+    );
+    run.until_reads(Space::Pass, "198.18.0.1", Some(probe(1)))
+        .await;
+    run.until_reads(Space::Pass, "198.18.0.2", Some(probe(2)))
+        .await;
+    // The short one expires; the long one stays.
+    run.until_reads::<Probe>(Space::Pass, "198.18.0.2", None)
+        .await;
+    assert_eq!(
+        run.store
+            .get::<Probe>(Space::Pass, "198.18.0.1")
+            .await
+            .expect("get"),
+        Some(probe(1))
+    );
+    let loaded: Vec<(String, Probe)> = run.store.load(Space::Pass).await.expect("load");
+    assert_eq!(loaded, vec![("198.18.0.1".to_string(), probe(1))]);
+    run.store.delete(Space::Pass, "198.18.0.1");
+    run.until_reads::<Probe>(Space::Pass, "198.18.0.1", None)
+        .await;
+    // Another space under the same id is another entry.
+    run.store.put(
+        Space::Count,
+        "198.18.0.1",
+        &probe(3),
+        Duration::from_secs(60),
+    );
+    run.until_reads(Space::Count, "198.18.0.1", Some(probe(3)))
+        .await;
+    assert_eq!(
+        run.store
+            .get::<Probe>(Space::Pass, "198.18.0.1")
+            .await
+            .expect("get"),
+        None
+    );
+}
+
+async fn hostile_values(run: &Running) {
+    // Garbage and a value of another type: decode errors, counted, never a panic.
+    run.store.put(
+        Space::Outcome,
+        "garbage",
+        &"not a probe",
+        Duration::from_secs(60),
+    );
+    run.store.put(
+        Space::Outcome,
+        "big",
+        &"y".repeat(20_000),
+        Duration::from_secs(60),
+    );
+    run.store
+        .put(Space::Outcome, "good", &probe(7), Duration::from_secs(60));
+    run.until_reads(Space::Outcome, "good", Some(probe(7)))
+        .await;
+    match run.store.get::<Probe>(Space::Outcome, "garbage").await {
+        Err(StoreError::Decode { key, .. }) => assert_eq!(key, "outcome/garbage"),
+        other => panic!("garbage: {other:?}"),
+    }
+    match run.store.get::<Probe>(Space::Outcome, "big").await {
+        Err(StoreError::TooLarge { max, .. }) => assert_eq!(max, 16 << 10),
+        other => panic!("big: {other:?}"),
+    }
+    assert!(run.metrics.store_count("get", "error") >= 2);
+    // A load skips what does not decode and keeps the rest.
+    let loaded: Vec<(String, Probe)> = run.store.load(Space::Outcome).await.expect("load");
+    assert_eq!(loaded, vec![("good".to_string(), probe(7))]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_round_trips_expires_and_refuses_hostile_values() {
+    let dir = temp_dir("emb");
+    let run = Running::start(&embedded_config(&dir));
+    round_trip_and_expiry(&run).await;
+    hostile_values(&run).await;
+    assert_eq!(run.stop().await, 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_entries_survive_a_reopen() {
+    let dir = temp_dir("reopen");
+    let cfg = embedded_config(&dir);
+    let run = Running::start(&cfg);
+    run.store.put(
+        Space::Pending,
+        "198.18.0.9",
+        &probe(9),
+        Duration::from_secs(60),
+    );
+    // Stopping flushes the queue.
+    assert_eq!(run.stop().await, 0);
+    let run = Running::start(&cfg);
+    assert_eq!(
+        run.store
+            .get::<Probe>(Space::Pending, "198.18.0.9")
+            .await
+            .expect("get"),
+        Some(probe(9))
+    );
+    run.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_round_trips_expires_and_refuses_hostile_values() {
+    let dir = temp_dir("redis");
+    let server = RedisServer::start(&dir);
+    let run = Running::start(&redis_config(server.url()));
+    round_trip_and_expiry(&run).await;
+    hostile_values(&run).await;
+    // Native expiry and the prefix, seen from redis-cli.
+    run.store.put(
+        Space::Ban,
+        "198.18.0.5",
+        &probe(5),
+        Duration::from_secs(100),
+    );
+    run.until_reads(Space::Ban, "198.18.0.5", Some(probe(5)))
+        .await;
+    let ttl: i64 = server
+        .cli(&["PTTL", "t:ban/198.18.0.5"])
+        .parse()
+        .expect("PTTL");
+    assert!((1..=100_000).contains(&ttl), "PTTL {ttl}");
+    // A value written behind our back, over the limit: never transferred whole.
+    server.cli(&["SET", "t:ban/huge", &"z".repeat(100_000)]);
+    assert!(matches!(
+        run.store.get::<Probe>(Space::Ban, "huge").await,
+        Err(StoreError::TooLarge { len, .. }) if len == (16 << 10) + 1
+    ));
+    assert_eq!(run.stop().await, 0);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_made_while_redis_is_down_reach_it_when_it_returns() {
+    let dir = temp_dir("redis-down");
+    let mut server = RedisServer::start(&dir);
+    let run = Running::start(&redis_config(server.url()));
+    run.store
+        .put(Space::Pass, "before", &probe(1), Duration::from_secs(60));
+    run.until_reads(Space::Pass, "before", Some(probe(1))).await;
+    server.stop();
+    // Down: a read fails within the budget (never hangs), writes are kept.
+    let started = Instant::now();
+    assert!(run.store.get::<Probe>(Space::Pass, "before").await.is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    run.store.put(
+        Space::Pass,
+        "while-down",
+        &probe(2),
+        Duration::from_secs(60),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while run.metrics.store_count("write", "error") + run.metrics.store_count("write", "timeout")
+        == 0
+    {
+        assert!(Instant::now() < deadline, "no write was refused");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Back (empty: no persistence): the kept write arrives.
+    let server = RedisServer::start(&dir);
+    run.until_reads(Space::Pass, "while-down", Some(probe(2)))
+        .await;
+    assert_eq!(server.cli(&["EXISTS", "t:pass/while-down"]), "1");
+    assert_eq!(run.stop().await, 0);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_the_oldest_and_counts_it() {
+    let dir = temp_dir("overflow");
+    let mut server = RedisServer::start(&dir);
+    let cfg = StoreConfig {
+        queue: 4,
+        ..redis_config(server.url())
+    };
+    let run = Running::start(&cfg);
+    server.stop();
+    for i in 0..20 {
+        run.store.put(
+            Space::Pass,
+            &format!("k{i}"),
+            &probe(i),
+            Duration::from_secs(60),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while run.metrics.store_count("write", "error") + run.metrics.store_count("write", "timeout")
+        == 0
+    {
+        assert!(Instant::now() < deadline, "no write was refused");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let lost = run.stop().await;
+    assert!(lost <= 4, "bounded: {lost}");
+    let _ = std::fs::remove_dir_all(dir);
+    drop(server);
+}
