@@ -413,8 +413,8 @@ fn dns_section(w: &mut String, tp: &Throughput, a: &Aim, dns: Option<&DnsSummary
          `DnsResponder`, table below), against the same gateway with them off, measured back to \
          back in each repeat. Both run greet_pause \"0s\", so the first MAIL waits for the \
          FCrDNS lookups instead of their running during a pause. The resolver caches answers \
-         (`dns.cache_size` 4096; the responder's TTL is 60 s, so the SPF record is fetched again \
-         about once a minute). Ratio: median of per-repeat ratios (min–max); aim ≥ {}.\n",
+         (`dns.cache_size` 4096, each for its TTL: 60 s at the responder); how often the \
+         responder was asked is in the table below. Ratio: median of per-repeat ratios (min–max); aim ≥ {}.\n",
         a.aim
     );
     let _ = writeln!(
