@@ -29,8 +29,9 @@ use crate::{plot, run_cmd};
 pub enum Which {
     /// XDP program cost per packet (BPF_PROG_TEST_RUN) and bulk import time.
     Xdp,
-    /// SMTP proxy throughput against direct-to-sink (smtp-source/smtp-sink) and memory per idle
-    /// session.
+    /// SMTP proxy throughput against direct-to-sink (smtp-source/smtp-sink), HAProxy, Haraka
+    /// and Postfix, the gateway's sessions/s with FCrDNS + SPF on vs off (DNS responder on
+    /// loopback), and memory per idle session.
     Smtp,
     /// Drop rate of a SYN flood: XDP against iptables/nft and userspace accept+close.
     Drop,

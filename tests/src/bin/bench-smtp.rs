@@ -2,10 +2,12 @@
 //! throughput, session latency, CPU per message, and memory per idle session.
 //!
 //! # What runs
-//! Five paths to one `smtp-sink` (which counts every message), each started once and measured
+//! Six paths to one `smtp-sink` (which counts every message), each started once and measured
 //! in the same run: **direct** (the baseline); the **gateway** (`smtp-gateway run`, every cheap
 //! check on: pregreet with greet_pause "0s", pipelining, non_smtp, bare newlines, HELO checks,
-//! anti-relay with `example.org` accepted; DNSBL off); **HAProxy** in TCP mode; **Haraka** with
+//! anti-relay with `example.org` accepted; DNSBL off); the **gateway with FCrDNS + SPF** (the
+//! same plus `[dns]`, `[fcrdns]`, `[spf]` and `[auth_results]`, its only name server the test
+//! kit's DNS responder on loopback, started here: `dns_gateway.rs`); **HAProxy** in TCP mode; **Haraka** with
 //! `queue/smtp_forward` (npm, `.tools/haraka`); a private **Postfix** with postscreen in front
 //! of smtpd, relaying to the sink (it queues: see `postfix.rs` for what is measured).
 //!
@@ -13,12 +15,15 @@
 //! Postfix's `smtp-source` (no pipelining; msgs/s) and a pipelining client of ours
 //! (`client.rs`; msgs/s and p50/p99 session latency). Within each repeat every contender runs
 //! back to back, the order rotating between repeats; ratios are medians of per-repeat ratios.
+//! One message per connection, so msgs/s is also sessions/s: the ratio of the gateway with
+//! FCrDNS + SPF to the gateway without them is the cost of the DNS checks per session.
 //! Each program runs in its own cgroup v2, so CPU per message covers all its processes.
 //!
 //! # How it checks itself
 //! Every run: the client exited 0 (smtp-source) or got the expected reply to every command (ours);
 //! smtp-sink counted exactly the messages sent; the gateway logged one session per message, no
-//! check fired, no warning or error; Haraka logged no warning or error; Postfix logged one
+//! check fired, no warning or error; the gateway with FCrDNS + SPF too (every SPF result but
+//! pass is refused there), and its DNS responder has been asked for the sender's SPF record; Haraka logged no warning or error; Postfix logged one
 //! `status=sent` per message, drained its queue, and logged no reject, postscreen test,
 //! warning or deferral. Anything else stops the benchmark with an error.
 //!
@@ -28,14 +33,15 @@
 //!
 //! # Layout
 //! `bench-smtp/`: `proc.rs` (processes stopped by PID, cgroups, ports), `sink.rs`,
-//! `gateway.rs`, `haproxy.rs`, `haraka.rs`, `postfix.rs` (one contender each), `contender.rs`
+//! `gateway.rs`, `dns_gateway.rs`, `haproxy.rs`, `haraka.rs`, `postfix.rs` (one contender each), `contender.rs`
 //! (their common interface), `source.rs` (smtp-source), `client.rs` (pipelining client),
 //! `throughput.rs` (the measured runs), `memory.rs`, `report.rs` (Markdown and figures JSON).
 //!
 //! Output: Markdown on stdout, progress on stderr; `--figures PATH` also writes the figures
 //! (tests/src/figures.rs). `--quick`: a smoke run (2 repeats of short runs, 1,000 idle sessions).
 //!
-//! Everything runs on 127.0.0.0/8 and never queries DNS. Needs root (bpffs, cgroups,
+//! Everything runs on 127.0.0.0/8; the only DNS server asked is the benchmark's own responder on
+//! 127.0.0.1 (never the system resolver). Needs root (bpffs, cgroups,
 //! `smtp-sink -u`), the postfix and haproxy packages, Haraka in `.tools/haraka`
 //! (`cargo xtask setup` installs all three) and a release build of `smtp-gateway` next to this
 //! executable. Every process is stopped by PID when the benchmark ends, on error too; cgroups,
@@ -46,6 +52,8 @@
 mod client;
 #[path = "bench-smtp/contender.rs"]
 mod contender;
+#[path = "bench-smtp/dns_gateway.rs"]
+mod dns_gateway;
 #[path = "bench-smtp/gateway.rs"]
 mod gateway;
 #[path = "bench-smtp/haproxy.rs"]
@@ -73,8 +81,8 @@ use anyhow::{Context, Result, ensure};
 use smtp_gateway_tests::{BenchArgs, TempDir, loadavg};
 
 use crate::{
-    contender::Contender, gateway::Gateway, haproxy::Haproxy, haraka::Haraka, postfix::Postfix,
-    sink::Sink,
+    contender::Contender, dns_gateway::DnsGateway, gateway::Gateway, haproxy::Haproxy,
+    haraka::Haraka, postfix::Postfix, sink::Sink,
 };
 
 /// Message size given to smtp-source (`-l`), and about the size our client sends.
@@ -87,6 +95,8 @@ pub const HELO: &str = "client.example.net";
 pub const AIM_DIRECT: f64 = 0.85;
 pub const AIM_HARAKA: f64 = 5.0;
 pub const AIM_HAPROXY: f64 = 1.0;
+/// The gateway with FCrDNS + SPF on against the same gateway with them off.
+pub const AIM_DNS: f64 = 0.9;
 pub const AIM_KIB_PER_SESSION: f64 = 10.0;
 
 pub struct Settings {
@@ -110,7 +120,8 @@ impl Settings {
         let Some(BenchArgs { quick, figures }) = BenchArgs::parse(
             "bench-smtp",
             "smtp-source and a pipelining client -> {smtp-sink directly, \
-                         smtp-gateway, HAProxy, Haraka, Postfix postscreen} -> smtp-sink at 1, \
+                         smtp-gateway, smtp-gateway with FCrDNS + SPF (DNS responder on \
+                         loopback), HAProxy, Haraka, Postfix postscreen} -> smtp-sink at 1, \
                          10 and 100 sessions (msgs/s, session latency, CPU per message), and \
                          the gateway's memory per idle session; prints Markdown. Needs root, \
                          the postfix and haproxy packages and Haraka (`cargo xtask setup`).",
@@ -171,6 +182,7 @@ fn start_contenders(
         max_sessions * 10
     );
     let gw = Gateway::start(dir, 0, sink.addr, &extra)?;
+    let gw_dns = DnsGateway::start(dir, sink.addr, &extra)?;
     let hap = Haproxy::start(dir, sink.addr, max_sessions)?;
     let hk = Haraka::start(dir, sink.addr)?;
     let mut pf = Postfix::start(dir, sink.addr, max_sessions)?;
@@ -208,6 +220,7 @@ fn start_contenders(
             format!("{}   # the backend of every path", sink.command),
             format!("smtp-source -s S -m N -l {MESSAGE_BYTES} -f {FROM} -t {TO} -M {HELO} ADDR"),
             "smtp-gateway -c gateway.toml --log-format json run".into(),
+            "smtp-gateway -c gateway-dns.toml --log-format json run   # FCrDNS + SPF on".into(),
             "haproxy -db -f haproxy.cfg".into(),
             "haraka -i DIR && NODE_OPTIONS=\"--require DIR/nodelay.js\" haraka -c DIR   # \
              node .tools/haraka/node_modules/.bin/haraka"
@@ -216,6 +229,18 @@ fn start_contenders(
         ],
         configs: vec![
             ("gateway.toml".into(), "toml", gw.toml.clone()),
+            (
+                "gateway-dns.toml (FCrDNS + SPF on; the name server is the benchmark's DNS \
+                 responder)"
+                    .into(),
+                "toml",
+                gw_dns.gw.toml.clone(),
+            ),
+            (
+                "The DNS responder's table (smtp_gateway_test_kit::DnsResponder)".into(),
+                "",
+                gw_dns.records.clone(),
+            ),
             ("haproxy.cfg".into(), "", hap.config.clone()),
             (
                 format!(
@@ -245,6 +270,7 @@ fn start_contenders(
         vec![
             Contender::Direct,
             Contender::Gateway(gw),
+            Contender::GatewayDns(gw_dns),
             Contender::Haproxy(hap),
             Contender::Haraka(hk),
             Contender::Postfix(pf),
@@ -262,17 +288,24 @@ fn run(settings: &Settings) -> Result<()> {
     let load_start = loadavg();
     let sink = Sink::start(&dir.0)?;
     let max_sessions = settings.sessions.iter().copied().max().unwrap_or(10);
-    let (tp, setup) = {
+    let (tp, setup, dns) = {
         let (mut contenders, setup) = start_contenders(&dir.0, &sink, max_sessions)?;
         let tp = throughput::measure(settings, &dir.0, &sink, &mut contenders)?;
-        (tp, setup)
+        let dns = contenders.iter().find_map(|c| match c {
+            Contender::GatewayDns(g) => Some(g.summary()),
+            _ => None,
+        });
+        (tp, setup, dns)
         // Every contender stops here, before the memory measurement.
     };
     // The memory gateways need a backend address but never connect to it (connect_at = "mail").
     let mem = memory::memory(settings, &dir.0, sink.addr)?;
     drop(sink);
     let load = (load_start, loadavg());
-    print!("{}", report::markdown(settings, &setup, &tp, &mem, &load));
+    print!(
+        "{}",
+        report::markdown(settings, &setup, &tp, dns.as_ref(), &mem, &load)
+    );
     if let Some(path) = &settings.figures {
         report::figures(&tp)
             .write(path)

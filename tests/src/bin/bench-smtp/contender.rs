@@ -6,8 +6,13 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::Result;
 
 use crate::{
-    gateway::Gateway, haproxy::Haproxy, haraka::Haraka, postfix::Postfix, proc::Cgroup, sink::Sink,
+    dns_gateway::DnsGateway, gateway::Gateway, haproxy::Haproxy, haraka::Haraka, postfix::Postfix,
+    proc::Cgroup, sink::Sink,
 };
+
+/// Report names of the two gateways.
+pub const GATEWAY: &str = "gateway";
+pub const GATEWAY_DNS: &str = "gateway FCrDNS+SPF";
 
 /// How long Postfix may take to relay what it accepted in one run.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -16,6 +21,8 @@ pub enum Contender {
     /// Straight to smtp-sink: the baseline.
     Direct,
     Gateway(Gateway),
+    /// The same gateway with FCrDNS and SPF on, asking a DNS responder on loopback.
+    GatewayDns(DnsGateway),
     Haproxy(Haproxy),
     Haraka(Haraka),
     Postfix(Postfix),
@@ -25,7 +32,8 @@ impl Contender {
     pub fn name(&self) -> &'static str {
         match self {
             Contender::Direct => "direct",
-            Contender::Gateway(_) => "gateway",
+            Contender::Gateway(_) => GATEWAY,
+            Contender::GatewayDns(_) => GATEWAY_DNS,
             Contender::Haproxy(_) => "HAProxy",
             Contender::Haraka(_) => "Haraka",
             Contender::Postfix(_) => "Postfix",
@@ -36,6 +44,7 @@ impl Contender {
         match self {
             Contender::Direct => sink.addr,
             Contender::Gateway(g) => g.addr,
+            Contender::GatewayDns(g) => g.gw.addr,
             Contender::Haproxy(h) => h.addr,
             Contender::Haraka(h) => h.addr,
             Contender::Postfix(p) => p.addr,
@@ -46,6 +55,7 @@ impl Contender {
         match self {
             Contender::Direct => None,
             Contender::Gateway(g) => Some(&g.cgroup),
+            Contender::GatewayDns(g) => Some(&g.gw.cgroup),
             Contender::Haproxy(h) => Some(&h.cgroup),
             Contender::Haraka(h) => Some(&h.cgroup),
             Contender::Postfix(p) => Some(&p.cgroup),
@@ -74,6 +84,11 @@ impl Contender {
                 Ok(None)
             }
             Contender::Gateway(g) => {
+                sink.expect(before, messages, quick, what)?;
+                g.verify(messages, what)?;
+                Ok(None)
+            }
+            Contender::GatewayDns(g) => {
                 sink.expect(before, messages, quick, what)?;
                 g.verify(messages, what)?;
                 Ok(None)

@@ -1,6 +1,7 @@
 //! The contender under test: `smtp-gateway run` with every cheap check on, and what it logged.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -21,6 +22,8 @@ pub struct LogStats {
     pub messages: u64,
     pub checks: Vec<String>,
     pub problems: Vec<String>,
+    /// Sessions per `client_name` logged (`-` when no name was looked up).
+    pub client_names: BTreeMap<String, u64>,
 }
 
 /// `smtp-gateway -c CONFIG run` with a JSON log, in its own cgroup; `Drop` stops it and runs
@@ -40,6 +43,18 @@ pub struct Gateway {
 impl Gateway {
     /// Starts a gateway in front of `backend` with extra `[smtp]` keys and waits for `ready`.
     pub fn start(dir: &Path, n: usize, backend: SocketAddr, smtp_extra: &str) -> Result<Self> {
+        Self::start_with(dir, n, backend, smtp_extra, "")
+    }
+
+    /// [`Gateway::start`] with `sections` (whole TOML sections, e.g. `[dns]`) appended to the
+    /// benchmark configuration.
+    pub fn start_with(
+        dir: &Path,
+        n: usize,
+        backend: SocketAddr,
+        smtp_extra: &str,
+        sections: &str,
+    ) -> Result<Self> {
         let binary = smtp_gateway_tests::gateway_binary()?;
         let pin_dir = format!("/sys/fs/bpf/sgw-bench-smtp-{}-{n}", std::process::id());
         let config_name = format!("gateway-{n}.toml");
@@ -47,12 +62,16 @@ impl Gateway {
         let mut last_error = String::new();
         for _attempt in 0..3 {
             let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-            let toml = gateway_config::toml(
+            let mut toml = gateway_config::toml(
                 &format!("pin_dir = \"{pin_dir}\"\ninterfaces = []\n"),
                 &addr.to_string(),
                 smtp_extra,
                 backend,
             );
+            if !sections.is_empty() {
+                toml.push('\n');
+                toml.push_str(sections);
+            }
             let config = gateway_config::write(dir, &config_name, &toml)?;
             let out = File::create(&log).context("creating the gateway log")?;
             let err = out.try_clone()?;
@@ -136,6 +155,8 @@ impl Gateway {
                 "session" => {
                     stats.sessions += 1;
                     stats.messages += fields["messages"].as_u64().unwrap_or(0);
+                    let name = fields["client_name"].as_str().unwrap_or("?");
+                    *stats.client_names.entry(name.to_string()).or_default() += 1;
                 }
                 "check fired" => stats
                     .checks
@@ -160,8 +181,8 @@ impl Gateway {
     }
 
     /// Checks a run of `messages` one-message sessions: each logged, carrying its message, no
-    /// check fired, no warning or error.
-    pub fn verify(&mut self, messages: u64, what: &str) -> Result<()> {
+    /// check fired, no warning or error. Returns what was logged.
+    pub fn verify(&mut self, messages: u64, what: &str) -> Result<LogStats> {
         let stats = self.wait_sessions(messages)?;
         ensure!(
             stats.sessions == messages && stats.messages == messages,
@@ -174,7 +195,8 @@ impl Gateway {
             "{what}: checks fired in the gateway: {:?}",
             stats.checks
         );
-        stats.ensure_no_problems(what)
+        stats.ensure_no_problems(what)?;
+        Ok(stats)
     }
 }
 
