@@ -6,9 +6,7 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key,
     programs::XdpContext,
 };
-use smtp_gateway_common::{
-    BlockEntry, DataplaneConfig, SourceKey, Verdict, config_flags, list_slot,
-};
+use smtp_gateway_common::{BlockEntry, DataplaneConfig, Verdict, config_flags, list_slot};
 
 use crate::{
     ALLOW_V4, ALLOW_V6, BLOCK_NET_V4, BLOCK_NET_V6, BLOCK_V4, BLOCK_V6, CONFIG, LISTS_USED, PORTS,
@@ -50,10 +48,7 @@ pub fn action(ctx: &XdpContext) -> u32 {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let verdict = decide(&packet, &cfg, now);
     let dropped = !matches!(verdict, Verdict::Passed | Verdict::Allowlisted);
-    let key = match packet.src {
-        Source::V4(a) => SourceKey::from_v4(a),
-        Source::V6(a) => SourceKey::from_v6(a),
-    };
+    let key = stats::source_key(packet.src);
     stats::count(verdict, len);
     stats::record_source(&key, len, packet.syn, dropped, now);
     if dropped {
