@@ -247,8 +247,8 @@ pub fn apply(
     };
     let mut summary = ImportSummary::default();
     let mut replaced_reasons = HashSet::new();
-    let mut v4 = Queue::<[u8; 4]>::new(Family::V4);
-    let mut v6 = Queue::<[u8; 16]>::new(Family::V6);
+    let mut v4 = Queue::<[u8; 4]>::new(Family::V4, default_reason);
+    let mut v6 = Queue::<[u8; 16]>::new(Family::V6, default_reason);
     for (index, line) in lines.iter().enumerate() {
         let reason = match &line.reason {
             Some(text) => match reason_ids.get(text) {
@@ -295,6 +295,11 @@ pub fn apply(
     }
     v4.flush(dp, &mut replaced_reasons)?;
     v6.flush(dp, &mut replaced_reasons)?;
+    if v4.default_untracked || v6.default_untracked {
+        // Freed only if no entry cites it any more (a later line with its own reason replaced
+        // every entry that did).
+        replaced_reasons.insert(default_reason);
+    }
     progress(lines.len());
     // One walk for all the reasons the replaced entries cited.
     reasons::release(dp, replaced_reasons)?;
@@ -319,18 +324,29 @@ struct Queue<K> {
     family: Family,
     keys: Vec<K>,
     entries: Vec<BlockEntry>,
-    /// The reason of every entry in the map, read before the first batch (`None` until then)
-    /// and kept up to date with what the import writes.
+    /// The reason of the entries that may be replaced: every entry in the map, read before the
+    /// first batch (`None` until then), then those the import writes, except (when the map was
+    /// empty) entries with the import's default reason, which `default_untracked` stands for.
     present: Option<HashMap<K, u32>>,
+    /// The map held entries before the import: every written entry is tracked in `present`.
+    track_all: bool,
+    /// The import's default reason (lines without their own comment).
+    default_reason: u32,
+    /// Entries with `default_reason` were written untracked: one of them may have been replaced
+    /// by a later line, so `default_reason` is a candidate for freeing at the end.
+    default_untracked: bool,
 }
 
 impl<K: ExactKey> Queue<K> {
-    fn new(family: Family) -> Self {
+    fn new(family: Family, default_reason: u32) -> Self {
         Self {
             family,
             keys: Vec::with_capacity(BATCH_ENTRIES),
             entries: Vec::with_capacity(BATCH_ENTRIES),
             present: None,
+            track_all: false,
+            default_reason,
+            default_untracked: false,
         }
     }
 
@@ -372,10 +388,26 @@ impl<K: ExactKey> Queue<K> {
         dp.mark_list_used(slot)?;
         let present = match &mut self.present {
             Some(present) => present,
-            None => self.present.insert(dp.exact_reasons()?),
+            None => {
+                let read = dp.exact_reasons()?;
+                self.track_all = !read.is_empty();
+                self.present.insert(read)
+            }
         };
         for (key, entry) in self.keys.iter().zip(&self.entries) {
-            if let Some(old) = present.insert(*key, entry.reason)
+            // A plain list into an empty map (the usual bulk case) tracks nothing: its entries
+            // all cite the default reason, so replacing one another frees nothing.
+            let old = if self.track_all || entry.reason != self.default_reason {
+                present.insert(*key, entry.reason)
+            } else {
+                self.default_untracked = true;
+                if present.is_empty() {
+                    None
+                } else {
+                    present.remove(key)
+                }
+            };
+            if let Some(old) = old
                 && old != entry.reason
             {
                 replaced.insert(old);
