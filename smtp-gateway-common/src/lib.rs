@@ -46,9 +46,11 @@ pub mod maps {
     pub const REASONS: &str = "REASONS";
     /// Pinned-state metadata: one [`crate::Meta`] at index 0.
     pub const META: &str = "META";
+    /// Which lists have ever held an entry: one `u32` per [`crate::list_slot`], 0 or 1.
+    pub const LISTS_USED: &str = "LISTS_USED";
 
     /// Every map, in the order userspace checks and opens them.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         BLOCK_V4,
         BLOCK_V6,
         BLOCK_NET_V4,
@@ -62,7 +64,31 @@ pub mod maps {
         CONFIG,
         REASONS,
         META,
+        LISTS_USED,
     ];
+}
+
+/// Slots of the `LISTS_USED` array, one per list map. A slot goes from 0 to 1 when userspace is
+/// about to write the first entry into its map, and never back (not when entries expire or are
+/// deleted): the XDP program skips the lookups of a map whose slot is 0, a map that has never held
+/// an entry. Writers only ever store 1 into their own slot, so concurrent writers (daemon, CLI,
+/// import) cannot undo each other, and the slot lives in a pinned map, so it outlives the daemon
+/// together with the entries it speaks for.
+pub mod list_slot {
+    /// `BLOCK_V4`.
+    pub const BLOCK_V4: u32 = 0;
+    /// `BLOCK_V6`.
+    pub const BLOCK_V6: u32 = 1;
+    /// `BLOCK_NET_V4`.
+    pub const BLOCK_NET_V4: u32 = 2;
+    /// `BLOCK_NET_V6`.
+    pub const BLOCK_NET_V6: u32 = 3;
+    /// `ALLOW_V4`.
+    pub const ALLOW_V4: u32 = 4;
+    /// `ALLOW_V6`.
+    pub const ALLOW_V6: u32 = 5;
+    /// Number of slots (size of the `LISTS_USED` array).
+    pub const COUNT: u32 = 6;
 }
 
 /// Default capacities, used by the object file. Userspace overrides the resizable ones from the

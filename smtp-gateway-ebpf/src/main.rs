@@ -1,7 +1,8 @@
 //! The smtp-gateway XDP program: the maps and the entry point only.
 //!
 //! - `parse.rs`: Ethernet (+ up to two VLAN tags) / IPv4 / IPv6 (+ extension headers) / TCP;
-//! - `policy.rs`: protected ports, allowlist, blocklists (exact and prefix), the verdict;
+//! - `policy.rs`: protected ports, allowlist, blocklists (exact and prefix; a list that has never
+//!   held an entry is not looked up), the verdict;
 //! - `ratelimit.rs`: per-source SYN limiter (GCRA in an LRU hash);
 //! - `stats.rs`: per-CPU verdict counters and per-source counters.
 //!
@@ -23,7 +24,7 @@ use aya_ebpf::{
 };
 use smtp_gateway_common::{
     AllowEntry, BlockEntry, DataplaneConfig, Meta, RateState, ReasonText, SourceKey, SourceStats,
-    Verdict, VerdictCounters, capacity,
+    Verdict, VerdictCounters, capacity, list_slot,
 };
 
 /// Exact IPv4 sources to drop (allocated on demand: millions of entries cost nothing until used).
@@ -81,6 +82,10 @@ static REASONS: HashMap<u32, ReasonText> = HashMap::pinned(capacity::REASONS, BP
 /// Pinned-state metadata; userspace only.
 #[map]
 static META: Array<Meta> = Array::pinned(1, 0);
+
+/// Which list maps have ever held an entry (`list_slot`): the lookups of the others are skipped.
+#[map]
+static LISTS_USED: Array<u32> = Array::pinned(list_slot::COUNT, 0);
 
 /// The entry point: the verdict of [`policy::action`], which has no error path (a packet the
 /// parser cannot read is `Malformed`, a verdict of its own), so nothing maps to `XDP_ABORTED`.

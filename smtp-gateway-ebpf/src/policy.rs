@@ -1,14 +1,15 @@
 //! The verdict for one packet: protected port, allowlist, fragment/extension-header policy,
-//! exact blocklist, prefix blocklist, SYN rate limit, in that order.
+//! exact blocklist, prefix blocklist, SYN rate limit, in that order. A list that has never held an
+//! entry (its `LISTS_USED` slot is 0) is not looked up.
 
 use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key,
     programs::XdpContext,
 };
-use smtp_gateway_common::{BlockEntry, DataplaneConfig, SourceKey, Verdict, config_flags};
+use smtp_gateway_common::{BlockEntry, DataplaneConfig, Verdict, config_flags, list_slot};
 
 use crate::{
-    ALLOW_V4, ALLOW_V6, BLOCK_NET_V4, BLOCK_NET_V6, BLOCK_V4, BLOCK_V6, CONFIG, PORTS,
+    ALLOW_V4, ALLOW_V6, BLOCK_NET_V4, BLOCK_NET_V6, BLOCK_V4, BLOCK_V6, CONFIG, LISTS_USED, PORTS,
     parse::{self, Parsed, Source, TcpPacket},
     ratelimit, stats,
 };
@@ -47,10 +48,7 @@ pub fn action(ctx: &XdpContext) -> u32 {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let verdict = decide(&packet, &cfg, now);
     let dropped = !matches!(verdict, Verdict::Passed | Verdict::Allowlisted);
-    let key = match packet.src {
-        Source::V4(a) => SourceKey::from_v4(a),
-        Source::V6(a) => SourceKey::from_v6(a),
-    };
+    let key = stats::source_key(packet.src);
     stats::count(verdict, len);
     stats::record_source(&key, len, packet.syn, dropped, now);
     if dropped {
@@ -70,24 +68,26 @@ fn decide(packet: &TcpPacket, cfg: &DataplaneConfig, now: u64) -> Verdict {
     {
         return Verdict::FragmentOrExtHeader;
     }
-    let (exact, prefix) = match packet.src {
-        Source::V4(a) => (
-            // SAFETY: values are plain data; a concurrent userspace delete can only make us read
-            // a stale entry for this one packet.
-            unsafe { BLOCK_V4.get(a) }.copied(),
-            BLOCK_NET_V4.get(Key::new(32, a)).copied(),
-        ),
-        Source::V6(a) => (
-            // SAFETY: as above.
-            unsafe { BLOCK_V6.get(a) }.copied(),
-            BLOCK_NET_V6.get(Key::new(128, a)).copied(),
-        ),
-    };
-    if active(exact, now) {
-        return Verdict::DroppedExact;
-    }
-    if active(prefix, now) {
-        return Verdict::DroppedCidr;
+    // The exact entry is looked up first and wins; the prefix trie only when it did not drop.
+    // SAFETY (both `get`s): values are plain data; a concurrent userspace delete can only make us
+    // read a stale entry for this one packet.
+    match packet.src {
+        Source::V4(a) => {
+            if used(list_slot::BLOCK_V4) && active(unsafe { BLOCK_V4.get(a) }, now) {
+                return Verdict::DroppedExact;
+            }
+            if used(list_slot::BLOCK_NET_V4) && active(BLOCK_NET_V4.get(Key::new(32, a)), now) {
+                return Verdict::DroppedCidr;
+            }
+        }
+        Source::V6(a) => {
+            if used(list_slot::BLOCK_V6) && active(unsafe { BLOCK_V6.get(a) }, now) {
+                return Verdict::DroppedExact;
+            }
+            if used(list_slot::BLOCK_NET_V6) && active(BLOCK_NET_V6.get(Key::new(128, a)), now) {
+                return Verdict::DroppedCidr;
+            }
+        }
     }
     if packet.syn
         && cfg.flags & config_flags::RATE_LIMIT != 0
@@ -99,7 +99,7 @@ fn decide(packet: &TcpPacket, cfg: &DataplaneConfig, now: u64) -> Verdict {
 }
 
 #[inline(always)]
-fn active(entry: Option<BlockEntry>, now: u64) -> bool {
+fn active(entry: Option<&BlockEntry>, now: u64) -> bool {
     match entry {
         Some(e) => e.is_active(now),
         None => false,
@@ -109,8 +109,19 @@ fn active(entry: Option<BlockEntry>, now: u64) -> bool {
 #[inline(always)]
 fn allowlisted(src: Source) -> bool {
     match src {
-        Source::V4(a) => ALLOW_V4.get(Key::new(32, a)).is_some(),
-        Source::V6(a) => ALLOW_V6.get(Key::new(128, a)).is_some(),
+        Source::V4(a) => used(list_slot::ALLOW_V4) && ALLOW_V4.get(Key::new(32, a)).is_some(),
+        Source::V6(a) => used(list_slot::ALLOW_V6) && ALLOW_V6.get(Key::new(128, a)).is_some(),
+    }
+}
+
+/// Whether the list map of `slot` has ever held an entry (see `list_slot`); a map that never did
+/// cannot match, so its lookup is skipped. An unreadable slot (impossible: the array has one per
+/// list) counts as used, the side that never misses an entry.
+#[inline(always)]
+fn used(slot: u32) -> bool {
+    match LISTS_USED.get(slot) {
+        Some(v) => *v != 0,
+        None => true,
     }
 }
 

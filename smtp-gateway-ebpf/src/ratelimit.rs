@@ -16,7 +16,7 @@
 
 use smtp_gateway_common::{DataplaneConfig, RateState, SourceKey};
 
-use crate::{RATE_STATE, parse::Source};
+use crate::{RATE_STATE, parse::Source, stats};
 
 /// Whether a SYN from `src` at `now` is within its limit (and charge it if so).
 #[inline(always)]
@@ -58,7 +58,7 @@ fn masked_key(src: Source, cfg: &DataplaneConfig) -> SourceKey {
     match src {
         Source::V4(a) => {
             let masked = u32::from_ne_bytes(a) & cfg.rate_v4_mask;
-            SourceKey::from_v4(masked.to_ne_bytes())
+            stats::source_key(Source::V4(masked.to_ne_bytes()))
         }
         Source::V6(a) => {
             let mut hi = [0u8; 8];

@@ -148,3 +148,44 @@ fn a_full_reason_table_never_fails_a_ban() {
     block(pins.dp(), "198.18.21.2", None, "room again");
     assert_eq!(pins.reason_of("198.18.21.2").as_deref(), Some("room again"));
 }
+
+#[test]
+fn reimported_lists_free_the_reasons_they_replace() {
+    use smtp_gateway::dataplane::import::{self, ImportOptions};
+    let mut pins = Pins::new();
+    // Five imports of the same 6 addresses (IPv4 and IPv6), each line with a reason of its own
+    // import: 35 reasons over time in a table of 16 (13 at once: the last import's 6 and this
+    // one's 7), so each import must free those it replaces or run out of slots (an entry stored
+    // without its reason lists none).
+    for round in 0..5 {
+        let mut text = String::new();
+        for i in 0..3 {
+            text.push_str(&format!("198.18.20.{i} ; round {round} v4 {i}\n"));
+            text.push_str(&format!("2001:db8:20::{} ; round {round} v6 {i}\n", i + 1));
+        }
+        // A later line for the same address wins, and frees the earlier line's reason.
+        text.push_str(&format!("198.18.20.0 ; round {round} last\n"));
+        let (lines, errors) = import::parse(text.as_bytes());
+        assert!(errors.is_empty(), "{errors:?}");
+        let summary =
+            import::apply(pins.dp(), &lines, &ImportOptions::default(), |_| {}).expect("import");
+        assert_eq!((summary.exact_v4, summary.exact_v6), (4, 3));
+        assert_eq!(
+            pins.reason_of("198.18.20.0").as_deref(),
+            Some(format!("round {round} last").as_str())
+        );
+        for i in 1..3 {
+            assert_eq!(
+                pins.reason_of(&format!("198.18.20.{i}")).as_deref(),
+                Some(format!("round {round} v4 {i}").as_str())
+            );
+        }
+        for i in 0..3 {
+            assert_eq!(
+                pins.reason_of(&format!("2001:db8:20::{}", i + 1))
+                    .as_deref(),
+                Some(format!("round {round} v6 {i}").as_str())
+            );
+        }
+    }
+}

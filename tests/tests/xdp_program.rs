@@ -1133,3 +1133,62 @@ fn pins_are_removed_when_a_test_ends() {
     };
     assert!(!dir.exists(), "{} must be gone", dir.display());
 }
+
+/// `LISTS_USED` slots in `list_slot` order: BLOCK_V4, BLOCK_V6, BLOCK_NET_V4, BLOCK_NET_V6,
+/// ALLOW_V4, ALLOW_V6.
+fn lists_used(t: &ProgTest) -> Vec<bool> {
+    t.dp.lists_used().expect("read LISTS_USED")
+}
+
+#[test]
+fn each_list_is_recorded_as_used_by_its_first_entry_and_stays_so() {
+    let mut t = ProgTest::new("lists-used");
+    assert_eq!(lists_used(&t), [false; 6], "fresh maps: no list used");
+    t.expect(&v4_syn("192.0.2.66", 25), XDP_PASS, "passed");
+    t.block("192.0.2.66");
+    assert_eq!(lists_used(&t), [true, false, false, false, false, false]);
+    t.expect(&v4_syn("192.0.2.66", 25), XDP_DROP, "dropped_exact");
+    t.block("2001:db8:bad::/48");
+    t.allow("2001:db8:bad:1::/64");
+    assert_eq!(lists_used(&t), [true, false, false, true, false, true]);
+    t.expect(&v6_syn("2001:db8:bad::7", 25), XDP_DROP, "dropped_cidr");
+    t.expect(&v6_syn("2001:db8:bad:1::7", 25), XDP_PASS, "allowlisted");
+    // Emptying a list keeps it used: the slot is never cleared.
+    assert!(
+        t.dp.unblock(Target::V4("192.0.2.66".parse().expect("address")))
+            .expect("unblock")
+    );
+    assert!(lists_used(&t)[0], "BLOCK_V4 stays used once emptied");
+    t.expect(&v4_syn("192.0.2.66", 25), XDP_PASS, "passed");
+}
+
+#[test]
+fn lists_pinned_by_a_build_without_lists_used_are_all_looked_up() {
+    let mut t = ProgTest::new("lists-used-upgrade");
+    t.block("192.0.2.66");
+    t.block("198.18.0.0/15");
+    // What an earlier build leaves: the lists and their entries, no LISTS_USED map.
+    let pin = t
+        .pin_dir()
+        .join(format!("v{}", smtp_gateway_common::LAYOUT_VERSION))
+        .join(smtp_gateway_common::maps::LISTS_USED);
+    std::fs::remove_file(&pin).expect("unpin LISTS_USED");
+    // This build's daemon or CLI opens them, then its program runs on them.
+    let (mut ebpf, dp) = loader::load_unattached(&t.cfg).expect("reload over the pins");
+    assert_eq!(
+        dp.lists_used().expect("read LISTS_USED"),
+        [true; 6],
+        "every list of the earlier build counts as used"
+    );
+    let program = loader::loaded_program(&mut ebpf).expect("program loaded");
+    for (src, verdict) in [("192.0.2.66", XDP_DROP), ("198.19.4.5", XDP_DROP)] {
+        let action = program
+            .test_run(TestRunOptions {
+                data_in: Some(&v4_syn(src, 25)),
+                ..Default::default()
+            })
+            .expect("test run")
+            .return_value;
+        assert_eq!(action, verdict, "{src}: {}", action_name(action));
+    }
+}

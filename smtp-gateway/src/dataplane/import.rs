@@ -17,10 +17,11 @@ use std::{
     time::Duration,
 };
 
+use aya::maps::IterableMap as _;
 use serde::Deserialize;
-use smtp_gateway_common::{BlockEntry, origin};
+use smtp_gateway_common::{BlockEntry, list_slot, maps, origin};
 
-use super::{Dataplane, DataplaneError, Target, clock, reasons};
+use super::{Dataplane, DataplaneError, Target, batch, clock, error::is_not_found, reasons};
 
 /// Longest line accepted, in bytes (newline excluded). A Spamhaus DROP JSON line is about 100
 /// bytes; a longer line is reported as "line too long" and skipped without being held in memory.
@@ -215,8 +216,22 @@ impl ImportSummary {
     }
 }
 
+/// Exact entries written per `BPF_MAP_UPDATE_BATCH` system call (24-byte values: 96 KiB of values
+/// per call).
+const BATCH_ENTRIES: usize = 4096;
+
 /// Writes `lines` into the kernel maps; `progress` is called every few thousand entries with the
 /// count so far.
+///
+/// Exact addresses, the bulk of any list, are queued per family and written in batches
+/// ([`BATCH_ENTRIES`] per system call). The kernel's batch update only replaces (no "fail if
+/// present" per element), so before the first batch of a family the entries already in its map
+/// are read once (nothing to read in an empty map) to know which reasons the import replaces, as
+/// a single `block` learns by reading the entry first. An entry another writer adds to the same
+/// address during the import is replaced without its reason being freed (the reason text stays
+/// until an entry citing it is removed); everything else is as one `block` per line. Prefixes are
+/// written one by one. Entries of one map are written in the order of the lines, so a later line
+/// for the same target wins.
 pub fn apply(
     dp: &mut Dataplane,
     lines: &[ImportLine],
@@ -232,6 +247,8 @@ pub fn apply(
     };
     let mut summary = ImportSummary::default();
     let mut replaced_reasons = HashSet::new();
+    let mut v4 = Queue::<[u8; 4]>::new(Family::V4, default_reason);
+    let mut v6 = Queue::<[u8; 16]>::new(Family::V6, default_reason);
     for (index, line) in lines.iter().enumerate() {
         let reason = match &line.reason {
             Some(text) => match reason_ids.get(text) {
@@ -244,35 +261,211 @@ pub fn apply(
             },
             None => default_reason,
         };
-        let replaced = dp.replace_block(
-            line.target,
-            BlockEntry {
-                expires_at_ns,
-                added_at_s,
-                reason,
-                origin: origin::IMPORT,
-            },
-        )?;
-        if let Some(old) = replaced
-            && old.reason != reason
-        {
-            replaced_reasons.insert(old.reason);
-        }
+        let entry = BlockEntry {
+            expires_at_ns,
+            added_at_s,
+            reason,
+            origin: origin::IMPORT,
+        };
         match line.target {
-            Target::V4(_) => summary.exact_v4 += 1,
-            Target::V6(_) => summary.exact_v6 += 1,
-            Target::NetV4(_) => summary.prefix_v4 += 1,
-            Target::NetV6(_) => summary.prefix_v6 += 1,
+            Target::V4(a) => {
+                summary.exact_v4 += 1;
+                v4.push(dp, a.octets(), entry, &mut replaced_reasons)?;
+            }
+            Target::V6(a) => {
+                summary.exact_v6 += 1;
+                v6.push(dp, a.octets(), entry, &mut replaced_reasons)?;
+            }
+            Target::NetV4(_) | Target::NetV6(_) => {
+                if matches!(line.target, Target::NetV4(_)) {
+                    summary.prefix_v4 += 1;
+                } else {
+                    summary.prefix_v6 += 1;
+                }
+                if let Some(old) = dp.replace_block(line.target, entry)?
+                    && old.reason != reason
+                {
+                    replaced_reasons.insert(old.reason);
+                }
+            }
         }
         if index % 8192 == 0 {
             progress(index);
         }
+    }
+    v4.flush(dp, &mut replaced_reasons)?;
+    v6.flush(dp, &mut replaced_reasons)?;
+    if v4.default_untracked || v6.default_untracked {
+        // Freed only if no entry cites it any more (a later line with its own reason replaced
+        // every entry that did).
+        replaced_reasons.insert(default_reason);
     }
     progress(lines.len());
     // One walk for all the reasons the replaced entries cited.
     reasons::release(dp, replaced_reasons)?;
     Ok(summary)
 }
+
+/// The exact blocklist map of one address family.
+#[derive(Clone, Copy)]
+enum Family {
+    V4,
+    V6,
+}
+
+/// An exact-address key of one family.
+trait ExactKey: aya::Pod + Copy + Eq + std::hash::Hash {}
+
+impl ExactKey for [u8; 4] {}
+impl ExactKey for [u8; 16] {}
+
+/// Exact entries of one family waiting to be written in one batch.
+struct Queue<K> {
+    family: Family,
+    keys: Vec<K>,
+    entries: Vec<BlockEntry>,
+    /// The reason of the entries that may be replaced: every entry in the map, read before the
+    /// first batch (`None` until then), then those the import writes, except (when the map was
+    /// empty) entries with the import's default reason, which `default_untracked` stands for.
+    present: Option<HashMap<K, u32>>,
+    /// The map held entries before the import: every written entry is tracked in `present`.
+    track_all: bool,
+    /// The import's default reason (lines without their own comment).
+    default_reason: u32,
+    /// Entries with `default_reason` were written untracked: one of them may have been replaced
+    /// by a later line, so `default_reason` is a candidate for freeing at the end.
+    default_untracked: bool,
+}
+
+impl<K: ExactKey> Queue<K> {
+    fn new(family: Family, default_reason: u32) -> Self {
+        Self {
+            family,
+            keys: Vec::with_capacity(BATCH_ENTRIES),
+            entries: Vec::with_capacity(BATCH_ENTRIES),
+            present: None,
+            track_all: false,
+            default_reason,
+            default_untracked: false,
+        }
+    }
+
+    /// Queues one entry, writing the queue when it is full.
+    fn push(
+        &mut self,
+        dp: &mut Dataplane,
+        key: K,
+        entry: BlockEntry,
+        replaced: &mut HashSet<u32>,
+    ) -> Result<(), DataplaneError>
+    where
+        Dataplane: ExactMap<K>,
+    {
+        self.keys.push(key);
+        self.entries.push(entry);
+        if self.keys.len() >= BATCH_ENTRIES {
+            self.flush(dp, replaced)?;
+        }
+        Ok(())
+    }
+
+    /// Writes every queued entry, in order.
+    fn flush(
+        &mut self,
+        dp: &mut Dataplane,
+        replaced: &mut HashSet<u32>,
+    ) -> Result<(), DataplaneError>
+    where
+        Dataplane: ExactMap<K>,
+    {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let (slot, name, option) = match self.family {
+            Family::V4 => (list_slot::BLOCK_V4, maps::BLOCK_V4, "block_v4"),
+            Family::V6 => (list_slot::BLOCK_V6, maps::BLOCK_V6, "block_v6"),
+        };
+        dp.mark_list_used(slot)?;
+        let present = match &mut self.present {
+            Some(present) => present,
+            None => {
+                let read = dp.exact_reasons()?;
+                self.track_all = !read.is_empty();
+                self.present.insert(read)
+            }
+        };
+        for (key, entry) in self.keys.iter().zip(&self.entries) {
+            // A plain list into an empty map (the usual bulk case) tracks nothing: its entries
+            // all cite the default reason, so replacing one another frees nothing.
+            let old = if self.track_all || entry.reason != self.default_reason {
+                present.insert(*key, entry.reason)
+            } else {
+                self.default_untracked = true;
+                if present.is_empty() {
+                    None
+                } else {
+                    present.remove(key)
+                }
+            };
+            if let Some(old) = old
+                && old != entry.reason
+            {
+                replaced.insert(old);
+            }
+        }
+        if let Err(io_error) = batch::update(dp.exact_map(), &self.keys, &self.entries, 0) {
+            let source = aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_update_batch",
+                io_error,
+            });
+            return Err(DataplaneError::map(name, dp.capacity(name), option, source));
+        }
+        self.keys.clear();
+        self.entries.clear();
+        Ok(())
+    }
+}
+
+/// The exact blocklist map of one key type.
+trait ExactMap<K> {
+    /// The map, for batch writes.
+    fn exact_map(&self) -> &aya::maps::MapData;
+    /// The reason of every entry in the map.
+    fn exact_reasons(&self) -> Result<HashMap<K, u32>, DataplaneError>;
+}
+
+macro_rules! exact_map {
+    ($key:ty, $field:ident, $name:expr) => {
+        impl ExactMap<$key> for Dataplane {
+            fn exact_map(&self) -> &aya::maps::MapData {
+                self.$field.map()
+            }
+
+            fn exact_reasons(&self) -> Result<HashMap<$key, u32>, DataplaneError> {
+                let mut out = HashMap::new();
+                for item in self.$field.iter() {
+                    match item {
+                        Ok((key, entry)) => {
+                            out.insert(key, entry.reason);
+                        }
+                        // Deleted while walking.
+                        Err(e) if is_not_found(&e) => {}
+                        Err(source) => {
+                            return Err(DataplaneError::Map {
+                                name: $name,
+                                source,
+                            });
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+    };
+}
+
+exact_map!([u8; 4], block_v4, maps::BLOCK_V4);
+exact_map!([u8; 16], block_v6, maps::BLOCK_V6);
 
 #[cfg(test)]
 mod tests {

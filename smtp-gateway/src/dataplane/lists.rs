@@ -7,7 +7,7 @@ use std::{collections::HashSet, net::IpAddr};
 
 use aya::maps::lpm_trie::Key;
 use ipnet::IpNet;
-use smtp_gateway_common::{AllowEntry, BlockEntry, maps, origin};
+use smtp_gateway_common::{AllowEntry, BlockEntry, list_slot, maps, origin};
 
 use super::{Dataplane, DataplaneError, Target, clock, error::is_not_found, reasons};
 
@@ -64,6 +64,12 @@ impl Dataplane {
             let capacity = dp.capacity(name);
             move |e| DataplaneError::map(name, capacity, option, e)
         };
+        self.mark_list_used(match target {
+            Target::V4(_) => list_slot::BLOCK_V4,
+            Target::V6(_) => list_slot::BLOCK_V6,
+            Target::NetV4(_) => list_slot::BLOCK_NET_V4,
+            Target::NetV6(_) => list_slot::BLOCK_NET_V6,
+        })?;
         match target {
             Target::V4(a) => {
                 let f = full(maps::BLOCK_V4, "block_v4", self);
@@ -207,6 +213,10 @@ impl Dataplane {
     }
 
     fn insert_allow(&mut self, net: IpNet, entry: AllowEntry) -> Result<(), DataplaneError> {
+        self.mark_list_used(match net {
+            IpNet::V4(_) => list_slot::ALLOW_V4,
+            IpNet::V6(_) => list_slot::ALLOW_V6,
+        })?;
         match net {
             IpNet::V4(n) => {
                 let capacity = self.capacity(maps::ALLOW_V4);

@@ -18,7 +18,7 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use smtp_gateway_common::{LAYOUT_VERSION, Meta, maps};
+use smtp_gateway_common::{LAYOUT_VERSION, Meta, list_slot, maps};
 
 use super::{
     Dataplane, DataplaneError, PinLayout, clock,
@@ -82,16 +82,36 @@ fn loader<'a>(layout: &'a PinLayout, cfg: &DataplaneConfig) -> EbpfLoader<'a> {
     loader
 }
 
-/// Creates the pinned maps when missing and opens them. Loads no program.
+/// The maps `LISTS_USED` speaks for.
+const LIST_MAPS: [&str; 6] = [
+    maps::BLOCK_V4,
+    maps::BLOCK_V6,
+    maps::BLOCK_NET_V4,
+    maps::BLOCK_NET_V6,
+    maps::ALLOW_V4,
+    maps::ALLOW_V6,
+];
+
+/// Creates the pinned maps when missing and opens them. Loads no program. List maps pinned
+/// without a `LISTS_USED` map (by an earlier build) are all recorded as used.
 pub fn ensure_maps(cfg: &DataplaneConfig) -> Result<Dataplane, DataplaneError> {
     let layout = PinLayout::new(&cfg.pin_dir);
     layout.prepare(cfg.allow_private_bpffs)?;
     layout.check_layout()?;
+    // List maps pinned by a build that had no LISTS_USED: they may hold entries nobody recorded.
+    let lists_unrecorded = !layout.map(maps::LISTS_USED).exists()
+        && LIST_MAPS.iter().any(|name| layout.map(name).exists());
     if !layout.maps_pinned() {
         // Parsing the object creates and pins every map (reusing those already pinned).
         drop(loader(&layout, cfg).load(object::OBJECT)?);
     }
     let mut dataplane = Dataplane::open(layout)?;
+    if lists_unrecorded {
+        // Before any program of this build can run on them: every list counts as used.
+        for slot in 0..list_slot::COUNT {
+            dataplane.mark_list_used(slot)?;
+        }
+    }
     let meta = dataplane.meta()?;
     if meta.layout_version == 0 {
         dataplane.set_meta(Meta {

@@ -7,7 +7,7 @@ use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray, Per
 use ipnet::{IpNet, Ipv6Net};
 use smtp_gateway_common::{
     AllowEntry, BlockEntry, DataplaneConfig as KernelConfig, Meta, ReasonText, SourceKey,
-    SourceStats, VerdictCounters, config_flags, maps,
+    SourceStats, VerdictCounters, config_flags, list_slot, maps,
 };
 
 use super::{
@@ -31,6 +31,11 @@ pub struct Dataplane {
     config: Array<MapData, KernelConfig>,
     pub(super) reasons: HashMap<MapData, u32, ReasonText>,
     meta: Array<MapData, Meta>,
+    /// One slot per list map (`list_slot`): 1 once the map has held an entry.
+    lists_used: Array<MapData, u32>,
+    /// Slots this handle has already set (a slot is never cleared, so one write per handle
+    /// suffices; bulk writers then pay nothing per entry).
+    marked_used: [bool; list_slot::COUNT as usize],
     /// `max_entries` of each map, by name, for "map full" errors and `stats`.
     capacities: std::collections::HashMap<&'static str, u32>,
 }
@@ -77,6 +82,8 @@ impl Dataplane {
             config: open_map!(maps::CONFIG),
             reasons: open_map!(maps::REASONS),
             meta: open_map!(maps::META),
+            lists_used: open_map!(maps::LISTS_USED),
+            marked_used: [false; list_slot::COUNT as usize],
             capacities,
             layout,
         })
@@ -108,6 +115,41 @@ impl Dataplane {
                 name: maps::META,
                 source,
             })
+    }
+
+    /// Records that the list map of `slot` (`list_slot`) holds, or is about to hold, an entry, so
+    /// the XDP program looks it up from now on. Call it before writing the entry: the program
+    /// must never skip a map that holds one. Idempotent, never undone.
+    pub(super) fn mark_list_used(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        let Some(marked) = self.marked_used.get_mut(slot as usize) else {
+            return Ok(());
+        };
+        if *marked {
+            return Ok(());
+        }
+        self.lists_used
+            .set(slot, 1, 0)
+            .map_err(|source| DataplaneError::Map {
+                name: maps::LISTS_USED,
+                source,
+            })?;
+        *marked = true;
+        Ok(())
+    }
+
+    /// The list maps that have ever held an entry, by `list_slot`.
+    pub fn lists_used(&self) -> Result<Vec<bool>, DataplaneError> {
+        (0..list_slot::COUNT)
+            .map(|slot| {
+                self.lists_used
+                    .get(&slot, 0)
+                    .map(|v| v != 0)
+                    .map_err(|source| DataplaneError::Map {
+                        name: maps::LISTS_USED,
+                        source,
+                    })
+            })
+            .collect()
     }
 
     /// Pushes the runtime knobs of `cfg` to the kernel: protected ports, policies, rate limit.

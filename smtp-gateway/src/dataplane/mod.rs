@@ -10,11 +10,13 @@
 //! - `lists.rs`: blocklist and allowlist add/delete/list, the configured allowlist kept in step;
 //! - `reasons.rs`: reason texts stored in the kernel;
 //! - `import.rs`: bulk import (plain lists, Spamhaus DROP text and JSON);
+//! - `batch.rs`: `BPF_MAP_UPDATE_BATCH` (many entries per system call) for the import;
 //! - `stats.rs`: verdict and per-source counters;
 //! - `sweeper.rs`: removal of expired entries, and the daemon task that sweeps periodically;
 //! - `clock.rs`: the monotonic clock the program uses;
 //! - `error.rs`: [`DataplaneError`].
 
+mod batch;
 pub mod clock;
 pub mod config;
 mod error;

@@ -175,7 +175,7 @@ const fn spec<K, V>(name: &'static str, map_type: MapType) -> MapSpec {
 /// LPM keys are `{prefix_len: u32, data}` packed.
 type LpmKey<const N: usize> = ([u8; 4], [u8; N]);
 
-const MAP_SPECS: [MapSpec; 13] = [
+const MAP_SPECS: [MapSpec; 14] = [
     spec::<[u8; 4], BlockEntry>(maps::BLOCK_V4, MapType::Hash),
     spec::<[u8; 16], BlockEntry>(maps::BLOCK_V6, MapType::Hash),
     spec::<LpmKey<4>, BlockEntry>(maps::BLOCK_NET_V4, MapType::LpmTrie),
@@ -189,6 +189,7 @@ const MAP_SPECS: [MapSpec; 13] = [
     spec::<u32, DataplaneConfig>(maps::CONFIG, MapType::Array),
     spec::<u32, ReasonText>(maps::REASONS, MapType::Hash),
     spec::<u32, Meta>(maps::META, MapType::Array),
+    spec::<u32, u32>(maps::LISTS_USED, MapType::Array),
 ];
 
 fn is_bpffs(path: &Path) -> bool {
