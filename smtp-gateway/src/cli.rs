@@ -60,6 +60,18 @@ pub enum Command {
     Top(TopArgs),
     /// Ask the running daemon to reload its configuration file, and report how it went.
     Reload,
+    /// Why is this source blocked (or not)? The blocklist and allowlist entries covering it, its
+    /// SYN rate-limit bucket, its kernel counters and (with the daemon) its SMTP sessions.
+    Why(WhyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WhyArgs {
+    /// The address (IPv4 or IPv6).
+    pub address: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

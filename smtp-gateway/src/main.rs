@@ -80,6 +80,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Block(command) => cmd::block::run(&config, command),
         Command::Allow(command) => cmd::allow::run(&config, command),
         Command::Stats(args) => cmd::stats::run(&config, &args),
+        Command::Why(args) => cmd::why::run(&config, &args),
         Command::Reload => cmd::reload::run(&config),
         Command::Top(args) => cmd::top::run(&config, &args),
     }

@@ -747,3 +747,77 @@ fn unsupported_driver_mode_is_a_clear_error_and_skb_mode_attaches() {
         stdout(&link)
     );
 }
+
+#[test]
+fn why_names_every_entry_covering_an_address_and_what_wins() {
+    let sb = Sandbox::new("");
+    for args in [
+        &[
+            "block",
+            "add",
+            "198.18.0.7",
+            "--reason",
+            "pregreet bot",
+            "--ttl",
+            "1h",
+        ][..],
+        &["block", "add", "198.18.0.0/24", "--reason", "hoster"][..],
+        &["block", "add", "198.18.0.0/16"][..],
+        &["allow", "add", "198.18.5.0/24", "--reason", "partner"][..],
+        &["block", "add", "2001:db8::/48"][..],
+    ] {
+        let out = sb.run(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    let why = |address: &str| -> serde_json::Value {
+        let out = sb.run(&["why", address, "--json"]);
+        assert!(out.status.success(), "why {address}: {}", stderr(&out));
+        serde_json::from_str(&stdout(&out)).expect("why --json")
+    };
+    // Every covering entry, the exact one first, then the prefixes from the longest.
+    let r = why("198.18.0.7");
+    let targets: Vec<&str> = r["blocks"]
+        .as_array()
+        .expect("blocks")
+        .iter()
+        .filter_map(|b| b["target"].as_str())
+        .collect();
+    assert_eq!(
+        targets,
+        ["198.18.0.7", "198.18.0.0/24", "198.18.0.0/16"],
+        "{r:#}"
+    );
+    assert_eq!(r["blocks"][0]["reason"], "pregreet bot");
+    let verdict = r["verdict"].as_str().expect("verdict");
+    assert!(
+        verdict.starts_with("dropped: 198.18.0.7") && verdict.contains("pregreet bot"),
+        "{verdict}"
+    );
+    assert!(r["sessions"].is_null(), "no daemon, no sessions: {r:#}");
+    // The allowlist wins over a covering block.
+    let r = why("198.18.5.9");
+    assert_eq!(r["allows"][0]["prefix"], "198.18.5.0/24", "{r:#}");
+    assert!(
+        r["verdict"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("passed: allowlisted")),
+        "{r:#}"
+    );
+    // IPv4-mapped is the IPv4 address; IPv6 prefixes cover; nothing covers elsewhere.
+    assert_eq!(why("::ffff:198.18.0.7")["address"], "198.18.0.7");
+    assert_eq!(
+        why("2001:db8:0:1::5")["blocks"][0]["target"],
+        "2001:db8::/48"
+    );
+    let r = why("198.19.0.1");
+    assert_eq!(r["verdict"], "passed", "{r:#}");
+    // The human form says the same; a bad address is a clear error.
+    let out = sb.run(&["why", "198.18.0.7"]);
+    assert!(
+        stdout(&out).contains("blocklist: 198.18.0.0/24 (prefix) origin cli"),
+        "{}",
+        stdout(&out)
+    );
+    let out = sb.run(&["why", "198.18.0.300"]);
+    assert_refused(&out, "not an IP address", "a bad address");
+}

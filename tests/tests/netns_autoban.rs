@@ -687,6 +687,26 @@ fn bans_survive_sigterm_and_kill9_with_their_remaining_ttl() {
     }
     lab.assert_greeted(CLEAN_V4, "daemon running");
 
+    // `why` through the daemon: the entries covering each source, its counters and sessions.
+    let why = lab.gw.cli_json(&["why", &BOT_V4.to_string(), "--json"]);
+    assert!(
+        why["verdict"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("dropped")),
+        "{why:#}"
+    );
+    assert_eq!(why["blocks"][0]["origin"], "autoban", "{why:#}");
+    assert!(why["kernel"]["drops"].as_u64() >= Some(1), "{why:#}");
+    assert!(why["kernel"]["syns"].as_u64() >= Some(2), "{why:#}");
+    assert!(why["rate"]["burst"].as_u64() >= Some(1), "{why:#}");
+    assert!(why["sessions"]["sessions"].as_u64() >= Some(1), "{why:#}");
+    let why = lab.gw.cli_json(&["why", &NET_V4.to_string(), "--json"]);
+    assert_eq!(why["blocks"][0]["target"], NET_V4_PREFIX, "{why:#}");
+    assert_eq!(why["blocks"][0]["reason"], "permanent net", "{why:#}");
+    let why = lab.gw.cli_json(&["why", &CLEAN_V4.to_string(), "--json"]);
+    assert_eq!(why["verdict"], "passed", "{why:#}");
+    assert_eq!(why["blocks"].as_array().map(Vec::len), Some(0), "{why:#}");
+
     for phase in ["SIGTERM", "kill -9"] {
         let listed_at = Instant::now();
         let before = lab.gw.block_list();

@@ -8,6 +8,7 @@ pub mod detach;
 pub mod reload;
 pub mod stats;
 pub mod top;
+pub mod why;
 
 use std::{process::ExitCode, time::Duration};
 

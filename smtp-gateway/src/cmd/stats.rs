@@ -69,7 +69,7 @@ pub fn fetch(config: &Config, top: usize) -> anyhow::Result<StatsReport> {
 }
 
 /// The pinned maps, which must exist (stats of nothing would mislead).
-fn open_pinned(config: &Config) -> anyhow::Result<Dataplane> {
+pub fn open_pinned(config: &Config) -> anyhow::Result<Dataplane> {
     match loader::open_existing(&config.dataplane)? {
         Some(dp) => Ok(dp),
         None => bail!(

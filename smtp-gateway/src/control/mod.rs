@@ -3,12 +3,14 @@
 //! - `protocol.rs`: the JSON-lines requests and responses (also the CLI's `--json` output);
 //! - `ops.rs`: the operations on a data plane, shared by the daemon and the CLI's direct mode;
 //! - `server.rs`: the daemon side: a root-only (0600, peer uid checked) Unix socket;
-//! - `client.rs`: the CLI side.
+//! - `client.rs`: the CLI side;
+//! - `why.rs`: `why <address>`, everything held about one source.
 
 pub mod client;
 pub mod ops;
 pub mod protocol;
 pub mod server;
+pub mod why;
 
 /// Why the control socket failed.
 #[derive(Debug, thiserror::Error)]

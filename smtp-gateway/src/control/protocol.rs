@@ -39,6 +39,8 @@ pub enum Request {
     Sessions,
     /// Re-read the configuration file (as SIGHUP does) and say how it went.
     Reload,
+    /// Everything the kernel and the daemon hold about one address.
+    Why { address: String },
 }
 
 /// The daemon's answer.
@@ -61,6 +63,7 @@ pub enum Response {
     Sessions {
         sources: Vec<SourceSessions>,
     },
+    Why(Box<super::why::WhyReport>),
     /// Refused or failed; the CLI prints `message` and exits non-zero.
     Error {
         message: String,

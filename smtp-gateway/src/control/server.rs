@@ -251,6 +251,11 @@ fn run_on_dataplane(
             entries: ops::allow_list(dp)?,
         },
         Request::Stats { top } => Response::Stats(with_sessions(ops::stats(dp, top)?, outcomes)),
+        Request::Why { address } => {
+            let mut report = super::why::why(dp, &address)?;
+            report.sessions = outcomes.get(report.address);
+            Response::Why(Box::new(report))
+        }
         Request::Reload | Request::Sessions => Response::Error {
             message: "not a data plane operation".into(),
         },

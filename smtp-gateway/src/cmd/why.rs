@@ -1,0 +1,93 @@
+//! `smtp-gateway why <address> [--json]`: why a source is dropped (or not). Through the daemon
+//! when it runs (its SMTP session outcomes included), else on the pinned maps.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use smtp_gateway::{
+    config::Config,
+    control::{
+        protocol::{Request, Response},
+        why::{self, WhyReport},
+    },
+};
+
+pub fn run(config: &Config, args: &crate::cli::WhyArgs) -> anyhow::Result<ExitCode> {
+    let request = Request::Why {
+        address: args.address.clone(),
+    };
+    let report = match super::call(config, request, super::stats::open_pinned, |dp| {
+        Ok(Response::Why(Box::new(why::why(dp, &args.address)?)))
+    })? {
+        Response::Why(report) => *report,
+        other => {
+            super::report(other)?;
+            bail!("the daemon sent no answer about {}", args.address)
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print(r: &WhyReport) {
+    println!("{}: {}", r.address, r.verdict);
+    if r.blocks.is_empty() {
+        println!("  blocklist: no entry covers it");
+    }
+    for b in &r.blocks {
+        let left = match b.expires_in_secs {
+            Some(s) => format!(
+                "{} left",
+                super::human_duration(std::time::Duration::from_secs(s))
+            ),
+            None => "permanent".into(),
+        };
+        println!(
+            "  blocklist: {} ({}) origin {}, {left}{}{}",
+            b.target,
+            b.kind,
+            b.origin,
+            b.reason
+                .as_deref()
+                .map(|r| format!(", reason {r:?}"))
+                .unwrap_or_default(),
+            if b.active { "" } else { " (expired)" }
+        );
+    }
+    for a in &r.allows {
+        println!(
+            "  allowlist: {} origin {}{}",
+            a.prefix,
+            a.origin,
+            a.reason
+                .as_deref()
+                .map(|r| format!(", reason {r:?}"))
+                .unwrap_or_default()
+        );
+    }
+    match &r.rate {
+        Some(b) => println!(
+            "  rate limit: bucket {}: {} of {} SYNs left, full in {} ms",
+            b.key, b.syns_left, b.burst, b.full_in_ms
+        ),
+        None => println!("  rate limit: no bucket (not seen, or the limiter is off)"),
+    }
+    match &r.kernel {
+        Some(k) => println!(
+            "  kernel: {} packets, {} SYNs, {} drops, last seen {} s ago",
+            k.packets, k.syns, k.drops, k.last_seen_secs_ago
+        ),
+        None => println!("  kernel: not in the per-source table"),
+    }
+    match &r.sessions {
+        Some(s) => println!(
+            "  sessions: {}",
+            serde_json::to_string(s).unwrap_or_default()
+        ),
+        None => println!("  sessions: none known (or no daemon answered)"),
+    }
+}
