@@ -30,11 +30,9 @@
 mod support;
 
 use std::{
-    fs::File,
     io::{ErrorKind, Read, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -42,7 +40,7 @@ use serde_json::Value;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use support::{
     daemon::Daemon,
-    netns::{ChildGuard, Topology, in_netns, nsenter, wait_until},
+    netns::{ChildGuard, Topology, in_netns, nsenter, start_service, wait_until},
 };
 
 const SMTP: u16 = 25;
@@ -290,37 +288,25 @@ impl Lab {
     /// `smtp-sink` on [`SINK_ADDR`] in the gateway namespace, one dump file per message under
     /// `<dir>/sink/`; returns once it answers with its banner.
     fn start_sink(topo: &Topology, dir: &Path) -> ChildGuard {
-        let log = File::create(dir.join("smtp-sink.log")).expect("smtp-sink log");
         let template = dir.join("sink").join("%Y%m%d%H%M%S.");
-        let child = nsenter(&topo.gw_ns, "smtp-sink")
+        let mut command = nsenter(&topo.gw_ns, "smtp-sink");
+        command
             .args(["-u", "nobody", "-d"])
             .arg(&template)
-            .args([SINK_ADDR, "64"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("start smtp-sink (package postfix)");
-        let mut sink = ChildGuard::new(child, "smtp-sink");
-        let addr: SocketAddr = SINK_ADDR.parse().expect("sink address");
-        let up = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-            assert!(
-                matches!(sink.child.try_wait(), Ok(None)),
-                "smtp-sink exited: {}",
-                std::fs::read_to_string(dir.join("smtp-sink.log")).unwrap_or_default()
-            );
-            in_netns(&topo.gw_ns, move || {
-                let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
-                else {
-                    return false;
-                };
+            .args([SINK_ADDR, "64"]);
+        start_service(
+            &topo.gw_ns,
+            command,
+            &dir.join("smtp-sink.log"),
+            "smtp-sink (package postfix)",
+            SINK_ADDR.parse().expect("sink address"),
+            Duration::from_secs(10),
+            |mut s| {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                 let mut banner = [0u8; 3];
                 s.read_exact(&mut banner).is_ok() && banner == *b"220"
-            })
-        });
-        assert!(up, "smtp-sink does not answer on {SINK_ADDR} within 10s");
-        sink
+            },
+        )
     }
 
     /// A connect from `src` to port 25 must time out: the SYN was dropped silently (no SYN-ACK,

@@ -26,8 +26,7 @@
 mod support;
 
 use std::{
-    fs::File,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
@@ -35,7 +34,7 @@ use std::{
 
 use support::{
     daemon::Daemon,
-    netns::{ChildGuard, Listener, Topology, in_netns, nsenter, run, wait_until},
+    netns::{ChildGuard, Listener, Topology, nsenter, run, start_service, wait_until},
 };
 
 const SMTP: u16 = 25;
@@ -149,33 +148,20 @@ impl Lapi {
         assert!(self.child.is_none(), "the LAPI runs");
         self.starts += 1;
         let log_path = self.dir.join(format!("lapi-{}.log", self.starts));
-        let log = File::create(&log_path).expect("lapi log");
-        let child = nsenter(&self.ns, Self::bin("crowdsec"))
+        let mut command = nsenter(&self.ns, Self::bin("crowdsec"));
+        command
             .arg("-c")
             .arg(&self.config)
             .arg("-no-cs")
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("start the crowdsec LAPI");
-        let mut guard = ChildGuard::new(child, "crowdsec LAPI");
-        let addr: SocketAddr = LAPI.parse().expect("LAPI address");
-        let up = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
-            assert!(
-                matches!(guard.child.try_wait(), Ok(None)),
-                "the LAPI exited:\n{}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-            in_netns(&self.ns, move || {
-                TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
-            })
-        });
-        assert!(
-            up,
-            "the LAPI does not listen on {LAPI} within 20s:\n{}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
+            .current_dir(&self.dir);
+        let guard = start_service(
+            &self.ns,
+            command,
+            &log_path,
+            "the crowdsec LAPI",
+            LAPI.parse().expect("LAPI address"),
+            Duration::from_secs(20),
+            |_| true,
         );
         self.child = Some(guard);
     }

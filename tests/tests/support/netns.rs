@@ -107,6 +107,44 @@ where
     .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
+/// Starts `command` (a service made with [`nsenter`] into `ns`) with stdout and stderr in `log`,
+/// and waits at most `within` until a connection to `addr` inside `ns` passes `ready`; panics
+/// with the log when the service exits or never gets ready. The guard kills it by PID.
+pub fn start_service(
+    ns: &str,
+    mut command: Command,
+    log: &std::path::Path,
+    what: &str,
+    addr: SocketAddr,
+    within: Duration,
+    ready: fn(TcpStream) -> bool,
+) -> ChildGuard {
+    let file = File::create(log).unwrap_or_else(|e| panic!("{what} log {}: {e}", log.display()));
+    let child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().expect("log fd"))
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let mut guard = ChildGuard::new(child, what);
+    let up = wait_until(within, Duration::from_millis(50), || {
+        assert!(
+            matches!(guard.child.try_wait(), Ok(None)),
+            "{what} exited:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        in_netns(ns, move || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok_and(ready)
+        })
+    });
+    assert!(
+        up,
+        "{what} not ready on {addr} within {within:?}:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    guard
+}
+
 /// Kills the process by its PID (SIGKILL) and reaps it when dropped, unless it already exited.
 pub struct ChildGuard {
     pub child: Child,
