@@ -10,6 +10,8 @@
 //!   a ban deleted while C was stopped is removed at C's next start;
 //! - Redis killed: A, B and C keep dropping what they hold; Redis restarted empty: nothing is
 //!   removed, and a ban made after the restart reaches B and C;
+//! - junk published on the channel and a junk record are dropped; a record another node wrote
+//!   without a message (auto-ban's records take the same path) arrives through reconcile;
 //! - ban-to-listed latency on B over 20 bans made on A (printed; bounded only generously).
 //!
 //! Needs root, `cargo xtask setup` (redis-server) and `cargo build` first:
@@ -265,6 +267,46 @@ fn a_ban_on_one_gateway_drops_on_the_others() {
         node.assert_dropped(AFTER_RESTART, "banned after Redis came back");
         // A reconcile against the empty Redis has run by now (every second): still dropping.
         node.assert_dropped(EARLY, "Redis restarted empty");
+    }
+
+    // Hostile traffic on the channel and in the records: dropped; a well-formed record another
+    // node wrote without a message (as auto-ban's are written) arrives through reconcile.
+    let channel = format!("{PREFIX}fleet/bans");
+    for junk in [
+        "garbage".to_string(),
+        r#"{"op":"ban","record":{"target":"not an address"}}"#.to_string(),
+        format!(
+            r#"{{"op":"unban","target":"{early}","node":"{}"}}"#,
+            "x".repeat(70_000)
+        ),
+    ] {
+        redis.cli(&["PUBLISH", &channel, &junk]);
+    }
+    redis.cli(&[
+        "SET",
+        &format!("{PREFIX}ban/junk"),
+        "{\"target\":",
+        "PX",
+        "600000",
+    ]);
+    let written = "198.18.1.99";
+    let record = format!(
+        r#"{{"target":"{written}","source":"{written}","reason":"autoban: pregreet","origin":"autoban","node":"node-z","added_unix_ms":1,"expires_unix_ms":null}}"#
+    );
+    assert_eq!(
+        redis.cli(&[
+            "SET",
+            &format!("{PREFIX}ban/{written}"),
+            &record,
+            "PX",
+            "600000"
+        ]),
+        "OK"
+    );
+    for node in [&a, &b, &c] {
+        let entry = node.wait_fleet_ban(written);
+        assert_eq!(entry["reason"], "autoban: pregreet", "{entry}");
+        node.assert_dropped(EARLY, "after hostile messages");
     }
 
     // Ban-to-listed latency on B (B's `block list` polled; its resolution is one CLI call).
