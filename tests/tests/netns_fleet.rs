@@ -3,6 +3,9 @@
 //! socket in the test's directory, reachable from every namespace).
 //!
 //! [`a_ban_on_one_gateway_drops_on_the_others`]:
+//! B reconciles only when it (re)subscribes (`fleet_reconcile_interval = "1h"`), so what it
+//! gets after that comes by the pub/sub message; A and C reconcile every second.
+//!
 //! - `block add` on A: the source is listed on B (origin `fleet`, A's reason, a TTL) and its SYN
 //!   is dropped by B's XDP; a neighbour still connects to B;
 //! - `block del` on A: B lists it no more and lets it connect again;
@@ -10,6 +13,7 @@
 //!   a ban deleted while C was stopped is removed at C's next start;
 //! - Redis killed: A, B and C keep dropping what they hold; Redis restarted empty: nothing is
 //!   removed, and a ban made after the restart reaches B and C;
+//! - a pregreeter auto-banned by A's SMTP proxy is dropped by B and C;
 //! - junk published on the channel and a junk record are dropped; a record another node wrote
 //!   without a message (auto-ban's records take the same path) arrives through reconcile;
 //! - ban-to-listed latency on B over 20 bans made on A (printed; bounded only generously).
@@ -26,15 +30,17 @@ mod store_lab;
 mod support;
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     path::PathBuf,
     time::{Duration, Instant},
 };
 
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use store_lab::Redis;
 use support::{
     daemon::Daemon,
-    netns::{Listener, Topology, wait_until},
+    netns::{Listener, Topology, in_netns, wait_until},
 };
 
 const SMTP: u16 = 25;
@@ -48,8 +54,12 @@ const EARLY: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 43));
 const AFTER_RESTART: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 44));
 /// Banned on A while C is stopped, then deleted before C comes back.
 const GONE: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 45));
+/// Pregreets on A's SMTP proxy: auto-banned there, dropped everywhere.
+const PREGREETER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 46));
 /// Every client address of the labs.
-const CLIENTS: [IpAddr; 5] = [BOT, NEIGHBOUR, EARLY, AFTER_RESTART, GONE];
+const CLIENTS: [IpAddr; 6] = [BOT, NEIGHBOUR, EARLY, AFTER_RESTART, GONE, PREGREETER];
+/// A's SMTP proxy (auto-ban on pregreet); port 25 is the plain listener's.
+const PROXY: u16 = 2525;
 
 /// Key prefix of this test's gateways.
 const PREFIX: &str = "sgw-fleet:";
@@ -82,7 +92,10 @@ struct Node {
 
 impl Node {
     /// A gateway named `name` (lab tag `tag`) on the shared Redis; not started.
-    fn new(tag: &str, name: &str, redis: &Redis) -> Node {
+    /// With `proxy`, the node also runs the SMTP proxy on [`PROXY`] with auto-ban on pregreet
+    /// (its backend is never reached: a pregreeter is refused before).
+    /// `reconcile` is its `store.fleet_reconcile_interval`.
+    fn new(tag: &str, name: &str, redis: &Redis, proxy: bool, reconcile: &str) -> Node {
         let pid = std::process::id();
         let dir = PathBuf::from(format!("/tmp/sgw-fleet-{pid}-{tag}"));
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sgw-fleet-{pid}-{tag}"));
@@ -93,9 +106,10 @@ impl Node {
             "[dataplane]\n\
              interfaces = [\"{iface}\"]\n\
              attach_mode = \"driver\"\n\
-             protected_ports = [{SMTP}]\n\
+             protected_ports = [{SMTP}, {PROXY}]\n\
              pin_dir = \"{pins}\"\n\
              \n\
+             {smtp}\
              [metrics]\n\
              enabled = false\n\
              \n\
@@ -106,10 +120,23 @@ impl Node {
              node = \"{name}\"\n\
              retry_interval = \"100ms\"\n\
              io_timeout = \"1s\"\n\
-             fleet_reconcile_interval = \"1s\"\n",
+             fleet_reconcile_interval = \"{reconcile}\"\n",
             iface = topo.gw_if,
             pins = pin_dir.display(),
             url = redis.url(),
+            smtp = if proxy {
+                format!(
+                    "[smtp]\nhostname = \"gw.test\"\nlisteners = [{{ address = \"{gw}:{PROXY}\" }}]\n\
+                     greet_pause = \"300ms\"\n\n\
+                     [backend]\nservers = [{{ address = \"127.0.0.1:10025\", identity = \"none\" }}]\n\n\
+                     [relay]\naccepted_domains = [\"example.org\"]\n\n\
+                     [checks]\npregreet = {{ action = \"drop\", weight = 1 }}\n\n\
+                     [autoban]\nenabled = true\nttl = \"1h\"\nchecks = {{ pregreet = 1 }}\n\n",
+                    gw = support::netns::GW_V4,
+                )
+            } else {
+                String::new()
+            },
         );
         let gw = Daemon::new(&topo.gw_ns, &topo.gw_if, &dir, &pin_dir, &config);
         let listener = Listener::start(&topo.gw_ns, SMTP);
@@ -146,6 +173,29 @@ impl Node {
                 self.gw.log()
             );
         }
+    }
+
+    /// `src` talks before the banner of the proxy; returns what it read until the close.
+    fn pregreet(&self, src: IpAddr) -> String {
+        let dst = Topology::gw_addr(src, PROXY);
+        in_netns(&self.topo.cl_ns, move || {
+            let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))
+                .expect("socket");
+            socket
+                .bind(&SockAddr::from(SocketAddr::new(src, 0)))
+                .expect("bind");
+            socket
+                .connect_timeout(&SockAddr::from(dst), CONNECT_TIMEOUT)
+                .expect("connect to the proxy");
+            let mut stream: TcpStream = socket.into();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            stream.write_all(b"EHLO bot.example.net\r\n").expect("send");
+            let mut text = Vec::new();
+            let _ = stream.take(64 * 1024).read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
     }
 
     /// Waits until `target` is listed with origin `fleet`; returns its entry.
@@ -185,9 +235,9 @@ fn a_ban_on_one_gateway_drops_on_the_others() {
     let _ = std::fs::remove_dir_all(&dir.0);
     std::fs::create_dir_all(&dir.0).expect("test dir");
     let mut redis = Redis::start(&dir.0);
-    let mut a = Node::new("fa", "node-a", &redis);
-    let mut b = Node::new("fb", "node-b", &redis);
-    let mut c = Node::new("fc", "node-c", &redis);
+    let mut a = Node::new("fa", "node-a", &redis, true, "1s");
+    let mut b = Node::new("fb", "node-b", &redis, false, "1h");
+    let mut c = Node::new("fc", "node-c", &redis, false, "1s");
     a.gw.start();
     b.gw.start();
     for node in [&a, &b] {
@@ -265,8 +315,21 @@ fn a_ban_on_one_gateway_drops_on_the_others() {
     for node in [&b, &c] {
         node.wait_fleet_ban(&after);
         node.assert_dropped(AFTER_RESTART, "banned after Redis came back");
-        // A reconcile against the empty Redis has run by now (every second): still dropping.
+        // A reconcile against the empty Redis has run by now (B: at its new subscription; C:
+        // every second): still dropping.
         node.assert_dropped(EARLY, "Redis restarted empty");
+    }
+
+    // An auto-ban on A (a pregreeter) drops everywhere.
+    let text = a.pregreet(PREGREETER);
+    assert!(text.lines().any(|l| l.starts_with("521 ")), "{text:?}");
+    let bot = PREGREETER.to_string();
+    let entry = a.gw.wait_banned(&bot, APPLY_TIMEOUT);
+    assert_eq!(entry["origin"], "autoban", "{entry}");
+    for node in [&b, &c] {
+        let entry = node.wait_fleet_ban(&bot);
+        assert_eq!(entry["reason"], "autoban: pregreet", "{entry}");
+        node.assert_dropped(PREGREETER, "auto-banned on A");
     }
 
     // Hostile traffic on the channel and in the records: dropped; a well-formed record another
@@ -303,7 +366,8 @@ fn a_ban_on_one_gateway_drops_on_the_others() {
         ]),
         "OK"
     );
-    for node in [&a, &b, &c] {
+    // B reconciles only at (re)subscription: not there.
+    for node in [&a, &c] {
         let entry = node.wait_fleet_ban(written);
         assert_eq!(entry["reason"], "autoban: pregreet", "{entry}");
         node.assert_dropped(EARLY, "after hostile messages");
