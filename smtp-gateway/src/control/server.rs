@@ -390,6 +390,56 @@ async fn reload(handler: &Handler) -> Response {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn block_add_and_del_through_the_daemon_change_the_ban_record() {
+        let dir = std::env::temp_dir().join(format!("sgw-ctl-rec-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = crate::store::StoreConfig {
+            path: dir.join("state.redb"),
+            node: "mx1".into(),
+            ..crate::store::StoreConfig::default()
+        };
+        let (store, _writer) = crate::store::Opened::open(&cfg)
+            .expect("open")
+            .expect("embedded")
+            .start(Arc::new(crate::metrics::Metrics::new()))
+            .expect("start");
+        let add = |target: &str, ttl_secs: Option<u64>| Request::BlockAdd {
+            target: target.into(),
+            ttl_secs,
+            reason: Some("spam run".into()),
+        };
+        let before = crate::store::records::unix_now_ms();
+        match ban_record_change(&store, &add("2001:0db8:0::/64", Some(60))) {
+            Some(RecordChange::Put(record, ttl)) => {
+                assert_eq!(record.target, "2001:db8::/64");
+                assert_eq!(
+                    (record.reason.as_str(), record.origin.as_str()),
+                    ("spam run", "cli")
+                );
+                assert_eq!(record.node, "mx1");
+                let expires = record.expires_unix_ms.expect("an expiry");
+                assert!(expires >= before + 60_000 && expires <= before + 70_000);
+                assert_eq!(ttl, Duration::from_secs(60));
+            }
+            _ => panic!("block add must put a record"),
+        }
+        match ban_record_change(&store, &add("198.18.0.7/32", None)) {
+            Some(RecordChange::Put(record, ttl)) => {
+                assert_eq!(record.expires_unix_ms, None);
+                assert_eq!(ttl, PERMANENT_RECORD_TTL);
+            }
+            _ => panic!("a permanent block add must put a record"),
+        }
+        assert!(matches!(
+            ban_record_change(&store, &Request::BlockDel { target: "198.18.0.7".into() }),
+            Some(RecordChange::Delete(t)) if t == "198.18.0.7"
+        ));
+        assert!(ban_record_change(&store, &add("not an address", None)).is_none());
+        assert!(ban_record_change(&store, &Request::BlockList).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A fresh directory for one test's socket path.
     fn dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("control-{}-{name}", std::process::id()));
