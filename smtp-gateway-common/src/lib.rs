@@ -193,6 +193,9 @@ pub mod origin {
     pub const CONFIG: u32 = 4;
     /// A CrowdSec LAPI decision (`[crowdsec]`), removed when the LAPI deletes it.
     pub const CROWDSEC: u32 = 5;
+    /// A ban made on another gateway of the fleet (`store.engine = "redis"`), removed when that
+    /// ban is deleted there.
+    pub const FLEET: u32 = 6;
 
     /// Name shown to operators.
     pub const fn name(origin: u32) -> &'static str {
@@ -202,6 +205,7 @@ pub mod origin {
             AUTOBAN => "autoban",
             CONFIG => "config",
             CROWDSEC => "crowdsec",
+            FLEET => "fleet",
             _ => "unknown",
         }
     }

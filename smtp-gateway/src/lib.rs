@@ -49,6 +49,7 @@ pub mod crowdsec;
 pub mod daemon;
 pub mod dataplane;
 pub mod events;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod invalid;

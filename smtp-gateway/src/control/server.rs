@@ -7,6 +7,7 @@ use std::{
     os::unix::fs::{FileTypeExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use nix::sys::stat::{Mode, umask};
@@ -38,6 +39,8 @@ pub struct Handler {
     pub dataplane: SharedDataplane,
     pub outcomes: Arc<SourceOutcomes>,
     pub reload: ReloadSender,
+    /// The state store: `block add`/`block del` write/delete the ban record (shared by a fleet).
+    pub store: Option<crate::store::Store>,
 }
 
 /// Creates the socket at `path` (and its directory). A socket file nobody answers on is a
@@ -195,6 +198,10 @@ async fn handle(handler: &Handler, request: Request, pid: Option<i32>) -> Respon
     );
     // Only changes are logged (`top` asks for statistics every second).
     let described = mutating.then(|| format!("{request:?}"));
+    let record = handler
+        .store
+        .as_ref()
+        .and_then(|store| ban_record_change(store, &request));
     let dataplane = handler.dataplane.clone();
     let outcomes = handler.outcomes.clone();
     let result = tokio::task::spawn_blocking(move || {
@@ -211,6 +218,10 @@ async fn handle(handler: &Handler, request: Request, pid: Option<i32>) -> Respon
             message: format!("internal error: {e}"),
         },
     };
+    if let (Some(store), Some(change), Response::Done { .. }) = (&handler.store, record, &response)
+    {
+        change.write(store);
+    }
     if let Some(described) = described {
         match &response {
             Response::Done { message, .. } => {
@@ -223,6 +234,83 @@ async fn handle(handler: &Handler, request: Request, pid: Option<i32>) -> Respon
         }
     }
     response
+}
+
+/// What a blocklist change does to the stored ban records, once the kernel took it.
+enum RecordChange {
+    /// `block add`: the record and how long it is kept.
+    Put(crate::store::BanRecord, Duration),
+    /// `block del`: the target's record goes (and the deletion is remembered).
+    Delete(String),
+}
+
+/// Largest store TTL of a ban without an expiry (the record says it never ends).
+const PERMANENT_RECORD_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+impl RecordChange {
+    /// Queues the write (never waits).
+    fn write(self, store: &crate::store::Store) {
+        use crate::store::Space;
+        match self {
+            RecordChange::Put(record, ttl) => {
+                let id = record.target.clone();
+                store.delete(Space::Unban, &id);
+                store.put(Space::Ban, &id, &record, ttl);
+            }
+            RecordChange::Delete(id) => {
+                store.delete(Space::Ban, &id);
+                if !store.fleet() {
+                    return;
+                }
+                let tombstone = crate::store::records::FleetMessage::Unban {
+                    target: id.clone(),
+                    node: store.node().to_string(),
+                };
+                store.put(
+                    Space::Unban,
+                    &id,
+                    &tombstone,
+                    store.config().fleet_unban_ttl,
+                );
+            }
+        }
+    }
+}
+
+/// The ban record change of `request`, if it changes the blocklist (targets in their canonical
+/// form, as every node parses them).
+fn ban_record_change(store: &crate::store::Store, request: &Request) -> Option<RecordChange> {
+    match request {
+        Request::BlockAdd {
+            target,
+            ttl_secs,
+            reason,
+        } => {
+            let target: crate::dataplane::Target = target.parse().ok()?;
+            let now = crate::store::records::unix_now_ms();
+            let ttl = ttl_secs.map(Duration::from_secs);
+            let record = crate::store::BanRecord {
+                target: target.to_string(),
+                source: None,
+                reason: reason.clone().unwrap_or_default(),
+                origin: "cli".into(),
+                node: store.node().to_string(),
+                added_unix_ms: now,
+                expires_unix_ms: ttl
+                    .map(|t| now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
+            };
+            Some(RecordChange::Put(
+                record,
+                ttl.unwrap_or(PERMANENT_RECORD_TTL)
+                    .min(PERMANENT_RECORD_TTL),
+            ))
+        }
+        Request::BlockDel { target } => {
+            let target: crate::dataplane::Target = target.parse().ok()?;
+            Some(RecordChange::Delete(target.to_string()))
+        }
+        _ => None,
+    }
 }
 
 fn run_on_dataplane(
@@ -306,6 +394,56 @@ async fn reload(handler: &Handler) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn block_add_and_del_through_the_daemon_change_the_ban_record() {
+        let dir = std::env::temp_dir().join(format!("sgw-ctl-rec-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = crate::store::StoreConfig {
+            path: dir.join("state.redb"),
+            node: "mx1".into(),
+            ..crate::store::StoreConfig::default()
+        };
+        let (store, _writer) = crate::store::Opened::open(&cfg)
+            .expect("open")
+            .expect("embedded")
+            .start(Arc::new(crate::metrics::Metrics::new()))
+            .expect("start");
+        let add = |target: &str, ttl_secs: Option<u64>| Request::BlockAdd {
+            target: target.into(),
+            ttl_secs,
+            reason: Some("spam run".into()),
+        };
+        let before = crate::store::records::unix_now_ms();
+        match ban_record_change(&store, &add("2001:0db8:0::/64", Some(60))) {
+            Some(RecordChange::Put(record, ttl)) => {
+                assert_eq!(record.target, "2001:db8::/64");
+                assert_eq!(
+                    (record.reason.as_str(), record.origin.as_str()),
+                    ("spam run", "cli")
+                );
+                assert_eq!(record.node, "mx1");
+                let expires = record.expires_unix_ms.expect("an expiry");
+                assert!(expires >= before + 60_000 && expires <= before + 70_000);
+                assert_eq!(ttl, Duration::from_secs(60));
+            }
+            _ => panic!("block add must put a record"),
+        }
+        match ban_record_change(&store, &add("198.18.0.7/32", None)) {
+            Some(RecordChange::Put(record, ttl)) => {
+                assert_eq!(record.expires_unix_ms, None);
+                assert_eq!(ttl, PERMANENT_RECORD_TTL);
+            }
+            _ => panic!("a permanent block add must put a record"),
+        }
+        assert!(matches!(
+            ban_record_change(&store, &Request::BlockDel { target: "198.18.0.7".into() }),
+            Some(RecordChange::Delete(t)) if t == "198.18.0.7"
+        ));
+        assert!(ban_record_change(&store, &add("not an address", None)).is_none());
+        assert!(ban_record_change(&store, &Request::BlockList).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// A fresh directory for one test's socket path.
     fn dir(name: &str) -> PathBuf {

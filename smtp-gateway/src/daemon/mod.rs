@@ -179,6 +179,7 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
             dataplane: dataplane.clone(),
             outcomes: outcomes.clone(),
             reload: reload_tx.clone(),
+            store: store.clone(),
         }),
         shutdown_rx.clone(),
     ));
@@ -213,6 +214,12 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
     ));
     let crowdsec = tokio::spawn(crate::crowdsec::run(
         live.crowdsec.subscribe(),
+        dataplane.clone(),
+        metrics.clone(),
+        shutdown_rx.clone(),
+    ));
+    let fleet = tokio::spawn(crate::fleet::run(
+        store.clone(),
         dataplane.clone(),
         metrics.clone(),
         shutdown_rx.clone(),
@@ -309,6 +316,7 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
         backend_pool.close_all().await;
     }
     let _ = crowdsec.await;
+    let _ = fleet.await;
     let bans = autoban.await.unwrap_or(0);
     tracing::info!(bans, "sources banned by session verdicts during this run");
     // Every task that writes has ended: the last writes are flushed.

@@ -103,6 +103,8 @@ pub struct Metrics {
     crowdsec_polls: Family<ResultLabels, Counter>,
     /// CrowdSec decisions by what they did to the blocklist.
     crowdsec_decisions: Family<DecisionLabels, Counter>,
+    /// Fleet bans by what they did to the kernel blocklist.
+    fleet_bans: Family<DecisionLabels, Counter>,
     /// State store operations by operation and outcome (timeouts included).
     store_operations: Family<StoreLabels, Counter>,
     /// Store writes dropped because the write queue was full (store down too long).
@@ -145,6 +147,7 @@ impl Metrics {
             session_panics: Counter::default(),
             crowdsec_polls: Family::default(),
             crowdsec_decisions: Family::default(),
+            fleet_bans: Family::default(),
             store_operations: Family::default(),
             store_queue_overflows: Counter::default(),
             store_queued: Gauge::default(),
@@ -215,6 +218,11 @@ impl Metrics {
             m.crowdsec_decisions.clone(),
         );
         registry.register(
+            "fleet_bans",
+            "Bans of other gateways of the fleet (store.fleet) by what they did here: banned (entry written), removed (deleted there), kept (the target has an active entry of another origin), invalid (message or record that does not make sense), failed (map error), reconcile_failed (the store did not answer)",
+            m.fleet_bans.clone(),
+        );
+        registry.register(
             "store_operations",
             "State store operations, by operation (get, scan, write, decode) and result (ok, error, timeout)",
             m.store_operations.clone(),
@@ -245,6 +253,15 @@ impl Metrics {
     pub fn crowdsec_decisions(&self, action: &'static str, n: usize) {
         if n > 0 {
             self.crowdsec_decisions
+                .get_or_create(&DecisionLabels { action })
+                .inc_by(n as u64);
+        }
+    }
+
+    /// `n` fleet bans did `action`.
+    pub fn fleet(&self, action: &'static str, n: usize) {
+        if n > 0 {
+            self.fleet_bans
                 .get_or_create(&DecisionLabels { action })
                 .inc_by(n as u64);
         }

@@ -28,6 +28,14 @@ pub const MIN_VALUE_BYTES: usize = 512;
 pub const MAX_LOAD_LIMIT: usize = 10_000_000;
 /// Largest `store.cache_bytes`.
 pub const MAX_CACHE_BYTES: usize = 1 << 30;
+/// Smallest `store.fleet_reconcile_interval`.
+pub const MIN_FLEET_RECONCILE: Duration = Duration::from_secs(1);
+/// Largest `store.fleet_reconcile_interval`.
+pub const MAX_FLEET_RECONCILE: Duration = Duration::from_secs(3600);
+/// Smallest `store.fleet_unban_ttl`.
+pub const MIN_FLEET_UNBAN_TTL: Duration = Duration::from_secs(60);
+/// Largest `store.fleet_unban_ttl`.
+pub const MAX_FLEET_UNBAN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Largest `store.key_prefix` and `store.node`, in bytes.
 pub const MAX_NAME_BYTES: usize = 128;
 
@@ -93,6 +101,17 @@ pub struct StoreConfig {
     /// How long a source's session outcomes are kept in the store after its last session.
     #[serde(with = "humantime_serde")]
     pub outcomes_ttl: Duration,
+    /// With `engine = "redis"`: bans made on any gateway (CLI, auto-ban) are published on
+    /// `<key_prefix>fleet/bans` and applied to every other gateway's kernel blocklist.
+    pub fleet: bool,
+    /// How often a fleet gateway compares its kernel blocklist with the stored bans (a node that
+    /// was away, a missed message, a ban deleted elsewhere).
+    #[serde(with = "humantime_serde")]
+    pub fleet_reconcile_interval: Duration,
+    /// How long a deleted ban is remembered, so that a gateway that missed the deletion
+    /// removes its copy at its next reconcile.
+    #[serde(with = "humantime_serde")]
+    pub fleet_unban_ttl: Duration,
 }
 
 impl Default for StoreConfig {
@@ -113,6 +132,9 @@ impl Default for StoreConfig {
             max_value_bytes: 16 << 10,
             load_limit: 100_000,
             outcomes_ttl: Duration::from_secs(7 * 24 * 3600),
+            fleet: true,
+            fleet_reconcile_interval: Duration::from_secs(10),
+            fleet_unban_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -149,6 +171,18 @@ impl StoreConfig {
             self.outcomes_ttl,
             Duration::from_secs(1),
             MAX_OUTCOMES_TTL,
+        )?;
+        Invalid::duration_in(
+            "store.fleet_reconcile_interval",
+            self.fleet_reconcile_interval,
+            MIN_FLEET_RECONCILE,
+            MAX_FLEET_RECONCILE,
+        )?;
+        Invalid::duration_in(
+            "store.fleet_unban_ttl",
+            self.fleet_unban_ttl,
+            MIN_FLEET_UNBAN_TTL,
+            MAX_FLEET_UNBAN_TTL,
         )?;
         Invalid::in_range("store.queue", self.queue, 1, MAX_QUEUE)?;
         Invalid::in_range(
@@ -306,6 +340,26 @@ mod tests {
         for (cfg, key, reason) in cases {
             let err = rejected(cfg);
             assert_eq!((err.key.as_str(), err.reason.as_str()), (key, reason));
+        }
+    }
+
+    #[test]
+    fn the_reconcile_interval_is_bounded() {
+        for (interval, reason) in [
+            (Duration::from_millis(999), "must be at least 1s"),
+            (
+                MAX_FLEET_RECONCILE + Duration::from_secs(1),
+                "must be at most 1h",
+            ),
+        ] {
+            let err = rejected(StoreConfig {
+                fleet_reconcile_interval: interval,
+                ..StoreConfig::default()
+            });
+            assert_eq!(
+                (err.key.as_str(), err.reason.as_str()),
+                ("store.fleet_reconcile_interval", reason)
+            );
         }
     }
 

@@ -195,10 +195,6 @@ impl Opened {
     /// writer that must run (and be stopped after the last write, see [`Writer::run`]).
     pub fn start(self, metrics: Arc<Metrics>) -> Result<(Store, Writer), StoreError> {
         let config = self.config;
-        let engine = match self.embedded {
-            Some(e) => Engine::Embedded(e),
-            None => Engine::Redis(redis::Redis::connect(&config)?),
-        };
         let node = if config.node.is_empty() {
             nix::unistd::gethostname()
                 .ok()
@@ -206,6 +202,10 @@ impl Opened {
                 .unwrap_or_else(|| "localhost".into())
         } else {
             config.node.clone()
+        };
+        let engine = match self.embedded {
+            Some(e) => Engine::Embedded(e),
+            None => Engine::Redis(redis::Redis::connect(&config, &node)?),
         };
         let engine = Arc::new(engine);
         let (tx, rx) = mpsc::channel(config.queue);
@@ -263,6 +263,12 @@ impl Store {
     /// This node's name (`store.node`, or the host name).
     pub fn node(&self) -> &str {
         &self.inner.node
+    }
+
+    /// Whether bans are shared with a fleet through Redis (`store.engine = "redis"` and
+    /// `store.fleet`).
+    pub fn fleet(&self) -> bool {
+        matches!(*self.inner.engine, Engine::Redis(_)) && self.inner.config.fleet
     }
 
     /// What a session does when the store does not answer in time.

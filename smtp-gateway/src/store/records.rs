@@ -23,17 +23,22 @@ pub enum Space {
     Ban,
     /// Allowlist entries, by target.
     Allow,
+    /// Bans deleted (`block del`), by target, kept `store.fleet_unban_ttl`: what lets a fleet
+    /// gateway that missed the deletion remove its copy (a record merely missing, e.g. after
+    /// Redis lost its data, removes nothing).
+    Unban,
 }
 
 impl Space {
     /// Every space.
-    pub const ALL: [Space; 6] = [
+    pub const ALL: [Space; 7] = [
         Space::Pass,
         Space::Count,
         Space::Pending,
         Space::Outcome,
         Space::Ban,
         Space::Allow,
+        Space::Unban,
     ];
 
     /// The space's name in keys.
@@ -45,6 +50,7 @@ impl Space {
             Space::Outcome => "outcome",
             Space::Ban => "ban",
             Space::Allow => "allow",
+            Space::Unban => "unban",
         }
     }
 
@@ -78,6 +84,40 @@ pub struct BanRecord {
     pub added_unix_ms: u64,
     /// When it ends, Unix milliseconds (none: never).
     pub expires_unix_ms: Option<u64>,
+}
+
+/// What a gateway publishes to the others when one of its ban records changes
+/// (`store.fleet`): the record written, or the target whose record was deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum FleetMessage {
+    /// A ban record was written.
+    Ban {
+        /// The record.
+        record: BanRecord,
+    },
+    /// A ban record was deleted (`block del`).
+    Unban {
+        /// What it covered.
+        target: String,
+        /// The node that deleted it.
+        node: String,
+    },
+}
+
+/// The pub/sub channel of a fleet's ban messages.
+pub fn fleet_channel(key_prefix: &str) -> String {
+    format!("{key_prefix}fleet/bans")
+}
+
+/// The message of a ban record written: the record's bytes (our own encoding of a
+/// [`BanRecord`]) wrapped, never decoded again.
+pub fn ban_message(record: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(record.len() + 32);
+    out.extend_from_slice(br#"{"op":"ban","record":"#);
+    out.extend_from_slice(record);
+    out.push(b'}');
+    out
 }
 
 /// The current Unix time in milliseconds (0 before 1970).
@@ -159,6 +199,30 @@ mod tests {
                 ("decode", StoreError::Decode { key, .. }) => assert_eq!(key, "ban/x"),
                 _ => panic!("case {i}: unexpected {err}"),
             }
+        }
+    }
+
+    #[test]
+    fn fleet_messages_round_trip_and_refuse_junk() {
+        let bytes = encode("ban/x", &record()).expect("encode");
+        let back: FleetMessage = decode("m", &ban_message(&bytes), 4096).expect("ban");
+        assert_eq!(back, FleetMessage::Ban { record: record() });
+        let unban = FleetMessage::Unban {
+            target: "198.18.0.7".into(),
+            node: "mx2".into(),
+        };
+        let bytes = encode("m", &unban).expect("encode");
+        assert_eq!(
+            decode::<FleetMessage>("m", &bytes, 4096).expect("unban"),
+            unban
+        );
+        for junk in [
+            &b"{\"op\":\"nuke\"}"[..],
+            b"{\"op\":\"unban\",\"target\":1,\"node\":\"a\"}",
+            b"{\"op\":\"unban\",\"target\":\"a\",\"node\":\"a\",\"x\":1}",
+            b"\xff",
+        ] {
+            assert!(decode::<FleetMessage>("m", junk, 4096).is_err());
         }
     }
 

@@ -9,7 +9,10 @@ use ::redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
 
-use super::{StoreConfig, StoreError, Write};
+use super::{
+    StoreConfig, StoreError, Write,
+    records::{FleetMessage, Space, ban_message, encode},
+};
 
 /// Keys asked for per `SCAN` round trip.
 const SCAN_COUNT: usize = 1000;
@@ -20,11 +23,13 @@ pub(super) struct Redis {
     conn: ConnectionManager,
     /// `store.key_prefix`.
     prefix: String,
+    /// With `store.fleet`: the channel ban changes are published on, and this node's name.
+    fleet: Option<(String, String)>,
 }
 
 impl Redis {
     /// The engine for `store.redis_url`; connects on first use (needs the tokio runtime).
-    pub(super) fn connect(config: &StoreConfig) -> Result<Self, StoreError> {
+    pub(super) fn connect(config: &StoreConfig, node: &str) -> Result<Self, StoreError> {
         let client = Client::open(config.redis_url.as_str())?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.io_timeout))
@@ -34,6 +39,12 @@ impl Redis {
         Ok(Self {
             conn,
             prefix: config.key_prefix.clone(),
+            fleet: config.fleet.then(|| {
+                (
+                    super::records::fleet_channel(&config.key_prefix),
+                    node.to_string(),
+                )
+            }),
         })
     }
 
@@ -42,7 +53,9 @@ impl Redis {
         format!("{}{key}", self.prefix)
     }
 
-    /// Applies a batch in one pipeline (`SET PX` / `DEL`).
+    /// Applies a batch in one pipeline (`SET PX` / `DEL`); with `store.fleet`, a ban record
+    /// written or deleted is then published to the other gateways (after its write, in the same
+    /// pipeline, so a gateway that reads the record on the message finds it).
     pub(super) async fn apply(&self, batch: Vec<Write>) -> Result<(), StoreError> {
         let mut pipe = ::redis::pipe();
         for write in &batch {
@@ -55,9 +68,29 @@ impl Redis {
                         .arg("PX")
                         .arg(ttl_ms)
                         .ignore();
+                    if let Some((channel, _)) = &self.fleet
+                        && Space::Ban.id_of(key).is_some()
+                    {
+                        pipe.cmd("PUBLISH")
+                            .arg(channel)
+                            .arg(ban_message(value))
+                            .ignore();
+                    }
                 }
                 Write::Delete { key } => {
                     pipe.cmd("DEL").arg(self.full(key)).ignore();
+                    if let Some((channel, node)) = &self.fleet
+                        && let Some(target) = Space::Ban.id_of(key)
+                    {
+                        let message = FleetMessage::Unban {
+                            target: target.to_string(),
+                            node: node.clone(),
+                        };
+                        pipe.cmd("PUBLISH")
+                            .arg(channel)
+                            .arg(encode(key, &message)?)
+                            .ignore();
+                    }
                 }
             }
         }

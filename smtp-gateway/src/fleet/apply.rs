@@ -1,0 +1,158 @@
+//! How the fleet's bans reach this gateway's kernel blocklist: a ban of another node becomes an
+//! entry of origin `fleet` with its reason and remaining TTL; a ban deleted there removes it. An
+//! active entry of another origin (this node's operator, auto-ban, CrowdSec, an import) is never
+//! replaced nor removed (the rule of `crowdsec/bouncer.rs`). Every value comes from Redis and is
+//! hostile: a target that does not parse or a ban already over is skipped and counted.
+
+use std::{collections::HashSet, time::Duration};
+
+use smtp_gateway_common::{BlockEntry, origin};
+
+use crate::{
+    dataplane::{Dataplane, DataplaneError, Target, clock, reasons},
+    store::{BanRecord, records::unix_now_ms},
+};
+
+/// What applying a message or a reconcile did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Entries written (new, or a later expiry).
+    pub banned: usize,
+    /// Entries of origin `fleet` removed.
+    pub removed: usize,
+    /// Bans on a target that holds an active entry of another origin (left as it is).
+    pub kept: usize,
+    /// Bans of this node, already applied, or over.
+    pub known: usize,
+    /// Records that do not make sense (target that does not parse).
+    pub invalid: usize,
+}
+
+/// Writes `record` (a ban of another node) to the blocklist.
+pub fn ban(
+    dp: &mut Dataplane,
+    record: &BanRecord,
+    node: &str,
+    done: &mut Applied,
+) -> Result<(), DataplaneError> {
+    if record.node == node {
+        done.known += 1;
+        return Ok(());
+    }
+    let Ok(target) = record.target.parse::<Target>() else {
+        done.invalid += 1;
+        return Ok(());
+    };
+    let ttl = match record.expires_unix_ms {
+        None => None,
+        Some(end) => match end.checked_sub(unix_now_ms()) {
+            Some(left) if left > 0 => Some(Duration::from_millis(left)),
+            _ => {
+                done.known += 1;
+                return Ok(());
+            }
+        },
+    };
+    let expires_at_ns = clock::expiry_after(ttl);
+    let existing = dp.block_entry(target)?;
+    if let Some(entry) = existing {
+        if entry.origin != origin::FLEET && active(&entry) {
+            done.kept += 1;
+            return Ok(());
+        }
+        // Within a second of what is there: the same ban seen again (message, then reconcile).
+        if entry.origin == origin::FLEET
+            && active(&entry)
+            && (entry.expires_at_ns == expires_at_ns
+                || (entry.expires_at_ns != 0
+                    && expires_at_ns != 0
+                    && entry.expires_at_ns.abs_diff(expires_at_ns) < 1_000_000_000))
+        {
+            done.known += 1;
+            return Ok(());
+        }
+    }
+    let reason = reasons::intern(dp, &record.reason)?;
+    dp.block(
+        target,
+        BlockEntry {
+            expires_at_ns,
+            added_at_s: record.added_unix_ms / 1000,
+            reason,
+            origin: origin::FLEET,
+        },
+    )?;
+    done.banned += 1;
+    Ok(())
+}
+
+/// Removes the entry of `target` when it came from the fleet (`node` deleted its ban).
+pub fn unban(
+    dp: &mut Dataplane,
+    target: &str,
+    from: &str,
+    node: &str,
+    done: &mut Applied,
+) -> Result<(), DataplaneError> {
+    if from == node {
+        done.known += 1;
+        return Ok(());
+    }
+    let Ok(target) = target.parse::<Target>() else {
+        done.invalid += 1;
+        return Ok(());
+    };
+    match dp.block_entry(target)? {
+        Some(entry) if entry.origin == origin::FLEET => {
+            if dp.unblock(target)? {
+                done.removed += 1;
+            }
+        }
+        _ => done.known += 1,
+    }
+    Ok(())
+}
+
+/// Makes the entries of origin `fleet` match the store: every ban record missing here is
+/// written; an entry whose ban was deleted (a target of `unbans`, the remembered deletions) and
+/// that no ban record holds is removed. A record merely missing removes nothing (Redis may have
+/// lost its data: the entry stays until it expires).
+pub fn reconcile(
+    dp: &mut Dataplane,
+    records: &[BanRecord],
+    unbans: &[String],
+    node: &str,
+) -> Result<Applied, DataplaneError> {
+    let mut done = Applied::default();
+    let mut held: HashSet<Target> = HashSet::new();
+    for record in records {
+        if let Ok(target) = record.target.parse::<Target>() {
+            held.insert(target);
+        }
+        ban(dp, record, node, &mut done)?;
+    }
+    let deleted: HashSet<Target> = unbans
+        .iter()
+        .filter_map(|t| t.parse::<Target>().ok())
+        .filter(|t| !held.contains(t))
+        .collect();
+    if !deleted.is_empty() {
+        let stale: Vec<Target> = dp
+            .blocked()?
+            .into_iter()
+            .filter(|r| r.entry.origin == origin::FLEET && deleted.contains(&r.target))
+            .map(|r| r.target)
+            .collect();
+        for target in stale {
+            if dp.unblock(target)? {
+                done.removed += 1;
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Whether `entry` still drops (never expires, or expires later).
+fn active(entry: &BlockEntry) -> bool {
+    entry.expires_at_ns == 0 || entry.expires_at_ns > clock::monotonic_ns()
+}

@@ -1,0 +1,243 @@
+//! Fleet ban propagation (`store.engine = "redis"`, `store.fleet`): a ban made on any gateway
+//! reaches every other gateway's XDP blocklist, and a `block del` removes it everywhere.
+//!
+//! The writing side is the store's: a ban record written or deleted is published on
+//! `<key_prefix>fleet/bans` in the same pipeline as its write (`store/redis.rs`). This task is
+//! the reading side: it subscribes (again after every loss of the connection, every
+//! `store.retry_interval`), applies each message from another node to the kernel blocklist
+//! (`apply.rs`), and every `store.fleet_reconcile_interval` (and right after each subscription)
+//! compares its entries of origin `fleet` with the stored ban records and remembered deletions
+//! (`unban/<target>`, kept `store.fleet_unban_ttl`), so a gateway that was away, is new, or
+//! missed a message catches up with the remaining TTLs. Only a remembered deletion removes an
+//! entry: a Redis restarted empty takes nothing away from any gateway. The packet path never
+//! waits on any of it: the kernel entries are written under the data plane lock, off the async
+//! threads. Messages are hostile: over `store.max_value_bytes` or not a [`FleetMessage`], they
+//! are counted and dropped.
+//!
+//! - `apply.rs`: what a ban or an unban of another node does to the blocklist.
+
+pub mod apply;
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::StreamExt as _;
+use tokio::sync::{mpsc, watch};
+
+use self::apply::Applied;
+use crate::{
+    dataplane::SharedDataplane,
+    metrics::Metrics,
+    store::{
+        BanRecord, Space, Store,
+        records::{FleetMessage, decode, fleet_channel},
+    },
+};
+
+/// What the subscriber hands to the applying loop.
+enum Event {
+    /// A message of the channel, decoded.
+    Message(FleetMessage),
+    /// Subscribed (again): messages may have been missed, reconcile now.
+    Subscribed,
+}
+
+/// Applies the fleet's bans to this gateway until shutdown (returns at once unless
+/// [`Store::fleet`]).
+pub async fn run(
+    store: Option<Store>,
+    dataplane: SharedDataplane,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Some(store) = store.filter(Store::fleet) else {
+        return;
+    };
+    let cfg = store.config().clone();
+    let client = match ::redis::Client::open(cfg.redis_url.as_str()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "fleet: no ban propagation");
+            return;
+        }
+    };
+    let (tx, mut rx) = mpsc::channel(1024);
+    let subscriber = tokio::spawn(subscribe(
+        client,
+        fleet_channel(&cfg.key_prefix),
+        cfg.max_value_bytes,
+        cfg.retry_interval,
+        cfg.io_timeout,
+        tx,
+        metrics.clone(),
+    ));
+    let node = store.node().to_string();
+    let mut tick = tokio::time::interval(cfg.fleet_reconcile_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tracing::info!(node, "fleet: ban propagation through Redis");
+    loop {
+        let reconcile_now = tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tick.tick() => true,
+            event = rx.recv() => match event {
+                None => break,
+                Some(Event::Subscribed) => true,
+                Some(Event::Message(message)) => {
+                    let node = node.clone();
+                    let applied = on_dataplane(&dataplane, move |dp| {
+                        let mut done = Applied::default();
+                        match &message {
+                            FleetMessage::Ban { record } => apply::ban(dp, record, &node, &mut done)?,
+                            FleetMessage::Unban { target, node: from } => {
+                                apply::unban(dp, target, from, &node, &mut done)?;
+                            }
+                        }
+                        Ok(done)
+                    })
+                    .await;
+                    report(&metrics, "message", applied);
+                    false
+                }
+            },
+        };
+        if reconcile_now {
+            reconcile(&store, &dataplane, &metrics, &node).await;
+        }
+    }
+    subscriber.abort();
+    let _ = subscriber.await;
+}
+
+/// One reconcile: every ban record against the entries of origin `fleet`.
+async fn reconcile(store: &Store, dataplane: &SharedDataplane, metrics: &Metrics, node: &str) {
+    let records = match store.load::<BanRecord>(Space::Ban).await {
+        Ok(r) => r,
+        Err(e) => {
+            metrics.fleet("reconcile_failed", 1);
+            tracing::debug!(error = %e, "fleet: reconcile skipped (store unavailable)");
+            return;
+        }
+    };
+    let unbans: Vec<String> = match store.load::<FleetMessage>(Space::Unban).await {
+        Ok(u) => u
+            .into_iter()
+            .filter_map(|(_, m)| match m {
+                FleetMessage::Unban { target, .. } => Some(target),
+                FleetMessage::Ban { .. } => None,
+            })
+            .collect(),
+        Err(e) => {
+            metrics.fleet("reconcile_failed", 1);
+            tracing::debug!(error = %e, "fleet: deleted bans not read; none removed this time");
+            Vec::new()
+        }
+    };
+    let records: Vec<BanRecord> = records.into_iter().map(|(_, r)| r).collect();
+    let node = node.to_string();
+    let applied = on_dataplane(dataplane, move |dp| {
+        apply::reconcile(dp, &records, &unbans, &node)
+    })
+    .await;
+    if let Ok(done) = &applied
+        && done.banned + done.removed > 0
+    {
+        tracing::info!(
+            banned = done.banned,
+            removed = done.removed,
+            "fleet: reconciled with the stored bans"
+        );
+    }
+    report(metrics, "reconcile", applied);
+}
+
+/// Runs `f` on the data plane, off the async threads.
+async fn on_dataplane(
+    dataplane: &SharedDataplane,
+    f: impl FnOnce(
+        &mut crate::dataplane::Dataplane,
+    ) -> Result<Applied, crate::dataplane::DataplaneError>
+    + Send
+    + 'static,
+) -> Result<Applied, String> {
+    let dp = dataplane.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut dp = dp
+            .lock()
+            .map_err(|_| "the data plane lock is poisoned".to_string())?;
+        f(&mut dp).map_err(|e| e.to_string())
+    })
+    .await;
+    joined.unwrap_or_else(|e| Err(e.to_string()))
+}
+
+/// Counts (and logs a failure of) one application.
+fn report(metrics: &Metrics, what: &'static str, applied: Result<Applied, String>) {
+    match applied {
+        Ok(done) => {
+            metrics.fleet("banned", done.banned);
+            metrics.fleet("removed", done.removed);
+            metrics.fleet("kept", done.kept);
+            metrics.fleet("invalid", done.invalid);
+        }
+        Err(error) => {
+            metrics.fleet("failed", 1);
+            tracing::error!(%error, what, "fleet: bans not applied");
+        }
+    }
+}
+
+/// Subscribes to `channel` and forwards its messages, subscribing again `retry` after every
+/// loss of the connection (Redis restarted, unreachable).
+async fn subscribe(
+    client: ::redis::Client,
+    channel: String,
+    max: usize,
+    retry: Duration,
+    timeout: Duration,
+    tx: mpsc::Sender<Event>,
+    metrics: Arc<Metrics>,
+) {
+    let mut down = false;
+    loop {
+        let connected = tokio::time::timeout(timeout, async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, ::redis::RedisError>(pubsub)
+        })
+        .await;
+        match connected {
+            Ok(Ok(mut pubsub)) => {
+                if down {
+                    tracing::info!("fleet: subscribed again");
+                }
+                if tx.send(Event::Subscribed).await.is_err() {
+                    return;
+                }
+                let mut messages = pubsub.on_message();
+                while let Some(message) = messages.next().await {
+                    let payload = message.get_payload_bytes();
+                    match decode::<FleetMessage>(&channel, payload, max) {
+                        Ok(m) => {
+                            if tx.send(Event::Message(m)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            metrics.fleet("invalid", 1);
+                            tracing::debug!(error = %e, "fleet: message dropped");
+                        }
+                    }
+                }
+                tracing::warn!("fleet: subscription lost; bans in force stay, subscribing again");
+            }
+            Ok(Err(e)) if !down => {
+                tracing::warn!(error = %e, "fleet: cannot subscribe; bans in force stay, retrying");
+            }
+            Err(_) if !down => {
+                tracing::warn!("fleet: subscribing timed out; bans in force stay, retrying");
+            }
+            _ => {}
+        }
+        down = true;
+        tokio::time::sleep(retry).await;
+    }
+}
