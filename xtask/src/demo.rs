@@ -10,6 +10,11 @@
 //!                                                                 └─ XCLIENT ─▶ Postfix 127.0.0.1:10025
 //! ```
 //!
+//! The gateway's FCrDNS and SPF checks ask the test kit's DNS responder, bound on the gateway
+//! namespace's loopback: the good client's name is verified (Postfix's Received header carries
+//! it, and the gateway's Authentication-Results says `iprev=pass`, `spf=pass`); the bots have no
+//! name. No other resolver is ever asked.
+//!
 //! Namespaces `sgwdemo-<pid>-{gw,client,spammer,flooder}`, pins under `/sys/fs/bpf/sgwdemo-<pid>`,
 //! files under `/tmp/sgwdemo-<pid>`. Only connected routes and one host route towards the gateway
 //! exist, all in 198.18.0.0/15 and 2001:db8::/32: nothing leaves the namespaces. Every command
@@ -30,7 +35,8 @@ use std::{
 
 use anyhow::{Context, bail};
 use smtp_gateway_test_kit::{
-    Account, InstanceDir, MainCf, MasterCf, gateway_binary, last_lines, strip_ansi,
+    Account, DnsResponder, InstanceDir, MainCf, MasterCf, Records, gateway_binary, last_lines,
+    strip_ansi,
 };
 
 use crate::{cargo, render, run_cmd, setup};
@@ -105,6 +111,45 @@ extern "C" fn on_signal(_signum: i32) {
 unsafe extern "C" {
     fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
     fn kill(pid: i32, sig: i32) -> i32;
+    fn setns(fd: i32, nstype: i32) -> i32;
+}
+
+/// `setns(2)`'s flag for a network namespace.
+const CLONE_NEWNET: i32 = 0x4000_0000;
+
+/// The demo's name server: the test kit's DNS responder, bound on the gateway namespace's
+/// loopback (from a thread that joined it), with the names of the good client's hosts: its
+/// PTR and A/AAAA records (FCrDNS passes) and its domain's SPF record. The spammer and the
+/// flooder have no name, as bots rarely do.
+fn start_dns(netns: &Path) -> anyhow::Result<DnsResponder> {
+    use std::os::fd::AsRawFd;
+    let ns = fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> anyhow::Result<DnsResponder> {
+                // SAFETY: a valid namespace descriptor; only this thread moves.
+                if unsafe { setns(ns.as_raw_fd(), CLONE_NEWNET) } != 0 {
+                    bail!(
+                        "setns {}: {}",
+                        netns.display(),
+                        std::io::Error::last_os_error()
+                    );
+                }
+                let v4: std::net::Ipv4Addr = CLIENT_V4.parse()?;
+                let v6: std::net::Ipv6Addr = CLIENT_V6.parse()?;
+                let domain = CLIENT_FROM.rsplit('@').next().unwrap_or(CLIENT_FROM);
+                let spf = format!("v=spf1 ip4:{v4} ip6:{v6} -all");
+                let records = Records::new()
+                    .ptr(v4.into(), &[CLIENT_HELO])
+                    .ptr(v6.into(), &[CLIENT_HELO])
+                    .a(CLIENT_HELO, &[v4])
+                    .aaaa(CLIENT_HELO, &[v6])
+                    .txt(domain, &[spf.as_str()]);
+                Ok(DnsResponder::start(records)?)
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
 }
 
 fn install_signal_handlers() {
@@ -257,6 +302,8 @@ struct Lab {
     config: PathBuf,
     postfix: PathBuf,
     daemon: Option<Child>,
+    /// The name server of the gateway's FCrDNS and SPF checks (in the gateway namespace).
+    dns: Option<DnsResponder>,
     keep_logs: bool,
     runs: Cell<u32>,
 }
@@ -274,6 +321,7 @@ impl Lab {
             dir,
             prefix,
             daemon: None,
+            dns: None,
             keep_logs: false,
             runs: Cell::new(0),
         };
@@ -597,7 +645,10 @@ impl Lab {
         }
     }
 
-    fn write_config(&self) -> anyhow::Result<()> {
+    fn write_config(&mut self) -> anyhow::Result<()> {
+        let dns = start_dns(Path::new(&format!("/run/netns/{}", self.ns("gw"))))?;
+        let nameserver = dns.addr();
+        self.dns = Some(dns);
         let interfaces = HOSTS
             .iter()
             .map(|h| format!("\"{}\"", h.gw_if))
@@ -629,6 +680,15 @@ impl Lab {
              \n\
              [relay]\n\
              accepted_domains = [\"example.org\"]\n\
+             \n\
+             [dns]\n\
+             nameservers = [\"{nameserver}\"]\n\
+             \n\
+             [fcrdns]\n\
+             enabled = true\n\
+             \n\
+             [spf]\n\
+             enabled = true\n\
              \n\
              [store]\n\
              path = \"{state}\"\n",
@@ -822,13 +882,23 @@ impl Lab {
             Some(m) => {
                 let received = m.header("Received").unwrap_or("(no Received header)");
                 story.check(
-                    received.contains(&format!("{client_addr}]")),
+                    received.contains(&format!("({CLIENT_HELO} ["))
+                        && received.contains(&format!("{client_addr}]")),
                     format!(
-                        "in the backend's Maildir; Postfix's Received header names {client_addr} \
-                         (the client's identity came with XCLIENT):"
+                        "in the backend's Maildir; Postfix's Received header names \
+                         {CLIENT_HELO} [{client_addr}] (the verified name and address came with \
+                         XCLIENT):"
                     ),
                 );
                 story.show(&format!("Received: {received}"));
+                let results = m
+                    .header("Authentication-Results")
+                    .unwrap_or("(no Authentication-Results header)");
+                story.check(
+                    results.contains("iprev=pass") && results.contains("spf=pass"),
+                    "the gateway's Authentication-Results header: iprev=pass, spf=pass",
+                );
+                story.show(&format!("Authentication-Results: {results}"));
             }
         }
         Ok(())
