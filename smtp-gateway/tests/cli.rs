@@ -27,8 +27,9 @@ impl Sandbox {
         let (dir, pin_dir) = peers::scratch("sgw-cli");
         let config = dir.join("gateway.toml");
         let text = format!(
-            "[dataplane]\npin_dir = \"{}\"\n{extra}\n[dataplane.capacity]\nblock_v4 = 4096\nblock_v6 = 4096\nblock_net_v4 = 1024\nblock_net_v6 = 1024\nrate_sources = 1024\nsource_stats = 1024\n[metrics]\nenabled = false\n",
-            pin_dir.display()
+            "[dataplane]\npin_dir = \"{}\"\n{extra}\n[dataplane.capacity]\nblock_v4 = 4096\nblock_v6 = 4096\nblock_net_v4 = 1024\nblock_net_v6 = 1024\nrate_sources = 1024\nsource_stats = 1024\n[metrics]\nenabled = false\n[store]\npath = \"{}\"\n",
+            pin_dir.display(),
+            dir.join("state.redb").display()
         );
         std::fs::write(&config, text).expect("write config");
         Self {

@@ -57,7 +57,9 @@ impl Gateway {
              [dnsbl]\nenabled = true\nnameservers = [\"{dns}\"]\ntimeout = \"2s\"\nthreshold = 3\n\
              sites = [\"zen.test=127.0.0.[2..11]*3\"]\n\
              [relay]\naccepted_domains = [\"example.org\"]\n\
-             [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
+             [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+             [store]\npath = \"{state}\"\n",
+            state = dir.join("state.redb").display(),
             pid = std::process::id(),
             pause = GREET_PAUSE.as_millis(),
         );

@@ -246,6 +246,17 @@ impl Layout {
              [backend]\nservers = [{{ address = \"{backend}\", identity = \"none\" }}]\n{backend_extra}\n[relay]\naccepted_domains = [\"example.org\"]\n\
              [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
         );
+        // Every daemon keeps its state in its own directory (tests run in parallel, and the
+        // default store file allows one daemon at a time), unless the test chose a store.
+        let text = if text.contains("[store]") {
+            text
+        } else {
+            let dir = path.parent().unwrap_or(std::path::Path::new("."));
+            format!(
+                "{text}[store]\npath = \"{}\"\n",
+                dir.join("state.redb").display()
+            )
+        };
         std::fs::write(path, text).expect("config");
     }
 }
