@@ -28,7 +28,9 @@ fn pooled(tag: &str, behaviour: Behaviour, backend_extra: &str) -> (Gateway, Con
     (gw, connections)
 }
 
-/// One client session through the gateway that delivers a message from `helo`.
+/// One client session through the gateway that delivers a message from `helo`; returns once
+/// the gateway logged the session's end, which comes after its backend connection went back to
+/// the pool (so the next session finds it there, however loaded the machine).
 fn deliver(gw: &Gateway, helo: &str) {
     let mut c = gw.client();
     c.expect(&format!("EHLO {helo}"), "250");
@@ -42,6 +44,7 @@ fn deliver(gw: &Gateway, helo: &str) {
         let reply = c.cmd(command);
         assert!(reply.starts_with(code), "{command:?} -> {reply}");
     }
+    gw.wait_log_line(&[&format!("helo=\"{helo}\""), "verdict=\"delivered\""]);
 }
 
 /// The commands of a whole session after its EHLO line.

@@ -410,6 +410,15 @@ impl Gateway {
         }
     }
 
+    /// Waits (bounded, woken by each line the daemon logs) until one log line contains every
+    /// one of `needles`.
+    pub fn wait_log_line(&self, needles: &[&str]) {
+        let found = |log: &str| log.lines().any(|l| needles.iter().all(|n| l.contains(n)));
+        if self.child.wait_for(LOG_WAIT, found) != Wait::Done {
+            panic!("no line with {needles:?} in the log:\n{}", self.log());
+        }
+    }
+
     /// Sends `sig` to the daemon by its PID.
     pub fn signal(&self, sig: libc::c_int) {
         let _ = self.child.signal(sig);
