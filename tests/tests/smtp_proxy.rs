@@ -1937,12 +1937,22 @@ const SCRIPTED_REPLIES: [(u16, &str); 6] = [
 /// then the message text (250) and QUIT.
 #[track_caller]
 fn send_scripted_group(gw: &Gateway, source: &str, what: &str) {
+    // The session's end line comes after its backend connection went back to the pool: waiting
+    // for it lets the next session find the connection there, however loaded the machine.
+    let client = format!(": session client={source}:");
+    let ended = [client.as_str()];
+    let before = gw.count_logged(&ended);
     let mut c = Client::hello(gw.addr(), src(source), "mx.example.net");
     let replies = pipelined_group(&mut c, &SCRIPTED_GROUP);
     assert_replies(&replies, &SCRIPTED_REPLIES, what);
     let text = format!("Subject: {what}\r\n\r\nhello\r\n.\r\n");
     c.end_data(what, text.as_bytes(), 250);
     c.expect("QUIT", 221);
+    assert!(
+        gw.wait_logged_n(&ended, before + 1, Duration::from_secs(10)),
+        "{what}: no session end logged:\n{}",
+        gw.log()
+    );
 }
 
 #[test]

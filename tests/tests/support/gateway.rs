@@ -332,6 +332,22 @@ impl Gateway {
         }
     }
 
+    /// How many lines of the current log contain every one of `needles`.
+    pub fn count_logged(&self, needles: &[&str]) -> usize {
+        count_lines(&self.log(), needles)
+    }
+
+    /// Waits (bounded, woken by each write to the log) until at least `n` lines of the current
+    /// log contain every one of `needles`.
+    pub fn wait_logged_n(&self, needles: &[&str], n: usize, within: Duration) -> bool {
+        match &self.child {
+            Some(child) => {
+                child.wait_for(within, |log| count_lines(log, needles) >= n) == Wait::Done
+            }
+            None => self.count_logged(needles) >= n,
+        }
+    }
+
     /// `smtp-gateway -c CONFIG <args>`; panics unless it succeeds; returns stdout.
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = Command::new(binary())
@@ -420,4 +436,11 @@ impl Drop for Gateway {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Lines of `log` that contain every one of `needles`.
+fn count_lines(log: &str, needles: &[&str]) -> usize {
+    log.lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .count()
 }
