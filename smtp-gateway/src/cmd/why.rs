@@ -7,8 +7,8 @@ use anyhow::bail;
 use smtp_gateway::{
     config::Config,
     control::{
-        protocol::{Request, Response},
-        why::{self, WhyReport},
+        protocol::{Request, Response, WhyReport},
+        why,
     },
 };
 

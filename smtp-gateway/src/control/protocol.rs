@@ -2,6 +2,8 @@
 //! socket. The types are also what the CLI prints with `--json`, whether it asked the daemon or
 //! read the pinned maps itself, so both paths print the same thing.
 
+use std::net::IpAddr;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{dataplane::stats::SourceRow, source_outcomes::SessionCounts};
@@ -63,7 +65,7 @@ pub enum Response {
     Sessions {
         sources: Vec<SourceSessions>,
     },
-    Why(Box<super::why::WhyReport>),
+    Why(Box<WhyReport>),
     /// Refused or failed; the CLI prints `message` and exits non-zero.
     Error {
         message: String,
@@ -162,4 +164,37 @@ mod tests {
     fn unknown_operations_are_refused() {
         assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());
     }
+}
+
+/// What `why` reports about one address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhyReport {
+    /// The address asked about (IPv4-mapped addresses as IPv4).
+    pub address: IpAddr,
+    /// Blocklist entries covering it, exact first, then prefixes from the longest.
+    pub blocks: Vec<BlockRow>,
+    /// Allowlist entries covering it (an allowlisted source is never dropped).
+    pub allows: Vec<AllowRow>,
+    /// Its SYN rate-limit bucket; null when the limiter is off or has not seen it.
+    pub rate: Option<RateBucket>,
+    /// Its per-source kernel counters; null when the kernel's table does not hold it.
+    pub kernel: Option<SourceRow>,
+    /// Its SMTP session outcomes; null when the maps were read directly (no daemon) or it had
+    /// no session.
+    pub sessions: Option<SessionCounts>,
+    /// In one line: what the kernel does with a SYN from it now.
+    pub verdict: String,
+}
+
+/// One source's SYN limiter state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateBucket {
+    /// The bucket's key: the address, or its prefix (`dataplane.rate_limit` masks).
+    pub key: String,
+    /// SYNs it may send at once now (the burst when idle).
+    pub syns_left: u64,
+    /// Of the burst.
+    pub burst: u64,
+    /// Milliseconds until its bucket is full again.
+    pub full_in_ms: u64,
 }

@@ -6,51 +6,13 @@
 use std::net::IpAddr;
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-use serde::{Deserialize, Serialize};
 use smtp_gateway_common::{RateState, SourceKey, config_flags, maps};
 
 use super::{
     ops::{self, OpError},
-    protocol::{AllowRow, BlockRow},
+    protocol::{AllowRow, BlockRow, RateBucket, WhyReport},
 };
-use crate::{
-    dataplane::stats::SourceRow,
-    dataplane::{Dataplane, DataplaneError, clock},
-    source_outcomes::SessionCounts,
-};
-
-/// What `why` reports about one address.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WhyReport {
-    /// The address asked about (IPv4-mapped addresses as IPv4).
-    pub address: IpAddr,
-    /// Blocklist entries covering it, exact first, then prefixes from the longest.
-    pub blocks: Vec<BlockRow>,
-    /// Allowlist entries covering it (an allowlisted source is never dropped).
-    pub allows: Vec<AllowRow>,
-    /// Its SYN rate-limit bucket; null when the limiter is off or has not seen it.
-    pub rate: Option<RateBucket>,
-    /// Its per-source kernel counters; null when the kernel's table does not hold it.
-    pub kernel: Option<SourceRow>,
-    /// Its SMTP session outcomes; null when the maps were read directly (no daemon) or it had
-    /// no session.
-    pub sessions: Option<SessionCounts>,
-    /// In one line: what the kernel does with a SYN from it now.
-    pub verdict: String,
-}
-
-/// One source's SYN limiter state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RateBucket {
-    /// The bucket's key: the address, or its prefix (`dataplane.rate_limit` masks).
-    pub key: String,
-    /// SYNs it may send at once now (the burst when idle).
-    pub syns_left: u64,
-    /// Of the burst.
-    pub burst: u64,
-    /// Milliseconds until its bucket is full again.
-    pub full_in_ms: u64,
-}
+use crate::dataplane::{Dataplane, DataplaneError, clock};
 
 /// The report for `address` (the daemon adds the session outcomes).
 pub fn why(dp: &Dataplane, address: &str) -> Result<WhyReport, OpError> {
