@@ -552,16 +552,9 @@ mod tests {
     async fn the_relay_filters_whatever_the_chunking() {
         use std::time::Duration;
 
-        use tokio::{
-            io::{AsyncReadExt, AsyncWriteExt},
-            net::{TcpListener, TcpStream},
-        };
-
         use crate::smtp::{
-            backend::Backend,
-            config::{BackendConfig, BackendServer, BareNewlinePolicy, ConnectAt, Identity},
-            connection::{Connection, MaybeTls},
-            identity::ClientIdentity,
+            config::BareNewlinePolicy,
+            test_peers::{Until, backend_session, client_connection, recording_backend},
             text::{HeaderRewrite, TextLimits, TextRelayEnd, relay_message_filtered},
         };
 
@@ -579,52 +572,8 @@ mod tests {
 
         let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
         for round in 0..12 {
-            let backend_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let backend_addr = backend_listener.local_addr().expect("addr");
-            let recorder = tokio::spawn(async move {
-                let (mut s, _) = backend_listener.accept().await.expect("accept");
-                s.write_all(b"220 b ESMTP\r\n").await.expect("banner");
-                let mut buf = vec![0u8; 512];
-                let _ = s.read(&mut buf).await.expect("ehlo");
-                s.write_all(b"250 b\r\n").await.expect("ehlo reply");
-                let mut text = Vec::new();
-                while !text.ends_with(b"\r\n.\r\n") {
-                    let n = s.read(&mut buf).await.expect("text");
-                    if n == 0 {
-                        break;
-                    }
-                    text.extend_from_slice(&buf[..n]);
-                }
-                let _ = s.write_all(b"250 queued\r\n").await;
-                text
-            });
-            let cfg = BackendConfig {
-                servers: vec![BackendServer {
-                    address: backend_addr,
-                    identity: Identity::None,
-                    tls: None,
-                }],
-                connect_at: ConnectAt::Mail,
-                ..BackendConfig::default()
-            };
-            let id = ClientIdentity {
-                addr: "127.0.0.1:1".parse().expect("addr"),
-                name: None,
-                reverse_name: None,
-                helo: Some("c".into()),
-                esmtp: true,
-                login: None,
-            };
-            let mut backend = Backend::connect(
-                &cfg,
-                &cfg.servers[0],
-                None,
-                &id,
-                "127.0.0.1:25".parse().expect("addr"),
-                "gw",
-            )
-            .await
-            .expect("backend");
+            let (backend_addr, recorder) = recording_backend(Until::Dot).await;
+            let mut backend = backend_session(backend_addr).await;
             // Chunk sizes 1..=9 from a xorshift sequence, different each round.
             let mut chunks = Vec::new();
             let mut rest = CLIENT_TEXT;
@@ -637,19 +586,7 @@ mod tests {
                 chunks.push(chunk.to_vec());
                 rest = tail;
             }
-            let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let front_addr = front.local_addr().expect("addr");
-            let client = tokio::spawn(async move {
-                let mut c = TcpStream::connect(front_addr).await.expect("connect");
-                c.set_nodelay(true).expect("nodelay");
-                for chunk in chunks {
-                    c.write_all(&chunk).await.expect("write");
-                    tokio::time::sleep(Duration::from_micros(200)).await;
-                }
-                c
-            });
-            let (server_side, _) = front.accept().await.expect("accept");
-            let mut conn = Connection::new(MaybeTls::Plain(server_side), Duration::from_secs(2));
+            let (mut conn, client) = client_connection(chunks, Duration::from_micros(200)).await;
             let limits = TextLimits {
                 max_size: 1 << 20,
                 max_line: 1000,

@@ -206,17 +206,8 @@ async fn interim_chunk(backend: &mut Backend, bytes: &[u8]) -> Result<Option<Rep
 mod tests {
     use std::time::Duration;
 
-    use tokio::{
-        io::{AsyncReadExt, AsyncWriteExt},
-        net::{TcpListener, TcpStream},
-    };
-
     use super::*;
-    use crate::smtp::{
-        config::{BackendConfig, BackendServer, ConnectAt, Identity},
-        connection::MaybeTls,
-        identity::ClientIdentity,
-    };
+    use crate::smtp::test_peers::{Until, backend_session, client_connection, recording_backend};
 
     #[test]
     fn the_chunk_size_is_read_exactly_or_not_at_all() {
@@ -236,27 +227,6 @@ mod tests {
         }
     }
 
-    /// A backend that greets, accepts EHLO, then records everything until `expect` bytes came.
-    async fn recording_backend(listener: TcpListener, expect: usize) -> Vec<u8> {
-        let (mut s, _) = listener.accept().await.expect("accept");
-        s.write_all(b"220 b ESMTP\r\n").await.expect("banner");
-        let mut buf = vec![0u8; 512];
-        let n = s.read(&mut buf).await.expect("ehlo");
-        assert!(buf[..n].starts_with(b"EHLO"));
-        s.write_all(b"250-b\r\n250 CHUNKING\r\n")
-            .await
-            .expect("ehlo reply");
-        let mut got = Vec::new();
-        while got.len() < expect {
-            let n = s.read(&mut buf).await.expect("chunk");
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
-        got
-    }
-
     /// Relays one chunk of `size` announced bytes out of `client_bytes` (what follows the BDAT
     /// line); returns how it ended, what the backend got and what is left in the client buffer.
     async fn relay(
@@ -265,49 +235,12 @@ mod tests {
         prefix: &[u8],
         backend_expects: usize,
     ) -> (ChunkEnd, Vec<u8>, Vec<u8>) {
-        let backend_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let backend_addr = backend_listener.local_addr().expect("addr");
-        let recorder = tokio::spawn(recording_backend(backend_listener, backend_expects));
-        let cfg = BackendConfig {
-            servers: vec![BackendServer {
-                address: backend_addr,
-                identity: Identity::None,
-                tls: None,
-            }],
-            connect_at: ConnectAt::Mail,
-            connect_timeout: Duration::from_secs(5),
-            reply_timeout: Duration::from_secs(5),
-            ..BackendConfig::default()
-        };
-        let id = ClientIdentity {
-            addr: "127.0.0.1:1".parse().expect("addr"),
-            name: None,
-            reverse_name: None,
-            helo: Some("c".into()),
-            esmtp: true,
-            login: None,
-        };
-        let mut backend = Backend::connect(
-            &cfg,
-            &cfg.servers[0],
-            None,
-            &id,
-            "127.0.0.1:25".parse().expect("addr"),
-            "gw",
-        )
-        .await
-        .expect("backend");
+        let (backend_addr, recorder) = recording_backend(Until::Bytes(backend_expects)).await;
+        let mut backend = backend_session(backend_addr).await;
         assert!(backend.caps().chunking());
-        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let front_addr = front.local_addr().expect("addr");
-        let client = tokio::spawn(async move {
-            let mut c = TcpStream::connect(front_addr).await.expect("connect");
-            c.write_all(client_bytes).await.expect("write");
-            c
-        });
-        let (server_side, _) = front.accept().await.expect("accept");
+        let (mut conn, client) =
+            client_connection(vec![client_bytes.to_vec()], Duration::ZERO).await;
         let client = client.await.expect("client");
-        let mut conn = Connection::new(MaybeTls::Plain(server_side), Duration::from_secs(2));
         let limits = ChunkLimits {
             timeout: Duration::from_millis(500),
             deadline: Instant::now() + Duration::from_secs(5),

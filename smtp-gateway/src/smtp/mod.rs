@@ -21,7 +21,8 @@
 //! - `profile.rs`: per-listener policy profiles (`[profiles.<name>]`: checks, greet pause, DNSBL,
 //!   relay rules, AUTH required), resolved against the top-level sections;
 //! - `identity.rs`: PROXY v2 header and XCLIENT;
-//! - `reply.rs`: SMTP replies; `tls.rs`: rustls.
+//! - `reply.rs`: SMTP replies; `tls.rs`: rustls;
+//! - `test_peers.rs` (tests only): the recording backend and client peers of the relay tests.
 //!
 //! Sessions publish their verdicts on the crate's event bus (`crate::events`). Client bytes are
 //! never cut at a byte index (`clippy::string_slice` is denied here): a cut inside a multi-byte
@@ -44,6 +45,8 @@ pub mod reply;
 pub mod server;
 pub mod session;
 pub mod session_guard;
+#[cfg(test)]
+mod test_peers;
 pub mod text;
 pub mod tls;
 

@@ -248,37 +248,8 @@ pub async fn relay_message_filtered(
 mod tests {
     use std::time::Duration;
 
-    use tokio::{
-        io::{AsyncReadExt, AsyncWriteExt},
-        net::{TcpListener, TcpStream},
-    };
-
     use super::*;
-    use crate::smtp::{
-        config::{BackendConfig, BackendServer, ConnectAt, Identity},
-        connection::MaybeTls,
-        identity::ClientIdentity,
-    };
-
-    /// A backend that greets, accepts EHLO, then records message text up to the first CRLF.CRLF.
-    async fn recording_backend(listener: TcpListener) -> Vec<u8> {
-        let (mut s, _) = listener.accept().await.expect("accept");
-        s.write_all(b"220 b ESMTP\r\n").await.expect("banner");
-        let mut buf = vec![0u8; 512];
-        let n = s.read(&mut buf).await.expect("ehlo");
-        assert!(buf[..n].starts_with(b"EHLO"));
-        s.write_all(b"250 b\r\n").await.expect("ehlo reply");
-        let mut text = Vec::new();
-        while !text.ends_with(b"\r\n.\r\n") {
-            let n = s.read(&mut buf).await.expect("text");
-            if n == 0 {
-                break;
-            }
-            text.extend_from_slice(&buf[..n]);
-        }
-        let _ = s.write_all(b"250 queued\r\n").await;
-        text
-    }
+    use crate::smtp::test_peers::{Until, backend_session, client_connection, recording_backend};
 
     /// Relays `client_text` (what the client sends after 354) and returns the outcome and the
     /// bytes the backend received.
@@ -294,48 +265,10 @@ mod tests {
         policy: BareNewlinePolicy,
         refuse_long_lines: bool,
     ) -> (TextRelayEnd, Vec<u8>) {
-        let backend_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let backend_addr = backend_listener.local_addr().expect("addr");
-        let recorder = tokio::spawn(recording_backend(backend_listener));
-        let cfg = BackendConfig {
-            servers: vec![BackendServer {
-                address: backend_addr,
-                identity: Identity::None,
-                tls: None,
-            }],
-            connect_at: ConnectAt::Mail,
-            connect_timeout: Duration::from_secs(5),
-            reply_timeout: Duration::from_secs(5),
-            ..BackendConfig::default()
-        };
-        let id = ClientIdentity {
-            addr: "127.0.0.1:1".parse().expect("addr"),
-            name: None,
-            reverse_name: None,
-            helo: Some("c".into()),
-            esmtp: true,
-            login: None,
-        };
-        let mut backend = Backend::connect(
-            &cfg,
-            &cfg.servers[0],
-            None,
-            &id,
-            "127.0.0.1:25".parse().expect("addr"),
-            "gw",
-        )
-        .await
-        .expect("backend");
-        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let front_addr = front.local_addr().expect("addr");
-        let client = tokio::spawn(async move {
-            let mut c = TcpStream::connect(front_addr).await.expect("connect");
-            c.write_all(client_text).await.expect("write");
-            c
-        });
-        let (server_side, _) = front.accept().await.expect("accept");
-        let _client = client.await.expect("client");
-        let mut conn = Connection::new(MaybeTls::Plain(server_side), Duration::from_secs(2));
+        let (backend_addr, recorder) = recording_backend(Until::Dot).await;
+        let mut backend = backend_session(backend_addr).await;
+        let (mut conn, _client) =
+            client_connection(vec![client_text.to_vec()], Duration::ZERO).await;
         let limits = TextLimits {
             max_size: 1 << 20,
             max_line: 1000,

@@ -1,0 +1,125 @@
+//! Peers for the relay unit tests (`text.rs`, `chunk.rs`, `auth_results.rs`): a backend on
+//! loopback that records what it is sent, a real backend session on it, and a client
+//! connection whose bytes a task writes. Compiled for tests only.
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
+
+use crate::smtp::{
+    backend::Backend,
+    config::{BackendConfig, BackendServer, ConnectAt, Identity},
+    connection::{Connection, MaybeTls},
+    identity::ClientIdentity,
+};
+
+/// When the recording backend stops recording.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Until {
+    /// At the end of message text (`CRLF.CRLF`), then it answers `250 queued`.
+    Dot,
+    /// Once this many bytes came (chunk bytes are counted, not terminated).
+    Bytes(usize),
+}
+
+/// A backend that greets, answers EHLO offering CHUNKING, then records what it is sent
+/// `until` it has enough (or the session closes). Returns its address and the recording.
+pub(crate) async fn recording_backend(until: Until) -> (SocketAddr, JoinHandle<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let recorder = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        s.write_all(b"220 b ESMTP\r\n").await.expect("banner");
+        let mut buf = vec![0u8; 512];
+        let n = s.read(&mut buf).await.expect("ehlo");
+        assert!(buf.get(..n).unwrap_or_default().starts_with(b"EHLO"));
+        s.write_all(b"250-b\r\n250 CHUNKING\r\n")
+            .await
+            .expect("ehlo reply");
+        let mut got = Vec::new();
+        loop {
+            let done = match until {
+                Until::Dot => got.ends_with(b"\r\n.\r\n"),
+                Until::Bytes(n) => got.len() >= n,
+            };
+            if done {
+                break;
+            }
+            let n = s.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(buf.get(..n).unwrap_or_default());
+        }
+        if matches!(until, Until::Dot) {
+            let _ = s.write_all(b"250 queued\r\n").await;
+        }
+        got
+    });
+    (addr, recorder)
+}
+
+/// A backend session on `address` (no identity, connected as if at MAIL), for a client that
+/// said `EHLO c` from 127.0.0.1.
+pub(crate) async fn backend_session(address: SocketAddr) -> Backend {
+    let cfg = BackendConfig {
+        servers: vec![BackendServer {
+            address,
+            identity: Identity::None,
+            tls: None,
+        }],
+        connect_at: ConnectAt::Mail,
+        connect_timeout: Duration::from_secs(5),
+        reply_timeout: Duration::from_secs(5),
+        ..BackendConfig::default()
+    };
+    let id = ClientIdentity {
+        addr: "127.0.0.1:1".parse().expect("addr"),
+        name: None,
+        reverse_name: None,
+        helo: Some("c".into()),
+        esmtp: true,
+        login: None,
+    };
+    Backend::connect(
+        &cfg,
+        &cfg.servers[0],
+        None,
+        &id,
+        "127.0.0.1:25".parse().expect("addr"),
+        "gw",
+    )
+    .await
+    .expect("backend")
+}
+
+/// The gateway's side of a client connection whose client writes `pieces` one after the
+/// other (`pause` between them, each its own segment) and then stays open. The client's task
+/// returns its stream, so the caller decides when it closes.
+pub(crate) async fn client_connection(
+    pieces: Vec<Vec<u8>>,
+    pause: Duration,
+) -> (Connection, JoinHandle<TcpStream>) {
+    let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let front_addr = front.local_addr().expect("addr");
+    let client = tokio::spawn(async move {
+        let mut c = TcpStream::connect(front_addr).await.expect("connect");
+        c.set_nodelay(true).expect("nodelay");
+        for piece in pieces {
+            c.write_all(&piece).await.expect("write");
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        c
+    });
+    let (server_side, _) = front.accept().await.expect("accept");
+    (
+        Connection::new(MaybeTls::Plain(server_side), Duration::from_secs(2)),
+        client,
+    )
+}
