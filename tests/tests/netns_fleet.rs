@@ -148,31 +148,24 @@ impl Node {
     }
 
     fn assert_dropped(&self, src: IpAddr, when: &str) {
-        let started = Instant::now();
-        match self.topo.connect(src, SMTP, BLOCKED_TIMEOUT) {
-            Ok(_) => panic!(
-                "{when}: {src} connected; it must be dropped\nblock list: {:#?}\n--- log:\n{}",
-                self.gw.block_list(),
-                self.gw.log()
-            ),
-            Err(e) => assert!(
-                matches!(
-                    e.kind(),
-                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-                ) || started.elapsed() >= BLOCKED_TIMEOUT,
-                "{when}: {src} got {e} (a drop is a timeout, not a refusal)"
-            ),
+        if let Err(e) = self.topo.expect_dropped(src, SMTP, BLOCKED_TIMEOUT) {
+            self.fail(when, &e);
         }
     }
 
     fn assert_connects(&self, src: IpAddr, when: &str) {
-        if let Err(e) = self.topo.connect(src, SMTP, CONNECT_TIMEOUT) {
-            panic!(
-                "{when}: {src} must connect: {e}\nblock list: {:#?}\n--- daemon log:\n{}",
-                self.gw.block_list(),
-                self.gw.log()
-            );
+        if let Err(e) = self.topo.expect_connects(src, SMTP, CONNECT_TIMEOUT) {
+            self.fail(when, &e);
         }
+    }
+
+    /// Panics with `what` and the gateway's state: its block list and its log.
+    fn fail(&self, when: &str, what: &str) -> ! {
+        panic!(
+            "{when}: {what}\nblock list: {:#?}\n--- log:\n{}",
+            self.gw.block_list(),
+            self.gw.log()
+        )
     }
 
     /// `src` talks before the banner of the proxy; returns what it read until the close.

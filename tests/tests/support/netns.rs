@@ -319,6 +319,37 @@ impl Topology {
         connect_from(&self.cl_ns, src, Self::gw_addr(src, port), timeout)
     }
 
+    /// A connect from `src` to `port` must time out within `timeout`: its SYN was dropped
+    /// silently (no SYN-ACK, and no RST, which would be "connection refused"). The error says
+    /// what happened instead; callers add their own context (lists, logs).
+    pub fn expect_dropped(&self, src: IpAddr, port: u16, timeout: Duration) -> Result<(), String> {
+        let started = Instant::now();
+        match self.connect(src, port, timeout) {
+            Ok(_) => Err(format!(
+                "{src} connected to port {port}; it must be dropped"
+            )),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) || started.elapsed() >= timeout =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "{src} got {e} after {:?} (a drop is a timeout, not a refusal)",
+                started.elapsed()
+            )),
+        }
+    }
+
+    /// A connect from `src` to `port` must complete within `timeout`.
+    pub fn expect_connects(&self, src: IpAddr, port: u16, timeout: Duration) -> Result<(), String> {
+        self.connect(src, port, timeout)
+            .map(|_| ())
+            .map_err(|e| format!("{src} must connect to port {port}: {e}"))
+    }
+
     /// The id of the XDP program attached to `gw_if` and its mode (`ip -j -d link show`: 1 is
     /// native/driver), or `None` when no program is attached.
     pub fn gw_xdp(&self) -> Option<(u64, u64)> {
