@@ -244,9 +244,6 @@ enum RecordChange {
     Delete(String),
 }
 
-/// Largest store TTL of a ban without an expiry (the record says it never ends).
-const PERMANENT_RECORD_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
 impl RecordChange {
     /// Queues the write (never waits).
     fn write(self, store: &crate::store::Store) {
@@ -299,11 +296,8 @@ fn ban_record_change(store: &crate::store::Store, request: &Request) -> Option<R
                 expires_unix_ms: ttl
                     .map(|t| now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
             };
-            Some(RecordChange::Put(
-                record,
-                ttl.unwrap_or(PERMANENT_RECORD_TTL)
-                    .min(PERMANENT_RECORD_TTL),
-            ))
+            let kept = store.config().permanent_ban_ttl;
+            Some(RecordChange::Put(record, ttl.unwrap_or(kept).min(kept)))
         }
         Request::BlockDel { target } => {
             let target: crate::dataplane::Target = target.parse().ok()?;
@@ -402,6 +396,7 @@ mod tests {
         let cfg = crate::store::StoreConfig {
             path: dir.join("state.redb"),
             node: "mx1".into(),
+            permanent_ban_ttl: Duration::from_secs(3 * 24 * 3600),
             ..crate::store::StoreConfig::default()
         };
         let (store, _writer) = crate::store::Opened::open(&cfg)
@@ -432,9 +427,18 @@ mod tests {
         match ban_record_change(&store, &add("198.18.0.7/32", None)) {
             Some(RecordChange::Put(record, ttl)) => {
                 assert_eq!(record.expires_unix_ms, None);
-                assert_eq!(ttl, PERMANENT_RECORD_TTL);
+                assert_eq!(
+                    ttl,
+                    Duration::from_secs(3 * 24 * 3600),
+                    "store.permanent_ban_ttl"
+                );
             }
             _ => panic!("a permanent block add must put a record"),
+        }
+        // A ban longer than the permanent one is kept no longer than it.
+        match ban_record_change(&store, &add("198.18.0.8", Some(30 * 24 * 3600))) {
+            Some(RecordChange::Put(_, ttl)) => assert_eq!(ttl, Duration::from_secs(3 * 24 * 3600)),
+            _ => panic!("block add must put a record"),
         }
         assert!(matches!(
             ban_record_change(&store, &Request::BlockDel { target: "198.18.0.7".into() }),

@@ -36,6 +36,10 @@ pub const MAX_FLEET_RECONCILE: Duration = Duration::from_secs(3600);
 pub const MIN_FLEET_UNBAN_TTL: Duration = Duration::from_secs(60);
 /// Largest `store.fleet_unban_ttl`.
 pub const MAX_FLEET_UNBAN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Smallest `store.permanent_ban_ttl`.
+pub const MIN_PERMANENT_BAN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Largest `store.permanent_ban_ttl` (100 years of 365 days).
+pub const MAX_PERMANENT_BAN_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// Largest `store.key_prefix` and `store.node`, in bytes.
 pub const MAX_NAME_BYTES: usize = 128;
 
@@ -112,6 +116,10 @@ pub struct StoreConfig {
     /// removes its copy at its next reconcile.
     #[serde(with = "humantime_serde")]
     pub fleet_unban_ttl: Duration,
+    /// How long the store keeps the record of a ban that has no expiry (`block add` without
+    /// `--ttl`); the record itself still says the ban never ends.
+    #[serde(with = "humantime_serde")]
+    pub permanent_ban_ttl: Duration,
 }
 
 impl Default for StoreConfig {
@@ -135,6 +143,7 @@ impl Default for StoreConfig {
             fleet: true,
             fleet_reconcile_interval: Duration::from_secs(10),
             fleet_unban_ttl: Duration::from_secs(7 * 24 * 3600),
+            permanent_ban_ttl: MAX_PERMANENT_BAN_TTL,
         }
     }
 }
@@ -183,6 +192,12 @@ impl StoreConfig {
             self.fleet_unban_ttl,
             MIN_FLEET_UNBAN_TTL,
             MAX_FLEET_UNBAN_TTL,
+        )?;
+        Invalid::duration_in(
+            "store.permanent_ban_ttl",
+            self.permanent_ban_ttl,
+            MIN_PERMANENT_BAN_TTL,
+            MAX_PERMANENT_BAN_TTL,
         )?;
         Invalid::in_range("store.queue", self.queue, 1, MAX_QUEUE)?;
         Invalid::in_range(
