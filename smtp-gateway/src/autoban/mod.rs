@@ -12,321 +12,36 @@
 //! ([`restore`]): a restart (even `kill -9`) forgets neither a count nor a decided ban, and the
 //! bans that were waiting are written to the kernel right after it. Every ban written is also
 //! stored as a [`BanRecord`] (target, reason, origin node, expiry) for the fleet.
+//!
+//! - `config.rs`: `[autoban]`;
+//! - `tally.rs`: the counts and the decided bans, pure;
+//! - `store.rs`: counts, waiting bans and ban records in the state store;
+//! - `write.rs`: bans written to the kernel in batches, logged and counted.
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+mod config;
+mod store;
+mod tally;
+mod write;
 
-use serde::{Deserialize, Serialize};
-use smtp_gateway_common::{BlockEntry, origin};
+use std::{net::IpAddr, sync::Arc, time::Instant};
+
 use tokio::{
     sync::{broadcast, watch},
     task::{JoinError, JoinHandle},
 };
 
+pub use config::{AutobanConfig, MAX_FIRINGS, MAX_GRACE, MAX_TRACK_SOURCES, MAX_TTL, MAX_WINDOW};
+use store::{persist, persist_written, restore};
+pub use tally::ban_target;
+use tally::{Change, Tally};
+use write::{Ban, Written, report, write_bans};
+
 use crate::{
-    checks::{Action, Check},
-    dataplane::{Dataplane, SharedDataplane, Target, clock, reasons},
+    dataplane::SharedDataplane,
     events::{Event, SessionEnd},
-    invalid::Invalid,
     metrics::Metrics,
-    store::{BanRecord, Space, Store, records::unix_now_ms},
+    store::Store,
 };
-
-/// Largest `autoban.ttl` (a year; the kernel clock holds centuries, the operator's intent not).
-pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
-/// Largest `autoban.window`.
-pub const MAX_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Largest `autoban.grace`.
-pub const MAX_GRACE: Duration = Duration::from_secs(60);
-/// Largest count in `autoban.checks`.
-pub const MAX_FIRINGS: u32 = 10_000;
-/// Largest `autoban.track_sources`.
-pub const MAX_TRACK_SOURCES: usize = 10_000_000;
-
-/// `[autoban]`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct AutobanConfig {
-    /// Whether session verdicts ban sources in the kernel.
-    pub enabled: bool,
-    /// How long a ban lasts.
-    #[serde(with = "humantime_serde")]
-    pub ttl: Duration,
-    /// Check name -> how many times it must fire for one source before the ban (1 = at once).
-    /// Checks whose action is `ignore` never ban.
-    pub checks: HashMap<String, u32>,
-    /// How long firings count: a ban target's count of one check starts over once its first
-    /// firing is this old (a legitimate sender's rare mistakes never add up to a ban).
-    #[serde(with = "humantime_serde")]
-    pub window: Duration,
-    /// Ban targets whose firings are being counted at most; beyond, expired counts go and, if
-    /// that frees little, the counts start over (bounded memory under a flood of distinct
-    /// sources). Also the most bans waiting for their sessions to close (beyond, they are
-    /// written at once).
-    pub track_sources: usize,
-    /// How long after the offending session closed the ban is written. Banning while the
-    /// session still closes would drop the client's last ACK and FIN in the kernel, leaving the
-    /// gateway's socket retransmitting into the ban (and the drops counting those).
-    #[serde(with = "humantime_serde")]
-    pub grace: Duration,
-    /// Prefix length an IPv4 ban covers (32: the address).
-    pub ipv4_prefix: u8,
-    /// Prefix length an IPv6 ban covers (64 by default, like the SYN rate limiter: a host given
-    /// a /64 picks any address in it).
-    pub ipv6_prefix: u8,
-}
-
-impl Default for AutobanConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            ttl: Duration::from_secs(3600),
-            checks: [
-                ("pregreet", 1),
-                ("non_smtp", 1),
-                ("too_many_errors", 1),
-                ("relay_attempt", 5),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-            window: Duration::from_secs(3600),
-            track_sources: 100_000,
-            grace: Duration::from_secs(2),
-            ipv4_prefix: 32,
-            ipv6_prefix: 64,
-        }
-    }
-}
-
-impl AutobanConfig {
-    /// Checks names and values.
-    pub fn validate(&self) -> Result<(), Invalid> {
-        for (check, count) in &self.checks {
-            if Check::from_name(check).is_none() {
-                return Err(Invalid::new(
-                    "autoban.checks",
-                    format!(
-                        "{check:?} is not a check (one of {})",
-                        Check::ALL.map(Check::name).join(", ")
-                    ),
-                ));
-            }
-            Invalid::in_range(&format!("autoban.checks.{check}"), *count, 1, MAX_FIRINGS)?;
-        }
-        Invalid::in_range(
-            "autoban.track_sources",
-            self.track_sources,
-            1,
-            MAX_TRACK_SOURCES,
-        )?;
-        Invalid::duration_in("autoban.ttl", self.ttl, Duration::from_secs(1), MAX_TTL)?;
-        Invalid::duration_in(
-            "autoban.window",
-            self.window,
-            Duration::from_secs(1),
-            MAX_WINDOW,
-        )?;
-        Invalid::duration_in("autoban.grace", self.grace, Duration::ZERO, MAX_GRACE)?;
-        if !(8..=32).contains(&self.ipv4_prefix) {
-            return Err(Invalid::new("autoban.ipv4_prefix", "must be 8..=32"));
-        }
-        if !(32..=128).contains(&self.ipv6_prefix) {
-            return Err(Invalid::new("autoban.ipv6_prefix", "must be 32..=128"));
-        }
-        Ok(())
-    }
-}
-
-/// Firings of one check by one ban target, inside the window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Count {
-    /// Firings counted since `since`.
-    n: u32,
-    /// The first firing counted: the count starts over once this is `window` old.
-    since: Instant,
-}
-
-/// A count as stored (`count/<target>#<check>`), aging out with `autoban.window`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CountRecord {
-    /// Firings counted.
-    n: u32,
-    /// The first firing counted, Unix milliseconds.
-    since_unix_ms: u64,
-}
-
-/// The store id of a count: `<target>#<check>`.
-fn count_id(target: Target, check: Check) -> String {
-    format!("{target}#{}", check.name())
-}
-
-/// The origin of auto-ban records in the store.
-const ORIGIN: &str = "autoban";
-
-/// The reason written with a ban decided by `check`.
-fn reason_of(check: &str) -> String {
-    format!("autoban: {check}")
-}
-
-/// What one firing changed in a [`Tally`] (to write through to the store).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Change {
-    /// A count grew.
-    Counted(Target, Check, Count),
-    /// A ban was decided (the count is gone).
-    Decided(Target, Check, Pending),
-}
-
-/// A ban decided, waiting for the offending session to close.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Pending {
-    /// The address whose firing decided the ban (checked against the allowlist, logged).
-    source: IpAddr,
-    /// The check that decided it (the reason written with the ban).
-    check: &'static str,
-    /// Set when a session of the target ended (or the table filled up): the ban is written then.
-    due: Option<Instant>,
-}
-
-/// One ban handed to the writer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Ban {
-    /// The address whose firing decided it.
-    source: IpAddr,
-    /// What the ban covers ([`ban_target`] of `source` when it was decided).
-    target: Target,
-    /// The check that decided it.
-    check: &'static str,
-    /// How long it lasts (`autoban.ttl` when it is written).
-    ttl: Duration,
-}
-
-/// What became of one ban.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Written {
-    /// In the kernel blocklist.
-    Banned,
-    /// Not written: the source is allowlisted.
-    Allowlisted,
-    /// Not written: the data plane refused (the error).
-    Failed(String),
-}
-
-/// The counting and the decided bans, without I/O: the caller gives the time and the section.
-/// Both tables are keyed by the ban target, so every address a ban would cover counts towards it.
-#[derive(Default)]
-struct Tally {
-    /// Firings per ban target and check, inside `autoban.window`.
-    counts: HashMap<(Target, Check), Count>,
-    /// Bans decided and not yet handed to the writer (at most `autoban.track_sources`).
-    pending: HashMap<Target, Pending>,
-}
-
-impl Tally {
-    /// Counts a fired check; once it fired the configured number of times inside the window for
-    /// one ban target, the target's ban is pending. A full table of pending bans makes all of
-    /// them due at once (they are written, never forgotten).
-    fn fired(&mut self, cfg: &AutobanConfig, event: &Event, now: Instant) -> Option<Change> {
-        let needed = match cfg.checks.get(event.check.name()) {
-            Some(needed) if cfg.enabled && event.action != Action::Ignore && event.permanent => {
-                *needed
-            }
-            _ => return None,
-        };
-        let target = ban_target(event.source, cfg.ipv4_prefix, cfg.ipv6_prefix);
-        if self.counts.len() >= cfg.track_sources {
-            // Expired counts go first; when that frees little, the counts start over (bounded
-            // memory under a flood of distinct sources, without a scan for every event).
-            self.counts
-                .retain(|_, c| now.saturating_duration_since(c.since) < cfg.window);
-            if self.counts.len() >= cfg.track_sources / 4 * 3 {
-                self.counts.clear();
-            }
-        }
-        let count = self
-            .counts
-            .entry((target, event.check))
-            .or_insert(Count { n: 0, since: now });
-        if now.saturating_duration_since(count.since) >= cfg.window {
-            *count = Count { n: 0, since: now };
-        }
-        count.n = count.n.saturating_add(1);
-        if count.n < needed {
-            return Some(Change::Counted(target, event.check, *count));
-        }
-        self.counts.remove(&(target, event.check));
-        let mut decided = None;
-        self.pending.entry(target).or_insert_with(|| {
-            let p = Pending {
-                source: event.source,
-                check: event.check.name(),
-                due: None,
-            };
-            decided = Some(Change::Decided(target, event.check, p));
-            p
-        });
-        if self.pending.len() >= cfg.track_sources {
-            // Sessions end within their timeouts, so this takes a flood of distinct offenders
-            // faster than that: their bans are written now rather than memory grown or
-            // decisions forgotten.
-            tracing::warn!(
-                track = cfg.track_sources,
-                "auto-ban: too many bans waiting for their sessions to close; writing them now"
-            );
-            self.all_due(now);
-        }
-        decided
-    }
-
-    /// A session of `source` ended: its target's pending ban is due after the grace.
-    fn session_ended(&mut self, cfg: &AutobanConfig, source: IpAddr, now: Instant) {
-        let target = ban_target(source, cfg.ipv4_prefix, cfg.ipv6_prefix);
-        if let Some(p) = self.pending.get_mut(&target) {
-            p.due.get_or_insert(now + cfg.grace);
-        }
-    }
-
-    /// Every pending ban is due now (session ends were missed, or the table is full).
-    fn all_due(&mut self, now: Instant) {
-        for p in self.pending.values_mut() {
-            p.due.get_or_insert(now);
-        }
-    }
-
-    /// When the next pending ban is due.
-    fn next_due(&self) -> Option<Instant> {
-        self.pending.values().filter_map(|p| p.due).min()
-    }
-
-    /// Takes the bans due at `now` (all of them with `now = None`), for the writer.
-    fn take_due(&mut self, now: Option<Instant>, ttl: Duration) -> Vec<Ban> {
-        let due: Vec<Target> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| match now {
-                Some(now) => p.due.is_some_and(|d| d <= now),
-                None => true,
-            })
-            .map(|(target, _)| *target)
-            .collect();
-        due.into_iter()
-            .filter_map(|target| {
-                self.pending.remove(&target).map(|p| Ban {
-                    source: p.source,
-                    target,
-                    check: p.check,
-                    ttl,
-                })
-            })
-            .collect()
-    }
-}
 
 /// Consumes verdict events until shutdown, banning as configured. Returns the number of bans.
 /// A ban is decided when a check fires often enough inside `autoban.window` for one ban target,
@@ -344,143 +59,6 @@ pub async fn run(
 ) -> u64 {
     let write = move |bans: Vec<Ban>| write_bans(&dataplane, bans);
     serve(config, write, events, ends, metrics, store, shutdown).await
-}
-
-/// Takes back the counts and waiting bans kept by the store (at start, before any event):
-/// counts still inside the window, and every waiting ban, due at once (its session ended with
-/// the previous run). The store's values are hostile: unknown targets and checks are skipped,
-/// and `autoban.track_sources` bounds both tables. Returns (counts, bans) taken back.
-async fn restore(tally: &mut Tally, store: &Store, cfg: &AutobanConfig) -> (usize, usize) {
-    let counts = match store.load::<CountRecord>(Space::Count).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "auto-ban: counts not loaded from the store");
-            Vec::new()
-        }
-    };
-    let pending = match store.load::<BanRecord>(Space::Pending).await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(error = %e, "auto-ban: waiting bans not loaded from the store");
-            Vec::new()
-        }
-    };
-    let now = Instant::now();
-    let unix_now = unix_now_ms();
-    let mut restored = (0, 0);
-    for (id, record) in counts {
-        if tally.counts.len() >= cfg.track_sources {
-            break;
-        }
-        let Some((target, check)) = id.rsplit_once('#') else {
-            continue;
-        };
-        let (Ok(target), Some(check)) = (target.parse::<Target>(), Check::from_name(check)) else {
-            continue;
-        };
-        let age = Duration::from_millis(unix_now.saturating_sub(record.since_unix_ms));
-        let Some(since) = now.checked_sub(age) else {
-            continue;
-        };
-        if age >= cfg.window || record.n == 0 {
-            continue;
-        }
-        tally
-            .counts
-            .insert((target, check), Count { n: record.n, since });
-        restored.0 += 1;
-    }
-    for (id, record) in pending {
-        if tally.pending.len() >= cfg.track_sources {
-            break;
-        }
-        let Ok(target) = id.parse::<Target>() else {
-            continue;
-        };
-        let Some(check) = record
-            .reason
-            .strip_prefix("autoban: ")
-            .and_then(Check::from_name)
-        else {
-            continue;
-        };
-        let source = record
-            .source
-            .as_deref()
-            .and_then(|s| s.parse::<IpAddr>().ok())
-            .unwrap_or(match target {
-                Target::V4(a) => IpAddr::V4(a),
-                Target::V6(a) => IpAddr::V6(a),
-                Target::NetV4(n) => IpAddr::V4(n.network()),
-                Target::NetV6(n) => IpAddr::V6(n.network()),
-            });
-        tally.pending.entry(target).or_insert(Pending {
-            source,
-            check: check.name(),
-            due: Some(now),
-        });
-        restored.1 += 1;
-    }
-    restored
-}
-
-/// Writes what one firing changed through to the store: a count (for the rest of its window),
-/// or a decided ban (kept until written, at most `autoban.ttl`).
-fn persist(store: &Store, cfg: &AutobanConfig, change: Change, now: Instant) {
-    match change {
-        Change::Counted(target, check, count) => {
-            let age = now.saturating_duration_since(count.since);
-            let record = CountRecord {
-                n: count.n,
-                since_unix_ms: unix_now_ms()
-                    .saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
-            };
-            let ttl = cfg.window.saturating_sub(age);
-            store.put(Space::Count, &count_id(target, check), &record, ttl);
-        }
-        Change::Decided(target, check, pending) => {
-            store.delete(Space::Count, &count_id(target, check));
-            let record = BanRecord {
-                target: target.to_string(),
-                source: Some(pending.source.to_string()),
-                reason: reason_of(pending.check),
-                origin: ORIGIN.into(),
-                node: store.node().to_string(),
-                added_unix_ms: unix_now_ms(),
-                expires_unix_ms: None,
-            };
-            store.put(Space::Pending, &target.to_string(), &record, cfg.ttl);
-        }
-    }
-}
-
-/// Writes what became of a written batch through to the store: a ban in the kernel is a
-/// [`BanRecord`] until it expires; banned or allowlisted, it no longer waits.
-fn persist_written(store: &Store, written: &[(Ban, Written)]) {
-    for (ban, outcome) in written {
-        let id = ban.target.to_string();
-        match outcome {
-            Written::Banned => {
-                let now = unix_now_ms();
-                let record = BanRecord {
-                    target: id.clone(),
-                    source: Some(ban.source.to_string()),
-                    reason: reason_of(ban.check),
-                    origin: ORIGIN.into(),
-                    node: store.node().to_string(),
-                    added_unix_ms: now,
-                    expires_unix_ms: Some(
-                        now.saturating_add(u64::try_from(ban.ttl.as_millis()).unwrap_or(u64::MAX)),
-                    ),
-                };
-                store.delete(Space::Pending, &id);
-                store.put(Space::Ban, &id, &record, ban.ttl);
-            }
-            Written::Allowlisted => store.delete(Space::Pending, &id),
-            // Kept: the next start tries again.
-            Written::Failed(_) => {}
-        }
-    }
 }
 
 /// The event loop of [`run`], writing bans with `write` (a blocking function, run on the
@@ -638,101 +216,16 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Logs and counts a written batch; the number of bans written.
-fn report(metrics: &Metrics, written: Result<Vec<(Ban, Written)>, JoinError>) -> u64 {
-    let written = match written {
-        Ok(written) => written,
-        Err(e) => {
-            tracing::error!(error = %e, "auto-ban task failed");
-            return 0;
-        }
-    };
-    let mut bans = 0;
-    for (ban, outcome) in written {
-        let Ban {
-            source,
-            target,
-            check,
-            ttl,
-        } = ban;
-        match outcome {
-            Written::Banned => {
-                metrics.ban();
-                tracing::info!(%source, %target, check, ttl = %humantime::format_duration(ttl), "source banned in the kernel");
-                bans += 1;
-            }
-            Written::Allowlisted => {
-                tracing::info!(%source, check, "not banned: source is allowlisted");
-            }
-            Written::Failed(error) => {
-                tracing::error!(%source, check, %error, "auto-ban failed");
-            }
-        }
-    }
-    bans
-}
-
-/// What a ban of `source` covers: the address, or its prefix of the configured length.
-pub fn ban_target(source: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> Target {
-    let prefix = match source {
-        IpAddr::V4(_) => ipv4_prefix,
-        IpAddr::V6(_) => ipv6_prefix,
-    };
-    let net = ipnet::IpNet::new(source, prefix)
-        .map(|n| n.trunc())
-        .unwrap_or_else(|_| ipnet::IpNet::from(source));
-    // A truncated network is always a valid target (host bits are zero).
-    Target::from_net(net).unwrap_or(match source {
-        IpAddr::V4(a) => Target::V4(a),
-        IpAddr::V6(a) => Target::V6(a),
-    })
-}
-
-/// Writes a batch of bans under one lock of the data plane, leaving out allowlisted sources.
-fn write_bans(dp: &SharedDataplane, bans: Vec<Ban>) -> Vec<(Ban, Written)> {
-    let mut dp = match dp.lock() {
-        Ok(dp) => dp,
-        Err(_) => {
-            let error = crate::dataplane::DataplaneError::Poisoned.to_string();
-            return bans
-                .into_iter()
-                .map(|b| (b, Written::Failed(error.clone())))
-                .collect();
-        }
-    };
-    // Read once for the batch (a source is allowlisted when a prefix covers it).
-    let allowed = dp.allowed().unwrap_or_default();
-    bans.into_iter()
-        .map(|b| {
-            if allowed.iter().any(|r| r.net.contains(&b.source)) {
-                return (b, Written::Allowlisted);
-            }
-            let outcome = match ban(&mut dp, &b) {
-                Ok(()) => Written::Banned,
-                Err(e) => Written::Failed(e.to_string()),
-            };
-            (b, outcome)
-        })
-        .collect()
-}
-
-/// Adds one ban to the blocklist.
-fn ban(dp: &mut Dataplane, b: &Ban) -> Result<(), crate::dataplane::DataplaneError> {
-    let reason = reasons::intern(dp, &format!("autoban: {}", b.check))?;
-    dp.block(
-        b.target,
-        BlockEntry {
-            expires_at_ns: clock::expiry_after(Some(b.ttl)),
-            added_at_s: clock::unix_now_s(),
-            reason,
-            origin: origin::AUTOBAN,
-        },
-    )
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
+
+    use super::{store::CountRecord, *};
+    use crate::{
+        checks::{Action, Check},
+        dataplane::Target,
+        store::{BanRecord, Space, records::unix_now_ms},
+    };
 
     fn event(last: u8, check: Check, action: Action) -> Event {
         Event {
