@@ -4,7 +4,7 @@
 //! the writer purges them every `store.purge_interval`. Writes arrive in batches: one
 //! transaction (one fsync) per batch.
 
-use std::{os::unix::fs::DirBuilderExt, path::Path, sync::Arc};
+use std::{os::unix::fs::DirBuilderExt, path::Path, sync::Arc, time::Duration};
 
 use redb::{Database, ReadableTable, TableDefinition};
 
@@ -15,6 +15,9 @@ const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 
 /// Bytes of the expiry in front of every value.
 const EXPIRY: usize = 8;
+
+/// Bytes of a counter's value.
+const COUNTER: usize = 8;
 
 /// Expired entries deleted by one purge transaction at most (the next purge takes the rest).
 const PURGE_BATCH: usize = 10_000;
@@ -93,6 +96,13 @@ impl Embedded {
             .await
     }
 
+    /// Adds one to the counter `key` and returns its new value; a new (or expired) counter
+    /// lives `ttl`.
+    pub(super) async fn incr(&self, key: String, ttl: Duration) -> Result<u64, StoreError> {
+        self.blocking(move |db| incr(db, &key, ttl, unix_now_ms()))
+            .await
+    }
+
     /// Deletes expired entries (at most [`PURGE_BATCH`]).
     pub(super) async fn purge(&self) -> Result<usize, StoreError> {
         self.blocking(move |db| purge(db, unix_now_ms())).await
@@ -122,6 +132,44 @@ fn apply(db: &Database, batch: &[Write], now: u64) -> Result<(), StoreError> {
         }
     }
     tx.commit().map_err(db_error)
+}
+
+/// Adds one to the counter `key` at `now` in one transaction: the count is 8 bytes, big-endian,
+/// behind the expiry; a missing or expired counter starts at 1 and lives `ttl`, a live one keeps
+/// its expiry (a window, not renewed). A stored value that is not a counter is an error.
+fn incr(db: &Database, key: &str, ttl: Duration, now: u64) -> Result<u64, StoreError> {
+    let tx = db.begin_write().map_err(db_error)?;
+    let n = {
+        let mut table = tx.open_table(ENTRIES).map_err(db_error)?;
+        let current = match table.get(key).map_err(db_error)? {
+            Some(stored) => Some(split(key, stored.value(), COUNTER)?),
+            None => None,
+        };
+        let (expires, n) = match current {
+            Some((expires, value)) if expires > now => {
+                let bytes: [u8; COUNTER] =
+                    value
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| StoreError::Decode {
+                            key: key.to_string(),
+                            reason: format!("{} bytes, not a counter", value.len()),
+                        })?;
+                (expires, u64::from_be_bytes(bytes).saturating_add(1))
+            }
+            _ => {
+                let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+                (now.saturating_add(ttl_ms), 1)
+            }
+        };
+        let mut stored = [0u8; EXPIRY + COUNTER];
+        stored[..EXPIRY].copy_from_slice(&expires.to_be_bytes());
+        stored[EXPIRY..].copy_from_slice(&n.to_be_bytes());
+        table.insert(key, stored.as_slice()).map_err(db_error)?;
+        n
+    };
+    tx.commit().map_err(db_error)?;
+    Ok(n)
 }
 
 /// Splits a stored value into its expiry and the value (hostile: a file may be damaged).

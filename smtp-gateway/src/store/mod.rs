@@ -136,6 +136,14 @@ impl Engine {
         }
     }
 
+    /// Adds one to the counter `key`; its new value.
+    async fn incr(&self, key: String, ttl: Duration) -> Result<u64, StoreError> {
+        match self {
+            Engine::Embedded(e) => e.incr(key, ttl).await,
+            Engine::Redis(r) => r.incr(key, ttl).await,
+        }
+    }
+
     /// Up to `limit` live entries whose key starts with `prefix`.
     async fn scan(
         &self,
@@ -340,6 +348,21 @@ impl Store {
                 Err(_) => Err(StoreError::Timeout(within)),
             };
         self.count("get", &result);
+        result
+    }
+
+    /// Adds one to the counter `id` of `space` and returns its new value, atomically for every
+    /// gateway sharing the engine (Redis `INCR`). A new counter lives `ttl` from this first
+    /// increment (a window, not renewed). Waits at most `store.io_timeout` (for tasks, not
+    /// sessions); counted as `incr`. A stored value that is not a counter is an error.
+    pub async fn incr(&self, space: Space, id: &str, ttl: Duration) -> Result<u64, StoreError> {
+        let within = self.inner.config.io_timeout;
+        let result =
+            match tokio::time::timeout(within, self.inner.engine.incr(space.key(id), ttl)).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Timeout(within)),
+            };
+        self.count("incr", &result);
         result
     }
 

@@ -15,6 +15,10 @@ pub enum Space {
     Pass,
     /// Auto-ban counts, by ban target and check, aging out with `autoban.window`.
     Count,
+    /// Auto-ban counts shared by a fleet (`store.fleet`): one counter per ban target and check
+    /// that every gateway adds to ([`Store::incr`](super::Store::incr)), living
+    /// `autoban.window` from its first firing.
+    FleetCount,
     /// Bans decided and not yet written to the kernel, by ban target.
     Pending,
     /// Per-source session outcomes, by address.
@@ -31,9 +35,10 @@ pub enum Space {
 
 impl Space {
     /// Every space.
-    pub const ALL: [Space; 7] = [
+    pub const ALL: [Space; 8] = [
         Space::Pass,
         Space::Count,
+        Space::FleetCount,
         Space::Pending,
         Space::Outcome,
         Space::Ban,
@@ -46,6 +51,7 @@ impl Space {
         match self {
             Space::Pass => "pass",
             Space::Count => "count",
+            Space::FleetCount => "fcount",
             Space::Pending => "pending",
             Space::Outcome => "outcome",
             Space::Ban => "ban",

@@ -4,6 +4,8 @@
 //! never stops a daemon from starting. Reads are bounded in size by the server (`GETRANGE`):
 //! a hostile value is never transferred whole.
 
+use std::time::Duration;
+
 use ::redis::{
     AsyncCommands as _, Client,
     aio::{ConnectionManager, ConnectionManagerConfig},
@@ -97,6 +99,27 @@ impl Redis {
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn).await?;
         Ok(())
+    }
+
+    /// Adds one to the counter `key` (`INCR`) and returns its new value; a new counter expires
+    /// `ttl` later (`PEXPIRE ... NX`, never renewed), both in one transaction. A value that is
+    /// not a counter is Redis's error; a negative one written behind our back reads as 0.
+    pub(super) async fn incr(&self, key: String, ttl: Duration) -> Result<u64, StoreError> {
+        let full = self.full(&key);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut conn = self.conn.clone();
+        let (n,): (i64,) = ::redis::pipe()
+            .atomic()
+            .cmd("INCR")
+            .arg(&full)
+            .cmd("PEXPIRE")
+            .arg(&full)
+            .arg(ttl_ms)
+            .arg("NX")
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// The value of `key`, at most `max` bytes transferred (one more tells it is too large).

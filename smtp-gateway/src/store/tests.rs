@@ -249,6 +249,110 @@ async fn hostile_values(run: &Running) {
     assert_eq!(loaded, vec![("good".to_string(), probe(7))]);
 }
 
+/// Counters: concurrent increments from several handles add up exactly, the window starts at
+/// the first increment and is not renewed, an expired counter starts over, and a value that is
+/// not a counter is an error (counted), never a panic.
+async fn counters(run: &Running, other: &Store) {
+    let window = Duration::from_millis(800);
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = if i % 2 == 0 {
+            run.store.clone()
+        } else {
+            other.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            store
+                .incr(Space::FleetCount, "198.18.0.0/24#pregreet", window)
+                .await
+        }));
+    }
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await.expect("task").expect("incr"));
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (1..=40).collect::<Vec<u64>>(),
+        "each increment is counted once"
+    );
+    // Not renewed: once the first increment's window is over, the count starts again.
+    let started = Instant::now();
+    loop {
+        let n = run
+            .store
+            .incr(Space::FleetCount, "198.18.0.0/24#pregreet", window)
+            .await
+            .expect("incr");
+        if n == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the counter never expired (at {n}): increments renew its window"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Another id is another counter.
+    assert_eq!(
+        run.store
+            .incr(Space::FleetCount, "2001:db8::/64#pregreet", window)
+            .await
+            .expect("incr"),
+        1
+    );
+    // Something else under a counter's key: an error, counted.
+    run.store.put(
+        Space::FleetCount,
+        "junk",
+        &probe(1),
+        Duration::from_secs(60),
+    );
+    run.until_reads(Space::FleetCount, "junk", Some(probe(1)))
+        .await;
+    let errors = run.metrics.store_count("incr", "error");
+    assert!(
+        run.store
+            .incr(Space::FleetCount, "junk", window)
+            .await
+            .is_err()
+    );
+    assert_eq!(run.metrics.store_count("incr", "error"), errors + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_counters_add_up_and_age_out() {
+    let dir = temp_dir("emb-incr");
+    let run = Running::start(&embedded_config(&dir));
+    let other = run.store.clone();
+    counters(&run, &other).await;
+    assert_eq!(run.stop().await, 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_counters_add_up_across_gateways_and_age_out() {
+    let dir = temp_dir("redis-incr");
+    let server = RedisServer::start(&dir);
+    let run = Running::start(&redis_config(server.url()));
+    // A second gateway on the same Redis.
+    let other = Running::start(&StoreConfig {
+        node: "node-b".into(),
+        ..redis_config(server.url())
+    });
+    counters(&run, &other.store).await;
+    let ttl: i64 = server
+        .cli(&["PTTL", "t:fcount/2001:db8::/64#pregreet"])
+        .parse()
+        .expect("PTTL");
+    assert!((1..=800).contains(&ttl), "PTTL {ttl}");
+    assert_eq!(other.stop().await, 0);
+    assert_eq!(run.stop().await, 0);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_round_trips_expires_and_refuses_hostile_values() {
     let dir = temp_dir("emb");
