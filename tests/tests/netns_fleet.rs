@@ -14,6 +14,8 @@
 //! - Redis killed: A, B and C keep dropping what they hold; Redis restarted empty: nothing is
 //!   removed, and a ban made after the restart reaches B and C;
 //! - a pregreeter auto-banned by A's SMTP proxy is dropped by B and C;
+//! - a bot that pregreets once on A and once on B (two needed) is counted once across the
+//!   fleet (a shared counter in Redis): B bans it, and A and C drop it too;
 //! - junk published on the channel and a junk record are dropped; a record another node wrote
 //!   without a message (auto-ban's records take the same path) arrives through reconcile;
 //! - ban-to-listed latency on B over 20 bans made on A (printed; bounded only generously).
@@ -56,9 +58,19 @@ const AFTER_RESTART: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 44));
 const GONE: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 45));
 /// Pregreets on A's SMTP proxy: auto-banned there, dropped everywhere.
 const PREGREETER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 46));
+/// Pregreets once on A, then once on B: counted once across the fleet, banned everywhere.
+const ROTATOR: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 47));
 /// Every client address of the labs.
-const CLIENTS: [IpAddr; 6] = [BOT, NEIGHBOUR, EARLY, AFTER_RESTART, GONE, PREGREETER];
-/// A's SMTP proxy (auto-ban on pregreet); port 25 is the plain listener's.
+const CLIENTS: [IpAddr; 7] = [
+    BOT,
+    NEIGHBOUR,
+    EARLY,
+    AFTER_RESTART,
+    GONE,
+    PREGREETER,
+    ROTATOR,
+];
+/// The SMTP proxy of A and B (auto-ban on a second pregreet); port 25 is the plain listener's.
 const PROXY: u16 = 2525;
 
 /// Key prefix of this test's gateways.
@@ -92,8 +104,9 @@ struct Node {
 
 impl Node {
     /// A gateway named `name` (lab tag `tag`) on the shared Redis; not started.
-    /// With `proxy`, the node also runs the SMTP proxy on [`PROXY`] with auto-ban on pregreet
-    /// (its backend is never reached: a pregreeter is refused before).
+    /// With `proxy`, the node also runs the SMTP proxy on [`PROXY`] with auto-ban on the second
+    /// pregreet inside the window, counted across the fleet (its backend is never reached: a
+    /// pregreeter is refused before).
     /// `reconcile` is its `store.fleet_reconcile_interval`.
     fn new(tag: &str, name: &str, redis: &Redis, proxy: bool, reconcile: &str) -> Node {
         let pid = std::process::id();
@@ -131,7 +144,7 @@ impl Node {
                      [backend]\nservers = [{{ address = \"127.0.0.1:10025\", identity = \"none\" }}]\n\n\
                      [relay]\naccepted_domains = [\"example.org\"]\n\n\
                      [checks]\npregreet = {{ action = \"drop\", weight = 1 }}\n\n\
-                     [autoban]\nenabled = true\nttl = \"1h\"\nchecks = {{ pregreet = 1 }}\n\n",
+                     [autoban]\nenabled = true\nttl = \"1h\"\nchecks = {{ pregreet = 2 }}\n\n",
                     gw = support::netns::GW_V4,
                 )
             } else {
@@ -229,7 +242,7 @@ fn a_ban_on_one_gateway_drops_on_the_others() {
     std::fs::create_dir_all(&dir.0).expect("test dir");
     let mut redis = Redis::start(&dir.0);
     let mut a = Node::new("fa", "node-a", &redis, true, "1s");
-    let mut b = Node::new("fb", "node-b", &redis, false, "1h");
+    let mut b = Node::new("fb", "node-b", &redis, true, "1h");
     let mut c = Node::new("fc", "node-c", &redis, false, "1s");
     a.gw.start();
     b.gw.start();
@@ -313,9 +326,11 @@ fn a_ban_on_one_gateway_drops_on_the_others() {
         node.assert_dropped(EARLY, "Redis restarted empty");
     }
 
-    // An auto-ban on A (a pregreeter) drops everywhere.
-    let text = a.pregreet(PREGREETER);
-    assert!(text.lines().any(|l| l.starts_with("521 ")), "{text:?}");
+    // An auto-ban on A (a pregreeter, twice) drops everywhere.
+    for _ in 0..2 {
+        let text = a.pregreet(PREGREETER);
+        assert!(text.lines().any(|l| l.starts_with("521 ")), "{text:?}");
+    }
     let bot = PREGREETER.to_string();
     let entry = a.gw.wait_banned(&bot, APPLY_TIMEOUT);
     assert_eq!(entry["origin"], "autoban", "{entry}");
@@ -324,6 +339,41 @@ fn a_ban_on_one_gateway_drops_on_the_others() {
         assert_eq!(entry["reason"], "autoban: pregreet", "{entry}");
         node.assert_dropped(PREGREETER, "auto-banned on A");
     }
+
+    // A bot rotating between MX hosts: one pregreet on A, then one on B. Two are needed: each
+    // gateway alone saw one, the fleet saw two, so B (whose firing completed the count) bans it
+    // and every gateway drops it.
+    let rotator = ROTATOR.to_string();
+    let count_key = format!("{PREFIX}fcount/{rotator}#pregreet");
+    let text = a.pregreet(ROTATOR);
+    assert!(text.lines().any(|l| l.starts_with("521 ")), "{text:?}");
+    assert!(
+        wait_until(APPLY_TIMEOUT, Duration::from_millis(20), || {
+            redis.cli(&["GET", &count_key]) == "1"
+        }),
+        "A's firing never reached the fleet's count {count_key}: {:?}\n--- A's log:\n{}",
+        redis.cli(&["GET", &count_key]),
+        a.gw.log()
+    );
+    assert!(
+        a.gw.block_entry(&rotator).is_none(),
+        "one pregreet must not ban"
+    );
+    let text = b.pregreet(ROTATOR);
+    assert!(text.lines().any(|l| l.starts_with("521 ")), "{text:?}");
+    let entry = b.gw.wait_banned(&rotator, APPLY_TIMEOUT);
+    assert_eq!(entry["origin"], "autoban", "{entry}");
+    assert!(
+        b.gw.wait_logged(&["the fleet's count decided a ban"], APPLY_TIMEOUT),
+        "B did not decide on the fleet's count:\n{}",
+        b.gw.log()
+    );
+    for node in [&a, &c] {
+        let entry = node.wait_fleet_ban(&rotator);
+        assert_eq!(entry["reason"], "autoban: pregreet", "{entry}");
+        node.assert_dropped(ROTATOR, "rotated from A to B");
+    }
+    b.assert_dropped(ROTATOR, "banned on B");
 
     // Hostile traffic on the channel and in the records: dropped; a well-formed record another
     // node wrote without a message (as auto-ban's are written) arrives through reconcile.

@@ -16,9 +16,11 @@
 //! - `config.rs`: `[autoban]`;
 //! - `tally.rs`: the counts and the decided bans, pure;
 //! - `store.rs`: counts, waiting bans and ban records in the state store;
+//! - `fleet.rs`: with a fleet, one bot counted once across every gateway (shared counters);
 //! - `write.rs`: bans written to the kernel in batches, logged and counted.
 
 mod config;
+mod fleet;
 mod store;
 mod tally;
 mod write;
@@ -26,11 +28,12 @@ mod write;
 use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use tokio::{
-    sync::{broadcast, watch},
+    sync::{broadcast, mpsc, watch},
     task::{JoinError, JoinHandle},
 };
 
 pub use config::{AutobanConfig, MAX_FIRINGS, MAX_GRACE, MAX_TRACK_SOURCES, MAX_TTL, MAX_WINDOW};
+use fleet::{Counted, FleetCounter};
 use store::{persist, persist_written, restore};
 pub use tally::ban_target;
 use tally::{Change, Tally};
@@ -87,11 +90,7 @@ where
             );
         }
     }
-    let persist = |change: Option<Change>, cfg: &AutobanConfig, now: Instant| {
-        if let (Some(store), Some(change)) = (&store, change) {
-            persist(store, cfg, change, now);
-        }
-    };
+    let (mut fleet, mut answers) = FleetCounter::new(store.as_ref(), config.borrow().track_sources);
     let report = |metrics: &Metrics, written: Result<Vec<(Ban, Written)>, JoinError>| {
         if let (Some(store), Ok(written)) = (&store, &written) {
             persist_written(store, written);
@@ -133,7 +132,7 @@ where
                 Ok(event) => {
                     let cfg = config.borrow();
                     let now = Instant::now();
-                    persist(tally.fired(&cfg, &event, now), &cfg, now);
+                    apply(&mut fleet, store.as_ref(), tally.fired(&cfg, &event, now), &cfg, now);
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "auto-ban fell behind the session events");
@@ -145,7 +144,10 @@ where
                     let cfg = config.borrow();
                     let now = Instant::now();
                     for change in end_session(&mut tally, &cfg, &mut events, end.source, now) {
-                        persist(Some(change), &cfg, now);
+                        apply(&mut fleet, store.as_ref(), Some(change), &cfg, now);
+                    }
+                    if let Some(fleet) = &mut fleet {
+                        fleet.session_ended(ban_target(end.source, cfg.ipv4_prefix, cfg.ipv6_prefix));
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -154,6 +156,19 @@ where
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
+            Some(counted) = next_answer(&mut answers), if room => {
+                let ended = fleet.as_mut().is_some_and(|f| f.answered(&counted));
+                let cfg = config.borrow();
+                let now = Instant::now();
+                if tally.fleet_reached(&cfg, &counted) {
+                    let due = ended.then(|| now + cfg.grace);
+                    let change = tally.decide(&cfg, counted.target, counted.check, counted.source, due, now);
+                    if change.is_some() {
+                        tracing::info!(target = %counted.target, check = counted.check.name(), total = counted.total, "auto-ban: the fleet's count decided a ban");
+                    }
+                    apply(&mut fleet, store.as_ref(), change, &cfg, now);
+                }
+            }
             () = sleep_until(next_due) => {}
             changed = config.changed(), if reloads => reloads = changed.is_ok(),
             _ = shutdown.changed() => break,
@@ -204,6 +219,39 @@ fn end_session(
 async fn finished<T>(writing: &mut Option<JoinHandle<T>>) -> Result<T, JoinError> {
     match writing {
         Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What one change does beyond the tally: written through to the store, and with a fleet, a
+/// count goes to the shared counter and a decision starts it over.
+fn apply(
+    fleet: &mut Option<FleetCounter>,
+    store: Option<&Store>,
+    change: Option<Change>,
+    cfg: &AutobanConfig,
+    now: Instant,
+) {
+    let Some(change) = change else {
+        return;
+    };
+    if let Some(fleet) = fleet {
+        match change {
+            Change::Counted(target, check, _, source) => {
+                fleet.count(target, check, source, cfg.window, cfg.track_sources);
+            }
+            Change::Decided(target, check, _) => fleet.decided(target, check),
+        }
+    }
+    if let Some(store) = store {
+        persist(store, cfg, change, now);
+    }
+}
+
+/// The next answer of the fleet counter (never, without one).
+async fn next_answer(answers: &mut Option<mpsc::Receiver<Counted>>) -> Option<Counted> {
+    match answers {
+        Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -389,6 +437,11 @@ mod tests {
     impl Running {
         /// Starts the loop with `cfg`; every write waits for a go.
         fn start(cfg: AutobanConfig) -> Self {
+            Self::start_with(cfg, None)
+        }
+
+        /// [`start`](Self::start) with a state store.
+        fn start_with(cfg: AutobanConfig, store: Option<Store>) -> Self {
             let (config, config_rx) = watch::channel(cfg);
             let (events, events_rx) = crate::events::channel();
             let (ends, ends_rx) = crate::events::ends_channel();
@@ -405,7 +458,7 @@ mod tests {
                 events_rx,
                 ends_rx,
                 Arc::new(Metrics::new()),
-                None,
+                store,
                 stop_rx,
             ));
             Self {
@@ -491,6 +544,82 @@ mod tests {
         run.until_written("every ban to be written", offenders)
             .await;
         assert_eq!(run.stop().await, offenders as u64);
+    }
+
+    /// Two gateways of a fleet on one real Redis, each with its own loop: a bot that fails once
+    /// on A and once on B (two firings needed) is banned by B, whose firing completed the
+    /// fleet's count; A, with one firing, bans nothing; the shared count then starts over.
+    /// B's session end is sent with its firing, so it may be read before the store's answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bot_rotating_between_gateways_is_counted_once_across_the_fleet() {
+        let dir = std::env::temp_dir().join(format!("sgw-ab-fleet-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let redis = crate::store::test_redis::RedisServer::start(&dir);
+        let node = |name: &str| {
+            let cfg = crate::store::StoreConfig {
+                engine: crate::store::EngineKind::Redis,
+                redis_url: redis.url(),
+                key_prefix: "ab:".into(),
+                node: name.into(),
+                io_timeout: Duration::from_secs(2),
+                ..crate::store::StoreConfig::default()
+            };
+            crate::store::Opened::open(&cfg)
+                .expect("open")
+                .expect("redis")
+                .start(Arc::new(Metrics::new()))
+                .expect("start")
+        };
+        let (store_a, writer_a) = node("node-a");
+        let (store_b, writer_b) = node("node-b");
+        let (stop_writers, stop_rx) = watch::channel(false);
+        let writers = [
+            tokio::spawn(writer_a.run(stop_rx.clone())),
+            tokio::spawn(writer_b.run(stop_rx)),
+        ];
+        let cfg = AutobanConfig {
+            grace: Duration::ZERO,
+            ..config(&[("pregreet", 2)], 100)
+        };
+        let a = Running::start_with(cfg.clone(), Some(store_a));
+        let b = Running::start_with(cfg, Some(store_b));
+        let bot = event(9, Check::Pregreet, Action::Drop);
+        let end = || SessionEnd {
+            source: bot.source,
+            verdict: crate::events::SessionVerdict::Dropped,
+            delivered: 0,
+            checks: vec!["pregreet"],
+        };
+        let key = "ab:fcount/198.18.0.9#pregreet";
+        let _ = a.events.send(bot.clone());
+        let _ = a.ends.send(end());
+        until("A's firing to reach the fleet's count", || {
+            redis.cli(&["GET", key]) == "1"
+        })
+        .await;
+        let _ = b.events.send(bot.clone());
+        let _ = b.ends.send(end());
+        b.until_written("B to ban the bot", 1).await;
+        let banned = b.written.lock().map(|w| w.clone()).unwrap_or_default();
+        assert_eq!(banned.len(), 1);
+        assert_eq!(
+            banned[0].target,
+            "198.18.0.9".parse::<Target>().expect("target")
+        );
+        assert_eq!(banned[0].check, "pregreet");
+        until("the fleet's count to start over", || {
+            redis.cli(&["EXISTS", key]) == "0"
+        })
+        .await;
+        assert_eq!(a.stop().await, 0, "A saw one firing: no ban of its own");
+        assert_eq!(b.stop().await, 1);
+        let _ = stop_writers.send(true);
+        for w in writers {
+            w.await.expect("writer");
+        }
+        drop(redis);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -126,10 +126,12 @@ pub(super) async fn restore(
 }
 
 /// Writes what one firing changed through to the store: a count (for the rest of its window),
-/// or a decided ban (kept until written, at most `autoban.ttl`).
+/// or a decided ban (kept until written, at most `autoban.ttl`). A fleet's counts are its shared
+/// counters (`fleet.rs`), not this gateway's.
 pub(super) fn persist(store: &Store, cfg: &AutobanConfig, change: Change, now: Instant) {
     match change {
-        Change::Counted(target, check, count) => {
+        Change::Counted(..) if store.fleet() => {}
+        Change::Counted(target, check, count, _) => {
             let age = now.saturating_duration_since(count.since);
             let record = CountRecord {
                 n: count.n,

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{AutobanConfig, write::Ban};
+use super::{AutobanConfig, fleet::Counted, write::Ban};
 use crate::{
     checks::{Action, Check},
     dataplane::Target,
@@ -28,7 +28,7 @@ pub(super) struct Count {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Change {
     /// A count grew.
-    Counted(Target, Check, Count),
+    Counted(Target, Check, Count, IpAddr),
     /// A ban was decided (the count is gone).
     Decided(Target, Check, Pending),
 }
@@ -89,19 +89,38 @@ impl Tally {
         }
         count.n = count.n.saturating_add(1);
         if count.n < needed {
-            return Some(Change::Counted(target, event.check, *count));
+            return Some(Change::Counted(target, event.check, *count, event.source));
         }
         self.counts.remove(&(target, event.check));
+        self.decide(cfg, target, event.check, event.source, None, now)
+    }
+
+    /// The ban of `target` is decided (by its local count, or by the fleet's count of `check`
+    /// that `source`'s firing completed), due at `due` or when a session of the target ends.
+    /// A ban already waiting for the target stays as it was (only its due time may come).
+    pub(super) fn decide(
+        &mut self,
+        cfg: &AutobanConfig,
+        target: Target,
+        check: Check,
+        source: IpAddr,
+        due: Option<Instant>,
+        now: Instant,
+    ) -> Option<Change> {
+        self.counts.remove(&(target, check));
         let mut decided = None;
-        self.pending.entry(target).or_insert_with(|| {
+        let pending = self.pending.entry(target).or_insert_with(|| {
             let p = Pending {
-                source: event.source,
-                check: event.check.name(),
+                source,
+                check: check.name(),
                 due: None,
             };
-            decided = Some(Change::Decided(target, event.check, p));
+            decided = Some(Change::Decided(target, check, p));
             p
         });
+        if let Some(due) = due {
+            pending.due.get_or_insert(due);
+        }
         if self.pending.len() >= cfg.track_sources {
             // Sessions end within their timeouts, so this takes a flood of distinct offenders
             // faster than that: their bans are written now rather than memory grown or
@@ -113,6 +132,15 @@ impl Tally {
             self.all_due(now);
         }
         decided
+    }
+
+    /// Whether the fleet's count in `counted` reaches what its check needs (with auto-ban on and
+    /// the check configured).
+    pub(super) fn fleet_reached(&self, cfg: &AutobanConfig, counted: &Counted) -> bool {
+        match (cfg.checks.get(counted.check.name()), counted.total) {
+            (Some(needed), Some(total)) => cfg.enabled && total >= u64::from(*needed),
+            _ => false,
+        }
     }
 
     /// A session of `source` ended: its target's pending ban is due after the grace.

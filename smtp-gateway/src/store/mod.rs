@@ -13,12 +13,15 @@
 //! - `config.rs`: `[store]`;
 //! - `records.rs`: keys ([`Space`]), the ban record, the bounded codec;
 //! - `embedded.rs`: the redb engine (synchronous, run on the blocking pool);
-//! - `redis.rs`: the Redis engine (connection manager, native expiry).
+//! - `redis.rs`: the Redis engine (connection manager, native expiry);
+//! - `test_redis.rs` (tests only): a private `redis-server` for unit tests.
 
 pub mod config;
 mod embedded;
 pub mod records;
 mod redis;
+#[cfg(test)]
+pub(crate) mod test_redis;
 
 use std::{
     collections::VecDeque,
