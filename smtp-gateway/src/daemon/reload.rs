@@ -60,6 +60,8 @@ pub(super) struct GenerationContext {
     pub ends: crate::events::EndSender,
     /// Clients that passed recently (survives reloads).
     pub pass_cache: Arc<crate::policy::pass_cache::PassCache>,
+    /// Greylisting triplets and auto-allowlist (survives reloads).
+    pub greylist: Arc<crate::policy::greylist::Greylist>,
     /// Process counters.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Per-source session outcomes.
@@ -86,6 +88,7 @@ pub(super) fn build_shared(
         events,
         ends,
         pass_cache,
+        greylist,
         metrics,
         outcomes,
         backend_pool,
@@ -151,6 +154,7 @@ pub(super) fn build_shared(
         events,
         reputation,
         pass_cache,
+        greylist,
         metrics,
         outcomes,
         ends,
@@ -230,6 +234,7 @@ fn publish_generation(
     context
         .pass_cache
         .configure(new.smtp.pass_cache_ttl, new.smtp.pass_cache_size);
+    context.greylist.configure(new.greylist.local_capacity);
     let _ = shared.send(Arc::new(generation));
 }
 
@@ -292,6 +297,9 @@ mod tests {
             pass_cache: Arc::new(crate::policy::pass_cache::PassCache::new(
                 old.smtp.pass_cache_ttl,
                 old.smtp.pass_cache_size,
+            )),
+            greylist: Arc::new(crate::policy::greylist::Greylist::new(
+                old.greylist.local_capacity,
             )),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             outcomes: Arc::new(crate::source_outcomes::SourceOutcomes::new(10)),
