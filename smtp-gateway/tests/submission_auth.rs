@@ -69,6 +69,46 @@ fn auth_is_relayed_on_implicit_tls_and_lets_the_client_relay() {
 }
 
 #[test]
+fn an_authenticated_session_is_never_greylisted() {
+    let (backend, seen) = scripted_backend_on_loopback(1);
+    let gw = Gateway::start_tls(
+        "greylist",
+        backend,
+        "smtps\", profile = \"mx",
+        "[greylist]\nenabled = true\ndelay = \"1h\"\n",
+    );
+    let mut c = gw.tls_client();
+    assert!(c.reply().starts_with("220 "));
+    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    // Anonymous on the same listener: greylisted (the listener's profile is `mx`).
+    assert!(c.cmd("MAIL FROM:<user@example.net>").starts_with("250"));
+    c.expect_that(
+        "RCPT TO:<friend@example.org>",
+        "451 4.7.1",
+        "an anonymous client is greylisted",
+    );
+    assert!(c.cmd("RSET").starts_with("250"));
+    c.expect(&format!("AUTH PLAIN {GOOD_PLAIN}"), "235");
+    assert!(c.cmd("MAIL FROM:<user@example.net>").starts_with("250"));
+    c.expect_that(
+        "RCPT TO:<friend@example.org>",
+        "250",
+        "the same triplet, authenticated, is not greylisted",
+    );
+    assert!(c.cmd("DATA").starts_with("354"));
+    assert!(c.cmd("Subject: t\r\n\r\nhello\r\n.").starts_with("250"));
+    assert!(c.cmd("QUIT").starts_with("221"));
+    let seen = seen.join().expect("backend");
+    assert_eq!(
+        seen.iter()
+            .filter(|l| *l == "RCPT TO:<friend@example.org>")
+            .count(),
+        1,
+        "only the authenticated RCPT reached the backend: {seen:?}"
+    );
+}
+
+#[test]
 fn auth_is_refused_in_plaintext_on_submission() {
     let (backend, _seen) = scripted_backend_on_loopback(1);
     let gw = Gateway::start_tls("plain", backend, "submission", "");
