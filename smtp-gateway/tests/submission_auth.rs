@@ -2,7 +2,10 @@
 //! authenticated client may relay to any domain while an anonymous one may not. Runs the real
 //! daemon on an implicit-TLS port in front of a scripted backend. Needs root (bpffs pins).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+};
 
 #[path = "support/peers.rs"]
 #[allow(dead_code)] // each test binary uses a different part of the shared peers
@@ -106,6 +109,20 @@ fn an_authenticated_session_is_never_greylisted() {
         1,
         "only the authenticated RCPT reached the backend: {seen:?}"
     );
+    // Counted: one deferral, one bypass.
+    let mut tcp = TcpStream::connect(("127.0.0.1", gw.metrics_port)).expect("metrics");
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("request");
+    let mut body = String::new();
+    tcp.read_to_string(&mut body).expect("response");
+    for line in [
+        "smtp_gateway_greylist_total{result=\"deferred\"} 1",
+        "smtp_gateway_greylist_total{result=\"bypassed\"} 1",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} missing:\n{body}");
+    }
 }
 
 #[test]
