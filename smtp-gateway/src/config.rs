@@ -23,8 +23,8 @@ use crate::{
     dataplane::config::DataplaneConfig,
     metrics::config::MetricsConfig,
     policy::{
-        dns::DnsConfig, dnsbl::DnsblConfig, fcrdns::FcrdnsConfig, helo::HeloConfig,
-        relay::RelayConfig, reputation::ReputationConfig, spf::SpfConfig,
+        dns::DnsConfig, dnsbl::DnsblConfig, fcrdns::FcrdnsConfig, greylist::GreylistConfig,
+        helo::HeloConfig, relay::RelayConfig, reputation::ReputationConfig, spf::SpfConfig,
     },
     smtp::{
         auth_results::AuthResultsConfig,
@@ -96,6 +96,8 @@ pub struct Config {
     pub fcrdns: FcrdnsConfig,
     /// SPF at MAIL FROM.
     pub spf: SpfConfig,
+    /// Greylisting at RCPT.
+    pub greylist: GreylistConfig,
     /// The `Authentication-Results` header added to relayed mail.
     pub auth_results: AuthResultsConfig,
     /// Large reputation lists (bloom filters with exact confirmation).
@@ -142,6 +144,7 @@ impl Config {
             relay: self.relay.clone(),
             helo: self.helo.clone(),
             spf: self.spf.clone(),
+            greylist: self.greylist.clone(),
             auth_results: self.auth_results.clone(),
             profiles: Profiles::resolve(
                 &self.profiles,
@@ -202,6 +205,16 @@ impl Config {
         self.dnsbl.validate_with(!self.dns.nameservers.is_empty())?;
         self.fcrdns.validate()?;
         self.spf.validate()?;
+        self.greylist.validate()?;
+        if self.greylist.enabled
+            && !self.greylist.spf_bypass_domains.is_empty()
+            && !self.spf.enabled
+        {
+            return Err(Invalid::new(
+                "greylist.spf_bypass_domains",
+                "needs spf.enabled = true (the bypass is an SPF pass for one of these domains)",
+            ));
+        }
         self.auth_results.validate()?;
         self.validate_dns_users()?;
         self.reputation.validate()?;
@@ -378,6 +391,19 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("ratelimit"), "{msg}");
         assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn greylisting_big_senders_need_spf() {
+        let text = "[greylist]\nenabled = true\nspf_bypass_domains = [\"example.com\"]\n";
+        let err = parse(text).unwrap_err();
+        assert!(
+            err.to_string().contains("greylist.spf_bypass_domains"),
+            "{err}"
+        );
+        let text =
+            format!("{text}[dns]\nnameservers = [\"127.0.0.1:53\"]\n[spf]\nenabled = true\n");
+        assert!(parse(&text).is_ok());
     }
 
     #[test]

@@ -228,6 +228,7 @@ impl SessionHarness {
             events,
             reputation: Arc::new(reputation),
             pass_cache: Arc::new(crate::policy::pass_cache::PassCache::new(Duration::ZERO, 1)),
+            greylist: Arc::new(crate::policy::greylist::Greylist::new(1)),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             outcomes: Arc::new(crate::source_outcomes::SourceOutcomes::new(16)),
             ends,

@@ -2,7 +2,10 @@
 //! authenticated client may relay to any domain while an anonymous one may not. Runs the real
 //! daemon on an implicit-TLS port in front of a scripted backend. Needs root (bpffs pins).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+};
 
 #[path = "support/peers.rs"]
 #[allow(dead_code)] // each test binary uses a different part of the shared peers
@@ -66,6 +69,60 @@ fn auth_is_relayed_on_implicit_tls_and_lets_the_client_relay() {
         seen.iter().any(|l| l == "RCPT TO:<friend@elsewhere.test>"),
         "{seen:?}"
     );
+}
+
+#[test]
+fn an_authenticated_session_is_never_greylisted() {
+    let (backend, seen) = scripted_backend_on_loopback(1);
+    let gw = Gateway::start_tls(
+        "greylist",
+        backend,
+        "smtps\", profile = \"mx",
+        "[greylist]\nenabled = true\ndelay = \"1h\"\n",
+    );
+    let mut c = gw.tls_client();
+    assert!(c.reply().starts_with("220 "));
+    assert!(c.cmd("EHLO client.example.net").starts_with("250"));
+    // Anonymous on the same listener: greylisted (the listener's profile is `mx`).
+    assert!(c.cmd("MAIL FROM:<user@example.net>").starts_with("250"));
+    c.expect_that(
+        "RCPT TO:<friend@example.org>",
+        "451 4.7.1",
+        "an anonymous client is greylisted",
+    );
+    assert!(c.cmd("RSET").starts_with("250"));
+    c.expect(&format!("AUTH PLAIN {GOOD_PLAIN}"), "235");
+    assert!(c.cmd("MAIL FROM:<user@example.net>").starts_with("250"));
+    c.expect_that(
+        "RCPT TO:<friend@example.org>",
+        "250",
+        "the same triplet, authenticated, is not greylisted",
+    );
+    assert!(c.cmd("DATA").starts_with("354"));
+    assert!(c.cmd("Subject: t\r\n\r\nhello\r\n.").starts_with("250"));
+    assert!(c.cmd("QUIT").starts_with("221"));
+    let seen = seen.join().expect("backend");
+    assert_eq!(
+        seen.iter()
+            .filter(|l| *l == "RCPT TO:<friend@example.org>")
+            .count(),
+        1,
+        "only the authenticated RCPT reached the backend: {seen:?}"
+    );
+    // Counted: one deferral, one bypass.
+    let mut tcp = TcpStream::connect(("127.0.0.1", gw.metrics_port)).expect("metrics");
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("request");
+    let mut body = String::new();
+    tcp.read_to_string(&mut body).expect("response");
+    for line in [
+        "smtp_gateway_greylist_total{result=\"deferred\"} 1",
+        "smtp_gateway_greylist_total{result=\"bypassed\"} 1",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} missing:\n{body}");
+    }
 }
 
 #[test]

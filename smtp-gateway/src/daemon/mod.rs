@@ -134,12 +134,16 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
         config.smtp.pass_cache_ttl,
         config.smtp.pass_cache_size,
     ));
+    let greylist = Arc::new(crate::policy::greylist::Greylist::new(
+        config.greylist.local_capacity,
+    ));
     // The state store: its writer outlives every task that writes (stopped last).
     let (store_stop, store_stop_rx) = watch::channel(false);
     let (store, store_writer) = match prepared.store {
         Some(opened) => {
             let (store, writer) = opened.start(metrics.clone())?;
             pass_cache.attach(store.clone());
+            greylist.attach(store.clone());
             outcomes.attach(store.clone());
             match store.load(crate::store::Space::Outcome).await {
                 Ok(kept) => {
@@ -234,6 +238,7 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
         events: events.clone(),
         ends,
         pass_cache,
+        greylist,
         metrics: metrics.clone(),
         outcomes,
         backend_pool: backend_pool.clone(),

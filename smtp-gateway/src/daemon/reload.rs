@@ -60,6 +60,8 @@ pub(super) struct GenerationContext {
     pub ends: crate::events::EndSender,
     /// Clients that passed recently (survives reloads).
     pub pass_cache: Arc<crate::policy::pass_cache::PassCache>,
+    /// Greylisting triplets and auto-allowlist (survives reloads).
+    pub greylist: Arc<crate::policy::greylist::Greylist>,
     /// Process counters.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Per-source session outcomes.
@@ -86,6 +88,7 @@ pub(super) fn build_shared(
         events,
         ends,
         pass_cache,
+        greylist,
         metrics,
         outcomes,
         backend_pool,
@@ -151,6 +154,7 @@ pub(super) fn build_shared(
         events,
         reputation,
         pass_cache,
+        greylist,
         metrics,
         outcomes,
         ends,
@@ -230,6 +234,7 @@ fn publish_generation(
     context
         .pass_cache
         .configure(new.smtp.pass_cache_ttl, new.smtp.pass_cache_size);
+    context.greylist.configure(new.greylist.local_capacity);
     let _ = shared.send(Arc::new(generation));
 }
 
@@ -293,6 +298,9 @@ mod tests {
                 old.smtp.pass_cache_ttl,
                 old.smtp.pass_cache_size,
             )),
+            greylist: Arc::new(crate::policy::greylist::Greylist::new(
+                old.greylist.local_capacity,
+            )),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             outcomes: Arc::new(crate::source_outcomes::SourceOutcomes::new(10)),
             backend_pool: Arc::new(crate::smtp::backend_pool::BackendPool::new()),
@@ -314,6 +322,51 @@ mod tests {
         let generation = build_shared(&new, context.clone()).expect("newer");
         publish_generation(&context, &shared, generation, &new);
         assert!(context.pass_cache.is_empty(), "disabled on reload");
+    }
+
+    #[tokio::test]
+    async fn a_reload_applies_the_greylist_section_and_keeps_its_table() {
+        let old = Config::default();
+        let (events, _) = crate::events::channel();
+        let (ends, _) = crate::events::ends_channel();
+        let context = GenerationContext {
+            events,
+            ends,
+            pass_cache: Arc::new(crate::policy::pass_cache::PassCache::new(Duration::ZERO, 1)),
+            greylist: Arc::new(crate::policy::greylist::Greylist::new(
+                old.greylist.local_capacity,
+            )),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+            outcomes: Arc::new(crate::source_outcomes::SourceOutcomes::new(10)),
+            backend_pool: Arc::new(crate::smtp::backend_pool::BackendPool::new()),
+        };
+        let (shared, sessions) =
+            watch::channel(Arc::new(build_shared(&old, context.clone()).expect("old")));
+        let on = crate::policy::greylist::GreylistConfig {
+            enabled: true,
+            ..old.greylist.clone()
+        };
+        for last in 1..=3 {
+            let ip = std::net::IpAddr::from([198, 51, 100 + last, 1]);
+            context.greylist.check(&on, ip, "a@x", "r@y").await;
+        }
+        assert_eq!(context.greylist.len(), 3);
+        let mut new = old.clone();
+        new.greylist = crate::policy::greylist::GreylistConfig {
+            local_capacity: 1,
+            delay: Duration::from_secs(2),
+            ..on
+        };
+        let generation = build_shared(&new, context.clone()).expect("new");
+        publish_generation(&context, &shared, generation, &new);
+        let current = sessions.borrow().clone();
+        assert!(current.config.greylist.enabled, "new sessions greylist");
+        assert_eq!(current.config.greylist.delay, Duration::from_secs(2));
+        assert_eq!(
+            context.greylist.len(),
+            1,
+            "resized on reload, the rest kept"
+        );
     }
 
     #[test]

@@ -111,6 +111,8 @@ pub struct Metrics {
     store_queue_overflows: Counter,
     /// Store writes waiting to be written.
     store_queued: Gauge,
+    /// Greylisting verdicts on recipients, by result.
+    greylist: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -151,6 +153,7 @@ impl Metrics {
             store_operations: Family::default(),
             store_queue_overflows: Counter::default(),
             store_queued: Gauge::default(),
+            greylist: Family::default(),
         };
         registry.register(
             "connections",
@@ -237,6 +240,11 @@ impl Metrics {
             "State store writes waiting to be written",
             m.store_queued.clone(),
         );
+        registry.register(
+            "greylist",
+            "Greylisting verdicts on recipients, by result: deferred (451 4.7.1), passed (a retry after the delay, or a triplet that passed before), allowlisted (auto-allowlisted client network), bypassed (authenticated, DNSWL-listed, SPF pass for a big sender, passed recently), store_error (the store did not answer; store.on_timeout decided)",
+            m.greylist.clone(),
+        );
         m.config_last_reload_success.set(1);
         Self { registry, ..m }
     }
@@ -321,6 +329,12 @@ impl Metrics {
         self.checks_fired
             .get_or_create(&CheckLabels { check, action })
             .inc();
+    }
+
+    /// Greylisting judged a recipient: `deferred`, `passed`, `allowlisted`, `bypassed`,
+    /// `store_error`.
+    pub fn greylist(&self, result: &'static str) {
+        self.greylist.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// A configuration reload finished.

@@ -13,12 +13,14 @@
 //!   filters, resolver and scoring);
 //! - `reputation/`: large sender/HELO/IP lists in bloom filters with exact confirmation (section,
 //!   entry grammar, list loading, compact storage);
-//! - `pass_cache.rs`: clients that passed, remembered so they skip the slow checks.
+//! - `pass_cache.rs`: clients that passed, remembered so they skip the slow checks;
+//! - `greylist/`: greylisting at RCPT (section, triplet normalisation, local table and store).
 
 pub mod address;
 pub mod dns;
 pub mod dnsbl;
 pub mod fcrdns;
+pub mod greylist;
 pub mod helo;
 pub mod pass_cache;
 pub mod relay;

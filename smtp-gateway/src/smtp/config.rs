@@ -60,6 +60,8 @@ pub struct ProxyConfig {
     pub helo: HeloConfig,
     /// `[spf]`: the setting of each SPF result and the session's time for SPF.
     pub spf: crate::policy::spf::SpfConfig,
+    /// `[greylist]`: greylisting at RCPT (on listeners whose profile has `greylist` on).
+    pub greylist: crate::policy::greylist::GreylistConfig,
     /// `[auth_results]`: the `Authentication-Results` header.
     pub auth_results: super::auth_results::AuthResultsConfig,
     /// The policy profiles, resolved against `checks`, `smtp.greet_pause` and `relay`: a

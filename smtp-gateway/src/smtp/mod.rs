@@ -74,6 +74,8 @@ pub struct Shared {
     pub reputation: std::sync::Arc<crate::policy::reputation::Reputation>,
     /// Clients that passed recently.
     pub pass_cache: std::sync::Arc<crate::policy::pass_cache::PassCache>,
+    /// Greylisting state (one for the whole run; `config.greylist` says how it is used).
+    pub greylist: std::sync::Arc<crate::policy::greylist::Greylist>,
     /// Process counters (one set for the whole run, shared by every generation).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Per-source session outcomes (one table for the whole run).

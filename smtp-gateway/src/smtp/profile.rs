@@ -1,6 +1,7 @@
 //! Per-listener policy profiles: a listener names one (`listeners = [{ address = "...", profile =
 //! "submission" }]`) and its sessions run with it: which checks run with which action, the greet
-//! pause, DNSBL on or off, the relay rules and whether AUTH is required before MAIL.
+//! pause, DNSBL on or off, greylisting on or off, the relay rules and whether AUTH is required
+//! before MAIL.
 //!
 //! A `[profiles.<name>]` table states only what differs from the top-level sections
 //! (`[checks]`, `smtp.greet_pause`, `dnsbl.enabled`, `[relay]`); every key it leaves out is
@@ -13,6 +14,7 @@
 //! - `submission` (ports 587/465; a `submission` or `smtps` listener without `profile` runs with
 //!   it): MAIL needs a successful AUTH first (`530 5.7.0 Authentication
 //!   required`), and the checks meant for MX traffic are off: no DNSBL lookup, no greet pause,
+//!   no greylisting,
 //!   `pregreet` ignored. They are off for every client of the listener, not only the
 //!   authenticated ones, plain or implicit TLS alike: the banner comes before any client can
 //!   authenticate, and with AUTH required before MAIL only authenticated clients reach the
@@ -45,6 +47,9 @@ pub struct ProfileConfig {
     /// `false`: no DNSBL lookup for this listener's clients (`true` looks up only when
     /// `[dnsbl] enabled`).
     pub dnsbl: Option<bool>,
+    /// `false`: no greylisting on this listener (`true`, the default except for `submission`,
+    /// greylists only when `[greylist] enabled`).
+    pub greylist: Option<bool>,
     /// `[checks]` entries set differently (same keys and values as `[checks]`).
     pub checks: ChecksOverride,
     /// `[relay]` keys set differently.
@@ -59,6 +64,7 @@ impl ProfileConfig {
                 require_auth: Some(true),
                 greet_pause: Some(Duration::ZERO),
                 dnsbl: Some(false),
+                greylist: Some(false),
                 checks: ChecksOverride {
                     pregreet: Some(crate::checks::CheckSetting {
                         action: Action::Ignore,
@@ -78,6 +84,7 @@ impl ProfileConfig {
             require_auth: over.require_auth.or(self.require_auth),
             greet_pause: over.greet_pause.or(self.greet_pause),
             dnsbl: over.dnsbl.or(self.dnsbl),
+            greylist: over.greylist.or(self.greylist),
             checks: self.checks.overridden_by(&over.checks),
             relay: RelayOverride {
                 accepted_domains: over
@@ -156,6 +163,8 @@ pub struct Profile {
     pub relay: RelayConfig,
     /// MAIL needs a successful AUTH first.
     pub require_auth: bool,
+    /// Whether this listener's recipients are greylisted (when `[greylist]` is enabled).
+    pub greylist: bool,
     /// A clean delivery puts the client in the pass cache, which lets it skip the DNSBL and the
     /// greet pause on every listener: only when this profile ran both as the top level does.
     pub earns_pass: bool,
@@ -172,6 +181,7 @@ impl Profile {
             dnsbl,
             relay: config.relay.apply(base.relay),
             require_auth: config.require_auth.unwrap_or(false),
+            greylist: config.greylist.unwrap_or(true),
             earns_pass: dnsbl && greet_pause >= base.greet_pause,
         }
     }

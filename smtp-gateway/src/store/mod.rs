@@ -1,6 +1,6 @@
 //! The state that outlives a restart and, with Redis, spans a fleet: the pass cache, auto-ban
-//! counts and waiting bans, per-source session outcomes, and the ban/allowlist records the fleet
-//! will share. One interface ([`Store`]), two engines: `embedded` (a redb file, the default) and
+//! counts and waiting bans, per-source session outcomes, greylisting triplets and auto-allowlist
+//! counts, and the ban/allowlist records the fleet will share. One interface ([`Store`]), two engines: `embedded` (a redb file, the default) and
 //! `redis`.
 //!
 //! The pinned kernel maps stay the local truth on the packet path: nothing here sits between a

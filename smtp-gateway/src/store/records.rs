@@ -31,11 +31,15 @@ pub enum Space {
     /// gateway that missed the deletion remove its copy (a record merely missing, e.g. after
     /// Redis lost its data, removes nothing).
     Unban,
+    /// Greylisting triplets (`policy/greylist/`), by the SHA-256 of the triplet.
+    Greylist,
+    /// Greylisting's auto-allowlist: sessions that passed, by client network.
+    GreyAllow,
 }
 
 impl Space {
     /// Every space.
-    pub const ALL: [Space; 8] = [
+    pub const ALL: [Space; 10] = [
         Space::Pass,
         Space::Count,
         Space::FleetCount,
@@ -44,6 +48,8 @@ impl Space {
         Space::Ban,
         Space::Allow,
         Space::Unban,
+        Space::Greylist,
+        Space::GreyAllow,
     ];
 
     /// The space's name in keys.
@@ -57,6 +63,8 @@ impl Space {
             Space::Ban => "ban",
             Space::Allow => "allow",
             Space::Unban => "unban",
+            Space::Greylist => "greylist",
+            Space::GreyAllow => "greyallow",
         }
     }
 

@@ -91,7 +91,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Runs a command with stdout/stderr captured, killed after `timeout`.
-fn run(cmd: &mut Command, timeout: Duration) -> Result<(bool, String), String> {
+pub fn run(cmd: &mut Command, timeout: Duration) -> Result<(bool, String), String> {
     let dir = std::env::temp_dir();
     let out_path = dir.join(format!(
         "sgw-pf-cmd-{}-{:?}.out",
@@ -132,7 +132,7 @@ fn pid_alive(pid: i32) -> bool {
 }
 
 /// Stops the instance in `dir`: `postfix stop`, then SIGKILL of the master if it is still there.
-fn stop_instance(dir: &Path) {
+pub fn stop_instance(dir: &Path) {
     let instance = InstanceDir::at(dir);
     let master = instance.master_pid();
     let _ = run(

@@ -86,6 +86,15 @@ impl Client {
         self.reply()
     }
 
+    /// Sends `lines` in one write (RFC 2920 pipelining) and returns one reply per line.
+    pub fn pipeline(&mut self, lines: &[&str]) -> Vec<String> {
+        let group: String = lines.iter().map(|l| format!("{l}\r\n")).collect();
+        self.writer
+            .write_all(group.as_bytes())
+            .expect("write group");
+        lines.iter().map(|_| self.reply()).collect()
+    }
+
     /// One BDAT chunk (`BDAT n [LAST]` and its bytes in one write) and its reply.
     pub fn chunk(&mut self, bytes: &[u8], last: bool) -> String {
         let mut out = format!(

@@ -90,15 +90,21 @@ impl Session {
         };
         if backend.pipelining() && self.conn.has_line() {
             backend.queue_command(raw);
-            self.pipeline.push(Awaiting::Mail { from });
+            self.pipeline.push(Awaiting::Mail { from: from.clone() });
             // Assumed open until the reply is settled (a refusal closes it again).
-            self.txn = Some(Transaction::default());
+            self.txn = Some(Transaction {
+                from,
+                ..Transaction::default()
+            });
             return Flow::Continue;
         }
         match backend.command(raw).await {
             Ok(reply) => {
                 if reply.is_positive() {
-                    self.txn = Some(Transaction::default());
+                    self.txn = Some(Transaction {
+                        from: from.clone(),
+                        ..Transaction::default()
+                    });
                     self.sender = Some(from);
                     self.excused_503s = 0;
                 }
@@ -146,7 +152,11 @@ impl Session {
         let Some(task) = self.dnsbl.take() else {
             return CheckEffect::Pass;
         };
-        match task.await {
+        let result = task.await;
+        if let Ok(score) = &result {
+            self.dnswl = score.hits.iter().any(|hit| hit.weight < 0);
+        }
+        match result {
             Ok(score) if score.listed => {
                 let zones: Vec<String> = score.hits.iter().map(|h| h.zone.clone()).collect();
                 self.fire(

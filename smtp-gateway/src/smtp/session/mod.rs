@@ -25,7 +25,8 @@
 //!   times), lose it, settle its pipelined replies, release it to the pool;
 //! - `fired.rs`: the checks that fired, one counter per check;
 //! - `dns_checks.rs`: the client's name (FCrDNS), SPF at MAIL FROM, the `Authentication-Results`
-//!   header.
+//!   header;
+//! - `greylist.rs`: greylisting at RCPT and what bypasses it.
 
 mod auth;
 mod backend;
@@ -34,6 +35,7 @@ mod data;
 mod dns_checks;
 mod ehlo;
 mod fired;
+mod greylist;
 pub(crate) mod line;
 mod mail;
 mod rcpt;
@@ -85,6 +87,8 @@ enum CheckEffect {
 /// The open transaction.
 #[derive(Default)]
 struct Transaction {
+    /// The sender of MAIL FROM (greylisting's triplet).
+    from: String,
     /// Recipients the backend accepted.
     accepted: usize,
     /// Recipients tried.
@@ -147,6 +151,10 @@ pub struct Session {
     dnsbl: Option<tokio::task::JoinHandle<DnsblScore>>,
     /// The client's address was judged (reputation `ip` lists, DNSBL): once per session.
     address_checked: bool,
+    /// A DNSWL (a DNSBL site of negative weight) lists the client: never greylisted.
+    dnswl: bool,
+    /// A triplet of this session passed greylisting (counted once towards the auto-allowlist).
+    greylist_passed: bool,
     /// The client's name (looked up from the connect on) and the SPF verdict.
     dns: dns_checks::DnsState,
 
@@ -241,6 +249,8 @@ impl Session {
             store_refused,
             dnsbl,
             address_checked: false,
+            dnswl: false,
+            greylist_passed: false,
             dns,
             helo: None,
             esmtp: false,

@@ -1,6 +1,6 @@
 //! RCPT TO: an open transaction, the recipient cap, the relay policy on the path as the client
-//! wrote it, the score thresholds; then the command is forwarded (joining the pipelined group
-//! when the backend pipelines).
+//! wrote it, the score thresholds, greylisting (`greylist.rs`); then the command is forwarded
+//! (joining the pipelined group when the backend pipelines).
 
 use super::{CheckEffect, Flow, Session};
 use crate::{
@@ -55,6 +55,9 @@ impl Session {
         if let Some(flow) = self.refuse_on_score() {
             return flow;
         }
+        if let Some(flow) = self.greylist_rcpt(&to).await {
+            return flow;
+        }
         let Some(backend) = self.backend.as_mut() else {
             self.reply(Reply::new(503, "5.5.1 Need MAIL before RCPT"));
             return Flow::Continue;
@@ -103,6 +106,7 @@ impl Session {
         txn.tried < self.shared.config.smtp.max_recipients
             && matches!(self.relay_verdict(to, raw), RelayVerdict::Accept { .. })
             && self.score_refusal().is_none()
+            && self.greylist_applies() != Ok(true)
             && self.backend.is_some()
     }
 }

@@ -1,0 +1,290 @@
+//! Greylisting's verdicts over time, the auto-allowlist, the bound of the local table, a store
+//! shared by two gateways, and a store that does not answer.
+
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use super::*;
+use crate::store::{EngineKind, Opened, StoreConfig};
+
+const S: u64 = 1_000;
+
+fn config() -> GreylistConfig {
+    GreylistConfig {
+        enabled: true,
+        delay: Duration::from_secs(60),
+        retry_window: Duration::from_secs(3_600),
+        pass_ttl: Duration::from_secs(86_400),
+        auto_allowlist_after: 3,
+        ..GreylistConfig::default()
+    }
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("ip")
+}
+
+fn started(cfg: &StoreConfig) -> (Store, tokio::sync::watch::Sender<bool>) {
+    let (store, writer) = Opened::open(cfg)
+        .expect("open")
+        .expect("an engine")
+        .start(Arc::new(crate::metrics::Metrics::new()))
+        .expect("start");
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(writer.run(stop_rx));
+    (store, stop)
+}
+
+#[tokio::test]
+async fn first_sight_defers_a_retry_after_the_delay_passes() {
+    let g = Greylist::new(100);
+    let c = config();
+    let t0 = 1_000_000 * S;
+    let check = |now, from: &'static str, to: &'static str, client: &'static str| {
+        let (g, c) = (&g, &c);
+        async move { g.check_at(c, ip(client), from, to, now).await }
+    };
+    assert_eq!(
+        check(t0, "a@x.example", "r@y.example", "198.18.0.1").await,
+        Verdict::Deferred
+    );
+    assert_eq!(
+        check(t0 + 59 * S, "a@x.example", "r@y.example", "198.18.0.1").await,
+        Verdict::Deferred,
+        "too early"
+    );
+    // Another host of the same /24, and the sender's tag changed: the same triplet.
+    assert_eq!(
+        check(t0 + 60 * S, "a+7@X.example", "r@y.example", "198.18.0.99").await,
+        Verdict::Passed
+    );
+    // It keeps passing, long after the retry window.
+    assert_eq!(
+        check(t0 + 7_200 * S, "a@x.example", "r@y.example", "198.18.0.1").await,
+        Verdict::Passed
+    );
+    // Another recipient, sender or network is another triplet.
+    assert_eq!(
+        check(t0 + 61 * S, "a@x.example", "s@y.example", "198.18.0.1").await,
+        Verdict::Deferred
+    );
+    assert_eq!(
+        check(t0 + 61 * S, "b@x.example", "r@y.example", "198.18.0.1").await,
+        Verdict::Deferred
+    );
+    assert_eq!(
+        check(t0 + 61 * S, "a@x.example", "r@y.example", "198.18.1.1").await,
+        Verdict::Deferred
+    );
+    // IPv6 clients are grouped by /64.
+    assert_eq!(
+        check(t0, "a@x.example", "r@y.example", "2001:db8::1").await,
+        Verdict::Deferred
+    );
+    assert_eq!(
+        check(
+            t0 + 60 * S,
+            "a@x.example",
+            "r@y.example",
+            "2001:db8::ffff:2"
+        )
+        .await,
+        Verdict::Passed
+    );
+    assert_eq!(
+        check(t0 + 60 * S, "a@x.example", "r@y.example", "2001:db8:0:1::1").await,
+        Verdict::Deferred
+    );
+}
+
+#[tokio::test]
+async fn a_retry_after_the_window_starts_over() {
+    let g = Greylist::new(100);
+    let c = config();
+    let t0 = 1_000_000 * S;
+    let client = ip("198.18.0.1");
+    assert_eq!(
+        g.check_at(&c, client, "a@x", "r@y", t0).await,
+        Verdict::Deferred
+    );
+    let late = t0 + (60 + 3_600 + 1) * S;
+    assert_eq!(
+        g.check_at(&c, client, "a@x", "r@y", late).await,
+        Verdict::Deferred,
+        "window missed"
+    );
+    assert_eq!(
+        g.check_at(&c, client, "a@x", "r@y", late + 59 * S).await,
+        Verdict::Deferred,
+        "the delay starts over"
+    );
+    assert_eq!(
+        g.check_at(&c, client, "a@x", "r@y", late + 60 * S).await,
+        Verdict::Passed
+    );
+}
+
+#[tokio::test]
+async fn a_network_that_passed_often_enough_is_allowlisted() {
+    let g = Greylist::new(100);
+    let c = config();
+    let t0 = 1_000_000 * S;
+    let client = ip("198.18.5.1");
+    for n in 0..c.auto_allowlist_after {
+        assert_eq!(
+            g.check_at(&c, client, "a@x", "new@y", t0 + u64::from(n))
+                .await,
+            Verdict::Deferred,
+            "pass {n}"
+        );
+        g.record_pass_at(&c, client, t0).await;
+    }
+    // Any triplet of that network now, from another host of it.
+    assert_eq!(
+        g.check_at(&c, ip("198.18.5.200"), "z@q", "other@y", t0 + S)
+            .await,
+        Verdict::Allowlisted
+    );
+    assert_eq!(
+        g.check_at(&c, ip("198.18.6.1"), "z@q", "other@y", t0 + S)
+            .await,
+        Verdict::Deferred
+    );
+    // Until the allowlist entry expires.
+    let later = t0 + 35 * 86_400 * S + S;
+    assert_eq!(
+        g.check_at(&c, client, "z@q", "x@y", later).await,
+        Verdict::Deferred
+    );
+    // `0` turns the auto-allowlist off.
+    let off = GreylistConfig {
+        auto_allowlist_after: 0,
+        ..c.clone()
+    };
+    let h = Greylist::new(100);
+    for _ in 0..5 {
+        h.record_pass_at(&off, client, t0).await;
+    }
+    assert_eq!(
+        h.check_at(&off, client, "z@q", "x@y", t0).await,
+        Verdict::Deferred
+    );
+}
+
+#[tokio::test]
+async fn the_local_table_is_bounded_and_shrinks_on_reload() {
+    let g = Greylist::new(10);
+    let c = GreylistConfig {
+        auto_allowlist_after: 0,
+        ..config()
+    };
+    let t0 = 1_000_000 * S;
+    for n in 0..100u64 {
+        let to = format!("r{n}@y");
+        g.check_at(&c, ip("198.18.0.1"), "a@x", &to, t0 + n).await;
+        assert!(g.len() <= 10, "{} entries", g.len());
+    }
+    // The newest survive.
+    assert_eq!(
+        g.check_at(&c, ip("198.18.0.1"), "a@x", "r99@y", t0 + 60 * S + 99)
+            .await,
+        Verdict::Passed
+    );
+    g.configure(2);
+    assert!(g.len() <= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_to_another_gateway_sharing_the_store_passes() {
+    let dir = std::env::temp_dir().join(format!("sgw-grey-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = StoreConfig {
+        path: dir.join("state.redb"),
+        ..StoreConfig::default()
+    };
+    let (store, _stop) = started(&cfg);
+    let (here, there) = (Greylist::new(100), Greylist::new(100));
+    here.attach(store.clone());
+    there.attach(store);
+    let c = config();
+    let now = unix_now_ms();
+    let client = ip("198.18.0.1");
+    assert_eq!(
+        here.check_at(&c, client, "a@x", "r@y", now).await,
+        Verdict::Deferred
+    );
+    // The write is queued: wait (bounded) until the other gateway sees it, never past the delay.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match there
+            .fetch::<TripletRecord>(
+                Space::Greylist,
+                &triplet::triplet_key(&triplet::client_network(client, 24, 64), "a@x", "r@y"),
+            )
+            .await
+        {
+            Ok(Some(r)) => {
+                assert_eq!(
+                    r,
+                    TripletRecord {
+                        first_unix_ms: now,
+                        passed: false
+                    }
+                );
+                break;
+            }
+            _ => assert!(std::time::Instant::now() < deadline, "never written"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        there.check_at(&c, client, "a@x", "r@y", now + 61 * S).await,
+        Verdict::Passed
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_does_not_answer_fails_open_or_closed_as_configured() {
+    let dir = std::env::temp_dir().join(format!("sgw-grey-down-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    for (on_timeout, want) in [
+        (OnTimeout::Open, Verdict::StoreOpen),
+        (OnTimeout::Closed, Verdict::StoreClosed),
+    ] {
+        let cfg = StoreConfig {
+            engine: EngineKind::Redis,
+            redis_url: format!("unix://{}", dir.join("nobody.sock").display()),
+            on_timeout,
+            budget: Duration::from_millis(50),
+            ..StoreConfig::default()
+        };
+        let (store, _stop) = started(&cfg);
+        let g = Greylist::new(100);
+        g.attach(store);
+        let started = std::time::Instant::now();
+        let verdict = g.check(&config(), ip("198.18.0.1"), "a@x", "r@y").await;
+        assert_eq!(verdict, want, "{on_timeout:?}");
+        assert_eq!(verdict.metric(), "store_error");
+        assert_eq!(verdict.defers(), on_timeout == OnTimeout::Closed);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn verdicts_name_their_metric() {
+    for (v, name, defers) in [
+        (Verdict::Deferred, "deferred", true),
+        (Verdict::Passed, "passed", false),
+        (Verdict::Allowlisted, "allowlisted", false),
+        (Verdict::StoreOpen, "store_error", false),
+        (Verdict::StoreClosed, "store_error", true),
+    ] {
+        assert_eq!((v.metric(), v.defers()), (name, defers));
+    }
+}

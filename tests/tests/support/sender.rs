@@ -1,0 +1,105 @@
+//! A private Postfix as a *sending* MTA (greylisting tests): it takes mail on a loopback
+//! `smtpd` (from [`Sender::inject`]'s client, trusted by `mynetworks`) and relays everything to
+//! one `relayhost` (a gateway), binding its connections to its own loopback source address, and
+//! retrying deferred mail after a few seconds (`minimal_backoff_time`, `maximal_backoff_time`,
+//! `queue_run_delay`). Stopped (`postfix stop`, then the master killed by PID) and removed on
+//! drop.
+
+use std::{
+    fs,
+    net::{IpAddr, SocketAddr, TcpStream},
+    path::PathBuf,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use smtp_gateway_test_kit::{InstanceDir, MainCf, MasterCf};
+
+use crate::postfix::{free_port, run, stop_instance};
+
+/// A running sending Postfix.
+pub struct Sender {
+    /// Its instance directory.
+    instance: InstanceDir,
+    /// Where it takes mail.
+    pub smtpd: SocketAddr,
+}
+
+impl Sender {
+    /// Starts one that relays to `relayhost` from `source`, retrying within `backoff` (the
+    /// minimal and maximal backoff, and the queue run delay).
+    pub fn start(tag: &str, relayhost: SocketAddr, source: IpAddr, backoff: Duration) -> Sender {
+        let dir = std::env::temp_dir().join(format!("sgw-sender-{}-{tag}", std::process::id()));
+        if dir.exists() {
+            stop_instance(&dir);
+            let _ = fs::remove_dir_all(&dir);
+        }
+        let instance = InstanceDir::create(&dir).expect("sender instance");
+        let smtpd = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let secs = format!("{}s", backoff.as_secs().max(1));
+        let main_cf = MainCf::new(&instance, "sender.test")
+            .set(
+                "relayhost",
+                format!("[{}]:{}", relayhost.ip(), relayhost.port()),
+            )
+            .set("smtp_bind_address", source)
+            .set("mynetworks", "127.0.0.0/8")
+            .set(
+                "smtpd_relay_restrictions",
+                "permit_mynetworks, reject_unauth_destination",
+            )
+            .set("queue_run_delay", &secs)
+            .set("minimal_backoff_time", &secs)
+            .set("maximal_backoff_time", &secs)
+            .set("in_flow_delay", "0s")
+            // A deferral is retried, never bounced, for the length of a test.
+            .set("maximal_queue_lifetime", "1h")
+            .set("smtp_connection_cache_on_demand", "no");
+        let master_cf = MasterCf::new().service(format!("{smtpd} inet n - n - - smtpd"));
+        instance
+            .write_config(&main_cf, &master_cf)
+            .expect("sender config");
+        let (ok, out) = run(
+            Command::new("postfix").arg("-c").arg(&dir).arg("start"),
+            Duration::from_secs(60),
+        )
+        .expect("postfix start");
+        let sender = Sender { instance, smtpd };
+        assert!(
+            ok,
+            "sending postfix did not start: {out}\n{}",
+            sender.maillog()
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect_timeout(&smtpd, Duration::from_millis(500)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "sending postfix does not listen: {}",
+                sender.maillog()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        sender
+    }
+
+    /// Its maillog so far.
+    pub fn maillog(&self) -> String {
+        fs::read_to_string(self.instance.maillog()).unwrap_or_default()
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> PathBuf {
+        self.instance.path().to_path_buf()
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("--- sending postfix maillog:\n{}", self.maillog());
+        }
+        stop_instance(self.instance.path());
+        let _ = fs::remove_dir_all(self.instance.path());
+    }
+}
