@@ -374,6 +374,25 @@ fn a_ban_on_one_gateway_drops_on_the_others() {
         node.assert_dropped(ROTATOR, "rotated from A to B");
     }
     b.assert_dropped(ROTATOR, "banned on B");
+    // `why` on C names the node that banned it and why, from the shared ban record.
+    let why = c.gw.cli_json(&["why", &rotator, "--json"]);
+    let bans = why["store"]["bans"].as_array().cloned().unwrap_or_default();
+    assert!(
+        bans.iter().any(|r| r["target"] == rotator.as_str()
+            && r["node"] == "node-b"
+            && r["origin"] == "autoban"
+            && r["reason"] == "autoban: pregreet"),
+        "why on C must show B's ban record: {why:#}"
+    );
+    assert!(
+        why["verdict"].as_str().is_some_and(|v| v.starts_with("dropped")),
+        "{why:#}"
+    );
+    let text = c.gw.cli_ok(&["why", &rotator]);
+    assert!(
+        text.contains("ban record: 198.18.0.47 by node node-b (origin autoban)"),
+        "{text}"
+    );
 
     // Hostile traffic on the channel and in the records: dropped; a well-formed record another
     // node wrote without a message (as auto-ban's are written) arrives through reconcile.

@@ -7,7 +7,7 @@ use anyhow::bail;
 use smtp_gateway::{
     config::Config,
     control::{
-        protocol::{Request, Response, WhyReport},
+        protocol::{Request, Response, StoreView, WhyReport},
         why,
     },
 };
@@ -89,5 +89,73 @@ fn print(r: &WhyReport) {
             serde_json::to_string(s).unwrap_or_default()
         ),
         None => println!("  sessions: none known (or no daemon answered)"),
+    }
+    match &r.store {
+        Some(view) => print_store(view),
+        None => println!("  store: not read (no daemon answered, or no store)"),
+    }
+}
+
+/// What the state store holds about it.
+fn print_store(v: &StoreView) {
+    println!(
+        "  store: {} (node {}{})",
+        v.engine,
+        v.node,
+        if v.fleet { ", shared by the fleet" } else { "" }
+    );
+    for b in &v.bans {
+        let until = match b.expires_unix_ms {
+            Some(ms) => format!("until unix {}", ms / 1000),
+            None => "permanent".into(),
+        };
+        println!(
+            "    ban record: {} by node {} (origin {}), {until}{}",
+            b.target,
+            b.node,
+            b.origin,
+            if b.reason.is_empty() {
+                String::new()
+            } else {
+                format!(", reason {:?}", b.reason)
+            }
+        );
+    }
+    if let Some(b) = &v.waiting_ban {
+        println!(
+            "    waiting ban: {} ({}), written when its session closes",
+            b.target, b.reason
+        );
+    }
+    for c in &v.counts {
+        println!(
+            "    auto-ban count: {} {} {} of {}{}",
+            c.target,
+            c.check,
+            c.firings,
+            c.needed,
+            if c.shared { " (fleet-wide)" } else { "" }
+        );
+    }
+    if let Some(g) = &v.greylist {
+        println!(
+            "    greylist: network {} passed {} time(s){}",
+            g.network,
+            g.passes,
+            if g.allowlisted_after > 0 && g.passes >= g.allowlisted_after {
+                " (auto-allowlisted)"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(s) = &v.sessions {
+        println!(
+            "    stored sessions: {}",
+            serde_json::to_string(s).unwrap_or_default()
+        );
+    }
+    for e in &v.errors {
+        println!("    not read: {e}");
     }
 }

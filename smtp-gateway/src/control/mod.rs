@@ -4,13 +4,15 @@
 //! - `ops.rs`: the operations on a data plane, shared by the daemon and the CLI's direct mode;
 //! - `server.rs`: the daemon side: a root-only (0600, peer uid checked) Unix socket;
 //! - `client.rs`: the CLI side;
-//! - `why.rs`: `why <address>`, everything held about one source.
+//! - `why.rs`: `why <address>`, everything the kernel holds about one source;
+//! - `why_store.rs`: what the state store (a fleet's, with Redis) holds about it.
 
 pub mod client;
 pub mod ops;
 pub mod protocol;
 pub mod server;
 pub mod why;
+pub mod why_store;
 
 /// Why the control socket failed.
 #[derive(Debug, thiserror::Error)]

@@ -184,6 +184,61 @@ pub struct WhyReport {
     pub sessions: Option<SessionCounts>,
     /// In one line: what the kernel does with a SYN from it now.
     pub verdict: String,
+    /// What the state store holds about it (shared by a fleet with Redis); null without a
+    /// store or a daemon.
+    #[serde(default)]
+    pub store: Option<StoreView>,
+}
+
+/// What the state store holds about one address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreView {
+    /// The engine (`embedded`, `redis`) and this node's name.
+    pub engine: String,
+    /// This node's name in the store.
+    pub node: String,
+    /// Whether bans and counts are shared with a fleet.
+    pub fleet: bool,
+    /// Ban records covering the address (exact, its auto-ban target, the kernel entries'
+    /// targets): which node banned it, by which origin, why, until when.
+    pub bans: Vec<crate::store::BanRecord>,
+    /// A ban decided by the auto-ban and waiting for its session to close.
+    pub waiting_ban: Option<crate::store::BanRecord>,
+    /// Auto-ban counts of its ban target, per check.
+    pub counts: Vec<CountRow>,
+    /// Greylisting: its network and how many of its sessions passed (auto-allowlisted once
+    /// `greylist.auto_allowlist_after` is reached); null when the store holds none.
+    pub greylist: Option<GreylistRow>,
+    /// Its session outcomes as stored (every node's latest write with a fleet).
+    pub sessions: Option<SessionCounts>,
+    /// Reads that failed (the view is partial then).
+    pub errors: Vec<String>,
+}
+
+/// One auto-ban count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountRow {
+    /// The ban target counted (the address, or its prefix).
+    pub target: String,
+    /// The check.
+    pub check: String,
+    /// Firings counted inside `autoban.window`.
+    pub firings: u64,
+    /// Of `autoban.checks.<check>` needed for a ban.
+    pub needed: u32,
+    /// Counted by every gateway of the fleet (a shared counter), or by this one.
+    pub shared: bool,
+}
+
+/// Greylisting's record of a client network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GreylistRow {
+    /// The network (`greylist.ipv4_prefix` / `ipv6_prefix`).
+    pub network: String,
+    /// Its sessions whose triplets passed.
+    pub passes: u32,
+    /// Passes that auto-allowlist it.
+    pub allowlisted_after: u32,
 }
 
 /// One source's SYN limiter state.

@@ -41,6 +41,8 @@ pub struct Handler {
     pub reload: ReloadSender,
     /// The state store: `block add`/`block del` write/delete the ban record (shared by a fleet).
     pub store: Option<crate::store::Store>,
+    /// The sections `why` reads to find an address's keys in the store.
+    pub why: super::why_store::WhyScope,
 }
 
 /// Creates the socket at `path` (and its directory). A socket file nobody answers on is a
@@ -211,7 +213,7 @@ async fn handle(handler: &Handler, request: Request, pid: Option<i32>) -> Respon
         run_on_dataplane(&mut dp, &outcomes, request).map_err(|e| e.to_string())
     })
     .await;
-    let response = match result {
+    let mut response = match result {
         Ok(Ok(response)) => response,
         Ok(Err(message)) => Response::Error { message },
         Err(e) => Response::Error {
@@ -221,6 +223,11 @@ async fn handle(handler: &Handler, request: Request, pid: Option<i32>) -> Respon
     if let (Some(store), Some(change), Response::Done { .. }) = (&handler.store, record, &response)
     {
         change.write(store);
+    }
+    if let (Some(store), Response::Why(report)) = (&handler.store, &mut response) {
+        let targets: Vec<String> = report.blocks.iter().map(|b| b.target.clone()).collect();
+        report.store =
+            Some(super::why_store::store_view(store, &handler.why, report.address, &targets).await);
     }
     if let Some(described) = described {
         match &response {

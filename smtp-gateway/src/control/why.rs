@@ -61,6 +61,7 @@ pub fn why(dp: &Dataplane, address: &str) -> Result<WhyReport, OpError> {
         kernel,
         sessions: None,
         verdict,
+        store: None,
     })
 }
 

@@ -184,6 +184,10 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
             outcomes: outcomes.clone(),
             reload: reload_tx.clone(),
             store: store.clone(),
+            why: crate::control::why_store::WhyScope {
+                autoban: live.autoban.subscribe(),
+                greylist: live.greylist.subscribe(),
+            },
         }),
         shutdown_rx.clone(),
     ));

@@ -27,6 +27,8 @@ pub(super) struct Live {
     pub metrics: watch::Sender<MetricsConfig>,
     /// `dataplane.sweep_interval`, for the expiry sweeper.
     pub sweep_interval: watch::Sender<Duration>,
+    /// `[greylist]`, for `why` (the sessions get theirs through their generation).
+    pub greylist: watch::Sender<crate::policy::greylist::GreylistConfig>,
 }
 
 impl Live {
@@ -37,6 +39,7 @@ impl Live {
             crowdsec: watch::Sender::new(config.crowdsec.clone()),
             metrics: watch::Sender::new(config.metrics.clone()),
             sweep_interval: watch::Sender::new(config.dataplane.sweep_interval),
+            greylist: watch::Sender::new(config.greylist.clone()),
         }
     }
 
@@ -47,6 +50,7 @@ impl Live {
         self.metrics.send_replace(config.metrics.clone());
         self.sweep_interval
             .send_replace(config.dataplane.sweep_interval);
+        self.greylist.send_replace(config.greylist.clone());
     }
 }
 

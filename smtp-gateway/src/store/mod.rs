@@ -147,6 +147,25 @@ impl Engine {
         }
     }
 
+    /// A counter's value as the engine stores it: 8 bytes big-endian in the embedded file,
+    /// decimal text in Redis.
+    fn decode_counter(&self, key: &str, bytes: &[u8]) -> Result<u64, StoreError> {
+        let bad = || StoreError::Decode {
+            key: key.to_string(),
+            reason: "not a counter".into(),
+        };
+        match self {
+            Engine::Embedded(_) => <[u8; 8]>::try_from(bytes)
+                .map(u64::from_be_bytes)
+                .map_err(|_| bad()),
+            Engine::Redis(_) => std::str::from_utf8(bytes)
+                .ok()
+                .and_then(|t| t.parse::<i64>().ok())
+                .map(|n| u64::try_from(n).unwrap_or(0))
+                .ok_or_else(bad),
+        }
+    }
+
     /// Up to `limit` live entries whose key starts with `prefix`.
     async fn scan(
         &self,
@@ -276,6 +295,11 @@ impl Store {
         &self.inner.node
     }
 
+    /// The engine's name (`embedded`, `redis`).
+    pub fn engine_name(&self) -> &'static str {
+        self.inner.engine.name()
+    }
+
     /// Whether bans are shared with a fleet through Redis (`store.engine = "redis"` and
     /// `store.fleet`).
     pub fn fleet(&self) -> bool {
@@ -366,6 +390,22 @@ impl Store {
                 Err(_) => Err(StoreError::Timeout(within)),
             };
         self.count("incr", &result);
+        result
+    }
+
+    /// The value of the counter `id` of `space` (see [`incr`](Self::incr)), within
+    /// `store.io_timeout`; `None` when there is none. A value that is not a counter is an error.
+    pub async fn counter(&self, space: Space, id: &str) -> Result<Option<u64>, StoreError> {
+        let within = self.inner.config.io_timeout;
+        let key = space.key(id);
+        let read = self.inner.engine.get(key.clone(), 32);
+        let result = match tokio::time::timeout(within, read).await {
+            Ok(Ok(Some(bytes))) => self.inner.engine.decode_counter(&key, &bytes).map(Some),
+            Ok(Ok(None)) => Ok(None),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(StoreError::Timeout(within)),
+        };
+        self.count("get", &result);
         result
     }
 
