@@ -12,7 +12,8 @@
 //! - a gateway started after a ban (C) catches up (reconcile at subscription) and drops it;
 //!   a ban deleted while C was stopped is removed at C's next start;
 //! - Redis killed: A, B and C keep dropping what they hold; Redis restarted empty: nothing is
-//!   removed, and a ban made after the restart reaches B and C;
+//!   removed, A publishes its own bans again, and a ban made after the restart reaches B and C;
+//! - `block import` on A (pinned maps written by the CLI) reaches B and C through A's reconcile;
 //! - a pregreeter auto-banned by A's SMTP proxy is dropped by B and C;
 //! - a bot that pregreets once on A and once on B (two needed) is counted once across the
 //!   fleet (a shared counter in Redis): B bans it, and A and C drop it too;
@@ -60,8 +61,11 @@ const GONE: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 45));
 const PREGREETER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 46));
 /// Pregreets once on A, then once on B: counted once across the fleet, banned everywhere.
 const ROTATOR: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 47));
+/// Imported on A with `block import` (no daemon involved).
+const IMPORTED: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 48));
 /// Every client address of the labs.
-const CLIENTS: [IpAddr; 7] = [
+const CLIENTS: [IpAddr; 8] = [
+    IMPORTED,
     BOT,
     NEIGHBOUR,
     EARLY,
@@ -316,6 +320,15 @@ fn a_ban_on_one_gateway_drops_on_the_others() {
             node.gw.log()
         );
     }
+    // A's own bans are published again (the reconcile finds them without a record).
+    let early_key = format!("{PREFIX}ban/{early}");
+    assert!(
+        wait_until(APPLY_TIMEOUT, Duration::from_millis(20), || {
+            redis.cli(&["EXISTS", &early_key]) == "1"
+        }),
+        "A did not publish its ban of {early} again after Redis lost it:\n{}",
+        a.gw.log()
+    );
     let after = AFTER_RESTART.to_string();
     a.gw.cli_ok(&["block", "add", &after, "--ttl", "1h"]);
     for node in [&b, &c] {
@@ -338,6 +351,25 @@ fn a_ban_on_one_gateway_drops_on_the_others() {
         let entry = node.wait_fleet_ban(&bot);
         assert_eq!(entry["reason"], "autoban: pregreet", "{entry}");
         node.assert_dropped(PREGREETER, "auto-banned on A");
+    }
+
+    // `block import` writes A's pinned maps from the CLI, not through the daemon: A's next
+    // reconcile publishes it, and B (which only learns by push) drops it.
+    let imported = IMPORTED.to_string();
+    let list = std::env::temp_dir().join(format!("sgw-fleet-{}-import.txt", std::process::id()));
+    std::fs::write(&list, format!("# imported\n{imported} ; spam source\n")).expect("import list");
+    a.gw.cli_ok(&[
+        "block",
+        "import",
+        list.to_str().expect("utf-8 path"),
+        "--ttl",
+        "1h",
+    ]);
+    let _ = std::fs::remove_file(&list);
+    for node in [&b, &c] {
+        let entry = node.wait_fleet_ban(&imported);
+        assert_eq!(entry["reason"], "spam source", "{entry}");
+        node.assert_dropped(IMPORTED, "imported on A");
     }
 
     // A bot rotating between MX hosts: one pregreet on A, then one on B. Two are needed: each
@@ -385,7 +417,9 @@ fn a_ban_on_one_gateway_drops_on_the_others() {
         "why on C must show B's ban record: {why:#}"
     );
     assert!(
-        why["verdict"].as_str().is_some_and(|v| v.starts_with("dropped")),
+        why["verdict"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("dropped")),
         "{why:#}"
     );
     let text = c.gw.cli_ok(&["why", &rotator]);

@@ -14,11 +14,17 @@
 //! threads. Messages are hostile: over `store.max_value_bytes` or not a [`FleetMessage`], they
 //! are counted and dropped.
 //!
-//! - `apply.rs`: what a ban or an unban of another node does to the blocklist.
+//! Each reconcile also publishes this node's own bans that have no stored record
+//! (`publish.rs`): an import or a `block add` made without the daemon, and every ban of this
+//! node after Redis lost its data.
+//!
+//! - `apply.rs`: what a ban or an unban of another node does to the blocklist;
+//! - `publish.rs`: this node's bans the store has no record of.
 
 pub mod apply;
+pub mod publish;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use futures_util::StreamExt as _;
 use tokio::sync::{mpsc, watch};
@@ -132,11 +138,18 @@ async fn reconcile(store: &Store, dataplane: &SharedDataplane, metrics: &Metrics
         }
     };
     let records: Vec<BanRecord> = records.into_iter().map(|(_, r)| r).collect();
-    let node = node.to_string();
+    // A view cut at `store.load_limit` does not tell which bans lack a record.
+    let complete = records.len() < store.config().load_limit;
+    let recorded: HashSet<String> = records.iter().map(|r| r.target.clone()).collect();
+    let deleted: HashSet<String> = unbans.iter().cloned().collect();
+    let me = node.to_string();
     let applied = on_dataplane(dataplane, move |dp| {
-        apply::reconcile(dp, &records, &unbans, &node)
+        apply::reconcile(dp, &records, &unbans, &me)
     })
     .await;
+    if complete {
+        publish_unrecorded(store, dataplane, metrics, node, recorded, deleted).await;
+    }
     if let Ok(done) = &applied
         && done.banned + done.removed > 0
     {
@@ -147,6 +160,49 @@ async fn reconcile(store: &Store, dataplane: &SharedDataplane, metrics: &Metrics
         );
     }
     report(metrics, "reconcile", applied);
+}
+
+/// Writes (and so publishes) a ban record for each of this node's bans that the store has no
+/// record of (`publish.rs`), at most half the write queue at a time.
+async fn publish_unrecorded(
+    store: &Store,
+    dataplane: &SharedDataplane,
+    metrics: &Metrics,
+    node: &str,
+    recorded: HashSet<String>,
+    deleted: HashSet<String>,
+) {
+    let cfg = store.config();
+    let (limit, permanent) = (
+        cfg.load_limit.min(cfg.queue / 2).max(1),
+        cfg.permanent_ban_ttl,
+    );
+    let dp = dataplane.clone();
+    let me = node.to_string();
+    let found = tokio::task::spawn_blocking(move || {
+        let dp = dp
+            .lock()
+            .map_err(|_| "the data plane lock is poisoned".to_string())?;
+        publish::unrecorded(&dp, &recorded, &deleted, &me, limit, permanent)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    match found {
+        Ok(records) if !records.is_empty() => {
+            tracing::info!(
+                bans = records.len(),
+                "fleet: this node's bans without a stored record published"
+            );
+            metrics.fleet("published", records.len());
+            for (record, ttl) in records {
+                let id = record.target.clone();
+                store.put(Space::Ban, &id, &record, ttl);
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::error!(%error, "fleet: this node's bans not read"),
+    }
 }
 
 /// Runs `f` on the data plane, off the async threads.
