@@ -13,7 +13,8 @@
 //!   a ban deleted while C was stopped is removed at C's next start;
 //! - Redis killed: A, B and C keep dropping what they hold; Redis restarted empty: nothing is
 //!   removed, A publishes its own bans again, and a ban made after the restart reaches B and C;
-//! - `block import` on A (pinned maps written by the CLI) reaches B and C through A's reconcile;
+//! - `block import` on B (pinned maps written by the CLI; B never reconciles on its own) reaches
+//!   A and C: the CLI asks B's daemon to publish at once;
 //! - a pregreeter auto-banned by A's SMTP proxy is dropped by B and C;
 //! - a bot that pregreets once on A and once on B (two needed) is counted once across the
 //!   fleet (a shared counter in Redis): B bans it, and A and C drop it too;
@@ -353,12 +354,13 @@ fn a_ban_on_one_gateway_drops_on_the_others() {
         node.assert_dropped(PREGREETER, "auto-banned on A");
     }
 
-    // `block import` writes A's pinned maps from the CLI, not through the daemon: A's next
-    // reconcile publishes it, and B (which only learns by push) drops it.
+    // `block import` writes B's pinned maps from the CLI, not through the daemon. B reconciles
+    // only when it subscribes, so only the import's request to publish now (through B's control
+    // socket) can bring it to A and C within the wait.
     let imported = IMPORTED.to_string();
     let list = std::env::temp_dir().join(format!("sgw-fleet-{}-import.txt", std::process::id()));
     std::fs::write(&list, format!("# imported\n{imported} ; spam source\n")).expect("import list");
-    a.gw.cli_ok(&[
+    let out = b.gw.cli_ok(&[
         "block",
         "import",
         list.to_str().expect("utf-8 path"),
@@ -366,10 +368,14 @@ fn a_ban_on_one_gateway_drops_on_the_others() {
         "1h",
     ]);
     let _ = std::fs::remove_file(&list);
-    for node in [&b, &c] {
+    assert!(
+        out.contains("fleet: this node's bans without a record are being published"),
+        "{out}"
+    );
+    for node in [&a, &c] {
         let entry = node.wait_fleet_ban(&imported);
         assert_eq!(entry["reason"], "spam source", "{entry}");
-        node.assert_dropped(IMPORTED, "imported on A");
+        node.assert_dropped(IMPORTED, "imported on B");
     }
 
     // A bot rotating between MX hosts: one pregreet on A, then one on B. Two are needed: each

@@ -9,7 +9,7 @@ use smtp_gateway::{
     config::Config,
     control::{
         ops,
-        protocol::{BlockRow, Request},
+        protocol::{BlockRow, Request, Response},
     },
     dataplane::import::{self, ImportOptions},
 };
@@ -96,6 +96,26 @@ pub fn run(config: &Config, command: BlockCommand) -> anyhow::Result<ExitCode> {
                 summary.prefix_v4,
                 summary.prefix_v6
             );
+            // The daemon publishes them to the fleet now rather than at its next reconcile
+            // (the entries are in; a daemon that does not answer changes nothing of that).
+            if summary.total() > 0 {
+                let asked = super::daemon(config).and_then(|d| match d {
+                    Some(mut client) => Ok(Some(client.call(&Request::FleetSync)?)),
+                    None => Ok(None),
+                });
+                match asked {
+                    Ok(Some(Response::Done { message, .. })) if message.starts_with("fleet:") => {
+                        println!("{message}");
+                    }
+                    Ok(Some(Response::Error { message })) => {
+                        eprintln!("warning: the daemon did not publish the import: {message}");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("warning: the daemon was not told of the import: {e:#}");
+                    }
+                }
+            }
             if !errors.is_empty() {
                 eprintln!(
                     "{} bad line(s) skipped; the {} valid entries were applied",

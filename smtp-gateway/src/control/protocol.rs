@@ -43,6 +43,9 @@ pub enum Request {
     Reload,
     /// Everything the kernel and the daemon hold about one address.
     Why { address: String },
+    /// Publish this node's bans that the fleet has no record of now, not at the next
+    /// reconcile (sent by `block import`, which writes the pinned maps itself).
+    FleetSync,
 }
 
 /// The daemon's answer.

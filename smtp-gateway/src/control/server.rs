@@ -43,6 +43,8 @@ pub struct Handler {
     pub store: Option<crate::store::Store>,
     /// The sections `why` reads to find an address's keys in the store.
     pub why: super::why_store::WhyScope,
+    /// Asks the fleet task for a reconcile now (none without a fleet).
+    pub fleet_sync: Option<tokio::sync::mpsc::Sender<()>>,
 }
 
 /// Creates the socket at `path` (and its directory). A socket file nobody answers on is a
@@ -180,6 +182,24 @@ async fn write_response(
 async fn handle(handler: &Handler, request: Request, pid: Option<i32>) -> Response {
     match request {
         Request::Reload => return reload(handler).await,
+        Request::FleetSync => {
+            let message = match &handler.fleet_sync {
+                // A full channel holds a request already: that reconcile covers this one.
+                Some(sync) => match sync.try_send(()) {
+                    Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(())) => {
+                        "fleet: this node's bans without a record are being published"
+                    }
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => {
+                        "fleet: the fleet task has stopped"
+                    }
+                },
+                None => "no fleet (store.engine = \"redis\" with store.fleet)",
+            };
+            return Response::Done {
+                message: message.into(),
+                warnings: Vec::new(),
+            };
+        }
         Request::Sessions => {
             let sources = handler
                 .outcomes
@@ -345,7 +365,7 @@ fn run_on_dataplane(
             report.sessions = outcomes.get(report.address);
             Response::Why(Box::new(report))
         }
-        Request::Reload | Request::Sessions => Response::Error {
+        Request::Reload | Request::Sessions | Request::FleetSync => Response::Error {
             message: "not a data plane operation".into(),
         },
     })

@@ -122,6 +122,8 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // The whole file stays here; each task reads its own section, published on every reload.
     let live = Live::new(&config);
+    // `block import` asks the fleet task for a reconcile through the control socket.
+    let (fleet_sync_tx, fleet_sync_rx) = tokio::sync::mpsc::channel(1);
     let (reload_tx, mut reload_rx) = crate::reload::channel();
     let (events, events_rx) = crate::events::channel();
     let (ends, ends_rx) = crate::events::ends_channel();
@@ -178,19 +180,25 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
         }
         None => None,
     };
-    let control_server = tokio::spawn(prepared.control.serve(
-        Arc::new(crate::control::server::Handler {
-            dataplane: dataplane.clone(),
-            outcomes: outcomes.clone(),
-            reload: reload_tx.clone(),
-            store: store.clone(),
-            why: crate::control::why_store::WhyScope {
-                autoban: live.autoban.subscribe(),
-                greylist: live.greylist.subscribe(),
-            },
-        }),
-        shutdown_rx.clone(),
-    ));
+    let control_server = tokio::spawn(
+        prepared.control.serve(
+            Arc::new(crate::control::server::Handler {
+                dataplane: dataplane.clone(),
+                outcomes: outcomes.clone(),
+                reload: reload_tx.clone(),
+                store: store.clone(),
+                fleet_sync: store
+                    .as_ref()
+                    .filter(|s| s.fleet())
+                    .map(|_| fleet_sync_tx.clone()),
+                why: crate::control::why_store::WhyScope {
+                    autoban: live.autoban.subscribe(),
+                    greylist: live.greylist.subscribe(),
+                },
+            }),
+            shutdown_rx.clone(),
+        ),
+    );
     let _watcher = match (&config_path, config.daemon.watch_config) {
         (Some(path), true) => match self::watcher::spawn(
             path,
@@ -230,6 +238,7 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
         store.clone(),
         dataplane.clone(),
         metrics.clone(),
+        fleet_sync_rx,
         shutdown_rx.clone(),
     ));
     let backend_pool = Arc::new(crate::smtp::backend_pool::BackendPool::new());

@@ -48,11 +48,13 @@ enum Event {
 }
 
 /// Applies the fleet's bans to this gateway until shutdown (returns at once unless
-/// [`Store::fleet`]).
+/// [`Store::fleet`]). A message on `sync` (`block import` through the control socket) makes a
+/// reconcile run now.
 pub async fn run(
     store: Option<Store>,
     dataplane: SharedDataplane,
     metrics: Arc<Metrics>,
+    mut sync: mpsc::Receiver<()>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let Some(store) = store.filter(Store::fleet) else {
@@ -84,6 +86,7 @@ pub async fn run(
         let reconcile_now = tokio::select! {
             _ = shutdown.changed() => break,
             _ = tick.tick() => true,
+            Some(()) = sync.recv() => true,
             event = rx.recv() => match event {
                 None => break,
                 Some(Event::Subscribed) => true,
