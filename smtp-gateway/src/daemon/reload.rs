@@ -290,16 +290,15 @@ pub(super) fn restart_notes(old: &Config, new: &Config) -> Vec<String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_reload_applies_the_pass_cache_ttl_and_size() {
-        let old = Config::default();
+    /// The shared parts of generations built from `old`, with a pass cache of `pass_ttl`.
+    fn context(old: &Config, pass_ttl: Duration) -> GenerationContext {
         let (events, _) = crate::events::channel();
         let (ends, _) = crate::events::ends_channel();
-        let context = GenerationContext {
+        GenerationContext {
             events,
             ends,
             pass_cache: Arc::new(crate::policy::pass_cache::PassCache::new(
-                old.smtp.pass_cache_ttl,
+                pass_ttl,
                 old.smtp.pass_cache_size,
             )),
             greylist: Arc::new(crate::policy::greylist::Greylist::new(
@@ -308,7 +307,13 @@ mod tests {
             metrics: Arc::new(crate::metrics::Metrics::new()),
             outcomes: Arc::new(crate::source_outcomes::SourceOutcomes::new(10)),
             backend_pool: Arc::new(crate::smtp::backend_pool::BackendPool::new()),
-        };
+        }
+    }
+
+    #[test]
+    fn a_reload_applies_the_pass_cache_ttl_and_size() {
+        let old = Config::default();
+        let context = context(&old, old.smtp.pass_cache_ttl);
         let (shared, sessions) =
             watch::channel(Arc::new(build_shared(&old, context.clone()).expect("old")));
         let now = std::time::Instant::now();
@@ -331,19 +336,7 @@ mod tests {
     #[tokio::test]
     async fn a_reload_applies_the_greylist_section_and_keeps_its_table() {
         let old = Config::default();
-        let (events, _) = crate::events::channel();
-        let (ends, _) = crate::events::ends_channel();
-        let context = GenerationContext {
-            events,
-            ends,
-            pass_cache: Arc::new(crate::policy::pass_cache::PassCache::new(Duration::ZERO, 1)),
-            greylist: Arc::new(crate::policy::greylist::Greylist::new(
-                old.greylist.local_capacity,
-            )),
-            metrics: Arc::new(crate::metrics::Metrics::new()),
-            outcomes: Arc::new(crate::source_outcomes::SourceOutcomes::new(10)),
-            backend_pool: Arc::new(crate::smtp::backend_pool::BackendPool::new()),
-        };
+        let context = context(&old, Duration::ZERO);
         let (shared, sessions) =
             watch::channel(Arc::new(build_shared(&old, context.clone()).expect("old")));
         let on = crate::policy::greylist::GreylistConfig {
