@@ -52,7 +52,7 @@ pub fn action(ctx: &XdpContext) -> u32 {
     stats::count(verdict, len);
     stats::record_source(&key, len, packet.syn, dropped, now);
     if cfg.flags & config_flags::TRACE != 0 {
-        trace::emit(ctx, &key, &packet, verdict, now);
+        trace::emit(ctx, &key, trace::packed(&packet, verdict), now);
     }
     if dropped {
         xdp_action::XDP_DROP

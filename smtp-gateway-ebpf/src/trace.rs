@@ -7,16 +7,21 @@ use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::info;
 use smtp_gateway_common::{SourceKey, Verdict};
 
-use crate::{
-    TRACE,
-    parse::{Source, TcpPacket},
-};
+use crate::{TRACE, parse::TcpPacket};
 
-/// Logs the verdict of `packet` when its source is traced and the trace has not ended at `now`
-/// (an entry left behind by a killed `why --follow` stops logging by itself).
-/// Out of line: the hot path keeps its registers whether or not this branch exists.
+/// What one trace line says besides the source, in one register: destination port (bits
+/// 16..32), TCP flags (8..16), verdict (0..8). Built only on the traced path.
+#[inline(always)]
+pub fn packed(packet: &TcpPacket, verdict: Verdict) -> u32 {
+    (u32::from(packet.dst_port) << 16) | (u32::from(packet.flags) << 8) | verdict as u32
+}
+
+/// Logs one line for the packet whose source has per-source key `key` when that source is traced
+/// and its trace has not ended at `now` (an entry left behind by a killed `why --follow` stops
+/// logging by itself). `what` is [`packed`]. Out of line and with four scalar-or-pointer
+/// arguments, so the hot path stores nothing extra for a branch it does not take.
 #[inline(never)]
-pub fn emit(ctx: &XdpContext, key: &SourceKey, packet: &TcpPacket, verdict: Verdict, now: u64) {
+pub fn emit(ctx: &XdpContext, key: &SourceKey, what: u32, now: u64) {
     // SAFETY: the value is a plain `u64`; a concurrent delete can only make us log one more line.
     let until = match unsafe { TRACE.get(key) } {
         Some(until) => *until,
@@ -25,23 +30,20 @@ pub fn emit(ctx: &XdpContext, key: &SourceKey, packet: &TcpPacket, verdict: Verd
     if now >= until {
         return;
     }
-    let name = verdict.name();
-    match packet.src {
-        Source::V4(a) => info!(
+    let port = (what >> 16) as u16;
+    let flags = (what >> 8) as u8;
+    let name = match Verdict::ALL.get((what & 0xff) as usize) {
+        Some(v) => v.name(),
+        None => "unknown",
+    };
+    match key.as_v4() {
+        Some(a) => info!(
             ctx,
-            "trace src={:i} dport={} flags={:x} verdict={}",
-            a,
-            packet.dst_port,
-            packet.flags,
-            name
+            "trace src={:i} dport={} flags={:x} verdict={}", a, port, flags, name
         ),
-        Source::V6(a) => info!(
+        None => info!(
             ctx,
-            "trace src={:i} dport={} flags={:x} verdict={}",
-            a,
-            packet.dst_port,
-            packet.flags,
-            name
+            "trace src={:i} dport={} flags={:x} verdict={}", key.addr, port, flags, name
         ),
     }
 }

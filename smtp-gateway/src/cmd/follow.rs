@@ -84,7 +84,15 @@ pub fn run(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let outcome = follow(&mut dp, &mut follower, key, until, address, json, &stop);
+    let outcome = follow(
+        &mut dp,
+        (&mut follower, programs),
+        key,
+        until,
+        address,
+        json,
+        &stop,
+    );
     let cleanup = dp.trace_remove(key, until, clock::monotonic_ns());
     for id in signals {
         signal_hook::low_level::unregister(id);
@@ -96,9 +104,11 @@ pub fn run(
 }
 
 /// Prints the lines of `address` until a signal or the end of the trace; the number printed.
+/// When the attached program changes (a daemon of another build replaced it), the new one's log
+/// is followed from then on.
 fn follow(
     dp: &mut smtp_gateway::dataplane::Dataplane,
-    follower: &mut Follower,
+    (follower, mut programs): (&mut Follower, Vec<u32>),
     key: smtp_gateway_common::SourceKey,
     until: u64,
     address: IpAddr,
@@ -127,6 +137,19 @@ fn follow(
             return Ok(printed);
         }
         dp.trace_keep(key, until)?;
+        let now_attached = trace::program_ids(dp.layout())?;
+        if !now_attached.is_empty() && now_attached != programs {
+            *follower = Follower::attach(&now_attached)?;
+            eprintln!(
+                "the XDP program was replaced; following program {}",
+                now_attached
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            programs = now_attached;
+        }
     }
 }
 

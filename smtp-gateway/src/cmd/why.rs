@@ -26,7 +26,10 @@ pub fn run(config: &Config, args: &crate::cli::WhyArgs) -> anyhow::Result<ExitCo
             bail!("the daemon sent no answer about {}", args.address)
         }
     };
-    if args.json {
+    if args.json && args.follow {
+        // JSON Lines: the report, then one object per packet.
+        println!("{}", serde_json::to_string(&report)?);
+    } else if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print(&report);
