@@ -48,9 +48,13 @@ pub mod maps {
     pub const META: &str = "META";
     /// Which lists have ever held an entry: one `u32` per [`crate::list_slot`], 0 or 1.
     pub const LISTS_USED: &str = "LISTS_USED";
+    /// Traced sources of `why --follow` (hash): key [`crate::SourceKey`], value the monotonic
+    /// time (ns, coarse clock) the trace ends; read only while [`crate::config_flags::TRACE`] is
+    /// set.
+    pub const TRACE: &str = "TRACE";
 
     /// Every map, in the order userspace checks and opens them.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         BLOCK_V4,
         BLOCK_V6,
         BLOCK_NET_V4,
@@ -65,6 +69,7 @@ pub mod maps {
         REASONS,
         META,
         LISTS_USED,
+        TRACE,
     ];
 }
 
@@ -114,6 +119,8 @@ pub mod capacity {
     pub const REASONS: u32 = 64 * 1024;
     /// Words in the port bitmap (65536 bits).
     pub const PORT_WORDS: u32 = 1024;
+    /// Sources traced at once by `why --follow`.
+    pub const TRACE: u32 = 16;
 }
 
 /// What the XDP program decided for one packet; the index into the `VERDICTS` counters.
@@ -348,6 +355,11 @@ pub mod config_flags {
     pub const DROP_EXT_HEADERS: u32 = 1 << 2;
     /// Drop malformed IP packets (otherwise pass them to the kernel stack, which discards them).
     pub const DROP_MALFORMED: u32 = 1 << 3;
+    /// At least one source is traced (`why --follow`): the program looks inspected packets'
+    /// sources up in the `TRACE` map and logs the verdicts of traced ones with aya-log. Clear,
+    /// the program does no lookup and logs nothing. Userspace owns the bit: it sets it when it
+    /// adds the first trace and clears it when the `TRACE` map holds no live entry.
+    pub const TRACE: u32 = 1 << 4;
 }
 
 /// Runtime configuration of the XDP program, written by userspace at index 0 of `CONFIG`.

@@ -4,10 +4,12 @@
 //! - `policy.rs`: protected ports, allowlist, blocklists (exact and prefix; a list that has never
 //!   held an entry is not looked up), the verdict;
 //! - `ratelimit.rs`: per-source SYN limiter (GCRA in an LRU hash);
-//! - `stats.rs`: per-CPU verdict counters and per-source counters.
+//! - `stats.rs`: per-CPU verdict counters and per-source counters;
+//! - `trace.rs`: the aya-log line of each packet of a traced source (`why --follow`).
 //!
 //! Every map is pinned by name under the directory userspace gives the loader, so kernel
-//! protection and all entries survive the daemon. Nothing is logged per packet.
+//! protection and all entries survive the daemon (aya-log's ring buffer is not pinned: it lives
+//! as long as the program). Nothing is logged per packet unless a source is traced.
 #![no_std]
 #![no_main]
 
@@ -15,6 +17,7 @@ mod parse;
 mod policy;
 mod ratelimit;
 mod stats;
+mod trace;
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -86,6 +89,11 @@ static META: Array<Meta> = Array::pinned(1, 0);
 /// Which list maps have ever held an entry (`list_slot`): the lookups of the others are skipped.
 #[map]
 static LISTS_USED: Array<u32> = Array::pinned(list_slot::COUNT, 0);
+
+/// Traced sources (`why --follow`): per-source key, monotonic end of the trace (ns). Looked up
+/// only while `config_flags::TRACE` is set.
+#[map]
+static TRACE: HashMap<SourceKey, u64> = HashMap::pinned(capacity::TRACE, 0);
 
 /// The entry point: the verdict of [`policy::action`], which has no error path (a packet the
 /// parser cannot read is `Malformed`, a verdict of its own), so nothing maps to `XDP_ABORTED`.

@@ -26,6 +26,10 @@ const MAX_VLAN_TAGS: usize = 2;
 /// IPv4 "more fragments" flag and fragment-offset mask in host order.
 const IPV4_MF: u16 = 0x2000;
 const IPV4_OFFSET_MASK: u16 = 0x1fff;
+/// Offset of the flags byte in the TCP header, and its SYN and ACK bits.
+const TCP_FLAGS_OFFSET: usize = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// Source address of an inspected packet.
 #[derive(Clone, Copy)]
@@ -41,6 +45,8 @@ pub struct TcpPacket {
     pub dst_port: u16,
     /// SYN set and ACK clear: a new connection attempt.
     pub syn: bool,
+    /// The TCP flags byte (CWR ECE URG ACK PSH RST SYN FIN), for the trace.
+    pub flags: u8,
     /// IPv4 first fragment (MF set), or IPv6 packet carrying a Fragment header.
     pub fragment: bool,
     /// IPv6 packet whose TCP header follows one or more extension headers.
@@ -219,15 +225,16 @@ fn parse_tcp(
             Parsed::Malformed
         };
     };
-    // SAFETY: bounds checked by ptr_at.
-    let tcp = unsafe { &*tcp };
+    // SAFETY: bounds checked by ptr_at; byte 13 of the 20-byte header holds the flags.
+    let (tcp, flags) = unsafe { (&*tcp, *(tcp as *const u8).add(TCP_FLAGS_OFFSET)) };
     if tcp.doff() < 5 {
         return Parsed::Malformed;
     }
     Parsed::Tcp(TcpPacket {
         src,
         dst_port: u16::from_be_bytes(tcp.dest),
-        syn: tcp.syn() != 0 && tcp.ack() == 0,
+        syn: flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        flags,
         fragment,
         ext_headers,
     })

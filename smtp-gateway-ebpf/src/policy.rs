@@ -11,7 +11,7 @@ use smtp_gateway_common::{BlockEntry, DataplaneConfig, Verdict, config_flags, li
 use crate::{
     ALLOW_V4, ALLOW_V6, BLOCK_NET_V4, BLOCK_NET_V6, BLOCK_V4, BLOCK_V6, CONFIG, LISTS_USED, PORTS,
     parse::{self, Parsed, Source, TcpPacket},
-    ratelimit, stats,
+    ratelimit, stats, trace,
 };
 
 /// The XDP action for the packet in `ctx`. Every packet gets one: a header that cannot be read is
@@ -51,6 +51,9 @@ pub fn action(ctx: &XdpContext) -> u32 {
     let key = stats::source_key(packet.src);
     stats::count(verdict, len);
     stats::record_source(&key, len, packet.syn, dropped, now);
+    if cfg.flags & config_flags::TRACE != 0 {
+        trace::emit(ctx, &key, trace::packed(&packet, verdict), now);
+    }
     if dropped {
         xdp_action::XDP_DROP
     } else {

@@ -69,9 +69,16 @@ pub enum Command {
 pub struct WhyArgs {
     /// The address (IPv4 or IPv6).
     pub address: String,
-    /// Machine-readable output.
+    /// Machine-readable output (with --follow: one JSON object per line).
     #[arg(long)]
     pub json: bool,
+    /// Then print the kernel's verdict for each packet from the address, live, written by the XDP
+    /// program only while traced; until Ctrl-C/SIGTERM or --for (root, runs on the pinned maps).
+    #[arg(long)]
+    pub follow: bool,
+    /// How long --follow traces (default 60s, at most dataplane.trace_max_duration).
+    #[arg(long = "for", value_parser = humantime::parse_duration, requires = "follow")]
+    pub duration: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -427,6 +427,34 @@ mod tests {
     }
 
     #[test]
+    fn trace_limits_are_bounded() {
+        for (text, key) in [
+            (
+                "[dataplane.capacity]\ntrace_sources = 0\n",
+                "capacity.trace_sources",
+            ),
+            (
+                "[dataplane.capacity]\ntrace_sources = 1025\n",
+                "capacity.trace_sources",
+            ),
+            (
+                "[dataplane]\ntrace_max_duration = \"0s\"\n",
+                "trace_max_duration",
+            ),
+            (
+                "[dataplane]\ntrace_max_duration = \"25h\"\n",
+                "trace_max_duration",
+            ),
+        ] {
+            let err = parse(text).expect_err(text).to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let c = parse("[dataplane]\ntrace_max_duration = \"1h\"\n[dataplane.capacity]\ntrace_sources = 1024\n")
+            .expect("in bounds");
+        assert_eq!(c.dataplane.capacity.trace_sources, 1024);
+    }
+
+    #[test]
     fn bad_ports_are_rejected() {
         let err = parse("[dataplane]\nprotected_ports = [25, 70000]\n").unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");

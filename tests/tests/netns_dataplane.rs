@@ -631,3 +631,83 @@ fn a_bpffs_private_to_the_process_is_refused_unless_allowed() {
     assert!(gw.block_entry("198.18.0.7").is_some());
     assert!(pin_dir.exists());
 }
+
+/// (6) `why <address> --follow --for 3s`: while it runs, the verdict of each real packet from the
+/// address is printed, as the XDP program decided it (a passed SYN, then a SYN dropped by an
+/// exact entry added meanwhile); another source's packets are not; it ends by itself.
+#[test]
+fn why_follow_prints_the_kernel_verdict_of_each_packet() {
+    let mut lab = Lab::new("follw", RateLimit::default());
+    lab.gw.start();
+    let out = lab.gw.dir.join("follow.out");
+    let err = lab.gw.dir.join("follow.err");
+    let file = |path: &Path| std::fs::File::create(path).expect("output file");
+    let traced = EXACT_V4.to_string();
+    let child = lab
+        .gw
+        .cli_command(&["why", &traced, "--follow", "--for", "3s"])
+        .stdout(file(&out))
+        .stderr(file(&err))
+        .spawn()
+        .expect("start why --follow");
+    let mut follower = ChildGuard::new(child, "why --follow");
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            read(&err).contains("tracing ")
+        }),
+        "why --follow never started tracing:\n{}",
+        read(&err)
+    );
+
+    lab.assert_connects(EXACT_V4, "traced source, not blocked yet");
+    lab.assert_connects(ALLOWED_V4, "untraced source");
+    lab.gw.cli_ok(&["block", "add", &traced]);
+    lab.assert_blocked(EXACT_V4, "traced source, blocked");
+
+    let status = follower.wait_bounded(Duration::from_secs(10));
+    let (stdout, stderr) = (read(&out), read(&err));
+    assert!(
+        status.success(),
+        "why --follow: {status}\n{stdout}\n{stderr}"
+    );
+    // `<time> <src> -> port <port> <flags> <verdict>`, after the `why` report.
+    let verdicts: Vec<(String, String, String)> = stdout
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace().skip(1);
+            let src = words.next()?.to_string();
+            (words.next()? == "->" && words.next()? == "port").then_some(())?;
+            let port = words.next()?;
+            let flags = words.next()?.to_string();
+            Some((src, format!("{port} {flags}"), words.next()?.to_string()))
+        })
+        .collect();
+    let seen = |flags: &str, verdict: &str| {
+        verdicts
+            .iter()
+            .any(|(s, f, v)| *s == traced && f == flags && v == verdict)
+    };
+    assert!(seen("25 SYN", "passed"), "no passed SYN:\n{stdout}");
+    assert!(seen("25 ACK", "passed"), "no passed ACK:\n{stdout}");
+    assert!(seen("25 SYN", "dropped_exact"), "no dropped SYN:\n{stdout}");
+    assert!(
+        verdicts.iter().all(|(s, _, _)| *s == traced),
+        "only the traced source is printed:\n{stdout}"
+    );
+    let dropped = verdicts
+        .iter()
+        .filter(|(_, _, v)| v == "dropped_exact")
+        .count();
+    assert_eq!(
+        dropped, 1,
+        "one SYN dropped within the connect timeout:\n{stdout}"
+    );
+    assert!(
+        stderr.contains(&format!("{} packet(s) of {traced} traced", verdicts.len())),
+        "{stderr}"
+    );
+    // Its trace is gone: the next follower starts from an empty table (no line left behind).
+    let report = lab.gw.cli_ok(&["why", &traced]);
+    assert!(report.contains("dropped: "), "{report}");
+}

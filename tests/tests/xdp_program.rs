@@ -19,10 +19,12 @@ use frames::*;
 use smtp_gateway::dataplane::{
     Dataplane, Target, clock,
     config::{DataplaneConfig, MalformedPolicy, PacketPolicy},
+    follow::Follower,
     loader,
     stats::SourceRow,
+    trace,
 };
-use smtp_gateway_common::{AllowEntry, BlockEntry, origin};
+use smtp_gateway_common::{AllowEntry, BlockEntry, config_flags, origin};
 
 /// `xdp_action::XDP_DROP`.
 const XDP_DROP: u32 = 1;
@@ -1191,4 +1193,137 @@ fn lists_pinned_by_a_build_without_lists_used_are_all_looked_up() {
             .return_value;
         assert_eq!(action, verdict, "{src}: {}", action_name(action));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The live trace of `why --follow`.
+
+impl ProgTest {
+    /// A reader of this program's aya-log ring buffer.
+    fn follower(&mut self) -> Follower {
+        Follower::of_loaded(&mut self.ebpf).expect("open the program's log")
+    }
+
+    /// Traces `addr` until `until_ns` (monotonic).
+    fn trace(&mut self, addr: &str, until_ns: u64) {
+        let addr: IpAddr = addr.parse().expect("address");
+        self.dp
+            .trace_add(trace::source_key(addr), until_ns)
+            .expect("trace");
+    }
+
+    fn trace_bit(&self) -> bool {
+        self.dp.kernel_config().expect("kernel config").flags & config_flags::TRACE != 0
+    }
+}
+
+/// The trace lines as (source, port, flags, verdict).
+fn lines(follower: &mut Follower) -> Vec<(String, u16, String, String)> {
+    follower
+        .drain()
+        .into_iter()
+        .map(|l| (l.src.to_string(), l.dport, l.flag_names(), l.verdict))
+        .collect()
+}
+
+fn line(src: &str, port: u16, flags: &str, verdict: &str) -> (String, u16, String, String) {
+    (src.into(), port, flags.into(), verdict.into())
+}
+
+/// An hour from now on the program's clock.
+fn in_an_hour() -> u64 {
+    clock::monotonic_ns() + 3_600_000_000_000
+}
+
+#[test]
+fn without_a_trace_nothing_is_logged_and_verdicts_are_unchanged() {
+    let mut t = ProgTest::new("trace-off");
+    let mut follower = t.follower();
+    assert!(!t.trace_bit(), "fresh maps: no trace");
+    t.block("192.0.2.66");
+    t.expect(&v4_syn("192.0.2.7", 25), XDP_PASS, "passed");
+    t.expect(&v4_ack("192.0.2.7", 25), XDP_PASS, "passed");
+    t.expect(&v4_syn("192.0.2.66", 25), XDP_DROP, "dropped_exact");
+    t.expect(&v6_syn("2001:db8:1::7", 587), XDP_PASS, "passed");
+    t.expect(&v4_syn("192.0.2.7", 80), XDP_PASS, "not_inspected");
+    assert_eq!(lines(&mut follower), [], "no trace: no log line");
+}
+
+#[test]
+fn a_traced_source_is_logged_and_the_others_are_not() {
+    let mut t = ProgTest::new("trace-on");
+    let mut follower = t.follower();
+    t.trace("192.0.2.7", in_an_hour());
+    t.trace("2001:db8:1::7", in_an_hour());
+    assert!(t.trace_bit(), "a trace sets the bit");
+    t.expect(&v4_syn("192.0.2.7", 25), XDP_PASS, "passed");
+    t.expect(&v4_syn("192.0.2.8", 25), XDP_PASS, "passed");
+    t.expect(&v4_ack("192.0.2.7", 587), XDP_PASS, "passed");
+    t.block("192.0.2.7");
+    t.expect(&v4_syn("192.0.2.7", 25), XDP_DROP, "dropped_exact");
+    t.expect(&v6_syn("2001:db8:1::7", 465), XDP_PASS, "passed");
+    t.expect(&v6_syn("2001:db8:1::8", 465), XDP_PASS, "passed");
+    // Not inspected (port 80): not traced either.
+    t.expect(&v4_syn("192.0.2.7", 80), XDP_PASS, "not_inspected");
+    assert_eq!(
+        lines(&mut follower),
+        [
+            line("192.0.2.7", 25, "SYN", "passed"),
+            line("192.0.2.7", 587, "ACK", "passed"),
+            line("192.0.2.7", 25, "SYN", "dropped_exact"),
+            line("2001:db8:1::7", 465, "SYN", "passed"),
+        ]
+    );
+    t.expect_source("192.0.2.7", 3, 2, 1);
+}
+
+#[test]
+fn an_ended_trace_logs_nothing_and_its_removal_clears_the_bit() {
+    let mut t = ProgTest::new("trace-ended");
+    let mut follower = t.follower();
+    let key = trace::source_key("192.0.2.7".parse().expect("address"));
+    // A trace a killed follower left behind: ended (a second ago: the program reads the coarse
+    // clock, up to a tick behind), bit still set.
+    let ended = clock::monotonic_ns() - 1_000_000_000;
+    t.dp.trace_add(key, ended).expect("trace");
+    assert!(t.trace_bit());
+    t.expect(&v4_syn("192.0.2.7", 25), XDP_PASS, "passed");
+    assert_eq!(lines(&mut follower), [], "an ended trace logs nothing");
+    // The sweep removes it and clears the bit.
+    t.dp.sweep_expired(clock::monotonic_ns()).expect("sweep");
+    assert!(!t.trace_bit(), "no live trace left: bit cleared");
+    assert_eq!(t.dp.traces(0).expect("traces"), []);
+
+    // Two followers of one source: the first to end leaves the other's trace alone.
+    let until = in_an_hour();
+    t.dp.trace_add(key, until).expect("trace");
+    let later = t.dp.trace_add(key, until + 1).expect("second follower");
+    assert_eq!(later, until + 1);
+    t.dp.trace_remove(key, until, clock::monotonic_ns())
+        .expect("first ends");
+    assert!(t.trace_bit(), "the second follower still traces");
+    t.expect(&v4_syn("192.0.2.7", 25), XDP_PASS, "passed");
+    assert_eq!(
+        lines(&mut follower),
+        [line("192.0.2.7", 25, "SYN", "passed")]
+    );
+    t.dp.trace_remove(key, later, clock::monotonic_ns())
+        .expect("second ends");
+    assert!(!t.trace_bit(), "last follower gone: bit cleared");
+    t.expect(&v4_syn("192.0.2.7", 25), XDP_PASS, "passed");
+    assert_eq!(lines(&mut follower), []);
+}
+
+#[test]
+fn a_configuration_push_keeps_the_trace_bit() {
+    let mut t = ProgTest::new("trace-reload");
+    let mut follower = t.follower();
+    t.trace("192.0.2.7", in_an_hour());
+    t.reconfigure(|c| c.protected_ports = vec![25, 2525]);
+    assert!(t.trace_bit(), "a reload must not end a trace");
+    t.expect(&v4_syn("192.0.2.7", 2525), XDP_PASS, "passed");
+    assert_eq!(
+        lines(&mut follower),
+        [line("192.0.2.7", 2525, "SYN", "passed")]
+    );
 }

@@ -5,6 +5,7 @@
 pub mod allow;
 pub mod block;
 pub mod detach;
+pub mod follow;
 pub mod reload;
 pub mod stats;
 pub mod top;

@@ -1,5 +1,6 @@
-//! `smtp-gateway why <address> [--json]`: why a source is dropped (or not). Through the daemon
-//! when it runs (its SMTP session outcomes included), else on the pinned maps.
+//! `smtp-gateway why <address> [--json] [--follow [--for DURATION]]`: why a source is dropped (or
+//! not). Through the daemon when it runs (its SMTP session outcomes included), else on the pinned
+//! maps; `--follow` then traces its packets live (`follow.rs`).
 
 use std::process::ExitCode;
 
@@ -25,10 +26,16 @@ pub fn run(config: &Config, args: &crate::cli::WhyArgs) -> anyhow::Result<ExitCo
             bail!("the daemon sent no answer about {}", args.address)
         }
     };
-    if args.json {
+    if args.json && args.follow {
+        // JSON Lines: the report, then one object per packet.
+        println!("{}", serde_json::to_string(&report)?);
+    } else if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print(&report);
+    }
+    if args.follow {
+        return super::follow::run(config, report.address, args.duration, args.json);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -41,6 +41,10 @@ pub struct DataplaneConfig {
     /// Mount a bpffs at /sys/fs/bpf even in a mount namespace that is not the host's (where it
     /// would be private to the process: its pins die with it). Off: refused with an explanation.
     pub allow_private_bpffs: bool,
+    /// Longest `why --follow --for` (and its default when `--for` is not given is the shorter of
+    /// this and 60 s): a trace always ends by itself.
+    #[serde(with = "humantime_serde")]
+    pub trace_max_duration: Duration,
 }
 
 impl Default for DataplaneConfig {
@@ -58,6 +62,7 @@ impl Default for DataplaneConfig {
             rate_limit: RateLimitConfig::default(),
             capacity: CapacityConfig::default(),
             allow_private_bpffs: false,
+            trace_max_duration: Duration::from_secs(600),
         }
     }
 }
@@ -142,6 +147,8 @@ pub struct CapacityConfig {
     pub source_stats: u32,
     /// Distinct reason texts.
     pub reasons: u32,
+    /// Sources `why --follow` can trace at once (at most [`MAX_TRACE_SOURCES`]).
+    pub trace_sources: u32,
 }
 
 impl Default for CapacityConfig {
@@ -157,6 +164,7 @@ impl Default for CapacityConfig {
             rate_sources: c::RATE_STATE,
             source_stats: c::SOURCE_STATS,
             reasons: c::REASONS,
+            trace_sources: c::TRACE,
         }
     }
 }
@@ -164,6 +172,13 @@ impl Default for CapacityConfig {
 /// Largest `dataplane.sweep_interval` (expired entries stop dropping at once regardless; the
 /// sweep only frees their slots).
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Largest `dataplane.capacity.trace_sources`: a trace is a debugging aid for a few sources, and
+/// every traced packet is a log line.
+pub const MAX_TRACE_SOURCES: u32 = 1024;
+
+/// Largest `dataplane.trace_max_duration`.
+pub const MAX_TRACE_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// Largest capacity accepted for any map (the kernel's own limits are lower for some types).
 const MAX_CAPACITY: u32 = 64 * 1024 * 1024;
@@ -248,6 +263,7 @@ impl DataplaneConfig {
             ("rate_sources", c.rate_sources),
             ("source_stats", c.source_stats),
             ("reasons", c.reasons),
+            ("trace_sources", c.trace_sources.min(MAX_CAPACITY)),
         ] {
             if value == 0 || value > MAX_CAPACITY {
                 return bad(
@@ -256,6 +272,21 @@ impl DataplaneConfig {
                 );
             }
         }
+        if c.trace_sources > MAX_TRACE_SOURCES {
+            return bad(
+                "capacity.trace_sources",
+                format!(
+                    "{} is out of range (1..={MAX_TRACE_SOURCES})",
+                    c.trace_sources
+                ),
+            );
+        }
+        Invalid::duration_in(
+            "dataplane.trace_max_duration",
+            d.trace_max_duration,
+            Duration::from_secs(1),
+            MAX_TRACE_DURATION,
+        )?;
         Ok(())
     }
 }

@@ -69,6 +69,9 @@ pub enum DataplaneError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// `why --follow` could not trace (no attached program, its log unreadable).
+    #[error("trace: {0}")]
+    Trace(String),
     /// A task panicked while holding the data plane.
     #[error("internal error: the data plane lock was poisoned by a failed task")]
     Poisoned,

@@ -78,7 +78,8 @@ fn loader<'a>(layout: &'a PinLayout, cfg: &DataplaneConfig) -> EbpfLoader<'a> {
         .map_max_entries(maps::ALLOW_V6, c.allow_v6)
         .map_max_entries(maps::RATE_STATE, c.rate_sources)
         .map_max_entries(maps::SOURCE_STATS, c.source_stats)
-        .map_max_entries(maps::REASONS, c.reasons);
+        .map_max_entries(maps::REASONS, c.reasons)
+        .map_max_entries(maps::TRACE, c.trace_sources);
     loader
 }
 
@@ -292,6 +293,7 @@ fn warn_capacity_drift(dataplane: &Dataplane, cfg: &DataplaneConfig) {
         (maps::RATE_STATE, "rate_sources", c.rate_sources),
         (maps::SOURCE_STATS, "source_stats", c.source_stats),
         (maps::REASONS, "reasons", c.reasons),
+        (maps::TRACE, "trace_sources", c.trace_sources),
     ] {
         let actual = dataplane.capacity(name);
         if actual != wanted {

@@ -33,6 +33,8 @@ pub struct Dataplane {
     meta: Array<MapData, Meta>,
     /// One slot per list map (`list_slot`): 1 once the map has held an entry.
     lists_used: Array<MapData, u32>,
+    /// Traced sources of `why --follow`: end of each trace (monotonic ns).
+    pub(super) trace: HashMap<MapData, SourceKey, u64>,
     /// Slots this handle has already set (a slot is never cleared, so one write per handle
     /// suffices; bulk writers then pay nothing per entry).
     marked_used: [bool; list_slot::COUNT as usize],
@@ -83,6 +85,7 @@ impl Dataplane {
             reasons: open_map!(maps::REASONS),
             meta: open_map!(maps::META),
             lists_used: open_map!(maps::LISTS_USED),
+            trace: open_map!(maps::TRACE),
             marked_used: [false; list_slot::COUNT as usize],
             capacities,
             layout,
@@ -186,13 +189,20 @@ impl Dataplane {
                     source,
                 })?;
         }
+        // The TRACE bit belongs to `why --follow` (dataplane/trace.rs), not to the config file.
+        let mut new = kernel_config(cfg);
+        new.flags |= self.kernel_config()?.flags & config_flags::TRACE;
+        self.set_kernel_config(new)
+    }
+
+    /// Replaces the kernel configuration.
+    pub(super) fn set_kernel_config(&mut self, cfg: KernelConfig) -> Result<(), DataplaneError> {
         self.config
-            .set(0, kernel_config(cfg), 0)
+            .set(0, cfg, 0)
             .map_err(|source| DataplaneError::Map {
                 name: maps::CONFIG,
                 source,
-            })?;
-        Ok(())
+            })
     }
 
     /// The configuration the kernel currently runs with.

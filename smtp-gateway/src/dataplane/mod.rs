@@ -13,6 +13,8 @@
 //! - `batch.rs`: `BPF_MAP_UPDATE_BATCH` (many entries per system call) for the import;
 //! - `stats.rs`: verdict and per-source counters;
 //! - `sweeper.rs`: removal of expired entries, and the daemon task that sweeps periodically;
+//! - `trace.rs`: the traced sources of `why --follow` and the `TRACE` bit;
+//! - `follow.rs`: reading the program's aya-log trace lines (`why --follow`);
 //! - `clock.rs`: the monotonic clock the program uses;
 //! - `error.rs`: [`DataplaneError`].
 
@@ -20,6 +22,7 @@ mod batch;
 pub mod clock;
 pub mod config;
 mod error;
+pub mod follow;
 pub mod import;
 pub mod lists;
 pub mod loader;
@@ -31,6 +34,7 @@ mod shared;
 pub mod stats;
 pub mod sweeper;
 mod target;
+pub mod trace;
 
 pub use error::DataplaneError;
 pub use maps::{Dataplane, kernel_config};

@@ -1,7 +1,7 @@
 //! Where the pinned state lives in bpffs, and the checks before reusing it.
 //!
 //! ```text
-//! <pin_dir>/v<LAYOUT_VERSION>/BLOCK_V4 ... META     every map, pinned by name
+//! <pin_dir>/v<LAYOUT_VERSION>/BLOCK_V4 ... TRACE    every map, pinned by name
 //! <pin_dir>/v<LAYOUT_VERSION>/link_<interface>     the XDP link of each interface
 //! ```
 //!
@@ -175,7 +175,7 @@ const fn spec<K, V>(name: &'static str, map_type: MapType) -> MapSpec {
 /// LPM keys are `{prefix_len: u32, data}` packed.
 type LpmKey<const N: usize> = ([u8; 4], [u8; N]);
 
-const MAP_SPECS: [MapSpec; 14] = [
+const MAP_SPECS: [MapSpec; 15] = [
     spec::<[u8; 4], BlockEntry>(maps::BLOCK_V4, MapType::Hash),
     spec::<[u8; 16], BlockEntry>(maps::BLOCK_V6, MapType::Hash),
     spec::<LpmKey<4>, BlockEntry>(maps::BLOCK_NET_V4, MapType::LpmTrie),
@@ -190,6 +190,7 @@ const MAP_SPECS: [MapSpec; 14] = [
     spec::<u32, ReasonText>(maps::REASONS, MapType::Hash),
     spec::<u32, Meta>(maps::META, MapType::Array),
     spec::<u32, u32>(maps::LISTS_USED, MapType::Array),
+    spec::<SourceKey, u64>(maps::TRACE, MapType::Hash),
 ];
 
 fn is_bpffs(path: &Path) -> bool {

@@ -3,7 +3,8 @@
 //! collected first and deleted afterwards: deleting while walking a hash with "next key" restarts
 //! the walk. The reasons of the removed entries are freed when no other entry cites them (the
 //! walk that finds the expired entries also sees which reasons the others cite). [`sweep_loop`]
-//! is the daemon's task that sweeps every `dataplane.sweep_interval`.
+//! is the daemon's task that sweeps every `dataplane.sweep_interval`. The same sweep removes
+//! ended traces of `why --follow` and clears the `TRACE` bit when none is left (`trace.rs`).
 
 use std::{collections::HashSet, time::Duration};
 
@@ -77,6 +78,8 @@ impl Dataplane {
         sweep!(self.block_v6, maps::BLOCK_V6);
         sweep!(self.block_net_v4, maps::BLOCK_NET_V4);
         sweep!(self.block_net_v6, maps::BLOCK_NET_V6);
+        // Traces a killed `why --follow` left behind, and the TRACE bit with them.
+        self.sweep_traces(now_ns)?;
         gone.remove(&0);
         gone.retain(|id| !cited.contains(id));
         if !gone.is_empty() {

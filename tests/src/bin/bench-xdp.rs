@@ -13,6 +13,8 @@
 //!   its own timer and bottom-half bracket around the run: these rows are read against a baseline
 //!   measured the same way (UDP, not inspected, distinct sources), median and p10–p90 of the
 //!   single runs.
+//! - Trace (`why --follow`): with a trace active, a packet of an untraced source (one more lookup)
+//!   and of a traced one (one aya-log line per packet, runs of 256 read after each run).
 //! - Import: `smtp-gateway block import` of a file of 1M IPv4 + 1M IPv6 addresses into fresh maps,
 //!   timed as an operator would see it. The binary is taken from the directory of this executable
 //!   (build it first: `cargo build --release -p smtp-gateway`).
@@ -39,7 +41,7 @@ use smtp_gateway_tests::{
 use std::{
     fmt::Write as _,
     io::{BufWriter, Write as _},
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Command, ExitCode},
     time::{Duration, Instant},
@@ -48,11 +50,17 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use aya::programs::{TestRun, TestRunOptions};
 use frames::{Frame, Ipv4, Ipv6, Tcp};
-use smtp_gateway::dataplane::{Dataplane, PinLayout, Target, config::DataplaneConfig, loader};
+use smtp_gateway::dataplane::{
+    Dataplane, PinLayout, Target, clock, config::DataplaneConfig, follow::Follower, loader, trace,
+};
 use smtp_gateway_common::{BlockEntry, Verdict, maps, origin};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+
+/// `repeat` of a run on a traced source: its log lines (one per packet) must fit aya-log's ring
+/// buffer (128 KiB) until read.
+const TRACED_REPEAT: u32 = 256;
 
 /// Test sources (RFC 2544 benchmarking range and the IPv6 documentation prefix).
 const HIT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -524,6 +532,55 @@ fn run(settings: Settings) -> Result<()> {
             Some(v6_entries),
         )?);
     }
+
+    // `why --follow`: with a trace active the program looks every inspected source up in the
+    // TRACE map (another source traced: a miss), and logs each packet of a traced source with
+    // aya-log. Logged runs are short (`TRACED_REPEAT`) and the log is read after each, so every
+    // line fits the ring buffer and each run measures real logging, never a full buffer.
+    let traced_src = Ipv4Addr::new(198, 18, 0, 4);
+    let until = clock::monotonic_ns() + 3_600_000_000_000;
+    bench
+        .dp
+        .trace_add(trace::source_key(IpAddr::V4(traced_src)), until)?;
+    rows.push(bench.measure(
+        "trace miss: SYN, another source traced",
+        "IPv4",
+        &syn_v4(MISS_V4),
+        XDP_PASS,
+        Verdict::Passed,
+        Some(bench.v4_entries),
+    )?);
+    let mut follower = Follower::of_loaded(&mut bench.ebpf)?;
+    let repeat = std::mem::replace(&mut bench.settings.repeat, TRACED_REPEAT);
+    let runs = std::mem::replace(&mut bench.settings.runs, 1);
+    let mut traced = None::<Row>;
+    for _ in 0..runs {
+        let row = bench.measure(
+            "trace hit: SYN, source traced (one log line per packet)",
+            "IPv4",
+            &syn_v4(traced_src),
+            XDP_PASS,
+            Verdict::Passed,
+            Some(bench.v4_entries),
+        )?;
+        let logged = follower.drain().len();
+        ensure!(
+            logged == TRACED_REPEAT as usize,
+            "traced source: {logged} log lines for {TRACED_REPEAT} packets"
+        );
+        match &mut traced {
+            Some(t) => t.samples.extend(row.samples),
+            None => traced = Some(row),
+        }
+    }
+    bench.settings.repeat = repeat;
+    bench.settings.runs = runs;
+    rows.extend(traced);
+    bench.dp.trace_remove(
+        trace::source_key(IpAddr::V4(traced_src)),
+        until,
+        clock::monotonic_ns(),
+    )?;
 
     // The SYN limiter: a source over its limit. Burst 1 at one SYN per 1000 s: once a first SYN
     // is admitted (below), no token comes back during the measurements.

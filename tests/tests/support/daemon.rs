@@ -159,12 +159,20 @@ impl Daemon {
 
     /// `smtp-gateway -c CONFIG <args>` in the gateway namespace.
     pub fn cli(&self, args: &[&str]) -> Output {
-        run(nsenter(&self.ns, &self.bin)
+        run(&mut self.cli_command(args))
+    }
+
+    /// The command of [`Self::cli`], not started (for a CLI that runs alongside the test, such as
+    /// `why --follow`).
+    pub fn cli_command(&self, args: &[&str]) -> std::process::Command {
+        let mut command = nsenter(&self.ns, &self.bin);
+        command
             .arg("-c")
             .arg(&self.config)
             .args(args)
             .env("NO_COLOR", "1")
-            .stdin(Stdio::null()))
+            .stdin(Stdio::null());
+        command
     }
 
     /// Like [`Self::cli`], panicking unless the command succeeds; returns stdout.
