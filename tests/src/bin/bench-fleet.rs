@@ -14,7 +14,9 @@
 //! `block del` on A, and both gateways must pass the probe again before the next repeat. The
 //! same-run baseline, alternated with it: `block add` on A → A's own XDP drops the probe. Both are
 //! timed from the start of the CLI (its process start-up included), resolution about
-//! [`PROBE_GAP`]. Aim: p99 ≤ 100 ms on loopback Redis.
+//! [`PROBE_GAP`]; during a fleet ban A's counter is polled too, so A's first drop → B's first
+//! drop times the propagation itself (Redis write, publish, B's subscriber, B's map write).
+//! Aim: p99 ≤ 100 ms on loopback Redis.
 //!
 //! **Extra latency per SMTP session.** Two gateways on loopback (no XDP: `interfaces = []`), the
 //! benchmarks' configuration (tests/src/gateway_config.rs: every cheap check on, no greet pause,
@@ -293,17 +295,22 @@ fn wait_passing(dp: &Dataplane, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Times one `block add PROBE` on `on`, until `watched` drops the probe; returns (first drop,
-/// CLI exit) in ms.
-fn time_ban(on: &Node, watched: &Dataplane) -> Result<(f64, f64)> {
-    let dropped_before = verdict(watched, "dropped_exact")?;
+/// Times one `block add PROBE` on `on`, until every one of `watched` drops the probe; returns
+/// the first drop of each and the CLI's exit, in ms from the CLI's start.
+fn time_ban(on: &Node, watched: &[&Dataplane]) -> Result<(Vec<f64>, f64)> {
+    let dropped_before = watched
+        .iter()
+        .map(|dp| verdict(dp, "dropped_exact"))
+        .collect::<Result<Vec<u64>>>()?;
     let t0 = Instant::now();
     let mut cli = on.spawn_block_add()?;
-    let (mut first, mut exited) = (None, None);
-    while first.is_none() || exited.is_none() {
+    let mut first: Vec<Option<Duration>> = vec![None; watched.len()];
+    let mut exited = None;
+    while first.iter().any(Option::is_none) || exited.is_none() {
         ensure!(
             t0.elapsed() < DROP_WITHIN,
-            "no drop within {DROP_WITHIN:?} of block add (CLI exited: {exited:?})"
+            "no drop within {DROP_WITHIN:?} of block add (drops: {first:?}, CLI exited: \
+             {exited:?})"
         );
         if exited.is_none()
             && let Some(status) = cli.child.as_mut().map(|c| c.try_wait()).transpose()?
@@ -312,13 +319,15 @@ fn time_ban(on: &Node, watched: &Dataplane) -> Result<(f64, f64)> {
             ensure!(status.success(), "smtp-gateway block add failed ({status})");
             exited = Some(t0.elapsed());
         }
-        if first.is_none() && verdict(watched, "dropped_exact")? > dropped_before {
-            first = Some(t0.elapsed());
+        for ((dp, before), first) in watched.iter().zip(&dropped_before).zip(&mut first) {
+            if first.is_none() && verdict(dp, "dropped_exact")? > *before {
+                *first = Some(t0.elapsed());
+            }
         }
         std::thread::sleep(POLL);
     }
     let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e3);
-    Ok((ms(first), ms(exited)))
+    Ok((first.into_iter().map(ms).collect(), ms(exited)))
 }
 
 /// Ban latencies, ms.
@@ -330,6 +339,8 @@ struct Bans {
     local: Vec<f64>,
     /// The CLI's own run (start → exit), over every ban.
     cli: Vec<f64>,
+    /// Within one fleet ban: A's first drop → B's first drop (the propagation itself).
+    propagation: Vec<f64>,
     /// Probe SYNs sent (both labs).
     probes: u64,
 }
@@ -359,17 +370,20 @@ fn measure_bans(settings: &Settings, redis: &Redis) -> Result<Bans> {
     for i in 0..settings.bans * 2 {
         ensure!(started.elapsed() < bound, "out of time for the bans");
         let fleet = i % 2 == 0;
-        let (first, exited) = time_ban(&a, if fleet { &dp_b } else { &dp_a })?;
+        let watched: &[&Dataplane] = if fleet { &[&dp_b, &dp_a] } else { &[&dp_a] };
+        let (first, exited) = time_ban(&a, watched)?;
         bans.cli.push(exited);
+        let at = |i: usize| first.get(i).copied().unwrap_or_default();
         if fleet {
-            bans.fleet.push(first);
+            bans.fleet.push(at(0));
+            bans.propagation.push(at(0) - at(1));
             // The drop was B's copy of A's ban.
             let entry =
                 b.gw.block_entry(&target)
                     .context("B dropped but lists nothing")?;
             ensure!(entry["origin"] == "fleet", "B's entry: {entry}");
         } else {
-            bans.local.push(first);
+            bans.local.push(at(0));
         }
         a.gw.cli_ok(&["block", "del", &target]);
         wait_passing(&dp_a, "A after block del")?;
@@ -714,6 +728,7 @@ fn report(
     let fleet = sorted(&bans.fleet);
     let local = sorted(&bans.local);
     let cli = sorted(&bans.cli);
+    let propagation = sorted(&bans.propagation);
     let (f50, f99, fmax) = (
         quantile(&fleet, 0.5),
         quantile(&fleet, 0.99),
@@ -731,14 +746,17 @@ fn report(
          Two gateways (XDP native on their own veth, each in its own namespace lab) share Redis. \
          {n} times each, alternated: `smtp-gateway block add` on A (the CLI through A's control \
          socket) until B's XDP drops a SYN from the banned source (fleet), or A's own XDP drops it \
-         (local baseline). A probe sends one SYN from that source to each gateway every {gap} µs \
+         (local baseline); during each fleet ban A's counter is watched too, which times the \
+         propagation itself. A probe sends one SYN from that source to each gateway every {gap} µs \
          (the resolution); B's pinned `dropped_exact` counter is read every {poll} µs. Every fleet \
          ban was checked to be listed on B with origin `fleet`; `block del` on A and both gateways \
          passing the probe again came before the next ban. {probes} probe SYNs in all.\n\n\
          | path | p50 | p99 | max |\n|---|---|---|---|\n\
          | block add on A → dropped by B (fleet) | {f50:.2} ms | {f99:.2} ms | {fmax:.2} ms |\n\
          | block add on A → dropped by A (local baseline) | {l50:.2} ms | {l99:.2} ms | {lmax:.2} ms |\n\
-         | the CLI's own run (start → exit), every ban | {c50:.2} ms | {c99:.2} ms | {cmax:.2} ms |\n\n\
+         | the CLI's own run (start → exit), every ban | {c50:.2} ms | {c99:.2} ms | {cmax:.2} ms |\n\
+         | within a fleet ban: A's first drop → B's first drop (the propagation) | {p50:.2} ms | \
+         {p99:.2} ms | {pmax:.2} ms |\n\n\
          - fleet / local: {r50:.2}× at p50, {r99:.2}× at p99; the fleet's extra (Redis write, \
          publish, B's subscriber, B's map write): {d50:.2} ms at p50\n\
          - aim p99 ≤ {BAN_AIM_MS:.0} ms: {aim}\n",
@@ -747,6 +765,9 @@ fn report(
         poll = POLL.as_micros(),
         probes = bans.probes,
         lmax = local.last().copied().unwrap_or_default(),
+        p50 = quantile(&propagation, 0.5),
+        p99 = quantile(&propagation, 0.99),
+        pmax = propagation.last().copied().unwrap_or_default(),
         c50 = quantile(&cli, 0.5),
         c99 = quantile(&cli, 0.99),
         cmax = cli.last().copied().unwrap_or_default(),
@@ -823,12 +844,17 @@ fn figures(settings: &Settings, bans: &Bans, off: &Sessions, on: &Sessions) -> F
         title: "block add on A: time until a SYN from the source is dropped".into(),
         x_label: "where".into(),
         y_label: "ms (bar: median, whisker: min–max)".into(),
-        categories: vec!["on A (local)".into(), "on B (fleet)".into()],
+        categories: vec![
+            "on A (local)".into(),
+            "on B (fleet)".into(),
+            "A's drop → B's drop".into(),
+        ],
         series: vec![Series {
             name: "block add → first drop".into(),
             points: vec![
                 Point::from_samples("on A (local)", &bans.local),
                 Point::from_samples("on B (fleet)", &bans.fleet),
+                Point::from_samples("A's drop → B's drop", &bans.propagation),
             ],
         }],
         note: format!(
