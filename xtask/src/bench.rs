@@ -37,11 +37,20 @@ pub enum Which {
     Drop,
     /// Clean sessions per second and handshake latency while floods run, XDP on and off.
     Attack,
+    /// Fleet state through Redis: ban-to-drop latency on another gateway against the local
+    /// one, and SMTP session latency and rate with the Redis store against none.
+    Fleet,
 }
 
 impl Which {
     /// Every sub-benchmark, in the order BENCHMARKS.md lists them.
-    const ALL: [Which; 4] = [Which::Xdp, Which::Smtp, Which::Drop, Which::Attack];
+    const ALL: [Which; 5] = [
+        Which::Xdp,
+        Which::Smtp,
+        Which::Drop,
+        Which::Attack,
+        Which::Fleet,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -49,6 +58,7 @@ impl Which {
             Which::Smtp => "smtp",
             Which::Drop => "drop",
             Which::Attack => "attack",
+            Which::Fleet => "fleet",
         }
     }
 

@@ -2,6 +2,8 @@
 //! short scripted scenario a postmaster can watch (good mail over IPv4 and IPv6, a relay attempt,
 //! a pregreeting bot and its auto-ban, a runtime block, a SYN flood), each step saying what should
 //! happen and what did. A step whose outcome differs is marked ✘ and makes the demo exit 1.
+//! `--fleet` runs the two-gateway variant instead (`demo/fleet.rs`: one Redis, a ban on A
+//! dropped by B, a bot counted across both).
 //!
 //! ```text
 //!  client   198.18.1.10, 2001:db8:1::10  eth0 ═══ gw-client  ─┐  gw: 198.18.0.1, 2001:db8::1 (lo)
@@ -40,6 +42,8 @@ use smtp_gateway_test_kit::{
 };
 
 use crate::{cargo, render, run_cmd, setup};
+
+mod fleet;
 
 /// The gateway's service addresses (on its loopback, routed to by every host).
 const GW_V4: &str = "198.18.0.1";
@@ -175,7 +179,8 @@ fn kill_group(pid: u32, sig: i32) {
 
 // ---------------------------------------------------------------------------------------------
 
-pub fn run(root: &Path) -> anyhow::Result<()> {
+/// `fleet`: the two-gateway variant (`demo/fleet.rs`) instead.
+pub fn run(root: &Path, fleet: bool) -> anyhow::Result<()> {
     // swaks needs IO::Socket::INET6 for the IPv6 session.
     setup::apt(&["libio-socket-inet6-perl"])?;
     run_cmd(
@@ -188,6 +193,9 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         .unwrap_or_else(|| root.join("target"));
     let bin = gateway_binary(&target.join("debug"))?;
     install_signal_handlers();
+    if fleet {
+        return fleet::run(bin);
+    }
 
     let started = Instant::now();
     let mut story = Story::default();

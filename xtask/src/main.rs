@@ -1,5 +1,5 @@
 //! Project tasks: `cargo xtask setup | test | package | bench [NAME...] [--quick |
-//! --render-only] | demo | fuzz [TARGET...] [--time S]`.
+//! --render-only] | demo [--fleet] | fuzz [TARGET...] [--time S]`.
 //!
 //! Every task runs `setup` first, so one command works on a fresh machine of this kind
 //! (Debian 12, root): apt packages, bpf-linker in the project-local `.tools/`, bpffs.
@@ -58,7 +58,12 @@ enum Task {
     },
     /// Run the gateway in a network-namespace lab with a real Postfix backend: good mail, a
     /// spammer, a runtime block and a SYN flood, narrated; everything is removed afterwards.
-    Demo,
+    Demo {
+        /// Two gateways sharing one Redis instead: a ban on A drops on B, mail through each, a
+        /// bot failing on A then on B banned on both.
+        #[arg(long)]
+        fleet: bool,
+    },
     /// Build the cargo-fuzz targets of fuzz/ and run each for a while on its committed corpus;
     /// prints the executions per target, fails on a crash (the input stays in fuzz/artifacts/).
     Fuzz {
@@ -98,9 +103,9 @@ fn main() -> anyhow::Result<()> {
             setup::run_all(&root)?;
             bench::run(&root, &which, quick)
         }
-        Task::Demo => {
+        Task::Demo { fleet } => {
             setup::run(&root)?;
-            demo::run(&root)
+            demo::run(&root, fleet)
         }
         Task::Fuzz { targets, time } => {
             setup::run(&root)?;
