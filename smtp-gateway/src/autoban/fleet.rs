@@ -15,7 +15,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use tokio::sync::mpsc;
 
-use super::store::count_id;
+use super::{AutobanConfig, store::count_id};
 use crate::{
     checks::Check,
     dataplane::Target,
@@ -33,6 +33,17 @@ pub(super) struct Counted {
     pub(super) source: IpAddr,
     /// The fleet's count after this firing; `None` when the store failed (logged, counted).
     pub(super) total: Option<u64>,
+}
+
+impl Counted {
+    /// Whether the fleet's count reaches what its check needs (with auto-ban on and the check
+    /// configured).
+    pub(super) fn reaches(&self, cfg: &AutobanConfig) -> bool {
+        match (cfg.checks.get(self.check.name()), self.total) {
+            (Some(needed), Some(total)) => cfg.enabled && total >= u64::from(*needed),
+            _ => false,
+        }
+    }
 }
 
 /// Increments whose answer is still out, per ban target.

@@ -160,7 +160,7 @@ where
                 let ended = fleet.as_mut().is_some_and(|f| f.answered(&counted));
                 let cfg = config.borrow();
                 let now = Instant::now();
-                if tally.fleet_reached(&cfg, &counted) {
+                if counted.reaches(&cfg) {
                     let due = ended.then(|| now + cfg.grace);
                     let change = tally.decide(&cfg, counted.target, counted.check, counted.source, due, now);
                     if change.is_some() {

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{AutobanConfig, fleet::Counted, write::Ban};
+use super::{AutobanConfig, write::Ban};
 use crate::{
     checks::{Action, Check},
     dataplane::Target,
@@ -132,15 +132,6 @@ impl Tally {
             self.all_due(now);
         }
         decided
-    }
-
-    /// Whether the fleet's count in `counted` reaches what its check needs (with auto-ban on and
-    /// the check configured).
-    pub(super) fn fleet_reached(&self, cfg: &AutobanConfig, counted: &Counted) -> bool {
-        match (cfg.checks.get(counted.check.name()), counted.total) {
-            (Some(needed), Some(total)) => cfg.enabled && total >= u64::from(*needed),
-            _ => false,
-        }
     }
 
     /// A session of `source` ended: its target's pending ban is due after the grace.
