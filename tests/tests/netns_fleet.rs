@@ -11,6 +11,8 @@
 //! - `block del` on A: B lists it no more and lets it connect again;
 //! - a gateway started after a ban (C) catches up (reconcile at subscription) and drops it;
 //!   a ban deleted while C was stopped is removed at C's next start;
+//! - an operator's `allow add` on A reaches B (by message) and C: a source banned on C (and so
+//!   everywhere) connects to B and C again; `allow del` on A makes both drop it again;
 //! - Redis killed: A, B and C keep dropping what they hold; Redis restarted empty: nothing is
 //!   removed, A publishes its own bans again, and a ban made after the restart reaches B and C;
 //! - `block import` on B (pinned maps written by the CLI; B never reconciles on its own) reaches
@@ -64,8 +66,11 @@ const PREGREETER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 46));
 const ROTATOR: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 47));
 /// Imported on A with `block import` (no daemon involved).
 const IMPORTED: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 48));
+/// Banned on C, allowlisted on A, then taken off A's allowlist.
+const PARTNER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 49));
 /// Every client address of the labs.
-const CLIENTS: [IpAddr; 8] = [
+const CLIENTS: [IpAddr; 9] = [
+    PARTNER,
     IMPORTED,
     BOT,
     NEIGHBOUR,
@@ -298,6 +303,64 @@ fn a_ban_on_one_gateway_drops_on_the_others() {
     b.wait_lifted(&gone);
     c.gw.start();
     c.wait_lifted(&gone);
+
+    // An operator's allowlist entry on A reaches B (by message: B never reconciles after its
+    // start) and C, and wins over a ban there; its deletion on A makes them drop again.
+    let partner = PARTNER.to_string();
+    let prefix = format!("{partner}/32");
+    c.gw.cli_ok(&["block", "add", &partner, "--ttl", "1h"]);
+    b.wait_fleet_ban(&partner);
+    b.assert_dropped(PARTNER, "banned on C");
+    a.gw.cli_ok(&["allow", "add", &partner, "--reason", "partner relay"]);
+    for (node, name) in [(&b, "B"), (&c, "C")] {
+        let mut entry = None;
+        wait_until(APPLY_TIMEOUT, Duration::from_millis(20), || {
+            entry = node.gw.allow_entry(&prefix);
+            entry.is_some()
+        });
+        let Some(entry) = entry else {
+            node.fail(
+                "allowlisted on A",
+                &format!("{name} has no allowlist entry"),
+            );
+        };
+        assert_eq!(
+            (entry["origin"].as_str(), entry["reason"].as_str()),
+            (Some("fleet"), Some("partner relay")),
+            "{name}: {entry}"
+        );
+        node.assert_connects(PARTNER, "allowlisted on A, banned on C");
+    }
+    assert_eq!(
+        c.gw.block_entry(&partner).expect("C's own ban stays")["origin"],
+        "cli"
+    );
+    // `why` on B names the allowlist record, A's, from the store.
+    let why = b.gw.cli_json(&["why", &partner, "--json"]);
+    let allows = why["store"]["allows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        allows.iter().any(|r| r["target"] == partner.as_str()
+            && r["node"] == "node-a"
+            && r["reason"] == "partner relay"),
+        "why on B must show A's allowlist record: {why:#}"
+    );
+    a.gw.cli_ok(&["allow", "del", &partner]);
+    for (node, name) in [(&b, "B"), (&c, "C")] {
+        let gone = wait_until(APPLY_TIMEOUT, Duration::from_millis(20), || {
+            node.gw.allow_entry(&prefix).is_none()
+        });
+        if !gone {
+            node.fail(
+                "allow del on A",
+                &format!("{name} still allowlists {prefix}"),
+            );
+        }
+        node.assert_dropped(PARTNER, "off A's allowlist, banned on C");
+    }
+    c.gw.cli_ok(&["block", "del", &partner]);
     c.assert_connects(GONE, "deleted while C was stopped");
 
     // Redis killed: every gateway keeps dropping what it holds.

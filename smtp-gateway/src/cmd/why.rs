@@ -128,6 +128,19 @@ fn print_store(v: &StoreView) {
             }
         );
     }
+    for a in &v.allows {
+        println!(
+            "    allowlist record: {} by node {} (origin {}){}",
+            a.target,
+            a.node,
+            a.origin,
+            if a.reason.is_empty() {
+                String::new()
+            } else {
+                format!(", reason {:?}", a.reason)
+            }
+        );
+    }
     if let Some(b) = &v.waiting_ban {
         println!(
             "    waiting ban: {} ({}), written when its session closes",

@@ -205,6 +205,10 @@ pub struct StoreView {
     /// Ban records covering the address (exact, its auto-ban target, the kernel entries'
     /// targets): which node banned it, by which origin, why, until when.
     pub bans: Vec<crate::store::BanRecord>,
+    /// Allowlist records covering the address (exact, the kernel allowlist entries' targets):
+    /// which node's operator allowed it, why.
+    #[serde(default)]
+    pub allows: Vec<crate::store::BanRecord>,
     /// A ban decided by the auto-ban and waiting for its session to close.
     pub waiting_ban: Option<crate::store::BanRecord>,
     /// Auto-ban counts of its ban target, per check.

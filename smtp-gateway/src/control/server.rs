@@ -26,6 +26,7 @@ use crate::{
     dataplane::{Dataplane, SharedDataplane},
     reload::{ReloadOrigin, ReloadRequest, ReloadSender},
     source_outcomes::SourceOutcomes,
+    store::records::FleetList,
 };
 
 /// The bound socket, before the daemon serves it.
@@ -39,7 +40,8 @@ pub struct Handler {
     pub dataplane: SharedDataplane,
     pub outcomes: Arc<SourceOutcomes>,
     pub reload: ReloadSender,
-    /// The state store: `block add`/`block del` write/delete the ban record (shared by a fleet).
+    /// The state store: `block add`/`block del` and `allow add`/`allow del` write/delete the
+    /// record (shared by a fleet).
     pub store: Option<crate::store::Store>,
     /// The sections `why` reads to find an address's keys in the store.
     pub why: super::why_store::WhyScope,
@@ -246,8 +248,17 @@ async fn handle(handler: &Handler, request: Request, pid: Option<i32>) -> Respon
     }
     if let (Some(store), Response::Why(report)) = (&handler.store, &mut response) {
         let targets: Vec<String> = report.blocks.iter().map(|b| b.target.clone()).collect();
-        report.store =
-            Some(super::why_store::store_view(store, &handler.why, report.address, &targets).await);
+        // Allowlist rows name a prefix (`198.18.0.7/32`); records are keyed by target.
+        let allowed: Vec<String> = report
+            .allows
+            .iter()
+            .filter_map(|a| a.prefix.parse::<crate::dataplane::Target>().ok())
+            .map(|t| t.to_string())
+            .collect();
+        report.store = Some(
+            super::why_store::store_view(store, &handler.why, report.address, &targets, &allowed)
+                .await,
+        );
     }
     if let Some(described) = described {
         match &response {
@@ -263,35 +274,31 @@ async fn handle(handler: &Handler, request: Request, pid: Option<i32>) -> Respon
     response
 }
 
-/// What a blocklist change does to the stored ban records, once the kernel took it.
+/// What a blocklist or allowlist change does to the stored records, once the kernel took it.
 enum RecordChange {
-    /// `block add`: the record and how long it is kept.
-    Put(crate::store::BanRecord, Duration),
-    /// `block del`: the target's record goes (and the deletion is remembered).
-    Delete(String),
+    /// `block add` / `allow add`: the record and how long it is kept.
+    Put(FleetList, crate::store::BanRecord, Duration),
+    /// `block del` / `allow del`: the target's record goes (and the deletion is remembered).
+    Delete(FleetList, String),
 }
 
 impl RecordChange {
     /// Queues the write (never waits).
     fn write(self, store: &crate::store::Store) {
-        use crate::store::Space;
         match self {
-            RecordChange::Put(record, ttl) => {
+            RecordChange::Put(list, record, ttl) => {
                 let id = record.target.clone();
-                store.delete(Space::Unban, &id);
-                store.put(Space::Ban, &id, &record, ttl);
+                store.delete(list.deletions(), &id);
+                store.put(list.records(), &id, &record, ttl);
             }
-            RecordChange::Delete(id) => {
-                store.delete(Space::Ban, &id);
+            RecordChange::Delete(list, id) => {
+                store.delete(list.records(), &id);
                 if !store.fleet() {
                     return;
                 }
-                let tombstone = crate::store::records::FleetMessage::Unban {
-                    target: id.clone(),
-                    node: store.node().to_string(),
-                };
+                let tombstone = list.deleted(id.clone(), store.node().to_string());
                 store.put(
-                    Space::Unban,
+                    list.deletions(),
                     &id,
                     &tombstone,
                     store.config().fleet_unban_ttl,
@@ -301,19 +308,13 @@ impl RecordChange {
     }
 }
 
-/// The ban record change of `request`, if it changes the blocklist (targets in their canonical
-/// form, as every node parses them).
+/// The record change of `request`, if it changes the blocklist or the allowlist (targets in
+/// their canonical form, as every node parses them).
 fn ban_record_change(store: &crate::store::Store, request: &Request) -> Option<RecordChange> {
-    match request {
-        Request::BlockAdd {
-            target,
-            ttl_secs,
-            reason,
-        } => {
-            let target: crate::dataplane::Target = target.parse().ok()?;
+    let record =
+        |target: &crate::dataplane::Target, reason: &Option<String>, ttl: Option<Duration>| {
             let now = crate::store::records::unix_now_ms();
-            let ttl = ttl_secs.map(Duration::from_secs);
-            let record = crate::store::BanRecord {
+            crate::store::BanRecord {
                 target: target.to_string(),
                 source: None,
                 reason: reason.clone().unwrap_or_default(),
@@ -322,13 +323,44 @@ fn ban_record_change(store: &crate::store::Store, request: &Request) -> Option<R
                 added_unix_ms: now,
                 expires_unix_ms: ttl
                     .map(|t| now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
-            };
-            let kept = store.config().permanent_ban_ttl;
-            Some(RecordChange::Put(record, ttl.unwrap_or(kept).min(kept)))
+            }
+        };
+    let kept = store.config().permanent_ban_ttl;
+    match request {
+        Request::BlockAdd {
+            target,
+            ttl_secs,
+            reason,
+        } => {
+            let target: crate::dataplane::Target = target.parse().ok()?;
+            let ttl = ttl_secs.map(Duration::from_secs);
+            Some(RecordChange::Put(
+                FleetList::Blocklist,
+                record(&target, reason, ttl),
+                ttl.unwrap_or(kept).min(kept),
+            ))
+        }
+        Request::AllowAdd { target, reason } => {
+            let target: crate::dataplane::Target = target.parse().ok()?;
+            Some(RecordChange::Put(
+                FleetList::Allowlist,
+                record(&target, reason, None),
+                kept,
+            ))
         }
         Request::BlockDel { target } => {
             let target: crate::dataplane::Target = target.parse().ok()?;
-            Some(RecordChange::Delete(target.to_string()))
+            Some(RecordChange::Delete(
+                FleetList::Blocklist,
+                target.to_string(),
+            ))
+        }
+        Request::AllowDel { target } => {
+            let target: crate::dataplane::Target = target.parse().ok()?;
+            Some(RecordChange::Delete(
+                FleetList::Allowlist,
+                target.to_string(),
+            ))
         }
         _ => None,
     }
@@ -438,7 +470,7 @@ mod tests {
         };
         let before = crate::store::records::unix_now_ms();
         match ban_record_change(&store, &add("2001:0db8:0::/64", Some(60))) {
-            Some(RecordChange::Put(record, ttl)) => {
+            Some(RecordChange::Put(FleetList::Blocklist, record, ttl)) => {
                 assert_eq!(record.target, "2001:db8::/64");
                 assert_eq!(
                     (record.reason.as_str(), record.origin.as_str()),
@@ -452,7 +484,7 @@ mod tests {
             _ => panic!("block add must put a record"),
         }
         match ban_record_change(&store, &add("198.18.0.7/32", None)) {
-            Some(RecordChange::Put(record, ttl)) => {
+            Some(RecordChange::Put(FleetList::Blocklist, record, ttl)) => {
                 assert_eq!(record.expires_unix_ms, None);
                 assert_eq!(
                     ttl,
@@ -464,12 +496,39 @@ mod tests {
         }
         // A ban longer than the permanent one is kept no longer than it.
         match ban_record_change(&store, &add("198.18.0.8", Some(30 * 24 * 3600))) {
-            Some(RecordChange::Put(_, ttl)) => assert_eq!(ttl, Duration::from_secs(3 * 24 * 3600)),
+            Some(RecordChange::Put(_, _, ttl)) => {
+                assert_eq!(ttl, Duration::from_secs(3 * 24 * 3600));
+            }
             _ => panic!("block add must put a record"),
         }
         assert!(matches!(
             ban_record_change(&store, &Request::BlockDel { target: "198.18.0.7".into() }),
-            Some(RecordChange::Delete(t)) if t == "198.18.0.7"
+            Some(RecordChange::Delete(FleetList::Blocklist, t)) if t == "198.18.0.7"
+        ));
+        // The allowlist: a permanent record of origin `cli`, and its deletion.
+        let allow = Request::AllowAdd {
+            target: "2001:db8:0:0::7/128".into(),
+            reason: Some("partner relay".into()),
+        };
+        match ban_record_change(&store, &allow) {
+            Some(RecordChange::Put(FleetList::Allowlist, record, ttl)) => {
+                assert_eq!(record.target, "2001:db8::7");
+                assert_eq!(
+                    (
+                        record.reason.as_str(),
+                        record.origin.as_str(),
+                        record.node.as_str()
+                    ),
+                    ("partner relay", "cli", "mx1")
+                );
+                assert_eq!(record.expires_unix_ms, None);
+                assert_eq!(ttl, Duration::from_secs(3 * 24 * 3600));
+            }
+            _ => panic!("allow add must put an allowlist record"),
+        }
+        assert!(matches!(
+            ban_record_change(&store, &Request::AllowDel { target: "198.18.0.0/24".into() }),
+            Some(RecordChange::Delete(FleetList::Allowlist, t)) if t == "198.18.0.0/24"
         ));
         assert!(ban_record_change(&store, &add("not an address", None)).is_none());
         assert!(ban_record_change(&store, &Request::BlockList).is_none());

@@ -1,6 +1,7 @@
 //! `why <address>` in the state store, through the daemon: what the store (shared by every
 //! gateway of a fleet with Redis) holds about one address — the ban records covering it (which
-//! node banned it, by which origin, why, until when), a ban decided and waiting, the auto-ban
+//! node banned it, by which origin, why, until when), the allowlist records covering it, a ban
+//! decided and waiting, the auto-ban
 //! counts of its ban target (this node's, or the fleet's shared counters), greylisting's record
 //! of its network, and its stored session outcomes. Every read is bounded by
 //! `store.io_timeout`; a read that fails is named in the view's `errors`, never fatal.
@@ -28,12 +29,14 @@ pub struct WhyScope {
 }
 
 /// What `store` holds about `address`. `targets` are the kernel blocklist entries covering it
-/// (their ban records are read too).
+/// (their ban records are read too), `allowed` the kernel allowlist entries covering it (their
+/// allowlist records are read).
 pub async fn store_view(
     store: &Store,
     scope: &WhyScope,
     address: IpAddr,
     targets: &[String],
+    allowed: &[String],
 ) -> StoreView {
     let autoban = scope.autoban.borrow().clone();
     let greylist = scope.greylist.borrow().clone();
@@ -55,6 +58,22 @@ pub async fn store_view(
             Ok(Some(record)) => bans.push(record),
             Ok(None) => {}
             Err(e) => note(&format!("ban record {id}"), e),
+        }
+    }
+
+    let mut allows = Vec::new();
+    let mut allow_ids = vec![address.to_string()];
+    allow_ids.extend(allowed.iter().cloned());
+    let mut seen = std::collections::HashSet::new();
+    allow_ids.retain(|id| seen.insert(id.clone()));
+    for id in &allow_ids {
+        match store
+            .get_within::<BanRecord>(Space::Allow, id, store.config().io_timeout)
+            .await
+        {
+            Ok(Some(record)) => allows.push(record),
+            Ok(None) => {}
+            Err(e) => note(&format!("allowlist record {id}"), e),
         }
     }
 
@@ -128,6 +147,7 @@ pub async fn store_view(
         node: store.node().into(),
         fleet: store.fleet(),
         bans,
+        allows,
         waiting_ban,
         counts,
         greylist,

@@ -196,7 +196,7 @@ impl Dataplane {
     }
 
     /// The allowlist entry for exactly `net` (already truncated), if any.
-    fn allow_entry(&self, net: IpNet) -> Result<Option<AllowEntry>, DataplaneError> {
+    pub fn allow_entry(&self, net: IpNet) -> Result<Option<AllowEntry>, DataplaneError> {
         let (name, r) = match net {
             IpNet::V4(n) => (
                 maps::ALLOW_V4,

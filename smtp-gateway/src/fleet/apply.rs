@@ -1,12 +1,14 @@
-//! How the fleet's bans reach this gateway's kernel blocklist: a ban of another node becomes an
-//! entry of origin `fleet` with its reason and remaining TTL; a ban deleted there removes it. An
-//! active entry of another origin (this node's operator, auto-ban, CrowdSec, an import) is never
+//! How the fleet's bans and allowlist entries reach this gateway's kernel lists: a ban of another
+//! node becomes a blocklist entry of origin `fleet` with its reason and remaining TTL, an
+//! operator's `allow add` on another node an allowlist entry of origin `fleet` with its reason;
+//! a ban or an allowlist entry deleted there removes it here. An active entry of another origin
+//! (this node's operator, auto-ban, CrowdSec, an import, the configuration file) is never
 //! replaced nor removed (the rule of `crowdsec/bouncer.rs`). Every value comes from Redis and is
-//! hostile: a target that does not parse or a ban already over is skipped and counted.
+//! hostile: a target that does not parse or a record already over is skipped and counted.
 
 use std::{collections::HashSet, time::Duration};
 
-use smtp_gateway_common::{BlockEntry, origin};
+use smtp_gateway_common::{AllowEntry, BlockEntry, origin};
 
 use crate::{
     dataplane::{Dataplane, DataplaneError, Target, clock, reasons},
@@ -20,6 +22,10 @@ pub struct Applied {
     pub banned: usize,
     /// Entries of origin `fleet` removed.
     pub removed: usize,
+    /// Allowlist entries written.
+    pub allowed: usize,
+    /// Allowlist entries of origin `fleet` removed.
+    pub disallowed: usize,
     /// Bans on a target that holds an active entry of another origin (left as it is).
     pub kept: usize,
     /// Bans of this node, already applied, or over.
@@ -146,6 +152,112 @@ pub fn reconcile(
         for target in stale {
             if dp.unblock(target)? {
                 done.removed += 1;
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Writes `record` (an operator's allowlist entry on another node) to the allowlist. The kernel
+/// keeps allowlist entries until they are deleted; a record whose expiry (if any) has passed is
+/// not applied.
+pub fn allow(
+    dp: &mut Dataplane,
+    record: &BanRecord,
+    node: &str,
+    done: &mut Applied,
+) -> Result<(), DataplaneError> {
+    if record.node == node
+        || record
+            .expires_unix_ms
+            .is_some_and(|end| end <= unix_now_ms())
+    {
+        done.known += 1;
+        return Ok(());
+    }
+    let Ok(target) = record.target.parse::<Target>() else {
+        done.invalid += 1;
+        return Ok(());
+    };
+    match dp.allow_entry(target.net())? {
+        Some(entry) if entry.origin == origin::FLEET => done.known += 1,
+        Some(_) => done.kept += 1,
+        None => {
+            let reason = reasons::intern(dp, &record.reason)?;
+            dp.allow(
+                target.net(),
+                AllowEntry {
+                    reason,
+                    origin: origin::FLEET,
+                    added_at_s: record.added_unix_ms / 1000,
+                },
+            )?;
+            done.allowed += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the allowlist entry of `target` when it came from the fleet (`from` deleted it).
+pub fn unallow(
+    dp: &mut Dataplane,
+    target: &str,
+    from: &str,
+    node: &str,
+    done: &mut Applied,
+) -> Result<(), DataplaneError> {
+    if from == node {
+        done.known += 1;
+        return Ok(());
+    }
+    let Ok(target) = target.parse::<Target>() else {
+        done.invalid += 1;
+        return Ok(());
+    };
+    match dp.allow_entry(target.net())? {
+        Some(entry) if entry.origin == origin::FLEET => {
+            if dp.disallow(target.net())? {
+                done.disallowed += 1;
+            }
+        }
+        _ => done.known += 1,
+    }
+    Ok(())
+}
+
+/// The allowlist's [`reconcile`]: every allowlist record missing here is written; an entry of
+/// origin `fleet` whose record was deleted (a target of `unallows`) and that no record holds is
+/// removed. A record merely missing removes nothing.
+pub fn reconcile_allowlist(
+    dp: &mut Dataplane,
+    records: &[BanRecord],
+    unallows: &[String],
+    node: &str,
+) -> Result<Applied, DataplaneError> {
+    let mut done = Applied::default();
+    let mut held: HashSet<Target> = HashSet::new();
+    for record in records {
+        if let Ok(target) = record.target.parse::<Target>() {
+            held.insert(target);
+        }
+        allow(dp, record, node, &mut done)?;
+    }
+    let deleted: HashSet<Target> = unallows
+        .iter()
+        .filter_map(|t| t.parse::<Target>().ok())
+        .filter(|t| !held.contains(t))
+        .collect();
+    if !deleted.is_empty() {
+        let stale: Vec<Target> = dp
+            .allowed()?
+            .into_iter()
+            .filter(|r| r.entry.origin == origin::FLEET)
+            .filter_map(|r| Target::from_net(r.net).ok())
+            .filter(|t| deleted.contains(t))
+            .collect();
+        for target in stale {
+            if dp.disallow(target.net())? {
+                done.disallowed += 1;
             }
         }
     }

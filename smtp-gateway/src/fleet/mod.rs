@@ -1,5 +1,7 @@
 //! Fleet ban propagation (`store.engine = "redis"`, `store.fleet`): a ban made on any gateway
-//! reaches every other gateway's XDP blocklist, and a `block del` removes it everywhere.
+//! reaches every other gateway's XDP blocklist, and a `block del` removes it everywhere; an
+//! operator's `allow add` / `allow del` reaches every allowlist the same way (records in
+//! `allow/<target>`, deletions remembered in `unallow/<target>`).
 //!
 //! The writing side is the store's: a ban record written or deleted is published on
 //! `<key_prefix>fleet/bans` in the same pipeline as its write (`store/redis.rs`). This task is
@@ -34,8 +36,8 @@ use crate::{
     dataplane::SharedDataplane,
     metrics::Metrics,
     store::{
-        BanRecord, Space, Store,
-        records::{FleetMessage, decode, fleet_channel},
+        BanRecord, Store,
+        records::{FleetList, FleetMessage, decode, fleet_channel},
     },
 };
 
@@ -99,6 +101,12 @@ pub async fn run(
                             FleetMessage::Unban { target, node: from } => {
                                 apply::unban(dp, target, from, &node, &mut done)?;
                             }
+                            FleetMessage::Allow { record } => {
+                                apply::allow(dp, record, &node, &mut done)?;
+                            }
+                            FleetMessage::Unallow { target, node: from } => {
+                                apply::unallow(dp, target, from, &node, &mut done)?;
+                            }
                         }
                         Ok(done)
                     })
@@ -116,62 +124,77 @@ pub async fn run(
     let _ = subscriber.await;
 }
 
-/// One reconcile: every ban record against the entries of origin `fleet`.
+/// One reconcile: every ban record against the blocklist entries of origin `fleet`, every
+/// allowlist record against the allowlist entries of origin `fleet`.
 async fn reconcile(store: &Store, dataplane: &SharedDataplane, metrics: &Metrics, node: &str) {
-    let records = match store.load::<BanRecord>(Space::Ban).await {
+    for list in FleetList::ALL {
+        reconcile_list(store, dataplane, metrics, node, list).await;
+    }
+}
+
+/// [`reconcile`] of one list.
+async fn reconcile_list(
+    store: &Store,
+    dataplane: &SharedDataplane,
+    metrics: &Metrics,
+    node: &str,
+    list: FleetList,
+) {
+    let records = match store.load::<BanRecord>(list.records()).await {
         Ok(r) => r,
         Err(e) => {
             metrics.fleet("reconcile_failed", 1);
-            tracing::debug!(error = %e, "fleet: reconcile skipped (store unavailable)");
+            tracing::debug!(error = %e, ?list, "fleet: reconcile skipped (store unavailable)");
             return;
         }
     };
-    let unbans: Vec<String> = match store.load::<FleetMessage>(Space::Unban).await {
+    let deletions: Vec<String> = match store.load::<FleetMessage>(list.deletions()).await {
         Ok(u) => u
             .into_iter()
-            .filter_map(|(_, m)| match m {
-                FleetMessage::Unban { target, .. } => Some(target),
-                FleetMessage::Ban { .. } => None,
-            })
+            .filter_map(|(_, m)| list.deleted_target(m))
             .collect(),
         Err(e) => {
             metrics.fleet("reconcile_failed", 1);
-            tracing::debug!(error = %e, "fleet: deleted bans not read; none removed this time");
+            tracing::debug!(error = %e, ?list, "fleet: deletions not read; none removed this time");
             Vec::new()
         }
     };
     let records: Vec<BanRecord> = records.into_iter().map(|(_, r)| r).collect();
-    // A view cut at `store.load_limit` does not tell which bans lack a record.
+    // A view cut at `store.load_limit` does not tell which entries lack a record.
     let complete = records.len() < store.config().load_limit;
     let recorded: HashSet<String> = records.iter().map(|r| r.target.clone()).collect();
-    let deleted: HashSet<String> = unbans.iter().cloned().collect();
+    let deleted: HashSet<String> = deletions.iter().cloned().collect();
     let me = node.to_string();
-    let applied = on_dataplane(dataplane, move |dp| {
-        apply::reconcile(dp, &records, &unbans, &me)
+    let applied = on_dataplane(dataplane, move |dp| match list {
+        FleetList::Blocklist => apply::reconcile(dp, &records, &deletions, &me),
+        FleetList::Allowlist => apply::reconcile_allowlist(dp, &records, &deletions, &me),
     })
     .await;
     if complete {
-        publish_unrecorded(store, dataplane, metrics, node, recorded, deleted).await;
+        publish_unrecorded(store, dataplane, metrics, node, list, recorded, deleted).await;
     }
     if let Ok(done) = &applied
-        && done.banned + done.removed > 0
+        && done.banned + done.removed + done.allowed + done.disallowed > 0
     {
         tracing::info!(
             banned = done.banned,
             removed = done.removed,
-            "fleet: reconciled with the stored bans"
+            allowed = done.allowed,
+            disallowed = done.disallowed,
+            "fleet: reconciled with the stored records"
         );
     }
     report(metrics, "reconcile", applied);
 }
 
-/// Writes (and so publishes) a ban record for each of this node's bans that the store has no
-/// record of (`publish.rs`), at most half the write queue at a time.
+/// Writes (and so publishes) a record for each of this node's entries of `list` that the store
+/// has no record of (`publish.rs`), at most half the write queue at a time.
 async fn publish_unrecorded(
     store: &Store,
     dataplane: &SharedDataplane,
     metrics: &Metrics,
     node: &str,
+    list: FleetList,
     recorded: HashSet<String>,
     deleted: HashSet<String>,
 ) {
@@ -186,25 +209,33 @@ async fn publish_unrecorded(
         let dp = dp
             .lock()
             .map_err(|_| "the data plane lock is poisoned".to_string())?;
-        publish::unrecorded(&dp, &recorded, &deleted, &me, limit, permanent)
-            .map_err(|e| e.to_string())
+        match list {
+            FleetList::Blocklist => {
+                publish::unrecorded(&dp, &recorded, &deleted, &me, limit, permanent)
+            }
+            FleetList::Allowlist => {
+                publish::unrecorded_allows(&dp, &recorded, &deleted, &me, limit, permanent)
+            }
+        }
+        .map_err(|e| e.to_string())
     })
     .await
     .unwrap_or_else(|e| Err(e.to_string()));
     match found {
         Ok(records) if !records.is_empty() => {
             tracing::info!(
-                bans = records.len(),
-                "fleet: this node's bans without a stored record published"
+                entries = records.len(),
+                ?list,
+                "fleet: this node's entries without a stored record published"
             );
             metrics.fleet("published", records.len());
             for (record, ttl) in records {
                 let id = record.target.clone();
-                store.put(Space::Ban, &id, &record, ttl);
+                store.put(list.records(), &id, &record, ttl);
             }
         }
         Ok(_) => {}
-        Err(error) => tracing::error!(%error, "fleet: this node's bans not read"),
+        Err(error) => tracing::error!(%error, ?list, "fleet: this node's entries not read"),
     }
 }
 
@@ -234,6 +265,8 @@ fn report(metrics: &Metrics, what: &'static str, applied: Result<Applied, String
         Ok(done) => {
             metrics.fleet("banned", done.banned);
             metrics.fleet("removed", done.removed);
+            metrics.fleet("allowed", done.allowed);
+            metrics.fleet("disallowed", done.disallowed);
             metrics.fleet("kept", done.kept);
             metrics.fleet("invalid", done.invalid);
         }

@@ -222,7 +222,7 @@ impl Metrics {
         );
         registry.register(
             "fleet_bans",
-            "Bans of other gateways of the fleet (store.fleet) by what they did here: banned (entry written), removed (deleted there), kept (the target has an active entry of another origin), invalid (message or record that does not make sense), failed (map error), reconcile_failed (the store did not answer); and published: this node's own bans without a stored record (an import, a block add without the daemon, bans older than a Redis that lost its data) written and published at a reconcile",
+            "Bans and operator allowlist entries of other gateways of the fleet (store.fleet) by what they did here: banned (blocklist entry written), removed (ban deleted there), allowed (allowlist entry written), disallowed (allowlist entry deleted there), kept (the target has an active entry of another origin), invalid (message or record that does not make sense), failed (map error), reconcile_failed (the store did not answer); and published: this node's own bans and operator allowlist entries without a stored record (an import, a block or allow add without the daemon, entries older than a Redis that lost its data) written and published at a reconcile",
             m.fleet_bans.clone(),
         );
         registry.register(

@@ -25,12 +25,16 @@ pub enum Space {
     Outcome,
     /// Bans in force, by target (with origin node, reason and expiry).
     Ban,
-    /// Allowlist entries, by target.
+    /// Allowlist entries made by an operator (`allow add` through the daemon), by target: with
+    /// `store.fleet`, every gateway applies them.
     Allow,
     /// Bans deleted (`block del`), by target, kept `store.fleet_unban_ttl`: what lets a fleet
     /// gateway that missed the deletion remove its copy (a record merely missing, e.g. after
     /// Redis lost its data, removes nothing).
     Unban,
+    /// Allowlist entries deleted (`allow del`), by target, kept `store.fleet_unban_ttl`: the
+    /// allowlist's counterpart of [`Space::Unban`].
+    Unallow,
     /// Greylisting triplets (`policy/greylist/`), by the SHA-256 of the triplet.
     Greylist,
     /// Greylisting's auto-allowlist: sessions that passed, by client network.
@@ -39,7 +43,7 @@ pub enum Space {
 
 impl Space {
     /// Every space.
-    pub const ALL: [Space; 10] = [
+    pub const ALL: [Space; 11] = [
         Space::Pass,
         Space::Count,
         Space::FleetCount,
@@ -48,6 +52,7 @@ impl Space {
         Space::Ban,
         Space::Allow,
         Space::Unban,
+        Space::Unallow,
         Space::Greylist,
         Space::GreyAllow,
     ];
@@ -63,6 +68,7 @@ impl Space {
             Space::Ban => "ban",
             Space::Allow => "allow",
             Space::Unban => "unban",
+            Space::Unallow => "unallow",
             Space::Greylist => "greylist",
             Space::GreyAllow => "greyallow",
         }
@@ -100,7 +106,7 @@ pub struct BanRecord {
     pub expires_unix_ms: Option<u64>,
 }
 
-/// What a gateway publishes to the others when one of its ban records changes
+/// What a gateway publishes to the others when one of its ban or allowlist records changes
 /// (`store.fleet`): the record written, or the target whose record was deleted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
@@ -117,21 +123,92 @@ pub enum FleetMessage {
         /// The node that deleted it.
         node: String,
     },
+    /// An allowlist record was written (`allow add`).
+    Allow {
+        /// The record.
+        record: BanRecord,
+    },
+    /// An allowlist record was deleted (`allow del`).
+    Unallow {
+        /// What it covered.
+        target: String,
+        /// The node that deleted it.
+        node: String,
+    },
 }
 
-/// The pub/sub channel of a fleet's ban messages.
+/// The two lists a fleet shares: the blocklist (ban records) and the operators' allowlist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetList {
+    /// Bans: records in [`Space::Ban`], deletions remembered in [`Space::Unban`].
+    Blocklist,
+    /// Operators' allowlist entries: records in [`Space::Allow`], deletions in
+    /// [`Space::Unallow`].
+    Allowlist,
+}
+
+impl FleetList {
+    /// Both lists.
+    pub const ALL: [FleetList; 2] = [FleetList::Blocklist, FleetList::Allowlist];
+
+    /// The space of its records.
+    pub fn records(self) -> Space {
+        match self {
+            FleetList::Blocklist => Space::Ban,
+            FleetList::Allowlist => Space::Allow,
+        }
+    }
+
+    /// The space of its remembered deletions.
+    pub fn deletions(self) -> Space {
+        match self {
+            FleetList::Blocklist => Space::Unban,
+            FleetList::Allowlist => Space::Unallow,
+        }
+    }
+
+    /// The list whose record `key` (without the engine's prefix) is, and the record's target.
+    pub fn of_record_key(key: &str) -> Option<(FleetList, &str)> {
+        FleetList::ALL
+            .into_iter()
+            .find_map(|list| Some((list, list.records().id_of(key)?)))
+    }
+
+    /// The message that a record of this list was written: the record's bytes (our own encoding
+    /// of a [`BanRecord`]) wrapped, never decoded again.
+    pub fn written(self, record: &[u8]) -> Vec<u8> {
+        let op: &[u8] = match self {
+            FleetList::Blocklist => br#"{"op":"ban","record":"#,
+            FleetList::Allowlist => br#"{"op":"allow","record":"#,
+        };
+        let mut out = Vec::with_capacity(record.len() + op.len() + 1);
+        out.extend_from_slice(op);
+        out.extend_from_slice(record);
+        out.push(b'}');
+        out
+    }
+
+    /// The message that `node` deleted this list's record of `target`.
+    pub fn deleted(self, target: String, node: String) -> FleetMessage {
+        match self {
+            FleetList::Blocklist => FleetMessage::Unban { target, node },
+            FleetList::Allowlist => FleetMessage::Unallow { target, node },
+        }
+    }
+
+    /// The target of a remembered deletion of this list (`None` for any other message).
+    pub fn deleted_target(self, message: FleetMessage) -> Option<String> {
+        match (self, message) {
+            (FleetList::Blocklist, FleetMessage::Unban { target, .. })
+            | (FleetList::Allowlist, FleetMessage::Unallow { target, .. }) => Some(target),
+            _ => None,
+        }
+    }
+}
+
+/// The pub/sub channel of a fleet's ban and allowlist messages.
 pub fn fleet_channel(key_prefix: &str) -> String {
     format!("{key_prefix}fleet/bans")
-}
-
-/// The message of a ban record written: the record's bytes (our own encoding of a
-/// [`BanRecord`]) wrapped, never decoded again.
-pub fn ban_message(record: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(record.len() + 32);
-    out.extend_from_slice(br#"{"op":"ban","record":"#);
-    out.extend_from_slice(record);
-    out.push(b'}');
-    out
 }
 
 /// The current Unix time in milliseconds (0 before 1970).
@@ -219,8 +296,29 @@ mod tests {
     #[test]
     fn fleet_messages_round_trip_and_refuse_junk() {
         let bytes = encode("ban/x", &record()).expect("encode");
-        let back: FleetMessage = decode("m", &ban_message(&bytes), 4096).expect("ban");
+        let back: FleetMessage =
+            decode("m", &FleetList::Blocklist.written(&bytes), 4096).expect("ban");
         assert_eq!(back, FleetMessage::Ban { record: record() });
+        let back: FleetMessage =
+            decode("m", &FleetList::Allowlist.written(&bytes), 4096).expect("allow");
+        assert_eq!(back, FleetMessage::Allow { record: record() });
+        assert_eq!(
+            FleetList::of_record_key("allow/2001:db8::/64"),
+            Some((FleetList::Allowlist, "2001:db8::/64"))
+        );
+        assert_eq!(
+            FleetList::of_record_key("ban/198.18.0.7"),
+            Some((FleetList::Blocklist, "198.18.0.7"))
+        );
+        assert_eq!(FleetList::of_record_key("unallow/198.18.0.7"), None);
+        let unallow = FleetList::Allowlist.deleted("198.18.0.7".into(), "mx2".into());
+        let bytes = encode("m", &unallow).expect("encode");
+        let back = decode::<FleetMessage>("m", &bytes, 4096).expect("unallow");
+        assert_eq!(
+            FleetList::Allowlist.deleted_target(back.clone()),
+            Some("198.18.0.7".into())
+        );
+        assert_eq!(FleetList::Blocklist.deleted_target(back), None);
         let unban = FleetMessage::Unban {
             target: "198.18.0.7".into(),
             node: "mx2".into(),

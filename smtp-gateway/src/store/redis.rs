@@ -13,7 +13,7 @@ use ::redis::{
 
 use super::{
     StoreConfig, StoreError, Write,
-    records::{FleetMessage, Space, ban_message, encode},
+    records::{FleetList, encode},
 };
 
 /// Keys asked for per `SCAN` round trip.
@@ -55,8 +55,8 @@ impl Redis {
         format!("{}{key}", self.prefix)
     }
 
-    /// Applies a batch in one pipeline (`SET PX` / `DEL`); with `store.fleet`, a ban record
-    /// written or deleted is then published to the other gateways (after its write, in the same
+    /// Applies a batch in one pipeline (`SET PX` / `DEL`); with `store.fleet`, a ban or
+    /// allowlist record written or deleted is then published to the other gateways (after its write, in the same
     /// pipeline, so a gateway that reads the record on the message finds it).
     pub(super) async fn apply(&self, batch: Vec<Write>) -> Result<(), StoreError> {
         let mut pipe = ::redis::pipe();
@@ -71,23 +71,20 @@ impl Redis {
                         .arg(ttl_ms)
                         .ignore();
                     if let Some((channel, _)) = &self.fleet
-                        && Space::Ban.id_of(key).is_some()
+                        && let Some((list, _)) = FleetList::of_record_key(key)
                     {
                         pipe.cmd("PUBLISH")
                             .arg(channel)
-                            .arg(ban_message(value))
+                            .arg(list.written(value))
                             .ignore();
                     }
                 }
                 Write::Delete { key } => {
                     pipe.cmd("DEL").arg(self.full(key)).ignore();
                     if let Some((channel, node)) = &self.fleet
-                        && let Some(target) = Space::Ban.id_of(key)
+                        && let Some((list, target)) = FleetList::of_record_key(key)
                     {
-                        let message = FleetMessage::Unban {
-                            target: target.to_string(),
-                            node: node.clone(),
-                        };
+                        let message = list.deleted(target.to_string(), node.clone());
                         pipe.cmd("PUBLISH")
                             .arg(channel)
                             .arg(encode(key, &message)?)

@@ -208,6 +208,16 @@ impl Daemon {
             .find(|e| e["target"].as_str() == Some(target))
     }
 
+    /// The allowlist entry of exactly `prefix` (`198.18.0.7/32`), if any.
+    pub fn allow_entry(&self, prefix: &str) -> Option<Value> {
+        match self.cli_json(&["allow", "list", "--json"]) {
+            Value::Array(entries) => entries
+                .into_iter()
+                .find(|e| e["prefix"].as_str() == Some(prefix)),
+            other => panic!("allow list --json is not an array: {other}"),
+        }
+    }
+
     /// Waits (bounded) until `target` is listed; returns its entry.
     pub fn wait_banned(&self, target: &str, within: Duration) -> Value {
         let mut entry = None;
