@@ -14,7 +14,7 @@ use super::protocol::{CountRow, GreylistRow, StoreView};
 use crate::{
     autoban::{AutobanConfig, ban_target},
     checks::Check,
-    policy::greylist::{ClientRecord, GreylistConfig, triplet::client_network},
+    policy::greylist::{GreylistConfig, triplet::client_network},
     source_outcomes::SessionCounts,
     store::{BanRecord, Space, Store, StoreError},
 };
@@ -115,13 +115,10 @@ pub async fn store_view(
     }
 
     let network = client_network(address, greylist.ipv4_prefix, greylist.ipv6_prefix).to_string();
-    let greylist = match store
-        .get_within::<ClientRecord>(Space::GreyAllow, &network, store.config().io_timeout)
-        .await
-    {
-        Ok(record) => record.map(|r| GreylistRow {
+    let greylist = match store.counter(Space::GreyAllow, &network).await {
+        Ok(passes) => passes.map(|n| GreylistRow {
             network,
-            passes: r.passes,
+            passes: u32::try_from(n).unwrap_or(u32::MAX),
             allowlisted_after: greylist.auto_allowlist_after,
         }),
         Err(e) => {

@@ -8,7 +8,7 @@ use std::{os::unix::fs::DirBuilderExt, path::Path, sync::Arc, time::Duration};
 
 use redb::{Database, ReadableTable, TableDefinition};
 
-use super::{StoreConfig, StoreError, Write, records::unix_now_ms};
+use super::{CounterLife, StoreConfig, StoreError, Write, records::unix_now_ms};
 
 /// The one table: key -> expiry (8 bytes) + value.
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
@@ -97,9 +97,14 @@ impl Embedded {
     }
 
     /// Adds one to the counter `key` and returns its new value; a new (or expired) counter
-    /// lives `ttl`.
-    pub(super) async fn incr(&self, key: String, ttl: Duration) -> Result<u64, StoreError> {
-        self.blocking(move |db| incr(db, &key, ttl, unix_now_ms()))
+    /// lives `ttl`, and so does every one with [`CounterLife::Renewed`].
+    pub(super) async fn incr(
+        &self,
+        key: String,
+        ttl: Duration,
+        life: CounterLife,
+    ) -> Result<u64, StoreError> {
+        self.blocking(move |db| incr(db, &key, ttl, life, unix_now_ms()))
             .await
     }
 
@@ -136,8 +141,16 @@ fn apply(db: &Database, batch: &[Write], now: u64) -> Result<(), StoreError> {
 
 /// Adds one to the counter `key` at `now` in one transaction: the count is 8 bytes, big-endian,
 /// behind the expiry; a missing or expired counter starts at 1 and lives `ttl`, a live one keeps
-/// its expiry (a window, not renewed). A stored value that is not a counter is an error.
-fn incr(db: &Database, key: &str, ttl: Duration, now: u64) -> Result<u64, StoreError> {
+/// its expiry (a window, not renewed) unless `life` renews it. A stored value that is not a
+/// counter is an error.
+fn incr(
+    db: &Database,
+    key: &str,
+    ttl: Duration,
+    life: CounterLife,
+    now: u64,
+) -> Result<u64, StoreError> {
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
     let tx = db.begin_write().map_err(db_error)?;
     let n = {
         let mut table = tx.open_table(ENTRIES).map_err(db_error)?;
@@ -155,12 +168,13 @@ fn incr(db: &Database, key: &str, ttl: Duration, now: u64) -> Result<u64, StoreE
                             key: key.to_string(),
                             reason: format!("{} bytes, not a counter", value.len()),
                         })?;
+                let expires = match life {
+                    CounterLife::Window => expires,
+                    CounterLife::Renewed => now.saturating_add(ttl_ms),
+                };
                 (expires, u64::from_be_bytes(bytes).saturating_add(1))
             }
-            _ => {
-                let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-                (now.saturating_add(ttl_ms), 1)
-            }
+            _ => (now.saturating_add(ttl_ms), 1),
         };
         let mut stored = [0u8; EXPIRY + COUNTER];
         stored[..EXPIRY].copy_from_slice(&expires.to_be_bytes());

@@ -115,6 +115,15 @@ impl Write {
 }
 
 /// The engine behind a [`Store`] (one table line per engine).
+/// How long a counter lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CounterLife {
+    /// `ttl` from its first increment (a window: auto-ban counts).
+    Window,
+    /// `ttl` from its last increment (greylisting's auto-allowlist).
+    Renewed,
+}
+
 enum Engine {
     /// A redb file.
     Embedded(embedded::Embedded),
@@ -140,10 +149,10 @@ impl Engine {
     }
 
     /// Adds one to the counter `key`; its new value.
-    async fn incr(&self, key: String, ttl: Duration) -> Result<u64, StoreError> {
+    async fn incr(&self, key: String, ttl: Duration, life: CounterLife) -> Result<u64, StoreError> {
         match self {
-            Engine::Embedded(e) => e.incr(key, ttl).await,
-            Engine::Redis(r) => r.incr(key, ttl).await,
+            Engine::Embedded(e) => e.incr(key, ttl, life).await,
+            Engine::Redis(r) => r.incr(key, ttl, life).await,
         }
     }
 
@@ -384,11 +393,36 @@ impl Store {
     /// sessions); counted as `incr`. A stored value that is not a counter is an error.
     pub async fn incr(&self, space: Space, id: &str, ttl: Duration) -> Result<u64, StoreError> {
         let within = self.inner.config.io_timeout;
-        let result =
-            match tokio::time::timeout(within, self.inner.engine.incr(space.key(id), ttl)).await {
-                Ok(r) => r,
-                Err(_) => Err(StoreError::Timeout(within)),
-            };
+        self.incr_as(space, id, ttl, CounterLife::Window, within)
+            .await
+    }
+
+    /// [`incr`](Self::incr) for a session: every increment makes the counter live `ttl` from
+    /// now (renewed), and it waits at most `store.budget`.
+    pub async fn incr_renewed(
+        &self,
+        space: Space,
+        id: &str,
+        ttl: Duration,
+    ) -> Result<u64, StoreError> {
+        let within = self.inner.config.budget;
+        self.incr_as(space, id, ttl, CounterLife::Renewed, within)
+            .await
+    }
+
+    async fn incr_as(
+        &self,
+        space: Space,
+        id: &str,
+        ttl: Duration,
+        life: CounterLife,
+        within: Duration,
+    ) -> Result<u64, StoreError> {
+        let increment = self.inner.engine.incr(space.key(id), ttl, life);
+        let result = match tokio::time::timeout(within, increment).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(within)),
+        };
         self.count("incr", &result);
         result
     }
@@ -396,7 +430,17 @@ impl Store {
     /// The value of the counter `id` of `space` (see [`incr`](Self::incr)), within
     /// `store.io_timeout`; `None` when there is none. A value that is not a counter is an error.
     pub async fn counter(&self, space: Space, id: &str) -> Result<Option<u64>, StoreError> {
-        let within = self.inner.config.io_timeout;
+        self.counter_within(space, id, self.inner.config.io_timeout)
+            .await
+    }
+
+    /// [`counter`](Self::counter), waiting at most `within` (`store.budget` for a session).
+    pub async fn counter_within(
+        &self,
+        space: Space,
+        id: &str,
+        within: Duration,
+    ) -> Result<Option<u64>, StoreError> {
         let key = space.key(id);
         let read = self.inner.engine.get(key.clone(), 32);
         let result = match tokio::time::timeout(within, read).await {

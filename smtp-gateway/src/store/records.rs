@@ -37,7 +37,9 @@ pub enum Space {
     Unallow,
     /// Greylisting triplets (`policy/greylist/`), by the SHA-256 of the triplet.
     Greylist,
-    /// Greylisting's auto-allowlist: sessions that passed, by client network.
+    /// Greylisting's auto-allowlist: a counter of the sessions that passed, by client network,
+    /// living `greylist.auto_allowlist_ttl` from the last pass. (Named `greypass`: the JSON
+    /// records of the older `greyallow` space are left to expire.)
     GreyAllow,
 }
 
@@ -70,7 +72,7 @@ impl Space {
             Space::Unban => "unban",
             Space::Unallow => "unallow",
             Space::Greylist => "greylist",
-            Space::GreyAllow => "greyallow",
+            Space::GreyAllow => "greypass",
         }
     }
 

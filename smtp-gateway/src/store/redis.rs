@@ -12,7 +12,7 @@ use ::redis::{
 };
 
 use super::{
-    StoreConfig, StoreError, Write,
+    CounterLife, StoreConfig, StoreError, Write,
     records::{FleetList, encode},
 };
 
@@ -101,21 +101,22 @@ impl Redis {
     /// Adds one to the counter `key` (`INCR`) and returns its new value; a new counter expires
     /// `ttl` later (`PEXPIRE ... NX`, never renewed), both in one transaction. A value that is
     /// not a counter is Redis's error; a negative one written behind our back reads as 0.
-    pub(super) async fn incr(&self, key: String, ttl: Duration) -> Result<u64, StoreError> {
+    pub(super) async fn incr(
+        &self,
+        key: String,
+        ttl: Duration,
+        life: CounterLife,
+    ) -> Result<u64, StoreError> {
         let full = self.full(&key);
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut conn = self.conn.clone();
-        let (n,): (i64,) = ::redis::pipe()
-            .atomic()
-            .cmd("INCR")
-            .arg(&full)
-            .cmd("PEXPIRE")
-            .arg(&full)
-            .arg(ttl_ms)
-            .arg("NX")
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
+        let mut pipe = ::redis::pipe();
+        pipe.atomic().cmd("INCR").arg(&full);
+        let expire = pipe.cmd("PEXPIRE").arg(&full).arg(ttl_ms);
+        if life == CounterLife::Window {
+            expire.arg("NX");
+        }
+        let (n,): (i64,) = expire.ignore().query_async(&mut conn).await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 

@@ -188,8 +188,9 @@ async fn hostile_values(run: &Running) {
 }
 
 /// Counters: concurrent increments from several handles add up exactly, the window starts at
-/// the first increment and is not renewed, an expired counter starts over, and a value that is
-/// not a counter is an error (counted), never a panic.
+/// the first increment and is not renewed, an expired counter starts over, a renewed counter
+/// lives from its last increment, and a value that is not a counter is an error (counted), never
+/// a panic.
 async fn counters(run: &Running, other: &Store) {
     let window = Duration::from_millis(800);
     let mut tasks = Vec::new();
@@ -229,6 +230,35 @@ async fn counters(run: &Running, other: &Store) {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "the counter never expired (at {n}): increments renew its window"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Renewed (greylisting's auto-allowlist): each increment sets the life again, here from an
+    // hour down to 300 ms, so the counter goes within the bound (an hour if it were kept).
+    let renewed = "198.18.9.0/24";
+    for (ttl, n) in [
+        (Duration::from_secs(3600), 1),
+        (Duration::from_millis(300), 2),
+    ] {
+        assert_eq!(
+            run.store
+                .incr_renewed(Space::GreyAllow, renewed, ttl)
+                .await
+                .expect("incr"),
+            n
+        );
+    }
+    let started = Instant::now();
+    while run
+        .store
+        .counter(Space::GreyAllow, renewed)
+        .await
+        .expect("read")
+        .is_some()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the renewed counter kept its first life"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -5,10 +5,12 @@
 //! greylisting for `greylist.auto_allowlist_ttl`.
 //!
 //! State lives in a bounded local table ([`Greylist`], kept across reloads) and, with a state
-//! store attached ([`Greylist::attach`]), in the store too (spaces `greylist` and `greyallow`):
-//! with Redis, a retry that reaches another gateway of the fleet passes. A triplet or client not
-//! known here is asked of the store within `store.budget`; when the store fails to answer,
-//! `store.on_timeout` decides (`open`: not greylisted; `closed`: deferred), and it is counted.
+//! store attached ([`Greylist::attach`]), in the store too (spaces `greylist` and `greypass`):
+//! with Redis, a retry that reaches another gateway of the fleet passes, and a network's passes
+//! are one counter every gateway adds to (`INCR`), so passes spread over the MX hosts add up to
+//! the auto-allowlist. A triplet not known here, or a network not yet allowlisted here, is
+//! asked of the store within `store.budget`; when the store fails to answer, `store.on_timeout`
+//! decides (`open`: not greylisted; `closed`: deferred), and it is counted.
 //!
 //! What never is greylisted (authenticated sessions, DNSWL-listed clients, SPF `pass` for a
 //! big-sender domain, clients that passed recently, profiles with `greylist = false`) is the
@@ -75,7 +77,8 @@ pub struct TripletRecord {
     pub passed: bool,
 }
 
-/// A client network's passes as stored (`greyallow/<network>`).
+/// A client network's passes, as the local table keeps them (the store holds a counter,
+/// `greypass/<network>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientRecord {
@@ -226,7 +229,10 @@ impl Greylist {
     ) -> Verdict {
         let network = triplet::client_network(client, config.ipv4_prefix, config.ipv6_prefix);
         if config.auto_allowlist_after > 0 {
-            match self.client(&network.to_string(), now).await {
+            match self
+                .client(&network.to_string(), config.auto_allowlist_after, now)
+                .await
+            {
                 Ok(Some(c)) if c.passes >= config.auto_allowlist_after => {
                     return Verdict::Allowlisted;
                 }
@@ -271,31 +277,43 @@ impl Greylist {
         self.record_pass_at(config, client, unix_now_ms()).await;
     }
 
-    /// [`record_pass`](Self::record_pass) at `now` (Unix milliseconds).
+    /// [`record_pass`](Self::record_pass) at `now` (Unix milliseconds). With a store, the
+    /// network's count is one counter every gateway adds to (Redis `INCR`), living
+    /// `auto_allowlist_ttl` from its last pass; the local table keeps the latest value.
     pub async fn record_pass_at(&self, config: &GreylistConfig, client: IpAddr, now: u64) {
         if config.auto_allowlist_after == 0 {
             return;
         }
         let network =
             triplet::client_network(client, config.ipv4_prefix, config.ipv6_prefix).to_string();
-        // A store that does not answer counts from what is known here.
-        let known = self.client(&network, now).await.ok().flatten();
-        let record = ClientRecord {
-            passes: known.map_or(0, |c| c.passes).saturating_add(1),
-        };
         let ttl = config.auto_allowlist_ttl;
+        let counted = match self.store.get() {
+            Some(store) => match store.incr_renewed(Space::GreyAllow, &network, ttl).await {
+                Ok(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "greylist: pass not counted in the store");
+                    None
+                }
+            },
+            None => None,
+        };
+        // Without a store (or one that does not answer), count from what is known here.
+        let passes = match counted {
+            Some(n) => n,
+            None => self
+                .local_client(&network, now)
+                .map_or(0, |c| c.passes)
+                .saturating_add(1),
+        };
         if let Ok(mut t) = self.tables.lock() {
             let capacity = t.capacity;
             t.clients.insert(
-                network.clone(),
-                record,
+                network,
+                ClientRecord { passes },
                 now.saturating_add(ms(ttl)),
                 now,
                 capacity,
             );
-        }
-        if let Some(store) = self.store.get() {
-            store.put(Space::GreyAllow, &network, &record, ttl);
         }
     }
 
@@ -320,17 +338,43 @@ impl Greylist {
         self.fetch(Space::Greylist, key).await
     }
 
-    /// The client network `network`'s passes: here, else in the store.
-    async fn client(&self, network: &str, now: u64) -> Result<Option<ClientRecord>, StoreDown> {
-        let local = self
-            .tables
-            .lock()
-            .ok()
-            .and_then(|t| t.clients.get(network, now));
-        if local.is_some() {
+    /// The client network `network`'s passes: here when that already allowlists it (`after`),
+    /// else the fleet's count in the store (other gateways may have counted passes), else here.
+    async fn client(
+        &self,
+        network: &str,
+        after: u32,
+        now: u64,
+    ) -> Result<Option<ClientRecord>, StoreDown> {
+        let local = self.local_client(network, now);
+        if local.is_some_and(|c| c.passes >= after) {
             return Ok(local);
         }
-        self.fetch(Space::GreyAllow, network).await
+        let Some(store) = self.store.get() else {
+            return Ok(local);
+        };
+        let within = store.config().budget;
+        match store
+            .counter_within(Space::GreyAllow, network, within)
+            .await
+        {
+            Ok(Some(n)) => Ok(Some(ClientRecord {
+                passes: u32::try_from(n).unwrap_or(u32::MAX),
+            })),
+            Ok(None) => Ok(local),
+            Err(e) => {
+                tracing::debug!(error = %e, "greylist: the store did not answer");
+                Err(StoreDown)
+            }
+        }
+    }
+
+    /// The client network `network`'s passes in the local table.
+    fn local_client(&self, network: &str, now: u64) -> Option<ClientRecord> {
+        self.tables
+            .lock()
+            .ok()
+            .and_then(|t| t.clients.get(network, now))
     }
 
     /// `id` of `space` from the store (none without a store), within `store.budget`.

@@ -244,6 +244,49 @@ async fn a_retry_to_another_gateway_sharing_the_store_passes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_on_gateways_sharing_the_store_add_up_to_the_auto_allowlist() {
+    let dir = std::env::temp_dir().join(format!("sgw-grey-count-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = StoreConfig {
+        path: dir.join("state.redb"),
+        ..StoreConfig::default()
+    };
+    let (store, _stop) = started(&cfg);
+    let (a, b) = (Greylist::new(100), Greylist::new(100));
+    a.attach(store.clone());
+    b.attach(store.clone());
+    let c = config();
+    let client = ip("198.18.7.1");
+    // Three passes (auto_allowlist_after), alternating between the gateways: each saw at most
+    // two, the fleet three.
+    a.record_pass(&c, client).await;
+    b.record_pass(&c, client).await;
+    a.record_pass(&c, client).await;
+    for (g, name) in [(&a, "a"), (&b, "b")] {
+        assert_eq!(
+            g.check(&c, ip("198.18.7.9"), "new@x", "r@y").await,
+            Verdict::Allowlisted,
+            "gateway {name}"
+        );
+    }
+    assert_eq!(
+        store
+            .counter(Space::GreyAllow, "198.18.7.0/24")
+            .await
+            .expect("read"),
+        Some(3)
+    );
+    // A gateway that has not seen the network since asks the store (no local entry).
+    let late = Greylist::new(100);
+    late.attach(store);
+    assert_eq!(
+        late.check(&c, client, "z@x", "r@y").await,
+        Verdict::Allowlisted
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_does_not_answer_fails_open_or_closed_as_configured() {
     let dir = std::env::temp_dir().join(format!("sgw-grey-down-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
