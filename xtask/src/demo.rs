@@ -177,6 +177,31 @@ fn kill_group(pid: u32, sig: i32) {
     }
 }
 
+/// Stops a daemon we started: SIGTERM (it detaches its XDP program on the way out), then
+/// SIGKILL to its process group if it has not exited 10 s later. Its exit status, or `None`
+/// when it had to be killed.
+fn stop_daemon(mut daemon: Child) -> Option<ExitStatus> {
+    if let Ok(None) = daemon.try_wait()
+        && let Ok(pid) = i32::try_from(daemon.id())
+    {
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe { kill(pid, SIGTERM) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        match daemon.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => sleep(Duration::from_millis(20)),
+            _ => break None,
+        }
+    };
+    if status.is_none() {
+        kill_group(daemon.id(), SIGKILL);
+        let _ = daemon.wait();
+    }
+    status
+}
+
 // ---------------------------------------------------------------------------------------------
 
 /// `fleet`: the two-gateway variant (`demo/fleet.rs`) instead.
@@ -202,6 +227,24 @@ pub fn run(root: &Path, fleet: bool) -> anyhow::Result<()> {
     let mut lab = Lab::new(bin)?;
     println!("\n━━━ smtp-gateway demo ━━━ (Ctrl-C stops it and cleans up)");
     let result = scenario(&mut lab, &mut story);
+    conclude("demo", started, &story, result, lab, |lab| {
+        lab.show_logs();
+        lab.keep_logs = true;
+    })
+}
+
+/// Ends a demo whose scenario returned `result`: on an interruption or a failure, shows what
+/// `on_failure` shows (the logs, kept), cleans up (drops `lab`), lists the expectations not met
+/// and exits non-zero (everything is printed and cleaned up: no second error report); else
+/// says how many expectations were met.
+fn conclude<L>(
+    name: &str,
+    started: Instant,
+    story: &Story,
+    result: anyhow::Result<()>,
+    mut lab: L,
+    on_failure: impl FnOnce(&mut L),
+) -> anyhow::Result<()> {
     let failed = result.is_err() || !story.failures.is_empty();
     if interrupted() {
         println!("\n✘ Interrupted: cleaning up.");
@@ -212,8 +255,7 @@ pub fn run(root: &Path, fleet: bool) -> anyhow::Result<()> {
         println!("\n✘ the demo stopped: {e:#}");
     }
     if failed {
-        lab.show_logs();
-        lab.keep_logs = true;
+        on_failure(&mut lab);
     }
     drop(lab);
     let secs = started.elapsed().as_secs_f64();
@@ -224,8 +266,7 @@ pub fn run(root: &Path, fleet: bool) -> anyhow::Result<()> {
                 println!("  - {f}");
             }
         }
-        println!("\n✘ The demo failed ({secs:.1} s).");
-        // Everything is printed and cleaned up already: exit without a second error report.
+        println!("\n✘ The {name} failed ({secs:.1} s).");
         std::process::exit(1);
     }
     println!("\n✔ All {} expectations met in {secs:.1} s.", story.checks);
@@ -713,41 +754,54 @@ impl Lab {
 
     /// Starts `smtp-gateway run` in the gateway namespace; returns once it logged "ready".
     fn start_gateway(&mut self) -> anyhow::Result<()> {
-        let log = fs::File::create(self.daemon_log())?;
+        let mut slot = self.daemon.take();
+        let (config, log) = (self.config.clone(), self.daemon_log());
+        let started =
+            self.start_daemon(&mut slot, "gw", &config, &log, "smtp-gateway run", |_| true);
+        self.daemon = slot;
+        started
+    }
+
+    /// Starts `smtp-gateway -c <config> run` in namespace `host`, its output in `log`, into
+    /// `slot` (so that the clean-up stops it whatever happens next); returns once it logged
+    /// "ready" and `also` holds for the log's text, within 20 s. `what` names it in errors.
+    fn start_daemon(
+        &self,
+        slot: &mut Option<Child>,
+        host: &str,
+        config: &Path,
+        log: &Path,
+        what: &str,
+        also: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<()> {
+        let out = fs::File::create(log)?;
         let child = self
-            .in_ns("gw", &self.bin)
+            .in_ns(host, &self.bin)
             .arg("-c")
-            .arg(&self.config)
+            .arg(config)
             .arg("run")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
+            .stdout(out.try_clone()?)
+            .stderr(out)
             .process_group(0)
             .spawn()
             .with_context(|| format!("cannot start {}", self.bin.display()))?;
-        self.daemon = Some(child);
-        let log = self.daemon_log();
+        let child = slot.insert(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(status) = self
-                .daemon
-                .as_mut()
-                .map(|d| d.try_wait())
-                .transpose()?
-                .flatten()
-            {
-                bail!("smtp-gateway run exited during start-up ({status})");
+            if let Some(status) = child.try_wait()? {
+                bail!("{what} exited during start-up ({status})");
             }
-            let text = strip_ansi(&fs::read_to_string(&log).unwrap_or_default());
-            if text
+            let text = strip_ansi(&fs::read_to_string(log).unwrap_or_default());
+            let ready = text
                 .lines()
-                .any(|l| l.trim_end().ends_with(": ready") || l.contains(": ready "))
-            {
+                .any(|l| l.trim_end().ends_with(": ready") || l.contains(": ready "));
+            if ready && also(&text) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                bail!("smtp-gateway run not ready within 20 s");
+                bail!("{what} not ready within 20 s");
             }
             if interrupted() {
                 bail!(INTERRUPTED_MSG);
@@ -935,51 +989,54 @@ impl Lab {
     // -----------------------------------------------------------------------------------------
     // Cleanup: every step checks what exists, so it also clears leftovers and partial labs.
 
-    fn cleanup(&mut self) -> Vec<String> {
-        let mut done = Vec::new();
-        if let Some(mut daemon) = self.daemon.take() {
-            if let Ok(None) = daemon.try_wait()
-                && let Ok(pid) = i32::try_from(daemon.id())
-            {
-                // SAFETY: signalling our own child, not yet reaped.
-                unsafe { kill(pid, SIGTERM) };
-            }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let status = loop {
-                match daemon.try_wait() {
-                    Ok(Some(status)) => break Some(status),
-                    Ok(None) if Instant::now() < deadline => sleep(Duration::from_millis(20)),
-                    _ => break None,
-                }
+    /// Detaches the XDP program of the daemon configured by `config` (in namespace `host` while
+    /// it exists, so the link is found), then removes `pin_dir`; whether the detach succeeded.
+    fn detach_and_unpin(&self, host: &str, config: &Path, pin_dir: &Path) -> bool {
+        let mut detached = false;
+        if config.exists() {
+            let mut detach = if Path::new(&format!("/run/netns/{}", self.ns(host))).exists() {
+                self.in_ns(host, &self.bin)
+            } else {
+                Command::new(&self.bin)
             };
-            match status {
-                Some(s) if s.success() => done.push("gateway stopped (SIGTERM)".to_string()),
-                Some(s) => done.push(format!("gateway stopped ({s})")),
-                None => {
-                    kill_group(daemon.id(), SIGKILL);
-                    let _ = daemon.wait();
-                    done.push("gateway killed (no exit 10 s after SIGTERM)".to_string());
-                }
+            detach.arg("-c").arg(config).arg("detach");
+            detached = self
+                .run_quietly(&mut detach, Duration::from_secs(20))
+                .is_some_and(|r| r.success());
+        }
+        let _ = fs::remove_dir_all(pin_dir);
+        detached
+    }
+
+    /// Deletes the namespaces of `hosts` that exist; how many.
+    fn delete_namespaces(&self, hosts: &[&str]) -> usize {
+        let mut deleted = 0;
+        for host in hosts {
+            let ns = self.ns(host);
+            if Path::new(&format!("/run/netns/{ns}")).exists() {
+                self.run_quietly(
+                    Command::new("ip").args(["netns", "del", &ns]),
+                    Duration::from_secs(10),
+                );
+                deleted += 1;
             }
         }
+        deleted
+    }
+
+    fn cleanup(&mut self) -> Vec<String> {
+        let mut done = Vec::new();
+        if let Some(daemon) = self.daemon.take() {
+            done.push(match stop_daemon(daemon) {
+                Some(s) if s.success() => "gateway stopped (SIGTERM)".to_string(),
+                Some(s) => format!("gateway stopped ({s})"),
+                None => "gateway killed (no exit 10 s after SIGTERM)".to_string(),
+            });
+        }
         if self.pin_dir.exists() {
-            let gw_exists = Path::new(&format!("/run/netns/{}", self.ns("gw"))).exists();
-            if self.config.exists() {
-                let mut detach = if gw_exists {
-                    self.gateway_cli(&["detach"])
-                } else {
-                    let mut cmd = Command::new(&self.bin);
-                    cmd.arg("-c").arg(&self.config).arg("detach");
-                    cmd
-                };
-                if self
-                    .run_quietly(&mut detach, Duration::from_secs(20))
-                    .is_some_and(|r| r.success())
-                {
-                    done.push("XDP detached".to_string());
-                }
+            if self.detach_and_unpin("gw", &self.config, &self.pin_dir) {
+                done.push("XDP detached".to_string());
             }
-            let _ = fs::remove_dir_all(&self.pin_dir);
             done.push(format!("pins removed ({})", self.pin_dir.display()));
         }
         let instance = InstanceDir::at(&self.postfix);
@@ -1004,17 +1061,7 @@ impl Lab {
             }
             done.push("Postfix stopped".to_string());
         }
-        let mut deleted = 0;
-        for host in NAMESPACES {
-            let ns = self.ns(host);
-            if Path::new(&format!("/run/netns/{ns}")).exists() {
-                self.run_quietly(
-                    Command::new("ip").args(["netns", "del", &ns]),
-                    Duration::from_secs(10),
-                );
-                deleted += 1;
-            }
-        }
+        let deleted = self.delete_namespaces(&NAMESPACES);
         if deleted > 0 {
             done.push(format!("{deleted} namespaces deleted"));
         }

@@ -12,7 +12,10 @@ use smtp_gateway_common::{AllowEntry, BlockEntry, origin};
 
 use crate::{
     dataplane::{Dataplane, DataplaneError, Target, clock, reasons},
-    store::{BanRecord, records::unix_now_ms},
+    store::{
+        BanRecord,
+        records::{FleetList, unix_now_ms},
+    },
 };
 
 /// What applying a message or a reconcile did.
@@ -92,9 +95,11 @@ pub fn ban(
     Ok(())
 }
 
-/// Removes the entry of `target` when it came from the fleet (`node` deleted its ban).
-pub fn unban(
+/// Removes the entry of `target` from `list` when it came from the fleet (`from` deleted its
+/// record there).
+pub fn remove(
     dp: &mut Dataplane,
+    list: FleetList,
     target: &str,
     from: &str,
     node: &str,
@@ -108,25 +113,31 @@ pub fn unban(
         done.invalid += 1;
         return Ok(());
     };
-    match dp.block_entry(target)? {
-        Some(entry) if entry.origin == origin::FLEET => {
-            if dp.unblock(target)? {
-                done.removed += 1;
-            }
+    let origin = match list {
+        FleetList::Blocklist => dp.block_entry(target)?.map(|e| e.origin),
+        FleetList::Allowlist => dp.allow_entry(target.net())?.map(|e| e.origin),
+    };
+    match (origin, list) {
+        (Some(origin::FLEET), FleetList::Blocklist) if dp.unblock(target)? => done.removed += 1,
+        (Some(origin::FLEET), FleetList::Allowlist) if dp.disallow(target.net())? => {
+            done.disallowed += 1;
         }
+        (Some(origin::FLEET), _) => {}
         _ => done.known += 1,
     }
     Ok(())
 }
 
-/// Makes the entries of origin `fleet` match the store: every ban record missing here is
-/// written; an entry whose ban was deleted (a target of `unbans`, the remembered deletions) and
-/// that no ban record holds is removed. A record merely missing removes nothing (Redis may have
-/// lost its data: the entry stays until it expires).
+/// Makes the entries of origin `fleet` of `list` match the store: every record missing here
+/// is written; an entry whose record was deleted (a target of `deletions`, the remembered
+/// deletions) and that no record holds is removed. A record merely missing removes nothing
+/// (Redis may have lost its data: a ban stays until it expires, an allowlist entry until it is
+/// deleted).
 pub fn reconcile(
     dp: &mut Dataplane,
+    list: FleetList,
     records: &[BanRecord],
-    unbans: &[String],
+    deletions: &[String],
     node: &str,
 ) -> Result<Applied, DataplaneError> {
     let mut done = Applied::default();
@@ -135,24 +146,38 @@ pub fn reconcile(
         if let Ok(target) = record.target.parse::<Target>() {
             held.insert(target);
         }
-        ban(dp, record, node, &mut done)?;
+        match list {
+            FleetList::Blocklist => ban(dp, record, node, &mut done)?,
+            FleetList::Allowlist => allow(dp, record, node, &mut done)?,
+        }
     }
-    let deleted: HashSet<Target> = unbans
+    let deleted: HashSet<Target> = deletions
         .iter()
         .filter_map(|t| t.parse::<Target>().ok())
         .filter(|t| !held.contains(t))
         .collect();
-    if !deleted.is_empty() {
-        let stale: Vec<Target> = dp
+    if deleted.is_empty() {
+        return Ok(done);
+    }
+    let fleet_entries: Vec<Target> = match list {
+        FleetList::Blocklist => dp
             .blocked()?
             .into_iter()
-            .filter(|r| r.entry.origin == origin::FLEET && deleted.contains(&r.target))
+            .filter(|r| r.entry.origin == origin::FLEET)
             .map(|r| r.target)
-            .collect();
-        for target in stale {
-            if dp.unblock(target)? {
-                done.removed += 1;
-            }
+            .collect(),
+        FleetList::Allowlist => dp
+            .allowed()?
+            .into_iter()
+            .filter(|r| r.entry.origin == origin::FLEET)
+            .filter_map(|r| Target::from_net(r.net).ok())
+            .collect(),
+    };
+    for target in fleet_entries.into_iter().filter(|t| deleted.contains(t)) {
+        match list {
+            FleetList::Blocklist if dp.unblock(target)? => done.removed += 1,
+            FleetList::Allowlist if dp.disallow(target.net())? => done.disallowed += 1,
+            _ => {}
         }
     }
     Ok(done)
@@ -196,72 +221,6 @@ pub fn allow(
         }
     }
     Ok(())
-}
-
-/// Removes the allowlist entry of `target` when it came from the fleet (`from` deleted it).
-pub fn unallow(
-    dp: &mut Dataplane,
-    target: &str,
-    from: &str,
-    node: &str,
-    done: &mut Applied,
-) -> Result<(), DataplaneError> {
-    if from == node {
-        done.known += 1;
-        return Ok(());
-    }
-    let Ok(target) = target.parse::<Target>() else {
-        done.invalid += 1;
-        return Ok(());
-    };
-    match dp.allow_entry(target.net())? {
-        Some(entry) if entry.origin == origin::FLEET => {
-            if dp.disallow(target.net())? {
-                done.disallowed += 1;
-            }
-        }
-        _ => done.known += 1,
-    }
-    Ok(())
-}
-
-/// The allowlist's [`reconcile`]: every allowlist record missing here is written; an entry of
-/// origin `fleet` whose record was deleted (a target of `unallows`) and that no record holds is
-/// removed. A record merely missing removes nothing.
-pub fn reconcile_allowlist(
-    dp: &mut Dataplane,
-    records: &[BanRecord],
-    unallows: &[String],
-    node: &str,
-) -> Result<Applied, DataplaneError> {
-    let mut done = Applied::default();
-    let mut held: HashSet<Target> = HashSet::new();
-    for record in records {
-        if let Ok(target) = record.target.parse::<Target>() {
-            held.insert(target);
-        }
-        allow(dp, record, node, &mut done)?;
-    }
-    let deleted: HashSet<Target> = unallows
-        .iter()
-        .filter_map(|t| t.parse::<Target>().ok())
-        .filter(|t| !held.contains(t))
-        .collect();
-    if !deleted.is_empty() {
-        let stale: Vec<Target> = dp
-            .allowed()?
-            .into_iter()
-            .filter(|r| r.entry.origin == origin::FLEET)
-            .filter_map(|r| Target::from_net(r.net).ok())
-            .filter(|t| deleted.contains(t))
-            .collect();
-        for target in stale {
-            if dp.disallow(target.net())? {
-                done.disallowed += 1;
-            }
-        }
-    }
-    Ok(done)
 }
 
 /// Whether `entry` still drops (never expires, or expires later).

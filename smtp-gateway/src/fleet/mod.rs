@@ -99,13 +99,15 @@ pub async fn run(
                         match &message {
                             FleetMessage::Ban { record } => apply::ban(dp, record, &node, &mut done)?,
                             FleetMessage::Unban { target, node: from } => {
-                                apply::unban(dp, target, from, &node, &mut done)?;
+                                let list = FleetList::Blocklist;
+                                apply::remove(dp, list, target, from, &node, &mut done)?;
                             }
                             FleetMessage::Allow { record } => {
                                 apply::allow(dp, record, &node, &mut done)?;
                             }
                             FleetMessage::Unallow { target, node: from } => {
-                                apply::unallow(dp, target, from, &node, &mut done)?;
+                                let list = FleetList::Allowlist;
+                                apply::remove(dp, list, target, from, &node, &mut done)?;
                             }
                         }
                         Ok(done)
@@ -165,9 +167,8 @@ async fn reconcile_list(
     let recorded: HashSet<String> = records.iter().map(|r| r.target.clone()).collect();
     let deleted: HashSet<String> = deletions.iter().cloned().collect();
     let me = node.to_string();
-    let applied = on_dataplane(dataplane, move |dp| match list {
-        FleetList::Blocklist => apply::reconcile(dp, &records, &deletions, &me),
-        FleetList::Allowlist => apply::reconcile_allowlist(dp, &records, &deletions, &me),
+    let applied = on_dataplane(dataplane, move |dp| {
+        apply::reconcile(dp, list, &records, &deletions, &me)
     })
     .await;
     if complete {

@@ -73,6 +73,18 @@ impl Running {
         }
     }
 
+    /// Waits (bounded) until the writer had a write refused (the store is down).
+    async fn until_a_write_is_refused(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.metrics.store_count("write", "error")
+            + self.metrics.store_count("write", "timeout")
+            == 0
+        {
+            assert!(Instant::now() < deadline, "no write was refused");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn stop(self) -> usize {
         let _ = self.stop.send(true);
         self.writer.await.expect("writer")
@@ -411,13 +423,7 @@ async fn writes_made_while_redis_is_down_reach_it_when_it_returns() {
         &probe(2),
         Duration::from_secs(60),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while run.metrics.store_count("write", "error") + run.metrics.store_count("write", "timeout")
-        == 0
-    {
-        assert!(Instant::now() < deadline, "no write was refused");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    run.until_a_write_is_refused().await;
     // Back (empty: no persistence): the kept write arrives.
     let server = RedisServer::start(&dir);
     run.until_reads(Space::Pass, "while-down", Some(probe(2)))
@@ -446,13 +452,7 @@ async fn a_full_queue_drops_the_oldest_and_counts_it() {
             Duration::from_secs(60),
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while run.metrics.store_count("write", "error") + run.metrics.store_count("write", "timeout")
-        == 0
-    {
-        assert!(Instant::now() < deadline, "no write was refused");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    run.until_a_write_is_refused().await;
     let lost = run.stop().await;
     assert!(lost <= 4, "bounded: {lost}");
     let _ = std::fs::remove_dir_all(dir);

@@ -20,7 +20,7 @@
 use std::{
     fs,
     os::unix::process::CommandExt,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     thread::sleep,
     time::{Duration, Instant},
@@ -30,8 +30,8 @@ use anyhow::{Context, bail};
 use smtp_gateway_test_kit::{Account, InstanceDir, MainCf, MasterCf, strip_ansi};
 
 use super::{
-    INTERRUPTED_MSG, Lab, SIGKILL, SIGTERM, Story, interrupted, kill, kill_group, reply_after,
-    tail, verdict,
+    INTERRUPTED_MSG, Lab, SIGKILL, Story, conclude, interrupted, kill_group, reply_after,
+    stop_daemon, tail, verdict,
 };
 
 const CLIENT: &str = "198.18.1.10";
@@ -109,16 +109,7 @@ pub fn run(bin: PathBuf) -> anyhow::Result<()> {
     fleet.cleanup();
     println!("\n━━━ smtp-gateway fleet demo ━━━ (Ctrl-C stops it and cleans up)");
     let result = scenario(&mut fleet, &mut story);
-    let failed = result.is_err() || !story.failures.is_empty();
-    if interrupted() {
-        println!("\n✘ Interrupted: cleaning up.");
-        drop(fleet);
-        std::process::exit(130);
-    }
-    if let Err(e) = &result {
-        println!("\n✘ the demo stopped: {e:#}");
-    }
-    if failed {
+    conclude("fleet demo", started, &story, result, fleet, |fleet| {
         for n in &fleet.nodes {
             println!(
                 "\n--- gateway {} log ({}), last lines ---\n{}",
@@ -129,21 +120,7 @@ pub fn run(bin: PathBuf) -> anyhow::Result<()> {
         }
         fleet.lab.show_logs();
         fleet.lab.keep_logs = true;
-    }
-    drop(fleet);
-    let secs = started.elapsed().as_secs_f64();
-    if failed {
-        if !story.failures.is_empty() {
-            println!("\n✘ {} expectation(s) not met:", story.failures.len());
-            for f in &story.failures {
-                println!("  - {f}");
-            }
-        }
-        println!("\n✘ The fleet demo failed ({secs:.1} s).");
-        std::process::exit(1);
-    }
-    println!("\n✔ All {} expectations met in {secs:.1} s.", story.checks);
-    Ok(())
+    })
 }
 
 impl Fleet {
@@ -432,48 +409,15 @@ impl Fleet {
     /// Starts gateway `i`; returns once it logged "ready" and its fleet task started.
     fn start_gateway(&mut self, i: usize) -> anyhow::Result<()> {
         self.write_config(&self.nodes[i])?;
-        let node = &self.nodes[i];
-        let log = fs::File::create(&node.log)?;
-        let child = self
-            .lab
-            .in_ns(node.ns, &self.lab.bin)
-            .arg("-c")
-            .arg(&node.config)
-            .arg("run")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("cannot start {}", self.lab.bin.display()))?;
-        let path = node.log.clone();
-        let name = node.name;
-        self.nodes[i].daemon = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.nodes[i]
-                .daemon
-                .as_mut()
-                .map(|d| d.try_wait())
-                .transpose()?
-                .flatten()
-            {
-                bail!("gateway {name} exited during start-up ({status})");
-            }
-            let text = strip_ansi(&fs::read_to_string(&path).unwrap_or_default());
-            let ready = text.lines().any(|l| l.trim_end().ends_with(": ready"));
-            if ready && text.contains("fleet: ban propagation") {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!("gateway {name} not ready (with its fleet task) within 20 s");
-            }
-            if interrupted() {
-                bail!(INTERRUPTED_MSG);
-            }
-            sleep(Duration::from_millis(50));
-        }
+        let node = &mut self.nodes[i];
+        self.lab.start_daemon(
+            &mut node.daemon,
+            node.ns,
+            &node.config,
+            &node.log,
+            &format!("gateway {} (with its fleet task)", node.name),
+            |log| log.contains("fleet: ban propagation"),
+        )
     }
 
     /// The row of `target` in the node's `block list`, if listed (waits at most `within`).
@@ -620,42 +564,14 @@ impl Fleet {
     /// the directory).
     fn cleanup(&mut self) -> Vec<String> {
         let mut done = Vec::new();
-        for i in 0..2 {
-            if let Some(mut daemon) = self.nodes[i].daemon.take() {
-                if let Ok(None) = daemon.try_wait()
-                    && let Ok(pid) = i32::try_from(daemon.id())
-                {
-                    // SAFETY: signalling our own child, not yet reaped.
-                    unsafe { kill(pid, SIGTERM) };
-                }
-                let deadline = Instant::now() + Duration::from_secs(10);
-                let stopped = loop {
-                    match daemon.try_wait() {
-                        Ok(Some(_)) => break true,
-                        Ok(None) if Instant::now() < deadline => sleep(Duration::from_millis(20)),
-                        _ => break false,
-                    }
-                };
-                if !stopped {
-                    kill_group(daemon.id(), SIGKILL);
-                    let _ = daemon.wait();
-                }
-                done.push(format!("gateway {} stopped", self.nodes[i].name));
+        for node in &mut self.nodes {
+            if let Some(daemon) = node.daemon.take() {
+                stop_daemon(daemon);
+                done.push(format!("gateway {} stopped", node.name));
             }
-            let node = &self.nodes[i];
             if node.pin_dir.exists() {
-                if node.config.exists() {
-                    let mut detach =
-                        if Path::new(&format!("/run/netns/{}", self.ns(node.ns))).exists() {
-                            self.cli(node, &["detach"])
-                        } else {
-                            let mut cmd = Command::new(&self.lab.bin);
-                            cmd.arg("-c").arg(&node.config).arg("detach");
-                            cmd
-                        };
-                    self.lab.run_quietly(&mut detach, Duration::from_secs(20));
-                }
-                let _ = fs::remove_dir_all(&node.pin_dir);
+                self.lab
+                    .detach_and_unpin(node.ns, &node.config, &node.pin_dir);
                 done.push(format!("pins of {} removed", node.name));
             }
         }
@@ -664,17 +580,9 @@ impl Fleet {
             let _ = redis.wait();
             done.push("Redis stopped".into());
         }
-        let mut deleted = 0;
-        for host in ["gwa", "gwb", "mx", "client", "bot", "spammer"] {
-            let ns = self.ns(host);
-            if Path::new(&format!("/run/netns/{ns}")).exists() {
-                self.lab.run_quietly(
-                    Command::new("ip").args(["netns", "del", &ns]),
-                    Duration::from_secs(10),
-                );
-                deleted += 1;
-            }
-        }
+        let deleted = self
+            .lab
+            .delete_namespaces(&["gwa", "gwb", "mx", "client", "bot", "spammer"]);
         if deleted > 0 {
             done.push(format!("{deleted} namespaces deleted"));
         }
