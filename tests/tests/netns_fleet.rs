@@ -22,6 +22,8 @@
 //!   fleet (a shared counter in Redis): B bans it, and A and C drop it too;
 //! - junk published on the channel and a junk record are dropped; a record another node wrote
 //!   without a message (auto-ban's records take the same path) arrives through reconcile;
+//! - a ban written by a node whose clock is an hour behind keeps what Redis says is left of its
+//!   record (reconcile) or what its writer's message says (push), not the writer's clock;
 //! - ban-to-listed latency on B over 20 bans made on A (printed; bounded only generously).
 //!
 //! Needs root, `cargo xtask setup` (redis-server) and `cargo build` first:
@@ -536,6 +538,44 @@ fn a_ban_on_one_gateway_drops_on_the_others() {
         let entry = node.wait_fleet_ban(written);
         assert_eq!(entry["reason"], "autoban: pregreet", "{entry}");
         node.assert_dropped(EARLY, "after hostile messages");
+    }
+
+    // Clocks that disagree: a ban written by a node whose clock is an hour behind (its record's
+    // end is already past by ours) keeps the hour Redis gives its record, through reconcile (A,
+    // C) and through a message carrying the writer's TTL (B, which only hears messages).
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis();
+    let behind = |target: &str| {
+        format!(
+            r#"{{"target":"{target}","source":null,"reason":"clock behind","origin":"cli","node":"node-y","added_unix_ms":1,"expires_unix_ms":{}}}"#,
+            now_ms - 1_800_000
+        )
+    };
+    let (stored, told) = ("198.18.1.97", "198.18.1.98");
+    redis.cli(&[
+        "SET",
+        &format!("{PREFIX}ban/{stored}"),
+        &behind(stored),
+        "PX",
+        "3600000",
+    ]);
+    redis.cli(&[
+        "PUBLISH",
+        &channel,
+        &format!(
+            r#"{{"op":"ban","record":{},"ttl_ms":3600000}}"#,
+            behind(told)
+        ),
+    ]);
+    for (node, target) in [(&a, stored), (&c, stored), (&b, told)] {
+        let entry = node.wait_fleet_ban(target);
+        let left = entry["expires_in_secs"].as_u64().unwrap_or_default();
+        assert!(
+            (3000..=3600).contains(&left),
+            "{target}: the store's hour, not the writer's clock: {entry}"
+        );
     }
 
     // Ban-to-listed latency on B (B's `block list` polled; its resolution is one CLI call).

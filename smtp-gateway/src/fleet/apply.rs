@@ -13,7 +13,7 @@ use smtp_gateway_common::{AllowEntry, BlockEntry, origin};
 use crate::{
     dataplane::{Dataplane, DataplaneError, Target, clock, reasons},
     store::{
-        BanRecord,
+        BanRecord, Loaded,
         records::{FleetList, unix_now_ms},
     },
 };
@@ -37,10 +37,43 @@ pub struct Applied {
     pub invalid: usize,
 }
 
-/// Writes `record` (a ban of another node) to the blocklist.
+/// What is left of a ban.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Left {
+    /// It never expires.
+    Never,
+    /// It drops for this long still.
+    For(Duration),
+    /// It is over.
+    Over,
+}
+
+/// What is left of `record`'s ban at `now_unix_ms`: never, for a record without an expiry;
+/// else `life` when the store told it — what is left of the record by Redis's clock (a
+/// reconcile's `PTTL`), or the writer's TTL carried by its message — so that gateways whose
+/// clocks disagree still agree on a ban's end; else (a message of an older gateway) the
+/// record's end by this node's wall clock.
+pub fn left(record: &BanRecord, life: Option<Duration>, now_unix_ms: u64) -> Left {
+    let Some(end) = record.expires_unix_ms else {
+        return Left::Never;
+    };
+    let left = match life {
+        Some(life) => life,
+        None => Duration::from_millis(end.saturating_sub(now_unix_ms)),
+    };
+    if left.is_zero() {
+        Left::Over
+    } else {
+        Left::For(left)
+    }
+}
+
+/// Writes `record` (a ban of another node, `life` left of it when the store told it: see
+/// [`left`]) to the blocklist.
 pub fn ban(
     dp: &mut Dataplane,
     record: &BanRecord,
+    life: Option<Duration>,
     node: &str,
     done: &mut Applied,
 ) -> Result<(), DataplaneError> {
@@ -52,15 +85,13 @@ pub fn ban(
         done.invalid += 1;
         return Ok(());
     };
-    let ttl = match record.expires_unix_ms {
-        None => None,
-        Some(end) => match end.checked_sub(unix_now_ms()) {
-            Some(left) if left > 0 => Some(Duration::from_millis(left)),
-            _ => {
-                done.known += 1;
-                return Ok(());
-            }
-        },
+    let ttl = match left(record, life, unix_now_ms()) {
+        Left::Never => None,
+        Left::For(left) => Some(left),
+        Left::Over => {
+            done.known += 1;
+            return Ok(());
+        }
     };
     let expires_at_ns = clock::expiry_after(ttl);
     let existing = dp.block_entry(target)?;
@@ -128,27 +159,27 @@ pub fn remove(
     Ok(())
 }
 
-/// Makes the entries of origin `fleet` of `list` match the store: every record missing here
-/// is written; an entry whose record was deleted (a target of `deletions`, the remembered
+/// Makes the entries of origin `fleet` of `list` match the store (records with what is left of
+/// them by Redis's clock): every record missing here is written; an entry whose record was deleted (a target of `deletions`, the remembered
 /// deletions) and that no record holds is removed. A record merely missing removes nothing
 /// (Redis may have lost its data: a ban stays until it expires, an allowlist entry until it is
 /// deleted).
 pub fn reconcile(
     dp: &mut Dataplane,
     list: FleetList,
-    records: &[BanRecord],
+    records: &[Loaded<BanRecord>],
     deletions: &[String],
     node: &str,
 ) -> Result<Applied, DataplaneError> {
     let mut done = Applied::default();
     let mut held: HashSet<Target> = HashSet::new();
-    for record in records {
-        if let Ok(target) = record.target.parse::<Target>() {
+    for Loaded { value, left, .. } in records {
+        if let Ok(target) = value.target.parse::<Target>() {
             held.insert(target);
         }
         match list {
-            FleetList::Blocklist => ban(dp, record, node, &mut done)?,
-            FleetList::Allowlist => allow(dp, record, node, &mut done)?,
+            FleetList::Blocklist => ban(dp, value, *left, node, &mut done)?,
+            FleetList::Allowlist => allow(dp, value, node, &mut done)?,
         }
     }
     let deleted: HashSet<Target> = deletions
@@ -226,4 +257,46 @@ pub fn allow(
 /// Whether `entry` still drops (never expires, or expires later).
 fn active(entry: &BlockEntry) -> bool {
     entry.expires_at_ns == 0 || entry.expires_at_ns > clock::monotonic_ns()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(expires_unix_ms: Option<u64>) -> BanRecord {
+        BanRecord {
+            target: "198.18.0.7".into(),
+            source: None,
+            reason: "r".into(),
+            origin: "cli".into(),
+            node: "mx1".into(),
+            added_unix_ms: 0,
+            expires_unix_ms,
+        }
+    }
+
+    #[test]
+    fn the_store_s_clock_decides_what_is_left_of_a_ban() {
+        let hour = Duration::from_secs(3600);
+        let now = 10_000_000_000;
+        // A ban this node's clock sees as over (its writer's clock is behind ours, or ours
+        // ahead): what Redis says is left of its record wins.
+        let written_behind = record(Some(now - 60_000));
+        assert_eq!(left(&written_behind, Some(hour), now), Left::For(hour));
+        // And one this node's clock would keep too long.
+        let written_ahead = record(Some(now + 10 * 3_600_000));
+        assert_eq!(left(&written_ahead, Some(hour), now), Left::For(hour));
+        // Without a life from the store (a message of an older gateway): the wall clock.
+        assert_eq!(left(&written_behind, None, now), Left::Over);
+        assert_eq!(
+            left(&record(Some(now + 1_000)), None, now),
+            Left::For(Duration::from_secs(1))
+        );
+        // No expiry: never over, whatever the record's key has left.
+        assert_eq!(left(&record(None), Some(hour), now), Left::Never);
+        assert_eq!(
+            left(&record(Some(now)), Some(Duration::ZERO), now),
+            Left::Over
+        );
+    }
 }

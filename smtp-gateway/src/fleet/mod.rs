@@ -97,7 +97,10 @@ pub async fn run(
                     let applied = on_dataplane(&dataplane, move |dp| {
                         let mut done = Applied::default();
                         match &message {
-                            FleetMessage::Ban { record } => apply::ban(dp, record, &node, &mut done)?,
+                            FleetMessage::Ban { record, ttl_ms } => {
+                                let life = ttl_ms.map(Duration::from_millis);
+                                apply::ban(dp, record, life, &node, &mut done)?;
+                            }
                             FleetMessage::Unban { target, node: from } => {
                                 let list = FleetList::Blocklist;
                                 apply::remove(dp, list, target, from, &node, &mut done)?;
@@ -142,7 +145,7 @@ async fn reconcile_list(
     node: &str,
     list: FleetList,
 ) {
-    let records = match store.load::<BanRecord>(list.records()).await {
+    let records = match store.load_with_life::<BanRecord>(list.records()).await {
         Ok(r) => r,
         Err(e) => {
             metrics.fleet("reconcile_failed", 1);
@@ -161,10 +164,9 @@ async fn reconcile_list(
             Vec::new()
         }
     };
-    let records: Vec<BanRecord> = records.into_iter().map(|(_, r)| r).collect();
     // A view cut at `store.load_limit` does not tell which entries lack a record.
     let complete = records.len() < store.config().load_limit;
-    let recorded: HashSet<String> = records.iter().map(|r| r.target.clone()).collect();
+    let recorded: HashSet<String> = records.iter().map(|r| r.value.target.clone()).collect();
     let deleted: HashSet<String> = deletions.iter().cloned().collect();
     let me = node.to_string();
     let applied = on_dataplane(dataplane, move |dp| {

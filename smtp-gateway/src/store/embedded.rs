@@ -8,7 +8,7 @@ use std::{os::unix::fs::DirBuilderExt, path::Path, sync::Arc, time::Duration};
 
 use redb::{Database, ReadableTable, TableDefinition};
 
-use super::{CounterLife, StoreConfig, StoreError, Write, records::unix_now_ms};
+use super::{CounterLife, Scanned, StoreConfig, StoreError, Write, records::unix_now_ms};
 
 /// The one table: key -> expiry (8 bytes) + value.
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
@@ -91,7 +91,7 @@ impl Embedded {
         prefix: String,
         limit: usize,
         max: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Scanned>, StoreError> {
         self.blocking(move |db| scan(db, &prefix, limit, max, unix_now_ms()))
             .await
     }
@@ -228,7 +228,7 @@ fn scan(
     limit: usize,
     max: usize,
     now: u64,
-) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+) -> Result<Vec<Scanned>, StoreError> {
     let tx = db.begin_read().map_err(db_error)?;
     let table = match tx.open_table(ENTRIES) {
         Ok(t) => t,
@@ -243,7 +243,11 @@ fn scan(
             break;
         }
         match split(key, stored.value(), max) {
-            Ok((expires, value)) if expires > now => out.push((key.to_string(), value)),
+            Ok((expires, value)) if expires > now => out.push(Scanned {
+                key: key.to_string(),
+                value,
+                left: Some(Duration::from_millis(expires - now)),
+            }),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "store: damaged entry skipped"),
         }
@@ -321,7 +325,15 @@ mod tests {
             "expired"
         );
         let live = scan(&db, "pass/", 10, 64, t0 + 500).expect("scan");
-        assert_eq!(live, vec![("pass/b".to_string(), b"2".to_vec())]);
+        // What is left of its life, by the same clock: 1000 ms from t0, read at t0 + 500.
+        assert_eq!(
+            live,
+            vec![Scanned {
+                key: "pass/b".to_string(),
+                value: b"2".to_vec(),
+                left: Some(Duration::from_millis(500))
+            }]
+        );
         assert_eq!(purge(&db, t0 + 500).expect("purge"), 1);
         assert_eq!(purge(&db, t0 + 500).expect("purge"), 0);
         assert_eq!(

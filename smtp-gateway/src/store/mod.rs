@@ -115,6 +115,28 @@ impl Write {
 }
 
 /// The engine behind a [`Store`] (one table line per engine).
+/// One entry an engine's scan read: its key (without the engine's prefix), its value, and what
+/// is left of its life by the engine's own clock (none: it never expires).
+#[derive(Debug, PartialEq, Eq)]
+struct Scanned {
+    key: String,
+    value: Vec<u8>,
+    left: Option<Duration>,
+}
+
+/// One entry [`Store::load_with_life`] read: its id, its value, and what is left of its life by
+/// the engine's clock (Redis's for a fleet: one clock for every gateway), none when it never
+/// expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded<T> {
+    /// The id in its space.
+    pub id: String,
+    /// The value.
+    pub value: T,
+    /// What is left of the entry's life.
+    pub left: Option<Duration>,
+}
+
 /// How long a counter lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CounterLife {
@@ -181,7 +203,7 @@ impl Engine {
         prefix: String,
         limit: usize,
         max: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Scanned>, StoreError> {
         match self {
             Engine::Embedded(e) => e.scan(prefix, limit, max).await,
             Engine::Redis(r) => r.scan(prefix, limit, max).await,
@@ -460,6 +482,19 @@ impl Store {
         &self,
         space: Space,
     ) -> Result<Vec<(String, T)>, StoreError> {
+        Ok(self
+            .load_with_life(space)
+            .await?
+            .into_iter()
+            .map(|l| (l.id, l.value))
+            .collect())
+    }
+
+    /// [`load`](Self::load), with what is left of each entry's life by the engine's clock.
+    pub async fn load_with_life<T: DeserializeOwned>(
+        &self,
+        space: Space,
+    ) -> Result<Vec<Loaded<T>>, StoreError> {
         let cfg = &self.inner.config;
         let prefix = space.key("");
         let scan = self
@@ -472,12 +507,16 @@ impl Store {
         };
         self.count("scan", &raw);
         let mut out = Vec::new();
-        for (key, bytes) in raw? {
+        for Scanned { key, value, left } in raw? {
             let Some(id) = space.id_of(&key) else {
                 continue;
             };
-            match records::decode(&key, &bytes, cfg.max_value_bytes) {
-                Ok(v) => out.push((id.to_string(), v)),
+            match records::decode(&key, &value, cfg.max_value_bytes) {
+                Ok(value) => out.push(Loaded {
+                    id: id.to_string(),
+                    value,
+                    left,
+                }),
                 Err(e) => {
                     self.inner.metrics.store_op("decode", "error");
                     tracing::warn!(error = %e, "store: entry skipped");

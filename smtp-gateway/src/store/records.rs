@@ -4,6 +4,8 @@
 //! error, never a panic). Features keep their own record types (pass cache, auto-ban counts,
 //! session outcomes); they are encoded here.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::StoreError;
@@ -117,6 +119,11 @@ pub enum FleetMessage {
     Ban {
         /// The record.
         record: BanRecord,
+        /// How long the record is kept, from its write: what is left of the ban by the
+        /// writer's own measure, which the receiver applies as is (so the gateways' clocks need
+        /// not agree). Absent from older gateways' messages.
+        #[serde(default)]
+        ttl_ms: Option<u64>,
     },
     /// A ban record was deleted (`block del`).
     Unban {
@@ -176,16 +183,20 @@ impl FleetList {
             .find_map(|list| Some((list, list.records().id_of(key)?)))
     }
 
-    /// The message that a record of this list was written: the record's bytes (our own encoding
-    /// of a [`BanRecord`]) wrapped, never decoded again.
-    pub fn written(self, record: &[u8]) -> Vec<u8> {
+    /// The message that a record of this list was written, kept `ttl`: the record's bytes (our
+    /// own encoding of a [`BanRecord`]) wrapped, never decoded again; a ban's carries `ttl`.
+    pub fn written(self, record: &[u8], ttl: Duration) -> Vec<u8> {
         let op: &[u8] = match self {
             FleetList::Blocklist => br#"{"op":"ban","record":"#,
             FleetList::Allowlist => br#"{"op":"allow","record":"#,
         };
-        let mut out = Vec::with_capacity(record.len() + op.len() + 1);
+        let mut out = Vec::with_capacity(record.len() + op.len() + 32);
         out.extend_from_slice(op);
         out.extend_from_slice(record);
+        if self == FleetList::Blocklist {
+            let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            out.extend_from_slice(format!(r#","ttl_ms":{ms}"#).as_bytes());
+        }
         out.push(b'}');
         out
     }
@@ -298,11 +309,29 @@ mod tests {
     #[test]
     fn fleet_messages_round_trip_and_refuse_junk() {
         let bytes = encode("ban/x", &record()).expect("encode");
+        let hour = Duration::from_secs(3600);
         let back: FleetMessage =
-            decode("m", &FleetList::Blocklist.written(&bytes), 4096).expect("ban");
-        assert_eq!(back, FleetMessage::Ban { record: record() });
+            decode("m", &FleetList::Blocklist.written(&bytes, hour), 4096).expect("ban");
+        assert_eq!(
+            back,
+            FleetMessage::Ban {
+                record: record(),
+                ttl_ms: Some(3_600_000)
+            }
+        );
+        // An older gateway's message, without the TTL.
+        let mut old = br#"{"op":"ban","record":"#.to_vec();
+        old.extend_from_slice(&bytes);
+        old.push(b'}');
+        assert_eq!(
+            decode::<FleetMessage>("m", &old, 4096).expect("older ban"),
+            FleetMessage::Ban {
+                record: record(),
+                ttl_ms: None
+            }
+        );
         let back: FleetMessage =
-            decode("m", &FleetList::Allowlist.written(&bytes), 4096).expect("allow");
+            decode("m", &FleetList::Allowlist.written(&bytes, hour), 4096).expect("allow");
         assert_eq!(back, FleetMessage::Allow { record: record() });
         assert_eq!(
             FleetList::of_record_key("allow/2001:db8::/64"),

@@ -12,7 +12,7 @@ use ::redis::{
 };
 
 use super::{
-    CounterLife, StoreConfig, StoreError, Write,
+    CounterLife, Scanned, StoreConfig, StoreError, Write,
     records::{FleetList, encode},
 };
 
@@ -75,7 +75,7 @@ impl Redis {
                     {
                         pipe.cmd("PUBLISH")
                             .arg(channel)
-                            .arg(list.written(value))
+                            .arg(list.written(value, *ttl))
                             .ignore();
                     }
                 }
@@ -128,14 +128,15 @@ impl Redis {
         check(&key, value, max)
     }
 
-    /// Up to `limit` entries under `prefix` (`SCAN` then one pipeline of bounded reads per
-    /// round). Keys that are not UTF-8 or not ours are skipped.
+    /// Up to `limit` entries under `prefix` (`SCAN`, then per round one pipeline of bounded
+    /// reads and one of `PTTL`: what is left of each by Redis's clock, the fleet's one clock).
+    /// Keys that are not UTF-8 or not ours, or that expired meanwhile, are skipped.
     pub(super) async fn scan(
         &self,
         prefix: String,
         limit: usize,
         max: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Scanned>, StoreError> {
         let mut conn = self.conn.clone();
         let pattern = format!("{}*", escape_glob(&self.full(&prefix)));
         let end = i64::try_from(max).unwrap_or(i64::MAX);
@@ -162,9 +163,19 @@ impl Redis {
                     pipe.cmd("GETRANGE").arg(self.full(key)).arg(0).arg(end);
                 }
                 let values: Vec<Vec<u8>> = pipe.query_async(&mut conn).await?;
-                for (key, value) in keys.into_iter().zip(values) {
+                let mut pipe = ::redis::pipe();
+                for key in &keys {
+                    pipe.cmd("PTTL").arg(self.full(key));
+                }
+                let lives: Vec<i64> = pipe.query_async(&mut conn).await?;
+                for ((key, value), life) in keys.into_iter().zip(values).zip(lives) {
+                    // -1: no expiry; -2: gone since the read.
+                    let left = match life {
+                        -2 => continue,
+                        ms => u64::try_from(ms).ok().map(Duration::from_millis),
+                    };
                     match check(&key, value, max) {
-                        Ok(Some(v)) => out.push((key, v)),
+                        Ok(Some(value)) => out.push(Scanned { key, value, left }),
                         Ok(None) => {}
                         Err(e) => tracing::warn!(error = %e, "store: entry skipped"),
                     }

@@ -389,6 +389,21 @@ async fn redis_round_trips_expires_and_refuses_hostile_values() {
         .parse()
         .expect("PTTL");
     assert!((1..=100_000).contains(&ttl), "PTTL {ttl}");
+    // A load tells what Redis says is left of each entry (the fleet's one clock).
+    let loaded = run
+        .store
+        .load_with_life::<Probe>(Space::Ban)
+        .await
+        .expect("load");
+    let left = loaded
+        .iter()
+        .find(|l| l.id == "198.18.0.5")
+        .and_then(|l| l.left)
+        .expect("a life");
+    assert!(
+        left > Duration::ZERO && left <= Duration::from_secs(100),
+        "{left:?}"
+    );
     // A value written behind our back, over the limit: never transferred whole.
     server.cli(&["SET", "t:ban/huge", &"z".repeat(100_000)]);
     assert!(matches!(
