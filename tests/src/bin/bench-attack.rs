@@ -219,13 +219,71 @@ struct Lab {
     client_addrs: Vec<Ipv4Addr>,
     /// The holding attack's sources, on the attacker veth (198.18.2.10 and up).
     holder_addrs: Vec<Ipv4Addr>,
+    /// The kernel's ARP table limits before the lab raised them, restored on drop.
+    neigh_limits: Option<NeighLimits>,
+}
+
+/// The IPv4 neighbour table's garbage-collection thresholds (`net.ipv4.neigh.default.gc_thresh1`
+/// to 3). The table is the kernel's, shared by every namespace: with the clean senders'
+/// [`CLIENT_ADDRS`] addresses and the holders' beside them the gateway namespace alone needs more
+/// than the default 1,024 entries, and past that the kernel drops the SYN-ACKs to new sources
+/// ("neighbor table overflow"), which the holders saw as refused connects.
+struct NeighLimits([u64; 3]);
+
+impl NeighLimits {
+    const PATHS: [&str; 3] = [
+        "/proc/sys/net/ipv4/neigh/default/gc_thresh1",
+        "/proc/sys/net/ipv4/neigh/default/gc_thresh2",
+        "/proc/sys/net/ipv4/neigh/default/gc_thresh3",
+    ];
+
+    fn read() -> Result<Self> {
+        let mut values = [0u64; 3];
+        for (value, path) in values.iter_mut().zip(Self::PATHS) {
+            *value = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {path}"))?
+                .trim()
+                .parse()
+                .with_context(|| format!("parsing {path}"))?;
+        }
+        Ok(Self(values))
+    }
+
+    fn write(&self) -> Result<()> {
+        for (value, path) in self.0.iter().zip(Self::PATHS) {
+            std::fs::write(path, value.to_string()).with_context(|| format!("writing {path}"))?;
+        }
+        Ok(())
+    }
+
+    /// Raises the thresholds to at least `entries` (and its halves below) when they are lower;
+    /// what they were, to restore, if they changed.
+    fn raise_to(entries: u64) -> Result<Option<Self>> {
+        let before = Self::read()?;
+        let wanted = [entries / 4, entries / 2, entries];
+        if before
+            .0
+            .iter()
+            .zip(wanted)
+            .all(|(have, want)| *have >= want)
+        {
+            return Ok(None);
+        }
+        let raised = Self([
+            before.0[0].max(wanted[0]),
+            before.0[1].max(wanted[1]),
+            before.0[2].max(wanted[2]),
+        ]);
+        raised.write()?;
+        Ok(Some(before))
+    }
 }
 
 impl Lab {
     fn new() -> Result<Self> {
         let pid = std::process::id();
         let prefix = format!("sgwatk{pid}");
-        let lab = Lab {
+        let mut lab = Lab {
             gw: format!("{prefix}-gw"),
             client: format!("{prefix}-cl"),
             attacker: format!("{prefix}-at"),
@@ -236,8 +294,13 @@ impl Lab {
                 .map(|n| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 4, 0)) + n))
                 .collect(),
             holder_addrs: holding::holder_addrs(),
+            neigh_limits: None,
         };
         lab.delete();
+        // Every lab address twice over, at least 4,096 (other work's namespaces share the table).
+        let entries = (2 * (u64::from(CLIENT_ADDRS) + holding::HOLD_SOURCES as u64)).max(4096);
+        lab.neigh_limits =
+            NeighLimits::raise_to(entries).context("raising the ARP table limits")?;
         lab.build().context("building the namespace lab")?;
         Ok(lab)
     }
@@ -385,6 +448,39 @@ impl Lab {
         self.tcp_ext("SyncookiesSent")
     }
 
+    /// Every counter of namespace `ns`'s /proc/net/netstat and /proc/net/snmp (`TcpExt X`,
+    /// `Tcp X`, `Ip X`, ...), and the packets its interface `dev` dropped (`<dev> rx_dropped`,
+    /// `<dev> tx_dropped`): what the holding attack compares before and after.
+    fn net_counters(&self, ns: &str, dev: &str) -> Result<Vec<(String, u64)>> {
+        let mut all = Vec::new();
+        for file in ["/proc/net/netstat", "/proc/net/snmp"] {
+            let text = output(nsenter(ns, "cat").arg(file))?;
+            let lines: Vec<&str> = text.lines().collect();
+            for pair in lines.chunks_exact(2) {
+                let [names, values] = pair else { continue };
+                let mut names = names.split_whitespace();
+                let mut values = values.split_whitespace();
+                let (Some(proto), Some(_)) = (names.next(), values.next()) else {
+                    continue;
+                };
+                let proto = proto.trim_end_matches(':');
+                for (name, value) in names.zip(values) {
+                    if let Ok(v) = value.parse::<u64>() {
+                        all.push((format!("{proto} {name}"), v));
+                    }
+                }
+            }
+        }
+        let out = ip(&["-n", ns, "-s", "-j", "link", "show", "dev", dev])?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("ip -s -j link show")?;
+        for dir in ["rx", "tx"] {
+            if let Some(n) = v[0]["stats64"][dir]["dropped"].as_u64() {
+                all.push((format!("{dev} {dir}_dropped"), n));
+            }
+        }
+        Ok(all)
+    }
+
     /// A TcpExt counter of the gateway's namespace (/proc/net/netstat).
     fn tcp_ext(&self, counter: &str) -> Result<u64> {
         let text = output(nsenter(&self.gw, "cat").arg("/proc/net/netstat"))?;
@@ -404,12 +500,22 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.delete();
+        if let Some(limits) = self.neigh_limits.take()
+            && let Err(e) = limits.write()
+        {
+            eprintln!("warning: ARP table limits not restored: {e:#}");
+        }
     }
 }
 
 // ───────────────────────────── smtp-sink ─────────────────────────────
 
-/// `smtp-sink -u nobody -c 127.0.0.1:PORT 1024` in the gateway namespace.
+/// Connections smtp-sink serves at once (`-m`; its default, 256, is below what the holding
+/// attack's DATA parkers alone hold open through the gateway: the backend, not the gateway,
+/// would then be what the clean senders wait for).
+const SINK_MAX: &str = "2048";
+
+/// `smtp-sink -u nobody -m 2048 -c 127.0.0.1:PORT 1024` in the gateway namespace.
 struct Sink {
     /// Held so that dropping the sink stops it.
     _proc: Proc,
@@ -426,7 +532,15 @@ impl Sink {
         let mut proc = Proc::spawn(
             "smtp-sink",
             nsenter(&lab.gw, "smtp-sink")
-                .args(["-u", "nobody", "-c", &addr.to_string(), "1024"])
+                .args([
+                    "-u",
+                    "nobody",
+                    "-m",
+                    SINK_MAX,
+                    "-c",
+                    &addr.to_string(),
+                    "1024",
+                ])
                 .current_dir(dir)
                 .stdin(Stdio::null())
                 .stdout(out)
@@ -1375,7 +1489,7 @@ fn report(
     let _ = writeln!(out, "\nCommands:\n\n```sh");
     let _ = writeln!(
         out,
-        "smtp-sink -u nobody -c 127.0.0.1:2525 1024   # in the gateway namespace"
+        "smtp-sink -u nobody -m 2048 -c 127.0.0.1:2525 1024   # in the gateway namespace"
     );
     let _ = writeln!(
         out,

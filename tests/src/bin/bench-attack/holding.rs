@@ -121,8 +121,9 @@ pub struct HoldResult {
     smtp_keys: String,
     /// Whether the issue-10 session limits were known to this gateway.
     limits_known: bool,
-    /// Kernel counters over the attack: every XDP verdict but `passed` that grew, then TcpExt
-    /// `ListenOverflows` and `ListenDrops` (SYNs dropped for a full accept queue).
+    /// Kernel counters over the attack: every XDP verdict but `passed`, and every network
+    /// counter of the gateway's and the attacker's namespace (their veth's drops too), that grew;
+    /// TcpExt `ListenOverflows` and `ListenDrops` (SYNs dropped for a full accept queue) always.
     kernel: Vec<(String, u64)>,
 }
 
@@ -354,8 +355,13 @@ pub fn run(
             .filter(|(name, _)| name != "passed")
             .map(|(name, n)| (format!("XDP {name}"), n))
             .collect();
-        for counter in ["ListenOverflows", "ListenDrops"] {
-            all.push((format!("TcpExt {counter}"), lab.tcp_ext(counter)?));
+        for (side, ns, dev) in [
+            ("gateway", &lab.gw, &lab.gw_attack_if),
+            ("attacker", &lab.attacker, &lab.attack_if),
+        ] {
+            for (name, n) in lab.net_counters(ns, dev)? {
+                all.push((format!("{side} {name}"), n));
+            }
         }
         Ok(all)
     };
@@ -430,7 +436,11 @@ pub fn run(
                 .map_or(0, |(_, v)| *v);
             (name, n.saturating_sub(before))
         })
-        .filter(|(name, n)| *n > 0 || name.starts_with("TcpExt"))
+        .filter(|(name, n)| {
+            *n > 0
+                || name.ends_with("TcpExt ListenOverflows")
+                || name.ends_with("TcpExt ListenDrops")
+        })
         .collect();
     eprintln!("  kernel over the attack: {kernel:?}");
     gw.read_log()?;
@@ -501,14 +511,28 @@ pub fn report(out: &mut String, r: &HoldResult, aim: f64) {
         thousands(peak),
         thousands(after)
     );
+    // Of the network counters, those that tell of a loss or a retry (the clean sessions make
+    // the others grow too).
+    let telling = |name: &str| {
+        name.starts_with("XDP")
+            || [
+                "Drop", "drop", "Overflow", "Fail", "Retrans", "Timeout", "Discard", "Err",
+                "Cookies", "Abort", "Reset",
+            ]
+            .iter()
+            .any(|word| name.contains(word))
+    };
     let kernel: Vec<String> = r
         .kernel
         .iter()
+        .filter(|(name, _)| telling(name))
         .map(|(name, n)| format!("{name} {}", thousands(*n)))
         .collect();
     let _ = writeln!(
         out,
-        "- kernel counters that grew over the attack (packets): {}\n",
+        "- kernel counters of loss or retry that grew over the attack (XDP verdicts; the \
+         gateway's and the attacker's namespace: /proc/net/netstat, /proc/net/snmp, their veth's \
+         drops): {}\n",
         kernel.join(", ")
     );
     let _ = writeln!(
