@@ -12,13 +12,9 @@ mod peers;
 #[allow(dead_code)] // session_state uses the pipelining behaviour
 mod recording;
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use peers::Gateway;
+use peers::{Gateway, sample};
 use recording::{Behaviour, Connections, recording_backend as backend, wait_for};
 
 /// The daemon with extra `[backend]` keys in front of a recording backend behaving as told.
@@ -57,27 +53,10 @@ fn session(helo: &str) -> Vec<String> {
     ]
 }
 
-fn scrape(port: u16) -> String {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut body = String::new();
-    tcp.read_to_string(&mut body).expect("response");
-    body
-}
-
-/// The value of the sample `series` (name and labels) in a scrape.
-fn sample(scrape: &str, series: &str) -> Option<u64> {
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-}
-
 /// `backend_sessions_total` on new and on reused connections (absent: never counted), and the
 /// whole scrape for the failure message.
 fn backend_sessions(gw: &Gateway) -> (Option<u64>, Option<u64>, String) {
-    let metrics = scrape(gw.metrics_port);
+    let metrics = gw.scrape();
     let count = |origin: &str| {
         let series = format!("smtp_gateway_backend_sessions_total{{origin=\"{origin}\"}}");
         sample(&metrics, &series)

@@ -198,7 +198,7 @@ fn message_text_trickled_past_max_data_duration_is_cut_off() {
 }
 
 /// A backend that accepts one transaction and reports every piece of message text it receives
-/// as it arrives.
+/// as it arrives, then the end of data (`.\r\n`); the channel closes with its connection.
 fn reporting_backend(listener: TcpListener, text: mpsc::Sender<Vec<u8>>) {
     std::thread::spawn(move || {
         let Ok((tcp, _)) = listener.accept() else {
@@ -225,6 +225,7 @@ fn reporting_backend(listener: TcpListener, text: mpsc::Sender<Vec<u8>>) {
                         return;
                     }
                     if line == b".\r\n" {
+                        let _ = text.send(line.clone());
                         break;
                     }
                     let _ = text.send(line.clone());
@@ -267,4 +268,133 @@ fn a_slow_senders_text_reaches_the_backend_before_its_end_of_data() {
         }
     }
     c.expect(".", "250");
+}
+
+/// A client connected from `source` (a loopback address) whose `220` banner was read.
+fn client_from(port: u16, source: [u8; 4]) -> peers::Client<TcpStream> {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from((source, 0)).into())
+        .expect("bind the source address");
+    socket
+        .connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .expect("connect");
+    let tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(EVENT_WAIT)).ok();
+    let mut c = peers::Client {
+        stream: BufReader::new(tcp),
+    };
+    let banner = c.reply();
+    assert!(banner.starts_with("220 "), "{banner}");
+    c
+}
+
+/// The gateway's `smtp_gateway_sessions_evicted_total`.
+fn evictions(gw: &Gateway) -> u64 {
+    let text = gw.scrape();
+    peers::sample(&text, "smtp_gateway_sessions_evicted_total ")
+        .unwrap_or_else(|| panic!("no sessions_evicted_total in\n{text}"))
+}
+
+#[test]
+fn at_capacity_an_idle_session_of_the_largest_source_makes_room_for_a_new_client() {
+    let idle = Duration::from_secs(1);
+    let (backend, _seen) = peers::scripted_backend_on_loopback(0);
+    let gw = Gateway::start_with_backend(
+        "evict",
+        backend,
+        "max_connections = 3\nmax_connections_per_source = 3\nevict_idle_after = \"1s\"\n\
+         command_timeout = \"60s\"",
+        "pool_size = 0",
+    );
+    // Every slot taken: two sessions from one source, one from another, all waiting for their
+    // clients (they read the banner and say nothing).
+    let mut big = [
+        client_from(gw.port, [127, 0, 0, 2]),
+        client_from(gw.port, [127, 0, 0, 2]),
+    ];
+    let mut small = client_from(gw.port, [127, 0, 0, 3]);
+    // Until they have waited `evict_idle_after` (a sleep never ends early).
+    std::thread::sleep(idle + Duration::from_millis(200));
+    assert_eq!(evictions(&gw), 0);
+    let mut newcomer = client_from(gw.port, [127, 0, 0, 4]);
+    assert!(
+        newcomer
+            .cmd("EHLO mail.goodcorp.example")
+            .starts_with("250")
+    );
+    // One of the larger source's sessions got the goodbye and was closed; the lone session of
+    // the other source was not touched.
+    let mut closed = Vec::new();
+    for c in &mut big {
+        c.stream.get_mut().write_all(b"NOOP\r\n").expect("write");
+        let mut line = String::new();
+        let _ = c.stream.read_line(&mut line);
+        if line.starts_with("421 4.7.0 Too many connections; closing an idle one") {
+            let (rest, gone) = read_to_close(c.stream.get_mut());
+            assert!(
+                gone && rest.is_empty(),
+                "closed after the goodbye: {rest:?}"
+            );
+            closed.push(line);
+        } else {
+            assert!(
+                line.starts_with("250"),
+                "the other session goes on: {line:?}"
+            );
+        }
+    }
+    assert_eq!(closed.len(), 1, "exactly one session made room: {closed:?}");
+    assert!(
+        small.cmd("NOOP").starts_with("250"),
+        "the smaller source keeps its session"
+    );
+    assert_eq!(evictions(&gw), 1);
+    gw.wait_log("idle session closed to make room for a new client");
+}
+
+#[test]
+fn a_session_parked_in_data_that_makes_room_leaves_no_message_at_the_backend() {
+    let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = backend.local_addr().expect("addr");
+    let (tx, rx) = mpsc::channel();
+    reporting_backend(backend, tx);
+    let gw = Gateway::start_with_backend(
+        "evictdata",
+        addr,
+        "max_connections = 1\nevict_idle_after = \"1s\"\ndata_timeout = \"60s\"\n\
+         text_flush_interval = \"100ms\"",
+        "pool_size = 0",
+    );
+    let mut parked = client_from(gw.port, [127, 0, 0, 2]);
+    parked.expect("EHLO mail.goodcorp.example", "250");
+    parked.open_message();
+    parked
+        .stream
+        .get_mut()
+        .write_all(b"Subject: held\r\n")
+        .expect("write");
+    // The text reached the backend (flushed within text_flush_interval): the transaction is
+    // open there when the session has to make room.
+    let first = rx.recv_timeout(EVENT_WAIT).expect("text at the backend");
+    assert_eq!(first, b"Subject: held\r\n");
+    std::thread::sleep(Duration::from_millis(1200));
+    let _newcomer = client_from(gw.port, [127, 0, 0, 3]);
+    let (answer, closed) = read_to_close(parked.stream.get_mut());
+    assert!(
+        closed && answer.starts_with("421 4.7.0 Too many connections; closing an idle one"),
+        "{answer:?}"
+    );
+    // The backend connection ends (the channel closes with it) without an end of data:
+    // nothing was accepted.
+    let mut rest = Vec::new();
+    loop {
+        match rx.recv_timeout(EVENT_WAIT) {
+            Ok(piece) => rest.push(String::from_utf8_lossy(&piece).into_owned()),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("the backend connection stays open"),
+        }
+    }
+    assert!(rest.is_empty(), "the backend got more text: {rest:?}");
 }

@@ -99,6 +99,8 @@ pub struct Metrics {
     bans: Counter,
     /// Session tasks that panicked (caught; their slots were released).
     session_panics: Counter,
+    /// Idle sessions closed at capacity to make room for a client of a smaller source.
+    sessions_evicted: Counter,
     /// CrowdSec LAPI polls by outcome.
     crowdsec_polls: Family<ResultLabels, Counter>,
     /// CrowdSec decisions by what they did to the blocklist.
@@ -147,6 +149,7 @@ impl Metrics {
             config_last_reload_success: Gauge::default(),
             bans: Counter::default(),
             session_panics: Counter::default(),
+            sessions_evicted: Counter::default(),
             crowdsec_polls: Family::default(),
             crowdsec_decisions: Family::default(),
             fleet_bans: Family::default(),
@@ -209,6 +212,12 @@ impl Metrics {
             "session_panics",
             "Session tasks that panicked (caught, logged with the client address, slots released)",
             m.session_panics.clone(),
+        );
+        registry.register(
+            "sessions_evicted",
+            "Idle sessions closed with 421 at max_connections to make room for a new client \
+             (smtp.evict_idle_after)",
+            m.sessions_evicted.clone(),
         );
         registry.register(
             "crowdsec_polls",
@@ -383,6 +392,11 @@ impl Metrics {
     /// A session task panicked (and was caught).
     pub fn session_panic(&self) {
         self.session_panics.inc();
+    }
+
+    /// An idle session was told to make room for a new client.
+    pub fn session_evicted(&self) {
+        self.sessions_evicted.inc();
     }
 
     /// Counts the verdict events until shutdown.

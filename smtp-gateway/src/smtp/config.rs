@@ -84,6 +84,12 @@ pub struct SmtpConfig {
     pub max_connections: usize,
     /// Sessions at once from one source (IPv4 address or IPv6 /64); more get `421`.
     pub max_connections_per_source: usize,
+    /// At `max_connections`, a session that has waited this long for its client (for a command,
+    /// text, or to read its replies) makes room for a new client: the longest idle one among
+    /// the sources holding the most slots, never one holding fewer than the newcomer's. It gets
+    /// `421 4.7.0`. 0 turns this off (newcomers get `421` at the cap).
+    #[serde(with = "humantime_serde")]
+    pub evict_idle_after: Duration,
     /// Pause before the final banner line, after a `220-` teaser; a client that talks during it
     /// is a pregreeter. 0 disables the pause (talking before the banner is still caught).
     #[serde(with = "humantime_serde")]
@@ -157,6 +163,7 @@ impl Default for SmtpConfig {
             listeners: Vec::new(),
             max_connections: 1000,
             max_connections_per_source: 20,
+            evict_idle_after: Duration::from_secs(2),
             greet_pause: Duration::ZERO,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
@@ -308,6 +315,12 @@ impl SmtpConfig {
                 secs(60),
             ),
             ("smtp.greet_pause", s.greet_pause, Duration::ZERO, MAX_PAUSE),
+            (
+                "smtp.evict_idle_after",
+                s.evict_idle_after,
+                Duration::ZERO,
+                MAX_TIMEOUT,
+            ),
             (
                 "smtp.tarpit_delay",
                 s.tarpit_delay,

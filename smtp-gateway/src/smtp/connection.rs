@@ -9,6 +9,7 @@
 use std::{
     io,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -19,12 +20,18 @@ use tokio::{
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
+use super::slots::Idle;
+
 /// Input buffer of an idle session: commands fit, and 10,000 idle sessions stay small.
 const IDLE_BUFFER: usize = 1024;
 /// Below this much free room the buffer grows (message text streams in larger reads).
 const MIN_SPARE: usize = 512;
 /// Growth step while data flows.
 const READ_CHUNK: usize = 16 * 1024;
+/// The goodbye of a session told to make room at capacity (`slots.rs`), written only if the
+/// socket takes it at once.
+const EVICTED_REPLY: &[u8] =
+    b"421 4.7.0 Too many connections; closing an idle one, try again later\r\n";
 
 /// How a line ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +164,8 @@ pub struct Connection {
     write_timeout: Duration,
     /// A write missed its deadline: nothing more is written to this connection.
     stalled: bool,
+    /// Set while the session waits for its client; read by the slot table at capacity.
+    idle: Option<Arc<Idle>>,
 }
 
 impl Connection {
@@ -169,7 +178,22 @@ impl Connection {
             wbuf: Vec::with_capacity(512),
             write_timeout,
             stalled: false,
+            idle: None,
         }
+    }
+
+    /// Marks `idle` while waiting for the client (for a line, for text, for it to read its
+    /// replies), and ends the connection when the slot table tells it to make room: the wait
+    /// fails as if the client had gone, after a `421` written only if the socket takes it at
+    /// once.
+    pub fn with_idle(mut self, idle: Arc<Idle>) -> Self {
+        self.idle = Some(idle);
+        self
+    }
+
+    /// Whether the connection was closed to make room for another client.
+    pub fn evicted(&self) -> bool {
+        self.idle.as_ref().is_some_and(|i| i.is_evicted())
     }
 
     /// Whether a write missed its deadline (the client does not read its replies).
@@ -223,17 +247,45 @@ impl Connection {
         }
     }
 
-    async fn fill(&mut self, timeout: Duration) -> Result<usize, ConnError> {
-        self.read_more_until(tokio::time::Instant::now() + timeout)
-            .await
-    }
-
     /// Reads more input (at least one byte, or 0 at the end of the stream), giving up at
-    /// `deadline`.
+    /// `deadline`, waiting as an idle session (see [`Connection::with_idle`]).
     pub async fn read_more_until(
         &mut self,
         deadline: tokio::time::Instant,
     ) -> Result<usize, ConnError> {
+        let Some(idle) = self.idle.clone() else {
+            return self.read_more(deadline).await;
+        };
+        idle.begin();
+        let read = tokio::select! {
+            biased;
+            _ = idle.evicted() => None,
+            read = self.read_more(deadline) => Some(read),
+        };
+        idle.end();
+        match read {
+            Some(read) => read,
+            None => Err(self.make_room().await),
+        }
+    }
+
+    /// Ends the connection for another client: the goodbye only if the socket takes it at
+    /// once, then nothing more is written.
+    async fn make_room(&mut self) -> ConnError {
+        self.wbuf.clear();
+        self.wbuf.extend_from_slice(EVICTED_REPLY);
+        // An elapsed deadline: the write is tried once, never waited for.
+        let _ = self.write_until(tokio::time::Instant::now()).await;
+        self.stalled = true;
+        ConnError::Io(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "closed to make room for another client",
+        ))
+    }
+
+    /// Reads more input, giving up at `deadline`; not an idle wait (the greet pause: the
+    /// client is waiting for us).
+    async fn read_more(&mut self, deadline: tokio::time::Instant) -> Result<usize, ConnError> {
         if self.rbuf.capacity() - self.rbuf.len() < MIN_SPARE {
             // Reclaim the consumed prefix (one move per refill) before growing.
             if self.rpos > 0 {
@@ -269,7 +321,7 @@ impl Connection {
         if self.buffered() > 0 {
             return Ok(true);
         }
-        match self.fill(pause).await {
+        match self.read_more(tokio::time::Instant::now() + pause).await {
             Ok(n) => Ok(n > 0),
             Err(ConnError::Timeout) => Ok(false),
             Err(e) => Err(e),
@@ -411,11 +463,31 @@ impl Connection {
         self.flush_until(deadline).await
     }
 
-    /// Sends everything queued, giving up (and stalling the connection) at `deadline`.
+    /// Sends everything queued, giving up (and stalling the connection) at `deadline`; a client
+    /// that is not reading is an idle one (see [`Connection::with_idle`]).
     async fn flush_until(&mut self, deadline: tokio::time::Instant) -> io::Result<()> {
         if self.stalled {
             return Err(stalled_error());
         }
+        let Some(idle) = self.idle.clone() else {
+            return self.write_until(deadline).await;
+        };
+        idle.begin();
+        let written = tokio::select! {
+            biased;
+            _ = idle.evicted() => None,
+            written = self.write_until(deadline) => Some(written),
+        };
+        idle.end();
+        written.unwrap_or_else(|| {
+            self.wbuf.clear();
+            self.stalled = true;
+            Err(stalled_error())
+        })
+    }
+
+    /// Writes everything queued, giving up (and stalling the connection) at `deadline`.
+    async fn write_until(&mut self, deadline: tokio::time::Instant) -> io::Result<()> {
         if self.wbuf.is_empty() {
             return Ok(());
         }

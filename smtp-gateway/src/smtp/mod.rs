@@ -2,7 +2,8 @@
 //!
 //! - `config.rs`: `[smtp]`, `[backend]`, `[score]` and [`ProxyConfig`](config::ProxyConfig), the
 //!   sections a session reads;
-//! - `server.rs`: listeners, connection caps, accept loop;
+//! - `server.rs`: listeners, the global connection cap, accept loop;
+//! - `slots.rs`: connection slots per source, and the idle session that makes room at the cap;
 //! - `session_guard.rs`: a session task's panic caught, logged, counted, its slots released;
 //! - `connection.rs`: line framing and batched replies over plain or TLS streams;
 //! - `session/`: the per-client state machine and its checks, one file per verb (`mod.rs` the
@@ -45,6 +46,7 @@ pub mod reply;
 pub mod server;
 pub mod session;
 pub mod session_guard;
+pub mod slots;
 #[cfg(test)]
 mod test_peers;
 pub mod text;

@@ -1,18 +1,14 @@
 //! Listeners and the accept loop: the global connection cap (a semaphore permit moved into each
-//! session), the per-source cap (IPv6 by /64), TCP_NODELAY, implicit TLS, and `421` for clients
-//! over a cap. Accept errors back off instead of spinning. Each session runs under
-//! `session_guard.rs`, which gives its slots back even when it panics.
+//! session), the per-source cap (IPv6 by /64, `slots.rs`), TCP_NODELAY, implicit TLS, and `421`
+//! for clients over a cap. At the global cap an idle session of a larger source makes room
+//! (`slots.rs`) before a newcomer is refused. Accept errors back off instead of spinning. Each
+//! session runs under `session_guard.rs`, which gives its slots back even when it panics.
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{Semaphore, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
 };
 
 use super::{
@@ -22,6 +18,7 @@ use super::{
     profile::Profile,
     session::Session,
     session_guard,
+    slots::{Idle, Slots},
 };
 
 /// Why the proxy could not start.
@@ -34,57 +31,6 @@ pub enum ServerError {
     },
     #[error("listener {0} is `smtps` but [smtp.tls] is not configured")]
     TlsMissing(SocketAddr),
-}
-
-/// Sessions per source prefix.
-#[derive(Default)]
-struct SourceCounts(Mutex<HashMap<IpAddr, usize>>);
-
-/// The per-source key: IPv4 address or IPv6 /64.
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => {
-            let mut o = v6.octets();
-            o[8..].fill(0);
-            IpAddr::V6(o.into())
-        }
-    }
-}
-
-/// A slot of the per-source cap, released on drop.
-struct SourceSlot {
-    counts: Arc<SourceCounts>,
-    key: IpAddr,
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        if let Ok(mut map) = self.counts.0.lock()
-            && let Some(n) = map.get_mut(&self.key)
-        {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.key);
-            }
-        }
-    }
-}
-
-impl SourceCounts {
-    fn acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<SourceSlot> {
-        let key = source_key(ip);
-        let mut map = self.0.lock().ok()?;
-        let n = map.entry(key).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(SourceSlot {
-            counts: self.clone(),
-            key,
-        })
-    }
 }
 
 /// Binds a listener (IPv6 sockets are IPv6-only so `0.0.0.0:25` and `[::]:25` can coexist).
@@ -117,7 +63,7 @@ pub async fn serve(
 ) {
     let initial = shared.borrow().config.smtp.max_connections;
     let limit = Arc::new(Semaphore::new(initial));
-    let counts = Arc::new(SourceCounts::default());
+    let counts = Arc::new(Slots::default());
     // Every session is spawned on the tracker; closing it and waiting means "drained".
     let sessions = tokio_util::task::TaskTracker::new();
     tokio::spawn(follow_connection_limit(
@@ -189,7 +135,7 @@ async fn accept_loop(
     cfg: ListenerConfig,
     listener: TcpListener,
     limit: Arc<Semaphore>,
-    counts: Arc<SourceCounts>,
+    counts: Arc<Slots>,
     shutdown: watch::Receiver<bool>,
     sessions: tokio_util::task::TaskTracker,
 ) {
@@ -213,35 +159,70 @@ async fn accept_loop(
             continue;
         }
         let shared = shared.borrow().clone();
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            refuse(tcp, "4.7.0 Too many connections, try again later");
-            continue;
-        };
-        let Some(slot) = counts.acquire(client.ip(), shared.config.smtp.max_connections_per_source)
-        else {
+        let smtp = &shared.config.smtp;
+        let Some(slot) = counts.acquire(client.ip(), smtp.max_connections_per_source) else {
             refuse(
                 tcp,
                 "4.7.0 Too many connections from your address, try again later",
             );
             continue;
         };
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(permit) => Permit::Now(permit),
+            Err(_)
+                if !smtp.evict_idle_after.is_zero()
+                    && counts.evict_for(&slot, smtp.evict_idle_after) =>
+            {
+                shared.metrics.session_evicted();
+                Permit::Freed(limit.clone(), smtp.write_timeout)
+            }
+            Err(_) => {
+                refuse(tcp, "4.7.0 Too many connections, try again later");
+                continue;
+            }
+        };
         shared.metrics.connection(cfg.address);
         let kind = cfg.kind;
         let profile = session_profile(&shared, &cfg);
         let session_shutdown = shutdown.clone();
         sessions.spawn(async move {
+            let Some(permit) = permit.wait().await else {
+                refuse(tcp, "4.7.0 Too many connections, try again later");
+                return;
+            };
             let metrics = shared.metrics.clone();
+            let idle = slot.idle();
             // The slots are released when the session ends, also when it panicked.
             let slots = (permit, slot, metrics.session_started());
             let session = run_session(
                 shared,
-                tcp,
+                (tcp, idle),
                 client,
                 (cfg.address, kind, profile),
                 session_shutdown,
             );
             session_guard::run_guarded(session, slots, client, &metrics).await;
         });
+    }
+}
+
+/// A newcomer's connection permit: taken at once, or the one an idle session that was told to
+/// make room gives back (waited for at most the given time: its goodbye is never waited for, so
+/// it comes back at once unless the session is stuck elsewhere).
+enum Permit {
+    Now(OwnedSemaphorePermit),
+    Freed(Arc<Semaphore>, Duration),
+}
+
+impl Permit {
+    async fn wait(self) -> Option<OwnedSemaphorePermit> {
+        match self {
+            Permit::Now(permit) => Some(permit),
+            Permit::Freed(limit, within) => tokio::time::timeout(within, limit.acquire_owned())
+                .await
+                .ok()?
+                .ok(),
+        }
     }
 }
 
@@ -260,7 +241,7 @@ fn session_profile(shared: &Shared, cfg: &ListenerConfig) -> Arc<Profile> {
 /// session itself. `listener` is the listening address, its kind and its profile.
 async fn run_session(
     shared: Arc<Shared>,
-    tcp: TcpStream,
+    (tcp, idle): (TcpStream, Arc<Idle>),
     client: SocketAddr,
     (listener, kind, profile): (SocketAddr, ListenerKind, Arc<Profile>),
     shutdown: watch::Receiver<bool>,
@@ -288,7 +269,7 @@ async fn run_session(
     } else {
         MaybeTls::Plain(tcp)
     };
-    let conn = Connection::new(stream, shared.config.smtp.write_timeout);
+    let conn = Connection::new(stream, shared.config.smtp.write_timeout).with_idle(idle);
     // A client this node does not know is asked of the state store (at most store.budget).
     let pass = shared.pass_cache.lookup(client.ip().to_canonical()).await;
     Session::new(shared, conn, client, local, kind, profile, pass)
@@ -302,31 +283,4 @@ async fn run_session(
 /// accept loop.
 fn refuse(tcp: TcpStream, text: &str) {
     let _ = tcp.try_write(format!("421 {text}\r\n").as_bytes());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ipv6_sources_are_grouped_by_64() {
-        let a: IpAddr = "2001:db8:1:2:3::1".parse().expect("ip");
-        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("ip");
-        assert_eq!(source_key(a), source_key(b));
-        let v4: IpAddr = "198.51.100.7".parse().expect("ip");
-        assert_eq!(source_key(v4), v4);
-        let mapped: IpAddr = "::ffff:198.51.100.7".parse().expect("ip");
-        assert_eq!(source_key(mapped), v4);
-    }
-
-    #[test]
-    fn per_source_cap_counts_and_releases() {
-        let counts = Arc::new(SourceCounts::default());
-        let ip: IpAddr = "198.51.100.7".parse().expect("ip");
-        let a = counts.acquire(ip, 2).expect("first");
-        let _b = counts.acquire(ip, 2).expect("second");
-        assert!(counts.acquire(ip, 2).is_none());
-        drop(a);
-        assert!(counts.acquire(ip, 2).is_some());
-    }
 }

@@ -424,6 +424,18 @@ impl Gateway {
         let _ = self.child.signal(sig);
     }
 
+    /// One `GET /metrics` of the daemon's metrics endpoint: the whole response.
+    pub fn scrape(&self) -> String {
+        let mut tcp =
+            TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("connect to metrics");
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .expect("request");
+        let mut body = String::new();
+        std::io::Read::read_to_string(&mut tcp, &mut body).expect("response");
+        body
+    }
+
     /// Connects and returns the greeting (all its lines).
     pub fn banner(&self) -> String {
         self.connect().reply()
@@ -538,4 +550,11 @@ pub fn pregreet(source: [u8; 4], port: u16) -> String {
     let mut out = String::new();
     let _ = tcp.read_to_string(&mut out);
     out
+}
+
+/// The value of the sample `series` (name and labels) in a scrape.
+pub fn sample(scrape: &str, series: &str) -> Option<u64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }

@@ -385,7 +385,13 @@ impl Session {
             self.release_backend(backend).await;
         }
         self.conn.shutdown().await;
-        if self.conn.stalled() {
+        if self.conn.evicted() {
+            tracing::info!(
+                client = %self.client,
+                evict_idle_after = %humantime::format_duration(self.shared.config.smtp.evict_idle_after),
+                "idle session closed to make room for a new client at max_connections"
+            );
+        } else if self.conn.stalled() {
             tracing::info!(
                 client = %self.client,
                 write_timeout = %humantime::format_duration(self.shared.config.smtp.write_timeout),
