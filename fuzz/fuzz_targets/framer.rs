@@ -1,5 +1,5 @@
-//! The command-line framer (`Connection::read_line`) over a real loopback socket, fed in
-//! fuzzer-chosen chunks: the lines it returns must be the same whatever the chunking, and equal
+//! The command-line framer (`Connection::read_line`, the daemon's connection over an in-memory
+//! client), fed in fuzzer-chosen reads: the lines it returns must be the same whatever the chunking, and equal
 //! to what the wire format says (content without its ending, truncated to the limit, flags).
 //!
 //! Input: byte 0 picks the line limit, byte 1 the chunking, the rest is what the client sends.
@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use smtp_gateway::fuzzing::{Ending, Line, client_connection, line};
-use smtp_gateway_fuzz::{chunks, fd, listener, runtime, tcp_pair, write_chunked};
+use smtp_gateway::fuzzing::{Ending, Line, line, memory_connection};
+use smtp_gateway_fuzz::{ChunkedClient, runtime};
 
 /// Line limits tried: tiny ones put every edge within reach, 512 is the command default.
 const LIMITS: [usize; 8] = [1, 2, 3, 4, 5, 8, 16, 512];
@@ -50,25 +50,16 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let max = LIMITS[usize::from(*limit) % LIMITS.len()];
-    let pieces: Vec<Vec<u8>> = chunks(payload, *seed)
-        .into_iter()
-        .map(<[u8]>::to_vec)
-        .collect();
     let got = runtime().block_on(async {
-        let l = listener().await;
-        let (client, server, _, _) = tcp_pair(&l).await;
-        let reader = fd(&server);
-        let writer = tokio::spawn(write_chunked(client, reader, pieces));
-        let mut conn = client_connection(server);
+        let mut conn = memory_connection(ChunkedClient::new(payload, *seed));
         let mut got = Vec::new();
         while let Some(line) = conn
             .read_line(max, Duration::from_secs(10))
             .await
-            .expect("reading from loopback")
+            .expect("reading from memory")
         {
             got.push(line);
         }
-        drop(writer.await);
         got
     });
     assert_eq!(got, expected(payload, max), "max {max}, seed {seed}");

@@ -1,5 +1,5 @@
-//! The message-text relay (`relay_message`) between a real client socket, fed in fuzzer-chosen
-//! chunks, and a fake backend that records what it receives. Whatever the client sends:
+//! The message-text relay (`relay_message`) between an in-memory client, whose bytes arrive in
+//! fuzzer-chosen reads, and an in-memory fake backend that records what it receives. Whatever the client sends:
 //! - the backend stream has no bare CR and no bare LF;
 //! - it holds exactly one end of data (`CRLF.CRLF`), at its very end, when the message was
 //!   relayed, and none otherwise (a refused or abandoned message is never completed);
@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use smtp_gateway::fuzzing::{
-    BareNewlinePolicy, TextEnd, TextSettings, client_connection, connect_backend, relay_text,
+    BareNewlinePolicy, TextEnd, TextSettings, memory_backend, memory_connection, relay_text,
 };
-use smtp_gateway_fuzz::{chunks, fake_backend, fd, listener, runtime, tcp_pair, write_chunked};
+use smtp_gateway_fuzz::{ChunkedClient, FakeBackend, runtime};
 
 /// Text line limits tried (the relay reads with room for CRLF, at least 3 bytes).
 const LINE_LIMITS: [usize; 4] = [3, 8, 40, 1000];
@@ -60,26 +60,16 @@ fuzz_target!(|input: &[u8]| {
         refuse_long_lines: options & 0x08 != 0,
         timeout: Duration::from_secs(10),
     };
-    let pieces: Vec<Vec<u8>> = chunks(text, *seed)
-        .into_iter()
-        .map(<[u8]>::to_vec)
-        .collect();
     let (end, sent) = runtime().block_on(async {
-        let backend_listener = listener().await;
-        let backend_addr = backend_listener.local_addr().expect("backend address");
-        let recorder = tokio::spawn(fake_backend(backend_listener, b"250 fake\r\n", Vec::new()));
-        let mut backend = connect_backend(backend_addr, Duration::from_secs(10))
+        let (fake, recorded) = FakeBackend::new(b"250 fake\r\n", Vec::new());
+        let mut backend = memory_backend(fake, Duration::from_secs(10))
             .await
             .expect("fake backend session");
-        let front = listener().await;
-        let (client, server, _, _) = tcp_pair(&front).await;
-        let writer = tokio::spawn(write_chunked(client, fd(&server), pieces));
-        let mut conn = client_connection(server);
+        let mut conn = memory_connection(ChunkedClient::new(text, *seed));
         let end = relay_text(&mut conn, &mut backend, settings).await;
         drop(backend);
-        drop(conn);
-        drop(writer.await);
-        (end, recorder.await.expect("recorder"))
+        let sent = std::mem::take(&mut *recorded.lock().expect("recorded"));
+        (end, sent)
     });
     for (i, b) in sent.iter().enumerate() {
         match b {

@@ -1,22 +1,25 @@
-//! What the fuzz targets share: one current-thread tokio runtime per process, loopback TCP pairs
-//! that close with a reset (so millions of runs leave no TIME_WAIT behind), a writer that hands
-//! the input to the gateway in fuzzer-chosen chunks, each one read before the next is written,
-//! and a fake backend MTA that greets, answers EHLO and records what it is sent.
+//! What the fuzz targets share: one current-thread tokio runtime per process, the fuzzer's
+//! chunking of the client's bytes, and two in-memory peers the gateway's own streams take in the
+//! fuzz build (`MaybeTls::Memory`, `--cfg fuzzing`):
+//! - [`ChunkedClient`]: a client whose bytes arrive in exactly the fuzzer-chosen reads, then the
+//!   end of the stream; everything the gateway writes to it is taken (a client reading every
+//!   reply);
+//! - [`FakeBackend`]: a backend MTA that greets, answers the EHLO, then sends its script (if
+//!   any) and closes, or records everything it is sent and answers `250` to each end of data.
 //!
-//! The gateway code under test is reached only through `smtp_gateway::fuzzing`.
+//! No socket, no kernel TCP: millions of runs cost only the gateway's own code. The gateway code
+//! under test is reached only through `smtp_gateway::fuzzing`.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
-    os::fd::{AsRawFd, RawFd},
-    sync::{
-        OnceLock,
-        atomic::{AtomicU32, Ordering},
-    },
+    collections::VecDeque,
+    io,
+    pin::Pin,
+    sync::{Arc, Mutex, OnceLock},
+    task::{Context, Poll, Waker},
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     runtime::Runtime,
 };
 
@@ -29,40 +32,6 @@ pub fn runtime() -> &'static Runtime {
             .build()
             .expect("tokio runtime")
     })
-}
-
-/// A connected loopback pair: (client side, server side, client address, server address).
-pub async fn tcp_pair(listener: &TcpListener) -> (TcpStream, TcpStream, SocketAddr, SocketAddr) {
-    let addr = listener.local_addr().expect("listener address");
-    let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-    let client = client.expect("connect");
-    let (server, peer) = accepted.expect("accept");
-    for s in [&client, &server] {
-        // Closing with RST: no TIME_WAIT, so the ephemeral ports are never exhausted.
-        s.set_zero_linger().expect("SO_LINGER");
-        s.set_nodelay(true).expect("TCP_NODELAY");
-    }
-    (client, server, peer, addr)
-}
-
-/// A listener on a loopback address that changes with every call (127.1.0.1 onwards), any
-/// port: a connection that still ends in TIME_WAIT (the gateway's own sockets close without a
-/// reset) then blocks a port towards that address only, so millions of runs never run out.
-pub async fn listener() -> TcpListener {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed) % (1 << 22);
-    let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 1, 0, 1)) + n);
-    TcpListener::bind(SocketAddr::from((addr, 0)))
-        .await
-        .expect("bind")
-}
-
-/// Bytes waiting in the receive queue of `fd` (SIOCINQ).
-fn queued(fd: RawFd) -> usize {
-    let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one c_int through the pointer, which is valid for the call.
-    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
-    if rc == 0 { n.max(0) as usize } else { 0 }
 }
 
 /// Splits `data` into chunks whose sizes come from `seed` (1 to 64 bytes, many of them small,
@@ -90,64 +59,202 @@ pub fn chunks(data: &[u8], seed: u8) -> Vec<&[u8]> {
     out
 }
 
-/// Writes `pieces` to `w` one at a time, waiting (boundedly) until the reader's socket `reader`
-/// has taken each piece before writing the next, so the gateway sees these exact reads; then
-/// closes the write side.
-pub async fn write_chunked<W: AsyncWrite + Unpin>(
-    mut w: W,
-    reader: RawFd,
-    pieces: Vec<Vec<u8>>,
-) -> W {
-    for piece in pieces {
-        if w.write_all(&piece).await.is_err() {
-            break;
+/// A client whose bytes reach the gateway in the given pieces, one read each (a piece larger
+/// than the reader's room is split), then the end of the stream. Writes to it always succeed.
+pub struct ChunkedClient {
+    pieces: VecDeque<Vec<u8>>,
+    /// Says nothing before the gateway has written something (its banner), as a real client.
+    waits_for_banner: bool,
+    /// A read waiting for the banner.
+    reader: Option<Waker>,
+    /// Everything the gateway wrote to it (shared with the harness).
+    replies: Arc<Mutex<Vec<u8>>>,
+}
+
+impl ChunkedClient {
+    /// `data` cut by [`chunks`] with `seed`, available at once.
+    pub fn new(data: &[u8], seed: u8) -> Self {
+        Self {
+            pieces: chunks(data, seed).into_iter().map(<[u8]>::to_vec).collect(),
+            waits_for_banner: false,
+            reader: None,
+            replies: Arc::new(Mutex::new(Vec::new())),
         }
-        for _ in 0..200 {
-            if queued(reader) == 0 {
-                break;
+    }
+
+    /// The handle on everything the gateway writes to this client.
+    pub fn replies(&self) -> Arc<Mutex<Vec<u8>>> {
+        self.replies.clone()
+    }
+
+    /// The same client, sending only once the gateway has written something (a session's
+    /// banner); without it every session would end as a pregreeter.
+    pub fn after_banner(mut self) -> Self {
+        self.waits_for_banner = true;
+        self
+    }
+}
+
+impl AsyncRead for ChunkedClient {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.waits_for_banner {
+            self.reader = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        if let Some(mut piece) = self.pieces.pop_front() {
+            let n = piece.len().min(buf.remaining());
+            buf.put_slice(&piece[..n]);
+            if n < piece.len() {
+                piece.drain(..n);
+                self.pieces.push_front(piece);
             }
-            tokio::task::yield_now().await;
         }
+        Poll::Ready(Ok(()))
     }
-    let _ = w.shutdown().await;
-    w
 }
 
-/// The raw descriptor of a stream (to watch its receive queue).
-pub fn fd(s: &TcpStream) -> RawFd {
-    s.as_raw_fd()
+impl AsyncWrite for ChunkedClient {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.waits_for_banner = false;
+        if let Some(reader) = self.reader.take() {
+            reader.wake();
+        }
+        if let Ok(mut replies) = self.replies.lock() {
+            replies.extend_from_slice(buf);
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
-/// A fake backend MTA on `listener`: greets, answers the EHLO with `ehlo`, then sends `script`
-/// (if any) and records everything it receives until the gateway closes, answering `250` each
-/// time what it holds ends with an end of data.
-pub async fn fake_backend(listener: TcpListener, ehlo: &'static [u8], script: Vec<u8>) -> Vec<u8> {
-    let (mut s, _) = listener.accept().await.expect("backend accept");
-    let _ = s.set_zero_linger();
-    let _ = s.write_all(b"220 fake ESMTP\r\n").await;
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut hello = Vec::new();
-    while !hello.ends_with(b"\n") {
-        match s.read(&mut buf).await {
-            Ok(0) | Err(_) => return Vec::new(),
-            Ok(n) => hello.extend_from_slice(&buf[..n]),
+/// Where a [`FakeBackend`] is in its conversation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the gateway's EHLO line.
+    Hello,
+    /// Sent its script and the end of its stream.
+    Scripted,
+    /// Recording what the gateway sends.
+    Recording,
+}
+
+/// A backend MTA in memory: `220` at once, `ehlo` in answer to the first line, then either
+/// `script` followed by the end of its stream, or (no script) the recorder of everything sent
+/// after the EHLO, answering `250 2.0.0 queued` each time that ends with an end of data.
+pub struct FakeBackend {
+    phase: Phase,
+    /// What the gateway reads next.
+    output: VecDeque<u8>,
+    ehlo: &'static [u8],
+    script: Vec<u8>,
+    /// The EHLO line in progress.
+    hello: Vec<u8>,
+    /// Everything recorded after the EHLO (shared with the harness).
+    recorded: Arc<Mutex<Vec<u8>>>,
+    /// A read waiting for the next reply.
+    reader: Option<Waker>,
+}
+
+impl FakeBackend {
+    /// A backend and the handle on what it records.
+    pub fn new(ehlo: &'static [u8], script: Vec<u8>) -> (Self, Arc<Mutex<Vec<u8>>>) {
+        let recorded = Arc::new(Mutex::new(Vec::new()));
+        let backend = Self {
+            phase: Phase::Hello,
+            output: b"220 fake ESMTP\r\n".iter().copied().collect(),
+            ehlo,
+            script,
+            hello: Vec::new(),
+            recorded: recorded.clone(),
+            reader: None,
+        };
+        (backend, recorded)
+    }
+}
+
+impl AsyncRead for FakeBackend {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let n = self.output.len().min(buf.remaining());
+        if n > 0 {
+            let bytes: Vec<u8> = self.output.drain(..n).collect();
+            buf.put_slice(&bytes);
+            return Poll::Ready(Ok(()));
         }
+        if self.phase == Phase::Scripted {
+            // The end of its stream.
+            return Poll::Ready(Ok(()));
+        }
+        // Nothing to say until the gateway writes more: woken by that write.
+        self.reader = Some(cx.waker().clone());
+        Poll::Pending
     }
-    let _ = s.write_all(ehlo).await;
-    if !script.is_empty() {
-        let _ = s.write_all(&script).await;
-        let _ = s.shutdown().await;
-    }
-    let mut text = Vec::new();
-    loop {
-        match s.read(&mut buf).await {
-            Ok(0) | Err(_) => return text,
-            Ok(n) => {
-                text.extend_from_slice(&buf[..n]);
-                if text.ends_with(b"\r\n.\r\n") || text == b".\r\n" {
-                    let _ = s.write_all(b"250 2.0.0 queued\r\n").await;
+}
+
+impl AsyncWrite for FakeBackend {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.phase {
+            Phase::Hello => {
+                self.hello.extend_from_slice(buf);
+                if self.hello.contains(&b'\n') {
+                    let ehlo = self.ehlo;
+                    self.output.extend(ehlo);
+                    if self.script.is_empty() {
+                        self.phase = Phase::Recording;
+                    } else {
+                        let script = std::mem::take(&mut self.script);
+                        self.output.extend(script);
+                        self.phase = Phase::Scripted;
+                    }
+                }
+            }
+            Phase::Scripted => {}
+            Phase::Recording => {
+                let ended = {
+                    let mut text = self.recorded.lock().expect("recorder");
+                    text.extend_from_slice(buf);
+                    text.ends_with(b"\r\n.\r\n") || text.as_slice() == b".\r\n"
+                };
+                if ended {
+                    self.output.extend(b"250 2.0.0 queued\r\n");
                 }
             }
         }
+        if !self.output.is_empty()
+            && let Some(reader) = self.reader.take()
+        {
+            reader.wake();
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }

@@ -110,15 +110,30 @@ pub fn line(data: Vec<u8>, ending: Ending, too_long: bool) -> Line {
     }
 }
 
-/// Opens a backend session to `addr` (no identity, no pool, no TLS) with `timeout` for the
-/// connection and every reply; `EHLO fuzz` is sent after the banner.
-pub async fn connect_backend(addr: SocketAddr, timeout: Duration) -> Result<Backend, BackendError> {
+/// A client connection over an in-memory peer (fuzz build only), with the default
+/// `smtp.write_timeout`.
+#[cfg(fuzzing)]
+pub fn memory_connection(peer: impl crate::smtp::connection::MemoryStream + 'static) -> Connection {
+    let write_timeout = crate::smtp::config::SmtpConfig::default().write_timeout;
+    Connection::new(
+        crate::smtp::connection::MaybeTls::Memory(Box::new(peer)),
+        write_timeout,
+    )
+}
+
+/// Opens a backend session over an in-memory backend (fuzz build only: no identity, no pool, no
+/// TLS) with `timeout` for every reply; `EHLO fuzz` is sent after the banner.
+#[cfg(fuzzing)]
+pub async fn memory_backend(
+    peer: impl crate::smtp::connection::MemoryStream + 'static,
+    timeout: Duration,
+) -> Result<Backend, BackendError> {
     use crate::smtp::{
         config::{BackendConfig, BackendServer, Identity},
         identity::ClientIdentity,
     };
     let server = BackendServer {
-        address: addr,
+        address: SocketAddr::from(([127, 0, 0, 1], 2525)),
         identity: Identity::None,
         tls: None,
     };
@@ -138,7 +153,8 @@ pub async fn connect_backend(addr: SocketAddr, timeout: Duration) -> Result<Back
         login: None,
     };
     let local = SocketAddr::from(([127, 0, 0, 1], 25));
-    Backend::connect(&cfg, &server, None, &client, local, "fuzz").await
+    let stream = crate::smtp::connection::MaybeTls::Memory(Box::new(peer));
+    Backend::over(stream, &cfg, &server, None, &client, local, "fuzz").await
 }
 
 /// Limits of [`relay_text`] (the `[smtp]` settings the message-text relay reads).
@@ -240,9 +256,8 @@ impl SessionHarness {
         })
     }
 
-    /// Runs one MX session on `tcp` (accepted from `client` on `local`) to its end.
-    pub async fn run(&self, tcp: TcpStream, client: SocketAddr, local: SocketAddr) {
-        let conn = client_connection(tcp);
+    /// Runs one MX session on `conn` (accepted from `client` on `local`) to its end.
+    pub async fn run(&self, conn: Connection, client: SocketAddr, local: SocketAddr) {
         let pass = self
             .shared
             .pass_cache

@@ -42,7 +42,7 @@ pub enum BackendError {
 }
 
 /// The backend side: plain, or upgraded with STARTTLS.
-type BackendStream = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
+pub(crate) type BackendStream = MaybeTls<tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// An open backend session.
 pub struct Backend {
@@ -99,8 +99,34 @@ impl Backend {
             .map_err(|_| unavailable("connect timed out".into()))?
             .map_err(|e| unavailable(e.to_string()))?;
         tcp.set_nodelay(true)?;
+        Self::over(
+            MaybeTls::Plain(tcp),
+            cfg,
+            server,
+            tls,
+            client,
+            local,
+            gateway_name,
+        )
+        .await
+    }
+
+    /// [`Backend::connect`] on a stream already connected to `server`.
+    pub(crate) async fn over(
+        stream: BackendStream,
+        cfg: &BackendConfig,
+        server: &BackendServer,
+        tls: Option<&BackendConnector>,
+        client: &ClientIdentity,
+        local: SocketAddr,
+        gateway_name: &str,
+    ) -> Result<Self, BackendError> {
+        let unavailable = |detail: String| BackendError::Unavailable {
+            addr: server.address,
+            detail,
+        };
         let mut backend = Self {
-            stream: BufReader::new(MaybeTls::Plain(tcp)),
+            stream: BufReader::new(stream),
             addr: server.address,
             reply_timeout: cfg.reply_timeout,
             quit_timeout: cfg.connect_timeout,

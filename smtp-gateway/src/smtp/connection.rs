@@ -98,9 +98,20 @@ pub enum ConnError {
 pub enum MaybeTls<T> {
     Plain(TcpStream),
     Tls(Box<T>),
+    /// An in-memory peer: only in the fuzz build (`--cfg fuzzing`), where the targets drive the
+    /// daemon's framing, relay and sessions without the kernel's TCP stack.
+    #[cfg(fuzzing)]
+    Memory(Box<dyn MemoryStream>),
     /// Only during an upgrade.
     Upgrading,
 }
+
+/// What an in-memory peer of the fuzz build implements.
+#[cfg(fuzzing)]
+pub trait MemoryStream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+#[cfg(fuzzing)]
+impl<S: AsyncRead + AsyncWrite + Send + Unpin> MemoryStream for S {}
 
 /// The client side of a session.
 pub type Stream = MaybeTls<TlsStream<TcpStream>>;
@@ -114,6 +125,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for MaybeTls<T> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            #[cfg(fuzzing)]
+            MaybeTls::Memory(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             MaybeTls::Upgrading => Poll::Ready(Err(io::Error::other("stream is being upgraded"))),
         }
     }
@@ -128,6 +141,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            #[cfg(fuzzing)]
+            MaybeTls::Memory(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             MaybeTls::Upgrading => Poll::Ready(Err(io::Error::other("stream is being upgraded"))),
         }
     }
@@ -136,6 +151,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            #[cfg(fuzzing)]
+            MaybeTls::Memory(s) => Pin::new(s.as_mut()).poll_flush(cx),
             MaybeTls::Upgrading => Poll::Ready(Ok(())),
         }
     }
@@ -144,6 +161,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            #[cfg(fuzzing)]
+            MaybeTls::Memory(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             MaybeTls::Upgrading => Poll::Ready(Ok(())),
         }
     }
@@ -338,15 +357,9 @@ impl Connection {
         let mut buf = [0u8; 512];
         let n = match &mut self.stream {
             MaybeTls::Plain(s) => s.try_read(&mut buf).unwrap_or(0),
-            MaybeTls::Tls(tls) => {
-                // One poll that never waits: a pending read is simply "nothing yet".
-                let mut read = ReadBuf::new(&mut buf);
-                let mut cx = Context::from_waker(std::task::Waker::noop());
-                match Pin::new(tls.as_mut()).poll_read(&mut cx, &mut read) {
-                    Poll::Ready(Ok(())) => read.filled().len(),
-                    _ => 0,
-                }
-            }
+            MaybeTls::Tls(tls) => poll_once(Pin::new(tls.as_mut()), &mut buf),
+            #[cfg(fuzzing)]
+            MaybeTls::Memory(s) => poll_once(Pin::new(s.as_mut()), &mut buf),
             MaybeTls::Upgrading => 0,
         };
         self.rbuf
@@ -533,6 +546,16 @@ impl Connection {
         {
             self.stalled = true;
         }
+    }
+}
+
+/// Reads what `stream` has without waiting (one poll: a pending read is "nothing yet").
+fn poll_once<S: AsyncRead + ?Sized>(stream: Pin<&mut S>, buf: &mut [u8]) -> usize {
+    let mut read = ReadBuf::new(buf);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match stream.poll_read(&mut cx, &mut read) {
+        Poll::Ready(Ok(())) => read.filled().len(),
+        _ => 0,
     }
 }
 
