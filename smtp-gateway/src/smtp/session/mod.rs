@@ -480,7 +480,12 @@ impl Session {
                     let _ = self.conn.flush().await;
                     return;
                 }
-                if self.score > 0 && self.score >= self.shared.config.score.tarpit {
+                // (A zero delay is no sleep at all: tokio rounds a timer up to its next
+                // millisecond tick, so `sleep(0)` would still hold every reply up to 1 ms.)
+                if self.score > 0
+                    && self.score >= self.shared.config.score.tarpit
+                    && !smtp.tarpit_delay.is_zero()
+                {
                     tokio::time::sleep(smtp.tarpit_delay).await;
                 }
                 if self.conn.flush().await.is_err() {
