@@ -582,6 +582,8 @@ impl Sink {
 #[derive(Default)]
 struct LogStats {
     sessions: u64,
+    /// Idle sessions closed to make room for a new client at `max_connections`.
+    evicted: u64,
     checks: Vec<String>,
     problems: Vec<String>,
 }
@@ -737,6 +739,9 @@ impl Gateway {
             }
             match v["fields"]["message"].as_str().unwrap_or_default() {
                 "session" => stats.sessions += 1,
+                "idle session closed to make room for a new client at max_connections" => {
+                    stats.evicted += 1;
+                }
                 "check fired" => stats
                     .checks
                     .push(v["fields"]["check"].as_str().unwrap_or("?").to_string()),

@@ -121,6 +121,9 @@ pub struct HoldResult {
     smtp_keys: String,
     /// Whether the issue-10 session limits were known to this gateway.
     limits_known: bool,
+    /// Held sessions the gateway closed to make room for a new client at `max_connections`
+    /// (`smtp.evict_idle_after`), from its log.
+    evicted: u64,
     /// Kernel counters over the attack: every XDP verdict but `passed`, and every network
     /// counter of the gateway's and the attacker's namespace (their veth's drops too), that grew;
     /// TcpExt `ListenOverflows` and `ListenDrops` (SYNs dropped for a full accept queue) always.
@@ -443,7 +446,7 @@ pub fn run(
         })
         .collect();
     eprintln!("  kernel over the attack: {kernel:?}");
-    gw.read_log()?;
+    let evicted = gw.read_log()?.evicted;
     drop(gw);
     let result = HoldResult {
         base_rate,
@@ -457,6 +460,7 @@ pub fn run(
         smtp_keys,
         limits_known,
         kernel,
+        evicted,
     };
     eprintln!(
         "  holding attack: {:.0} clean sessions/s vs {:.0} without ({:.2}×), RSS {} / {} / {} KiB",
@@ -501,6 +505,13 @@ pub fn report(out: &mut String, r: &HoldResult, aim: f64) {
             .first()
             .map(|e| format!(" (first error: {e})"))
             .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "- sessions the gateway closed to make room for a new client while every slot was taken \
+         (`smtp.evict_idle_after`, default 2s; the longest idle session of the source holding \
+         the most slots): {}",
+        thousands(r.evicted)
     );
     let (before, peak, after) = r.rss_kib;
     let _ = writeln!(
