@@ -43,21 +43,9 @@ fn assert_closed_quietly(stream: &mut TcpStream) {
 /// Connects with a 2 KiB receive buffer, reads the banner and one EHLO reply, then sends `EHLO`
 /// in a loop without ever reading again (on a thread that ends when the gateway closes the connection).
 fn hold_without_reading(port: u16) -> std::thread::JoinHandle<()> {
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.set_recv_buffer_size(2048).expect("SO_RCVBUF");
-    socket
-        .connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())
-        .expect("connect");
-    let tcp: TcpStream = socket.into();
-    tcp.set_read_timeout(Some(EVENT_WAIT)).ok();
     // The banner and the first EHLO reply are read (pipelining before the EHLO reply would be a
     // protocol error of its own); nothing after that.
-    let mut c = peers::Client {
-        stream: BufReader::new(tcp),
-    };
-    let banner = c.reply();
-    assert!(banner.starts_with("220 "), "{banner}");
+    let mut c = greeted_with(port, |s| s.set_recv_buffer_size(2048).expect("SO_RCVBUF"));
     assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
     let tcp = c.stream.into_inner();
     std::thread::spawn(move || {
@@ -272,11 +260,17 @@ fn a_slow_senders_text_reaches_the_backend_before_its_end_of_data() {
 
 /// A client connected from `source` (a loopback address) whose `220` banner was read.
 fn client_from(port: u16, source: [u8; 4]) -> peers::Client<TcpStream> {
+    greeted_with(port, |s| {
+        s.bind(&SocketAddr::from((source, 0)).into())
+            .expect("bind the source address");
+    })
+}
+
+/// A client on a socket `prepare`d before it connects, whose `220` banner was read.
+fn greeted_with(port: u16, prepare: impl FnOnce(&socket2::Socket)) -> peers::Client<TcpStream> {
     let socket =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket
-        .bind(&SocketAddr::from((source, 0)).into())
-        .expect("bind the source address");
+    prepare(&socket);
     socket
         .connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())
         .expect("connect");

@@ -79,6 +79,14 @@ pub struct Backend {
     errors_since_delivery: bool,
 }
 
+/// `server` cannot be used: `detail` says why.
+fn unavailable(server: &BackendServer, detail: String) -> BackendError {
+    BackendError::Unavailable {
+        addr: server.address,
+        detail,
+    }
+}
+
 impl Backend {
     /// Connects to `server`, upgrades with STARTTLS when `tls` is given, passes the identity and
     /// replays the client's HELO/EHLO ([`Backend::caps`] then holds what the backend offered).
@@ -90,10 +98,7 @@ impl Backend {
         local: SocketAddr,
         gateway_name: &str,
     ) -> Result<Self, BackendError> {
-        let unavailable = |detail: String| BackendError::Unavailable {
-            addr: server.address,
-            detail,
-        };
+        let unavailable = |detail| unavailable(server, detail);
         let tcp = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(server.address))
             .await
             .map_err(|_| unavailable("connect timed out".into()))?
@@ -121,10 +126,7 @@ impl Backend {
         local: SocketAddr,
         gateway_name: &str,
     ) -> Result<Self, BackendError> {
-        let unavailable = |detail: String| BackendError::Unavailable {
-            addr: server.address,
-            detail,
-        };
+        let unavailable = |detail| unavailable(server, detail);
         let mut backend = Self {
             stream: BufReader::new(stream),
             addr: server.address,
