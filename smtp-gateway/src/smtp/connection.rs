@@ -185,6 +185,8 @@ pub struct Connection {
     stalled: bool,
     /// Set while the session waits for its client; read by the slot table at capacity.
     idle: Option<Arc<Idle>>,
+    /// A wait ended because the slot table told this connection to make room.
+    made_room: bool,
 }
 
 impl Connection {
@@ -198,6 +200,7 @@ impl Connection {
             write_timeout,
             stalled: false,
             idle: None,
+            made_room: false,
         }
     }
 
@@ -210,9 +213,10 @@ impl Connection {
         self
     }
 
-    /// Whether the connection was closed to make room for another client.
+    /// Whether the connection was closed to make room for another client (a session told so
+    /// that ended by itself before its next wait was not).
     pub fn evicted(&self) -> bool {
-        self.idle.as_ref().is_some_and(|i| i.is_evicted())
+        self.made_room
     }
 
     /// Whether a write missed its deadline (the client does not read its replies).
@@ -276,10 +280,12 @@ impl Connection {
             return self.read_more(deadline).await;
         };
         idle.begin();
+        // The read first: when input is already there the eviction watch is never polled, so
+        // a busy session pays nothing for it (no waiter registered on the `Notify`).
         let read = tokio::select! {
             biased;
-            _ = idle.evicted() => None,
             read = self.read_more(deadline) => Some(read),
+            _ = idle.evicted() => None,
         };
         idle.end();
         match read {
@@ -291,6 +297,7 @@ impl Connection {
     /// Ends the connection for another client: the goodbye only if the socket takes it at
     /// once, then nothing more is written.
     async fn make_room(&mut self) -> ConnError {
+        self.made_room = true;
         self.wbuf.clear();
         self.wbuf.extend_from_slice(EVICTED_REPLY);
         // An elapsed deadline: the write is tried once, never waited for.
@@ -486,15 +493,17 @@ impl Connection {
             return self.write_until(deadline).await;
         };
         idle.begin();
+        // The write first, as for reads: a reply the socket takes at once costs no waiter.
         let written = tokio::select! {
             biased;
-            _ = idle.evicted() => None,
             written = self.write_until(deadline) => Some(written),
+            _ = idle.evicted() => None,
         };
         idle.end();
         written.unwrap_or_else(|| {
             self.wbuf.clear();
             self.stalled = true;
+            self.made_room = true;
             Err(stalled_error())
         })
     }
