@@ -294,6 +294,66 @@ fn import_reports_bad_lines_and_applies_the_good_ones() {
     assert!(list.iter().all(|e| e["origin"] == "import"));
 }
 
+/// IPv4 and IPv6 entries are written by a thread each: a map that fills up stops the import
+/// with the error naming the option to raise, whatever the other family's writer was doing, and
+/// what was written before stays (the batch update stops at the first entry that does not fit).
+#[test]
+fn an_import_past_a_maps_capacity_names_the_option_to_raise() {
+    let sb = Sandbox::new("");
+    let mut text = String::new();
+    for i in 0..5000u32 {
+        text.push_str(&format!("2001:db8:7::{:x}\n", i + 1));
+        if i % 50 == 0 {
+            text.push_str(&format!("198.18.{}.{}\n", i / 250, i % 250 + 1));
+        }
+    }
+    let file = sb.file("big.txt", text.as_bytes());
+    let out = sb.run(&["block", "import", file.to_str().expect("utf-8 path")]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("BLOCK_V6 is full (4096 entries)")
+            && err.contains("dataplane.capacity.block_v6"),
+        "{err}"
+    );
+    let list = sb.list();
+    let v6 = list
+        .iter()
+        .filter(|e| e["target"].as_str().is_some_and(|t| t.contains(':')))
+        .count();
+    assert_eq!(v6, 4096, "the entries before the full one stay");
+    assert!(list.iter().all(|e| e["origin"] == "import"));
+}
+
+/// Later lines win within each family while both are written at once, and a reason replaced in
+/// one family is freed only when no entry of either cites it.
+#[test]
+fn an_import_of_both_families_keeps_the_order_of_its_lines() {
+    let sb = Sandbox::new("");
+    let file = sb.file(
+        "mixed.txt",
+        b"198.18.0.1 ; first\n2001:db8::1 ; first\n198.18.0.1 ; second\n2001:db8::2\n2001:db8::1 ; third\n",
+    );
+    let out = sb.run(&["block", "import", file.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("imported 5 entries")
+            && stdout(&out).contains("2 exact IPv4, 3 exact IPv6"),
+        "{}",
+        stdout(&out)
+    );
+    let list = sb.list();
+    let reason = |t: &str| {
+        list.iter()
+            .find(|e| e["target"] == t)
+            .map(|e| e["reason"].clone())
+    };
+    assert_eq!(list.len(), 3, "{list:?}");
+    assert_eq!(reason("198.18.0.1"), Some("second".into()));
+    assert_eq!(reason("2001:db8::1"), Some("third".into()));
+    assert_eq!(reason("2001:db8::2"), Some("import mixed.txt".into()));
+}
+
 #[test]
 fn strict_import_applies_nothing_when_a_line_is_bad() {
     let sb = Sandbox::new("");

@@ -14,6 +14,10 @@
 use std::{
     collections::{HashMap, HashSet},
     io::BufRead,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     time::Duration,
 };
 
@@ -223,15 +227,18 @@ const BATCH_ENTRIES: usize = 4096;
 /// Writes `lines` into the kernel maps; `progress` is called every few thousand entries with the
 /// count so far.
 ///
-/// Exact addresses, the bulk of any list, are queued per family and written in batches
-/// ([`BATCH_ENTRIES`] per system call). The kernel's batch update only replaces (no "fail if
-/// present" per element), so before the first batch of a family the entries already in its map
-/// are read once (nothing to read in an empty map) to know which reasons the import replaces, as
-/// a single `block` learns by reading the entry first. An entry another writer adds to the same
-/// address during the import is replaced without its reason being freed (the reason text stays
-/// until an entry citing it is removed); everything else is as one `block` per line. Prefixes are
-/// written one by one. Entries of one map are written in the order of the lines, so a later line
-/// for the same target wins.
+/// Exact addresses, the bulk of any list, are written in batches ([`BATCH_ENTRIES`] per system
+/// call), the IPv4 and the IPv6 map each by a thread of its own: the kernel's time per entry is
+/// most of an import, and the two maps share nothing. The kernel's batch update only replaces (no
+/// "fail if present" per element), so before its first batch each writer reads the entries
+/// already in its map once (nothing to read in an empty map) to know which reasons the import
+/// replaces, as a single `block` learns by reading the entry first. An entry another writer adds
+/// to the same address during the import is replaced without its reason being freed (the reason
+/// text stays until an entry citing it is removed); everything else is as one `block` per line.
+/// Prefixes are written one by one, before the exact entries. Entries of one map are written in
+/// the order of the lines, so a later line for the same target wins. When one writer fails, the
+/// other stops after its current batch and the first error is returned (the batches written
+/// before it stay).
 pub fn apply(
     dp: &mut Dataplane,
     lines: &[ImportLine],
@@ -240,65 +247,111 @@ pub fn apply(
 ) -> Result<ImportSummary, DataplaneError> {
     let expires_at_ns = clock::expiry_after(options.ttl);
     let added_at_s = clock::unix_now_s();
-    let mut reason_ids: HashMap<String, u32> = HashMap::new();
     let default_reason = match &options.reason {
         Some(text) => reasons::intern(dp, text)?,
         None => 0,
     };
+    let entry = |reason| BlockEntry {
+        expires_at_ns,
+        added_at_s,
+        reason,
+        origin: origin::IMPORT,
+    };
+    // The reasons first (written to their own map, one per distinct text), and the prefixes.
+    let mut reason_ids: HashMap<&str, u32> = HashMap::new();
     let mut summary = ImportSummary::default();
     let mut replaced_reasons = HashSet::new();
-    let mut v4 = Queue::<[u8; 4]>::new(Family::V4, default_reason);
-    let mut v6 = Queue::<[u8; 16]>::new(Family::V6, default_reason);
     for (index, line) in lines.iter().enumerate() {
-        let reason = match &line.reason {
+        let reason = match line.reason.as_deref() {
             Some(text) => match reason_ids.get(text) {
                 Some(id) => *id,
                 None => {
                     let id = reasons::intern(dp, text)?;
-                    reason_ids.insert(text.clone(), id);
+                    reason_ids.insert(text, id);
                     id
                 }
             },
             None => default_reason,
         };
-        let entry = BlockEntry {
-            expires_at_ns,
-            added_at_s,
-            reason,
-            origin: origin::IMPORT,
-        };
         match line.target {
-            Target::V4(a) => {
-                summary.exact_v4 += 1;
-                v4.push(dp, a.octets(), entry, &mut replaced_reasons)?;
-            }
-            Target::V6(a) => {
-                summary.exact_v6 += 1;
-                v6.push(dp, a.octets(), entry, &mut replaced_reasons)?;
-            }
+            Target::V4(_) => summary.exact_v4 += 1,
+            Target::V6(_) => summary.exact_v6 += 1,
             Target::NetV4(_) | Target::NetV6(_) => {
                 if matches!(line.target, Target::NetV4(_)) {
                     summary.prefix_v4 += 1;
                 } else {
                     summary.prefix_v6 += 1;
                 }
-                if let Some(old) = dp.replace_block(line.target, entry)?
+                if let Some(old) = dp.replace_block(line.target, entry(reason))?
                     && old.reason != reason
                 {
                     replaced_reasons.insert(old.reason);
                 }
+                if index % 8192 == 0 {
+                    progress(index);
+                }
             }
         }
-        if index % 8192 == 0 {
-            progress(index);
-        }
     }
-    v4.flush(dp, &mut replaced_reasons)?;
-    v6.flush(dp, &mut replaced_reasons)?;
-    if v4.default_untracked || v6.default_untracked {
-        // Freed only if no entry cites it any more (a later line with its own reason replaced
-        // every entry that did).
-        replaced_reasons.insert(default_reason);
+    let prefixes = summary.prefix_v4 + summary.prefix_v6;
+    progress(prefixes);
+    if summary.exact_v4 > 0 {
+        dp.mark_list_used(list_slot::BLOCK_V4)?;
+    }
+    if summary.exact_v6 > 0 {
+        dp.mark_list_used(list_slot::BLOCK_V6)?;
+    }
+
+    let reason_of = |line: &ImportLine| match line.reason.as_deref() {
+        Some(text) => reason_ids.get(text).copied().unwrap_or(default_reason),
+        None => default_reason,
+    };
+    let v4 = Writer {
+        map: &dp.block_v4,
+        name: maps::BLOCK_V4,
+        capacity: dp.capacity(maps::BLOCK_V4),
+        option: "block_v4",
+        count: summary.exact_v4,
+        key: |target: Target| match target {
+            Target::V4(a) => Some(a.octets()),
+            _ => None,
+        },
+    };
+    let v6 = Writer {
+        map: &dp.block_v6,
+        name: maps::BLOCK_V6,
+        capacity: dp.capacity(maps::BLOCK_V6),
+        option: "block_v6",
+        count: summary.exact_v6,
+        key: |target: Target| match target {
+            Target::V6(a) => Some(a.octets()),
+            _ => None,
+        },
+    };
+    let stop = AtomicBool::new(false);
+    let (written_tx, written_rx) = mpsc::channel::<usize>();
+    let (r4, r6) = std::thread::scope(|scope| {
+        let (stop, reason_of, entry) = (&stop, &reason_of, &entry);
+        let entry_of = |l: &ImportLine| entry(reason_of(l));
+        let tx4 = written_tx.clone();
+        let t4 = scope.spawn(move || v4.write(lines, default_reason, entry_of, stop, &tx4));
+        let tx6 = written_tx;
+        let t6 = scope.spawn(move || v6.write(lines, default_reason, entry_of, stop, &tx6));
+        // Both senders end with their writers, which ends this loop.
+        let mut done = prefixes;
+        for n in written_rx {
+            done += n;
+            progress(done);
+        }
+        (join(t4), join(t6))
+    });
+    for written in [r4?, r6?] {
+        replaced_reasons.extend(written.replaced);
+        if written.default_untracked {
+            // Freed only if no entry cites it any more (a later line with its own reason
+            // replaced every entry that did).
+            replaced_reasons.insert(default_reason);
+        }
     }
     progress(lines.len());
     // One walk for all the reasons the replaced entries cited.
@@ -306,166 +359,157 @@ pub fn apply(
     Ok(summary)
 }
 
-/// The exact blocklist map of one address family.
-#[derive(Clone, Copy)]
-enum Family {
-    V4,
-    V6,
+/// The result of a writer thread; a panic in one (impossible: it only indexes what it built) is
+/// reported as the data plane's internal error rather than propagated.
+fn join<T>(
+    handle: std::thread::ScopedJoinHandle<'_, Result<T, DataplaneError>>,
+) -> Result<T, DataplaneError> {
+    handle.join().unwrap_or(Err(DataplaneError::Poisoned))
 }
 
 /// An exact-address key of one family.
-trait ExactKey: aya::Pod + Copy + Eq + std::hash::Hash {}
+trait ExactKey: aya::Pod + Copy + Eq + std::hash::Hash + Send {}
 
 impl ExactKey for [u8; 4] {}
 impl ExactKey for [u8; 16] {}
 
-/// Exact entries of one family waiting to be written in one batch.
-struct Queue<K> {
-    family: Family,
-    keys: Vec<K>,
-    entries: Vec<BlockEntry>,
-    /// The reason of the entries that may be replaced: every entry in the map, read before the
-    /// first batch (`None` until then), then those the import writes, except (when the map was
-    /// empty) entries with the import's default reason, which `default_untracked` stands for.
-    present: Option<HashMap<K, u32>>,
-    /// The map held entries before the import: every written entry is tracked in `present`.
-    track_all: bool,
-    /// The import's default reason (lines without their own comment).
-    default_reason: u32,
-    /// Entries with `default_reason` were written untracked: one of them may have been replaced
-    /// by a later line, so `default_reason` is a candidate for freeing at the end.
+/// The writer of one family's exact blocklist map.
+struct Writer<'a, K, F> {
+    map: &'a aya::maps::HashMap<aya::maps::MapData, K, BlockEntry>,
+    name: &'static str,
+    capacity: u32,
+    /// The configuration option that sizes the map (named in a "full" error).
+    option: &'static str,
+    /// Lines of this family.
+    count: usize,
+    /// The key of a line's target, if it is of this family.
+    key: F,
+}
+
+/// What a writer leaves for the reasons' bookkeeping.
+struct Written {
+    /// Reasons cited by entries the import replaced.
+    replaced: HashSet<u32>,
+    /// Entries with the import's default reason were written untracked: one of them may have
+    /// been replaced by a later line, so the default reason is a candidate for freeing.
     default_untracked: bool,
 }
 
-impl<K: ExactKey> Queue<K> {
-    fn new(family: Family, default_reason: u32) -> Self {
-        Self {
-            family,
-            keys: Vec::with_capacity(BATCH_ENTRIES),
-            entries: Vec::with_capacity(BATCH_ENTRIES),
-            present: None,
-            track_all: false,
-            default_reason,
+impl<K: ExactKey, F: Fn(Target) -> Option<K>> Writer<'_, K, F> {
+    /// Writes every line of this family, in order, [`BATCH_ENTRIES`] per system call, sending
+    /// the count of each batch written to `written`; stops before the next batch once `stop` is
+    /// set (by the other writer's failure: then what it wrote stays and it returns what it has), and
+    /// sets it on its own failure.
+    fn write(
+        &self,
+        lines: &[ImportLine],
+        default_reason: u32,
+        entry_of: impl Fn(&ImportLine) -> BlockEntry,
+        stop: &AtomicBool,
+        written: &mpsc::Sender<usize>,
+    ) -> Result<Written, DataplaneError> {
+        let mut out = Written {
+            replaced: HashSet::new(),
             default_untracked: false,
-        }
-    }
-
-    /// Queues one entry, writing the queue when it is full.
-    fn push(
-        &mut self,
-        dp: &mut Dataplane,
-        key: K,
-        entry: BlockEntry,
-        replaced: &mut HashSet<u32>,
-    ) -> Result<(), DataplaneError>
-    where
-        Dataplane: ExactMap<K>,
-    {
-        self.keys.push(key);
-        self.entries.push(entry);
-        if self.keys.len() >= BATCH_ENTRIES {
-            self.flush(dp, replaced)?;
-        }
-        Ok(())
-    }
-
-    /// Writes every queued entry, in order.
-    fn flush(
-        &mut self,
-        dp: &mut Dataplane,
-        replaced: &mut HashSet<u32>,
-    ) -> Result<(), DataplaneError>
-    where
-        Dataplane: ExactMap<K>,
-    {
-        if self.keys.is_empty() {
-            return Ok(());
-        }
-        let (slot, name, option) = match self.family {
-            Family::V4 => (list_slot::BLOCK_V4, maps::BLOCK_V4, "block_v4"),
-            Family::V6 => (list_slot::BLOCK_V6, maps::BLOCK_V6, "block_v6"),
         };
-        dp.mark_list_used(slot)?;
-        let present = match &mut self.present {
-            Some(present) => present,
-            None => {
-                let read = dp.exact_reasons()?;
-                self.track_all = !read.is_empty();
-                self.present.insert(read)
-            }
-        };
-        for (key, entry) in self.keys.iter().zip(&self.entries) {
+        if self.count == 0 {
+            return Ok(out);
+        }
+        // The reason of the entries that may be replaced: every entry in the map, then those
+        // the import writes, except (when the map was empty) entries with the import's default
+        // reason, which `default_untracked` stands for.
+        let mut present = self.reasons()?;
+        let track_all = !present.is_empty();
+        let mut keys = Vec::with_capacity(BATCH_ENTRIES.min(self.count));
+        let mut entries = Vec::with_capacity(BATCH_ENTRIES.min(self.count));
+        let mine = lines
+            .iter()
+            .filter_map(|line| (self.key)(line.target).map(|key| (key, line)));
+        for (key, line) in mine {
+            let entry = entry_of(line);
             // A plain list into an empty map (the usual bulk case) tracks nothing: its entries
             // all cite the default reason, so replacing one another frees nothing.
-            let old = if self.track_all || entry.reason != self.default_reason {
-                present.insert(*key, entry.reason)
+            let old = if track_all || entry.reason != default_reason {
+                present.insert(key, entry.reason)
             } else {
-                self.default_untracked = true;
+                out.default_untracked = true;
                 if present.is_empty() {
                     None
                 } else {
-                    present.remove(key)
+                    present.remove(&key)
                 }
             };
             if let Some(old) = old
                 && old != entry.reason
             {
-                replaced.insert(old);
+                out.replaced.insert(old);
+            }
+            keys.push(key);
+            entries.push(entry);
+            if keys.len() >= BATCH_ENTRIES && !self.flush(&mut keys, &mut entries, stop, written)? {
+                return Ok(out);
             }
         }
-        if let Err(io_error) = batch::update(dp.exact_map(), &self.keys, &self.entries, 0) {
+        self.flush(&mut keys, &mut entries, stop, written)?;
+        Ok(out)
+    }
+
+    /// Writes the queued entries in one system call; `Ok(false)` when it did not because the
+    /// other writer failed (its error is the import's).
+    fn flush(
+        &self,
+        keys: &mut Vec<K>,
+        entries: &mut Vec<BlockEntry>,
+        stop: &AtomicBool,
+        written: &mpsc::Sender<usize>,
+    ) -> Result<bool, DataplaneError> {
+        if keys.is_empty() {
+            return Ok(true);
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        if let Err(io_error) = batch::update(self.map.map(), keys, entries, 0) {
+            stop.store(true, Ordering::Relaxed);
             let source = aya::maps::MapError::SyscallError(aya::sys::SyscallError {
                 call: "bpf_map_update_batch",
                 io_error,
             });
-            return Err(DataplaneError::map(name, dp.capacity(name), option, source));
+            return Err(DataplaneError::map(
+                self.name,
+                self.capacity,
+                self.option,
+                source,
+            ));
         }
-        self.keys.clear();
-        self.entries.clear();
-        Ok(())
+        // The receiver lives until both writers end.
+        let _ = written.send(keys.len());
+        keys.clear();
+        entries.clear();
+        Ok(true)
+    }
+
+    /// The reason of every entry in the map.
+    fn reasons(&self) -> Result<HashMap<K, u32>, DataplaneError> {
+        let mut out = HashMap::new();
+        for item in self.map.iter() {
+            match item {
+                Ok((key, entry)) => {
+                    out.insert(key, entry.reason);
+                }
+                // Deleted while walking.
+                Err(e) if is_not_found(&e) => {}
+                Err(source) => {
+                    return Err(DataplaneError::Map {
+                        name: self.name,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 }
-
-/// The exact blocklist map of one key type.
-trait ExactMap<K> {
-    /// The map, for batch writes.
-    fn exact_map(&self) -> &aya::maps::MapData;
-    /// The reason of every entry in the map.
-    fn exact_reasons(&self) -> Result<HashMap<K, u32>, DataplaneError>;
-}
-
-macro_rules! exact_map {
-    ($key:ty, $field:ident, $name:expr) => {
-        impl ExactMap<$key> for Dataplane {
-            fn exact_map(&self) -> &aya::maps::MapData {
-                self.$field.map()
-            }
-
-            fn exact_reasons(&self) -> Result<HashMap<$key, u32>, DataplaneError> {
-                let mut out = HashMap::new();
-                for item in self.$field.iter() {
-                    match item {
-                        Ok((key, entry)) => {
-                            out.insert(key, entry.reason);
-                        }
-                        // Deleted while walking.
-                        Err(e) if is_not_found(&e) => {}
-                        Err(source) => {
-                            return Err(DataplaneError::Map {
-                                name: $name,
-                                source,
-                            });
-                        }
-                    }
-                }
-                Ok(out)
-            }
-        }
-    };
-}
-
-exact_map!([u8; 4], block_v4, maps::BLOCK_V4);
-exact_map!([u8; 16], block_v6, maps::BLOCK_V6);
 
 #[cfg(test)]
 mod tests {
