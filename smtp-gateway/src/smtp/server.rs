@@ -194,13 +194,15 @@ async fn accept_loop(
             let idle = slot.idle();
             // The slots are released when the session ends, also when it panicked.
             let slots = (permit, slot, metrics.session_started());
-            let session = run_session(
+            // Boxed here, where it is made: passed by value, the whole state machine would
+            // also be held by this task's future until its first poll.
+            let session = Box::pin(run_session(
                 shared,
                 (tcp, idle),
                 client,
                 (cfg.address, kind, profile),
                 session_shutdown,
-            );
+            ));
             session_guard::run_guarded(session, slots, client, &metrics).await;
         });
     }
@@ -251,7 +253,9 @@ async fn run_session(
         let Some(acceptor) = shared.tls.clone() else {
             return;
         };
-        match tokio::time::timeout(shared.config.smtp.command_timeout, acceptor.accept(tcp)).await {
+        // Boxed, as the session is below: a handshake's state is not kept for the session's life.
+        let handshake = Box::pin(acceptor.accept(tcp));
+        match tokio::time::timeout(shared.config.smtp.command_timeout, handshake).await {
             Ok(Ok(tls)) => {
                 shared.metrics.tls_handshake(true);
                 MaybeTls::Tls(Box::new(tls))
@@ -271,7 +275,7 @@ async fn run_session(
     };
     let conn = Connection::new(stream, shared.config.smtp.write_timeout).with_idle(idle);
     // A client this node does not know is asked of the state store (at most store.budget).
-    let pass = shared.pass_cache.lookup(client.ip().to_canonical()).await;
+    let pass = Box::pin(shared.pass_cache.lookup(client.ip().to_canonical())).await;
     Session::new(shared, conn, client, local, kind, profile, pass)
         .with_shutdown(shutdown)
         .run()

@@ -16,13 +16,16 @@ use std::{
 use crate::metrics::Metrics;
 
 /// Runs `session` to its end and then releases `slots` (also when the session panicked).
-pub async fn run_guarded<S>(
-    session: impl Future<Output = ()>,
+///
+/// The session comes boxed: its state machine (several KiB, most of it states an idle session
+/// is not in) lives in one allocation, and the spawned task holding this future stays small.
+pub async fn run_guarded<F: Future<Output = ()>, S>(
+    session: Pin<Box<F>>,
     slots: S,
     client: SocketAddr,
     metrics: &Metrics,
 ) {
-    let outcome = CatchUnwind(Box::pin(session)).await;
+    let outcome = CatchUnwind(session).await;
     drop(slots);
     if let Err(panic) = outcome {
         metrics.session_panic();
@@ -106,7 +109,7 @@ mod tests {
                 .map(str::len)
                 .unwrap_or_else(|| panic!("cut {text:?}"));
         };
-        run_guarded(session, slots, client, &metrics).await;
+        run_guarded(Box::pin(session), slots, client, &metrics).await;
         assert_eq!(limit.available_permits(), 1, "global permit released");
         assert_eq!(
             per_source.available_permits(),
@@ -130,7 +133,7 @@ mod tests {
         let limit = Arc::new(Semaphore::new(1));
         let permit = limit.clone().try_acquire_owned().expect("permit");
         let client: SocketAddr = "198.51.100.7:2525".parse().expect("addr");
-        run_guarded(async {}, permit, client, &metrics).await;
+        run_guarded(Box::pin(async {}), permit, client, &metrics).await;
         assert_eq!(limit.available_permits(), 1);
         assert_eq!(
             panics_counted(&metrics),
