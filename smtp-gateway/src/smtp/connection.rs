@@ -22,8 +22,13 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 use super::slots::Idle;
 
-/// Input buffer of an idle session: commands fit, and 10,000 idle sessions stay small.
+/// Input buffer of a session reading commands: commands fit. It is allocated when input has
+/// arrived and given back between commands ([`Connection::shrink_idle`]): an idle session holds
+/// no buffer, so 10,000 idle sessions stay small.
 const IDLE_BUFFER: usize = 1024;
+/// Output buffer allocated for the first reply queued after an idle wait (given back with the
+/// input buffer).
+const WRITE_BUFFER: usize = 512;
 /// Below this much free room the buffer grows (message text streams in larger reads).
 const MIN_SPARE: usize = 512;
 /// Growth step while data flows.
@@ -194,9 +199,9 @@ impl Connection {
     pub fn new(stream: Stream, write_timeout: Duration) -> Self {
         Self {
             stream,
-            rbuf: Vec::with_capacity(IDLE_BUFFER),
+            rbuf: Vec::new(),
             rpos: 0,
-            wbuf: Vec::with_capacity(512),
+            wbuf: Vec::new(),
             write_timeout,
             stalled: false,
             idle: None,
@@ -312,6 +317,24 @@ impl Connection {
     /// Reads more input, giving up at `deadline`; not an idle wait (the greet pause: the
     /// client is waiting for us).
     async fn read_more(&mut self, deadline: tokio::time::Instant) -> Result<usize, ConnError> {
+        if self.rbuf.capacity() == 0 {
+            // No buffer while idle: a plain socket is waited on until readable, and the buffer
+            // allocated for what arrived (TLS keeps its own buffers: read at once).
+            let stream = &mut self.stream;
+            let rbuf = &mut self.rbuf;
+            let read = tokio::time::timeout_at(deadline, async move {
+                if let MaybeTls::Plain(tcp) = stream {
+                    tcp.readable().await?;
+                }
+                rbuf.reserve(IDLE_BUFFER);
+                stream.read_buf(rbuf).await
+            });
+            return match read.await {
+                Ok(Ok(n)) => Ok(n),
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => Err(ConnError::Timeout),
+            };
+        }
         if self.rbuf.capacity() - self.rbuf.len() < MIN_SPARE {
             // Reclaim the consumed prefix (one move per refill) before growing.
             if self.rpos > 0 {
@@ -322,8 +345,7 @@ impl Connection {
                 self.rbuf.reserve(READ_CHUNK);
             }
         }
-        // Reads into the spare capacity: nothing is zero-filled, and an idle session waiting here
-        // holds only its small buffer.
+        // Reads into the spare capacity: nothing is zero-filled.
         match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.rbuf)).await {
             Ok(Ok(n)) => Ok(n),
             Ok(Err(e)) => Err(e.into()),
@@ -331,14 +353,16 @@ impl Connection {
         }
     }
 
-    /// Gives back the room message text needed once the session is between commands again.
+    /// Gives back the buffers once the session is between commands again with nothing pending
+    /// (they are allocated again when input arrives or a reply is queued): a session waiting
+    /// for its client holds no buffer, whatever message text it carried before.
     pub fn shrink_idle(&mut self) {
-        if self.buffered() == 0 && self.rbuf.capacity() > 4 * IDLE_BUFFER {
-            self.discard_input();
-            self.rbuf.shrink_to(IDLE_BUFFER);
+        if self.buffered() == 0 {
+            self.rbuf = Vec::new();
+            self.rpos = 0;
         }
-        if self.wbuf.is_empty() && self.wbuf.capacity() > 4 * IDLE_BUFFER {
-            self.wbuf.shrink_to(IDLE_BUFFER / 2);
+        if self.wbuf.is_empty() {
+            self.wbuf = Vec::new();
         }
     }
 
@@ -473,6 +497,9 @@ impl Connection {
 
     /// Queues raw bytes for the next flush.
     pub fn queue(&mut self, bytes: &[u8]) {
+        if self.wbuf.capacity() == 0 {
+            self.wbuf.reserve(WRITE_BUFFER.max(bytes.len()));
+        }
         self.wbuf.extend_from_slice(bytes);
     }
 
