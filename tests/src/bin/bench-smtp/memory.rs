@@ -1,15 +1,28 @@
 //! Memory per idle session: a fresh gateway gets N idle connections from this process (each reads
 //! its 220 banner and then stays silent); the gateway's VmRSS is read before and after, and
 //! (after − before) / N is the cost of one idle session.
+//!
+//! The same for idle TLS sessions: a gateway with `[smtp.tls]` (a self-signed certificate made
+//! with the openssl CLI, as the end-to-end tests do) whose N clients each say EHLO, STARTTLS,
+//! complete the handshake (rustls on both sides), say EHLO again and then stay silent.
 
 use std::{
-    io::{ErrorKind, Read},
+    io::{ErrorKind, Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
-    path::Path,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
+use rustls::{
+    ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, ServerName, UnixTime},
+};
+use smtp_gateway_tests::gateway_config::HOSTNAME;
 
 use crate::{
     Settings,
@@ -17,7 +30,26 @@ use crate::{
     proc::raise_nofile,
 };
 
+/// What the idle sessions of a row did before falling silent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdleKind {
+    /// Read the banner.
+    Plain,
+    /// Read the banner, EHLO, STARTTLS, TLS handshake, EHLO inside TLS.
+    StartTls,
+}
+
+impl IdleKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            IdleKind::Plain => "plaintext",
+            IdleKind::StartTls => "TLS (STARTTLS)",
+        }
+    }
+}
+
 pub struct MemoryRow {
+    pub kind: IdleKind,
     pub sessions: usize,
     pub before_kib: u64,
     pub after_kib: u64,
@@ -29,6 +61,187 @@ impl MemoryRow {
     pub fn per_session_kib(&self) -> f64 {
         (self.after_kib as f64 - self.before_kib as f64) / self.sessions as f64
     }
+}
+
+/// An idle client connection, held open until dropped.
+enum IdleConn {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl IdleConn {
+    /// Opens one connection of `kind` from `source` (see [`open_idle`]).
+    fn open(
+        kind: IdleKind,
+        gateway: SocketAddr,
+        source: Ipv4Addr,
+        tls: Option<&Arc<ClientConfig>>,
+    ) -> std::io::Result<Self> {
+        let stream = open_idle(gateway, source)?;
+        match (kind, tls) {
+            (IdleKind::Plain, _) => Ok(IdleConn::Plain(stream)),
+            (IdleKind::StartTls, Some(config)) => {
+                starttls(stream, config).map(|s| IdleConn::Tls(Box::new(s)))
+            }
+            (IdleKind::StartTls, None) => Err(std::io::Error::other("no TLS client configuration")),
+        }
+    }
+
+    /// Closes the client end (no QUIT, no close_notify: as a client that goes away).
+    fn close(self) {
+        match self {
+            IdleConn::Plain(tcp) => drop(tcp),
+            IdleConn::Tls(tls) => drop(tls),
+        }
+    }
+}
+
+/// Reads one reply until its last line, which must start with `code` and a space.
+fn read_reply(stream: &mut impl Read, code: &str) -> std::io::Result<()> {
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(n) => n,
+            // A signal interrupts a read with a timeout even under SA_RESTART (signal(7)).
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Err(std::io::Error::new(
+                ErrorKind::UnexpectedEof,
+                format!(
+                    "closed before a {code} reply: {:?}",
+                    String::from_utf8_lossy(&reply)
+                ),
+            ));
+        }
+        reply.extend_from_slice(buf.get(..n).unwrap_or_default());
+        let text = String::from_utf8_lossy(&reply);
+        if let Some(last) = text
+            .strip_suffix("\r\n")
+            .and_then(|t| t.rsplit("\r\n").next())
+        {
+            if last.starts_with(&format!("{code} ")) {
+                return Ok(());
+            }
+            if !last.starts_with(&format!("{code}-")) {
+                return Err(std::io::Error::other(format!(
+                    "expected a {code} reply, got {text:?}"
+                )));
+            }
+        }
+    }
+}
+
+/// EHLO, STARTTLS and the handshake on a connection that read its banner, then EHLO inside TLS.
+fn starttls(
+    mut stream: TcpStream,
+    config: &Arc<ClientConfig>,
+) -> std::io::Result<StreamOwned<ClientConnection, TcpStream>> {
+    stream.write_all(b"EHLO client.bench.test\r\n")?;
+    read_reply(&mut stream, "250")?;
+    stream.write_all(b"STARTTLS\r\n")?;
+    read_reply(&mut stream, "220")?;
+    let name = ServerName::try_from(HOSTNAME).map_err(std::io::Error::other)?;
+    let conn = ClientConnection::new(config.clone(), name).map_err(std::io::Error::other)?;
+    let mut tls = StreamOwned::new(conn, stream);
+    tls.write_all(b"EHLO client.bench.test\r\n")?;
+    read_reply(&mut tls, "250")?;
+    Ok(tls)
+}
+
+/// Accepts the gateway's self-signed certificate (loopback only) and checks its signatures.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The benchmark's TLS client: rustls (ring), any certificate.
+fn client_config() -> Result<Arc<ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("TLS client protocol versions")?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Writes a self-signed EC certificate for the benchmark's host name into `dir`; returns the
+/// `[smtp.tls]` section naming it.
+fn tls_section(dir: &Path) -> Result<String> {
+    let cert: PathBuf = dir.join("idle-tls-cert.pem");
+    let key: PathBuf = dir.join("idle-tls-key.pem");
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .arg("ec_paramgen_curve:prime256v1")
+        .args(["-nodes", "-days", "2", "-subj"])
+        .arg(format!("/CN={HOSTNAME}"))
+        .arg("-addext")
+        .arg(format!("subjectAltName=DNS:{HOSTNAME}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdin(Stdio::null())
+        .output()
+        .context("running openssl req")?;
+    if !out.status.success() {
+        bail!(
+            "openssl req failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(format!(
+        "[smtp.tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ))
 }
 
 /// Opens one connection from `source` (127.0.0.1: the kernel's choice) and reads the 220 banner.
@@ -46,38 +259,9 @@ fn open_idle(gateway: SocketAddr, source: Ipv4Addr) -> std::io::Result<TcpStream
         socket.into()
     };
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut banner = Vec::new();
-    let mut buf = [0u8; 512];
-    loop {
-        let n = match (&stream).read(&mut buf) {
-            Ok(n) => n,
-            // A signal interrupts a read with a timeout even under SA_RESTART (signal(7)).
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            return Err(std::io::Error::new(
-                ErrorKind::UnexpectedEof,
-                format!(
-                    "closed before the banner: {:?}",
-                    String::from_utf8_lossy(&banner)
-                ),
-            ));
-        }
-        banner.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&banner);
-        if let Some(last) = text
-            .strip_suffix("\r\n")
-            .and_then(|t| t.rsplit("\r\n").next())
-        {
-            if last.starts_with("220 ") {
-                return Ok(stream);
-            }
-            if !last.starts_with("220-") {
-                return Err(std::io::Error::other(format!("unexpected banner {text:?}")));
-            }
-        }
-    }
+    let mut stream = stream;
+    read_reply(&mut stream, "220")?;
+    Ok(stream)
 }
 
 pub fn memory(settings: &Settings, dir: &Path, backend: SocketAddr) -> Result<Vec<MemoryRow>> {
@@ -91,15 +275,51 @@ pub fn memory(settings: &Settings, dir: &Path, backend: SocketAddr) -> Result<Ve
     let extra = format!(
         "max_connections = {cap}\nmax_connections_per_source = {cap}\ncommand_timeout = \"10m\"\n"
     );
+    let tls = client_config()?;
+    let tls_section = tls_section(dir)?;
     let mut rows = Vec::new();
-    for (i, &n) in settings.idle.iter().enumerate() {
+    let levels = settings.idle.len();
+    for (k, kind) in [IdleKind::Plain, IdleKind::StartTls]
+        .into_iter()
+        .enumerate()
+    {
+        for (i, &n) in settings.idle.iter().enumerate() {
+            rows.push(measure(
+                dir,
+                k * levels + i + 1,
+                backend,
+                &extra,
+                (kind, n),
+                (&tls, &tls_section),
+            )?);
+        }
+    }
+    Ok(rows)
+}
+
+/// One row: a fresh gateway (number `number`) and `n` idle sessions of `kind`.
+fn measure(
+    dir: &Path,
+    number: usize,
+    backend: SocketAddr,
+    extra: &str,
+    (kind, n): (IdleKind, usize),
+    (tls, tls_section): (&Arc<ClientConfig>, &str),
+) -> Result<MemoryRow> {
+    {
         // A fresh gateway per level: nothing retained by an earlier level counts.
-        let mut gw = Gateway::start(dir, i + 1, backend, &extra)?;
-        // Warm-up: a few sessions first, so one-off allocations (runtime, first session) are in
-        // the "before" figure.
+        let sections = if kind == IdleKind::StartTls {
+            tls_section
+        } else {
+            ""
+        };
+        let mut gw = Gateway::start_with(dir, number, backend, extra, sections)?;
+        // Warm-up: a few sessions first, so one-off allocations (runtime, first session, TLS
+        // configuration) are in the "before" figure.
         for _ in 0..20 {
-            let s = open_idle(gw.addr, Ipv4Addr::LOCALHOST).context("warm-up connection")?;
-            drop(s);
+            IdleConn::open(kind, gw.addr, Ipv4Addr::LOCALHOST, Some(tls))
+                .context("warm-up connection")?
+                .close();
         }
         let warm = gw.wait_sessions(20)?;
         ensure!(
@@ -109,7 +329,10 @@ pub fn memory(settings: &Settings, dir: &Path, backend: SocketAddr) -> Result<Ve
         );
         std::thread::sleep(Duration::from_millis(500));
         let before_kib = gw.rss_kib()?;
-        eprintln!("opening {n} idle sessions (gateway RSS {before_kib} KiB)...");
+        eprintln!(
+            "opening {n} idle {} sessions (gateway RSS {before_kib} KiB)...",
+            kind.name()
+        );
         let deadline = Instant::now() + Duration::from_secs(300);
         let mut conns = Vec::with_capacity(n);
         let mut source = Ipv4Addr::LOCALHOST;
@@ -119,7 +342,7 @@ pub fn memory(settings: &Settings, dir: &Path, backend: SocketAddr) -> Result<Ve
                 Instant::now() < deadline,
                 "opening {n} connections took over 300 s"
             );
-            match open_idle(gw.addr, source) {
+            match IdleConn::open(kind, gw.addr, source, Some(tls)) {
                 Ok(s) => conns.push(s),
                 Err(e) if e.kind() == ErrorKind::AddrNotAvailable && extra_sources < 250 => {
                     // Local ports of this source address exhausted: continue from the next one.
@@ -145,7 +368,7 @@ pub fn memory(settings: &Settings, dir: &Path, backend: SocketAddr) -> Result<Ve
             "{} of the idle sessions ended before they were closed",
             stats.sessions
         );
-        drop(conns);
+        conns.into_iter().for_each(IdleConn::close);
         let closed = gw.wait_sessions(n as u64)?;
         ensure!(
             closed.sessions == n as u64,
@@ -156,6 +379,7 @@ pub fn memory(settings: &Settings, dir: &Path, backend: SocketAddr) -> Result<Ve
         std::thread::sleep(Duration::from_millis(500));
         let closed_kib = gw.rss_kib()?;
         let row = MemoryRow {
+            kind,
             sessions: n,
             before_kib,
             after_kib,
@@ -167,7 +391,6 @@ pub fn memory(settings: &Settings, dir: &Path, backend: SocketAddr) -> Result<Ve
              after closing",
             row.per_session_kib()
         );
-        rows.push(row);
+        Ok(row)
     }
-    Ok(rows)
 }
