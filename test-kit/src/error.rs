@@ -27,6 +27,9 @@ pub enum Error {
         .0.display()
     )]
     BinaryNotFound(PathBuf),
+    /// `openssl req` refused to make a certificate (its standard error).
+    #[error("openssl req failed: {0}")]
+    Openssl(String),
     /// The test DNS responder could not be set up.
     #[error("test DNS responder: {action}: {error}")]
     Dns {

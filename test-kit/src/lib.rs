@@ -27,6 +27,7 @@
 //! - `launcher/`: [`DaemonProcess`] and the `run`/`detach` command lines: starting the daemon
 //!   with a configuration, waiting for what it logs, stopping it by PID.
 //! - `dns/`: [`DnsResponder`] and its [`Records`] table, a DNS server on `127.0.0.1:0`.
+//! - `tls.rs`: [`tls::self_signed`], a certificate for a gateway's `[smtp.tls]`.
 
 mod account;
 mod binary;
@@ -35,6 +36,7 @@ mod error;
 pub mod launcher;
 mod log;
 mod postfix;
+pub mod tls;
 
 pub use account::Account;
 pub use binary::{GATEWAY_BIN_ENV, gateway_binary, profile_dir};

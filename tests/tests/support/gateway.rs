@@ -175,26 +175,7 @@ fn reap_stale() {
 
 /// Writes a self-signed EC certificate for `gw.test` into `dir`; returns (cert, key).
 fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .arg("ec_paramgen_curve:prime256v1")
-        .args(["-nodes", "-days", "2", "-subj", "/CN=gw.test"])
-        .args(["-addext", "subjectAltName=DNS:gw.test"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl req failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
+    smtp_gateway_test_kit::tls::self_signed(dir, "gw.test").unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl Gateway {

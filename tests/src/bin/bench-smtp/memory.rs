@@ -2,20 +2,19 @@
 //! its 220 banner and then stays silent); the gateway's VmRSS is read before and after, and
 //! (after − before) / N is the cost of one idle session.
 //!
-//! The same for idle TLS sessions: a gateway with `[smtp.tls]` (a self-signed certificate made
-//! with the openssl CLI, as the end-to-end tests do) whose N clients each say EHLO, STARTTLS,
+//! The same for idle TLS sessions: a gateway with `[smtp.tls]` (a self-signed certificate from
+//! `smtp_gateway_test_kit::tls`, as the end-to-end tests use) whose N clients each say EHLO, STARTTLS,
 //! complete the handshake (rustls on both sides), say EHLO again and then stay silent.
 
 use std::{
     io::{ErrorKind, Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use rustls::{
     ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
@@ -215,28 +214,7 @@ fn client_config() -> Result<Arc<ClientConfig>> {
 /// Writes a self-signed EC certificate for the benchmark's host name into `dir`; returns the
 /// `[smtp.tls]` section naming it.
 fn tls_section(dir: &Path) -> Result<String> {
-    let cert: PathBuf = dir.join("idle-tls-cert.pem");
-    let key: PathBuf = dir.join("idle-tls-key.pem");
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .arg("ec_paramgen_curve:prime256v1")
-        .args(["-nodes", "-days", "2", "-subj"])
-        .arg(format!("/CN={HOSTNAME}"))
-        .arg("-addext")
-        .arg(format!("subjectAltName=DNS:{HOSTNAME}"))
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdin(Stdio::null())
-        .output()
-        .context("running openssl req")?;
-    if !out.status.success() {
-        bail!(
-            "openssl req failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let (cert, key) = smtp_gateway_test_kit::tls::self_signed(dir, HOSTNAME)?;
     Ok(format!(
         "[smtp.tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
         cert.display(),
