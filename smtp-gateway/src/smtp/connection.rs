@@ -121,6 +121,22 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> MemoryStream for S {}
 /// The client side of a session.
 pub type Stream = MaybeTls<TlsStream<TcpStream>>;
 
+impl Stream {
+    /// Ends a TLS session with a close_notify (flushed); a plain stream has nothing to say. The
+    /// TCP connection itself closes when the stream is dropped.
+    async fn close_notify(&mut self) -> io::Result<()> {
+        match self {
+            MaybeTls::Plain(_) | MaybeTls::Upgrading => Ok(()),
+            MaybeTls::Tls(tls) => {
+                tls.get_mut().1.send_close_notify();
+                tls.flush().await
+            }
+            #[cfg(fuzzing)]
+            MaybeTls::Memory(s) => s.shutdown().await,
+        }
+    }
+}
+
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for MaybeTls<T> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -569,14 +585,16 @@ impl Connection {
         Ok(())
     }
 
-    /// Sends what is queued and closes the write side (TLS: close_notify), both within one
-    /// `smtp.write_timeout`; a stalled connection is left to be dropped without another write.
+    /// Sends what is queued and, over TLS, a close_notify, both within one `smtp.write_timeout`;
+    /// a stalled connection is left to be dropped without another write. The caller drops the
+    /// connection right after: its close() sends the FIN, so no `shutdown(2)` is made (it was one
+    /// system call per session, and failed with ENOTCONN for most clients, which close first).
     pub async fn shutdown(&mut self) {
         let deadline = tokio::time::Instant::now() + self.write_timeout;
         if self.flush_until(deadline).await.is_err() {
             return;
         }
-        if tokio::time::timeout_at(deadline, self.stream.shutdown())
+        if tokio::time::timeout_at(deadline, self.stream.close_notify())
             .await
             .is_err()
         {
@@ -616,6 +634,68 @@ mod tests {
         let peer = TcpStream::connect(addr).await.expect("connect");
         let (sock, _) = listener.accept().await.expect("accept");
         (peer, sock)
+    }
+
+    /// A TLS session over loopback: the client's stream and the session's connection.
+    async fn tls_pair() -> (tokio_rustls::client::TlsStream<TcpStream>, Connection) {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["mx.example.net".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .expect("server config");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).expect("root");
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (peer, sock) = loopback_pair().await;
+        let name = ServerName::try_from("mx.example.net").expect("name");
+        let (client, server) = tokio::join!(
+            tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, peer),
+            TlsAcceptor::from(Arc::new(server)).accept(sock)
+        );
+        let conn = Connection::new(
+            MaybeTls::Tls(Box::new(server.expect("server handshake"))),
+            Duration::from_secs(5),
+        );
+        (client.expect("client handshake"), conn)
+    }
+
+    #[tokio::test]
+    async fn a_tls_session_ends_with_its_last_reply_and_a_close_notify() {
+        let (mut client, mut conn) = tls_pair().await;
+        conn.queue(b"221 2.0.0 Bye\r\n");
+        conn.shutdown().await;
+        drop(conn);
+        // A TCP close without close_notify is an UnexpectedEof error for a rustls client.
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("a clean TLS end");
+        assert_eq!(got, b"221 2.0.0 Bye\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_plain_session_ends_with_its_last_reply_and_a_fin() {
+        let (mut peer, sock) = loopback_pair().await;
+        let mut conn = Connection::new(MaybeTls::Plain(sock), Duration::from_secs(5));
+        conn.queue(b"221 2.0.0 Bye\r\n");
+        conn.shutdown().await;
+        drop(conn);
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.expect("a clean end");
+        assert_eq!(got, b"221 2.0.0 Bye\r\n");
     }
 
     #[test]

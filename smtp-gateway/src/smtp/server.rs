@@ -140,6 +140,8 @@ async fn accept_loop(
     sessions: tokio_util::task::TaskTracker,
 ) {
     let mut backoff = Duration::from_millis(10);
+    // The bound address (the configured one with its port resolved): see `session_local`.
+    let bound = listener.local_addr().unwrap_or(cfg.address);
     loop {
         let (tcp, client) = match listener.accept().await {
             Ok(ok) => {
@@ -200,7 +202,7 @@ async fn accept_loop(
                 shared,
                 (tcp, idle),
                 client,
-                (cfg.address, kind, profile),
+                (bound, kind, profile),
                 session_shutdown,
             ));
             session_guard::run_guarded(session, slots, client, &metrics).await;
@@ -240,7 +242,7 @@ fn session_profile(shared: &Shared, cfg: &ListenerConfig) -> Arc<Profile> {
 }
 
 /// One session on an accepted connection: the implicit TLS handshake (`smtps`), then the
-/// session itself. `listener` is the listening address, its kind and its profile.
+/// session itself. `listener` is the bound listening address, its kind and its profile.
 async fn run_session(
     shared: Arc<Shared>,
     (tcp, idle): (TcpStream, Arc<Idle>),
@@ -248,7 +250,7 @@ async fn run_session(
     (listener, kind, profile): (SocketAddr, ListenerKind, Arc<Profile>),
     shutdown: watch::Receiver<bool>,
 ) {
-    let local = tcp.local_addr().unwrap_or(listener);
+    let local = session_local(listener, &tcp);
     let stream = if kind == ListenerKind::Smtps {
         let Some(acceptor) = shared.tls.clone() else {
             return;
@@ -282,9 +284,57 @@ async fn run_session(
         .await;
 }
 
+/// The local address of a session (what XCLIENT and PROXY v2 tell the backend it was sent to): a
+/// listener bound to one address accepts only on that address, so it is the listener's own and
+/// needs no getsockname(2) per session; a wildcard listener (`0.0.0.0`, `[::]`) asks the socket.
+fn session_local(listener: SocketAddr, tcp: &TcpStream) -> SocketAddr {
+    if listener.ip().is_unspecified() {
+        tcp.local_addr().unwrap_or(listener)
+    } else {
+        listener
+    }
+}
+
 /// Answers `421` on a connection over a cap and closes it. The reply fits an empty socket send
 /// buffer, so it is written without waiting: a client that does not read can never hold up the
 /// accept loop.
 fn refuse(tcp: TcpStream, text: &str) {
     let _ = tcp.try_write(format!("421 {text}\r\n").as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::session_local;
+
+    /// The session's end of a connection made to `to` through `listener`.
+    async fn accepted(listener: &TcpListener, to: SocketAddr) -> TcpStream {
+        let (client, server) = tokio::join!(TcpStream::connect(to), listener.accept());
+        let _client = client.expect("connect");
+        server.expect("accept").0
+    }
+
+    #[tokio::test]
+    async fn a_wildcard_listener_gives_each_session_the_address_it_was_reached_on() {
+        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))
+            .await
+            .expect("bind");
+        let bound = listener.local_addr().expect("addr");
+        let reached = SocketAddr::from((Ipv4Addr::LOCALHOST, bound.port()));
+        let tcp = accepted(&listener, reached).await;
+        assert_eq!(session_local(bound, &tcp), reached);
+    }
+
+    #[tokio::test]
+    async fn a_listener_bound_to_one_address_gives_that_address() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind");
+        let bound = listener.local_addr().expect("addr");
+        let tcp = accepted(&listener, bound).await;
+        assert_eq!(session_local(bound, &tcp), tcp.local_addr().expect("addr"));
+    }
 }
