@@ -65,7 +65,12 @@ use anyhow::{Context, Result, bail, ensure};
 #[path = "bench-attack/holding.rs"]
 mod holding;
 
-const AIM_RATIO: f64 = 0.9;
+/// The floods' aim (issue 13): a median of at least `AIM_RATIO`× the no-attack session rate with
+/// every repeat at or above `AIM_FLOOR`×.
+const AIM_RATIO: f64 = 0.95;
+const AIM_FLOOR: f64 = 0.9;
+/// The holding attack's aim (issue 5): at least this ratio.
+const HOLDING_AIM: f64 = 0.9;
 /// Client threads opening sessions back to back.
 const WORKERS: usize = 4;
 /// Legit client source addresses (198.18.4.10 .. 198.18.7.249): at ~1,500 sessions/s each sends
@@ -1015,6 +1020,34 @@ impl Attack {
     }
 }
 
+/// CPU-seconds used so far by the live processes of process group `pgid` (user + system time
+/// from /proc/PID/stat). A process that ended in between takes its time with it: the flood runs
+/// for the whole measurement, so its processes do not end there.
+fn group_cpu(pgid: u32) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut total = 0u64;
+    for entry in entries.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command (which may hold spaces): state, ppid, pgrp, ... utime (14th
+        // field of the line), stime (15th).
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        if field(5) == Some(u64::from(pgid)) {
+            total += field(14).unwrap_or(0) + field(15).unwrap_or(0);
+        }
+    }
+    total as f64 / ticks
+}
+
 /// One scenario of one repeat, measured and checked.
 struct Sample {
     xdp: bool,
@@ -1026,6 +1059,9 @@ struct Sample {
     flood_sent: u64,
     /// SYNs per second the attacker's veth actually sent (trafgen's pacing is approximate).
     flood_pps: u64,
+    /// CPUs the attacker's processes used while the client measured (CPU-seconds per second:
+    /// user + system time of trafgen's process group, as the kernel accounts it).
+    attacker_cpu: f64,
     /// Kernel verdict deltas (XDP on): blocklist drops, rate-limited, inspected and passed.
     dropped_cidr: u64,
     rate_limited: u64,
@@ -1070,7 +1106,15 @@ fn scenario(
             Some(run)
         }
     };
+    let attacker_before = flood.as_ref().map(|run| group_cpu(run.proc.pid()));
+    let client_started = Instant::now();
     let client = run_client(lab, duration)?;
+    let attacker_cpu = match (flood.as_ref(), attacker_before) {
+        (Some(run), Some(before)) => {
+            (group_cpu(run.proc.pid()) - before) / client_started.elapsed().as_secs_f64()
+        }
+        _ => 0.0,
+    };
     if let Some(run) = flood.as_mut() {
         if let Some(status) = run.proc.exited() {
             let err = std::fs::read_to_string(dir.join(format!("{attack:?}.trafgen.err")))
@@ -1136,6 +1180,7 @@ fn scenario(
         } else {
             (flood_sent as f64 / flood_secs.max(1e-3)) as u64
         },
+        attacker_cpu,
         dropped_cidr: delta(&verdicts_after, "dropped_cidr"),
         rate_limited: delta(&verdicts_after, "rate_limited"),
         passed: delta(&verdicts_after, "passed"),
@@ -1162,13 +1207,15 @@ fn scenario(
     }
     eprintln!(
         "  {what:<32} {:>7.0} sessions/s  p99 handshake {:>7.2} ms  ({} ok, {} failed; flood \
-         sent {} at {}/s, XDP dropped_cidr {}, passed {}, rate_limited {}, SYN cookies {})",
+         sent {} at {}/s by {:.2} CPUs, XDP dropped_cidr {}, passed {}, rate_limited {}, SYN \
+         cookies {})",
         sample.rate,
         sample.p99_ms,
         sample.completed,
         sample.failed,
         sample.flood_sent,
         sample.flood_pps,
+        sample.attacker_cpu,
         sample.dropped_cidr,
         sample.passed,
         sample.rate_limited,
@@ -1279,6 +1326,9 @@ struct Cell {
     completed: u64,
     /// SYN/s the attacker actually sent.
     flood_pps: Vec<f64>,
+    /// Per repeat: the rate ratio as if the attacker's CPU time had been left to the legit load
+    /// (`rate_ratio × CPUs ÷ (CPUs − attacker CPUs)`); not the aim, an explanation of it.
+    given_back: Vec<f64>,
 }
 
 struct Results {
@@ -1301,6 +1351,7 @@ impl Results {
                     failed: 0,
                     completed: 0,
                     flood_pps: Vec::new(),
+                    given_back: Vec::new(),
                 })
             })
             .collect();
@@ -1326,6 +1377,9 @@ impl Results {
                 cell.failed += s.failed;
                 cell.completed += s.completed;
                 cell.flood_pps.push(s.flood_pps as f64);
+                let cpus = machine_cpus();
+                cell.given_back
+                    .push(s.rate / base.rate * cpus / (cpus - s.attacker_cpu).max(0.1));
             }
         }
         Ok(Results { cells })
@@ -1337,14 +1391,18 @@ impl Results {
             .find(|c| c.xdp == xdp && c.attack == attack)
     }
 
-    /// The aim: every flood with XDP on at ≥ 0.9× the baseline (medians).
-    fn aim(&self) -> Vec<(Attack, f64, bool)> {
+    /// The aim: every flood with XDP on at a median of ≥ `AIM_RATIO`× the baseline, no repeat
+    /// below `AIM_FLOOR`×. Per flood: the ratios' point, the same with the attacker's CPU given
+    /// back, whether the aim is met.
+    fn aim(&self) -> Vec<(Attack, Point, Point, bool)> {
         Attack::ALL[1..]
             .iter()
             .filter_map(|a| self.cell(true, *a))
             .map(|c| {
-                let m = Point::from_samples("", &c.rate_ratios).median;
-                (c.attack, m, m >= AIM_RATIO)
+                let p = Point::from_samples("", &c.rate_ratios);
+                let given_back = Point::from_samples("", &c.given_back);
+                let met = p.median >= AIM_RATIO && p.min >= AIM_FLOOR;
+                (c.attack, p, given_back, met)
             })
             .collect()
     }
@@ -1391,7 +1449,8 @@ impl Results {
                     note: format!(
                         "Complete sessions (connect to 221) per second, divided by the no-attack \
                          XDP-on rate of the same repeat. Floods: trafgen in a namespace on the \
-                         same 2 CPUs, {} SYN/s sent (median). Aim: at least {AIM_RATIO}× with \
+                         same 2 CPUs, {} SYN/s sent (median). Aim: a median of at least \
+                         {AIM_RATIO}×, no repeat below {AIM_FLOOR}×, with \
                          XDP on.",
                         thousands(self.flood_pps().round() as u64)
                     ),
@@ -1413,6 +1472,11 @@ impl Results {
             ],
         }
     }
+}
+
+/// The CPUs this machine has (the attacker and the legit load share them).
+fn machine_cpus() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
 }
 
 fn spread(v: &[f64], digits: usize) -> (String, String) {
@@ -1555,10 +1619,11 @@ fn report(
     );
     let _ = writeln!(
         out,
-        "| XDP | Scenario | SYNs sent by the attacker | SYN/s sent | XDP dropped_cidr | XDP rate_limited | XDP \
-         passed (inspected) | SYN cookies sent |"
+        "| XDP | Scenario | SYNs sent by the attacker | SYN/s sent | attacker CPUs (of {}) | XDP \
+         dropped_cidr | XDP rate_limited | XDP passed (inspected) | SYN cookies sent |",
+        machine_cpus()
     );
-    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|");
     for xdp in [true, false] {
         for attack in Attack::ALL {
             let pick = |f: fn(&Sample) -> u64| {
@@ -1571,13 +1636,20 @@ fn report(
                 thousands(Point::from_samples("", &v).median.round() as u64)
             };
             let na = |s: String| if xdp { s } else { "–".into() };
+            let cpus: Vec<f64> = samples
+                .iter()
+                .flatten()
+                .filter(|s| s.xdp == xdp && s.attack == attack)
+                .map(|s| s.attacker_cpu)
+                .collect();
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {:.2} | {} | {} | {} | {} |",
                 if xdp { "on" } else { "off" },
                 attack.label(),
                 pick(|s| s.flood_sent),
                 pick(|s| s.flood_pps),
+                Point::from_samples("", &cpus).median,
                 na(pick(|s| s.dropped_cidr)),
                 na(pick(|s| s.rate_limited)),
                 na(pick(|s| s.passed)),
@@ -1586,15 +1658,23 @@ fn report(
         }
     }
     let _ = writeln!(out, "\n## Aim\n");
-    for (attack, ratio, ok) in results.aim() {
+    for (attack, ratio, given_back, ok) in results.aim() {
         let _ = writeln!(
             out,
-            "- {} with XDP on: {ratio:.3}× the no-attack session rate (median; aim ≥ {AIM_RATIO}×): \
-             **{}**.",
+            "- {} with XDP on: {:.3}× the no-attack session rate (median; spread {:.3}–{:.3}; \
+             aim ≥ {AIM_RATIO}×, no repeat below {AIM_FLOOR}×): **{}**. With the attacker's CPU \
+             time given back to the legit load (× CPUs ÷ (CPUs − the attacker's CPUs); not the \
+             aim, what the attacker's own sending explains): {:.3}× ({:.3}–{:.3}).",
             attack.label(),
-            if ok { "met" } else { "missed" }
+            ratio.median,
+            ratio.min,
+            ratio.max,
+            if ok { "met" } else { "missed" },
+            given_back.median,
+            given_back.min,
+            given_back.max
         );
     }
-    holding::report(&mut out, hold, AIM_RATIO);
+    holding::report(&mut out, hold, HOLDING_AIM);
     out
 }
