@@ -1060,7 +1060,10 @@ struct Sample {
     /// SYNs per second the attacker's veth actually sent (trafgen's pacing is approximate).
     flood_pps: u64,
     /// CPUs the attacker's processes used while the client measured (CPU-seconds per second:
-    /// user + system time of trafgen's process group, as the kernel accounts it).
+    /// user + system time of trafgen's process group, as the kernel accounts it). An upper bound
+    /// of the sender's own cost: without IRQ time accounting (this kernel's tick accounting),
+    /// softirq work run on the way out of its system calls (veth delivery, the XDP program, the
+    /// TCP stack's answer to a passed SYN) is charged to it too.
     attacker_cpu: f64,
     /// Kernel verdict deltas (XDP on): blocklist drops, rate-limited, inspected and passed.
     dropped_cidr: u64,
@@ -1327,7 +1330,8 @@ struct Cell {
     /// SYN/s the attacker actually sent.
     flood_pps: Vec<f64>,
     /// Per repeat: the rate ratio as if the attacker's CPU time had been left to the legit load
-    /// (`rate_ratio × CPUs ÷ (CPUs − attacker CPUs)`); not the aim, an explanation of it.
+    /// (`rate_ratio × CPUs ÷ (CPUs − attacker CPUs)`); not the aim, an upper bound of what the
+    /// sender sharing the CPUs explains.
     given_back: Vec<f64>,
 }
 
@@ -1619,7 +1623,8 @@ fn report(
     );
     let _ = writeln!(
         out,
-        "| XDP | Scenario | SYNs sent by the attacker | SYN/s sent | attacker CPUs (of {}) | XDP \
+        "| XDP | Scenario | SYNs sent by the attacker | SYN/s sent | attacker CPUs (of {}; \
+         with the softirq work run in its context) | XDP \
          dropped_cidr | XDP rate_limited | XDP passed (inspected) | SYN cookies sent |",
         machine_cpus()
     );
@@ -1664,7 +1669,8 @@ fn report(
             "- {} with XDP on: {:.3}× the no-attack session rate (median; spread {:.3}–{:.3}; \
              aim ≥ {AIM_RATIO}×, no repeat below {AIM_FLOOR}×): **{}**. With the attacker's CPU \
              time given back to the legit load (× CPUs ÷ (CPUs − the attacker's CPUs); not the \
-             aim, what the attacker's own sending explains): {:.3}× ({:.3}–{:.3}).",
+             aim: an upper bound of what the sender sharing the CPUs explains, as its CPU time \
+             includes softirq work done for its packets): {:.3}× ({:.3}–{:.3}).",
             attack.label(),
             ratio.median,
             ratio.min,

@@ -96,6 +96,8 @@ pub const HELO: &str = "client.example.net";
 pub const AIM_DIRECT: f64 = 0.85;
 pub const AIM_HARAKA: f64 = 5.0;
 pub const AIM_HAPROXY: f64 = 1.0;
+/// The gateway's own CPU per message (its cgroup) against HAProxy's own (issue 13): at most.
+pub const AIM_CPU_VS_HAPROXY: f64 = 0.5;
 /// The gateway with FCrDNS + SPF on against the same gateway with them off.
 pub const AIM_DNS: f64 = 0.9;
 /// Issue 13: at most 5 KiB per idle plaintext session at 10,000 sessions.
