@@ -636,36 +636,40 @@ mod tests {
         (peer, sock)
     }
 
-    /// A TLS session over loopback: the client's stream and the session's connection.
+    /// A TLS session over loopback, with the gateway's own acceptor and backend connector (a
+    /// self-signed certificate for `mx.example.net`, trusted as the CA): the client's stream and
+    /// the session's connection.
     async fn tls_pair() -> (tokio_rustls::client::TlsStream<TcpStream>, Connection) {
-        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+        use super::super::{
+            config::{BackendTls, TlsConfig},
+            tls,
+        };
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = rcgen::CertificateParams::new(vec!["mx.example.net".to_string()])
             .expect("params")
             .self_signed(&key)
             .expect("cert");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .expect("server config");
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert.der().clone()).expect("root");
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let dir = std::env::temp_dir().join(format!("conn-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let (certificate, private_key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&certificate, cert.pem()).expect("write cert");
+        std::fs::write(&private_key, key.serialize_pem()).expect("write key");
+        let acceptor = tls::acceptor(&TlsConfig {
+            certificate: certificate.clone(),
+            private_key,
+        })
+        .expect("acceptor");
+        let backend = BackendTls {
+            ca: certificate,
+            server_name: Some("mx.example.net".into()),
+        };
+        let client = tls::backend_connector(&backend, std::net::Ipv4Addr::LOCALHOST.into())
+            .expect("connector");
+        let _ = std::fs::remove_dir_all(&dir);
         let (peer, sock) = loopback_pair().await;
-        let name = ServerName::try_from("mx.example.net").expect("name");
         let (client, server) = tokio::join!(
-            tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, peer),
-            TlsAcceptor::from(Arc::new(server)).accept(sock)
+            client.connector.connect(client.server_name, peer),
+            acceptor.accept(sock)
         );
         let conn = Connection::new(
             MaybeTls::Tls(Box::new(server.expect("server handshake"))),
@@ -674,28 +678,28 @@ mod tests {
         (client.expect("client handshake"), conn)
     }
 
-    #[tokio::test]
-    async fn a_tls_session_ends_with_its_last_reply_and_a_close_notify() {
-        let (mut client, mut conn) = tls_pair().await;
+    /// What the peer reads to its end after the session queued a last reply and closed.
+    async fn read_after_close<P: AsyncRead + Unpin>(mut peer: P, mut conn: Connection) -> Vec<u8> {
         conn.queue(b"221 2.0.0 Bye\r\n");
         conn.shutdown().await;
         drop(conn);
-        // A TCP close without close_notify is an UnexpectedEof error for a rustls client.
         let mut got = Vec::new();
-        client.read_to_end(&mut got).await.expect("a clean TLS end");
-        assert_eq!(got, b"221 2.0.0 Bye\r\n");
+        // Over TLS, a TCP close without close_notify is an UnexpectedEof error here.
+        peer.read_to_end(&mut got).await.expect("a clean end");
+        got
+    }
+
+    #[tokio::test]
+    async fn a_tls_session_ends_with_its_last_reply_and_a_close_notify() {
+        let (client, conn) = tls_pair().await;
+        assert_eq!(read_after_close(client, conn).await, b"221 2.0.0 Bye\r\n");
     }
 
     #[tokio::test]
     async fn a_plain_session_ends_with_its_last_reply_and_a_fin() {
-        let (mut peer, sock) = loopback_pair().await;
-        let mut conn = Connection::new(MaybeTls::Plain(sock), Duration::from_secs(5));
-        conn.queue(b"221 2.0.0 Bye\r\n");
-        conn.shutdown().await;
-        drop(conn);
-        let mut got = Vec::new();
-        peer.read_to_end(&mut got).await.expect("a clean end");
-        assert_eq!(got, b"221 2.0.0 Bye\r\n");
+        let (peer, sock) = loopback_pair().await;
+        let conn = Connection::new(MaybeTls::Plain(sock), Duration::from_secs(5));
+        assert_eq!(read_after_close(peer, conn).await, b"221 2.0.0 Bye\r\n");
     }
 
     #[test]
