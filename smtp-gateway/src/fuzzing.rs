@@ -75,7 +75,7 @@ pub fn rcpt_paths(line: &[u8]) -> Option<RcptPaths> {
     let Request::Rcpt { to } = parsed else {
         return None;
     };
-    let policy = crate::policy::address::raw_path(line).unwrap_or_else(|| to.address.clone());
+    let policy = crate::policy::address::policy_path(line, &to.address);
     Some(RcptPaths {
         parsed: to.address,
         policy,

@@ -1,7 +1,7 @@
 //! Mail-path grammar (RFC 5321 section 4.1.2, with RFC 6531 UTF-8): one place that takes paths
 //! apart, for every policy that judges them.
 //!
-//! - the path as the client wrote it on its MAIL/RCPT line ([`raw_path`]), and the address-literal
+//! - the path as the client wrote it on its MAIL/RCPT line ([`raw_path`], [`policy_path`]), and the address-literal
 //!   paths smtp-proto refuses ([`literal_path`]);
 //! - `<path>` and `local@domain` ([`strip_angle_brackets`], [`split_address`]), refusing what
 //!   hides another route (source routes, percent hacks, bang paths, tricks in quoted local parts,
@@ -72,11 +72,21 @@ pub enum PathCommand {
     Rcpt,
 }
 
+/// The path the relay policy judges for a MAIL/RCPT line whose address the parser read as
+/// `parsed`: the raw path ([`raw_path`]), or, for a line without one, the parsed address as a
+/// path (`<parsed>`: angle brackets inside the address, from its quoted parts, stay part of it
+/// and are never taken for the path's own).
+pub fn policy_path(line: &[u8], parsed: &str) -> String {
+    raw_path(line).unwrap_or_else(|| format!("<{parsed}>"))
+}
+
 /// The path between `<` and `>` of a MAIL/RCPT line as the client wrote it (quotes respected):
 /// the parser drops source routes, but the raw line, route included, is what the backend
-/// receives, so the policy judges this. `None` when the line is not UTF-8 or has no `<...>`.
+/// receives, so the policy judges this. A byte that is not UTF-8 reads as U+FFFD: the path's
+/// structure (`<`, `>`, quotes, `@`, `:`) is ASCII, which no such byte can be, so a line that is
+/// not UTF-8 is judged on its route like any other. `None` when the line has no `<...>`.
 pub fn raw_path(line: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(line).ok()?;
+    let text = String::from_utf8_lossy(line);
     let (_, after) = text.split_once('<')?;
     let mut quoted = false;
     let mut escaped = false;
@@ -304,7 +314,11 @@ mod tests {
         );
         assert_eq!(raw_path(b"RCPT TO:user@example.org"), None);
         assert_eq!(raw_path("RCPT TO:<é@x>".as_bytes()).as_deref(), Some("é@x"));
-        assert_eq!(raw_path(b"RCPT TO:<\xff@x>"), None);
+        // Not UTF-8: judged all the same, the byte read as U+FFFD.
+        assert_eq!(
+            raw_path(b"RCPT TO:<@r.test:\xff@x>").as_deref(),
+            Some("@r.test:\u{fffd}@x")
+        );
     }
 
     #[test]

@@ -355,6 +355,52 @@ mod tests {
     }
 
     #[test]
+    fn the_policy_never_accepts_a_domain_the_parser_reads_otherwise() {
+        // Found by the mail_path fuzz target: a line that is not UTF-8 has no raw path for the
+        // policy, and the parsed address, whose quoted parts hold `<` and `>`, was judged as a
+        // path: its own brackets stripped, the policy saw `example.org` where the parser (and a
+        // backend parsing like it) reads `example.org>`.
+        let data = b"RCPT TO:<\"<r\"\xff@\"example.org>\"\"\">".to_vec();
+        let raw = Line {
+            data: data.clone(),
+            ..line("")
+        };
+        let Ok(Request::Rcpt { to }) = parse_command(&raw) else {
+            panic!("the parser refuses the line: the case is gone");
+        };
+        assert_eq!(
+            to.address.rsplit_once('@').map(|(_, d)| d),
+            Some("example.org>")
+        );
+        let cfg = crate::policy::relay::RelayConfig {
+            accepted_domains: vec!["example.org".into()],
+            ..Default::default()
+        };
+        let client = std::net::IpAddr::from([192, 0, 2, 1]);
+        let path = crate::policy::address::policy_path(&data, &to.address);
+        let verdict = crate::policy::relay::check_recipient(&cfg, client, false, &path);
+        assert!(
+            !matches!(verdict, crate::policy::relay::RelayVerdict::Accept { .. }),
+            "accepted {path:?}: {verdict:?}"
+        );
+        // A source route the parser drops is judged from the raw line, also when the line is
+        // not UTF-8: the backend receives the route.
+        let data = b"RCPT TO:<@relay.example.net:u\xff@example.org>".to_vec();
+        if let Ok(Request::Rcpt { to }) = parse_command(&Line {
+            data: data.clone(),
+            ..line("")
+        }) {
+            let path = crate::policy::address::policy_path(&data, &to.address);
+            let verdict = crate::policy::relay::check_recipient(&cfg, client, false, &path);
+            assert!(
+                !matches!(verdict, crate::policy::relay::RelayVerdict::Accept { .. }),
+                "accepted {path:?} (parsed {:?}): {verdict:?}",
+                to.address
+            );
+        }
+    }
+
+    #[test]
     fn a_non_ascii_path_after_a_tab_is_a_syntax_error_not_a_panic() {
         // Issue 10 section 1.1: the session task panicked on these lines.
         assert!(matches!(

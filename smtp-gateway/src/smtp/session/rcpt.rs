@@ -86,9 +86,10 @@ impl Session {
 
     /// The relay policy's verdict on this recipient. It judges the path exactly as the client
     /// wrote it (the parser drops source routes, but the raw line, route included, is what the
-    /// backend would receive); the parsed `to` when the raw path cannot be read.
+    /// backend would receive); the parsed `to`, as a path, when the line has none
+    /// ([`address::policy_path`]).
     fn relay_verdict(&self, to: &str, raw: &[u8]) -> RelayVerdict {
-        let path = address::raw_path(raw).unwrap_or_else(|| to.to_string());
+        let path = address::policy_path(raw, to);
         relay::check_recipient(
             &self.profile.relay,
             self.source(),
