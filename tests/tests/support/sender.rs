@@ -83,6 +83,21 @@ impl Sender {
         sender
     }
 
+    /// `postfix reload`: its daemons restart, the queue manager first moving what the active
+    /// queue holds back to the incoming queue and scanning it, so nothing waits on a lost timer.
+    pub fn reload(&self) {
+        let dir = self.instance.path();
+        match run(
+            Command::new("postfix").arg("-c").arg(dir).arg("reload"),
+            Duration::from_secs(30),
+        ) {
+            Ok((true, _)) => {}
+            Ok((false, out)) | Err(out) => {
+                panic!("postfix reload failed: {out}\n{}", self.maillog())
+            }
+        }
+    }
+
     /// Its maillog so far.
     pub fn maillog(&self) -> String {
         fs::read_to_string(self.instance.maillog()).unwrap_or_default()
