@@ -7,11 +7,18 @@
 //! - keys and values stored in those maps (`#[repr(C)]`, explicit padding, no implicit holes);
 //! - [`Verdict`]: the index of every per-CPU verdict counter;
 //! - [`DataplaneConfig`]: the runtime knobs userspace writes into the `CONFIG` array;
+//! - [`source_table`]: the per-source counters' table and how a source finds its set;
 //! - [`LAYOUT_VERSION`]: bumped whenever anything above changes size or meaning. Pinned state lives in
-//!   a directory named after it, and userspace refuses pinned maps whose shape does not match.
+//!   a directory named after it, and userspace refuses pinned maps whose shape does not match. A map
+//!   that holds nothing worth keeping (counters) is replaced under a new name instead, and the
+//!   earlier build's pin removed ([`maps::RETIRED`]): an upgrade keeps every list entry.
 //!
 //! The `user` feature implements `aya::Pod` for the types so userspace can read and write them.
 #![no_std]
+
+pub mod source_table;
+
+pub use source_table::{SOURCE_WAYS, SourceIndex, SourceSet, SourceSlot, sets_for};
 
 /// Version of the pinned-state layout. Pins live under `<pin_dir>/v<LAYOUT_VERSION>/`.
 pub const LAYOUT_VERSION: u32 = 1;
@@ -34,8 +41,11 @@ pub mod maps {
     /// SYN token buckets (LRU hash): key [`crate::SourceKey`] masked to the rate-limit prefix,
     /// value [`crate::RateState`].
     pub const RATE_STATE: &str = "RATE_STATE";
-    /// Per-source counters (LRU per-CPU hash): key [`crate::SourceKey`], value [`crate::SourceStats`].
-    pub const SOURCE_STATS: &str = "SOURCE_STATS";
+    /// Per-source counters (per-CPU array of sets, [`crate::source_table`]): key the set index
+    /// (`u32`), value [`crate::SourceSet`].
+    pub const SOURCE_TABLE: &str = "SOURCE_TABLE";
+    /// How a source finds its set of `SOURCE_TABLE`: one [`crate::SourceIndex`] at index 0.
+    pub const SOURCE_INDEX: &str = "SOURCE_INDEX";
     /// Per-verdict counters (per-CPU array indexed by [`crate::Verdict`]).
     pub const VERDICTS: &str = "VERDICTS";
     /// Protected destination ports: a 65536-bit bitmap in 1024 `u64` words.
@@ -54,7 +64,7 @@ pub mod maps {
     pub const TRACE: &str = "TRACE";
 
     /// Every map, in the order userspace checks and opens them.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         BLOCK_V4,
         BLOCK_V6,
         BLOCK_NET_V4,
@@ -62,7 +72,8 @@ pub mod maps {
         ALLOW_V4,
         ALLOW_V6,
         RATE_STATE,
-        SOURCE_STATS,
+        SOURCE_TABLE,
+        SOURCE_INDEX,
         VERDICTS,
         PORTS,
         CONFIG,
@@ -70,6 +81,13 @@ pub mod maps {
         META,
         LISTS_USED,
         TRACE,
+    ];
+
+    /// Maps of earlier builds that this one no longer has. Their pins hold nothing worth
+    /// keeping (counters) and are removed when the maps are opened, and by `detach`.
+    pub const RETIRED: [&str; 1] = [
+        // The per-source counters as an LRU per-CPU hash, before `SOURCE_TABLE`.
+        "SOURCE_STATS",
     ];
 }
 
@@ -113,7 +131,7 @@ pub mod capacity {
     pub const ALLOW_V6: u32 = 64 * 1024;
     /// Rate-limited sources tracked at once (LRU: the least recently seen is evicted).
     pub const RATE_STATE: u32 = 1024 * 1024;
-    /// Sources with per-source counters (LRU).
+    /// Sources with per-source counters (`SOURCE_TABLE` holds [`crate::sets_for`] of it).
     pub const SOURCE_STATS: u32 = 256 * 1024;
     /// Distinct reason texts.
     pub const REASONS: u32 = 64 * 1024;
@@ -414,6 +432,8 @@ mod pod {
     unsafe impl aya::Pod for super::SourceKey {}
     unsafe impl aya::Pod for super::RateState {}
     unsafe impl aya::Pod for super::SourceStats {}
+    unsafe impl aya::Pod for super::SourceSet {}
+    unsafe impl aya::Pod for super::SourceIndex {}
     unsafe impl aya::Pod for super::DataplaneConfig {}
     unsafe impl aya::Pod for super::ReasonText {}
     unsafe impl aya::Pod for super::Meta {}

@@ -4,7 +4,7 @@
 //! - `policy.rs`: protected ports, allowlist, blocklists (exact and prefix; a list that has never
 //!   held an entry is not looked up), the verdict;
 //! - `ratelimit.rs`: per-source SYN limiter (GCRA in an LRU hash);
-//! - `stats.rs`: per-CPU verdict counters and per-source counters;
+//! - `stats.rs`: per-CPU verdict counters and per-source counters (a per-CPU table of sets);
 //! - `trace.rs`: the aya-log line of each packet of a traced source (`why --follow`).
 //!
 //! Every map is pinned by name under the directory userspace gives the loader, so kernel
@@ -22,12 +22,12 @@ mod trace;
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use smtp_gateway_common::{
-    AllowEntry, BlockEntry, DataplaneConfig, Meta, RateState, ReasonText, SourceKey, SourceStats,
-    Verdict, VerdictCounters, capacity, list_slot,
+    AllowEntry, BlockEntry, DataplaneConfig, Meta, RateState, ReasonText, SourceIndex, SourceKey,
+    SourceSet, Verdict, VerdictCounters, capacity, list_slot, sets_for,
 };
 
 /// Exact IPv4 sources to drop (allocated on demand: millions of entries cost nothing until used).
@@ -60,10 +60,15 @@ static ALLOW_V6: LpmTrie<[u8; 16], AllowEntry> = LpmTrie::pinned(capacity::ALLOW
 #[map]
 static RATE_STATE: LruHashMap<SourceKey, RateState> = LruHashMap::pinned(capacity::RATE_STATE, 0);
 
-/// Per-source counters, one slot per CPU so the hot path never contends.
+/// Per-source counters: sets of sources indexed by a seeded hash, one copy per CPU so the hot
+/// path never contends (`smtp_gateway_common::source_table`).
 #[map]
-static SOURCE_STATS: LruPerCpuHashMap<SourceKey, SourceStats> =
-    LruPerCpuHashMap::pinned(capacity::SOURCE_STATS, 0);
+static SOURCE_TABLE: PerCpuArray<SourceSet> =
+    PerCpuArray::pinned(sets_for(capacity::SOURCE_STATS), 0);
+
+/// The seed and set mask of `SOURCE_TABLE`, written by userspace when it creates the table.
+#[map]
+static SOURCE_INDEX: Array<SourceIndex> = Array::pinned(1, 0);
 
 /// Per-verdict counters, per CPU.
 #[map]

@@ -1327,3 +1327,248 @@ fn a_configuration_push_keeps_the_trace_bit() {
         [line("192.0.2.7", 2525, "SYN", "passed")]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The per-source table (SOURCE_TABLE: per-CPU sets of two sources).
+
+/// Runs the calling test thread on `cpu` only, so its test runs land in that CPU's copy of the
+/// per-CPU maps (`BPF_PROG_TEST_RUN` runs on the caller's CPU).
+fn run_on_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread (pid 0).
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(
+        rc,
+        0,
+        "pin to CPU {cpu}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// The CPUs this thread may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: the kernel fills a zeroed cpu_set_t for the calling thread.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let rc = libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set);
+        assert_eq!(rc, 0, "sched_getaffinity");
+        set
+    };
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE.
+        .filter(|cpu| unsafe { libc::CPU_ISSET(*cpu, &set) })
+        .collect()
+}
+
+/// Waits until the program's clock (the coarse monotonic clock) has moved on, so packets run
+/// after this return are seen strictly later than those before. Bounded: a tick is at most 10 ms.
+fn next_coarse_tick() {
+    let coarse = || {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: writes one timespec we own.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+        assert_eq!(rc, 0, "clock_gettime");
+        (ts.tv_sec, ts.tv_nsec)
+    };
+    let start = coarse();
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while coarse() == start {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the coarse clock stood still for 1 s"
+        );
+        std::thread::yield_now();
+    }
+}
+
+impl ProgTest {
+    /// Runs `frame` `n` times (each as its own test run).
+    fn run_times(&mut self, frame: &[u8], n: usize) {
+        for _ in 0..n {
+            self.try_run(frame).expect("BPF_PROG_TEST_RUN");
+        }
+    }
+
+    /// Every recorded source as (address, packets, syns, drops), in address order.
+    fn sources(&self) -> Vec<(String, u64, u64, u64)> {
+        self.dp
+            .source_rows()
+            .expect("read source counters")
+            .into_iter()
+            .map(|r| (r.source.to_string(), r.packets, r.syns, r.drops))
+            .collect()
+    }
+}
+
+#[test]
+fn a_new_source_takes_the_place_of_the_one_of_its_set_seen_least_recently() {
+    // Two sources: one set of two ways, so every source shares it.
+    let mut t = ProgTest::with("source-ways", |c| c.capacity.source_stats = 2);
+    assert_eq!(t.dp.capacity(smtp_gateway_common::maps::SOURCE_TABLE), 1);
+    run_on_cpu(allowed_cpus()[0]);
+    let (a, b, c) = ("198.18.0.1", "198.18.0.2", "2001:db8::3");
+    t.run_times(&v4_syn(a, 25), 3);
+    next_coarse_tick();
+    t.run_times(&v4_ack(b, 25), 2);
+    next_coarse_tick();
+    t.run_times(&v6_syn(c, 25), 1);
+    let row = |s: &str, p, syn| (s.to_string(), p, syn, 0);
+    assert_eq!(
+        t.sources(),
+        [row(b, 2, 0), row(c, 1, 1)],
+        "{a}, seen least recently, made room for {c}"
+    );
+    next_coarse_tick();
+    t.run_times(&v4_ack(b, 25), 1);
+    next_coarse_tick();
+    t.run_times(&v4_syn(a, 25), 1);
+    assert_eq!(
+        t.sources(),
+        [row(a, 1, 1), row(b, 3, 0)],
+        "{c} was now the quieter one; {a} starts again from its new packets"
+    );
+}
+
+#[test]
+fn a_source_counted_on_several_cpus_is_summed() {
+    let mut t = ProgTest::new("source-cpus");
+    t.block("198.18.0.66");
+    let cpus = allowed_cpus();
+    // On a single-CPU machine both runs land on the one CPU: the sum is the same.
+    let (first, second) = (cpus[0], *cpus.get(1).unwrap_or(&cpus[0]));
+    run_on_cpu(first);
+    t.run_times(&v4_syn("198.18.0.66", 25), 3);
+    t.run_times(&v4_syn("198.18.0.7", 25), 1);
+    run_on_cpu(second);
+    t.run_times(&v4_syn("198.18.0.66", 25), 2);
+    t.run_times(&v4_ack("198.18.0.7", 25), 1);
+    t.expect_source("198.18.0.66", 5, 5, 5);
+    t.expect_source("198.18.0.7", 2, 1, 0);
+}
+
+/// Sends two SYNs from each of `count` IPv4 and as many IPv6 sources (each in its own /64, so
+/// the SYN limit never drops), one source after the
+/// other, into a table for `capacity` sources, and checks the table against the program's own
+/// index: every source whose set got at most two sources is there with exact counts; a set that
+/// got more holds two of them, each with its exact counts (a source took its way before its
+/// first packet and kept it through its second).
+fn check_table(name: &str, capacity: u32, count: u8) {
+    let mut t = ProgTest::with(name, |c| c.capacity.source_stats = capacity);
+    run_on_cpu(allowed_cpus()[0]);
+    let index = t.dp.source_index().expect("SOURCE_INDEX");
+    let sets = smtp_gateway_common::sets_for(capacity);
+    assert_eq!(t.dp.capacity(smtp_gateway_common::maps::SOURCE_TABLE), sets);
+    assert_eq!(
+        index.sets_mask,
+        sets - 1,
+        "the index masks to the table's sets"
+    );
+    assert_ne!(index.seed, 0, "a seed was drawn");
+    let mut by_set: HashMap<u32, Vec<String>> = HashMap::new();
+    for i in 0..count {
+        for addr in [format!("198.18.1.{i}"), format!("2001:db8:{i:x}::1")] {
+            let ip: IpAddr = addr.parse().expect("address");
+            let set = index.set_of(trace::source_key(ip).words());
+            let frame = match ip {
+                IpAddr::V4(_) => v4_syn(&addr, 25),
+                IpAddr::V6(_) => v6_syn(&addr, 25),
+            };
+            t.run_times(&frame, 2);
+            by_set.entry(set).or_default().push(ip.to_string());
+        }
+    }
+    let rows = t.sources();
+    for (set, sources) in &by_set {
+        let present: Vec<_> = rows.iter().filter(|r| sources.contains(&r.0)).collect();
+        assert_eq!(
+            present.len(),
+            sources.len().min(2),
+            "set {set} got {sources:?}, holds {present:?}"
+        );
+        for row in present {
+            assert_eq!((row.1, row.2, row.3), (2, 2, 0), "{row:?} of set {set}");
+        }
+    }
+    assert!(
+        rows.iter()
+            .all(|r| by_set.values().any(|s| s.contains(&r.0))),
+        "nothing else recorded: {rows:?}"
+    );
+}
+
+#[test]
+fn a_crowded_table_keeps_two_sources_per_set_with_exact_counts() {
+    // 64 sources for 16 sets of two: many sets get more than two.
+    check_table("source-crowded", 32, 32);
+}
+
+#[test]
+fn a_table_larger_than_one_read_batch_is_read_whole() {
+    // 32,768 sets: several batches of the reader; 400 sources spread over all of them.
+    check_table("source-batches", 65_536, 200);
+}
+
+/// Pins at `path` what earlier builds had as their per-source counters: an LRU per-CPU hash of
+/// 16-byte keys and 40-byte values named `SOURCE_STATS`.
+fn pin_earlier_source_stats(path: &Path) {
+    let status = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(path)
+        .args(["type", "lru_percpu_hash", "key", "16", "value", "40"])
+        .args(["entries", "64", "name", "SOURCE_STATS"])
+        .status()
+        .expect("bpftool");
+    assert!(status.success(), "bpftool map create: {status}");
+}
+
+#[test]
+fn an_earlier_builds_per_source_map_is_unpinned_and_the_lists_kept() {
+    let mut t = ProgTest::new("source-upgrade");
+    t.block("198.18.0.66");
+    // What an earlier build leaves: its per-source counters, an LRU per-CPU hash.
+    let dir = t
+        .pin_dir()
+        .join(format!("v{}", smtp_gateway_common::LAYOUT_VERSION));
+    let retired = dir.join(smtp_gateway_common::maps::RETIRED[0]);
+    pin_earlier_source_stats(&retired);
+    // This build's daemon or CLI opens the pins, then its program runs on them.
+    let (mut ebpf, dp) = loader::load_unattached(&t.cfg).expect("reload over the pins");
+    assert!(!retired.exists(), "{} must be unpinned", retired.display());
+    let program = loader::loaded_program(&mut ebpf).expect("program loaded");
+    for (src, verdict) in [("198.18.0.66", XDP_DROP), ("198.18.0.7", XDP_PASS)] {
+        let action = program
+            .test_run(TestRunOptions {
+                data_in: Some(&v4_syn(src, 25)),
+                ..Default::default()
+            })
+            .expect("test run")
+            .return_value;
+        assert_eq!(action, verdict, "{src}: {}", action_name(action));
+    }
+    let rows = dp.source_rows().expect("read source counters");
+    assert_eq!(
+        rows.iter()
+            .map(|r| (r.source.to_string(), r.packets, r.drops))
+            .collect::<Vec<_>>(),
+        [
+            ("198.18.0.7".to_string(), 1, 0),
+            ("198.18.0.66".to_string(), 1, 1)
+        ]
+    );
+    // `detach` (the test's cleanup) would remove a retired pin too: make one again.
+    drop((ebpf, dp));
+    pin_earlier_source_stats(&retired);
+    let report = loader::detach(t.pin_dir()).expect("detach");
+    assert!(
+        !dir.exists(),
+        "{} must be gone ({} pins removed)",
+        dir.display(),
+        report.maps
+    );
+}

@@ -143,12 +143,20 @@ pub struct CapacityConfig {
     pub allow_v6: u32,
     /// Sources tracked by the SYN rate limiter (least recently seen evicted first).
     pub rate_sources: u32,
-    /// Sources with per-source counters (least recently seen evicted first).
+    /// Sources with per-source counters: the table holds this many rounded up to a power of two,
+    /// in sets of two; a new source takes the place of the one of its set seen least recently.
     pub source_stats: u32,
     /// Distinct reason texts.
     pub reasons: u32,
     /// Sources `why --follow` can trace at once (at most [`MAX_TRACE_SOURCES`]).
     pub trace_sources: u32,
+}
+
+impl CapacityConfig {
+    /// Sets of the per-source table for `source_stats` sources.
+    pub fn source_sets(&self) -> u32 {
+        smtp_gateway_common::sets_for(self.source_stats)
+    }
 }
 
 impl Default for CapacityConfig {

@@ -77,7 +77,7 @@ fn loader<'a>(layout: &'a PinLayout, cfg: &DataplaneConfig) -> EbpfLoader<'a> {
         .map_max_entries(maps::ALLOW_V4, c.allow_v4)
         .map_max_entries(maps::ALLOW_V6, c.allow_v6)
         .map_max_entries(maps::RATE_STATE, c.rate_sources)
-        .map_max_entries(maps::SOURCE_STATS, c.source_stats)
+        .map_max_entries(maps::SOURCE_TABLE, c.source_sets())
         .map_max_entries(maps::REASONS, c.reasons)
         .map_max_entries(maps::TRACE, c.trace_sources);
     loader
@@ -98,6 +98,12 @@ const LIST_MAPS: [&str; 6] = [
 pub fn ensure_maps(cfg: &DataplaneConfig) -> Result<Dataplane, DataplaneError> {
     let layout = PinLayout::new(&cfg.pin_dir);
     layout.prepare(cfg.allow_private_bpffs)?;
+    for name in layout.remove_retired()? {
+        tracing::info!(
+            map = name,
+            "removed the pin of an earlier build's map this build replaced (its counters start again)"
+        );
+    }
     layout.check_layout()?;
     // List maps pinned by a build that had no LISTS_USED: they may hold entries nobody recorded.
     let lists_unrecorded = !layout.map(maps::LISTS_USED).exists()
@@ -107,6 +113,8 @@ pub fn ensure_maps(cfg: &DataplaneConfig) -> Result<Dataplane, DataplaneError> {
         drop(loader(&layout, cfg).load(object::OBJECT)?);
     }
     let mut dataplane = Dataplane::open(layout)?;
+    // Before any program of this build can run on the table.
+    dataplane.prepare_source_index()?;
     if lists_unrecorded {
         // Before any program of this build can run on them: every list counts as used.
         for slot in 0..list_slot::COUNT {
@@ -259,6 +267,7 @@ pub fn detach(pin_dir: &Path) -> Result<DetachReport, DataplaneError> {
         remove_link(&layout.link(&interface))?;
         report.links.push(interface);
     }
+    report.maps += layout.remove_retired()?.len();
     for name in maps::ALL {
         let path = layout.map(name);
         if path.exists() {
@@ -291,7 +300,7 @@ fn warn_capacity_drift(dataplane: &Dataplane, cfg: &DataplaneConfig) {
         (maps::ALLOW_V4, "allow_v4", c.allow_v4),
         (maps::ALLOW_V6, "allow_v6", c.allow_v6),
         (maps::RATE_STATE, "rate_sources", c.rate_sources),
-        (maps::SOURCE_STATS, "source_stats", c.source_stats),
+        (maps::SOURCE_TABLE, "source_stats", c.source_sets()),
         (maps::REASONS, "reasons", c.reasons),
         (maps::TRACE, "trace_sources", c.trace_sources),
     ] {

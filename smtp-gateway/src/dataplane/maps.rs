@@ -3,11 +3,11 @@
 
 use std::{net::Ipv6Addr, path::Path};
 
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray};
 use ipnet::{IpNet, Ipv6Net};
 use smtp_gateway_common::{
-    AllowEntry, BlockEntry, DataplaneConfig as KernelConfig, Meta, ReasonText, SourceKey,
-    SourceStats, VerdictCounters, config_flags, list_slot, maps,
+    AllowEntry, BlockEntry, DataplaneConfig as KernelConfig, Meta, ReasonText, SourceIndex,
+    SourceKey, SourceSet, VerdictCounters, config_flags, list_slot, maps,
 };
 
 use super::{
@@ -25,7 +25,8 @@ pub struct Dataplane {
     pub(super) block_net_v6: LpmTrie<MapData, [u8; 16], BlockEntry>,
     pub(super) allow_v4: LpmTrie<MapData, [u8; 4], AllowEntry>,
     pub(super) allow_v6: LpmTrie<MapData, [u8; 16], AllowEntry>,
-    pub(super) source_stats: PerCpuHashMap<MapData, SourceKey, SourceStats>,
+    pub(super) source_table: PerCpuArray<MapData, SourceSet>,
+    source_index: Array<MapData, SourceIndex>,
     pub(super) verdicts: PerCpuArray<MapData, VerdictCounters>,
     ports: Array<MapData, u64>,
     config: Array<MapData, KernelConfig>,
@@ -78,7 +79,8 @@ impl Dataplane {
             block_net_v6: open_map!(maps::BLOCK_NET_V6),
             allow_v4: open_map!(maps::ALLOW_V4),
             allow_v6: open_map!(maps::ALLOW_V6),
-            source_stats: open_map!(maps::SOURCE_STATS),
+            source_table: open_map!(maps::SOURCE_TABLE),
+            source_index: open_map!(maps::SOURCE_INDEX),
             verdicts: open_map!(maps::VERDICTS),
             ports: open_map!(maps::PORTS),
             config: open_map!(maps::CONFIG),
@@ -138,6 +140,51 @@ impl Dataplane {
             })?;
         *marked = true;
         Ok(())
+    }
+
+    /// How the program finds a source's set in `SOURCE_TABLE`.
+    pub fn source_index(&self) -> Result<SourceIndex, DataplaneError> {
+        self.source_index
+            .get(&0, 0)
+            .map_err(|source| DataplaneError::Map {
+                name: maps::SOURCE_INDEX,
+                source,
+            })
+    }
+
+    /// Writes `SOURCE_INDEX` when it does not fit the pinned `SOURCE_TABLE` (a table just created,
+    /// or an index map pinned without one): the table's set mask, and a random seed unless it
+    /// already has one (a seed is kept for the table's life: a new one would move every source
+    /// to another set). The program hashes with whatever index it reads; one it has never been
+    /// given puts every source in set 0.
+    pub(super) fn prepare_source_index(&mut self) -> Result<SourceIndex, DataplaneError> {
+        let current = self.source_index()?;
+        // The table's sets are a power of two (`sets_for`); a table that is not (made by hand)
+        // uses the largest power of two it holds.
+        let sets = self.capacity(maps::SOURCE_TABLE).max(1);
+        let sets_mask = (1u32 << (u32::BITS - 1 - sets.leading_zeros())) - 1;
+        if current.seed != 0 && current.sets_mask == sets_mask {
+            return Ok(current);
+        }
+        let seed = match current.seed {
+            0 => random_seed().map_err(|source| DataplaneError::Io {
+                path: "getrandom(2)".into(),
+                source,
+            })?,
+            seed => seed,
+        };
+        let index = SourceIndex {
+            seed,
+            sets_mask,
+            _pad: 0,
+        };
+        self.source_index
+            .set(0, index, 0)
+            .map_err(|source| DataplaneError::Map {
+                name: maps::SOURCE_INDEX,
+                source,
+            })?;
+        Ok(index)
     }
 
     /// The list maps that have ever held an entry, by `list_slot`.
@@ -281,6 +328,30 @@ pub fn kernel_config(cfg: &DataplaneConfig) -> KernelConfig {
         rate_tolerance_ns: interval_ns.saturating_mul(u64::from(r.burst.saturating_sub(1))),
         rate_v6_mask: [u64::from_ne_bytes(hi), u64::from_ne_bytes(lo)],
     }
+}
+
+/// A non-zero random seed from the kernel's generator.
+fn random_seed() -> Result<u64, std::io::Error> {
+    /// Draws before giving up (a zero seed or an interrupted call is drawn again).
+    const TRIES: usize = 8;
+    for _ in 0..TRIES {
+        let mut bytes = [0u8; 8];
+        // SAFETY: writes at most 8 bytes into `bytes`.
+        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let seed = u64::from_ne_bytes(bytes);
+        // Short reads cannot happen for 8 bytes; a zero seed means "none" and is drawn again.
+        if n as usize == bytes.len() && seed != 0 {
+            return Ok(seed);
+        }
+    }
+    Err(std::io::Error::other("getrandom gave no non-zero seed"))
 }
 
 #[cfg(test)]

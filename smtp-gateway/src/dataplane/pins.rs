@@ -21,7 +21,7 @@ use std::{
 use aya::maps::{MapInfo, MapType};
 use smtp_gateway_common::{
     AllowEntry, BlockEntry, DataplaneConfig, LAYOUT_VERSION, Meta, RateState, ReasonText,
-    SourceKey, SourceStats, VerdictCounters, maps,
+    SourceIndex, SourceKey, SourceSet, VerdictCounters, maps,
 };
 
 use super::DataplaneError;
@@ -120,6 +120,22 @@ impl PinLayout {
         Ok(())
     }
 
+    /// Removes the pins of maps earlier builds had and this one replaced ([`maps::RETIRED`]);
+    /// the names of those removed. A program of the earlier build still attached keeps its map
+    /// until this build's program replaces it.
+    pub fn remove_retired(&self) -> Result<Vec<&'static str>, DataplaneError> {
+        let mut removed = Vec::new();
+        for name in maps::RETIRED {
+            let path = self.map(name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed.push(name),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(DataplaneError::Io { path, source }),
+            }
+        }
+        Ok(removed)
+    }
+
     /// Refuses pinned maps whose type, key or value size differ from this build's.
     pub fn check_layout(&self) -> Result<(), DataplaneError> {
         for spec in MAP_SPECS {
@@ -175,7 +191,7 @@ const fn spec<K, V>(name: &'static str, map_type: MapType) -> MapSpec {
 /// LPM keys are `{prefix_len: u32, data}` packed.
 type LpmKey<const N: usize> = ([u8; 4], [u8; N]);
 
-const MAP_SPECS: [MapSpec; 15] = [
+const MAP_SPECS: [MapSpec; 16] = [
     spec::<[u8; 4], BlockEntry>(maps::BLOCK_V4, MapType::Hash),
     spec::<[u8; 16], BlockEntry>(maps::BLOCK_V6, MapType::Hash),
     spec::<LpmKey<4>, BlockEntry>(maps::BLOCK_NET_V4, MapType::LpmTrie),
@@ -183,7 +199,8 @@ const MAP_SPECS: [MapSpec; 15] = [
     spec::<LpmKey<4>, AllowEntry>(maps::ALLOW_V4, MapType::LpmTrie),
     spec::<LpmKey<16>, AllowEntry>(maps::ALLOW_V6, MapType::LpmTrie),
     spec::<SourceKey, RateState>(maps::RATE_STATE, MapType::LruHash),
-    spec::<SourceKey, SourceStats>(maps::SOURCE_STATS, MapType::LruPerCpuHash),
+    spec::<u32, SourceSet>(maps::SOURCE_TABLE, MapType::PerCpuArray),
+    spec::<u32, SourceIndex>(maps::SOURCE_INDEX, MapType::Array),
     spec::<u32, VerdictCounters>(maps::VERDICTS, MapType::PerCpuArray),
     spec::<u32, u64>(maps::PORTS, MapType::Array),
     spec::<u32, DataplaneConfig>(maps::CONFIG, MapType::Array),

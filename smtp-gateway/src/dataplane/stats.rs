@@ -6,12 +6,12 @@ use std::{
     os::fd::AsFd,
 };
 
-use aya::maps::{IterableMap, Map, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{IterableMap, Map, MapData, PerCpuArray};
 
 use serde::Serialize;
-use smtp_gateway_common::{SourceKey, SourceStats, Verdict, VerdictCounters, maps};
+use smtp_gateway_common::{SourceKey, SourceSet, SourceStats, Verdict, VerdictCounters, maps};
 
-use super::{Dataplane, DataplaneError, clock, error::is_not_found};
+use super::{Dataplane, DataplaneError, batch, clock};
 
 /// Totals of one verdict over every CPU.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub struct CounterReader {
     /// The per-verdict counters.
     verdicts: PerCpuArray<MapData, VerdictCounters>,
     /// The per-source counters.
-    source_stats: PerCpuHashMap<MapData, SourceKey, SourceStats>,
+    source_table: PerCpuArray<MapData, SourceSet>,
 }
 
 impl CounterReader {
@@ -51,7 +51,7 @@ impl CounterReader {
 
     /// Every tracked source, summed over CPUs.
     pub fn source_rows(&self) -> Result<Vec<SourceRow>, DataplaneError> {
-        source_rows(&self.source_stats)
+        source_rows(&self.source_table)
     }
 }
 
@@ -100,45 +100,68 @@ fn verdict_totals(
     Ok(out)
 }
 
-/// Every source of `map`, summed over CPUs.
-fn source_rows(
-    map: &PerCpuHashMap<MapData, SourceKey, SourceStats>,
-) -> Result<Vec<SourceRow>, DataplaneError> {
-    let now = clock::monotonic_ns();
-    let mut rows = Vec::new();
-    for item in map.iter() {
-        let (key, per_cpu) = match item {
-            Ok(kv) => kv,
-            // An LRU entry evicted between "next key" and "lookup": skip it.
-            Err(e) if is_not_found(&e) => continue,
-            Err(source) => {
-                return Err(DataplaneError::Map {
-                    name: maps::SOURCE_STATS,
-                    source,
-                });
+/// Bytes of values one batch of [`source_rows`] reads at most (its buffer).
+const SOURCE_BATCH_BYTES: usize = 1 << 20;
+
+/// Every source of the per-source table, summed over its CPUs' slots (a source may hold one in
+/// each CPU's copy of its set), read in batches of at most [`SOURCE_BATCH_BYTES`].
+fn source_rows(table: &PerCpuArray<MapData, SourceSet>) -> Result<Vec<SourceRow>, DataplaneError> {
+    let err = |source: std::io::Error| DataplaneError::Map {
+        name: maps::SOURCE_TABLE,
+        source: aya::maps::MapError::from(aya::sys::SyscallError {
+            call: "bpf_map_lookup_batch",
+            io_error: source,
+        }),
+    };
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| err(e))?.max(1);
+    let per_batch = (SOURCE_BATCH_BYTES / (cpus * size_of::<SourceSet>())).max(1);
+    let mut keys = vec![0u32; per_batch];
+    let mut values = vec![SourceSet::default(); per_batch * cpus];
+    let mut sums: std::collections::HashMap<SourceKey, SourceStats> =
+        std::collections::HashMap::new();
+    let (mut after, mut next) = (None, 0u32);
+    loop {
+        let looked = batch::lookup(
+            table.map(),
+            after.as_ref(),
+            &mut next,
+            &mut keys,
+            &mut values,
+            cpus,
+        )
+        .map_err(err)?;
+        for set in values.iter().take(looked.count * cpus) {
+            for way in set.ways.iter().filter(|w| w.stats.packets != 0) {
+                let sum = sums.entry(way.key).or_default();
+                let s = &way.stats;
+                sum.packets = sum.packets.saturating_add(s.packets);
+                sum.bytes = sum.bytes.saturating_add(s.bytes);
+                sum.syns = sum.syns.saturating_add(s.syns);
+                sum.drops = sum.drops.saturating_add(s.drops);
+                sum.last_seen_ns = sum.last_seen_ns.max(s.last_seen_ns);
             }
-        };
-        let mut sum = SourceStats::default();
-        for s in per_cpu.iter() {
-            sum.packets += s.packets;
-            sum.bytes += s.bytes;
-            sum.syns += s.syns;
-            sum.drops += s.drops;
-            sum.last_seen_ns = sum.last_seen_ns.max(s.last_seen_ns);
         }
-        let source = match key.as_v4() {
-            Some(a) => IpAddr::V4(Ipv4Addr::from(a)),
-            None => IpAddr::V6(Ipv6Addr::from(key.addr)),
-        };
-        rows.push(SourceRow {
-            source,
+        if !looked.more || looked.count == 0 {
+            break;
+        }
+        after = Some(next);
+    }
+    let now = clock::monotonic_ns();
+    let mut rows: Vec<SourceRow> = sums
+        .into_iter()
+        .map(|(key, sum)| SourceRow {
+            source: match key.as_v4() {
+                Some(a) => IpAddr::V4(Ipv4Addr::from(a)),
+                None => IpAddr::V6(Ipv6Addr::from(key.addr)),
+            },
             packets: sum.packets,
             bytes: sum.bytes,
             syns: sum.syns,
             drops: sum.drops,
             last_seen_secs_ago: now.saturating_sub(sum.last_seen_ns) / 1_000_000_000,
-        });
-    }
+        })
+        .collect();
+    rows.sort_by_key(|r| r.source);
     Ok(rows)
 }
 
@@ -150,14 +173,14 @@ impl Dataplane {
 
     /// Every tracked source, summed over CPUs.
     pub fn source_rows(&self) -> Result<Vec<SourceRow>, DataplaneError> {
-        source_rows(&self.source_stats)
+        source_rows(&self.source_table)
     }
 
     /// Handles on the counters that need no lock of this data plane (see [`CounterReader`]).
     pub fn counter_reader(&self) -> Result<CounterReader, DataplaneError> {
         Ok(CounterReader {
             verdicts: duplicate(&self.verdicts, maps::VERDICTS)?,
-            source_stats: duplicate(&self.source_stats, maps::SOURCE_STATS)?,
+            source_table: duplicate(&self.source_table, maps::SOURCE_TABLE)?,
         })
     }
 

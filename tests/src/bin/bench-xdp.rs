@@ -868,7 +868,8 @@ fn print_report(
          scattered over the whole map; median and p10–p90 of the single runs. A single run's \
          figure includes the kernel's timer and bottom-half bracket: read these rows against \
          their own baseline (UDP, not inspected, distinct sources, same method); the per-source \
-         maps hold {} entries (least recently used evicted)",
+         table holds {} sources (per CPU, sets of two: a new source takes the place of the one \
+         of its set seen least recently)",
         thousands(u64::from(settings.distinct)),
         thousands(1024)
     );
@@ -1016,7 +1017,7 @@ fn print_report(
          default capacities of config/gateway.toml: just created, then after the import above. \
          The exact blocklists are hashes without preallocation (their bucket array is allocated \
          up front, entries on demand); LRU and array maps are preallocated, the per-CPU ones \
-         (SOURCE_STATS, VERDICTS) once per possible CPU.\n"
+         (SOURCE_TABLE, VERDICTS) once per possible CPU.\n"
     );
     let _ = writeln!(
         out,

@@ -43,8 +43,9 @@ pub struct View {
 /// Per-second rate of a counter that went from `before` to `now` in `elapsed`.
 ///
 /// `None` without an earlier reading or a measurable interval. A counter that went down was
-/// restarted (the LRU evicted the source and the kernel counted it afresh, or the counters were
-/// reset): everything it holds now was counted during the interval.
+/// restarted (another source took its place in the per-source table and it came back to fresh
+/// counters, or the counters were reset): everything it holds now was counted during the
+/// interval.
 pub fn rate(before: Option<u64>, now: u64, elapsed: Duration) -> Option<f64> {
     let before = before?;
     let secs = elapsed.as_secs_f64();
