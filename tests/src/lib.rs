@@ -7,6 +7,7 @@ pub use bench_figures as figures;
 
 pub mod gateway_config;
 pub mod proc;
+pub mod syn_frame;
 
 /// A benchmark binary's `main`: parses its settings (`None`: `--help` was printed), runs it, and
 /// turns an error into a message on stderr and exit status 1.

@@ -1598,7 +1598,7 @@ fn figures(settings: &Settings, r: &Results) -> Figures {
 /// buffer: every frame has the same source address and port.
 mod live {
     use std::{
-        net::Ipv4Addr,
+        net::{Ipv4Addr, SocketAddrV4},
         os::fd::{AsRawFd, FromRawFd, OwnedFd},
         time::{Duration, Instant},
     };
@@ -1856,44 +1856,17 @@ mod live {
         sent
     }
 
-    /// One Ethernet + IPv4 + TCP SYN frame (54 bytes) with valid checksums.
+    /// One Ethernet + IPv4 + TCP SYN frame (54 bytes) with valid checksums, from port 40000.
     pub fn syn_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-        fn fold(mut sum: u32) -> u16 {
-            while sum > 0xffff {
-                sum = (sum & 0xffff) + (sum >> 16);
-            }
-            !(sum as u16)
+        smtp_gateway_tests::syn_frame::Syn {
+            dst_mac,
+            src_mac,
+            src: SocketAddrV4::new(src, 40000),
+            dst: SocketAddrV4::new(dst, 25),
+            seq: 0x0102_0304,
+            window: 512,
         }
-        fn add(bytes: &[u8]) -> u32 {
-            bytes
-                .chunks(2)
-                .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-                .sum()
-        }
-        let mut f = Vec::with_capacity(54);
-        f.extend_from_slice(&dst_mac);
-        f.extend_from_slice(&src_mac);
-        f.extend_from_slice(&[0x08, 0x00]);
-        let mut ip = [
-            0x45, 0x00, 0x00, 40, 0x12, 0x34, 0x40, 0x00, 64, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        ];
-        ip[12..16].copy_from_slice(&src.octets());
-        ip[16..20].copy_from_slice(&dst.octets());
-        let sum = fold(add(&ip));
-        ip[10..12].copy_from_slice(&sum.to_be_bytes());
-        // sport 40000, dport 25, seq, ack 0, data offset 5, SYN, window 512, csum, urg.
-        let mut tcp = [
-            0x9c, 0x40, 0x00, 25, 0x01, 0x02, 0x03, 0x04, 0, 0, 0, 0, 0x50, 0x02, 0x02, 0x00, 0, 0,
-            0, 0,
-        ];
-        let mut pseudo = Vec::with_capacity(12);
-        pseudo.extend_from_slice(&src.octets());
-        pseudo.extend_from_slice(&dst.octets());
-        pseudo.extend_from_slice(&[0, 6, 0, 20]);
-        let sum = fold(add(&pseudo) + add(&tcp));
-        tcp[16..18].copy_from_slice(&sum.to_be_bytes());
-        f.extend_from_slice(&ip);
-        f.extend_from_slice(&tcp);
-        f
+        .frame()
+        .to_vec()
     }
 }
