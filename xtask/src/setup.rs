@@ -62,7 +62,7 @@ const APT_PACKAGES: &[&str] = &[
 
 /// Debian packages only the benchmarks need (`cargo xtask bench`, `cargo xtask setup`).
 const BENCH_APT_PACKAGES: &[&str] = &[
-    // trafgen (spoofed-source SYN floods for bench-attack and bench-drop) and the filters XDP
+    // trafgen (SYN floods for bench-drop) and the filters XDP
     // is compared with (bench-drop).
     "netsniff-ng",
     "iptables",
