@@ -1,6 +1,7 @@
 //! One Ethernet + IPv4 + TCP SYN frame with valid checksums, for the benchmarks' flood senders
 //! (bench-drop's xdp-live frames, bench-attack's paced sender): a SYN the receiving stack takes
-//! for a real connection attempt, not one it discards for a bad checksum.
+//! for a real connection attempt, not one it discards for a bad checksum. Also the RFC 1071
+//! checksum itself, which the program tests' frame builder uses for its IPv4 headers.
 
 use std::net::SocketAddrV4;
 
@@ -30,7 +31,7 @@ impl Syn {
         f[14..26].copy_from_slice(&[0x45, 0, 0, 40, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0]);
         f[26..30].copy_from_slice(&src);
         f[30..34].copy_from_slice(&dst);
-        let ip_sum = fold(add(&f[14..34]));
+        let ip_sum = internet_checksum(&f[14..34]);
         f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
         f[34..36].copy_from_slice(&self.src.port().to_be_bytes());
         f[36..38].copy_from_slice(&self.dst.port().to_be_bytes());
@@ -39,23 +40,30 @@ impl Syn {
         f[46] = 0x50;
         f[47] = 0x02;
         f[48..50].copy_from_slice(&self.window.to_be_bytes());
-        let pseudo = add(&src) + add(&dst) + 6 + 20;
-        let tcp_sum = fold(pseudo + add(&f[34..54]));
+        let tcp_sum = tcp_checksum(&f);
         f[50..52].copy_from_slice(&tcp_sum.to_be_bytes());
         f
     }
 }
 
-/// The one's-complement sum of `bytes` as big-endian 16-bit words (an odd last byte padded).
-fn add(bytes: &[u8]) -> u32 {
-    bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
-        .sum()
+/// The TCP checksum of `frame`'s segment: over the IPv4 pseudo-header (addresses, protocol 6,
+/// TCP length 20) and the 20-byte header, its checksum field counted as it stands.
+fn tcp_checksum(frame: &[u8; SYN_FRAME_LEN]) -> u16 {
+    let mut covered = [0u8; 12 + 20];
+    covered[0..8].copy_from_slice(&frame[26..34]);
+    covered[8..12].copy_from_slice(&[0, 6, 0, 20]);
+    covered[12..32].copy_from_slice(&frame[34..54]);
+    internet_checksum(&covered)
 }
 
-/// `sum` folded to 16 bits and complemented: the checksum field's value.
-fn fold(mut sum: u32) -> u16 {
+/// The RFC 1071 checksum of `bytes`: the one's-complement sum of their big-endian 16-bit words
+/// (an odd last byte padded with zero), folded and complemented. Over bytes that hold their own
+/// valid checksum, it is 0.
+pub fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
+        .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -68,6 +76,16 @@ mod tests {
 
     /// A receiver verifies a checksum by summing the covered bytes with the field in place: the
     /// folded sum must be 0xffff (its complement 0).
+    #[test]
+    fn the_checksum_of_rfc_1071s_example() {
+        // RFC 1071 section 3: the words 0001 f203 f4f5 f6f7 sum to ddf2 (folded).
+        assert_eq!(
+            internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            !0xddf2
+        );
+        assert_eq!(internet_checksum(&[0xff]), !0xff00, "an odd byte is padded");
+    }
+
     #[test]
     fn both_checksums_verify() {
         for (src, sport, seq) in [
@@ -84,9 +102,8 @@ mod tests {
                 window: 64240,
             };
             let f = syn.frame();
-            assert_eq!(fold(add(&f[14..34])), 0, "IPv4 header of {syn:?}");
-            let pseudo = add(&f[26..34]) + 6 + 20;
-            assert_eq!(fold(pseudo + add(&f[34..54])), 0, "TCP of {syn:?}");
+            assert_eq!(internet_checksum(&f[14..34]), 0, "IPv4 header of {syn:?}");
+            assert_eq!(tcp_checksum(&f), 0, "TCP of {syn:?}");
             assert_eq!(&f[26..30], &syn.src.ip().octets());
             assert_eq!(u16::from_be_bytes([f[34], f[35]]), sport);
             assert_eq!(f[47], 0x02, "SYN only");

@@ -1182,8 +1182,18 @@ fn lists_pinned_by_a_build_without_lists_used_are_all_looked_up() {
         [true; 6],
         "every list of the earlier build counts as used"
     );
-    let program = loader::loaded_program(&mut ebpf).expect("program loaded");
-    for (src, verdict) in [("192.0.2.66", XDP_DROP), ("198.19.4.5", XDP_DROP)] {
+    expect_actions(
+        &mut ebpf,
+        &[("192.0.2.66", XDP_DROP), ("198.19.4.5", XDP_DROP)],
+    );
+}
+
+/// Runs a SYN to port 25 from each source through the program loaded in `ebpf` (another load than
+/// a [`ProgTest`]'s) and asserts the XDP action of each.
+#[track_caller]
+fn expect_actions(ebpf: &mut aya::Ebpf, expected: &[(&str, u32)]) {
+    let program = loader::loaded_program(ebpf).expect("program loaded");
+    for (src, verdict) in expected {
         let action = program
             .test_run(TestRunOptions {
                 data_in: Some(&v4_syn(src, 25)),
@@ -1191,7 +1201,7 @@ fn lists_pinned_by_a_build_without_lists_used_are_all_looked_up() {
             })
             .expect("test run")
             .return_value;
-        assert_eq!(action, verdict, "{src}: {}", action_name(action));
+        assert_eq!(action, *verdict, "{src}: {}", action_name(action));
     }
 }
 
@@ -1540,17 +1550,10 @@ fn an_earlier_builds_per_source_map_is_unpinned_and_the_lists_kept() {
     // This build's daemon or CLI opens the pins, then its program runs on them.
     let (mut ebpf, dp) = loader::load_unattached(&t.cfg).expect("reload over the pins");
     assert!(!retired.exists(), "{} must be unpinned", retired.display());
-    let program = loader::loaded_program(&mut ebpf).expect("program loaded");
-    for (src, verdict) in [("198.18.0.66", XDP_DROP), ("198.18.0.7", XDP_PASS)] {
-        let action = program
-            .test_run(TestRunOptions {
-                data_in: Some(&v4_syn(src, 25)),
-                ..Default::default()
-            })
-            .expect("test run")
-            .return_value;
-        assert_eq!(action, verdict, "{src}: {}", action_name(action));
-    }
+    expect_actions(
+        &mut ebpf,
+        &[("198.18.0.66", XDP_DROP), ("198.18.0.7", XDP_PASS)],
+    );
     let rows = dp.source_rows().expect("read source counters");
     assert_eq!(
         rows.iter()

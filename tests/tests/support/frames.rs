@@ -18,6 +18,8 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use smtp_gateway_tests::syn_frame::internet_checksum;
+
 /// 802.1Q VLAN tag (customer tag, or inner tag of a double-tagged frame).
 pub const TPID_8021Q: u16 = 0x8100;
 /// 802.1ad service tag (outer tag of a double-tagged frame).
@@ -419,19 +421,6 @@ impl Frame {
         }
         out
     }
-}
-
-/// RFC 1071 checksum.
-fn internet_checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for chunk in bytes.chunks(2) {
-        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
-        sum += u32::from(word);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 #[cfg(test)]
