@@ -85,25 +85,60 @@ impl Sender {
 
     /// `postfix reload`: its daemons restart, the queue manager first moving what the active
     /// queue holds back to the incoming queue and scanning it, so nothing waits on a lost timer.
-    pub fn reload(&self) {
+    /// `postqueue -f`: the queue manager scans every queue now, ignoring the files' time stamps
+    /// (Postfix's `mail_flush_deferred`: `QMGR_REQ_SCAN_ALL` over the deferred and incoming
+    /// queues), as an operator flushes a queue.
+    pub fn flush(&self) {
         let dir = self.instance.path();
         match run(
-            Command::new("postfix").arg("-c").arg(dir).arg("reload"),
+            Command::new("postqueue").arg("-c").arg(dir).arg("-f"),
             Duration::from_secs(30),
         ) {
             Ok((true, _)) => {}
             Ok((false, out)) | Err(out) => {
-                panic!("postfix reload failed: {out}\n{}", self.maillog())
+                panic!("postqueue -f failed: {out}\n{}", self.maillog())
             }
         }
     }
 
-    /// Its maillog so far.
     pub fn maillog(&self) -> String {
         fs::read_to_string(self.instance.maillog()).unwrap_or_default()
     }
 
     /// Its directory.
+    /// Every queue file of this instance: its queue, name, and seconds until its time stamp (a
+    /// deferred message's next attempt), for a failure report.
+    pub fn queue_files(&self) -> String {
+        let now = std::time::SystemTime::now();
+        let mut out = String::new();
+        let queue = self.instance.path().join("queue");
+        for name in ["incoming", "active", "deferred", "hold", "maildrop"] {
+            let mut stack = vec![queue.join(name)];
+            while let Some(dir) = stack.pop() {
+                let Ok(entries) = fs::read_dir(&dir) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    if path.is_dir() {
+                        stack.push(path);
+                        continue;
+                    }
+                    let due = entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .map(|t| match t.duration_since(now) {
+                            Ok(ahead) => format!("due in {:.1}s", ahead.as_secs_f64()),
+                            Err(e) => format!("due {:.1}s ago", e.duration().as_secs_f64()),
+                        })
+                        .unwrap_or_default();
+                    out.push_str(&format!("{name}: {} {due}\n", path.display()));
+                }
+            }
+        }
+        out
+    }
+
     pub fn dir(&self) -> PathBuf {
         self.instance.path().to_path_buf()
     }
@@ -113,6 +148,7 @@ impl Drop for Sender {
     fn drop(&mut self) {
         if thread::panicking() {
             eprintln!("--- sending postfix maillog:\n{}", self.maillog());
+            eprintln!("--- sending postfix queue:\n{}", self.queue_files());
         }
         stop_instance(self.instance.path());
         let _ = fs::remove_dir_all(self.instance.path());
