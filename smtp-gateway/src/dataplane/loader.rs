@@ -291,30 +291,64 @@ pub fn detach(pin_dir: &Path) -> Result<DetachReport, DataplaneError> {
 
 /// Pinned maps keep the capacity they were created with; say so when the config differs.
 fn warn_capacity_drift(dataplane: &Dataplane, cfg: &DataplaneConfig) {
-    let c = &cfg.capacity;
-    for (name, option, wanted) in [
-        (maps::BLOCK_V4, "block_v4", c.block_v4),
-        (maps::BLOCK_V6, "block_v6", c.block_v6),
-        (maps::BLOCK_NET_V4, "block_net_v4", c.block_net_v4),
-        (maps::BLOCK_NET_V6, "block_net_v6", c.block_net_v6),
-        (maps::ALLOW_V4, "allow_v4", c.allow_v4),
-        (maps::ALLOW_V6, "allow_v6", c.allow_v6),
-        (maps::RATE_STATE, "rate_sources", c.rate_sources),
-        (maps::SOURCE_TABLE, "source_stats", c.source_sets()),
-        (maps::REASONS, "reasons", c.reasons),
-        (maps::TRACE, "trace_sources", c.trace_sources),
-    ] {
-        let actual = dataplane.capacity(name);
-        if actual != wanted {
-            tracing::warn!(
-                map = name,
-                pinned = actual,
-                configured = wanted,
-                "dataplane.capacity.{option} differs from the pinned map, which keeps {actual} \
-                 entries; `smtp-gateway detach` and a restart apply the new size (entries are lost)"
-            );
-        }
+    for drift in capacity_drifts(cfg, |name| dataplane.capacity(name)) {
+        let CapacityDrift {
+            map,
+            option,
+            pinned,
+            configured,
+        } = drift;
+        tracing::warn!(
+            map,
+            pinned,
+            configured,
+            "dataplane.capacity.{option} differs from the pinned map, which keeps {pinned} \
+             entries; `smtp-gateway detach` and a restart apply the new size (entries are lost)"
+        );
     }
+}
+
+/// A map whose pinned capacity is not the configured one, both in the option's unit.
+#[derive(Debug, PartialEq, Eq)]
+struct CapacityDrift {
+    map: &'static str,
+    option: &'static str,
+    pinned: u32,
+    /// As the map would be made now (`source_stats` rounded to whole sets).
+    configured: u32,
+}
+
+/// The maps whose capacity (`pinned(name)`: max entries) differs from `cfg`'s. The per-source
+/// table's entries are sets: it is compared in sources, as `source_stats` is written.
+fn capacity_drifts(
+    cfg: &DataplaneConfig,
+    pinned: impl Fn(&'static str) -> u32,
+) -> Vec<CapacityDrift> {
+    let c = &cfg.capacity;
+    let ways = smtp_gateway_common::SOURCE_WAYS as u32;
+    [
+        (maps::BLOCK_V4, "block_v4", c.block_v4, 1),
+        (maps::BLOCK_V6, "block_v6", c.block_v6, 1),
+        (maps::BLOCK_NET_V4, "block_net_v4", c.block_net_v4, 1),
+        (maps::BLOCK_NET_V6, "block_net_v6", c.block_net_v6, 1),
+        (maps::ALLOW_V4, "allow_v4", c.allow_v4, 1),
+        (maps::ALLOW_V6, "allow_v6", c.allow_v6, 1),
+        (maps::RATE_STATE, "rate_sources", c.rate_sources, 1),
+        (maps::SOURCE_TABLE, "source_stats", c.source_sets(), ways),
+        (maps::REASONS, "reasons", c.reasons, 1),
+        (maps::TRACE, "trace_sources", c.trace_sources, 1),
+    ]
+    .into_iter()
+    .filter_map(|(map, option, entries, per_entry)| {
+        let actual = pinned(map);
+        (actual != entries).then(|| CapacityDrift {
+            map,
+            option,
+            pinned: actual.saturating_mul(per_entry),
+            configured: entries.saturating_mul(per_entry),
+        })
+    })
+    .collect()
 }
 
 /// Loads this build's program into the kernel without attaching it, sharing the pinned maps (which
@@ -344,4 +378,63 @@ pub fn loaded_program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, DataplaneError> 
         program.load()?;
     }
     Ok(program)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pinned capacities as this build would make them for `cfg`.
+    fn as_made(cfg: &DataplaneConfig) -> std::collections::HashMap<&'static str, u32> {
+        capacity_drifts(cfg, |_| 0)
+            .into_iter()
+            .map(|d| {
+                let per_entry = if d.map == maps::SOURCE_TABLE {
+                    smtp_gateway_common::SOURCE_WAYS as u32
+                } else {
+                    1
+                };
+                (d.map, d.configured / per_entry)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn maps_made_from_the_configuration_do_not_drift() {
+        let mut cfg = DataplaneConfig::default();
+        cfg.capacity.source_stats = 1000;
+        let made = as_made(&cfg);
+        assert_eq!(
+            made[maps::SOURCE_TABLE],
+            512,
+            "1,000 sources: 512 sets of two"
+        );
+        assert_eq!(capacity_drifts(&cfg, |name| made[name]), []);
+    }
+
+    #[test]
+    fn the_source_table_drifts_in_sources_as_the_option_is_written() {
+        let mut cfg = DataplaneConfig::default();
+        cfg.capacity.source_stats = 4096;
+        let mut pinned = as_made(&cfg);
+        pinned.insert(maps::SOURCE_TABLE, 512);
+        pinned.insert(maps::REASONS, 7);
+        assert_eq!(
+            capacity_drifts(&cfg, |name| pinned[name]),
+            [
+                CapacityDrift {
+                    map: maps::SOURCE_TABLE,
+                    option: "source_stats",
+                    pinned: 1024,
+                    configured: 4096,
+                },
+                CapacityDrift {
+                    map: maps::REASONS,
+                    option: "reasons",
+                    pinned: 7,
+                    configured: cfg.capacity.reasons,
+                },
+            ]
+        );
+    }
 }
