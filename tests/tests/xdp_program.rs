@@ -1463,11 +1463,10 @@ fn a_source_counted_on_several_cpus_is_summed() {
 }
 
 /// Sends two SYNs from each of `count` IPv4 and as many IPv6 sources (each in its own /64, so
-/// the SYN limit never drops), one source after the
-/// other, into a table for `capacity` sources, and checks the table against the program's own
-/// index: every source whose set got at most two sources is there with exact counts; a set that
-/// got more holds two of them, each with its exact counts (a source took its way before its
-/// first packet and kept it through its second).
+/// the SYN limit never drops), one source after the other, into a table for `capacity` sources,
+/// and checks the table against the program's own index: every source whose set got at most two
+/// sources is there with exact counts; a set that got more holds two of them, each with its
+/// exact counts (a source took its way before its first packet and kept it through its second).
 fn check_table(name: &str, capacity: u32, count: u8) {
     let mut t = ProgTest::with(name, |c| c.capacity.source_stats = capacity);
     run_on_cpu(allowed_cpus()[0]);

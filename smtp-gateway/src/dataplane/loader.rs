@@ -66,21 +66,49 @@ impl std::fmt::Debug for Dataplane {
 }
 
 fn loader<'a>(layout: &'a PinLayout, cfg: &DataplaneConfig) -> EbpfLoader<'a> {
-    let c = &cfg.capacity;
     let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(layout.dir());
+    for sized in sized_maps(cfg) {
+        loader.map_max_entries(sized.map, sized.entries);
+    }
     loader
-        .default_map_pin_directory(layout.dir())
-        .map_max_entries(maps::BLOCK_V4, c.block_v4)
-        .map_max_entries(maps::BLOCK_V6, c.block_v6)
-        .map_max_entries(maps::BLOCK_NET_V4, c.block_net_v4)
-        .map_max_entries(maps::BLOCK_NET_V6, c.block_net_v6)
-        .map_max_entries(maps::ALLOW_V4, c.allow_v4)
-        .map_max_entries(maps::ALLOW_V6, c.allow_v6)
-        .map_max_entries(maps::RATE_STATE, c.rate_sources)
-        .map_max_entries(maps::SOURCE_TABLE, c.source_sets())
-        .map_max_entries(maps::REASONS, c.reasons)
-        .map_max_entries(maps::TRACE, c.trace_sources);
-    loader
+}
+
+/// A map whose size `[dataplane.capacity]` sets.
+struct SizedMap {
+    map: &'static str,
+    /// The option under `dataplane.capacity`.
+    option: &'static str,
+    /// Max entries the map is made with.
+    entries: u32,
+    /// What one entry holds in the option's unit (the per-source table's entries are sets).
+    per_entry: u32,
+}
+
+/// Every map `[dataplane.capacity]` sizes, as this configuration makes it.
+fn sized_maps(cfg: &DataplaneConfig) -> [SizedMap; 10] {
+    let c = &cfg.capacity;
+    let sized = |map, option, entries| SizedMap {
+        map,
+        option,
+        entries,
+        per_entry: 1,
+    };
+    [
+        sized(maps::BLOCK_V4, "block_v4", c.block_v4),
+        sized(maps::BLOCK_V6, "block_v6", c.block_v6),
+        sized(maps::BLOCK_NET_V4, "block_net_v4", c.block_net_v4),
+        sized(maps::BLOCK_NET_V6, "block_net_v6", c.block_net_v6),
+        sized(maps::ALLOW_V4, "allow_v4", c.allow_v4),
+        sized(maps::ALLOW_V6, "allow_v6", c.allow_v6),
+        sized(maps::RATE_STATE, "rate_sources", c.rate_sources),
+        SizedMap {
+            per_entry: smtp_gateway_common::SOURCE_WAYS as u32,
+            ..sized(maps::SOURCE_TABLE, "source_stats", c.source_sets())
+        },
+        sized(maps::REASONS, "reasons", c.reasons),
+        sized(maps::TRACE, "trace_sources", c.trace_sources),
+    ]
 }
 
 /// The maps `LISTS_USED` speaks for.
@@ -318,37 +346,24 @@ struct CapacityDrift {
     configured: u32,
 }
 
-/// The maps whose capacity (`pinned(name)`: max entries) differs from `cfg`'s. The per-source
-/// table's entries are sets: it is compared in sources, as `source_stats` is written.
+/// The maps whose capacity (`pinned(name)`: max entries) differs from `cfg`'s, in the option's
+/// unit (the per-source table in sources, as `source_stats` is written).
 fn capacity_drifts(
     cfg: &DataplaneConfig,
     pinned: impl Fn(&'static str) -> u32,
 ) -> Vec<CapacityDrift> {
-    let c = &cfg.capacity;
-    let ways = smtp_gateway_common::SOURCE_WAYS as u32;
-    [
-        (maps::BLOCK_V4, "block_v4", c.block_v4, 1),
-        (maps::BLOCK_V6, "block_v6", c.block_v6, 1),
-        (maps::BLOCK_NET_V4, "block_net_v4", c.block_net_v4, 1),
-        (maps::BLOCK_NET_V6, "block_net_v6", c.block_net_v6, 1),
-        (maps::ALLOW_V4, "allow_v4", c.allow_v4, 1),
-        (maps::ALLOW_V6, "allow_v6", c.allow_v6, 1),
-        (maps::RATE_STATE, "rate_sources", c.rate_sources, 1),
-        (maps::SOURCE_TABLE, "source_stats", c.source_sets(), ways),
-        (maps::REASONS, "reasons", c.reasons, 1),
-        (maps::TRACE, "trace_sources", c.trace_sources, 1),
-    ]
-    .into_iter()
-    .filter_map(|(map, option, entries, per_entry)| {
-        let actual = pinned(map);
-        (actual != entries).then(|| CapacityDrift {
-            map,
-            option,
-            pinned: actual.saturating_mul(per_entry),
-            configured: entries.saturating_mul(per_entry),
+    sized_maps(cfg)
+        .into_iter()
+        .filter_map(|sized| {
+            let actual = pinned(sized.map);
+            (actual != sized.entries).then(|| CapacityDrift {
+                map: sized.map,
+                option: sized.option,
+                pinned: actual.saturating_mul(sized.per_entry),
+                configured: sized.entries.saturating_mul(sized.per_entry),
+            })
         })
-    })
-    .collect()
+        .collect()
 }
 
 /// Loads this build's program into the kernel without attaching it, sharing the pinned maps (which
@@ -386,16 +401,9 @@ mod tests {
 
     /// Pinned capacities as this build would make them for `cfg`.
     fn as_made(cfg: &DataplaneConfig) -> std::collections::HashMap<&'static str, u32> {
-        capacity_drifts(cfg, |_| 0)
+        sized_maps(cfg)
+            .map(|m| (m.map, m.entries))
             .into_iter()
-            .map(|d| {
-                let per_entry = if d.map == maps::SOURCE_TABLE {
-                    smtp_gateway_common::SOURCE_WAYS as u32
-                } else {
-                    1
-                };
-                (d.map, d.configured / per_entry)
-            })
             .collect()
     }
 
