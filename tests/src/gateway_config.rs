@@ -15,13 +15,29 @@ pub const HOSTNAME: &str = "gw.bench.test";
 /// The configuration text: `dataplane` holds the `[dataplane]` keys (pins, interfaces, ports),
 /// `smtp_extra` extra `[smtp]` keys (limits), each line ending in a newline.
 pub fn toml(dataplane: &str, listener: &str, smtp_extra: &str, backend: SocketAddr) -> String {
+    toml_listeners(
+        dataplane,
+        &format!("{{ address = \"{listener}\" }}"),
+        smtp_extra,
+        backend,
+    )
+}
+
+/// [`toml`] with the `listeners` array's entries given whole, e.g.
+/// `{ address = "127.0.0.1:25" }, { address = "127.0.0.1:465", kind = "smtps" }`.
+pub fn toml_listeners(
+    dataplane: &str,
+    listeners: &str,
+    smtp_extra: &str,
+    backend: SocketAddr,
+) -> String {
     format!(
         "[dataplane]\n\
          {dataplane}\
          \n\
          [smtp]\n\
          hostname = \"{HOSTNAME}\"\n\
-         listeners = [{{ address = \"{listener}\" }}]\n\
+         listeners = [{listeners}]\n\
          greet_pause = \"0s\"\n\
          {smtp_extra}\
          \n\

@@ -19,6 +19,11 @@
 //! FCrDNS + SPF to the gateway without them is the cost of the DNS checks per session.
 //! Each program runs in its own cgroup v2, so CPU per message covers all its processes.
 //!
+//! # TLS
+//! CPU per message over TLS (`tls_cpu.rs`): the gateway terminating implicit TLS (an `smtps`
+//! listener) and STARTTLS, against HAProxy terminating implicit TLS in TCP mode, each relaying
+//! to the sink; the pipelining client with a full TLS 1.3 handshake per session (`tls.rs`).
+//!
 //! # How it checks itself
 //! Every run: the client exited 0 (smtp-source) or got the expected reply to every command (ours);
 //! smtp-sink counted exactly the messages sent; the gateway logged one session per message, no
@@ -36,7 +41,8 @@
 //! `bench-smtp/`: `proc.rs` (processes stopped by PID, cgroups, ports), `sink.rs`,
 //! `gateway.rs`, `dns_gateway.rs`, `haproxy.rs`, `haraka.rs`, `postfix.rs` (one contender each), `contender.rs`
 //! (their common interface), `source.rs` (smtp-source), `client.rs` (pipelining client),
-//! `throughput.rs` (the measured runs), `memory.rs`, `report.rs` (Markdown and figures JSON).
+//! `throughput.rs` (the measured runs), `tls.rs` (certificate, client configuration),
+//! `tls_cpu.rs` (the TLS runs), `memory.rs`, `report.rs` (Markdown and figures JSON).
 //!
 //! Output: Markdown on stdout, progress on stderr; `--figures PATH` also writes the figures
 //! (tests/src/figures.rs). `--quick`: a smoke run (2 repeats of short runs, 1,000 idle sessions).
@@ -75,6 +81,10 @@ mod sink;
 mod source;
 #[path = "bench-smtp/throughput.rs"]
 mod throughput;
+#[path = "bench-smtp/tls.rs"]
+mod tls;
+#[path = "bench-smtp/tls_cpu.rs"]
+mod tls_cpu;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -187,7 +197,7 @@ fn start_contenders(
     );
     let gw = Gateway::start(dir, 0, sink.addr, &extra)?;
     let gw_dns = DnsGateway::start(dir, sink.addr, &extra)?;
-    let hap = Haproxy::start(dir, sink.addr, max_sessions)?;
+    let hap = Haproxy::start(dir, "haproxy", sink.addr, max_sessions, None)?;
     let hk = Haraka::start(dir, sink.addr)?;
     let mut pf = Postfix::start(dir, sink.addr, max_sessions)?;
     // Let postscreen test 127.0.0.1 once (greet wait + deep protocol tests; a new client that
@@ -300,15 +310,17 @@ fn run(settings: &Settings) -> Result<()> {
             _ => None,
         });
         (tp, setup, dns)
-        // Every contender stops here, before the memory measurement.
+        // Every contender stops here, before the TLS and memory measurements.
     };
+    let cert = tls::ServerCert::create(&dir.0)?;
+    let tls = tls_cpu::measure(settings, &dir.0, &sink, &cert, max_sessions)?;
     // The memory gateways need a backend address but never connect to it (connect_at = "mail").
-    let mem = memory::memory(settings, &dir.0, sink.addr)?;
+    let mem = memory::memory(settings, &dir.0, sink.addr, &cert)?;
     drop(sink);
     let load = (load_start, loadavg());
     print!(
         "{}",
-        report::markdown(settings, &setup, &tp, dns.as_ref(), &mem, &load)
+        report::markdown(settings, &setup, &tp, dns.as_ref(), &tls, &mem, &load)
     );
     if let Some(path) = &settings.figures {
         report::figures(&tp)

@@ -37,6 +37,8 @@ pub struct Gateway {
     log: PathBuf,
     log_offset: u64,
     pub addr: SocketAddr,
+    /// The implicit-TLS (`smtps`, profile `mx`) listener, when started with one.
+    pub smtps_addr: Option<SocketAddr>,
     pub toml: String,
 }
 
@@ -55,6 +57,30 @@ impl Gateway {
         smtp_extra: &str,
         sections: &str,
     ) -> Result<Self> {
+        Self::start_inner(dir, n, backend, smtp_extra, sections, false)
+    }
+
+    /// [`Gateway::start_with`] with `tls_section` (`[smtp.tls]`) as its sections, so that the
+    /// plain listener offers STARTTLS, and a second listener of kind `smtps` (implicit TLS)
+    /// running the `mx` profile, as the plain one does: the same checks on both.
+    pub fn start_tls(
+        dir: &Path,
+        n: usize,
+        backend: SocketAddr,
+        smtp_extra: &str,
+        tls_section: &str,
+    ) -> Result<Self> {
+        Self::start_inner(dir, n, backend, smtp_extra, tls_section, true)
+    }
+
+    fn start_inner(
+        dir: &Path,
+        n: usize,
+        backend: SocketAddr,
+        smtp_extra: &str,
+        sections: &str,
+        smtps: bool,
+    ) -> Result<Self> {
         let binary = smtp_gateway_tests::gateway_binary()?;
         let pin_dir = format!("/sys/fs/bpf/sgw-bench-smtp-{}-{n}", std::process::id());
         let config_name = format!("gateway-{n}.toml");
@@ -62,9 +88,20 @@ impl Gateway {
         let mut last_error = String::new();
         for _attempt in 0..3 {
             let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-            let mut toml = gateway_config::toml(
+            let smtps_addr = if smtps {
+                Some(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
+            } else {
+                None
+            };
+            let mut listeners = format!("{{ address = \"{addr}\" }}");
+            if let Some(a) = smtps_addr {
+                listeners.push_str(&format!(
+                    ", {{ address = \"{a}\", kind = \"smtps\", profile = \"mx\" }}"
+                ));
+            }
+            let mut toml = gateway_config::toml_listeners(
                 &format!("pin_dir = \"{pin_dir}\"\ninterfaces = []\n"),
-                &addr.to_string(),
+                &listeners,
                 smtp_extra,
                 backend,
             );
@@ -93,6 +130,7 @@ impl Gateway {
                 log: log.clone(),
                 log_offset: 0,
                 addr,
+                smtps_addr,
                 toml,
             };
             let deadline = Instant::now() + Duration::from_secs(20);

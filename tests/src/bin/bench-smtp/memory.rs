@@ -2,9 +2,9 @@
 //! its 220 banner and then stays silent); the gateway's VmRSS is read before and after, and
 //! (after − before) / N is the cost of one idle session.
 //!
-//! The same for idle TLS sessions: a gateway with `[smtp.tls]` (a self-signed certificate from
-//! `smtp_gateway_test_kit::tls`, as the end-to-end tests use) whose N clients each say EHLO, STARTTLS,
-//! complete the handshake (rustls on both sides), say EHLO again and then stay silent.
+//! The same for idle TLS sessions: a gateway with `[smtp.tls]` (the benchmark's self-signed
+//! certificate, `tls.rs`) whose N clients each say EHLO, STARTTLS, complete the handshake
+//! (rustls on both sides), say EHLO again and then stay silent.
 
 use std::{
     io::{ErrorKind, Read, Write},
@@ -15,18 +15,13 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use rustls::{
-    ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    crypto::CryptoProvider,
-    pki_types::{CertificateDer, ServerName, UnixTime},
-};
-use smtp_gateway_tests::gateway_config::HOSTNAME;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use crate::{
     Settings,
     gateway::{Gateway, LogStats},
     proc::raise_nofile,
+    tls::{self, ServerCert},
 };
 
 /// What the idle sessions of a row did before falling silent.
@@ -142,84 +137,12 @@ fn starttls(
     read_reply(&mut stream, "250")?;
     stream.write_all(b"STARTTLS\r\n")?;
     read_reply(&mut stream, "220")?;
-    let name = ServerName::try_from(HOSTNAME).map_err(std::io::Error::other)?;
+    let name = tls::server_name().map_err(std::io::Error::other)?;
     let conn = ClientConnection::new(config.clone(), name).map_err(std::io::Error::other)?;
     let mut tls = StreamOwned::new(conn, stream);
     tls.write_all(b"EHLO client.bench.test\r\n")?;
     read_reply(&mut tls, "250")?;
     Ok(tls)
-}
-
-/// Accepts the gateway's self-signed certificate (loopback only) and checks its signatures.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// The benchmark's TLS client: rustls (ring), any certificate.
-fn client_config() -> Result<Arc<ClientConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .context("TLS client protocol versions")?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-/// Writes a self-signed EC certificate for the benchmark's host name into `dir`; returns the
-/// `[smtp.tls]` section naming it.
-fn tls_section(dir: &Path) -> Result<String> {
-    let (cert, key) = smtp_gateway_test_kit::tls::self_signed(dir, HOSTNAME)?;
-    Ok(format!(
-        "[smtp.tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
-        cert.display(),
-        key.display()
-    ))
 }
 
 /// Opens one connection from `source` (127.0.0.1: the kernel's choice) and reads the 220 banner.
@@ -242,7 +165,12 @@ fn open_idle(gateway: SocketAddr, source: Ipv4Addr) -> std::io::Result<TcpStream
     Ok(stream)
 }
 
-pub fn memory(settings: &Settings, dir: &Path, backend: SocketAddr) -> Result<Vec<MemoryRow>> {
+pub fn memory(
+    settings: &Settings,
+    dir: &Path,
+    backend: SocketAddr,
+    cert: &ServerCert,
+) -> Result<Vec<MemoryRow>> {
     let nofile = raise_nofile()?;
     let most = settings.idle.iter().copied().max().unwrap_or(0);
     ensure!(
@@ -253,8 +181,8 @@ pub fn memory(settings: &Settings, dir: &Path, backend: SocketAddr) -> Result<Ve
     let extra = format!(
         "max_connections = {cap}\nmax_connections_per_source = {cap}\ncommand_timeout = \"10m\"\n"
     );
-    let tls = client_config()?;
-    let tls_section = tls_section(dir)?;
+    let tls = tls::client_config()?;
+    let tls_section = &cert.gateway_section;
     let mut rows = Vec::new();
     let levels = settings.idle.len();
     for (k, kind) in [IdleKind::Plain, IdleKind::StartTls]
@@ -268,7 +196,7 @@ pub fn memory(settings: &Settings, dir: &Path, backend: SocketAddr) -> Result<Ve
                 backend,
                 &extra,
                 (kind, n),
-                (&tls, &tls_section),
+                (&tls, tls_section),
             )?);
         }
     }

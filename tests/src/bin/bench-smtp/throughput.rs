@@ -103,8 +103,14 @@ fn pipe_run(
         c.name()
     );
     let before = sink.messages()?;
-    let run =
-        client::run(c.addr(sink), sessions, messages, RUN_TIMEOUT).with_context(|| what.clone())?;
+    let run = client::run(
+        c.addr(sink),
+        &client::Security::Plain,
+        sessions,
+        messages,
+        RUN_TIMEOUT,
+    )
+    .with_context(|| what.clone())?;
     c.verify(sink, before, u64::from(messages), &what)?;
     let rate = f64::from(messages) / run.wall.as_secs_f64().max(1e-9);
     let (p50_ms, p99_ms) = (run.quantile_ms(0.50), run.quantile_ms(0.99));
