@@ -591,6 +591,16 @@ impl Connection {
     /// system call per session, and failed with ENOTCONN for most clients, which close first).
     pub async fn shutdown(&mut self) {
         let deadline = tokio::time::Instant::now() + self.write_timeout;
+        if !self.stalled
+            && let MaybeTls::Tls(tls) = &mut self.stream
+        {
+            // The last replies go into the TLS session's own buffer, as records, so that the
+            // close_notify leaves with them in one write (one wake-up of the client) rather
+            // than in a write of its own; what it does not take is flushed first below.
+            let taken =
+                std::io::Write::write(&mut tls.get_mut().1.writer(), &self.wbuf).unwrap_or(0);
+            self.wbuf.drain(..taken.min(self.wbuf.len()));
+        }
         if self.flush_until(deadline).await.is_err() {
             return;
         }
@@ -693,6 +703,49 @@ mod tests {
     async fn a_tls_session_ends_with_its_last_reply_and_a_close_notify() {
         let (client, conn) = tls_pair().await;
         assert_eq!(read_after_close(client, conn).await, b"221 2.0.0 Bye\r\n");
+    }
+
+    /// Data segments `tcp` has sent so far (TCP_INFO `tcpi_data_segs_out`).
+    fn data_segments_out(tcp: &TcpStream) -> u32 {
+        use std::os::fd::AsRawFd;
+        // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it and
+        // the descriptor is open for the borrow.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = unsafe {
+            libc::getsockopt(
+                tcp.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "TCP_INFO: {}", io::Error::last_os_error());
+        info.tcpi_data_segs_out
+    }
+
+    #[tokio::test]
+    async fn a_tls_sessions_last_reply_and_its_close_notify_leave_in_one_segment() {
+        let (client, mut conn) = tls_pair().await;
+        let MaybeTls::Tls(tls) = &conn.stream else {
+            panic!("not a TLS stream");
+        };
+        // As the accept loop does: every write is a segment of its own.
+        tls.get_ref().0.set_nodelay(true).expect("nodelay");
+        let before = data_segments_out(tls.get_ref().0);
+        conn.queue(b"221 2.0.0 Bye\r\n");
+        conn.shutdown().await;
+        let MaybeTls::Tls(tls) = &conn.stream else {
+            panic!("not a TLS stream");
+        };
+        let sent = data_segments_out(tls.get_ref().0) - before;
+        assert_eq!(sent, 1, "one write for the 221 and the close_notify");
+        drop(conn);
+        let mut client = client;
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("a clean end");
+        assert_eq!(got, b"221 2.0.0 Bye\r\n");
     }
 
     #[tokio::test]
