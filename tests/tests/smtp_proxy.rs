@@ -1807,6 +1807,8 @@ struct BackendSession {
     commands: Vec<String>,
     /// The commands that had arrived (after MAIL) before MAIL was answered.
     before_mail_reply: Vec<String>,
+    /// Message texts received to their final dot.
+    messages: usize,
 }
 
 /// A scripted backend (identity none) serving connections, one at a time, until it has seen
@@ -1865,6 +1867,7 @@ fn serve_scripted(stream: &mut TcpStream, pipelining: bool) -> Vec<BackendSessio
         if in_data {
             if line == "." {
                 in_data = false;
+                session.messages += 1;
                 let _ = stream.write_all(b"250 2.0.0 Ok: queued\r\n");
             }
             continue;
@@ -2008,6 +2011,92 @@ fn pipelined_group_reaches_the_backend_in_one_write() {
         !seen[1].commands.iter().any(|c| c == "DATA"),
         "DATA forwarded without a transaction: {seen:#?}"
     );
+}
+
+#[test]
+fn a_pipelined_group_ending_in_data_reaches_the_backend_in_one_write_with_it() {
+    let (backend, handle) = scripted_backend(true, 1);
+    let gw = Gateway::start(GatewaySpec::new(backend, "none"));
+    let what = "MAIL, RCPT, DATA in one group";
+    let mut c = Client::hello(gw.addr(), src("127.0.9.4"), "mx.example.net");
+    let replies = pipelined_group(
+        &mut c,
+        &[
+            "MAIL FROM:<sender@example.net>",
+            "RCPT TO:<a@example.org>",
+            "DATA",
+        ],
+    );
+    assert_replies(&replies, &[(250, "2.1.0"), (250, "2.1.5"), (354, "")], what);
+    c.end_data(what, b"Subject: one write\r\n\r\nhello\r\n.\r\n", 250);
+    c.expect("QUIT", 221);
+    drop(gw);
+    let seen = handle.join().expect("scripted backend");
+    assert_eq!(seen.len(), 1, "backend sessions: {seen:#?}");
+    assert_eq!(
+        seen[0].before_mail_reply,
+        ["RCPT TO:<a@example.org>", "DATA"],
+        "DATA goes with the MAIL and RCPT it ends: {seen:#?}"
+    );
+    assert_eq!(seen[0].messages, 1, "{seen:#?}");
+}
+
+#[test]
+fn a_pipelined_data_the_backend_lets_in_without_recipients_gets_no_text() {
+    // The scripted backend answers every DATA 354, even after refusing the only recipient.
+    let (backend, handle) = scripted_backend(true, 2);
+    let gw = Gateway::start(GatewaySpec::new(backend, "none"));
+    let what = "a group whose only recipient the backend refuses";
+    let mut c = Client::hello(gw.addr(), src("127.0.9.5"), "mx.example.net");
+    let replies = pipelined_group(
+        &mut c,
+        &[
+            "MAIL FROM:<sender@example.net>",
+            "RCPT TO:<refused@example.org>",
+            "DATA",
+        ],
+    );
+    assert_replies(
+        &replies,
+        &[
+            (250, "2.1.0"),
+            (550, "scripted backend"),
+            (554, "No valid recipients"),
+        ],
+        what,
+    );
+    // As after Postfix's own 554, the transaction is reset before the next one, which goes
+    // through a new backend connection.
+    c.expect("RSET", 250);
+    let what = "the next transaction";
+    let replies = pipelined_group(
+        &mut c,
+        &[
+            "MAIL FROM:<sender@example.net>",
+            "RCPT TO:<b@example.org>",
+            "DATA",
+        ],
+    );
+    assert_replies(&replies, &[(250, "2.1.0"), (250, "2.1.5"), (354, "")], what);
+    c.end_data(what, b"Subject: after\r\n\r\nhello\r\n.\r\n", 250);
+    c.expect("QUIT", 221);
+    drop(gw);
+    let seen = handle.join().expect("scripted backend");
+    assert_eq!(seen.len(), 2, "backend sessions: {seen:#?}");
+    assert_eq!(
+        (
+            seen[0].commands.last().map(String::as_str),
+            seen[0].messages
+        ),
+        (Some("DATA"), 0),
+        "the connection whose DATA was let in without recipients ends there: {seen:#?}"
+    );
+    assert_eq!(
+        seen[1].before_mail_reply,
+        ["RCPT TO:<b@example.org>", "DATA"],
+        "{seen:#?}"
+    );
+    assert_eq!(seen[1].messages, 1, "{seen:#?}");
 }
 
 #[test]

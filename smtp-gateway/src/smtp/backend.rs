@@ -355,12 +355,26 @@ impl Backend {
         if let Some(h) = &self.reply_times {
             h.observe(started.elapsed().as_secs_f64());
         }
+        self.after_data_reply(&reply);
+        Ok(reply)
+    }
+
+    /// Reads the reply to a DATA queued with [`Backend::queue_command`] behind the MAIL and RCPT
+    /// of its group, once their replies were read: as after [`Backend::command`], a `354` means
+    /// the text is awaited and its final reply owed.
+    pub async fn pipelined_data_reply(&mut self) -> Result<Reply, BackendError> {
+        let reply = self.pipelined_reply().await?;
+        self.after_data_reply(&reply);
+        Ok(reply)
+    }
+
+    /// Accounts for the backend's reply to DATA.
+    fn after_data_reply(&mut self, reply: &Reply) {
         if reply.code == 354 {
             // The final reply after the text is owed too.
             self.outstanding += 1;
             self.in_text = true;
         }
-        Ok(reply)
     }
 
     /// Starts one BDAT chunk of `size` bytes (RFC 3030): writes `BDAT size [LAST]`, the gateway's

@@ -4,8 +4,9 @@
 //!
 //! The session forwards a command here only when every gateway check of that command passed and
 //! running them needed no backend reply still outstanding; anything else (a refusal with side
-//! effects, DATA, any other verb, the end of the buffered group) first settles every awaited
-//! reply in order. So each reply reaches the client in the position it would have had
+//! effects, any other verb, the end of the buffered group) first settles every awaited reply in
+//! order. A DATA ending the group goes out with the group and settles it before its own reply is
+//! read (`session/data.rs`). So each reply reaches the client in the position it would have had
 //! unpipelined, and [`settle`] makes each one change the transaction exactly as the unpipelined
 //! command would have.
 
@@ -157,8 +158,8 @@ mod tests {
             for step in steps {
                 match *step {
                     Step::Mail(code) => {
-                        // Only a RCPT joins a group (`may_join_group`): a MAIL line settles
-                        // everything awaited first, so two MAILs are never in flight at once.
+                        // Only a RCPT or DATA joins a group (`may_join_group`): a MAIL line
+                        // settles everything awaited first, so two MAILs are never in flight.
                         m.settle_all(&mut pipeline, &mut backend);
                         m.txn_open = true; // assumed until the reply says otherwise
                         pipeline.push(Awaiting::Mail { from: "s".into() });

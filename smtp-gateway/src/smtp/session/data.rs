@@ -1,5 +1,6 @@
 //! DATA: a transaction with accepted recipients and no BDAT chunk (RFC 3030), no text before the
-//! `354`, the backend's own `354`, then the text relayed (`smtp/text.rs`, within
+//! `354`, the backend's own `354` (DATA written with the MAIL and RCPT of its pipelined group when
+//! their replies are still awaited), then the text relayed (`smtp/text.rs`, within
 //! `smtp.max_data_duration` and the session's own limit, with the `Authentication-Results` header
 //! in front and the client's forged ones out) and its end turned into the client's
 //! reply (counted by `final_reply`, which the last BDAT chunk's reply goes through too).
@@ -14,6 +15,31 @@ use crate::smtp::{
 };
 
 impl Session {
+    /// Whether a DATA may join the MAIL and RCPT still awaiting the backend's replies: the
+    /// backend pipelines, the transaction (assumed open until MAIL's reply says otherwise) has
+    /// sent no BDAT chunk, and no message text came before the `354` (the pipelining check
+    /// judges that once the replies are settled).
+    fn data_may_join(&self) -> bool {
+        self.conn.buffered() == 0
+            && self
+                .txn
+                .as_ref()
+                .is_some_and(|t| !matches!(t.body, Body::Chunks { .. }))
+            && self.backend.as_ref().is_some_and(|b| b.pipelining())
+    }
+
+    /// The gateway answers a DATA that joined its group itself (no transaction, no recipient):
+    /// a backend that let it in anyway (`354`) never gets text after it. Its connection is
+    /// dropped, so the backend discards the transaction and delivers nothing (RFC 2920 would
+    /// have a lone dot sent, which delivers an empty message where the backend's view of the
+    /// recipients differs from the replies it gave).
+    fn drop_go_ahead(&mut self, early: Option<&Reply>) {
+        if early.is_some_and(|r| r.code == 354) {
+            tracing::info!(client = %self.client, "backend let a DATA without recipients in; its connection is dropped");
+            self.backend = None;
+        }
+    }
+
     /// Relays the backend's final reply to a message (after DATA's text or the last BDAT chunk)
     /// and counts it: messages, the junk count, the pass cache, the session line.
     pub(super) fn final_reply(&mut self, reply: Reply) {
@@ -32,8 +58,33 @@ impl Session {
 
     /// DATA and the message text.
     pub(super) async fn handle_data(&mut self) -> Flow {
+        // A DATA that ends a pipelined group whose MAIL and RCPT still await their replies goes
+        // to the backend in the same write as they do (RFC 2920 lets DATA end a group): one
+        // round trip to the backend fewer per message. Its reply is read after theirs, and
+        // what the client gets is decided on the settled transaction, as unpipelined.
+        let joined = !self.pipeline.is_empty() && self.data_may_join();
+        if joined && let Some(backend) = self.backend.as_mut() {
+            backend.queue_command(b"DATA");
+        }
+        if !self.pipeline.is_empty()
+            && let Flow::Close = Box::pin(self.settle_pipeline()).await
+        {
+            if joined {
+                // Its DATA may have been let in: the connection goes, and no text with it.
+                self.backend = None;
+            }
+            return Flow::Close;
+        }
+        let mut early = None;
+        if joined && let Some(backend) = self.backend.as_mut() {
+            match backend.pipelined_data_reply().await {
+                Ok(reply) => early = Some(reply),
+                Err(e) => return self.backend_lost(e),
+            }
+        }
         let accepted = self.txn.as_ref().map(|t| t.accepted).unwrap_or(0);
         if self.txn.is_none() {
+            self.drop_go_ahead(early.as_ref());
             self.reply(Reply::new(503, "5.5.1 Need MAIL before DATA"));
             return self.no_transaction_error(true).unwrap_or(Flow::Continue);
         }
@@ -49,6 +100,7 @@ impl Session {
             txn.body = Body::Data;
         }
         if accepted == 0 {
+            self.drop_go_ahead(early.as_ref());
             self.reply(Reply::new(554, "5.5.1 No valid recipients"));
             return Flow::Continue;
         }
@@ -60,13 +112,18 @@ impl Session {
                 return self.drop_reply("Protocol error: message text before 354");
             }
         }
-        let Some(backend) = self.backend.as_mut() else {
-            self.reply(Reply::new(503, "5.5.1 Need MAIL before DATA"));
-            return Flow::Continue;
-        };
-        let go_ahead = match backend.command(b"DATA").await {
-            Ok(reply) => reply,
-            Err(e) => return self.backend_lost(e),
+        let go_ahead = match early {
+            Some(reply) => reply,
+            None => {
+                let Some(backend) = self.backend.as_mut() else {
+                    self.reply(Reply::new(503, "5.5.1 Need MAIL before DATA"));
+                    return Flow::Continue;
+                };
+                match backend.command(b"DATA").await {
+                    Ok(reply) => reply,
+                    Err(e) => return self.backend_lost(e),
+                }
+            }
         };
         if go_ahead.code != 354 {
             self.txn = None;

@@ -67,8 +67,8 @@ impl Session {
 
     /// Checks, parses and handles one command line.
     pub(super) async fn handle_line(&mut self, line: Line) -> Flow {
-        // Only a clean RCPT can join the forwarded group; anything else may reply, close or
-        // depend on the transaction, so the awaited replies come first.
+        // Only a clean RCPT or DATA can join the forwarded group; anything else may reply,
+        // close or depend on the transaction, so the awaited replies come first.
         if !self.pipeline.is_empty()
             && !may_join_group(&line)
             && let Flow::Close = self.settle_pipeline().await
@@ -80,7 +80,7 @@ impl Session {
         }
         let parsed = parse_command(&line);
         if !self.pipeline.is_empty()
-            && !matches!(parsed, Ok(Request::Rcpt { .. }))
+            && !matches!(parsed, Ok(Request::Rcpt { .. } | Request::Data))
             && let Flow::Close = self.settle_pipeline().await
         {
             return Flow::Close;
@@ -262,17 +262,19 @@ fn syntax_error_text(e: ParseError) -> String {
     }
 }
 
-/// A RCPT line no line-level check fires on: the only kind of line that can be handled while
-/// forwarded commands still await their replies.
+/// A RCPT line, or a bare DATA, that no line-level check fires on: the only lines that can be
+/// handled while forwarded commands still await their replies (DATA settles them itself, after
+/// it may have joined them: `data.rs`).
 pub(crate) fn may_join_group(line: &Line) -> bool {
     line.ending == Ending::CrLf
         && !line.too_long
         && !line.nul
         && !line.bare_cr
-        && line
+        && (line
             .data
             .get(..5)
             .is_some_and(|verb| verb.eq_ignore_ascii_case(b"RCPT "))
+            || line.data.eq_ignore_ascii_case(b"DATA"))
         && non_smtp(&line.data).is_none()
 }
 

@@ -10,8 +10,10 @@
 //! When the backend offers PIPELINING and the client's next command is already buffered, a MAIL
 //! or RCPT that passed every gateway check is queued towards the backend instead of waiting for
 //! its reply (`pipeline.rs`). The awaited replies are settled, in order, before anything whose
-//! handling depends on them: a recipient the gateway refuses, DATA, any other command, or the end
-//! of the buffered group. Until its reply is read, a forwarded MAIL's transaction is assumed open.
+//! handling depends on them: a recipient the gateway refuses, any other command, or the end of
+//! the buffered group. A DATA ending the group is written with them and its reply read after
+//! theirs; the gateway then decides on the settled transaction, as unpipelined (`data.rs`). Until
+//! its reply is read, a forwarded MAIL's transaction is assumed open.
 //!
 //! ## Layout (one `impl Session` block per file)
 //! - `mod.rs`: the session state, the run loop (banner, command loop with its deadlines, session
