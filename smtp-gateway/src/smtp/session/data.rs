@@ -35,7 +35,7 @@ impl Session {
     /// recipients differs from the replies it gave).
     fn drop_go_ahead(&mut self, early: Option<&Reply>) {
         if early.is_some_and(|r| r.code == 354) {
-            tracing::info!(client = %self.client, "backend let a DATA without recipients in; its connection is dropped");
+            tracing::warn!(client = %self.client, "backend let a DATA without recipients in; its connection is dropped");
             self.backend = None;
         }
     }
