@@ -28,6 +28,7 @@
 //!   with a configuration, waiting for what it logs, stopping it by PID.
 //! - `dns/`: [`DnsResponder`] and its [`Records`] table, a DNS server on `127.0.0.1:0`.
 //! - `tls.rs`: [`tls::self_signed`], a certificate for a gateway's `[smtp.tls]`.
+//! - `tcp_info.rs`: [`tcp_info::data_segments`], the data segments a socket sent and received.
 
 mod account;
 mod binary;
@@ -36,6 +37,7 @@ mod error;
 pub mod launcher;
 mod log;
 mod postfix;
+pub mod tcp_info;
 pub mod tls;
 
 pub use account::Account;

@@ -705,24 +705,11 @@ mod tests {
         assert_eq!(read_after_close(client, conn).await, b"221 2.0.0 Bye\r\n");
     }
 
-    /// Data segments `tcp` has sent so far (TCP_INFO `tcpi_data_segs_out`).
+    /// Data segments `tcp` has sent so far.
     fn data_segments_out(tcp: &TcpStream) -> u32 {
-        use std::os::fd::AsRawFd;
-        // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it and
-        // the descriptor is open for the borrow.
-        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        let rc = unsafe {
-            libc::getsockopt(
-                tcp.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                (&raw mut info).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(rc, 0, "TCP_INFO: {}", io::Error::last_os_error());
-        info.tcpi_data_segs_out
+        smtp_gateway_test_kit::tcp_info::data_segments(tcp)
+            .expect("TCP_INFO")
+            .0
     }
 
     #[tokio::test]

@@ -386,10 +386,12 @@ impl Session {
         if matches!(flow, Flow::Continue) {
             self.command_loop().await;
         }
+        // The client's last replies (and over TLS the close_notify, in the same write) first:
+        // a backend ended with QUIT should not hold them up.
+        self.conn.shutdown().await;
         if let Some(backend) = self.backend.take() {
             Box::pin(self.release_backend(backend)).await;
         }
-        self.conn.shutdown().await;
         if self.conn.evicted() {
             tracing::info!(
                 client = %self.client,
@@ -548,10 +550,9 @@ impl Session {
             }
             match Box::pin(self.handle_line(line)).await {
                 Flow::Continue => {}
-                Flow::Close => {
-                    let _ = self.conn.flush().await;
-                    return;
-                }
+                // The replies still queued are written by the session's close (`run`), in the
+                // same write as a TLS close_notify.
+                Flow::Close => return,
             }
         }
     }
