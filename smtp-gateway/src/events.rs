@@ -84,7 +84,34 @@ pub struct SessionEnd {
 /// Session ends, for the auto-ban (which writes a decided ban once the session has closed).
 pub type EndSender = broadcast::Sender<SessionEnd>;
 
-/// A new channel of session ends.
-pub fn ends_channel() -> (EndSender, broadcast::Receiver<SessionEnd>) {
-    broadcast::channel(EVENT_BUFFER)
+/// A new channel of session ends, holding `max_sessions` of them (at least [`EVENT_BUFFER`]):
+/// every session the gateway admits can end at once (a network blip, or a client closing
+/// thousands of idle connections together) and the auto-ban still reads each end. Sized from
+/// `smtp.max_connections` at start (a slot is about 100 bytes, against a session's 4 KiB or
+/// more); a later reload that raises the cap does not grow it.
+pub fn ends_channel(max_sessions: usize) -> (EndSender, broadcast::Receiver<SessionEnd>) {
+    broadcast::channel(max_sessions.max(EVENT_BUFFER))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_session_of_a_full_gateway_can_end_at_once_without_an_end_missed() {
+        let sessions = 3 * EVENT_BUFFER + 7;
+        let (ends, mut rx) = ends_channel(sessions);
+        for n in 0..sessions {
+            let end = SessionEnd {
+                source: IpAddr::from([198, 18, 0, 1]),
+                verdict: SessionVerdict::Clean,
+                delivered: n as u64,
+                checks: Vec::new(),
+            };
+            ends.send(end).expect("a receiver");
+        }
+        for n in 0..sessions {
+            assert_eq!(rx.try_recv().map(|e| e.delivered), Ok(n as u64));
+        }
+    }
 }

@@ -233,7 +233,7 @@ impl SessionHarness {
     pub fn new(config: &str) -> Result<Self, HarnessError> {
         let config = crate::config::Config::parse(config, "fuzz")?;
         let (events, _) = crate::events::channel();
-        let (ends, _) = crate::events::ends_channel();
+        let (ends, _) = crate::events::ends_channel(0);
         let reputation = crate::policy::reputation::Reputation::load(&config.reputation)?;
         let shared = crate::smtp::Shared {
             dnsbl: None,

@@ -444,7 +444,7 @@ mod tests {
         fn start_with(cfg: AutobanConfig, store: Option<Store>) -> Self {
             let (config, config_rx) = watch::channel(cfg);
             let (events, events_rx) = crate::events::channel();
-            let (ends, ends_rx) = crate::events::ends_channel();
+            let (ends, ends_rx) = crate::events::ends_channel(0);
             let (stop, stop_rx) = watch::channel(false);
             let (go, go_rx) = std::sync::mpsc::channel();
             let writer = BlockedWriter {

@@ -126,7 +126,7 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
     let (fleet_sync_tx, fleet_sync_rx) = tokio::sync::mpsc::channel(1);
     let (reload_tx, mut reload_rx) = crate::reload::channel();
     let (events, events_rx) = crate::events::channel();
-    let (ends, ends_rx) = crate::events::ends_channel();
+    let (ends, ends_rx) = crate::events::ends_channel(config.smtp.max_connections);
     // One set of counters and one outcome table for the whole run: reload generations share them.
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let outcomes = Arc::new(crate::source_outcomes::SourceOutcomes::new(

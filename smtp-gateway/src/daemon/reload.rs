@@ -293,7 +293,7 @@ mod tests {
     /// The shared parts of generations built from `old`, with a pass cache of `pass_ttl`.
     fn context(old: &Config, pass_ttl: Duration) -> GenerationContext {
         let (events, _) = crate::events::channel();
-        let (ends, _) = crate::events::ends_channel();
+        let (ends, _) = crate::events::ends_channel(old.smtp.max_connections);
         GenerationContext {
             events,
             ends,
