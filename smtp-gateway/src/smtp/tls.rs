@@ -220,12 +220,15 @@ mod tests {
     }
 
     /// What a handshake between `server` and a client offering `suites`, in its order of
-    /// preference, settles on.
+    /// preference, settles on; the client trusts `ca` (the server's self-signed certificate).
     fn negotiated(
         server: Arc<rustls::ServerConfig>,
+        ca: &CertificateDer<'static>,
         version: &'static rustls::SupportedProtocolVersion,
         suites: &[rustls::CipherSuite],
     ) -> rustls::CipherSuite {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone()).expect("the certificate as a root");
         let mut provider = rustls::crypto::ring::default_provider();
         provider.cipher_suites = suites
             .iter()
@@ -239,8 +242,7 @@ mod tests {
         let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
             .with_protocol_versions(&[version])
             .expect("client versions")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyServer))
+            .with_root_certificates(roots)
             .with_no_client_auth();
         client.resumption = rustls::client::Resumption::disabled();
         let name = ServerName::try_from("mx.example.net").expect("name");
@@ -273,57 +275,6 @@ mod tests {
         s.negotiated_cipher_suite().expect("a suite").suite()
     }
 
-    /// Trusts any certificate, checking only the handshake's signatures.
-    #[derive(Debug)]
-    struct AnyServer;
-
-    impl rustls::client::danger::ServerCertVerifier for AnyServer {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: rustls::pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-            )
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-            )
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            rustls::crypto::ring::default_provider()
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
-    }
-
     #[test]
     fn the_server_chooses_aes_128_gcm_over_the_clients_first_choice_and_what_only_it_offers() {
         use rustls::CipherSuite as S;
@@ -339,6 +290,7 @@ mod tests {
             private_key: key_file.clone(),
         };
         let server = acceptor(&cfg).expect("acceptor").config().clone();
+        let ca = cert.der();
         let tls13 = &rustls::version::TLS13;
         let tls12 = &rustls::version::TLS12;
         // A client's usual order (rustls, OpenSSL): AES-256-GCM first.
@@ -348,7 +300,7 @@ mod tests {
             S::TLS13_AES_128_GCM_SHA256,
         ];
         assert_eq!(
-            negotiated(server.clone(), tls13, &usual13),
+            negotiated(server.clone(), ca, tls13, &usual13),
             S::TLS13_AES_128_GCM_SHA256
         );
         let usual12 = [
@@ -357,13 +309,14 @@ mod tests {
             S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
         ];
         assert_eq!(
-            negotiated(server.clone(), tls12, &usual12),
+            negotiated(server.clone(), ca, tls12, &usual12),
             S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
         );
         // A client without AES-128-GCM still gets what it offers, in the server's order.
         assert_eq!(
             negotiated(
                 server.clone(),
+                ca,
                 tls13,
                 &[
                     S::TLS13_CHACHA20_POLY1305_SHA256,
@@ -373,7 +326,7 @@ mod tests {
             S::TLS13_AES_256_GCM_SHA384
         );
         assert_eq!(
-            negotiated(server, tls13, &[S::TLS13_CHACHA20_POLY1305_SHA256]),
+            negotiated(server, ca, tls13, &[S::TLS13_CHACHA20_POLY1305_SHA256]),
             S::TLS13_CHACHA20_POLY1305_SHA256
         );
         remove(&[&cert_file, &key_file]);
