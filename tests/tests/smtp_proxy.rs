@@ -2124,3 +2124,92 @@ fn pipelined_group_without_backend_pipelining() {
         "{seen:#?}"
     );
 }
+
+/// A client that waits for each reply: the gateway answers its MAIL itself and sends it to the
+/// backend in one write with the first recipient (`backend.mail_with_first_rcpt`, on by
+/// default). A sender the backend refuses is the refusal of every recipient of the transaction,
+/// as with Postfix's `smtpd_delay_reject`: no error counted, nothing delivered, and the client
+/// may start the next transaction at once.
+#[test]
+fn a_mail_sent_alone_reaches_the_backend_with_the_first_recipient() {
+    let (backend, handle) = scripted_backend(true, 1);
+    // One error closes the session: the refusals below must not count as the client's.
+    let gw = Gateway::start(GatewaySpec::new(backend, "none").smtp("max_errors", "0"));
+    let what = "MAIL, RCPT, DATA one at a time";
+    let mut c = Client::hello(gw.addr(), src("127.0.9.6"), "mx.example.net");
+    c.open_data(what, "a");
+    c.end_data(what, b"Subject: one at a time\r\n\r\nhello\r\n.\r\n", 250);
+
+    let what = "a sender the backend refuses";
+    let mail = c.step(what, "MAIL FROM:<refused@example.net>", 250);
+    assert!(mail.text.contains("2.1.0"), "{what}: {}", mail.text);
+    for rcpt in ["RCPT TO:<a@example.org>", "RCPT TO:<b@example.org>"] {
+        let reply = c.step(what, rcpt, 550);
+        assert!(
+            reply
+                .text
+                .contains("sender refused by the scripted backend"),
+            "{what}: {rcpt} -> {}",
+            reply.text
+        );
+    }
+    c.step(what, "DATA", 554);
+
+    let what = "the next transaction, without RSET";
+    c.open_data(what, "c");
+    c.end_data(what, b"Subject: after\r\n\r\nhello\r\n.\r\n", 250);
+    c.expect("QUIT", 221);
+    drop(gw);
+    let seen = handle.join().expect("scripted backend");
+    assert_eq!(seen.len(), 1, "backend sessions: {seen:#?}");
+    assert_eq!(
+        seen[0].commands[1..9],
+        [
+            "MAIL FROM:<sender@example.net>",
+            "RCPT TO:<a@example.org>",
+            "DATA",
+            "MAIL FROM:<refused@example.net>",
+            "RCPT TO:<a@example.org>",
+            "MAIL FROM:<sender@example.net>",
+            "RCPT TO:<c@example.org>",
+            "DATA",
+        ],
+        "the second recipient of the refused sender stays at the gateway: {seen:#?}"
+    );
+    assert_eq!(
+        seen[0].before_mail_reply,
+        ["RCPT TO:<c@example.org>"],
+        "the recipient goes in the MAIL's write: {seen:#?}"
+    );
+    assert_eq!(seen[0].messages, 2, "{seen:#?}");
+}
+
+/// `backend.mail_with_first_rcpt = false`: each MAIL waits for the backend's own reply, which
+/// the client gets as it is.
+#[test]
+fn a_mail_sent_alone_waits_for_the_backend_when_asked_to() {
+    let (backend, handle) = scripted_backend(true, 1);
+    let spec = GatewaySpec::new(backend, "none").backend("mail_with_first_rcpt", "false");
+    let gw = Gateway::start(spec);
+    let what = "MAIL answered by the backend";
+    let mut c = Client::hello(gw.addr(), src("127.0.9.7"), "mx.example.net");
+    let refused = c.step(what, "MAIL FROM:<refused@example.net>", 550);
+    assert!(
+        refused
+            .text
+            .contains("sender refused by the scripted backend"),
+        "{what}: {}",
+        refused.text
+    );
+    c.open_data(what, "a");
+    c.end_data(what, b"Subject: waited\r\n\r\nhello\r\n.\r\n", 250);
+    c.expect("QUIT", 221);
+    drop(gw);
+    let seen = handle.join().expect("scripted backend");
+    assert_eq!(seen.len(), 1, "backend sessions: {seen:#?}");
+    assert!(
+        seen[0].before_mail_reply.is_empty(),
+        "a command went before the MAIL reply: {seen:#?}"
+    );
+    assert_eq!(seen[0].messages, 1, "{seen:#?}");
+}

@@ -437,6 +437,13 @@ pub struct BackendConfig {
     /// the client gets `421` and is closed (a client that keeps losing or replacing its backend
     /// session must not cost the backend a connection each time).
     pub max_connections_per_session: usize,
+    /// A `MAIL FROM` that arrives alone (the client waits for each reply) is answered `250` by
+    /// the gateway once its own checks pass and goes to the backend in one write with the first
+    /// recipient (RFC 2920, when the backend offers PIPELINING): one backend round trip fewer
+    /// per message. A sender the backend refuses gets its refusal as the reply to every RCPT of
+    /// the transaction (as Postfix's `smtpd_delay_reject` does). `false`: the backend's own MAIL
+    /// reply is awaited and relayed.
+    pub mail_with_first_rcpt: bool,
 }
 
 impl Default for BackendConfig {
@@ -449,6 +456,7 @@ impl Default for BackendConfig {
             pool_size: 16,
             pool_idle: Duration::from_secs(30),
             max_connections_per_session: 3,
+            mail_with_first_rcpt: true,
         }
     }
 }

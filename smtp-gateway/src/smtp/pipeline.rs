@@ -19,6 +19,10 @@ use super::{backend::BackendError, reply::Reply};
 pub enum Awaiting {
     /// `MAIL FROM`, with the sender it names (the session's sender once the backend accepts it).
     Mail { from: String },
+    /// `MAIL FROM` the gateway answered `250` itself and sent with the first recipient
+    /// (`backend.mail_with_first_rcpt`): its reply is never relayed; a refusal becomes the
+    /// reply of every RCPT of the transaction.
+    HeldMail { from: String },
     /// `RCPT TO`.
     Rcpt,
 }
@@ -40,6 +44,14 @@ pub enum Settled {
     NoTransaction { discarded: Result<(), BackendError> },
     /// The backend failed on this command (the transaction is lost).
     Lost(BackendError),
+    /// Held MAIL accepted: the transaction is open at the backend too; nothing to relay.
+    HeldOpened { from: String },
+    /// Held MAIL refused: what every RCPT of the transaction is answered (the client had its
+    /// `250`; nothing to relay now). Never a positive or an intermediate reply: a backend that
+    /// answers MAIL so gets the `451` of a lost backend in its place.
+    HeldRefused(Reply),
+    /// The backend failed on a held MAIL (the connection is lost; every RCPT gets `451`).
+    HeldLost(BackendError),
 }
 
 /// Settles one awaited command with the backend's `reply`. `txn_open` says whether the
@@ -49,6 +61,16 @@ pub fn settle(awaiting: Awaiting, txn_open: bool, reply: Result<Reply, BackendEr
         (Awaiting::Rcpt, reply) if !txn_open => Settled::NoTransaction {
             discarded: reply.map(drop),
         },
+        (Awaiting::HeldMail { .. }, Err(e)) => Settled::HeldLost(e),
+        (Awaiting::HeldMail { from }, Ok(reply)) if reply.is_positive() => {
+            Settled::HeldOpened { from }
+        }
+        (Awaiting::HeldMail { .. }, Ok(reply)) if (400..600).contains(&reply.code) => {
+            Settled::HeldRefused(reply)
+        }
+        (Awaiting::HeldMail { .. }, Ok(reply)) => Settled::HeldLost(BackendError::Protocol(
+            format!("MAIL answered {}", reply.summary()),
+        )),
         (_, Err(e)) => Settled::Lost(e),
         (Awaiting::Mail { from }, Ok(reply)) if reply.is_positive() => {
             Settled::Opened { from, reply }
@@ -102,6 +124,9 @@ mod tests {
         /// RCPT the gateway refuses itself with this code (the session settles what is awaited
         /// first, then answers it, as `handle_rcpt` does).
         Refused(u16),
+        /// MAIL the gateway answers 250 itself and holds for the next forwarded RCPT; the
+        /// backend answers it with this code then.
+        HeldMail(u16),
     }
 
     /// The transaction as the session keeps it, and what the client saw.
@@ -113,6 +138,10 @@ mod tests {
         sender: Option<String>,
         backend_lost: bool,
         replies: Vec<u16>,
+        /// The backend's code for the MAIL held and not sent yet.
+        held: Option<u16>,
+        /// The held MAIL's refusal, every RCPT's reply.
+        refused: Option<u16>,
     }
 
     impl Model {
@@ -123,7 +152,8 @@ mod tests {
                     Some(0) | None => Err(BackendError::Closed),
                     Some(code) => Ok(Reply::new(code, "x")),
                 };
-                match settle(awaiting, self.txn_open, reply) {
+                let open = self.txn_open && self.refused.is_none();
+                match settle(awaiting, open, reply) {
                     Settled::Opened { from, reply } => {
                         self.sender = Some(from);
                         self.replies.push(reply.code);
@@ -137,14 +167,23 @@ mod tests {
                         self.replies.push(reply.code);
                     }
                     Settled::Refused(reply) => self.replies.push(reply.code),
-                    Settled::NoTransaction { .. } => {
-                        self.errors += 1;
-                        self.replies.push(503);
-                    }
+                    Settled::NoTransaction { .. } => match self.refused {
+                        Some(code) => self.replies.push(code),
+                        None => {
+                            self.errors += 1;
+                            self.replies.push(503);
+                        }
+                    },
                     Settled::Lost(_) => {
                         self.backend_lost = true;
                         self.txn_open = false;
                         self.replies.push(451);
+                    }
+                    Settled::HeldOpened { from } => self.sender = Some(from),
+                    Settled::HeldRefused(reply) => self.refused = Some(reply.code),
+                    Settled::HeldLost(_) => {
+                        self.backend_lost = true;
+                        self.refused = Some(451);
                     }
                 }
             }
@@ -162,10 +201,21 @@ mod tests {
                         // settles everything awaited first, so two MAILs are never in flight.
                         m.settle_all(&mut pipeline, &mut backend);
                         m.txn_open = true; // assumed until the reply says otherwise
+                        (m.held, m.refused) = (None, None);
                         pipeline.push(Awaiting::Mail { from: "s".into() });
                         backend.push_back(code);
                     }
+                    Step::HeldMail(code) => {
+                        m.settle_all(&mut pipeline, &mut backend);
+                        m.txn_open = true;
+                        (m.held, m.refused) = (Some(code), None);
+                        m.replies.push(250);
+                    }
                     Step::Rcpt(code) => {
+                        if let Some(held) = m.held.take() {
+                            pipeline.push(Awaiting::HeldMail { from: "s".into() });
+                            backend.push_back(held);
+                        }
                         pipeline.push(Awaiting::Rcpt);
                         backend.push_back(code);
                     }
@@ -180,6 +230,11 @@ mod tests {
         }
 
         fn refuse(&mut self, code: u16) {
+            if let Some(refused) = self.refused {
+                // `handle_rcpt` answers the sender's refusal before its own checks.
+                self.replies.push(refused);
+                return;
+            }
             self.errors += 1;
             self.replies.push(if self.txn_open { code } else { 503 });
         }
@@ -188,7 +243,28 @@ mod tests {
         fn unpipelined(steps: &[Step]) -> Self {
             let mut m = Model::default();
             for step in steps {
+                if matches!(step, Step::Rcpt(_))
+                    && let Some(held) = m.held.take()
+                {
+                    // The held MAIL's answer comes with the first forwarded RCPT.
+                    match held {
+                        0 => (m.backend_lost, m.refused) = (true, Some(451)),
+                        code if (200..300).contains(&code) => m.sender = Some("s".into()),
+                        code => m.refused = Some(code),
+                    }
+                }
+                if matches!(step, Step::Mail(_)) {
+                    (m.held, m.refused) = (None, None);
+                }
                 match *step {
+                    Step::HeldMail(code) => {
+                        m.txn_open = true;
+                        (m.held, m.refused) = (Some(code), None);
+                        m.replies.push(250);
+                    }
+                    Step::Rcpt(_) if m.refused.is_some() => {
+                        m.replies.extend(m.refused);
+                    }
                     Step::Mail(0) | Step::Rcpt(0)
                         if m.txn_open || matches!(step, Step::Mail(_)) =>
                     {
@@ -260,6 +336,27 @@ mod tests {
                 2,
             ),
             (&[Mail(0), Rcpt(250)], &[451, 503], 0, 1),
+            // A MAIL the gateway answered itself, sent with the first recipient.
+            (
+                &[HeldMail(250), Rcpt(250), Rcpt(550)],
+                &[250, 250, 550],
+                1,
+                0,
+            ),
+            (
+                &[HeldMail(250), Refused(550), Rcpt(250)],
+                &[250, 550, 250],
+                1,
+                1,
+            ),
+            // The backend refuses that sender: every RCPT gets its refusal, no error counted.
+            (
+                &[HeldMail(553), Rcpt(250), Refused(550), Rcpt(250)],
+                &[250, 553, 553, 553],
+                0,
+                0,
+            ),
+            (&[HeldMail(0), Rcpt(250), Rcpt(250)], &[250, 451, 451], 0, 0),
         ];
         for (steps, replies, accepted, errors) in table {
             let piped = Model::pipelined(steps);
@@ -312,15 +409,25 @@ mod tests {
             backend_code().prop_map(Step::Mail),
             backend_code().prop_map(Step::Rcpt),
             proptest::sample::select(vec![452u16, 501, 550]).prop_map(Step::Refused),
+            backend_code().prop_map(Step::HeldMail),
         ];
         proptest::collection::vec(step, 0..24).prop_map(|steps| {
-            let mut failed = false;
+            // A held MAIL's failure happens at the RCPT that takes it to the backend.
+            let (mut failed, mut held_fails) = (false, false);
             steps
                 .into_iter()
                 .filter(|s| {
-                    let forwarded = matches!(s, Step::Mail(_) | Step::Rcpt(_));
+                    let forwarded = matches!(s, Step::Mail(_) | Step::Rcpt(_) | Step::HeldMail(_));
                     let keep = !(failed && forwarded);
-                    failed |= matches!(s, Step::Mail(0) | Step::Rcpt(0));
+                    if keep {
+                        failed |= matches!(s, Step::Mail(0) | Step::Rcpt(0))
+                            || (held_fails && matches!(s, Step::Rcpt(_)));
+                        match s {
+                            Step::HeldMail(code) => held_fails = *code == 0,
+                            Step::Mail(_) | Step::Rcpt(_) => held_fails = false,
+                            Step::Refused(_) => {}
+                        }
+                    }
                     keep
                 })
                 .collect()

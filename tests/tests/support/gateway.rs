@@ -43,6 +43,8 @@ pub struct GatewaySpec {
     pub backends: Vec<(SocketAddr, &'static str)>,
     /// Extra `[smtp]` keys: (`key`, TOML value).
     pub smtp: Vec<(&'static str, String)>,
+    /// Extra `[backend]` keys: (`key`, TOML value).
+    pub backend: Vec<(&'static str, String)>,
     /// Generate a self-signed certificate (openssl CLI) and configure `[smtp.tls]`.
     pub tls: bool,
     /// `[relay]` section body.
@@ -60,6 +62,7 @@ impl GatewaySpec {
             listeners: vec![("smtp", None)],
             backends: vec![(backend, identity)],
             smtp: Vec::new(),
+            backend: Vec::new(),
             tls: false,
             relay: "accepted_domains = [\"example.org\"]\n".into(),
             extra: String::new(),
@@ -76,6 +79,12 @@ impl GatewaySpec {
     /// Adds an `[smtp]` key with a raw TOML value (`"1s"` with quotes, `2` without).
     pub fn smtp(mut self, key: &'static str, toml_value: impl Into<String>) -> Self {
         self.smtp.push((key, toml_value.into()));
+        self
+    }
+
+    /// Adds a `[backend]` key with a raw TOML value.
+    pub fn backend(mut self, key: &'static str, toml_value: impl Into<String>) -> Self {
+        self.backend.push((key, toml_value.into()));
         self
     }
 
@@ -231,6 +240,9 @@ impl Gateway {
                 .map(|(addr, id)| format!("{{ address = \"{addr}\", identity = \"{id}\" }}"))
                 .collect();
             let _ = writeln!(toml, "\n[backend]\nservers = [{}]", servers.join(", "));
+            for (key, value) in &spec.backend {
+                let _ = writeln!(toml, "{key} = {value}");
+            }
             let _ = writeln!(toml, "\n[relay]\n{}", spec.relay);
             toml.push_str(&spec.extra);
             // Every gateway keeps its state in its own directory unless the test chose a store.

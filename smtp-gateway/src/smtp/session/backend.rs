@@ -13,6 +13,9 @@ use crate::smtp::{
     reply::Reply,
 };
 
+/// The client's reply when the backend failed mid-session.
+const BACKEND_LOST: &str = "4.4.2 Mail service temporarily unavailable, try again later";
+
 impl Session {
     /// What the backend is told about the client.
     pub(super) fn identity(&self) -> ClientIdentity {
@@ -84,10 +87,7 @@ impl Session {
         self.txn = None;
         // The rest of the client's group is answered 503 because of this 4xx: not its error.
         self.excuse_group();
-        self.reply(Reply::new(
-            451,
-            "4.4.2 Mail service temporarily unavailable, try again later",
-        ));
+        self.reply(Reply::new(451, BACKEND_LOST));
         Flow::Continue
     }
 
@@ -99,7 +99,8 @@ impl Session {
                 Some(backend) => backend.pipelined_reply().await,
                 None => Err(BackendError::Closed),
             };
-            match pipeline::settle(awaiting, self.txn.is_some(), reply) {
+            let open = self.txn.as_ref().is_some_and(|t| t.refused.is_none());
+            match pipeline::settle(awaiting, open, reply) {
                 Settled::Opened { from, reply } => {
                     self.sender = Some(from);
                     self.excused_503s = 0;
@@ -122,6 +123,11 @@ impl Session {
                         tracing::warn!(client = %self.client, error = %e, "backend failed after a refused MAIL; reconnecting at the next one");
                         self.backend = None;
                     }
+                    if let Some(refusal) = self.txn.as_ref().and_then(|t| t.refused.clone()) {
+                        // The refusal of the MAIL the gateway had answered itself.
+                        self.reply(refusal);
+                        continue;
+                    }
                     self.reply(Reply::new(503, "5.5.1 Need MAIL before RCPT"));
                     if let Some(flow) = self.no_transaction_error(false) {
                         self.pipeline.clear();
@@ -130,6 +136,21 @@ impl Session {
                 }
                 Settled::Lost(e) => {
                     let _ = self.backend_lost(e);
+                }
+                Settled::HeldOpened { from } => {
+                    self.sender = Some(from);
+                }
+                Settled::HeldRefused(reply) => {
+                    if let Some(txn) = self.txn.as_mut() {
+                        txn.refused = Some(reply);
+                    }
+                }
+                Settled::HeldLost(e) => {
+                    tracing::error!(client = %self.client, error = %e, "backend failed");
+                    self.backend = None;
+                    if let Some(txn) = self.txn.as_mut() {
+                        txn.refused = Some(Reply::new(451, BACKEND_LOST));
+                    }
                 }
             }
         }
@@ -141,7 +162,10 @@ impl Session {
     /// delivered message: see [`Backend::shareable`]); otherwise ends it with QUIT.
     pub(super) async fn release_backend(&mut self, backend: Backend) {
         let cfg = &self.shared.config.backend;
-        let idle = self.txn.is_none() && self.pipeline.is_empty() && !self.authenticated();
+        // A transaction whose MAIL is held or was refused is not the backend's.
+        let idle = self.txn.as_ref().is_none_or(|t| !t.at_backend())
+            && self.pipeline.is_empty()
+            && !self.authenticated();
         let unkept = if idle && backend.shareable() && cfg.pool_size > 0 {
             self.shared
                 .backend_pool

@@ -23,7 +23,7 @@ impl Session {
         // session is kept (a client repeating EHLO must not cost the backend a connection each
         // time) unless it carries a login: whether the backend keeps that across EHLO is its
         // own business, so the client starts again unauthenticated on a new one.
-        let had_txn = self.txn.take().is_some();
+        let had_txn = self.txn.take().is_some_and(|t| t.at_backend());
         if self.backend.as_ref().is_some_and(Backend::authenticated) {
             if let Some(b) = self.backend.take() {
                 b.quit().await;

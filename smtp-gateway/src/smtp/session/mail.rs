@@ -2,7 +2,8 @@
 //! requires it, the message cap, the declared `SIZE=`, the client address's reputation and DNSBL
 //! score and its name (FCrDNS; collected here, once), SPF (`dns_checks.rs`), the sender lists, the
 //! score thresholds; then the command is forwarded (queued when the backend pipelines and more is
-//! buffered).
+//! buffered), or, when it came alone, answered by the gateway and held for the first recipient
+//! (`backend.mail_with_first_rcpt`).
 //!
 //! A client that pipelines (RFC 2920) sends its RCPTs and DATA before it sees the MAIL reply: when
 //! the MAIL is refused, their `503`s are the consequence of that refusal, not protocol errors.
@@ -28,10 +29,13 @@ impl Session {
                 return flow;
             }
         }
-        if self.txn.is_some() {
+        if self.txn.as_ref().is_some_and(|t| t.refused.is_none()) {
             self.reply(Reply::new(503, "5.5.1 Nested MAIL command"));
             return self.count_error().unwrap_or(Flow::Continue);
         }
+        // A transaction whose held MAIL the backend refused is gone there: the client, which
+        // had a 250 for it and refusals for its recipients, may start the next one at once.
+        self.txn = None;
         // Until this MAIL opens the transaction, the rest of its group is excused.
         self.excuse_group();
         if self.profile.require_auth && !self.authenticated() {
@@ -96,6 +100,18 @@ impl Session {
                 from,
                 ..Transaction::default()
             });
+            return Flow::Continue;
+        }
+        if backend.pipelining() && self.shared.config.backend.mail_with_first_rcpt {
+            // Sent with the first recipient that passes the gateway's checks (`rcpt.rs`); its
+            // reply is settled with that recipient's.
+            self.txn = Some(Transaction {
+                from,
+                held_mail: Some(raw.into()),
+                ..Transaction::default()
+            });
+            self.excused_503s = 0;
+            self.reply(Reply::new(250, "2.1.0 Ok"));
             return Flow::Continue;
         }
         match backend.command(raw).await {

@@ -100,6 +100,20 @@ struct Transaction {
     /// The forged `Authentication-Results` filter of a chunked message, from its first chunk
     /// (`bdat.rs`; `None` when `[auth_results]` has nothing to add).
     chunk_headers: Option<crate::smtp::chunk_headers::ChunkHeaders>,
+    /// The MAIL FROM line the gateway answered itself and has not sent yet: it goes to the
+    /// backend with the first recipient (`backend.mail_with_first_rcpt`, `mail.rs`).
+    held_mail: Option<Box<[u8]>>,
+    /// What the backend answered that held MAIL when it refused it (or `451` when it failed on
+    /// it): the reply of every RCPT of this transaction, which the backend does not have.
+    refused: Option<Reply>,
+}
+
+impl Transaction {
+    /// The backend has this transaction (or is assumed to while its MAIL reply is awaited):
+    /// its MAIL was sent and not refused.
+    fn at_backend(&self) -> bool {
+        self.held_mail.is_none() && self.refused.is_none()
+    }
 }
 
 /// How a transaction's message text is sent, once the client chose.

@@ -28,6 +28,11 @@ impl Session {
             self.reply(Reply::new(503, "5.5.1 Need MAIL before RCPT"));
             return self.no_transaction_error(false).unwrap_or(Flow::Continue);
         };
+        if let Some(refusal) = txn.refused.clone() {
+            // The backend refused the sender the gateway had answered 250 (`mail.rs`).
+            self.reply(refusal);
+            return Flow::Continue;
+        }
         txn.tried += 1;
         if txn.tried > self.shared.config.smtp.max_recipients {
             self.reply(Reply::new(452, "4.5.3 Too many recipients"));
@@ -62,6 +67,15 @@ impl Session {
             self.reply(Reply::new(503, "5.5.1 Need MAIL before RCPT"));
             return Flow::Continue;
         };
+        // A MAIL the gateway answered itself goes first, in the same write.
+        if let Some(txn) = self.txn.as_mut()
+            && let Some(mail) = txn.held_mail.take()
+        {
+            backend.queue_command(&mail);
+            self.pipeline.push(Awaiting::HeldMail {
+                from: txn.from.clone(),
+            });
+        }
         // Joins the group when more commands are buffered, and always once replies are awaited
         // (they come in order: this one is read after them).
         if backend.pipelining() && (self.conn.has_line() || !self.pipeline.is_empty()) {
@@ -104,7 +118,8 @@ impl Session {
         let Some(txn) = self.txn.as_ref() else {
             return false;
         };
-        txn.tried < self.shared.config.smtp.max_recipients
+        txn.refused.is_none()
+            && txn.tried < self.shared.config.smtp.max_recipients
             && matches!(self.relay_verdict(to, raw), RelayVerdict::Accept { .. })
             && self.score_refusal().is_none()
             && self.greylist_applies() != Ok(true)
