@@ -2080,6 +2080,13 @@ fn a_pipelined_data_the_backend_lets_in_without_recipients_gets_no_text() {
     assert_replies(&replies, &[(250, "2.1.0"), (250, "2.1.5"), (354, "")], what);
     c.end_data(what, b"Subject: after\r\n\r\nhello\r\n.\r\n", 250);
     c.expect("QUIT", 221);
+    // The postmaster learns why a backend connection was dropped.
+    let warning = ["WARN", "backend let a DATA without recipients in"];
+    assert!(
+        gw.wait_logged(&warning, Duration::from_secs(10)),
+        "no warning logged:\n{}",
+        gw.log()
+    );
     drop(gw);
     let seen = handle.join().expect("scripted backend");
     assert_eq!(seen.len(), 2, "backend sessions: {seen:#?}");
