@@ -96,20 +96,20 @@ impl Session {
             backend.queue_command(raw);
             self.pipeline.push(Awaiting::Mail { from: from.clone() });
             // Assumed open until the reply is settled (a refusal closes it again).
-            self.txn = Some(Transaction {
+            self.txn = Some(Box::new(Transaction {
                 from,
                 ..Transaction::default()
-            });
+            }));
             return Flow::Continue;
         }
         if backend.pipelining() && self.shared.config.backend.mail_with_first_rcpt {
             // Sent with the first recipient that passes the gateway's checks (`rcpt.rs`); its
             // reply is settled with that recipient's.
-            self.txn = Some(Transaction {
+            self.txn = Some(Box::new(Transaction {
                 from,
                 held_mail: Some(raw.into()),
                 ..Transaction::default()
-            });
+            }));
             self.excused_503s = 0;
             self.reply(Reply::new(250, "2.1.0 Ok"));
             return Flow::Continue;
@@ -117,10 +117,10 @@ impl Session {
         match backend.command(raw).await {
             Ok(reply) => {
                 if reply.is_positive() {
-                    self.txn = Some(Transaction {
+                    self.txn = Some(Box::new(Transaction {
                         from: from.clone(),
                         ..Transaction::default()
-                    });
+                    }));
                     self.sender = Some(from);
                     self.excused_503s = 0;
                 }

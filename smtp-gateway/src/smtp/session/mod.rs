@@ -183,8 +183,8 @@ pub struct Session {
     ehlo_answered: bool,
 
     // Transaction.
-    /// The open transaction, if any.
-    txn: Option<Transaction>,
+    /// The open transaction, if any (boxed: an idle session holds only the pointer).
+    txn: Option<Box<Transaction>>,
     /// The last sender the backend accepted, for the session line.
     sender: Option<String>,
     /// Recipients the backend accepted over the session.
