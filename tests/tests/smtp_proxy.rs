@@ -1826,6 +1826,21 @@ fn scripted_backend(
     })
 }
 
+/// QUIT (221), the gateway stopped, and what the scripted backend saw: `sessions` sessions.
+#[track_caller]
+fn quit_and_collect(
+    mut c: Client,
+    gw: Gateway,
+    handle: thread::JoinHandle<Vec<BackendSession>>,
+    sessions: usize,
+) -> Vec<BackendSession> {
+    c.expect("QUIT", 221);
+    drop(gw);
+    let seen = handle.join().expect("scripted backend");
+    assert_eq!(seen.len(), sessions, "backend sessions: {seen:#?}");
+    seen
+}
+
 /// Reads whatever is available now (nothing blocks).
 fn read_available(stream: &mut TcpStream, buf: &mut Vec<u8>) {
     stream.set_nonblocking(true).expect("nonblocking");
@@ -1985,10 +2000,7 @@ fn pipelined_group_reaches_the_backend_in_one_write() {
         ],
         "pipelined group after a refused MAIL",
     );
-    c.expect("QUIT", 221);
-    drop(gw);
-    let seen = handle.join().expect("scripted backend");
-    assert_eq!(seen.len(), 2, "backend sessions: {seen:#?}");
+    let seen = quit_and_collect(c, gw, handle, 2);
     assert_eq!(
         seen[0].before_mail_reply,
         [
@@ -2029,10 +2041,7 @@ fn a_pipelined_group_ending_in_data_reaches_the_backend_in_one_write_with_it() {
     );
     assert_replies(&replies, &[(250, "2.1.0"), (250, "2.1.5"), (354, "")], what);
     c.end_data(what, b"Subject: one write\r\n\r\nhello\r\n.\r\n", 250);
-    c.expect("QUIT", 221);
-    drop(gw);
-    let seen = handle.join().expect("scripted backend");
-    assert_eq!(seen.len(), 1, "backend sessions: {seen:#?}");
+    let seen = quit_and_collect(c, gw, handle, 1);
     assert_eq!(
         seen[0].before_mail_reply,
         ["RCPT TO:<a@example.org>", "DATA"],
@@ -2165,10 +2174,7 @@ fn a_mail_sent_alone_reaches_the_backend_with_the_first_recipient() {
     let what = "the next transaction, without RSET";
     c.open_data(what, "c");
     c.end_data(what, b"Subject: after\r\n\r\nhello\r\n.\r\n", 250);
-    c.expect("QUIT", 221);
-    drop(gw);
-    let seen = handle.join().expect("scripted backend");
-    assert_eq!(seen.len(), 1, "backend sessions: {seen:#?}");
+    let seen = quit_and_collect(c, gw, handle, 1);
     assert_eq!(
         seen[0].commands[1..9],
         [
@@ -2210,10 +2216,7 @@ fn a_mail_sent_alone_waits_for_the_backend_when_asked_to() {
     );
     c.open_data(what, "a");
     c.end_data(what, b"Subject: waited\r\n\r\nhello\r\n.\r\n", 250);
-    c.expect("QUIT", 221);
-    drop(gw);
-    let seen = handle.join().expect("scripted backend");
-    assert_eq!(seen.len(), 1, "backend sessions: {seen:#?}");
+    let seen = quit_and_collect(c, gw, handle, 1);
     assert!(
         seen[0].before_mail_reply.is_empty(),
         "a command went before the MAIL reply: {seen:#?}"
