@@ -2174,7 +2174,25 @@ fn a_mail_sent_alone_reaches_the_backend_with_the_first_recipient() {
     let what = "the next transaction, without RSET";
     c.open_data(what, "c");
     c.end_data(what, b"Subject: after\r\n\r\nhello\r\n.\r\n", 250);
-    let seen = quit_and_collect(c, gw, handle, 1);
+
+    // A held MAIL the client resets with a new EHLO never reached the backend: nothing to
+    // reset there either.
+    let what = "a held MAIL, then EHLO";
+    c.step(what, "MAIL FROM:<later@example.net>", 250);
+    c.step(what, "EHLO mx.example.net", 250);
+    let seen = quit_and_collect(c, gw, handle, 2);
+    assert!(
+        !seen
+            .iter()
+            .flat_map(|s| &s.commands)
+            .any(|l| l == "RSET" || l.contains("later@")),
+        "the backend saw the held MAIL or a reset for it: {seen:#?}"
+    );
+    assert_eq!(
+        seen[1].commands.first().map(String::as_str),
+        Some("EHLO mx.example.net"),
+        "the new EHLO is replayed: {seen:#?}"
+    );
     assert_eq!(
         seen[0].commands[1..9],
         [

@@ -386,6 +386,30 @@ mod tests {
     }
 
     #[test]
+    fn a_held_mail_is_never_relayed_and_only_a_refusal_becomes_the_recipients_reply() {
+        let held = || Awaiting::HeldMail { from: "a@b".into() };
+        let s = settle(held(), true, Ok(Reply::new(250, "2.1.0 Ok")));
+        assert!(matches!(s, Settled::HeldOpened { from } if from == "a@b"));
+        for code in [450, 451, 550, 553] {
+            let s = settle(held(), true, Ok(Reply::new(code, "refused")));
+            assert!(
+                matches!(s, Settled::HeldRefused(r) if r.code == code),
+                "{code}"
+            );
+        }
+        // A 354 (or any non-refusal) to MAIL is a broken backend: never a recipient's reply.
+        for code in [150, 354] {
+            let s = settle(held(), true, Ok(Reply::new(code, "odd")));
+            assert!(
+                matches!(s, Settled::HeldLost(BackendError::Protocol(_))),
+                "{code}"
+            );
+        }
+        let s = settle(held(), true, Err(BackendError::Closed));
+        assert!(matches!(s, Settled::HeldLost(BackendError::Closed)));
+    }
+
+    #[test]
     fn a_rcpt_without_transaction_is_never_relayed() {
         let s = settle(Awaiting::Rcpt, false, Ok(Reply::new(250, "2.1.5 Ok")));
         assert!(matches!(s, Settled::NoTransaction { discarded: Ok(()) }));

@@ -99,7 +99,7 @@ impl Session {
                 Some(backend) => backend.pipelined_reply().await,
                 None => Err(BackendError::Closed),
             };
-            let open = self.txn.as_ref().is_some_and(|t| t.refused.is_none());
+            let open = self.txn.as_ref().is_some_and(|t| t.open());
             match pipeline::settle(awaiting, open, reply) {
                 Settled::Opened { from, reply } => {
                     self.sender = Some(from);

@@ -29,7 +29,7 @@ impl Session {
                 return flow;
             }
         }
-        if self.txn.as_ref().is_some_and(|t| t.refused.is_none()) {
+        if self.txn.as_ref().is_some_and(|t| t.open()) {
             self.reply(Reply::new(503, "5.5.1 Nested MAIL command"));
             return self.count_error().unwrap_or(Flow::Continue);
         }

@@ -114,6 +114,11 @@ impl Transaction {
     fn at_backend(&self) -> bool {
         self.held_mail.is_none() && self.refused.is_none()
     }
+
+    /// Open for recipients: the backend did not refuse its held MAIL.
+    fn open(&self) -> bool {
+        self.refused.is_none()
+    }
 }
 
 /// How a transaction's message text is sent, once the client chose.

@@ -118,7 +118,7 @@ impl Session {
         let Some(txn) = self.txn.as_ref() else {
             return false;
         };
-        txn.refused.is_none()
+        txn.open()
             && txn.tried < self.shared.config.smtp.max_recipients
             && matches!(self.relay_verdict(to, raw), RelayVerdict::Accept { .. })
             && self.score_refusal().is_none()
