@@ -18,7 +18,9 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::TcpStream,
 };
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_rustls::TlsAcceptor;
+
+use super::tls_accept::{self, ClientTls};
 
 use super::slots::Idle;
 
@@ -119,7 +121,7 @@ pub trait MemoryStream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<S: AsyncRead + AsyncWrite + Send + Unpin> MemoryStream for S {}
 
 /// The client side of a session.
-pub type Stream = MaybeTls<TlsStream<TcpStream>>;
+pub type Stream = MaybeTls<ClientTls>;
 
 impl Stream {
     /// Ends a TLS session with a close_notify (flushed); a plain stream has nothing to say. The
@@ -578,9 +580,7 @@ impl Connection {
         let MaybeTls::Plain(tcp) = std::mem::replace(&mut self.stream, MaybeTls::Upgrading) else {
             return Err(io::Error::other("STARTTLS on a stream that is not plain"));
         };
-        let tls = tokio::time::timeout(timeout, acceptor.accept(tcp))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        let tls = tls_accept::accept(acceptor, tcp, timeout, tls_accept::Next::ClientEhlo).await?;
         self.stream = MaybeTls::Tls(Box::new(tls));
         Ok(())
     }
@@ -679,7 +679,12 @@ mod tests {
         let (peer, sock) = loopback_pair().await;
         let (client, server) = tokio::join!(
             client.connector.connect(client.server_name, peer),
-            acceptor.accept(sock)
+            tls_accept::accept(
+                &acceptor,
+                sock,
+                Duration::from_secs(5),
+                tls_accept::Next::ClientEhlo
+            )
         );
         let conn = Connection::new(
             MaybeTls::Tls(Box::new(server.expect("server handshake"))),
@@ -719,14 +724,14 @@ mod tests {
             panic!("not a TLS stream");
         };
         // As the accept loop does: every write is a segment of its own.
-        tls.get_ref().0.set_nodelay(true).expect("nodelay");
-        let before = data_segments_out(tls.get_ref().0);
+        tls.get_ref().0.tcp().set_nodelay(true).expect("nodelay");
+        let before = data_segments_out(tls.get_ref().0.tcp());
         conn.queue(b"221 2.0.0 Bye\r\n");
         conn.shutdown().await;
         let MaybeTls::Tls(tls) = &conn.stream else {
             panic!("not a TLS stream");
         };
-        let sent = data_segments_out(tls.get_ref().0) - before;
+        let sent = data_segments_out(tls.get_ref().0.tcp()) - before;
         assert_eq!(sent, 1, "one write for the 221 and the close_notify");
         drop(conn);
         let mut client = client;

@@ -51,6 +51,7 @@ pub mod slots;
 mod test_peers;
 pub mod text;
 pub mod tls;
+pub mod tls_accept;
 
 use tokio_rustls::TlsAcceptor;
 

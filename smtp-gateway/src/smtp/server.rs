@@ -19,6 +19,7 @@ use super::{
     session::Session,
     session_guard,
     slots::{Idle, Slots},
+    tls_accept,
 };
 
 /// Why the proxy could not start.
@@ -256,19 +257,22 @@ async fn run_session(
             return;
         };
         // Boxed, as the session is below: a handshake's state is not kept for the session's life.
-        let handshake = Box::pin(acceptor.accept(tcp));
-        match tokio::time::timeout(shared.config.smtp.command_timeout, handshake).await {
-            Ok(Ok(tls)) => {
+        let handshake = Box::pin(tls_accept::accept(
+            &acceptor,
+            tcp,
+            shared.config.smtp.command_timeout,
+            tls_accept::Next::Banner,
+        ));
+        match handshake.await {
+            Ok(tls) => {
                 shared.metrics.tls_handshake(true);
                 MaybeTls::Tls(Box::new(tls))
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 shared.metrics.tls_handshake(false);
-                tracing::info!(%client, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                shared.metrics.tls_handshake(false);
+                if e.kind() != std::io::ErrorKind::TimedOut {
+                    tracing::info!(%client, error = %e, "TLS handshake failed");
+                }
                 return;
             }
         }
