@@ -659,7 +659,11 @@ mod tests {
             .expect("params")
             .self_signed(&key)
             .expect("cert");
-        let dir = std::env::temp_dir().join(format!("conn-tls-{}", std::process::id()));
+        // A directory of its own per call: tests run in parallel, and one removing a shared
+        // directory while another read its key failed that one now and then.
+        static PAIRS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = PAIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("conn-tls-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let (certificate, private_key) = (dir.join("cert.pem"), dir.join("key.pem"));
         std::fs::write(&certificate, cert.pem()).expect("write cert");

@@ -230,11 +230,10 @@ mod tests {
             .expect("params")
             .self_signed(&key)
             .expect("cert");
-        let dir = std::env::temp_dir().join(format!(
-            "tls-accept-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
+        // A directory of its own per call (tests run in parallel and remove theirs).
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tls-accept-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let (certificate, private_key) = (dir.join("cert.pem"), dir.join("key.pem"));
         std::fs::write(&certificate, cert.pem()).expect("write cert");
