@@ -633,56 +633,16 @@ fn stalled_error() -> io::Error {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{super::test_peers::loopback_pair, *};
 
-    /// Both ends of a loopback TCP connection: the peer (the client) and the accepted side.
-    async fn loopback_pair() -> (TcpStream, TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let peer = TcpStream::connect(addr).await.expect("connect");
-        let (sock, _) = listener.accept().await.expect("accept");
-        (peer, sock)
-    }
-
-    /// A TLS session over loopback, with the gateway's own acceptor and backend connector (a
-    /// self-signed certificate for `mx.example.net`, trusted as the CA): the client's stream and
-    /// the session's connection.
+    /// A TLS 1.3 session over loopback, with the gateway's own acceptor
+    /// (`test_peers::tls_peers`): the client's stream and the session's connection.
     async fn tls_pair() -> (tokio_rustls::client::TlsStream<TcpStream>, Connection) {
-        use super::super::{
-            config::{BackendTls, TlsConfig},
-            tls,
-        };
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = rcgen::CertificateParams::new(vec!["mx.example.net".to_string()])
-            .expect("params")
-            .self_signed(&key)
-            .expect("cert");
-        // A directory of its own per call: tests run in parallel, and one removing a shared
-        // directory while another read its key failed that one now and then.
-        static PAIRS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = PAIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("conn-tls-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let (certificate, private_key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        std::fs::write(&certificate, cert.pem()).expect("write cert");
-        std::fs::write(&private_key, key.serialize_pem()).expect("write key");
-        let acceptor = tls::acceptor(&TlsConfig {
-            certificate: certificate.clone(),
-            private_key,
-        })
-        .expect("acceptor");
-        let backend = BackendTls {
-            ca: certificate,
-            server_name: Some("mx.example.net".into()),
-        };
-        let client = tls::backend_connector(&backend, std::net::Ipv4Addr::LOCALHOST.into())
-            .expect("connector");
-        let _ = std::fs::remove_dir_all(&dir);
+        use super::super::test_peers::{tls_name, tls_peers};
+        let (acceptor, connector) = tls_peers(&rustls::version::TLS13);
         let (peer, sock) = loopback_pair().await;
         let (client, server) = tokio::join!(
-            client.connector.connect(client.server_name, peer),
+            connector.connect(tls_name(), peer),
             tls_accept::accept(
                 &acceptor,
                 sock,

@@ -1,8 +1,19 @@
 //! Peers for the relay unit tests (`text.rs`, `chunk.rs`, `auth_results.rs`): a backend on
 //! loopback that records what it is sent, a real backend session on it, and a client
-//! connection whose bytes a task writes. Compiled for tests only.
+//! connection whose bytes a task writes; for the TLS tests (`connection.rs`, `tls_accept.rs`),
+//! the gateway's acceptor and a client that trusts it. Compiled for tests only.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use rustls::pki_types::ServerName;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -12,10 +23,66 @@ use tokio::{
 
 use crate::smtp::{
     backend::Backend,
-    config::{BackendConfig, BackendServer, ConnectAt, Identity},
+    config::{BackendConfig, BackendServer, ConnectAt, Identity, TlsConfig},
     connection::{Connection, MaybeTls},
     identity::ClientIdentity,
+    tls,
 };
+
+/// The name in the TLS peers' certificate.
+pub(crate) const TLS_NAME: &str = "mx.example.net";
+
+/// The gateway's acceptor (`tls::acceptor`, reading PEM files as the daemon does) for a fresh
+/// self-signed certificate for [`TLS_NAME`], and a client that trusts it, speaks only `version`
+/// and keeps the tickets it gets (rustls's in-memory store). The files go into a directory of
+/// their own per call, removed before this returns: tests run in parallel, and a shared one
+/// removed by one test while another read its key failed that one now and then.
+pub(crate) fn tls_peers(
+    version: &'static rustls::SupportedProtocolVersion,
+) -> (TlsAcceptor, TlsConnector) {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec![TLS_NAME.to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let n = CALLS.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("sgw-tls-peers-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (certificate, private_key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&certificate, cert.pem()).expect("write cert");
+    std::fs::write(&private_key, key.serialize_pem()).expect("write key");
+    let acceptor = tls::acceptor(&TlsConfig {
+        certificate,
+        private_key,
+    })
+    .expect("acceptor");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).expect("root");
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[version])
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    (acceptor, TlsConnector::from(Arc::new(client)))
+}
+
+/// Both ends of a loopback TCP connection: the peer (the client) and the accepted side.
+pub(crate) async fn loopback_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (peer, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    let (sock, _) = accepted.expect("accept");
+    (peer.expect("connect"), sock)
+}
+
+/// [`TLS_NAME`] as the name a TLS client checks.
+pub(crate) fn tls_name() -> ServerName<'static> {
+    ServerName::try_from(TLS_NAME).expect("name")
+}
 
 /// When the recording backend stops recording.
 #[derive(Debug, Clone, Copy)]

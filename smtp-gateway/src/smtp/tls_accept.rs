@@ -211,72 +211,25 @@ fn timed_out() -> io::Error {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use rustls::{HandshakeKind, pki_types::ServerName};
+    use rustls::HandshakeKind;
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
     use tokio_rustls::TlsConnector;
 
     use super::*;
-    use crate::smtp::{config::TlsConfig, tls};
-
-    /// The gateway's acceptor for a self-signed `mx.example.net`, and a client trusting it that
-    /// speaks only `version` and keeps the tickets it gets (rustls's in-memory store).
-    fn endpoints(
-        version: &'static rustls::SupportedProtocolVersion,
-    ) -> (TlsAcceptor, TlsConnector) {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = rcgen::CertificateParams::new(vec!["mx.example.net".to_string()])
-            .expect("params")
-            .self_signed(&key)
-            .expect("cert");
-        // A directory of its own per call (tests run in parallel and remove theirs).
-        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("tls-accept-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let (certificate, private_key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        std::fs::write(&certificate, cert.pem()).expect("write cert");
-        std::fs::write(&private_key, key.serialize_pem()).expect("write key");
-        let acceptor = tls::acceptor(&TlsConfig {
-            certificate,
-            private_key,
-        })
-        .expect("acceptor");
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert.der().clone()).expect("root");
-        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[version])
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        (acceptor, TlsConnector::from(Arc::new(client)))
-    }
+    use crate::smtp::test_peers::{loopback_pair, tls_name, tls_peers as endpoints};
 
     /// A loopback connection: the client's socket and the accepted one, which writes every
     /// write as a segment of its own, as the accept loop's sockets do.
     async fn loopback() -> (TcpStream, TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (peer, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let (sock, _) = accepted.expect("accept");
+        let (peer, sock) = loopback_pair().await;
         sock.set_nodelay(true).expect("nodelay");
-        (peer.expect("connect"), sock)
+        (peer, sock)
     }
 
     fn data_segments_out(tcp: &TcpStream) -> u32 {
         smtp_gateway_test_kit::tcp_info::data_segments(tcp)
             .expect("TCP_INFO")
             .0
-    }
-
-    fn name() -> ServerName<'static> {
-        ServerName::try_from("mx.example.net").expect("name")
     }
 
     /// One session: the handshake, then either the server's banner (implicit TLS) or the
@@ -314,7 +267,7 @@ mod tests {
         };
         let client = async {
             let mut tls = connector
-                .connect(name(), peer)
+                .connect(tls_name(), peer)
                 .await
                 .expect("client handshake");
             if client_speaks_first {
