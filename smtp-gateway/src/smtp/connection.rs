@@ -20,9 +20,10 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 
-use super::tls_accept::{self, ClientTls};
-
-use super::slots::Idle;
+use super::{
+    slots::Idle,
+    tls_accept::{self, ClientTls},
+};
 
 /// Input buffer of a session reading commands: commands fit. It is allocated when input has
 /// arrived and given back between commands ([`Connection::shrink_idle`]): an idle session holds

@@ -63,8 +63,9 @@ impl Corked {
         }
     }
 
-    /// The socket.
-    pub fn tcp(&self) -> &TcpStream {
+    /// The socket (the tests read its TCP_INFO).
+    #[cfg(test)]
+    pub(crate) fn tcp(&self) -> &TcpStream {
         &self.tcp
     }
 
