@@ -169,12 +169,13 @@ impl BackendPool {
         if held >= per_server {
             return Some(backend);
         }
-        idle.push(Idle {
-            backend,
-            expires: Instant::now() + max_idle,
-        });
+        let expires = Instant::now() + max_idle;
+        let earliest = due_first(&idle, expires);
+        idle.push(Idle { backend, expires });
         drop(idle);
-        self.added.notify_one();
+        if earliest {
+            self.added.notify_one();
+        }
         None
     }
 
@@ -227,6 +228,13 @@ impl BackendPool {
     }
 }
 
+/// Whether a connection idle until `expires` is due before every one in `idle`: only then must
+/// the sweeper, asleep until the earliest of those (or for good when there are none), be woken.
+/// Every other session's hand-back would wake it, often on another runtime worker, for nothing.
+fn due_first(idle: &[Idle], expires: Instant) -> bool {
+    idle.iter().all(|i| expires < i.expires)
+}
+
 /// QUITs `backends` in a task of their own (the caller is a session that must not wait).
 fn quit_in_background(backends: Vec<Backend>) {
     if backends.is_empty() {
@@ -237,4 +245,40 @@ fn quit_in_background(backends: Vec<Backend>) {
             backend.quit().await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::FutureExt;
+
+    use super::BackendPool;
+    use crate::smtp::test_peers::{answering_backend, backend_session};
+
+    /// Whether the sweeper would be woken now (takes the wake-up).
+    fn sweeper_woken(pool: &BackendPool) -> bool {
+        pool.added.notified().now_or_never().is_some()
+    }
+
+    #[tokio::test]
+    async fn only_a_connection_due_before_every_other_wakes_the_sweeper() {
+        let server = answering_backend().await;
+        let pool = BackendPool::new();
+        let long = Duration::from_secs(300);
+        let put = |backend, max_idle| assert!(pool.put(backend, 8, max_idle).is_none());
+        put(backend_session(server).await, long);
+        assert!(
+            sweeper_woken(&pool),
+            "the first one: the sweeper slept for good"
+        );
+        // Handed back later with the same pool_idle: due after the first, whose time the
+        // sweeper already waits for.
+        put(backend_session(server).await, long);
+        assert!(!sweeper_woken(&pool), "woken for a later connection");
+        // A reload shortened pool_idle: this one is due first.
+        put(backend_session(server).await, Duration::from_secs(1));
+        assert!(sweeper_woken(&pool), "not woken for an earlier connection");
+        assert_eq!(pool.len(), 3);
+    }
 }

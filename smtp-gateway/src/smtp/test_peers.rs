@@ -130,6 +130,27 @@ pub(crate) async fn recording_backend(until: Until) -> (SocketAddr, JoinHandle<V
     (addr, recorder)
 }
 
+/// A backend on loopback that greets every connection and answers `250` to whatever it is sent,
+/// until the connection closes: for tests that need several backend sessions to one server.
+pub(crate) async fn answering_backend() -> SocketAddr {
+    let server = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = server.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = server.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"220 b ESMTP\r\n").await;
+                let mut buf = vec![0u8; 512];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(b"250 b\r\n").await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
 /// A backend session on `address` (no identity, connected as if at MAIL), for a client that
 /// said `EHLO c` from 127.0.0.1.
 pub(crate) async fn backend_session(address: SocketAddr) -> Backend {
