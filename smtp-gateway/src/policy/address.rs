@@ -87,6 +87,12 @@ pub fn policy_path(line: &[u8], parsed: &str) -> String {
 /// not UTF-8 is judged on its route like any other. `None` when the line has no `<...>`.
 pub fn raw_path(line: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(line);
+    split_path(&text).map(|(path, _)| path.to_string())
+}
+
+/// A MAIL/RCPT line's text split at its path: what is between `<` and the `>` closing it (quotes
+/// respected), and what follows (the ESMTP parameters).
+fn split_path(text: &str) -> Option<(&str, &str)> {
     let (_, after) = text.split_once('<')?;
     let mut quoted = false;
     let mut escaped = false;
@@ -95,11 +101,34 @@ pub fn raw_path(line: &[u8]) -> Option<String> {
             _ if escaped => escaped = false,
             '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
-            '>' if !quoted => return after.get(..i).map(str::to_string),
+            '>' if !quoted => return Some((after.get(..i)?, after.get(i + 1..)?)),
             _ => {}
         }
     }
     None
+}
+
+/// The message size a MAIL line declares (`SIZE=`, RFC 1870), read from the parameters after
+/// its path, any case; a value past `u64::MAX` reads as `u64::MAX`. `None` without a `SIZE=`
+/// of digits. smtp-proto 0.2.5 keeps only the digits that follow once its value saturated
+/// (`SIZE=` and 26 nines reads as 999,999), and reads no parameter of an address-literal path
+/// ([`literal_path`]): the declared size is taken from here.
+pub fn declared_size(line: &[u8]) -> Option<u64> {
+    let text = String::from_utf8_lossy(line);
+    let (_, parameters) = split_path(&text)?;
+    parameters.split_ascii_whitespace().find_map(|parameter| {
+        let (key, value) = parameter.split_once('=')?;
+        if !key.eq_ignore_ascii_case("SIZE")
+            || value.is_empty()
+            || !value.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        Some(value.bytes().fold(0u64, |size, digit| {
+            size.saturating_mul(10)
+                .saturating_add(u64::from(digit - b'0'))
+        }))
+    })
 }
 
 /// smtp-proto refuses address literals in paths (`user@[198.51.100.7]`), which RFC 5321 4.1.2
@@ -301,6 +330,38 @@ pub fn check_domain_syntax(name: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_declared_size_is_read_after_the_path_and_saturates() {
+        let cases: [(&[u8], Option<u64>); 11] = [
+            (b"MAIL FROM:<a@example.net> SIZE=1000\r\n", Some(1000)),
+            (b"MAIL FROM:<a@example.net> BODY=8BITMIME size=5", Some(5)),
+            (
+                b"MAIL FROM:<a@example.net> SIZE=99999999999999999999999999",
+                Some(u64::MAX),
+            ),
+            (
+                b"MAIL FROM:<a@example.net> SIZE=000000000000000000000000060000000",
+                Some(60_000_000),
+            ),
+            (b"MAIL FROM:<a@[198.18.0.7]> SIZE=7", Some(7)),
+            (b"MAIL FROM:<a@example.net> AUTH=<> SIZE=7", Some(7)),
+            (b"MAIL FROM:<\xff@example.net> SIZE=7", Some(7)),
+            // Inside the path, a quoted local part's text is no parameter.
+            (b"MAIL FROM:<\"x> SIZE=9\"@example.net> BODY=7BIT", None),
+            (b"MAIL FROM:<a@example.net> SIZE=", None),
+            (b"MAIL FROM:<a@example.net> SIZE=12a", None),
+            (b"MAIL FROM:<a@example.net>", None),
+        ];
+        for (line, size) in cases {
+            assert_eq!(
+                declared_size(line),
+                size,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
 
     #[test]
     fn raw_paths_keep_what_the_parser_drops() {

@@ -13,6 +13,7 @@ use smtp_proto::MailFrom;
 use super::{CheckEffect, Flow, Session, Transaction};
 use crate::{
     checks::Check,
+    policy::address,
     smtp::{pipeline::Awaiting, reply::Reply},
 };
 
@@ -43,7 +44,7 @@ impl Session {
             return self.count_error().unwrap_or(Flow::Continue);
         }
         let max_size = self.shared.config.smtp.max_message_size;
-        if u64::try_from(mail.size).is_ok_and(|size| size > max_size) {
+        if address::declared_size(raw).is_some_and(|size| size > max_size) {
             // RFC 1870 section 6.1: refused at once, not after the text.
             self.reply(Reply::new(
                 552,
