@@ -101,7 +101,7 @@ impl Session {
                 Flow::Continue
             }
             Err(e) => {
-                self.reply(Reply::new(501, syntax_error_text(e)));
+                self.reply(syntax_error_reply(e));
                 self.count_error().unwrap_or(Flow::Continue)
             }
         }
@@ -248,18 +248,20 @@ fn literal_path_request(line: &[u8]) -> Option<Request<String>> {
     })
 }
 
-/// The `501` text for a line smtp-proto could not parse.
-fn syntax_error_text(e: ParseError) -> String {
-    match e {
+/// The reply to a line smtp-proto could not parse: `501`, but `555` for a MAIL or RCPT parameter
+/// the server does not know (RFC 5321 section 4.1.1.11; Postfix: "555 5.5.4 Unsupported option").
+fn syntax_error_reply(e: ParseError) -> Reply {
+    let text = match e {
         ParseError::SyntaxError { syntax } => format!("5.5.4 Syntax: {syntax}"),
         ParseError::InvalidSenderAddress => "5.1.7 Invalid sender address".into(),
         ParseError::InvalidRecipientAddress => "5.1.3 Invalid recipient address".into(),
         ParseError::InvalidParameter { param } => format!("5.5.4 Invalid parameter {param}"),
         ParseError::UnsupportedParameter { param } => {
-            format!("5.5.4 Unsupported parameter {param}")
+            return Reply::new(555, format!("5.5.4 Unsupported parameter {param}"));
         }
         _ => "5.5.2 Syntax error".into(),
-    }
+    };
+    Reply::new(501, text)
 }
 
 /// A RCPT line, or a bare DATA, that no line-level check fires on: the only lines that can be
@@ -331,7 +333,7 @@ fn non_smtp_start(start: &[u8]) -> Option<&'static str> {
 mod tests {
     use smtp_proto::{Error as ParseError, Request};
 
-    use super::{non_smtp, non_smtp_start, parse_command};
+    use super::{non_smtp, non_smtp_start, parse_command, syntax_error_reply};
     use crate::smtp::connection::{Ending, Line};
 
     fn line(text: &str) -> Line {
@@ -342,6 +344,27 @@ mod tests {
             nul: false,
             too_long: false,
         }
+    }
+
+    #[test]
+    fn an_unknown_parameter_gets_555_and_a_bad_value_501() {
+        let reply = |text: &str| match parse_command(&line(text)) {
+            Err(e) => syntax_error_reply(e),
+            other => panic!("{text}: parsed as {other:?}"),
+        };
+        for text in [
+            "RCPT TO:<b@example.org> FOO=BAR",
+            "MAIL FROM:<a@example.net> XYZZY",
+        ] {
+            let r = reply(text);
+            assert_eq!(
+                (r.code, r.to_wire().contains("5.5.4")),
+                (555, true),
+                "{text}"
+            );
+        }
+        assert_eq!(reply("MAIL FROM:<a@example.net> SIZE=ABC").code, 501);
+        assert_eq!(reply("RCPT TO:<b@example.org> NOTIFY=MAYBE").code, 501);
     }
 
     #[test]
