@@ -348,6 +348,91 @@ fn at_capacity_an_idle_session_of_the_largest_source_makes_room_for_a_new_client
     gw.wait_log("idle session closed to make room for a new client");
 }
 
+/// A gateway with TLS on a listener of `kind` and two slots, whose sessions make room after
+/// one second of waiting for their client.
+fn two_slot_tls_gateway(tag: &str, kind: &str) -> Gateway {
+    let (backend, _seen) = peers::scripted_backend_on_loopback(0);
+    Gateway::start_tls_with_backend(
+        tag,
+        backend,
+        kind,
+        "max_connections = 2\nmax_connections_per_source = 2\nevict_idle_after = \"1s\"\n\
+         command_timeout = \"60s\"",
+        "pool_size = 0",
+    )
+}
+
+/// A connection from 127.0.0.2 that never starts its TLS handshake (`starttls`: after asking
+/// for it with EHLO and STARTTLS).
+fn stalled_handshake(port: u16, starttls: bool) -> TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())
+        .expect("bind the source address");
+    socket
+        .connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .expect("connect");
+    let tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(EVENT_WAIT)).ok();
+    if !starttls {
+        return tcp;
+    }
+    let mut c = peers::Client {
+        stream: BufReader::new(tcp),
+    };
+    assert!(c.reply().starts_with("220 "));
+    assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
+    assert!(c.cmd("STARTTLS").starts_with("220"));
+    c.stream.into_inner()
+}
+
+/// Fills both slots with stalled handshakes, then shows that a newcomer gets a session: one
+/// holder is closed without a byte, the other is kept.
+fn a_stalled_handshake_makes_room(gw: &Gateway, starttls: bool, newcomer: impl FnOnce()) {
+    let mut holders = [
+        stalled_handshake(gw.port, starttls),
+        stalled_handshake(gw.port, starttls),
+    ];
+    // Until they have waited `evict_idle_after` (a sleep never ends early).
+    std::thread::sleep(Duration::from_millis(1200));
+    newcomer();
+    let mut closed = 0;
+    for h in &mut holders {
+        // The one closed reads its end at once; the other has nothing to read.
+        h.set_read_timeout(Some(Duration::from_millis(500))).ok();
+        let mut byte = [0u8; 1];
+        if matches!(h.read(&mut byte), Ok(0)) {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 1, "exactly one stalled handshake made room");
+    assert_eq!(evictions(gw), 1);
+    gw.wait_log("stalled TLS handshake closed to make room for a new client");
+}
+
+#[test]
+fn at_capacity_a_stalled_implicit_tls_handshake_makes_room_for_a_new_client() {
+    let gw = two_slot_tls_gateway("evict-smtps", "smtps");
+    a_stalled_handshake_makes_room(&gw, false, || {
+        let mut c = gw.tls_client();
+        let banner = c.reply();
+        assert!(
+            banner.starts_with("220 "),
+            "the newcomer's banner: {banner}"
+        );
+    });
+}
+
+#[test]
+fn at_capacity_a_stalled_starttls_handshake_makes_room_for_a_new_client() {
+    let gw = two_slot_tls_gateway("evict-starttls", "smtp");
+    a_stalled_handshake_makes_room(&gw, true, || {
+        let mut c = gw.client();
+        assert!(c.cmd("EHLO mail.goodcorp.example").starts_with("250"));
+    });
+}
+
 #[test]
 fn a_session_parked_in_data_that_makes_room_leaves_no_message_at_the_backend() {
     let backend = TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -581,7 +581,8 @@ impl Connection {
         let MaybeTls::Plain(tcp) = std::mem::replace(&mut self.stream, MaybeTls::Upgrading) else {
             return Err(io::Error::other("STARTTLS on a stream that is not plain"));
         };
-        let tls = tls_accept::accept(acceptor, tcp, timeout, tls_accept::Next::ClientEhlo).await?;
+        let next = tls_accept::Next::ClientEhlo;
+        let tls = tls_accept::accept(acceptor, tcp, timeout, next, self.idle.as_deref()).await?;
         self.stream = MaybeTls::Tls(Box::new(tls));
         Ok(())
     }
@@ -648,7 +649,8 @@ mod tests {
                 &acceptor,
                 sock,
                 Duration::from_secs(5),
-                tls_accept::Next::ClientEhlo
+                tls_accept::Next::ClientEhlo,
+                None,
             )
         );
         let conn = Connection::new(

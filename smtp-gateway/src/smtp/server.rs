@@ -262,6 +262,7 @@ async fn run_session(
             tcp,
             shared.config.smtp.command_timeout,
             tls_accept::Next::Banner,
+            Some(&idle),
         ));
         match handshake.await {
             Ok(tls) => {
@@ -270,7 +271,9 @@ async fn run_session(
             }
             Err(e) => {
                 shared.metrics.tls_handshake(false);
-                if e.kind() != std::io::ErrorKind::TimedOut {
+                if tls_accept::made_room(&e) {
+                    tracing::info!(%client, "{e}");
+                } else if e.kind() != std::io::ErrorKind::TimedOut {
                     tracing::info!(%client, error = %e, "TLS handshake failed");
                 }
                 return;

@@ -28,6 +28,8 @@ use tokio::{
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
+use super::slots::Idle;
+
 /// A client's TLS session.
 pub type ClientTls = TlsStream<Corked>;
 
@@ -177,21 +179,40 @@ pub enum Next {
 /// alert is still sent (if the socket takes it at once). Before a banner (`next`) the TLS 1.3
 /// tickets wait for the session's first write; otherwise everything the handshake wrote is
 /// sent before this returns.
+///
+/// The handshake is a wait for the client as an idle session (`idle`): a client that stalls
+/// in it is among those that make room at the global cap (`smtp.evict_idle_after`), closed
+/// without a byte, as no reply can be sent before the handshake is done. Otherwise a few
+/// silent connections to an `smtps` port, or stalled after STARTTLS, held their slots for
+/// `smtp.command_timeout` and every newcomer was refused.
 pub async fn accept(
     acceptor: &TlsAcceptor,
     tcp: TcpStream,
     timeout: Duration,
     next: Next,
+    idle: Option<&Idle>,
 ) -> io::Result<ClientTls> {
     let deadline = tokio::time::Instant::now() + timeout;
     let handshake = acceptor.accept(Corked::new(tcp)).into_fallible();
-    let mut tls = match tokio::time::timeout_at(deadline, handshake).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err((e, mut corked))) => {
+    if let Some(idle) = idle {
+        idle.begin();
+    }
+    let outcome = tokio::select! {
+        biased;
+        done = tokio::time::timeout_at(deadline, handshake) => Some(done),
+        () = evicted(idle) => None,
+    };
+    if let Some(idle) = idle {
+        idle.end();
+    }
+    let mut tls = match outcome {
+        Some(Ok(Ok(tls))) => tls,
+        Some(Ok(Err((e, mut corked)))) => {
             corked.send_held_now();
             return Err(e);
         }
-        Err(_) => return Err(timed_out()),
+        Some(Err(_)) => return Err(timed_out()),
+        None => return Err(io::Error::new(io::ErrorKind::ConnectionAborted, MadeRoom)),
     };
     let tls13 = tls.get_ref().1.protocol_version() == Some(ProtocolVersion::TLSv1_3);
     let corked = tls.get_mut().0;
@@ -204,6 +225,24 @@ pub async fn accept(
             .map_err(|_| timed_out())??;
     }
     Ok(tls)
+}
+
+/// Why a handshake ended: its client stalled in it and was closed to make room for a new client.
+#[derive(Debug, thiserror::Error)]
+#[error("stalled TLS handshake closed to make room for a new client at max_connections")]
+pub struct MadeRoom;
+
+/// Whether `e` is a handshake that ended to make room ([`MadeRoom`]).
+pub fn made_room(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<MadeRoom>())
+}
+
+/// Resolves once the session was told to make room (never without an `idle`).
+async fn evicted(idle: Option<&Idle>) {
+    match idle {
+        Some(idle) => idle.evicted().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn timed_out() -> io::Error {
@@ -250,7 +289,7 @@ mod tests {
             } else {
                 Next::Banner
             };
-            let mut tls = accept(acceptor, sock, limit, next)
+            let mut tls = accept(acceptor, sock, limit, next, None)
                 .await
                 .expect("server handshake");
             let after_handshake = data_segments_out(tls.get_ref().0.tcp());
@@ -336,7 +375,7 @@ mod tests {
         peer.write_all(&[0x16, 0x03, 0x01, 0x00, 0x04, 0x63, 0x00, 0x00, 0x00])
             .await
             .expect("write");
-        let err = accept(&acceptor, sock, Duration::from_secs(10), Next::Banner)
+        let err = accept(&acceptor, sock, Duration::from_secs(10), Next::Banner, None)
             .await
             .err()
             .expect("the handshake fails");

@@ -318,6 +318,22 @@ impl Gateway {
         Self::launch(tag, backend, how)
     }
 
+    /// [`Gateway::start_tls`] with extra `[backend]` keys.
+    pub fn start_tls_with_backend(
+        tag: &str,
+        backend: SocketAddr,
+        kind: &str,
+        smtp_extra: &str,
+        backend_extra: &str,
+    ) -> Self {
+        let how = Launch {
+            tls_kind: Some(kind),
+            backend_extra,
+            ..Launch::new(smtp_extra)
+        };
+        Self::launch(tag, backend, how)
+    }
+
     fn launch(tag: &str, backend: SocketAddr, how: Launch<'_>) -> Self {
         let dir = std::env::temp_dir().join(format!("sgw-life-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");

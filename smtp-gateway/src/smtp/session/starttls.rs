@@ -2,7 +2,7 @@
 //! learnt in plaintext forgotten.
 
 use super::{Flow, Session};
-use crate::smtp::{config::ListenerKind, reply::Reply};
+use crate::smtp::{config::ListenerKind, reply::Reply, tls_accept};
 
 impl Session {
     /// Upgrades the client connection to TLS.
@@ -31,7 +31,11 @@ impl Session {
             .await
         {
             self.shared.metrics.tls_handshake(false);
-            tracing::info!(client = %self.client, error = %e, "TLS handshake failed");
+            if tls_accept::made_room(&e) {
+                tracing::info!(client = %self.client, "{e}");
+            } else {
+                tracing::info!(client = %self.client, error = %e, "TLS handshake failed");
+            }
             return Flow::Close;
         }
         self.shared.metrics.tls_handshake(true);
