@@ -434,6 +434,55 @@ fn at_capacity_a_stalled_starttls_handshake_makes_room_for_a_new_client() {
 }
 
 #[test]
+fn at_capacity_a_tarpitted_session_makes_room_for_a_new_client() {
+    let (backend, _seen) = peers::scripted_backend_on_loopback(0);
+    let gw = Gateway::start_with_backend(
+        "evict-tarpit",
+        backend,
+        "max_connections = 2\nmax_connections_per_source = 2\nevict_idle_after = \"1s\"\n\
+         command_timeout = \"60s\"\ntarpit_delay = \"60s\"\n\
+         [score]\ntarpit = 1\ntempfail = 100\nreject = 100",
+        "pool_size = 0",
+    );
+    // Both slots held by sessions whose EHLO names another address than theirs: the score
+    // reaches the tarpit, and each EHLO reply is held for a minute.
+    let mut holders = [
+        client_from(gw.port, [127, 0, 0, 2]),
+        client_from(gw.port, [127, 0, 0, 2]),
+    ];
+    for h in &mut holders {
+        h.stream
+            .get_mut()
+            .write_all(b"EHLO [198.18.0.9]\r\n")
+            .expect("write");
+    }
+    // Until they have waited `evict_idle_after` (a sleep never ends early).
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut newcomer = client_from(gw.port, [127, 0, 0, 4]);
+    assert!(
+        newcomer
+            .cmd("EHLO mail.goodcorp.example")
+            .starts_with("250")
+    );
+    let mut goodbyes = 0;
+    for h in &mut holders {
+        h.stream
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .ok();
+        let mut line = String::new();
+        let _ = h.stream.read_line(&mut line);
+        if line.starts_with("421 4.7.0 Too many connections; closing an idle one") {
+            goodbyes += 1;
+        } else {
+            assert!(line.is_empty(), "the other one is still held: {line:?}");
+        }
+    }
+    assert_eq!(goodbyes, 1, "exactly one tarpitted session made room");
+    assert_eq!(evictions(&gw), 1);
+}
+
+#[test]
 fn a_session_parked_in_data_that_makes_room_leaves_no_message_at_the_backend() {
     let backend = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = backend.local_addr().expect("addr");

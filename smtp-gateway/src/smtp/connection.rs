@@ -318,6 +318,29 @@ impl Connection {
         }
     }
 
+    /// Waits `delay` before the queued replies go out (the tarpit), as an idle session: the
+    /// session waits on purpose, and one told to make room meanwhile ends here with its goodbye
+    /// (`Err`). Otherwise a client that kept its score at the tarpit held its slot through every
+    /// delay, and enough of them refused every newcomer at the cap.
+    pub async fn pause(&mut self, delay: Duration) -> Result<(), ConnError> {
+        let Some(idle) = self.idle.clone() else {
+            tokio::time::sleep(delay).await;
+            return Ok(());
+        };
+        idle.begin();
+        let evicted = tokio::select! {
+            biased;
+            () = tokio::time::sleep(delay) => false,
+            () = idle.evicted() => true,
+        };
+        idle.end();
+        if evicted {
+            Err(self.make_room().await)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Ends the connection for another client: the goodbye only if the socket takes it at
     /// once, then nothing more is written.
     async fn make_room(&mut self) -> ConnError {

@@ -520,8 +520,9 @@ impl Session {
                 if self.score > 0
                     && self.score >= self.shared.config.score.tarpit
                     && !smtp.tarpit_delay.is_zero()
+                    && self.conn.pause(smtp.tarpit_delay).await.is_err()
                 {
-                    tokio::time::sleep(smtp.tarpit_delay).await;
+                    return;
                 }
                 if self.conn.flush().await.is_err() {
                     return;
