@@ -348,6 +348,11 @@ fn at_capacity_an_idle_session_of_the_largest_source_makes_room_for_a_new_client
     gw.wait_log("idle session closed to make room for a new client");
 }
 
+/// How long the holders of the eviction tests below are left waiting: one second
+/// (`evict_idle_after`) and a margin for the gateway to get them there (an EHLO to handle, a
+/// handshake to begin) on a loaded machine.
+const HOLD_WAIT: Duration = Duration::from_millis(2500);
+
 /// A gateway with TLS on a listener of `kind` and two slots, whose sessions make room after
 /// one second of waiting for their client.
 fn two_slot_tls_gateway(tag: &str, kind: &str) -> Gateway {
@@ -394,8 +399,9 @@ fn a_stalled_handshake_makes_room(gw: &Gateway, starttls: bool, newcomer: impl F
         stalled_handshake(gw.port, starttls),
         stalled_handshake(gw.port, starttls),
     ];
-    // Until they have waited `evict_idle_after` (a sleep never ends early).
-    std::thread::sleep(Duration::from_millis(1200));
+    // Until they have waited `evict_idle_after` (a sleep never ends early), with room for a
+    // loaded machine to take its time before their wait began.
+    std::thread::sleep(HOLD_WAIT);
     newcomer();
     let mut closed = 0;
     for h in &mut holders {
@@ -456,8 +462,9 @@ fn at_capacity_a_tarpitted_session_makes_room_for_a_new_client() {
             .write_all(b"EHLO [198.18.0.9]\r\n")
             .expect("write");
     }
-    // Until they have waited `evict_idle_after` (a sleep never ends early).
-    std::thread::sleep(Duration::from_millis(1200));
+    // Until they have waited `evict_idle_after` (a sleep never ends early), with room for a
+    // loaded machine to take its time before their wait began.
+    std::thread::sleep(HOLD_WAIT);
     let mut newcomer = client_from(gw.port, [127, 0, 0, 4]);
     assert!(
         newcomer
