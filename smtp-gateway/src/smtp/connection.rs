@@ -303,16 +303,9 @@ impl Connection {
         let Some(idle) = self.idle.clone() else {
             return self.read_more(deadline).await;
         };
-        idle.begin();
         // The read first: when input is already there the eviction watch is never polled, so
         // a busy session pays nothing for it (no waiter registered on the `Notify`).
-        let read = tokio::select! {
-            biased;
-            read = self.read_more(deadline) => Some(read),
-            _ = idle.evicted() => None,
-        };
-        idle.end();
-        match read {
+        match idle.wait(self.read_more(deadline)).await {
             Some(read) => read,
             None => Err(self.make_room().await),
         }
@@ -327,17 +320,9 @@ impl Connection {
             tokio::time::sleep(delay).await;
             return Ok(());
         };
-        idle.begin();
-        let evicted = tokio::select! {
-            biased;
-            () = tokio::time::sleep(delay) => false,
-            () = idle.evicted() => true,
-        };
-        idle.end();
-        if evicted {
-            Err(self.make_room().await)
-        } else {
-            Ok(())
+        match idle.wait(tokio::time::sleep(delay)).await {
+            Some(()) => Ok(()),
+            None => Err(self.make_room().await),
         }
     }
 
@@ -561,14 +546,8 @@ impl Connection {
         let Some(idle) = self.idle.clone() else {
             return self.write_until(deadline).await;
         };
-        idle.begin();
         // The write first, as for reads: a reply the socket takes at once costs no waiter.
-        let written = tokio::select! {
-            biased;
-            written = self.write_until(deadline) => Some(written),
-            _ = idle.evicted() => None,
-        };
-        idle.end();
+        let written = idle.wait(self.write_until(deadline)).await;
         written.unwrap_or_else(|| {
             self.wbuf.clear();
             self.stalled = true;

@@ -2,8 +2,9 @@
 //!
 //! Every session holds one slot of its source (IPv4 address or IPv6 /64; at most
 //! `smtp.max_connections_per_source`) and carries an [`Idle`] mark that its connection sets
-//! while it waits for the client: for a command, for message text, or for the client to read
-//! its replies. When `smtp.max_connections` are taken, a new client does not simply get `421`:
+//! while it waits for the client ([`Idle::wait`]): for a command, for message text, for the
+//! client to read its replies or to go on with its TLS handshake, or in the tarpit. When
+//! `smtp.max_connections` are taken, a new client does not simply get `421`:
 //! the session that has waited longest for its client, among the sources holding the most slots
 //! (never one holding fewer than the newcomer would), is told to make room if it has waited at
 //! least `smtp.evict_idle_after`. It answers `421 4.7.0` without waiting and ends; the newcomer
@@ -58,12 +59,12 @@ pub struct Idle {
 
 impl Idle {
     /// The session starts waiting for its client.
-    pub fn begin(&self) {
+    fn begin(&self) {
         self.since_ms.store(now_ms(), Ordering::Relaxed);
     }
 
     /// The session has something to do again.
-    pub fn end(&self) {
+    fn end(&self) {
         self.since_ms.store(0, Ordering::Relaxed);
     }
 
@@ -95,6 +96,20 @@ impl Idle {
         while !self.is_evicted() {
             self.wake.notified().await;
         }
+    }
+
+    /// Runs `wait` (for the client) as an idle session: `None` once the session was told to
+    /// make room first. `wait` is polled first, so a wait that is over at once (input already
+    /// there, a reply the socket takes) never registers for the eviction.
+    pub async fn wait<F: Future>(&self, wait: F) -> Option<F::Output> {
+        self.begin();
+        let outcome = tokio::select! {
+            biased;
+            outcome = wait => Some(outcome),
+            () = self.evicted() => None,
+        };
+        self.end();
+        outcome
     }
 }
 

@@ -193,18 +193,12 @@ pub async fn accept(
     idle: Option<&Idle>,
 ) -> io::Result<ClientTls> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let handshake = acceptor.accept(Corked::new(tcp)).into_fallible();
-    if let Some(idle) = idle {
-        idle.begin();
-    }
-    let outcome = tokio::select! {
-        biased;
-        done = tokio::time::timeout_at(deadline, handshake) => Some(done),
-        () = evicted(idle) => None,
+    let handshake =
+        tokio::time::timeout_at(deadline, acceptor.accept(Corked::new(tcp)).into_fallible());
+    let outcome = match idle {
+        Some(idle) => idle.wait(handshake).await,
+        None => Some(handshake.await),
     };
-    if let Some(idle) = idle {
-        idle.end();
-    }
     let mut tls = match outcome {
         Some(Ok(Ok(tls))) => tls,
         Some(Ok(Err((e, mut corked)))) => {
@@ -235,14 +229,6 @@ pub struct MadeRoom;
 /// Whether `e` is a handshake that ended to make room ([`MadeRoom`]).
 pub fn made_room(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<MadeRoom>())
-}
-
-/// Resolves once the session was told to make room (never without an `idle`).
-async fn evicted(idle: Option<&Idle>) {
-    match idle {
-        Some(idle) => idle.evicted().await,
-        None => std::future::pending().await,
-    }
 }
 
 fn timed_out() -> io::Error {
