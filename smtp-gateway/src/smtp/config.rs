@@ -85,10 +85,10 @@ pub struct SmtpConfig {
     /// Sessions at once from one source (IPv4 address or IPv6 /64); more get `421`.
     pub max_connections_per_source: usize,
     /// At `max_connections`, a session that has waited this long for its client (for a command,
-    /// text, to read its replies, in its TLS handshake, or in the tarpit) makes room for a new client: the
-    /// longest idle one among the sources holding the most slots, never one holding fewer than
-    /// the newcomer's. It gets `421 4.7.0` (a stalled handshake is closed without a word). 0
-    /// turns this off (newcomers get `421` at the cap).
+    /// text, to read its replies, in its TLS handshake, or in the tarpit) makes room for a new
+    /// client: the longest idle one among the sources holding the most slots, never one holding
+    /// fewer than the newcomer's. It gets `421 4.7.0` (a stalled handshake is closed without a
+    /// word). 0 turns this off (newcomers get `421` at the cap).
     #[serde(with = "humantime_serde")]
     pub evict_idle_after: Duration,
     /// Pause before the final banner line, after a `220-` teaser; a client that talks during it
