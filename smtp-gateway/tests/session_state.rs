@@ -237,3 +237,29 @@ fn a_client_session_opens_a_bounded_number_of_backend_connections() {
     let seen = connections.lock().expect("connections").clone();
     assert_eq!(seen.len(), 3, "{seen:#?}");
 }
+
+#[test]
+fn a_client_session_tries_a_failing_backend_a_bounded_number_of_times() {
+    // A backend nobody answers on: every attempt fails at connect. Each attempt still costs the
+    // backend (or, with an identity it refuses, a connection, a banner and an XCLIENT), so
+    // failed attempts count against backend.max_connections_per_session as opened ones do.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = closed.local_addr().expect("addr");
+    drop(closed);
+    let gw = Gateway::start("failing", addr, "");
+    let mut c = gw.greeted("client.example.net");
+    let mut codes = Vec::new();
+    for _ in 0..10 {
+        // The backend is opened at MAIL: each MAIL is one attempt.
+        let reply = c.cmd("MAIL FROM:<a@c.example.net>");
+        codes.push(reply.get(..3).unwrap_or("").to_string());
+        if reply.starts_with("421") {
+            break;
+        }
+    }
+    assert_eq!(
+        codes,
+        ["451", "451", "451", "421"],
+        "backend.max_connections_per_session = 3"
+    );
+}

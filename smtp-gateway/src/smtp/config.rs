@@ -434,9 +434,10 @@ pub struct BackendConfig {
     /// backend's own idle timeout (Postfix `smtpd_timeout`, 300s).
     #[serde(with = "humantime_serde")]
     pub pool_idle: Duration,
-    /// Backend sessions one client session may open (or take from the pool), 1 to 100; beyond,
-    /// the client gets `421` and is closed (a client that keeps losing or replacing its backend
-    /// session must not cost the backend a connection each time).
+    /// Backend sessions one client session may open (or take from the pool), failed attempts
+    /// included, 1 to 100; beyond, the client gets `421` and is closed (a client that keeps
+    /// losing, replacing or failing to open its backend session must not cost the backend a
+    /// connection each time).
     pub max_connections_per_session: usize,
     /// A `MAIL FROM` that arrives alone (the client waits for each reply) is answered `250` by
     /// the gateway once its own checks pass and goes to the backend in one write with the first

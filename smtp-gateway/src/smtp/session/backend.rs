@@ -1,5 +1,5 @@
 //! The session's backend: opened when first needed (through the pool, with the client's
-//! identity; at most `backend.max_connections_per_session` times per client session), lost on
+//! identity; at most `backend.max_connections_per_session` attempts per client session), lost on
 //! failure (the client gets `451` and may retry), its pipelined replies settled
 //! in order, and released at the end (to the pool when the next session can use it as it is).
 
@@ -49,6 +49,9 @@ impl Session {
             ));
             return Err(Flow::Close);
         }
+        // An attempt that fails counts too: it cost the backend a connection as well (a refused
+        // XCLIENT, a banner that never came), and a client must not make it fail without end.
+        self.backend_sessions += 1;
         match shared
             .backend_pool
             .connect(
@@ -61,7 +64,6 @@ impl Session {
             .await
         {
             Ok((mut backend, reused)) => {
-                self.backend_sessions += 1;
                 self.shared.metrics.backend_session(reused);
                 backend.record_reply_times(self.shared.metrics.backend_reply_histogram());
                 self.backend_auth = backend.caps().auth().map(str::to_string);

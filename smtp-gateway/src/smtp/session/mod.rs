@@ -211,7 +211,7 @@ pub struct Session {
     backend_auth: Option<String>,
     /// MAIL/RCPT commands forwarded to the backend whose replies are not read yet.
     pipeline: Pipeline,
-    /// Backend sessions opened (or taken from the pool) so far, bounded by
+    /// Backend sessions opened, taken from the pool or tried in vain so far, bounded by
     /// `backend.max_connections_per_session`.
     backend_sessions: usize,
 
