@@ -230,17 +230,13 @@ impl Fcrdns {
         outcome
     }
 
-    /// The PTR names of `client` (lowercase, no trailing dot).
+    /// The PTR names of `client` that are host names (lowercase, no trailing dot).
     async fn ptr_names(&self, client: IpAddr) -> Answer<String> {
         let answers = lookup(&self.resolver, Name::from(client), RecordType::PTR).await?;
         Ok(answers
             .into_iter()
             .filter_map(|data| match data {
-                RData::PTR(ptr) => {
-                    let name = ptr.0.to_ascii().to_ascii_lowercase();
-                    let name = name.trim_end_matches('.').to_string();
-                    (!name.is_empty()).then_some(name)
-                }
+                RData::PTR(ptr) => host_name(&ptr.0),
                 _ => None,
             })
             .collect())
@@ -262,6 +258,29 @@ impl Fcrdns {
             })
             .collect())
     }
+}
+
+/// `name` as a host name, lowercase and without the trailing dot, or `None` when it is none by
+/// the rules of Postfix's `valid_hostname` (what its XCLIENT accepts as `NAME` and
+/// `REVERSE_NAME`): labels of letters, digits, `-` and `_`, none starting or ending with `-`,
+/// and not all digits (a numeric name would pass for an address). A reverse zone can serve any
+/// octet in a label (a space, CR LF, `=`): such a name is no name, as Postfix makes it `unknown`.
+fn host_name(name: &Name) -> Option<String> {
+    let mut text = String::new();
+    let mut numeric = true;
+    for label in name.iter() {
+        let hyphen_at_an_end = label.first() == Some(&b'-') || label.last() == Some(&b'-');
+        let allowed = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_';
+        if label.is_empty() || hyphen_at_an_end || !label.iter().all(allowed) {
+            return None;
+        }
+        numeric &= label.iter().all(u8::is_ascii_digit);
+        if !text.is_empty() {
+            text.push('.');
+        }
+        text.extend(label.iter().map(|b| char::from(b.to_ascii_lowercase())));
+    }
+    (!text.is_empty() && !numeric).then_some(text)
 }
 
 /// The answers to `name`/`kind`: empty for NXDOMAIN or NODATA, `Err` for a timeout or failure.
@@ -450,5 +469,84 @@ mod tests {
             }
         );
         assert!(started.elapsed() < Duration::from_millis(900));
+    }
+
+    #[tokio::test]
+    async fn a_ptr_name_that_is_no_host_name_is_no_name() {
+        // A reverse zone may serve any octet in a label. Postfix refuses an XCLIENT NAME or
+        // REVERSE_NAME that is not a host name ("501 5.5.4 Bad NAME syntax"), so such a name
+        // would cost the client its delivery: it is no name, as Postfix's own lookup treats it.
+        let server = DnsResponder::start(
+            Records::new()
+                .ptr_raw(ip("198.51.100.12"), &[b"x y", b"evil", b"test"])
+                .ptr_raw(ip("198.51.100.13"), &[b"a\r\nx=1", b"test"])
+                .ptr_raw(ip("198.51.100.13"), &[b"mx_2", b"good", b"test"])
+                .a("mx_2.good.test", &["198.51.100.13".parse().expect("ip")])
+                .ptr(ip("198.51.100.14"), &["1.2.3.4."])
+                .a("1.2.3.4", &["198.51.100.14".parse().expect("ip")])
+                .ptr_raw(ip("198.51.100.15"), &[b"-lead", b"evil", b"test"])
+                .ptr_raw(ip("198.51.100.16"), &["\u{e9}t\u{e9}".as_bytes(), b"test"])
+                .ptr_raw(ip("198.51.100.17"), &[b"d\xffot", b"test"]),
+        )
+        .expect("responder");
+        let f = fcrdns(&server, Duration::from_secs(2));
+        for client in [
+            "198.51.100.12",
+            "198.51.100.14",
+            "198.51.100.15",
+            "198.51.100.16",
+            "198.51.100.17",
+        ] {
+            let name = f.lookup(ip(client)).await;
+            assert_eq!(name, ClientName::Unverified { reverse: None }, "{client}");
+            assert_eq!(name.xclient_reverse_name(), "[UNAVAILABLE]");
+        }
+        // A host name after a bad one is still tried (underscores are Postfix's host names too).
+        assert_eq!(
+            f.lookup(ip("198.51.100.13")).await,
+            ClientName::Verified {
+                name: "mx_2.good.test".into()
+            }
+        );
+    }
+
+    #[test]
+    fn host_names_follow_postfix_valid_hostname() {
+        let name = |labels: &[&[u8]]| Name::from_labels(labels.iter().copied()).expect("name");
+        assert_eq!(
+            host_name(&name(&[b"Mail-1", b"Example", b"ORG"])).as_deref(),
+            Some("mail-1.example.org")
+        );
+        assert_eq!(
+            host_name(&name(&[b"a_b", b"test"])).as_deref(),
+            Some("a_b.test")
+        );
+        assert_eq!(
+            host_name(&name(&[b"1host", b"test"])).as_deref(),
+            Some("1host.test")
+        );
+        assert_eq!(
+            host_name(&name(&[b"localhost"])).as_deref(),
+            Some("localhost")
+        );
+        for bad in [
+            name(&[b"1", b"2", b"3", b"4"]),
+            name(&[b"123"]),
+            name(&[b"-a", b"test"]),
+            name(&[b"a-", b"test"]),
+            name(&[b"a b", b"test"]),
+            name(&[b"a.b", b"test"]),
+            name(&[b"a\\b", b"test"]),
+            name(&[b"a\r\nb", b"test"]),
+            name(&[b"a\0b", b"test"]),
+            name(&[b"a=b", b"test"]),
+            name(&["\u{e9}".as_bytes(), b"test"]),
+            Name::root(),
+        ] {
+            assert_eq!(host_name(&bad), None, "{bad:?}");
+        }
+        // The longest a DNS name can be (255 octets on the wire) is a host name.
+        let long = name(&[&[b'a'; 63], &[b'b'; 63], &[b'c'; 63], &[b'd'; 61]]);
+        assert_eq!(host_name(&long).map(|n| n.len()), Some(253));
     }
 }

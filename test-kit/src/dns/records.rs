@@ -87,6 +87,16 @@ impl Records {
         self.add(&name, rdata)
     }
 
+    /// Adds one PTR record for the reverse name of `ip` whose target is made of `labels` as raw
+    /// bytes: a DNS label may hold any octet (a space, CR LF, `=`, non-ASCII), which is what a
+    /// hostile reverse zone serves. Panics when a label is empty or longer than 63 bytes.
+    pub fn ptr_raw(self, ip: IpAddr, labels: &[&[u8]]) -> Self {
+        let name = Self::reverse_name(ip);
+        let target = Name::from_labels(labels.iter().copied())
+            .unwrap_or_else(|e| panic!("PTR target {labels:?}: {e}"));
+        self.add(&name, [RData::PTR(PTR(target))])
+    }
+
     /// Adds one TXT record for `name` made of `strings` (an SPF record is usually one string).
     pub fn txt(self, name: &str, strings: &[&str]) -> Self {
         let strings = strings.iter().map(|s| s.to_string()).collect();
