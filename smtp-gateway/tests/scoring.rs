@@ -79,3 +79,19 @@ fn a_clean_client_skips_the_greet_pause_next_time() {
         t.elapsed()
     );
 }
+
+#[test]
+fn a_repeated_helo_name_scores_once() {
+    // Every STARTTLS client says its EHLO twice (RFC 3207 wants it again inside TLS), and the
+    // same name is the same evidence: the second EHLO must not add the finding's weight again.
+    let (addr, _seen) = scripted_backend_on_loopback(1);
+    let gw = Gateway::start("rehelo", addr, SCORING);
+    // Score 1 (single-label HELO): the tarpit, but mail is accepted.
+    let mut c = gw.greeted("localhostish");
+    c.expect("EHLO localhostish", "250");
+    c.expect("EHLO localhostish", "250");
+    c.expect("MAIL FROM:<a@example.net>", "250");
+    c.cmd("QUIT");
+    let log = gw.log();
+    assert!(log.contains("helo_not_fqdn"), "{log}");
+}

@@ -72,6 +72,37 @@ fn auth_is_relayed_on_implicit_tls_and_lets_the_client_relay() {
 }
 
 #[test]
+fn a_login_lifts_the_score_of_the_session() {
+    // A roaming user's mail client behind NAT greets with a name the HELO checks score (here
+    // not a FQDN, a dynamic pattern and the client's own address: 3, the default tempfail).
+    // Once the backend accepted its login, the score no longer refuses its mail, as Postfix's
+    // permit_sasl_authenticated comes before every restriction.
+    let (backend, _seen) = scripted_backend_on_loopback(1);
+    let gw = Gateway::start_tls(
+        "authscore",
+        backend,
+        "smtps\", profile = \"mx",
+        "tarpit_delay = \"0s\"",
+    );
+    let mut c = gw.tls_client();
+    assert!(c.reply().starts_with("220 "));
+    assert!(c.cmd("EHLO dsl-127-0-0-1").starts_with("250"));
+    c.expect_that(
+        "MAIL FROM:<user@example.net>",
+        "451 4.7.1",
+        "the score refuses an anonymous client",
+    );
+    c.expect(&format!("AUTH PLAIN {GOOD_PLAIN}"), "235");
+    c.expect_that(
+        "MAIL FROM:<user@example.net>",
+        "250",
+        "the score does not refuse an authenticated one",
+    );
+    c.expect("RCPT TO:<friend@elsewhere.test>", "250");
+    assert!(c.cmd("QUIT").starts_with("221"));
+}
+
+#[test]
 fn an_authenticated_session_is_never_greylisted() {
     let (backend, seen) = scripted_backend_on_loopback(1);
     let gw = Gateway::start_tls(

@@ -40,7 +40,7 @@ impl Session {
         let mut refused = None;
         for finding in &findings {
             let check = Check::from_helo(*finding);
-            match self.fire(check, host.clone()) {
+            match self.fire_scored_once(check, host.clone()) {
                 CheckEffect::Drop => return self.drop_reply("HELO refused"),
                 CheckEffect::Reject => refused = Some(check.name()),
                 CheckEffect::Pass => {}

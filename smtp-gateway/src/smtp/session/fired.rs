@@ -20,6 +20,11 @@ impl FiredChecks {
         }
     }
 
+    /// Whether `check` fired already.
+    pub(super) fn contains(&self, check: Check) -> bool {
+        self.counts.iter().any(|(c, _)| *c == check)
+    }
+
     /// No check fired.
     pub(super) fn is_empty(&self) -> bool {
         self.counts.is_empty()
@@ -54,8 +59,10 @@ mod tests {
         for _ in 0..10_000 {
             f.record(Check::HeloDynamic);
         }
+        assert!(!f.contains(Check::HeloNotFqdn));
         f.record(Check::HeloNotFqdn);
         f.record(Check::HeloDynamic);
+        assert!(f.contains(Check::HeloNotFqdn) && f.contains(Check::HeloDynamic));
         assert_eq!(f.names(), ["helo_dynamic", "helo_not_fqdn"]);
         assert_eq!(f.summary(), "helo_dynamic(10001), helo_not_fqdn");
         assert!(!f.is_empty());

@@ -318,6 +318,19 @@ impl Session {
         self.fire_as(check, detail, false)
     }
 
+    /// [`Session::fire`] for evidence a well-behaved client repeats: every STARTTLS client says
+    /// its EHLO again inside TLS (RFC 3207), with the same name. The check is logged, counted and
+    /// acted on each time, but its weight is added to the score only the first time.
+    fn fire_scored_once(&mut self, check: Check, detail: impl Into<String>) -> CheckEffect {
+        let repeated = self.fired.contains(check);
+        let score = self.score;
+        let effect = self.fire(check, detail);
+        if repeated {
+            self.score = score;
+        }
+        effect
+    }
+
     /// [`Session::fire`] for a check whose command is refused with a `5xx` whatever its action
     /// (the event says so: it may count towards a ban).
     fn fire_refusing(&mut self, check: Check, detail: impl Into<String>) -> CheckEffect {
@@ -520,6 +533,7 @@ impl Session {
                 if self.score > 0
                     && self.score >= self.shared.config.score.tarpit
                     && !smtp.tarpit_delay.is_zero()
+                    && !self.authenticated()
                     && self.conn.pause(smtp.tarpit_delay).await.is_err()
                 {
                     return;
@@ -614,10 +628,15 @@ impl Session {
         None
     }
 
-    /// The score thresholds, as a refusal when crossed.
+    /// The score thresholds, as a refusal when crossed. Not for a client the backend accepted
+    /// the login of: the score judges how it greeted (a roaming user's client behind NAT often
+    /// greets with a private address literal), and its login says more than that (Postfix's
+    /// `permit_sasl_authenticated` comes before every restriction too).
     fn score_refusal(&self) -> Option<Reply> {
         let s = &self.shared.config.score;
-        if self.score >= s.reject {
+        if self.authenticated() {
+            None
+        } else if self.score >= s.reject {
             Some(Reply::new(
                 550,
                 format!(
