@@ -15,7 +15,9 @@
 //!   it): MAIL needs a successful AUTH first (`530 5.7.0 Authentication
 //!   required`), and the checks meant for MX traffic are off: no DNSBL lookup, no greet pause,
 //!   no greylisting,
-//!   `pregreet` ignored. They are off for every client of the listener, not only the
+//!   `pregreet` ignored, and the HELO checks that score ignored (a mail program's HELO names
+//!   the laptop it runs on, often a private address literal behind NAT: it says nothing about a
+//!   client that must log in before MAIL). They are off for every client of the listener, not only the
 //!   authenticated ones, plain or implicit TLS alike: the banner comes before any client can
 //!   authenticate, and with AUTH required before MAIL only authenticated clients reach the
 //!   first MAIL, where the DNSBL score would be collected.
@@ -56,6 +58,12 @@ pub struct ProfileConfig {
     pub relay: RelayOverride,
 }
 
+/// A check the built-in `submission` profile does not run.
+const IGNORED: Option<crate::checks::CheckSetting> = Some(crate::checks::CheckSetting {
+    action: Action::Ignore,
+    weight: 1,
+});
+
 impl ProfileConfig {
     /// The built-in settings of `name` (empty for a name that is not built in).
     fn built_in(name: &str) -> ProfileConfig {
@@ -66,10 +74,12 @@ impl ProfileConfig {
                 dnsbl: Some(false),
                 greylist: Some(false),
                 checks: ChecksOverride {
-                    pregreet: Some(crate::checks::CheckSetting {
-                        action: Action::Ignore,
-                        weight: 1,
-                    }),
+                    pregreet: IGNORED,
+                    helo_unbracketed_literal: IGNORED,
+                    helo_literal_mismatch: IGNORED,
+                    helo_not_fqdn: IGNORED,
+                    helo_dynamic: IGNORED,
+                    helo_embedded_ip: IGNORED,
                     ..ChecksOverride::default()
                 },
                 relay: RelayOverride::default(),
@@ -347,6 +357,16 @@ mod tests {
         );
         assert_eq!(sub.greet_pause, Duration::ZERO);
         assert_eq!(sub.checks.get(Check::Pregreet).action, Action::Ignore);
+        for helo in [
+            Check::HeloUnbracketedLiteral,
+            Check::HeloLiteralMismatch,
+            Check::HeloNotFqdn,
+            Check::HeloDynamic,
+            Check::HeloEmbeddedIp,
+        ] {
+            assert_eq!(sub.checks.get(helo).action, Action::Ignore, "{helo:?}");
+        }
+        assert_eq!(sub.checks.get(Check::HeloInvalid).action, Action::Reject);
         // Everything else is the top level's.
         assert_eq!(sub.checks.get(Check::Dnsbl).action, Action::Reject);
         assert_eq!(sub.relay.accepted_domains, vec!["example.org".to_string()]);
