@@ -882,3 +882,26 @@ fn why_names_every_entry_covering_an_address_and_what_wins() {
     let out = sb.run(&["why", "198.18.0.300"]);
     assert_refused(&out, "not an IP address", "a bad address");
 }
+
+#[test]
+fn detach_removes_no_file_that_is_not_a_socket() {
+    // `daemon.control_socket` names a path a mistake can point at a real file: the daemon
+    // refuses to start on it, and detach must not delete it either.
+    let (dir, _) = peers::scratch("sgw-notsock");
+    let path = dir.join("precious.conf");
+    std::fs::write(&path, "keep me\n").expect("write");
+    let sb = Sandbox::new(&format!(
+        "[daemon]\ncontrol_socket = \"{}\"",
+        path.display()
+    ));
+    let out = sb.run(&["detach"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&path).ok().as_deref(),
+        Some("keep me\n"),
+        "detach deleted a regular file: {}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains("not a socket"), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+}

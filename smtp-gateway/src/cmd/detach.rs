@@ -1,7 +1,7 @@
 //! `smtp-gateway detach`: removes the XDP program from every interface and all pinned state,
 //! and the control socket a daemon killed without a chance to clean up left behind.
 
-use std::process::ExitCode;
+use std::{os::unix::fs::FileTypeExt, process::ExitCode};
 
 use smtp_gateway::{config::Config, dataplane::loader};
 
@@ -21,7 +21,15 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
         );
     }
     let socket = config.control_socket();
-    if socket.exists() {
+    // Only a socket is ever removed: any other file at that path (a mistake in
+    // `daemon.control_socket`) is somebody else's, as the daemon's own start treats it.
+    let is_socket = std::fs::symlink_metadata(&socket).map(|m| m.file_type().is_socket());
+    if matches!(is_socket, Ok(false)) {
+        eprintln!(
+            "warning: {} (daemon.control_socket) is not a socket; left alone",
+            socket.display()
+        );
+    } else if is_socket.is_ok() {
         if super::daemon(config)?.is_some() {
             eprintln!(
                 "warning: a daemon still answers on {}; stop it too (its protection is gone)",
