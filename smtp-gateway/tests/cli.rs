@@ -905,3 +905,43 @@ fn detach_removes_no_file_that_is_not_a_socket() {
     assert!(stderr(&out).contains("not a socket"), "{}", stderr(&out));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_a_listing_quietly() {
+    // `smtp-gateway block list | head`: the reader closes the pipe after a line. The listing
+    // (about 300 KB here, far past a pipe's 64 KiB) must end without a panic and without an
+    // error, as `ls | head` does.
+    let sb = Sandbox::new("");
+    let lines: String = (0..4000)
+        .map(|n| {
+            format!(
+                "198.18.{}.{} ; a reason long enough to fill the pipe\n",
+                n / 250,
+                n % 250 + 1
+            )
+        })
+        .collect();
+    let file = sb.file("many.txt", lines.as_bytes());
+    let out = sb.run(&["block", "import", file.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for args in [&["block", "list"][..], &["block", "list", "--json"][..]] {
+        let mut child = Command::new(BIN)
+            .arg("-c")
+            .arg(&sb.config)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first)
+            .expect("first line");
+        // The reader (and the pipe's read end with it) is gone now.
+        assert!(!first.is_empty(), "{args:?}");
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
+    }
+}

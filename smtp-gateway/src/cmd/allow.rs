@@ -45,9 +45,9 @@ pub fn run(config: &Config, command: AllowCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn print_table(rows: &[AllowRow]) {
-    println!("{:<43} {:<8} {:<21} REASON", "PREFIX", "ORIGIN", "ADDED");
+    out!("{:<43} {:<8} {:<21} REASON", "PREFIX", "ORIGIN", "ADDED");
     for r in rows {
-        println!(
+        out!(
             "{:<43} {:<8} {:<21} {}",
             r.prefix,
             r.origin,
@@ -55,5 +55,5 @@ fn print_table(rows: &[AllowRow]) {
             r.reason.as_deref().unwrap_or("-")
         );
     }
-    println!("{} entries", rows.len());
+    out!("{} entries", rows.len());
 }

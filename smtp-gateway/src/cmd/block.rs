@@ -86,7 +86,7 @@ pub fn run(config: &Config, command: BlockCommand) -> anyhow::Result<ExitCode> {
                 bar.set_position(n as u64)
             })?;
             bar.finish_and_clear();
-            println!(
+            out!(
                 "imported {} entries from {} in {:.2}s ({} exact IPv4, {} exact IPv6, {} IPv4 prefixes, {} IPv6 prefixes)",
                 summary.total(),
                 file.display(),
@@ -105,7 +105,7 @@ pub fn run(config: &Config, command: BlockCommand) -> anyhow::Result<ExitCode> {
                 });
                 match asked {
                     Ok(Some(Response::Done { message, .. })) if message.starts_with("fleet:") => {
-                        println!("{message}");
+                        out!("{message}");
                     }
                     Ok(Some(Response::Error { message })) => {
                         eprintln!("warning: the daemon did not publish the import: {message}");
@@ -130,9 +130,13 @@ pub fn run(config: &Config, command: BlockCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn print_table(rows: &[BlockRow]) {
-    println!(
+    out!(
         "{:<43} {:<7} {:<8} {:<14} {:<21} REASON",
-        "TARGET", "KIND", "ORIGIN", "EXPIRES", "ADDED"
+        "TARGET",
+        "KIND",
+        "ORIGIN",
+        "EXPIRES",
+        "ADDED"
     );
     for r in rows {
         let expires = match (r.expires_in_secs, r.active) {
@@ -140,7 +144,7 @@ fn print_table(rows: &[BlockRow]) {
             (Some(s), true) => format!("in {}", human_duration(std::time::Duration::from_secs(s))),
             (None, true) => "never".to_string(),
         };
-        println!(
+        out!(
             "{:<43} {:<7} {:<8} {:<14} {:<21} {}",
             r.target,
             r.kind,
@@ -150,5 +154,5 @@ fn print_table(rows: &[BlockRow]) {
             r.reason.as_deref().unwrap_or("-")
         );
     }
-    println!("{} entries", rows.len());
+    out!("{} entries", rows.len());
 }

@@ -8,12 +8,12 @@ use smtp_gateway::{config::Config, dataplane::loader};
 pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
     let report = loader::detach(&config.dataplane.pin_dir)?;
     if report.links.is_empty() && report.maps == 0 {
-        println!(
+        out!(
             "nothing pinned under {}",
             config.dataplane.pin_dir.display()
         );
     } else {
-        println!(
+        out!(
             "detached from {} interface(s) [{}], removed {} pinned maps",
             report.links.len(),
             report.links.join(", "),
@@ -37,7 +37,7 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
             );
         } else {
             std::fs::remove_file(&socket)?;
-            println!("removed the stale control socket {}", socket.display());
+            out!("removed the stale control socket {}", socket.display());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -2,6 +2,15 @@
 //! running daemon's control socket when one answers (the daemon logs and counts it), and works
 //! on the pinned maps directly otherwise, so it behaves the same whether or not the daemon runs.
 
+/// `println!` for a command's output. A reader that went away (`smtp-gateway block list | head`)
+/// ends the command quietly, as it ends `ls`; `println!` would panic there. Any other failure to
+/// write is reported and the command fails.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cmd::write_out(format_args!($($arg)*))
+    };
+}
+
 pub mod allow;
 pub mod block;
 pub mod detach;
@@ -25,6 +34,23 @@ use smtp_gateway::{
 };
 
 pub use smtp_gateway::control::ops::human_duration;
+
+/// Writes one line of output for [`out!`].
+pub fn write_out(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(line)
+        .and_then(|()| stdout.write_all(b"\n"));
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: writing the output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
 
 /// The running daemon, if one answers on the control socket.
 pub fn daemon(config: &Config) -> anyhow::Result<Option<Client>> {
@@ -102,7 +128,7 @@ pub fn list<T: Listed>(
         Err(other) => return report(other).map(|()| ExitCode::FAILURE),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        out!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         table(&rows);
     }
@@ -116,7 +142,7 @@ pub fn report(response: Response) -> anyhow::Result<()> {
             for w in warnings {
                 eprintln!("warning: {w}");
             }
-            println!("{message}");
+            out!("{message}");
             Ok(())
         }
         Response::Error { message } => bail!("{message}"),

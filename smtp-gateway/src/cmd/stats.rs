@@ -16,28 +16,34 @@ use smtp_gateway::{
 pub fn run(config: &Config, args: &crate::cli::StatsArgs) -> anyhow::Result<ExitCode> {
     let stats = fetch(config, args.top)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+        out!("{}", serde_json::to_string_pretty(&stats)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<24} {:>14} {:>16}", "VERDICT", "PACKETS", "BYTES");
+    out!("{:<24} {:>14} {:>16}", "VERDICT", "PACKETS", "BYTES");
     for v in &stats.verdicts {
-        println!("{:<24} {:>14} {:>16}", v.verdict, v.packets, v.bytes);
+        out!("{:<24} {:>14} {:>16}", v.verdict, v.packets, v.bytes);
     }
     for (title, rows) in [
         ("by drops", &stats.top_by_drops),
         ("by packets", &stats.top_by_packets),
     ] {
-        println!(
+        out!(
             "\nTop {} sources {title} ({} tracked)",
-            args.top, stats.tracked_sources
+            args.top,
+            stats.tracked_sources
         );
-        println!(
+        out!(
             "{:<40} {:>10} {:>12} {:>8} {:>10} {:>10}  SESSIONS",
-            "SOURCE", "PACKETS", "BYTES", "SYNS", "DROPS", "LAST SEEN"
+            "SOURCE",
+            "PACKETS",
+            "BYTES",
+            "SYNS",
+            "DROPS",
+            "LAST SEEN"
         );
         for r in rows.iter() {
             let k = &r.kernel;
-            println!(
+            out!(
                 "{:<40} {:>10} {:>12} {:>8} {:>10} {:>9}s  {}",
                 k.source.to_string(),
                 k.packets,
@@ -50,7 +56,7 @@ pub fn run(config: &Config, args: &crate::cli::StatsArgs) -> anyhow::Result<Exit
         }
     }
     if stats.session_sources.is_none() {
-        println!("\n(no daemon answers: session verdicts are not shown)");
+        out!("\n(no daemon answers: session verdicts are not shown)");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -28,9 +28,9 @@ pub fn run(config: &Config, args: &crate::cli::WhyArgs) -> anyhow::Result<ExitCo
     };
     if args.json && args.follow {
         // JSON Lines: the report, then one object per packet.
-        println!("{}", serde_json::to_string(&report)?);
+        out!("{}", serde_json::to_string(&report)?);
     } else if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print(&report);
     }
@@ -41,9 +41,9 @@ pub fn run(config: &Config, args: &crate::cli::WhyArgs) -> anyhow::Result<ExitCo
 }
 
 fn print(r: &WhyReport) {
-    println!("{}: {}", r.address, r.verdict);
+    out!("{}: {}", r.address, r.verdict);
     if r.blocks.is_empty() {
-        println!("  blocklist: no entry covers it");
+        out!("  blocklist: no entry covers it");
     }
     for b in &r.blocks {
         let left = match b.expires_in_secs {
@@ -53,7 +53,7 @@ fn print(r: &WhyReport) {
             ),
             None => "permanent".into(),
         };
-        println!(
+        out!(
             "  blocklist: {} ({}) origin {}, {left}{}{}",
             b.target,
             b.kind,
@@ -66,7 +66,7 @@ fn print(r: &WhyReport) {
         );
     }
     for a in &r.allows {
-        println!(
+        out!(
             "  allowlist: {} origin {}{}",
             a.prefix,
             a.origin,
@@ -77,35 +77,41 @@ fn print(r: &WhyReport) {
         );
     }
     match &r.rate {
-        Some(b) => println!(
+        Some(b) => out!(
             "  rate limit: bucket {}: {} of {} SYNs left, full in {} ms",
-            b.key, b.syns_left, b.burst, b.full_in_ms
+            b.key,
+            b.syns_left,
+            b.burst,
+            b.full_in_ms
         ),
-        None => println!("  rate limit: no bucket (not seen, or the limiter is off)"),
+        None => out!("  rate limit: no bucket (not seen, or the limiter is off)"),
     }
     match &r.kernel {
-        Some(k) => println!(
+        Some(k) => out!(
             "  kernel: {} packets, {} SYNs, {} drops, last seen {} s ago",
-            k.packets, k.syns, k.drops, k.last_seen_secs_ago
+            k.packets,
+            k.syns,
+            k.drops,
+            k.last_seen_secs_ago
         ),
-        None => println!("  kernel: not in the per-source table"),
+        None => out!("  kernel: not in the per-source table"),
     }
     match &r.sessions {
-        Some(s) => println!(
+        Some(s) => out!(
             "  sessions: {}",
             serde_json::to_string(s).unwrap_or_default()
         ),
-        None => println!("  sessions: none known (or no daemon answered)"),
+        None => out!("  sessions: none known (or no daemon answered)"),
     }
     match &r.store {
         Some(view) => print_store(view),
-        None => println!("  store: not read (no daemon answered, or no store)"),
+        None => out!("  store: not read (no daemon answered, or no store)"),
     }
 }
 
 /// What the state store holds about it.
 fn print_store(v: &StoreView) {
-    println!(
+    out!(
         "  store: {} (node {}{})",
         v.engine,
         v.node,
@@ -116,7 +122,7 @@ fn print_store(v: &StoreView) {
             Some(ms) => format!("until unix {}", ms / 1000),
             None => "permanent".into(),
         };
-        println!(
+        out!(
             "    ban record: {} by node {} (origin {}), {until}{}",
             b.target,
             b.node,
@@ -129,7 +135,7 @@ fn print_store(v: &StoreView) {
         );
     }
     for a in &v.allows {
-        println!(
+        out!(
             "    allowlist record: {} by node {} (origin {}){}",
             a.target,
             a.node,
@@ -142,13 +148,14 @@ fn print_store(v: &StoreView) {
         );
     }
     if let Some(b) = &v.waiting_ban {
-        println!(
+        out!(
             "    waiting ban: {} ({}), written when its session closes",
-            b.target, b.reason
+            b.target,
+            b.reason
         );
     }
     for c in &v.counts {
-        println!(
+        out!(
             "    auto-ban count: {} {} {} of {}{}",
             c.target,
             c.check,
@@ -158,7 +165,7 @@ fn print_store(v: &StoreView) {
         );
     }
     if let Some(g) = &v.greylist {
-        println!(
+        out!(
             "    greylist: network {} passed {} time(s){}",
             g.network,
             g.passes,
@@ -170,12 +177,12 @@ fn print_store(v: &StoreView) {
         );
     }
     if let Some(s) = &v.sessions {
-        println!(
+        out!(
             "    stored sessions: {}",
             serde_json::to_string(s).unwrap_or_default()
         );
     }
     for e in &v.errors {
-        println!("    not read: {e}");
+        out!("    not read: {e}");
     }
 }

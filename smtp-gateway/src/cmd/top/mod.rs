@@ -86,7 +86,7 @@ fn once(source: &mut Source, args: &TopArgs) -> anyhow::Result<()> {
             verdicts: &snapshot.verdicts,
             sources: view.rows.iter().take(limit).map(|r| &r.row).collect(),
         };
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        out!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
     let frame = Frame {
@@ -100,7 +100,7 @@ fn once(source: &mut Source, args: &TopArgs) -> anyhow::Result<()> {
         interactive: false,
     };
     for line in frame.lines() {
-        println!("{}", line.text);
+        out!("{}", line.text);
     }
     Ok(())
 }
