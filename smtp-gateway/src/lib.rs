@@ -26,6 +26,8 @@
 //! - `policy/`: pure verdict functions (anti-relay, HELO, DNSBL, FCrDNS, SPF; `[dns]`, the resolver
 //!   they share);
 //! - `signal.rs`: the control signals the daemon reacts to;
+//! - `bounded_line.rs`: operator files (imports, reputation lists) read a line at a time, at
+//!   most 4096 bytes of a line held;
 //! - `reload.rs`: reload requests (SIGHUP, file change, control socket) for the one reload path;
 //! - `control/`: the root-only control socket and the operations behind it;
 //! - `source_outcomes.rs`: per-source session verdicts, beside the kernel's per-source counters;
@@ -41,6 +43,7 @@
 #![deny(clippy::string_slice)]
 
 pub mod autoban;
+pub mod bounded_line;
 pub mod checks;
 pub mod cli;
 pub mod config;

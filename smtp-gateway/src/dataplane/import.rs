@@ -27,9 +27,8 @@ use smtp_gateway_common::{BlockEntry, list_slot, maps, origin};
 
 use super::{Dataplane, DataplaneError, Target, batch, clock, error::is_not_found, reasons};
 
-/// Longest line accepted, in bytes (newline excluded). A Spamhaus DROP JSON line is about 100
-/// bytes; a longer line is reported as "line too long" and skipped without being held in memory.
-pub const MAX_LINE_BYTES: usize = 4096;
+pub use crate::bounded_line::MAX_LINE_BYTES;
+use crate::bounded_line::{Line, next_line};
 
 /// A parsed, valid line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,56 +94,6 @@ pub fn parse_line(text: &str) -> Result<Option<(Target, Option<String>)>, String
         target,
         comment.filter(|c| !c.is_empty()).map(str::to_string),
     )))
-}
-
-/// What [`next_line`] read.
-enum Line {
-    /// A line of at most [`MAX_LINE_BYTES`], in the buffer (newline removed).
-    Complete,
-    /// A longer line, skipped (the buffer holds nothing of it).
-    TooLong,
-}
-
-/// Reads the next line into `buf` (cleared first), holding at most [`MAX_LINE_BYTES`] of it:
-/// the rest of a longer line is read and dropped. `Ok(None)` at the end of the input.
-fn next_line(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<Option<Line>> {
-    buf.clear();
-    let mut too_long = false;
-    let mut started = false;
-    loop {
-        let available = match reader.fill_buf() {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if available.is_empty() {
-            return Ok(started.then_some(if too_long {
-                Line::TooLong
-            } else {
-                Line::Complete
-            }));
-        }
-        started = true;
-        let newline = available.iter().position(|b| *b == b'\n');
-        let part = available
-            .get(..newline.unwrap_or(available.len()))
-            .unwrap_or_default();
-        if !too_long && buf.len() + part.len() <= MAX_LINE_BYTES {
-            buf.extend_from_slice(part);
-        } else {
-            too_long = true;
-            buf.clear();
-        }
-        let used = part.len() + usize::from(newline.is_some());
-        reader.consume(used);
-        if newline.is_some() {
-            return Ok(Some(if too_long {
-                Line::TooLong
-            } else {
-                Line::Complete
-            }));
-        }
-    }
 }
 
 /// Parses a whole file. Lines that are not UTF-8 or longer than [`MAX_LINE_BYTES`] are reported,

@@ -1,14 +1,11 @@
 //! One list: reading its file line by line, the bloom filter in front of the exact store, the
 //! lookups, and its size.
 
-use std::{
-    fs::File,
-    io::{BufRead, BufReader},
-    net::IpAddr,
-    path::Path,
-};
+use std::{fs::File, io::BufReader, net::IpAddr, path::Path};
 
 use bloomfilter::Bloom;
+
+use crate::bounded_line::{Line, MAX_LINE_BYTES, next_line};
 
 use super::{
     config::{ListConfig, ListKind},
@@ -199,14 +196,19 @@ fn for_each_entry(
     };
     let file = File::open(path).map_err(read_error)?;
     let mut reader = BufReader::with_capacity(READ_BUFFER, file);
-    let mut buffer = Vec::new();
+    let mut buffer = Vec::with_capacity(MAX_LINE_BYTES);
     let mut line = 0;
     loop {
-        buffer.clear();
-        if reader.read_until(b'\n', &mut buffer).map_err(read_error)? == 0 {
-            return Ok(());
-        }
+        let read = next_line(&mut reader, &mut buffer).map_err(read_error)?;
         line += 1;
+        match read {
+            None => return Ok(()),
+            Some(Line::TooLong) => {
+                let message = format!("line too long (more than {MAX_LINE_BYTES} bytes)");
+                return Err(entry_error(line, message));
+            }
+            Some(Line::Complete) => {}
+        }
         let Ok(mut text) = std::str::from_utf8(&buffer) else {
             return Err(entry_error(line, "is not valid UTF-8".to_string()));
         };
@@ -239,6 +241,19 @@ mod tests {
         test_files::{TempFile, list, load},
     };
     use std::net::Ipv4Addr;
+
+    /// A list whose second line never ends within the bound (a file saved without newlines, or
+    /// the wrong file): it must not be read whole into memory.
+    const LONG_LINE: [u8; 5010] = {
+        let mut bytes = [b'1'; 5010];
+        let first = b"192.0.2.1\n";
+        let mut i = 0;
+        while i < first.len() {
+            bytes[i] = first[i];
+            i += 1;
+        }
+        bytes
+    };
 
     #[test]
     fn bad_lines_are_refused_with_file_and_line() {
@@ -290,6 +305,12 @@ mod tests {
                 b"example.com\nexam\xffple.com\n",
                 2,
                 "not valid UTF-8",
+            ),
+            (
+                ListKind::Ip,
+                &LONG_LINE,
+                2,
+                "line too long (more than 4096 bytes)",
             ),
         ];
         for &(kind, contents, line, part) in cases {
