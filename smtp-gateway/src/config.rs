@@ -41,12 +41,13 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/smtp-gateway/gateway.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why it could not be read.
-        source: std::io::Error,
+        /// Why it could not be read (in the message, so not a `source`: the CLI prints the
+        /// chain, and it would say it twice).
+        error: std::io::Error,
     },
     /// TOML syntax, an unknown key, or a value of the wrong type (the message names key and line).
     #[error("{origin}: {message}")]
@@ -119,6 +120,29 @@ pub struct Config {
 /// Where control sockets live when `daemon.control_socket` is empty.
 pub const CONTROL_SOCKET_DIR: &str = "/run/smtp-gateway";
 
+/// The largest configuration file read, in bytes: the reference file is about 50 KB, and a
+/// wrong path (`/dev/zero`, a log) must not be read into memory without end.
+pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The text of the configuration file at `path`, at most [`MAX_CONFIG_BYTES`].
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    let error = |error| ConfigError::Read {
+        path: path.to_path_buf(),
+        error,
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
+        .map_err(error)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(error(std::io::Error::other(format!(
+            "larger than {MAX_CONFIG_BYTES} bytes: not a configuration file"
+        ))));
+    }
+    Ok(text)
+}
+
 impl Config {
     /// The control socket path: `daemon.control_socket`, or the one derived from the pin dir.
     pub fn control_socket(&self) -> PathBuf {
@@ -159,10 +183,7 @@ impl Config {
 
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read_text(path)?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -361,6 +382,25 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "test.toml")
+    }
+
+    #[test]
+    fn a_file_past_the_size_bound_is_refused_unread() {
+        let path = std::env::temp_dir().join(format!("sgw-cfg-big-{}.toml", std::process::id()));
+        let mut text = String::from("[smtp]\nhostname = \"mx.example.net\"\n");
+        text.push_str(&"#".repeat(usize::try_from(MAX_CONFIG_BYTES).expect("fits")));
+        std::fs::write(&path, &text).expect("write");
+        let refused = Config::load(&path).expect_err("refused");
+        assert!(
+            refused.to_string().contains("larger than 16777216 bytes"),
+            "{refused}"
+        );
+        // At the bound, the file is read.
+        text.truncate(usize::try_from(MAX_CONFIG_BYTES).expect("fits"));
+        std::fs::write(&path, &text).expect("write");
+        let loaded = Config::load(&path);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(loaded.expect("loaded").smtp.hostname, "mx.example.net");
     }
 
     #[test]

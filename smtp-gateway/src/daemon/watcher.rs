@@ -201,14 +201,14 @@ fn stamp(path: &Path) -> std::io::Result<Stamp> {
 /// The file's text, read while it did not change (size, times and inode the same before and
 /// after, and as long as the size said), and not empty (comments only count as empty).
 async fn read_complete(path: &Path) -> Result<String, ConfigError> {
-    let error = |source| ConfigError::Read {
+    let error = |error| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     for _ in 0..STABLE_READ_ATTEMPTS {
         // A small file, read at once (as the startup read does); only the pause is awaited.
         let before = stamp(path).map_err(error)?;
-        let text = std::fs::read_to_string(path).map_err(error)?;
+        let text = crate::config::read_text(path)?;
         let after = stamp(path).map_err(error)?;
         if before == after && text.len() as u64 == after.len {
             // Comments only is empty too (a file cut short in its leading comments, say).
