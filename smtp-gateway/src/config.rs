@@ -212,6 +212,21 @@ impl Config {
         Ok(config)
     }
 
+    /// Checks a configuration put together from others (a reload runs the file's options with
+    /// the running values of those that need a restart): the rules [`Config::parse`] applies,
+    /// without a line to point at.
+    pub fn validate_assembled(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |Invalid { key, reason }| ConfigError::Invalid {
+            origin: origin.to_string(),
+            line: None,
+            key,
+            message: format!("{reason} (with the options that need a restart as they run now)"),
+        };
+        self.validate().map_err(invalid)?;
+        self.validate_listener_profiles()
+            .map_err(|(_, e)| invalid(e))
+    }
+
     /// Checks values serde cannot: every section, then the rules that span sections.
     fn validate(&self) -> Result<(), Invalid> {
         self.dataplane.validate()?;

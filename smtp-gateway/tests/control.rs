@@ -345,6 +345,30 @@ fn reload_command_and_file_change_take_the_one_reload_path() {
     );
     let banner = gw.banner();
     assert!(banner.contains("gw2.test"), "{banner}");
+
+    // Asked again, the daemon still says what waits for a restart: it runs the old value.
+    let out = gw.cli(&["reload"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("[daemon] changes"),
+        "a second reload forgot what waits for a restart: {}",
+        stderr(&out)
+    );
+
+    // A file cut short before [smtp] (a truncated write) has no listener and no backend: valid
+    // alone, but the running listener stays until a restart and would have no backend.
+    let text = std::fs::read_to_string(gw.config_path()).expect("config");
+    let cut = text.split("[smtp]").next().unwrap_or_default().to_string();
+    std::fs::write(gw.config_path(), cut).expect("write");
+    let out = gw.cli(&["reload"]);
+    assert!(!out.status.success(), "a listener without a backend");
+    let err = stderr(&out);
+    assert!(
+        err.contains("backend.servers") && err.contains("stays in force"),
+        "{err}"
+    );
+    let mut c = gw.greeted("client.example.net");
+    c.expect("MAIL FROM:<a@example.net>", "250");
 }
 
 #[test]

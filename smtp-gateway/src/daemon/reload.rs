@@ -176,6 +176,21 @@ pub(super) async fn reload(
     privileges_dropped: bool,
 ) -> Result<(Config, Vec<String>), DaemonError> {
     let new = super::watcher::load_complete(path).await?;
+    let mut notes = restart_notes(old, &new);
+    let (o, n) = (&old.dataplane, &new.dataplane);
+    // Attaching needs the privileges given up after setup.
+    let attach = o.interfaces != n.interfaces && !privileges_dropped;
+    if o.interfaces != n.interfaces && privileges_dropped {
+        notes.push(
+            "dataplane.interfaces changes take effect only after a restart (the daemon gave up \
+             the privileges to attach after setup; see daemon.drop_privileges)"
+                .into(),
+        );
+    }
+    // What is checked, built and applied is what will run: the file's options, with the ones
+    // that need a restart as they run now (a listener stays, and must still have a backend).
+    let new = as_running(new, old, attach);
+    new.validate_assembled(&path.display().to_string())?;
     // Built first and without side effects: a certificate that cannot be read leaves everything
     // as it was.
     // Reading certificates and reputation lists (possibly millions of lines) is blocking work:
@@ -191,18 +206,7 @@ pub(super) async fn reload(
         }
         None => None,
     };
-    let mut notes = restart_notes(old, &new);
-    let (o, n) = (&old.dataplane, &new.dataplane);
-    // Attaching needs the privileges given up after setup.
-    let attach = o.interfaces != n.interfaces && !privileges_dropped;
-    if o.interfaces != n.interfaces && privileges_dropped {
-        notes.push(
-            "dataplane.interfaces changes take effect only after a restart (the daemon gave up \
-             the privileges to attach after setup; see daemon.drop_privileges)"
-                .into(),
-        );
-    }
-    let cfg = n.clone();
+    let cfg = new.dataplane.clone();
     let dataplane = dataplane.clone();
     tokio::task::spawn_blocking(move || -> Result<(), DataplaneError> {
         if attach {
@@ -240,6 +244,31 @@ fn publish_generation(
         .configure(new.smtp.pass_cache_ttl, new.smtp.pass_cache_size);
     context.greylist.configure(new.greylist.local_capacity);
     let _ = shared.send(Arc::new(generation));
+}
+
+/// The configuration a reload of `new` runs when `old` runs: `new`, with the running value of
+/// every option [`restart_notes`] names (and of `dataplane.interfaces` unless the reload
+/// attaches). The running configuration keeps them, so every later reload says again what waits
+/// for a restart, and a file put back as it runs says nothing.
+pub(super) fn as_running(new: Config, old: &Config, attach: bool) -> Config {
+    let mut running = new;
+    running.smtp.listeners = old.smtp.listeners.clone();
+    running.metrics.enabled = old.metrics.enabled;
+    running.metrics.listen = old.metrics.listen;
+    running.metrics.session_sources = old.metrics.session_sources;
+    running.store = old.store.clone();
+    let (o, r) = (&old.dataplane, &mut running.dataplane);
+    r.pin_dir = o.pin_dir.clone();
+    r.capacity = o.capacity.clone();
+    r.attach_mode = o.attach_mode;
+    if !attach {
+        r.interfaces = o.interfaces.clone();
+    }
+    running.daemon = crate::daemon::config::DaemonConfig {
+        control_timeout: running.daemon.control_timeout,
+        ..old.daemon.clone()
+    };
+    running
 }
 
 /// The changed options that take effect only after a restart (config/gateway.toml lists them).
@@ -364,6 +393,30 @@ mod tests {
             1,
             "resized on reload, the rest kept"
         );
+    }
+
+    #[test]
+    fn a_reload_runs_the_options_that_need_a_restart_as_they_run() {
+        let old = Config::parse(
+            "[smtp]\nlisteners = [{ address = \"127.0.0.1:2525\" }]\n\
+             [backend]\nservers = [{ address = \"127.0.0.1:10025\" }]\n",
+            "old.toml",
+        )
+        .expect("old");
+        let mut new = old.clone();
+        new.smtp.listeners.clear();
+        new.daemon.watch_config = !old.daemon.watch_config;
+        new.daemon.control_timeout = Duration::from_secs(5);
+        new.smtp.max_recipients = 7;
+        assert_eq!(restart_notes(&old, &new).len(), 2, "listeners and [daemon]");
+        let running = as_running(new.clone(), &old, false);
+        assert_eq!(running.smtp.listeners, old.smtp.listeners);
+        assert_eq!(running.daemon.watch_config, old.daemon.watch_config);
+        assert_eq!(running.daemon.control_timeout, Duration::from_secs(5));
+        assert_eq!(running.smtp.max_recipients, 7);
+        // Asked again, the same notes; the file put back as it runs, none.
+        assert_eq!(restart_notes(&running, &new).len(), 2);
+        assert!(restart_notes(&running, &old).is_empty());
     }
 
     #[test]
