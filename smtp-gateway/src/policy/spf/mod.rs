@@ -137,6 +137,15 @@ impl Spf {
             (SpfIdentity::MailFrom(sender.to_string()), domain)
         };
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        // RFC 7208 4.3: a malformed domain, or one of a single label (an address literal, a
+        // bare host name), has no policy: "none" at once, without a lookup.
+        if !domain.contains('.') || crate::policy::address::check_domain_syntax(&domain).is_err() {
+            return SpfVerdict {
+                outcome: SpfOutcome::None,
+                identity,
+                domain,
+            };
+        }
         let work = async {
             match self.count_records(&domain).await {
                 Err(()) => return SpfOutcome::TempError,
@@ -299,6 +308,29 @@ mod tests {
         assert_eq!(verdict.outcome, SpfOutcome::Pass);
         assert_eq!(verdict.identity, SpfIdentity::Helo("helo.test".into()));
         assert_eq!(verdict.domain, "helo.test");
+    }
+
+    #[tokio::test]
+    async fn an_identity_that_is_no_multi_label_domain_has_no_policy() {
+        // RFC 7208 4.3: a malformed or single-label domain is "none" at once. A client greeting
+        // with an address literal and sending a bounce (MAIL FROM:<>) has no SPF identity: its
+        // bounce must not be refused as a permerror.
+        let server = server();
+        let spf = spf(&server);
+        for (helo, sender) in [
+            ("[198.51.100.7]", ""),
+            ("[IPv6:2001:db8::7]", ""),
+            ("x.test", "a@[198.51.100.7]"),
+            ("localhost", ""),
+            ("x.test", "a@localhost"),
+            ("x.test", "a@bad..test"),
+        ] {
+            assert_eq!(
+                outcome(&spf, helo, sender).await,
+                SpfOutcome::None,
+                "{helo} {sender}"
+            );
+        }
     }
 
     #[tokio::test]
