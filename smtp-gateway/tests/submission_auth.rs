@@ -200,6 +200,29 @@ fn endless_sasl_backend() -> (SocketAddr, std::thread::JoinHandle<Vec<String>>) 
 }
 
 #[test]
+fn a_sasl_exchange_ends_with_the_session_time_limit() {
+    // A client that stops answering in the middle of its AUTH exchange is held to
+    // smtp.max_session_duration as between commands, not only to command_timeout (300s).
+    let (backend, _seen) = endless_sasl_backend();
+    let gw = Gateway::start_tls(
+        "authlimit",
+        backend,
+        "smtps\", profile = \"mx",
+        "max_session_duration = \"3s\"",
+    );
+    let mut c = gw.tls_client();
+    assert!(c.reply().starts_with("220 "));
+    assert!(c.cmd("EHLO client.example.net").contains("AUTH LOGIN"));
+    assert!(c.cmd("AUTH LOGIN").starts_with("334"));
+    // Silent now: the limit's 421 comes (the client reads with a 10 s timeout).
+    let reply = c.reply();
+    assert!(
+        reply.starts_with("421 4.4.2 Maximum session duration"),
+        "{reply:?}"
+    );
+}
+
+#[test]
 fn a_sasl_exchange_is_bounded_and_cancelled_on_the_backend() {
     let (backend, seen) = endless_sasl_backend();
     let (_gw, mut c) = smtps("steps", backend);

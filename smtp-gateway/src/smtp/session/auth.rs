@@ -6,7 +6,7 @@ use super::{Flow, Session};
 use crate::smtp::{
     backend::Backend,
     config::ListenerKind,
-    connection::{Ending, Line},
+    connection::{ConnError, Ending, Line},
     reply::Reply,
 };
 
@@ -69,13 +69,29 @@ impl Session {
             if self.conn.flush().await.is_err() {
                 return Flow::Close;
             }
-            let smtp = &self.shared.config.smtp;
-            let line = match self
-                .conn
-                .read_line(MAX_SASL_LINE, smtp.command_timeout)
-                .await
-            {
+            // The response is waited for as a command is: until command_timeout, the session
+            // time limit or the daemon's shutdown, whichever comes first.
+            let timeout = self.shared.config.smtp.command_timeout;
+            let deadline = (tokio::time::Instant::now() + timeout).min(self.ends_by);
+            let read = tokio::select! {
+                biased;
+                read = self.conn.read_line_until(MAX_SASL_LINE, deadline) => read,
+                _ = Self::shutting_down(&mut self.shutdown) => {
+                    self.reply(Reply::new(421, "4.3.2 Service shutting down, closing connection"));
+                    return Flow::Close;
+                }
+            };
+            let line = match read {
                 Ok(Some(line)) if line.ending != Ending::Eof => line,
+                Err(ConnError::Timeout) if deadline >= self.ends_by => {
+                    tracing::info!(client = %self.client, "maximum session duration reached during AUTH; closing");
+                    self.reply(Reply::new(421, super::SESSION_TIME_LIMIT));
+                    return Flow::Close;
+                }
+                Err(ConnError::Timeout) => {
+                    self.reply(Reply::new(421, "4.4.2 Timeout, closing connection"));
+                    return Flow::Close;
+                }
                 _ => return Flow::Close,
             };
             // A response line gets the checks of a command line (CRLF only, no NUL, length).
