@@ -263,3 +263,32 @@ fn a_client_session_tries_a_failing_backend_a_bounded_number_of_times() {
         "backend.max_connections_per_session = 3"
     );
 }
+
+#[test]
+fn an_auth_parameter_of_a_client_that_did_not_log_in_never_reaches_the_backend() {
+    // RFC 4954 section 5: MAIL's AUTH= names the submitter for a server that trusts the client's
+    // login. A client that did not log in (here on an MX port, where AUTH is not even offered)
+    // must not hand the backend a submitter of its choice (Postfix records it as sasl_sender and
+    // passes it to milters).
+    let (addr, connections) = backend();
+    let gw = Gateway::start("authparam", addr, "");
+    let mut c = gw.greeted("client.example.net");
+    c.expect(
+        "MAIL FROM:<a@c.example.net> AUTH=boss+40corp.test BODY=8BITMIME",
+        "250",
+    );
+    c.expect("RCPT TO:<a@example.org>", "250");
+    let seen = wait_for(&connections, "the MAIL at the backend", |c| {
+        c.iter().flatten().any(|l| l.starts_with("MAIL FROM:"))
+    });
+    let mail: Vec<&String> = seen
+        .iter()
+        .flatten()
+        .filter(|l| l.starts_with("MAIL FROM:"))
+        .collect();
+    assert_eq!(
+        mail,
+        [&"MAIL FROM:<a@c.example.net> BODY=8BITMIME".to_string()],
+        "{seen:#?}"
+    );
+}

@@ -93,19 +93,51 @@ pub fn raw_path(line: &[u8]) -> Option<String> {
 /// A MAIL/RCPT line's text split at its path: what is between `<` and the `>` closing it (quotes
 /// respected), and what follows (the ESMTP parameters).
 fn split_path(text: &str) -> Option<(&str, &str)> {
-    let (_, after) = text.split_once('<')?;
+    let open = text.find('<')?;
+    let end = path_end(text.as_bytes())?;
+    Some((text.get(open + 1..end - 1)?, text.get(end..)?))
+}
+
+/// Where the path of a MAIL/RCPT line ends: the index just past its closing `>` (one inside a
+/// quoted local part does not close it). Works on bytes: no byte of a multi-byte UTF-8
+/// character is ASCII, so the positions found are character boundaries.
+fn path_end(line: &[u8]) -> Option<usize> {
+    let open = line.iter().position(|b| *b == b'<')?;
     let mut quoted = false;
     let mut escaped = false;
-    for (i, c) in after.char_indices() {
-        match c {
+    for (i, b) in line.iter().enumerate().skip(open + 1) {
+        match b {
             _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '>' if !quoted => return Some((after.get(..i)?, after.get(i + 1..)?)),
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b'>' if !quoted => return Some(i + 1),
             _ => {}
         }
     }
     None
+}
+
+/// The MAIL line without its `AUTH=` parameters, or `None` when it has none. RFC 4954 section 5:
+/// `AUTH=` names the message's submitter for a server that trusts the client's login; one that
+/// did not log in must not hand the backend a submitter of its choice (Postfix records it as
+/// `sasl_sender` and passes it to milters). The path and every other parameter are kept as
+/// they came.
+pub fn without_auth_parameter(line: &[u8]) -> Option<Vec<u8>> {
+    let end = path_end(line)?;
+    let (head, parameters) = (line.get(..end)?, line.get(end..)?);
+    let is_auth = |p: &&[u8]| p.get(..5).is_some_and(|k| k.eq_ignore_ascii_case(b"AUTH="));
+    if !parameters.split(|b| *b == b' ').any(|p| is_auth(&p)) {
+        return None;
+    }
+    let mut kept = head.to_vec();
+    for parameter in parameters
+        .split(|b| *b == b' ')
+        .filter(|p| !p.is_empty() && !is_auth(p))
+    {
+        kept.push(b' ');
+        kept.extend_from_slice(parameter);
+    }
+    Some(kept)
 }
 
 /// The message size a MAIL line declares (`SIZE=`, RFC 1870), read from the parameters after
@@ -357,6 +389,37 @@ mod tests {
             assert_eq!(
                 declared_size(line),
                 size,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn the_auth_parameter_is_taken_out_and_the_rest_kept() {
+        let cases: [(&[u8], Option<&[u8]>); 7] = [
+            (
+                b"MAIL FROM:<a@example.net> AUTH=boss+40corp.test BODY=8BITMIME",
+                Some(b"MAIL FROM:<a@example.net> BODY=8BITMIME"),
+            ),
+            (
+                b"MAIL FROM:<a@example.net> size=7 auth=<> AUTH=x",
+                Some(b"MAIL FROM:<a@example.net> size=7"),
+            ),
+            (b"mail from:<> AUTH=x", Some(b"mail from:<>")),
+            // Inside the path, a quoted local part's text is no parameter.
+            (b"MAIL FROM:<\"x> AUTH=y\"@example.net> BODY=7BIT", None),
+            (b"MAIL FROM:<a@example.net> AUTHOR=x", None),
+            (b"MAIL FROM:<a@example.net>", None),
+            (
+                "MAIL FROM:<\u{e9}@example.net> AUTH=x SMTPUTF8".as_bytes(),
+                Some("MAIL FROM:<\u{e9}@example.net> SMTPUTF8".as_bytes()),
+            ),
+        ];
+        for (line, kept) in cases {
+            assert_eq!(
+                without_auth_parameter(line).as_deref(),
+                kept,
                 "{}",
                 String::from_utf8_lossy(line)
             );

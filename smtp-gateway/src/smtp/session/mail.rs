@@ -52,6 +52,13 @@ impl Session {
             ));
             return Flow::Continue;
         }
+        // The submitter a client that did not log in names is not forwarded (RFC 4954 5).
+        let without_auth = if self.authenticated() {
+            None
+        } else {
+            address::without_auth_parameter(raw)
+        };
+        let raw = without_auth.as_deref().unwrap_or(raw);
         if self.messages >= self.shared.config.smtp.max_messages {
             self.reply(Reply::new(
                 452,
