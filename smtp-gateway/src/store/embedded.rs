@@ -8,7 +8,9 @@ use std::{os::unix::fs::DirBuilderExt, path::Path, sync::Arc, time::Duration};
 
 use redb::{Database, ReadableTable, TableDefinition};
 
-use super::{CounterLife, Scanned, StoreConfig, StoreError, Write, records::unix_now_ms};
+use super::{
+    CounterLife, Scanned, StoreConfig, StoreError, Write, contain::contain, records::unix_now_ms,
+};
 
 /// The one table: key -> expiry (8 bytes) + value.
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
@@ -52,12 +54,19 @@ impl Embedded {
         Self::open_file(&config.path, config.cache_bytes)
     }
 
-    /// Opens (or creates) the database at `path`.
+    /// Opens (or creates) the database at `path`. redb asserts (panics) on some damaged files
+    /// (a truncated file, a damaged region header): that is [`StoreError::Damaged`], not a crash.
     fn open_file(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(db_error)?;
+        let opened = contain(|| Database::builder().set_cache_size(cache_bytes).create(path));
+        let db = match opened {
+            Ok(db) => db.map_err(db_error)?,
+            Err(panic) => {
+                return Err(StoreError::Damaged {
+                    path: path.to_path_buf(),
+                    reason: format!("redb: {panic}"),
+                });
+            }
+        };
         Ok(Self { db: Arc::new(db) })
     }
 
@@ -392,6 +401,82 @@ mod tests {
         assert_eq!(scan(&db, "count/", 3, 64, 1).expect("scan").len(), 3);
         assert_eq!(scan(&db, "count/", 100, 64, 1).expect("scan").len(), 5);
         assert_eq!(scan(&db, "pass/", 100, 64, 1).expect("scan").len(), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A valid file of some size, written and closed: (its directory, its path).
+    fn written_file(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (dir, db) = temp_db(tag);
+        let writes: Vec<Write> = (0..20_000)
+            .map(|i| {
+                put(
+                    &format!("ban/198.18.{}.{}", i / 256, i % 256),
+                    &[b'v'; 64],
+                    60_000,
+                )
+            })
+            .collect();
+        apply(&db, &writes, 0).expect("apply");
+        drop(db);
+        let path = dir.join("state.redb");
+        (dir, path)
+    }
+
+    /// The open of a damaged file is an error naming the file, never a panic (redb asserts on
+    /// damaged headers).
+    fn assert_damaged(path: &Path) {
+        match Embedded::open_file(path, 1 << 20) {
+            Err(e @ StoreError::Damaged { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains(&path.display().to_string()), "{text}");
+                assert!(text.contains("damaged"), "{text}");
+            }
+            Err(other) => panic!("expected Damaged, got {other:?}"),
+            Ok(_) => panic!("a damaged file opened"),
+        }
+    }
+
+    #[test]
+    fn a_truncated_file_is_an_error_not_a_panic() {
+        let (dir, path) = written_file("truncated");
+        let len = std::fs::metadata(&path).expect("metadata").len();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        file.set_len(len / 3).expect("truncate");
+        drop(file);
+        assert_damaged(&path);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_file_with_damaged_regions_is_an_error_not_a_panic() {
+        use std::io::{Seek, SeekFrom, Write as _};
+        let (dir, path) = written_file("regions");
+        let len = std::fs::metadata(&path).expect("metadata").len();
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        // 64 pseudo-random bytes every 8 KiB from 4096 (what a torn write might leave).
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut offset = 4096;
+        while offset < len {
+            let junk: Vec<u8> = (0..64)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x.to_be_bytes()[0]
+                })
+                .collect();
+            file.seek(SeekFrom::Start(offset)).expect("seek");
+            file.write_all(&junk).expect("write");
+            offset += 8192;
+        }
+        drop(file);
+        assert_damaged(&path);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -13,10 +13,12 @@
 //! - `config.rs`: `[store]`;
 //! - `records.rs`: keys ([`Space`]), the ban record, the bounded codec;
 //! - `embedded.rs`: the redb engine (synchronous, run on the blocking pool);
+//! - `contain.rs`: a panic inside a dependency (redb on a damaged file) as an error;
 //! - `redis.rs`: the Redis engine (connection manager, native expiry);
 //! - `test_redis.rs` (tests only): a private `redis-server` for unit tests.
 
 pub mod config;
+mod contain;
 mod embedded;
 pub mod records;
 mod redis;
@@ -74,6 +76,15 @@ pub enum StoreError {
         path: std::path::PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// The embedded file is damaged (torn by a power loss or a full disk, or overwritten):
+    /// redb could not open it.
+    #[error("{}: the file is damaged ({reason}); move it away to start with an empty store", path.display())]
+    Damaged {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What redb found.
+        reason: String,
     },
     /// A blocking operation of the embedded engine panicked or was cancelled.
     #[error("store task failed: {0}")]
