@@ -31,6 +31,44 @@ pub enum DaemonError {
     Control(#[from] ControlError),
     #[error(transparent)]
     Privileges(#[from] PrivilegeError),
+    /// Not a `#[from]`: that would make the store error the source too, and `{e:#}` (main.rs)
+    /// would print it twice.
     #[error("state store ([store]): {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(crate::store::StoreError),
+}
+
+impl From<crate::store::StoreError> for DaemonError {
+    fn from(e: crate::store::StoreError) -> Self {
+        DaemonError::Store(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Opened, StoreConfig};
+
+    #[test]
+    fn a_store_open_error_names_the_file_and_each_cause_once() {
+        let dir = std::env::temp_dir().join(format!("sgw-daemon-error-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("state.redb");
+        // Not a redb file: redb's "invalid data".
+        std::fs::write(&path, vec![b'x'; 8192]).expect("write");
+        let cfg = StoreConfig {
+            path: path.clone(),
+            ..StoreConfig::default()
+        };
+        let Err(e) = Opened::open(&cfg) else {
+            panic!("a file that is not a redb file opened");
+        };
+        // As main.rs prints it: anyhow's alternate form, the whole chain.
+        let text = format!("{:#}", anyhow::Error::from(DaemonError::from(e)));
+        assert!(text.starts_with("state store ([store]): "), "{text}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert_eq!(text.matches("invalid data").count(), 1, "{text}");
+        assert_eq!(text.matches("embedded store").count(), 1, "{text}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

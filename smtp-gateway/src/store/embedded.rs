@@ -59,7 +59,10 @@ impl Embedded {
     fn open_file(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         let opened = contain(|| Database::builder().set_cache_size(cache_bytes).create(path));
         let db = match opened {
-            Ok(db) => db.map_err(db_error)?,
+            Ok(db) => db.map_err(|error| StoreError::Open {
+                path: path.to_path_buf(),
+                error: Box::new(error),
+            })?,
             Err(panic) => {
                 return Err(StoreError::Damaged {
                     path: path.to_path_buf(),

@@ -42,9 +42,18 @@ use crate::metrics::Metrics;
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The embedded database refused (I/O, corruption, lock held by another process).
+    /// The embedded database refused (I/O, corruption).
     #[error("embedded store: {0}")]
     Embedded(Box<redb::Error>),
+    /// The embedded file could not be opened (I/O, not a redb file, lock held by another
+    /// process). The redb error is part of the text, not a source: it is printed once.
+    #[error("embedded store {}: {error}", path.display())]
+    Open {
+        /// The file (`store.path`).
+        path: std::path::PathBuf,
+        /// Why.
+        error: Box<redb::DatabaseError>,
+    },
     /// Redis refused or is unreachable.
     #[error("redis: {0}")]
     Redis(Box<::redis::RedisError>),
