@@ -124,6 +124,11 @@ impl PassCache {
                 }
             }
             Ok(None) => PassLookup::Unknown,
+            // Garbage, too large, another type: unknown (a pass rewrites it), not a store down.
+            Err(e) if e.is_bad_value() => {
+                tracing::debug!(%ip, error = %e, "pass cache: stored pass unusable, taken as unknown");
+                PassLookup::Unknown
+            }
             Err(e) => {
                 tracing::debug!(%ip, error = %e, "pass cache: the store did not answer");
                 match store.on_timeout() {
@@ -340,6 +345,65 @@ mod tests {
             cache.insert(ip(2), Instant::now());
             assert_eq!(cache.lookup(ip(2)).await, PassLookup::Passed);
         }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Waits until the writer has written `id` of `space` (whatever it holds).
+    async fn written(store: &Store, space: Space, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Ok(None) = store.get::<serde_json::Value>(space, id).await {
+            assert!(Instant::now() < deadline, "{id} never written");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A stored pass that does not decode (garbage, too large, a Redis key of another type)
+    /// counts as unknown: the client goes through the checks, even with `on_timeout = "closed"`
+    /// (it was refused with 421 on every connection, for as long as the garbage lived).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pass_that_does_not_decode_is_a_miss_not_a_store_down() {
+        let dir = std::env::temp_dir().join(format!("sgw-pass-bad-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let base = crate::store::StoreConfig {
+            on_timeout: OnTimeout::Closed,
+            budget: Duration::from_secs(2),
+            max_value_bytes: 1024,
+            ..crate::store::StoreConfig::default()
+        };
+        // Embedded: values of another shape, written through the store.
+        let cfg = crate::store::StoreConfig {
+            path: dir.join("state.redb"),
+            ..base.clone()
+        };
+        let (store, _stop) = started(&cfg);
+        let ttl = Duration::from_secs(60);
+        store.put(Space::Pass, &ip(1).to_string(), &"garbage", ttl);
+        store.put(Space::Pass, &ip(2).to_string(), &"x".repeat(4096), ttl);
+        written(&store, Space::Pass, &ip(1).to_string()).await;
+        written(&store, Space::Pass, &ip(2).to_string()).await;
+        let cache = PassCache::new(Duration::from_secs(60), 10);
+        cache.attach(store);
+        assert_eq!(cache.lookup(ip(1)).await, PassLookup::Unknown, "garbage");
+        assert_eq!(cache.lookup(ip(2)).await, PassLookup::Unknown, "too large");
+        // Redis: garbage, too large, a list.
+        let redis = crate::store::test_redis::RedisServer::start(&dir);
+        let cfg = crate::store::StoreConfig {
+            engine: crate::store::EngineKind::Redis,
+            redis_url: redis.url(),
+            ..base
+        };
+        let key = |n: u8| format!("{}pass/{}", cfg.key_prefix, ip(n));
+        redis.cli(&["SET", &key(1), "garbage"]);
+        redis.cli(&["SET", &key(2), &"x".repeat(4096)]);
+        redis.cli(&["RPUSH", &key(3), "a", "b"]);
+        let (store, _stop) = started(&cfg);
+        let cache = PassCache::new(Duration::from_secs(60), 10);
+        cache.attach(store);
+        assert_eq!(cache.lookup(ip(1)).await, PassLookup::Unknown, "garbage");
+        assert_eq!(cache.lookup(ip(2)).await, PassLookup::Unknown, "too large");
+        assert_eq!(cache.lookup(ip(3)).await, PassLookup::Unknown, "a list");
+        drop(redis);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -100,6 +100,18 @@ pub enum StoreError {
     Task(String),
 }
 
+impl StoreError {
+    /// Whether the value read is at fault, not the store: it does not decode, is larger than
+    /// `store.max_value_bytes`, or (Redis) its key holds another type. Such an entry counts as
+    /// unknown (absent), never as a store that is down (`store.on_timeout` is not for it).
+    pub fn is_bad_value(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Decode { .. } | StoreError::TooLarge { .. }
+        )
+    }
+}
+
 impl From<::redis::RedisError> for StoreError {
     fn from(e: ::redis::RedisError) -> Self {
         StoreError::Redis(Box::new(e))
@@ -400,7 +412,8 @@ impl Store {
 
     /// The value of `id` in `space`, waiting at most `store.budget` (for sessions). A timeout,
     /// an engine error and a hostile value are errors (counted); the caller applies
-    /// [`on_timeout`](Self::on_timeout).
+    /// [`on_timeout`](Self::on_timeout) to the first two and takes a hostile value
+    /// ([`StoreError::is_bad_value`]) as no value.
     pub async fn get<T: DeserializeOwned>(
         &self,
         space: Space,

@@ -120,11 +120,17 @@ impl Redis {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// The value of `key`, at most `max` bytes transferred (one more tells it is too large).
+    /// The value of `key`, at most `max` bytes transferred (one more tells it is too large). A
+    /// key of another type (a list, a hash) is a value that does not decode, not a failure of
+    /// the store.
     pub(super) async fn get(&self, key: String, max: usize) -> Result<Option<Vec<u8>>, StoreError> {
         let mut conn = self.conn.clone();
         let end = i64::try_from(max).unwrap_or(i64::MAX);
-        let value: Vec<u8> = conn.getrange(self.full(&key), 0, end as isize).await?;
+        let value: Vec<u8> = match conn.getrange(self.full(&key), 0, end as isize).await {
+            Ok(value) => value,
+            Err(e) if is_wrong_type(&e) => return Err(wrong_type(key)),
+            Err(e) => return Err(e.into()),
+        };
         check(&key, value, max)
     }
 
@@ -203,6 +209,19 @@ fn check(key: &str, value: Vec<u8>, max: usize) -> Result<Option<Vec<u8>>, Store
         });
     }
     Ok(Some(value))
+}
+
+/// Whether Redis refused a command because the key holds another type (`WRONGTYPE`).
+fn is_wrong_type(e: &::redis::RedisError) -> bool {
+    e.code() == Some("WRONGTYPE")
+}
+
+/// A key of another type than a string, as the value that does not decode it is.
+fn wrong_type(key: String) -> StoreError {
+    StoreError::Decode {
+        key,
+        reason: "the key holds another type than a string (WRONGTYPE)".into(),
+    }
 }
 
 /// `text` with Redis glob characters escaped, for a `MATCH` pattern.

@@ -161,7 +161,8 @@ pub struct Greylist {
     store: OnceLock<Store>,
 }
 
-/// Why a store read gave nothing usable.
+/// The store did not answer (a value it holds that is unusable is no answer's fault: that
+/// entry counts as unknown).
 struct StoreDown;
 
 impl Greylist {
@@ -362,6 +363,13 @@ impl Greylist {
                 passes: u32::try_from(n).unwrap_or(u32::MAX),
             })),
             Ok(None) => Ok(local),
+            // Not a counter (garbage, another type, overflowing): unknown, and removed so
+            // that the next pass counts from one again.
+            Err(e) if e.is_bad_value() => {
+                tracing::debug!(error = %e, "greylist: stored count unusable, taken as unknown");
+                store.delete(Space::GreyAllow, network);
+                Ok(local)
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "greylist: the store did not answer");
                 Err(StoreDown)
@@ -386,10 +394,18 @@ impl Greylist {
         let Some(store) = self.store.get() else {
             return Ok(None);
         };
-        store.get::<T>(space, id).await.map_err(|e| {
-            tracing::debug!(space = space.name(), error = %e, "greylist: the store did not answer");
-            StoreDown
-        })
+        match store.get::<T>(space, id).await {
+            Ok(record) => Ok(record),
+            // Garbage, too large, another type: unknown (a new triplet overwrites it).
+            Err(e) if e.is_bad_value() => {
+                tracing::debug!(space = space.name(), error = %e, "greylist: stored record unusable, taken as unknown");
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::debug!(space = space.name(), error = %e, "greylist: the store did not answer");
+                Err(StoreDown)
+            }
+        }
     }
 
     /// Remembers a triplet here and writes it through, for `ttl`.

@@ -319,6 +319,116 @@ async fn a_store_that_does_not_answer_fails_open_or_closed_as_configured() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Waits until the writer has written `id` of `space` (whatever it holds).
+async fn written(store: &Store, space: Space, id: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while let Ok(None) = store.get::<serde_json::Value>(space, id).await {
+        assert!(std::time::Instant::now() < deadline, "{id} never written");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A triplet or a network count that does not decode (garbage, too large, a Redis key of another
+/// type) counts as unknown, not as a store that is down: with `on_timeout = "closed"` the triplet
+/// is deferred once as a new one, its record is overwritten, and a retry after the delay passes
+/// (it was 451 for good). Checked with `g`, then with a second gateway that only has the store.
+async fn undecodable_records_count_as_unknown(store: &Store, client: &str, to: &str) {
+    let c = config();
+    let t0 = unix_now_ms();
+    let g = Greylist::new(100);
+    g.attach(store.clone());
+    let first = g.check_at(&c, ip(client), "a@x.example", to, t0).await;
+    assert_eq!(first, Verdict::Deferred, "{client} {to}");
+    let network = triplet::client_network(ip(client), c.ipv4_prefix, c.ipv6_prefix);
+    let key = triplet::triplet_key(&network, "a@x.example", to);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !matches!(
+        store.get::<TripletRecord>(Space::Greylist, &key).await,
+        Ok(Some(_))
+    ) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{client} {to}: the record was never overwritten"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let other = Greylist::new(100);
+    other.attach(store.clone());
+    let retry = other
+        .check_at(&c, ip(client), "a@x.example", to, t0 + 60 * S)
+        .await;
+    assert_eq!(retry, Verdict::Passed, "{client} {to}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_that_do_not_decode_are_unknown_not_a_store_down() {
+    let dir = std::env::temp_dir().join(format!("sgw-grey-bad-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let c = config();
+    let base = StoreConfig {
+        on_timeout: OnTimeout::Closed,
+        budget: Duration::from_secs(2),
+        max_value_bytes: 1024,
+        ..StoreConfig::default()
+    };
+    let triplet_id = |client: &str, to: &str| {
+        let network = triplet::client_network(ip(client), c.ipv4_prefix, c.ipv6_prefix);
+        triplet::triplet_key(&network, "a@x.example", to)
+    };
+    let network_id = |client: &str| {
+        triplet::client_network(ip(client), c.ipv4_prefix, c.ipv6_prefix).to_string()
+    };
+    let ttl = Duration::from_secs(600);
+
+    // Embedded: values of another shape, written through the store.
+    let cfg = StoreConfig {
+        path: dir.join("state.redb"),
+        ..base.clone()
+    };
+    let (store, _stop) = started(&cfg);
+    let garbage = triplet_id("198.18.1.1", "r@y.example");
+    let big = triplet_id("198.18.2.1", "r@y.example");
+    store.put(Space::Greylist, &garbage, &"garbage", ttl);
+    store.put(Space::Greylist, &big, &"x".repeat(4096), ttl);
+    store.put(Space::GreyAllow, &network_id("198.18.3.1"), &"abc", ttl);
+    written(&store, Space::Greylist, &garbage).await;
+    written(&store, Space::Greylist, &big).await;
+    written(&store, Space::GreyAllow, &network_id("198.18.3.1")).await;
+    undecodable_records_count_as_unknown(&store, "198.18.1.1", "r@y.example").await;
+    undecodable_records_count_as_unknown(&store, "198.18.2.1", "r@y.example").await;
+    undecodable_records_count_as_unknown(&store, "198.18.3.1", "r@y.example").await;
+
+    // Redis: garbage, too large and a hash as triplets; a word, a list and an overflowing
+    // number as network counts.
+    let redis = crate::store::test_redis::RedisServer::start(&dir);
+    let cfg = StoreConfig {
+        engine: EngineKind::Redis,
+        redis_url: redis.url(),
+        ..base
+    };
+    let full = |space: Space, id: &str| format!("{}{}", cfg.key_prefix, space.key(id));
+    let triplet_key = |client| full(Space::Greylist, &triplet_id(client, "r@y.example"));
+    let network_key = |client| full(Space::GreyAllow, &network_id(client));
+    redis.cli(&["SET", &triplet_key("198.18.11.1"), "{not json"]);
+    redis.cli(&["SET", &triplet_key("198.18.12.1"), &"x".repeat(4096)]);
+    redis.cli(&["HSET", &triplet_key("198.18.13.1"), "a", "b"]);
+    redis.cli(&["SET", &network_key("198.18.14.1"), "abc"]);
+    redis.cli(&["RPUSH", &network_key("198.18.15.1"), "a", "b"]);
+    redis.cli(&[
+        "SET",
+        &network_key("198.18.16.1"),
+        "99999999999999999999999",
+    ]);
+    let (store, _stop) = started(&cfg);
+    for n in 11..=16 {
+        let client = format!("198.18.{n}.1");
+        undecodable_records_count_as_unknown(&store, &client, "r@y.example").await;
+    }
+    drop(redis);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn verdicts_name_their_metric() {
     for (v, name, defers) in [
