@@ -9,7 +9,8 @@ use std::{os::unix::fs::DirBuilderExt, path::Path, sync::Arc, time::Duration};
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{
-    CounterLife, Scanned, StoreConfig, StoreError, Write, contain::contain, records::unix_now_ms,
+    CounterLife, Scan, Scanned, StoreConfig, StoreError, Write, contain::contain,
+    records::unix_now_ms,
 };
 
 /// The one table: key -> expiry (8 bytes) + value.
@@ -103,7 +104,7 @@ impl Embedded {
         prefix: String,
         limit: usize,
         max: usize,
-    ) -> Result<Vec<Scanned>, StoreError> {
+    ) -> Result<Scan, StoreError> {
         self.blocking(move |db| scan(db, &prefix, limit, max, unix_now_ms()))
             .await
     }
@@ -233,21 +234,23 @@ fn get(db: &Database, key: &str, max: usize, now: u64) -> Result<Option<Vec<u8>>
     Ok((expires > now).then_some(value))
 }
 
-/// Up to `limit` live entries under `prefix` at `now`; damaged ones are skipped (logged).
+/// Up to `limit` live entries under `prefix` at `now`; damaged ones are skipped (counted, the
+/// first logged).
 fn scan(
     db: &Database,
     prefix: &str,
     limit: usize,
     max: usize,
     now: u64,
-) -> Result<Vec<Scanned>, StoreError> {
+) -> Result<Scan, StoreError> {
     let tx = db.begin_read().map_err(db_error)?;
     let table = match tx.open_table(ENTRIES) {
         Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), 0)),
         Err(e) => return Err(db_error(e)),
     };
     let mut out = Vec::new();
+    let mut skipped = 0;
     for entry in table.range(prefix..).map_err(db_error)? {
         let (key, stored) = entry.map_err(db_error)?;
         let key = key.value();
@@ -261,10 +264,15 @@ fn scan(
                 left: Some(Duration::from_millis(expires - now)),
             }),
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "store: damaged entry skipped"),
+            Err(e) => {
+                if skipped == 0 {
+                    tracing::warn!(error = %e, "store: damaged entry skipped (the first of this scan)");
+                }
+                skipped += 1;
+            }
         }
     }
-    Ok(out)
+    Ok((out, skipped))
 }
 
 /// Deletes up to [`PURGE_BATCH`] entries expired at `now` (and damaged ones); how many.
@@ -336,7 +344,7 @@ mod tests {
             None,
             "expired"
         );
-        let live = scan(&db, "pass/", 10, 64, t0 + 500).expect("scan");
+        let (live, _) = scan(&db, "pass/", 10, 64, t0 + 500).expect("scan");
         // What is left of its life, by the same clock: 1000 ms from t0, read at t0 + 500.
         assert_eq!(
             live,
@@ -387,8 +395,8 @@ mod tests {
             other => panic!("expected Decode, got {other:?}"),
         }
         // A scan skips it, a purge removes it.
-        let live = scan(&db, "pass/", 10, 1000, t0).expect("scan");
-        assert_eq!(live.len(), 1);
+        let (live, skipped) = scan(&db, "pass/", 10, 1000, t0).expect("scan");
+        assert_eq!((live.len(), skipped), (1, 1));
         assert_eq!(purge(&db, t0).expect("purge"), 1);
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -401,9 +409,9 @@ mod tests {
             .chain([put("outcome/x", b"v", 1000), put("ban/y", b"v", 1000)])
             .collect();
         apply(&db, &writes, 0).expect("apply");
-        assert_eq!(scan(&db, "count/", 3, 64, 1).expect("scan").len(), 3);
-        assert_eq!(scan(&db, "count/", 100, 64, 1).expect("scan").len(), 5);
-        assert_eq!(scan(&db, "pass/", 100, 64, 1).expect("scan").len(), 0);
+        assert_eq!(scan(&db, "count/", 3, 64, 1).expect("scan").0.len(), 3);
+        assert_eq!(scan(&db, "count/", 100, 64, 1).expect("scan").0.len(), 5);
+        assert_eq!(scan(&db, "pass/", 100, 64, 1).expect("scan").0.len(), 0);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -156,6 +156,10 @@ struct Scanned {
     left: Option<Duration>,
 }
 
+/// What an engine's scan read: the entries, and how many it skipped (each engine logs the
+/// first it skipped; [`Store::load_with_life`] counts them).
+type Scan = (Vec<Scanned>, usize);
+
 /// One entry [`Store::load_with_life`] read: its id, its value, and what is left of its life by
 /// the engine's clock (Redis's for a fleet: one clock for every gateway), none when it never
 /// expires.
@@ -229,13 +233,9 @@ impl Engine {
         }
     }
 
-    /// Up to `limit` live entries whose key starts with `prefix`.
-    async fn scan(
-        &self,
-        prefix: String,
-        limit: usize,
-        max: usize,
-    ) -> Result<Vec<Scanned>, StoreError> {
+    /// Up to `limit` live entries whose key starts with `prefix`, and how many entries the
+    /// engine skipped (damaged, too large, a Redis key of another type).
+    async fn scan(&self, prefix: String, limit: usize, max: usize) -> Result<Scan, StoreError> {
         match self {
             Engine::Embedded(e) => e.scan(prefix, limit, max).await,
             Engine::Redis(r) => r.scan(prefix, limit, max).await,
@@ -539,8 +539,16 @@ impl Store {
             Err(_) => Err(StoreError::Timeout(cfg.io_timeout)),
         };
         self.count("scan", &raw);
+        let (entries, skipped) = raw?;
+        if skipped > 0 {
+            self.inner.metrics.store_ops(
+                "decode",
+                "error",
+                u64::try_from(skipped).unwrap_or(u64::MAX),
+            );
+        }
         let mut out = Vec::new();
-        for Scanned { key, value, left } in raw? {
+        for Scanned { key, value, left } in entries {
             let Some(id) = space.id_of(&key) else {
                 continue;
             };

@@ -12,7 +12,7 @@ use ::redis::{
 };
 
 use super::{
-    CounterLife, Scanned, StoreConfig, StoreError, Write,
+    CounterLife, Scan, Scanned, StoreConfig, StoreError, Write,
     records::{FleetList, encode},
 };
 
@@ -136,17 +136,26 @@ impl Redis {
 
     /// Up to `limit` entries under `prefix` (`SCAN`, then per round one pipeline of bounded
     /// reads and one of `PTTL`: what is left of each by Redis's clock, the fleet's one clock).
-    /// Keys that are not UTF-8 or not ours, or that expired meanwhile, are skipped.
+    /// Keys that are not UTF-8 or not ours, or that expired meanwhile, are left out; a value
+    /// too large or a key of another type (its read alone fails: `WRONGTYPE`) is skipped,
+    /// counted, and the first of a scan logged. One bad key never fails the scan.
     pub(super) async fn scan(
         &self,
         prefix: String,
         limit: usize,
         max: usize,
-    ) -> Result<Vec<Scanned>, StoreError> {
+    ) -> Result<Scan, StoreError> {
         let mut conn = self.conn.clone();
         let pattern = format!("{}*", escape_glob(&self.full(&prefix)));
         let end = i64::try_from(max).unwrap_or(i64::MAX);
         let mut out = Vec::new();
+        let mut skipped = 0;
+        let mut skip = |e: StoreError| {
+            if skipped == 0 {
+                tracing::warn!(error = %e, "store: entry skipped (the first of this scan)");
+            }
+            skipped += 1;
+        };
         let mut cursor: u64 = 0;
         loop {
             let (next, keys): (u64, Vec<Vec<u8>>) = ::redis::cmd("SCAN")
@@ -168,7 +177,9 @@ impl Redis {
                 for key in &keys {
                     pipe.cmd("GETRANGE").arg(self.full(key)).arg(0).arg(end);
                 }
-                let values: Vec<Vec<u8>> = pipe.query_async(&mut conn).await?;
+                // One result per read: an error reply (WRONGTYPE) is that entry's alone.
+                let values: Vec<::redis::RedisResult<Vec<u8>>> =
+                    pipe.ignore_errors().query_async(&mut conn).await?;
                 let mut pipe = ::redis::pipe();
                 for key in &keys {
                     pipe.cmd("PTTL").arg(self.full(key));
@@ -180,16 +191,24 @@ impl Redis {
                         -2 => continue,
                         ms => u64::try_from(ms).ok().map(Duration::from_millis),
                     };
+                    let value = match value {
+                        Ok(value) => value,
+                        Err(e) if is_wrong_type(&e) => {
+                            skip(wrong_type(key));
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     match check(&key, value, max) {
                         Ok(Some(value)) => out.push(Scanned { key, value, left }),
                         Ok(None) => {}
-                        Err(e) => tracing::warn!(error = %e, "store: entry skipped"),
+                        Err(e) => skip(e),
                     }
                 }
             }
             cursor = next;
             if cursor == 0 || out.len() >= limit {
-                return Ok(out);
+                return Ok((out, skipped));
             }
         }
     }

@@ -415,6 +415,38 @@ async fn redis_round_trips_expires_and_refuses_hostile_values() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// One key of another type in a space (a list, a hash) is skipped by a load; the other entries
+/// are loaded (the whole GETRANGE pipeline failed on its WRONGTYPE reply, and every entry of the
+/// space was lost: at start, and on every fleet reconcile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_key_of_another_type_is_skipped_by_a_load_not_fatal() {
+    let dir = temp_dir("redis-wrongtype");
+    let server = RedisServer::start(&dir);
+    let run = Running::start(&redis_config(server.url()));
+    for n in 1..=3 {
+        run.store.put(
+            Space::Ban,
+            &format!("198.18.0.{n}"),
+            &probe(n),
+            Duration::from_secs(100),
+        );
+    }
+    run.until_reads(Space::Ban, "198.18.0.3", Some(probe(3)))
+        .await;
+    server.cli(&["RPUSH", "t:ban/zzz", "a", "b"]);
+    server.cli(&["HSET", "t:ban/aaa", "a", "b"]);
+    let mut loaded: Vec<(String, Probe)> = run.store.load(Space::Ban).await.expect("load");
+    loaded.sort_by(|a, b| a.0.cmp(&b.0));
+    let want: Vec<(String, Probe)> = (1..=3)
+        .map(|n| (format!("198.18.0.{n}"), probe(n)))
+        .collect();
+    assert_eq!(loaded, want);
+    assert_eq!(run.metrics.store_count("decode", "error"), 2, "counted");
+    assert_eq!(run.stop().await, 0);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_made_while_redis_is_down_reach_it_when_it_returns() {
     let dir = temp_dir("redis-down");
