@@ -10,7 +10,7 @@ use smtp_gateway::{
     },
 };
 
-use super::human_time;
+use super::{human_time, printable};
 use crate::cli::{AllowCommand, ListArgs};
 
 pub fn run(config: &Config, command: AllowCommand) -> anyhow::Result<ExitCode> {
@@ -45,15 +45,48 @@ pub fn run(config: &Config, command: AllowCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn print_table(rows: &[AllowRow]) {
-    out!("{:<43} {:<8} {:<21} REASON", "PREFIX", "ORIGIN", "ADDED");
+    let text = table(rows);
+    out!("{}", text.strip_suffix('\n').unwrap_or(&text));
+}
+
+/// The table `allow list` prints (reasons made [`printable`]).
+fn table(rows: &[AllowRow]) -> String {
+    let mut out = format!("{:<43} {:<8} {:<21} REASON\n", "PREFIX", "ORIGIN", "ADDED");
     for r in rows {
-        out!(
-            "{:<43} {:<8} {:<21} {}",
+        out.push_str(&format!(
+            "{:<43} {:<8} {:<21} {}\n",
             r.prefix,
-            r.origin,
+            printable(&r.origin),
             human_time(r.added_at),
-            r.reason.as_deref().unwrap_or("-")
+            printable(r.reason.as_deref().unwrap_or("-"))
+        ));
+    }
+    out.push_str(&format!("{} entries\n", rows.len()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_with_control_characters_is_escaped_in_the_table() {
+        let rows = [AllowRow {
+            prefix: "198.18.0.0/24".into(),
+            reason: Some("ok\x1b[2J\x1b[Hcleared screen\nFAKE allow line\\n".into()),
+            origin: "fleet".into(),
+            added_at: 0,
+        }];
+        let text = table(&rows);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert_eq!(text.lines().count(), 3, "header, one row, count: {text:?}");
+        // A backslash is escaped too: an escape cannot be faked.
+        assert!(
+            text.contains(r"ok\u{1b}[2J\u{1b}[Hcleared screen\nFAKE allow line\\n"),
+            "{text:?}"
         );
     }
-    out!("{} entries", rows.len());
 }

@@ -14,7 +14,7 @@ use smtp_gateway::{
     dataplane::import::{self, ImportOptions},
 };
 
-use super::{ensure_maps, human_duration, human_time};
+use super::{ensure_maps, human_duration, human_time, printable};
 use crate::cli::{BlockCommand, ListArgs};
 
 pub fn run(config: &Config, command: BlockCommand) -> anyhow::Result<ExitCode> {
@@ -130,13 +130,15 @@ pub fn run(config: &Config, command: BlockCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn print_table(rows: &[BlockRow]) {
-    out!(
-        "{:<43} {:<7} {:<8} {:<14} {:<21} REASON",
-        "TARGET",
-        "KIND",
-        "ORIGIN",
-        "EXPIRES",
-        "ADDED"
+    let text = table(rows);
+    out!("{}", text.strip_suffix('\n').unwrap_or(&text));
+}
+
+/// The table `block list` prints (reasons made [`printable`]).
+fn table(rows: &[BlockRow]) -> String {
+    let mut out = format!(
+        "{:<43} {:<7} {:<8} {:<14} {:<21} REASON\n",
+        "TARGET", "KIND", "ORIGIN", "EXPIRES", "ADDED"
     );
     for r in rows {
         let expires = match (r.expires_in_secs, r.active) {
@@ -144,15 +146,44 @@ fn print_table(rows: &[BlockRow]) {
             (Some(s), true) => format!("in {}", human_duration(std::time::Duration::from_secs(s))),
             (None, true) => "never".to_string(),
         };
-        out!(
-            "{:<43} {:<7} {:<8} {:<14} {:<21} {}",
+        out.push_str(&format!(
+            "{:<43} {:<7} {:<8} {:<14} {:<21} {}\n",
             r.target,
             r.kind,
-            r.origin,
+            printable(&r.origin),
             expires,
             human_time(r.added_at),
-            r.reason.as_deref().unwrap_or("-")
+            printable(r.reason.as_deref().unwrap_or("-"))
+        ));
+    }
+    out.push_str(&format!("{} entries\n", rows.len()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_with_control_characters_is_escaped_in_the_table() {
+        let rows = [BlockRow {
+            target: "198.18.0.1".into(),
+            kind: "exact".into(),
+            reason: Some("evil\x1b[31mRED\x1b[0m\nFAKE 1.2.3.4 line\r\x07\u{9b}2J".into()),
+            origin: "fleet".into(),
+            expires_in_secs: None,
+            active: true,
+            added_at: 0,
+        }];
+        let text = table(&rows);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert_eq!(text.lines().count(), 3, "header, one row, count: {text:?}");
+        assert!(
+            text.contains(r"evil\u{1b}[31mRED\u{1b}[0m\nFAKE 1.2.3.4 line\r\u{7}\u{9b}2J"),
+            "{text:?}"
         );
     }
-    out!("{} entries", rows.len());
 }

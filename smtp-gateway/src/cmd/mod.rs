@@ -157,6 +157,31 @@ pub fn ensure_maps(config: &Config) -> anyhow::Result<Dataplane> {
     )?)
 }
 
+/// `text` fit for a terminal table: control characters (ESC, CR, LF, BEL, DEL, the C1 range)
+/// and bidirectional overrides are escaped the way Rust writes them (`\u{1b}`, `\r`, `\n`),
+/// and so is a backslash, so an escape cannot be faked. A reason can come from a fleet message
+/// or `--reason`: raw, it could recolour or clear the screen or forge a row. JSON output
+/// (`--json`) stays exact.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let escaped = |c: char| {
+        c.is_control()
+            || c == '\\'
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(escaped) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if escaped(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// "2026-11-23T10:00:00Z" for Unix seconds (0: "-").
 pub fn human_time(unix_s: u64) -> String {
     if unix_s == 0 {
