@@ -377,6 +377,11 @@ impl Metrics {
         self.store_queue_overflows.inc();
     }
 
+    /// Store writes dropped so far because the queue was full (for tests and `stats`).
+    pub fn store_queue_overflows(&self) -> u64 {
+        self.store_queue_overflows.get()
+    }
+
     /// Store writes waiting now.
     pub fn store_queued(&self, n: usize) {
         self.store_queued.set(i64::try_from(n).unwrap_or(i64::MAX));

@@ -9,7 +9,8 @@
 //! them when it returns); a read waits at most `store.budget`, and then `store.on_timeout`
 //! decides. Every entry has a TTL. Every value read back is hostile (`records.rs`).
 //!
-//! - `mod.rs`: [`Store`] (the interface), [`Writer`] (the write queue), [`StoreError`];
+//! - `mod.rs`: [`Store`] (the interface), [`Writer`] (the task that writes), [`StoreError`];
+//! - `queue.rs`: the bounded write queue (the oldest dropped when full);
 //! - `config.rs`: `[store]`;
 //! - `records.rs`: keys ([`Space`]), the ban record, the bounded codec;
 //! - `embedded.rs`: the redb engine (synchronous, run on the blocking pool);
@@ -20,23 +21,24 @@
 pub mod config;
 mod contain;
 mod embedded;
+mod queue;
 pub mod records;
 mod redis;
 #[cfg(test)]
 pub(crate) mod test_redis;
 
 use std::{
-    collections::VecDeque,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use serde::{Serialize, de::DeserializeOwned};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 pub use config::{Engine as EngineKind, OnTimeout, StoreConfig};
 pub use records::{BanRecord, Space};
 
+use self::queue::{Pushed, Queue};
 use crate::metrics::Metrics;
 
 /// Why a store operation failed.
@@ -139,6 +141,7 @@ enum Write {
 
 impl Write {
     /// The key written.
+    #[cfg(test)]
     fn key(&self) -> &str {
         match self {
             Write::Put { key, .. } | Write::Delete { key } => key,
@@ -301,12 +304,12 @@ impl Opened {
             None => Engine::Redis(redis::Redis::connect(&config, &node)?),
         };
         let engine = Arc::new(engine);
-        let (tx, rx) = mpsc::channel(config.queue);
+        let queue = Arc::new(Queue::new(config.queue));
         tracing::info!(engine = engine.name(), node, "state store opened");
         let store = Store {
             inner: Arc::new(Inner {
                 engine: engine.clone(),
-                writes: tx,
+                writes: queue.clone(),
                 node,
                 config: config.clone(),
                 metrics: metrics.clone(),
@@ -314,7 +317,7 @@ impl Opened {
         };
         let writer = Writer {
             engine,
-            writes: rx,
+            writes: queue,
             config,
             metrics,
         };
@@ -334,13 +337,20 @@ struct Inner {
     /// The engine.
     engine: Arc<Engine>,
     /// The write queue ([`Writer`] drains it).
-    writes: mpsc::Sender<Write>,
+    writes: Arc<Queue>,
     /// This node's name.
     node: String,
     /// `[store]`.
     config: StoreConfig,
     /// Operation counters.
     metrics: Arc<Metrics>,
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: no write will come any more (the writer stops).
+    fn drop(&mut self) {
+        self.writes.close();
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -379,8 +389,8 @@ impl Store {
         &self.inner.config
     }
 
-    /// Queues `value` under `id` in `space` for `ttl`; never waits. A full queue drops the
-    /// write (counted); a zero TTL writes nothing.
+    /// Queues `value` under `id` in `space` for `ttl`; never waits. A full queue drops its
+    /// oldest write (counted); a zero TTL writes nothing.
     pub fn put<T: Serialize>(&self, space: Space, id: &str, value: &T, ttl: Duration) {
         if ttl.is_zero() {
             return;
@@ -397,16 +407,19 @@ impl Store {
         self.queue(Write::Delete { key: space.key(id) });
     }
 
-    /// Hands a write to the writer, or counts it lost when the queue is full.
+    /// Hands a write to the writer; a full queue drops its oldest (counted).
     fn queue(&self, write: Write) {
-        match self.inner.writes.try_send(write) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.inner.metrics.store_queue_overflow();
+        match self.inner.writes.push(write) {
+            Pushed::Queued {
+                dropped_oldest,
+                len,
+            } => {
+                if dropped_oldest {
+                    self.inner.metrics.store_queue_overflow();
+                }
+                self.inner.metrics.store_queued(len);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.inner.metrics.store_op("put", "error");
-            }
+            Pushed::Refused => self.inner.metrics.store_op("put", "error"),
         }
     }
 
@@ -578,14 +591,14 @@ impl Store {
     }
 }
 
-/// The one task that writes: drains the queue in batches, keeps what a store that is down
-/// refused (bounded by `store.queue`, the oldest dropped and counted) and tries again every
-/// `store.retry_interval`, and purges expired entries of the embedded file.
+/// The one task that writes: drains the queue in batches, leaves what a store that is down
+/// refused in the queue (bounded by `store.queue`, the oldest dropped and counted) and tries
+/// again every `store.retry_interval`, and purges expired entries of the embedded file.
 pub struct Writer {
     /// The engine.
     engine: Arc<Engine>,
     /// The queue sessions and tasks fill.
-    writes: mpsc::Receiver<Write>,
+    writes: Arc<Queue>,
     /// `[store]`.
     config: StoreConfig,
     /// Operation counters.
@@ -596,33 +609,34 @@ pub struct Writer {
 const BATCH: usize = 512;
 
 impl Writer {
-    /// Writes until `stop` turns true (send it after the last task that writes has finished),
-    /// then flushes what is queued, bounded by `store.io_timeout`. Returns the writes lost
-    /// (the store refused them to the end).
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> usize {
-        let mut backlog: VecDeque<Write> = VecDeque::new();
+    /// Writes until `stop` turns true (send it after the last task that writes has finished)
+    /// or every store handle is gone, then flushes what is queued, bounded by
+    /// `store.io_timeout`. Returns the writes lost (the store refused them to the end).
+    pub async fn run(self, mut stop: watch::Receiver<bool>) -> usize {
         let mut retry_at: Option<Instant> = None;
         let mut purge_at = Instant::now() + self.config.purge_interval;
         let mut down = false;
         loop {
+            if self.writes.is_closed() {
+                break;
+            }
+            if self.writes.is_empty() {
+                // Nothing left to retry (never a wake-up for an empty queue).
+                retry_at = None;
+            }
             let wake = match retry_at {
                 Some(at) => at.min(purge_at),
                 None => purge_at,
             };
-            tokio::select! {
-                biased;
-                _ = stop.changed() => break,
-                write = self.writes.recv(), if backlog.len() < self.config.queue => match write {
-                    Some(w) => self.push(&mut backlog, w),
-                    None => break,
-                },
-                () = tokio::time::sleep_until(wake.into()) => {}
-            }
-            while backlog.len() < BATCH {
-                match self.writes.try_recv() {
-                    Ok(w) => self.push(&mut backlog, w),
-                    Err(_) => break,
+            if retry_at.is_some() || self.writes.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => break,
+                    () = self.writes.woken(), if retry_at.is_none() => {}
+                    () = tokio::time::sleep_until(wake.into()) => {}
                 }
+            } else if stop.has_changed().unwrap_or(true) {
+                break;
             }
             let now = Instant::now();
             if now >= purge_at {
@@ -633,10 +647,10 @@ impl Writer {
                     Err(e) => tracing::warn!(error = %e, "store: purge failed"),
                 }
             }
-            if retry_at.is_some_and(|at| now < at) || backlog.is_empty() {
+            if retry_at.is_some_and(|at| now < at) || self.writes.is_empty() {
                 continue;
             }
-            match self.flush(&mut backlog).await {
+            match self.flush().await {
                 Ok(()) => {
                     retry_at = None;
                     if down {
@@ -648,42 +662,34 @@ impl Writer {
                     retry_at = Some(Instant::now() + self.config.retry_interval);
                     if !down {
                         down = true;
-                        tracing::warn!(error = %e, queued = backlog.len(), "state store unavailable; writes kept and retried (local state keeps serving)");
+                        tracing::warn!(error = %e, queued = self.writes.len(), "state store unavailable; writes kept and retried (local state keeps serving)");
                     }
                 }
             }
         }
         // The last writes (auto-ban's at shutdown among them), bounded in time.
-        while let Ok(w) = self.writes.try_recv() {
-            self.push(&mut backlog, w);
-        }
         let deadline = Instant::now() + self.config.io_timeout;
-        while !backlog.is_empty() && Instant::now() < deadline {
-            if self.flush(&mut backlog).await.is_err() {
+        while !self.writes.is_empty() && Instant::now() < deadline {
+            if self.flush().await.is_err() {
                 break;
             }
         }
-        if !backlog.is_empty() {
-            tracing::warn!(lost = backlog.len(), "store: writes not written at stop");
+        self.writes.stop();
+        let lost = self.writes.len();
+        if lost > 0 {
+            tracing::warn!(lost, "store: writes not written at stop");
         }
-        backlog.len()
+        lost
     }
 
-    /// Queues one write; a full backlog drops its oldest (counted).
-    fn push(&self, backlog: &mut VecDeque<Write>, write: Write) {
-        if backlog.len() >= self.config.queue {
-            backlog.pop_front();
-            self.metrics.store_queue_overflow();
-        }
-        backlog.push_back(write);
-        self.metrics.store_queued(backlog.len());
-    }
-
-    /// Writes up to one batch from the front of the backlog; on failure it stays there.
-    async fn flush(&self, backlog: &mut VecDeque<Write>) -> Result<(), StoreError> {
-        while !backlog.is_empty() {
-            let n = backlog.len().min(BATCH);
-            let batch: Vec<Write> = backlog.iter().take(n).cloned().collect();
+    /// Writes the queue from its front, one batch at a time; on failure the batch stays there.
+    async fn flush(&self) -> Result<(), StoreError> {
+        loop {
+            let batch = self.writes.begin(BATCH);
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let n = batch.len();
             let timeout = self.config.io_timeout;
             let result = match tokio::time::timeout(timeout, self.engine.apply(batch)).await {
                 Ok(r) => r,
@@ -695,13 +701,14 @@ impl Writer {
                 Err(_) => "error",
             };
             self.metrics.store_ops("write", outcome, n as u64);
-            result?;
-            for write in backlog.drain(..n) {
-                tracing::trace!(key = write.key(), "store: written");
+            if let Err(e) = result {
+                self.writes.failed();
+                return Err(e);
             }
-            self.metrics.store_queued(backlog.len());
+            tracing::trace!(n, "store: written");
+            let left = self.writes.written();
+            self.metrics.store_queued(left);
         }
-        Ok(())
     }
 }
 

@@ -505,3 +505,45 @@ async fn a_full_queue_drops_the_oldest_and_counts_it() {
     let _ = std::fs::remove_dir_all(dir);
     drop(server);
 }
+
+/// A full queue drops its oldest writes, as `store.queue` says, not the newest: the newest
+/// `queue` writes made while Redis is down reach it when it returns, the older ones never do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_keeps_the_newest_writes_for_a_store_that_returns() {
+    let dir = temp_dir("overflow-newest");
+    let mut server = RedisServer::start(&dir);
+    let cfg = StoreConfig {
+        queue: 4,
+        ..redis_config(server.url())
+    };
+    let run = Running::start(&cfg);
+    server.stop();
+    for i in 0..20 {
+        run.store.put(
+            Space::Pass,
+            &format!("k{i}"),
+            &probe(i),
+            Duration::from_secs(60),
+        );
+    }
+    run.until_a_write_is_refused().await;
+    assert!(
+        run.metrics.store_queue_overflows() >= 16,
+        "dropped and counted"
+    );
+    let server = RedisServer::start(&dir);
+    for i in 16..20 {
+        run.until_reads(Space::Pass, &format!("k{i}"), Some(probe(i)))
+            .await;
+    }
+    for i in 0..16 {
+        assert_eq!(
+            server.cli(&["EXISTS", &format!("t:pass/k{i}")]),
+            "0",
+            "k{i} is older than the newest 4"
+        );
+    }
+    assert_eq!(run.stop().await, 0);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
