@@ -945,3 +945,29 @@ fn a_reader_that_goes_away_ends_a_listing_quietly() {
         assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
     }
 }
+
+#[test]
+fn an_operators_allow_entry_outlives_the_same_prefix_leaving_the_file() {
+    let sb = Sandbox::new("allowlist = []\n[daemon]\nwatch_config = false");
+    let daemon = Daemon::start(&sb);
+    let out = sb.run(&["allow", "add", "198.18.4.0/24", "--reason", "partner"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&sb.config).expect("config");
+    let listed = text.replace("allowlist = []", "allowlist = [\"198.18.4.0/24\"]");
+    for (n, file) in [(1, &listed), (2, &text)] {
+        std::fs::write(&sb.config, file).expect("write");
+        daemon.signal(libc::SIGHUP);
+        wait_for(
+            || log_lines(&sb, &["configuration reloaded", "SIGHUP"]) == n,
+            "the reload",
+        );
+    }
+    let out = sb.run(&["allow", "list", "--json"]);
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let entry = list.iter().find(|e| e["prefix"] == "198.18.4.0/24");
+    assert!(
+        entry.is_some_and(|e| e["origin"] != "config" && e["reason"] == "partner"),
+        "the operator's entry was taken over by the file and left with it: {list:?}"
+    );
+    drop(daemon);
+}

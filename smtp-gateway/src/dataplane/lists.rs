@@ -343,13 +343,19 @@ impl Dataplane {
     /// Makes the allowlist entries of origin "config" exactly `wanted` (`dataplane.allowlist`,
     /// applied at start and on every reload); entries added by operators are left alone.
     pub fn sync_config_allowlist(&mut self, wanted: &[IpNet]) -> Result<(), DataplaneError> {
+        // An entry of another origin (an operator's `allow add`, the fleet's) stays theirs even
+        // when the file lists the same prefix: its origin decides who removes it, so the prefix
+        // leaving the file does not take it away.
+        let mut held = std::collections::HashSet::new();
         for record in self.allowed()? {
-            if record.entry.origin == origin::CONFIG && !wanted.contains(&record.net) {
+            if record.entry.origin != origin::CONFIG {
+                held.insert(record.net);
+            } else if !wanted.contains(&record.net) {
                 self.disallow(record.net)?;
             }
         }
         let reason = reasons::intern(self, "configuration file")?;
-        for net in wanted {
+        for net in wanted.iter().filter(|net| !held.contains(*net)) {
             self.allow(
                 *net,
                 AllowEntry {
