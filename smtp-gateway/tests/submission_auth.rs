@@ -200,6 +200,35 @@ fn endless_sasl_backend() -> (SocketAddr, std::thread::JoinHandle<Vec<String>>) 
 }
 
 #[test]
+fn an_anonymous_submission_client_costs_the_backend_no_connection() {
+    // Each submission client that only says EHLO held a backend connection (a Postfix smtpd
+    // process) to learn the AUTH mechanisms to offer: a few sources could take every process of
+    // the backend. Once one backend session has said them, they are offered from memory and
+    // the backend is reached at AUTH.
+    let (backend, seen) = scripted_backend_on_loopback(1);
+    let (gw, mut c) = smtps("anonymous", backend);
+    assert!(
+        c.cmd("EHLO client.example.net")
+            .contains("AUTH PLAIN LOGIN")
+    );
+    c.expect(&format!("AUTH PLAIN {GOOD_PLAIN}"), "235");
+    assert!(c.cmd("QUIT").starts_with("221"));
+    // The backend served its one session and is gone: a connection now would be refused.
+    let seen = seen.join().expect("backend");
+    assert!(seen.iter().any(|l| l.starts_with("AUTH PLAIN")), "{seen:?}");
+    let mut c = gw.tls_client();
+    assert!(c.reply().starts_with("220 "));
+    let ehlo = c.cmd("EHLO other.example.net");
+    assert!(
+        ehlo.starts_with("250") && ehlo.contains("AUTH PLAIN LOGIN"),
+        "offered without a backend connection: {ehlo}"
+    );
+    // Its AUTH needs the backend, which is gone now: a temporary failure, not a crash.
+    c.expect(&format!("AUTH PLAIN {GOOD_PLAIN}"), "451");
+    assert!(c.cmd("QUIT").starts_with("221"));
+}
+
+#[test]
 fn a_sasl_exchange_ends_with_the_session_time_limit() {
     // A client that stops answering in the middle of its AUTH exchange is held to
     // smtp.max_session_duration as between commands, not only to command_timeout (300s).

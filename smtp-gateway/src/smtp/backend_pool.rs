@@ -52,6 +52,10 @@ pub struct BackendPool {
     /// The last backend session handed out offered CHUNKING: what a client is told at EHLO
     /// while its own backend session is not open yet (`connect_at = "mail"`).
     chunking_seen: AtomicBool,
+    /// The AUTH mechanisms the last backend session handed out offered (`Some(None)`: none;
+    /// `None`: no backend session yet): what a submission client is offered at EHLO while its
+    /// own backend session is not open (it is opened at AUTH).
+    auth_seen: Mutex<Option<Option<String>>>,
 }
 
 impl std::fmt::Debug for BackendPool {
@@ -126,7 +130,21 @@ impl BackendPool {
     fn seen(&self, backend: Backend) -> Backend {
         self.chunking_seen
             .store(backend.caps().chunking(), Ordering::Relaxed);
+        let auth = backend.caps().auth().map(str::to_string);
+        *self
+            .auth_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(auth);
         backend
+    }
+
+    /// The AUTH mechanisms the last backend session handed out offered (`Some(None)`: none),
+    /// or `None` before the first.
+    pub fn auth_seen(&self) -> Option<Option<String>> {
+        self.auth_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether the last backend session handed out offered CHUNKING (false before the first).

@@ -29,6 +29,10 @@ impl Session {
 
     /// Relays a SASL exchange between client and backend; the backend decides.
     pub(super) async fn handle_auth(&mut self, raw: &[u8]) -> Flow {
+        if self.kind != ListenerKind::Smtp && self.helo.is_none() {
+            self.reply(Reply::new(503, "5.5.1 Send EHLO first"));
+            return self.count_error().unwrap_or(Flow::Continue);
+        }
         if self.kind == ListenerKind::Smtp || (self.backend_auth.is_none() && self.conn.is_tls()) {
             self.reply(Reply::new(502, "5.5.1 AUTH not available on this port"));
             return self.count_error().unwrap_or(Flow::Continue);
@@ -44,8 +48,11 @@ impl Session {
             self.reply(Reply::new(503, "5.5.1 AUTH not allowed now"));
             return self.count_error().unwrap_or(Flow::Continue);
         }
+        // The backend session is opened now when the EHLO offered the mechanisms from memory.
+        if let Err(flow) = self.ensure_backend().await {
+            return flow;
+        }
         let Some(backend) = self.backend.as_mut() else {
-            self.reply(Reply::new(503, "5.5.1 Send EHLO first"));
             return Flow::Continue;
         };
         // Whatever the outcome, the connection carries this client's SASL state from now on.

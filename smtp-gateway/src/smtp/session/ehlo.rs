@@ -1,7 +1,7 @@
 //! HELO and EHLO: the pipelining-before-the-reply check, the HELO checks and lists, the backend
-//! session (a new one when the configuration, or AUTH on a submission port, wants one now; on a
-//! repeated HELO the open one is reset and told the new name), and the capabilities offered
-//! (CHUNKING only where the backend offers it: `bdat.rs`).
+//! session (a new one when the configuration wants one now, or on a submission port before any
+//! backend said its AUTH mechanisms; on a repeated HELO the open one is reset and told the new
+//! name), and the capabilities offered (CHUNKING only where the backend offers it: `bdat.rs`).
 
 use super::{CheckEffect, Flow, Session};
 use crate::{
@@ -67,14 +67,27 @@ impl Session {
         self.helo = Some(host);
         self.esmtp = esmtp;
         self.rehello_backend().await;
-        // On submission ports inside TLS the backend is reached now: its AUTH mechanisms are
-        // offered to the client and the exchange is relayed to it.
+        // On submission ports inside TLS the backend's AUTH mechanisms are offered: those of
+        // the client's own backend session when one is open, else those the last one offered
+        // (the exchange opens the backend at AUTH), so a client that never logs in costs the
+        // backend no connection. Only before any backend session was seen is one opened now.
+        let offer_auth = esmtp && self.auth_possible() && self.backend.is_none();
+        let known = if offer_auth {
+            self.shared.backend_pool.auth_seen()
+        } else {
+            None
+        };
         if (self.shared.config.backend.connect_at == ConnectAt::Ehlo
-            || (esmtp && self.auth_possible()))
+            || (offer_auth && known.is_none()))
             && let Err(flow) = self.ensure_backend().await
         {
             self.ehlo_answered = true;
             return flow;
+        }
+        if let Some(mechanisms) = known
+            && self.backend.is_none()
+        {
+            self.backend_auth = mechanisms;
         }
         if esmtp {
             let caps = self.capabilities();
