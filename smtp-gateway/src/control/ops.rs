@@ -7,7 +7,9 @@ use smtp_gateway_common::{AllowEntry, BlockEntry, origin};
 
 use super::protocol::{AllowRow, BlockRow, Response, SourceReport, StatsReport, VerdictRow};
 use crate::dataplane::{
-    Dataplane, DataplaneError, Target, TargetError, clock, reasons,
+    Dataplane, DataplaneError, Target, TargetError, clock,
+    lists::BlockRecord,
+    reasons,
     stats::{SourceRow, top_by},
 };
 
@@ -72,22 +74,24 @@ pub fn block_list(dp: &Dataplane) -> Result<Vec<BlockRow>, OpError> {
     let now = clock::monotonic_ns();
     let mut records = dp.blocked()?;
     records.sort_by_key(|r| r.target);
-    Ok(records
-        .iter()
-        .map(|r| BlockRow {
-            target: r.target.to_string(),
-            kind: match r.target {
-                Target::V4(_) | Target::V6(_) => "exact",
-                _ => "prefix",
-            }
-            .into(),
-            reason: reasons::resolve(dp, r.entry.reason),
-            origin: origin::name(r.entry.origin).into(),
-            expires_in_secs: clock::remaining(r.entry.expires_at_ns, now).map(|d| d.as_secs()),
-            active: r.entry.is_active(now),
-            added_at: r.entry.added_at_s,
-        })
-        .collect())
+    Ok(records.iter().map(|r| block_row(dp, r, now)).collect())
+}
+
+/// One blocklist entry as `block list` and `why` show it, at `now` (monotonic ns).
+pub fn block_row(dp: &Dataplane, r: &BlockRecord, now: u64) -> BlockRow {
+    BlockRow {
+        target: r.target.to_string(),
+        kind: match r.target {
+            Target::V4(_) | Target::V6(_) => "exact",
+            _ => "prefix",
+        }
+        .into(),
+        reason: reasons::resolve(dp, r.entry.reason),
+        origin: origin::name(r.entry.origin).into(),
+        expires_in_secs: clock::remaining(r.entry.expires_at_ns, now).map(|d| d.as_secs()),
+        active: r.entry.is_active(now),
+        added_at: r.entry.added_at_s,
+    }
 }
 
 /// Adds an allowlist entry of origin `cli`.

@@ -12,7 +12,7 @@ use super::{
     ops::{self, OpError},
     protocol::{AllowRow, BlockRow, RateBucket, WhyReport},
 };
-use crate::dataplane::{Dataplane, DataplaneError, clock};
+use crate::dataplane::{Dataplane, DataplaneError, Target, clock, lists::BlockRecord};
 
 /// The report for `address` (the daemon adds the session outcomes).
 pub fn why(dp: &Dataplane, address: &str) -> Result<WhyReport, OpError> {
@@ -22,18 +22,30 @@ pub fn why(dp: &Dataplane, address: &str) -> Result<WhyReport, OpError> {
         .map_err(|_| OpError::Target(crate::dataplane::TargetError::Syntax(address.into())))?
         .to_canonical();
     let now = clock::monotonic_ns();
-    let mut blocks: Vec<(u8, BlockRow)> = Vec::new();
-    let rows = ops::block_list(dp)?;
-    for record in dp.blocked()? {
-        if !record.target.contains(address) {
-            continue;
-        }
-        let name = record.target.to_string();
-        if let Some(row) = rows.iter().find(|r| r.target == name) {
-            blocks.push((record.target.net().prefix_len(), row.clone()));
-        }
-    }
-    blocks.sort_by_key(|b| std::cmp::Reverse(b.0));
+    // The source's exact entry is one lookup, and only the prefixes are walked: a blocklist of
+    // millions of addresses is not read (nor the data plane held) for one source.
+    let exact = match address {
+        IpAddr::V4(a) => Target::V4(a),
+        IpAddr::V6(a) => Target::V6(a),
+    };
+    let mut covering: Vec<BlockRecord> = dp
+        .block_entry(exact)?
+        .map(|entry| BlockRecord {
+            target: exact,
+            entry,
+        })
+        .into_iter()
+        .collect();
+    covering.extend(
+        dp.blocked_prefixes()?
+            .into_iter()
+            .filter(|r| r.target.contains(address)),
+    );
+    covering.sort_by_key(|r| std::cmp::Reverse(r.target.net().prefix_len()));
+    let blocks: Vec<BlockRow> = covering
+        .iter()
+        .map(|r| ops::block_row(dp, r, now))
+        .collect();
     let allows: Vec<AllowRow> = {
         let covering: Vec<String> = dp
             .allowed()?
@@ -51,7 +63,6 @@ pub fn why(dp: &Dataplane, address: &str) -> Result<WhyReport, OpError> {
         .source_rows()?
         .into_iter()
         .find(|r| r.source.to_canonical() == address);
-    let blocks: Vec<BlockRow> = blocks.into_iter().map(|(_, row)| row).collect();
     let verdict = verdict(&blocks, &allows, rate.as_ref());
     Ok(WhyReport {
         address,

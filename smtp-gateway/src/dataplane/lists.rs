@@ -162,6 +162,15 @@ impl Dataplane {
                 entry,
             });
         }
+        out.extend(self.blocked_prefixes()?);
+        Ok(out)
+    }
+
+    /// Every prefix entry of the blocklist (the tries only: a lookup of one source reads its
+    /// exact entry with [`Dataplane::block_entry`] instead of walking millions).
+    pub fn blocked_prefixes(&self) -> Result<Vec<BlockRecord>, DataplaneError> {
+        let mut out = Vec::new();
+        let err = |name| move |source| DataplaneError::Map { name, source };
         for item in self.block_net_v4.iter() {
             let (k, entry) = item.map_err(err(maps::BLOCK_NET_V4))?;
             let net = IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8)
