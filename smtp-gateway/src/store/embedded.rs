@@ -4,7 +4,12 @@
 //! the writer purges them every `store.purge_interval`. Writes arrive in batches: one
 //! transaction (one fsync) per batch.
 
-use std::{os::unix::fs::DirBuilderExt, path::Path, sync::Arc, time::Duration};
+use std::{
+    os::unix::fs::DirBuilderExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use redb::{Database, ReadableTable, TableDefinition};
 
@@ -27,8 +32,30 @@ const PURGE_BATCH: usize = 10_000;
 
 /// The redb database, shared with the blocking tasks.
 pub(super) struct Embedded {
-    /// The open database (holds the file's lock: one daemon per file).
-    db: Arc<Database>,
+    /// The open database (holds the file's lock: one daemon per file); `None` after an I/O
+    /// error (a full disk), until the next operation opens the file again: redb refuses every
+    /// operation after one ("close and re-open the database").
+    db: Arc<Mutex<Option<Arc<Database>>>>,
+    /// The file, to open it again.
+    path: PathBuf,
+    /// `store.cache_bytes`.
+    cache_bytes: usize,
+}
+
+/// Opens (or creates) the database at `path`. redb asserts (panics) on some damaged files (a
+/// truncated file, a damaged region header): that is [`StoreError::Damaged`], not a crash.
+fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    let opened = contain(|| Database::builder().set_cache_size(cache_bytes).create(path));
+    match opened {
+        Ok(db) => db.map_err(|error| StoreError::Open {
+            path: path.to_path_buf(),
+            error: Box::new(error),
+        }),
+        Err(panic) => Err(StoreError::Damaged {
+            path: path.to_path_buf(),
+            reason: format!("redb: {panic}"),
+        }),
+    }
 }
 
 /// Any redb error, as a [`StoreError`].
@@ -55,35 +82,54 @@ impl Embedded {
         Self::open_file(&config.path, config.cache_bytes)
     }
 
-    /// Opens (or creates) the database at `path`. redb asserts (panics) on some damaged files
-    /// (a truncated file, a damaged region header): that is [`StoreError::Damaged`], not a crash.
+    /// Opens (or creates) the database at `path` (see [`open_database`]).
     fn open_file(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
-        let opened = contain(|| Database::builder().set_cache_size(cache_bytes).create(path));
-        let db = match opened {
-            Ok(db) => db.map_err(|error| StoreError::Open {
-                path: path.to_path_buf(),
-                error: Box::new(error),
-            })?,
-            Err(panic) => {
-                return Err(StoreError::Damaged {
-                    path: path.to_path_buf(),
-                    reason: format!("redb: {panic}"),
-                });
-            }
-        };
-        Ok(Self { db: Arc::new(db) })
+        let db = open_database(path, cache_bytes)?;
+        Ok(Self {
+            db: Arc::new(Mutex::new(Some(Arc::new(db)))),
+            path: path.to_path_buf(),
+            cache_bytes,
+        })
     }
 
-    /// Runs `f` on the database on the blocking pool.
+    /// Runs `f` on the database on the blocking pool, opening the file again first when an I/O
+    /// error closed it (an open that fails is this operation's error: the writer tries again
+    /// every `store.retry_interval`, and reads count it as a store that is down).
     async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
+        let (slot, path, cache_bytes) = (self.db.clone(), self.path.clone(), self.cache_bytes);
+        tokio::task::spawn_blocking(move || {
+            let db = {
+                let mut open = slot.lock().unwrap_or_else(PoisonError::into_inner);
+                match open.as_ref() {
+                    Some(db) => db.clone(),
+                    None => {
+                        // Fails while an operation still holds the old handle (the file's
+                        // lock); the next one succeeds.
+                        let db = Arc::new(open_database(&path, cache_bytes)?);
+                        tracing::info!(path = %path.display(), "embedded store opened again after an I/O error");
+                        *open = Some(db.clone());
+                        db
+                    }
+                }
+            };
+            let result = f(&db);
+            if let Err(StoreError::Embedded(e)) = &result
+                && matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo)
+            {
+                let mut open = slot.lock().unwrap_or_else(PoisonError::into_inner);
+                if open.as_ref().is_some_and(|current| Arc::ptr_eq(current, &db)) {
+                    tracing::warn!(path = %path.display(), error = %e, "embedded store closed after an I/O error; it is opened again at the next operation");
+                    *open = None;
+                }
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// Applies a batch in one transaction.
@@ -504,5 +550,68 @@ mod tests {
         drop(first);
         Embedded::open(&cfg).expect("reopened after the first closed");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A small tmpfs mounted for one test (root only), unmounted and removed on drop.
+    struct SmallDisk(std::path::PathBuf);
+
+    impl SmallDisk {
+        fn mount(tag: &str, size: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("sgw-disk-{}-{tag}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("dir");
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&dir)
+                .status()
+                .expect("mount");
+            assert!(status.success(), "mount a tmpfs (root needed)");
+            Self(dir)
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_filled_its_disk_writes_again_once_there_is_room() {
+        // redb refuses every operation after an I/O error ("close and re-open the database"):
+        // a full disk, once freed, must not leave the store down until a restart.
+        let disk = SmallDisk::mount("full", "8m");
+        let store = Embedded::open_file(&disk.0.join("state.redb"), 1 << 20).expect("open");
+        let value = vec![b'v'; 4096];
+        let batch = |from: usize| -> Vec<Write> {
+            (from..from + 400)
+                .map(|i| put(&format!("pass/{i}"), &value, 60_000))
+                .collect()
+        };
+        store.apply(batch(0)).await.expect("room at first");
+        // Fill the disk.
+        let filler = disk.0.join("filler");
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&filler).expect("filler");
+            let chunk = vec![0u8; 64 * 1024];
+            while f.write_all(&chunk).is_ok() {}
+        }
+        let full = store.apply(batch(1000)).await;
+        assert!(full.is_err(), "a full disk refuses the batch");
+        std::fs::remove_file(&filler).expect("free the disk");
+        store
+            .apply(batch(2000))
+            .await
+            .expect("writes again once the disk has room");
+        assert_eq!(
+            store.get("pass/2000".into(), 8192).await.expect("get"),
+            Some(value.clone())
+        );
+        assert_eq!(
+            store.get("pass/0".into(), 8192).await.expect("get"),
+            Some(value),
+            "what was written before stays"
+        );
     }
 }
