@@ -45,7 +45,9 @@ pub enum Command {
     Run,
     /// Remove the XDP program from every interface and delete all pinned state.
     Detach,
-    /// Validate the configuration file and exit (non-zero on error).
+    /// Validate the configuration file and exit (non-zero on error): its values, and the files
+    /// and accounts the daemon's start reads (TLS certificate and key, backend CAs, reputation
+    /// lists, CrowdSec key file, daemon.user/group). Attaches and binds nothing.
     CheckConfig,
     /// Manage the kernel blocklist.
     #[command(subcommand)]

@@ -257,6 +257,7 @@ impl Config {
         self.autoban.validate()?;
         self.crowdsec.validate()?;
         self.metrics.validate()?;
+        self.validate_metrics_listen()?;
         self.daemon.validate()?;
         self.store.validate()?;
         profile::validate(&self.profiles, &self.checks, &self.relay, MAX_PAUSE)?;
@@ -284,6 +285,31 @@ impl Config {
                     listener.address
                 );
                 return Err((name.to_string(), Invalid::new("smtp.listeners", reason)));
+            }
+        }
+        Ok(())
+    }
+
+    /// `metrics.listen` (when `metrics.enabled`) is no SMTP listener's address: both cannot
+    /// listen there (an unspecified address, `0.0.0.0` or `::`, takes the port on every one).
+    fn validate_metrics_listen(&self) -> Result<(), Invalid> {
+        let metrics = self.metrics.listen;
+        if !self.metrics.enabled {
+            return Ok(());
+        }
+        for listener in &self.smtp.listeners {
+            let smtp = listener.address;
+            let overlap = smtp.ip() == metrics.ip()
+                || smtp.ip().is_unspecified()
+                || metrics.ip().is_unspecified();
+            if smtp.port() == metrics.port() && overlap {
+                return Err(Invalid::new(
+                    "metrics.listen",
+                    format!(
+                        "{metrics} takes the port of smtp.listeners address {smtp}: both cannot \
+                         listen there"
+                    ),
+                ));
             }
         }
         Ok(())

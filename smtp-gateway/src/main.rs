@@ -70,6 +70,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(ok)
         }
         Command::CheckConfig => {
+            // The files and accounts `run` would read at start, as it reads them.
+            smtp_gateway::daemon::check_files(&config)?;
             match &path {
                 Some(p) => println!("{}: configuration is valid", p.display()),
                 None => println!("no configuration file; built-in defaults are valid"),

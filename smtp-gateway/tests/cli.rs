@@ -192,6 +192,84 @@ fn check_config_rejects_with_key_and_line() {
     }
 }
 
+/// The files and accounts `run` needs at start are checked by `check-config` too, each refusal
+/// naming the option and the file; nothing is attached or bound.
+#[test]
+fn check_config_refuses_the_files_and_accounts_run_would_refuse() {
+    let (dir, _) = peers::scratch("sgw-cfg-files");
+    let list = dir.join("list.txt");
+    std::fs::write(&list, "example.com\n").expect("write list");
+    let proxy = |extra: &str| {
+        format!(
+            "[smtp]\nlisteners = [{{ address = \"127.0.0.1:2525\" }}]\n{extra}\n\
+             [backend]\nservers = [{{ address = \"127.0.0.1:10025\" }}]\n"
+        )
+    };
+    let reputation = |path: &Path| {
+        format!(
+            "{}[reputation]\nlists = [{{ name = \"l\", kind = \"sender_domain\", path = \"{}\" }}]\n",
+            proxy(""),
+            path.display()
+        )
+    };
+    let cases = [
+        (
+            proxy(
+                "[smtp.tls]\ncertificate = \"/nonexistent/cert.pem\"\nprivate_key = \"/nonexistent/key.pem\"",
+            ),
+            vec!["smtp.tls.certificate", "cannot read /nonexistent/cert.pem"],
+        ),
+        (
+            reputation(Path::new("/nonexistent/list.txt")),
+            vec!["reputation.lists", "/nonexistent/list.txt"],
+        ),
+        (
+            reputation(&dir),
+            vec!["reputation.lists", "directory"],
+        ),
+        (
+            "[smtp]\nlisteners = [{ address = \"127.0.0.1:2525\" }]\n[backend]\n\
+             servers = [{ address = \"127.0.0.1:10025\", tls = { ca = \"/nonexistent/ca.pem\" } }]\n"
+                .to_string(),
+            vec!["backend.servers", "tls.ca", "cannot read /nonexistent/ca.pem"],
+        ),
+        (
+            "[daemon]\nuser = \"sgw-no-such-user\"\n".to_string(),
+            vec!["daemon.user", "sgw-no-such-user"],
+        ),
+        (
+            "[daemon]\ngroup = \"sgw-no-such-group\"\n".to_string(),
+            vec!["daemon.group", "sgw-no-such-group"],
+        ),
+        (
+            "[crowdsec]\nenabled = true\napi_key_file = \"/nonexistent/key\"\n".to_string(),
+            vec!["crowdsec.api_key_file", "/nonexistent/key"],
+        ),
+        (
+            "[smtp]\nlisteners = [{ address = \"127.0.0.1:9465\" }]\n[backend]\n\
+             servers = [{ address = \"127.0.0.1:10025\" }]\n[metrics]\nenabled = true\n\
+             listen = \"127.0.0.1:9465\"\n"
+                .to_string(),
+            vec!["metrics.listen", "smtp.listeners", "127.0.0.1:9465"],
+        ),
+    ];
+    for (text, fragments) in &cases {
+        let out = check_config(text);
+        assert!(!out.status.success(), "accepted:\n{text}");
+        let err = stderr(&out);
+        for fragment in fragments {
+            assert!(
+                err.contains(fragment),
+                "missing {fragment:?} in {err:?} for\n{text}"
+            );
+        }
+    }
+    // The same options naming files that are there pass.
+    let out = check_config(&reputation(&list));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn missing_config_file_is_a_clear_error() {
     let out = Command::new(BIN)

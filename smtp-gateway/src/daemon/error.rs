@@ -31,6 +31,8 @@ pub enum DaemonError {
     Control(#[from] ControlError),
     #[error(transparent)]
     Privileges(#[from] PrivilegeError),
+    #[error(transparent)]
+    Check(#[from] super::check::CheckError),
     /// Not a `#[from]`: that would make the store error the source too, and `{e:#}` (main.rs)
     /// would print it twice.
     #[error("state store ([store]): {0}")]

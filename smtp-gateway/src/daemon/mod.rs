@@ -14,12 +14,15 @@
 //! - `privileges.rs`: giving up capabilities (and the uid) once setup is done;
 //! - `watcher.rs`: the configuration file watcher (reload on a complete write) and the complete-file
 //!   read every reload goes through;
+//! - `check.rs`: [`check_files`], the files and accounts `check-config` checks as the start
+//!   would use them;
 //! - `error.rs`: [`DaemonError`].
 //!
 //! The state store (`store/`) is opened in [`prepare`] (the embedded file lives under
 //! `/var/lib`) and started in [`serve`]; its writer is stopped last, after auto-ban has written
 //! its last bans.
 
+mod check;
 pub mod config;
 mod error;
 pub mod privileges;
@@ -30,6 +33,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use tokio::sync::watch;
 
+pub use check::{CheckError, check_files};
 pub use error::DaemonError;
 use reload::{GenerationContext, Live, Proxy};
 

@@ -104,6 +104,12 @@ pub fn drop_privileges(cfg: &DaemonConfig) -> Result<Dropped, PrivilegeError> {
     })
 }
 
+/// Whether `daemon.user` and `daemon.group` exist, as [`drop_privileges`] looks them up
+/// (`check-config`; nothing is changed).
+pub fn check_accounts(cfg: &DaemonConfig) -> Result<(), PrivilegeError> {
+    target_ids(cfg).map(drop)
+}
+
 /// The uid and gid to switch to, when `daemon.user` or `daemon.group` is set.
 fn target_ids(cfg: &DaemonConfig) -> Result<Option<(Uid, Gid)>, PrivilegeError> {
     if cfg.user.is_empty() && cfg.group.is_empty() {

@@ -1,0 +1,86 @@
+//! `smtp-gateway check-config`'s second half: the files and accounts the configuration names,
+//! checked as the daemon's start uses them (the same constructors), without attaching, binding
+//! or touching bpffs. A file `check-config` passes is one `run` does not refuse for a missing
+//! certificate, list, CA, key file or account.
+
+use std::{io::Read as _, path::Path};
+
+use super::error::DaemonError;
+use crate::config::Config;
+
+/// A file the configuration names that the daemon would refuse at start.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// A file that cannot be read or is not what the option wants.
+    #[error("{key}: {message}")]
+    File {
+        /// The option naming the file (`smtp.tls.certificate`, `backend.servers[0].tls.ca`).
+        key: String,
+        /// What is wrong with it (the OS error once, not as a chain).
+        message: String,
+    },
+    /// `[crowdsec]`'s key or CA file (the message names the option).
+    #[error("{0}")]
+    Crowdsec(String),
+}
+
+impl CheckError {
+    fn new(key: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Self::File {
+            key: key.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Checks what the daemon's start reads besides the configuration file, in the order it does:
+/// `daemon.user`/`daemon.group` (when `daemon.drop_privileges`), and, when `smtp.listeners` is
+/// set (the proxy is off otherwise and reads none of them), `[smtp.tls]`, every backend's
+/// `tls.ca` and the `[reputation]` lists; then `[crowdsec]`'s key and CA files when it is
+/// enabled. The first failure is returned, naming the option.
+pub fn check_files(config: &Config) -> Result<(), DaemonError> {
+    if config.daemon.drop_privileges {
+        super::privileges::check_accounts(&config.daemon)?;
+    }
+    if !config.smtp.listeners.is_empty() {
+        if let Some(tls) = &config.smtp.tls {
+            readable("smtp.tls.certificate", &tls.certificate)?;
+            readable("smtp.tls.private_key", &tls.private_key)?;
+            crate::smtp::tls::acceptor(tls).map_err(|e| CheckError::new("smtp.tls", e))?;
+        }
+        for (i, server) in config.backend.servers.iter().enumerate() {
+            if let Some(tls) = &server.tls {
+                let key = format!("backend.servers[{i}].tls.ca");
+                readable(&key, &tls.ca)?;
+                crate::smtp::tls::backend_connector(tls, server.address.ip())
+                    .map_err(|e| CheckError::new(key, e))?;
+            }
+        }
+        for (i, list) in config.reputation.lists.iter().enumerate() {
+            readable(&format!("reputation.lists[{i}].path"), &list.path)?;
+        }
+        crate::policy::reputation::Reputation::load(&config.reputation)
+            .map_err(|e| CheckError::new("reputation.lists", e))?;
+    }
+    let crowdsec = &config.crowdsec;
+    if crowdsec.enabled {
+        if crowdsec.api_key.is_empty() {
+            readable("crowdsec.api_key_file", &crowdsec.api_key_file)?;
+        }
+        if !crowdsec.ca_file.as_os_str().is_empty() {
+            readable("crowdsec.ca_file", &crowdsec.ca_file)?;
+        }
+        crate::crowdsec::stream::LapiClient::new(crowdsec)
+            .map_err(|e| CheckError::Crowdsec(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Whether the file `key` names can be opened and read (a directory cannot: reading it fails).
+fn readable(key: &str, path: &Path) -> Result<(), CheckError> {
+    let mut byte = [0u8; 1];
+    std::fs::File::open(path)
+        .and_then(|mut file| file.read(&mut byte))
+        .map(drop)
+        .map_err(|e| CheckError::new(key, format!("cannot read {}: {e}", path.display())))
+}
