@@ -83,14 +83,29 @@ pub struct WhyArgs {
     pub duration: Option<std::time::Duration>,
 }
 
+/// Shortest `--ttl`: blocklist expiry is counted in whole seconds, and a shorter one used to
+/// become a one-second ban without a word.
+pub const MIN_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A `--ttl`: a duration (`30m`, `1h`, `7d`) of at least [`MIN_TTL`].
+fn parse_ttl(text: &str) -> Result<std::time::Duration, String> {
+    let ttl = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if ttl < MIN_TTL {
+        return Err(format!(
+            "must be at least 1s (leave --ttl out for a permanent entry), not {text:?}"
+        ));
+    }
+    Ok(ttl)
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BlockCommand {
     /// Block an address or a prefix (IPv4 or IPv6).
     Add {
         /// Address (198.18.0.7, 2001:db8::7) or prefix (198.18.0.0/24, 2001:db8::/48).
         target: String,
-        /// Lifetime, e.g. 30m, 1h, 7d (default: permanent).
-        #[arg(long, value_parser = humantime::parse_duration)]
+        /// Lifetime, e.g. 30m, 1h, 7d; at least 1s (default: permanent).
+        #[arg(long, value_parser = parse_ttl)]
         ttl: Option<std::time::Duration>,
         /// Why (shown by `block list`).
         #[arg(long)]
@@ -107,8 +122,8 @@ pub enum BlockCommand {
         /// Apply nothing if any line is bad.
         #[arg(long)]
         strict: bool,
-        /// Lifetime of the imported entries (default: permanent).
-        #[arg(long, value_parser = humantime::parse_duration)]
+        /// Lifetime of the imported entries; at least 1s (default: permanent).
+        #[arg(long, value_parser = parse_ttl)]
         ttl: Option<std::time::Duration>,
         /// Reason for lines without their own comment (default: the file name).
         #[arg(long)]

@@ -320,6 +320,46 @@ fn block_add_list_del_round_trip_with_reason_and_ttl() {
     assert_refused(&out, "not in the blocklist", "deleting twice must fail");
 }
 
+/// A TTL under a second (the kernel counts expiry in seconds) is refused, not silently made a
+/// one-second ban; `block import` takes the same `--ttl`.
+#[test]
+fn a_ttl_under_a_second_is_refused_and_nothing_is_blocked() {
+    let sb = Sandbox::new("");
+    let list = sb.file("one.txt", b"198.18.0.9\n");
+    let list = list.to_str().expect("utf-8 path");
+    for args in [
+        &["block", "add", "198.18.0.9", "--ttl", "0"][..],
+        &["block", "add", "198.18.0.9", "--ttl", "0s"][..],
+        &["block", "add", "198.18.0.9", "--ttl", "1ns"][..],
+        &["block", "import", list, "--ttl", "0s"][..],
+    ] {
+        let out = sb.run(args);
+        assert!(!out.status.success(), "{args:?} accepted");
+        let err = stderr(&out);
+        assert!(
+            err.contains("--ttl") && err.contains("at least 1s"),
+            "{args:?}: {err}"
+        );
+    }
+    let out = sb.run(&["block", "add", "198.18.0.9", "--ttl", "1s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// A file saved with a UTF-8 byte-order mark imports its first line like the others (the
+/// configuration loader and the reputation lists accept one too).
+#[test]
+fn an_import_file_starting_with_a_byte_order_mark_imports_line_one() {
+    let sb = Sandbox::new("");
+    let file = sb.file("bom.txt", "\u{feff}198.18.2.1\n198.18.2.2\n".as_bytes());
+    let out = sb.run(&["block", "import", file.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("imported 2 entries"),
+        "{}",
+        stdout(&out)
+    );
+}
+
 #[test]
 fn bad_addresses_get_clear_errors_and_change_nothing() {
     let sb = Sandbox::new("");

@@ -7,6 +7,8 @@
 //! - Spamhaus DROP JSON lines (`{"cidr":"1.2.3.0/24","sblid":"SBL123",...}`; the metadata line is
 //!   skipped).
 //!
+//! A UTF-8 byte-order mark at the start of the file is skipped.
+//!
 //! Every bad line is reported with its number and why; with `strict`, nothing is applied when any
 //! line is bad. A line longer than [`MAX_LINE_BYTES`] (4096 bytes) is such a bad line ("line too
 //! long"): it is skipped as it is read, never held whole in memory.
@@ -121,13 +123,18 @@ pub fn parse(mut reader: impl BufRead) -> (Vec<ImportLine>, Vec<LineError>) {
                 break;
             }
         }
-        let Ok(text) = std::str::from_utf8(&bytes) else {
+        let Ok(mut text) = std::str::from_utf8(&bytes) else {
             bad.push(LineError {
                 line: line_no,
                 reason: "not valid UTF-8".into(),
             });
             continue;
         };
+        // A byte-order mark some editors write at the start of the file (as the configuration
+        // loader and the reputation lists accept).
+        if line_no == 1 {
+            text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        }
         match parse_line(text) {
             Ok(Some((target, reason))) => good.push(ImportLine {
                 line: line_no,
@@ -514,6 +521,16 @@ mod tests {
                 (got, expected) => panic!("{input:?}: got {got:?}, expected {expected:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_line_one_is_skipped() {
+        let text = "\u{feff}198.18.0.1\n\u{feff}198.18.0.2\n";
+        let (good, bad) = parse(text.as_bytes());
+        assert_eq!(good.len(), 1, "{good:?}");
+        assert_eq!(good[0].line, 1);
+        // Only at the start of the file: elsewhere it is a bad character, as before.
+        assert_eq!(bad.iter().map(|e| e.line).collect::<Vec<_>>(), vec![2]);
     }
 
     #[test]
