@@ -102,6 +102,9 @@ fn check_config_accepts_the_reference_file() {
     assert!(stdout(&out).contains("configuration is valid"));
 }
 
+/// `smtp.hostname` with a 64-character label.
+const LONG_LABEL_HOSTNAME: &str = "[smtp]\nhostname = \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.example.net\"\n";
+
 #[test]
 fn check_config_rejects_with_key_and_line() {
     let cases = [
@@ -177,6 +180,24 @@ fn check_config_rejects_with_key_and_line() {
         (
             "[metrics]\nsession_sources = 10000001\n",
             &["metrics.session_sources", ":2", "must be at most 10000000"][..],
+        ),
+        // Its own bound, not the general map capacity's.
+        (
+            "[dataplane.capacity]\ntrace_sources = 0\n",
+            &["dataplane.capacity.trace_sources", ":2", "(1..=1024)"][..],
+        ),
+        (
+            "[dataplane.capacity]\ntrace_sources = 1025\n",
+            &["dataplane.capacity.trace_sources", ":2", "(1..=1024)"][..],
+        ),
+        // A DNS label is at most 63 characters.
+        (
+            LONG_LABEL_HOSTNAME,
+            &["smtp.hostname", ":2", "longer than 63"][..],
+        ),
+        (
+            "[smtp]\nhostname = \"mx..example.net\"\n",
+            &["smtp.hostname", ":2", "empty label"][..],
         ),
     ];
     for (text, fragments) in cases {

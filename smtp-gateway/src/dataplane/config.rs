@@ -261,33 +261,25 @@ impl DataplaneConfig {
             );
         }
         let c = &d.capacity;
-        for (key, value) in [
-            ("block_v4", c.block_v4),
-            ("block_v6", c.block_v6),
-            ("block_net_v4", c.block_net_v4),
-            ("block_net_v6", c.block_net_v6),
-            ("allow_v4", c.allow_v4),
-            ("allow_v6", c.allow_v6),
-            ("rate_sources", c.rate_sources),
-            ("source_stats", c.source_stats),
-            ("reasons", c.reasons),
-            ("trace_sources", c.trace_sources.min(MAX_CAPACITY)),
+        // Each map's own bound: the message states the range that map really has.
+        for (key, value, max) in [
+            ("block_v4", c.block_v4, MAX_CAPACITY),
+            ("block_v6", c.block_v6, MAX_CAPACITY),
+            ("block_net_v4", c.block_net_v4, MAX_CAPACITY),
+            ("block_net_v6", c.block_net_v6, MAX_CAPACITY),
+            ("allow_v4", c.allow_v4, MAX_CAPACITY),
+            ("allow_v6", c.allow_v6, MAX_CAPACITY),
+            ("rate_sources", c.rate_sources, MAX_CAPACITY),
+            ("source_stats", c.source_stats, MAX_CAPACITY),
+            ("reasons", c.reasons, MAX_CAPACITY),
+            ("trace_sources", c.trace_sources, MAX_TRACE_SOURCES),
         ] {
-            if value == 0 || value > MAX_CAPACITY {
+            if value == 0 || value > max {
                 return bad(
                     &format!("capacity.{key}"),
-                    format!("{value} is out of range (1..={MAX_CAPACITY})"),
+                    format!("{value} is out of range (1..={max})"),
                 );
             }
-        }
-        if c.trace_sources > MAX_TRACE_SOURCES {
-            return bad(
-                "capacity.trace_sources",
-                format!(
-                    "{} is out of range (1..={MAX_TRACE_SOURCES})",
-                    c.trace_sources
-                ),
-            );
         }
         Invalid::duration_in(
             "dataplane.trace_max_duration",

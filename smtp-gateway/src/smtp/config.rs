@@ -203,10 +203,11 @@ impl SmtpConfig {
     pub fn validate(&self) -> Result<(), Invalid> {
         let s = self;
         let bad = |key: &str, reason: String| Err(Invalid::new(key, reason));
-        if s.hostname.trim().is_empty() || s.hostname.contains(char::is_whitespace) {
+        // A DNS name: labels of at most 63 characters, at most 253 in all.
+        if let Err(why) = crate::policy::address::check_domain_syntax(&s.hostname) {
             return bad(
                 "smtp.hostname",
-                format!("{:?} is not a host name", s.hostname),
+                format!("{:?} is not a host name: {why}", s.hostname),
             );
         }
         for (i, l) in s.listeners.iter().enumerate() {
