@@ -107,17 +107,23 @@ pub enum BlockCommand {
         /// Lifetime, e.g. 30m, 1h, 7d; at least 1s (default: permanent).
         #[arg(long, value_parser = parse_ttl)]
         ttl: Option<std::time::Duration>,
-        /// Why (shown by `block list`).
+        /// Why (shown by `block list`; at most 64 bytes: a longer one is cut, whole
+        /// characters kept).
         #[arg(long)]
         reason: Option<String>,
     },
     /// Remove exactly this address or prefix from the blocklist.
-    Del { target: String },
+    Del {
+        /// Address or prefix as it was added (198.18.0.7, 198.18.0.0/24): a prefix does not
+        /// remove the addresses inside it, nor an address the prefix holding it.
+        target: String,
+    },
     /// List blocklist entries.
     List(ListArgs),
     /// Import a file: one address/prefix per line (at most 4096 bytes), `#`/`;` comments, Spamhaus
     /// DROP (text or JSON).
     Import {
+        /// The file to read (a UTF-8 byte-order mark at its start is skipped).
         file: PathBuf,
         /// Apply nothing if any line is bad.
         #[arg(long)]
@@ -135,12 +141,18 @@ pub enum BlockCommand {
 pub enum AllowCommand {
     /// Allow an address or prefix.
     Add {
+        /// Address (192.0.2.7, 2001:db8::7) or prefix (192.0.2.0/24, 2001:db8::/48).
         target: String,
+        /// Why (shown by `allow list`; at most 64 bytes: a longer one is cut, whole
+        /// characters kept).
         #[arg(long)]
         reason: Option<String>,
     },
     /// Remove exactly this address or prefix from the allowlist.
-    Del { target: String },
+    Del {
+        /// Address or prefix as it was added (192.0.2.7, 192.0.2.0/24).
+        target: String,
+    },
     /// List allowlist entries.
     List(ListArgs),
 }
@@ -161,4 +173,41 @@ pub struct StatsArgs {
     /// How many sources to list by drops and by packets.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every subcommand and every argument of every command says what it is: `--help` and the
+    /// man pages (generated from this command) show nothing else.
+    #[test]
+    fn every_command_and_argument_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg
+                    .get_help()
+                    .is_none_or(|h| h.to_string().trim().is_empty())
+                {
+                    missing.push(format!("{path} <{id}>"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(name.clone());
+                }
+                walk(sub, &name, missing);
+            }
+        }
+        let mut cmd = command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "smtp-gateway", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
 }
