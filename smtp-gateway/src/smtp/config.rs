@@ -203,8 +203,18 @@ impl SmtpConfig {
     pub fn validate(&self) -> Result<(), Invalid> {
         let s = self;
         let bad = |key: &str, reason: String| Err(Invalid::new(key, reason));
-        // A DNS name: labels of at most 63 characters, at most 253 in all.
-        if let Err(why) = crate::policy::address::check_domain_syntax(&s.hostname) {
+        // A DNS name: labels of at most 63 characters, at most 253 in all. An underscore is let
+        // through: the default is this machine's host name, which may have one.
+        let name = s
+            .hostname
+            .strip_suffix('.')
+            .unwrap_or(&s.hostname)
+            .replace('_', "a");
+        if let Err(why) = crate::policy::address::check_domain_syntax(&name).and_then(|()| {
+            name.is_ascii()
+                .then_some(())
+                .ok_or("not ASCII (use the A-label)")
+        }) {
             return bad(
                 "smtp.hostname",
                 format!("{:?} is not a host name: {why}", s.hostname),
@@ -609,6 +619,35 @@ mod tests {
         match c.validate() {
             Ok(()) => panic!("accepted: {c:?}"),
             Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_host_name_is_a_dns_name_and_may_have_an_underscore() {
+        for name in [
+            "mx.example.net",
+            "vm",
+            "mail_1.example.net",
+            "mx.example.net.",
+        ] {
+            let c = SmtpConfig {
+                hostname: name.into(),
+                ..SmtpConfig::default()
+            };
+            assert_eq!(c.validate(), Ok(()), "{name}");
+        }
+        let long = format!("{}.example.net", "a".repeat(64));
+        for name in [
+            long.as_str(),
+            "mx..example.net",
+            "",
+            "mx example.net",
+            "\u{e9}.example",
+        ] {
+            assert!(
+                rejected(|c| c.hostname = name.into()).contains("smtp.hostname"),
+                "{name}"
+            );
         }
     }
 
