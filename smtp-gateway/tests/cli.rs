@@ -1110,3 +1110,26 @@ fn an_operators_allow_entry_outlives_the_same_prefix_leaving_the_file() {
     );
     drop(daemon);
 }
+
+#[test]
+fn a_start_that_fails_says_each_cause_once() {
+    let port = free_port();
+    let sb = Sandbox::new(&format!(
+        "interfaces = []\n[smtp]\nlisteners = [{{ address = \"127.0.0.1:{port}\", kind = \"smtps\" }}]\n\
+         [smtp.tls]\ncertificate = \"/nonexistent/cert.pem\"\nprivate_key = \"/nonexistent/key.pem\"\n\
+         [backend]\nservers = [{{ address = \"127.0.0.1:9\" }}]"
+    ));
+    let out = sb.run(&["run"]);
+    assert!(
+        !out.status.success(),
+        "a missing certificate stops the start"
+    );
+    let err = stderr(&out);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains("/nonexistent/cert.pem"), "{err}");
+    assert_eq!(
+        last.matches("No such file or directory").count(),
+        1,
+        "the cause said twice: {last}"
+    );
+}
