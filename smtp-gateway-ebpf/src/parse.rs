@@ -21,7 +21,7 @@ const IPV6_AUTH: u8 = 51;
 const IPV6_DEST_OPTS: u8 = 60;
 /// Longest IPv6 extension-header chain we walk; a longer one is treated as uninspectable.
 const MAX_IPV6_EXT_HEADERS: usize = 6;
-/// VLAN tags we strip (802.1ad outer + 802.1Q inner).
+/// VLAN tags we strip (802.1ad outer + 802.1Q inner); a frame with more is uninspectable.
 const MAX_VLAN_TAGS: usize = 2;
 /// IPv4 "more fragments" flag and fragment-offset mask in host order.
 const IPV4_MF: u16 = 0x2000;
@@ -60,9 +60,10 @@ pub enum Parsed {
     Other,
     /// A header is truncated or invalid.
     Malformed,
-    /// Cannot be attributed to a port but must not pass: an IPv6 extension-header chain longer
-    /// than we walk, or a TCP first fragment too short to hold the TCP header (RFC 1858's tiny
-    /// fragment: passing it would let the kernel reassemble an uninspected segment).
+    /// Cannot be attributed to a port but must not pass: a VLAN stack or an IPv6
+    /// extension-header chain longer than we walk, or a TCP first fragment too short to hold the
+    /// TCP header (RFC 1858's tiny fragment: passing it would let the kernel reassemble an
+    /// uninspected segment).
     Uninspectable,
     /// A TCP segment.
     Tcp(TcpPacket),
@@ -98,6 +99,11 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
         ether_type = unsafe { (*vlan).ether_type };
         offset += VlanHdr::LEN;
     }
+    if ether_type == EtherType::Ieee8021q as u16 || ether_type == EtherType::Ieee8021ad as u16 {
+        // A deeper stack than we walk: Linux strips priority tags (VID 0) of any depth without
+        // a VLAN device, so what is behind may well reach a listener.
+        return Parsed::Uninspectable;
+    }
     if ether_type == EtherType::Ipv4 as u16 {
         parse_ipv4(ctx, offset)
     } else if ether_type == EtherType::Ipv6 as u16 {
@@ -113,10 +119,18 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Parsed {
         return Parsed::Malformed;
     };
     // SAFETY: bounds checked by ptr_at.
-    let (vihl, proto, frags, src) =
-        unsafe { ((*ip).vihl, (*ip).proto, (*ip).frags, (*ip).src_addr) };
+    let (vihl, proto, frags, src, total) = unsafe {
+        (
+            (*ip).vihl,
+            (*ip).proto,
+            (*ip).frags,
+            (*ip).src_addr,
+            (*ip).tot_len,
+        )
+    };
     let header_len = ((vihl & 0x0f) as usize) * 4;
-    if vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
+    let total = u16::from_be_bytes(total) as usize;
+    if vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN || total < header_len {
         return Parsed::Malformed;
     }
     if proto != IPPROTO_TCP {
@@ -129,7 +143,7 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Parsed {
     let fragment = frags & IPV4_MF != 0;
     parse_tcp(
         ctx,
-        offset + header_len,
+        (offset + header_len, offset + total),
         Source::V4(src),
         fragment,
         fragment,
@@ -143,10 +157,31 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
         return Parsed::Malformed;
     };
     // SAFETY: bounds checked by ptr_at.
-    let (vcf0, mut next, src) = unsafe { ((*ip).vcf[0], (*ip).next_hdr, (*ip).src_addr) };
-    if vcf0 >> 4 != 6 {
+    let (vcf0, mut next, src, payload) = unsafe {
+        (
+            (*ip).vcf[0],
+            (*ip).next_hdr,
+            (*ip).src_addr,
+            (*ip).payload_len,
+        )
+    };
+    // RFC 4291 2.5.5.2: an IPv4-mapped source (::ffff:a.b.c.d) never appears on the wire, and
+    // Linux drops it; it must not be counted as the IPv4 address it names.
+    let high = u64::from_be_bytes([
+        src[0], src[1], src[2], src[3], src[4], src[5], src[6], src[7],
+    ]);
+    let mapped = high == 0 && u32::from_be_bytes([src[8], src[9], src[10], src[11]]) == 0xffff;
+    if vcf0 >> 4 != 6 || mapped {
         return Parsed::Malformed;
     }
+    // Where the datagram ends; a payload length of 0 is a jumbogram's (RFC 2675), bounded by
+    // the frame alone.
+    let payload = u16::from_be_bytes(payload) as usize;
+    let end = if payload == 0 {
+        usize::MAX
+    } else {
+        offset + Ipv6Hdr::LEN + payload
+    };
     let mut offset = offset + Ipv6Hdr::LEN;
     let mut fragment = false;
     let mut more_fragments = false;
@@ -199,7 +234,7 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
     }
     parse_tcp(
         ctx,
-        offset,
+        (offset, end),
         Source::V6(src),
         fragment,
         more_fragments,
@@ -207,16 +242,23 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Parsed {
     )
 }
 
+/// The TCP header at `offset` of a datagram ending at `end` (bytes after it in the frame, such
+/// as Ethernet padding, are not the datagram's).
 #[inline(always)]
 fn parse_tcp(
     ctx: &XdpContext,
-    offset: usize,
+    (offset, end): (usize, usize),
     src: Source,
     fragment: bool,
     more_fragments: bool,
     ext_headers: bool,
 ) -> Parsed {
-    let Ok(tcp) = ptr_at::<TcpHdr>(ctx, offset) else {
+    let tcp = if offset + TcpHdr::LEN <= end {
+        ptr_at::<TcpHdr>(ctx, offset)
+    } else {
+        Err(())
+    };
+    let Ok(tcp) = tcp else {
         // A first fragment with more to come that cannot hold the TCP header: the rest of the
         // header would arrive in a fragment we never inspect (RFC 1858 tiny fragment).
         return if more_fragments {

@@ -349,22 +349,52 @@ fn ipv6_behind_an_8021q_tag_is_inspected() {
     t.expect_source("2001:db8:bad::66", 1, 1, 1);
 }
 
-/// The parser strips at most two tags (802.1ad + 802.1Q). A third tag leaves a VLAN EtherType,
-/// which is "not IP": passed uninspected. The kernel stack only delivers such a frame if a
-/// matching three-level stack of VLAN devices exists. This pins down the documented limit.
+/// The parser strips at most two tags (802.1ad + 802.1Q). A third tag cannot be looked behind,
+/// and must not pass: Linux strips priority tags (VID 0) of any depth with no VLAN device
+/// configured, so a blocked source sending three of them reached the listener. Dropped whatever
+/// the port, as an uninspectable packet (counted with fragments and extension-header chains).
 #[test]
-fn ipv4_behind_three_vlan_tags_is_not_inspected() {
+fn ipv4_behind_three_vlan_tags_is_dropped() {
     let mut t = ProgTest::new("vlan-three");
     t.block("192.0.2.66");
-    let frame = Frame::new()
-        .vlan(TPID_8021AD, 300)
-        .vlan(TPID_8021Q, 100)
-        .vlan(TPID_8021Q, 200)
-        .ipv4(Ipv4::new("192.0.2.66"))
-        .tcp(Tcp::syn(25))
-        .build();
-    t.expect(&frame, XDP_PASS, "not_inspected");
+    for tags in [
+        [(TPID_8021AD, 300), (TPID_8021Q, 100), (TPID_8021Q, 200)],
+        [(TPID_8021Q, 0), (TPID_8021Q, 0), (TPID_8021Q, 0)],
+    ] {
+        let mut frame = Frame::new();
+        for (tpid, vid) in tags {
+            frame = frame.vlan(tpid, vid);
+        }
+        let frame = frame
+            .ipv4(Ipv4::new("192.0.2.66"))
+            .tcp(Tcp::syn(25))
+            .build();
+        t.expect(&frame, XDP_DROP, "fragment_or_ext_header");
+    }
     t.expect_no_source("192.0.2.66");
+}
+
+/// A first fragment whose IPv4 total length holds only 8 bytes of TCP header (RFC 1858's tiny
+/// fragment) is uninspectable even when bytes follow the datagram in the frame: those bytes are
+/// not the TCP header (here they fake an ACK, which would get past the SYN limiter), and the
+/// kernel reassembles the header from the next fragment, which is never inspected.
+#[test]
+fn a_tiny_first_fragment_with_bytes_after_its_datagram_is_dropped() {
+    let mut t = ProgTest::with("tiny-trailing", |c| {
+        c.fragments = PacketPolicy::Inspect;
+    });
+    let mut frame = Frame::new()
+        .ipv4(Ipv4 {
+            dont_fragment: false,
+            more_fragments: true,
+            ..Ipv4::new("192.0.2.7")
+        })
+        .tcp(Tcp::ack(25))
+        .build();
+    // The datagram ends after 8 bytes of TCP header; the other 12 trail in the frame.
+    let total = u16::try_from(IPV4_LEN + 8).expect("fits");
+    frame[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&total.to_be_bytes());
+    t.expect(&frame, XDP_DROP, "fragment_or_ext_header");
 }
 
 /// With options, the TCP header starts at IHL*4, not 20. The options are NOPs: read at the fixed
@@ -702,6 +732,11 @@ fn malformed_frames() -> Vec<(&'static str, Vec<u8>)> {
     };
     let mut v6_as_v4 = v6.clone();
     v6_as_v4[ETH_LEN] = 0x40; // version 4 under EtherType IPv6
+    // RFC 4291 2.5.5.2: an IPv4-mapped address never appears on the wire (Linux drops such a
+    // packet); counted as its IPv4 address, it showed "passed" for a blocked IPv4 source.
+    let v6_mapped = v6_syn("::ffff:192.0.2.7", 25);
+    let mut v4_short_total = v4.clone();
+    v4_short_total[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&10u16.to_be_bytes());
 
     vec![
         ("mid 802.1Q tag", cut(tagged, ETH_LEN + 2)),
@@ -729,6 +764,8 @@ fn malformed_frames() -> Vec<(&'static str, Vec<u8>)> {
         ("IPv4 IHL 0", v4_header(|h| h.ihl = 0)),
         ("IPv4 version 6", v4_header(|h| h.version = 6)),
         ("IPv6 version 4", v6_as_v4),
+        ("IPv6 from an IPv4-mapped source", v6_mapped),
+        ("IPv4 total length shorter than its header", v4_short_total),
         (
             "TCP doff 4 (IPv4)",
             v4_tcp(Tcp {
