@@ -141,7 +141,6 @@ enum Write {
 
 impl Write {
     /// The key written.
-    #[cfg(test)]
     fn key(&self) -> &str {
         match self {
             Write::Put { key, .. } | Write::Delete { key } => key,
@@ -690,6 +689,12 @@ impl Writer {
                 return Ok(());
             }
             let n = batch.len();
+            // Each key written is traced (tests and an operator debugging wait for a key).
+            let keys: Vec<String> = if tracing::enabled!(tracing::Level::TRACE) {
+                batch.iter().map(|w| w.key().to_string()).collect()
+            } else {
+                Vec::new()
+            };
             let timeout = self.config.io_timeout;
             let result = match tokio::time::timeout(timeout, self.engine.apply(batch)).await {
                 Ok(r) => r,
@@ -705,7 +710,9 @@ impl Writer {
                 self.writes.failed();
                 return Err(e);
             }
-            tracing::trace!(n, "store: written");
+            for key in &keys {
+                tracing::trace!(key, "store: written");
+            }
             let left = self.writes.written();
             self.metrics.store_queued(left);
         }
