@@ -203,7 +203,7 @@ pub async fn relay_text(
         refuse_long_lines: settings.refuse_long_lines,
     };
     match relay_message(conn, backend, &limits).await.0 {
-        TextRelayEnd::Relayed(reply) => TextEnd::Relayed(reply.code),
+        TextRelayEnd::Relayed { reply, .. } => TextEnd::Relayed(reply.code),
         TextRelayEnd::Refused(_) => TextEnd::Refused,
         TextRelayEnd::BackendFailed(_) => TextEnd::BackendFailed,
         TextRelayEnd::ClientGone | TextRelayEnd::TimeLimit => TextEnd::ClientGone,

@@ -604,7 +604,7 @@ mod tests {
             };
             let (end, _) =
                 relay_message_filtered(&mut conn, &mut backend, &limits, Some(rewrite)).await;
-            assert!(matches!(end, TextRelayEnd::Relayed(_)), "round {round}");
+            assert!(matches!(end, TextRelayEnd::Relayed { .. }), "round {round}");
             let _client = client.await.expect("client");
             drop(backend);
             let received = recorder.await.expect("recorder");

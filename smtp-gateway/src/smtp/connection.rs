@@ -50,6 +50,9 @@ pub enum Ending {
     BareLf,
     /// The peer closed the connection mid-line.
     Eof,
+    /// The line goes on past the limit: this is a part of it, the rest follows
+    /// ([`Connection::read_piece_until`]).
+    Continues,
 }
 
 /// One line as received.
@@ -512,6 +515,58 @@ impl Connection {
                     self.discard_input();
                     return Ok(Some(Line::new(kept, Ending::Eof, true)));
                 }
+                if self.buffered() == 0 {
+                    return Ok(None);
+                }
+                let data = self.peek().to_vec();
+                self.discard_input();
+                return Ok(Some(Line::new(data, Ending::Eof, false)));
+            }
+        }
+    }
+
+    /// Reads one line of at most `max` bytes (ending included), like
+    /// [`Connection::read_line_until`], except that a longer line is not cut: its first
+    /// `max - 3` bytes come back as a piece ending [`Ending::Continues`] (flagged `too_long`; with
+    /// a CRLF and the space of a fold it fits in `max`), and the next call reads on from there. A CR at the end of a piece is left for the next one, so a
+    /// CRLF is never split between two pieces. Holds at most `max` bytes of a line.
+    pub async fn read_piece_until(
+        &mut self,
+        max: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<Line>, ConnError> {
+        let max = max.max(5);
+        let mut scanned = 0;
+        loop {
+            let window = self.buffered().min(max);
+            let found = self
+                .peek()
+                .get(scanned..window)
+                .and_then(|bytes| bytes.iter().position(|b| *b == b'\n'));
+            if let Some(i) = found {
+                let lf = scanned + i;
+                let cr = lf > 0 && self.peek().get(lf - 1) == Some(&b'\r');
+                let (end, ending) = if cr {
+                    (lf - 1, Ending::CrLf)
+                } else {
+                    (lf, Ending::BareLf)
+                };
+                let line = Line::new(self.peek()[..end].to_vec(), ending, false);
+                self.consume(lf + 1);
+                return Ok(Some(line));
+            }
+            scanned = window;
+            if self.buffered() >= max {
+                // Room for the CRLF and the space of a fold: each piece, folded, fits in `max`.
+                let mut cut = max - 3;
+                if self.peek().get(cut - 1) == Some(&b'\r') {
+                    cut -= 1;
+                }
+                let piece = Line::new(self.peek()[..cut].to_vec(), Ending::Continues, true);
+                self.consume(cut);
+                return Ok(Some(piece));
+            }
+            if self.read_more_until(deadline).await? == 0 {
                 if self.buffered() == 0 {
                     return Ok(None);
                 }

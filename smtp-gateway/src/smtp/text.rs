@@ -73,10 +73,17 @@ impl TextViolation {
     }
 }
 
+/// 1 when `data` starts with the dot a client doubles at the start of a line (a line the client
+/// started, not a folded rest), else 0.
+fn stuffing_dot(at_client_line_start: bool, folded: bool, data: &[u8]) -> u64 {
+    u64::from(at_client_line_start && !folded && data.first() == Some(&b'.'))
+}
+
 /// How relaying one message's text ended.
 pub enum TextRelayEnd {
-    /// The backend's final reply (positive or not): relay it.
-    Relayed(Reply),
+    /// The backend's final reply (positive or not): relay it. `folded`: a line longer than
+    /// `max_text_line` was folded (long_line not refusing), which the caller reports.
+    Relayed { reply: Reply, folded: bool },
     /// Refused by the gateway; the backend transaction was aborted.
     Refused(TextViolation),
     /// The backend failed while the text streamed (the client's text was read to its end).
@@ -132,6 +139,10 @@ pub async fn relay_message_filtered(
     };
     // The line before the current one ended with a real CRLF (the DATA command did).
     let mut prev_crlf = true;
+    // The line before the current one was a piece of a longer line, and this is its rest.
+    let mut continued = false;
+    // A line was folded (long_line not refusing): the caller fires the check.
+    let mut folded_lines = false;
     // Lines are read with room for the CRLF; anything longer is flagged.
     let read_max = limits.max_line.max(3);
     // When the text received so far must be with the backend at the latest.
@@ -164,7 +175,14 @@ pub async fn relay_message_filtered(
                 Err(ConnError::Io(_)) => return (TextRelayEnd::ClientGone, size),
             }
         }
-        let line = match conn.read_line_until(read_max, line_deadline).await {
+        // A line longer than the limit is refused whole, or (long_line not refusing) read in
+        // pieces and folded, never cut short.
+        let read = if limits.refuse_long_lines {
+            conn.read_line_until(read_max, line_deadline).await
+        } else {
+            conn.read_piece_until(read_max, line_deadline).await
+        };
+        let line = match read {
             Ok(Some(line)) => line,
             Err(ConnError::Timeout) => return (timed_out(line_deadline), size),
             Ok(None) | Err(ConnError::Io(_)) => {
@@ -174,15 +192,23 @@ pub async fn relay_message_filtered(
         if line.ending == Ending::Eof {
             return (TextRelayEnd::ClientGone, size);
         }
-        let clean_crlf = line.ending == Ending::CrLf && !line.bare_cr;
-        if line.data == b"." && line.ending == Ending::CrLf && prev_crlf {
+        // A piece of a longer line ends as cleanly as a line (the fold is the gateway's).
+        let clean_crlf = matches!(line.ending, Ending::CrLf | Ending::Continues) && !line.bare_cr;
+        if line.data == b"." && line.ending == Ending::CrLf && prev_crlf && !continued {
             break;
         }
-        // Whether this line starts where the client started a line (after a real CRLF). If not,
-        // it only starts a line because the gateway normalises the bare LF before it.
-        let at_client_line_start = prev_crlf;
+        // Whether this line starts where the client started a line (after a real CRLF), or is
+        // the folded rest of one (which starts with the gateway's space). If not, it only starts
+        // a line because the gateway normalises the bare LF before it.
+        let at_client_line_start = prev_crlf || continued;
+        let folded = continued;
+        continued = line.ending == Ending::Continues;
+        folded_lines |= continued;
         prev_crlf = line.ending == Ending::CrLf;
-        size += line.data.len() as u64 + 2;
+        // The message's bytes (RFC 1870): its line endings, not the fold, and not the dot the
+        // client doubled at the start of a line for the transfer.
+        let stuffing = stuffing_dot(at_client_line_start, folded, &line.data);
+        size += line.data.len() as u64 + if continued { 0 } else { 2 } - stuffing;
         if violation.is_none() {
             if size > limits.max_size {
                 violation = Some(TextViolation::TooBig);
@@ -198,7 +224,16 @@ pub async fn relay_message_filtered(
             continue;
         }
         if clean_crlf && at_client_line_start {
-            emit(&mut out, &line.data);
+            if folded {
+                // Folded as Postfix's SMTP client folds (CRLF and a space): a header stays a
+                // header, and the piece can never start with a dot.
+                let mut piece = Vec::with_capacity(line.data.len() + 1);
+                piece.push(b' ');
+                piece.extend_from_slice(&line.data);
+                emit(&mut out, &piece);
+            } else {
+                emit(&mut out, &line.data);
+            }
         } else {
             // Normalise: every bare CR and bare LF becomes CRLF. A piece that starts a line only
             // because of that was never dot-stuffed by the client: stuff it, so the backend reads
@@ -206,6 +241,13 @@ pub async fn relay_message_filtered(
             // A piece that is exactly "." (e.g. the client's ".\r..." line split at the bare CR)
             // is stuffed wherever it comes from: only the real end of data may be a lone dot.
             for (k, piece) in line.data.split(|b| *b == b'\r').enumerate() {
+                if k == 0 && folded {
+                    let mut first = Vec::with_capacity(piece.len() + 1);
+                    first.push(b' ');
+                    first.extend_from_slice(piece);
+                    emit(&mut out, &first);
+                    continue;
+                }
                 let synthetic_start = k > 0 || !at_client_line_start;
                 if (synthetic_start && piece.first() == Some(&b'.')) || piece == b"." {
                     let mut stuffed = Vec::with_capacity(piece.len() + 1);
@@ -239,7 +281,13 @@ pub async fn relay_message_filtered(
         return (TextRelayEnd::BackendFailed(e), size);
     }
     match backend.read_reply().await {
-        Ok(reply) => (TextRelayEnd::Relayed(reply), size),
+        Ok(reply) => (
+            TextRelayEnd::Relayed {
+                reply,
+                folded: folded_lines,
+            },
+            size,
+        ),
         Err(e) => (TextRelayEnd::BackendFailed(e), size),
     }
 }
@@ -265,6 +313,16 @@ mod tests {
         policy: BareNewlinePolicy,
         refuse_long_lines: bool,
     ) -> (TextRelayEnd, Vec<u8>) {
+        let (outcome, text, _) = relay_sized(client_text, policy, refuse_long_lines).await;
+        (outcome, text)
+    }
+
+    /// [`relay_with`], with the message size the relay counted.
+    async fn relay_sized(
+        client_text: &'static [u8],
+        policy: BareNewlinePolicy,
+        refuse_long_lines: bool,
+    ) -> (TextRelayEnd, Vec<u8>, u64) {
         let (backend_addr, recorder) = recording_backend(Until::Dot).await;
         let mut backend = backend_session(backend_addr).await;
         let (mut conn, _client) =
@@ -278,10 +336,18 @@ mod tests {
             flush_interval: Duration::from_secs(5),
             refuse_long_lines,
         };
-        let (outcome, _) = relay_message(&mut conn, &mut backend, &limits).await;
+        let (outcome, size) = relay_message(&mut conn, &mut backend, &limits).await;
         drop(backend);
         let text = recorder.await.expect("recorder");
-        (outcome, text)
+        (outcome, text, size)
+    }
+
+    #[tokio::test]
+    async fn the_size_counts_the_message_not_its_stuffing_dots() {
+        // RFC 1870: the size is the message's, CRLFs included, without the dots the client
+        // doubled for the transfer. ".a" is sent as "..a".
+        let (_, _, size) = relay_sized(b"..a\r\nb\r\n.\r\n", BareNewlinePolicy::Reject, true).await;
+        assert_eq!(size, 7, "\".a\\r\\nb\\r\\n\"");
     }
 
     const SMUGGLE: &str =
@@ -331,7 +397,7 @@ mod tests {
         for (variant, text) in variants() {
             let (outcome, received) = relay(text, BareNewlinePolicy::Normalize).await;
             assert!(
-                matches!(outcome, TextRelayEnd::Relayed(_)),
+                matches!(outcome, TextRelayEnd::Relayed { .. }),
                 "{variant:?}: relayed"
             );
             let ends = received.windows(5).filter(|w| *w == b"\r\n.\r\n").count();
@@ -357,7 +423,7 @@ mod tests {
     async fn clean_text_is_forwarded_byte_for_byte_with_its_stuffing() {
         let text = b"Subject: x\r\n\r\n..leading dot\r\nline\r\n.\r\n";
         let (outcome, received) = relay(text, BareNewlinePolicy::Reject).await;
-        assert!(matches!(outcome, TextRelayEnd::Relayed(_)));
+        assert!(matches!(outcome, TextRelayEnd::Relayed { .. }));
         assert_eq!(received, text.to_vec());
     }
 
@@ -376,10 +442,34 @@ mod tests {
         ));
         let (outcome, received) = relay_with(text, BareNewlinePolicy::Reject, false).await;
         assert!(
-            matches!(outcome, TextRelayEnd::Relayed(_)),
+            matches!(outcome, TextRelayEnd::Relayed { .. }),
             "long_line ignored: relayed"
         );
         assert!(received.ends_with(b"\r\n.\r\n"));
+    }
+
+    #[tokio::test]
+    async fn an_over_long_text_line_let_through_loses_no_byte() {
+        // long_line = "ignore"/"score": the line goes to the backend whole, folded as Postfix's
+        // SMTP client folds one (CRLF and a space every max_text_line), never cut short.
+        let line = format!("{}.{}TAIL", "a".repeat(1500), "b".repeat(1200));
+        let text: &'static [u8] = Box::leak(
+            format!("Subject: x\r\n\r\n{line}\r\n.\r\n")
+                .into_bytes()
+                .into_boxed_slice(),
+        );
+        let (outcome, received) = relay_with(text, BareNewlinePolicy::Reject, false).await;
+        assert!(matches!(outcome, TextRelayEnd::Relayed { .. }), "relayed");
+        let received = String::from_utf8(received).expect("text");
+        assert!(
+            received.split("\r\n").all(|l| l.len() + 2 <= 1000),
+            "every line within the limit, CRLF included: {received:?}"
+        );
+        assert_eq!(
+            received.replace("\r\n ", ""),
+            format!("Subject: x\r\n\r\n{line}\r\n.\r\n"),
+            "folded, nothing lost"
+        );
     }
 
     #[tokio::test]

@@ -161,7 +161,15 @@ impl Session {
         self.txn = None;
         self.bytes += size;
         match end {
-            TextRelayEnd::Relayed(reply) => {
+            TextRelayEnd::Relayed { reply, folded } => {
+                // A line over max_text_line went through folded (long_line does not refuse):
+                // the check is still logged (and scored).
+                if folded
+                    && self.fire(Check::LongLine, "in message text (folded)") == CheckEffect::Drop
+                {
+                    self.reply(reply);
+                    return Flow::Close;
+                }
                 self.final_reply(reply);
                 Flow::Continue
             }
