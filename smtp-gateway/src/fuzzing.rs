@@ -206,7 +206,9 @@ pub async fn relay_text(
         TextRelayEnd::Relayed { reply, .. } => TextEnd::Relayed(reply.code),
         TextRelayEnd::Refused(_) => TextEnd::Refused,
         TextRelayEnd::BackendFailed(_) => TextEnd::BackendFailed,
-        TextRelayEnd::ClientGone | TextRelayEnd::TimeLimit => TextEnd::ClientGone,
+        TextRelayEnd::ClientGone | TextRelayEnd::TimeLimit | TextRelayEnd::Timeout => {
+            TextEnd::ClientGone
+        }
     }
 }
 

@@ -54,8 +54,10 @@ pub enum ChunkEnd {
     Refused(Reply),
     /// Every byte was read, but the backend failed while they streamed (it must be dropped).
     BackendFailed(BackendError),
-    /// The client disconnected, or a read timed out, before the chunk's end.
+    /// The client disconnected before the chunk's end.
     ClientGone,
+    /// The client sent nothing for `smtp.data_timeout` before the chunk's end (answered `421`).
+    Timeout,
     /// The chunk was not complete by [`ChunkLimits::deadline`].
     TimeLimit,
 }
@@ -115,7 +117,7 @@ pub async fn relay_chunk(
                 Err(ConnError::Timeout) if read_deadline >= limits.deadline => {
                     return ChunkEnd::TimeLimit;
                 }
-                Err(ConnError::Timeout) => return ChunkEnd::ClientGone,
+                Err(ConnError::Timeout) => return ChunkEnd::Timeout,
             }
         }
         piece.clear();
@@ -307,8 +309,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_short_chunk_is_waited_for_then_the_client_counts_as_gone() {
+    async fn a_short_chunk_is_waited_for_then_times_out() {
+        // A timeout, which the session answers with 421 4.4.2 (a client that is gone gets
+        // nothing).
         let (end, _, _) = relay(b"only part", 100, b"", 20).await;
-        assert!(matches!(end, ChunkEnd::ClientGone), "{end:?}");
+        assert!(matches!(end, ChunkEnd::Timeout), "{end:?}");
     }
 }

@@ -88,8 +88,11 @@ pub enum TextRelayEnd {
     Refused(TextViolation),
     /// The backend failed while the text streamed (the client's text was read to its end).
     BackendFailed(BackendError),
-    /// The client disconnected or timed out before the end of data.
+    /// The client disconnected before the end of data.
     ClientGone,
+    /// The client sent nothing for `smtp.data_timeout` before the end of data (the backend
+    /// transaction must be aborted; the client is told `421`).
+    Timeout,
     /// The text was not complete by [`TextLimits::deadline`]; the backend transaction must be
     /// aborted (it never saw the final dot).
     TimeLimit,
@@ -152,7 +155,7 @@ pub async fn relay_message_filtered(
         if line_deadline >= limits.deadline {
             TextRelayEnd::TimeLimit
         } else {
-            TextRelayEnd::ClientGone
+            TextRelayEnd::Timeout
         }
     };
     loop {
@@ -340,6 +343,19 @@ mod tests {
         drop(backend);
         let text = recorder.await.expect("recorder");
         (outcome, text, size)
+    }
+
+    #[tokio::test]
+    async fn a_client_silent_in_its_text_is_a_timeout_not_a_client_gone() {
+        // The session answers a timeout with 421 4.4.2 (a client that is gone gets nothing).
+        let (outcome, received, _) = relay_sized(
+            b"Subject: x\r\n\r\npartial",
+            BareNewlinePolicy::Reject,
+            true,
+        )
+        .await;
+        assert!(matches!(outcome, TextRelayEnd::Timeout), "timeout");
+        assert!(!received.ends_with(b"\r\n.\r\n"), "no end of data");
     }
 
     #[tokio::test]

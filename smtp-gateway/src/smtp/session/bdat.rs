@@ -221,6 +221,13 @@ impl Session {
                 self.backend = None;
                 Some(Flow::Close)
             }
+            ChunkEnd::Timeout => {
+                // Abort the backend transaction: it never got the whole chunk.
+                self.backend = None;
+                tracing::info!(client = %self.client, "BDAT chunk timed out; closing");
+                self.reply(Reply::new(421, super::DATA_TIMEOUT));
+                Some(Flow::Close)
+            }
             ChunkEnd::TimeLimit => {
                 // Abort the backend transaction: it never got the whole chunk.
                 self.backend = None;

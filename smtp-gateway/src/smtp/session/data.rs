@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use super::{Body, CheckEffect, Flow, SESSION_TIME_LIMIT, Session};
+use super::{Body, CheckEffect, DATA_TIMEOUT, Flow, SESSION_TIME_LIMIT, Session};
 use crate::checks::{Action, Check};
 use crate::smtp::{
     reply::Reply,
@@ -192,6 +192,13 @@ impl Session {
             TextRelayEnd::BackendFailed(e) => self.backend_lost(e),
             TextRelayEnd::ClientGone => {
                 self.backend = None;
+                Flow::Close
+            }
+            TextRelayEnd::Timeout => {
+                // Abort the backend transaction: it never saw the final dot.
+                self.backend = None;
+                tracing::info!(client = %self.client, size, "message text timed out; closing");
+                self.reply(Reply::new(421, DATA_TIMEOUT));
                 Flow::Close
             }
             TextRelayEnd::TimeLimit => {

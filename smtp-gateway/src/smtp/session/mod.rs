@@ -68,6 +68,9 @@ use crate::{
 
 /// The reply of a session past `smtp.max_session_duration`.
 const SESSION_TIME_LIMIT: &str = "4.4.2 Maximum session duration reached, closing connection";
+/// The client's reply when its message text (DATA or a BDAT chunk) stalled for
+/// `smtp.data_timeout`.
+const DATA_TIMEOUT: &str = "4.4.2 Timeout, closing connection";
 
 /// What the command loop does next.
 enum Flow {
