@@ -91,12 +91,18 @@ impl Bouncer {
             self.by_id.clear();
             self.by_target.clear();
         }
+        // The entries of deleted decisions go in one batch (their reasons freed in one walk).
+        let mut doomed = Vec::new();
         for decision in stream.deleted.unwrap_or_default() {
             match self.forget(dp, decision.id) {
-                Ok(true) => done.removed += 1,
-                Ok(false) => {}
+                Ok(Some(target)) => doomed.push(target),
+                Ok(None) => {}
                 Err(e) => fail(&mut done, e),
             }
+        }
+        match dp.unblock_many(&doomed) {
+            Ok(n) => done.removed += n,
+            Err(e) => fail(&mut done, e),
         }
         for decision in stream.new.unwrap_or_default() {
             match self.ban(dp, &decision, max_decisions) {
@@ -185,24 +191,24 @@ impl Bouncer {
         self.by_target.entry(target).or_default().insert(id);
     }
 
-    /// Forgets deleted decision `id`; removes its target's entry when it was the last decision
-    /// holding it and the entry is CrowdSec's. Returns whether an entry was removed.
-    fn forget(&mut self, dp: &mut Dataplane, id: i64) -> Result<bool, DataplaneError> {
+    /// Forgets deleted decision `id`; returns its target when it was the last decision holding
+    /// it and the entry is CrowdSec's (the caller removes those entries together).
+    fn forget(&mut self, dp: &Dataplane, id: i64) -> Result<Option<Target>, DataplaneError> {
         let Some(target) = self.by_id.remove(&id) else {
-            return Ok(false);
+            return Ok(None);
         };
         let Some(ids) = self.by_target.get_mut(&target) else {
-            return Ok(false);
+            return Ok(None);
         };
         ids.remove(&id);
         if !ids.is_empty() {
-            return Ok(false);
+            return Ok(None);
         }
         self.by_target.remove(&target);
-        match dp.block_entry(target)? {
-            Some(entry) if entry.origin == origin::CROWDSEC => dp.unblock(target),
-            _ => Ok(false),
-        }
+        Ok(match dp.block_entry(target)? {
+            Some(entry) if entry.origin == origin::CROWDSEC => Some(target),
+            _ => None,
+        })
     }
 
     /// Removes the entries of origin `crowdsec` no decision in force holds.
@@ -215,13 +221,7 @@ impl Bouncer {
             })
             .map(|r| r.target)
             .collect();
-        let mut removed = 0;
-        for target in stale {
-            if dp.unblock(target)? {
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        dp.unblock_many(&stale)
     }
 }
 

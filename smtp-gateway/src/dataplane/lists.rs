@@ -124,6 +124,24 @@ impl Dataplane {
         Ok(removed)
     }
 
+    /// Removes the entries of `targets` that exist; their reasons are freed when no entry cites
+    /// them any more, all in one walk of the lists (`unblock` walks them once per entry: removing
+    /// 50,000 CrowdSec entries that way held the data plane for over a minute). Returns how many
+    /// entries were removed.
+    pub fn unblock_many(&mut self, targets: &[Target]) -> Result<usize, DataplaneError> {
+        let mut gone = Vec::new();
+        for &target in targets {
+            let Some(old) = self.block_entry(target)? else {
+                continue;
+            };
+            if self.remove_block(target)? {
+                gone.push(old.reason);
+            }
+        }
+        reasons::release(self, gone.iter().copied())?;
+        Ok(gone.len())
+    }
+
     fn remove_block(&mut self, target: Target) -> Result<bool, DataplaneError> {
         let (name, r) = match target {
             Target::V4(a) => (maps::BLOCK_V4, self.block_v4.remove(&a.octets())),
