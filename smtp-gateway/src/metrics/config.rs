@@ -13,6 +13,9 @@ pub const MAX_TOP_SOURCES: usize = 1000;
 /// Largest `metrics.session_sources`.
 pub const MAX_SESSION_SOURCES: usize = 10_000_000;
 
+/// Largest `metrics.max_connections`.
+pub const MAX_CONNECTIONS: usize = 4096;
+
 /// `[metrics]`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -26,6 +29,9 @@ pub struct MetricsConfig {
     /// Sources whose session outcomes the daemon keeps for `stats`, `top` and the per-source
     /// series (the least recently seen are forgotten beyond).
     pub session_sources: usize,
+    /// Scrape connections served at once; one more is closed at once (each may hold a task
+    /// and a descriptor for up to 5 s).
+    pub max_connections: usize,
 }
 
 impl Default for MetricsConfig {
@@ -35,6 +41,7 @@ impl Default for MetricsConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9465)),
             top_sources: 20,
             session_sources: 10_000,
+            max_connections: 64,
         }
     }
 }
@@ -59,6 +66,15 @@ impl MetricsConfig {
             self.session_sources,
             MAX_SESSION_SOURCES,
         )?;
+        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
+            return Err(Invalid::new(
+                "metrics.max_connections",
+                format!(
+                    "{} is out of range (1..={MAX_CONNECTIONS})",
+                    self.max_connections
+                ),
+            ));
+        }
         Ok(())
     }
 }

@@ -331,6 +331,8 @@ pub async fn serve(
         tracing::info!(address = %addr, "metrics endpoint ready");
     }
     let mut backoff = Duration::from_millis(10);
+    // Connections being served; past `metrics.max_connections` a new one is closed at once.
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let tcp = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -348,10 +350,22 @@ pub async fn serve(
                 continue;
             }
         };
+        let (top_sources, max) = {
+            let config = config.borrow();
+            (config.top_sources, config.max_connections)
+        };
+        let Some(place) = Place::take(&open, max) else {
+            tracing::debug!(
+                max,
+                "metrics: connection cap reached; closing a new connection"
+            );
+            drop(tcp);
+            continue;
+        };
         let metrics = metrics.clone();
         let sources = sources.clone();
-        let top_sources = config.borrow().top_sources;
         tokio::spawn(async move {
+            let _place = place;
             let answer =
                 tokio::time::timeout(IO_TIMEOUT, answer(tcp, &metrics, &sources, top_sources))
                     .await;
@@ -359,6 +373,27 @@ pub async fn serve(
                 tracing::debug!(error = %e, "metrics: scrape connection failed");
             }
         });
+    }
+}
+
+/// One of the `metrics.max_connections` places, given back when the connection's task ends.
+struct Place(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Place {
+    /// A place when fewer than `max` are taken.
+    fn take(open: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Self(open.clone()))
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -487,6 +522,58 @@ mod tests {
             "{response}"
         );
 
+        let _ = stop_tx.send(true);
+        server.await.expect("server stops on shutdown");
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_are_closed_at_once_and_scrapes_go_on() {
+        // Each connection holds a task and a descriptor for up to 5 s: without a cap, tens of
+        // thousands of idle ones took every descriptor of the daemon (SMTP's backend
+        // connections then failed with "Too many open files").
+        let config = MetricsConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            max_connections: 2,
+            ..MetricsConfig::default()
+        };
+        let listener = bind(&config).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (_config_tx, config_rx) = watch::channel(config);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let sources = ScrapeSources::new(None, None).expect("no data plane");
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(Metrics::new()),
+            sources,
+            config_rx,
+            stop_rx,
+        ));
+        // Two idle connections take both places (each sends a byte, so it is surely accepted
+        // and being read before the next connects).
+        let mut idle = Vec::new();
+        for _ in 0..2 {
+            let mut tcp = TcpStream::connect(addr).await.expect("connect");
+            tcp.write_all(b"G").await.expect("write");
+            idle.push(tcp);
+        }
+        let mut third = TcpStream::connect(addr).await.expect("connect");
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(3), third.read(&mut byte))
+            .await
+            .expect("closed at once, not held");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        // One place free again: scrapes are answered.
+        drop(idle.pop());
+        let answered = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if get(addr, "/metrics").await.starts_with("HTTP/1.1 200") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(answered.is_ok(), "a freed place serves a scrape");
         let _ = stop_tx.send(true);
         server.await.expect("server stops on shutdown");
     }
