@@ -1133,3 +1133,46 @@ fn a_start_that_fails_says_each_cause_once() {
         "the cause said twice: {last}"
     );
 }
+
+#[test]
+fn the_crowdsec_api_key_stays_out_of_a_debug_log() {
+    // The HTTP client logs each request it writes at debug, headers included: with
+    // RUST_LOG=debug the CrowdSec key went to the journal.
+    let lapi = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/", lapi.local_addr().expect("addr"));
+    let key = "sgw-secret-key-0123456789";
+    let sb = Sandbox::new(&format!(
+        "interfaces = []\n[crowdsec]\nenabled = true\nurl = \"{url}\"\napi_key = \"{key}\""
+    ));
+    let log = std::fs::File::create(sb.dir.join("daemon.log")).expect("log file");
+    let mut daemon = Command::new(BIN)
+        .arg("-c")
+        .arg(&sb.config)
+        .arg("run")
+        .env("RUST_LOG", "debug")
+        .stderr(log)
+        .spawn()
+        .expect("start daemon");
+    // The first poll: its request is logged (if at all) before it is written.
+    let (mut conn, _) = lapi.accept().expect("the bouncer polls");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok();
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match std::io::Read::read(&mut conn, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+    assert!(
+        String::from_utf8_lossy(&request).contains(key),
+        "the request carries the key"
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let text = std::fs::read_to_string(sb.dir.join("daemon.log")).expect("log");
+    assert!(text.contains("DEBUG"), "a debug log: {text}");
+    assert!(!text.contains(key), "the key is in the log:\n{text}");
+}
