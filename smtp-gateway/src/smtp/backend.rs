@@ -39,6 +39,10 @@ pub enum BackendError {
     Protocol(String),
     #[error("backend I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// A 421 (RFC 5321: the server closes the channel): the connection is gone as far as the
+    /// session is concerned, and the backend's text is for the log, not for the client.
+    #[error("backend is closing the connection: {0}")]
+    Closing(String),
 }
 
 /// The backend side: plain, or upgraded with STARTTLS.
@@ -412,6 +416,9 @@ impl Backend {
         } else if final_reply {
             self.errors_since_delivery = false;
         }
+        if reply.code == 421 {
+            return Err(BackendError::Closing(reply.lines.join(" ")));
+        }
         Ok(reply)
     }
 
@@ -492,12 +499,34 @@ mod tests {
                         b"354 go ahead\r\n"
                     }
                     l if l.starts_with("RCPT TO:<bad@") => b"550 5.1.1 unknown\r\n",
+                    l if l.starts_with("RCPT TO:<closing@") => {
+                        b"421 4.3.2 backend.internal Service shutting down\r\n"
+                    }
                     _ => b"250 2.0.0 Ok\r\n",
                 };
                 let _ = write.write_all(reply).await;
             }
         });
         addr
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_says_421_is_closing_and_counts_as_lost() {
+        // RFC 5321: 421 is the server closing the channel. Relayed, the client heard the
+        // backend's name and "closing" while its own connection went on.
+        let mut backend = crate::smtp::test_peers::backend_session(server().await).await;
+        assert_eq!(
+            backend
+                .command(b"MAIL FROM:<a@b.test>")
+                .await
+                .map(|r| r.code)
+                .ok(),
+            Some(250)
+        );
+        match backend.command(b"RCPT TO:<closing@b.test>").await {
+            Err(BackendError::Closing(text)) => assert!(text.contains("shutting down"), "{text}"),
+            other => panic!("not a closing backend: {other:?}"),
+        }
     }
 
     #[tokio::test]
