@@ -8,7 +8,7 @@
 #[allow(dead_code)] // each test binary uses a different part of the shared peers
 mod peers;
 
-use std::io::Read;
+use std::io::{Read, Write};
 
 use peers::gateway;
 
@@ -113,4 +113,26 @@ fn a_non_ascii_path_after_a_tab_is_refused_and_the_session_goes_on() {
     c.open_message();
     c.expect("Subject: after\r\n\r\nstill here\r\n.", "250");
     assert!(c.cmd("QUIT").starts_with("221"));
+}
+
+#[test]
+fn a_bdat_size_that_is_no_number_closes_the_session() {
+    // The chunk that follows cannot be measured, so nothing after the command can be told apart
+    // from commands: the session closes, as for a chunk over the limit (a 501 went on reading
+    // the chunk's bytes as commands).
+    let gw = gateway("bdatsize", "", 0);
+    let mut c = gw.greeted("client.example.net");
+    c.stream
+        .get_mut()
+        .write_all(b"BDAT 99999999999999999999 LAST\r\nRSET\r\nNOOP\r\n")
+        .expect("write");
+    let reply = c.reply();
+    assert!(reply.starts_with("552 5.3.4"), "{reply}");
+    let mut rest = Vec::new();
+    let _ = c.stream.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty(),
+        "closed, the chunk's bytes not run as commands: {}",
+        String::from_utf8_lossy(&rest)
+    );
 }

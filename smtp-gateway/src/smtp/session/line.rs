@@ -52,6 +52,13 @@ pub(super) async fn read_command(
     })
 }
 
+/// Whether `line` is a BDAT command (any case), whatever its arguments.
+fn is_bdat(line: &[u8]) -> bool {
+    line.get(..5).is_some_and(|verb| {
+        verb.eq_ignore_ascii_case(b"BDAT ") || verb.eq_ignore_ascii_case(b"BDAT\t")
+    })
+}
+
 impl Session {
     /// Counts a junk command (Postfix's NOOP, VRFY, ETRN, RSET, and here also HELP and a repeated
     /// HELO/EHLO); past `smtp.junk_command_limit` since the last delivered message the session is
@@ -99,6 +106,16 @@ impl Session {
                     return self.drop_reply("Too many unknown commands");
                 }
                 Flow::Continue
+            }
+            Err(_) if is_bdat(&line.data) => {
+                // The chunk that follows cannot be measured: nothing after this line can be told
+                // apart from commands, so the session closes (as for a chunk over the limit).
+                tracing::info!(client = %self.client, line = %String::from_utf8_lossy(&line.data), "BDAT chunk size not understood; closing");
+                self.reply(Reply::new(
+                    552,
+                    "5.3.4 BDAT chunk size not understood, closing connection",
+                ));
+                Flow::Close
             }
             Err(e) => {
                 self.reply(syntax_error_reply(e));
