@@ -91,6 +91,8 @@ impl Bouncer {
             self.by_id.clear();
             self.by_target.clear();
         }
+        // Decisions past crowdsec.max_decisions in the answer itself were never held.
+        done.ignored += stream.skipped;
         // The entries of deleted decisions go in one batch (their reasons freed in one walk).
         let mut doomed = Vec::new();
         for decision in stream.deleted.unwrap_or_default() {

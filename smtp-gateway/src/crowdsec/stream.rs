@@ -40,6 +40,112 @@ pub struct DecisionStream {
     /// Decisions deleted or expired since the last poll.
     #[serde(default)]
     pub deleted: Option<Vec<Decision>>,
+    /// Decisions past `crowdsec.max_decisions` in a list, skipped as they were read.
+    #[serde(skip)]
+    pub skipped: usize,
+}
+
+/// The stream in `body`, holding at most `max` decisions of each list: the rest are skipped as
+/// they are read (and counted), never held. An answer within `crowdsec.max_response_bytes` can
+/// still be millions of tiny decisions (64 MiB of `{}` is 22 million, about 3.4 GB held).
+pub fn parse_stream(body: &[u8], max: usize) -> Result<DecisionStream, serde_json::Error> {
+    use serde::de::DeserializeSeed as _;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let stream = capped::StreamSeed(max).deserialize(&mut de)?;
+    de.end()?;
+    Ok(stream)
+}
+
+/// The seeds that read a stream with a cap on each list.
+mod capped {
+    use std::fmt;
+
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    use super::{Decision, DecisionStream};
+
+    /// A whole answer, each list capped at `.0`.
+    pub struct StreamSeed(pub usize);
+
+    impl<'de> DeserializeSeed<'de> for StreamSeed {
+        type Value = DecisionStream;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<DecisionStream, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for StreamSeed {
+        type Value = DecisionStream;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a decision stream object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<DecisionStream, A::Error> {
+            let mut stream = DecisionStream::default();
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                let list = match key.as_ref() {
+                    "new" => &mut stream.new,
+                    "deleted" => &mut stream.deleted,
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    }
+                };
+                let (decisions, skipped) = map.next_value_seed(ListSeed(self.0))?;
+                *list = decisions;
+                stream.skipped = stream.skipped.saturating_add(skipped);
+            }
+            Ok(stream)
+        }
+    }
+
+    /// One list (or null): at most `.0` decisions kept, and how many were skipped.
+    struct ListSeed(usize);
+
+    impl<'de> DeserializeSeed<'de> for ListSeed {
+        type Value = (Option<Vec<Decision>>, usize);
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_option(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for ListSeed {
+        type Value = (Option<Vec<Decision>>, usize);
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of decisions or null")
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok((None, 0))
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok((None, 0))
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut kept = Vec::new();
+            let mut skipped = 0usize;
+            while kept.len() < self.0 {
+                match seq.next_element::<Decision>()? {
+                    Some(decision) => kept.push(decision),
+                    None => return Ok((Some(kept), 0)),
+                }
+            }
+            while seq.next_element::<IgnoredAny>()?.is_some() {
+                skipped = skipped.saturating_add(1);
+            }
+            Ok((Some(kept), skipped))
+        }
+    }
 }
 
 /// One decision, as the LAPI gives it (unknown fields ignored).
@@ -185,6 +291,8 @@ pub struct LapiClient {
     key: String,
     /// `crowdsec.max_response_bytes`.
     max_response: u64,
+    /// `crowdsec.max_decisions`: decisions held at most per list of one answer.
+    max_decisions: usize,
     /// `crowdsec.origins`, comma-joined (empty: all).
     origins: String,
 }
@@ -210,6 +318,7 @@ impl LapiClient {
             endpoint,
             key,
             max_response: cfg.max_response_bytes,
+            max_decisions: cfg.max_decisions,
             origins: cfg.origins.join(","),
         })
     }
@@ -246,7 +355,7 @@ impl LapiClient {
         if body.len() as u64 > self.max_response {
             return Err(StreamError::TooLarge(self.max_response));
         }
-        Ok(serde_json::from_slice(&body)?)
+        Ok(parse_stream(&body, self.max_decisions)?)
     }
 }
 
@@ -357,6 +466,31 @@ mod tests {
             decision("Ip", "ban", "198.18.0.5", "-1s"),
         ] {
             assert!(matches!(bad.meaning(), Meaning::Invalid(_)), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_stream_holds_at_most_the_cap_of_each_list_and_counts_the_rest() {
+        // 64 MiB of `{}` is 22 million decisions, about 3.4 GB held: past the cap a decision is
+        // skipped as it is read, never held.
+        let empties = |n: usize| vec!["{}"; n].join(",");
+        let body = format!(
+            r#"{{"new":[{}],"deleted":[{}],"extra":1}}"#,
+            empties(25),
+            empties(7)
+        );
+        let s = parse_stream(body.as_bytes(), 10).expect("stream");
+        assert_eq!(s.new.as_ref().map(Vec::len), Some(10));
+        assert_eq!(s.deleted.as_ref().map(Vec::len), Some(7));
+        assert_eq!(s.skipped, 15);
+        let s = parse_stream(br#"{"new":null}"#, 10).expect("stream");
+        assert!(s.new.is_none() && s.deleted.is_none() && s.skipped == 0);
+        for bad in [&b"[1,2]"[..], b"{\"new\":[1]}", b"{\"new\":[]} trailing"] {
+            assert!(
+                parse_stream(bad, 10).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
