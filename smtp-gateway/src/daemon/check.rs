@@ -5,33 +5,8 @@
 
 use std::{io::Read as _, path::Path};
 
-use super::error::DaemonError;
+use super::error::{CheckError, DaemonError};
 use crate::config::Config;
-
-/// A file the configuration names that the daemon would refuse at start.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckError {
-    /// A file that cannot be read or is not what the option wants.
-    #[error("{key}: {message}")]
-    File {
-        /// The option naming the file (`smtp.tls.certificate`, `backend.servers[0].tls.ca`).
-        key: String,
-        /// What is wrong with it (the OS error once, not as a chain).
-        message: String,
-    },
-    /// `[crowdsec]`'s key or CA file (the message names the option).
-    #[error("{0}")]
-    Crowdsec(String),
-}
-
-impl CheckError {
-    fn new(key: impl Into<String>, message: impl std::fmt::Display) -> Self {
-        Self::File {
-            key: key.into(),
-            message: message.to_string(),
-        }
-    }
-}
 
 /// Checks what the daemon's start reads besides the configuration file, in the order it does:
 /// `daemon.user`/`daemon.group` (when `daemon.drop_privileges`), and, when `smtp.listeners` is

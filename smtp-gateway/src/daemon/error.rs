@@ -32,7 +32,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Privileges(#[from] PrivilegeError),
     #[error(transparent)]
-    Check(#[from] super::check::CheckError),
+    Check(#[from] CheckError),
     /// Not a `#[from]`: that would make the store error the source too, and `{e:#}` (main.rs)
     /// would print it twice.
     #[error("state store ([store]): {0}")]
@@ -42,6 +42,31 @@ pub enum DaemonError {
 impl From<crate::store::StoreError> for DaemonError {
     fn from(e: crate::store::StoreError) -> Self {
         DaemonError::Store(e)
+    }
+}
+
+/// A file the configuration names that the daemon would refuse at start.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// A file that cannot be read or is not what the option wants.
+    #[error("{key}: {message}")]
+    File {
+        /// The option naming the file (`smtp.tls.certificate`, `backend.servers[0].tls.ca`).
+        key: String,
+        /// What is wrong with it (the OS error once, not as a chain).
+        message: String,
+    },
+    /// `[crowdsec]`'s key or CA file (the message names the option).
+    #[error("{0}")]
+    Crowdsec(String),
+}
+
+impl CheckError {
+    pub(super) fn new(key: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Self::File {
+            key: key.into(),
+            message: message.to_string(),
+        }
     }
 }
 

@@ -33,7 +33,8 @@ use std::{path::PathBuf, sync::Arc};
 
 use tokio::sync::watch;
 
-pub use check::{CheckError, check_files};
+pub use check::check_files;
+pub use error::CheckError;
 pub use error::DaemonError;
 use reload::{GenerationContext, Live, Proxy};
 
