@@ -234,6 +234,10 @@ pub async fn relay_message_filtered(
                 piece.push(b' ');
                 piece.extend_from_slice(&line.data);
                 emit(&mut out, &piece);
+            } else if line.ending == Ending::Continues && line.data == b"." {
+                // The first piece of a folded line is a line of its own at the backend: a lone
+                // dot there would end the data. Stuffed, it stays text.
+                emit(&mut out, b"..");
             } else {
                 emit(&mut out, &line.data);
             }
@@ -326,13 +330,23 @@ mod tests {
         policy: BareNewlinePolicy,
         refuse_long_lines: bool,
     ) -> (TextRelayEnd, Vec<u8>, u64) {
+        relay_limited(client_text, policy, refuse_long_lines, 1000).await
+    }
+
+    /// [`relay_sized`] with text lines of at most `max_line` bytes.
+    async fn relay_limited(
+        client_text: &'static [u8],
+        policy: BareNewlinePolicy,
+        refuse_long_lines: bool,
+        max_line: usize,
+    ) -> (TextRelayEnd, Vec<u8>, u64) {
         let (backend_addr, recorder) = recording_backend(Until::Dot).await;
         let mut backend = backend_session(backend_addr).await;
         let (mut conn, _client) =
             client_connection(vec![client_text.to_vec()], Duration::ZERO).await;
         let limits = TextLimits {
             max_size: 1 << 20,
-            max_line: 1000,
+            max_line,
             bare_newlines: policy,
             timeout: Duration::from_secs(2),
             deadline: Instant::now() + Duration::from_secs(10),
@@ -356,6 +370,24 @@ mod tests {
         .await;
         assert!(matches!(outcome, TextRelayEnd::Timeout), "timeout");
         assert!(!received.ends_with(b"\r\n.\r\n"), "no end of data");
+    }
+
+    #[tokio::test]
+    async fn a_folded_line_whose_first_piece_is_a_lone_dot_ends_nothing() {
+        // Found by the text_relay fuzz target: with a short line limit, a line ".\rMA" was cut
+        // before its CR into the piece "." and forwarded as ".\r\n", an end of data in the
+        // middle of the message (the rest would have reached the backend as commands).
+        let (outcome, received, _) = relay_limited(
+            b"a\r\n.\rMA\r\n.\r\n",
+            BareNewlinePolicy::Normalize,
+            false,
+            3,
+        )
+        .await;
+        assert!(matches!(outcome, TextRelayEnd::Relayed { .. }), "relayed");
+        let text = String::from_utf8_lossy(&received).into_owned();
+        assert_eq!(text.matches("\r\n.\r\n").count(), 1, "{text:?}");
+        assert!(text.ends_with("\r\n.\r\n"), "{text:?}");
     }
 
     #[tokio::test]
