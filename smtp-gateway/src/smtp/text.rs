@@ -79,6 +79,14 @@ fn stuffing_dot(at_client_line_start: bool, folded: bool, data: &[u8]) -> u64 {
     u64::from(at_client_line_start && !folded && data.first() == Some(&b'.'))
 }
 
+/// `data` after `first`: the fold's space, or a stuffing dot.
+fn prefixed(first: u8, data: &[u8]) -> Vec<u8> {
+    let mut line = Vec::with_capacity(data.len() + 1);
+    line.push(first);
+    line.extend_from_slice(data);
+    line
+}
+
 /// How relaying one message's text ended.
 pub enum TextRelayEnd {
     /// The backend's final reply (positive or not): relay it. `folded`: a line longer than
@@ -197,7 +205,8 @@ pub async fn relay_message_filtered(
         }
         // A piece of a longer line ends as cleanly as a line (the fold is the gateway's).
         let clean_crlf = matches!(line.ending, Ending::CrLf | Ending::Continues) && !line.bare_cr;
-        if line.data == b"." && line.ending == Ending::CrLf && prev_crlf && !continued {
+        // (After a piece `prev_crlf` is false: the rest of a folded line never ends the data.)
+        if line.data == b"." && line.ending == Ending::CrLf && prev_crlf {
             break;
         }
         // Whether this line starts where the client started a line (after a real CRLF), or is
@@ -230,14 +239,11 @@ pub async fn relay_message_filtered(
             if folded {
                 // Folded as Postfix's SMTP client folds (CRLF and a space): a header stays a
                 // header, and the piece can never start with a dot.
-                let mut piece = Vec::with_capacity(line.data.len() + 1);
-                piece.push(b' ');
-                piece.extend_from_slice(&line.data);
-                emit(&mut out, &piece);
+                emit(&mut out, &prefixed(b' ', &line.data));
             } else if line.ending == Ending::Continues && line.data == b"." {
                 // The first piece of a folded line is a line of its own at the backend: a lone
                 // dot there would end the data. Stuffed, it stays text.
-                emit(&mut out, b"..");
+                emit(&mut out, &prefixed(b'.', &line.data));
             } else {
                 emit(&mut out, &line.data);
             }
@@ -248,19 +254,11 @@ pub async fn relay_message_filtered(
             // A piece that is exactly "." (e.g. the client's ".\r..." line split at the bare CR)
             // is stuffed wherever it comes from: only the real end of data may be a lone dot.
             for (k, piece) in line.data.split(|b| *b == b'\r').enumerate() {
-                if k == 0 && folded {
-                    let mut first = Vec::with_capacity(piece.len() + 1);
-                    first.push(b' ');
-                    first.extend_from_slice(piece);
-                    emit(&mut out, &first);
-                    continue;
-                }
                 let synthetic_start = k > 0 || !at_client_line_start;
-                if (synthetic_start && piece.first() == Some(&b'.')) || piece == b"." {
-                    let mut stuffed = Vec::with_capacity(piece.len() + 1);
-                    stuffed.push(b'.');
-                    stuffed.extend_from_slice(piece);
-                    emit(&mut out, &stuffed);
+                if k == 0 && folded {
+                    emit(&mut out, &prefixed(b' ', piece));
+                } else if (synthetic_start && piece.first() == Some(&b'.')) || piece == b"." {
+                    emit(&mut out, &prefixed(b'.', piece));
                 } else {
                     emit(&mut out, piece);
                 }

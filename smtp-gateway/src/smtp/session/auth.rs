@@ -2,7 +2,10 @@
 //! only; the backend decides. The client counts as authenticated only while the backend session
 //! that accepted the login carries it: a new backend session is not authenticated.
 
-use super::{Flow, Session};
+use super::{
+    Flow, Session,
+    waits::{Raced, Stall},
+};
 use crate::smtp::{
     backend::Backend,
     config::ListenerKind,
@@ -80,26 +83,14 @@ impl Session {
             // time limit or the daemon's shutdown, whichever comes first.
             let timeout = self.shared.config.smtp.command_timeout;
             let deadline = (tokio::time::Instant::now() + timeout).min(self.ends_by);
-            let read = tokio::select! {
-                biased;
-                read = self.conn.read_line_until(MAX_SASL_LINE, deadline) => read,
-                _ = Self::shutting_down(&mut self.shutdown) => {
-                    self.reply(Reply::new(421, "4.3.2 Service shutting down, closing connection"));
-                    return Flow::Close;
+            let read = self.conn.read_line_until(MAX_SASL_LINE, deadline);
+            let line = match Self::unless_shutting_down(&mut self.shutdown, read).await {
+                Raced::Read(Ok(Some(line))) if line.ending != Ending::Eof => line,
+                Raced::Read(Err(ConnError::Timeout)) => {
+                    return self.close_stalled(self.stall_at(deadline, Stall::Idle), "AUTH");
                 }
-            };
-            let line = match read {
-                Ok(Some(line)) if line.ending != Ending::Eof => line,
-                Err(ConnError::Timeout) if deadline >= self.ends_by => {
-                    tracing::info!(client = %self.client, "maximum session duration reached during AUTH; closing");
-                    self.reply(Reply::new(421, super::SESSION_TIME_LIMIT));
-                    return Flow::Close;
-                }
-                Err(ConnError::Timeout) => {
-                    self.reply(Reply::new(421, "4.4.2 Timeout, closing connection"));
-                    return Flow::Close;
-                }
-                _ => return Flow::Close,
+                Raced::Read(_) => return Flow::Close,
+                Raced::ShuttingDown => return self.close_for_shutdown(),
             };
             // A response line gets the checks of a command line (CRLF only, no NUL, length).
             if let Some(flow) = self.check_sasl_line(&line) {

@@ -32,7 +32,7 @@
 //! Time: every chunk of a transaction must be in within `smtp.max_data_duration` of its first
 //! BDAT (or by the session's end), each read within `smtp.data_timeout`, as for DATA.
 
-use super::{Body, Flow, SESSION_TIME_LIMIT, Session};
+use super::{Body, Flow, Session, waits::Stall};
 use crate::smtp::{
     backend::BackendError,
     chunk::{self, ChunkEnd, ChunkLimits},
@@ -224,21 +224,13 @@ impl Session {
             ChunkEnd::Timeout => {
                 // Abort the backend transaction: it never got the whole chunk.
                 self.backend = None;
-                tracing::info!(client = %self.client, "BDAT chunk timed out; closing");
-                self.reply(Reply::new(421, super::DATA_TIMEOUT));
-                Some(Flow::Close)
+                Some(self.close_stalled(Stall::Idle, "BDAT"))
             }
             ChunkEnd::TimeLimit => {
                 // Abort the backend transaction: it never got the whole chunk.
                 self.backend = None;
-                let text = if limits.deadline >= self.ends_by {
-                    SESSION_TIME_LIMIT
-                } else {
-                    "4.4.2 Maximum message transfer time reached, closing connection"
-                };
-                tracing::info!(client = %self.client, "BDAT chunk not complete in time; closing");
-                self.reply(Reply::new(421, text));
-                Some(Flow::Close)
+                let stall = self.stall_at(limits.deadline, Stall::Transfer);
+                Some(self.close_stalled(stall, "BDAT"))
             }
         }
     }

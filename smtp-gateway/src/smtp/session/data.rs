@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use super::{Body, CheckEffect, DATA_TIMEOUT, Flow, SESSION_TIME_LIMIT, Session};
+use super::{Body, CheckEffect, Flow, Session, waits::Stall};
 use crate::checks::{Action, Check};
 use crate::smtp::{
     reply::Reply,
@@ -197,21 +197,12 @@ impl Session {
             TextRelayEnd::Timeout => {
                 // Abort the backend transaction: it never saw the final dot.
                 self.backend = None;
-                tracing::info!(client = %self.client, size, "message text timed out; closing");
-                self.reply(Reply::new(421, DATA_TIMEOUT));
-                Flow::Close
+                self.close_stalled(Stall::Idle, "DATA")
             }
             TextRelayEnd::TimeLimit => {
                 // Abort the backend transaction: it never saw the final dot.
                 self.backend = None;
-                let text = if limits.deadline >= self.ends_by {
-                    SESSION_TIME_LIMIT
-                } else {
-                    "4.4.2 Maximum message transfer time reached, closing connection"
-                };
-                tracing::info!(client = %self.client, size, "message text not complete in time; closing");
-                self.reply(Reply::new(421, text));
-                Flow::Close
+                self.close_stalled(self.stall_at(limits.deadline, Stall::Transfer), "DATA")
             }
         }
     }

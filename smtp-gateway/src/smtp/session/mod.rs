@@ -42,6 +42,7 @@ pub(crate) mod line;
 mod mail;
 mod rcpt;
 mod starttls;
+mod waits;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -65,12 +66,7 @@ use crate::{
     policy::{dnsbl::DnsblScore, pass_cache::PassLookup},
     smtp::profile::Profile,
 };
-
-/// The reply of a session past `smtp.max_session_duration`.
-const SESSION_TIME_LIMIT: &str = "4.4.2 Maximum session duration reached, closing connection";
-/// The client's reply when its message text (DATA or a BDAT chunk) stalled for
-/// `smtp.data_timeout`.
-const DATA_TIMEOUT: &str = "4.4.2 Timeout, closing connection";
+use waits::{Raced, Stall};
 
 /// What the command loop does next.
 enum Flow {
@@ -402,16 +398,6 @@ impl Session {
         }
     }
 
-    /// Waits for the daemon's shutdown (forever when there is none).
-    async fn shutting_down(shutdown: &mut Option<watch::Receiver<bool>>) {
-        match shutdown {
-            Some(rx) => {
-                let _ = rx.wait_for(|s| *s).await;
-            }
-            None => std::future::pending::<()>().await,
-        }
-    }
-
     /// Runs the session to its end.
     pub async fn run(mut self) {
         // What is not the command loop is boxed: this future is allocated at the size of its
@@ -551,12 +537,11 @@ impl Session {
                 self.profile.checks.get(Check::NonSmtp).action,
                 Action::Reject | Action::Drop
             );
-            let read = tokio::select! {
-                biased;
-                read = line::read_command(&mut self.conn, smtp.max_command_line, deadline, sniff) => read,
-                _ = Self::shutting_down(&mut self.shutdown) => {
-                    self.reply(Reply::new(421, "4.3.2 Service shutting down, closing connection"));
-                    let _ = self.conn.flush().await;
+            let read = line::read_command(&mut self.conn, smtp.max_command_line, deadline, sniff);
+            let read = match Self::unless_shutting_down(&mut self.shutdown, read).await {
+                Raced::Read(read) => read,
+                Raced::ShuttingDown => {
+                    self.close_for_shutdown();
                     return;
                 }
             };
@@ -570,15 +555,8 @@ impl Session {
                     return;
                 }
                 Ok(line::Incoming::Closed) | Err(ConnError::Io(_)) => return,
-                Err(ConnError::Timeout) if deadline >= self.ends_by => {
-                    tracing::info!(client = %self.client, "maximum session duration reached; closing");
-                    self.reply(Reply::new(421, SESSION_TIME_LIMIT));
-                    let _ = self.conn.flush().await;
-                    return;
-                }
                 Err(ConnError::Timeout) => {
-                    self.reply(Reply::new(421, "4.4.2 Timeout, closing connection"));
-                    let _ = self.conn.flush().await;
+                    self.close_stalled(self.stall_at(deadline, Stall::Idle), "command");
                     return;
                 }
             };
