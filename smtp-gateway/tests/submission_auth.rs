@@ -252,6 +252,29 @@ fn a_sasl_exchange_ends_with_the_session_time_limit() {
 }
 
 #[test]
+fn a_sasl_exchange_ends_politely_when_the_daemon_stops() {
+    // A client in the middle of its AUTH exchange is told 421 at the daemon's shutdown, as an
+    // idle session is between commands, and the daemon does not wait for its answer.
+    let (backend, _seen) = endless_sasl_backend();
+    let gw = Gateway::start_tls(
+        "authstop",
+        backend,
+        "smtps\", profile = \"mx",
+        "shutdown_timeout = \"20s\"",
+    );
+    let mut c = gw.tls_client();
+    assert!(c.reply().starts_with("220 "));
+    assert!(c.cmd("EHLO client.example.net").contains("AUTH LOGIN"));
+    assert!(c.cmd("AUTH LOGIN").starts_with("334"));
+    gw.signal(libc::SIGTERM);
+    let reply = c.reply();
+    assert!(
+        reply.starts_with("421 4.3.2 Service shutting down"),
+        "{reply:?}"
+    );
+}
+
+#[test]
 fn a_sasl_exchange_is_bounded_and_cancelled_on_the_backend() {
     let (backend, seen) = endless_sasl_backend();
     let (_gw, mut c) = smtps("steps", backend);
