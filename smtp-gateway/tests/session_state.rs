@@ -2,7 +2,8 @@
 //! a refused MAIL does not turn the rest of its RFC 2920 group into protocol errors (so a 4xx
 //! never ends in a drop or a ban), `SIZE=` over the limit is refused at MAIL, a re-EHLO reuses the
 //! backend session instead of opening a new one, and a pooled connection never carries a previous
-//! client's errors. Runs the real daemon in front of a recording backend. Needs root (bpffs pins).
+//! client's errors, and a backend's reply before the end of the message text is never taken for
+//! the message's. Runs the real daemon in front of a recording backend. Needs root (bpffs pins).
 
 #[path = "support/peers.rs"]
 #[allow(dead_code)] // each test binary uses a different part of the shared peers
@@ -290,5 +291,75 @@ fn an_auth_parameter_of_a_client_that_did_not_log_in_never_reaches_the_backend()
         mail,
         [&"MAIL FROM:<a@c.example.net> BODY=8BITMIME".to_string()],
         "{seen:#?}"
+    );
+}
+
+/// A backend that answers the message before its end: `250` as soon as the first line of text
+/// arrives (then says so on `spoke`), `554` at the final dot. Serves one session.
+fn backend_answering_early() -> (SocketAddr, std::sync::mpsc::Receiver<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (spoke, heard) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((tcp, _)) = listener.accept() else {
+            return;
+        };
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .ok();
+        let mut out = tcp.try_clone().expect("clone");
+        let mut input = std::io::BufReader::new(tcp);
+        out.write_all(b"220 backend.test ESMTP\r\n").ok();
+        let mut in_text = false;
+        let mut line = String::new();
+        while input.read_line(&mut line).unwrap_or(0) > 0 {
+            let cmd = line.trim_end().to_ascii_uppercase();
+            let reply: &[u8] = match (in_text, cmd.as_str()) {
+                (true, ".") => {
+                    in_text = false;
+                    b"554 5.7.1 rejected after all\r\n"
+                }
+                (true, "EARLY") => {
+                    out.write_all(b"250 2.0.0 queued too soon\r\n").ok();
+                    let _ = spoke.send(());
+                    b""
+                }
+                (true, _) => b"",
+                (false, "DATA") => {
+                    in_text = true;
+                    b"354 go ahead\r\n"
+                }
+                (false, "QUIT") => b"221 bye\r\n",
+                (false, c) if c.starts_with("EHLO") => b"250-backend.test\r\n250 8BITMIME\r\n",
+                _ => b"250 2.0.0 Ok\r\n",
+            };
+            out.write_all(reply).ok();
+            line.clear();
+        }
+    });
+    (addr, heard)
+}
+
+#[test]
+fn a_backend_reply_before_the_end_of_the_text_is_never_the_message_reply() {
+    // Never 250 for a message the backend did not accept: a backend that answers before the
+    // final dot (a bug, or a backend out of step) has its early reply taken for nothing. Here the
+    // early answer is a 250 and the real one, at the dot, a 554: the client must not be told
+    // its message was accepted.
+    let (addr, spoke) = backend_answering_early();
+    let gw = Gateway::start("early", addr, "text_flush_interval = \"100ms\"");
+    let mut c = gw.greeted("client.example.net");
+    c.open_message();
+    c.stream
+        .get_mut()
+        .write_all(b"Subject: t\r\n\r\nearly\r\n")
+        .expect("write");
+    // The text reaches the backend at the next flush; it answers at once.
+    spoke
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the backend got the text and answered early");
+    let reply = c.cmd(".");
+    assert!(
+        reply.starts_with("451"),
+        "the backend's early 250 is no acceptance: {reply:?}"
     );
 }

@@ -238,8 +238,15 @@ impl Backend {
     /// has neither closed it nor sent anything unasked (a 421 before its own idle timeout). Looks
     /// without waiting.
     pub fn still_open(&mut self) -> bool {
-        if !self.stream.buffer().is_empty() || !self.queued.is_empty() {
-            return false;
+        self.queued.is_empty() && !self.spoke_out_of_turn()
+    }
+
+    /// Whether the backend has sent something (or closed) while no reply is due yet: the final
+    /// reply to a message before its final dot, say. Looks without waiting; a byte it reads is
+    /// lost, so the connection is done for when this is true.
+    pub fn spoke_out_of_turn(&mut self) -> bool {
+        if !self.stream.buffer().is_empty() {
+            return true;
         }
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let mut byte = [0u8; 1];
@@ -249,7 +256,7 @@ impl Backend {
             &mut cx,
             &mut buf,
         )
-        .is_pending()
+        .is_ready()
     }
 
     /// EHLO, STARTTLS, handshake verifying the backend's certificate.

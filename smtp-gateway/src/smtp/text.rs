@@ -281,6 +281,12 @@ pub async fn relay_message_filtered(
     if let Some(rewrite) = rewrite.as_mut() {
         rewrite.filter.finish(&mut out);
     }
+    // Nothing may have come back before the final dot: an early reply would be taken for the
+    // message's (a 250 for a message the backend then refuses).
+    if backend.spoke_out_of_turn() {
+        let e = BackendError::Protocol("a reply before the end of the message text".into());
+        return (TextRelayEnd::BackendFailed(e), size);
+    }
     out.extend_from_slice(b".\r\n");
     if let Err(e) = backend.send_text(&out).await {
         return (TextRelayEnd::BackendFailed(e), size);
