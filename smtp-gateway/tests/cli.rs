@@ -145,6 +145,22 @@ fn check_config_rejects_with_key_and_line() {
             &["daemon.control_timeout", ":3"][..],
         ),
         (
+            "[daemon]\ncontrol_max_connections = 0\n",
+            &["daemon.control_max_connections", ":2", "at least 1"][..],
+        ),
+        (
+            "[daemon]\ncontrol_max_connections = 1025\n",
+            &["daemon.control_max_connections", ":2", "at most 1024"][..],
+        ),
+        (
+            "[daemon]\ncontrol_request_timeout = \"50ms\"\n",
+            &["daemon.control_request_timeout", ":2", "at least 100ms"][..],
+        ),
+        (
+            "[daemon]\ncontrol_request_timeout = \"61s\"\n",
+            &["daemon.control_request_timeout", ":2", "at most 1m"][..],
+        ),
+        (
             "[daemon]\ndrop_privileges = false\nuser = \"nobody\"\n",
             &["daemon.user", ":3", "drop_privileges"][..],
         ),

@@ -1,7 +1,8 @@
 //! The control socket and the daemon's privileges: the CLI goes through a running daemon (and
 //! straight to the pinned maps when none runs), the socket answers root only, `reload` reports
 //! how it went, the configuration file is reloaded when it changes, and the daemon runs without
-//! capabilities after setup yet still bans and blocks. The real binary in front of a scripted
+//! capabilities after setup yet still bans and blocks; it serves a bounded number of connections,
+//! each given a bounded time to send its request (and all the time its answer needs). The real binary in front of a scripted
 //! backend. Needs root (bpffs pins, setpriv to act as another user).
 
 #[path = "support/peers.rs"]
@@ -9,9 +10,13 @@
 mod peers;
 
 use std::{
-    os::unix::fs::{MetadataExt, PermissionsExt},
+    io::{Read, Write},
+    os::unix::{
+        fs::{MetadataExt, PermissionsExt},
+        net::UnixStream,
+    },
     path::PathBuf,
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -404,4 +409,111 @@ fn a_changed_file_is_reloaded_without_a_signal() {
     assert!(gw.log().contains("bogus"), "{}", gw.log());
     let banner = gw.banner();
     assert!(banner.contains("watched.test"), "{banner}");
+}
+
+/// A connection to the control socket at `path`, reads bounded by 10 s.
+fn control_connection(path: &std::path::Path) -> UnixStream {
+    let stream = UnixStream::connect(path).expect("connect to the control socket");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    stream
+}
+
+/// Everything the daemon sends on `stream` until it closes it; an error if it keeps it open
+/// past the stream's read timeout.
+fn until_closed(stream: &mut UnixStream) -> std::io::Result<String> {
+    let mut text = String::new();
+    stream.read_to_string(&mut text).map(|_| text)
+}
+
+#[test]
+fn control_connections_are_capped_and_silent_ones_closed_but_answers_may_take_long() {
+    let (addr, _seen) = scripted_backend_on_loopback(1);
+    let daemon = "[daemon]\nwatch_config = false\ncontrol_max_connections = 3\n\
+                  control_request_timeout = \"2s\"\n";
+    let gw = Gateway::start("ctlcap", addr, daemon);
+    let socket = socket_of(&gw);
+
+    // Three peers take every slot: two say nothing, one sends half a request.
+    let mut held: Vec<UnixStream> = (0..3).map(|_| control_connection(&socket)).collect();
+    held[2]
+        .write_all(b"{\"op\":\"stats\"")
+        .expect("write half a request");
+    // One more is told why and closed at once.
+    let mut extra = control_connection(&socket);
+    let answer = until_closed(&mut extra)
+        .unwrap_or_else(|e| panic!("a connection over the cap was kept open: {e}"));
+    assert!(
+        answer.contains("daemon.control_max_connections"),
+        "{answer:?}"
+    );
+    gw.wait_log_line(&["control:", "daemon.control_max_connections"]);
+    // The held ones are closed once control_request_timeout passes without a complete request.
+    for (i, stream) in held.iter_mut().enumerate() {
+        let answer = until_closed(stream)
+            .unwrap_or_else(|e| panic!("held connection {i} was never closed: {e}"));
+        assert!(
+            answer.contains("daemon.control_request_timeout"),
+            "{i}: {answer:?}"
+        );
+    }
+    // Their slots are free again as soon as they are closed.
+    let out = gw.cli(&["block", "add", "198.18.4.4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let scrape = gw.scrape();
+    let count = |result: &str| {
+        peers::sample(
+            &scrape,
+            &format!("smtp_gateway_control_connections_total{{result=\"{result}\"}}"),
+        )
+    };
+    assert_eq!(count("refused"), Some(1), "{scrape}");
+    assert_eq!(count("timed_out"), Some(3), "{scrape}");
+
+    // Only reading the request is timed: a reload whose answer takes longer than
+    // control_request_timeout (it reads a list from a FIFO the test writes late) is answered.
+    let fifo = gw.dir.join("senders.fifo");
+    peers::mkfifo(&fifo);
+    gw.write_config(
+        addr,
+        &format!(
+            "{daemon}[reputation]\nlists = [{{ name = \"late\", kind = \"sender_domain\", \
+             path = \"{}\" }}]\n",
+            fifo.display()
+        ),
+    );
+    let reload = Command::new(peers::binary())
+        .arg("-c")
+        .arg(gw.config_path())
+        .arg("reload")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the CLI");
+    let mut list = peers::fifo_writer_once_read(&fifo, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("the reload never opened the list:\n{}", gw.log()));
+    // A connection opened now, while the reload's answer is pending, is closed for silence:
+    // control_request_timeout has passed since the reload's request was read.
+    let mut silent = control_connection(&socket);
+    let answer = until_closed(&mut silent).unwrap_or_else(|e| panic!("silent peer kept open: {e}"));
+    assert!(
+        answer.contains("daemon.control_request_timeout"),
+        "{answer:?}"
+    );
+    list.write_all(b"spam.example\n").expect("write the list");
+    drop(list);
+    let out = reload.wait_with_output().expect("the reload command");
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        gw.log()
+    );
+    assert!(
+        stdout(&out).contains("configuration reloaded"),
+        "{}",
+        stdout(&out)
+    );
 }

@@ -2,6 +2,11 @@
 //! (under a umask, so it is never reachable by others, not even briefly), and every connection's
 //! peer credentials are checked too: a socket made world-writable by mistake still answers root
 //! only. Requests are handled one at a time per connection (`top` keeps one open).
+//!
+//! Any local process can connect, so what a connection may hold is bounded ([`Limits`]): at most
+//! `daemon.control_max_connections` are served at once (one more is told why and closed at once),
+//! and each has `daemon.control_request_timeout` to send every request line. Only reading the
+//! request is timed; the answer (a reload, a long list) takes what it takes.
 
 use std::{
     os::unix::fs::{FileTypeExt, PermissionsExt},
@@ -13,9 +18,9 @@ use std::{
 use nix::sys::stat::{Mode, umask};
 
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
-    sync::{oneshot, watch},
+    sync::{Semaphore, oneshot, watch},
 };
 
 use super::{
@@ -24,6 +29,7 @@ use super::{
 };
 use crate::{
     dataplane::{Dataplane, SharedDataplane},
+    metrics::Metrics,
     reload::{ReloadOrigin, ReloadRequest, ReloadSender},
     source_outcomes::SourceOutcomes,
     store::records::FleetList,
@@ -35,10 +41,21 @@ pub struct ControlSocket {
     path: PathBuf,
 }
 
+/// What the connections may hold (from `[daemon]`, read at start).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `daemon.control_max_connections`: connections served at once.
+    pub max_connections: usize,
+    /// `daemon.control_request_timeout`: how long a connection has to send one request line.
+    pub request_timeout: Duration,
+}
+
 /// What the requests act on.
 pub struct Handler {
     pub dataplane: SharedDataplane,
     pub outcomes: Arc<SourceOutcomes>,
+    /// Counts the connections (accepted, refused over the cap, timed out).
+    pub metrics: Arc<Metrics>,
     pub reload: ReloadSender,
     /// The state store: `block add`/`block del` and `allow add`/`allow del` write/delete the
     /// record (shared by a fleet).
@@ -91,7 +108,12 @@ impl ControlSocket {
     }
 
     /// Answers requests until shutdown, then removes the socket file.
-    pub async fn serve(self, handler: Arc<Handler>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn serve(
+        self,
+        handler: Arc<Handler>,
+        limits: Limits,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let listener = match UnixListener::from_std(self.listener) {
             Ok(listener) => listener,
             Err(e) => {
@@ -100,15 +122,44 @@ impl ControlSocket {
             }
         };
         tracing::info!(path = %self.path.display(), "control socket ready");
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        // Set while every slot is taken and a refusal was logged: one warning per such spell,
+        // whatever number of connections it refuses (each is counted).
+        let mut saturated = false;
         loop {
             let stream = tokio::select! {
                 accepted = listener.accept() => accepted,
                 _ = shutdown.changed() => break,
             };
             match stream {
-                Ok((stream, _)) => {
+                Ok((mut stream, _)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        handler.metrics.control_connection("refused");
+                        let pid = stream.peer_cred().ok().and_then(|p| p.pid());
+                        if saturated {
+                            tracing::debug!(client_pid = ?pid, "control: connection refused");
+                        } else {
+                            saturated = true;
+                            tracing::warn!(
+                                client_pid = ?pid,
+                                "control: {} connections open (daemon.control_max_connections): \
+                                 refusing more until one closes",
+                                limits.max_connections
+                            );
+                        }
+                        refuse_over_cap(&stream, limits.max_connections);
+                        continue;
+                    };
+                    saturated = false;
+                    handler.metrics.control_connection("accepted");
                     let handler = handler.clone();
-                    tokio::spawn(async move { connection(stream, &handler).await });
+                    tokio::spawn(async move {
+                        connection(&mut stream, &handler, limits.request_timeout).await;
+                        // The slot is free before the peer sees the close: a client that
+                        // connects again at once finds it.
+                        drop(slot);
+                        drop(stream);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "control: accept failed");
@@ -122,10 +173,26 @@ impl ControlSocket {
     }
 }
 
-/// One client: root only, then one response per request line.
-async fn connection(stream: UnixStream, handler: &Handler) {
+/// Tells a connection over `daemon.control_max_connections` why it is closed, without waiting
+/// (a peer that does not read gets nothing).
+fn refuse_over_cap(stream: &UnixStream, max: usize) {
+    let refusal = Response::Error {
+        message: format!(
+            "the daemon serves {max} control connections at once \
+             (daemon.control_max_connections) and all are taken: try again later"
+        ),
+    };
+    if let Ok(mut text) = serde_json::to_string(&refusal) {
+        text.push('\n');
+        let _ = stream.try_write(text.as_bytes());
+    }
+}
+
+/// One client: root only, then one response per request line; each line must arrive within
+/// `request_timeout` of the daemon waiting for it.
+async fn connection(stream: &mut UnixStream, handler: &Handler, request_timeout: Duration) {
     let peer = stream.peer_cred().ok();
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = stream.split();
     if peer.map(|p| p.uid()) != Some(0) {
         tracing::warn!(
             uid = ?peer.map(|p| p.uid()),
@@ -141,9 +208,42 @@ async fn connection(stream: UnixStream, handler: &Handler) {
     let pid = peer.and_then(|p| p.pid());
     let mut lines = BufReader::new(read.take(MAX_REQUEST_BYTES as u64));
     let mut line = String::new();
+    // Requests answered on this connection: one that answered some and then stays quiet is a
+    // client between requests (`top` with a long --interval), not worth a warning.
+    let mut answered = 0u64;
     loop {
         line.clear();
-        match lines.read_line(&mut line).await {
+        let Ok(read) = tokio::time::timeout(request_timeout, lines.read_line(&mut line)).await
+        else {
+            handler.metrics.control_connection("timed_out");
+            let limit = humantime::format_duration(request_timeout);
+            if answered > 0 && line.is_empty() {
+                tracing::debug!(
+                    client_pid = ?pid,
+                    answered,
+                    "control: closed a connection idle for daemon.control_request_timeout \
+                     ({limit}) after its requests"
+                );
+            } else {
+                tracing::warn!(
+                    client_pid = ?pid,
+                    "control: closed a connection that sent no complete request within \
+                     daemon.control_request_timeout ({limit})"
+                );
+            }
+            let closing = Response::Error {
+                message: format!(
+                    "no complete request within daemon.control_request_timeout ({limit}): closing"
+                ),
+            };
+            // Without waiting: a peer that sends nothing may read nothing either.
+            if let Ok(mut text) = serde_json::to_string(&closing) {
+                text.push('\n');
+                let _ = write.try_write(text.as_bytes());
+            }
+            return;
+        };
+        match read {
             Ok(0) | Err(_) => return,
             Ok(_) if !line.ends_with('\n') => {
                 let _ = write_response(
@@ -168,11 +268,12 @@ async fn connection(stream: UnixStream, handler: &Handler) {
         if write_response(&mut write, &response).await.is_err() {
             return;
         }
+        answered += 1;
     }
 }
 
 async fn write_response(
-    write: &mut tokio::net::unix::OwnedWriteHalf,
+    write: &mut (impl AsyncWrite + Unpin),
     response: &Response,
 ) -> std::io::Result<()> {
     let mut text = serde_json::to_string(response).map_err(std::io::Error::other)?;

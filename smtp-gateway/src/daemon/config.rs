@@ -19,6 +19,15 @@ pub struct DaemonConfig {
     /// while).
     #[serde(with = "humantime_serde")]
     pub control_timeout: Duration,
+    /// Control connections served at once: each costs the daemon a task and a descriptor, and
+    /// any local process may connect (only root's requests are answered). One more is told why
+    /// and closed at once (counted).
+    pub control_max_connections: usize,
+    /// How long a control connection has to send one complete request, from the moment the
+    /// daemon waits for it; a peer that does not is closed (counted). Only reading the request
+    /// is timed: the answer (a reload, a long list) takes what it takes.
+    #[serde(with = "humantime_serde")]
+    pub control_request_timeout: Duration,
     /// Reload when the configuration file changes, as on SIGHUP.
     pub watch_config: bool,
     /// Quiet time after the last change to the file before the reload (editors write in steps).
@@ -40,6 +49,8 @@ impl Default for DaemonConfig {
         Self {
             control_socket: PathBuf::new(),
             control_timeout: Duration::from_secs(30),
+            control_max_connections: 16,
+            control_request_timeout: Duration::from_secs(5),
             watch_config: true,
             watch_debounce: Duration::from_millis(500),
             drop_privileges: true,
@@ -52,9 +63,16 @@ impl Default for DaemonConfig {
 
 /// Largest `daemon.control_timeout`.
 pub const MAX_CONTROL_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Largest `daemon.control_max_connections`.
+pub const MAX_CONTROL_CONNECTIONS: usize = 1024;
+/// Shortest `daemon.control_request_timeout`.
+pub const MIN_CONTROL_REQUEST_TIMEOUT: Duration = Duration::from_millis(100);
+/// Longest `daemon.control_request_timeout`.
+pub const MAX_CONTROL_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl DaemonConfig {
-    /// Checks values serde cannot: timeouts, capability names, user without dropping.
+    /// Checks values serde cannot: timeouts, the control connection cap, capability names, user
+    /// without dropping.
     pub fn validate(&self) -> Result<(), Invalid> {
         let d = self;
         Invalid::duration_in(
@@ -62,6 +80,18 @@ impl DaemonConfig {
             d.control_timeout,
             Duration::from_secs(1),
             MAX_CONTROL_TIMEOUT,
+        )?;
+        Invalid::in_range(
+            "daemon.control_max_connections",
+            d.control_max_connections,
+            1,
+            MAX_CONTROL_CONNECTIONS,
+        )?;
+        Invalid::duration_in(
+            "daemon.control_request_timeout",
+            d.control_request_timeout,
+            MIN_CONTROL_REQUEST_TIMEOUT,
+            MAX_CONTROL_REQUEST_TIMEOUT,
         )?;
         if d.watch_debounce > Duration::from_secs(60) {
             return Err(Invalid::new("daemon.watch_debounce", "must be at most 60s"));

@@ -190,6 +190,7 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
             Arc::new(crate::control::server::Handler {
                 dataplane: dataplane.clone(),
                 outcomes: outcomes.clone(),
+                metrics: metrics.clone(),
                 reload: reload_tx.clone(),
                 store: store.clone(),
                 fleet_sync: store
@@ -201,6 +202,10 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
                     greylist: live.greylist.subscribe(),
                 },
             }),
+            crate::control::server::Limits {
+                max_connections: config.daemon.control_max_connections,
+                request_timeout: config.daemon.control_request_timeout,
+            },
             shutdown_rx.clone(),
         ),
     );

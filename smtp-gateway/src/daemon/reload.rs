@@ -304,6 +304,8 @@ pub(super) fn restart_notes(old: &Config, new: &Config) -> Vec<String> {
     let (o, n) = (&old.daemon, &new.daemon);
     note(
         o.control_socket != n.control_socket
+            || o.control_max_connections != n.control_max_connections
+            || o.control_request_timeout != n.control_request_timeout
             || o.watch_config != n.watch_config
             || o.watch_debounce != n.watch_debounce
             || o.drop_privileges != n.drop_privileges

@@ -1,7 +1,7 @@
 //! The process-side counters: sessions (and session panics), checks, TLS, backend, messages,
-//! reloads, bans, state store operations. They live in one [`Metrics`] shared by every task and incremented where things
-//! happen (sessions, the proxy, auto-ban, the daemon); the endpoint that serves them is
-//! `endpoint.rs`.
+//! reloads, bans, state store operations, control socket connections. They live in one
+//! [`Metrics`] shared by every task and incremented where things happen (sessions, the proxy,
+//! auto-ban, the daemon); the endpoint that serves them is `endpoint.rs`.
 //!
 //! - `config.rs`: `[metrics]`;
 //! - `endpoint.rs`: `GET /metrics`, the scrape-time kernel and per-source series.
@@ -115,6 +115,8 @@ pub struct Metrics {
     store_queued: Gauge,
     /// Greylisting verdicts on recipients, by result.
     greylist: Family<ResultLabels, Counter>,
+    /// Control socket connections by what became of them.
+    control_connections: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -157,6 +159,7 @@ impl Metrics {
             store_queue_overflows: Counter::default(),
             store_queued: Gauge::default(),
             greylist: Family::default(),
+            control_connections: Family::default(),
         };
         registry.register(
             "connections",
@@ -253,6 +256,11 @@ impl Metrics {
             "greylist",
             "Greylisting verdicts on recipients, by result: deferred (451 4.7.1), passed (a retry after the delay, or a triplet that passed before), allowlisted (auto-allowlisted client network), bypassed (authenticated, DNSWL-listed, SPF pass for a big sender, passed recently), store_error (the store did not answer; store.on_timeout decided)",
             m.greylist.clone(),
+        );
+        registry.register(
+            "control_connections",
+            "Control socket connections, by result: accepted, refused (over daemon.control_max_connections, closed at once), timed_out (closed for not sending a complete request within daemon.control_request_timeout)",
+            m.control_connections.clone(),
         );
         m.config_last_reload_success.set(1);
         Self { registry, ..m }
@@ -392,6 +400,14 @@ impl Metrics {
         self.store_operations
             .get_or_create(&StoreLabels { op, result })
             .get()
+    }
+
+    /// A control socket connection was `accepted`, `refused` (over the cap) or closed as
+    /// `timed_out` (no complete request in time).
+    pub fn control_connection(&self, result: &'static str) {
+        self.control_connections
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// A session task panicked (and was caught).

@@ -574,3 +574,39 @@ pub fn sample(scrape: &str, series: &str) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
+
+/// Makes a FIFO at `path` (mkfifo(1)): a list file whose reader waits until the test writes.
+pub fn mkfifo(path: &std::path::Path) {
+    let status = Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo (coreutils)");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// The FIFO at `path` opened for writing, once a reader (the daemon reading a list) has opened
+/// it: the open returns only then. `None` when no reader came within `within` (the waiting
+/// open is then released by a reader of our own, so no thread is left behind).
+pub fn fifo_writer_once_read(path: &std::path::Path, within: Duration) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let fifo = path.to_path_buf();
+    let opener = std::thread::spawn(move || {
+        let _ = tx.send(std::fs::OpenOptions::new().write(true).open(&fifo));
+    });
+    match rx.recv_timeout(within) {
+        Ok(Ok(file)) => {
+            let _ = opener.join();
+            Some(file)
+        }
+        Ok(Err(e)) => panic!("open {} for writing: {e}", path.display()),
+        Err(_) => {
+            let _reader = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path);
+            let _ = opener.join();
+            None
+        }
+    }
+}

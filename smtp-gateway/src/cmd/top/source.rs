@@ -89,7 +89,18 @@ impl Source {
     }
 
     /// The daemon's session outcomes by source; empty (and `None`) when no daemon answers.
+    /// The connection is kept between refreshes; one the daemon closed meanwhile (an
+    /// `--interval` longer than `daemon.control_request_timeout`) is replaced at once.
     fn sessions(&mut self) -> Option<HashMap<IpAddr, SessionCounts>> {
+        let kept = self.daemon.is_some();
+        match self.ask_sessions() {
+            None if kept => self.ask_sessions(),
+            answer => answer,
+        }
+    }
+
+    /// One `Sessions` request, on the kept connection or a new one.
+    fn ask_sessions(&mut self) -> Option<HashMap<IpAddr, SessionCounts>> {
         if self.daemon.is_none() {
             self.daemon = crate::cmd::daemon(&self.config).ok().flatten();
         }
@@ -98,7 +109,7 @@ impl Source {
             Ok(Response::Sessions { sources }) => {
                 Some(sources.into_iter().map(|s| (s.source, s.counts)).collect())
             }
-            // Gone or confused: try a fresh connection at the next refresh.
+            // Gone or confused: the next request opens a fresh connection.
             _ => {
                 self.daemon = None;
                 None
