@@ -1192,3 +1192,35 @@ fn the_crowdsec_api_key_stays_out_of_a_debug_log() {
     assert!(text.contains("DEBUG"), "a debug log: {text}");
     assert!(!text.contains(key), "the key is in the log:\n{text}");
 }
+
+#[test]
+fn a_daemon_that_does_not_answer_in_time_is_named_with_the_timeout_and_the_socket() {
+    let (dir, _) = peers::scratch("sgw-mute");
+    let socket = dir.join("mute.sock");
+    // Something listens there (the kernel queues the connection) but never answers.
+    let _mute = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\ncontrol_socket = \"{}\"\ncontrol_timeout = \"1s\"\n",
+            socket.display()
+        ),
+    )
+    .expect("write config");
+    let out = Command::new(BIN)
+        .arg("-c")
+        .arg(&config)
+        .arg("reload")
+        .output()
+        .expect("run");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_refused(
+        &out,
+        "did not answer within daemon.control_timeout (1s)",
+        "the reload must fail",
+    );
+    let err = stderr(&out);
+    assert!(err.contains(&socket.display().to_string()), "{err}");
+    assert!(!err.contains("temporarily unavailable"), "{err}");
+}

@@ -17,6 +17,8 @@ pub struct Client {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
     path: PathBuf,
+    /// `daemon.control_timeout`: how long each write and read may wait (named when it passes).
+    timeout: Duration,
 }
 
 impl Client {
@@ -43,14 +45,22 @@ impl Client {
             reader: BufReader::new(stream),
             writer,
             path: path.to_path_buf(),
+            timeout,
         }))
     }
 
     /// Sends one request and reads its response.
     pub fn call(&mut self, request: &Request) -> Result<Response, ControlError> {
-        let io = |source| ControlError::Io {
-            path: self.path.clone(),
-            source,
+        // A socket timeout is EAGAIN ("Resource temporarily unavailable"): said as what it is.
+        let io = |source: std::io::Error| match source.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => ControlError::Timeout {
+                path: self.path.clone(),
+                timeout: self.timeout,
+            },
+            _ => ControlError::Io {
+                path: self.path.clone(),
+                source,
+            },
         };
         let mut line = serde_json::to_string(request).map_err(|e| ControlError::Protocol {
             path: self.path.clone(),

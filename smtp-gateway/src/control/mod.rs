@@ -26,6 +26,16 @@ pub enum ControlError {
     NotASocket(std::path::PathBuf),
     #[error("{0}: permission denied (the control socket is for root; run the command as root)")]
     NotRoot(std::path::PathBuf),
+    #[error(
+        "control socket {path}: the daemon did not answer within daemon.control_timeout ({}): it \
+         may be busy (a large import or reload holds the data plane) or stuck, and the request may \
+         still take effect; see the daemon's log, or raise daemon.control_timeout",
+        humantime::format_duration(*.timeout)
+    )]
+    Timeout {
+        path: std::path::PathBuf,
+        timeout: std::time::Duration,
+    },
     #[error("control socket {path}: {source}")]
     Io {
         path: std::path::PathBuf,
