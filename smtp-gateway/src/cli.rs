@@ -69,7 +69,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct WhyArgs {
-    /// The address (IPv4 or IPv6).
+    /// The address (IPv4 or IPv6; one address, not a prefix).
+    #[arg(value_parser = parse_why_address)]
     pub address: String,
     /// Machine-readable output (with --follow: one JSON object per line).
     #[arg(long)]
@@ -81,6 +82,14 @@ pub struct WhyArgs {
     /// How long --follow traces (default 60s, at most dataplane.trace_max_duration).
     #[arg(long = "for", value_parser = humantime::parse_duration, requires = "follow")]
     pub duration: Option<std::time::Duration>,
+}
+
+/// The address `why` asks about, as given, once it is one: a prefix or anything else is refused
+/// before anything is opened, with the daemon's message.
+fn parse_why_address(text: &str) -> Result<String, String> {
+    crate::control::why::parse_address(text)
+        .map(|_| text.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Shortest `--ttl`: blocklist expiry is counted in whole seconds, and a shorter one used to

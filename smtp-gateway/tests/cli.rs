@@ -1036,6 +1036,17 @@ fn why_names_every_entry_covering_an_address_and_what_wins() {
     );
     let out = sb.run(&["why", "198.18.0.300"]);
     assert_refused(&out, "not an IP address", "a bad address");
+    // A prefix is a valid target elsewhere, so "not an IP address or prefix" misled: `why`
+    // takes one address, and the prefixes are listed by `block list` and `allow list`.
+    let out = sb.run(&["why", "198.18.0.0/24"]);
+    assert_refused(&out, "`why` takes one address", "a prefix");
+    let err = stderr(&out);
+    assert!(
+        err.contains("why 198.18.0.0")
+            && err.contains("`block list`")
+            && !err.contains("or prefix"),
+        "{err}"
+    );
 }
 
 #[test]

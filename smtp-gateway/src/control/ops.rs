@@ -24,6 +24,18 @@ pub enum OpError {
     NotBlocked(Target),
     #[error("{0} is not in the allowlist")]
     NotAllowed(Target),
+    /// `why` was given a prefix (which `block` and `allow` take).
+    #[error(
+        "{given:?} is a prefix, and `why` takes one address (IPv4 or IPv6): ask about an address \
+         inside it (`why {inside}`), or see the prefixes entered with `block list` and `allow list`"
+    )]
+    WhyPrefix {
+        given: String,
+        inside: std::net::IpAddr,
+    },
+    /// `why` was given something that is neither an address nor a prefix.
+    #[error("{0:?} is not an IP address (`why` takes one address, IPv4 or IPv6)")]
+    WhyNotAnAddress(String),
 }
 
 /// Adds a blocklist entry of origin `cli`; warns when an allowlist entry covers it.

@@ -14,13 +14,25 @@ use super::{
 };
 use crate::dataplane::{Dataplane, DataplaneError, Target, clock, lists::BlockRecord};
 
+/// The one address `why` asks about, IPv4-mapped IPv6 as IPv4. A prefix is refused with its own
+/// message (`block` and `allow` take prefixes, `why` does not), naming an address inside it.
+pub fn parse_address(text: &str) -> Result<IpAddr, OpError> {
+    let text = text.trim();
+    if let Ok(address) = text.parse::<IpAddr>() {
+        return Ok(address.to_canonical());
+    }
+    Err(match text.parse::<ipnet::IpNet>() {
+        Ok(net) => OpError::WhyPrefix {
+            given: text.into(),
+            inside: net.addr(),
+        },
+        Err(_) => OpError::WhyNotAnAddress(text.into()),
+    })
+}
+
 /// The report for `address` (the daemon adds the session outcomes).
 pub fn why(dp: &Dataplane, address: &str) -> Result<WhyReport, OpError> {
-    let address: IpAddr = address
-        .trim()
-        .parse::<IpAddr>()
-        .map_err(|_| OpError::Target(crate::dataplane::TargetError::Syntax(address.into())))?
-        .to_canonical();
+    let address = parse_address(address)?;
     let now = clock::monotonic_ns();
     // The source's exact entry is one lookup, and only the prefixes are walked: a blocklist of
     // millions of addresses is not read (nor the data plane held) for one source.
@@ -185,6 +197,33 @@ mod tests {
             expires_in_secs: Some(90),
             active,
             added_at: 0,
+        }
+    }
+
+    #[test]
+    fn why_takes_one_address_and_says_so_to_a_prefix() {
+        let ok = |text: &str| parse_address(text).map_err(|e| e.to_string());
+        assert_eq!(ok(" 198.18.0.7 "), Ok(IpAddr::from([198, 18, 0, 7])));
+        assert_eq!(ok("::ffff:198.18.0.7"), Ok(IpAddr::from([198, 18, 0, 7])));
+        for (given, inside) in [
+            ("198.18.0.0/24", "`why 198.18.0.0`"),
+            ("198.18.0.7/24", "`why 198.18.0.7`"),
+            ("2001:db8::/48", "`why 2001:db8::`"),
+        ] {
+            let message = ok(given).expect_err("a prefix");
+            assert!(
+                message.contains("`why` takes one address")
+                    && message.contains(inside)
+                    && message.contains("`block list` and `allow list`"),
+                "{message}"
+            );
+        }
+        for bad in ["198.18.0.300", "mx.example.org", "198.18.0.0/33", ""] {
+            let message = ok(bad).expect_err("not an address");
+            assert!(
+                message.contains("is not an IP address") && !message.contains("prefix"),
+                "{message}"
+            );
         }
     }
 
