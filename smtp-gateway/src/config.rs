@@ -203,9 +203,9 @@ impl Config {
             })?;
         config
             .validate_listener_profiles()
-            .map_err(|(name, Invalid { key, reason })| ConfigError::Invalid {
+            .map_err(|(at, Invalid { key, reason })| ConfigError::Invalid {
                 origin: origin.to_string(),
-                line: locate_profile_use(text, &name).or_else(|| locate_key(text, &key)),
+                line: at.locate(text).or_else(|| locate_key(text, &key)),
                 key,
                 message: reason,
             })?;
@@ -265,18 +265,21 @@ impl Config {
     }
 
     /// Every listener names a profile that exists, and one that requires AUTH only on a port
-    /// that offers it; the error comes with the profile name, to find its line.
-    fn validate_listener_profiles(&self) -> Result<(), (String, Invalid)> {
+    /// that can offer it: a `submission` or `smtps` listener, with `[smtp.tls]` (AUTH is offered
+    /// inside TLS only, RFC 4954 section 4: no password in clear). The error comes with where to
+    /// find its line.
+    fn validate_listener_profiles(&self) -> Result<(), (ListenerAt, Invalid)> {
         let profiles = self.proxy().profiles;
         for listener in &self.smtp.listeners {
             let name = listener.profile_name();
+            let at = ListenerAt::Profile(name.to_string());
             let Some(found) = profiles.get(Some(name)) else {
                 let known = profiles.names().collect::<Vec<_>>().join(", ");
                 let reason = format!(
                     "{}: unknown profile {name:?} (profiles: {known})",
                     listener.address
                 );
-                return Err((name.to_string(), Invalid::new("smtp.listeners", reason)));
+                return Err((at, Invalid::new("smtp.listeners", reason)));
             };
             if found.require_auth && listener.kind == ListenerKind::Smtp {
                 let reason = format!(
@@ -284,7 +287,18 @@ impl Config {
                      (kind = \"submission\" or \"smtps\")",
                     listener.address
                 );
-                return Err((name.to_string(), Invalid::new("smtp.listeners", reason)));
+                return Err((at, Invalid::new("smtp.listeners", reason)));
+            }
+            if found.require_auth && self.smtp.tls.is_none() {
+                let reason = format!(
+                    "{}: profile {name:?} requires AUTH before MAIL, and AUTH is offered only \
+                     inside TLS (no password in clear), but [smtp.tls] is not configured: no \
+                     client could ever send mail there (configure [smtp.tls], or give the \
+                     listener a profile without require_auth)",
+                    listener.address
+                );
+                let at = ListenerAt::Address(listener.address);
+                return Err((at, Invalid::new("smtp.listeners", reason)));
             }
         }
         Ok(())
@@ -374,6 +388,29 @@ fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
         format!("line {line_no}: {message}")
     } else {
         format!("line {line_no}: {message}: `{line_text}`")
+    }
+}
+
+/// Which listener a refusal of [`Config::validate_listener_profiles`] is about, to find its line.
+enum ListenerAt {
+    /// The one naming this profile (`profile = "name"`).
+    Profile(String),
+    /// The one at this address (`address = "..."`).
+    Address(std::net::SocketAddr),
+}
+
+impl ListenerAt {
+    /// The line (1-based) of the listener in `text`, when it can be found.
+    fn locate(&self, text: &str) -> Option<usize> {
+        match self {
+            ListenerAt::Profile(name) => locate_profile_use(text, name),
+            ListenerAt::Address(address) => {
+                let quoted = format!("\"{address}\"");
+                text.lines()
+                    .position(|line| line.contains(&quoted))
+                    .map(|index| index + 1)
+            }
+        }
     }
 }
 
@@ -699,8 +736,9 @@ mod tests {
     #[test]
     fn listener_profiles_are_checked_with_their_line() {
         let base = "[backend]\nservers = [{ address = \"127.0.0.1:10025\" }]\n[smtp]\n";
+        let tls = "[smtp.tls]\ncertificate = \"/c.pem\"\nprivate_key = \"/k.pem\"\n";
         let c = parse(&format!(
-            "{base}listeners = [{{ address = \"127.0.0.1:587\", kind = \"submission\", profile = \"submission\" }}]\n"
+            "{base}listeners = [{{ address = \"127.0.0.1:587\", kind = \"submission\", profile = \"submission\" }}]\n{tls}"
         ))
         .expect("built-in profile");
         let profiles = c.proxy().profiles;
@@ -728,6 +766,18 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.to_string().contains("requires AUTH"), "{err}");
+        // AUTH is offered inside TLS only: without [smtp.tls] the listener could never take mail.
+        let err = parse(&format!(
+            "{base}listeners = [{{ address = \"127.0.0.1:25\" }},\n  {{ address = \"127.0.0.1:587\", kind = \"submission\" }}]\n"
+        ))
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("test.toml:5:")
+                && msg.contains("127.0.0.1:587")
+                && msg.contains("[smtp.tls]"),
+            "{msg}"
+        );
         let err = parse("[profiles.p]\nrequire_auth = \"yes\"\n").unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
         let err = parse("[profiles.p.relay]\nrelay_networks = [\"0.0.0.0/0\"]\n").unwrap_err();

@@ -215,6 +215,32 @@ fn check_config_rejects_with_key_and_line() {
             "[smtp]\nhostname = \"mx..example.net\"\n",
             &["smtp.hostname", ":2", "empty label"][..],
         ),
+        // AUTH is offered inside TLS only: without [smtp.tls] nobody could ever send mail on a
+        // listener whose profile requires it.
+        (
+            "[smtp]\nlisteners = [{ address = \"127.0.0.1:25\" },\n\
+             { address = \"127.0.0.1:587\", kind = \"submission\" }]\n\
+             [backend]\nservers = [{ address = \"127.0.0.1:10025\" }]\n",
+            &[
+                "smtp.listeners",
+                ":3",
+                "127.0.0.1:587",
+                "requires AUTH",
+                "[smtp.tls]",
+            ][..],
+        ),
+        (
+            "[smtp]\nlisteners = [{ address = \"127.0.0.1:587\", kind = \"submission\", \
+             profile = \"staff\" }]\n[profiles.staff]\nrequire_auth = true\n\
+             [backend]\nservers = [{ address = \"127.0.0.1:10025\" }]\n",
+            &[
+                "smtp.listeners",
+                ":2",
+                "127.0.0.1:587",
+                "\"staff\"",
+                "[smtp.tls]",
+            ][..],
+        ),
     ];
     for (text, fragments) in cases {
         let out = check_config(text);

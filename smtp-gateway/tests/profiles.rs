@@ -46,12 +46,15 @@ impl Gateway {
         std::fs::create_dir_all(&dir).expect("dir");
         let port = || free_port().unwrap_or_else(|e| panic!("{e}"));
         let (mx, submission, metrics) = (port(), port(), port());
+        // AUTH, which the submission profile requires, is offered inside TLS only.
+        let (cert, key) = peers::pki::Pki::new().write_server_files(&dir);
         let config = dir.join("gateway.toml");
         let text = format!(
             "[dataplane]\npin_dir = \"/sys/fs/bpf/sgw-prof-{pid}-{tag}\"\n\
              [smtp]\nhostname = \"gw.test\"\ngreet_pause = \"{pause}ms\"\n\
              listeners = [\n  {{ address = \"127.0.0.1:{mx}\" }},\n  \
              {{ address = \"127.0.0.1:{submission}\", kind = \"submission\" }},\n]\n\
+             [smtp.tls]\ncertificate = \"{cert}\"\nprivate_key = \"{key}\"\n\
              [backend]\nservers = [{{ address = \"{backend}\", identity = \"none\" }}]\n\
              [checks]\ndnsbl = {{ action = \"reject\" }}\n\
              [dnsbl]\nenabled = true\nnameservers = [\"{dns}\"]\ntimeout = \"2s\"\nthreshold = 3\n\
@@ -60,6 +63,8 @@ impl Gateway {
              [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
              [store]\npath = \"{state}\"\n",
             state = dir.join("state.redb").display(),
+            cert = cert.display(),
+            key = key.display(),
             pid = std::process::id(),
             pause = GREET_PAUSE.as_millis(),
         );
