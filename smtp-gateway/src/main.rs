@@ -86,7 +86,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(smtp_gateway::daemon::serve(prepared))?;
+            let served = runtime.block_on(smtp_gateway::daemon::serve(prepared));
+            // Every task has ended; blocking work still under way (a reload abandoned by a stop
+            // signal, stuck reading a list) is not waited for: dropping the runtime would.
+            runtime.shutdown_background();
+            served?;
             Ok(ok)
         }
         Command::CheckConfig => {

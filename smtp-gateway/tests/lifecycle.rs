@@ -1,5 +1,6 @@
 //! The daemon's lifecycle with the proxy running: SIGHUP reloads proxy settings live (and a bad
-//! file changes nothing), SIGTERM lets an in-flight message complete while newcomers get `421`.
+//! file changes nothing), SIGTERM lets an in-flight message complete while newcomers get `421`,
+//! and SIGTERM stops the daemon while a reload is stuck reading a list.
 //! The real binary in front of a scripted backend. Needs root (bpffs pins).
 
 #[path = "support/peers.rs"]
@@ -100,4 +101,41 @@ fn sigterm_lets_an_inflight_message_complete_and_refuses_newcomers() {
     assert!(status.success(), "{status}");
     let seen = seen.join().expect("backend");
     assert!(seen.iter().any(|l| l == "DATA"), "{seen:?}");
+}
+
+#[test]
+fn sigterm_stops_the_daemon_while_a_reload_waits_on_a_list() {
+    let (addr, _seen) = scripted_backend_on_loopback(1);
+    let daemon = "[daemon]\nwatch_config = false\n";
+    let mut gw = Gateway::start("termreload", addr, daemon);
+    // The reload reads a reputation list from a FIFO that the test opens and never writes: it
+    // waits there for good, as one reading a list from a hung file system would.
+    let fifo = gw.dir.join("senders.fifo");
+    peers::mkfifo(&fifo);
+    gw.write_config(
+        addr,
+        &format!(
+            "{daemon}[reputation]\nlists = [{{ name = \"stuck\", kind = \"sender_domain\", \
+             path = \"{}\" }}]\n",
+            fifo.display()
+        ),
+    );
+    gw.signal(libc::SIGHUP);
+    let _list = peers::fifo_writer_once_read(&fifo, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("the reload never opened the list:\n{}", gw.log()));
+    gw.signal(libc::SIGTERM);
+    let status = gw
+        .child
+        .wait_exit(Duration::from_secs(10))
+        .expect("wait for the daemon")
+        .unwrap_or_else(|| {
+            panic!(
+                "SIGTERM did not stop the daemon during a reload:\n{}",
+                gw.log()
+            )
+        });
+    assert!(status.success(), "{status}\n{}", gw.log());
+    let log = gw.log();
+    assert!(log.contains("reload abandoned"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
 }

@@ -7,7 +7,7 @@
 //! holds the whole [`Config`]: every task gets its own section.
 //!
 //! - `mod.rs`: the wiring: [`prepare`] (privileged setup) and [`serve`] (the tasks, the reload
-//!   loop, the stop);
+//!   loop, the stop, which does not wait for a reload under way);
 //! - `reload.rs`: the one reload path, the proxy's configuration generations, the sections handed
 //!   to running tasks, and the notes on changes that need a restart;
 //! - `config.rs`: `[daemon]`;
@@ -273,54 +273,87 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
         shutdown_rx,
     ));
     let mut current = config;
+    // A SIGHUP that came while a reload ran: one more reload once it is done (the loop listens
+    // for signals during a reload, so that a stop is not kept waiting behind it).
+    let mut hangup: Option<ReloadRequest> = None;
     tracing::info!("ready");
 
-    let fast = loop {
-        let request = tokio::select! {
-            signal = signals.next() => match signal {
-                Control::Terminate => break false,
-                Control::Interrupt => break true,
-                Control::Reload => ReloadRequest { origin: ReloadOrigin::Signal, reply: None },
+    let fast = 'run: loop {
+        let request = match hangup.take() {
+            Some(request) => request,
+            None => tokio::select! {
+                signal = signals.next() => match signal {
+                    Control::Terminate => break false,
+                    Control::Interrupt => break true,
+                    Control::Reload => ReloadRequest { origin: ReloadOrigin::Signal, reply: None },
+                },
+                Some(request) = reload_rx.recv() => request,
             },
-            Some(request) = reload_rx.recv() => request,
         };
-        let result = match &config_path {
-            None => Err("no configuration file to reload (running on built-in defaults)".into()),
-            Some(path) => {
-                let generation = proxy.as_ref().map(|p| (&context, &p.shared));
-                match reload::reload(path, &current, &dataplane, generation, prepared.dropped).await
-                {
-                    Ok((new, notes)) => {
-                        metrics.reload(true);
-                        for note in &notes {
-                            tracing::warn!("{note}");
+        let Some(path) = &config_path else {
+            let e = "no configuration file to reload (running on built-in defaults)";
+            tracing::warn!(origin = request.origin.name(), "reload: {e}");
+            if let Some(reply) = request.reply {
+                let _ = reply.send(Err(e.into()));
+            }
+            continue;
+        };
+        // A reload may take long: lists read from a slow (or hung) file system, the data plane
+        // held by a large import. SIGTERM and SIGINT are heard meanwhile: the reload is
+        // abandoned (its blocking part is not waited for) and the daemon stops with the
+        // configuration in force.
+        let outcome = {
+            let generation = proxy.as_ref().map(|p| (&context, &p.shared));
+            let reloading =
+                reload::reload(path, &current, &dataplane, generation, prepared.dropped);
+            tokio::pin!(reloading);
+            loop {
+                tokio::select! {
+                    outcome = &mut reloading => break outcome,
+                    signal = signals.next() => match signal {
+                        Control::Reload => {
+                            hangup = Some(ReloadRequest {
+                                origin: ReloadOrigin::Signal,
+                                reply: None,
+                            });
                         }
-                        tracing::info!(
-                            path = %path.display(),
-                            origin = request.origin.name(),
-                            "configuration reloaded"
-                        );
-                        live.publish(&new);
-                        current = new;
-                        Ok(notes)
-                    }
-                    Err(e) => {
-                        metrics.reload(false);
-                        tracing::error!(
-                            error = %e,
-                            origin = request.origin.name(),
-                            "configuration reload failed; the previous configuration stays in force"
-                        );
-                        Err(e.to_string())
-                    }
+                        stop => {
+                            tracing::warn!(
+                                origin = request.origin.name(),
+                                "stop signal during a reload: reload abandoned, stopping with the \
+                                 configuration in force"
+                            );
+                            break 'run stop == Control::Interrupt;
+                        }
+                    },
                 }
             }
         };
-        if let Err(e) = &result
-            && config_path.is_none()
-        {
-            tracing::warn!(origin = request.origin.name(), "reload: {e}");
-        }
+        let result = match outcome {
+            Ok((new, notes)) => {
+                metrics.reload(true);
+                for note in &notes {
+                    tracing::warn!("{note}");
+                }
+                tracing::info!(
+                    path = %path.display(),
+                    origin = request.origin.name(),
+                    "configuration reloaded"
+                );
+                live.publish(&new);
+                current = new;
+                Ok(notes)
+            }
+            Err(e) => {
+                metrics.reload(false);
+                tracing::error!(
+                    error = %e,
+                    origin = request.origin.name(),
+                    "configuration reload failed; the previous configuration stays in force"
+                );
+                Err(e.to_string())
+            }
+        };
         if let Some(reply) = request.reply {
             let _ = reply.send(result);
         }
