@@ -56,6 +56,7 @@ pub mod fleet;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod invalid;
+pub mod log_line;
 pub mod metrics;
 pub mod policy;
 pub mod reload;

@@ -38,6 +38,7 @@ fn describe(e: &anyhow::Error) -> String {
 }
 
 fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::field::MakeExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // The HTTP client (CrowdSec) logs every request it writes at debug, headers included: the
@@ -54,7 +55,13 @@ fn init_tracing(format: LogFormat) {
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Human => builder.init(),
+        // One event, one line: what clients and backends said is escaped (log_line.rs).
+        LogFormat::Human => builder
+            .fmt_fields(
+                tracing_subscriber::fmt::format::debug_fn(smtp_gateway::log_line::write_field)
+                    .delimited(" "),
+            )
+            .init(),
         LogFormat::Json => builder.json().init(),
     }
 }

@@ -136,3 +136,28 @@ fn a_bdat_size_that_is_no_number_closes_the_session() {
         String::from_utf8_lossy(&rest)
     );
 }
+
+#[test]
+fn a_client_cannot_write_lines_of_its_own_into_the_log() {
+    // What a client sends reaches the log in check details (the pregreet's first bytes here),
+    // and in the human format one event is one line: a CR LF in those bytes followed by a
+    // timestamp forged a line of the gateway's own ("... INFO smtp_gateway: ...").
+    let gw = gateway("logforge", "greet_pause = \"1s\"", 0);
+    let mut tcp = gw.connect().stream.into_inner();
+    tcp.write_all(b"EHLO bot\r\n2026-12-04T22:40:00.000000Z  INFO forged: banned nobody\r\n")
+        .expect("write");
+    let mut answer = String::new();
+    let _ = tcp.read_to_string(&mut answer);
+    assert!(answer.contains("521"), "pregreet refused: {answer:?}");
+    gw.wait_log("check fired");
+    let log = gw.log();
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-12-04T22:40:00")),
+        "a forged line in the log:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("check fired") && l.contains("2026-12-04T22:40:00")),
+        "the bytes are still logged, on the check's line:\n{log}"
+    );
+}
