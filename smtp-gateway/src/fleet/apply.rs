@@ -13,7 +13,7 @@ use smtp_gateway_common::{AllowEntry, BlockEntry, origin};
 use crate::{
     dataplane::{Dataplane, DataplaneError, Target, clock, reasons},
     store::{
-        BanRecord, Loaded,
+        BanRecord, Loaded, StoreConfig,
         records::{FleetList, unix_now_ms},
     },
 };
@@ -48,19 +48,47 @@ pub enum Left {
     Over,
 }
 
-/// What is left of `record`'s ban at `now_unix_ms`: never, for a record without an expiry;
-/// else `life` when the store told it — what is left of the record by Redis's clock (a
-/// reconcile's `PTTL`), or the writer's TTL carried by its message — so that gateways whose
-/// clocks disagree still agree on a ban's end; else (a message of an older gateway) the
-/// record's end by this node's wall clock.
-pub fn left(record: &BanRecord, life: Option<Duration>, now_unix_ms: u64) -> Left {
+/// What this node takes from the fleet whatever a record says (`[store]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `store.permanent_ban_ttl`: no ban of another node lasts longer here.
+    pub permanent: Duration,
+}
+
+impl Limits {
+    /// The limits of `[store]`.
+    pub fn of(cfg: &StoreConfig) -> Self {
+        Self {
+            permanent: cfg.permanent_ban_ttl,
+        }
+    }
+}
+
+/// What is left of `record`'s ban at `now_unix_ms`: never, for a record without an expiry (a
+/// kernel entry that never expires, as a local `block add` without `--ttl` writes it); else
+/// `life` when the store told it — what is left of the record by Redis's clock (a reconcile's
+/// `PTTL`), or the writer's TTL carried by its message — so that gateways whose clocks
+/// disagree still agree on a ban's end; else (a message of an older gateway) the record's end
+/// by this node's wall clock. Either is hostile, and capped: never longer than the ban's whole
+/// length as its writer stated it (`expires_unix_ms - added_unix_ms`, both by the writer's
+/// clock, so no clock needs to agree with ours), nor than `permanent`
+/// (`store.permanent_ban_ttl`).
+pub fn left(
+    record: &BanRecord,
+    life: Option<Duration>,
+    now_unix_ms: u64,
+    permanent: Duration,
+) -> Left {
     let Some(end) = record.expires_unix_ms else {
         return Left::Never;
     };
+    let stated = Duration::from_millis(end.saturating_sub(record.added_unix_ms));
     let left = match life {
         Some(life) => life,
         None => Duration::from_millis(end.saturating_sub(now_unix_ms)),
-    };
+    }
+    .min(stated)
+    .min(permanent);
     if left.is_zero() {
         Left::Over
     } else {
@@ -69,12 +97,13 @@ pub fn left(record: &BanRecord, life: Option<Duration>, now_unix_ms: u64) -> Lef
 }
 
 /// Writes `record` (a ban of another node, `life` left of it when the store told it: see
-/// [`left`]) to the blocklist.
+/// [`left`]) to the blocklist, within `limits`.
 pub fn ban(
     dp: &mut Dataplane,
     record: &BanRecord,
     life: Option<Duration>,
     node: &str,
+    limits: &Limits,
     done: &mut Applied,
 ) -> Result<(), DataplaneError> {
     if record.node == node {
@@ -85,7 +114,7 @@ pub fn ban(
         done.invalid += 1;
         return Ok(());
     };
-    let ttl = match left(record, life, unix_now_ms()) {
+    let ttl = match left(record, life, unix_now_ms(), limits.permanent) {
         Left::Never => None,
         Left::For(left) => Some(left),
         Left::Over => {
@@ -160,16 +189,17 @@ pub fn remove(
 }
 
 /// Makes the entries of origin `fleet` of `list` match the store (records with what is left of
-/// them by Redis's clock): every record missing here is written; an entry whose record was deleted (a target of `deletions`, the remembered
-/// deletions) and that no record holds is removed. A record merely missing removes nothing
-/// (Redis may have lost its data: a ban stays until it expires, an allowlist entry until it is
-/// deleted).
+/// them by Redis's clock, within `limits`): every record missing here is written; an entry
+/// whose record was deleted (a target of `deletions`, the remembered deletions) and that no
+/// record holds is removed. A record merely missing removes nothing (Redis may have lost its
+/// data: a ban stays until it expires, an allowlist entry until it is deleted).
 pub fn reconcile(
     dp: &mut Dataplane,
     list: FleetList,
     records: &[Loaded<BanRecord>],
     deletions: &[String],
     node: &str,
+    limits: &Limits,
 ) -> Result<Applied, DataplaneError> {
     let mut done = Applied::default();
     let mut held: HashSet<Target> = HashSet::new();
@@ -178,7 +208,7 @@ pub fn reconcile(
             held.insert(target);
         }
         match list {
-            FleetList::Blocklist => ban(dp, value, *left, node, &mut done)?,
+            FleetList::Blocklist => ban(dp, value, *left, node, limits, &mut done)?,
             FleetList::Allowlist => allow(dp, value, node, &mut done)?,
         }
     }
@@ -263,6 +293,9 @@ fn active(entry: &BlockEntry) -> bool {
 mod tests {
     use super::*;
 
+    /// `store.permanent_ban_ttl` of the tests.
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
     fn record(expires_unix_ms: Option<u64>) -> BanRecord {
         BanRecord {
             target: "198.18.0.7".into(),
@@ -282,21 +315,71 @@ mod tests {
         // A ban this node's clock sees as over (its writer's clock is behind ours, or ours
         // ahead): what Redis says is left of its record wins.
         let written_behind = record(Some(now - 60_000));
-        assert_eq!(left(&written_behind, Some(hour), now), Left::For(hour));
+        assert_eq!(
+            left(&written_behind, Some(hour), now, YEAR),
+            Left::For(hour)
+        );
         // And one this node's clock would keep too long.
         let written_ahead = record(Some(now + 10 * 3_600_000));
-        assert_eq!(left(&written_ahead, Some(hour), now), Left::For(hour));
+        assert_eq!(left(&written_ahead, Some(hour), now, YEAR), Left::For(hour));
         // Without a life from the store (a message of an older gateway): the wall clock.
-        assert_eq!(left(&written_behind, None, now), Left::Over);
+        assert_eq!(left(&written_behind, None, now, YEAR), Left::Over);
         assert_eq!(
-            left(&record(Some(now + 1_000)), None, now),
+            left(&record(Some(now + 1_000)), None, now, YEAR),
             Left::For(Duration::from_secs(1))
         );
         // No expiry: never over, whatever the record's key has left.
-        assert_eq!(left(&record(None), Some(hour), now), Left::Never);
+        assert_eq!(left(&record(None), Some(hour), now, YEAR), Left::Never);
         assert_eq!(
-            left(&record(Some(now)), Some(Duration::ZERO), now),
+            left(&record(Some(now)), Some(Duration::ZERO), now, YEAR),
             Left::Over
         );
+    }
+
+    #[test]
+    fn a_ban_lasts_no_longer_than_its_writer_said_nor_than_permanent_ban_ttl() {
+        let now = 10_000_000_000;
+        let hour = Duration::from_secs(3600);
+        // A one-hour ban (by its writer's clock) whose message claims u64::MAX ms are left:
+        // the hour its writer stated, whatever the TTL says.
+        let one_hour = BanRecord {
+            added_unix_ms: now,
+            ..record(Some(now + 3_600_000))
+        };
+        let forever = Some(Duration::from_millis(u64::MAX));
+        assert_eq!(left(&one_hour, forever, now, YEAR), Left::For(hour));
+        // Nor from the record's own end by this node's clock (a message without a TTL).
+        let far = BanRecord {
+            added_unix_ms: now,
+            ..record(Some(u64::MAX))
+        };
+        assert_eq!(left(&far, None, now, YEAR), Left::For(YEAR));
+        // The writer's clocks need not agree with ours: its stated length counts, not its
+        // timestamps (a writer a day behind, a ban of one hour).
+        let behind = BanRecord {
+            added_unix_ms: now - 86_400_000,
+            ..record(Some(now - 86_400_000 + 3_600_000))
+        };
+        assert_eq!(
+            left(&behind, Some(hour / 2), now, YEAR),
+            Left::For(hour / 2)
+        );
+        assert_eq!(left(&behind, forever, now, YEAR), Left::For(hour));
+        // Never longer than store.permanent_ban_ttl, however long the writer said.
+        let decade = BanRecord {
+            added_unix_ms: 0,
+            ..record(Some(u64::MAX))
+        };
+        assert_eq!(left(&decade, forever, now, YEAR), Left::For(YEAR));
+        assert_eq!(left(&decade, None, now, YEAR), Left::For(YEAR));
+        // An end before its start is a ban of no length: over.
+        let backwards = BanRecord {
+            added_unix_ms: now,
+            ..record(Some(now - 1))
+        };
+        assert_eq!(left(&backwards, Some(hour), now, YEAR), Left::Over);
+        // A record without an expiry stays without one (a permanent ban is a kernel entry that
+        // never expires, as this node's own `block add` without --ttl writes it).
+        assert_eq!(left(&record(None), forever, now, YEAR), Left::Never);
     }
 }

@@ -81,6 +81,7 @@ pub async fn run(
         metrics.clone(),
     ));
     let node = store.node().to_string();
+    let limits = apply::Limits::of(&cfg);
     let mut tick = tokio::time::interval(cfg.fleet_reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(node, "fleet: ban propagation through Redis");
@@ -99,7 +100,7 @@ pub async fn run(
                         match &message {
                             FleetMessage::Ban { record, ttl_ms } => {
                                 let life = ttl_ms.map(Duration::from_millis);
-                                apply::ban(dp, record, life, &node, &mut done)?;
+                                apply::ban(dp, record, life, &node, &limits, &mut done)?;
                             }
                             FleetMessage::Unban { target, node: from } => {
                                 let list = FleetList::Blocklist;
@@ -169,8 +170,9 @@ async fn reconcile_list(
     let recorded: HashSet<String> = records.iter().map(|r| r.value.target.clone()).collect();
     let deleted: HashSet<String> = deletions.iter().cloned().collect();
     let me = node.to_string();
+    let limits = apply::Limits::of(store.config());
     let applied = on_dataplane(dataplane, move |dp| {
-        apply::reconcile(dp, list, &records, &deletions, &me)
+        apply::reconcile(dp, list, &records, &deletions, &me, &limits)
     })
     .await;
     if complete {

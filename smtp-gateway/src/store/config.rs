@@ -117,7 +117,8 @@ pub struct StoreConfig {
     #[serde(with = "humantime_serde")]
     pub fleet_unban_ttl: Duration,
     /// How long the store keeps the record of a ban that has no expiry (`block add` without
-    /// `--ttl`); the record itself still says the ban never ends.
+    /// `--ttl`); the record itself still says the ban never ends. Also the longest a fleet ban
+    /// with an expiry lasts on this node (`fleet/apply.rs::left`).
     #[serde(with = "humantime_serde")]
     pub permanent_ban_ttl: Duration,
 }
