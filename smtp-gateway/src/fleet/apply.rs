@@ -6,8 +6,13 @@
 //! replaced nor removed (the rule of `crowdsec/bouncer.rs`). Every value comes from Redis and is
 //! hostile: a target that does not parse or a record already over is skipped and counted.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use smtp_gateway_common::{AllowEntry, BlockEntry, origin};
 
 use crate::{
@@ -19,7 +24,7 @@ use crate::{
 };
 
 /// What applying a message or a reconcile did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
     /// Entries written (new, or a later expiry).
     pub banned: usize,
@@ -33,8 +38,24 @@ pub struct Applied {
     pub kept: usize,
     /// Bans of this node, already applied, or over.
     pub known: usize,
-    /// Records that do not make sense (target that does not parse).
+    /// Records that do not make sense (target that does not parse) or that this node refuses
+    /// ([`refusal`]).
     pub invalid: usize,
+    /// The records refused (each counted in `invalid` too), for the log.
+    pub refused: Vec<Refused>,
+}
+
+/// A record of another node refused ([`refusal`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Its list.
+    pub list: FleetList,
+    /// What it covers.
+    pub target: Target,
+    /// The node that wrote it, as the record says (hostile text: print it escaped).
+    pub node: String,
+    /// Why.
+    pub why: Refusal,
 }
 
 /// What is left of a ban.
@@ -53,6 +74,10 @@ pub enum Left {
 pub struct Limits {
     /// `store.permanent_ban_ttl`: no ban of another node lasts longer here.
     pub permanent: Duration,
+    /// `store.fleet_min_prefix_v4`: the shortest IPv4 prefix a record may cover.
+    pub min_prefix_v4: u8,
+    /// `store.fleet_min_prefix_v6`: the shortest IPv6 prefix a record may cover.
+    pub min_prefix_v6: u8,
 }
 
 impl Limits {
@@ -60,8 +85,80 @@ impl Limits {
     pub fn of(cfg: &StoreConfig) -> Self {
         Self {
             permanent: cfg.permanent_ban_ttl,
+            min_prefix_v4: cfg.fleet_min_prefix_v4,
+            min_prefix_v6: cfg.fleet_min_prefix_v6,
         }
     }
+}
+
+/// Why a record of another node is refused whatever else it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its prefix is shorter than `store.fleet_min_prefix_v4` / `_v6` (the minimum).
+    TooWide(u8),
+    /// A ban on (or overlapping) addresses no ban may cover (loopback, unspecified, multicast).
+    Reserved(&'static str),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::TooWide(min) => write!(f, "wider than the /{min} a fleet record may cover"),
+            Refusal::Reserved(what) => write!(f, "a ban covering {what} addresses"),
+        }
+    }
+}
+
+/// What no ban of another node may cover nor overlap: addresses that are never a client's.
+const RESERVED: [(IpNet, &str); 6] = [
+    (
+        IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8)),
+        "loopback",
+    ),
+    (
+        IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::UNSPECIFIED, 32)),
+        "unspecified",
+    ),
+    (
+        IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(224, 0, 0, 0), 4)),
+        "multicast",
+    ),
+    (
+        IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128)),
+        "loopback",
+    ),
+    (
+        IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::UNSPECIFIED, 128)),
+        "unspecified",
+    ),
+    (
+        IpNet::V6(Ipv6Net::new_assert(
+            Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0),
+            8,
+        )),
+        "multicast",
+    ),
+];
+
+/// Whether this node refuses a record of `list` on `target` (see [`Refusal`]): any record on a
+/// prefix shorter than the family's minimum, and a ban that is or overlaps a [`RESERVED`]
+/// range (an allowlist entry there harms nobody).
+pub fn refusal(list: FleetList, target: Target, limits: &Limits) -> Option<Refusal> {
+    let net = target.net();
+    let min = match net {
+        IpNet::V4(_) => limits.min_prefix_v4,
+        IpNet::V6(_) => limits.min_prefix_v6,
+    };
+    if net.prefix_len() < min {
+        return Some(Refusal::TooWide(min));
+    }
+    if list != FleetList::Blocklist {
+        return None;
+    }
+    RESERVED
+        .iter()
+        .find(|(reserved, _)| net.contains(reserved) || reserved.contains(&net))
+        .map(|(_, what)| Refusal::Reserved(what))
 }
 
 /// What is left of `record`'s ban at `now_unix_ms`: never, for a record without an expiry (a
@@ -110,8 +207,7 @@ pub fn ban(
         done.known += 1;
         return Ok(());
     }
-    let Ok(target) = record.target.parse::<Target>() else {
-        done.invalid += 1;
+    let Some(target) = admitted(FleetList::Blocklist, record, limits, done) else {
         return Ok(());
     };
     let ttl = match left(record, life, unix_now_ms(), limits.permanent) {
@@ -204,12 +300,16 @@ pub fn reconcile(
     let mut done = Applied::default();
     let mut held: HashSet<Target> = HashSet::new();
     for Loaded { value, left, .. } in records {
-        if let Ok(target) = value.target.parse::<Target>() {
+        // A refused record holds nothing here: its remembered deletion still removes an entry
+        // applied before (by an older gateway).
+        if let Ok(target) = value.target.parse::<Target>()
+            && refusal(list, target, limits).is_none()
+        {
             held.insert(target);
         }
         match list {
             FleetList::Blocklist => ban(dp, value, *left, node, limits, &mut done)?,
-            FleetList::Allowlist => allow(dp, value, node, &mut done)?,
+            FleetList::Allowlist => allow(dp, value, node, limits, &mut done)?,
         }
     }
     let deleted: HashSet<Target> = deletions
@@ -244,13 +344,14 @@ pub fn reconcile(
     Ok(done)
 }
 
-/// Writes `record` (an operator's allowlist entry on another node) to the allowlist. The kernel
-/// keeps allowlist entries until they are deleted; a record whose expiry (if any) has passed is
-/// not applied.
+/// Writes `record` (an operator's allowlist entry on another node) to the allowlist, unless
+/// `limits` refuse it. The kernel keeps allowlist entries until they are deleted; a record
+/// whose expiry (if any) has passed is not applied.
 pub fn allow(
     dp: &mut Dataplane,
     record: &BanRecord,
     node: &str,
+    limits: &Limits,
     done: &mut Applied,
 ) -> Result<(), DataplaneError> {
     if record.node == node
@@ -261,8 +362,7 @@ pub fn allow(
         done.known += 1;
         return Ok(());
     }
-    let Ok(target) = record.target.parse::<Target>() else {
-        done.invalid += 1;
+    let Some(target) = admitted(FleetList::Allowlist, record, limits, done) else {
         return Ok(());
     };
     match dp.allow_entry(target.net())? {
@@ -282,6 +382,33 @@ pub fn allow(
         }
     }
     Ok(())
+}
+
+/// The target of `record` (a record of `list`) when it parses and `limits` take it; else
+/// counted as invalid (and a refusal kept for the log).
+fn admitted(
+    list: FleetList,
+    record: &BanRecord,
+    limits: &Limits,
+    done: &mut Applied,
+) -> Option<Target> {
+    let Ok(target) = record.target.parse::<Target>() else {
+        done.invalid += 1;
+        return None;
+    };
+    match refusal(list, target, limits) {
+        None => Some(target),
+        Some(why) => {
+            done.invalid += 1;
+            done.refused.push(Refused {
+                list,
+                target,
+                node: record.node.clone(),
+                why,
+            });
+            None
+        }
+    }
 }
 
 /// Whether `entry` still drops (never expires, or expires later).
@@ -381,5 +508,85 @@ mod tests {
         // A record without an expiry stays without one (a permanent ban is a kernel entry that
         // never expires, as this node's own `block add` without --ttl writes it).
         assert_eq!(left(&record(None), forever, now, YEAR), Left::Never);
+    }
+
+    #[test]
+    fn records_too_wide_or_on_reserved_addresses_are_refused() {
+        let limits = Limits {
+            permanent: YEAR,
+            min_prefix_v4: 8,
+            min_prefix_v6: 16,
+        };
+        let t = |s: &str| s.parse::<Target>().unwrap_or_else(|e| panic!("{s}: {e}"));
+        let (ban, allow) = (FleetList::Blocklist, FleetList::Allowlist);
+        let wide4 = Some(Refusal::TooWide(8));
+        let wide6 = Some(Refusal::TooWide(16));
+        let cases = [
+            // The whole Internet in two halves, per family.
+            (ban, "0.0.0.0/1", wide4),
+            (ban, "128.0.0.0/1", wide4),
+            (ban, "::/1", wide6),
+            (ban, "8000::/1", wide6),
+            (ban, "10.0.0.0/7", wide4),
+            (ban, "2000::/15", wide6),
+            // The same widths on the allowlist.
+            (allow, "0.0.0.0/1", wide4),
+            (allow, "::/1", wide6),
+            // At the minimum: applied.
+            (ban, "10.0.0.0/8", None),
+            (ban, "2001::/16", None),
+            (allow, "198.18.0.0/15", None),
+            (ban, "198.18.0.7", None),
+            (ban, "2001:db8::7", None),
+            // Bans on what is never a client: loopback, unspecified, multicast, or any prefix
+            // covering one.
+            (ban, "127.0.0.1", Some(Refusal::Reserved("loopback"))),
+            (ban, "127.0.0.0/8", Some(Refusal::Reserved("loopback"))),
+            (ban, "126.0.0.0/8", None),
+            (ban, "::1", Some(Refusal::Reserved("loopback"))),
+            (ban, "::ffff:127.0.0.1", Some(Refusal::Reserved("loopback"))),
+            (ban, "0.0.0.0", Some(Refusal::Reserved("unspecified"))),
+            (ban, "0.0.0.0/8", Some(Refusal::Reserved("unspecified"))),
+            (ban, "::", Some(Refusal::Reserved("unspecified"))),
+            (ban, "::/16", Some(Refusal::Reserved("loopback"))),
+            (ban, "224.0.0.1", Some(Refusal::Reserved("multicast"))),
+            (ban, "239.0.0.0/8", Some(Refusal::Reserved("multicast"))),
+            (ban, "ff02::1", Some(Refusal::Reserved("multicast"))),
+            (ban, "ff05::/16", Some(Refusal::Reserved("multicast"))),
+            (ban, "fe80::/16", None),
+            // An allowlist entry on them harms nobody.
+            (allow, "127.0.0.1", None),
+        ];
+        for (list, target, expected) in cases {
+            assert_eq!(
+                refusal(list, t(target), &limits),
+                expected,
+                "{list:?} {target}"
+            );
+        }
+        // The minimum is the configuration's: 0 lets any width through.
+        let open = Limits {
+            min_prefix_v4: 0,
+            min_prefix_v6: 0,
+            ..limits
+        };
+        assert_eq!(refusal(ban, t("192.0.0.0/3"), &open), None);
+        assert_eq!(refusal(ban, t("2000::/3"), &open), None);
+        assert_eq!(refusal(allow, t("0.0.0.0/1"), &open), None);
+        // Reserved addresses stay refused to bans, however wide.
+        let reserved = [
+            ("0.0.0.0/1", "loopback"),
+            ("128.0.0.0/1", "multicast"),
+            ("::/1", "loopback"),
+            ("8000::/1", "multicast"),
+        ];
+        for (target, what) in reserved {
+            assert_eq!(
+                refusal(ban, t(target), &open),
+                Some(Refusal::Reserved(what)),
+                "{target}"
+            );
+        }
+        assert_eq!(refusal(ban, t("192.0.0.0/3"), &limits), wide4);
     }
 }

@@ -20,18 +20,29 @@
 //! (`publish.rs`): an import or a `block add` made without the daemon, and every ban of this
 //! node after Redis lost its data.
 //!
+//! Records of other nodes are hostile too: one on a prefix shorter than
+//! `store.fleet_min_prefix_v4`/`_v6`, or a ban on loopback, unspecified or multicast addresses,
+//! is refused (counted as invalid, logged once: `refused.rs`), and no ban lasts longer than its
+//! writer stated nor than `store.permanent_ban_ttl` (`apply::left`).
+//!
 //! - `apply.rs`: what a ban or an unban of another node does to the blocklist;
-//! - `publish.rs`: this node's bans the store has no record of.
+//! - `publish.rs`: this node's bans the store has no record of;
+//! - `refused.rs`: the throttled log of the records refused.
 
 pub mod apply;
 pub mod publish;
+pub mod refused;
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures_util::StreamExt as _;
 use tokio::sync::{mpsc, watch};
 
-use self::apply::Applied;
+use self::{apply::Applied, refused::RefusalLog};
 use crate::{
     dataplane::SharedDataplane,
     metrics::Metrics,
@@ -82,6 +93,7 @@ pub async fn run(
     ));
     let node = store.node().to_string();
     let limits = apply::Limits::of(&cfg);
+    let mut refusals = RefusalLog::new(cfg.fleet_reconcile_interval, cfg.load_limit);
     let mut tick = tokio::time::interval(cfg.fleet_reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(node, "fleet: ban propagation through Redis");
@@ -107,7 +119,7 @@ pub async fn run(
                                 apply::remove(dp, list, target, from, &node, &mut done)?;
                             }
                             FleetMessage::Allow { record } => {
-                                apply::allow(dp, record, &node, &mut done)?;
+                                apply::allow(dp, record, &node, &limits, &mut done)?;
                             }
                             FleetMessage::Unallow { target, node: from } => {
                                 let list = FleetList::Allowlist;
@@ -117,13 +129,16 @@ pub async fn run(
                         Ok(done)
                     })
                     .await;
-                    report(&metrics, "message", applied);
+                    report(&metrics, "message", applied, &mut refusals);
+                    if let Some(line) = refusals.due(Instant::now(), false) {
+                        line.log();
+                    }
                     false
                 }
             },
         };
         if reconcile_now {
-            reconcile(&store, &dataplane, &metrics, &node).await;
+            reconcile(&store, &dataplane, &metrics, &node, &mut refusals).await;
         }
     }
     subscriber.abort();
@@ -131,29 +146,46 @@ pub async fn run(
 }
 
 /// One reconcile: every ban record against the blocklist entries of origin `fleet`, every
-/// allowlist record against the allowlist entries of origin `fleet`.
-async fn reconcile(store: &Store, dataplane: &SharedDataplane, metrics: &Metrics, node: &str) {
+/// allowlist record against the allowlist entries of origin `fleet`; then the refusals it found
+/// are logged.
+async fn reconcile(
+    store: &Store,
+    dataplane: &SharedDataplane,
+    metrics: &Metrics,
+    node: &str,
+    refusals: &mut RefusalLog,
+) {
+    let mut complete = true;
     for list in FleetList::ALL {
-        reconcile_list(store, dataplane, metrics, node, list).await;
+        complete &= reconcile_list(store, dataplane, metrics, node, list, refusals).await;
+    }
+    if complete {
+        refusals.reconciled();
+    }
+    if let Some(line) = refusals.due(Instant::now(), true) {
+        line.log();
     }
 }
 
-/// [`reconcile`] of one list.
+/// [`reconcile`] of one list; whether it read and applied every record and deletion of the
+/// list.
 async fn reconcile_list(
     store: &Store,
     dataplane: &SharedDataplane,
     metrics: &Metrics,
     node: &str,
     list: FleetList,
-) {
+    refusals: &mut RefusalLog,
+) -> bool {
     let records = match store.load_with_life::<BanRecord>(list.records()).await {
         Ok(r) => r,
         Err(e) => {
             metrics.fleet("reconcile_failed", 1);
             tracing::debug!(error = %e, ?list, "fleet: reconcile skipped (store unavailable)");
-            return;
+            return false;
         }
     };
+    let mut read_all = true;
     let deletions: Vec<String> = match store.load::<FleetMessage>(list.deletions()).await {
         Ok(u) => u
             .into_iter()
@@ -162,6 +194,7 @@ async fn reconcile_list(
         Err(e) => {
             metrics.fleet("reconcile_failed", 1);
             tracing::debug!(error = %e, ?list, "fleet: deletions not read; none removed this time");
+            read_all = false;
             Vec::new()
         }
     };
@@ -189,7 +222,9 @@ async fn reconcile_list(
             "fleet: reconciled with the stored records"
         );
     }
-    report(metrics, "reconcile", applied);
+    let applied_all = applied.is_ok();
+    report(metrics, "reconcile", applied, refusals);
+    read_all && complete && applied_all
 }
 
 /// Writes (and so publishes) a record for each of this node's entries of `list` that the store
@@ -264,10 +299,16 @@ async fn on_dataplane(
     joined.unwrap_or_else(|e| Err(e.to_string()))
 }
 
-/// Counts (and logs a failure of) one application.
-fn report(metrics: &Metrics, what: &'static str, applied: Result<Applied, String>) {
+/// Counts (and logs a failure of) one application; notes its refusals.
+fn report(
+    metrics: &Metrics,
+    what: &'static str,
+    applied: Result<Applied, String>,
+    refusals: &mut RefusalLog,
+) {
     match applied {
         Ok(done) => {
+            refusals.note(done.refused);
             metrics.fleet("banned", done.banned);
             metrics.fleet("removed", done.removed);
             metrics.fleet("allowed", done.allowed);

@@ -234,7 +234,7 @@ impl Metrics {
         );
         registry.register(
             "fleet_bans",
-            "Bans and operator allowlist entries of other gateways of the fleet (store.fleet) by what they did here: banned (blocklist entry written), removed (ban deleted there), allowed (allowlist entry written), disallowed (allowlist entry deleted there), kept (the target has an active entry of another origin), invalid (message or record that does not make sense), failed (map error), reconcile_failed (the store did not answer); and published: this node's own bans and operator allowlist entries without a stored record (an import, a block or allow add without the daemon, entries older than a Redis that lost its data) written and published at a reconcile",
+            "Bans and operator allowlist entries of other gateways of the fleet (store.fleet) by what they did here: banned (blocklist entry written), removed (ban deleted there), allowed (allowlist entry written), disallowed (allowlist entry deleted there), kept (the target has an active entry of another origin), invalid (message or record that does not make sense, or refused: wider than store.fleet_min_prefix_v4/_v6, or a ban on loopback, unspecified or multicast addresses), failed (map error), reconcile_failed (the store did not answer); and published: this node's own bans and operator allowlist entries without a stored record (an import, a block or allow add without the daemon, entries older than a Redis that lost its data) written and published at a reconcile",
             m.fleet_bans.clone(),
         );
         registry.register(

@@ -40,6 +40,10 @@ pub const MAX_FLEET_UNBAN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const MIN_PERMANENT_BAN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Largest `store.permanent_ban_ttl` (100 years of 365 days).
 pub const MAX_PERMANENT_BAN_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// Default `store.fleet_min_prefix_v4`: no fleet record wider than a /8.
+pub const DEFAULT_FLEET_MIN_PREFIX_V4: u8 = 8;
+/// Default `store.fleet_min_prefix_v6`: no fleet record wider than a /16.
+pub const DEFAULT_FLEET_MIN_PREFIX_V6: u8 = 16;
 /// Largest `store.key_prefix` and `store.node`, in bytes.
 pub const MAX_NAME_BYTES: usize = 128;
 
@@ -121,6 +125,11 @@ pub struct StoreConfig {
     /// with an expiry lasts on this node (`fleet/apply.rs::left`).
     #[serde(with = "humantime_serde")]
     pub permanent_ban_ttl: Duration,
+    /// The shortest IPv4 prefix a ban or allowlist record of another node may cover here; a
+    /// wider one is refused (counted as invalid, logged). 0..=32.
+    pub fleet_min_prefix_v4: u8,
+    /// The same for IPv6. 0..=128.
+    pub fleet_min_prefix_v6: u8,
 }
 
 impl Default for StoreConfig {
@@ -145,6 +154,8 @@ impl Default for StoreConfig {
             fleet_reconcile_interval: Duration::from_secs(10),
             fleet_unban_ttl: Duration::from_secs(7 * 24 * 3600),
             permanent_ban_ttl: MAX_PERMANENT_BAN_TTL,
+            fleet_min_prefix_v4: DEFAULT_FLEET_MIN_PREFIX_V4,
+            fleet_min_prefix_v6: DEFAULT_FLEET_MIN_PREFIX_V6,
         }
     }
 }
@@ -200,6 +211,8 @@ impl StoreConfig {
             MIN_PERMANENT_BAN_TTL,
             MAX_PERMANENT_BAN_TTL,
         )?;
+        Invalid::at_most("store.fleet_min_prefix_v4", self.fleet_min_prefix_v4, 32)?;
+        Invalid::at_most("store.fleet_min_prefix_v6", self.fleet_min_prefix_v6, 128)?;
         Invalid::in_range("store.queue", self.queue, 1, MAX_QUEUE)?;
         Invalid::in_range(
             "store.max_value_bytes",
@@ -351,6 +364,22 @@ mod tests {
                 },
                 "store.io_timeout",
                 "must be at most 1m",
+            ),
+            (
+                StoreConfig {
+                    fleet_min_prefix_v4: 33,
+                    ..d()
+                },
+                "store.fleet_min_prefix_v4",
+                "must be at most 32",
+            ),
+            (
+                StoreConfig {
+                    fleet_min_prefix_v6: 129,
+                    ..d()
+                },
+                "store.fleet_min_prefix_v6",
+                "must be at most 128",
             ),
         ];
         for (cfg, key, reason) in cases {

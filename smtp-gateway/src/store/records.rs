@@ -147,7 +147,7 @@ pub enum FleetMessage {
 }
 
 /// The two lists a fleet shares: the blocklist (ban records) and the operators' allowlist.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FleetList {
     /// Bans: records in [`Space::Ban`], deletions remembered in [`Space::Unban`].
     Blocklist,
