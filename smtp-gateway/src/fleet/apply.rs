@@ -218,37 +218,64 @@ pub fn ban(
             return Ok(());
         }
     };
-    let expires_at_ns = clock::expiry_after(ttl);
+    let new = BlockEntry {
+        expires_at_ns: clock::expiry_after(ttl),
+        added_at_s: record.added_unix_ms / 1000,
+        reason: 0,
+        origin: origin::FLEET,
+    };
     let existing = dp.block_entry(target)?;
-    if let Some(entry) = existing {
-        if entry.origin != origin::FLEET && active(&entry) {
-            done.kept += 1;
-            return Ok(());
-        }
-        // Within a second of what is there: the same ban seen again (message, then reconcile).
-        if entry.origin == origin::FLEET
-            && active(&entry)
-            && (entry.expires_at_ns == expires_at_ns
-                || (entry.expires_at_ns != 0
-                    && expires_at_ns != 0
-                    && entry.expires_at_ns.abs_diff(expires_at_ns) < 1_000_000_000))
-        {
-            done.known += 1;
-            return Ok(());
+    match against(existing.as_ref(), &new, clock::monotonic_ns()) {
+        Against::Kept => done.kept += 1,
+        Against::Known => done.known += 1,
+        Against::Write => {
+            let reason = reasons::intern(dp, &record.reason)?;
+            dp.block(target, BlockEntry { reason, ..new })?;
+            done.banned += 1;
         }
     }
-    let reason = reasons::intern(dp, &record.reason)?;
-    dp.block(
-        target,
-        BlockEntry {
-            expires_at_ns,
-            added_at_s: record.added_unix_ms / 1000,
-            reason,
-            origin: origin::FLEET,
-        },
-    )?;
-    done.banned += 1;
     Ok(())
+}
+
+/// What a ban of another node does to the entry its target holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Against {
+    /// An active entry of another origin is there: left as it is.
+    Kept,
+    /// The same ban is there already.
+    Known,
+    /// Written (new, or another expiry).
+    Write,
+}
+
+/// What writing `new` (an entry of origin `fleet`) does to `existing` at monotonic `now_ns`:
+/// an active entry of another origin is kept; the same ban (same start, by its writer's clock)
+/// is written again only when it ends at least a second earlier; another ban is written unless
+/// it ends within a second of the entry.
+fn against(existing: Option<&BlockEntry>, new: &BlockEntry, now_ns: u64) -> Against {
+    let Some(entry) = existing.filter(|e| e.is_active(now_ns)) else {
+        return Against::Write;
+    };
+    if entry.origin != origin::FLEET {
+        return Against::Kept;
+    }
+    // The same ban (the same start) only ever gets shorter: each reconcile capping what is left
+    // of it at its stated length (`left`) must not push its end on and on.
+    let never = |ns: u64| if ns == 0 { u64::MAX } else { ns };
+    if entry.added_at_s == new.added_at_s
+        && never(new.expires_at_ns) > never(entry.expires_at_ns).saturating_sub(1_000_000_000)
+    {
+        return Against::Known;
+    }
+    // Within a second of what is there: the same ban seen again (message, then reconcile).
+    if entry.expires_at_ns == new.expires_at_ns
+        || (entry.expires_at_ns != 0
+            && new.expires_at_ns != 0
+            && entry.expires_at_ns.abs_diff(new.expires_at_ns) < 1_000_000_000)
+    {
+        return Against::Known;
+    }
+    Against::Write
 }
 
 /// Removes the entry of `target` from `list` when it came from the fleet (`from` deleted its
@@ -409,11 +436,6 @@ fn admitted(
             None
         }
     }
-}
-
-/// Whether `entry` still drops (never expires, or expires later).
-fn active(entry: &BlockEntry) -> bool {
-    entry.expires_at_ns == 0 || entry.expires_at_ns > clock::monotonic_ns()
 }
 
 #[cfg(test)]
@@ -588,5 +610,49 @@ mod tests {
             );
         }
         assert_eq!(refusal(ban, t("192.0.0.0/3"), &limits), wide4);
+    }
+
+    #[test]
+    fn the_same_ban_seen_again_never_lasts_longer() {
+        let (s, now) = (1_000_000_000u64, 5_000 * 1_000_000_000u64);
+        let fleet = |expires_at_ns, added_at_s| BlockEntry {
+            expires_at_ns,
+            added_at_s,
+            reason: 0,
+            origin: origin::FLEET,
+        };
+        let hour = 3600 * s;
+        let there = fleet(now + hour, 100);
+        // The same ban (same start), told again two seconds later with "an hour left" (a
+        // reconcile reading a key that claims more than the ban's stated hour): not extended,
+        // however often it comes back.
+        for later in [2 * s, 60 * s, hour / 2] {
+            let again = fleet(now + later + hour, 100);
+            assert_eq!(
+                against(Some(&there), &again, now + later),
+                Against::Known,
+                "{later}"
+            );
+        }
+        // Nor made permanent.
+        assert_eq!(against(Some(&there), &fleet(0, 100), now), Against::Known);
+        // Shortened, yes (Redis's clock says less is left than the message did).
+        let shorter = fleet(now + hour / 2, 100);
+        assert_eq!(against(Some(&there), &shorter, now), Against::Write);
+        // A new ban on the target (a later start, say `block add` again there): written.
+        let renewed = fleet(now + 2 * hour, 200);
+        assert_eq!(against(Some(&there), &renewed, now), Against::Write);
+        // Within a second of what is there: the same ban, whatever its start.
+        let jitter = fleet(now + hour + s / 2, 200);
+        assert_eq!(against(Some(&there), &jitter, now), Against::Known);
+        // Nothing, or an entry over: written; an active entry of another origin: kept.
+        assert_eq!(against(None, &there, now), Against::Write);
+        let over = fleet(now - 1, 100);
+        assert_eq!(against(Some(&over), &there, now), Against::Write);
+        let operator = BlockEntry {
+            origin: origin::CLI,
+            ..there
+        };
+        assert_eq!(against(Some(&operator), &there, now), Against::Kept);
     }
 }
