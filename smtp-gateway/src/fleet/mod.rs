@@ -47,7 +47,7 @@ use crate::{
     dataplane::SharedDataplane,
     metrics::Metrics,
     store::{
-        BanRecord, Store,
+        BanRecord, Store, StoreError,
         records::{FleetList, FleetMessage, decode, fleet_channel},
     },
 };
@@ -94,6 +94,8 @@ pub async fn run(
     let node = store.node().to_string();
     let limits = apply::Limits::of(&cfg);
     let mut refusals = RefusalLog::new(cfg.fleet_reconcile_interval, cfg.load_limit);
+    // Whether the last reconcile failed: told once per run of failures.
+    let mut failing = false;
     let mut tick = tokio::time::interval(cfg.fleet_reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(node, "fleet: ban propagation through Redis");
@@ -138,7 +140,17 @@ pub async fn run(
             },
         };
         if reconcile_now {
-            reconcile(&store, &dataplane, &metrics, &node, &mut refusals).await;
+            let failed = reconcile(&store, &dataplane, &metrics, &node, &mut refusals).await;
+            match &failed {
+                Some(error) if !failing => tracing::warn!(
+                    %error,
+                    "fleet: reconcile failing (store unavailable); bans in force stay, retrying \
+                     at each reconcile"
+                ),
+                None if failing => tracing::info!("fleet: reconcile works again"),
+                _ => {}
+            }
+            failing = failed.is_some();
         }
     }
     subscriber.abort();
@@ -147,17 +159,24 @@ pub async fn run(
 
 /// One reconcile: every ban record against the blocklist entries of origin `fleet`, every
 /// allowlist record against the allowlist entries of origin `fleet`; then the refusals it found
-/// are logged.
+/// are logged. The first store error, when the store failed.
 async fn reconcile(
     store: &Store,
     dataplane: &SharedDataplane,
     metrics: &Metrics,
     node: &str,
     refusals: &mut RefusalLog,
-) {
+) -> Option<StoreError> {
     let mut complete = true;
+    let mut failed = None;
     for list in FleetList::ALL {
-        complete &= reconcile_list(store, dataplane, metrics, node, list, refusals).await;
+        match reconcile_list(store, dataplane, metrics, node, list, refusals).await {
+            Ok(read_all) => complete &= read_all,
+            Err(error) => {
+                complete = false;
+                failed = failed.or(Some(error));
+            }
+        }
     }
     if complete {
         refusals.reconciled();
@@ -165,10 +184,12 @@ async fn reconcile(
     if let Some(line) = refusals.due(Instant::now(), true) {
         line.log();
     }
+    failed
 }
 
-/// [`reconcile`] of one list; whether it read and applied every record and deletion of the
-/// list.
+/// [`reconcile`] of one list: whether it read and applied every record and deletion of the
+/// list, or the store's error (records not read: nothing done; deletions not read: the records
+/// applied, nothing removed).
 async fn reconcile_list(
     store: &Store,
     dataplane: &SharedDataplane,
@@ -176,16 +197,16 @@ async fn reconcile_list(
     node: &str,
     list: FleetList,
     refusals: &mut RefusalLog,
-) -> bool {
+) -> Result<bool, StoreError> {
     let records = match store.load_with_life::<BanRecord>(list.records()).await {
         Ok(r) => r,
         Err(e) => {
             metrics.fleet("reconcile_failed", 1);
             tracing::debug!(error = %e, ?list, "fleet: reconcile skipped (store unavailable)");
-            return false;
+            return Err(e);
         }
     };
-    let mut read_all = true;
+    let mut failed = None;
     let deletions: Vec<String> = match store.load::<FleetMessage>(list.deletions()).await {
         Ok(u) => u
             .into_iter()
@@ -194,12 +215,13 @@ async fn reconcile_list(
         Err(e) => {
             metrics.fleet("reconcile_failed", 1);
             tracing::debug!(error = %e, ?list, "fleet: deletions not read; none removed this time");
-            read_all = false;
+            failed = Some(e);
             Vec::new()
         }
     };
     // A view cut at `store.load_limit` does not tell which entries lack a record.
-    let complete = records.len() < store.config().load_limit;
+    let records_read = records.len();
+    let complete = records_read < store.config().load_limit;
     let recorded: HashSet<String> = records.iter().map(|r| r.value.target.clone()).collect();
     let deleted: HashSet<String> = deletions.iter().cloned().collect();
     let me = node.to_string();
@@ -211,20 +233,29 @@ async fn reconcile_list(
     if complete {
         publish_unrecorded(store, dataplane, metrics, node, list, recorded, deleted).await;
     }
-    if let Ok(done) = &applied
-        && done.banned + done.removed + done.allowed + done.disallowed > 0
-    {
-        tracing::info!(
-            banned = done.banned,
-            removed = done.removed,
-            allowed = done.allowed,
-            disallowed = done.disallowed,
-            "fleet: reconciled with the stored records"
+    if let Ok(done) = &applied {
+        if done.banned + done.removed + done.allowed + done.disallowed > 0 {
+            tracing::info!(
+                banned = done.banned,
+                removed = done.removed,
+                allowed = done.allowed,
+                disallowed = done.disallowed,
+                "fleet: reconciled with the stored records"
+            );
+        }
+        tracing::debug!(
+            ?list,
+            records = records_read,
+            invalid = done.invalid,
+            "fleet: reconcile done"
         );
     }
     let applied_all = applied.is_ok();
     report(metrics, "reconcile", applied, refusals);
-    read_all && complete && applied_all
+    match failed {
+        Some(error) => Err(error),
+        None => Ok(complete && applied_all),
+    }
 }
 
 /// Writes (and so publishes) a record for each of this node's entries of `list` that the store

@@ -1,0 +1,234 @@
+//! End-to-end tests of what a fleet gateway trusts in Redis, and what it tells its operator:
+//! daemons on loopback (no XDP interface: the pinned maps are their kernel lists) share one
+//! private `redis-server` (a unix socket in the test's directory, no persistence, stopped by
+//! PID).
+//!
+//! - In [`hostile_records_are_refused_and_a_failing_reconcile_is_told_once`], another "node"
+//!   (redis-cli) publishes a ban on half the Internet, one on loopback, and a one-hour ban whose
+//!   message and key claim u64::MAX ms: the first two are refused and told once at warn, the
+//!   third lasts at most its hour and runs out (reconciles never push it on). Then Redis goes
+//!   away: the failing reconcile is told once at warn however many fail, and its recovery at
+//!   info once Redis is back.
+//!
+//! Needs root (bpffs pins), `redis-server` and `smtp-sink` (installed by `cargo xtask setup`),
+//! and `cargo build` first: `cargo test -p smtp-gateway-tests --test fleet_trust`.
+
+#[allow(dead_code)]
+#[path = "support/gateway.rs"]
+mod gateway;
+#[allow(dead_code)]
+#[path = "support/smtp_client.rs"]
+mod smtp_client;
+#[allow(dead_code)]
+#[path = "support/store_lab.rs"]
+mod store_lab;
+#[allow(dead_code)]
+mod support;
+
+use std::{path::PathBuf, time::Duration};
+
+use gateway::{Gateway, GatewaySpec, free_port};
+use serde_json::Value;
+use store_lab::{Redis, Sink};
+use support::netns::wait_until;
+
+/// Key prefix of this test's gateways.
+const PREFIX: &str = "sgw-trust:";
+/// Messages, reconciles, reconnections: each follows its event asynchronously, within this.
+const WITHIN: Duration = Duration::from_secs(15);
+
+/// A directory of this test, removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("sgw-trust-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        TempDir(dir)
+    }
+}
+
+/// A fleet gateway named `node` on `redis`, reconciling every second, with the fleet's debug
+/// lines in its log (each failed reconcile says so there).
+fn node(sink: &Sink, redis: &Redis, node: &str) -> Gateway {
+    Gateway::start(
+        GatewaySpec::new(sink.addr, "none")
+            .env("RUST_LOG", "info,smtp_gateway::fleet=debug")
+            .extra(&format!(
+                "[store]\nengine = \"redis\"\nredis_url = \"{}\"\nkey_prefix = \"{PREFIX}\"\n\
+                 node = \"{node}\"\nretry_interval = \"100ms\"\nio_timeout = \"1s\"\n\
+                 fleet_reconcile_interval = \"1s\"\n",
+                redis.url()
+            )),
+    )
+}
+
+/// The gateway's blocklist entry of `target`, if any.
+fn block_entry(gw: &Gateway, target: &str) -> Option<Value> {
+    let out = gw.cli_ok(&["block", "list", "--json"]);
+    let list: Value = serde_json::from_str(&out).expect("block list --json");
+    list.as_array()?
+        .iter()
+        .find(|e| e["target"].as_str() == Some(target))
+        .cloned()
+}
+
+/// A ban record of node `by` on `target`, added at `added` (Unix ms) and ending at `expires`.
+fn record(target: &str, by: &str, added: u64, expires: Option<u64>) -> String {
+    let expires = expires.map_or("null".to_string(), |e| e.to_string());
+    format!(
+        r#"{{"target":"{target}","source":null,"reason":"hostile","origin":"cli","node":"{by}","added_unix_ms":{added},"expires_unix_ms":{expires}}}"#
+    )
+}
+
+/// Unix time in milliseconds.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[test]
+fn hostile_records_are_refused_and_a_failing_reconcile_is_told_once() {
+    let dir = TempDir::new("hostile");
+    let mut redis = Redis::start(&dir.0);
+    let sink = Sink::start(free_port());
+    let a = node(&sink, &redis, "node-a");
+    assert!(
+        a.wait_logged(&["fleet: ban propagation"], WITHIN),
+        "no fleet task:\n{}",
+        a.log()
+    );
+
+    // Another node's records, written and published as a gateway does (the record, then the
+    // message in the same order): half the Internet, loopback, and a one-hour ban whose message
+    // and key claim far more.
+    let channel = format!("{PREFIX}fleet/bans");
+    let now = unix_ms();
+    let hour_ms = 3_600_000;
+    let (wide, local, hour) = ("0.0.0.0/1", "127.0.0.1", "198.18.0.9");
+    for (target, expires, ttl_ms) in [
+        (wide, Some(now + hour_ms), hour_ms),
+        (local, Some(now + hour_ms), hour_ms),
+        (hour, Some(now + hour_ms), u64::MAX),
+    ] {
+        let record = record(target, "node-x", now, expires);
+        let px = ttl_ms.min(i64::MAX as u64 / 2).to_string();
+        redis.cli(&["SET", &format!("{PREFIX}ban/{target}"), &record, "PX", &px]);
+        let message = format!(r#"{{"op":"ban","record":{record},"ttl_ms":{ttl_ms}}}"#);
+        redis.cli(&["PUBLISH", &channel, &message]);
+    }
+    let mut entry = None;
+    wait_until(WITHIN, Duration::from_millis(50), || {
+        entry = block_entry(&a, hour);
+        entry.is_some()
+    });
+    let seen_at = std::time::Instant::now();
+    let entry = entry.unwrap_or_else(|| panic!("{hour} never applied:\n{}", a.log()));
+    let left = entry["expires_in_secs"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        left <= 3600,
+        "a one-hour ban lasts its hour, not the u64::MAX ms its message claims: {entry}"
+    );
+    // Six reconciles later (a line per list each; each applies the stored records again),
+    // the refused ones are not listed, and each was told once at warn (named, or counted in a
+    // line naming the other), however many reconciles and messages saw them.
+    let done = a.count_logged(&["fleet: reconcile done"]);
+    assert!(
+        a.wait_logged_n(&["fleet: reconcile done"], done + 12, WITHIN),
+        "no reconcile:\n{}",
+        a.log()
+    );
+    for target in [wide, local] {
+        assert_eq!(
+            block_entry(&a, target),
+            None,
+            "{target} applied:\n{}",
+            a.log()
+        );
+    }
+    // Nor is the hour pushed on at each reconcile (its key claims far more than the hour): it
+    // runs out as time passes.
+    let now_left = block_entry(&a, hour)
+        .and_then(|e| e["expires_in_secs"].as_u64())
+        .unwrap_or(u64::MAX);
+    let passed = seen_at.elapsed().as_secs();
+    assert!(
+        passed >= 4 && now_left + passed <= left + 1,
+        "{hour}: {left}s left, {passed}s later {now_left}s left: pushed on by reconciles\n{}",
+        a.log()
+    );
+    let refused = ["WARN", "fleet: record of another gateway refused"];
+    let log = a.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| refused.iter().all(|n| l.contains(n)))
+        .collect();
+    let named = |t: &str| {
+        lines
+            .iter()
+            .filter(|l| l.contains(&format!("record={t} ")))
+            .count()
+    };
+    let counted: usize = lines
+        .iter()
+        .filter_map(|l| {
+            l.split("more_refused=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        named(wide) <= 1 && named(local) <= 1 && named(wide) + named(local) + counted == 2,
+        "each refused record told once:\n{log}"
+    );
+    assert!(
+        lines.iter().all(|l| l.contains("node=\"node-x\"")),
+        "the refusal names its node:\n{log}"
+    );
+    let told = lines.len();
+
+    // Redis goes away: every reconcile fails (said at debug), the warning comes once.
+    redis.kill();
+    let failed = ["fleet: reconcile skipped"];
+    assert!(
+        a.wait_logged_n(&failed, 4, WITHIN),
+        "reconciles did not fail:\n{}",
+        a.log()
+    );
+    let warned = ["WARN", "fleet: reconcile failing"];
+    assert_eq!(
+        a.count_logged(&warned),
+        1,
+        "a failing reconcile is told once at warn:\n{}",
+        a.log()
+    );
+    assert_eq!(
+        a.count_logged(&refused),
+        told,
+        "no refusal told again:\n{}",
+        a.log()
+    );
+    // Back: its recovery is told, once.
+    redis.restart();
+    assert!(
+        a.wait_logged(&["INFO", "fleet: reconcile works again"], WITHIN),
+        "the recovery was never told:\n{}",
+        a.log()
+    );
+    assert_eq!(a.count_logged(&warned), 1, "{}", a.log());
+    drop(a);
+    drop(sink);
+    drop(redis);
+}
