@@ -9,6 +9,9 @@
 //!   third lasts at most its hour and runs out (reconciles never push it on). Then Redis goes
 //!   away: the failing reconcile is told once at warn however many fail, and its recovery at
 //!   info once Redis is back.
+//! - In [`two_gateways_with_one_node_name_are_told`], a gateway restarted (its previous run's
+//!   presence key still there) says nothing; a second gateway started with the same
+//!   `store.node` makes both warn, naming it; once it is stopped, the first says so.
 //!
 //! Needs root (bpffs pins), `redis-server` and `smtp-sink` (installed by `cargo xtask setup`),
 //! and `cargo build` first: `cargo test -p smtp-gateway-tests --test fleet_trust`.
@@ -55,16 +58,16 @@ impl TempDir {
     }
 }
 
-/// A fleet gateway named `node` on `redis`, reconciling every second, with the fleet's debug
-/// lines in its log (each failed reconcile says so there).
-fn node(sink: &Sink, redis: &Redis, node: &str) -> Gateway {
+/// A fleet gateway named `node` on `redis`, reconciling every `interval`, with the fleet's
+/// debug lines in its log (each reconcile, and each that failed, says so there).
+fn node(sink: &Sink, redis: &Redis, node: &str, interval: &str) -> Gateway {
     Gateway::start(
         GatewaySpec::new(sink.addr, "none")
             .env("RUST_LOG", "info,smtp_gateway::fleet=debug")
             .extra(&format!(
                 "[store]\nengine = \"redis\"\nredis_url = \"{}\"\nkey_prefix = \"{PREFIX}\"\n\
                  node = \"{node}\"\nretry_interval = \"100ms\"\nio_timeout = \"1s\"\n\
-                 fleet_reconcile_interval = \"1s\"\n",
+                 fleet_reconcile_interval = \"{interval}\"\n",
                 redis.url()
             )),
     )
@@ -101,7 +104,7 @@ fn hostile_records_are_refused_and_a_failing_reconcile_is_told_once() {
     let dir = TempDir::new("hostile");
     let mut redis = Redis::start(&dir.0);
     let sink = Sink::start(free_port());
-    let a = node(&sink, &redis, "node-a");
+    let a = node(&sink, &redis, "node-a", "1s");
     assert!(
         a.wait_logged(&["fleet: ban propagation"], WITHIN),
         "no fleet task:\n{}",
@@ -228,6 +231,80 @@ fn hostile_records_are_refused_and_a_failing_reconcile_is_told_once() {
         a.log()
     );
     assert_eq!(a.count_logged(&warned), 1, "{}", a.log());
+    drop(a);
+    drop(sink);
+    drop(redis);
+}
+
+#[test]
+fn two_gateways_with_one_node_name_are_told() {
+    let dir = TempDir::new("shared");
+    let redis = Redis::start(&dir.0);
+    let sink = Sink::start(free_port());
+    let name = "mx-shared";
+    let shared = ["WARN", "another running gateway uses this store.node", name];
+    let reconciled = ["fleet: reconcile done", "list=Allowlist"];
+    // Reconciles every 2s: the presence key lives 6s, a restart finds its previous run's.
+    let mut a = node(&sink, &redis, name, "2s");
+    assert!(
+        a.wait_logged_n(&reconciled, 2, WITHIN),
+        "no reconcile:\n{}",
+        a.log()
+    );
+
+    // Restarted: the key holds the previous run's id, which is no other gateway.
+    let key = format!("{PREFIX}fleet/nodes/{name}");
+    let before = redis.cli(&["GET", &key]);
+    assert_eq!(before.len(), 32, "presence key {key}: {before:?}");
+    a.terminate();
+    a.restart(|config| config);
+    assert!(
+        a.wait_logged(&["presence key of a previous run found"], WITHIN),
+        "the restart did not find its previous run's key (gone already?):\n{}",
+        a.log()
+    );
+    assert!(
+        a.wait_logged_n(&reconciled, 3, WITHIN),
+        "no reconcile after the restart:\n{}",
+        a.log()
+    );
+    assert_eq!(
+        a.count_logged(&shared),
+        0,
+        "a restart is no other gateway:\n{}",
+        a.log()
+    );
+    assert_ne!(redis.cli(&["GET", &key]), before, "a new run, a new id");
+
+    // A second gateway with the same name: both tell it, once.
+    let b = node(&sink, &redis, name, "2s");
+    for (gw, which) in [(&a, "the first"), (&b, "the second")] {
+        assert!(
+            gw.wait_logged(&shared, WITHIN),
+            "{which} gateway never told the shared node name:\n{}",
+            gw.log()
+        );
+    }
+    let n = b.count_logged(&reconciled);
+    assert!(b.wait_logged_n(&reconciled, n + 2, WITHIN), "{}", b.log());
+    for gw in [&a, &b] {
+        assert_eq!(gw.count_logged(&shared), 1, "told once:\n{}", gw.log());
+    }
+
+    // The second one stops: within the key's life and a reconcile, the first says so.
+    drop(b);
+    assert!(
+        a.wait_logged(
+            &[
+                "INFO",
+                "no other gateway seen with this store.node any more",
+                name
+            ],
+            WITHIN
+        ),
+        "{}",
+        a.log()
+    );
     drop(a);
     drop(sink);
     drop(redis);

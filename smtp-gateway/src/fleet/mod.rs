@@ -25,11 +25,16 @@
 //! is refused (counted as invalid, logged once: `refused.rs`), and no ban lasts longer than its
 //! writer stated nor than `store.permanent_ban_ttl` (`apply::left`).
 //!
+//! Each reconcile also refreshes this run's presence key (`presence.rs`): two running gateways
+//! with the same `store.node`, which would never apply each other's bans, are told.
+//!
 //! - `apply.rs`: what a ban or an unban of another node does to the blocklist;
 //! - `publish.rs`: this node's bans the store has no record of;
-//! - `refused.rs`: the throttled log of the records refused.
+//! - `refused.rs`: the throttled log of the records refused;
+//! - `presence.rs`: the presence key that tells a `store.node` used twice.
 
 pub mod apply;
+pub mod presence;
 pub mod publish;
 pub mod refused;
 
@@ -82,6 +87,8 @@ pub async fn run(
         }
     };
     let (tx, mut rx) = mpsc::channel(1024);
+    let node = store.node().to_string();
+    let mut presence = presence::Presence::new(&client, &cfg, &node);
     let subscriber = tokio::spawn(subscribe(
         client,
         fleet_channel(&cfg.key_prefix),
@@ -91,7 +98,6 @@ pub async fn run(
         tx,
         metrics.clone(),
     ));
-    let node = store.node().to_string();
     let limits = apply::Limits::of(&cfg);
     let mut refusals = RefusalLog::new(cfg.fleet_reconcile_interval, cfg.load_limit);
     // Whether the last reconcile failed: told once per run of failures.
@@ -151,6 +157,9 @@ pub async fn run(
                 _ => {}
             }
             failing = failed.is_some();
+            if let Some(presence) = &mut presence {
+                presence.check(&metrics).await;
+            }
         }
     }
     subscriber.abort();

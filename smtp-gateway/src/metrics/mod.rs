@@ -107,6 +107,8 @@ pub struct Metrics {
     crowdsec_decisions: Family<DecisionLabels, Counter>,
     /// Fleet bans by what they did to the kernel blocklist.
     fleet_bans: Family<DecisionLabels, Counter>,
+    /// 1 while another running gateway uses this gateway's `store.node`.
+    fleet_node_shared: Gauge,
     /// State store operations by operation and outcome (timeouts included).
     store_operations: Family<StoreLabels, Counter>,
     /// Store writes dropped because the write queue was full (store down too long).
@@ -155,6 +157,7 @@ impl Metrics {
             crowdsec_polls: Family::default(),
             crowdsec_decisions: Family::default(),
             fleet_bans: Family::default(),
+            fleet_node_shared: Gauge::default(),
             store_operations: Family::default(),
             store_queue_overflows: Counter::default(),
             store_queued: Gauge::default(),
@@ -238,6 +241,11 @@ impl Metrics {
             m.fleet_bans.clone(),
         );
         registry.register(
+            "fleet_node_shared",
+            "1 while another running gateway was seen using this gateway's store.node (its presence key <key_prefix>fleet/nodes/<node> rewritten by another instance within a few reconcile intervals): the two never apply each other's bans",
+            m.fleet_node_shared.clone(),
+        );
+        registry.register(
             "store_operations",
             "State store operations, by operation (get, scan, write, decode) and result (ok, error, timeout)",
             m.store_operations.clone(),
@@ -290,6 +298,11 @@ impl Metrics {
                 .get_or_create(&DecisionLabels { action })
                 .inc_by(n as u64);
         }
+    }
+
+    /// Whether another running gateway uses this gateway's `store.node`.
+    pub fn fleet_node_shared(&self, shared: bool) {
+        self.fleet_node_shared.set(i64::from(shared));
     }
 
     /// A connection accepted on `listener`.
