@@ -333,6 +333,91 @@ fn check_config_refuses_the_files_and_accounts_run_would_refuse() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `[store]`'s TLS files for a `rediss://` Redis: a client certificate without its key, a file
+/// with a `redis://` URL (it would be ignored), a CA file that is missing or holds no
+/// certificate, a key that is not the certificate's: each refused by `check-config`, naming the
+/// option (and the file); a CA, certificate and key that fit pass.
+#[test]
+fn check_config_refuses_redis_tls_files_it_cannot_use() {
+    let (dir, _) = peers::scratch("sgw-cfg-redis-tls");
+    let pki = peers::pki::Pki::new();
+    let ca = pki.write_ca(&dir, "ca");
+    let (cert, key) = pki.issue(&dir, "client", "gw.test");
+    let (_, other_key) = pki.issue(&dir, "other", "other.test");
+    let not_pem = dir.join("not.pem");
+    std::fs::write(&not_pem, "not a certificate\n").expect("write");
+    let (not_pem_text, other_key_text) = (
+        not_pem.display().to_string(),
+        other_key.display().to_string(),
+    );
+    let store = |url: &str, options: &[(&str, &Path)]| {
+        let mut text = format!("[store]\nengine = \"redis\"\nredis_url = \"{url}\"\n");
+        for (option, path) in options {
+            text.push_str(&format!("{option} = \"{}\"\n", path.display()));
+        }
+        text
+    };
+    let tls = "rediss://127.0.0.1:6380/0";
+    let cases = [
+        (
+            store(tls, &[("redis_client_cert_file", &cert)]),
+            vec![
+                "store.redis_client_key_file",
+                "store.redis_client_cert_file",
+                "both or neither",
+            ],
+        ),
+        (
+            store(tls, &[("redis_client_key_file", &key)]),
+            vec!["store.redis_client_cert_file", "both or neither"],
+        ),
+        (
+            store("redis://127.0.0.1:6379/0", &[("redis_ca_file", &ca)]),
+            vec!["store.redis_ca_file", "rediss://"],
+        ),
+        (
+            store(tls, &[("redis_ca_file", Path::new("/nonexistent/ca.pem"))]),
+            vec!["store.redis_ca_file", "/nonexistent/ca.pem"],
+        ),
+        (
+            store(tls, &[("redis_ca_file", &not_pem)]),
+            vec!["store.redis_ca_file", &not_pem_text, "no certificate"],
+        ),
+        (
+            store(
+                tls,
+                &[
+                    ("redis_client_cert_file", &cert),
+                    ("redis_client_key_file", &other_key),
+                ],
+            ),
+            vec!["store.redis_client_key_file", &other_key_text],
+        ),
+    ];
+    for (text, fragments) in &cases {
+        let out = check_config(text);
+        assert!(!out.status.success(), "accepted:\n{text}");
+        let err = stderr(&out);
+        for fragment in fragments {
+            assert!(
+                err.contains(fragment),
+                "missing {fragment:?} in {err:?} for\n{text}"
+            );
+        }
+    }
+    let good = store(
+        tls,
+        &[
+            ("redis_ca_file", &ca),
+            ("redis_client_cert_file", &cert),
+            ("redis_client_key_file", &key),
+        ],
+    );
+    let out = check_config(&good);
+    assert!(out.status.success(), "{}\n{good}", stderr(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn missing_config_file_is_a_clear_error() {
     let out = Command::new(BIN)

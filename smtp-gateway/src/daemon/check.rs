@@ -11,8 +11,8 @@ use crate::config::Config;
 /// Checks what the daemon's start reads besides the configuration file, in the order it does:
 /// `daemon.user`/`daemon.group` (when `daemon.drop_privileges`), and, when `smtp.listeners` is
 /// set (the proxy is off otherwise and reads none of them), `[smtp.tls]`, every backend's
-/// `tls.ca` and the `[reputation]` lists; then `[crowdsec]`'s key and CA files when it is
-/// enabled. The first failure is returned, naming the option.
+/// `tls.ca` and the `[reputation]` lists; then, with `store.engine = "redis"`, the URL and the
+/// TLS files of a `rediss://` Redis; then `[crowdsec]`'s key and CA files when it is enabled. The first failure is returned, naming the option.
 pub fn check_files(config: &Config) -> Result<(), DaemonError> {
     if config.daemon.drop_privileges {
         super::privileges::check_accounts(&config.daemon)?;
@@ -36,6 +36,9 @@ pub fn check_files(config: &Config) -> Result<(), DaemonError> {
         }
         crate::policy::reputation::Reputation::load(&config.reputation)
             .map_err(|e| CheckError::new("reputation.lists", e))?;
+    }
+    if config.store.engine == crate::store::EngineKind::Redis {
+        crate::store::check_redis(&config.store)?;
     }
     let crowdsec = &config.crowdsec;
     if crowdsec.enabled {

@@ -79,12 +79,9 @@ pub async fn run(
         return;
     };
     let cfg = store.config().clone();
-    let client = match ::redis::Client::open(cfg.redis_url.as_str()) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "fleet: no ban propagation");
-            return;
-        }
+    // The store's client: the same server, TLS files read at start.
+    let Some(client) = store.redis_client() else {
+        return;
     };
     let (tx, mut rx) = mpsc::channel(1024);
     let node = store.node().to_string();

@@ -79,8 +79,16 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// The embedded store's page cache, in bytes.
     pub cache_bytes: usize,
-    /// The Redis server: `redis://host:port/db`, `rediss://...` or `unix:///path/to/socket`.
+    /// The Redis server: `redis://host:port/db`, `rediss://...` (TLS) or `unix:///path/to/socket`.
     pub redis_url: String,
+    /// With `rediss://`: the CA certificate(s) (PEM) the server's certificate must chain to;
+    /// empty: the system's roots.
+    pub redis_ca_file: PathBuf,
+    /// With `rediss://`: the certificate chain (PEM) this gateway presents to a Redis that asks
+    /// for one (`tls-auth-clients`); empty: none. Set with `redis_client_key_file`.
+    pub redis_client_cert_file: PathBuf,
+    /// The private key (PEM) of `redis_client_cert_file`.
+    pub redis_client_key_file: PathBuf,
     /// Prefix of every key this gateway writes in Redis (several fleets may share a server).
     pub key_prefix: String,
     /// This gateway's name in the stored records (origin of bans); empty: the host name.
@@ -139,6 +147,9 @@ impl Default for StoreConfig {
             path: PathBuf::from("/var/lib/smtp-gateway/state.redb"),
             cache_bytes: 16 << 20,
             redis_url: "redis://127.0.0.1:6379/".into(),
+            redis_ca_file: PathBuf::new(),
+            redis_client_cert_file: PathBuf::new(),
+            redis_client_key_file: PathBuf::new(),
             key_prefix: "smtp-gateway:".into(),
             node: String::new(),
             budget: Duration::from_millis(50),
@@ -250,17 +261,72 @@ impl StoreConfig {
                     return Err(Invalid::new("store.path", "must be an absolute path"));
                 }
             }
-            Engine::Redis => {
-                if ::redis::Client::open(self.redis_url.as_str()).is_err() {
-                    return Err(Invalid::new(
-                        "store.redis_url",
-                        "must be a redis://, rediss:// or unix:// URL",
-                    ));
-                }
-            }
+            Engine::Redis => self.validate_redis()?,
             Engine::Off => {}
         }
         Ok(())
+    }
+}
+
+impl StoreConfig {
+    /// The TLS files (option, path) of a `rediss://` Redis, set or not.
+    pub fn redis_tls_files(&self) -> [(&'static str, &std::path::Path); 3] {
+        [
+            ("store.redis_ca_file", &self.redis_ca_file),
+            ("store.redis_client_cert_file", &self.redis_client_cert_file),
+            ("store.redis_client_key_file", &self.redis_client_key_file),
+        ]
+    }
+
+    /// `store.redis_url` parses (with the scheme a typo is refused for, not TLS itself), its
+    /// TLS is one whose certificate is checked, and the TLS files are set only with
+    /// `rediss://`, as absolute paths, the client certificate and key both or neither.
+    fn validate_redis(&self) -> Result<(), Invalid> {
+        let client = ::redis::Client::open(self.redis_url.as_str()).map_err(|_| {
+            Invalid::new(
+                "store.redis_url",
+                "must be a redis://, rediss:// or unix:// URL",
+            )
+        })?;
+        let tls = match client.get_connection_info().addr() {
+            ::redis::ConnectionAddr::TcpTls { insecure: true, .. } => {
+                return Err(Invalid::new(
+                    "store.redis_url",
+                    "#insecure (TLS without checking the server's certificate) is not \
+                     supported: give the CA in store.redis_ca_file",
+                ));
+            }
+            ::redis::ConnectionAddr::TcpTls { .. } => true,
+            _ => false,
+        };
+        for (key, path) in self.redis_tls_files() {
+            if path.as_os_str().is_empty() {
+                continue;
+            }
+            if !tls {
+                return Err(Invalid::new(
+                    key,
+                    "is only used with TLS: store.redis_url must be a rediss:// URL",
+                ));
+            }
+            if !path.is_absolute() {
+                return Err(Invalid::new(key, "must be an absolute path"));
+            }
+        }
+        match (
+            self.redis_client_cert_file.as_os_str().is_empty(),
+            self.redis_client_key_file.as_os_str().is_empty(),
+        ) {
+            (false, true) => Err(Invalid::new(
+                "store.redis_client_key_file",
+                "must be set with store.redis_client_cert_file (both or neither)",
+            )),
+            (true, false) => Err(Invalid::new(
+                "store.redis_client_cert_file",
+                "must be set with store.redis_client_key_file (both or neither)",
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -405,6 +471,71 @@ mod tests {
                 (err.key.as_str(), err.reason.as_str()),
                 ("store.fleet_reconcile_interval", reason)
             );
+        }
+    }
+
+    #[test]
+    fn rediss_is_accepted_with_or_without_tls_files() {
+        let tls = |ca: &str, cert: &str, key: &str| StoreConfig {
+            engine: Engine::Redis,
+            redis_url: "rediss://127.0.0.1:6380/0".into(),
+            redis_ca_file: ca.into(),
+            redis_client_cert_file: cert.into(),
+            redis_client_key_file: key.into(),
+            ..StoreConfig::default()
+        };
+        assert_eq!(tls("", "", "").validate(), Ok(()));
+        assert_eq!(tls("/etc/ca.pem", "", "").validate(), Ok(()));
+        assert_eq!(tls("", "/etc/c.pem", "/etc/c.key").validate(), Ok(()));
+    }
+
+    #[test]
+    fn redis_tls_files_are_refused_where_they_would_not_be_used() {
+        let redis = |url: &str, ca: &str, cert: &str, key: &str| StoreConfig {
+            engine: Engine::Redis,
+            redis_url: url.into(),
+            redis_ca_file: ca.into(),
+            redis_client_cert_file: cert.into(),
+            redis_client_key_file: key.into(),
+            ..StoreConfig::default()
+        };
+        let tls = "rediss://127.0.0.1:6380/0";
+        let cases = [
+            (
+                redis(tls, "", "/etc/c.pem", ""),
+                "store.redis_client_key_file",
+                "must be set with store.redis_client_cert_file (both or neither)",
+            ),
+            (
+                redis(tls, "", "", "/etc/c.key"),
+                "store.redis_client_cert_file",
+                "must be set with store.redis_client_key_file (both or neither)",
+            ),
+            (
+                redis("redis://127.0.0.1:6379/0", "/etc/ca.pem", "", ""),
+                "store.redis_ca_file",
+                "is only used with TLS: store.redis_url must be a rediss:// URL",
+            ),
+            (
+                redis("unix:///run/redis.sock", "", "/etc/c.pem", "/etc/c.key"),
+                "store.redis_client_cert_file",
+                "is only used with TLS: store.redis_url must be a rediss:// URL",
+            ),
+            (
+                redis(tls, "ca.pem", "", ""),
+                "store.redis_ca_file",
+                "must be an absolute path",
+            ),
+            (
+                redis("rediss://127.0.0.1:6380/0#insecure", "", "", ""),
+                "store.redis_url",
+                "#insecure (TLS without checking the server's certificate) is not supported: \
+                 give the CA in store.redis_ca_file",
+            ),
+        ];
+        for (cfg, key, reason) in cases {
+            let err = rejected(cfg);
+            assert_eq!((err.key.as_str(), err.reason.as_str()), (key, reason));
         }
     }
 

@@ -59,6 +59,17 @@ pub enum StoreError {
     /// Redis refused or is unreachable.
     #[error("redis: {0}")]
     Redis(Box<::redis::RedisError>),
+    /// A TLS file of a `rediss://` Redis (`store.redis_ca_file`, ...) cannot be read or does
+    /// not hold what the option wants.
+    #[error("{option}: {}: {reason}", path.display())]
+    TlsFile {
+        /// The option naming the file.
+        option: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The store did not answer in time.
     #[error("the store did not answer within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
@@ -261,28 +272,43 @@ impl Engine {
     }
 }
 
+/// What [`Opened::open`] reads for `store.engine = "redis"`, without connecting: the URL and,
+/// with `rediss://`, the TLS files (`check-config`).
+pub fn check_redis(config: &StoreConfig) -> Result<(), StoreError> {
+    redis::client(config).map(drop)
+}
+
 /// A store opened while the daemon still has its privileges (the embedded file under
-/// `/var/lib`), started later on the runtime by [`Opened::start`].
+/// `/var/lib`, the TLS files of a `rediss://` Redis), started later on the runtime by
+/// [`Opened::start`].
 pub struct Opened {
     /// The section it was opened with.
     config: StoreConfig,
-    /// The embedded database, when that is the engine.
-    embedded: Option<embedded::Embedded>,
+    /// The engine, opened.
+    engine: OpenedEngine,
+}
+
+/// An engine opened, not yet started.
+enum OpenedEngine {
+    /// The embedded database.
+    Embedded(embedded::Embedded),
+    /// The Redis client (its TLS files read); it connects once started.
+    Redis(::redis::Client),
 }
 
 impl Opened {
     /// Opens the configured engine: the embedded file now (creating its directory); Redis only
-    /// parses its URL here and connects on first use (a Redis that is down never stops a
-    /// start). `None` when `store.engine = "off"`.
+    /// parses its URL and reads its TLS files here ([`check_redis`]) and connects on first use
+    /// (a Redis that is down never stops a start). `None` when `store.engine = "off"`.
     pub fn open(config: &StoreConfig) -> Result<Option<Self>, StoreError> {
-        let embedded = match config.engine {
+        let engine = match config.engine {
             EngineKind::Off => return Ok(None),
-            EngineKind::Embedded => Some(embedded::Embedded::open(config)?),
-            EngineKind::Redis => None,
+            EngineKind::Embedded => OpenedEngine::Embedded(embedded::Embedded::open(config)?),
+            EngineKind::Redis => OpenedEngine::Redis(redis::client(config)?),
         };
         Ok(Some(Self {
             config: config.clone(),
-            embedded,
+            engine,
         }))
     }
 
@@ -298,9 +324,11 @@ impl Opened {
         } else {
             config.node.clone()
         };
-        let engine = match self.embedded {
-            Some(e) => Engine::Embedded(e),
-            None => Engine::Redis(redis::Redis::connect(&config, &node)?),
+        let engine = match self.engine {
+            OpenedEngine::Embedded(e) => Engine::Embedded(e),
+            OpenedEngine::Redis(client) => {
+                Engine::Redis(redis::Redis::connect(client, &config, &node)?)
+            }
         };
         let engine = Arc::new(engine);
         let queue = Arc::new(Queue::new(config.queue));
@@ -370,6 +398,15 @@ impl Store {
     /// The engine's name (`embedded`, `redis`).
     pub fn engine_name(&self) -> &'static str {
         self.inner.engine.name()
+    }
+
+    /// The Redis client (with its TLS settings), for another connection to the same server
+    /// (the fleet's pub/sub); `None` with another engine.
+    pub fn redis_client(&self) -> Option<::redis::Client> {
+        match &*self.inner.engine {
+            Engine::Redis(r) => Some(r.client().clone()),
+            Engine::Embedded(_) => None,
+        }
     }
 
     /// Whether bans are shared with a fleet through Redis (`store.engine = "redis"` and

@@ -1,15 +1,18 @@
 //! The Redis engine: every gateway of a fleet reads and writes one server (`store.redis_url`,
 //! TCP, TLS or a unix socket) under `store.key_prefix`. Entries expire natively (`SET ... PX`).
+//! With TLS (`rediss://`) the CA, client certificate and key files are read once, at start
+//! ([`client`]), while the daemon has its privileges; the fleet subscriber uses the same client.
 //! The connection manager reconnects by itself; it connects lazily, so a Redis that is down
 //! never stops a daemon from starting. Reads are bounded in size by the server (`GETRANGE`):
 //! a hostile value is never transferred whole.
 
-use std::time::Duration;
+use std::{path::Path, sync::Arc, time::Duration};
 
 use ::redis::{
-    AsyncCommands as _, Client,
+    AsyncCommands as _, Client, ClientTlsConfig, ConnectionAddr, TlsCertificates,
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 
 use super::{
     CounterLife, Scan, Scanned, StoreConfig, StoreError, Write,
@@ -21,6 +24,8 @@ const SCAN_COUNT: usize = 1000;
 
 /// A lazily connected, self-reconnecting Redis connection and the key prefix.
 pub(super) struct Redis {
+    /// The client the connection was made from (the fleet subscriber's too).
+    client: Client,
     /// The connection (clones share it).
     conn: ConnectionManager,
     /// `store.key_prefix`.
@@ -30,15 +35,19 @@ pub(super) struct Redis {
 }
 
 impl Redis {
-    /// The engine for `store.redis_url`; connects on first use (needs the tokio runtime).
-    pub(super) fn connect(config: &StoreConfig, node: &str) -> Result<Self, StoreError> {
-        let client = Client::open(config.redis_url.as_str())?;
+    /// The engine on `client` (see [`client`]); connects on first use (needs the tokio runtime).
+    pub(super) fn connect(
+        client: Client,
+        config: &StoreConfig,
+        node: &str,
+    ) -> Result<Self, StoreError> {
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.io_timeout))
             .set_response_timeout(Some(config.io_timeout))
             .set_number_of_retries(1);
-        let conn = ConnectionManager::new_lazy_with_config(client, manager)?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager)?;
         Ok(Self {
+            client,
             conn,
             prefix: config.key_prefix.clone(),
             fleet: config.fleet.then(|| {
@@ -48,6 +57,11 @@ impl Redis {
                 )
             }),
         })
+    }
+
+    /// The client, for another connection to the same server (the fleet's pub/sub).
+    pub(super) fn client(&self) -> &Client {
+        &self.client
     }
 
     /// The full key of `key`.
@@ -211,6 +225,117 @@ impl Redis {
                 return Ok((out, skipped));
             }
         }
+    }
+}
+
+/// The client of `store.redis_url`. With `rediss://`, the files of `store.redis_ca_file`,
+/// `store.redis_client_cert_file` and `store.redis_client_key_file` are read and checked now
+/// (each error names its option and file): the CA file holds certificates, the certificate file
+/// a chain, the key file the private key of its first certificate. Nothing connects yet.
+pub(crate) fn client(config: &StoreConfig) -> Result<Client, StoreError> {
+    let plain = Client::open(config.redis_url.as_str())?;
+    if !matches!(
+        plain.get_connection_info().addr(),
+        ConnectionAddr::TcpTls { .. }
+    ) {
+        return Ok(plain);
+    }
+    let [(ca_key, ca), (cert_key, cert), (key_key, key)] = config.redis_tls_files();
+    let root_cert = match read(ca_key, ca)? {
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for der in certificates(ca_key, ca, &pem)? {
+                roots
+                    .add(der)
+                    .map_err(|e| tls_file(ca_key, ca, format!("not a CA certificate: {e}")))?;
+            }
+            Some(pem)
+        }
+        None => None,
+    };
+    let client_tls = match (read(cert_key, cert)?, read(key_key, key)?) {
+        (Some(client_cert), Some(client_key)) => {
+            let chain = certificates(cert_key, cert, &client_cert)?;
+            let der = PrivateKeyDer::from_pem_slice(&client_key)
+                .map_err(|e| tls_file(key_key, key, format!("no private key (PEM): {e}")))?;
+            // The provider the daemon's rustls is built with (ring); this also checks that the
+            // key is the certificate's.
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_file(key_key, key, e))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_client_auth_cert(chain, der)
+            .map_err(|e| {
+                tls_file(
+                    key_key,
+                    key,
+                    format!("not usable with {}: {e}", cert.display()),
+                )
+            })?;
+            Some(ClientTlsConfig {
+                client_cert,
+                client_key,
+            })
+        }
+        (None, None) => None,
+        // The configuration's validation refuses one without the other.
+        (Some(_), None) => {
+            return Err(tls_file(
+                key_key,
+                key,
+                "must be set with store.redis_client_cert_file",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(tls_file(
+                cert_key,
+                cert,
+                "must be set with store.redis_client_key_file",
+            ));
+        }
+    };
+    Ok(Client::build_with_tls(
+        config.redis_url.as_str(),
+        TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )?)
+}
+
+/// The contents of the file `option` names; `None` when it is not set.
+fn read(option: &'static str, path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    if path.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    std::fs::read(path)
+        .map(Some)
+        .map_err(|e| tls_file(option, path, format!("cannot read: {e}")))
+}
+
+/// The certificates of a PEM file, at least one.
+fn certificates(
+    option: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, StoreError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_file(option, path, format!("not a PEM file: {e}")))?;
+    if certs.is_empty() {
+        return Err(tls_file(option, path, "no certificate (PEM) in it"));
+    }
+    Ok(certs)
+}
+
+/// The error of a TLS file.
+fn tls_file(option: &'static str, path: &Path, reason: impl std::fmt::Display) -> StoreError {
+    StoreError::TlsFile {
+        option,
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
     }
 }
 

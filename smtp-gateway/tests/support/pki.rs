@@ -1,6 +1,6 @@
 //! A throw-away PKI for the TLS tests: a CA and a certificate for 127.0.0.1 signed by it, the
-//! server configuration that presents that certificate, and a client configuration that trusts
-//! only that CA.
+//! server configuration that presents that certificate, a client configuration that trusts
+//! only that CA, and more certificates from the same CA (a client certificate, another server's).
 
 use std::sync::Arc;
 
@@ -14,6 +14,8 @@ pub struct Pki {
     pub cert: rcgen::Certificate,
     /// The server certificate's private key.
     pub key: rcgen::KeyPair,
+    /// The CA's certificate and key, to sign more certificates ([`Pki::issue`]).
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
 impl Pki {
@@ -22,18 +24,49 @@ impl Pki {
         let ca_key = rcgen::KeyPair::generate().expect("ca key");
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        // Names of their own: OpenSSL (redis-server, redis-cli) takes a certificate whose
+        // subject is its issuer's for a self-signed one.
+        ca_params.distinguished_name = common_name("smtp-gateway test CA");
         let ca = ca_params.self_signed(&ca_key).expect("ca");
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let key = rcgen::KeyPair::generate().expect("key");
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-            .expect("params")
-            .signed_by(&key, &issuer)
-            .expect("cert");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+        params.distinguished_name = common_name("127.0.0.1");
+        let cert = params.signed_by(&key, &issuer).expect("cert");
         Self {
             ca_pem: ca.pem(),
             cert,
             key,
+            issuer,
         }
+    }
+
+    /// A certificate for `name` signed by the CA (a client certificate: the CA of a server
+    /// that asks for one trusts it) and its key, written into `dir` as `<stem>.pem` and
+    /// `<stem>.key`; returns their paths.
+    pub fn issue(
+        &self,
+        dir: &std::path::Path,
+        stem: &str,
+        name: &str,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
+        params.distinguished_name = common_name(name);
+        let cert = params.signed_by(&key, &self.issuer).expect("cert");
+        let cert_path = dir.join(format!("{stem}.pem"));
+        let key_path = dir.join(format!("{stem}.key"));
+        std::fs::write(&cert_path, cert.pem()).expect("cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("key");
+        (cert_path, key_path)
+    }
+
+    /// Writes the CA's certificate as `<stem>.pem` into `dir`; returns its path.
+    pub fn write_ca(&self, dir: &std::path::Path, stem: &str) -> std::path::PathBuf {
+        let path = dir.join(format!("{stem}.pem"));
+        std::fs::write(&path, &self.ca_pem).expect("ca");
+        path
     }
 
     /// Writes the server certificate and key as `cert.pem` and `key.pem` into `dir`; returns
@@ -62,6 +95,13 @@ impl Pki {
             )
             .expect("server config")
     }
+}
+
+/// A distinguished name of one common name.
+fn common_name(name: &str) -> rcgen::DistinguishedName {
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, name);
+    dn
 }
 
 /// A TLS client connection to 127.0.0.1 that trusts only the CA in `ca_pem`.
