@@ -24,8 +24,9 @@ const SCAN_COUNT: usize = 1000;
 
 /// A lazily connected, self-reconnecting Redis connection and the key prefix.
 pub(super) struct Redis {
-    /// The client the connection was made from (the fleet subscriber's too).
-    client: Client,
+    /// The client the connection was made from (the fleet subscriber's too); boxed, its TLS
+    /// settings are large.
+    client: Box<Client>,
     /// The connection (clones share it).
     conn: ConnectionManager,
     /// `store.key_prefix`.
@@ -47,7 +48,7 @@ impl Redis {
             .set_number_of_retries(1);
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager)?;
         Ok(Self {
-            client,
+            client: Box::new(client),
             conn,
             prefix: config.key_prefix.clone(),
             fleet: config.fleet.then(|| {
