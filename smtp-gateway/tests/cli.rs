@@ -688,6 +688,34 @@ fn stats_without_state_says_what_to_do() {
     );
 }
 
+/// The read-only list commands never create the pinned maps (16 of them, hundreds of MiB of
+/// locked kernel memory until `detach`): with nothing pinned they say so, as `stats` does; nor
+/// does removing an entry from maps that are not there.
+#[test]
+fn list_commands_without_state_create_nothing_and_say_what_to_do() {
+    let sb = Sandbox::new("");
+    for args in [
+        &["block", "list"][..],
+        &["block", "list", "--json"][..],
+        &["allow", "list"][..],
+        &["allow", "list", "--json"][..],
+        &["block", "del", "198.18.0.7"][..],
+        &["allow", "del", "198.18.0.0/24"][..],
+    ] {
+        let out = sb.run(args);
+        assert_refused(&out, "start `smtp-gateway run` first", "nothing is pinned");
+        assert!(
+            stderr(&out).contains(&sb.pin_dir.display().to_string()),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(
+            !sb.pin_dir.join("v1").exists(),
+            "{args:?} created pinned maps"
+        );
+    }
+}
+
 #[test]
 fn pinned_maps_of_another_layout_are_refused() {
     let sb = Sandbox::new("");

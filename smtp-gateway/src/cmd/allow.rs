@@ -24,7 +24,7 @@ pub fn run(config: &Config, command: AllowCommand) -> anyhow::Result<ExitCode> {
                 ops::allow_add(dp, &target, reason.as_deref())
             })?;
         }
-        AllowCommand::Del { target } => super::change(
+        AllowCommand::Del { target } => super::remove(
             config,
             Request::AllowDel {
                 target: target.clone(),

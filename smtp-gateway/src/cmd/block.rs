@@ -33,7 +33,7 @@ pub fn run(config: &Config, command: BlockCommand) -> anyhow::Result<ExitCode> {
                 ops::block_add(dp, &target, ttl, reason.as_deref())
             })?;
         }
-        BlockCommand::Del { target } => super::change(
+        BlockCommand::Del { target } => super::remove(
             config,
             Request::BlockDel {
                 target: target.clone(),

@@ -84,6 +84,17 @@ pub fn change(
     report(call(config, request, ensure_maps, local)?)
 }
 
+/// Removes a list entry through the daemon, or with `local` on the pinned maps, which must exist
+/// ([`open_pinned`]: there is nothing to remove from maps that are not there, and creating them
+/// to say so would hold their memory until `detach`), and prints the outcome ([`report`]).
+pub fn remove(
+    config: &Config,
+    request: Request,
+    local: impl FnOnce(&mut Dataplane) -> Result<Response, OpError>,
+) -> anyhow::Result<()> {
+    report(call(config, request, open_pinned, local)?)
+}
+
 /// Rows a list command prints, and how the control protocol carries them.
 pub trait Listed: serde::Serialize + Sized {
     /// The answer carrying `entries`.
@@ -112,8 +123,8 @@ macro_rules! listed {
 
 listed!(AllowRow => Allowlist, BlockRow => Blocklist);
 
-/// Lists entries through the daemon, or with `local` on the pinned maps (created when missing),
-/// and prints them: pretty JSON with `json`, else `table`. Any other answer is reported and the
+/// Lists entries through the daemon, or with `local` on the pinned maps ([`open_pinned`]: a
+/// read-only command creates nothing), and prints them: pretty JSON with `json`, else `table`. Any other answer is reported and the
 /// command fails.
 pub fn list<T: Listed>(
     config: &Config,
@@ -122,7 +133,7 @@ pub fn list<T: Listed>(
     json: bool,
     table: fn(&[T]),
 ) -> anyhow::Result<ExitCode> {
-    let response = call(config, request, ensure_maps, |dp| local(dp).map(T::wrap))?;
+    let response = call(config, request, open_pinned, |dp| local(dp).map(T::wrap))?;
     let rows = match T::unwrap(response) {
         Ok(rows) => rows,
         Err(other) => return report(other).map(|()| ExitCode::FAILURE),
@@ -155,6 +166,19 @@ pub fn ensure_maps(config: &Config) -> anyhow::Result<Dataplane> {
     Ok(smtp_gateway::dataplane::loader::ensure_maps(
         &config.dataplane,
     )?)
+}
+
+/// The pinned maps, which must exist: a read-only command (`stats`, `top`, `why`, the lists)
+/// never creates them (sixteen maps holding locked kernel memory until `detach`), and a report
+/// of nothing would mislead (a wrong `dataplane.pin_dir` would look like an empty blocklist).
+pub fn open_pinned(config: &Config) -> anyhow::Result<Dataplane> {
+    match smtp_gateway::dataplane::loader::open_existing(&config.dataplane)? {
+        Some(dp) => Ok(dp),
+        None => bail!(
+            "no pinned data plane under {}: start `smtp-gateway run` first",
+            config.dataplane.pin_dir.display()
+        ),
+    }
 }
 
 /// `text` fit for a terminal table: control characters (ESC, CR, LF, BEL, DEL, the C1 range)

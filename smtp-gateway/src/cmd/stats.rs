@@ -10,7 +10,6 @@ use smtp_gateway::{
         ops,
         protocol::{Request, Response, SourceReport, StatsReport},
     },
-    dataplane::{Dataplane, loader},
 };
 
 pub fn run(config: &Config, args: &crate::cli::StatsArgs) -> anyhow::Result<ExitCode> {
@@ -63,7 +62,7 @@ pub fn run(config: &Config, args: &crate::cli::StatsArgs) -> anyhow::Result<Exit
 
 /// The stats from the daemon (with session outcomes), or from the pinned maps.
 pub fn fetch(config: &Config, top: usize) -> anyhow::Result<StatsReport> {
-    match super::call(config, Request::Stats { top }, open_pinned, |dp| {
+    match super::call(config, Request::Stats { top }, super::open_pinned, |dp| {
         Ok(Response::Stats(ops::stats(dp, top)?))
     })? {
         Response::Stats(stats) => Ok(stats),
@@ -71,17 +70,6 @@ pub fn fetch(config: &Config, top: usize) -> anyhow::Result<StatsReport> {
             super::report(other)?;
             bail!("the daemon sent no statistics")
         }
-    }
-}
-
-/// The pinned maps, which must exist (stats of nothing would mislead).
-pub fn open_pinned(config: &Config) -> anyhow::Result<Dataplane> {
-    match loader::open_existing(&config.dataplane)? {
-        Some(dp) => Ok(dp),
-        None => bail!(
-            "no pinned data plane under {}: start `smtp-gateway run` first",
-            config.dataplane.pin_dir.display()
-        ),
     }
 }
 

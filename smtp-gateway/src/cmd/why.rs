@@ -17,7 +17,7 @@ pub fn run(config: &Config, args: &crate::cli::WhyArgs) -> anyhow::Result<ExitCo
     let request = Request::Why {
         address: args.address.clone(),
     };
-    let report = match super::call(config, request, super::stats::open_pinned, |dp| {
+    let report = match super::call(config, request, super::open_pinned, |dp| {
         Ok(Response::Why(Box::new(why::why(dp, &args.address)?)))
     })? {
         Response::Why(report) => *report,
