@@ -43,8 +43,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the daemon: attach the XDP program (reusing pinned state), keep it configured.
     Run,
-    /// Remove the XDP program from every interface and delete all pinned state.
-    Detach,
+    /// Remove the XDP program from every interface and delete all pinned state. Refused while a
+    /// daemon answers on the control socket: stop it first.
+    Detach(DetachArgs),
     /// Validate the configuration file and exit (non-zero on error): its values, and the files
     /// and accounts the daemon's start reads (TLS certificate and key, backend CAs, reputation
     /// lists, CrowdSec key file, daemon.user/group). Attaches and binds nothing.
@@ -65,6 +66,14 @@ pub enum Command {
     /// Why is this source blocked (or not)? The blocklist and allowlist entries covering it, its
     /// SYN rate-limit bucket, its kernel counters and (with the daemon) its SMTP sessions.
     Why(WhyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// Detach even though a daemon answers: it keeps running with no data plane (no kernel
+    /// filtering; its list changes reach nothing) until it is stopped or restarted.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

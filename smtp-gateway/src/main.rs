@@ -109,7 +109,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
             Ok(ok)
         }
-        Command::Detach => cmd::detach::run(&config),
+        Command::Detach(args) => cmd::detach::run(&config, args.force),
         Command::Block(command) => cmd::block::run(&config, command),
         Command::Allow(command) => cmd::allow::run(&config, command),
         Command::Stats(args) => cmd::stats::run(&config, &args),

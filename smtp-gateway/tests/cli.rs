@@ -1188,6 +1188,37 @@ fn why_names_every_entry_covering_an_address_and_what_wins() {
     );
 }
 
+/// `detach` under a running daemon left it answering (and reporting `block add` as done) with
+/// nothing attached: it refuses, naming how to stop the daemon, unless `--force`; `why` on the
+/// daemon then says the data plane is not pinned, not a raw BPF error.
+#[test]
+fn detach_refuses_while_a_daemon_answers_unless_forced() {
+    let sb = Sandbox::new("");
+    let daemon = Daemon::start(&sb);
+    let out = sb.run(&["detach"]);
+    assert_refused(&out, "stop the daemon first", "a daemon answers");
+    let err = stderr(&out);
+    let pid = daemon.0.id().to_string();
+    assert!(
+        err.contains("systemctl stop smtp-gateway")
+            && err.contains(&format!("kill -TERM {pid}"))
+            && err.contains("--force"),
+        "{err}"
+    );
+    assert!(sb.pin_dir.join("v1").exists(), "pins removed: {err}");
+    let out = sb.run(&["block", "add", "198.18.0.7"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = sb.run(&["detach", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("still answers"), "{}", stderr(&out));
+    assert!(!sb.pin_dir.join("v1").exists(), "--force detaches");
+    let out = sb.run(&["why", "198.18.0.7"]);
+    assert_refused(&out, "not pinned", "the pins are gone");
+    assert!(!stderr(&out).contains("BPF_OBJ_GET"), "{}", stderr(&out));
+    drop(daemon);
+}
+
 #[test]
 fn detach_removes_no_file_that_is_not_a_socket() {
     // `daemon.control_socket` names a path a mistake can point at a real file: the daemon

@@ -177,7 +177,8 @@ fn kill_group(pid: u32, sig: i32) {
     }
 }
 
-/// Stops a daemon we started: SIGTERM (it detaches its XDP program on the way out), then
+/// Stops a daemon we started: SIGTERM (its XDP program stays attached, pinned: `detach`, which
+/// refuses while a daemon answers, removes it after this), then
 /// SIGKILL to its process group if it has not exited 10 s later. Its exit status, or `None`
 /// when it had to be killed.
 fn stop_daemon(mut daemon: Child) -> Option<ExitStatus> {

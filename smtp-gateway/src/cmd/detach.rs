@@ -1,11 +1,30 @@
-//! `smtp-gateway detach`: removes the XDP program from every interface and all pinned state,
-//! and the control socket a daemon killed without a chance to clean up left behind.
+//! `smtp-gateway detach [--force]`: removes the XDP program from every interface and all pinned
+//! state, and the control socket a daemon killed without a chance to clean up left behind.
+//! Refused while a daemon answers (it would go on running, and saying its changes were done,
+//! with nothing attached), unless `--force`.
 
 use std::{os::unix::fs::FileTypeExt, process::ExitCode};
 
+use anyhow::bail;
 use smtp_gateway::{config::Config, dataplane::loader};
 
-pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
+pub fn run(config: &Config, force: bool) -> anyhow::Result<ExitCode> {
+    let socket = config.control_socket();
+    let daemon = super::daemon(config)?;
+    if let Some(client) = &daemon
+        && !force
+    {
+        let kill = match client.daemon_pid() {
+            Some(pid) => format!("`kill -TERM {pid}`"),
+            None => "SIGTERM to its process".to_string(),
+        };
+        bail!(
+            "a daemon answers on {}: stop the daemon first (`systemctl stop smtp-gateway` when \
+             systemd runs it, else {kill}), then detach; nothing was removed. `detach --force` \
+             detaches under it, leaving it running with no kernel filtering",
+            socket.display()
+        );
+    }
     let report = loader::detach(&config.dataplane.pin_dir)?;
     if report.links.is_empty() && report.maps == 0 {
         out!(
@@ -20,7 +39,6 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
             report.maps
         );
     }
-    let socket = config.control_socket();
     // Only a socket is ever removed: any other file at that path (a mistake in
     // `daemon.control_socket`) is somebody else's, as the daemon's own start treats it.
     let is_socket = std::fs::symlink_metadata(&socket).map(|m| m.file_type().is_socket());
@@ -30,7 +48,7 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
             socket.display()
         );
     } else if is_socket.is_ok() {
-        if super::daemon(config)?.is_some() {
+        if daemon.is_some() {
             eprintln!(
                 "warning: a daemon still answers on {}; stop it too (its protection is gone)",
                 socket.display()

@@ -49,6 +49,15 @@ impl Client {
         }))
     }
 
+    /// The daemon's process id, from the socket's peer credentials (`None` if the kernel does
+    /// not say): for telling the operator which process to stop.
+    pub fn daemon_pid(&self) -> Option<i32> {
+        nix::sys::socket::getsockopt(&self.writer, nix::sys::socket::sockopt::PeerCredentials)
+            .ok()
+            .map(|c| c.pid())
+            .filter(|pid| *pid > 0)
+    }
+
     /// Sends one request and reads its response.
     pub fn call(&mut self, request: &Request) -> Result<Response, ControlError> {
         // A socket timeout is EAGAIN ("Resource temporarily unavailable"): said as what it is.

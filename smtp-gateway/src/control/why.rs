@@ -135,7 +135,12 @@ fn rate_bucket(
         name: maps::RATE_STATE,
         source,
     };
-    let data = MapData::from_pin(dp.map_path(maps::RATE_STATE)).map_err(err)?;
+    let path = dp.map_path(maps::RATE_STATE);
+    // The daemon reads this map by its pin: after a `detach --force` under it, say so.
+    if !path.exists() {
+        return Err(DataplaneError::NotPinned { path });
+    }
+    let data = MapData::from_pin(&path).map_err(err)?;
     let map: BpfHashMap<MapData, SourceKey, RateState> =
         BpfHashMap::try_from(Map::from_map_data(data).map_err(err)?).map_err(err)?;
     let (key, shown) = match address {

@@ -36,6 +36,11 @@ pub enum DataplaneError {
         name: &'static str,
         source: aya::maps::MapError,
     },
+    /// A pinned map the daemon reads by its pin is gone: `detach` ran under the daemon.
+    #[error(
+        "the data plane is not pinned: {path} is gone (removed by `smtp-gateway detach`?); restart the daemon (`systemctl restart smtp-gateway`, or stop it and `smtp-gateway run`) to attach and pin it again"
+    )]
+    NotPinned { path: PathBuf },
     /// A map is full.
     #[error(
         "map {name} is full ({capacity} entries); raise dataplane.capacity.{option} and recreate the maps (`smtp-gateway detach`, then start again)"
