@@ -560,6 +560,28 @@ fn import_reports_bad_lines_and_applies_the_good_ones() {
     assert!(list.iter().all(|e| e["origin"] == "import"));
 }
 
+/// A path that cannot be read as a file (here a directory, which opens but does not read) is a
+/// plain error naming it: exit 1, nothing imported, no "imported 0 entries" partial success.
+#[test]
+fn an_import_of_what_cannot_be_read_is_an_error_naming_it() {
+    let sb = Sandbox::new("");
+    let dir = sb.dir.join("lists");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let out = sb.run(&["block", "import", dir.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&dir.display().to_string()) && err.contains("directory"),
+        "{err}"
+    );
+    assert!(!err.contains("line 1"), "{err}");
+    assert!(!stdout(&out).contains("imported"), "{}", stdout(&out));
+    assert!(
+        !sb.pin_dir.join("v1").exists(),
+        "maps created for an import that read nothing"
+    );
+}
+
 /// IPv4 and IPv6 entries are written by a thread each: a map that fills up stops the import
 /// with the error naming the option to raise, whatever the other family's writer was doing, and
 /// what was written before stays (the batch update stops at the first entry that does not fit).

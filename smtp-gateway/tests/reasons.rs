@@ -165,7 +165,7 @@ fn reimported_lists_free_the_reasons_they_replace() {
         }
         // A later line for the same address wins, and frees the earlier line's reason.
         text.push_str(&format!("198.18.20.0 ; round {round} last\n"));
-        let (lines, errors) = import::parse(text.as_bytes());
+        let (lines, errors) = import::parse(text.as_bytes()).expect("read from memory");
         assert!(errors.is_empty(), "{errors:?}");
         let summary =
             import::apply(pins.dp(), &lines, &ImportOptions::default(), |_| {}).expect("import");

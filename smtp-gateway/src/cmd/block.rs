@@ -55,11 +55,19 @@ pub fn run(config: &Config, command: BlockCommand) -> anyhow::Result<ExitCode> {
             ttl,
             reason,
         } => {
+            // The file is read whole before anything is created or written: one that cannot be
+            // read is an error naming it, not a partial import of nothing.
+            let opened =
+                File::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
+            if opened.metadata().is_ok_and(|m| m.is_dir()) {
+                bail!(
+                    "cannot import {}: it is a directory, not a file",
+                    file.display()
+                );
+            }
+            let (lines, errors) = import::parse(BufReader::new(opened))
+                .with_context(|| format!("cannot read {}", file.display()))?;
             let mut dp = ensure_maps(config)?;
-            let reader = BufReader::new(
-                File::open(&file).with_context(|| format!("cannot open {}", file.display()))?,
-            );
-            let (lines, errors) = import::parse(reader);
             for e in &errors {
                 eprintln!("{}:{}", file.display(), e);
             }

@@ -98,9 +98,19 @@ pub fn parse_line(text: &str) -> Result<Option<(Target, Option<String>)>, String
     )))
 }
 
+/// The file could not be read (a directory opens but does not read): nothing of it is imported,
+/// as a bad line would make believe the rest was.
+#[derive(Debug, thiserror::Error)]
+#[error("read error at line {line}: {source}")]
+pub struct ReadError {
+    /// 1-based number of the line being read.
+    pub line: usize,
+    pub source: std::io::Error,
+}
+
 /// Parses a whole file. Lines that are not UTF-8 or longer than [`MAX_LINE_BYTES`] are reported,
-/// not fatal.
-pub fn parse(mut reader: impl BufRead) -> (Vec<ImportLine>, Vec<LineError>) {
+/// not fatal; a read error is.
+pub fn parse(mut reader: impl BufRead) -> Result<(Vec<ImportLine>, Vec<LineError>), ReadError> {
     let mut good = Vec::new();
     let mut bad = Vec::new();
     let mut bytes = Vec::with_capacity(MAX_LINE_BYTES);
@@ -115,12 +125,11 @@ pub fn parse(mut reader: impl BufRead) -> (Vec<ImportLine>, Vec<LineError>) {
                 });
                 continue;
             }
-            Err(e) => {
-                bad.push(LineError {
+            Err(source) => {
+                return Err(ReadError {
                     line: line_no,
-                    reason: format!("read error: {e}"),
+                    source,
                 });
-                break;
             }
         }
         let Ok(mut text) = std::str::from_utf8(&bytes) else {
@@ -148,7 +157,7 @@ pub fn parse(mut reader: impl BufRead) -> (Vec<ImportLine>, Vec<LineError>) {
             }),
         }
     }
-    (good, bad)
+    Ok((good, bad))
 }
 
 /// Defaults applied to every imported entry.
@@ -526,7 +535,7 @@ mod tests {
     #[test]
     fn a_byte_order_mark_before_line_one_is_skipped() {
         let text = "\u{feff}198.18.0.1\n\u{feff}198.18.0.2\n";
-        let (good, bad) = parse(text.as_bytes());
+        let (good, bad) = parse(text.as_bytes()).expect("read from memory");
         assert_eq!(good.len(), 1, "{good:?}");
         assert_eq!(good[0].line, 1);
         // Only at the start of the file: elsewhere it is a bad character, as before.
@@ -536,7 +545,7 @@ mod tests {
     #[test]
     fn bad_lines_carry_their_numbers() {
         let text = b"198.18.0.1\n\nnot-an-ip\n# c\n198.18.0.0/16 ; x\n\xff\xfe\n2001:db8::1\n";
-        let (good, bad) = parse(&text[..]);
+        let (good, bad) = parse(&text[..]).expect("read from memory");
         assert_eq!(good.len(), 3);
         assert_eq!(good[1].line, 5);
         assert_eq!(good[1].reason.as_deref(), Some("x"));
@@ -553,7 +562,7 @@ mod tests {
         text.push(b'#');
         text.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES - 1));
         text.extend(b"\n2001:db8::1");
-        let (good, bad) = parse(&text[..]);
+        let (good, bad) = parse(&text[..]).expect("read from memory");
         let lines: Vec<usize> = good.iter().map(|g| g.line).collect();
         assert_eq!(lines, [1, 3, 5]);
         assert_eq!(bad.len(), 1, "{bad:?}");
@@ -594,7 +603,7 @@ mod tests {
         // Without a cap this line would be held whole before parsing; with it, memory stays
         // bounded (the line is skipped as it streams by).
         let reader = std::io::BufReader::new(Endless { given: 0 });
-        let (good, bad) = parse(reader);
+        let (good, bad) = parse(reader).expect("read from memory");
         assert!(good.is_empty());
         assert_eq!(bad.len(), 1);
         assert!(bad[0].reason.contains("line too long"));
