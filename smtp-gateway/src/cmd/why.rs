@@ -11,6 +11,7 @@ use smtp_gateway::{
         protocol::{Request, Response, StoreView, WhyReport},
         why,
     },
+    source_outcomes::SessionCounts,
 };
 
 pub fn run(config: &Config, args: &crate::cli::WhyArgs) -> anyhow::Result<ExitCode> {
@@ -40,10 +41,33 @@ pub fn run(config: &Config, args: &crate::cli::WhyArgs) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+/// `writeln!` into the report being built (writing to a `String` cannot fail).
+macro_rules! line {
+    ($o:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($o, $($arg)*);
+    }};
+}
+
 fn print(r: &WhyReport) {
-    out!("{}: {}", r.address, r.verdict);
+    let text = render(r, now_unix_ms());
+    out!("{}", text.strip_suffix('\n').unwrap_or(&text));
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The human report, at `now_unix_ms` (for the time left of the store's records).
+fn render(r: &WhyReport, now_unix_ms: u64) -> String {
+    let mut text = String::new();
+    let o = &mut text;
+    line!(o, "{}: {}", r.address, r.verdict);
     if r.blocks.is_empty() {
-        out!("  blocklist: no entry covers it");
+        line!(o, "  blocklist: no entry covers it");
     }
     for b in &r.blocks {
         let left = match b.expires_in_secs {
@@ -53,7 +77,8 @@ fn print(r: &WhyReport) {
             ),
             None => "permanent".into(),
         };
-        out!(
+        line!(
+            o,
             "  blocklist: {} ({}) origin {}, {left}{}{}",
             b.target,
             b.kind,
@@ -66,7 +91,8 @@ fn print(r: &WhyReport) {
         );
     }
     for a in &r.allows {
-        out!(
+        line!(
+            o,
             "  allowlist: {} origin {}{}",
             a.prefix,
             a.origin,
@@ -77,41 +103,84 @@ fn print(r: &WhyReport) {
         );
     }
     match &r.rate {
-        Some(b) => out!(
+        Some(b) => line!(
+            o,
             "  rate limit: bucket {}: {} of {} SYNs left, full in {} ms",
             b.key,
             b.syns_left,
             b.burst,
             b.full_in_ms
         ),
-        None => out!("  rate limit: no bucket (not seen, or the limiter is off)"),
+        None => line!(
+            o,
+            "  rate limit: no bucket (not seen, or the limiter is off)"
+        ),
     }
     match &r.kernel {
-        Some(k) => out!(
+        Some(k) => line!(
+            o,
             "  kernel: {} packets, {} SYNs, {} drops, last seen {} s ago",
             k.packets,
             k.syns,
             k.drops,
             k.last_seen_secs_ago
         ),
-        None => out!("  kernel: not in the per-source table"),
+        None => line!(o, "  kernel: not in the per-source table"),
     }
     match &r.sessions {
-        Some(s) => out!(
-            "  sessions: {}",
-            serde_json::to_string(s).unwrap_or_default()
-        ),
-        None => out!("  sessions: none known (or no daemon answered)"),
+        Some(s) => line!(o, "  sessions: {}", session_counts(s)),
+        None => line!(o, "  sessions: none known (or no daemon answered)"),
     }
     match &r.store {
-        Some(view) => print_store(view),
-        None => out!("  store: not read (no daemon answered, or no store)"),
+        Some(view) => render_store(o, view, now_unix_ms),
+        None => line!(o, "  store: not read (no daemon answered, or no store)"),
+    }
+    text
+}
+
+/// "9 (delivered 1, rejected 8), 1 message delivered, last: rejected (checks pregreet)".
+fn session_counts(s: &SessionCounts) -> String {
+    let verdicts: Vec<String> = s
+        .by_verdict
+        .iter()
+        .map(|(v, n)| format!("{v} {n}"))
+        .collect();
+    let checks = if s.last_checks.is_empty() {
+        String::new()
+    } else {
+        format!(" (checks {})", s.last_checks.join(", "))
+    };
+    format!(
+        "{} ({}), {} {} delivered, last: {}{checks}",
+        s.sessions,
+        verdicts.join(", "),
+        s.delivered,
+        if s.delivered == 1 {
+            "message"
+        } else {
+            "messages"
+        },
+        s.last_verdict
+    )
+}
+
+/// "until 2026-11-23T10:00:00Z (in 6d 23h)", or "(expired)": the end of a record, at
+/// `now_unix_ms`, in the times `block list` prints.
+fn until(expires_unix_ms: u64, now_unix_ms: u64) -> String {
+    let at = super::human_time(expires_unix_ms / 1000);
+    match expires_unix_ms.checked_sub(now_unix_ms) {
+        Some(left) if left > 0 => format!(
+            "until {at} (in {})",
+            super::human_duration(std::time::Duration::from_millis(left))
+        ),
+        _ => format!("until {at} (expired)"),
     }
 }
 
 /// What the state store holds about it.
-fn print_store(v: &StoreView) {
-    out!(
+fn render_store(o: &mut String, v: &StoreView, now_unix_ms: u64) {
+    line!(
+        o,
         "  store: {} (node {}{})",
         v.engine,
         v.node,
@@ -119,10 +188,11 @@ fn print_store(v: &StoreView) {
     );
     for b in &v.bans {
         let until = match b.expires_unix_ms {
-            Some(ms) => format!("until unix {}", ms / 1000),
+            Some(ms) => until(ms, now_unix_ms),
             None => "permanent".into(),
         };
-        out!(
+        line!(
+            o,
             "    ban record: {} by node {} (origin {}), {until}{}",
             b.target,
             b.node,
@@ -135,7 +205,8 @@ fn print_store(v: &StoreView) {
         );
     }
     for a in &v.allows {
-        out!(
+        line!(
+            o,
             "    allowlist record: {} by node {} (origin {}){}",
             a.target,
             a.node,
@@ -148,14 +219,16 @@ fn print_store(v: &StoreView) {
         );
     }
     if let Some(b) = &v.waiting_ban {
-        out!(
+        line!(
+            o,
             "    waiting ban: {} ({}), written when its session closes",
             b.target,
             b.reason
         );
     }
     for c in &v.counts {
-        out!(
+        line!(
+            o,
             "    auto-ban count: {} {} {} of {}{}",
             c.target,
             c.check,
@@ -165,7 +238,8 @@ fn print_store(v: &StoreView) {
         );
     }
     if let Some(g) = &v.greylist {
-        out!(
+        line!(
+            o,
             "    greylist: network {} passed {} time(s){}",
             g.network,
             g.passes,
@@ -177,12 +251,76 @@ fn print_store(v: &StoreView) {
         );
     }
     if let Some(s) = &v.sessions {
-        out!(
-            "    stored sessions: {}",
-            serde_json::to_string(s).unwrap_or_default()
-        );
+        line!(o, "    stored sessions: {}", session_counts(s));
     }
     for e in &v.errors {
-        out!("    not read: {e}");
+        line!(o, "    not read: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smtp_gateway::store::BanRecord;
+
+    fn counts() -> SessionCounts {
+        SessionCounts {
+            sessions: 9,
+            delivered: 1,
+            by_verdict: [("delivered".to_string(), 1), ("rejected".to_string(), 8)]
+                .into_iter()
+                .collect(),
+            last_verdict: "rejected".into(),
+            last_checks: vec!["pregreet".into(), "dnsbl".into()],
+        }
+    }
+
+    /// The human report said the session counts and the stored sessions in raw JSON, and a ban
+    /// record's end as `until unix 1796427573`.
+    #[test]
+    fn sessions_and_ban_ends_are_readable_fields_and_times() {
+        let now_ms = 1_796_000_000_000;
+        let report = WhyReport {
+            address: [198, 18, 0, 7].into(),
+            blocks: Vec::new(),
+            allows: Vec::new(),
+            rate: None,
+            kernel: None,
+            sessions: Some(counts()),
+            verdict: "passed".into(),
+            store: Some(StoreView {
+                engine: "embedded".into(),
+                node: "gw1".into(),
+                fleet: false,
+                bans: vec![BanRecord {
+                    target: "198.18.0.7".into(),
+                    source: None,
+                    reason: "autoban: pregreet".into(),
+                    origin: "autoban".into(),
+                    node: "gw1".into(),
+                    added_unix_ms: now_ms,
+                    expires_unix_ms: Some(now_ms + 7 * 86_400_000),
+                }],
+                allows: Vec::new(),
+                waiting_ban: None,
+                counts: Vec::new(),
+                greylist: None,
+                sessions: Some(counts()),
+                errors: Vec::new(),
+            }),
+        };
+        let text = render(&report, now_ms);
+        assert!(!text.contains('{') && !text.contains("unix"), "{text}");
+        let expected = "9 (delivered 1, rejected 8), 1 message delivered, last: rejected \
+                        (checks pregreet, dnsbl)";
+        assert!(
+            text.contains(&format!("  sessions: {expected}\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("    stored sessions: {expected}\n")),
+            "{text}"
+        );
+        assert!(text.contains("until 2026-12-07T00:53:20Z (in 7"), "{text}");
     }
 }
