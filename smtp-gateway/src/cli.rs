@@ -105,9 +105,15 @@ fn parse_why_address(text: &str) -> Result<String, String> {
 /// become a one-second ban without a word.
 pub const MIN_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A `--ttl`: a duration (`30m`, `1h`, `7d`) of at least [`MIN_TTL`].
+/// A `--ttl`: a duration (`30m`, `1h`, `7d`) of at least [`MIN_TTL`]. Anything else is told what
+/// `--ttl` takes (humantime alone says "expected number at 0" to `forever`).
 fn parse_ttl(text: &str) -> Result<std::time::Duration, String> {
-    let ttl = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    let ttl = humantime::parse_duration(text).map_err(|_| {
+        format!(
+            "{text:?} is not a duration: give a duration like 30m, 2h, 7d (at least 1s), or \
+             leave --ttl out for an entry that never expires"
+        )
+    })?;
     if ttl < MIN_TTL {
         return Err(format!(
             "must be at least 1s (leave --ttl out for a permanent entry), not {text:?}"

@@ -493,6 +493,63 @@ fn a_ttl_under_a_second_is_refused_and_nothing_is_blocked() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// What `--ttl` takes is said when it is not a duration (not humantime's "expected number at
+/// 0"), a TTL is echoed as given rather than as "1year 1month 4days 7h 26m 24s", and one
+/// entry imported is "1 entry".
+#[test]
+fn ttl_wording_and_counts_read_as_written() {
+    let sb = Sandbox::new("");
+    let one = sb.file("one.txt", b"198.18.0.9\n");
+    let one = one.to_str().expect("utf-8 path");
+    for args in [
+        &["block", "add", "198.18.0.7", "--ttl", "forever"][..],
+        &["block", "import", one, "--ttl", "forever"][..],
+    ] {
+        let out = sb.run(args);
+        assert!(!out.status.success(), "{args:?} accepted");
+        let err = stderr(&out);
+        assert!(
+            err.contains("a duration like 30m, 2h, 7d")
+                && err.contains("leave --ttl out")
+                && !err.contains("expected number"),
+            "{args:?}: {err}"
+        );
+    }
+    let out = sb.run(&["block", "add", "198.18.0.7", "--ttl", "400d"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "blocked 198.18.0.7 for 400d");
+    let out = sb.run(&["block", "import", one]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("imported 1 entry from"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// The daemon logs who asked by pid, not as `client_pid=Some(24962)`.
+#[test]
+fn the_daemon_logs_a_clients_pid_as_a_number() {
+    let sb = Sandbox::new("");
+    let daemon = Daemon::start(&sb);
+    let out = sb.run(&["block", "add", "198.18.0.7"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for(
+        || log_lines(&sb, &["control: blocked 198.18.0.7"]) > 0,
+        "the change logged",
+    );
+    let log = std::fs::read_to_string(sb.dir.join("daemon.log")).expect("log");
+    let line = log
+        .lines()
+        .find(|l| l.contains("control: blocked 198.18.0.7"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("client_pid=") && !line.contains("Some("),
+        "{line}"
+    );
+    drop(daemon);
+}
+
 /// A file saved with a UTF-8 byte-order mark imports its first line like the others (the
 /// configuration loader and the reputation lists accept one too).
 #[test]

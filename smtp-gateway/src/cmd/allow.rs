@@ -61,7 +61,7 @@ fn table(rows: &[AllowRow]) -> String {
             printable(r.reason.as_deref().unwrap_or("-"))
         ));
     }
-    out.push_str(&format!("{} entries\n", rows.len()));
+    out.push_str(&format!("{}\n", super::entries(rows.len())));
     out
 }
 
@@ -83,6 +83,7 @@ mod tests {
             "{text:?}"
         );
         assert_eq!(text.lines().count(), 3, "header, one row, count: {text:?}");
+        assert_eq!(text.lines().last(), Some("1 entry"), "{text:?}");
         // A backslash is escaped too: an escape cannot be faked.
         assert!(
             text.contains(r"ok\u{1b}[2J\u{1b}[Hcleared screen\nFAKE allow line\\n"),

@@ -95,8 +95,8 @@ pub fn run(config: &Config, command: BlockCommand) -> anyhow::Result<ExitCode> {
             })?;
             bar.finish_and_clear();
             out!(
-                "imported {} entries from {} in {:.2}s ({} exact IPv4, {} exact IPv6, {} IPv4 prefixes, {} IPv6 prefixes)",
-                summary.total(),
+                "imported {} from {} in {:.2}s ({} exact IPv4, {} exact IPv6, {} IPv4 prefixes, {} IPv6 prefixes)",
+                super::entries(summary.total()),
                 file.display(),
                 started.elapsed().as_secs_f64(),
                 summary.exact_v4,
@@ -126,9 +126,9 @@ pub fn run(config: &Config, command: BlockCommand) -> anyhow::Result<ExitCode> {
             }
             if !errors.is_empty() {
                 eprintln!(
-                    "{} bad line(s) skipped; the {} valid entries were applied",
+                    "{} bad line(s) skipped; the valid ones were applied ({})",
                     errors.len(),
-                    summary.total()
+                    super::entries(summary.total())
                 );
                 return Ok(ExitCode::from(2));
             }
@@ -164,13 +164,37 @@ fn table(rows: &[BlockRow]) -> String {
             printable(r.reason.as_deref().unwrap_or("-"))
         ));
     }
-    out.push_str(&format!("{} entries\n", rows.len()));
+    out.push_str(&format!("{}\n", super::entries(rows.len())));
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// "in 6days 23h 59m 59s" overflowed the EXPIRES column and pushed the row out of line;
+    /// and one entry was "1 entries".
+    #[test]
+    fn expiries_fit_their_column_and_one_entry_is_one_entry() {
+        let rows = [BlockRow {
+            target: "198.18.0.1".into(),
+            kind: "exact".into(),
+            reason: Some("bot".into()),
+            origin: "cli".into(),
+            expires_in_secs: Some(7 * 86_400 - 1),
+            active: true,
+            added_at: 0,
+        }];
+        let text = table(&rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0].find("REASON"),
+            lines[1].find("bot"),
+            "out of line: {text}"
+        );
+        assert!(lines[1].contains(" in 7d "), "{text}");
+        assert_eq!(lines[2], "1 entry", "{text}");
+    }
 
     #[test]
     fn a_reason_with_control_characters_is_escaped_in_the_table() {

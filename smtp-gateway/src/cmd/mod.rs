@@ -206,6 +206,15 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// "1 entry", "2 entries".
+pub fn entries(n: usize) -> String {
+    if n == 1 {
+        "1 entry".into()
+    } else {
+        format!("{n} entries")
+    }
+}
+
 /// "2026-11-23T10:00:00Z" for Unix seconds (0: "-").
 pub fn human_time(unix_s: u64) -> String {
     if unix_s == 0 {

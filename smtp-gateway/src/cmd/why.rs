@@ -321,6 +321,9 @@ mod tests {
             text.contains(&format!("    stored sessions: {expected}\n")),
             "{text}"
         );
-        assert!(text.contains("until 2026-12-07T00:53:20Z (in 7"), "{text}");
+        assert!(
+            text.contains("until 2026-12-07T00:53:20Z (in 7d)"),
+            "{text}"
+        );
     }
 }

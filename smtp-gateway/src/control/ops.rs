@@ -189,7 +189,54 @@ fn done(message: String) -> Response {
     }
 }
 
-/// "1h 2m" style, whole seconds.
+/// "6d 23h", "1h 30m", "59s": the two largest units, the smaller one rounded (so a week's ban
+/// a second old is "7d"), short enough for `block list`'s EXPIRES column. humantime's full form
+/// ("6days 23h 59m 59s", "1year 1month 4days 7h 26m 24s" for 400 days) overflowed it.
 pub fn human_duration(d: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    const UNITS: [(u64, &str); 4] = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    let secs = d.as_secs();
+    let Some(i) = UNITS.iter().position(|(size, _)| secs >= *size) else {
+        return "0s".into();
+    };
+    let (big, big_name) = UNITS[i];
+    let Some(&(small, small_name)) = UNITS.get(i + 1) else {
+        return format!("{secs}{big_name}");
+    };
+    let rounded = secs.saturating_add(small / 2) / small * small;
+    // Rounded up into the next unit (23h 59m 40s is a day): said in that unit.
+    if i > 0 && rounded >= UNITS[i - 1].0 {
+        return human_duration(Duration::from_secs(rounded));
+    }
+    match (rounded / big, rounded % big / small) {
+        (whole, 0) => format!("{whole}{big_name}"),
+        (whole, part) => format!("{whole}{big_name} {part}{small_name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `block list`'s EXPIRES column overflowed with "6days 23h 59m 59s", and `--ttl 400d`
+    /// came back as "1year 1month 4days 7h 26m 24s": the two largest units, rounded.
+    #[test]
+    fn durations_are_said_in_their_two_largest_units_rounded() {
+        let secs = |s: u64| human_duration(Duration::from_secs(s));
+        for (given, said) in [
+            (0, "0s"),
+            (59, "59s"),
+            (90, "1m 30s"),
+            (3599, "59m 59s"),
+            (3600, "1h"),
+            (3661, "1h 1m"),
+            (2 * 3600 + 30 * 60 + 29, "2h 30m"),
+            (2 * 3600 + 30 * 60 + 30, "2h 31m"),
+            (86_400 - 1, "1d"),
+            (7 * 86_400 - 1, "7d"),
+            (86_400 + 12 * 3600 + 60, "1d 12h"),
+            (400 * 86_400, "400d"),
+        ] {
+            assert_eq!(secs(given), said, "{given}s");
+        }
+    }
 }

@@ -137,11 +137,11 @@ impl ControlSocket {
                         handler.metrics.control_connection("refused");
                         let pid = stream.peer_cred().ok().and_then(|p| p.pid());
                         if saturated {
-                            tracing::debug!(client_pid = ?pid, "control: connection refused");
+                            tracing::debug!(client_pid = pid, "control: connection refused");
                         } else {
                             saturated = true;
                             tracing::warn!(
-                                client_pid = ?pid,
+                                client_pid = pid,
                                 "control: {} connections open (daemon.control_max_connections): \
                                  refusing more until one closes",
                                 limits.max_connections
@@ -195,8 +195,8 @@ async fn connection(stream: &mut UnixStream, handler: &Handler, request_timeout:
     let (read, mut write) = stream.split();
     if peer.map(|p| p.uid()) != Some(0) {
         tracing::warn!(
-            uid = ?peer.map(|p| p.uid()),
-            pid = ?peer.and_then(|p| p.pid()),
+            uid = peer.map(|p| p.uid()),
+            pid = peer.and_then(|p| p.pid()),
             "control: refused a client that is not root"
         );
         let refusal = Response::Error {
@@ -219,14 +219,14 @@ async fn connection(stream: &mut UnixStream, handler: &Handler, request_timeout:
             let limit = humantime::format_duration(request_timeout);
             if answered > 0 && line.is_empty() {
                 tracing::debug!(
-                    client_pid = ?pid,
+                    client_pid = pid,
                     answered,
                     "control: closed a connection idle for daemon.control_request_timeout \
                      ({limit}) after its requests"
                 );
             } else {
                 tracing::warn!(
-                    client_pid = ?pid,
+                    client_pid = pid,
                     "control: closed a connection that sent no complete request within \
                      daemon.control_request_timeout ({limit})"
                 );
@@ -364,10 +364,10 @@ async fn handle(handler: &Handler, request: Request, pid: Option<i32>) -> Respon
     if let Some(described) = described {
         match &response {
             Response::Done { message, .. } => {
-                tracing::info!(client_pid = ?pid, "control: {message}");
+                tracing::info!(client_pid = pid, "control: {message}");
             }
             Response::Error { message } => {
-                tracing::info!(client_pid = ?pid, request = %described, "control: refused: {message}");
+                tracing::info!(client_pid = pid, request = %described, "control: refused: {message}");
             }
             _ => {}
         }
