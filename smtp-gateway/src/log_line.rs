@@ -19,12 +19,17 @@ pub fn unsafe_on_a_line(c: char) -> bool {
 
 /// `text` with every [`unsafe_on_a_line`] character escaped.
 pub fn escaped(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(unsafe_on_a_line) {
+    escaped_where(text, unsafe_on_a_line)
+}
+
+/// `text` with every character `escape` picks escaped the way Rust writes it.
+pub fn escaped_where(text: &str, escape: impl Fn(char) -> bool) -> Cow<'_, str> {
+    if !text.chars().any(&escape) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
-        if unsafe_on_a_line(c) {
+        if escape(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);

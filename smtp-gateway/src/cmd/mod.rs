@@ -187,23 +187,8 @@ pub fn open_pinned(config: &Config) -> anyhow::Result<Dataplane> {
 /// or `--reason`: raw, it could recolour or clear the screen or forge a row. JSON output
 /// (`--json`) stays exact.
 pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    let escaped = |c: char| {
-        c.is_control()
-            || c == '\\'
-            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    };
-    if !text.chars().any(escaped) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        if escaped(c) {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(out)
+    use smtp_gateway::log_line::{escaped_where, unsafe_on_a_line};
+    escaped_where(text, |c| c == '\\' || unsafe_on_a_line(c))
 }
 
 /// "1 entry", "2 entries".
