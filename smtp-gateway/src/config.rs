@@ -143,6 +143,22 @@ pub fn read_text(path: &Path) -> Result<String, ConfigError> {
     Ok(text)
 }
 
+/// Refuses a file with no option and no section (comments only count as empty): loading it
+/// would reset every option to its default. A reload refuses it (a file cut short, say, in its
+/// leading comments), and so does `check-config`, in the same words.
+pub fn refuse_empty(path: &Path, text: &str) -> Result<(), ConfigError> {
+    if toml::from_str::<toml::Table>(text).is_ok_and(|t| t.is_empty()) {
+        return Err(ConfigError::Read {
+            path: path.to_path_buf(),
+            error: std::io::Error::other(
+                "the file is empty (no option, no section); an empty configuration would reset \
+                 every option to its default, so it is not applied",
+            ),
+        });
+    }
+    Ok(())
+}
+
 impl Config {
     /// The control socket path: `daemon.control_socket`, or the one derived from the pin dir.
     pub fn control_socket(&self) -> PathBuf {

@@ -101,6 +101,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(ok)
         }
         Command::CheckConfig => {
+            // What a reload refuses besides the values: an empty file.
+            if let Some(p) = &path {
+                smtp_gateway::daemon::check_not_empty(p)?;
+            }
             // The files and accounts `run` would read at start, as it reads them.
             smtp_gateway::daemon::check_files(&config)?;
             match &path {

@@ -418,6 +418,24 @@ fn check_config_refuses_redis_tls_files_it_cannot_use() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An empty file (or comments only) is what a reload refuses, with the same words: it would reset
+/// every option to its default.
+#[test]
+fn check_config_refuses_an_empty_file_as_reload_does() {
+    for text in [
+        "",
+        "# every option is commented out\n# interfaces = [\"eth0\"]\n",
+    ] {
+        let out = check_config(text);
+        assert_refused(
+            &out,
+            "the file is empty (no option, no section)",
+            &format!("an empty file passed: {text:?}"),
+        );
+        assert!(stderr(&out).contains("not applied"), "{}", stderr(&out));
+    }
+}
+
 #[test]
 fn missing_config_file_is_a_clear_error() {
     let out = Command::new(BIN)

@@ -54,6 +54,15 @@ pub fn check_files(config: &Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Refuses a configuration file with no option and no section, as a reload does
+/// ([`crate::config::refuse_empty`]): the start would run with the built-in defaults, and the
+/// first reload of the file would refuse it.
+pub fn check_not_empty(path: &Path) -> Result<(), DaemonError> {
+    let text = crate::config::read_text(path)?;
+    crate::config::refuse_empty(path, &text)?;
+    Ok(())
+}
+
 /// Whether the file `key` names can be opened and read (a directory cannot: reading it fails).
 fn readable(key: &str, path: &Path) -> Result<(), CheckError> {
     let mut byte = [0u8; 1];

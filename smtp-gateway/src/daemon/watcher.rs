@@ -211,13 +211,7 @@ async fn read_complete(path: &Path) -> Result<String, ConfigError> {
         let text = crate::config::read_text(path)?;
         let after = stamp(path).map_err(error)?;
         if before == after && text.len() as u64 == after.len {
-            // Comments only is empty too (a file cut short in its leading comments, say).
-            if toml::from_str::<toml::Table>(&text).is_ok_and(|t| t.is_empty()) {
-                return Err(error(std::io::Error::other(
-                    "the file is empty (no option, no section); an empty configuration would \
-                     reset every option to its default, so it is not applied",
-                )));
-            }
+            crate::config::refuse_empty(path, &text)?;
             return Ok(text);
         }
         tokio::time::sleep(STABLE_READ_PAUSE).await;
