@@ -107,6 +107,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
             // The files and accounts `run` would read at start, as it reads them.
             smtp_gateway::daemon::check_files(&config)?;
+            // Valid, but probably not what was meant: said, not refused.
+            for warning in smtp_gateway::daemon::warnings(&config) {
+                eprintln!("warning: {warning}");
+            }
             match &path {
                 Some(p) => println!("{}: configuration is valid", p.display()),
                 None => println!("no configuration file; built-in defaults are valid"),

@@ -11,7 +11,7 @@ use std::{
 #[allow(dead_code)] // each test binary uses a different part of the shared peers
 mod peers;
 
-use peers::{assert_refused, stderr, stdout};
+use peers::{assert_refused, pki, stderr, stdout};
 
 const BIN: &str = env!("CARGO_BIN_EXE_smtp-gateway");
 
@@ -415,6 +415,70 @@ fn check_config_refuses_redis_tls_files_it_cannot_use() {
     );
     let out = check_config(&good);
     assert!(out.status.success(), "{}\n{good}", stderr(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A configuration that is valid but does nothing the operator probably meant is said so, on
+/// stderr, naming the key and what follows from it; the file is still valid.
+#[test]
+fn check_config_warns_about_a_proxy_that_is_off_or_accepts_no_domain_and_a_filter_attached_nowhere()
+{
+    let warned = |text: &str| -> String {
+        let out = check_config(text);
+        assert!(out.status.success(), "refused:\n{text}\n{}", stderr(&out));
+        assert!(
+            stdout(&out).contains("configuration is valid"),
+            "{}",
+            stdout(&out)
+        );
+        assert!(
+            !stdout(&out).contains("warning"),
+            "warnings belong on stderr: {}",
+            stdout(&out)
+        );
+        stderr(&out)
+    };
+    let nothing = warned("[dataplane]\ninterfaces = []\n");
+    for fragment in [
+        "warning: dataplane.interfaces is empty: the kernel filter is not attached anywhere",
+        "warning: smtp.listeners is empty: the SMTP proxy is off",
+    ] {
+        assert!(
+            nothing.contains(fragment),
+            "missing {fragment:?} in {nothing:?}"
+        );
+    }
+    assert!(!nothing.contains("accepted_domains"), "{nothing}");
+
+    // A submission listener needs TLS (AUTH); check-config reads the files.
+    let (dir, _) = peers::scratch("sgw-cfg-warn");
+    let (cert, key) = pki::Pki::new().write_server_files(&dir);
+    let proxy = |relay: &str| {
+        format!(
+            "[dataplane]\ninterfaces = [\"lo\"]\n[smtp]\nlisteners = [{{ address = \"127.0.0.1:2525\" }}, \
+             {{ address = \"127.0.0.1:2587\", kind = \"submission\" }}]\n\
+             [smtp.tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n\
+             [backend]\nservers = [{{ address = \"127.0.0.1:10025\" }}]\n{relay}",
+            cert.display(),
+            key.display()
+        )
+    };
+    let no_domain = warned(&proxy(""));
+    assert!(
+        no_domain.contains("warning: relay.accepted_domains is empty: listener 127.0.0.1:2525"),
+        "{no_domain}"
+    );
+    assert!(
+        no_domain.contains("refuses every recipient as relaying"),
+        "{no_domain}"
+    );
+    // The submission listener requires AUTH: its clients relay once logged in.
+    assert!(!no_domain.contains("127.0.0.1:2587"), "{no_domain}");
+    assert!(!no_domain.contains("smtp.listeners"), "{no_domain}");
+    assert!(!no_domain.contains("dataplane.interfaces"), "{no_domain}");
+
+    let fine = warned(&proxy("[relay]\naccepted_domains = [\"example.org\"]\n"));
+    assert!(!fine.contains("warning"), "{fine}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

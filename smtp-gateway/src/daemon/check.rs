@@ -54,6 +54,58 @@ pub fn check_files(config: &Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Said by `check-config` and by the start: nothing is attached.
+pub const NO_INTERFACES: &str =
+    "dataplane.interfaces is empty: the kernel filter is not attached anywhere";
+
+/// Said by `check-config` and by the start: nothing is proxied.
+pub const NO_LISTENERS: &str = "smtp.listeners is empty: the SMTP proxy is off";
+
+/// What a valid configuration leaves off that its author probably meant to have: no interface,
+/// no listener, or a listener that accepts mail for no domain ([`relay_warnings`]). One line
+/// each, naming the key and what follows from it.
+pub fn warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if config.dataplane.interfaces.is_empty() {
+        warnings.push(NO_INTERFACES.to_string());
+    }
+    if config.smtp.listeners.is_empty() {
+        warnings.push(NO_LISTENERS.to_string());
+    }
+    warnings.extend(relay_warnings(config));
+    warnings
+}
+
+/// One line per listener whose profile accepts no domain (its `accepted_domains`, from `[relay]`
+/// or the profile's own table, is empty) and does not require AUTH: every recipient of a client
+/// outside `relay_networks` that has not authenticated is refused as relaying, which is all the
+/// mail of an MX. A profile requiring AUTH is left alone: its clients relay once logged in.
+pub fn relay_warnings(config: &Config) -> Vec<String> {
+    let profiles = config.proxy().profiles;
+    let mut warnings = Vec::new();
+    for listener in &config.smtp.listeners {
+        let name = listener.profile_name();
+        let Some(profile) = profiles.get(Some(name)) else {
+            continue;
+        };
+        if !profile.relay.accepted_domains.is_empty() || profile.require_auth {
+            continue;
+        }
+        let key = match config.profiles.get(name) {
+            Some(table) if table.relay.accepted_domains.is_some() => {
+                format!("profiles.{name}.relay.accepted_domains")
+            }
+            _ => "relay.accepted_domains".to_string(),
+        };
+        warnings.push(format!(
+            "{key} is empty: listener {} (profile {name}) refuses every recipient as relaying, \
+             unless the client is in relay_networks or has authenticated",
+            listener.address
+        ));
+    }
+    warnings
+}
+
 /// Refuses a configuration file with no option and no section, as a reload does
 /// ([`crate::config::refuse_empty`]): the start would run with the built-in defaults, and the
 /// first reload of the file would refuse it.

@@ -33,7 +33,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use tokio::sync::watch;
 
-pub use check::{check_files, check_not_empty};
+pub use check::{check_files, check_not_empty, warnings};
 pub use error::CheckError;
 pub use error::DaemonError;
 use reload::{GenerationContext, Live, Proxy};
@@ -403,8 +403,11 @@ fn start_proxy(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Option<Proxy>, DaemonError> {
     if bound.is_empty() {
-        tracing::info!("smtp.listeners is empty: the SMTP proxy is off");
+        tracing::info!("{}", check::NO_LISTENERS);
         return Ok(None);
+    }
+    for warning in check::relay_warnings(config) {
+        tracing::warn!("{warning}");
     }
     let shared = Arc::new(reload::build_shared(config, context.clone())?);
     let mut listeners = Vec::new();
@@ -437,7 +440,7 @@ fn start_dataplane(cfg: &DataplaneConfig) -> Result<Dataplane, DataplaneError> {
         );
     }
     if cfg.interfaces.is_empty() {
-        tracing::warn!("dataplane.interfaces is empty: the kernel filter is not attached anywhere");
+        tracing::warn!("{}", check::NO_INTERFACES);
     }
     let mut dataplane = report.dataplane;
     dataplane.apply_config(cfg)?;
