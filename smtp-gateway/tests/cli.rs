@@ -500,6 +500,17 @@ fn check_config_refuses_an_empty_file_as_reload_does() {
     }
 }
 
+/// An interface that is not there (a typo) is refused as the start would refuse it, naming the
+/// interface and the key; one that is there passes.
+#[test]
+fn check_config_refuses_an_interface_that_does_not_exist() {
+    let out = check_config("[dataplane]\ninterfaces = [\"lo\", \"sgw-nosuch0\"]\n");
+    assert_refused(&out, "dataplane.interfaces", "a missing interface passed");
+    assert!(stderr(&out).contains("\"sgw-nosuch0\""), "{}", stderr(&out));
+    let out = check_config("[dataplane]\ninterfaces = [\"lo\"]\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 #[test]
 fn missing_config_file_is_a_clear_error() {
     let out = Command::new(BIN)

@@ -1,7 +1,8 @@
-//! `smtp-gateway check-config`'s second half: the files and accounts the configuration names,
-//! checked as the daemon's start uses them (the same constructors), without attaching, binding
-//! or touching bpffs. A file `check-config` passes is one `run` does not refuse for a missing
-//! certificate, list, CA, key file or account.
+//! `smtp-gateway check-config`'s second half: the interfaces, files and accounts the
+//! configuration names, checked as the daemon's start uses them (the same constructors), without
+//! attaching, binding or touching bpffs. A file `check-config` passes is one `run` does not refuse
+//! for a missing interface, certificate, list, CA, key file or account. Also what the check and
+//! the start say of a valid file that probably does not do what was meant ([`warnings`]).
 
 use std::{io::Read as _, path::Path};
 
@@ -9,11 +10,16 @@ use super::error::{CheckError, DaemonError};
 use crate::config::Config;
 
 /// Checks what the daemon's start reads besides the configuration file, in the order it does:
-/// `daemon.user`/`daemon.group` (when `daemon.drop_privileges`), and, when `smtp.listeners` is
-/// set (the proxy is off otherwise and reads none of them), `[smtp.tls]`, every backend's
-/// `tls.ca` and the `[reputation]` lists; then, with `store.engine = "redis"`, the URL and the
-/// TLS files of a `rediss://` Redis; then `[crowdsec]`'s key and CA files when it is enabled. The first failure is returned, naming the option.
+/// every `dataplane.interfaces` exists (in the network namespace this runs in: the start
+/// attaches in its own), `daemon.user`/`daemon.group` (when `daemon.drop_privileges`), and, when
+/// `smtp.listeners` is set (the proxy is off otherwise and reads none of them), `[smtp.tls]`,
+/// every backend's `tls.ca` and the `[reputation]` lists; then, with `store.engine = "redis"`,
+/// the URL and the TLS files of a `rediss://` Redis; then `[crowdsec]`'s key and CA files when it
+/// is enabled. The first failure is returned, naming the option.
 pub fn check_files(config: &Config) -> Result<(), DaemonError> {
+    for name in &config.dataplane.interfaces {
+        interface_exists(name)?;
+    }
     if config.daemon.drop_privileges {
         super::privileges::check_accounts(&config.daemon)?;
     }
@@ -112,6 +118,25 @@ pub fn relay_warnings(config: &Config) -> Vec<String> {
 pub fn check_not_empty(path: &Path) -> Result<(), DaemonError> {
     let text = crate::config::read_text(path)?;
     crate::config::refuse_empty(path, &text)?;
+    Ok(())
+}
+
+/// Whether the interface `name` (one of `dataplane.interfaces`) exists in this network namespace:
+/// the start would fail to attach to it, after the unit's check-config had passed.
+fn interface_exists(name: &str) -> Result<(), CheckError> {
+    let missing = || {
+        CheckError::new(
+            "dataplane.interfaces",
+            format!("no interface {name:?} in this network namespace (see `ip link`)"),
+        )
+    };
+    // Validation refused a NUL already; a name with one is not there either.
+    let c_name = std::ffi::CString::new(name).map_err(|_| missing())?;
+    // SAFETY: `c_name` is a valid NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if index == 0 {
+        return Err(missing());
+    }
     Ok(())
 }
 
