@@ -3,7 +3,7 @@
 //!
 //! The eBPF crate is compiled by Debian's rustc (`/usr/bin/rustc`, prebuilt `core` for
 //! bpfel-unknown-none) and linked by bpf-linker from the project-local tools directory, both
-//! installed by `cargo xtask setup` (see ../shared/TOOLCHAIN.md for why this route).
+//! installed by `cargo xtask setup` (see docs/BUILDING.md for why this route).
 use std::{
     env,
     path::{Path, PathBuf},

@@ -90,6 +90,12 @@ fn package_installs_checks_config_renders_man_starts_nothing_and_purges() {
         unit.contains(&format!("ExecStart={BINARY} ")),
         "the unit does not run the installed binary:\n{unit}"
     );
+    // `systemctl help smtp-gateway` opens the installed page.
+    assert!(
+        unit.lines()
+            .any(|l| l.starts_with("Documentation=") && l.contains("man:smtp-gateway(8)")),
+        "the unit's Documentation= does not name the man page:\n{unit}"
+    );
 
     // The installed default configuration is valid, read from where the binary looks.
     let out = run(Command::new(BINARY).arg("check-config"));

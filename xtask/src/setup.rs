@@ -15,7 +15,8 @@
 //!   `.tools/haraka`;
 //! - bpffs mounted at /sys/fs/bpf.
 //!
-//! See ../shared/TOOLCHAIN.md for why this route (rustup cannot download rust-src here).
+//! See docs/BUILDING.md for why this route (Debian's rustc has a prebuilt bpf `core`: no
+//! nightly, no rust-src).
 
 use std::{path::Path, process::Command};
 
