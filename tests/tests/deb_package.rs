@@ -2,7 +2,8 @@
 //! the package says (binary, conffile, systemd unit, man pages, bash/zsh/fish completions), the
 //! installed default configuration passes `smtp-gateway check-config`, `man -l` renders the page
 //! naming every subcommand, installing starts and enables nothing and runs no maintainer script,
-//! and `dpkg --purge` leaves nothing behind.
+//! `dpkg --remove` keeps the configuration and the daemon's state, and `dpkg --purge` leaves
+//! nothing behind, the state directory the daemon made included.
 //!
 //! Which package: `$SMTP_GATEWAY_DEB` (`cargo xtask test` builds one from the debug build and
 //! sets it), else the newest `target/debian/**/smtp-gateway_*.deb` (`cargo xtask package`).
@@ -30,6 +31,9 @@ const CONFFILE: &str = "/etc/smtp-gateway/gateway.toml";
 const UNIT: &str = "/lib/systemd/system/smtp-gateway.service";
 /// The main man page (dpkg installs it compressed).
 const MAN_PAGE: &str = "/usr/share/man/man8/smtp-gateway.8.gz";
+/// The daemon's state directory (systemd `StateDirectory=`; `[store] path` is in it): the package
+/// does not ship it, the daemon creates it, and the purge removes it.
+const STATE_DIR: &str = "/var/lib/smtp-gateway";
 /// Shell completions, in the directories each shell's Debian package reads.
 const COMPLETIONS: [&str; 3] = [
     "/usr/share/bash-completion/completions/smtp-gateway",
@@ -126,11 +130,12 @@ fn package_installs_checks_config_renders_man_starts_nothing_and_purges() {
         assert!(Path::new(&sub_page).exists(), "{sub_page} not installed");
     }
 
-    // Installing started nothing, enabled nothing and ran no maintainer script.
+    // Installing started nothing, enabled nothing and ran no maintainer script: the only one
+    // is postrm, which acts on a purge alone.
     let scripts = stdout(&run(
         Command::new("dpkg-query").args(["--control-list", PACKAGE])
     ));
-    for script in ["preinst", "postinst", "prerm", "postrm", "config"] {
+    for script in ["preinst", "postinst", "prerm", "config"] {
         assert!(
             !scripts.lines().any(|l| l.trim() == script),
             "the package has a {script} script: {scripts}"
@@ -152,12 +157,38 @@ fn package_installs_checks_config_renders_man_starts_nothing_and_purges() {
         "the unit was enabled"
     );
 
+    // The state the daemon keeps, as its start creates it (systemd's StateDirectory=, mode
+    // 0700, and the store in it).
+    std::fs::create_dir(STATE_DIR).unwrap_or_else(|e| panic!("{STATE_DIR}: {e}"));
+    std::fs::set_permissions(STATE_DIR, std::fs::Permissions::from_mode(0o700))
+        .unwrap_or_else(|e| panic!("{STATE_DIR}: {e}"));
+    let store = Path::new(STATE_DIR).join("state.redb");
+    std::fs::write(&store, b"state").unwrap_or_else(|e| panic!("{}: {e}", store.display()));
+
+    // Removed, the configuration and the state stay (Debian policy: until the purge).
+    let out = dpkg(&["--remove".as_ref(), PACKAGE.as_ref()]);
+    assert!(out.status.success(), "dpkg --remove: {}", text(&out));
+    assert!(
+        !Path::new(BINARY).exists(),
+        "{BINARY} is left after the removal"
+    );
+    for path in [Path::new(CONFFILE), &store] {
+        assert!(path.exists(), "dpkg --remove removed {}", path.display());
+    }
+
     // Purged, nothing is left.
     let out = installed.purge();
     assert!(out.status.success(), "dpkg --purge: {}", text(&out));
-    for path in [BINARY, CONFFILE, UNIT, MAN_PAGE, "/etc/smtp-gateway"]
-        .iter()
-        .chain(&COMPLETIONS)
+    for path in [
+        BINARY,
+        CONFFILE,
+        UNIT,
+        MAN_PAGE,
+        "/etc/smtp-gateway",
+        STATE_DIR,
+    ]
+    .iter()
+    .chain(&COMPLETIONS)
     {
         assert!(!Path::new(path).exists(), "{path} is left after the purge");
     }
@@ -224,7 +255,7 @@ fn refuse_existing_installation() {
         "{PACKAGE} is installed on this machine (dpkg); this test installs and purges it, so it \
          will not run here (`dpkg --purge {PACKAGE}` first if it is a leftover of this test)"
     );
-    for path in [BINARY, CONFFILE, UNIT] {
+    for path in [BINARY, CONFFILE, UNIT, STATE_DIR] {
         assert!(
             !Path::new(path).exists(),
             "{path} exists and belongs to no smtp-gateway package: this test will not overwrite \
