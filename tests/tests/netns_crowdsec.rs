@@ -210,12 +210,13 @@ impl Lapi {
 }
 
 /// The lab: namespaces, a TCP listener on port 25 in the gateway namespace, the LAPI and the
-/// gateway (not started).
+/// gateway (not started). Dropped in field order: the gateway first (its `detach` runs in its
+/// namespace and removes its control socket), the namespaces last.
 struct Lab {
-    topo: Topology,
-    _listener: Listener,
-    lapi: Lapi,
     gw: Daemon,
+    lapi: Lapi,
+    _listener: Listener,
+    topo: Topology,
 }
 
 impl Lab {
@@ -249,9 +250,9 @@ impl Lab {
         let lapi = Lapi::start(&topo.gw_ns, &dir.join("lapi"));
         let listener = Listener::start(&topo.gw_ns, SMTP);
         Lab {
-            _listener: listener,
-            lapi,
             gw,
+            lapi,
+            _listener: listener,
             topo,
         }
     }
