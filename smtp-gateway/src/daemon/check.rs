@@ -130,14 +130,10 @@ fn interface_exists(name: &str) -> Result<(), CheckError> {
             format!("no interface {name:?} in this network namespace (see `ip link`)"),
         )
     };
-    // Validation refused a NUL already; a name with one is not there either.
-    let c_name = std::ffi::CString::new(name).map_err(|_| missing())?;
-    // SAFETY: `c_name` is a valid NUL-terminated string that outlives the call.
-    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-    if index == 0 {
-        return Err(missing());
-    }
-    Ok(())
+    // (A name with a NUL, which validation refuses already, is not there either.)
+    nix::net::if_::if_nametoindex(name)
+        .map(drop)
+        .map_err(|_| missing())
 }
 
 /// Whether the file `key` names can be opened and read (a directory cannot: reading it fails).
