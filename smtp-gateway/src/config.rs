@@ -126,21 +126,16 @@ pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The text of the configuration file at `path`, at most [`MAX_CONFIG_BYTES`].
 pub fn read_text(path: &Path) -> Result<String, ConfigError> {
-    use std::io::Read as _;
     let error = |error| ConfigError::Read {
         path: path.to_path_buf(),
         error,
     };
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|file| file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
-        .map_err(error)?;
-    if text.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(error(std::io::Error::other(format!(
-            "larger than {MAX_CONFIG_BYTES} bytes: not a configuration file"
-        ))));
-    }
-    Ok(text)
+    let bytes = crate::bounded_file::read(path, MAX_CONFIG_BYTES).map_err(error)?;
+    String::from_utf8(bytes).map_err(|_| {
+        error(std::io::Error::other(
+            "not UTF-8 text: not a configuration file",
+        ))
+    })
 }
 
 /// Refuses a file with no option and no section (comments only count as empty): loading it

@@ -43,6 +43,7 @@
 #![deny(clippy::string_slice)]
 
 pub mod autoban;
+pub mod bounded_file;
 pub mod bounded_line;
 pub mod checks;
 pub mod cli;

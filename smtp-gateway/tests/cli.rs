@@ -512,6 +512,38 @@ fn check_config_refuses_an_interface_that_does_not_exist() {
 }
 
 #[test]
+fn a_certificate_path_that_is_no_file_is_refused_without_reading_it_whole() {
+    // A wrong path in a PEM option (`/dev/zero`, a log) was read into memory without end: the
+    // start, a reload and check-config aborted. Run under a 2 GB address-space limit, so the old
+    // code ends in an abort rather than taking the machine's memory.
+    let (dir, _) = peers::scratch("sgw-cfg-pemzero");
+    let path = dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        "[smtp]\nhostname = \"gw.test\"\nlisteners = [{ address = \"127.0.0.1:2525\" }]\n\
+         [smtp.tls]\ncertificate = \"/dev/zero\"\nprivate_key = \"/dev/zero\"\n\
+         [backend]\nservers = [{ address = \"127.0.0.1:9\" }]\n",
+    )
+    .expect("write");
+    let out = Command::new("prlimit")
+        .arg("--as=2000000000")
+        .arg("--")
+        .arg(BIN)
+        .arg("-c")
+        .arg(&path)
+        .arg("check-config")
+        .output()
+        .expect("run prlimit");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("/dev/zero") && err.contains("larger than"),
+        "{err}"
+    );
+}
+
+#[test]
 fn missing_config_file_is_a_clear_error() {
     let out = Command::new(BIN)
         .args(["-c", "/nonexistent/gateway.toml", "check-config"])

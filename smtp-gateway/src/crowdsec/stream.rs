@@ -364,7 +364,8 @@ fn tls_config(path: &std::path::Path) -> Result<rustls::ClientConfig, StreamErro
     use rustls::pki_types::{CertificateDer, pem::PemObject as _};
     let setup = |e: String| StreamError::Setup(format!("crowdsec.ca_file {}: {e}", path.display()));
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(path).map_err(|e| setup(e.to_string()))? {
+    let pem = crate::bounded_file::read_pem(path).map_err(|e| setup(e.to_string()))?;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| setup(e.to_string()))?;
         roots.add(cert).map_err(|e| setup(e.to_string()))?;
     }

@@ -41,10 +41,17 @@ fn pem_error(path: &Path, error: pem::Error) -> TlsError {
     }
 }
 
+/// The bytes of the PEM file at `path`, bounded ([`crate::bounded_file::MAX_PEM_BYTES`]).
+fn pem_bytes(path: &Path) -> Result<Vec<u8>, TlsError> {
+    crate::bounded_file::read_pem(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 /// Every certificate in the PEM file (other sections are skipped).
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    CertificateDer::pem_file_iter(path)
-        .map_err(|e| pem_error(path, e))?
+    CertificateDer::pem_slice_iter(&pem_bytes(path)?)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_error(path, e))
 }
@@ -57,10 +64,11 @@ pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
             cfg.certificate.display().to_string(),
         ));
     }
-    let key = PrivateKeyDer::from_pem_file(&cfg.private_key).map_err(|e| match e {
-        pem::Error::NoItemsFound => TlsError::NoKey(cfg.private_key.display().to_string()),
-        e => pem_error(&cfg.private_key, e),
-    })?;
+    let key =
+        PrivateKeyDer::from_pem_slice(&pem_bytes(&cfg.private_key)?).map_err(|e| match e {
+            pem::Error::NoItemsFound => TlsError::NoKey(cfg.private_key.display().to_string()),
+            e => pem_error(&cfg.private_key, e),
+        })?;
     let mut provider = rustls::crypto::ring::default_provider();
     prefer_aes_128_gcm(&mut provider.cipher_suites);
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))

@@ -311,7 +311,7 @@ fn read(option: &'static str, path: &Path) -> Result<Option<Vec<u8>>, StoreError
     if path.as_os_str().is_empty() {
         return Ok(None);
     }
-    std::fs::read(path)
+    crate::bounded_file::read_pem(path)
         .map(Some)
         .map_err(|e| tls_file(option, path, format!("cannot read: {e}")))
 }
