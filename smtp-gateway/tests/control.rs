@@ -517,3 +517,33 @@ fn control_connections_are_capped_and_silent_ones_closed_but_answers_may_take_lo
         stdout(&out)
     );
 }
+
+#[test]
+fn a_client_that_stops_reading_its_answers_loses_its_slot() {
+    let (addr, _seen) = scripted_backend_on_loopback(1);
+    let daemon = "[daemon]\nwatch_config = false\ncontrol_max_connections = 1\n\
+                  control_request_timeout = \"2s\"\n";
+    let gw = Gateway::start("ctlunread", addr, daemon);
+    let socket = socket_of(&gw);
+
+    // The only slot: a peer that sends requests quickly (each a bad one, answered with an
+    // error line) and never reads. Its answers (about 1.5 MB) overflow the socket's buffers,
+    // so the daemon is left with an answer nobody takes.
+    let mut unread = control_connection(&socket);
+    unread
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .expect("write timeout");
+    unread
+        .write_all(&b"x\n".repeat(20_000))
+        .expect("send the requests (40 KB fit in the socket's buffer)");
+    gw.wait_log_line(&["control:", "did not read its answer"]);
+    // The slot is free again: the CLI is answered, not refused over the cap.
+    let out = gw.cli(&["block", "add", "198.18.4.5"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), gw.log());
+    let count = peers::sample(
+        &gw.scrape(),
+        "smtp_gateway_control_connections_total{result=\"timed_out\"}",
+    );
+    assert_eq!(count, Some(1));
+    drop(unread);
+}

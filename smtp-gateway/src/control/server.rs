@@ -5,8 +5,9 @@
 //!
 //! Any local process can connect, so what a connection may hold is bounded ([`Limits`]): at most
 //! `daemon.control_max_connections` are served at once (one more is told why and closed at once),
-//! and each has `daemon.control_request_timeout` to send every request line. Only reading the
-//! request is timed; the answer (a reload, a long list) takes what it takes.
+//! and each has `daemon.control_request_timeout` to send every request line, and as long again
+//! to take each part of an answer it is sent (a peer that stops reading would hold its slot for
+//! ever). Making the answer is not timed: a reload or a long list takes what it takes.
 
 use std::{
     os::unix::fs::{FileTypeExt, PermissionsExt},
@@ -202,7 +203,7 @@ async fn connection(stream: &mut UnixStream, handler: &Handler, request_timeout:
         let refusal = Response::Error {
             message: "permission denied: the control socket answers root only".into(),
         };
-        let _ = write_response(&mut write, &refusal).await;
+        let _ = write_response(&mut write, &refusal, request_timeout).await;
         return;
     }
     let pid = peer.and_then(|p| p.pid());
@@ -251,6 +252,7 @@ async fn connection(stream: &mut UnixStream, handler: &Handler, request_timeout:
                     &Response::Error {
                         message: format!("request longer than {MAX_REQUEST_BYTES} bytes"),
                     },
+                    request_timeout,
                 )
                 .await;
                 return;
@@ -265,20 +267,44 @@ async fn connection(stream: &mut UnixStream, handler: &Handler, request_timeout:
                 message: format!("bad request: {e}"),
             },
         };
-        if write_response(&mut write, &response).await.is_err() {
-            return;
+        match write_response(&mut write, &response, request_timeout).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                handler.metrics.control_connection("timed_out");
+                tracing::warn!(
+                    client_pid = pid,
+                    "control: closed a connection that did not read its answer within \
+                     daemon.control_request_timeout ({})",
+                    humantime::format_duration(request_timeout)
+                );
+                return;
+            }
+            Err(_) => return,
         }
         answered += 1;
     }
 }
 
+/// Bytes of an answer the peer must take within one `stall` (a socket buffer holds about this
+/// much, so a peer that reads at all always gets a chunk through in time).
+const ANSWER_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Sends one answer line; the peer must take each [`ANSWER_CHUNK_BYTES`] of it within `stall`,
+/// else the error is `TimedOut`. A slow reader of a long list is served; one that stopped
+/// reading is not waited for.
 async fn write_response(
     write: &mut (impl AsyncWrite + Unpin),
     response: &Response,
+    stall: Duration,
 ) -> std::io::Result<()> {
     let mut text = serde_json::to_string(response).map_err(std::io::Error::other)?;
     text.push('\n');
-    write.write_all(text.as_bytes()).await
+    for chunk in text.as_bytes().chunks(ANSWER_CHUNK_BYTES) {
+        tokio::time::timeout(stall, write.write_all(chunk))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    }
+    Ok(())
 }
 
 /// Runs one request.

@@ -24,8 +24,8 @@ pub struct DaemonConfig {
     /// and closed at once (counted).
     pub control_max_connections: usize,
     /// How long a control connection has to send one complete request, from the moment the
-    /// daemon waits for it; a peer that does not is closed (counted). Only reading the request
-    /// is timed: the answer (a reload, a long list) takes what it takes.
+    /// daemon waits for it; a peer that does not is closed (counted). A peer must also take each
+    /// 64 KiB of an answer within it. Making the answer (a reload, a long list) is not timed.
     #[serde(with = "humantime_serde")]
     pub control_request_timeout: Duration,
     /// Reload when the configuration file changes, as on SIGHUP.

@@ -267,7 +267,7 @@ impl Metrics {
         );
         registry.register(
             "control_connections",
-            "Control socket connections, by result: accepted, refused (over daemon.control_max_connections, closed at once), timed_out (closed for not sending a complete request within daemon.control_request_timeout)",
+            "Control socket connections, by result: accepted, refused (over daemon.control_max_connections, closed at once), timed_out (closed for not sending a complete request, or not taking its answer, within daemon.control_request_timeout)",
             m.control_connections.clone(),
         );
         m.config_last_reload_success.set(1);
