@@ -214,9 +214,7 @@ pub fn run(root: &Path, fleet: bool) -> anyhow::Result<()> {
             .current_dir(root)
             .args(["build", "--locked", "-p", "smtp-gateway"]),
     )?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let target = crate::target_dir(root);
     let bin = gateway_binary(&target.join("debug"))?;
     install_signal_handlers();
     if fleet {

@@ -7,6 +7,7 @@
 
 mod bench;
 mod demo;
+mod disk;
 mod fuzz;
 mod package;
 mod plot;
@@ -81,6 +82,7 @@ fn main() -> anyhow::Result<()> {
     match cli.task {
         Task::Setup => setup::run_all(&root),
         Task::Test { cargo_args } => {
+            disk::require(&root, disk::TEST_BYTES, "test")?;
             setup::run(&root)?;
             test(&root, &cargo_args)
         }
@@ -120,6 +122,14 @@ fn workspace_root() -> PathBuf {
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set (relative to the workspace root if
+/// relative, as cargo takes it from there), else `target/`.
+pub fn target_dir(root: &std::path::Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| root.join(dir))
+        .unwrap_or_else(|| root.join("target"))
 }
 
 /// Runs a command, echoing it, failing with its status.

@@ -53,7 +53,7 @@ impl Build {
 /// Builds the package; returns the path of the `.deb`.
 pub fn build(root: &Path, build: Build) -> anyhow::Result<PathBuf> {
     let cargo_deb = crate::setup::cargo_deb(root)?;
-    let target = target_dir(root);
+    let target = crate::target_dir(root);
     let assets = target.join(build.dir()).join("deb-assets");
     // Fresh each time: no page of a subcommand that no longer exists.
     match std::fs::remove_dir_all(&assets) {
@@ -173,11 +173,4 @@ fn gzip_man_pages(dir: &Path) -> anyhow::Result<()> {
         bail!("no man page in {}", dir.display());
     }
     run_cmd(Command::new("gzip").args(["-9", "-n", "-f"]).args(&pages))
-}
-
-/// Cargo's target directory (`CARGO_TARGET_DIR` when set).
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
 }
