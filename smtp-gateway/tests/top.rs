@@ -362,10 +362,15 @@ struct Pty {
 
 impl Pty {
     fn open() -> Self {
+        Self::sized(30, 140)
+    }
+
+    /// A pseudo-terminal that reports `rows` x `cols` (0 x 0: nobody set its size).
+    fn sized(rows: u16, cols: u16) -> Self {
         let (mut master, mut slave) = (-1, -1);
         let size = libc::winsize {
-            ws_row: 30,
-            ws_col: 140,
+            ws_row: rows,
+            ws_col: cols,
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
@@ -582,6 +587,36 @@ fn live_view_sorts_on_keys_quits_and_gives_the_terminal_back() {
             "{name}: drew after leaving the alternate screen"
         );
         assert_eq!(pty.lflag(), cooked, "{name}: terminal modes restored");
+    }
+}
+
+#[test]
+fn a_terminal_that_reports_no_size_gets_frames_all_the_same() {
+    let sb = Sandbox::traffic();
+    for args in [&["top", "--once"][..], &["top", "--interval", "200ms"][..]] {
+        let mut pty = Pty::sized(0, 0);
+        let mut command = sb.command();
+        command.args(args);
+        let log = sb.dir.join("top.log");
+        let mut top = pty.spawn(command, &log);
+        assert!(
+            pty.read_until(Duration::from_secs(10), |o| contains(o, b"198.18.0.9")),
+            "{args:?}: no source on a 0 x 0 terminal: {:?}; stderr: {}",
+            pty.text(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        if args.contains(&"--interval") {
+            pty.type_keys(b"q");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            pty.read_until(Duration::from_millis(50), |_| false);
+            if let Some(status) = top.0.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "{args:?}: top did not end");
+        };
+        assert!(status.success(), "{args:?}: {status}");
     }
 }
 

@@ -73,8 +73,8 @@ fn once(source: &mut Source, args: &TopArgs) -> anyhow::Result<()> {
     let view = model::build(None, &snapshot, args.sort);
     let on_terminal = io::stdout().is_terminal();
     // On a terminal the frame fits it; in a pipe every row is printed unless `--top` says.
-    let (width, height) = match crossterm::terminal::size() {
-        Ok((w, h)) if on_terminal => (usize::from(w), Some(usize::from(h))),
+    let (width, height) = match terminal::size() {
+        Ok((w, h)) if on_terminal => (w, Some(h)),
         _ => (PLAIN_WIDTH, None),
     };
     if args.json {

@@ -23,6 +23,20 @@ use signal_hook::{SigId, consts::signal};
 
 use super::render::Line;
 
+/// The size assumed for a terminal that reports none: a pseudo-terminal nobody sized (a
+/// `script`, an `ssh -T` with a pty forced, some CI runners) says 0 x 0, and a frame 0 columns
+/// wide is blank. 80 x 24 is the VT100's, what `stty` and curses assume too.
+const UNSIZED: (u16, u16) = (80, 24);
+
+/// Columns and lines of the terminal on stdout; [`UNSIZED`] when it reports 0 for either.
+pub fn size() -> anyhow::Result<(usize, usize)> {
+    let (w, h) = match terminal::size().context("reading the terminal size")? {
+        (0, _) | (_, 0) => UNSIZED,
+        sized => sized,
+    };
+    Ok((usize::from(w), usize::from(h)))
+}
+
 /// Whether the terminal is in raw mode on the alternate screen (and must be given back).
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 
@@ -60,10 +74,9 @@ impl Screen {
         self.stop.load(Ordering::SeqCst)
     }
 
-    /// Columns and lines of the terminal.
+    /// Columns and lines of the terminal ([`size`]).
     pub fn size(&self) -> anyhow::Result<(usize, usize)> {
-        let (w, h) = terminal::size().context("reading the terminal size")?;
-        Ok((usize::from(w), usize::from(h)))
+        size()
     }
 
     /// Draws a frame over the previous one (line by line, no full clear: no flicker).
