@@ -58,7 +58,7 @@ pub enum ConfigError {
         message: String,
     },
     /// A value of the right type but outside what the gateway accepts.
-    #[error("{origin}{line}: {key}: {message}", line = line.map(|l| format!(":{l}")).unwrap_or_default())]
+    #[error("{origin}{line}: {key}: {message}", line = line.map(|l| format!(": line {l}")).unwrap_or_default())]
     Invalid {
         /// Where the text came from (usually the path).
         origin: String,
@@ -552,7 +552,7 @@ mod tests {
             msg.contains("dataplane.allowlist") && msg.contains("198.18.0.0/24"),
             "{msg}"
         );
-        assert!(msg.contains("test.toml:2"), "{msg}");
+        assert!(msg.contains("test.toml: line 2:"), "{msg}");
     }
 
     #[test]
@@ -607,7 +607,8 @@ mod tests {
         assert!(err.to_string().contains("[smtp.tls]"), "{err}");
         let err = parse("[smtp]\nmax_command_line = 100\n").unwrap_err();
         assert!(
-            err.to_string().contains("smtp.max_command_line") && err.to_string().contains(":2"),
+            err.to_string().contains("smtp.max_command_line")
+                && err.to_string().contains(": line 2:"),
             "{err}"
         );
         let err = parse("[checks]\npregreet = { action = \"explode\" }\n").unwrap_err();
@@ -764,7 +765,7 @@ mod tests {
         .unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.contains("test.toml:5:") && msg.contains("\"strict\""),
+            msg.contains("test.toml: line 5:") && msg.contains("\"strict\""),
             "{msg}"
         );
         // A profile of the file's own is found; one requiring AUTH on a port without AUTH is not.
@@ -784,7 +785,7 @@ mod tests {
         .unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.contains("test.toml:5:")
+            msg.contains("test.toml: line 5:")
                 && msg.contains("127.0.0.1:587")
                 && msg.contains("[smtp.tls]"),
             "{msg}"
@@ -794,7 +795,7 @@ mod tests {
         let err = parse("[profiles.p.relay]\nrelay_networks = [\"0.0.0.0/0\"]\n").unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.contains("profiles.p.relay.relay_networks") && msg.contains("test.toml:2:"),
+            msg.contains("profiles.p.relay.relay_networks") && msg.contains("test.toml: line 2:"),
             "{msg}"
         );
     }
@@ -806,7 +807,7 @@ mod tests {
         let err = parse("[dataplane.rate_limit]\nburst = 0\n").unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.contains("dataplane.rate_limit.burst") && msg.contains(":2"),
+            msg.contains("dataplane.rate_limit.burst") && msg.contains(": line 2:"),
             "{msg}"
         );
         let err = parse("[dataplane.rate_limit]\nsyn_per_second = -1.0\n").unwrap_err();

@@ -118,7 +118,7 @@ fn check_config_rejects_with_key_and_line() {
         ),
         (
             "[dataplane]\nallowlist = [\"198.18.0.5/24\"]\n",
-            &["dataplane.allowlist", ":2", "198.18.0.0/24"][..],
+            &["dataplane.allowlist", "line 2:", "198.18.0.0/24"][..],
         ),
         (
             "[dataplane]\nprotected_ports = [25, 65536]\n",
@@ -126,43 +126,47 @@ fn check_config_rejects_with_key_and_line() {
         ),
         (
             "[dataplane]\nprotected_ports = [0]\n",
-            &["dataplane.protected_ports", ":2"][..],
+            &["dataplane.protected_ports", "line 2:"][..],
         ),
         (
             "[dataplane.rate_limit]\nburst = 0\n",
-            &["dataplane.rate_limit.burst", ":2"][..],
+            &["dataplane.rate_limit.burst", "line 2:"][..],
         ),
         (
             "[daemon]\nkeep_capabilities = [\"CAP_FLY\"]\n",
-            &["daemon.keep_capabilities", ":2", "CAP_FLY"][..],
+            &["daemon.keep_capabilities", "line 2:", "CAP_FLY"][..],
         ),
         (
             "[daemon]\nwatch_debounce = \"2m\"\n",
-            &["daemon.watch_debounce", ":2"][..],
+            &["daemon.watch_debounce", "line 2:"][..],
         ),
         (
             "[daemon]\n\ncontrol_timeout = \"0s\"\n",
-            &["daemon.control_timeout", ":3"][..],
+            &["daemon.control_timeout", "line 3:"][..],
         ),
         (
             "[daemon]\ncontrol_max_connections = 0\n",
-            &["daemon.control_max_connections", ":2", "at least 1"][..],
+            &["daemon.control_max_connections", "line 2:", "at least 1"][..],
         ),
         (
             "[daemon]\ncontrol_max_connections = 1025\n",
-            &["daemon.control_max_connections", ":2", "at most 1024"][..],
+            &["daemon.control_max_connections", "line 2:", "at most 1024"][..],
         ),
         (
             "[daemon]\ncontrol_request_timeout = \"50ms\"\n",
-            &["daemon.control_request_timeout", ":2", "at least 100ms"][..],
+            &[
+                "daemon.control_request_timeout",
+                "line 2:",
+                "at least 100ms",
+            ][..],
         ),
         (
             "[daemon]\ncontrol_request_timeout = \"61s\"\n",
-            &["daemon.control_request_timeout", ":2", "at most 1m"][..],
+            &["daemon.control_request_timeout", "line 2:", "at most 1m"][..],
         ),
         (
             "[daemon]\ndrop_privileges = false\nuser = \"nobody\"\n",
-            &["daemon.user", ":3", "drop_privileges"][..],
+            &["daemon.user", "line 3:", "drop_privileges"][..],
         ),
         (
             "[daemon]\nwatch_config = \"yes\"\n",
@@ -170,50 +174,54 @@ fn check_config_rejects_with_key_and_line() {
         ),
         (
             "[metrics]\nsession_sources = 0\n",
-            &["metrics.session_sources", ":2"][..],
+            &["metrics.session_sources", "line 2:"][..],
         ),
         (
             "[backend]\npool_idle = \"0s\"\n",
-            &["backend.pool_idle", ":2", "between 1s and 1h"][..],
+            &["backend.pool_idle", "line 2:", "between 1s and 1h"][..],
         ),
         (
             "[smtp]\nmax_connections = 10\n[backend]\n\npool_size = 11\n",
-            &["backend.pool_size", ":5", "smtp.max_connections"][..],
+            &["backend.pool_size", "line 5:", "smtp.max_connections"][..],
         ),
         // Above tokio's semaphore maximum the daemon used to panic at start: refused here.
         (
             "[smtp]\n\nmax_connections = 4611686018427387904\n",
-            &["smtp.max_connections", ":3", "must be at most 1000000"][..],
+            &["smtp.max_connections", "line 3:", "must be at most 1000000"][..],
         ),
         (
             "[smtp]\ncommand_timeout = \"2h\"\n",
-            &["smtp.command_timeout", ":2", "must be at most 1h"][..],
+            &["smtp.command_timeout", "line 2:", "must be at most 1h"][..],
         ),
         (
             "[autoban]\n\nwindow = \"31days\"\n",
-            &["autoban.window", ":3", "must be at most 30days"][..],
+            &["autoban.window", "line 3:", "must be at most 30days"][..],
         ),
         (
             "[metrics]\nsession_sources = 10000001\n",
-            &["metrics.session_sources", ":2", "must be at most 10000000"][..],
+            &[
+                "metrics.session_sources",
+                "line 2:",
+                "must be at most 10000000",
+            ][..],
         ),
         // Its own bound, not the general map capacity's.
         (
             "[dataplane.capacity]\ntrace_sources = 0\n",
-            &["dataplane.capacity.trace_sources", ":2", "(1..=1024)"][..],
+            &["dataplane.capacity.trace_sources", "line 2:", "(1..=1024)"][..],
         ),
         (
             "[dataplane.capacity]\ntrace_sources = 1025\n",
-            &["dataplane.capacity.trace_sources", ":2", "(1..=1024)"][..],
+            &["dataplane.capacity.trace_sources", "line 2:", "(1..=1024)"][..],
         ),
         // A DNS label is at most 63 characters.
         (
             LONG_LABEL_HOSTNAME,
-            &["smtp.hostname", ":2", "longer than 63"][..],
+            &["smtp.hostname", "line 2:", "longer than 63"][..],
         ),
         (
             "[smtp]\nhostname = \"mx..example.net\"\n",
-            &["smtp.hostname", ":2", "empty label"][..],
+            &["smtp.hostname", "line 2:", "empty label"][..],
         ),
         // AUTH is offered inside TLS only: without [smtp.tls] nobody could ever send mail on a
         // listener whose profile requires it.
@@ -223,7 +231,7 @@ fn check_config_rejects_with_key_and_line() {
              [backend]\nservers = [{ address = \"127.0.0.1:10025\" }]\n",
             &[
                 "smtp.listeners",
-                ":3",
+                "line 3:",
                 "127.0.0.1:587",
                 "requires AUTH",
                 "[smtp.tls]",
@@ -235,7 +243,7 @@ fn check_config_rejects_with_key_and_line() {
              [backend]\nservers = [{ address = \"127.0.0.1:10025\" }]\n",
             &[
                 "smtp.listeners",
-                ":2",
+                "line 2:",
                 "127.0.0.1:587",
                 "\"staff\"",
                 "[smtp.tls]",
@@ -723,9 +731,9 @@ fn import_reports_bad_lines_and_applies_the_good_ones() {
         stderr(&out)
     );
     let err = stderr(&out);
-    assert!(err.contains("drop.txt:line 4"), "{err}");
+    assert!(err.contains("drop.txt: line 4:"), "{err}");
     assert!(
-        err.contains("drop.txt:line 6") && err.contains("198.18.0.0/24"),
+        err.contains("drop.txt: line 6:") && err.contains("198.18.0.0/24"),
         "{err}"
     );
     let list = sb.list();

@@ -310,7 +310,7 @@ fn reload_command_and_file_change_take_the_one_reload_path() {
     assert!(!out.status.success(), "a bad file must fail the reload");
     let err = stderr(&out);
     assert!(
-        err.contains("smtp.max_recipients") && err.contains(":5:"),
+        err.contains("smtp.max_recipients") && err.contains(": line 5:"),
         "{err}"
     );
 

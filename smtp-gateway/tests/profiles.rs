@@ -198,7 +198,7 @@ fn check_config_refuses_an_unknown_profile_naming_its_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "accepted: {stderr}");
     assert!(
-        stderr.contains("gateway.toml:4:")
+        stderr.contains("gateway.toml: line 4:")
             && stderr.contains("\"submision\"")
             && stderr.contains("mx, submission"),
         "names the line, the profile and the known ones: {stderr}"

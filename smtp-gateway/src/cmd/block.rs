@@ -69,7 +69,7 @@ pub fn run(config: &Config, command: BlockCommand) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let mut dp = ensure_maps(config)?;
             for e in &errors {
-                eprintln!("{}:{}", file.display(), e);
+                eprintln!("{}: {}", file.display(), e);
             }
             if strict && !errors.is_empty() {
                 bail!(

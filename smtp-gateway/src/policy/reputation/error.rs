@@ -24,7 +24,7 @@ pub enum ReputationError {
         source: io::Error,
     },
     /// A line is not a valid entry for the list's kind.
-    #[error("reputation list {list:?}: {}:{line}: {message}", .path.display())]
+    #[error("reputation list {list:?}: {}: line {line}: {message}", .path.display())]
     Entry {
         /// The list's name.
         list: String,

@@ -334,7 +334,7 @@ mod tests {
                 ("broken", &file.0, line),
                 "{message}"
             );
-            let place = format!("{}:{line}: ", file.0.display());
+            let place = format!("{}: line {line}: ", file.0.display());
             assert!(message.contains(&place), "{message} names {place}");
             assert!(message.contains(part), "{message} says {part}");
             assert!(message.contains("\"broken\""), "{message} names the list");
