@@ -83,7 +83,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run_all(&root),
         Task::Test { cargo_args } => {
             disk::require(&root, disk::TEST_BYTES, "test")?;
-            setup::run(&root)?;
+            setup::for_tests(&root)?;
             test(&root, &cargo_args)
         }
         Task::Package { debug } => {
@@ -110,7 +110,7 @@ fn main() -> anyhow::Result<()> {
             demo::run(&root, fleet)
         }
         Task::Fuzz { targets, time } => {
-            setup::run(&root)?;
+            setup::for_fuzzing(&root)?;
             fuzz::run(&root, &targets, time)
         }
     }

@@ -80,17 +80,28 @@ const CARGO_DEB_VERSION: &str = "3.8.0";
 /// Haraka version the SMTP benchmark compares against.
 const HARAKA_VERSION: &str = "3.3.4";
 
-/// What the build, the tests and the demo need.
+/// What the build, the demo and the package need.
 pub fn run(root: &Path) -> anyhow::Result<()> {
     if !is_root() {
         bail!("cargo xtask needs root (apt, bpffs, XDP, network namespaces)");
     }
     apt(APT_PACKAGES)?;
     bpf_linker(root)?;
-    cargo_fuzz(root)?;
-    crowdsec(root)?;
     bpffs()?;
     Ok(())
+}
+
+/// What `cargo xtask fuzz` needs besides: cargo-fuzz.
+pub fn for_fuzzing(root: &Path) -> anyhow::Result<()> {
+    run(root)?;
+    cargo_fuzz(root)
+}
+
+/// What `cargo xtask test` needs besides: cargo-fuzz (its last step fuzzes) and the CrowdSec
+/// LAPI its CrowdSec tests run against. The demo builds neither (a minute of a fresh start).
+pub fn for_tests(root: &Path) -> anyhow::Result<()> {
+    for_fuzzing(root)?;
+    crowdsec(root)
 }
 
 /// Debian package the CrowdSec LAPI and cscli come from.
@@ -135,7 +146,7 @@ fn crowdsec(root: &Path) -> anyhow::Result<()> {
 
 /// Everything, the benchmarks' contenders and tools included (`cargo xtask setup`, `bench`).
 pub fn run_all(root: &Path) -> anyhow::Result<()> {
-    run(root)?;
+    for_tests(root)?;
     apt(BENCH_APT_PACKAGES)?;
     haraka(root)
 }
