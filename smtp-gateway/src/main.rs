@@ -86,6 +86,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let ok = std::process::ExitCode::SUCCESS;
     match cli.command {
         Command::Run => {
+            // An empty file is refused as check-config and a reload refuse it: it would start
+            // with every default (the default pin directory and control socket).
+            if let Some(p) = &path {
+                smtp_gateway::daemon::check_not_empty(p)?;
+            }
             // Setup and the privilege drop happen before the runtime starts its threads, so
             // every thread runs with the reduced privileges.
             let prepared = smtp_gateway::daemon::prepare(path, config)?;

@@ -4,7 +4,8 @@
 use std::{
     io::Write,
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
+    time::Duration,
 };
 
 #[path = "support/peers.rs"]
@@ -508,6 +509,51 @@ fn check_config_refuses_an_empty_file_as_reload_does() {
     }
 }
 
+/// `run` refuses an empty file too, before touching anything: it ran with every default (the
+/// default pin directory and control socket), while `check-config` and the first reload refused
+/// the file.
+#[test]
+fn run_refuses_an_empty_file_as_check_config_does() {
+    let (dir, _) = peers::scratch("sgw-run-empty");
+    let path = dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        "# nothing set yet
+",
+    )
+    .expect("write");
+    let mut child = Command::new(BIN)
+        .arg("-c")
+        .arg(&path)
+        .arg("run")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().expect("output");
+    let _ = std::fs::remove_dir_all(&dir);
+    let status =
+        status.unwrap_or_else(|| panic!("run started on an empty file; stderr: {}", stderr(&out)));
+    assert!(!status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the file is empty (no option, no section)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// An interface that is not there (a typo) is refused as the start would refuse it, naming the
 /// interface and the key; one that is there passes.
 #[test]
@@ -1003,7 +1049,7 @@ fn wait_for(mut ready: impl FnMut() -> bool, what: &str) {
         if ready() {
             return;
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100));
     }
     panic!("timed out waiting for {what}");
 }
@@ -1028,7 +1074,7 @@ fn daemon_sweeps_expired_entries_and_stops_on_sigterm() {
     daemon.signal(libc::SIGTERM);
     let status = (0..100)
         .find_map(|_| {
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50));
             daemon.0.try_wait().ok().flatten()
         })
         .expect("daemon exits on SIGTERM");
@@ -1477,8 +1523,8 @@ fn a_reader_that_goes_away_ends_a_listing_quietly() {
             .arg("-c")
             .arg(&sb.config)
             .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn");
         let stdout = child.stdout.take().expect("stdout");

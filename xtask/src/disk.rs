@@ -18,8 +18,8 @@ const GIB: u64 = 1 << 30;
 pub fn require(root: &Path, needed: u64, task: &str) -> anyhow::Result<()> {
     let target = crate::target_dir(root);
     let free = free_bytes(&target)?;
-    let reused = used_bytes(&target.join("debug"))
-        .saturating_add(used_bytes(&root.join("fuzz/target")));
+    let reused =
+        used_bytes(&target.join("debug")).saturating_add(used_bytes(&root.join("fuzz/target")));
     if let Some(missing) = shortfall(needed, free, reused) {
         bail!(
             "cargo xtask {task} needs about {} free for {} and {} is available there \

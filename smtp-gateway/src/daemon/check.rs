@@ -113,8 +113,8 @@ pub fn relay_warnings(config: &Config) -> Vec<String> {
 }
 
 /// Refuses a configuration file with no option and no section, as a reload does
-/// ([`crate::config::refuse_empty`]): the start would run with the built-in defaults, and the
-/// first reload of the file would refuse it.
+/// ([`crate::config::refuse_empty`]): `run` and `check-config` both call it, since a start on
+/// the built-in defaults would be refused by the first reload of the file.
 pub fn check_not_empty(path: &Path) -> Result<(), DaemonError> {
     let text = crate::config::read_text(path)?;
     crate::config::refuse_empty(path, &text)?;
