@@ -459,6 +459,23 @@ impl Pty {
         master.write_all(keys).expect("type on the terminal");
     }
 
+    /// Waits up to 5 s for `child` to exit, draining the terminal meanwhile (a full pty would
+    /// block the child's last writes); panics naming `what` if it does not.
+    fn wait_exit(&mut self, child: &mut Running, what: &str) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            self.read_until(Duration::from_millis(50), |_| false);
+            if let Some(status) = child.0.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: top did not end within 5 s: {:?}",
+                self.text()
+            );
+        }
+    }
+
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.output).into_owned()
     }
@@ -563,19 +580,7 @@ fn live_view_sorts_on_keys_quits_and_gives_the_terminal_back() {
                 libc::kill(top.0.id() as libc::pid_t, sig);
             },
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let status = loop {
-            // Keep draining: a full pty would block the child's last writes.
-            pty.read_until(Duration::from_millis(50), |_| false);
-            if let Some(status) = top.0.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name}: top did not quit within 5 s: {:?}",
-                pty.text()
-            );
-        };
+        let status = pty.wait_exit(&mut top, name);
         pty.read_until(Duration::from_millis(200), |_| false);
         assert!(status.success(), "{name}: {status}; stderr: {}", log_text());
         let entered = position(&pty.output, ENTER_ALT).expect("entered");
@@ -608,14 +613,7 @@ fn a_terminal_that_reports_no_size_gets_frames_all_the_same() {
         if args.contains(&"--interval") {
             pty.type_keys(b"q");
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let status = loop {
-            pty.read_until(Duration::from_millis(50), |_| false);
-            if let Some(status) = top.0.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "{args:?}: top did not end");
-        };
+        let status = pty.wait_exit(&mut top, &format!("{args:?}"));
         assert!(status.success(), "{args:?}: {status}");
     }
 }
@@ -629,14 +627,7 @@ fn live_view_without_pinned_maps_leaves_the_terminal_alone() {
     command.arg("top");
     let log = sb.dir.join("top.log");
     let mut top = pty.spawn(command, &log);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        pty.read_until(Duration::from_millis(50), |_| false);
-        if let Some(status) = top.0.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "top did not exit");
-    };
+    let status = pty.wait_exit(&mut top, "no maps");
     assert_eq!(status.code(), Some(1));
     let err = std::fs::read_to_string(&log).expect("log");
     assert!(err.contains("start `smtp-gateway run` first"), "{err}");
