@@ -98,7 +98,9 @@ pub struct StoreConfig {
     pub budget: Duration,
     /// `open`: go on with local state; `closed`: answer 421 and close.
     pub on_timeout: OnTimeout,
-    /// How long a background operation (a batch of writes, the load at start) may take.
+    /// How long a background operation (a batch of writes, a lookup) may take; a load (at
+    /// start, a fleet reconcile) must read each round of 1,000 keys within it, however many
+    /// rounds it takes.
     #[serde(with = "humantime_serde")]
     pub io_timeout: Duration,
     /// Writes waiting for the store at most (sessions never wait for a write); beyond, the

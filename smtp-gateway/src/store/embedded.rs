@@ -14,8 +14,8 @@ use std::{
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{
-    CounterLife, Scan, Scanned, StoreConfig, StoreError, Write, contain::contain,
-    records::unix_now_ms,
+    CounterLife, SCAN_ROUND, Scan, ScanProgress, Scanned, StoreConfig, StoreError, Write,
+    contain::contain, records::unix_now_ms,
 };
 
 /// The one table: key -> expiry (8 bytes) + value.
@@ -150,8 +150,9 @@ impl Embedded {
         prefix: String,
         limit: usize,
         max: usize,
+        progress: ScanProgress,
     ) -> Result<Scan, StoreError> {
-        self.blocking(move |db| scan(db, &prefix, limit, max, unix_now_ms()))
+        self.blocking(move |db| scan(db, &prefix, limit, max, unix_now_ms(), &progress))
             .await
     }
 
@@ -288,6 +289,7 @@ fn scan(
     limit: usize,
     max: usize,
     now: u64,
+    progress: &ScanProgress,
 ) -> Result<Scan, StoreError> {
     let tx = db.begin_read().map_err(db_error)?;
     let table = match tx.open_table(ENTRIES) {
@@ -297,7 +299,10 @@ fn scan(
     };
     let mut out = Vec::new();
     let mut skipped = 0;
-    for entry in table.range(prefix..).map_err(db_error)? {
+    for (read, entry) in table.range(prefix..).map_err(db_error)?.enumerate() {
+        if read % SCAN_ROUND == 0 {
+            progress.round_done();
+        }
         let (key, stored) = entry.map_err(db_error)?;
         let key = key.value();
         if !key.starts_with(prefix) || out.len() >= limit {
@@ -390,7 +395,8 @@ mod tests {
             None,
             "expired"
         );
-        let (live, _) = scan(&db, "pass/", 10, 64, t0 + 500).expect("scan");
+        let (live, _) =
+            scan(&db, "pass/", 10, 64, t0 + 500, &ScanProgress::default()).expect("scan");
         // What is left of its life, by the same clock: 1000 ms from t0, read at t0 + 500.
         assert_eq!(
             live,
@@ -441,7 +447,8 @@ mod tests {
             other => panic!("expected Decode, got {other:?}"),
         }
         // A scan skips it, a purge removes it.
-        let (live, skipped) = scan(&db, "pass/", 10, 1000, t0).expect("scan");
+        let (live, skipped) =
+            scan(&db, "pass/", 10, 1000, t0, &ScanProgress::default()).expect("scan");
         assert_eq!((live.len(), skipped), (1, 1));
         assert_eq!(purge(&db, t0).expect("purge"), 1);
         let _ = std::fs::remove_dir_all(dir);
@@ -455,9 +462,27 @@ mod tests {
             .chain([put("outcome/x", b"v", 1000), put("ban/y", b"v", 1000)])
             .collect();
         apply(&db, &writes, 0).expect("apply");
-        assert_eq!(scan(&db, "count/", 3, 64, 1).expect("scan").0.len(), 3);
-        assert_eq!(scan(&db, "count/", 100, 64, 1).expect("scan").0.len(), 5);
-        assert_eq!(scan(&db, "pass/", 100, 64, 1).expect("scan").0.len(), 0);
+        assert_eq!(
+            scan(&db, "count/", 3, 64, 1, &ScanProgress::default())
+                .expect("scan")
+                .0
+                .len(),
+            3
+        );
+        assert_eq!(
+            scan(&db, "count/", 100, 64, 1, &ScanProgress::default())
+                .expect("scan")
+                .0
+                .len(),
+            5
+        );
+        assert_eq!(
+            scan(&db, "pass/", 100, 64, 1, &ScanProgress::default())
+                .expect("scan")
+                .0
+                .len(),
+            0
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

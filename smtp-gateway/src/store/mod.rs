@@ -159,7 +159,6 @@ impl Write {
     }
 }
 
-/// The engine behind a [`Store`] (one table line per engine).
 /// One entry an engine's scan read: its key (without the engine's prefix), its value, and what
 /// is left of its life by the engine's own clock (none: it never expires).
 #[derive(Debug, PartialEq, Eq)]
@@ -172,6 +171,42 @@ struct Scanned {
 /// What an engine's scan read: the entries, and how many it skipped (each engine logs the
 /// first it skipped; [`Store::load_with_life`] counts them).
 type Scan = (Vec<Scanned>, usize);
+
+/// Keys an engine's scan reads per round (Redis: per `SCAN` and per pipeline of reads).
+const SCAN_ROUND: usize = 1000;
+
+/// The rounds a running scan has completed: [`Store::load_with_life`] reads them to tell a load
+/// that is long (a fleet's bans over a distant Redis) from one that is stuck.
+#[derive(Debug, Default, Clone)]
+struct ScanProgress(Arc<std::sync::atomic::AtomicU64>);
+
+impl ScanProgress {
+    fn round_done(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn rounds(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Awaits `scan` for as long as it completes a round within every `round_timeout`; one
+    /// that completes none in one is a timeout (the whole load is never bounded by one).
+    async fn await_while_moving<T>(
+        &self,
+        scan: impl std::future::Future<Output = Result<T, StoreError>>,
+        round_timeout: Duration,
+    ) -> Result<T, StoreError> {
+        tokio::pin!(scan);
+        let mut seen = self.rounds();
+        loop {
+            match tokio::time::timeout(round_timeout, &mut scan).await {
+                Ok(result) => return result,
+                Err(_) if self.rounds() == seen => return Err(StoreError::Timeout(round_timeout)),
+                Err(_) => seen = self.rounds(),
+            }
+        }
+    }
+}
 
 /// One entry [`Store::load_with_life`] read: its id, its value, and what is left of its life by
 /// the engine's clock (Redis's for a fleet: one clock for every gateway), none when it never
@@ -248,10 +283,16 @@ impl Engine {
 
     /// Up to `limit` live entries whose key starts with `prefix`, and how many entries the
     /// engine skipped (damaged, too large, a Redis key of another type).
-    async fn scan(&self, prefix: String, limit: usize, max: usize) -> Result<Scan, StoreError> {
+    async fn scan(
+        &self,
+        prefix: String,
+        limit: usize,
+        max: usize,
+        progress: ScanProgress,
+    ) -> Result<Scan, StoreError> {
         match self {
-            Engine::Embedded(e) => e.scan(prefix, limit, max).await,
-            Engine::Redis(r) => r.scan(prefix, limit, max).await,
+            Engine::Embedded(e) => e.scan(prefix, limit, max, progress).await,
+            Engine::Redis(r) => r.scan(prefix, limit, max, progress).await,
         }
     }
 
@@ -579,14 +620,16 @@ impl Store {
     ) -> Result<Vec<Loaded<T>>, StoreError> {
         let cfg = &self.inner.config;
         let prefix = space.key("");
-        let scan = self
-            .inner
-            .engine
-            .scan(prefix, cfg.load_limit, cfg.max_value_bytes);
-        let raw = match tokio::time::timeout(cfg.io_timeout, scan).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Timeout(cfg.io_timeout)),
-        };
+        // io_timeout bounds each round of the scan, not the whole: a space may hold more than
+        // one io_timeout reads (load_limit goes to 10 million).
+        let progress = ScanProgress::default();
+        let scan = self.inner.engine.scan(
+            prefix,
+            cfg.load_limit,
+            cfg.max_value_bytes,
+            progress.clone(),
+        );
+        let raw = progress.await_while_moving(scan, cfg.io_timeout).await;
         self.count("scan", &raw);
         let (entries, skipped) = raw?;
         if skipped > 0 {

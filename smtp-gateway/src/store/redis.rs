@@ -15,12 +15,9 @@ use ::redis::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 
 use super::{
-    CounterLife, Scan, Scanned, StoreConfig, StoreError, Write,
+    CounterLife, SCAN_ROUND, Scan, ScanProgress, Scanned, StoreConfig, StoreError, Write,
     records::{FleetList, encode},
 };
-
-/// Keys asked for per `SCAN` round trip.
-const SCAN_COUNT: usize = 1000;
 
 /// A lazily connected, self-reconnecting Redis connection and the key prefix.
 pub(super) struct Redis {
@@ -159,6 +156,7 @@ impl Redis {
         prefix: String,
         limit: usize,
         max: usize,
+        progress: ScanProgress,
     ) -> Result<Scan, StoreError> {
         let mut conn = self.conn.clone();
         let pattern = format!("{}*", escape_glob(&self.full(&prefix)));
@@ -178,9 +176,10 @@ impl Redis {
                 .arg("MATCH")
                 .arg(&pattern)
                 .arg("COUNT")
-                .arg(SCAN_COUNT)
+                .arg(SCAN_ROUND)
                 .query_async(&mut conn)
                 .await?;
+            progress.round_done();
             let keys: Vec<String> = keys
                 .into_iter()
                 .filter_map(|k| String::from_utf8(k).ok())
@@ -195,11 +194,13 @@ impl Redis {
                 // One result per read: an error reply (WRONGTYPE) is that entry's alone.
                 let values: Vec<::redis::RedisResult<Vec<u8>>> =
                     pipe.ignore_errors().query_async(&mut conn).await?;
+                progress.round_done();
                 let mut pipe = ::redis::pipe();
                 for key in &keys {
                     pipe.cmd("PTTL").arg(self.full(key));
                 }
                 let lives: Vec<i64> = pipe.query_async(&mut conn).await?;
+                progress.round_done();
                 for ((key, value), life) in keys.into_iter().zip(values).zip(lives) {
                     // -1: no expiry; -2: gone since the read.
                     let left = match life {

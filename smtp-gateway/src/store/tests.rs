@@ -447,6 +447,44 @@ async fn a_redis_key_of_another_type_is_skipped_by_a_load_not_fatal() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A load is bounded by `store.io_timeout` per round of keys, not as a whole: a space larger
+/// than what one io_timeout reads (a fleet's bans over a distant Redis) timed out on every
+/// reconcile and at every start, and was never read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_longer_than_io_timeout_is_read_while_each_round_answers_within_it() {
+    const ENTRIES: u32 = 200_000;
+    let dir = temp_dir("redis-long-load");
+    let server = RedisServer::start(&dir);
+    let cfg = StoreConfig {
+        io_timeout: Duration::from_millis(250),
+        load_limit: 1_000_000,
+        ..redis_config(server.url())
+    };
+    let run = Running::start(&cfg);
+    run.store
+        .put(Space::Ban, "0", &probe(0), Duration::from_secs(100));
+    run.until_reads(Space::Ban, "0", Some(probe(0))).await;
+    // The rest as the store wrote the first, in one server-side loop (fast to make, as slow to
+    // read back as any).
+    let stored = server.cli(&["GET", "t:ban/0"]);
+    let script = "for i = 1, tonumber(ARGV[1]) do redis.call('SET', 't:ban/' .. i, ARGV[2]) end";
+    server.cli(&["EVAL", script, "0", &ENTRIES.to_string(), &stored]);
+    assert_eq!(server.cli(&["DBSIZE"]), (ENTRIES + 1).to_string());
+    let started = Instant::now();
+    let loaded: Vec<(String, Probe)> = run.store.load(Space::Ban).await.expect("load");
+    let took = started.elapsed();
+    assert_eq!(loaded.len(), ENTRIES as usize + 1);
+    assert!(loaded.iter().all(|(_, p)| *p == probe(0)));
+    // The point of the test: the whole load took longer than one io_timeout.
+    assert!(
+        took > cfg.io_timeout,
+        "{took:?}: too few entries to test it"
+    );
+    assert_eq!(run.stop().await, 0);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_made_while_redis_is_down_reach_it_when_it_returns() {
     let dir = temp_dir("redis-down");
@@ -546,4 +584,44 @@ async fn a_full_queue_keeps_the_newest_writes_for_a_store_that_returns() {
     assert_eq!(run.stop().await, 0);
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A scan that keeps completing rounds runs as long as it needs; one that stops completing them
+/// is a timeout one round timeout after its last round (either engine: the embedded one counts
+/// rounds too). The runtime's clock is paused: each sleep is an event, not a wait.
+#[tokio::test(start_paused = true)]
+async fn a_scan_is_timed_per_round_not_as_a_whole() {
+    let round = Duration::from_millis(100);
+    let moving = ScanProgress::default();
+    let rounds = {
+        let progress = moving.clone();
+        async move {
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                progress.round_done();
+            }
+            Ok::<_, StoreError>(20)
+        }
+    };
+    let started = tokio::time::Instant::now();
+    assert_eq!(moving.await_while_moving(rounds, round).await.ok(), Some(20));
+    assert!(started.elapsed() >= Duration::from_millis(1200));
+
+    let stuck = ScanProgress::default();
+    let stalls = {
+        let progress = stuck.clone();
+        async move {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                progress.round_done();
+            }
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, StoreError>(3)
+        }
+    };
+    let started = tokio::time::Instant::now();
+    let result = stuck.await_while_moving(stalls, round).await;
+    assert!(matches!(result, Err(StoreError::Timeout(t)) if t == round), "{result:?}");
+    // Stopped within two round timeouts of the last round (at 180 ms), not after the hour.
+    assert!(started.elapsed() <= Duration::from_millis(180) + 2 * round);
 }
