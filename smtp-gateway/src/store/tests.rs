@@ -604,7 +604,10 @@ async fn a_scan_is_timed_per_round_not_as_a_whole() {
         }
     };
     let started = tokio::time::Instant::now();
-    assert_eq!(moving.await_while_moving(rounds, round).await.ok(), Some(20));
+    assert_eq!(
+        moving.await_while_moving(rounds, round).await.ok(),
+        Some(20)
+    );
     assert!(started.elapsed() >= Duration::from_millis(1200));
 
     let stuck = ScanProgress::default();
@@ -621,7 +624,10 @@ async fn a_scan_is_timed_per_round_not_as_a_whole() {
     };
     let started = tokio::time::Instant::now();
     let result = stuck.await_while_moving(stalls, round).await;
-    assert!(matches!(result, Err(StoreError::Timeout(t)) if t == round), "{result:?}");
+    assert!(
+        matches!(result, Err(StoreError::Timeout(t)) if t == round),
+        "{result:?}"
+    );
     // Stopped within two round timeouts of the last round (at 180 ms), not after the hour.
     assert!(started.elapsed() <= Duration::from_millis(180) + 2 * round);
 }
