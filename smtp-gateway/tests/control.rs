@@ -526,16 +526,22 @@ fn a_client_that_stops_reading_its_answers_loses_its_slot() {
     let gw = Gateway::start("ctlunread", addr, daemon);
     let socket = socket_of(&gw);
 
-    // The only slot: a peer that sends requests quickly (each a bad one, answered with an
-    // error line) and never reads. Its answers (about 1.5 MB) overflow the socket's buffers,
-    // so the daemon is left with an answer nobody takes.
-    let mut unread = control_connection(&socket);
-    unread
+    // The only slot: a peer that sends requests (each a bad one, answered with an error line of
+    // about 75 bytes) and never reads. It sends until its writes fail, which they do once the
+    // daemon, left with an answer nobody takes, stops reading and then closes: the answers
+    // overflow the socket's buffers whatever their size.
+    let unread = control_connection(&socket);
+    let mut sender = unread.try_clone().expect("clone the stream");
+    sender
         .set_write_timeout(Some(Duration::from_secs(10)))
         .expect("write timeout");
-    unread
-        .write_all(&b"x\n".repeat(20_000))
-        .expect("send the requests (40 KB fit in the socket's buffer)");
+    let sending = std::thread::spawn(move || {
+        let requests = b"x\n".repeat(20_000);
+        // At most 200 rounds (8 MB of requests, 600 MB of answers): bounded either way.
+        (0..200)
+            .take_while(|_| sender.write_all(&requests).is_ok())
+            .count()
+    });
     gw.wait_log_line(&["control:", "did not read its answer"]);
     // The slot is free again: the CLI is answered, not refused over the cap.
     let out = gw.cli(&["block", "add", "198.18.4.5"]);
@@ -545,5 +551,10 @@ fn a_client_that_stops_reading_its_answers_loses_its_slot() {
         "smtp_gateway_control_connections_total{result=\"timed_out\"}",
     );
     assert_eq!(count, Some(1));
+    let rounds = sending.join().expect("the sender");
+    assert!(
+        rounds < 200,
+        "the daemon read every request: {rounds} rounds"
+    );
     drop(unread);
 }

@@ -452,11 +452,12 @@ async fn a_redis_key_of_another_type_is_skipped_by_a_load_not_fatal() {
 /// reconcile and at every start, and was never read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_longer_than_io_timeout_is_read_while_each_round_answers_within_it() {
-    const ENTRIES: u32 = 200_000;
+    const ENTRIES: u32 = 400_000;
     let dir = temp_dir("redis-long-load");
     let server = RedisServer::start(&dir);
     let cfg = StoreConfig {
-        io_timeout: Duration::from_millis(250),
+        // A round takes a few milliseconds; the whole load, seconds.
+        io_timeout: Duration::from_millis(500),
         load_limit: 1_000_000,
         ..redis_config(server.url())
     };
