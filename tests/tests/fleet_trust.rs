@@ -251,6 +251,14 @@ fn two_gateways_with_one_node_name_are_told() {
         "no reconcile:\n{}",
         a.log()
     );
+    // Two connections to Redis: the store's (the presence check shares it) and the fleet's
+    // subscription. The presence check had one of its own.
+    let clients = redis.cli(&["CLIENT", "LIST"]);
+    let gateways = clients
+        .lines()
+        .filter(|l| !l.contains("cmd=client"))
+        .count();
+    assert_eq!(gateways, 2, "{clients}");
 
     // Restarted: the key holds the previous run's id, which is no other gateway.
     let key = format!("{PREFIX}fleet/nodes/{name}");

@@ -85,7 +85,9 @@ pub async fn run(
     };
     let (tx, mut rx) = mpsc::channel(1024);
     let node = store.node().to_string();
-    let mut presence = presence::Presence::new(&client, &cfg, &node);
+    let mut presence = store
+        .redis_connection()
+        .and_then(|conn| presence::Presence::new(conn, &cfg, &node));
     let subscriber = tokio::spawn(subscribe(
         client,
         fleet_channel(&cfg.key_prefix),

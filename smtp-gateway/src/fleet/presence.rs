@@ -12,10 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use ::redis::{
-    AsyncCommands as _, Client,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-};
+use ::redis::{AsyncCommands as _, aio::ConnectionManager};
 use ring::rand::{SecureRandom as _, SystemRandom};
 
 use crate::{metrics::Metrics, store::StoreConfig};
@@ -114,29 +111,18 @@ pub struct Presence {
     ttl: Duration,
     /// A check takes at most this (`store.io_timeout`).
     timeout: Duration,
-    /// The connection (lazy, reconnects by itself).
+    /// The store's connection (multiplexed, reconnects by itself): no connection of its own.
     conn: ConnectionManager,
 }
 
 impl Presence {
-    /// The presence of `node` on `client`, with a new instance id; `None` (logged) when no
-    /// random id or no connection can be made.
-    pub fn new(client: &Client, cfg: &StoreConfig, node: &str) -> Option<Self> {
+    /// The presence of `node` through the store's connection `conn`, with a new instance id;
+    /// `None` (logged) when no random id can be made.
+    pub fn new(conn: ConnectionManager, cfg: &StoreConfig, node: &str) -> Option<Self> {
         let instance = match instance_id() {
             Ok(id) => id,
             Err(_) => {
                 tracing::error!("fleet: no random instance id; a shared store.node goes unseen");
-                return None;
-            }
-        };
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.io_timeout))
-            .set_response_timeout(Some(cfg.io_timeout))
-            .set_number_of_retries(1);
-        let conn = match ConnectionManager::new_lazy_with_config(client.clone(), manager) {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::error!(error = %e, "fleet: a shared store.node goes unseen");
                 return None;
             }
         };

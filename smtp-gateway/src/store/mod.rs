@@ -450,6 +450,15 @@ impl Store {
         }
     }
 
+    /// The store's own Redis connection (multiplexed, reconnecting, timed by `io_timeout`), for
+    /// a few commands beside the store's (the fleet's presence key); `None` with another engine.
+    pub fn redis_connection(&self) -> Option<::redis::aio::ConnectionManager> {
+        match &*self.inner.engine {
+            Engine::Redis(r) => Some(r.connection().clone()),
+            Engine::Embedded(_) => None,
+        }
+    }
+
     /// Whether bans are shared with a fleet through Redis (`store.engine = "redis"` and
     /// `store.fleet`).
     pub fn fleet(&self) -> bool {

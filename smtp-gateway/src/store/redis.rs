@@ -62,6 +62,10 @@ impl Redis {
         &self.client
     }
 
+    pub(super) fn connection(&self) -> &ConnectionManager {
+        &self.conn
+    }
+
     /// The full key of `key`.
     fn full(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
