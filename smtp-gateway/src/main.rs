@@ -66,6 +66,9 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// How long the exit waits for blocking work still under way (a reload reading a list).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The configuration and the file it came from (`None`: built-in defaults).
 fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Option<PathBuf>)> {
     match path {
@@ -99,9 +102,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 .build()
                 .context("starting the async runtime")?;
             let served = runtime.block_on(smtp_gateway::daemon::serve(prepared));
-            // Every task has ended; blocking work still under way (a reload abandoned by a stop
-            // signal, stuck reading a list) is not waited for: dropping the runtime would.
-            runtime.shutdown_background();
+            // After a stop every task has ended; after a start that failed half-way some are
+            // still running. The workers are waited for (so nothing is logged after the error
+            // printed below), blocking work only for SHUTDOWN_GRACE: a reload abandoned by a
+            // stop signal, stuck reading a list, does not hold the exit.
+            runtime.shutdown_timeout(SHUTDOWN_GRACE);
             served?;
             Ok(ok)
         }

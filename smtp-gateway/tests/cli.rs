@@ -1574,19 +1574,27 @@ fn a_start_that_fails_says_each_cause_once() {
          [smtp.tls]\ncertificate = \"/nonexistent/cert.pem\"\nprivate_key = \"/nonexistent/key.pem\"\n\
          [backend]\nservers = [{{ address = \"127.0.0.1:9\" }}]"
     ));
-    let out = sb.run(&["run"]);
-    assert!(
-        !out.status.success(),
-        "a missing certificate stops the start"
-    );
-    let err = stderr(&out);
-    let last = err.lines().last().unwrap_or_default();
-    assert!(last.contains("/nonexistent/cert.pem"), "{err}");
-    assert_eq!(
-        last.matches("No such file or directory").count(),
-        1,
-        "the cause said twice: {last}"
-    );
+    // The error is the last line every time: tasks already started (the auto-ban's load from
+    // the store) once logged after it, about one start in twenty, as the runtime was left
+    // behind without waiting for its workers.
+    for attempt in 0..200 {
+        let out = sb.run(&["run"]);
+        assert!(
+            !out.status.success(),
+            "a missing certificate stops the start"
+        );
+        let err = stderr(&out);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.contains("/nonexistent/cert.pem"),
+            "attempt {attempt}: {err}"
+        );
+        assert_eq!(
+            last.matches("No such file or directory").count(),
+            1,
+            "the cause said twice: {last}"
+        );
+    }
 }
 
 #[test]

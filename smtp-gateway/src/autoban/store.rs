@@ -17,7 +17,7 @@ use super::{
 use crate::{
     checks::Check,
     dataplane::Target,
-    store::{BanRecord, Space, Store, records::unix_now_ms},
+    store::{BanRecord, Space, Store, StoreError, records::unix_now_ms},
 };
 
 /// A count as stored (`count/<target>#<check>`), aging out with `autoban.window`.
@@ -54,6 +54,7 @@ pub(super) async fn restore(
 ) -> (usize, usize) {
     let counts = match store.load::<CountRecord>(Space::Count).await {
         Ok(c) => c,
+        Err(StoreError::Stopping) => return (0, 0),
         Err(e) => {
             tracing::warn!(error = %e, "auto-ban: counts not loaded from the store");
             Vec::new()
@@ -61,6 +62,7 @@ pub(super) async fn restore(
     };
     let pending = match store.load::<BanRecord>(Space::Pending).await {
         Ok(p) => p,
+        Err(StoreError::Stopping) => return (0, 0),
         Err(e) => {
             tracing::warn!(error = %e, "auto-ban: waiting bans not loaded from the store");
             Vec::new()

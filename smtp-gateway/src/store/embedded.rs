@@ -129,7 +129,13 @@ impl Embedded {
             result
         })
         .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+        .map_err(|e| {
+            if e.is_cancelled() {
+                StoreError::Stopping
+            } else {
+                StoreError::Task(e.to_string())
+            }
+        })?
     }
 
     /// Applies a batch in one transaction.

@@ -108,9 +108,13 @@ pub enum StoreError {
         /// What redb found.
         reason: String,
     },
-    /// A blocking operation of the embedded engine panicked or was cancelled.
+    /// A blocking operation of the embedded engine panicked.
     #[error("store task failed: {0}")]
     Task(String),
+    /// A blocking operation of the embedded engine was cancelled: the daemon is stopping (its
+    /// runtime shut down before the operation ran). Not a store failure: logged at debug.
+    #[error("the daemon is stopping: store operation cancelled")]
+    Stopping,
 }
 
 impl StoreError {
