@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::{Context, bail};
 
 /// What a fresh `cargo xtask test` writes, measured on this tree with a margin for it to grow:
-/// 5.6 GB in `target/` and 3.2 GB in `fuzz/target/` (`docs/BUILDING.md`).
-pub const TEST_BYTES: u64 = 10 * GIB;
+/// 5.7 GB in `target/` and 1.7 GB in `fuzz/target/` (`docs/BUILDING.md`), 6.9 GiB in all.
+pub const TEST_BYTES: u64 = 8 * GIB;
 
 const GIB: u64 = 1 << 30;
 
