@@ -28,6 +28,27 @@ pub fn read_pem(path: &Path) -> std::io::Result<Vec<u8>> {
     read(path, MAX_PEM_BYTES)
 }
 
+/// Why the certificates of a PEM file could not be had (each caller names the file and option).
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    #[error("cannot read: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("not valid PEM: {0}")]
+    Pem(#[source] rustls::pki_types::pem::Error),
+}
+
+/// Every certificate in the PEM file at `path` (other sections skipped; none is an empty list,
+/// for the caller to refuse in its own words), read through [`read_pem`].
+pub fn pem_certificates(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, PemError> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    let pem = read_pem(path).map_err(PemError::Read)?;
+    CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(PemError::Pem)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -361,12 +361,9 @@ impl LapiClient {
 
 /// A TLS client configuration trusting the CA certificates in `path` only.
 fn tls_config(path: &std::path::Path) -> Result<rustls::ClientConfig, StreamError> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
     let setup = |e: String| StreamError::Setup(format!("crowdsec.ca_file {}: {e}", path.display()));
     let mut roots = rustls::RootCertStore::empty();
-    let pem = crate::bounded_file::read_pem(path).map_err(|e| setup(e.to_string()))?;
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| setup(e.to_string()))?;
+    for cert in crate::bounded_file::pem_certificates(path).map_err(|e| setup(e.to_string()))? {
         roots.add(cert).map_err(|e| setup(e.to_string()))?;
     }
     if roots.is_empty() {

@@ -51,9 +51,13 @@ fn pem_bytes(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 /// Every certificate in the PEM file (other sections are skipped).
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    CertificateDer::pem_slice_iter(&pem_bytes(path)?)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(path, e))
+    crate::bounded_file::pem_certificates(path).map_err(|e| match e {
+        crate::bounded_file::PemError::Read(source) => TlsError::Read {
+            path: path.display().to_string(),
+            source,
+        },
+        crate::bounded_file::PemError::Pem(e) => pem_error(path, e),
+    })
 }
 
 /// Builds the acceptor from the configured certificate chain and key.
