@@ -140,7 +140,7 @@ pub fn read_text(path: &Path) -> Result<String, ConfigError> {
 
 /// Refuses a file with no option and no section (comments only count as empty): loading it
 /// would reset every option to its default. A reload refuses it (a file cut short, say, in its
-/// leading comments), and so does `check-config`, in the same words.
+/// leading comments), and so do `run` and `check-config` ([`Config::load_not_empty`]).
 pub fn refuse_empty(path: &Path, text: &str) -> Result<(), ConfigError> {
     if toml::from_str::<toml::Table>(text).is_ok_and(|t| t.is_empty()) {
         return Err(ConfigError::Read {
@@ -195,6 +195,15 @@ impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = read_text(path)?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// [`load`](Self::load) for `run` and `check-config`: a file with no option and no section
+    /// is refused ([`refuse_empty`]) as a reload refuses it, rather than started on every
+    /// default (the default pin directory, control socket and store).
+    pub fn load_not_empty(path: &Path) -> Result<Self, ConfigError> {
+        let text = read_text(path)?;
+        refuse_empty(path, &text)?;
         Self::parse(&text, &path.display().to_string())
     }
 

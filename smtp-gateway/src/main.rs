@@ -69,14 +69,22 @@ fn init_tracing(format: LogFormat) {
 /// How long the exit waits for blocking work still under way (a reload reading a list).
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The configuration and the file it came from (`None`: built-in defaults).
-fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Option<PathBuf>)> {
+/// The configuration and the file it came from (`None`: built-in defaults); with `not_empty`
+/// (`run`, `check-config`) a file with no option is refused.
+fn load_config(path: Option<&Path>, not_empty: bool) -> anyhow::Result<(Config, Option<PathBuf>)> {
+    let load = |path: &Path| {
+        if not_empty {
+            Config::load_not_empty(path)
+        } else {
+            Config::load(path)
+        }
+    };
     match path {
-        Some(path) => Ok((Config::load(path)?, Some(path.to_path_buf()))),
+        Some(path) => Ok((load(path)?, Some(path.to_path_buf()))),
         None => {
             let default = Path::new(DEFAULT_CONFIG_PATH);
             if default.exists() {
-                Ok((Config::load(default)?, Some(default.to_path_buf())))
+                Ok((load(default)?, Some(default.to_path_buf())))
             } else {
                 Ok((Config::default(), None))
             }
@@ -85,15 +93,11 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Option<PathBuf>)>
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
-    let (config, path) = load_config(cli.config.as_deref())?;
+    let not_empty = matches!(cli.command, Command::Run | Command::CheckConfig);
+    let (config, path) = load_config(cli.config.as_deref(), not_empty)?;
     let ok = std::process::ExitCode::SUCCESS;
     match cli.command {
         Command::Run => {
-            // An empty file is refused as check-config and a reload refuse it: it would start
-            // with every default (the default pin directory and control socket).
-            if let Some(p) = &path {
-                smtp_gateway::daemon::check_not_empty(p)?;
-            }
             // Setup and the privilege drop happen before the runtime starts its threads, so
             // every thread runs with the reduced privileges.
             let prepared = smtp_gateway::daemon::prepare(path, config)?;
@@ -111,10 +115,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(ok)
         }
         Command::CheckConfig => {
-            // What a reload refuses besides the values: an empty file.
-            if let Some(p) = &path {
-                smtp_gateway::daemon::check_not_empty(p)?;
-            }
             // The files and accounts `run` would read at start, as it reads them.
             smtp_gateway::daemon::check_files(&config)?;
             // Valid, but probably not what was meant: said, not refused.

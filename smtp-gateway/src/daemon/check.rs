@@ -112,15 +112,6 @@ pub fn relay_warnings(config: &Config) -> Vec<String> {
     warnings
 }
 
-/// Refuses a configuration file with no option and no section, as a reload does
-/// ([`crate::config::refuse_empty`]): `run` and `check-config` both call it, since a start on
-/// the built-in defaults would be refused by the first reload of the file.
-pub fn check_not_empty(path: &Path) -> Result<(), DaemonError> {
-    let text = crate::config::read_text(path)?;
-    crate::config::refuse_empty(path, &text)?;
-    Ok(())
-}
-
 /// Whether the interface `name` (one of `dataplane.interfaces`) exists in this network namespace:
 /// the start would fail to attach to it, after the unit's check-config had passed.
 fn interface_exists(name: &str) -> Result<(), CheckError> {

@@ -33,7 +33,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use tokio::sync::watch;
 
-pub use check::{check_files, check_not_empty, warnings};
+pub use check::{check_files, warnings};
 pub use error::CheckError;
 pub use error::DaemonError;
 use reload::{GenerationContext, Live, Proxy};
