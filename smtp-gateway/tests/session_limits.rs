@@ -138,6 +138,36 @@ fn a_bdat_size_that_is_no_number_closes_the_session() {
 }
 
 #[test]
+fn a_bdat_line_outside_its_grammar_is_a_syntax_error_and_closes() {
+    // RFC 3030: `BDAT SP chunk-size [SP "LAST"]`. smtp-proto skips what follows `LAST`, so
+    // `BDAT 5 LAST EXTRA` was taken as a last chunk; a word that is not `LAST` was "chunk size
+    // not understood". Both are syntax errors (Postfix: `501 5.5.4 Syntax: BDAT count [LAST]`);
+    // the chunk's end is unknown, so the session closes and its bytes never run as commands.
+    for line in [
+        "BDAT 5 LAST EXTRA",
+        "BDAT 5 MORE",
+        "BDAT 5 LAST LAST",
+        "BDAT x",
+    ] {
+        let gw = gateway("bdatsyntax", "", 0);
+        let mut c = gw.greeted("client.example.net");
+        c.stream
+            .get_mut()
+            .write_all(format!("{line}\r\nRSET\r\nNOOP\r\n").as_bytes())
+            .expect("write");
+        let reply = c.reply();
+        assert!(reply.starts_with("501 5.5.4"), "{line}: {reply}");
+        let mut rest = Vec::new();
+        let _ = c.stream.read_to_end(&mut rest);
+        assert!(
+            rest.is_empty(),
+            "{line}: closed, the chunk's bytes not run as commands: {}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+}
+
+#[test]
 fn a_client_cannot_write_lines_of_its_own_into_the_log() {
     // What a client sends reaches the log in check details (the pregreet's first bytes here),
     // and in the human format one event is one line: a CR LF in those bytes followed by a

@@ -62,20 +62,47 @@ pub enum ChunkEnd {
     TimeLimit,
 }
 
-/// The exact chunk size of a `BDAT` command line (`BDAT SP 1*DIGIT [SP LAST]`): `None` when the
-/// number does not fit in a `u64` (smtp-proto saturates such numbers; the gateway must never
-/// read a different count than the client announced).
-pub fn chunk_size(line: &[u8]) -> Option<u64> {
-    let digits = line
+/// A `BDAT` command line, read by its grammar (RFC 3030: `"BDAT" SP chunk-size [SP "LAST"]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BdatLine {
+    /// A well-formed line: the chunk's exact size, and whether it is the last.
+    Chunk { size: u64, last: bool },
+    /// The size is digits but does not fit in a `u64` (smtp-proto saturates such numbers; the
+    /// gateway must never read a different count than the client announced).
+    TooLarge,
+    /// Anything else: no size, a size that is not digits, a word other than `LAST`, or words
+    /// after it (smtp-proto skips what follows `LAST`).
+    Malformed,
+}
+
+/// Reads a `BDAT` command line (`line` as received, its line ending included or not). Words are
+/// separated by spaces or tabs, any number of them, as smtp-proto reads the verb; `LAST` in any
+/// case.
+pub fn bdat_line(line: &[u8]) -> BdatLine {
+    let mut words = line
         .split(u8::is_ascii_whitespace)
-        .filter(|word| !word.is_empty())
-        .nth(1)?;
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
+        .filter(|word| !word.is_empty());
+    let verb = words.next();
+    let digits = words.next();
+    let marker = words.next();
+    let (Some(verb), Some(digits), None) = (verb, digits, words.next()) else {
+        return BdatLine::Malformed;
+    };
+    if !verb.eq_ignore_ascii_case(b"BDAT") || !digits.iter().all(u8::is_ascii_digit) {
+        return BdatLine::Malformed;
     }
-    digits.iter().try_fold(0u64, |n, d| {
+    let last = match marker {
+        None => false,
+        Some(word) if word.eq_ignore_ascii_case(b"LAST") => true,
+        Some(_) => return BdatLine::Malformed,
+    };
+    let size = digits.iter().try_fold(0u64, |n, d| {
         n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
+    });
+    match size {
+        Some(size) => BdatLine::Chunk { size, last },
+        None => BdatLine::TooLarge,
+    }
 }
 
 /// Reads exactly `size` bytes of a chunk from `conn`. With a backend, it first gets
@@ -212,20 +239,65 @@ mod tests {
     use crate::smtp::test_peers::{Until, backend_session, client_connection, recording_backend};
 
     #[test]
-    fn the_chunk_size_is_read_exactly_or_not_at_all() {
-        for (line, size) in [
-            (&b"BDAT 0 LAST"[..], Some(0)),
-            (b"BDAT 1234", Some(1234)),
-            (b"bdat  17  last", Some(17)),
-            (b"BDAT 18446744073709551615", Some(u64::MAX)),
-            (b"BDAT 18446744073709551616", None),
-            (b"BDAT 99999999999999999999999999999 LAST", None),
-            (b"BDAT", None),
-            (b"BDAT x", None),
-            (b"BDAT 12x LAST", None),
-            (b"BDAT -1", None),
+    fn a_bdat_line_is_read_by_its_grammar() {
+        use BdatLine::{Chunk, Malformed, TooLarge};
+        for (line, read) in [
+            (
+                &b"BDAT 0 LAST"[..],
+                Chunk {
+                    size: 0,
+                    last: true,
+                },
+            ),
+            (
+                b"BDAT 1234",
+                Chunk {
+                    size: 1234,
+                    last: false,
+                },
+            ),
+            (
+                b"BDAT 1234\r\n",
+                Chunk {
+                    size: 1234,
+                    last: false,
+                },
+            ),
+            (
+                b"bdat  17  last\r\n",
+                Chunk {
+                    size: 17,
+                    last: true,
+                },
+            ),
+            (
+                b"BDAT\t5\tLast",
+                Chunk {
+                    size: 5,
+                    last: true,
+                },
+            ),
+            (
+                b"BDAT 18446744073709551615",
+                Chunk {
+                    size: u64::MAX,
+                    last: false,
+                },
+            ),
+            (b"BDAT 18446744073709551616", TooLarge),
+            (b"BDAT 99999999999999999999999999999 LAST", TooLarge),
+            (b"BDAT", Malformed),
+            (b"BDAT x", Malformed),
+            (b"BDAT 12x LAST", Malformed),
+            (b"BDAT -1", Malformed),
+            (b"BDAT 5 LAST EXTRA", Malformed),
+            (b"BDAT 5 LAST LAST", Malformed),
+            (b"BDAT 5 MORE", Malformed),
+            (b"BDAT 5 LASTX", Malformed),
+            (b"BDATX 5", Malformed),
+            (b"BDAT LAST", Malformed),
         ] {
-            assert_eq!(chunk_size(line), size, "{}", String::from_utf8_lossy(line));
+            assert_eq!(bdat_line(line), read, "{}", String::from_utf8_lossy(line));
         }
     }
 

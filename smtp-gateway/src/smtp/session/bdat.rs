@@ -21,7 +21,9 @@
 //! the backend transaction is reset). Pipelined BDATs after a refused one meet no transaction
 //! and get `503`s that are not counted as errors. A chunk announced over `smtp.max_chunk_size`
 //! is not read: `552 5.3.4` and the session closes (reading it only to throw it away would let a
-//! client hold the session for `smtp.max_data_duration`).
+//! client hold the session for `smtp.max_data_duration`). A BDAT line outside RFC 3030's
+//! grammar (`BDAT chunk-size [LAST]`, nothing after `LAST`) gets `501 5.5.4` and the session
+//! closes too: where its chunk ends is unknown.
 //!
 //! The client's forged `Authentication-Results` fields are taken out of a chunked message's
 //! header block as they are out of DATA (`chunk_headers.rs`, `chunk.rs`). A chunk that ends inside
@@ -35,7 +37,7 @@
 use super::{Body, Flow, Session, waits::Stall};
 use crate::smtp::{
     backend::BackendError,
-    chunk::{self, ChunkEnd, ChunkLimits},
+    chunk::{self, BdatLine, ChunkEnd, ChunkLimits},
     chunk_headers::ChunkHeaders,
     reply::Reply,
     text::TextViolation,
@@ -87,17 +89,32 @@ impl Session {
         }
     }
 
-    /// `BDAT n [LAST]` (`raw` the command line as received) and its chunk.
-    pub(super) async fn handle_bdat(&mut self, raw: &[u8], last: bool) -> Flow {
+    /// `BDAT n [LAST]` (`raw` the command line as received, read by its grammar here, not by
+    /// smtp-proto's) and its chunk. A line outside the grammar, or a chunk over
+    /// `smtp.max_chunk_size`, closes the session: the first cannot be measured, and nothing after
+    /// it can be told apart from commands; reading the second only to throw it away would let a
+    /// client hold the session for `smtp.max_data_duration`.
+    pub(super) async fn handle_bdat(&mut self, raw: &[u8]) -> Flow {
         let smtp = &self.shared.config.smtp;
         let max_chunk = smtp.max_chunk_size;
-        let Some(size) = chunk::chunk_size(raw).filter(|n| *n <= max_chunk) else {
-            tracing::info!(client = %self.client, line = %String::from_utf8_lossy(raw), "BDAT chunk over smtp.max_chunk_size; closing without reading it");
-            self.reply(Reply::new(
-                552,
-                format!("5.3.4 BDAT chunk larger than {max_chunk} bytes, closing connection"),
-            ));
-            return Flow::Close;
+        let (size, last) = match chunk::bdat_line(raw) {
+            BdatLine::Chunk { size, last } if size <= max_chunk => (size, last),
+            BdatLine::Chunk { .. } | BdatLine::TooLarge => {
+                tracing::info!(client = %self.client, line = %String::from_utf8_lossy(raw), "BDAT chunk over smtp.max_chunk_size; closing without reading it");
+                self.reply(Reply::new(
+                    552,
+                    format!("5.3.4 BDAT chunk larger than {max_chunk} bytes, closing connection"),
+                ));
+                return Flow::Close;
+            }
+            BdatLine::Malformed => {
+                tracing::info!(client = %self.client, line = %String::from_utf8_lossy(raw), "BDAT line outside its syntax; closing");
+                self.reply(Reply::new(
+                    501,
+                    "5.5.4 Syntax: BDAT chunk-size [LAST], closing connection",
+                ));
+                return Flow::Close;
+            }
         };
         let (so_far, deadline) = match self.txn.as_ref().map(|t| t.body) {
             Some(Body::Chunks { size, deadline }) => (size, deadline),

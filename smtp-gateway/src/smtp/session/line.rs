@@ -107,16 +107,8 @@ impl Session {
                 }
                 Flow::Continue
             }
-            Err(_) if is_bdat(&line.data) => {
-                // The chunk that follows cannot be measured: nothing after this line can be told
-                // apart from commands, so the session closes (as for a chunk over the limit).
-                tracing::info!(client = %self.client, line = %String::from_utf8_lossy(&line.data), "BDAT chunk size not understood; closing");
-                self.reply(Reply::new(
-                    552,
-                    "5.3.4 BDAT chunk size not understood, closing connection",
-                ));
-                Flow::Close
-            }
+            // smtp-proto refused it: BDAT's own reading says why, and closes the session.
+            Err(_) if is_bdat(&line.data) => self.handle_bdat(&line.data).await,
             Err(e) => {
                 self.reply(syntax_error_reply(e));
                 self.count_error().unwrap_or(Flow::Continue)
@@ -186,7 +178,7 @@ impl Session {
             Request::Mail { from } => self.handle_mail(from, raw).await,
             Request::Rcpt { to } => self.handle_rcpt(to.address, raw).await,
             Request::Data => self.handle_data().await,
-            Request::Bdat { is_last, .. } => self.handle_bdat(raw, is_last).await,
+            Request::Bdat { .. } => self.handle_bdat(raw).await,
             Request::Rset => {
                 self.txn = None;
                 match self.backend.as_mut() {
