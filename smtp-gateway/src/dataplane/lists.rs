@@ -9,7 +9,7 @@ use aya::maps::lpm_trie::Key;
 use ipnet::IpNet;
 use smtp_gateway_common::{AllowEntry, BlockEntry, list_slot, maps, origin};
 
-use super::{Dataplane, DataplaneError, Target, clock, error::is_not_found, reasons};
+use super::{Dataplane, DataplaneError, Target, clock, error::is_not_found, lpm_exact, reasons};
 
 /// One blocklist entry as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,23 +92,34 @@ impl Dataplane {
         }
     }
 
-    /// The entry for exactly `target`, if any.
+    /// The entry for exactly `target`, if any (for a prefix, not one of a shorter prefix that
+    /// covers it: `lpm_exact.rs`).
     pub fn block_entry(&self, target: Target) -> Result<Option<BlockEntry>, DataplaneError> {
         let (name, r) = match target {
-            Target::V4(a) => (maps::BLOCK_V4, self.block_v4.get(&a.octets(), 0)),
-            Target::V6(a) => (maps::BLOCK_V6, self.block_v6.get(&a.octets(), 0)),
+            Target::V4(a) => (
+                maps::BLOCK_V4,
+                not_found_is_none(self.block_v4.get(&a.octets(), 0)),
+            ),
+            Target::V6(a) => (
+                maps::BLOCK_V6,
+                not_found_is_none(self.block_v6.get(&a.octets(), 0)),
+            ),
             Target::NetV4(n) => (
                 maps::BLOCK_NET_V4,
-                self.block_net_v4
-                    .get(&Key::new(u32::from(n.prefix_len()), n.addr().octets()), 0),
+                lpm_exact::get(
+                    &self.block_net_v4,
+                    &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+                ),
             ),
             Target::NetV6(n) => (
                 maps::BLOCK_NET_V6,
-                self.block_net_v6
-                    .get(&Key::new(u32::from(n.prefix_len()), n.addr().octets()), 0),
+                lpm_exact::get(
+                    &self.block_net_v6,
+                    &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+                ),
             ),
         };
-        not_found_is_none(r).map_err(|source| DataplaneError::Map { name, source })
+        r.map_err(|source| DataplaneError::Map { name, source })
     }
 
     /// Removes the entry for exactly `target` (and its reason when nothing else cites it);
@@ -222,21 +233,26 @@ impl Dataplane {
         Ok(())
     }
 
-    /// The allowlist entry for exactly `net` (already truncated), if any.
+    /// The allowlist entry for exactly `net` (already truncated), if any (not one of a shorter
+    /// prefix that covers it: `lpm_exact.rs`).
     pub fn allow_entry(&self, net: IpNet) -> Result<Option<AllowEntry>, DataplaneError> {
         let (name, r) = match net {
             IpNet::V4(n) => (
                 maps::ALLOW_V4,
-                self.allow_v4
-                    .get(&Key::new(u32::from(n.prefix_len()), n.addr().octets()), 0),
+                lpm_exact::get(
+                    &self.allow_v4,
+                    &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+                ),
             ),
             IpNet::V6(n) => (
                 maps::ALLOW_V6,
-                self.allow_v6
-                    .get(&Key::new(u32::from(n.prefix_len()), n.addr().octets()), 0),
+                lpm_exact::get(
+                    &self.allow_v6,
+                    &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+                ),
             ),
         };
-        not_found_is_none(r).map_err(|source| DataplaneError::Map { name, source })
+        r.map_err(|source| DataplaneError::Map { name, source })
     }
 
     fn insert_allow(&mut self, net: IpNet, entry: AllowEntry) -> Result<(), DataplaneError> {

@@ -27,6 +27,7 @@ pub mod follow;
 pub mod import;
 pub mod lists;
 pub mod loader;
+mod lpm_exact;
 mod maps;
 pub mod object;
 mod pins;
