@@ -311,3 +311,123 @@ fn two_gateways_with_one_node_name_are_told() {
     drop(sink);
     drop(redis);
 }
+
+#[test]
+fn a_restart_with_tighter_prefix_limits_removes_the_fleet_entries_they_refuse() {
+    // `[store]` needs a restart to change, and the kernel lists outlive it (pinned): a fleet
+    // ban applied under `fleet_min_prefix_v4 = 8` stayed in force after a restart with 16,
+    // though no record of that width would be applied any more.
+    let dir = TempDir::new("limits");
+    let redis = Redis::start(&dir.0);
+    let sink = Sink::start(free_port());
+    let mut a = node(&sink, &redis, "node-a", "1s");
+    assert!(
+        a.wait_logged(&["fleet: ban propagation"], WITHIN),
+        "no fleet task:\n{}",
+        a.log()
+    );
+    let channel = format!("{PREFIX}fleet/bans");
+    let now = unix_ms();
+    let hour_ms: u64 = 3_600_000;
+    let (wide, narrow) = ("198.16.0.0/12", "198.18.7.0/24");
+    for target in [wide, narrow] {
+        let record = record(target, "node-x", now, Some(now + hour_ms));
+        redis.cli(&[
+            "SET",
+            &format!("{PREFIX}ban/{target}"),
+            &record,
+            "PX",
+            &hour_ms.to_string(),
+        ]);
+        let message = format!(r#"{{"op":"ban","record":{record},"ttl_ms":{hour_ms}}}"#);
+        redis.cli(&["PUBLISH", &channel, &message]);
+    }
+    // This node's operator blocks a /12 too: not the fleet's, never removed by it.
+    let own = "198.32.0.0/12";
+    a.cli_ok(&["block", "add", own, "--reason", "operator"]);
+    for target in [wide, narrow, own] {
+        assert!(
+            wait_until(WITHIN, Duration::from_millis(50), || block_entry(
+                &a, target
+            )
+            .is_some()),
+            "{target} never applied:\n{}",
+            a.log()
+        );
+    }
+
+    a.terminate();
+    a.restart(|config| {
+        config.replace(
+            "fleet_reconcile_interval = \"1s\"\n",
+            "fleet_reconcile_interval = \"1s\"\nfleet_min_prefix_v4 = 16\n",
+        )
+    });
+    let reconciled = ["fleet: reconcile done", "list=Blocklist"];
+    assert!(
+        a.wait_logged(&reconciled, WITHIN),
+        "no reconcile after the restart:\n{}",
+        a.log()
+    );
+    assert_eq!(
+        block_entry(&a, wide),
+        None,
+        "the /12 of the fleet outlived the limit that refuses it:\n{}",
+        a.log()
+    );
+    assert!(block_entry(&a, narrow).is_some(), "{}", a.log());
+    assert!(
+        block_entry(&a, own).is_some(),
+        "the operator's own /12 was removed:\n{}",
+        a.log()
+    );
+    drop(a);
+    drop(sink);
+    drop(redis);
+}
+
+#[test]
+fn a_fleet_ban_inside_a_wider_entry_of_this_node_is_written_all_the_same() {
+    // A lookup in an LPM trie is a longest-prefix match: asked for the fleet's /24, the kernel
+    // answered the operator's /12 covering it, which the fleet never replaces, so the /24 was
+    // "kept" and never written. Once the operator lifted the /12, the fleet's ban was not in
+    // force.
+    let dir = TempDir::new("inside");
+    let redis = Redis::start(&dir.0);
+    let sink = Sink::start(free_port());
+    let a = node(&sink, &redis, "node-a", "1h");
+    assert!(
+        a.wait_logged(&["fleet: ban propagation"], WITHIN),
+        "no fleet task:\n{}",
+        a.log()
+    );
+    let (wide, inside) = ("198.16.0.0/12", "198.18.9.0/24");
+    a.cli_ok(&["block", "add", wide, "--reason", "operator"]);
+    let now = unix_ms();
+    let hour_ms: u64 = 3_600_000;
+    let record = record(inside, "node-x", now, Some(now + hour_ms));
+    redis.cli(&[
+        "SET",
+        &format!("{PREFIX}ban/{inside}"),
+        &record,
+        "PX",
+        &hour_ms.to_string(),
+    ]);
+    let message = format!(r#"{{"op":"ban","record":{record},"ttl_ms":{hour_ms}}}"#);
+    redis.cli(&["PUBLISH", &format!("{PREFIX}fleet/bans"), &message]);
+    assert!(
+        wait_until(WITHIN, Duration::from_millis(50), || block_entry(
+            &a, inside
+        )
+        .is_some()),
+        "the fleet's {inside} inside the operator's {wide} was never written:\n{}",
+        a.log()
+    );
+    a.cli_ok(&["block", "del", wide]);
+    let entry = block_entry(&a, inside).unwrap_or_else(|| panic!("{}", a.log()));
+    assert_eq!(entry["origin"], "fleet", "{entry}");
+    assert_eq!(block_entry(&a, wide), None);
+    drop(a);
+    drop(sink);
+    drop(redis);
+}

@@ -371,6 +371,39 @@ pub fn reconcile(
     Ok(done)
 }
 
+/// Removes the entries of origin `fleet` that `limits` refuse (`[store]` needs a restart to
+/// change, and the kernel lists outlive it: a ban applied under a looser
+/// `store.fleet_min_prefix_v4` would otherwise stay in force though no record of its width is
+/// applied any more). Entries of other origins are not looked at.
+pub fn drop_refused(dp: &mut Dataplane, limits: &Limits) -> Result<Applied, DataplaneError> {
+    let mut done = Applied::default();
+    let refused = |list, target| refusal(list, target, limits).is_some();
+    let bans: Vec<Target> = dp
+        .blocked()?
+        .into_iter()
+        .filter(|r| r.entry.origin == origin::FLEET && refused(FleetList::Blocklist, r.target))
+        .map(|r| r.target)
+        .collect();
+    for target in bans {
+        if dp.unblock(target)? {
+            done.removed += 1;
+        }
+    }
+    let allowed: Vec<IpNet> = dp
+        .allowed()?
+        .into_iter()
+        .filter(|r| r.entry.origin == origin::FLEET)
+        .filter(|r| Target::from_net(r.net).is_ok_and(|t| refused(FleetList::Allowlist, t)))
+        .map(|r| r.net)
+        .collect();
+    for net in allowed {
+        if dp.disallow(net)? {
+            done.disallowed += 1;
+        }
+    }
+    Ok(done)
+}
+
 /// Writes `record` (an operator's allowlist entry on another node) to the allowlist, unless
 /// `limits` refuse it. The kernel keeps allowlist entries until they are deleted; a record
 /// whose expiry (if any) has passed is not applied.

@@ -98,6 +98,16 @@ pub async fn run(
         metrics.clone(),
     ));
     let limits = apply::Limits::of(&cfg);
+    match on_dataplane(&dataplane, move |dp| apply::drop_refused(dp, &limits)).await {
+        Ok(done) if done.removed + done.disallowed > 0 => tracing::info!(
+            removed = done.removed,
+            disallowed = done.disallowed,
+            "fleet: entries of the fleet that store.fleet_min_prefix_v4/v6 or the reserved ranges \
+             now refuse removed"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "fleet: entries the limits refuse not looked for"),
+    }
     let mut refusals = RefusalLog::new(cfg.fleet_reconcile_interval, cfg.load_limit);
     // Whether the last reconcile failed: told once per run of failures.
     let mut failing = false;
