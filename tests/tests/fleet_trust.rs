@@ -99,6 +99,17 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Stores and publishes, as node `by` would, an hour's ban on `target` starting now.
+fn publish_hour_ban(redis: &Redis, target: &str, by: &str) {
+    let now = unix_ms();
+    let hour_ms: u64 = 3_600_000;
+    let record = record(target, by, now, Some(now + hour_ms));
+    let key = format!("{PREFIX}ban/{target}");
+    redis.cli(&["SET", &key, &record, "PX", &hour_ms.to_string()]);
+    let message = format!(r#"{{"op":"ban","record":{record},"ttl_ms":{hour_ms}}}"#);
+    redis.cli(&["PUBLISH", &format!("{PREFIX}fleet/bans"), &message]);
+}
+
 #[test]
 fn hostile_records_are_refused_and_a_failing_reconcile_is_told_once() {
     let dir = TempDir::new("hostile");
@@ -326,21 +337,9 @@ fn a_restart_with_tighter_prefix_limits_removes_the_fleet_entries_they_refuse() 
         "no fleet task:\n{}",
         a.log()
     );
-    let channel = format!("{PREFIX}fleet/bans");
-    let now = unix_ms();
-    let hour_ms: u64 = 3_600_000;
     let (wide, narrow) = ("198.16.0.0/12", "198.18.7.0/24");
     for target in [wide, narrow] {
-        let record = record(target, "node-x", now, Some(now + hour_ms));
-        redis.cli(&[
-            "SET",
-            &format!("{PREFIX}ban/{target}"),
-            &record,
-            "PX",
-            &hour_ms.to_string(),
-        ]);
-        let message = format!(r#"{{"op":"ban","record":{record},"ttl_ms":{hour_ms}}}"#);
-        redis.cli(&["PUBLISH", &channel, &message]);
+        publish_hour_ban(&redis, target, "node-x");
     }
     // This node's operator blocks a /12 too: not the fleet's, never removed by it.
     let own = "198.32.0.0/12";
@@ -403,18 +402,7 @@ fn a_fleet_ban_inside_a_wider_entry_of_this_node_is_written_all_the_same() {
     );
     let (wide, inside) = ("198.16.0.0/12", "198.18.9.0/24");
     a.cli_ok(&["block", "add", wide, "--reason", "operator"]);
-    let now = unix_ms();
-    let hour_ms: u64 = 3_600_000;
-    let record = record(inside, "node-x", now, Some(now + hour_ms));
-    redis.cli(&[
-        "SET",
-        &format!("{PREFIX}ban/{inside}"),
-        &record,
-        "PX",
-        &hour_ms.to_string(),
-    ]);
-    let message = format!(r#"{{"op":"ban","record":{record},"ttl_ms":{hour_ms}}}"#);
-    redis.cli(&["PUBLISH", &format!("{PREFIX}fleet/bans"), &message]);
+    publish_hour_ban(&redis, inside, "node-x");
     assert!(
         wait_until(WITHIN, Duration::from_millis(50), || block_entry(
             &a, inside
