@@ -329,6 +329,16 @@ pub fn format_address_literal(ip: IpAddr) -> String {
 /// U-label's length on the wire is that of its `xn--` form, which we do not compute. Returns what
 /// is wrong, for a reply or a config error.
 pub fn check_domain_syntax(name: &str) -> Result<(), &'static str> {
+    check_name_syntax(name, false)
+}
+
+/// [`check_domain_syntax`] for a host name a client gives itself (HELO/EHLO): an underscore is
+/// allowed too, as Postfix's `valid_hostname()` allows it (many Windows hosts' names hold one).
+pub fn check_host_name_syntax(name: &str) -> Result<(), &'static str> {
+    check_name_syntax(name, true)
+}
+
+fn check_name_syntax(name: &str, underscore: bool) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("empty domain");
     }
@@ -347,7 +357,7 @@ pub fn check_domain_syntax(name: &str) -> Result<(), &'static str> {
         }
         let valid = |c: char| {
             if c.is_ascii() {
-                c.is_ascii_alphanumeric() || c == '-'
+                c.is_ascii_alphanumeric() || c == '-' || (underscore && c == '_')
             } else {
                 !c.is_control() && !c.is_whitespace() && !IDNA_DOTS.contains(&c)
             }

@@ -15,7 +15,7 @@ use std::{fmt, net::IpAddr};
 
 use serde::Deserialize;
 
-use super::address::{check_domain_syntax, parse_address_literal};
+use super::address::{check_domain_syntax, check_host_name_syntax, parse_address_literal};
 use crate::invalid::Invalid;
 
 /// Default `dynamic_patterns`: names ISPs give to dynamic, residential and dial-up addresses.
@@ -206,7 +206,7 @@ pub fn inspect(
         }
         return findings;
     }
-    if check_domain_syntax(name).is_err() {
+    if check_host_name_syntax(name).is_err() {
         return vec![Invalid];
     }
     let name = name.to_lowercase();
@@ -348,6 +348,10 @@ mod tests {
             ("mail.example.org", CLIENT6, &[]),
             (" mail.example.org ", CLIENT4, &[]),
             ("smtp.bücher.example", CLIENT4, &[]),
+            // Underscores: Postfix's valid_hostname() takes them ("grr.."), and so do Windows
+            // hosts' names; refusing them bounced their mail.
+            ("mail_server.example.org", CLIENT4, &[]),
+            ("EXCH_01.corp.example", CLIENT4, &[]),
             // The gateway talking to itself through its own address.
             ("[198.51.100.1]", GATEWAY4, &[]),
         ]);
@@ -361,7 +365,8 @@ mod tests {
             (" \t", CLIENT4, &[Missing]),
             ("a.example.org", CLIENT4, &[]),
             // invalid
-            ("mail_server.example.org", CLIENT4, &[Invalid]),
+            ("mail_server.example.org..", CLIENT4, &[Invalid]),
+            ("_.example.org:25", CLIENT4, &[Invalid]),
             ("mail server.example.org", CLIENT4, &[Invalid]),
             ("mail..example.org", CLIENT4, &[Invalid]),
             ("mail.example.org..", CLIENT4, &[Invalid]),
