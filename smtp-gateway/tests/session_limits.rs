@@ -8,9 +8,12 @@
 #[allow(dead_code)] // each test binary uses a different part of the shared peers
 mod peers;
 
-use std::io::{Read, Write};
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener},
+};
 
-use peers::gateway;
+use peers::{Gateway, Step, backend_script, gateway};
 
 #[test]
 fn mail_before_helo_is_refused() {
@@ -190,4 +193,72 @@ fn a_client_cannot_write_lines_of_its_own_into_the_log() {
             .any(|l| l.contains("check fired") && l.contains("2026-12-04T22:40:00")),
         "the bytes are still logged, on the check's line:\n{log}"
     );
+}
+
+/// A backend that refuses every recipient whose mailbox starts with `unknown` (`550 5.1.1`) and
+/// accepts the rest, offering PIPELINING when `pipelining`. One session.
+fn picky_backend(pipelining: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let script = if pipelining {
+        picky::<true>
+    } else {
+        picky::<false>
+    };
+    let _seen = backend_script(listener, 1, script);
+    addr
+}
+
+fn picky<const PIPELINING: bool>(in_data: &mut bool, cmd: &str, _: &mut Vec<String>) -> Step {
+    let upper = cmd.to_ascii_uppercase();
+    if *in_data {
+        if cmd == "." {
+            *in_data = false;
+            return Step::Reply(b"250 2.0.0 queued\r\n");
+        }
+        return Step::Quiet;
+    }
+    Step::Reply(if upper.starts_with("EHLO") && PIPELINING {
+        b"250-backend.test\r\n250 PIPELINING\r\n"
+    } else if upper.starts_with("EHLO") {
+        b"250 backend.test\r\n"
+    } else if upper.starts_with("RCPT TO:<UNKNOWN") {
+        b"550 5.1.1 no such user\r\n"
+    } else if upper == "DATA" {
+        *in_data = true;
+        b"354 go ahead\r\n"
+    } else if upper == "QUIT" {
+        return Step::Quit;
+    } else {
+        b"250 2.0.0 Ok\r\n"
+    })
+}
+
+#[test]
+fn refused_recipients_do_not_count_towards_max_recipients() {
+    // smtp.max_recipients caps the recipients of a message, as Postfix's smtpd_recipient_limit
+    // does: those accepted. Counting every RCPT tried deferred the last valid recipients of a
+    // list message that held a few stale addresses.
+    for pipelining in [false, true] {
+        let gw = Gateway::start("rcptcap", picky_backend(pipelining), "max_recipients = 2");
+        let mut c = gw.greeted("client.example.net");
+        let mut lines = vec!["MAIL FROM:<a@example.net>".to_string()];
+        lines.extend((0..3).map(|i| format!("RCPT TO:<unknown{i}@example.org>")));
+        lines.extend((0..3).map(|i| format!("RCPT TO:<b{i}@example.org>")));
+        let burst: String = lines.iter().map(|l| format!("{l}\r\n")).collect();
+        c.stream
+            .get_mut()
+            .write_all(burst.as_bytes())
+            .expect("write");
+        let replies: Vec<String> = lines.iter().map(|_| c.reply()).collect();
+        let codes: Vec<&str> = replies.iter().map(|r| r.get(..3).unwrap_or("")).collect();
+        assert_eq!(
+            codes,
+            ["250", "550", "550", "550", "250", "250", "452"],
+            "pipelining {pipelining}: {replies:?}"
+        );
+        c.expect("DATA", "354");
+        c.expect("Subject: x\r\n\r\nhello\r\n.", "250");
+        c.expect("QUIT", "221");
+    }
 }

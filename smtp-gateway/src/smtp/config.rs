@@ -127,7 +127,8 @@ pub struct SmtpConfig {
     pub max_command_line: usize,
     /// Longest message text line, CRLF included (RFC 5321: 1000).
     pub max_text_line: usize,
-    /// Recipients per message.
+    /// Recipients accepted per message (a refused one does not count, as with Postfix's
+    /// `smtpd_recipient_limit`).
     pub max_recipients: usize,
     /// Messages per session.
     pub max_messages: usize,

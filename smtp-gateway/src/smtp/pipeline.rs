@@ -86,17 +86,31 @@ pub fn settle(awaiting: Awaiting, txn_open: bool, reply: Result<Reply, BackendEr
 pub struct Pipeline {
     /// In the order they were written to the backend (its replies come in that order).
     awaiting: VecDeque<Awaiting>,
+    /// How many of them are RCPTs.
+    rcpts: usize,
 }
 
 impl Pipeline {
     /// Records a command just queued towards the backend.
     pub fn push(&mut self, awaiting: Awaiting) {
+        if awaiting == Awaiting::Rcpt {
+            self.rcpts += 1;
+        }
         self.awaiting.push_back(awaiting);
     }
 
     /// Takes the oldest command still waiting for its reply.
     pub fn oldest(&mut self) -> Option<Awaiting> {
-        self.awaiting.pop_front()
+        let oldest = self.awaiting.pop_front();
+        if oldest == Some(Awaiting::Rcpt) {
+            self.rcpts = self.rcpts.saturating_sub(1);
+        }
+        oldest
+    }
+
+    /// RCPTs forwarded whose reply is awaited (each may yet be accepted).
+    pub fn rcpts(&self) -> usize {
+        self.rcpts
     }
 
     /// Nothing is awaited.
@@ -107,6 +121,7 @@ impl Pipeline {
     /// Forgets every awaited command (the session is closing).
     pub fn clear(&mut self) {
         self.awaiting.clear();
+        self.rcpts = 0;
     }
 }
 

@@ -92,8 +92,6 @@ struct Transaction {
     from: String,
     /// Recipients the backend accepted.
     accepted: usize,
-    /// Recipients tried.
-    tried: usize,
     /// How the message text is being sent: RFC 3030 forbids DATA and BDAT in one transaction.
     body: Body,
     /// The forged `Authentication-Results` filter of a chunked message, from its first chunk

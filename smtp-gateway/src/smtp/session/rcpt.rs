@@ -33,8 +33,11 @@ impl Session {
             self.reply(refusal);
             return Flow::Continue;
         }
-        txn.tried += 1;
-        if txn.tried > self.shared.config.smtp.max_recipients {
+        // Accepted recipients (and those awaited, each of which may be), as Postfix's
+        // smtpd_recipient_limit: a refused one does not count.
+        if txn.accepted.saturating_add(self.pipeline.rcpts())
+            >= self.shared.config.smtp.max_recipients
+        {
             self.reply(Reply::new(452, "4.5.3 Too many recipients"));
             return Flow::Continue;
         }
@@ -119,7 +122,8 @@ impl Session {
             return false;
         };
         txn.open()
-            && txn.tried < self.shared.config.smtp.max_recipients
+            && txn.accepted.saturating_add(self.pipeline.rcpts())
+                < self.shared.config.smtp.max_recipients
             && matches!(self.relay_verdict(to, raw), RelayVerdict::Accept { .. })
             && self.score_refusal().is_none()
             && self.greylist_applies() != Ok(true)
