@@ -262,3 +262,55 @@ fn refused_recipients_do_not_count_towards_max_recipients() {
         c.expect("QUIT", "221");
     }
 }
+
+#[test]
+fn a_backend_that_answers_data_with_anything_but_354_or_a_refusal_is_not_relayed() {
+    // A backend answering DATA `250` (or any 2xx or 3xx but 354) broke the protocol: relayed,
+    // the client read a positive reply to DATA (a lax client counts the message as taken) and
+    // its message text was then read as commands.
+    type Script = fn(&mut (), &str, &mut Vec<String>) -> Step;
+    let cases: [(Script, &str); 3] = [
+        (odd_data::<false, 250>, "250, no pipelining"),
+        (odd_data::<true, 250>, "250, pipelining"),
+        (odd_data::<false, 334>, "334"),
+    ];
+    for (script, what) in cases {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _seen = backend_script(listener, 1, script);
+        let gw = Gateway::start("odddata", addr, "");
+        let mut c = gw.greeted("client.example.net");
+        c.expect("MAIL FROM:<a@example.net>", "250");
+        c.expect("RCPT TO:<b@example.org>", "250");
+        let reply = c.cmd("DATA");
+        assert!(
+            reply.starts_with("451 4.4.2"),
+            "DATA answered {what}: {reply}"
+        );
+        // The session goes on, without a transaction.
+        c.expect("RCPT TO:<b@example.org>", "503");
+        c.expect("QUIT", "221");
+    }
+}
+
+/// A backend that answers DATA with `CODE` (250 or 334), offering PIPELINING when `PIPELINING`.
+fn odd_data<const PIPELINING: bool, const CODE: u16>(
+    _: &mut (),
+    cmd: &str,
+    _: &mut Vec<String>,
+) -> Step {
+    let upper = cmd.to_ascii_uppercase();
+    Step::Reply(if upper.starts_with("EHLO") && PIPELINING {
+        b"250-backend.test\r\n250 PIPELINING\r\n"
+    } else if upper.starts_with("EHLO") {
+        b"250 backend.test\r\n"
+    } else if upper == "DATA" && CODE == 250 {
+        b"250 2.0.0 sure\r\n"
+    } else if upper == "DATA" {
+        b"334 VXNlcm5hbWU6\r\n"
+    } else if upper == "QUIT" {
+        return Step::Quit;
+    } else {
+        b"250 2.0.0 Ok\r\n"
+    })
+}

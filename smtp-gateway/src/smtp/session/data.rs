@@ -10,6 +10,7 @@ use std::time::Instant;
 use super::{Body, CheckEffect, Flow, Session, waits::Stall};
 use crate::checks::{Action, Check};
 use crate::smtp::{
+    backend::BackendError,
     reply::Reply,
     text::{HeaderRewrite, TextLimits, TextRelayEnd, TextViolation, relay_message_filtered},
 };
@@ -125,6 +126,13 @@ impl Session {
                 }
             }
         };
+        if go_ahead.code != 354 && go_ahead.code < 400 {
+            // Only 354 lets the text in: any other 2xx or 3xx breaks the protocol (relayed, a
+            // client could read it as the message taken, and its text would be read as
+            // commands). The backend is in a state nobody knows: it goes, the client gets 451.
+            let answer = go_ahead.summary();
+            return self.backend_lost(BackendError::Protocol(format!("DATA answered {answer}")));
+        }
         if go_ahead.code != 354 {
             self.txn = None;
             self.reply(go_ahead);
