@@ -314,3 +314,26 @@ fn odd_data<const PIPELINING: bool, const CODE: u16>(
         b"250 2.0.0 Ok\r\n"
     })
 }
+
+#[test]
+fn data_rset_and_starttls_take_no_argument() {
+    // RFC 5321 4.1.1.4/4.1.1.5, RFC 3207 4: `"DATA" CRLF`, `"RSET" CRLF`, `"STARTTLS" CRLF`.
+    // smtp-proto skips what follows the verb, so `STARTTLS foo` began a handshake and `DATA x`
+    // opened the message (Postfix: `501 5.5.4 Syntax: STARTTLS`).
+    let gw = gateway("noargs", "", 1);
+    let mut c = gw.greeted("client.example.net");
+    for verb in ["STARTTLS", "RSET", "DATA"] {
+        let reply = c.cmd(&format!("{verb} now"));
+        assert!(
+            reply.starts_with(&format!("501 5.5.4 Syntax: {verb}")),
+            "{verb} now: {reply}"
+        );
+    }
+    // The same verbs alone (trailing blanks allowed) still work.
+    c.expect("RSET ", "250");
+    c.expect("MAIL FROM:<a@example.net>", "250");
+    c.expect("RCPT TO:<b@example.org>", "250");
+    c.expect("DATA", "354");
+    c.expect("Subject: x\r\n\r\nhello\r\n.", "250");
+    c.expect("QUIT", "221");
+}

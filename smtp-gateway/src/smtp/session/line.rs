@@ -52,6 +52,14 @@ pub(super) async fn read_command(
     })
 }
 
+/// Whether a command line has a word after its verb.
+fn has_argument(line: &[u8]) -> bool {
+    line.split(u8::is_ascii_whitespace)
+        .filter(|word| !word.is_empty())
+        .nth(1)
+        .is_some()
+}
+
 /// Whether `line` is a BDAT command (any case), whatever its arguments.
 fn is_bdat(line: &[u8]) -> bool {
     line.get(..5).is_some_and(|verb| {
@@ -225,11 +233,21 @@ impl Session {
 
 /// Parses a command line. A MAIL/RCPT path smtp-proto refuses is looked at again: an address
 /// literal (`user@[198.51.100.7]`, which RFC 5321 4.1.2 allows) is handed to the relay policy.
+/// DATA, RSET and STARTTLS take no argument (RFC 5321 4.1.1.4, 4.1.1.5; RFC 3207 section 4),
+/// which smtp-proto does not check: one that has any is a syntax error, as with Postfix.
 pub(crate) fn parse_command(line: &Line) -> Result<Request<String>, ParseError> {
     let raw = line.with_crlf();
     match Request::parse(&mut raw.iter()).map(Request::into_owned) {
         Err(e @ (ParseError::InvalidRecipientAddress | ParseError::InvalidSenderAddress)) => {
             literal_path_request(&line.data).ok_or(e)
+        }
+        Ok(Request::Data | Request::Rset | Request::StartTls) if has_argument(&line.data) => {
+            let syntax = match line.data.get(..4) {
+                Some(verb) if verb.eq_ignore_ascii_case(b"DATA") => "DATA",
+                Some(verb) if verb.eq_ignore_ascii_case(b"RSET") => "RSET",
+                _ => "STARTTLS",
+            };
+            Err(ParseError::SyntaxError { syntax })
         }
         other => other,
     }
