@@ -30,7 +30,9 @@ impl Reply {
         (200..300).contains(&self.code)
     }
 
-    /// The wire form, `code-text` for every line but the last, CRLF-terminated.
+    /// The wire form, `code-text` for every line but the last, CRLF-terminated. A control
+    /// character in a text (but a tab) goes out as `?`: texts quote what clients and backends
+    /// sent, and a CR or LF there would start a reply line of its own.
     pub fn to_wire(&self) -> String {
         let mut out = String::new();
         let last = self.lines.len().saturating_sub(1);
@@ -39,7 +41,12 @@ impl Reply {
         }
         for (i, line) in self.lines.iter().enumerate() {
             let sep = if i == last { ' ' } else { '-' };
-            let _ = write!(out, "{}{}{}\r\n", self.code, sep, line);
+            let _ = write!(out, "{}{}", self.code, sep);
+            out.extend(
+                line.chars()
+                    .map(|c| if c.is_control() && c != '\t' { '?' } else { c }),
+            );
+            out.push_str("\r\n");
         }
         out
     }
@@ -102,6 +109,23 @@ mod tests {
             r.to_wire(),
             "250-mx.example\r\n250-PIPELINING\r\n250 SIZE 10\r\n"
         );
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_wire() {
+        // Reply texts quote what a client or a backend sent (a HELO name, a path): an ESC
+        // sequence went back to the client's terminal, and a CR or LF in a text would start a
+        // reply line of its own. Tabs are text (RFC 5321 4.2: textstring).
+        let r = Reply::new(
+            550,
+            "5.7.1 HELO a\x1b[31mred\x01\x7f\u{85} b\rc\nd\te refused",
+        );
+        assert_eq!(
+            r.to_wire(),
+            "550 5.7.1 HELO a?[31mred??? b?c?d\te refused\r\n"
+        );
+        let r = Reply::multi(250, vec!["x\r\n250 injected".into(), "é ok".into()]);
+        assert_eq!(r.to_wire(), "250-x??250 injected\r\n250 é ok\r\n");
     }
 
     #[test]
