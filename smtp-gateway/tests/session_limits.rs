@@ -337,3 +337,30 @@ fn data_rset_and_starttls_take_no_argument() {
     c.expect("Subject: x\r\n\r\nhello\r\n.", "250");
     c.expect("QUIT", "221");
 }
+
+#[test]
+fn a_helo_name_of_bytes_or_control_characters_is_refused_without_echoing_them() {
+    // Bytes that are not UTF-8 reached the backend as replacement characters (a HELO name the
+    // client never gave), and an ESC or ^A in the name went back raw in the refusal's text.
+    let gw = gateway("helobytes", "", 0);
+    for name in [
+        &b"\xff\xfe.example.org"[..],
+        b"a\x1b[31mred\x01.example.org",
+    ] {
+        let mut c = gw.client();
+        let mut line = b"EHLO ".to_vec();
+        line.extend_from_slice(name);
+        line.extend_from_slice(b"\r\n");
+        c.stream.get_mut().write_all(&line).expect("write");
+        let reply = c.reply();
+        assert!(
+            reply.starts_with("550 5.7.1") && reply.contains("helo_invalid"),
+            "{:?}: {reply:?}",
+            String::from_utf8_lossy(name)
+        );
+        assert!(
+            !reply.trim_end().chars().any(char::is_control),
+            "a control character echoed: {reply:?}"
+        );
+    }
+}

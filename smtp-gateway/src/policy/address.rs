@@ -359,7 +359,11 @@ fn check_name_syntax(name: &str, underscore: bool) -> Result<(), &'static str> {
             if c.is_ascii() {
                 c.is_ascii_alphanumeric() || c == '-' || (underscore && c == '_')
             } else {
-                !c.is_control() && !c.is_whitespace() && !IDNA_DOTS.contains(&c)
+                // U+FFFD: bytes that were not UTF-8, replaced on the way in.
+                !c.is_control()
+                    && !c.is_whitespace()
+                    && !IDNA_DOTS.contains(&c)
+                    && c != char::REPLACEMENT_CHARACTER
             }
         };
         if !label.chars().all(valid) {

@@ -367,6 +367,9 @@ mod tests {
             // invalid
             ("mail_server.example.org..", CLIENT4, &[Invalid]),
             ("_.example.org:25", CLIENT4, &[Invalid]),
+            // Bytes that are not UTF-8, as the parser hands them on (replacement characters):
+            // never a name, and the backend would be told another one.
+            ("\u{FFFD}\u{FFFD}.example.org", CLIENT4, &[Invalid]),
             ("mail server.example.org", CLIENT4, &[Invalid]),
             ("mail..example.org", CLIENT4, &[Invalid]),
             ("mail.example.org..", CLIENT4, &[Invalid]),
