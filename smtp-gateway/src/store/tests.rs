@@ -27,9 +27,15 @@ fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// The embedded engine's tests judge what it stores, not how fast: each commit syncs the file to
+/// disk, and on a machine busy writing (a build beside the tests) one took longer than the
+/// default `io_timeout` of 2 s, failing a counter test with a timeout (a session's `budget` of
+/// 50 ms is shorter still). Timeouts have tests of their own.
 fn embedded_config(dir: &std::path::Path) -> StoreConfig {
     StoreConfig {
         path: dir.join("state.redb"),
+        io_timeout: super::config::MAX_IO_TIMEOUT,
+        budget: super::config::MAX_BUDGET,
         ..StoreConfig::default()
     }
 }
@@ -204,7 +210,9 @@ async fn hostile_values(run: &Running) {
 /// lives from its last increment, and a value that is not a counter is an error (counted), never
 /// a panic.
 async fn counters(run: &Running, other: &Store) {
-    let window = Duration::from_millis(800);
+    // Long enough for the 40 increments below to land inside it on a busy machine (each is a
+    // commit synced to disk on the embedded engine).
+    let window = Duration::from_secs(5);
     let mut tasks = Vec::new();
     for i in 0..40 {
         let store = if i % 2 == 0 {
@@ -240,7 +248,7 @@ async fn counters(run: &Running, other: &Store) {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(10),
+            started.elapsed() < window * 4,
             "the counter never expired (at {n}): increments renew its window"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -326,7 +334,7 @@ async fn redis_counters_add_up_across_gateways_and_age_out() {
         .cli(&["PTTL", "t:fcount/2001:db8::/64#pregreet"])
         .parse()
         .expect("PTTL");
-    assert!((1..=800).contains(&ttl), "PTTL {ttl}");
+    assert!((1..=5_000).contains(&ttl), "PTTL {ttl}");
     assert_eq!(other.stop().await, 0);
     assert_eq!(run.stop().await, 0);
     drop(server);
