@@ -364,3 +364,24 @@ fn a_helo_name_of_bytes_or_control_characters_is_refused_without_echoing_them() 
         );
     }
 }
+
+#[test]
+fn a_command_s_leading_blanks_are_not_forwarded() {
+    // The parser skips blanks before the verb, and MAIL and RCPT go to the backend as the client
+    // wrote them: ` MAIL FROM:<...>` reached it with its blank, which a strict backend does not
+    // understand (its reply then answered another command).
+    let (addr, seen) = peers::scripted_backend_on_loopback(1);
+    let gw = Gateway::start("blanks", addr, "");
+    let mut c = gw.greeted("client.example.net");
+    c.expect(" MAIL FROM:<a@example.net>", "250");
+    c.expect("  RCPT TO:<b@example.org>", "250");
+    c.expect("QUIT", "221");
+    drop(gw);
+    let seen = seen.join().expect("backend");
+    for line in ["MAIL FROM:<a@example.net>", "RCPT TO:<b@example.org>"] {
+        assert!(
+            seen.iter().any(|l| l == line),
+            "{line} not seen as such: {seen:?}"
+        );
+    }
+}

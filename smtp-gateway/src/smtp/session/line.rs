@@ -170,6 +170,8 @@ impl Session {
     /// Hands a parsed command to its verb's handler; `raw` is the line as received (what gets
     /// forwarded to the backend).
     async fn dispatch(&mut self, request: Request<String>, raw: &[u8]) -> Flow {
+        // The parser skipped any blanks before the verb; the backend gets the line without them.
+        let raw = raw.trim_ascii_start();
         let junk = match request {
             Request::Noop { .. } | Request::Vrfy { .. } | Request::Help { .. } | Request::Rset => {
                 true
