@@ -385,3 +385,57 @@ fn a_command_s_leading_blanks_are_not_forwarded() {
         );
     }
 }
+
+#[test]
+fn parameters_of_extensions_not_offered_are_refused() {
+    // RFC 5321 4.1.1.11: a parameter of an extension the server did not offer gets 555. The
+    // gateway offers SIZE, 8BITMIME and SMTPUTF8 (and AUTH where a login is possible), not DSN
+    // nor BINARYMIME; such parameters went on to the backend, which then refused every
+    // recipient (BINARYMIME) or acted on what the client was never offered (DSN).
+    let (addr, seen) = peers::scripted_backend_on_loopback(1);
+    let gw = Gateway::start("params", addr, "");
+    let mut c = gw.greeted("client.example.net");
+    for (line, param) in [
+        (
+            "MAIL FROM:<a@example.net> BODY=BINARYMIME",
+            "BODY=BINARYMIME",
+        ),
+        ("MAIL FROM:<a@example.net> RET=HDRS", "RET"),
+        ("MAIL FROM:<a@example.net> ENVID=abc", "ENVID"),
+        ("MAIL FROM:<a@example.net> REQUIRETLS", "REQUIRETLS"),
+    ] {
+        let reply = c.cmd(line);
+        assert!(
+            reply.starts_with("555 5.5.4") && reply.contains(param),
+            "{line}: {reply}"
+        );
+    }
+    // What is offered passes.
+    c.expect(
+        "MAIL FROM:<a@example.net> SIZE=100 BODY=8BITMIME SMTPUTF8",
+        "250",
+    );
+    for (line, param) in [
+        ("RCPT TO:<b@example.org> NOTIFY=SUCCESS", "NOTIFY"),
+        (
+            "RCPT TO:<b@example.org> ORCPT=rfc822;b@example.org",
+            "ORCPT",
+        ),
+    ] {
+        let reply = c.cmd(line);
+        assert!(
+            reply.starts_with("555 5.5.4") && reply.contains(param),
+            "{line}: {reply}"
+        );
+    }
+    c.expect("RCPT TO:<b@example.org>", "250");
+    c.expect("QUIT", "221");
+    drop(gw);
+    let seen = seen.join().expect("backend");
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.contains("BINARYMIME") || l.contains("NOTIFY") || l.contains("ENVID")),
+        "{seen:?}"
+    );
+}

@@ -18,6 +18,7 @@
 //! - `backend.rs`: one backend MTA session (identity, STARTTLS, EHLO replay, commands);
 //! - `backend_pool.rs`: failover over the servers, and idle connections kept for the next session;
 //! - `ehlo_caps.rs`: the backend's EHLO keywords, parsed once;
+//! - `parameters.rs`: the MAIL and RCPT parameters taken (those of the extensions offered);
 //! - `pipeline.rs`: MAIL/RCPT forwarded without waiting, and how their replies settle in order;
 //! - `profile.rs`: per-listener policy profiles (`[profiles.<name>]`: checks, greet pause, DNSBL,
 //!   relay rules, AUTH required), resolved against the top-level sections;
@@ -40,6 +41,7 @@ pub mod config;
 pub mod connection;
 pub mod ehlo_caps;
 pub mod identity;
+pub mod parameters;
 pub mod pipeline;
 pub mod profile;
 pub mod reply;

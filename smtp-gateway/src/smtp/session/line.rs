@@ -12,6 +12,7 @@ use crate::{
     policy::address::{self, PathCommand},
     smtp::{
         connection::{ConnError, Connection, Ending, Line},
+        parameters,
         reply::Reply,
     },
 };
@@ -236,13 +237,26 @@ impl Session {
 /// Parses a command line. A MAIL/RCPT path smtp-proto refuses is looked at again: an address
 /// literal (`user@[198.51.100.7]`, which RFC 5321 4.1.2 allows) is handed to the relay policy.
 /// DATA, RSET and STARTTLS take no argument (RFC 5321 4.1.1.4, 4.1.1.5; RFC 3207 section 4),
-/// which smtp-proto does not check: one that has any is a syntax error, as with Postfix.
+/// which smtp-proto does not check: one that has any is a syntax error, as with Postfix. A MAIL
+/// or RCPT parameter of an extension not offered is one too (`parameters.rs`).
 pub(crate) fn parse_command(line: &Line) -> Result<Request<String>, ParseError> {
     let raw = line.with_crlf();
     match Request::parse(&mut raw.iter()).map(Request::into_owned) {
         Err(e @ (ParseError::InvalidRecipientAddress | ParseError::InvalidSenderAddress)) => {
             literal_path_request(&line.data).ok_or(e)
         }
+        Ok(Request::Mail { from }) => match parameters::unoffered_mail_parameter(&from) {
+            Some(param) => Err(ParseError::UnsupportedParameter {
+                param: param.into(),
+            }),
+            None => Ok(Request::Mail { from }),
+        },
+        Ok(Request::Rcpt { to }) => match parameters::unoffered_rcpt_parameter(&to) {
+            Some(param) => Err(ParseError::UnsupportedParameter {
+                param: param.into(),
+            }),
+            None => Ok(Request::Rcpt { to }),
+        },
         Ok(Request::Data | Request::Rset | Request::StartTls) if has_argument(&line.data) => {
             let syntax = match line.data.get(..4) {
                 Some(verb) if verb.eq_ignore_ascii_case(b"DATA") => "DATA",
