@@ -439,3 +439,43 @@ fn parameters_of_extensions_not_offered_are_refused() {
         "{seen:?}"
     );
 }
+
+/// A backend offering PIPELINING and CHUNKING to EHLO (nothing to HELO: no extensions), for
+/// `sessions` sessions one after the other.
+fn chunking_backend(sessions: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let _seen = backend_script(listener, sessions, |_: &mut (), cmd, _| {
+        let upper = cmd.to_ascii_uppercase();
+        Step::Reply(if upper.starts_with("EHLO") {
+            b"250-backend.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n"
+        } else if upper.starts_with("HELO") {
+            b"250 backend.test\r\n"
+        } else if upper == "QUIT" {
+            return Step::Quit;
+        } else {
+            b"250 2.0.0 Ok\r\n"
+        })
+    });
+    addr
+}
+
+#[test]
+fn a_helo_client_does_not_take_chunking_from_the_next_ehlo_client() {
+    // Until its own backend session opens (at MAIL), a client is offered CHUNKING when the last
+    // backend session handed out offered it. A backend session greeted with HELO (for a HELO
+    // client) offers no extension at all, and the next EHLO client was not offered CHUNKING.
+    let gw = Gateway::start("chunkflap", chunking_backend(3), "");
+    let mut c = gw.greeted("first.example.net");
+    c.expect("MAIL FROM:<a@example.net>", "250");
+    c.expect("RCPT TO:<b@example.org>", "250");
+    c.expect("QUIT", "221");
+    let mut c = gw.client();
+    c.expect("HELO old.example.net", "250");
+    c.expect("MAIL FROM:<a@example.net>", "250");
+    c.expect("RCPT TO:<b@example.org>", "250");
+    c.expect("QUIT", "221");
+    let mut c = gw.client();
+    let ehlo = c.cmd("EHLO next.example.net");
+    assert!(ehlo.contains("CHUNKING"), "{ehlo}");
+}

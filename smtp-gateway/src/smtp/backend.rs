@@ -64,6 +64,9 @@ pub struct Backend {
     /// What the backend offered in its reply to the client's EHLO (PIPELINING: commands may be
     /// written together, RFC 2920; AUTH: the mechanisms relayed on submission ports).
     caps: EhloCaps,
+    /// The session was greeted with EHLO ([`Self::caps`] are the backend's extensions; after
+    /// HELO it offers none).
+    esmtp: bool,
     /// Commands queued with [`Backend::queue_command`], written by the next flush.
     queued: Vec<u8>,
     /// When the queued commands were last written: the start of their round trips.
@@ -138,6 +141,7 @@ impl Backend {
             quit_timeout: cfg.connect_timeout,
             reply_times: None,
             caps: EhloCaps::default(),
+            esmtp: false,
             queued: Vec::new(),
             flushed_at: std::time::Instant::now(),
             shareable: server.identity == Identity::None,
@@ -203,6 +207,7 @@ impl Backend {
             });
         }
         self.caps = EhloCaps::parse(&ehlo);
+        self.esmtp = client.esmtp;
         Ok(ehlo)
     }
 
@@ -216,6 +221,11 @@ impl Backend {
             && self.outstanding == 0
             && self.queued.is_empty()
             && !self.errors_since_delivery
+    }
+
+    /// Whether the session was greeted with EHLO (after HELO, [`Self::caps`] is empty).
+    pub fn esmtp(&self) -> bool {
+        self.esmtp
     }
 
     /// Keeps this connection to its session (it carries the client's AUTH).

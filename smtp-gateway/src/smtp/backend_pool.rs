@@ -49,10 +49,10 @@ pub struct BackendPool {
     idle: Mutex<Vec<Idle>>,
     /// Wakes the sweeper when a connection with an earlier expiry arrives.
     added: Notify,
-    /// The last backend session handed out offered CHUNKING: what a client is told at EHLO
+    /// The last backend session greeted with EHLO handed out offered CHUNKING: what a client is told at EHLO
     /// while its own backend session is not open yet (`connect_at = "mail"`).
     chunking_seen: AtomicBool,
-    /// The AUTH mechanisms the last backend session handed out offered (`Some(None)`: none;
+    /// The AUTH mechanisms the last backend session greeted with EHLO offered (`Some(None)`: none;
     /// `None`: no backend session yet): what a submission client is offered at EHLO while its
     /// own backend session is not open (it is opened at AUTH).
     auth_seen: Mutex<Option<Option<String>>>,
@@ -126,8 +126,13 @@ impl BackendPool {
     }
 
     /// Notes what a backend session about to be handed out offered (see
-    /// [`BackendPool::chunking_seen`]).
+    /// [`BackendPool::chunking_seen`]). One greeted with HELO (for a HELO client) offers no
+    /// extension: it says nothing of the backend's, and the next EHLO client would have been
+    /// offered none.
     fn seen(&self, backend: Backend) -> Backend {
+        if !backend.esmtp() {
+            return backend;
+        }
         self.chunking_seen
             .store(backend.caps().chunking(), Ordering::Relaxed);
         let auth = backend.caps().auth().map(str::to_string);
