@@ -672,6 +672,70 @@ fn a_ttl_under_a_second_is_refused_and_nothing_is_blocked() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// A TTL longer than the longest ban the store keeps (`store.permanent_ban_ttl`'s bound, 36500
+/// days) is refused wherever it is given: `--ttl 3000000d` used to say "blocked ... for
+/// 3000000d" while the kernel entry saturated and the store record kept an expiry past year
+/// 9999 (on which `why` then panicked). The control protocol refuses one too, and the store
+/// keeps no record of a refused change.
+#[test]
+fn a_ttl_over_the_longest_ban_is_refused_everywhere_and_nothing_is_blocked() {
+    let sb = Sandbox::new("");
+    let list = sb.file("one.txt", b"198.18.0.12\n");
+    let list = list.to_str().expect("utf-8 path");
+    for args in [
+        &["block", "add", "198.18.0.12", "--ttl", "3000000d"][..],
+        &["block", "add", "198.18.0.12", "--ttl", "99999999999d"][..],
+        &["block", "add", "198.18.0.12", "--ttl", "36501d"][..],
+        &["block", "import", list, "--ttl", "3000000d"][..],
+    ] {
+        let out = sb.run(args);
+        assert!(!out.status.success(), "{args:?} accepted: {}", stdout(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("--ttl") && err.contains("at most 36500d"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        !sb.pin_dir.join("v1").exists(),
+        "maps created for a refused TTL"
+    );
+    let out = sb.run(&["block", "add", "198.18.0.12", "--ttl", "36500d"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "blocked 198.18.0.12 for 36500d");
+    let out = sb.run(&["why", "198.18.0.12"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Through the daemon's socket, as another client could ask.
+    let daemon = Daemon::start(&sb);
+    let socket = PathBuf::from("/run/smtp-gateway").join(format!(
+        "{}.sock",
+        sb.pin_dir.file_name().expect("name").to_string_lossy()
+    ));
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("control socket");
+    stream
+        .write_all(
+            b"{\"op\":\"block_add\",\"target\":\"198.18.0.13\",\
+              \"ttl_secs\":18446744073709551615,\"reason\":null}\n",
+        )
+        .expect("send");
+    let mut answer = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut answer)
+        .expect("answer");
+    assert!(
+        answer.contains("error") && answer.contains("at most 36500d"),
+        "{answer}"
+    );
+    let out = sb.run(&["why", "198.18.0.13"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("no entry covers it") && !text.contains("ban record"),
+        "{text}"
+    );
+    drop(daemon);
+}
+
 /// What `--ttl` takes is said when it is not a duration (not humantime's "expected number at
 /// 0"), a TTL is echoed as given rather than as "1year 1month 4days 7h 26m 24s", and one
 /// entry imported is "1 entry".
