@@ -157,7 +157,7 @@ pub enum BlockCommand {
     /// List blocklist entries.
     List(ListArgs),
     /// Import a file: one address/prefix per line (at most 4096 bytes), `#`/`;` comments, Spamhaus
-    /// DROP (text or JSON).
+    /// DROP (text or JSON); at most 1 GiB and 16777216 lines, or nothing is applied.
     Import {
         /// The file to read (a UTF-8 byte-order mark at its start is skipped).
         file: PathBuf,

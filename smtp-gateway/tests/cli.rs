@@ -882,6 +882,48 @@ fn an_import_of_what_cannot_be_read_is_an_error_naming_it() {
     );
 }
 
+/// An import reads at most 1 GiB and 16777216 lines (like the configuration file, a bounded
+/// read): `/dev/zero` or a multi-GB file used to be read forever. Past a bound the import is an
+/// error naming the file and the bound, and nothing is applied (the file is read whole before
+/// anything is written), not even the maps created.
+#[test]
+fn an_import_past_its_size_or_line_bound_names_the_file_and_applies_nothing() {
+    let sb = Sandbox::new("");
+    let out = sb.run(&["block", "import", "/dev/zero"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("/dev/zero") && err.contains("larger than 1073741824 bytes (1 GiB)"),
+        "{err}"
+    );
+    // One line more than the bound; all valid but the last (blank lines count too).
+    let mut text = b"198.18.0.1\n".to_vec();
+    text.resize(10 + 16 * 1024 * 1024 + 1, b'\n');
+    let many = sb.file("many.txt", &text);
+    let out = sb.run(&["block", "import", many.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("many.txt") && err.contains("more than 16777216 lines"),
+        "{err}"
+    );
+    assert!(!stdout(&out).contains("imported"), "{}", stdout(&out));
+    assert!(
+        !sb.pin_dir.join("v1").exists(),
+        "maps created for an import past its bound"
+    );
+    // Exactly the bound is read whole.
+    text.truncate(10 + 16 * 1024 * 1024);
+    let file = sb.file("just.txt", &text);
+    let out = sb.run(&["block", "import", file.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("imported 1 entry"),
+        "{}",
+        stdout(&out)
+    );
+}
+
 /// IPv4 and IPv6 entries are written by a thread each: a map that fills up stops the import
 /// with the error naming the option to raise, whatever the other family's writer was doing, and
 /// what was written before stays (the batch update stops at the first entry that does not fit).
