@@ -250,6 +250,34 @@ fn check_config_rejects_with_key_and_line() {
                 "[smtp.tls]",
             ][..],
         ),
+        // A value inside an inline table is on the line of that table: its key is not on a
+        // line of its own.
+        (
+            "[checks]\n\npregreet = { action = \"reject\", weight = 2000 }\n",
+            &["checks.pregreet.weight", "line 3:", "must be at most 1000"][..],
+        ),
+        (
+            "[profiles.p.checks]\npregreet = { action = \"reject\", weight = 2000 }\n",
+            &[
+                "profiles.p.checks.pregreet.weight",
+                "line 2:",
+                "must be at most 1000",
+            ][..],
+        ),
+        (
+            "[autoban]\n\nchecks = { pregreet = 0 }\n",
+            &["autoban.checks.pregreet", "line 3:", "must be at least 1"][..],
+        ),
+        // A key that is missing is named at the line of the key that requires it, or of its
+        // section.
+        (
+            "[smtp]\n\nlisteners = [{ address = \"127.0.0.1:2525\" }]\n",
+            &["backend.servers", "line 3:", "at least one backend"][..],
+        ),
+        (
+            "[backend]\npool_size = 1\n[smtp]\nlisteners = [{ address = \"127.0.0.1:2525\" }]\n",
+            &["backend.servers", "line 4:", "at least one backend"][..],
+        ),
     ];
     for (text, fragments) in cases {
         let out = check_config(text);
