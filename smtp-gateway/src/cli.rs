@@ -105,8 +105,13 @@ fn parse_why_address(text: &str) -> Result<String, String> {
 /// become a one-second ban without a word.
 pub const MIN_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A `--ttl`: a duration (`30m`, `1h`, `7d`) of at least [`MIN_TTL`]. Anything else is told what
-/// `--ttl` takes (humantime alone says "expected number at 0" to `forever`).
+/// Longest `--ttl`: the longest ban the store keeps ([`crate::control::ops::MAX_TTL`], 36500
+/// days); a longer one saturated the kernel entry while the store kept an expiry past year 9999.
+pub const MAX_TTL: std::time::Duration = crate::control::ops::MAX_TTL;
+
+/// A `--ttl`: a duration (`30m`, `1h`, `7d`) of at least [`MIN_TTL`] and at most [`MAX_TTL`].
+/// Anything else is told what `--ttl` takes (humantime alone says "expected number at 0" to
+/// `forever`).
 fn parse_ttl(text: &str) -> Result<std::time::Duration, String> {
     let ttl = humantime::parse_duration(text).map_err(|_| {
         format!(
@@ -119,6 +124,13 @@ fn parse_ttl(text: &str) -> Result<std::time::Duration, String> {
             "must be at least 1s (leave --ttl out for a permanent entry), not {text:?}"
         ));
     }
+    if ttl > MAX_TTL {
+        return Err(format!(
+            "must be at most {} (the longest ban the store keeps; leave --ttl out for a \
+             permanent entry), not {text:?}",
+            crate::control::ops::human_duration(MAX_TTL)
+        ));
+    }
     Ok(ttl)
 }
 
@@ -128,7 +140,7 @@ pub enum BlockCommand {
     Add {
         /// Address (198.18.0.7, 2001:db8::7) or prefix (198.18.0.0/24, 2001:db8::/48).
         target: String,
-        /// Lifetime, e.g. 30m, 1h, 7d; at least 1s (default: permanent).
+        /// Lifetime, e.g. 30m, 1h, 7d; at least 1s, at most 36500d (default: permanent).
         #[arg(long, value_parser = parse_ttl)]
         ttl: Option<std::time::Duration>,
         /// Why (shown by `block list`; at most 64 bytes: a longer one is cut, whole
@@ -145,14 +157,14 @@ pub enum BlockCommand {
     /// List blocklist entries.
     List(ListArgs),
     /// Import a file: one address/prefix per line (at most 4096 bytes), `#`/`;` comments, Spamhaus
-    /// DROP (text or JSON).
+    /// DROP (text or JSON); at most 1 GiB and 16777216 lines, or nothing is applied.
     Import {
         /// The file to read (a UTF-8 byte-order mark at its start is skipped).
         file: PathBuf,
         /// Apply nothing if any line is bad.
         #[arg(long)]
         strict: bool,
-        /// Lifetime of the imported entries; at least 1s (default: permanent).
+        /// Lifetime of the imported entries; at least 1s, at most 36500d (default: permanent).
         #[arg(long, value_parser = parse_ttl)]
         ttl: Option<std::time::Duration>,
         /// Reason for lines without their own comment (default: the file name).

@@ -213,21 +213,19 @@ impl Config {
             origin: origin.to_string(),
             message: describe_toml_error(&e, text),
         })?;
-        config
-            .validate()
-            .map_err(|Invalid { key, reason }| ConfigError::Invalid {
-                origin: origin.to_string(),
-                line: locate_key(text, &key),
-                key,
-                message: reason,
-            })?;
+        config.validate().map_err(|invalid| ConfigError::Invalid {
+            origin: origin.to_string(),
+            line: locate_invalid(text, &invalid),
+            key: invalid.key,
+            message: invalid.reason,
+        })?;
         config
             .validate_listener_profiles()
-            .map_err(|(at, Invalid { key, reason })| ConfigError::Invalid {
+            .map_err(|(at, invalid)| ConfigError::Invalid {
                 origin: origin.to_string(),
-                line: at.locate(text).or_else(|| locate_key(text, &key)),
-                key,
-                message: reason,
+                line: at.locate(text).or_else(|| locate_invalid(text, &invalid)),
+                key: invalid.key,
+                message: invalid.reason,
             })?;
         Ok(config)
     }
@@ -236,7 +234,7 @@ impl Config {
     /// the running values of those that need a restart): the rules [`Config::parse`] applies,
     /// without a line to point at.
     pub fn validate_assembled(&self, origin: &str) -> Result<(), ConfigError> {
-        let invalid = |Invalid { key, reason }| ConfigError::Invalid {
+        let invalid = |Invalid { key, reason, .. }| ConfigError::Invalid {
             origin: origin.to_string(),
             line: None,
             key,
@@ -382,7 +380,8 @@ impl Config {
             return Err(Invalid::new(
                 "backend.servers",
                 "at least one backend is required when smtp.listeners is set",
-            ));
+            )
+            .at_line_of("smtp.listeners"));
         }
         Ok(())
     }
@@ -446,30 +445,60 @@ fn locate_profile_use(text: &str, name: &str) -> Option<usize> {
         .map(|index| index + 1)
 }
 
+/// Every key `text` defines, with its line (1-based): `a.b.c` for `c = ...` inside `[a.b]` (or
+/// `b.c = ...` inside `[a]`), and each table header's own name.
+fn defined_keys(text: &str) -> impl Iterator<Item = (usize, String)> + '_ {
+    let mut table = String::new();
+    text.lines().enumerate().filter_map(move |(index, raw)| {
+        let line = raw.trim();
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            table = header.trim().trim_start_matches('[').trim().to_string();
+            return Some((index + 1, table.clone()));
+        }
+        let (name, _) = line.split_once('=')?;
+        let name: String = name.split('.').map(str::trim).collect::<Vec<_>>().join(".");
+        Some((
+            index + 1,
+            if table.is_empty() {
+                name
+            } else {
+                format!("{table}.{name}")
+            },
+        ))
+    })
+}
+
 /// Finds the line (1-based) defining dotted `key` such as `dataplane.rate_limit.burst`: the line
 /// `burst = ...` inside `[dataplane.rate_limit]`, or a dotted key inside an ancestor table.
 fn locate_key(text: &str, key: &str) -> Option<usize> {
-    let mut table = String::new();
-    for (index, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if let Some(header) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
-            table = header.trim().trim_start_matches('[').to_string();
-            continue;
-        }
-        let Some((name, _)) = line.split_once('=') else {
-            continue;
-        };
-        let name: String = name.split('.').map(str::trim).collect::<Vec<_>>().join(".");
-        let full = if table.is_empty() {
-            name
-        } else {
-            format!("{table}.{name}")
-        };
-        if full == key {
-            return Some(index + 1);
-        }
-    }
-    None
+    defined_keys(text).find_map(|(line, full)| (full == key).then_some(line))
+}
+
+/// The line (1-based) of the closest ancestor of `key` that `text` defines: the inline table
+/// holding it (`pregreet = { weight = 2000 }` for `checks.pregreet.weight`), else its section.
+fn locate_ancestor(text: &str, key: &str) -> Option<usize> {
+    defined_keys(text)
+        .filter(|(_, full)| {
+            key.strip_prefix(full.as_str())
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
+        .fold(
+            None,
+            |best: Option<(usize, usize)>, (line, full)| match best {
+                Some((_, len)) if len >= full.len() => best,
+                _ => Some((line, full.len())),
+            },
+        )
+        .map(|(line, _)| line)
+}
+
+/// The line of a refusal: its key's own, else that of the key requiring it
+/// ([`Invalid::line_of`]), else the closest ancestor of either (an inline table, a section).
+fn locate_invalid(text: &str, invalid: &Invalid) -> Option<usize> {
+    let keys = || std::iter::once(invalid.key.as_str()).chain(invalid.line_of.as_deref());
+    keys()
+        .find_map(|k| locate_key(text, k))
+        .or_else(|| keys().find_map(|k| locate_ancestor(text, k)))
 }
 
 #[cfg(test)]

@@ -11,6 +11,9 @@ pub struct Invalid {
     pub key: String,
     /// What is wrong with the value.
     pub reason: String,
+    /// The key whose line is named when `key` is not in the file: a rule across keys refusing a
+    /// missing one (`backend.servers` when `smtp.listeners` is set) points at the key requiring it.
+    pub line_of: Option<String>,
 }
 
 impl Invalid {
@@ -19,7 +22,14 @@ impl Invalid {
         Self {
             key: key.into(),
             reason: reason.into(),
+            line_of: None,
         }
+    }
+
+    /// This refusal, named at the line of `other` when its own key is not in the file.
+    pub fn at_line_of(mut self, other: impl Into<String>) -> Self {
+        self.line_of = Some(other.into());
+        self
     }
 }
 

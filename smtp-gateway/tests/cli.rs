@@ -250,6 +250,34 @@ fn check_config_rejects_with_key_and_line() {
                 "[smtp.tls]",
             ][..],
         ),
+        // A value inside an inline table is on the line of that table: its key is not on a
+        // line of its own.
+        (
+            "[checks]\n\npregreet = { action = \"reject\", weight = 2000 }\n",
+            &["checks.pregreet.weight", "line 3:", "must be at most 1000"][..],
+        ),
+        (
+            "[profiles.p.checks]\npregreet = { action = \"reject\", weight = 2000 }\n",
+            &[
+                "profiles.p.checks.pregreet.weight",
+                "line 2:",
+                "must be at most 1000",
+            ][..],
+        ),
+        (
+            "[autoban]\n\nchecks = { pregreet = 0 }\n",
+            &["autoban.checks.pregreet", "line 3:", "must be at least 1"][..],
+        ),
+        // A key that is missing is named at the line of the key that requires it, or of its
+        // section.
+        (
+            "[smtp]\n\nlisteners = [{ address = \"127.0.0.1:2525\" }]\n",
+            &["backend.servers", "line 3:", "at least one backend"][..],
+        ),
+        (
+            "[backend]\npool_size = 1\n[smtp]\nlisteners = [{ address = \"127.0.0.1:2525\" }]\n",
+            &["backend.servers", "line 4:", "at least one backend"][..],
+        ),
     ];
     for (text, fragments) in cases {
         let out = check_config(text);
@@ -672,6 +700,70 @@ fn a_ttl_under_a_second_is_refused_and_nothing_is_blocked() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// A TTL longer than the longest ban the store keeps (`store.permanent_ban_ttl`'s bound, 36500
+/// days) is refused wherever it is given: `--ttl 3000000d` used to say "blocked ... for
+/// 3000000d" while the kernel entry saturated and the store record kept an expiry past year
+/// 9999 (on which `why` then panicked). The control protocol refuses one too, and the store
+/// keeps no record of a refused change.
+#[test]
+fn a_ttl_over_the_longest_ban_is_refused_everywhere_and_nothing_is_blocked() {
+    let sb = Sandbox::new("");
+    let list = sb.file("one.txt", b"198.18.0.12\n");
+    let list = list.to_str().expect("utf-8 path");
+    for args in [
+        &["block", "add", "198.18.0.12", "--ttl", "3000000d"][..],
+        &["block", "add", "198.18.0.12", "--ttl", "99999999999d"][..],
+        &["block", "add", "198.18.0.12", "--ttl", "36501d"][..],
+        &["block", "import", list, "--ttl", "3000000d"][..],
+    ] {
+        let out = sb.run(args);
+        assert!(!out.status.success(), "{args:?} accepted: {}", stdout(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("--ttl") && err.contains("at most 36500d"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        !sb.pin_dir.join("v1").exists(),
+        "maps created for a refused TTL"
+    );
+    let out = sb.run(&["block", "add", "198.18.0.12", "--ttl", "36500d"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "blocked 198.18.0.12 for 36500d");
+    let out = sb.run(&["why", "198.18.0.12"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Through the daemon's socket, as another client could ask.
+    let daemon = Daemon::start(&sb);
+    let socket = PathBuf::from("/run/smtp-gateway").join(format!(
+        "{}.sock",
+        sb.pin_dir.file_name().expect("name").to_string_lossy()
+    ));
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("control socket");
+    stream
+        .write_all(
+            b"{\"op\":\"block_add\",\"target\":\"198.18.0.13\",\
+              \"ttl_secs\":18446744073709551615,\"reason\":null}\n",
+        )
+        .expect("send");
+    let mut answer = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut answer)
+        .expect("answer");
+    assert!(
+        answer.contains("error") && answer.contains("at most 36500d"),
+        "{answer}"
+    );
+    let out = sb.run(&["why", "198.18.0.13"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("no entry covers it") && !text.contains("ban record"),
+        "{text}"
+    );
+    drop(daemon);
+}
+
 /// What `--ttl` takes is said when it is not a duration (not humantime's "expected number at
 /// 0"), a TTL is echoed as given rather than as "1year 1month 4days 7h 26m 24s", and one
 /// entry imported is "1 entry".
@@ -815,6 +907,48 @@ fn an_import_of_what_cannot_be_read_is_an_error_naming_it() {
     assert!(
         !sb.pin_dir.join("v1").exists(),
         "maps created for an import that read nothing"
+    );
+}
+
+/// An import reads at most 1 GiB and 16777216 lines (like the configuration file, a bounded
+/// read): `/dev/zero` or a multi-GB file used to be read forever. Past a bound the import is an
+/// error naming the file and the bound, and nothing is applied (the file is read whole before
+/// anything is written), not even the maps created.
+#[test]
+fn an_import_past_its_size_or_line_bound_names_the_file_and_applies_nothing() {
+    let sb = Sandbox::new("");
+    let out = sb.run(&["block", "import", "/dev/zero"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("/dev/zero") && err.contains("larger than 1073741824 bytes (1 GiB)"),
+        "{err}"
+    );
+    // One line more than the bound; all valid but the last (blank lines count too).
+    let mut text = b"198.18.0.1\n".to_vec();
+    text.resize(10 + 16 * 1024 * 1024 + 1, b'\n');
+    let many = sb.file("many.txt", &text);
+    let out = sb.run(&["block", "import", many.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("many.txt") && err.contains("more than 16777216 lines"),
+        "{err}"
+    );
+    assert!(!stdout(&out).contains("imported"), "{}", stdout(&out));
+    assert!(
+        !sb.pin_dir.join("v1").exists(),
+        "maps created for an import past its bound"
+    );
+    // Exactly the bound is read whole.
+    text.truncate(10 + 16 * 1024 * 1024);
+    let file = sb.file("just.txt", &text);
+    let out = sb.run(&["block", "import", file.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("imported 1 entry"),
+        "{}",
+        stdout(&out)
     );
 }
 

@@ -200,11 +200,46 @@ pub fn entries(n: usize) -> String {
     }
 }
 
-/// "2026-11-23T10:00:00Z" for Unix seconds (0: "-").
+/// The last second RFC 3339 (and humantime) can write: 9999-12-31T23:59:59Z.
+const LAST_RFC3339_S: u64 = 253_402_300_799;
+
+/// "2026-11-23T10:00:00Z" for Unix seconds (0: "-"). The value may come from the store or the
+/// kernel, which may hold anything: a time past year 9999 is "after 9999-12-31T23:59:59Z"
+/// (humantime's `Display` fails there, and `UNIX_EPOCH + u64::MAX s` overflows).
 pub fn human_time(unix_s: u64) -> String {
     if unix_s == 0 {
         return "-".into();
     }
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix_s))
-        .to_string()
+    let said = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_secs(unix_s.min(LAST_RFC3339_S)),
+    );
+    if unix_s > LAST_RFC3339_S {
+        format!("after {said}")
+    } else {
+        said.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Times come from the store and the kernel, which may hold anything: humantime's RFC 3339
+    /// stops at year 9999 (its `Display` then fails, and `to_string` panics), and
+    /// `UNIX_EPOCH + u64::MAX s` overflows. Every value is said.
+    #[test]
+    fn any_unix_time_is_said_without_a_panic() {
+        assert_eq!(human_time(0), "-");
+        assert_eq!(human_time(1), "1970-01-01T00:00:01Z");
+        assert_eq!(human_time(253_402_300_799), "9999-12-31T23:59:59Z");
+        for huge in [
+            253_402_300_800,
+            i64::MAX as u64,
+            u64::MAX / 1000,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            assert_eq!(human_time(huge), "after 9999-12-31T23:59:59Z", "{huge}");
+        }
+    }
 }

@@ -326,4 +326,34 @@ mod tests {
             "{text}"
         );
     }
+
+    /// A record's expiry is whatever the store holds (a `--ttl 99999999999d` wrote
+    /// 8640001796356484426): `why` panicked in `human_time` past year 9999 (humantime cannot say
+    /// it) and would overflow `SystemTime` further on. Any value is said, never a panic.
+    #[test]
+    fn an_expiry_past_year_9999_is_said_without_a_panic() {
+        let now_ms = 1_796_000_000_000;
+        for expires in [
+            u64::MAX,
+            u64::MAX - 1,
+            8_640_001_796_356_484_426,
+            i64::MAX as u64,
+            253_402_300_800_000,
+        ] {
+            let text = until(expires, now_ms);
+            assert!(
+                text.starts_with("until after 9999-12-31T23:59:59Z (in "),
+                "{expires}: {text}"
+            );
+        }
+        assert_eq!(
+            until(253_402_300_799_000, 253_402_300_799_000),
+            "until 9999-12-31T23:59:59Z (expired)"
+        );
+        assert_eq!(until(0, now_ms), "until - (expired)");
+        assert_eq!(
+            until(1_000, u64::MAX),
+            "until 1970-01-01T00:00:01Z (expired)"
+        );
+    }
 }

@@ -13,6 +13,11 @@ use crate::dataplane::{
     stats::{SourceRow, top_by},
 };
 
+/// Longest blocklist TTL (`--ttl`, a control request's `ttl_secs`): the longest the store keeps
+/// a ban (`store.permanent_ban_ttl`'s bound, 36500 days). A longer one would saturate the kernel
+/// entry while the store record kept an expiry past year 9999, so the two disagreed.
+pub const MAX_TTL: Duration = crate::store::config::MAX_PERMANENT_BAN_TTL;
+
 /// Why an operation failed (the message goes back to the CLI).
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
@@ -24,6 +29,13 @@ pub enum OpError {
     NotBlocked(Target),
     #[error("{0} is not in the allowlist")]
     NotAllowed(Target),
+    /// A TTL over [`MAX_TTL`].
+    #[error(
+        "a ban TTL of {given_secs}s is too long: --ttl must be at most {} (leave it out for a \
+         permanent entry)",
+        human_duration(MAX_TTL)
+    )]
+    TtlTooLong { given_secs: u64 },
     /// `why` was given a prefix (which `block` and `allow` take).
     #[error(
         "{given:?} is a prefix, and `why` takes one address (IPv4 or IPv6): ask about an address \
@@ -46,6 +58,11 @@ pub fn block_add(
     reason: Option<&str>,
 ) -> Result<Response, OpError> {
     let target: Target = target.parse()?;
+    if let Some(ttl) = ttl.filter(|t| *t > MAX_TTL) {
+        return Err(OpError::TtlTooLong {
+            given_secs: ttl.as_secs(),
+        });
+    }
     let mut warnings = Vec::new();
     if let Some(net) = dp.allowlisted(target.net().addr()) {
         warnings.push(format!(

@@ -12,6 +12,10 @@
 //! Every bad line is reported with its number and why; with `strict`, nothing is applied when any
 //! line is bad. A line longer than [`MAX_LINE_BYTES`] (4096 bytes) is such a bad line ("line too
 //! long"): it is skipped as it is read, never held whole in memory.
+//!
+//! A file is read whole before anything is applied, and at most [`MAX_IMPORT_BYTES`] (1 GiB) and
+//! [`MAX_IMPORT_LINES`] (16777216 lines): past either the import is an error and nothing is
+//! applied (`/dev/zero` or a disk image named by mistake used to be read forever).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -31,6 +35,15 @@ use super::{Dataplane, DataplaneError, Target, batch, clock, error::is_not_found
 
 pub use crate::bounded_line::MAX_LINE_BYTES;
 use crate::bounded_line::{Line, next_line};
+
+/// Most bytes of a file an import reads (1 GiB): the default capacities hold 7M entries, about
+/// 200 MB of list with a reason on each line. A larger file is refused, not read on.
+pub const MAX_IMPORT_BYTES: u64 = 1 << 30;
+
+/// Most lines of a file an import reads (blank and comment lines included): more than the
+/// default capacities of the four blocklist maps hold (7M entries), and what bounds the memory
+/// the parsed lines take (under 1 GB) before anything is applied.
+pub const MAX_IMPORT_LINES: usize = 16 * 1024 * 1024;
 
 /// A parsed, valid line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,24 +111,46 @@ pub fn parse_line(text: &str) -> Result<Option<(Target, Option<String>)>, String
     )))
 }
 
-/// The file could not be read (a directory opens but does not read): nothing of it is imported,
-/// as a bad line would make believe the rest was.
+/// The file could not be read whole (a directory opens but does not read; `/dev/zero` never
+/// ends): nothing of it is imported, as a bad line would make believe the rest was.
 #[derive(Debug, thiserror::Error)]
-#[error("read error at line {line}: {source}")]
-pub struct ReadError {
-    /// 1-based number of the line being read.
-    pub line: usize,
-    pub source: std::io::Error,
+pub enum ReadError {
+    #[error("read error at line {line}: {source}")]
+    Io {
+        /// 1-based number of the line being read.
+        line: usize,
+        source: std::io::Error,
+    },
+    #[error(
+        "larger than {MAX_IMPORT_BYTES} bytes (1 GiB), the most an import reads: nothing was \
+         applied (split the file)"
+    )]
+    TooLarge,
+    #[error(
+        "more than {MAX_IMPORT_LINES} lines, the most an import reads: nothing was applied \
+         (split the file)"
+    )]
+    TooManyLines,
 }
 
-/// Parses a whole file. Lines that are not UTF-8 or longer than [`MAX_LINE_BYTES`] are reported,
-/// not fatal; a read error is.
-pub fn parse(mut reader: impl BufRead) -> Result<(Vec<ImportLine>, Vec<LineError>), ReadError> {
+/// Parses a whole file, of at most [`MAX_IMPORT_BYTES`] and [`MAX_IMPORT_LINES`]. Lines that are
+/// not UTF-8 or longer than [`MAX_LINE_BYTES`] are reported, not fatal; a read error or a file
+/// past a bound is.
+pub fn parse(reader: impl BufRead) -> Result<(Vec<ImportLine>, Vec<LineError>), ReadError> {
+    // One byte past the bound tells a larger file from one of exactly the bound.
+    let mut reader = reader.take(MAX_IMPORT_BYTES.saturating_add(1));
     let mut good = Vec::new();
     let mut bad = Vec::new();
     let mut bytes = Vec::with_capacity(MAX_LINE_BYTES);
     for line_no in 1.. {
-        match next_line(&mut reader, &mut bytes) {
+        let read = next_line(&mut reader, &mut bytes);
+        if reader.limit() == 0 {
+            return Err(ReadError::TooLarge);
+        }
+        if line_no > MAX_IMPORT_LINES && matches!(read, Ok(Some(_))) {
+            return Err(ReadError::TooManyLines);
+        }
+        match read {
             Ok(None) => break,
             Ok(Some(Line::Complete)) => {}
             Ok(Some(Line::TooLong)) => {
@@ -126,7 +161,7 @@ pub fn parse(mut reader: impl BufRead) -> Result<(Vec<ImportLine>, Vec<LineError
                 continue;
             }
             Err(source) => {
-                return Err(ReadError {
+                return Err(ReadError::Io {
                     line: line_no,
                     source,
                 });

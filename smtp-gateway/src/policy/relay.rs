@@ -778,6 +778,7 @@ mod tests {
             let Invalid {
                 key,
                 reason: message,
+                ..
             } = cfg.validate().expect_err(pattern);
             assert_eq!(key, "relay.accepted_domains", "{pattern}");
             assert!(message.contains(&format!("{pattern:?}")), "{message}");
@@ -797,6 +798,7 @@ mod tests {
             let Invalid {
                 key,
                 reason: message,
+                ..
             } = cfg.validate().expect_err(net);
             assert_eq!(key, "relay.relay_networks");
             assert!(message.contains(hint), "{message}");
