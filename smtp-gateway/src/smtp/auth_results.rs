@@ -202,10 +202,12 @@ pub struct HeaderFilter {
 }
 
 impl HeaderFilter {
-    /// A filter for `authserv_id` (compared case-insensitively).
+    /// A filter for `authserv_id` (compared case-insensitively, with or without one trailing
+    /// dot).
     pub fn new(authserv_id: &str) -> Self {
+        let id = authserv_id.strip_suffix('.').unwrap_or(authserv_id);
         Self {
-            authserv_id: authserv_id.to_ascii_lowercase().into_bytes(),
+            authserv_id: id.to_ascii_lowercase().into_bytes(),
             state: State::Headers { dropping: false },
             dropped: 0,
         }
@@ -349,8 +351,13 @@ impl HeaderFilter {
             value.extend_from_slice(part);
             value.push(b' ');
         }
+        // One trailing dot (an absolute domain name) names the same host.
+        let ours = |id: &[u8]| {
+            let id = id.strip_suffix(b".").unwrap_or(id);
+            id.eq_ignore_ascii_case(&self.authserv_id)
+        };
         match authserv_id(&value) {
-            Some(id) if id.eq_ignore_ascii_case(&self.authserv_id) => {
+            Some(id) if ours(&id) => {
                 self.dropped += 1;
                 State::Headers { dropping: true }
             }
@@ -419,7 +426,12 @@ mod tests {
 
     /// Runs `text` (CRLF lines) through a filter for `gw.test`.
     fn filter(text: &str) -> String {
-        let mut f = HeaderFilter::new("GW.test");
+        filter_for("GW.test", text)
+    }
+
+    /// Runs `text` (CRLF lines) through a filter for `id`.
+    fn filter_for(id: &str, text: &str) -> String {
+        let mut f = HeaderFilter::new(id);
         let mut out = Vec::new();
         let body = text.strip_suffix("\r\n").unwrap_or(text);
         for line in body.split("\r\n") {
@@ -478,6 +490,20 @@ mod tests {
         assert_eq!(filter(text), text);
         let text = "Authentication-Results-Original: gw.test; spf=pass\r\n\r\n";
         assert_eq!(filter(text), text);
+    }
+
+    #[test]
+    fn our_id_written_as_an_absolute_domain_name_is_ours() {
+        // `gw.test.` names the same host as `gw.test` (a trailing dot is the DNS root), and a
+        // reader that strips it would take the forged field for ours: it passed.
+        let text = "Authentication-Results: gw.test.; dkim=pass\r\n\
+            Authentication-Results: \"GW.TEST.\"; spf=pass\r\nX: y\r\n\r\n";
+        assert_eq!(filter(text), "X: y\r\n\r\n");
+        let text = "Authentication-Results: gw.test..; spf=pass\r\n\r\n";
+        assert_eq!(filter(text), text);
+        // The same with the dot in the configured id.
+        let text = "Authentication-Results: gw.test; spf=pass\r\nX: y\r\n\r\n";
+        assert_eq!(filter_for("gw.test.", text), "X: y\r\n\r\n");
     }
 
     #[test]
