@@ -142,6 +142,12 @@ fn check_config_rejects_with_key_and_line() {
             &["daemon.watch_debounce", "line 2:"][..],
         ),
         (
+            // Relative to the working directory, which differs between the daemon (systemd
+            // starts it in /) and the CLI: they would not find each other.
+            "[daemon]\n\ncontrol_socket = \"gw.sock\"\n",
+            &["daemon.control_socket", "line 3:", "absolute"][..],
+        ),
+        (
             "[daemon]\n\ncontrol_timeout = \"0s\"\n",
             &["daemon.control_timeout", "line 3:"][..],
         ),

@@ -93,6 +93,17 @@ impl DaemonConfig {
             MIN_CONTROL_REQUEST_TIMEOUT,
             MAX_CONTROL_REQUEST_TIMEOUT,
         )?;
+        if !d.control_socket.as_os_str().is_empty() && !d.control_socket.is_absolute() {
+            // The daemon (systemd starts it in /) and the CLI resolve a relative path in their
+            // own working directories: they would not find each other.
+            return Err(Invalid::new(
+                "daemon.control_socket",
+                format!(
+                    "{} must be an absolute path (or empty for the default)",
+                    d.control_socket.display()
+                ),
+            ));
+        }
         if d.watch_debounce > Duration::from_secs(60) {
             return Err(Invalid::new("daemon.watch_debounce", "must be at most 60s"));
         }
