@@ -139,3 +139,35 @@ fn sigterm_stops_the_daemon_while_a_reload_waits_on_a_list() {
     assert!(log.contains("reload abandoned"), "{log}");
     assert!(log.contains("stopped"), "{log}");
 }
+
+#[test]
+fn sigint_cuts_sessions_and_says_so() {
+    // SIGINT stops at once: a message in flight is cut, not completed. The log said "running
+    // sessions may finish" (SIGTERM's line) all the same.
+    let (addr, _seen) = scripted_backend_on_loopback(1);
+    let mut gw = Gateway::start("int", addr, "");
+    let mut c = gw.client();
+    let _ = two_recipients(&mut c);
+    c.expect("DATA", "354");
+    c.stream
+        .get_mut()
+        .write_all(b"Subject: in flight\r\n\r\nfirst half\r\n")
+        .expect("write");
+    gw.signal(libc::SIGINT);
+    let status = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            gw.child.try_wait().ok().flatten()
+        })
+        .expect("the daemon exits at once");
+    assert!(status.success(), "{status}");
+    let log = gw.log();
+    assert!(
+        log.contains("interrupted (SIGINT)"),
+        "the stop is told:\n{log}"
+    );
+    assert!(
+        !log.contains("running sessions may finish"),
+        "SIGINT lets no session finish:\n{log}"
+    );
+}

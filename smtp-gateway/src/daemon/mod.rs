@@ -358,6 +358,14 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
             let _ = reply.send(result);
         }
     };
+    if fast {
+        // Before the shutdown is told: the proxy would start a drain (and say "running sessions
+        // may finish") that SIGINT does not grant.
+        tracing::info!("interrupted (SIGINT): sessions and backend connections are cut now");
+        if let Some(proxy) = &proxy {
+            proxy.handle.abort();
+        }
+    }
     let _ = shutdown_tx.send(true);
     let _ = sweeper.await;
     let _ = checks_counter.await;
@@ -366,9 +374,6 @@ pub async fn serve(prepared: Prepared) -> Result<(), DaemonError> {
         let _ = server.await;
     }
     if let Some(proxy) = proxy {
-        if fast {
-            proxy.handle.abort();
-        }
         let _ = proxy.handle.await;
     }
     // The sessions are over: the idle backend connections end with QUIT (SIGINT just closes them).
