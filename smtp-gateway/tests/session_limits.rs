@@ -479,3 +479,44 @@ fn a_helo_client_does_not_take_chunking_from_the_next_ehlo_client() {
     let ehlo = c.cmd("EHLO next.example.net");
     assert!(ehlo.contains("CHUNKING"), "{ehlo}");
 }
+
+/// A backend offering PIPELINING alone (no 8BITMIME, no SMTPUTF8), for `sessions` sessions.
+fn seven_bit_backend(sessions: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let _seen = backend_script(listener, sessions, |_: &mut (), cmd, _| {
+        let upper = cmd.to_ascii_uppercase();
+        Step::Reply(if upper.starts_with("EHLO") {
+            b"250-backend.test\r\n250 PIPELINING\r\n"
+        } else if upper == "QUIT" {
+            return Step::Quit;
+        } else {
+            b"250 2.0.0 Ok\r\n"
+        })
+    });
+    addr
+}
+
+#[test]
+fn eight_bit_and_utf8_are_offered_as_the_backend_offers_them() {
+    // The gateway offered 8BITMIME and SMTPUTF8 whatever the backend: a client then sent 8-bit
+    // text (or UTF-8 addresses) a backend without them refuses for good, where it would have
+    // converted the text to 7 bits (or said so itself) had they not been offered.
+    let gw = Gateway::start("eightbit", seven_bit_backend(3), "");
+    // The backend session of this client (opened at MAIL) shows what the backend offers.
+    let mut c = gw.greeted("first.example.net");
+    c.expect("MAIL FROM:<a@example.net>", "250");
+    c.expect("RCPT TO:<b@example.org>", "250");
+    let again = c.cmd("EHLO first.example.net");
+    c.expect("QUIT", "221");
+    let mut c = gw.client();
+    let next = c.cmd("EHLO next.example.net");
+    for ehlo in [&again, &next] {
+        assert!(ehlo.starts_with("250"), "{ehlo}");
+        assert!(
+            !ehlo.contains("8BITMIME") && !ehlo.contains("SMTPUTF8"),
+            "{ehlo}"
+        );
+        assert!(ehlo.contains("PIPELINING"), "{ehlo}");
+    }
+}

@@ -19,7 +19,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicU8, Ordering},
     },
     time::Duration,
 };
@@ -42,6 +42,26 @@ struct Idle {
     expires: Instant,
 }
 
+/// The bits of [`BackendPool`]'s `seen`.
+struct Seen;
+
+impl Seen {
+    /// A backend session greeted with EHLO was seen.
+    const KNOWN: u8 = 1;
+    const CHUNKING: u8 = 1 << 1;
+    const EIGHT_BIT: u8 = 1 << 2;
+    const SMTPUTF8: u8 = 1 << 3;
+}
+
+/// Extensions the gateway offers when its backend does (and before it knows, all the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirroredExtension {
+    /// 8BITMIME (RFC 6152).
+    EightBitMime,
+    /// SMTPUTF8 (RFC 6531).
+    SmtpUtf8,
+}
+
 /// The idle connections of the whole run (configuration generations share it: a reload that
 /// changes the pool's limits applies them to the connections handed back from then on).
 #[derive(Default)]
@@ -49,9 +69,10 @@ pub struct BackendPool {
     idle: Mutex<Vec<Idle>>,
     /// Wakes the sweeper when a connection with an earlier expiry arrives.
     added: Notify,
-    /// The last backend session greeted with EHLO handed out offered CHUNKING: what a client is told at EHLO
-    /// while its own backend session is not open yet (`connect_at = "mail"`).
-    chunking_seen: AtomicBool,
+    /// The extensions ([`Seen`] bits) the last backend session greeted with EHLO offered: what
+    /// a client is told at EHLO while its own backend session is not open yet
+    /// (`connect_at = "mail"`). 0 before the first.
+    seen: AtomicU8,
     /// The AUTH mechanisms the last backend session greeted with EHLO offered (`Some(None)`: none;
     /// `None`: no backend session yet): what a submission client is offered at EHLO while its
     /// own backend session is not open (it is opened at AUTH).
@@ -133,8 +154,20 @@ impl BackendPool {
         if !backend.esmtp() {
             return backend;
         }
-        self.chunking_seen
-            .store(backend.caps().chunking(), Ordering::Relaxed);
+        let caps = backend.caps();
+        let bits = Seen::KNOWN
+            | if caps.chunking() { Seen::CHUNKING } else { 0 }
+            | if caps.has("8BITMIME") {
+                Seen::EIGHT_BIT
+            } else {
+                0
+            }
+            | if caps.has("SMTPUTF8") {
+                Seen::SMTPUTF8
+            } else {
+                0
+            };
+        self.seen.store(bits, Ordering::Relaxed);
         let auth = backend.caps().auth().map(str::to_string);
         *self
             .auth_seen
@@ -152,9 +185,22 @@ impl BackendPool {
             .clone()
     }
 
-    /// Whether the last backend session handed out offered CHUNKING (false before the first).
+    /// Whether the last backend session greeted with EHLO offered CHUNKING (false before the
+    /// first).
     pub fn chunking_seen(&self) -> bool {
-        self.chunking_seen.load(Ordering::Relaxed)
+        self.seen.load(Ordering::Relaxed) & Seen::CHUNKING != 0
+    }
+
+    /// Whether the last backend session greeted with EHLO offered `keyword`, `8BITMIME` or
+    /// `SMTPUTF8` (true before the first: nearly every MTA offers both, and a client not told
+    /// them would bounce a message it cannot downgrade).
+    pub fn offered_seen(&self, keyword: MirroredExtension) -> bool {
+        let seen = self.seen.load(Ordering::Relaxed);
+        let bit = match keyword {
+            MirroredExtension::EightBitMime => Seen::EIGHT_BIT,
+            MirroredExtension::SmtpUtf8 => Seen::SMTPUTF8,
+        };
+        seen & Seen::KNOWN == 0 || seen & bit != 0
     }
 
     /// The most recently returned connection to `addr` that is still open and not expired.

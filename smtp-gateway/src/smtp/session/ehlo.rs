@@ -7,7 +7,7 @@ use super::{CheckEffect, Flow, Session};
 use crate::{
     checks::Check,
     policy::helo,
-    smtp::{backend::Backend, config::ConnectAt, reply::Reply},
+    smtp::{backend::Backend, backend_pool::MirroredExtension, config::ConnectAt, reply::Reply},
 };
 
 impl Session {
@@ -124,10 +124,23 @@ impl Session {
             smtp.hostname.clone(),
             "PIPELINING".into(),
             format!("SIZE {}", smtp.max_message_size),
-            "8BITMIME".into(),
-            "SMTPUTF8".into(),
-            "ENHANCEDSTATUSCODES".into(),
         ];
+        // 8-bit text and UTF-8 addresses pass through to the backend as they are: offered when
+        // it offers them (a client not told converts the text to 7 bits, or says itself why it
+        // cannot send), as CHUNKING.
+        for (keyword, extension) in [
+            ("8BITMIME", MirroredExtension::EightBitMime),
+            ("SMTPUTF8", MirroredExtension::SmtpUtf8),
+        ] {
+            let offered = match &self.backend {
+                Some(backend) => backend.caps().has(keyword),
+                None => self.shared.backend_pool.offered_seen(extension),
+            };
+            if offered {
+                caps.push(keyword.into());
+            }
+        }
+        caps.push("ENHANCEDSTATUSCODES".into());
         if self.backend_chunking() {
             caps.push("CHUNKING".into());
         }
