@@ -7,7 +7,7 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use tokio::sync::watch;
 
-use super::error::DaemonError;
+use super::error::{CheckError, DaemonError};
 use crate::{
     autoban::AutobanConfig,
     config::Config,
@@ -102,7 +102,8 @@ pub(super) fn build_shared(
         .tls
         .as_ref()
         .map(crate::smtp::tls::acceptor)
-        .transpose()?;
+        .transpose()
+        .map_err(|e| CheckError::new("smtp.tls", e))?;
     // One resolver for every DNS check (`[dns]`), built only when one is on.
     let resolver = if config.dnsbl.enabled || config.fcrdns.enabled || config.spf.enabled {
         let servers = config.dns.effective_nameservers(&config.dnsbl.nameservers);
@@ -135,11 +136,13 @@ pub(super) fn build_shared(
         .backend
         .servers
         .iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
             s.tls
                 .as_ref()
                 .map(|t| crate::smtp::tls::backend_connector(t, s.address.ip()))
                 .transpose()
+                .map_err(|e| CheckError::new(format!("backend.servers[{i}].tls"), e))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let reputation = Arc::new(crate::policy::reputation::Reputation::load(
