@@ -520,3 +520,45 @@ fn eight_bit_and_utf8_are_offered_as_the_backend_offers_them() {
         assert!(ehlo.contains("PIPELINING"), "{ehlo}");
     }
 }
+
+#[test]
+fn a_backend_that_refuses_ehlo_is_greeted_with_helo() {
+    // RFC 5321 3.2: a client whose EHLO is refused as unknown falls back to HELO. The gateway
+    // did not: every client got `451 4.4.1` from a backend that speaks plain SMTP only.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = backend_script(listener, 1, |in_data: &mut bool, cmd, seen| {
+        if *in_data {
+            if cmd == "." {
+                *in_data = false;
+                return Step::Reply(b"250 2.0.0 queued\r\n");
+            }
+            return Step::Quiet;
+        }
+        seen.push(cmd.to_string());
+        let upper = cmd.to_ascii_uppercase();
+        Step::Reply(if upper.starts_with("EHLO") {
+            b"502 5.5.1 Command not implemented\r\n"
+        } else if upper == "DATA" {
+            *in_data = true;
+            b"354 go ahead\r\n"
+        } else if upper == "QUIT" {
+            return Step::Quit;
+        } else {
+            b"250 2.0.0 Ok\r\n"
+        })
+    });
+    let gw = Gateway::start("helofallback", addr, "");
+    let mut c = gw.greeted("client.example.net");
+    c.expect("MAIL FROM:<a@example.net>", "250");
+    c.expect("RCPT TO:<b@example.org>", "250");
+    c.expect("DATA", "354");
+    c.expect("Subject: x\r\n\r\nhello\r\n.", "250");
+    c.expect("QUIT", "221");
+    drop(gw);
+    let seen = seen.join().expect("backend");
+    assert!(
+        seen.iter().any(|l| l == "HELO client.example.net"),
+        "{seen:?}"
+    );
+}

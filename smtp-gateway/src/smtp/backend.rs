@@ -189,8 +189,9 @@ impl Backend {
         Ok(backend)
     }
 
-    /// Replays the client's HELO or EHLO (the gateway's name when it gave none); on a reused
-    /// connection this also starts the new session's state on the backend (RFC 5321 4.1.4).
+    /// Replays the client's HELO or EHLO (the gateway's name when it gave none; HELO when the
+    /// backend answers EHLO `500` or `502`, RFC 5321 3.2); on a reused connection this also
+    /// starts the new session's state on the backend (RFC 5321 4.1.4).
     /// Returns the backend's reply; [`Backend::caps`] holds what it offered.
     pub async fn hello(
         &mut self,
@@ -198,8 +199,14 @@ impl Backend {
         gateway_name: &str,
     ) -> Result<Reply, BackendError> {
         let helo = client.helo.as_deref().unwrap_or(gateway_name);
-        let verb = if client.esmtp { "EHLO" } else { "HELO" };
-        let ehlo = self.command(format!("{verb} {helo}").as_bytes()).await?;
+        let mut verb = if client.esmtp { "EHLO" } else { "HELO" };
+        let mut ehlo = self.command(format!("{verb} {helo}").as_bytes()).await?;
+        if verb == "EHLO" && matches!(ehlo.code, 500 | 502) {
+            // RFC 5321 3.2: a server that does not know EHLO is greeted with HELO (it then
+            // offers no extension).
+            verb = "HELO";
+            ehlo = self.command(format!("HELO {helo}").as_bytes()).await?;
+        }
         if !ehlo.is_positive() {
             return Err(BackendError::Unavailable {
                 addr: self.addr,
@@ -207,7 +214,7 @@ impl Backend {
             });
         }
         self.caps = EhloCaps::parse(&ehlo);
-        self.esmtp = client.esmtp;
+        self.esmtp = verb == "EHLO";
         Ok(ehlo)
     }
 
