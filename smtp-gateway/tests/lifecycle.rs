@@ -11,6 +11,16 @@ use std::{io::Write, net::TcpStream, time::Duration};
 
 use peers::{Client, Gateway, scripted_backend_on_loopback};
 
+/// The daemon's exit status, waited for (10 s at most: else `what` fails the test).
+fn exit_of(gw: &mut Gateway, what: &str) -> std::process::ExitStatus {
+    (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            gw.child.try_wait().ok().flatten()
+        })
+        .unwrap_or_else(|| panic!("{what}"))
+}
+
 fn two_recipients(c: &mut Client<TcpStream>) -> (String, String) {
     assert!(c.cmd("EHLO client.example.net").starts_with("250"));
     assert!(c.cmd("MAIL FROM:<a@example.net>").starts_with("250"));
@@ -97,12 +107,7 @@ fn sigterm_lets_an_inflight_message_complete_and_refuses_newcomers() {
     c.expect_that("second half\r\n.", "250", "the in-flight message completes");
     c.expect_that("NOOP", "421 4.3.2", "then the session is closed politely");
 
-    let status = (0..100)
-        .find_map(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            gw.child.try_wait().ok().flatten()
-        })
-        .expect("the daemon exits once sessions are done");
+    let status = exit_of(&mut gw, "the daemon exits once sessions are done");
     assert!(status.success(), "{status}");
     let seen = seen.join().expect("backend");
     assert!(seen.iter().any(|l| l == "DATA"), "{seen:?}");
@@ -159,12 +164,7 @@ fn sigint_cuts_sessions_and_says_so() {
         .write_all(b"Subject: in flight\r\n\r\nfirst half\r\n")
         .expect("write");
     gw.signal(libc::SIGINT);
-    let status = (0..100)
-        .find_map(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            gw.child.try_wait().ok().flatten()
-        })
-        .expect("the daemon exits at once");
+    let status = exit_of(&mut gw, "the daemon exits at once");
     assert!(status.success(), "{status}");
     let log = gw.log();
     assert!(

@@ -440,24 +440,34 @@ fn parameters_of_extensions_not_offered_are_refused() {
     );
 }
 
-/// A backend offering PIPELINING and CHUNKING to EHLO (nothing to HELO: no extensions), for
-/// `sessions` sessions one after the other.
-fn chunking_backend(sessions: usize) -> SocketAddr {
+/// A backend offering PIPELINING, and CHUNKING when `chunking`, to EHLO (no 8BITMIME, no
+/// SMTPUTF8; nothing to HELO), answering anything else but QUIT `250`, for `sessions` sessions
+/// one after the other.
+fn backend_offering(sessions: usize, chunking: bool) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let _seen = backend_script(listener, sessions, |_: &mut (), cmd, _| {
-        let upper = cmd.to_ascii_uppercase();
-        Step::Reply(if upper.starts_with("EHLO") {
-            b"250-backend.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n"
-        } else if upper.starts_with("HELO") {
-            b"250 backend.test\r\n"
-        } else if upper == "QUIT" {
-            return Step::Quit;
-        } else {
-            b"250 2.0.0 Ok\r\n"
-        })
-    });
+    let script = if chunking {
+        offering::<true>
+    } else {
+        offering::<false>
+    };
+    let _seen = backend_script(listener, sessions, script);
     addr
+}
+
+fn offering<const CHUNKING: bool>(_: &mut (), cmd: &str, _: &mut Vec<String>) -> Step {
+    let upper = cmd.to_ascii_uppercase();
+    Step::Reply(if upper.starts_with("EHLO") && CHUNKING {
+        b"250-backend.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n"
+    } else if upper.starts_with("EHLO") {
+        b"250-backend.test\r\n250 PIPELINING\r\n"
+    } else if upper.starts_with("HELO") {
+        b"250 backend.test\r\n"
+    } else if upper == "QUIT" {
+        return Step::Quit;
+    } else {
+        b"250 2.0.0 Ok\r\n"
+    })
 }
 
 #[test]
@@ -465,7 +475,7 @@ fn a_helo_client_does_not_take_chunking_from_the_next_ehlo_client() {
     // Until its own backend session opens (at MAIL), a client is offered CHUNKING when the last
     // backend session handed out offered it. A backend session greeted with HELO (for a HELO
     // client) offers no extension at all, and the next EHLO client was not offered CHUNKING.
-    let gw = Gateway::start("chunkflap", chunking_backend(3), "");
+    let gw = Gateway::start("chunkflap", backend_offering(3, true), "");
     let mut c = gw.greeted("first.example.net");
     c.expect("MAIL FROM:<a@example.net>", "250");
     c.expect("RCPT TO:<b@example.org>", "250");
@@ -480,29 +490,12 @@ fn a_helo_client_does_not_take_chunking_from_the_next_ehlo_client() {
     assert!(ehlo.contains("CHUNKING"), "{ehlo}");
 }
 
-/// A backend offering PIPELINING alone (no 8BITMIME, no SMTPUTF8), for `sessions` sessions.
-fn seven_bit_backend(sessions: usize) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let _seen = backend_script(listener, sessions, |_: &mut (), cmd, _| {
-        let upper = cmd.to_ascii_uppercase();
-        Step::Reply(if upper.starts_with("EHLO") {
-            b"250-backend.test\r\n250 PIPELINING\r\n"
-        } else if upper == "QUIT" {
-            return Step::Quit;
-        } else {
-            b"250 2.0.0 Ok\r\n"
-        })
-    });
-    addr
-}
-
 #[test]
 fn eight_bit_and_utf8_are_offered_as_the_backend_offers_them() {
     // The gateway offered 8BITMIME and SMTPUTF8 whatever the backend: a client then sent 8-bit
     // text (or UTF-8 addresses) a backend without them refuses for good, where it would have
     // converted the text to 7 bits (or said so itself) had they not been offered.
-    let gw = Gateway::start("eightbit", seven_bit_backend(3), "");
+    let gw = Gateway::start("eightbit", backend_offering(3, false), "");
     // The backend session of this client (opened at MAIL) shows what the backend offers.
     let mut c = gw.greeted("first.example.net");
     c.expect("MAIL FROM:<a@example.net>", "250");
