@@ -739,6 +739,30 @@ mod tests {
                 &"garbage",
                 Duration::from_secs(60),
             );
+            // Waiting bans that are none of this gateway's: half the Internet and loopback (no
+            // auto-ban covers more than one address here), one whose target is not its source's,
+            // one of another node. Each was written to the kernel as this node's own auto-ban,
+            // past every limit the fleet's records get.
+            let hostile = |target: &str, source: Option<&str>, node: &str| BanRecord {
+                target: target.into(),
+                source: source.map(str::to_string),
+                reason: "autoban: pregreet".into(),
+                origin: "autoban".into(),
+                node: node.into(),
+                added_unix_ms: unix_now_ms(),
+                expires_unix_ms: None,
+            };
+            let me = store.node().to_string();
+            for (target, source, node) in [
+                ("0.0.0.0/1", None, me.as_str()),
+                ("128.0.0.0/1", Some("128.0.0.1"), me.as_str()),
+                ("127.0.0.0/8", None, me.as_str()),
+                ("198.18.0.20", Some("198.18.0.21"), me.as_str()),
+                ("198.18.0.22", Some("198.18.0.22"), "another-node"),
+            ] {
+                let record = hostile(target, source, node);
+                store.put(Space::Pending, target, &record, Duration::from_secs(60));
+            }
             drop(store);
             let _ = stop.send(true);
             assert_eq!(writer.await.expect("writer"), 0, "every write flushed");

@@ -93,6 +93,7 @@ pub(super) async fn restore(
             .insert((target, check), Count { n: record.n, since });
         restored.0 += 1;
     }
+    let mut refused = 0usize;
     for (id, record) in pending {
         if tally.pending.len() >= cfg.track_sources {
             break;
@@ -117,6 +118,14 @@ pub(super) async fn restore(
                 Target::NetV4(n) => IpAddr::V4(n.network()),
                 Target::NetV6(n) => IpAddr::V6(n.network()),
             });
+        // Only what this gateway's auto-ban would have decided: its own record (a shared Redis
+        // holds every node's), on the target its prefix lengths make of the source (never wider,
+        // never loopback or another reserved range). Anything else would go to the kernel as
+        // this node's own ban, past every limit a fleet record meets.
+        if !own_waiting_ban(&record, target, source, store.node(), cfg) {
+            refused += 1;
+            continue;
+        }
         tally.pending.entry(target).or_insert(Pending {
             source,
             check: check.name(),
@@ -124,7 +133,30 @@ pub(super) async fn restore(
         });
         restored.1 += 1;
     }
+    if refused > 0 {
+        tracing::warn!(
+            refused,
+            "auto-ban: waiting bans in the store that this gateway did not decide (another node's, \
+             or a target its prefix lengths do not make) were not taken back"
+        );
+    }
     restored
+}
+
+/// Whether a waiting ban read from the store is one this gateway's auto-ban decided: written
+/// by `node`, on the target `autoban.ipv4_prefix`/`ipv6_prefix` make of its `source`, which is
+/// no loopback, unspecified or multicast address (no session comes from those).
+fn own_waiting_ban(
+    record: &BanRecord,
+    target: Target,
+    source: IpAddr,
+    node: &str,
+    cfg: &AutobanConfig,
+) -> bool {
+    let source = source.to_canonical();
+    record.node == node
+        && !(source.is_loopback() || source.is_unspecified() || source.is_multicast())
+        && super::tally::ban_target(source, cfg.ipv4_prefix, cfg.ipv6_prefix) == target
 }
 
 /// Writes what one firing changed through to the store: a count (for the rest of its window),
