@@ -3,7 +3,9 @@
 //! entry (its `LISTS_USED` slot is 0) is not looked up.
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key,
+    bindings::xdp_action,
+    helpers::bpf_ktime_get_coarse_ns,
+    maps::{LpmTrie, lpm_trie::Key},
     programs::XdpContext,
 };
 use smtp_gateway_common::{BlockEntry, DataplaneConfig, Verdict, config_flags, list_slot};
@@ -79,7 +81,7 @@ fn decide(packet: &TcpPacket, cfg: &DataplaneConfig, now: u64) -> Verdict {
             if used(list_slot::BLOCK_V4) && active(unsafe { BLOCK_V4.get(a) }, now) {
                 return Verdict::DroppedExact;
             }
-            if used(list_slot::BLOCK_NET_V4) && active(BLOCK_NET_V4.get(Key::new(32, a)), now) {
+            if used(list_slot::BLOCK_NET_V4) && covered(&BLOCK_NET_V4, a, now) {
                 return Verdict::DroppedCidr;
             }
         }
@@ -87,7 +89,7 @@ fn decide(packet: &TcpPacket, cfg: &DataplaneConfig, now: u64) -> Verdict {
             if used(list_slot::BLOCK_V6) && active(unsafe { BLOCK_V6.get(a) }, now) {
                 return Verdict::DroppedExact;
             }
-            if used(list_slot::BLOCK_NET_V6) && active(BLOCK_NET_V6.get(Key::new(128, a)), now) {
+            if used(list_slot::BLOCK_NET_V6) && covered(&BLOCK_NET_V6, a, now) {
                 return Verdict::DroppedCidr;
             }
         }
@@ -99,6 +101,33 @@ fn decide(packet: &TcpPacket, cfg: &DataplaneConfig, now: u64) -> Verdict {
         return Verdict::RateLimited;
     }
     Verdict::Passed
+}
+
+/// Whether an active entry of `trie` covers `addr` (`N` bytes: 4 or 16). A lookup answers the
+/// longest prefix only; when that one has expired (the sweep has not removed it yet), a shorter
+/// prefix may still cover the source: each lookup at a shorter length answers the longest match
+/// up to it, a new entry when its pointer differs. One lookup when the longest match is active or
+/// there is none; at most `8 * N` more, only behind an expired entry.
+#[inline(always)]
+fn covered<const N: usize>(trie: &LpmTrie<[u8; N], BlockEntry>, addr: [u8; N], now: u64) -> bool {
+    let bits = (N * 8) as u32;
+    let Some(mut last) = trie.get(Key::new(bits, addr)) else {
+        return false;
+    };
+    if last.is_active(now) {
+        return true;
+    }
+    let mut len = bits;
+    while len > 0 {
+        len -= 1;
+        match trie.get(Key::new(len, addr)) {
+            None => return false,
+            Some(entry) if core::ptr::eq(entry, last) => {}
+            Some(entry) if entry.is_active(now) => return true,
+            Some(entry) => last = entry,
+        }
+    }
+    false
 }
 
 #[inline(always)]

@@ -1052,6 +1052,28 @@ fn expired_entries_no_longer_drop() {
     t.expect(&v6_syn("2001:db8:bad:1::9", 25), XDP_DROP, "dropped_cidr");
 }
 
+#[test]
+fn an_expired_prefix_does_not_hide_the_active_prefix_around_it() {
+    // A lookup in an LPM trie answers the longest prefix only: a /24 that expired inside a
+    // permanent /16 (an auto-ban's /64 inside an operator's /48, a CrowdSec range) answered for
+    // the source, and the SYN passed until the sweep removed it (up to dataplane.sweep_interval).
+    let mut t = ProgTest::new("nested");
+    let expired = clock::monotonic_ns() - 50_000_000;
+    t.block("198.19.0.0/16");
+    t.block_until("198.19.5.0/24", expired);
+    t.block_until("198.19.5.128/25", expired);
+    t.block("2001:db8:52::/48");
+    t.block_until("2001:db8:52:1::/64", expired);
+    t.block_until("2001:db8:52:1::/96", expired);
+    t.expect(&v4_syn("198.19.5.9", 25), XDP_DROP, "dropped_cidr");
+    t.expect(&v4_syn("198.19.5.200", 25), XDP_DROP, "dropped_cidr");
+    t.expect(&v6_syn("2001:db8:52:1::9", 25), XDP_DROP, "dropped_cidr");
+    // Expired all the way down: the source passes.
+    t.block_until("198.51.100.0/24", expired);
+    t.block_until("198.51.100.0/26", expired);
+    t.expect(&v4_syn("198.51.100.9", 25), XDP_PASS, "passed");
+}
+
 // ---------------------------------------------------------------------------------------------
 // SYN rate limit. The rates are slow on purpose: every "over the limit" assertion holds as long
 // as the SYNs of one step are sent within one emission interval, which leaves a loaded CI
