@@ -419,3 +419,38 @@ fn a_fleet_ban_inside_a_wider_entry_of_this_node_is_written_all_the_same() {
     drop(sink);
     drop(redis);
 }
+
+#[test]
+fn undecodable_records_are_told_once_per_load_not_once_each() {
+    // Whoever can write to Redis could flood the log: each record that did not decode was a
+    // warning of its own at every reconcile (50 garbage keys, a reconcile a second: 50 lines a
+    // second). A load tells the first and how many it skipped.
+    let dir = TempDir::new("garbage");
+    let redis = Redis::start(&dir.0);
+    let sink = Sink::start(free_port());
+    for i in 0..50 {
+        redis.cli(&["SET", &format!("{PREFIX}ban/198.18.70.{i}"), "garbage"]);
+    }
+    let a = node(&sink, &redis, "node-a", "1s");
+    let reconciled = ["fleet: reconcile done", "list=Blocklist"];
+    assert!(
+        a.wait_logged_n(&reconciled, 3, WITHIN),
+        "no reconcile:\n{}",
+        a.log()
+    );
+    let skipped = a.count_logged(&["store: entry skipped"]);
+    let loads = a.count_logged(&reconciled);
+    assert!(
+        (1..=loads + 1).contains(&skipped),
+        "{skipped} warnings for {loads} loads of 50 bad records:\n{}",
+        a.log()
+    );
+    assert!(
+        a.log().contains("skipped=50"),
+        "the count of the skipped records is told:\n{}",
+        a.log()
+    );
+    drop(a);
+    drop(sink);
+    drop(redis);
+}

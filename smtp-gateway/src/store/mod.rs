@@ -653,6 +653,9 @@ impl Store {
             );
         }
         let mut out = Vec::new();
+        // Whoever writes to the store may fill a space with garbage: one warning per load (the
+        // first error, and how many), not one per entry at every reconcile.
+        let mut undecodable: Option<(StoreError, usize)> = None;
         for Scanned { key, value, left } in entries {
             let Some(id) = space.id_of(&key) else {
                 continue;
@@ -665,9 +668,15 @@ impl Store {
                 }),
                 Err(e) => {
                     self.inner.metrics.store_op("decode", "error");
-                    tracing::warn!(error = %e, "store: entry skipped");
+                    match &mut undecodable {
+                        Some((_, n)) => *n += 1,
+                        None => undecodable = Some((e, 1)),
+                    }
                 }
             }
+        }
+        if let Some((first, skipped)) = undecodable {
+            tracing::warn!(error = %first, skipped, "store: entry skipped (the first of this load)");
         }
         Ok(out)
     }
