@@ -119,9 +119,9 @@ pub(super) async fn restore(
                 Target::NetV6(n) => IpAddr::V6(n.network()),
             });
         // Only what this gateway's auto-ban would have decided: its own record (a shared Redis
-        // holds every node's), on the target its prefix lengths make of the source (never wider,
-        // never loopback or another reserved range). Anything else would go to the kernel as
-        // this node's own ban, past every limit a fleet record meets.
+        // holds every node's), on the target its prefix lengths make of the source (never
+        // wider). Anything else would go to the kernel as this node's own ban, past every limit
+        // a fleet record meets.
         if !own_waiting_ban(&record, target, source, store.node(), cfg) {
             refused += 1;
             continue;
@@ -144,8 +144,8 @@ pub(super) async fn restore(
 }
 
 /// Whether a waiting ban read from the store is one this gateway's auto-ban decided: written
-/// by `node`, on the target `autoban.ipv4_prefix`/`ipv6_prefix` make of its `source`, which is
-/// no loopback, unspecified or multicast address (no session comes from those).
+/// by `node`, on the target `autoban.ipv4_prefix`/`ipv6_prefix` make of its `source` (so never
+/// wider than those: `0.0.0.0/1` or `127.0.0.0/8` is no auto-ban's target).
 fn own_waiting_ban(
     record: &BanRecord,
     target: Target,
@@ -153,10 +153,9 @@ fn own_waiting_ban(
     node: &str,
     cfg: &AutobanConfig,
 ) -> bool {
-    let source = source.to_canonical();
     record.node == node
-        && !(source.is_loopback() || source.is_unspecified() || source.is_multicast())
-        && super::tally::ban_target(source, cfg.ipv4_prefix, cfg.ipv6_prefix) == target
+        && super::tally::ban_target(source.to_canonical(), cfg.ipv4_prefix, cfg.ipv6_prefix)
+            == target
 }
 
 /// Writes what one firing changed through to the store: a count (for the rest of its window),
