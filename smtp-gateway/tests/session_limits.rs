@@ -151,6 +151,8 @@ fn a_bdat_line_outside_its_grammar_is_a_syntax_error_and_closes() {
         "BDAT 5 MORE",
         "BDAT 5 LAST LAST",
         "BDAT x",
+        // The parser skips blanks before the verb: so does the BDAT check.
+        "  BDAT 5 MORE",
     ] {
         let gw = gateway("bdatsyntax", "", 0);
         let mut c = gw.greeted("client.example.net");
@@ -329,6 +331,9 @@ fn data_rset_and_starttls_take_no_argument() {
             "{verb} now: {reply}"
         );
     }
+    // Blanks before the verb (the parser skips them) change nothing.
+    let reply = c.cmd(" RSET now");
+    assert!(reply.starts_with("501 5.5.4 Syntax: RSET"), "{reply}");
     // The same verbs alone (trailing blanks allowed) still work.
     c.expect("RSET ", "250");
     c.expect("MAIL FROM:<a@example.net>", "250");

@@ -61,9 +61,10 @@ fn has_argument(line: &[u8]) -> bool {
         .is_some()
 }
 
-/// Whether `line` is a BDAT command (any case), whatever its arguments.
+/// Whether `line` is a BDAT command (any case, after any blanks, as the parser reads it),
+/// whatever its arguments.
 fn is_bdat(line: &[u8]) -> bool {
-    line.get(..5).is_some_and(|verb| {
+    line.trim_ascii_start().get(..5).is_some_and(|verb| {
         verb.eq_ignore_ascii_case(b"BDAT ") || verb.eq_ignore_ascii_case(b"BDAT\t")
     })
 }
@@ -257,10 +258,12 @@ pub(crate) fn parse_command(line: &Line) -> Result<Request<String>, ParseError> 
             }),
             None => Ok(Request::Rcpt { to }),
         },
-        Ok(Request::Data | Request::Rset | Request::StartTls) if has_argument(&line.data) => {
-            let syntax = match line.data.get(..4) {
-                Some(verb) if verb.eq_ignore_ascii_case(b"DATA") => "DATA",
-                Some(verb) if verb.eq_ignore_ascii_case(b"RSET") => "RSET",
+        Ok(request @ (Request::Data | Request::Rset | Request::StartTls))
+            if has_argument(&line.data) =>
+        {
+            let syntax = match request {
+                Request::Data => "DATA",
+                Request::Rset => "RSET",
                 _ => "STARTTLS",
             };
             Err(ParseError::SyntaxError { syntax })
