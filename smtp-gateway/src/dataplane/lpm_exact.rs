@@ -74,17 +74,14 @@ fn next_key<K: aya::Pod>(map: &MapData, after: Option<&K>) -> Result<Option<K>, 
 /// again only when `key` is not held (or is the first itself). `key`'s bits past its length
 /// must be zero, as they are in every key the gateway writes.
 pub fn holds<D: aya::Pod + PartialEq>(map: &MapData, key: &Key<D>) -> Result<bool, std::io::Error> {
-    let same = |a: &Key<D>| a.prefix_len() == key.prefix_len() && a.data() == key.data();
+    let same = |a: &Key<D>, b: &Key<D>| a.prefix_len() == b.prefix_len() && a.data() == b.data();
     let Some(first) = next_key::<Key<D>>(map, None)? else {
         return Ok(false);
     };
-    if same(&first) {
+    if same(&first, key) {
         return Ok(true);
     }
-    Ok(match next_key(map, Some(key))? {
-        None => true,
-        Some(after) => !(after.prefix_len() == first.prefix_len() && after.data() == first.data()),
-    })
+    Ok(next_key(map, Some(key))?.is_none_or(|after| !same(&after, &first)))
 }
 
 /// The value `trie` holds for exactly `key` (not for a shorter prefix covering it), if any.

@@ -155,18 +155,11 @@ impl BackendPool {
             return backend;
         }
         let caps = backend.caps();
+        let bit = |offered: bool, bit: u8| if offered { bit } else { 0 };
         let bits = Seen::KNOWN
-            | if caps.chunking() { Seen::CHUNKING } else { 0 }
-            | if caps.has("8BITMIME") {
-                Seen::EIGHT_BIT
-            } else {
-                0
-            }
-            | if caps.has("SMTPUTF8") {
-                Seen::SMTPUTF8
-            } else {
-                0
-            };
+            | bit(caps.chunking(), Seen::CHUNKING)
+            | bit(caps.has("8BITMIME"), Seen::EIGHT_BIT)
+            | bit(caps.has("SMTPUTF8"), Seen::SMTPUTF8);
         self.seen.store(bits, Ordering::Relaxed);
         let auth = backend.caps().auth().map(str::to_string);
         *self

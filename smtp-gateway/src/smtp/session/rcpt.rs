@@ -10,7 +10,7 @@ use crate::{
         address,
         relay::{self, RelayRefusal, RelayVerdict},
     },
-    smtp::{pipeline::Awaiting, reply::Reply},
+    smtp::{config::SmtpConfig, pipeline::Awaiting, reply::Reply},
 };
 
 impl Session {
@@ -35,9 +35,11 @@ impl Session {
         }
         // Accepted recipients (and those awaited, each of which may be), as Postfix's
         // smtpd_recipient_limit: a refused one does not count.
-        if txn.accepted.saturating_add(self.pipeline.rcpts())
-            >= self.shared.config.smtp.max_recipients
-        {
+        if recipients_full(
+            txn.accepted,
+            self.pipeline.rcpts(),
+            &self.shared.config.smtp,
+        ) {
             self.reply(Reply::new(452, "4.5.3 Too many recipients"));
             return Flow::Continue;
         }
@@ -122,11 +124,21 @@ impl Session {
             return false;
         };
         txn.open()
-            && txn.accepted.saturating_add(self.pipeline.rcpts())
-                < self.shared.config.smtp.max_recipients
+            && !recipients_full(
+                txn.accepted,
+                self.pipeline.rcpts(),
+                &self.shared.config.smtp,
+            )
             && matches!(self.relay_verdict(to, raw), RelayVerdict::Accept { .. })
             && self.score_refusal().is_none()
             && self.greylist_applies() != Ok(true)
             && self.backend.is_some()
     }
+}
+
+/// Whether a transaction with `accepted` recipients and `awaited` forwarded RCPTs whose replies
+/// are awaited (each may yet be accepted) has room for no more: `smtp.max_recipients` counts the
+/// accepted ones, as Postfix's smtpd_recipient_limit.
+fn recipients_full(accepted: usize, awaited: usize, smtp: &SmtpConfig) -> bool {
+    accepted.saturating_add(awaited) >= smtp.max_recipients
 }
